@@ -1,0 +1,1 @@
+"""Entry points and wiring: CLI, settings, composition root, transports, web app."""

@@ -1,0 +1,73 @@
+"""Settings: read once from the environment / .env, typed, secrets masked, failing fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Every knob of the bot. Names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Slack (issue: Slack app). Without tokens `run` starts the console.
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_mode: Literal["socket", "http"] = "socket"
+    slack_api_url: str = "https://slack.com/api/"
+
+    # Where things live
+    batchai_backend: Literal["local"] = "local"
+    batchai_data_dir: Path = Path(".batchai")
+    database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
+    manifest_dir: Path = PROJECT_DIR / "manifests"
+    examples_dir: Path = PROJECT_DIR / "examples"
+
+    # Batch AI defaults for commands that omit -g / -w / -e
+    resource_group: str = "batchai"
+    workspace: str = "default"
+    experiment: str = "default"
+    storage_account: str = "local"  # fills <AZURE_BATCHAI_STORAGE_ACCOUNT> in job files
+    share_name: str = "batchaiquickstart"  # the local share the examples are copied into
+
+    # Web app: /healthz and signed /files links
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None  # base of download links; default http://<host>:<port>
+    link_secret: SecretStr | None = None  # default: a random key kept in the data dir
+    link_ttl_minutes: int = Field(60, ge=5, le=600)
+
+    # Periodic work
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+
+    # Console
+    console_channel: str = "console"
+    console_user: str = "console-user"
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite+aiosqlite:///{self.batchai_data_dir / 'batchai.db'}"
+        return self
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def db_url(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
+
+    def files_base_url(self, bound_port: int | None = None) -> str:
+        base = self.public_url or f"http://{self.host}:{bound_port or self.port}"
+        return base.rstrip("/") + "/files"

@@ -1,0 +1,148 @@
+"""The console transport: Slack's messages as text, buttons as numbered choices, stdin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from handlers.actions import ActionHandler
+from handlers.commands import CommandHandler, Reply
+from handlers.views import Block, Message, to_text
+from services.models import Actor, Conversation
+from services.states import JobState
+
+_SECRET_FLAGS = re.compile(r"(?P<flag>(?:--password|-p|--storage-account-key)(?:\s+|=))(?P<v>\S+)")
+
+
+def redact(line: str) -> str:
+    """The command as it may be echoed: secret flag values replaced by ****."""
+    return _SECRET_FLAGS.sub(lambda m: m.group("flag") + "****", line)
+
+
+class ConsoleTransport:
+    """Prints what Slack would show. Threads are indented under their status card."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out or sys.stdout
+        self._ids = itertools.count(1)
+        self._titles: dict[str, str] = {}
+        self.buttons: dict[int, Block] = {}
+        self._sent_keys: set[str] = set()
+
+    async def post(
+        self,
+        channel: str,
+        message: Message,
+        *,
+        thread: str | None = None,
+        broadcast: bool = False,
+        key: str | None = None,
+    ) -> str:
+        if key is not None and key in self._sent_keys:
+            return self._titles.get(key, "")
+        message_id = f"m{next(self._ids)}"
+        if key is not None:
+            self._sent_keys.add(key)
+            self._titles[key] = message_id
+        if thread is None:
+            self._titles[message_id] = message.text.split(":")[0]
+            self.show(message, header=f"#{channel}")
+        else:
+            title = self._titles.get(thread, thread)
+            self.show(message, header=f"#{channel} › {title}" + (" (also sent to channel)" if broadcast else ""), indent="  ")
+        return message_id
+
+    async def update(self, channel: str, message_id: str, message: Message) -> None:
+        self.show(message, header=f"#{channel} (status card updated)")
+
+    def show(self, message: Message, *, header: str | None = None, indent: str = "") -> None:
+        text, buttons = to_text(message)
+        for button in buttons:
+            number = len(self.buttons) + 1
+            self.buttons[number] = button
+            text = text.replace(f"[{buttons.index(button) + 1}] ", f"[{number}] ", 1)
+        lines = ([f"── {header}"] if header else []) + text.splitlines()
+        self._out.write("".join(f"{indent}{line}\n" for line in lines))
+        self._out.flush()
+
+
+class Console:
+    """Reads commands (with or without the leading /batchai) and button numbers from stdin."""
+
+    def __init__(
+        self,
+        *,
+        commands: CommandHandler,
+        actions: ActionHandler,
+        transport: ConsoleTransport,
+        actor: Actor,
+        live_jobs: Callable[[], object],
+        interactive: bool,
+        out: TextIO | None = None,
+    ) -> None:
+        self._commands = commands
+        self._actions = actions
+        self._transport = transport
+        self._actor = actor
+        self._live_jobs = live_jobs
+        self._interactive = interactive
+        self._out = out or sys.stdout
+
+    async def run(self, stdin: TextIO, *, wait_timeout: float) -> int:
+        """Process lines until EOF or `exit`; then wait for started jobs. Returns an exit code."""
+        while True:
+            if self._interactive:
+                self._out.write("batchai> ")
+                self._out.flush()
+            line = await asyncio.to_thread(stdin.readline)
+            if not line:
+                break
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line in ("exit", "quit"):
+                return 0
+            if not self._interactive:
+                self._out.write(f"\n$ {redact(line)}\n")
+            await self.execute(line)
+        return await self._wait_for_jobs(wait_timeout)
+
+    async def execute(self, line: str) -> None:
+        if line.isdigit():
+            button = self._transport.buttons.get(int(line))
+            if button is None:
+                self._transport.show(Message(f"no choice [{line}]"))
+                return
+            reply = await self._actions.handle(button["action_id"], button["value"], actor=self._actor)
+        else:
+            reply = await self._commands.handle(line, actor=self._actor, source="console")
+        await self._show_reply(reply)
+
+    async def _show_reply(self, reply: Reply) -> None:
+        self._transport.show(reply.message)
+        if reply.stream is not None:
+            async for text in reply.stream:
+                self._out.write(text)
+                self._out.flush()
+
+    async def _wait_for_jobs(self, timeout: float) -> int:
+        """Piped input ends when its jobs have finished (or the timeout says otherwise)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self._live_jobs():  # type: ignore[misc]
+            if loop.time() >= deadline:
+                self._out.write(f"jobs still running after {timeout:.0f}s; leaving them running\n")
+                return 1
+            await asyncio.sleep(0.2)
+        return 0
+
+
+def console_actor(channel: str, user: str) -> Actor:
+    return Actor(user=user, conversation=Conversation(channel, None, user), may_read_paths=True)
+
+
+LIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

@@ -1,0 +1,1 @@
+"""The chat surface: command grammar, listeners, Block Kit rendering, the notification presenter."""

@@ -1,0 +1,48 @@
+"""Button listeners: Logs, Terminate, Refresh. Parse the payload, call one service, render."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from handlers import views
+from handlers.commands import Reply
+from services.errors import BatchAIError
+from services.jobs import JobService
+from services.logs import split_lines
+from services.models import Actor
+
+LOG_TAIL_BYTES = 16 * 1024
+
+
+class ActionHandler:
+    def __init__(self, jobs: JobService, now: Callable[[], datetime]) -> None:
+        self._jobs = jobs
+        self._now = now
+
+    async def handle(self, action_id: str, value: str, *, actor: Actor) -> Reply:
+        try:
+            if action_id == views.ACTION_LOGS:
+                return await self._logs(value)
+            if action_id == views.ACTION_TERMINATE:
+                job = await self._jobs.terminate_job(value)
+                if job.state.finished:
+                    return Reply(views.info(f"job *{job.name}* already {job.state.value}"))
+                return Reply(
+                    views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True
+                )
+            if action_id in (views.ACTION_REFRESH, views.ACTION_DOWNLOAD):
+                job = await self._jobs.get_job(value)
+                return Reply(views.status_card(job, now=self._now()))
+        except BatchAIError as err:
+            return Reply(views.error(str(err)))
+        return Reply(views.error(f"unknown action {action_id!r}"))
+
+    async def _logs(self, name: str) -> Reply:
+        """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched)."""
+        job = await self._jobs.get_job(name)
+        if job.layout is None or job.layout.stdouterr is None:
+            return Reply(views.info(f"*{job.name}* has no logs yet ({job.state.value})"))
+        tail, first_line = await self._jobs.tail_file(job, job.layout.primary_log, LOG_TAIL_BYTES)
+        lines: Sequence[str] = split_lines(tail, final=True)[0]
+        return Reply(views.log_snippet(job.layout.primary_log, first_line, lines))

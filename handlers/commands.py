@@ -1,0 +1,246 @@
+"""The /batchai command handler: parse, call one service method, render. No business rules."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from handlers import grammar, views
+from handlers.commandspec import COMMANDS
+from handlers.grammar import Command, ConfigRef, Source
+from handlers.views import Message
+from services.clusters import ClusterRequest, ClusterService
+from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
+from services.jobs import JobRequest, JobService
+from services.models import Actor, ConfigSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the user sees: `public` goes to the channel, otherwise only to the requester.
+
+    `stream` (stream-file) yields text while the job runs; transports show it as it comes."""
+
+    message: Message
+    public: bool = False
+    stream: AsyncIterator[str] | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    clusters: ClusterService
+    jobs: JobService
+    now: Callable[[], datetime]
+
+
+class CommandHandler:
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def handle(self, text: str, *, actor: Actor, source: Source) -> Reply:
+        """Never raises for a user's mistake: every error is a one-line reply with usage."""
+        command: Command | None = None
+        try:
+            command = grammar.parse(text, source=source)
+            reply = await self._dispatch(command, actor)
+        except UserError as err:
+            return Reply(views.error(str(err), err.usage or _usage_of(command)))
+        except (NotFound, Conflict, NotAllowed) as err:
+            return Reply(views.error(str(err)))
+        except BatchAIError as err:
+            ref = uuid.uuid4().hex[:8]
+            log.warning("command failed [%s]: %s", ref, err)
+            return Reply(views.error(f"{err} (ref {ref})"))
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            log.exception("command crashed [%s]", ref)
+            return Reply(views.error(f"something went wrong on our side (ref {ref})"))
+        if command.warnings:
+            notes = [views.context(f":warning: {w}") for w in command.warnings]
+            reply = Reply(
+                Message(reply.message.text, notes + reply.message.blocks),
+                reply.public,
+                reply.stream,
+            )
+        return reply
+
+    async def _dispatch(self, c: Command, actor: Actor) -> Reply:
+        handler = _HANDLERS.get(type(c).__name__)
+        if handler is None:
+            raise UserError(f"{type(c).__name__} is not available here")
+        result: Reply = await handler(self, c, actor)
+        return result
+
+    # -- help ---------------------------------------------------------------------------------
+
+    async def _help(self, c: Any, actor: Actor) -> Reply:
+        return Reply(views.monospace(grammar.help_text(*c.topic)))
+
+    # -- clusters -----------------------------------------------------------------------------
+
+    async def _cluster_create(self, c: Any, actor: Actor) -> Reply:
+        request = ClusterRequest(
+            name=c.name,
+            vm_size=c.vm_size,
+            image=c.image,
+            min_nodes=c.min_nodes,
+            max_nodes=c.max_nodes,
+            target_nodes=c.target_nodes,
+            vm_priority=c.vm_priority,
+            afs_name=c.afs_name,
+            afs_mount_path=c.afs_mount_path,
+            user_name=c.user_name,
+            setup_task=c.setup_task,
+            resource_group=c.resource_group,
+            workspace=c.workspace,
+            config=_config(c.config),
+        )
+        cluster = await self._s.clusters.create_cluster(request, actor=actor)
+        return Reply(views.cluster_created(cluster), public=True)
+
+    async def _cluster_list(self, c: Any, actor: Actor) -> Reply:
+        return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
+
+    async def _cluster_show(self, c: Any, actor: Actor) -> Reply:
+        view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
+        return Reply(views.cluster_detail(view, output=c.output))
+
+    async def _cluster_resize(self, c: Any, actor: Actor) -> Reply:
+        cluster = await self._s.clusters.resize_cluster(
+            c.name, target=c.target_nodes, resource_group=c.resource_group
+        )
+        return Reply(views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
+                     public=True)  # fmt: skip
+
+    async def _cluster_auto_scale(self, c: Any, actor: Actor) -> Reply:
+        cluster = await self._s.clusters.auto_scale_cluster(
+            c.name, min_nodes=c.min_nodes, max_nodes=c.max_nodes, resource_group=c.resource_group
+        )
+        text = (f"cluster *{cluster.name}* auto-scales between {cluster.min_nodes} and "
+                f"{cluster.max_nodes} nodes (now {cluster.target_nodes})")  # fmt: skip
+        return Reply(views.info(text), public=True)
+
+    async def _cluster_delete(self, c: Any, actor: Actor) -> Reply:
+        await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group)
+        return Reply(views.info(f"cluster *{c.name}* deleted"), public=True)
+
+    async def _cluster_nodes(self, c: Any, actor: Actor) -> Reply:
+        nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
+        return Reply(views.node_table(nodes, output=c.output))
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def _job_create(self, c: Any, actor: Actor) -> Reply:
+        request = JobRequest(
+            name=c.name,
+            cluster=c.cluster,
+            config=_config(c.config),
+            resource_group=c.resource_group,
+            workspace=c.workspace,
+            experiment=c.experiment,
+        )
+        job = await self._s.jobs.create_job(request, actor=actor)
+        text = f"job *{job.name}* submitted to `{job.cluster}`; its status card follows"
+        return Reply(views.info(text))
+
+    async def _job_list(self, c: Any, actor: Actor) -> Reply:
+        jobs = await self._s.jobs.list_jobs(cluster=c.cluster)
+        return Reply(views.job_list(jobs, output=c.output, now=self._s.now()))
+
+    async def _job_show(self, c: Any, actor: Actor) -> Reply:
+        job = await self._s.jobs.get_job(c.name)
+        return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
+
+    async def _job_terminate(self, c: Any, actor: Actor) -> Reply:
+        job = await self._s.jobs.terminate_job(c.name)
+        if job.state.finished:
+            return Reply(views.info(f"job *{job.name}* already {job.state.value}"))
+        return Reply(views.info(f"terminating job *{job.name}*…"), public=True)
+
+    async def _job_delete(self, c: Any, actor: Actor) -> Reply:
+        job = await self._s.jobs.delete_job(c.name)
+        text = (
+            f"job *{c.name}* deleted" if job else f"job *{c.name}* does not exist (nothing to do)"
+        )
+        return Reply(views.info(text))
+
+    async def _job_wait(self, c: Any, actor: Actor) -> Reply:
+        job = await self._s.jobs.get_job(c.name)
+        while not job.state.finished:
+            await asyncio.sleep(min(c.interval_seconds, 1))
+            job = await self._s.jobs.get_job(c.name)
+        return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
+
+    async def _job_stream(self, c: Any, actor: Actor) -> Reply:
+        job, _ = await self._s.jobs.read_file(
+            c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
+        )
+        chunks = self._s.jobs.follow_file(
+            c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
+        )
+        head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
+        return Reply(views.info(head), stream=_decode(chunks))
+
+    async def _job_files(self, c: Any, actor: Actor) -> Reply:
+        listing = await self._s.jobs.list_files(
+            c.job, directory_id=c.output_directory_id, path=c.path, expiry_minutes=c.expiry_minutes
+        )
+        return Reply(views.file_listing(listing, output=c.output))
+
+    async def _job_nodes(self, c: Any, actor: Actor) -> Reply:
+        job = await self._s.jobs.get_job(c.job)
+        nodes = await self._s.clusters.list_nodes(job.cluster)
+        mine = [n for n in nodes if n.index in job.nodes]
+        return Reply(views.node_table(mine, output=c.output))
+
+
+_HANDLERS: dict[str, Callable[..., Any]] = {
+    "Help": CommandHandler._help,
+    "ClusterCreate": CommandHandler._cluster_create,
+    "ClusterList": CommandHandler._cluster_list,
+    "ClusterShow": CommandHandler._cluster_show,
+    "ClusterResize": CommandHandler._cluster_resize,
+    "ClusterAutoScale": CommandHandler._cluster_auto_scale,
+    "ClusterDelete": CommandHandler._cluster_delete,
+    "ClusterNodeList": CommandHandler._cluster_nodes,
+    "JobCreate": CommandHandler._job_create,
+    "JobList": CommandHandler._job_list,
+    "JobShow": CommandHandler._job_show,
+    "JobTerminate": CommandHandler._job_terminate,
+    "JobDelete": CommandHandler._job_delete,
+    "JobWait": CommandHandler._job_wait,
+    "JobStreamFile": CommandHandler._job_stream,
+    "JobListFiles": CommandHandler._job_files,
+    "JobNodeList": CommandHandler._job_nodes,
+}
+
+
+def _config(ref: ConfigRef | None) -> ConfigSource | None:
+    return None if ref is None else ConfigSource(ref.kind, ref.value)
+
+
+def _usage_of(command: Command | None) -> str | None:
+    """The usage of the command a service refused, so every error shows how to call it."""
+    if command is None:
+        return None
+    for spec in COMMANDS:
+        if spec.cls is type(command) and spec.legacy_of is None:
+            return grammar.usage(*spec.path)
+    return None
+
+
+async def _decode(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async for chunk in chunks:
+        if text := decoder.decode(chunk):
+            yield text
+    if tail := decoder.decode(b"", final=True):
+        yield tail

@@ -1,0 +1,524 @@
+"""Block Kit messages (pure functions) and the action ids they carry; plus a text renderer."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.models import (
+    Cluster,
+    ClusterView,
+    DownloadLink,
+    FileListing,
+    Job,
+    MetricPoint,
+    Node,
+)
+from services.states import JobState
+
+Block = dict[str, Any]
+
+# action ids (buttons) — the listeners in handlers/actions.py dispatch on these
+ACTION_LOGS = "job_logs"
+ACTION_TERMINATE = "job_terminate"
+ACTION_REFRESH = "job_refresh"
+ACTION_DOWNLOAD = "job_download"
+
+SECTION_LIMIT = 3000  # characters in one section's text
+MESSAGE_BLOCK_LIMIT = 50
+SNIPPET_CHARS = 2800  # room for the fences and a header inside one section
+SNIPPET_MAX_LINES = 40
+
+STATE_EMOJI = {
+    JobState.PENDING_APPROVAL: ":hourglass:",
+    JobState.QUEUED: ":inbox_tray:",
+    JobState.PREPARING: ":gear:",
+    JobState.RUNNING: ":runner:",
+    JobState.TERMINATING: ":octagonal_sign:",
+    JobState.SUCCEEDED: ":white_check_mark:",
+    JobState.FAILED: ":x:",
+    JobState.TERMINATED: ":no_entry:",
+    JobState.DENIED: ":no_entry_sign:",
+    JobState.EXPIRED: ":alarm_clock:",
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a transport sends: fallback `text` (notifications, console) and `blocks`."""
+
+    text: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:SECTION_LIMIT]}}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:SECTION_LIMIT]}]}
+
+
+def button(text: str, action_id: str, value: str, *, style: str | None = None,
+           url: str | None = None, confirm: Block | None = None) -> Block:  # fmt: skip
+    b: Block = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text[:75]},
+        "action_id": action_id,
+        "value": value[:2000],
+    }
+    if style:
+        b["style"] = style
+    if url:
+        b["url"] = url
+    if confirm:
+        b["confirm"] = confirm
+    return b
+
+
+def actions(*buttons: Block) -> Block:
+    return {"type": "actions", "elements": list(buttons)}
+
+
+def code(text: str) -> str:
+    return f"```{text}```" if text else "```(empty)```"
+
+
+# -- formatting helpers ----------------------------------------------------------------------
+
+
+def fmt_duration(delta: timedelta | None) -> str:
+    if delta is None:
+        return "-"
+    seconds = max(0, int(delta.total_seconds()))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def fmt_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def progress_bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def elapsed(job: Job, now: datetime) -> timedelta | None:
+    if job.started_at is None:
+        return None
+    return (job.ended_at or now) - job.started_at
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A monospace table like `az ... -o table`."""
+    cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def status_card(job: Job, *, now: datetime) -> Message:
+    """The one message per job that is edited in place as the job moves."""
+    emoji = STATE_EMOJI.get(job.state, "")
+    head = f"{emoji} *{job.name}* on `{job.cluster}` — *{job.state.value}*"
+    facts = [
+        f"{job.node_count} node{'s' if job.node_count != 1 else ''}",
+        f"toolkit {job.toolkit}",
+        f"elapsed {fmt_duration(elapsed(job, now))}",
+        f"limit {fmt_duration(job.max_wall_clock)}",
+    ]
+    if job.exit_code is not None:
+        facts.append(f"exit code {job.exit_code}")
+    blocks = [section(head), context(" · ".join(facts) + f" · requested by <@{job.requester}>")]
+    if job.progress is not None:
+        p = job.progress
+        bar = f"`{progress_bar(p.fraction)}` {p.current}/{p.total} ({p.fraction:.0%})"
+        metrics = "  ".join(f"{k} {v:.4g}" for k, v in sorted(job.last_metrics.items()))
+        blocks.append(section(bar + (f"\n{metrics}" if metrics else "")))
+    if job.error and job.state is not JobState.SUCCEEDED:
+        blocks.append(context(f"reason: {job.error}"))
+    buttons = [button("Logs", ACTION_LOGS, job.name)]
+    if not job.state.finished:
+        buttons.append(
+            button("Terminate", ACTION_TERMINATE, job.name, style="danger", confirm=_confirm(job))
+        )
+    buttons.append(button("Refresh", ACTION_REFRESH, job.name))
+    blocks.append(actions(*buttons))
+    return Message(f"{job.name}: {job.state.value}", blocks)
+
+
+def _confirm(job: Job) -> Block:
+    return {
+        "title": {"type": "plain_text", "text": "Terminate job?"},
+        "text": {"type": "mrkdwn", "text": f"Stop *{job.name}* on every node now?"},
+        "confirm": {"type": "plain_text", "text": "Terminate"},
+        "deny": {"type": "plain_text", "text": "Keep running"},
+        "style": "danger",
+    }
+
+
+def state_reply(job: Job, new: str, detail: str | None) -> Message:
+    text = {
+        "preparing": f":gear: preparing on node(s) {list(job.nodes)}",
+        "running": ":runner: running",
+        "terminating": ":octagonal_sign: terminating…",
+    }.get(new, f"{new}")
+    if detail and new not in ("preparing",):
+        text += f" — {detail}"
+    return Message(text, [section(text)])
+
+
+def submitted_reply(job: Job, warnings: Sequence[str]) -> Message:
+    text = (
+        f":inbox_tray: queued on `{job.cluster}` ({job.node_count} node"
+        f"{'s' if job.node_count != 1 else ''}, max {fmt_duration(job.max_wall_clock)})"
+    )
+    blocks = [section(text)]
+    blocks += [context(f":warning: {w}") for w in warnings[:5]]
+    return Message(text, blocks)
+
+
+def note_reply(text: str) -> Message:
+    return Message(text, [context(f":information_source: {text}")])
+
+
+def log_snippet(
+    file: str, first_line: int, lines: Sequence[str], *, full_log_url: str | None = None
+) -> Message:
+    """Tail of new lines inside one section; anything cut is counted, with a link to the rest."""
+    shown = list(lines[-SNIPPET_MAX_LINES:])
+    while shown and len("\n".join(shown)) > SNIPPET_CHARS:
+        shown.pop(0)
+    if not shown and lines:  # one enormous line: show its end
+        shown = [lines[-1][-SNIPPET_CHARS:]]
+    skipped = len(lines) - len(shown)
+    last = first_line + len(lines) - 1
+    header = f"`{file}` lines {first_line}-{last}" if first_line > 0 else f"`{file}` (tail)"
+    blocks = [section(code("\n".join(shown)))]
+    if skipped:
+        note = f"{skipped} lines skipped"
+        note += f", full log: <{full_log_url}|{file}>" if full_log_url else ""
+        blocks.append(context(note))
+    blocks.insert(0, context(header))
+    return Message(f"{file}: {len(lines)} new lines", blocks)
+
+
+def receipt(
+    job: Job, links: Sequence[DownloadLink], metrics: Sequence[MetricPoint] = ()
+) -> Message:
+    emoji = STATE_EMOJI.get(job.state, "")
+    head = f"{emoji} <@{job.requester}> *{job.name}* {job.state.value}"
+    facts = [f"exit code {job.exit_code if job.exit_code is not None else '-'}",
+             f"duration {fmt_duration(job.duration)}"]  # fmt: skip
+    if job.error and job.state is not JobState.SUCCEEDED:
+        facts.append(f"reason: {job.error}")
+    blocks = [section(head), context(" · ".join(facts))]
+    if job.last_metrics:
+        blocks.append(
+            context(
+                "final " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(job.last_metrics.items()))
+            )
+        )
+    if links:
+        expires = min(link.expires_at for link in links)
+        listed = [f"• <{link.url}|{link.name}> ({fmt_size(link.size)})" for link in links]
+        text, count = _fit_lines(listed, SECTION_LIMIT - 200)
+        if count < len(listed):
+            text += f"\n…and {len(listed) - count} more (`/batchai job list-files -n {job.name}`)"
+        blocks.append(section(f"*Outputs* (links expire {expires:%Y-%m-%d %H:%M} UTC)\n{text}"))
+    else:
+        blocks.append(context("no output files"))
+    summary = f"{job.name} {job.state.value} (exit {job.exit_code})"
+    return Message(summary, blocks[:MESSAGE_BLOCK_LIMIT])
+
+
+def _fit_lines(lines: Sequence[str], limit: int) -> tuple[str, int]:
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 > limit:
+            break
+        out.append(line)
+        size += len(line) + 1
+    return "\n".join(out), len(out)
+
+
+def job_table(jobs: Sequence[Job]) -> str:
+    return table(
+        ["Name", "Cluster", "Cluster RG", "Tool", "Nodes", "State", "Exit code"],
+        [
+            [
+                j.name,
+                j.cluster,
+                j.resource_group,
+                j.toolkit,
+                j.node_count,
+                j.state.value,
+                j.exit_code,
+            ]
+            for j in jobs
+        ],  # fmt: skip
+    )
+
+
+def job_list(jobs: Sequence[Job], *, output: str, now: datetime) -> Message:
+    if output == "json":
+        return _json([job_json(j) for j in jobs])
+    if not jobs:
+        return Message("no jobs", [section("No jobs. Submit one with `/batchai job create`.")])
+    return _table_message(job_table(jobs))
+
+
+def job_detail(job: Job, *, output: str, now: datetime) -> Message:
+    if output == "json":
+        return _json(job_json(job))
+    if output == "table":
+        return _table_message(job_table([job]))
+    return status_card(job, now=now)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """`az batchai job show`-like JSON (no spec secrets: the stored spec has them masked)."""
+    return {
+        "name": job.name,
+        "id": job.id,
+        "cluster": job.cluster,
+        "resourceGroup": job.resource_group,
+        "workspace": job.workspace,
+        "experiment": job.experiment,
+        "executionState": job.state.value,
+        "toolType": job.toolkit,
+        "nodeCount": job.node_count,
+        "creationTime": job.created_at.isoformat(),
+        "executionInfo": {
+            "startTime": job.started_at.isoformat() if job.started_at else None,
+            "endTime": job.ended_at.isoformat() if job.ended_at else None,
+            "exitCode": job.exit_code,
+            "errors": [{"message": job.error}] if job.error else [],
+        },
+        "constraints": {"maxWallClockTime": str(job.max_wall_clock)},
+        "progress": None
+        if job.progress is None
+        else {"current": job.progress.current, "total": job.progress.total},
+        "metrics": job.last_metrics,
+    }
+
+
+def file_listing(listing: FileListing, *, output: str) -> Message:
+    entries = listing.entries
+    if output == "json":
+        return _json(
+            [
+                {
+                    "name": e.name,
+                    "fileType": "directory" if e.is_directory else "file",
+                    "contentLength": e.size,
+                    "downloadUrl": listing.links[e.name].url if e.name in listing.links else None,
+                    "lastModified": e.modified.isoformat() if e.modified else None,
+                }
+                for e in entries
+            ]
+        )
+    if not entries:
+        return Message(
+            "empty", [section(f"`{listing.directory_id}` of *{listing.job.name}* is empty")]
+        )
+    rows = []
+    for e in entries:
+        link = listing.links.get(e.name)
+        rows.append(
+            f"• <{link.url}|{e.name}> ({fmt_size(e.size)})" if link else f"• {e.name}/ (directory)"
+        )
+    text, count = _fit_lines(rows, SECTION_LIMIT - 200)
+    if count < len(rows):
+        text += f"\n…and {len(rows) - count} more"
+    expiry = next(iter(listing.links.values())).expires_at if listing.links else None
+    head = f"*{listing.job.name}* `{listing.directory_id}/{listing.path}`".replace("/.", "")
+    if expiry:
+        head += f" (links expire {expiry:%Y-%m-%d %H:%M} UTC)"
+    return Message(f"{len(entries)} files", [section(f"{head}\n{text}")])
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+
+def cluster_table(views: Sequence[ClusterView]) -> str:
+    return table(
+        ["Name", "Resource Group", "Workspace", "VM Size", "State", "Idle", "Running",
+         "Preparing", "Leaving", "Unusable", "Queued"],
+        [[v.cluster.name, v.cluster.resource_group, v.cluster.workspace, v.cluster.vm_size,
+          v.cluster.state.value, v.counts.idle, v.counts.running, v.counts.preparing,
+          v.counts.leaving, v.counts.unusable, v.queued_jobs] for v in views],
+    )  # fmt: skip
+
+
+def cluster_list(views: Sequence[ClusterView], *, output: str) -> Message:
+    if output == "json":
+        return _json([cluster_json(v) for v in views])
+    if not views:
+        return Message(
+            "no clusters", [section("No clusters. Create one with `/batchai cluster create`.")]
+        )
+    return _table_message(cluster_table(views))
+
+
+def cluster_detail(view: ClusterView, *, output: str) -> Message:
+    if output == "json":
+        return _json(cluster_json(view))
+    if output == "table":
+        return _table_message(cluster_table([view]))
+    c, n = view.cluster, view.counts
+    scale = (f"auto-scale {c.min_nodes}-{c.max_nodes}" if c.autoscale
+             else f"manual, {c.target_nodes} nodes")  # fmt: skip
+    mounts = ", ".join(f"{m.share} at $AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}" for m in c.mounts)
+    lines = [
+        f"*{c.name}* ({c.vm_size}, {c.vm_priority}) — {c.state.value}",
+        f"{scale}; image {c.image}",
+        f"nodes: {n.idle} idle · {n.running} running · {n.preparing} preparing · "
+        f"{n.unusable} unusable · {view.queued_jobs} jobs queued",
+    ]
+    if mounts:
+        lines.append(f"mounts: {mounts}")
+    if c.error:
+        lines.append(f"error: {c.error}")
+    return Message(f"cluster {c.name}", [section("\n".join(lines))])
+
+
+def cluster_json(view: ClusterView) -> dict[str, Any]:
+    c, n = view.cluster, view.counts
+    scale: dict[str, Any] = (
+        {"autoScale": {"minimumNodeCount": c.min_nodes, "maximumNodeCount": c.max_nodes}}
+        if c.autoscale
+        else {"manual": {"targetNodeCount": c.target_nodes}}
+    )
+    return {
+        "name": c.name,
+        "resourceGroup": c.resource_group,
+        "workspace": c.workspace,
+        "vmSize": c.vm_size,
+        "vmPriority": c.vm_priority,
+        "image": c.image,
+        "allocationState": c.state.value,
+        "currentNodeCount": c.target_nodes,
+        "scaleSettings": scale,
+        "nodeStateCounts": {
+            "idleNodeCount": n.idle,
+            "runningNodeCount": n.running,
+            "preparingNodeCount": n.preparing,
+            "unusableNodeCount": n.unusable,
+            "leavingNodeCount": n.leaving,
+        },
+        "mountVolumes": [{"share": m.share, "relativeMountPath": m.mount_path} for m in c.mounts],
+    }
+
+
+def cluster_created(cluster: Cluster) -> Message:
+    size = (f"{cluster.min_nodes}-{cluster.max_nodes} nodes (auto-scale)" if cluster.autoscale
+            else f"{cluster.target_nodes} nodes")  # fmt: skip
+    text = f":white_check_mark: cluster *{cluster.name}* is ready: {cluster.vm_size}, {size}"
+    return Message(text, [section(text)])
+
+
+def node_table(nodes: Sequence[Node], *, output: str) -> Message:
+    if output == "json":
+        return _json([{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state}
+                      for n in nodes])  # fmt: skip
+    return _table_message(table(["ID", "IP", "Port", "State"],
+                                [[n.id, n.ip, n.port, n.state] for n in nodes]))  # fmt: skip
+
+
+# -- generic ---------------------------------------------------------------------------------
+
+
+def info(text: str) -> Message:
+    return Message(text, [section(text)])
+
+
+def error(text: str, usage: str | None = None) -> Message:
+    blocks = [section(f":warning: {text}")]
+    if usage:
+        blocks.append(section(code(usage)))
+    return Message(text, blocks)
+
+
+def monospace(text: str) -> Message:
+    return _table_message(text)
+
+
+def _table_message(text: str) -> Message:
+    return Message(text, [section(code(text))])
+
+
+def _json(data: Any) -> Message:
+    text = json.dumps(data, indent=2, default=str)
+    if len(text) > SECTION_LIMIT - 10:
+        text = json.dumps(data, default=str)
+    return Message(text, [section(code(text))])
+
+
+# -- text rendering (console) ----------------------------------------------------------------
+
+
+def to_text(message: Message) -> tuple[str, list[Block]]:
+    """The message as plain text, and its buttons in order (the console numbers them)."""
+    out: list[str] = []
+    buttons: list[Block] = []
+    for block in message.blocks:
+        kind = block.get("type")
+        if kind == "section":
+            out.append(_plain(block["text"]["text"]))
+        elif kind == "context":
+            out.append("  " + " ".join(_plain(e.get("text", "")) for e in block["elements"]))
+        elif kind == "actions":
+            labels = []
+            for b in block["elements"]:
+                buttons.append(b)
+                labels.append(f"[{len(buttons)}] {b['text']['text']}")
+            out.append("  " + "  ".join(labels))
+    return ("\n".join(out) if out else message.text), buttons
+
+
+def _plain(text: str) -> str:
+    """mrkdwn to terminal text: code fences kept as indented blocks, links shown as URLs."""
+    text = re.sub(r"<@([^>|]+)>", r"@\1", text)
+    text = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", text)
+    text = re.sub(r"```(.*?)```", lambda m: "\n" + _indent(m.group(1)), text, flags=re.S)
+    text = re.sub(r":([a-z_]+):", lambda m: _EMOJI_TEXT.get(m.group(1), ""), text)
+    return text.replace("*", "").strip("\n")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+_EMOJI_TEXT = {
+    "white_check_mark": "[ok]",
+    "x": "[failed]",
+    "warning": "[!]",
+    "no_entry": "[stopped]",
+    "inbox_tray": "[queued]",
+    "gear": "[preparing]",
+    "runner": "[running]",
+    "octagonal_sign": "[stopping]",
+    "information_source": "[i]",
+    "hourglass": "[waiting]",
+    "alarm_clock": "[expired]",
+    "no_entry_sign": "[denied]",
+}

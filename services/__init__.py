@@ -1,0 +1,1 @@
+"""Everything that decides, and everything that touches the world except Slack."""

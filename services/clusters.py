@@ -1,0 +1,315 @@
+"""ClusterService: create, resize, auto-scale, delete and describe clusters (Batch AI semantics)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from services.configs import ConfigLoader
+from services.errors import Conflict, NotFound, UserError
+from services.events import ClusterChanged
+from services.jobspec import ClusterSpec, load_cluster_spec
+from services.models import (
+    NAME_RE,
+    Actor,
+    Cluster,
+    ClusterView,
+    ConfigSource,
+    Node,
+    NodeCounts,
+    ShareMount,
+)
+from services.ports import Clock, ComputeBackend
+from services.states import ClusterState, JobState, Outcome, cluster_transition
+from services.store import SqlStore
+
+MAX_NODES = 100  # Batch AI's hard limit per cluster
+_VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
+_SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+_MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
+DEFAULT_IMAGE = "UbuntuLTS"
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """A `cluster create` after parsing; None means "not given" (file or defaults decide)."""
+
+    name: str
+    vm_size: str | None = None
+    image: str | None = None
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    target_nodes: int | None = None
+    vm_priority: str | None = None
+    afs_name: str | None = None
+    afs_mount_path: str = "afs"
+    user_name: str | None = None
+    setup_task: str | None = None
+    resource_group: str | None = None
+    workspace: str | None = None
+    config: ConfigSource | None = None
+
+
+class ClusterService:
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        backend: ComputeBackend,
+        clock: Clock,
+        config_text: ConfigLoader,
+        resource_group: str,
+        workspace: str,
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._clock = clock
+        self._config_text = config_text
+        self._rg = resource_group
+        self._ws = workspace
+
+    async def create_cluster(self, request: ClusterRequest, *, actor: Actor) -> Cluster:
+        spec = None
+        if request.config is not None:
+            text, label = self._config_text.load(request.config, may_read_paths=actor.may_read_paths)
+            spec = load_cluster_spec(text, source=label)
+        cluster = self._build(request, spec, actor)
+        if await self._store.get_cluster(cluster.name) is not None:
+            raise Conflict(f"cluster {cluster.name} already exists")
+        await self._store.insert_cluster(cluster)
+        try:
+            await self._backend.create_cluster(cluster)
+        except Exception as err:
+            failed = replace(cluster, state=ClusterState.FAILED, error=str(err))
+            await self._store.update_cluster(failed)
+            raise
+        ready = self._moved(cluster, ClusterState.STEADY)
+        await self._store.update_cluster(
+            ready, [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")]
+        )
+        return ready
+
+    async def list_clusters(self) -> list[ClusterView]:
+        return [await self._view(c) for c in await self._store.list_clusters()]
+
+    async def get_cluster(self, name: str, *, resource_group: str | None = None) -> ClusterView:
+        return await self._view(await self._get(name, resource_group))
+
+    async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
+        return await self._backend.list_nodes(await self._get(name, resource_group))
+
+    async def resize_cluster(
+        self, name: str, *, target: int, resource_group: str | None = None
+    ) -> Cluster:
+        """Manual scale to `target` nodes; like az, this also ends auto-scaling."""
+        cluster = await self._get(name, resource_group)
+        _check_count("--target", target)
+        in_use = await self._nodes_in_use(cluster.name)
+        if in_use and target <= max(in_use):
+            raise Conflict(
+                f"nodes {sorted(in_use)} of {name} are running jobs; "
+                f"terminate them first or resize to at least {max(in_use) + 1}"
+            )
+        changed = replace(cluster, target_nodes=target, autoscale=False, min_nodes=target,
+                          max_nodes=target)  # fmt: skip
+        return await self._apply_size(cluster, changed, f"resized to {target} nodes")
+
+    async def auto_scale_cluster(
+        self, name: str, *, min_nodes: int, max_nodes: int, resource_group: str | None = None
+    ) -> Cluster:
+        cluster = await self._get(name, resource_group)
+        _check_range(min_nodes, max_nodes)
+        target = max(min_nodes, min(cluster.target_nodes, max_nodes))
+        in_use = await self._nodes_in_use(cluster.name)
+        target = max(target, max(in_use) + 1 if in_use else 0)
+        changed = replace(
+            cluster, min_nodes=min_nodes, max_nodes=max_nodes, target_nodes=target, autoscale=True
+        )
+        return await self._apply_size(
+            cluster, changed, f"auto-scales between {min_nodes} and {max_nodes} nodes"
+        )
+
+    async def scale_for_demand(self, cluster: Cluster, needed: int) -> Cluster:
+        """Auto-scale: grow toward `needed` nodes (within max) or shrink to min when idle."""
+        if not cluster.autoscale or cluster.state is not ClusterState.STEADY:
+            return cluster
+        target = max(cluster.min_nodes, min(needed, cluster.max_nodes))
+        if target == cluster.target_nodes:
+            return cluster
+        changed = replace(cluster, target_nodes=target)
+        return await self._apply_size(cluster, changed, f"auto-scaled to {target} nodes")
+
+    async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> None:
+        """Deleting what is gone succeeds; a cluster with live jobs is refused."""
+        cluster = await self._store.get_cluster(name)
+        if cluster is None:
+            return
+        self._check_group(cluster, resource_group)
+        live = await self._store.list_jobs(
+            cluster=name,
+            states=[JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
+        )
+        if live:
+            names = ", ".join(j.name for j in live[:5])
+            raise Conflict(f"cluster {name} still has jobs ({names}); terminate them first")
+        deleting = self._moved(cluster, ClusterState.DELETING)
+        await self._store.update_cluster(deleting)
+        await self._backend.delete_cluster(cluster)
+        await self._store.delete_cluster(
+            name, [ClusterChanged(cluster=name, text=f"cluster {name} deleted")]
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _get(self, name: str, resource_group: str | None) -> Cluster:
+        cluster = await self._store.get_cluster(name)
+        if cluster is None:
+            raise NotFound(f"cluster {name} not found")
+        self._check_group(cluster, resource_group)
+        return cluster
+
+    @staticmethod
+    def _check_group(cluster: Cluster, resource_group: str | None) -> None:
+        if resource_group is not None and resource_group.lower() != cluster.resource_group.lower():
+            raise NotFound(f"cluster {cluster.name} not found in resource group {resource_group}")
+
+    async def _nodes_in_use(self, cluster: str) -> set[int]:
+        active = await self._store.list_jobs(
+            cluster=cluster, states=[JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING]
+        )
+        return {n for j in active for n in j.nodes}
+
+    async def _view(self, cluster: Cluster) -> ClusterView:
+        jobs = await self._store.list_jobs(
+            cluster=cluster.name,
+            states=[JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
+        )
+        preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
+        running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
+        idle = max(0, cluster.target_nodes - len(preparing) - len(running))
+        counts = NodeCounts(idle=idle, running=len(running), preparing=len(preparing))
+        queued = sum(1 for j in jobs if j.state is JobState.QUEUED)
+        return ClusterView(cluster, counts, queued)
+
+    async def _apply_size(self, old: Cluster, new: Cluster, what: str) -> Cluster:
+        resizing = self._moved(new, ClusterState.RESIZING)
+        await self._store.update_cluster(resizing)
+        try:
+            await self._backend.resize_cluster(resizing, new.target_nodes)
+        except Exception as err:
+            await self._store.update_cluster(replace(old, error=str(err)))
+            raise
+        steady = self._moved(resizing, ClusterState.STEADY)
+        await self._store.update_cluster(
+            steady, [ClusterChanged(cluster=new.name, text=f"cluster {new.name} {what}")]
+        )
+        return steady
+
+    @staticmethod
+    def _moved(cluster: Cluster, target: ClusterState) -> Cluster:
+        if cluster_transition(cluster.state, target) is Outcome.INVALID:
+            raise Conflict(f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}")
+        return replace(cluster, state=target)
+
+    def _build(self, r: ClusterRequest, spec: ClusterSpec | None, actor: Actor) -> Cluster:
+        if not NAME_RE.match(r.name):
+            raise UserError(f"cluster name {r.name!r} must be 1-64 letters, digits, - or _")
+        from_file = _from_spec(spec) if spec is not None else {}
+        vm_size = r.vm_size or from_file.get("vm_size")
+        if not vm_size:
+            raise UserError("--vm-size is required (or give it in the cluster config file)")
+        if not _VM_SIZE_RE.match(vm_size):
+            raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_NC6)")
+        min_nodes, max_nodes, target, autoscale = _scale(r, from_file)
+        mounts = list(from_file.get("mounts", ()))
+        if r.afs_name:
+            if not _SHARE_RE.match(r.afs_name):
+                raise UserError(f"{r.afs_name!r} is not an Azure File share name")
+            if not _MOUNT_RE.match(r.afs_mount_path) or r.afs_mount_path in (".", ".."):
+                raise UserError(f"{r.afs_mount_path!r} is not a mount path")
+            mounts = [m for m in mounts if m.mount_path != r.afs_mount_path]
+            mounts.append(ShareMount(r.afs_name, r.afs_mount_path))
+        priority = r.vm_priority or from_file.get("vm_priority") or "dedicated"
+        return Cluster(
+            name=r.name,
+            resource_group=r.resource_group or self._rg,
+            workspace=r.workspace or self._ws,
+            vm_size=vm_size,
+            image=r.image or from_file.get("image") or DEFAULT_IMAGE,
+            vm_priority=priority,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            target_nodes=target,
+            autoscale=autoscale,
+            state=ClusterState.CREATING,
+            mounts=tuple(mounts),
+            admin_user=r.user_name or from_file.get("admin_user") or actor.user,
+            setup_task=r.setup_task or from_file.get("setup_task"),
+            created_by=actor.user,
+            created_at=self._clock.now(),
+            conversation=actor.conversation,
+        )
+
+
+def _check_count(flag: str, value: int) -> None:
+    if not 0 <= value <= MAX_NODES:
+        raise UserError(f"{flag} must be between 0 and {MAX_NODES}, not {value}")
+
+
+def _check_range(min_nodes: int, max_nodes: int) -> None:
+    _check_count("--min", min_nodes)
+    _check_count("--max", max_nodes)
+    if min_nodes > max_nodes:
+        raise UserError(f"--min ({min_nodes}) is greater than --max ({max_nodes})")
+
+
+def _scale(r: ClusterRequest, from_file: dict[str, object]) -> tuple[int, int, int, bool]:
+    """az's `_get_scale_settings`: equal min/max (or only -t) is manual, else auto-scale."""
+    if r.min_nodes is None and r.max_nodes is None and r.target_nodes is None:
+        scale = from_file.get("scale")
+        if not isinstance(scale, tuple):
+            raise UserError("give the node count: --target N, or --min N --max M")
+        return scale  # type: ignore[return-value]
+    if (r.min_nodes is None) != (r.max_nodes is None):
+        raise UserError("--min and --max must be given together")
+    if r.min_nodes is None or r.max_nodes is None or r.min_nodes == r.max_nodes:
+        target = r.target_nodes if r.target_nodes is not None else r.min_nodes
+        assert target is not None
+        _check_count("--target", target)
+        return target, target, target, False
+    _check_range(r.min_nodes, r.max_nodes)
+    initial = r.target_nodes if r.target_nodes is not None else r.min_nodes
+    _check_count("--target", initial)
+    return r.min_nodes, r.max_nodes, max(r.min_nodes, min(initial, r.max_nodes)), True
+
+
+def _from_spec(spec: ClusterSpec) -> dict[str, object]:
+    """The parts of a cluster.json the bot uses; command-line flags override them."""
+    p = spec.properties
+    out: dict[str, object] = {"vm_size": p.vm_size, "vm_priority": p.vm_priority}
+    scale = p.scale_settings
+    if scale is not None and scale.manual is not None:
+        n = scale.manual.target_node_count
+        out["scale"] = (n, n, n, False)
+    elif scale is not None and scale.auto_scale is not None:
+        a = scale.auto_scale
+        initial = max(a.minimum_node_count, min(a.initial_node_count or 0, a.maximum_node_count))
+        out["scale"] = (a.minimum_node_count, a.maximum_node_count, initial, True)
+    vmc = p.virtual_machine_configuration
+    if vmc is not None and vmc.image_reference is not None:
+        ref = vmc.image_reference
+        out["image"] = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
+    if p.user_account_settings is not None:
+        out["admin_user"] = p.user_account_settings.admin_user_name
+    setup = p.node_setup
+    if setup is not None:
+        if setup.setup_task is not None:
+            out["setup_task"] = setup.setup_task.command_line
+        volumes = setup.mount_volumes
+        if volumes is not None:
+            out["mounts"] = tuple(
+                ShareMount(share.azure_file_url.rstrip("/").rsplit("/", 1)[-1],
+                           share.relative_mount_path)  # fmt: skip
+                for share in volumes.azure_file_shares or ()
+            )
+    return out

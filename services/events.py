@@ -1,0 +1,93 @@
+"""Domain events: what happened, stored with the state change and delivered once by the relay."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base: `kind` names the subclass in the store; `job_id`/`cluster` say whose story it is."""
+
+    kind: ClassVar[str] = "event"
+    job_id: str | None = None
+    cluster: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobSubmitted(Event):
+    kind: ClassVar[str] = "job_submitted"
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobStateChanged(Event):
+    kind: ClassVar[str] = "job_state_changed"
+    old: str = ""
+    new: str = ""
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class JobNote(Event):
+    """A line for the job's thread that is not a state change (e.g. no container engine)."""
+
+    kind: ClassVar[str] = "job_note"
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class LogSnippet(Event):
+    kind: ClassVar[str] = "log_snippet"
+    file: str = ""
+    first_line: int = 1  # 1-based number of lines[0] in the file
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    directory_id: str
+    name: str  # relative to the output directory
+    share: str
+    path: str  # relative to the share
+    size: int
+
+
+@dataclass(frozen=True)
+class JobFinished(Event):
+    """The completion receipt: exactly one per job."""
+
+    kind: ClassVar[str] = "job_finished"
+    state: str = ""
+    exit_code: int | None = None
+    detail: str | None = None
+    outputs: tuple[OutputFile, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ClusterChanged(Event):
+    kind: ClassVar[str] = "cluster_changed"
+    text: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (JobSubmitted, JobStateChanged, JobNote, LogSnippet, JobFinished, ClusterChanged)
+}
+
+
+def event_from_payload(kind: str, payload: dict[str, Any]) -> Event:
+    """Rebuild a stored event; tuples come back from JSON as lists."""
+    cls = EVENT_TYPES[kind]
+    data = dict(payload)
+    if cls is LogSnippet:
+        data["lines"] = tuple(data.get("lines", ()))
+    if cls is JobSubmitted:
+        data["warnings"] = tuple(data.get("warnings", ()))
+    if cls is JobFinished:
+        data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
+    return cls(**data)

@@ -1,0 +1,307 @@
+"""JobService: submit, show, terminate, delete jobs and read their files (Batch AI semantics)."""
+
+from __future__ import annotations
+
+import uuid
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from services.configs import ConfigLoader
+from services.errors import Conflict, NotFound, SpecError, UserError
+from services.events import Event, JobFinished, JobStateChanged, JobSubmitted
+from services.jobspec import (
+    JobSpec,
+    LaunchContext,
+    NodeInfo,
+    load_job_spec,
+    placeholders,
+    plan_launch,
+    substitute,
+)
+from services.models import (
+    NAME_RE,
+    STDOUTERR,
+    Actor,
+    ConfigSource,
+    DownloadLink,
+    FileListing,
+    FileLocation,
+    Job,
+)
+from services.ports import Clock, FileShare
+from services.states import JobState, Outcome, job_transition
+from services.store import SqlStore
+
+MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    name: str
+    cluster: str | None
+    config: ConfigSource | None
+    resource_group: str | None = None
+    workspace: str | None = None
+    experiment: str | None = None
+
+
+def advance(
+    job: Job, target: JobState, *, detail: str | None = None, **changes: Any
+) -> tuple[Job, list[Event]] | None:
+    """The one place a job's state changes: the new job and its event, or None if already there.
+
+    Raises Conflict for a transition the lifecycle does not allow.
+    """
+    outcome = job_transition(job.state, target)
+    if outcome is Outcome.ALREADY:
+        return None
+    if outcome is Outcome.INVALID:
+        raise Conflict(f"job {job.name} is {job.state.value}; it cannot become {target.value}")
+    moved = replace(job, state=target, **changes)
+    event = JobStateChanged(
+        job_id=job.id, cluster=job.cluster, old=job.state.value, new=target.value, detail=detail
+    )
+    return moved, [event]
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        share: FileShare,
+        clock: Clock,
+        configs: ConfigLoader,
+        resource_group: str,
+        workspace: str,
+        experiment: str = "default",
+        placeholder_values: Mapping[str, str] | None = None,
+        link_ttl: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._store = store
+        self._share = share
+        self._clock = clock
+        self._configs = configs
+        self._rg = resource_group
+        self._ws = workspace
+        self._experiment = experiment
+        self._placeholders = dict(placeholder_values or {})
+        self.link_ttl = link_ttl
+
+    async def create_job(self, request: JobRequest, *, actor: Actor) -> Job:
+        if not NAME_RE.match(request.name):
+            raise UserError(f"job name {request.name!r} must be 1-64 letters, digits, - or _")
+        if request.config is None:
+            raise UserError("--config is required: a manifest name, inline JSON or a job.json")
+        if await self._store.find_job(request.name) is not None:
+            raise Conflict(f"job {request.name} already exists; delete it or choose another name")
+        text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
+        spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        cluster_name = request.cluster or _cluster_from_spec(spec)
+        if cluster_name is None:
+            raise UserError("name the cluster with --cluster-name (or cluster.id in the job.json)")
+        cluster = await self._store.get_cluster(cluster_name)
+        if cluster is None:
+            raise NotFound(f"cluster {cluster_name} not found")
+        nodes = spec.properties.node_count
+        if nodes > cluster.max_nodes:
+            raise UserError(
+                f"the job needs {nodes} nodes; cluster {cluster.name} has at most {cluster.max_nodes}"
+            )
+        job_id = uuid.uuid4().hex
+        experiment = request.experiment or self._experiment
+        plan = _check_plan(spec, cluster_name, request.name, job_id, experiment, label)
+        now = self._clock.now()
+        job = Job(
+            id=job_id,
+            name=request.name,
+            cluster=cluster.name,
+            resource_group=request.resource_group or cluster.resource_group,
+            workspace=request.workspace or cluster.workspace,
+            experiment=experiment,
+            state=JobState.QUEUED,
+            spec_json=spec.model_dump_json(by_alias=True, exclude_none=True),
+            node_count=nodes,
+            toolkit=plan.toolkit,
+            max_wall_clock=plan.max_wall_clock,
+            requester=actor.user,
+            created_at=now,
+            queued_at=now,
+            conversation=actor.conversation,
+            container_image=plan.container_image,
+        )
+        event = JobSubmitted(job_id=job_id, cluster=cluster.name, warnings=tuple(plan.warnings))
+        return await self._store.insert_job(job, [event])
+
+    async def list_jobs(self, *, cluster: str | None = None) -> list[Job]:
+        return await self._store.list_jobs(cluster=cluster)
+
+    async def get_job(self, name: str) -> Job:
+        job = await self._store.find_job(name)
+        if job is None:
+            raise NotFound(f"job {name} not found")
+        return job
+
+    async def terminate_job(self, name: str) -> Job:
+        """Ask the job to stop; a finished job is left as it is (idempotent)."""
+        job = await self.get_job(name)
+        if job.state.finished or job.state is JobState.TERMINATING:
+            return job
+        step = advance(job, JobState.TERMINATING, detail="terminate requested")
+        assert step is not None
+        moved, events = step
+        if not await self._store.update_job(moved, events, expect=job.state):
+            return await self.terminate_job(name)  # it moved meanwhile: decide again
+        return moved
+
+    async def delete_job(self, name: str) -> Job | None:
+        """Deleting what is gone succeeds; a live job must be terminated first."""
+        job = await self._store.find_job(name)
+        if job is None:
+            return None
+        if not job.state.finished:
+            raise Conflict(f"job {name} is {job.state.value}; terminate it first")
+        await self._store.delete_job(job.id)
+        return job
+
+    async def list_files(
+        self, name: str, *, directory_id: str = STDOUTERR, path: str = ".", expiry_minutes: int = 60
+    ) -> FileListing:
+        if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
+            raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
+        job = await self.get_job(name)
+        directory = _subdir(self._directory(job, directory_id), path)
+        entries = await self._share.list_files(directory, recursive=False)
+        expires = self._clock.now() + timedelta(minutes=expiry_minutes)
+        links = {
+            e.name: DownloadLink(
+                e.name,
+                e.size,
+                await self._share.get_download_url(directory.child(e.name), expires_at=expires),
+                expires,
+            )
+            for e in entries
+            if not e.is_directory
+        }
+        return FileListing(job, directory_id, path, tuple(entries), links)
+
+    async def read_file(
+        self, name: str, *, directory_id: str, file_name: str, path: str = "."
+    ) -> tuple[Job, FileLocation]:
+        """The job and the location of one of its files (for streaming)."""
+        job = await self.get_job(name)
+        return job, _subdir(self._directory(job, directory_id), path).child(_safe(file_name))
+
+    async def follow_file(
+        self, name: str, *, directory_id: str, file_name: str, path: str = ".", poll: float = 0.5
+    ) -> AsyncIterator[bytes]:
+        """`tail -f` until the job ends: yields new bytes as they are written."""
+        job, loc = await self.read_file(
+            name, directory_id=directory_id, file_name=file_name, path=path
+        )
+        offset = 0
+        while True:
+            finished = job.state.finished
+            while chunk := await self._share.read_range(loc, offset, 1 << 20):
+                offset += len(chunk)
+                yield chunk
+            if finished:
+                return
+            await asyncio.sleep(poll)
+            job = await self._store.get_job(job.id) or job
+
+    async def tail_file(self, job: Job, name: str, max_bytes: int) -> tuple[bytes, int]:
+        """The last `max_bytes` of a stdouterr file, starting at a line, and that line's number
+        (0 when unknown because the start was cut)."""
+        loc = self._directory(job, STDOUTERR).child(_safe(name))
+        entry = await self._share.stat(loc)
+        if entry is None:
+            return b"", 1
+        start = max(0, entry.size - max_bytes)
+        data = await self._share.read_range(loc, start, entry.size - start)
+        if start > 0 and b"\n" in data:
+            data = data[data.index(b"\n") + 1 :]
+            return data, 0
+        return data, 1
+
+    def _directory(self, job: Job, directory_id: str) -> FileLocation:
+        layout = job.layout
+        if layout is None:
+            raise Conflict(f"job {job.name} has not started yet; its files appear when it runs")
+        if directory_id.lower() == STDOUTERR:
+            if layout.stdouterr is None:
+                raise NotFound(f"job {job.name} writes stdout/stderr off the share")
+            return layout.stdouterr
+        for key, loc in layout.outputs.items():
+            if key.lower() == directory_id.lower():
+                return loc
+        known = ", ".join([STDOUTERR, *layout.outputs]) or STDOUTERR
+        raise NotFound(f"job {job.name} has no output directory {directory_id!r} (has: {known})")
+
+    def _fill_placeholders(self, spec: JobSpec, label: str) -> JobSpec:
+        found = placeholders(spec)
+        if not found:
+            return spec
+        missing = sorted(p for p in found if p not in self._placeholders)
+        if missing:
+            raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
+        return substitute(spec, self._placeholders)
+
+
+def finished_event(job: Job, outputs: tuple[Any, ...]) -> JobFinished:
+    return JobFinished(
+        job_id=job.id,
+        cluster=job.cluster,
+        state=job.state.value,
+        exit_code=job.exit_code,
+        detail=job.error,
+        outputs=outputs,
+    )
+
+
+def _cluster_from_spec(spec: JobSpec) -> str | None:
+    ref = spec.properties.cluster
+    if ref is None or not ref.id:
+        return None
+    return ref.id.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _check_plan(
+    spec: JobSpec, cluster: str, name: str, job_id: str, experiment: str, label: str
+) -> Any:
+    """Plan the launch on placeholder nodes now, so a bad spec fails at submit, not at start."""
+    ctx = LaunchContext(
+        subscription="validate",
+        resource_group="validate",
+        workspace="validate",
+        experiment=experiment,
+        cluster_name=cluster,
+        job_name=name,
+        job_uuid=job_id,
+        mount_root="/mnt/batch/tasks/shared/LS_root/mounts",
+        job_mount_root=f"/mnt/batch/tasks/shared/LS_root/jobs/{name}/mounts",
+        job_temp_root="/mnt/batch/tasks/shared/LS_root/jobs",
+        nodes=tuple(NodeInfo(i, f"10.0.0.{i + 4}") for i in range(spec.properties.node_count)),
+    )
+    try:
+        return plan_launch(spec, ctx)
+    except SpecError:
+        raise
+    except (ValueError, KeyError) as err:
+        raise SpecError(f"{label}: {err}") from err
+
+
+def _safe(part: str) -> str:
+    if not part or part.startswith("/") or ".." in part.split("/"):
+        raise UserError(f"{part!r} is not a file name inside the directory")
+    return part
+
+
+def _subdir(loc: FileLocation, path: str) -> FileLocation:
+    path = path.strip()
+    if path in ("", "."):
+        return loc
+    return loc.child(_safe(path.strip("/")))

@@ -1,0 +1,203 @@
+"""Domain values: clusters, jobs, file references, progress. Frozen dataclasses, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from services.states import ClusterState, JobState
+
+NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
+STDOUTERR = "stdouterr"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Where a job's story is told. Opaque to services: the transport fills and reads it."""
+
+    channel: str
+    thread: str | None = None  # Slack: ts of the status card, which is also the thread root
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class ShareMount:
+    """An Azure File share mounted on every node at $AZ_BATCHAI_MOUNT_ROOT/<mount_path>."""
+
+    share: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class NodeCounts:
+    idle: int = 0
+    running: int = 0
+    preparing: int = 0
+    unusable: int = 0
+    leaving: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.idle + self.running + self.preparing + self.unusable + self.leaving
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a cluster as `cluster node list` shows it."""
+
+    id: str
+    index: int
+    ip: str
+    port: int
+    state: str  # idle | running | preparing | unusable | leaving
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    resource_group: str
+    workspace: str
+    vm_size: str
+    image: str
+    vm_priority: str  # dedicated | lowpriority
+    min_nodes: int
+    max_nodes: int
+    target_nodes: int
+    autoscale: bool
+    state: ClusterState
+    mounts: tuple[ShareMount, ...] = ()
+    admin_user: str | None = None
+    setup_task: str | None = None
+    created_by: str | None = None
+    created_at: datetime | None = None
+    conversation: Conversation | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    """A file or directory on a share: `path` is relative to the share's root, POSIX style."""
+
+    share: str
+    path: str
+
+    def child(self, name: str) -> FileLocation:
+        return FileLocation(self.share, f"{self.path.rstrip('/')}/{name}" if self.path else name)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a directory listing; `name` is relative to the listed directory."""
+
+    name: str
+    is_directory: bool
+    size: int
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DownloadLink:
+    name: str
+    size: int
+    url: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Progress:
+    current: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.current / self.total) if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Where a launched job writes: its stdouterr directory and its output directories."""
+
+    stdouterr: FileLocation | None
+    outputs: dict[str, FileLocation] = field(default_factory=dict)
+    log_files: tuple[str, ...] = ()  # names in stdouterr, in the order they should be tailed
+    primary_log: str = "stderr.txt"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str  # uuid hex, also Batch AI's job uuid in the output path
+    name: str
+    cluster: str
+    resource_group: str
+    workspace: str
+    experiment: str
+    state: JobState
+    spec_json: str
+    node_count: int
+    toolkit: str
+    max_wall_clock: timedelta
+    requester: str
+    created_at: datetime
+    conversation: Conversation | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    nodes: tuple[int, ...] = ()
+    layout: JobLayout | None = None
+    progress: Progress | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    container_image: str | None = None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at
+        return None if end is None else end - self.started_at
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a job.json / cluster.json comes from: a manifest name, inline JSON, or a local path."""
+
+    kind: str  # "manifest" | "inline" | "path"
+    value: str
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked, and where the answer and the job's story should go."""
+
+    user: str
+    conversation: Conversation | None = None
+    may_read_paths: bool = False  # only the console may name files of the bot's machine
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """A cluster with its node counts, as `cluster list/show` report it."""
+
+    cluster: Cluster
+    counts: NodeCounts
+    queued_jobs: int
+
+
+@dataclass(frozen=True)
+class FileListing:
+    """`job list-files`: entries of one directory and a download link per file."""
+
+    job: Job
+    directory_id: str
+    path: str
+    entries: tuple[FileEntry, ...]
+    links: dict[str, DownloadLink]  # by entry name; files only

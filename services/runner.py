@@ -1,0 +1,288 @@
+"""JobRunner: the periodic work — dispatch queued jobs, poll running ones, tail their logs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from services.clusters import ClusterService
+from services.errors import BackendError, NotFound, TransientError
+from services.events import Event, JobNote, LogSnippet, OutputFile
+from services.jobs import advance, finished_event
+from services.jobspec import load_job_spec
+from services.logs import LogParser, LogTailer
+from services.models import Cluster, FileLocation, Job
+from services.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
+from services.states import ClusterState, JobState
+from services.store import SqlStore
+
+log = logging.getLogger(__name__)
+
+LIVE = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
+MAX_OUTPUT_FILES = 200
+SNIPPET_LINES = 200  # per event; the presenter trims further for Slack's limits
+
+
+@dataclass
+class _LogState:
+    offsets: dict[str, tuple[int, int]]
+    parser: LogParser = field(default_factory=LogParser)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        backend: ComputeBackend,
+        share: FileShare,
+        clusters: ClusterService,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._share = share
+        self._clusters = clusters
+        self._clock = clock
+        self._tailer = LogTailer(share)
+        self._logs: dict[str, _LogState] = {}
+
+    async def tick(self) -> None:
+        """One round of everything; each part survives the failure of another."""
+        for step in (self.dispatch, self.poll, self.tail_logs):
+            try:
+                await step()
+            except TransientError as err:
+                log.warning("%s: backend busy, retrying next tick: %s", step.__name__, err)
+            except Exception:
+                log.exception("%s failed; retrying next tick", step.__name__)
+
+    # -- dispatch: FIFO per cluster, gang-scheduled -----------------------------------------
+
+    async def dispatch(self) -> None:
+        for cluster in await self._store.list_clusters():
+            if cluster.state in (ClusterState.STEADY, ClusterState.FAILED):
+                await self._dispatch_cluster(cluster)
+
+    async def _dispatch_cluster(self, cluster: Cluster) -> None:
+        jobs = await self._store.list_jobs(cluster=cluster.name, states=(JobState.QUEUED, *LIVE))
+        queued = [j for j in jobs if j.state is JobState.QUEUED]
+        in_use = {n for j in jobs if j.state in LIVE for n in j.nodes}
+        if cluster.autoscale:
+            demand = len(in_use) + sum(j.node_count for j in queued)
+            cluster = await self._clusters.scale_for_demand(cluster, demand)
+        free = sorted(set(range(cluster.target_nodes)) - in_use)
+        for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
+            if job.node_count > len(free):
+                return
+            nodes, free = tuple(free[: job.node_count]), free[job.node_count :]
+            await self._start(job, cluster, nodes)
+
+    async def _start(self, job: Job, cluster: Cluster, nodes: tuple[int, ...]) -> None:
+        step = advance(job, JobState.PREPARING, nodes=nodes, detail=f"nodes {list(nodes)}")
+        if step is None:
+            return
+        preparing, events = step
+        if not await self._store.update_job(preparing, events, expect=JobState.QUEUED):
+            return  # terminated (or started) meanwhile
+        request = LaunchRequest(
+            job_id=job.id,
+            job_name=job.name,
+            experiment=job.experiment,
+            resource_group=job.resource_group,
+            workspace=job.workspace,
+            cluster=cluster,
+            spec=load_job_spec(job.spec_json, source=job.name),
+            nodes=nodes,
+        )
+        try:
+            result = await self._backend.start_job(request)
+        except TransientError:
+            # Leave it preparing: start_job is idempotent and the next poll retries it.
+            raise
+        except Exception as err:
+            log.warning("job %s failed to start: %s", job.name, err)
+            await self._finish(preparing, JobState.FAILED, exit_code=None, detail=str(err))
+            return
+        notes: list[Event] = [JobNote(job_id=job.id, cluster=job.cluster, text=n) for n in result.notes]
+        await self._store.update_job(replace(preparing, layout=result.layout), notes)
+
+    # -- poll --------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        for job in await self._store.list_jobs(states=LIVE):
+            try:
+                await self._poll_job(job)
+            except TransientError as err:
+                log.info("job %s: status unavailable for now: %s", job.name, err)
+
+    async def _poll_job(self, job: Job) -> None:
+        if job.state is JobState.TERMINATING and job.layout is None and not job.nodes:
+            await self._finish(job, JobState.TERMINATED, exit_code=None, detail="terminated")
+            return
+        if job.layout is None:  # reserved but start_job did not finish: try again (idempotent)
+            cluster = await self._store.get_cluster(job.cluster)
+            if cluster is None:
+                await self._finish(job, JobState.FAILED, None, f"cluster {job.cluster} is gone")
+                return
+            await self._relaunch(job, cluster)
+            return
+        if job.state is JobState.TERMINATING:
+            await self._backend.terminate_job(job.id)
+        try:
+            status = await self._backend.get_job_status(job.id)
+        except NotFound:
+            status = RunStatus("lost", detail="the backend no longer knows this job")
+        await self._apply(job, status)
+
+    async def _relaunch(self, job: Job, cluster: Cluster) -> None:
+        if job.state is JobState.TERMINATING:
+            await self._finish(job, JobState.TERMINATED, exit_code=None, detail="terminated")
+            return
+        spec = load_job_spec(job.spec_json, source=job.name)
+        request = LaunchRequest(
+            job.id, job.name, job.experiment, job.resource_group, job.workspace, cluster, spec,
+            job.nodes,
+        )  # fmt: skip
+        try:
+            result = await self._backend.start_job(request)
+        except BackendError as err:
+            if isinstance(err, TransientError):
+                raise
+            await self._finish(job, JobState.FAILED, exit_code=None, detail=str(err))
+            return
+        await self._store.update_job(replace(job, layout=result.layout))
+
+    async def _apply(self, job: Job, status: RunStatus) -> None:
+        if status.phase == "preparing":
+            return
+        if status.phase == "running":
+            if job.state is JobState.PREPARING:
+                step = advance(job, JobState.RUNNING, started_at=status.started_at or self._now())
+                if step is not None:
+                    await self._store.update_job(*step, expect=JobState.PREPARING)
+            return
+        if status.phase == "lost":
+            await self._finish(job, JobState.FAILED, None, status.detail or "node runner lost")
+            return
+        terminated = job.state is JobState.TERMINATING or (
+            status.detail or ""
+        ).startswith("terminated")
+        if terminated:
+            target = JobState.TERMINATED
+        else:
+            target = JobState.SUCCEEDED if status.exit_code == 0 else JobState.FAILED
+        await self._finish(job, target, status.exit_code, status.detail, status)
+
+    async def _finish(
+        self,
+        job: Job,
+        target: JobState,
+        exit_code: int | None,
+        detail: str | None,
+        status: RunStatus | None = None,
+    ) -> None:
+        """Final log read, then the end state and its one receipt in a single transaction."""
+        if job.layout is not None:
+            await self._tail_job(job, final=True)
+        events: list[Event] = []
+        current = job
+        if current.state is JobState.PREPARING and target is not JobState.FAILED:
+            step = advance(current, JobState.RUNNING, started_at=self._start_time(job, status))
+            if step is not None:
+                current, more = step
+                events += more
+        started = current.started_at or (status.started_at if status else None)
+        step = advance(
+            current,
+            target,
+            detail=detail,
+            exit_code=exit_code,
+            error=detail if target is not JobState.SUCCEEDED else None,
+            ended_at=(status.ended_at if status and status.ended_at else self._now()),
+            started_at=started,
+        )
+        if step is None:
+            return
+        done, more = step
+        events += more
+        events.append(finished_event(done, await self._outputs(done)))
+        if await self._store.update_job(done, events, expect=job.state):
+            self._logs.pop(job.id, None)
+            for name in job.layout.log_files if job.layout else ():
+                self._tailer.forget((job.id, name))
+
+    def _start_time(self, job: Job, status: RunStatus | None) -> object:
+        return job.started_at or (status.started_at if status else None) or self._now()
+
+    async def _outputs(self, job: Job) -> tuple[OutputFile, ...]:
+        if job.layout is None:
+            return ()
+        found: list[OutputFile] = []
+        for directory_id, loc in job.layout.outputs.items():
+            try:
+                entries = await self._share.list_files(loc, recursive=True)
+            except NotFound:
+                continue
+            for e in entries:
+                if not e.is_directory and len(found) < MAX_OUTPUT_FILES:
+                    child = loc.child(e.name)
+                    found.append(OutputFile(directory_id, e.name, child.share, child.path, e.size))
+        return tuple(found)
+
+    # -- logs --------------------------------------------------------------------------------
+
+    async def tail_logs(self) -> None:
+        for job in await self._store.list_jobs(states=LIVE):
+            if job.layout is not None and job.layout.stdouterr is not None:
+                try:
+                    await self._tail_job(job, final=False)
+                except TransientError as err:
+                    log.info("job %s: logs unavailable for now: %s", job.name, err)
+
+    async def _tail_job(self, job: Job, *, final: bool) -> None:
+        layout = job.layout
+        if layout is None or layout.stdouterr is None:
+            return
+        state = self._logs.get(job.id)
+        if state is None:
+            state = self._logs[job.id] = _LogState(await self._store.get_log_offsets(job.id))
+        for name in layout.log_files:
+            await self._tail_file(job, state, name, layout.stdouterr.child(name), final=final)
+
+    async def _tail_file(
+        self, job: Job, state: _LogState, name: str, loc: FileLocation, *, final: bool
+    ) -> None:
+        while True:
+            offset, count = state.offsets.get(name, (0, 0))
+            result = await self._tailer.read((job.id, name), loc, offset, final=final)
+            if result.restarted:
+                count = 0
+            if not result.lines and result.committed_offset == offset:
+                return
+            points = state.parser.feed_all(result.lines)
+            events: list[Event] = [
+                LogSnippet(
+                    job_id=job.id,
+                    cluster=job.cluster,
+                    file=name,
+                    first_line=count + 1 + i,
+                    lines=tuple(result.lines[i : i + SNIPPET_LINES]),
+                )
+                for i in range(0, len(result.lines), SNIPPET_LINES)
+            ]
+            new_offsets = {name: (result.committed_offset, count + len(result.lines))}
+            await self._store.commit_log(
+                job.id,
+                new_offsets,
+                events,
+                points,
+                state.parser.progress,
+                state.parser.last_metrics or None,
+            )
+            state.offsets.update(new_offsets)
+            if not result.more:
+                return
+
+    def _now(self):  # type: ignore[no-untyped-def]
+        return self._clock.now()

@@ -1,0 +1,115 @@
+"""The tables, as SQLAlchemy Core metadata; Alembic migrations create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+metadata = MetaData()
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("resource_group", String(90), nullable=False),
+    Column("workspace", String(64), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("image", String(256), nullable=False),
+    Column("vm_priority", String(16), nullable=False),
+    Column("min_nodes", Integer, nullable=False),
+    Column("max_nodes", Integer, nullable=False),
+    Column("target_nodes", Integer, nullable=False),
+    Column("autoscale", Boolean, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("mounts", JSON, nullable=False),
+    Column("admin_user", String(64)),
+    Column("setup_task", Text),
+    Column("created_by", String(64)),
+    Column("created_at", DateTime(timezone=True)),
+    Column("conversation", JSON),
+    Column("error", Text),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("seq", Integer, nullable=False),  # FIFO order of submission
+    Column("name", String(64), nullable=False),
+    Column("cluster", String(64), nullable=False),
+    Column("resource_group", String(90), nullable=False),
+    Column("workspace", String(64), nullable=False),
+    Column("experiment", String(64), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("node_count", Integer, nullable=False),
+    Column("toolkit", String(16), nullable=False),
+    Column("max_wall_clock_s", Integer, nullable=False),
+    Column("requester", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("exit_code", Integer),
+    Column("error", Text),
+    Column("nodes", JSON, nullable=False),
+    Column("layout", JSON),
+    Column("progress", JSON),
+    Column("last_metrics", JSON, nullable=False),
+    Column("container_image", String(256)),
+    Column("conversation", JSON),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
+)
+# A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
+Index(
+    "ix_jobs_live_name",
+    jobs.c.name,
+    unique=True,
+    sqlite_where=jobs.c.deleted.is_(False),
+    postgresql_where=jobs.c.deleted.is_(False),
+)
+Index("ix_jobs_cluster_state", jobs.c.cluster, jobs.c.state)
+
+log_offsets = Table(
+    "log_offsets",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("file", String(255), primary_key=True),
+    Column("offset", BigInteger, nullable=False),
+    Column("lines", Integer, nullable=False),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("job_id", String(32)),
+    Column("cluster", String(64)),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+)
+Index("ix_events_pending", events.c.delivered_at, events.c.id)

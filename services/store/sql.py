@@ -1,0 +1,428 @@
+"""SqlStore: every write is one transaction, and events are stored with the change they announce."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.clock import utcnow
+from services.errors import Conflict
+from services.events import Event, event_from_payload
+from services.models import (
+    Cluster,
+    Conversation,
+    FileLocation,
+    Job,
+    JobLayout,
+    MetricPoint,
+    Progress,
+    ShareMount,
+)
+from services.states import ClusterState, JobState
+from services.store.schema import clusters, events, jobs, log_offsets, metrics
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SqlStore:
+    """Clusters, jobs, log offsets, metrics and the event outbox in one database."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        connect_args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            connect_args["timeout"] = 30
+        self._engine: AsyncEngine = create_async_engine(url, echo=echo, connect_args=connect_args)
+        if url.startswith("sqlite"):
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(select(1))
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
+
+    # -- clusters ---------------------------------------------------------------------------
+
+    async def insert_cluster(self, cluster: Cluster, new_events: Sequence[Event] = ()) -> None:
+        async with self._engine.begin() as conn:
+            try:
+                await conn.execute(insert(clusters).values(**_cluster_row(cluster)))
+            except IntegrityError as err:
+                raise Conflict(f"cluster {cluster.name} already exists") from err
+            await _add_events(conn, new_events, cluster.created_at)
+
+    async def update_cluster(self, cluster: Cluster, new_events: Sequence[Event] = ()) -> None:
+        async with self._engine.begin() as conn:
+            row = _cluster_row(cluster)
+            await conn.execute(update(clusters).where(clusters.c.name == cluster.name).values(row))
+            await _add_events(conn, new_events, None)
+
+    async def delete_cluster(self, name: str, new_events: Sequence[Event] = ()) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(clusters.delete().where(clusters.c.name == name))
+            await _add_events(conn, new_events, None)
+
+    async def get_cluster(self, name: str) -> Cluster | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(clusters).where(clusters.c.name == name))).first()
+        return None if row is None else _cluster_from(row._mapping)
+
+    async def list_clusters(self) -> list[Cluster]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(clusters).order_by(clusters.c.name))
+            return [_cluster_from(r._mapping) for r in rows]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def insert_job(self, job: Job, new_events: Sequence[Event] = ()) -> Job:
+        async with self._engine.begin() as conn:
+            seq = (await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)))).scalar_one()
+            try:
+                await conn.execute(insert(jobs).values(seq=seq + 1, **_job_row(job)))
+            except IntegrityError as err:
+                raise Conflict(f"job {job.name} already exists") from err
+            await _add_events(conn, new_events, job.created_at)
+        return job
+
+    async def update_job(
+        self, job: Job, new_events: Sequence[Event] = (), *, expect: JobState | None = None
+    ) -> bool:
+        """Write `job`; with `expect`, only if the stored state still is `expect` (else False)."""
+        async with self._engine.begin() as conn:
+            stmt = update(jobs).where(jobs.c.id == job.id)
+            if expect is not None:
+                stmt = stmt.where(jobs.c.state == expect.value)
+            result = await conn.execute(stmt.values(_job_row(job)))
+            if result.rowcount == 0:
+                await conn.rollback()
+                return False
+            await _add_events(conn, new_events, None)
+        return True
+
+    async def delete_job(self, job_id: str) -> None:
+        """Frees the job's name; its events and metrics stay for the record."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(deleted=True))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        return None if row is None else _job_from(row._mapping)
+
+    async def find_job(self, name: str) -> Job | None:
+        async with self._engine.connect() as conn:
+            stmt = select(jobs).where(jobs.c.name == name, jobs.c.deleted.is_(False))
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _job_from(row._mapping)
+
+    async def list_jobs(
+        self, *, cluster: str | None = None, states: Iterable[JobState] | None = None
+    ) -> list[Job]:
+        """Live jobs in submission (FIFO) order."""
+        stmt = select(jobs).where(jobs.c.deleted.is_(False)).order_by(jobs.c.seq)
+        if cluster is not None:
+            stmt = stmt.where(jobs.c.cluster == cluster)
+        if states is not None:
+            stmt = stmt.where(jobs.c.state.in_([s.value for s in states]))
+        async with self._engine.connect() as conn:
+            return [_job_from(r._mapping) for r in await conn.execute(stmt)]
+
+    async def set_conversation(self, job_id: str, conversation: Conversation) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(conversation=_conversation_row(conversation))
+            )
+
+    # -- logs and metrics -------------------------------------------------------------------
+
+    async def get_log_offsets(self, job_id: str) -> dict[str, tuple[int, int]]:
+        """file -> (committed byte offset, lines delivered so far)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(log_offsets).where(log_offsets.c.job_id == job_id))
+            return {r.file: (r.offset, r.lines) for r in rows}
+
+    async def commit_log(
+        self,
+        job_id: str,
+        offsets: dict[str, tuple[int, int]],
+        new_events: Sequence[Event],
+        points: Sequence[MetricPoint],
+        progress: Progress | None,
+        last_metrics: dict[str, float] | None,
+    ) -> None:
+        """New offsets, the snippets they produced and parsed metrics, all or nothing."""
+        async with self._engine.begin() as conn:
+            for file, (offset, lines) in offsets.items():
+                values = {"offset": offset, "lines": lines}
+                changed = await conn.execute(
+                    update(log_offsets)
+                    .where(log_offsets.c.job_id == job_id, log_offsets.c.file == file)
+                    .values(values)
+                )
+                if changed.rowcount == 0:
+                    await conn.execute(
+                        insert(log_offsets).values(job_id=job_id, file=file, **values)
+                    )
+            for p in points:
+                await _upsert_metric(conn, job_id, p)
+            job_values: dict[str, Any] = {}
+            if progress is not None:
+                job_values["progress"] = {"current": progress.current, "total": progress.total}
+            if last_metrics:
+                job_values["last_metrics"] = last_metrics
+            if job_values:
+                await conn.execute(update(jobs).where(jobs.c.id == job_id).values(job_values))
+            await _add_events(conn, new_events, None)
+
+    async def list_metrics(self, job_id: str) -> list[MetricPoint]:
+        async with self._engine.connect() as conn:
+            stmt = select(metrics).where(metrics.c.job_id == job_id).order_by(metrics.c.step)
+            return [MetricPoint(r.step, r.name, r.value) for r in await conn.execute(stmt)]
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def add_events(self, new_events: Sequence[Event]) -> None:
+        async with self._engine.begin() as conn:
+            await _add_events(conn, new_events, None)
+
+    async def pending_events(self, limit: int = 100) -> list[tuple[int, Event]]:
+        """Undelivered events, oldest first."""
+        stmt = (
+            select(events).where(events.c.delivered_at.is_(None)).order_by(events.c.id).limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(stmt)
+            return [(r.id, event_from_payload(r.kind, r.payload)) for r in rows]
+
+    async def mark_delivered(self, event_id: int, at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(events).where(events.c.id == event_id).values(delivered_at=at)
+            )
+
+    async def count_events(self, *, kind: str | None = None, job_id: str | None = None) -> int:
+        stmt = select(func.count()).select_from(events)
+        if kind is not None:
+            stmt = stmt.where(events.c.kind == kind)
+        if job_id is not None:
+            stmt = stmt.where(events.c.job_id == job_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the web app and the periodic work read while a tick writes.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _upgrade(sync_conn: Connection) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+async def _add_events(
+    conn: AsyncConnection, new_events: Sequence[Event], at: datetime | None
+) -> None:
+    if not new_events:
+        return
+    stamp = at or utcnow()
+    await conn.execute(
+        insert(events),
+        [
+            {
+                "kind": e.kind,
+                "job_id": e.job_id,
+                "cluster": e.cluster,
+                "payload": e.payload(),
+                "created_at": stamp,
+            }
+            for e in new_events
+        ],
+    )
+
+
+async def _upsert_metric(conn: AsyncConnection, job_id: str, p: MetricPoint) -> None:
+    key = (metrics.c.job_id == job_id, metrics.c.step == p.step, metrics.c.name == p.name)
+    changed = await conn.execute(update(metrics).where(*key).values(value=p.value))
+    if changed.rowcount == 0:
+        await conn.execute(
+            insert(metrics).values(job_id=job_id, step=p.step, name=p.name, value=p.value)
+        )
+
+
+def _conversation_row(c: Conversation | None) -> dict[str, Any] | None:
+    return None if c is None else {"channel": c.channel, "thread": c.thread, "user": c.user}
+
+
+def _conversation_from(data: Any) -> Conversation | None:
+    return None if not data else Conversation(data["channel"], data.get("thread"), data.get("user"))
+
+
+def _cluster_row(c: Cluster) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "resource_group": c.resource_group,
+        "workspace": c.workspace,
+        "vm_size": c.vm_size,
+        "image": c.image,
+        "vm_priority": c.vm_priority,
+        "min_nodes": c.min_nodes,
+        "max_nodes": c.max_nodes,
+        "target_nodes": c.target_nodes,
+        "autoscale": c.autoscale,
+        "state": c.state.value,
+        "mounts": [{"share": m.share, "mount_path": m.mount_path} for m in c.mounts],
+        "admin_user": c.admin_user,
+        "setup_task": c.setup_task,
+        "created_by": c.created_by,
+        "created_at": c.created_at,
+        "conversation": _conversation_row(c.conversation),
+        "error": c.error,
+    }
+
+
+def _cluster_from(r: Any) -> Cluster:
+    return Cluster(
+        name=r["name"],
+        resource_group=r["resource_group"],
+        workspace=r["workspace"],
+        vm_size=r["vm_size"],
+        image=r["image"],
+        vm_priority=r["vm_priority"],
+        min_nodes=r["min_nodes"],
+        max_nodes=r["max_nodes"],
+        target_nodes=r["target_nodes"],
+        autoscale=r["autoscale"],
+        state=ClusterState(r["state"]),
+        mounts=tuple(ShareMount(m["share"], m["mount_path"]) for m in r["mounts"]),
+        admin_user=r["admin_user"],
+        setup_task=r["setup_task"],
+        created_by=r["created_by"],
+        created_at=_aware(r["created_at"]),
+        conversation=_conversation_from(r["conversation"]),
+        error=r["error"],
+    )
+
+
+def _layout_row(layout: JobLayout | None) -> dict[str, Any] | None:
+    if layout is None:
+        return None
+
+    def loc(x: FileLocation | None) -> dict[str, str] | None:
+        return None if x is None else {"share": x.share, "path": x.path}
+
+    return {
+        "stdouterr": loc(layout.stdouterr),
+        "outputs": {k: loc(v) for k, v in layout.outputs.items()},
+        "log_files": list(layout.log_files),
+        "primary_log": layout.primary_log,
+    }
+
+
+def _layout_from(data: Any) -> JobLayout | None:
+    if not data:
+        return None
+
+    def loc(x: Any) -> FileLocation | None:
+        return None if x is None else FileLocation(x["share"], x["path"])
+
+    outputs = {k: v for k, v in ((k, loc(v)) for k, v in data["outputs"].items()) if v is not None}
+    return JobLayout(
+        stdouterr=loc(data["stdouterr"]),
+        outputs=outputs,
+        log_files=tuple(data["log_files"]),
+        primary_log=data["primary_log"],
+    )
+
+
+def _job_row(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "name": j.name,
+        "cluster": j.cluster,
+        "resource_group": j.resource_group,
+        "workspace": j.workspace,
+        "experiment": j.experiment,
+        "state": j.state.value,
+        "spec_json": j.spec_json,
+        "node_count": j.node_count,
+        "toolkit": j.toolkit,
+        "max_wall_clock_s": int(j.max_wall_clock.total_seconds()),
+        "requester": j.requester,
+        "created_at": j.created_at,
+        "queued_at": j.queued_at,
+        "started_at": j.started_at,
+        "ended_at": j.ended_at,
+        "exit_code": j.exit_code,
+        "error": j.error,
+        "nodes": list(j.nodes),
+        "layout": _layout_row(j.layout),
+        "progress": None
+        if j.progress is None
+        else {"current": j.progress.current, "total": j.progress.total},
+        "last_metrics": dict(j.last_metrics),
+        "container_image": j.container_image,
+        "conversation": _conversation_row(j.conversation),
+    }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything in this project is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _job_from(r: Any) -> Job:
+    progress = r["progress"]
+    created = _aware(r["created_at"])
+    assert created is not None
+    return Job(
+        id=r["id"],
+        name=r["name"],
+        cluster=r["cluster"],
+        resource_group=r["resource_group"],
+        workspace=r["workspace"],
+        experiment=r["experiment"],
+        state=JobState(r["state"]),
+        spec_json=r["spec_json"],
+        node_count=r["node_count"],
+        toolkit=r["toolkit"],
+        max_wall_clock=timedelta(seconds=r["max_wall_clock_s"]),
+        requester=r["requester"],
+        created_at=created,
+        conversation=_conversation_from(r["conversation"]),
+        queued_at=_aware(r["queued_at"]),
+        started_at=_aware(r["started_at"]),
+        ended_at=_aware(r["ended_at"]),
+        exit_code=r["exit_code"],
+        error=r["error"],
+        nodes=tuple(r["nodes"]),
+        layout=_layout_from(r["layout"]),
+        progress=None if progress is None else Progress(progress["current"], progress["total"]),
+        last_metrics=dict(r["last_metrics"] or {}),
+        container_image=r["container_image"],
+    )
