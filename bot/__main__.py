@@ -21,8 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="start the bot: Slack when tokens are configured, else the console")
     console = sub.add_parser("console", help="the /batchai commands on this terminal or a pipe")
-    console.add_argument("--wait-timeout", type=float, default=900.0,
-                         help="with piped input: seconds to wait for started jobs (default 900)")  # fmt: skip
+    console.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=900.0,
+        help="with piped input: seconds to wait for started jobs (default 900)",
+    )
     validate = sub.add_parser("validate", help="check Batch AI job/cluster JSON files")
     validate.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("apscheduler", "alembic", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command in (None, "run") and settings.slack_configured:
         print(
             "SLACK_BOT_TOKEN is set, but this build has no Slack transport yet; "
@@ -55,7 +61,7 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
         actor = console_actor(settings.console_channel, settings.console_user)
 
         async def busy() -> bool:
-            live = await bot.store.list_jobs(states=LIVE_STATES)
+            live = await bot.store.list_jobs(states=LIVE_STATES, include_deleted=True)
             return bool(live) or bool(await bot.store.pending_events(1))
 
         console = Console(
@@ -67,8 +73,10 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
             interactive=interactive,
         )
         if interactive:
-            print("batchai-bot console — type `help`, a command (with or without /batchai), "
-                  "a [number] to press a button, or `exit`.")  # fmt: skip
+            print(
+                "batchai-bot console — type `help`, a command (with or without /batchai), "
+                "a [number] to press a button, or `exit`."
+            )
         return await console.run(sys.stdin, wait_timeout=wait_timeout)
 
 

@@ -9,9 +9,11 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from handlers import views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
 from handlers.views import Block, Message, to_text
+from services.errors import BatchAIError
 from services.models import Actor, Conversation
 from services.states import JobState
 
@@ -53,7 +55,11 @@ class ConsoleTransport:
             self.show(message, header=f"#{channel}")
         else:
             title = self._titles.get(thread, thread)
-            self.show(message, header=f"#{channel} › {title}" + (" (also sent to channel)" if broadcast else ""), indent="  ")
+            self.show(
+                message,
+                header=f"#{channel} › {title}" + (" (also sent to channel)" if broadcast else ""),
+                indent="  ",
+            )
         return message_id
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
@@ -117,17 +123,23 @@ class Console:
             if button is None:
                 self._transport.show(Message(f"no choice [{line}]"))
                 return
-            reply = await self._actions.handle(button["action_id"], button["value"], actor=self._actor)
+            reply = await self._actions.handle(
+                button["action_id"], button["value"], actor=self._actor
+            )
         else:
             reply = await self._commands.handle(line, actor=self._actor, source="console")
         await self._show_reply(reply)
 
     async def _show_reply(self, reply: Reply) -> None:
         self._transport.show(reply.message)
-        if reply.stream is not None:
+        if reply.stream is None:
+            return
+        try:
             async for text in reply.stream:
                 self._out.write(text)
                 self._out.flush()
+        except BatchAIError as err:  # e.g. the job ended without writing the file
+            self._transport.show(views.error(str(err)))
 
     async def _wait_for_jobs(self, timeout: float) -> int:
         """Piped input ends when its jobs have finished (or the timeout says otherwise)."""

@@ -63,5 +63,7 @@ def _bind(settings: Settings) -> socket.socket:
         sock.bind((settings.host, settings.port))
     except OSError as err:
         sock.close()
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {err.strerror}") from None
+        raise SystemExit(
+            f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
+        ) from None
     return sock

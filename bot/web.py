@@ -18,7 +18,9 @@ ResolveFile = Callable[[FileLocation], Path]
 HealthCheck = Callable[[], Awaitable[None]]
 
 
-def create_web_app(*, signer: LinkSigner, resolve: ResolveFile, ready: HealthCheck) -> web.Application:
+def create_web_app(
+    *, signer: LinkSigner, resolve: ResolveFile, ready: HealthCheck
+) -> web.Application:
     app = web.Application()
 
     async def healthz(_request: web.Request) -> web.Response:

@@ -117,15 +117,19 @@ class CommandHandler:
         cluster = await self._s.clusters.resize_cluster(
             c.name, target=c.target_nodes, resource_group=c.resource_group
         )
-        return Reply(views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
-                     public=True)  # fmt: skip
+        return Reply(
+            views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
+            public=True,
+        )
 
     async def _cluster_auto_scale(self, c: Any, actor: Actor) -> Reply:
         cluster = await self._s.clusters.auto_scale_cluster(
             c.name, min_nodes=c.min_nodes, max_nodes=c.max_nodes, resource_group=c.resource_group
         )
-        text = (f"cluster *{cluster.name}* auto-scales between {cluster.min_nodes} and "
-                f"{cluster.max_nodes} nodes (now {cluster.target_nodes})")  # fmt: skip
+        text = (
+            f"cluster *{cluster.name}* auto-scales between {cluster.min_nodes} and "
+            f"{cluster.max_nodes} nodes (now {cluster.target_nodes})"
+        )
         return Reply(views.info(text), public=True)
 
     async def _cluster_delete(self, c: Any, actor: Actor) -> Reply:
@@ -180,9 +184,7 @@ class CommandHandler:
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_stream(self, c: Any, actor: Actor) -> Reply:
-        job, _ = await self._s.jobs.read_file(
-            c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
-        )
+        job = await self._s.jobs.get_job(c.job)
         chunks = self._s.jobs.follow_file(
             c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
         )

@@ -18,6 +18,9 @@ from services.events import (
 )
 from services.models import Conversation, Job
 from services.ports import Delivery
+from services.states import FINISHED
+
+FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 
 
 class Transport(Protocol):
@@ -68,7 +71,8 @@ class Presenter:
             return conv
         if isinstance(event, JobStateChanged):
             await self._refresh_card(job, conv)
-            await self._reply(conv, views.state_reply(job, event.new, event.detail), key)
+            if event.new not in FINISHED_NAMES:  # the receipt tells the end
+                await self._reply(conv, views.state_reply(job, event.new, event.detail), key)
         elif isinstance(event, LogSnippet):
             await self._reply(
                 conv, views.log_snippet(event.file, event.first_line, event.lines), key
@@ -76,7 +80,6 @@ class Presenter:
         elif isinstance(event, JobNote):
             await self._reply(conv, views.note_reply(event.text), key)
         elif isinstance(event, JobFinished):
-            await self._refresh_card(job, conv)
             receipt = views.receipt(job, delivery.links)
             await self._reply(conv, receipt, key, broadcast=True)
         return None

@@ -63,8 +63,15 @@ def context(text: str) -> Block:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:SECTION_LIMIT]}]}
 
 
-def button(text: str, action_id: str, value: str, *, style: str | None = None,
-           url: str | None = None, confirm: Block | None = None) -> Block:  # fmt: skip
+def button(
+    text: str,
+    action_id: str,
+    value: str,
+    *,
+    style: str | None = None,
+    url: str | None = None,
+    confirm: Block | None = None,
+) -> Block:
     b: Block = {
         "type": "button",
         "text": {"type": "plain_text", "text": text[:75]},
@@ -94,7 +101,7 @@ def code(text: str) -> str:
 def fmt_duration(delta: timedelta | None) -> str:
     if delta is None:
         return "-"
-    seconds = max(0, int(delta.total_seconds()))
+    seconds = max(0, round(delta.total_seconds()))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
@@ -225,8 +232,10 @@ def receipt(
 ) -> Message:
     emoji = STATE_EMOJI.get(job.state, "")
     head = f"{emoji} <@{job.requester}> *{job.name}* {job.state.value}"
-    facts = [f"exit code {job.exit_code if job.exit_code is not None else '-'}",
-             f"duration {fmt_duration(job.duration)}"]  # fmt: skip
+    facts = [
+        f"exit code {job.exit_code if job.exit_code is not None else '-'}",
+        f"duration {fmt_duration(job.duration)}",
+    ]
     if job.error and job.state is not JobState.SUCCEEDED:
         facts.append(f"reason: {job.error}")
     blocks = [section(head), context(" · ".join(facts))]
@@ -274,7 +283,7 @@ def job_table(jobs: Sequence[Job]) -> str:
                 j.exit_code,
             ]
             for j in jobs
-        ],  # fmt: skip
+        ],
     )
 
 
@@ -361,12 +370,36 @@ def file_listing(listing: FileListing, *, output: str) -> Message:
 
 def cluster_table(views: Sequence[ClusterView]) -> str:
     return table(
-        ["Name", "Resource Group", "Workspace", "VM Size", "State", "Idle", "Running",
-         "Preparing", "Leaving", "Unusable", "Queued"],
-        [[v.cluster.name, v.cluster.resource_group, v.cluster.workspace, v.cluster.vm_size,
-          v.cluster.state.value, v.counts.idle, v.counts.running, v.counts.preparing,
-          v.counts.leaving, v.counts.unusable, v.queued_jobs] for v in views],
-    )  # fmt: skip
+        [
+            "Name",
+            "Resource Group",
+            "Workspace",
+            "VM Size",
+            "State",
+            "Idle",
+            "Running",
+            "Preparing",
+            "Leaving",
+            "Unusable",
+            "Queued",
+        ],
+        [
+            [
+                v.cluster.name,
+                v.cluster.resource_group,
+                v.cluster.workspace,
+                v.cluster.vm_size,
+                v.cluster.state.value,
+                v.counts.idle,
+                v.counts.running,
+                v.counts.preparing,
+                v.counts.leaving,
+                v.counts.unusable,
+                v.queued_jobs,
+            ]
+            for v in views
+        ],
+    )
 
 
 def cluster_list(views: Sequence[ClusterView], *, output: str) -> Message:
@@ -385,8 +418,11 @@ def cluster_detail(view: ClusterView, *, output: str) -> Message:
     if output == "table":
         return _table_message(cluster_table([view]))
     c, n = view.cluster, view.counts
-    scale = (f"auto-scale {c.min_nodes}-{c.max_nodes}" if c.autoscale
-             else f"manual, {c.target_nodes} nodes")  # fmt: skip
+    scale = (
+        f"auto-scale {c.min_nodes}-{c.max_nodes}"
+        if c.autoscale
+        else f"manual, {c.target_nodes} nodes"
+    )
     mounts = ", ".join(f"{m.share} at $AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}" for m in c.mounts)
     lines = [
         f"*{c.name}* ({c.vm_size}, {c.vm_priority}) — {c.state.value}",
@@ -430,18 +466,23 @@ def cluster_json(view: ClusterView) -> dict[str, Any]:
 
 
 def cluster_created(cluster: Cluster) -> Message:
-    size = (f"{cluster.min_nodes}-{cluster.max_nodes} nodes (auto-scale)" if cluster.autoscale
-            else f"{cluster.target_nodes} nodes")  # fmt: skip
+    size = (
+        f"{cluster.min_nodes}-{cluster.max_nodes} nodes (auto-scale)"
+        if cluster.autoscale
+        else f"{cluster.target_nodes} nodes"
+    )
     text = f":white_check_mark: cluster *{cluster.name}* is ready: {cluster.vm_size}, {size}"
     return Message(text, [section(text)])
 
 
 def node_table(nodes: Sequence[Node], *, output: str) -> Message:
     if output == "json":
-        return _json([{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state}
-                      for n in nodes])  # fmt: skip
-    return _table_message(table(["ID", "IP", "Port", "State"],
-                                [[n.id, n.ip, n.port, n.state] for n in nodes]))  # fmt: skip
+        return _json(
+            [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes]
+        )
+    return _table_message(
+        table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes])
+    )
 
 
 # -- generic ---------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ class ClusterService:
     async def create_cluster(self, request: ClusterRequest, *, actor: Actor) -> Cluster:
         spec = None
         if request.config is not None:
-            text, label = self._config_text.load(request.config, may_read_paths=actor.may_read_paths)
+            text, label = self._config_text.load(
+                request.config, may_read_paths=actor.may_read_paths
+            )
             spec = load_cluster_spec(text, source=label)
         cluster = self._build(request, spec, actor)
         if await self._store.get_cluster(cluster.name) is not None:
@@ -110,8 +112,9 @@ class ClusterService:
                 f"nodes {sorted(in_use)} of {name} are running jobs; "
                 f"terminate them first or resize to at least {max(in_use) + 1}"
             )
-        changed = replace(cluster, target_nodes=target, autoscale=False, min_nodes=target,
-                          max_nodes=target)  # fmt: skip
+        changed = replace(
+            cluster, target_nodes=target, autoscale=False, min_nodes=target, max_nodes=target
+        )
         return await self._apply_size(cluster, changed, f"resized to {target} nodes")
 
     async def auto_scale_cluster(
@@ -175,7 +178,9 @@ class ClusterService:
 
     async def _nodes_in_use(self, cluster: str) -> set[int]:
         active = await self._store.list_jobs(
-            cluster=cluster, states=[JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING]
+            cluster=cluster,
+            states=[JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
+            include_deleted=True,
         )
         return {n for j in active for n in j.nodes}
 
@@ -183,6 +188,7 @@ class ClusterService:
         jobs = await self._store.list_jobs(
             cluster=cluster.name,
             states=[JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
+            include_deleted=True,
         )
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
@@ -208,20 +214,22 @@ class ClusterService:
     @staticmethod
     def _moved(cluster: Cluster, target: ClusterState) -> Cluster:
         if cluster_transition(cluster.state, target) is Outcome.INVALID:
-            raise Conflict(f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}")
+            raise Conflict(
+                f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}"
+            )
         return replace(cluster, state=target)
 
     def _build(self, r: ClusterRequest, spec: ClusterSpec | None, actor: Actor) -> Cluster:
         if not NAME_RE.match(r.name):
             raise UserError(f"cluster name {r.name!r} must be 1-64 letters, digits, - or _")
-        from_file = _from_spec(spec) if spec is not None else {}
-        vm_size = r.vm_size or from_file.get("vm_size")
+        from_file = _from_spec(spec) if spec is not None else _FromFile()
+        vm_size = r.vm_size or from_file.vm_size
         if not vm_size:
             raise UserError("--vm-size is required (or give it in the cluster config file)")
         if not _VM_SIZE_RE.match(vm_size):
             raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_NC6)")
         min_nodes, max_nodes, target, autoscale = _scale(r, from_file)
-        mounts = list(from_file.get("mounts", ()))
+        mounts = list(from_file.mounts)
         if r.afs_name:
             if not _SHARE_RE.match(r.afs_name):
                 raise UserError(f"{r.afs_name!r} is not an Azure File share name")
@@ -229,13 +237,13 @@ class ClusterService:
                 raise UserError(f"{r.afs_mount_path!r} is not a mount path")
             mounts = [m for m in mounts if m.mount_path != r.afs_mount_path]
             mounts.append(ShareMount(r.afs_name, r.afs_mount_path))
-        priority = r.vm_priority or from_file.get("vm_priority") or "dedicated"
+        priority = r.vm_priority or from_file.vm_priority or "dedicated"
         return Cluster(
             name=r.name,
             resource_group=r.resource_group or self._rg,
             workspace=r.workspace or self._ws,
             vm_size=vm_size,
-            image=r.image or from_file.get("image") or DEFAULT_IMAGE,
+            image=r.image or from_file.image or DEFAULT_IMAGE,
             vm_priority=priority,
             min_nodes=min_nodes,
             max_nodes=max_nodes,
@@ -243,8 +251,8 @@ class ClusterService:
             autoscale=autoscale,
             state=ClusterState.CREATING,
             mounts=tuple(mounts),
-            admin_user=r.user_name or from_file.get("admin_user") or actor.user,
-            setup_task=r.setup_task or from_file.get("setup_task"),
+            admin_user=r.user_name or from_file.admin_user or actor.user,
+            setup_task=r.setup_task or from_file.setup_task,
             created_by=actor.user,
             created_at=self._clock.now(),
             conversation=actor.conversation,
@@ -263,13 +271,12 @@ def _check_range(min_nodes: int, max_nodes: int) -> None:
         raise UserError(f"--min ({min_nodes}) is greater than --max ({max_nodes})")
 
 
-def _scale(r: ClusterRequest, from_file: dict[str, object]) -> tuple[int, int, int, bool]:
+def _scale(r: ClusterRequest, from_file: _FromFile) -> tuple[int, int, int, bool]:
     """az's `_get_scale_settings`: equal min/max (or only -t) is manual, else auto-scale."""
     if r.min_nodes is None and r.max_nodes is None and r.target_nodes is None:
-        scale = from_file.get("scale")
-        if not isinstance(scale, tuple):
+        if from_file.scale is None:
             raise UserError("give the node count: --target N, or --min N --max M")
-        return scale  # type: ignore[return-value]
+        return from_file.scale
     if (r.min_nodes is None) != (r.max_nodes is None):
         raise UserError("--min and --max must be given together")
     if r.min_nodes is None or r.max_nodes is None or r.min_nodes == r.max_nodes:
@@ -283,33 +290,46 @@ def _scale(r: ClusterRequest, from_file: dict[str, object]) -> tuple[int, int, i
     return r.min_nodes, r.max_nodes, max(r.min_nodes, min(initial, r.max_nodes)), True
 
 
-def _from_spec(spec: ClusterSpec) -> dict[str, object]:
+@dataclass(frozen=True)
+class _FromFile:
     """The parts of a cluster.json the bot uses; command-line flags override them."""
+
+    vm_size: str | None = None
+    vm_priority: str | None = None
+    scale: tuple[int, int, int, bool] | None = None
+    image: str | None = None
+    admin_user: str | None = None
+    setup_task: str | None = None
+    mounts: tuple[ShareMount, ...] = ()
+
+
+def _from_spec(spec: ClusterSpec) -> _FromFile:
     p = spec.properties
-    out: dict[str, object] = {"vm_size": p.vm_size, "vm_priority": p.vm_priority}
-    scale = p.scale_settings
-    if scale is not None and scale.manual is not None:
-        n = scale.manual.target_node_count
-        out["scale"] = (n, n, n, False)
-    elif scale is not None and scale.auto_scale is not None:
-        a = scale.auto_scale
+    scale: tuple[int, int, int, bool] | None = None
+    if p.scale_settings is not None and p.scale_settings.manual is not None:
+        n = p.scale_settings.manual.target_node_count
+        scale = (n, n, n, False)
+    elif p.scale_settings is not None and p.scale_settings.auto_scale is not None:
+        a = p.scale_settings.auto_scale
         initial = max(a.minimum_node_count, min(a.initial_node_count or 0, a.maximum_node_count))
-        out["scale"] = (a.minimum_node_count, a.maximum_node_count, initial, True)
+        scale = (a.minimum_node_count, a.maximum_node_count, initial, True)
+    image = None
     vmc = p.virtual_machine_configuration
     if vmc is not None and vmc.image_reference is not None:
         ref = vmc.image_reference
-        out["image"] = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
-    if p.user_account_settings is not None:
-        out["admin_user"] = p.user_account_settings.admin_user_name
+        image = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
     setup = p.node_setup
-    if setup is not None:
-        if setup.setup_task is not None:
-            out["setup_task"] = setup.setup_task.command_line
-        volumes = setup.mount_volumes
-        if volumes is not None:
-            out["mounts"] = tuple(
-                ShareMount(share.azure_file_url.rstrip("/").rsplit("/", 1)[-1],
-                           share.relative_mount_path)  # fmt: skip
-                for share in volumes.azure_file_shares or ()
-            )
-    return out
+    volumes = setup.mount_volumes if setup is not None else None
+    mounts = tuple(
+        ShareMount(share.azure_file_url.rstrip("/").rsplit("/", 1)[-1], share.relative_mount_path)
+        for share in (volumes.azure_file_shares if volumes is not None else ())
+    )
+    return _FromFile(
+        vm_size=p.vm_size,
+        vm_priority=p.vm_priority,
+        scale=scale,
+        image=image,
+        admin_user=p.user_account_settings.admin_user_name if p.user_account_settings else None,
+        setup_task=setup.setup_task.command_line if setup and setup.setup_task else None,
+        mounts=mounts,
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -109,7 +109,8 @@ class JobService:
         nodes = spec.properties.node_count
         if nodes > cluster.max_nodes:
             raise UserError(
-                f"the job needs {nodes} nodes; cluster {cluster.name} has at most {cluster.max_nodes}"
+                f"the job needs {nodes} nodes; cluster {cluster.name} has at most "
+                f"{cluster.max_nodes}"
             )
         job_id = uuid.uuid4().hex
         experiment = request.experiment or self._experiment
@@ -158,12 +159,14 @@ class JobService:
         return moved
 
     async def delete_job(self, name: str) -> Job | None:
-        """Deleting what is gone succeeds; a live job must be terminated first."""
+        """Like az: a live job is terminated first. Deleting what is gone succeeds.
+
+        The name is free at once; the runner still sees the job through to its end."""
         job = await self._store.find_job(name)
         if job is None:
             return None
         if not job.state.finished:
-            raise Conflict(f"job {name} is {job.state.value}; terminate it first")
+            job = await self.terminate_job(name)
         await self._store.delete_job(job.id)
         return job
 
@@ -188,20 +191,16 @@ class JobService:
         }
         return FileListing(job, directory_id, path, tuple(entries), links)
 
-    async def read_file(
-        self, name: str, *, directory_id: str, file_name: str, path: str = "."
-    ) -> tuple[Job, FileLocation]:
-        """The job and the location of one of its files (for streaming)."""
-        job = await self.get_job(name)
-        return job, _subdir(self._directory(job, directory_id), path).child(_safe(file_name))
-
     async def follow_file(
         self, name: str, *, directory_id: str, file_name: str, path: str = ".", poll: float = 0.5
     ) -> AsyncIterator[bytes]:
-        """`tail -f` until the job ends: yields new bytes as they are written."""
-        job, loc = await self.read_file(
-            name, directory_id=directory_id, file_name=file_name, path=path
-        )
+        """`tail -f` like `az batchai job stream-file`: waits for the job to start and the file
+        to appear, then yields new bytes as they are written, until the job has ended."""
+        job = await self.get_job(name)
+        while job.layout is None and not job.state.finished:
+            await asyncio.sleep(poll)
+            job = await self._reload(job)
+        loc = _subdir(self._directory(job, directory_id), path).child(_safe(file_name))
         offset = 0
         while True:
             finished = job.state.finished
@@ -209,9 +208,14 @@ class JobService:
                 offset += len(chunk)
                 yield chunk
             if finished:
+                if offset == 0 and await self._share.stat(loc) is None:
+                    raise NotFound(f"job {job.name} ended without writing {file_name}")
                 return
             await asyncio.sleep(poll)
-            job = await self._store.get_job(job.id) or job
+            job = await self._reload(job)
+
+    async def _reload(self, job: Job) -> Job:
+        return await self._store.get_job(job.id) or job
 
     async def tail_file(self, job: Job, name: str, max_bytes: int) -> tuple[bytes, int]:
         """The last `max_bytes` of a stdouterr file, starting at a line, and that line's number

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from services.clusters import ClusterService
 from services.errors import BackendError, NotFound, TransientError
@@ -65,7 +66,9 @@ class JobRunner:
                 await self._dispatch_cluster(cluster)
 
     async def _dispatch_cluster(self, cluster: Cluster) -> None:
-        jobs = await self._store.list_jobs(cluster=cluster.name, states=(JobState.QUEUED, *LIVE))
+        jobs = await self._store.list_jobs(
+            cluster=cluster.name, states=(JobState.QUEUED, *LIVE), include_deleted=True
+        )
         queued = [j for j in jobs if j.state is JobState.QUEUED]
         in_use = {n for j in jobs if j.state in LIVE for n in j.nodes}
         if cluster.autoscale:
@@ -104,13 +107,15 @@ class JobRunner:
             log.warning("job %s failed to start: %s", job.name, err)
             await self._finish(preparing, JobState.FAILED, exit_code=None, detail=str(err))
             return
-        notes: list[Event] = [JobNote(job_id=job.id, cluster=job.cluster, text=n) for n in result.notes]
+        notes: list[Event] = [
+            JobNote(job_id=job.id, cluster=job.cluster, text=n) for n in result.notes
+        ]
         await self._store.update_job(replace(preparing, layout=result.layout), notes)
 
     # -- poll --------------------------------------------------------------------------------
 
     async def poll(self) -> None:
-        for job in await self._store.list_jobs(states=LIVE):
+        for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
             try:
                 await self._poll_job(job)
             except TransientError as err:
@@ -141,9 +146,15 @@ class JobRunner:
             return
         spec = load_job_spec(job.spec_json, source=job.name)
         request = LaunchRequest(
-            job.id, job.name, job.experiment, job.resource_group, job.workspace, cluster, spec,
+            job.id,
+            job.name,
+            job.experiment,
+            job.resource_group,
+            job.workspace,
+            cluster,
+            spec,
             job.nodes,
-        )  # fmt: skip
+        )
         try:
             result = await self._backend.start_job(request)
         except BackendError as err:
@@ -165,9 +176,9 @@ class JobRunner:
         if status.phase == "lost":
             await self._finish(job, JobState.FAILED, None, status.detail or "node runner lost")
             return
-        terminated = job.state is JobState.TERMINATING or (
-            status.detail or ""
-        ).startswith("terminated")
+        terminated = job.state is JobState.TERMINATING or (status.detail or "").startswith(
+            "terminated"
+        )
         if terminated:
             target = JobState.TERMINATED
         else:
@@ -212,7 +223,7 @@ class JobRunner:
             for name in job.layout.log_files if job.layout else ():
                 self._tailer.forget((job.id, name))
 
-    def _start_time(self, job: Job, status: RunStatus | None) -> object:
+    def _start_time(self, job: Job, status: RunStatus | None) -> datetime:
         return job.started_at or (status.started_at if status else None) or self._now()
 
     async def _outputs(self, job: Job) -> tuple[OutputFile, ...]:
@@ -233,7 +244,7 @@ class JobRunner:
     # -- logs --------------------------------------------------------------------------------
 
     async def tail_logs(self) -> None:
-        for job in await self._store.list_jobs(states=LIVE):
+        for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
             if job.layout is not None and job.layout.stdouterr is not None:
                 try:
                     await self._tail_job(job, final=False)
@@ -284,5 +295,5 @@ class JobRunner:
             if not result.more:
                 return
 
-    def _now(self):  # type: ignore[no-untyped-def]
+    def _now(self) -> datetime:
         return self._clock.now()

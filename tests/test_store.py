@@ -101,9 +101,13 @@ async def test_commit_log_is_all_or_nothing_and_upserts(store: SqlStore) -> None
     points = [MetricPoint(1, "loss", 0.9)]
     await store.commit_log(job.id, {"stderr.txt": (2, 1)}, [snippet], points, Progress(1, 3), None)
     await store.commit_log(
-        job.id, {"stderr.txt": (4, 2)}, [], [MetricPoint(1, "loss", 0.8)], Progress(2, 3),
+        job.id,
+        {"stderr.txt": (4, 2)},
+        [],
+        [MetricPoint(1, "loss", 0.8)],
+        Progress(2, 3),
         {"loss": 0.8},
-    )  # fmt: skip
+    )
     assert await store.get_log_offsets(job.id) == {"stderr.txt": (4, 2)}
     assert await store.list_metrics(job.id) == [MetricPoint(1, "loss", 0.8)]
     stored = await store.get_job(job.id)

@@ -131,10 +131,16 @@ class SqlStore:
         return None if row is None else _job_from(row._mapping)
 
     async def list_jobs(
-        self, *, cluster: str | None = None, states: Iterable[JobState] | None = None
+        self,
+        *,
+        cluster: str | None = None,
+        states: Iterable[JobState] | None = None,
+        include_deleted: bool = False,
     ) -> list[Job]:
-        """Live jobs in submission (FIFO) order."""
-        stmt = select(jobs).where(jobs.c.deleted.is_(False)).order_by(jobs.c.seq)
+        """Jobs in submission (FIFO) order; deleted ones only when asked (the runner asks)."""
+        stmt = select(jobs).order_by(jobs.c.seq)
+        if not include_deleted:
+            stmt = stmt.where(jobs.c.deleted.is_(False))
         if cluster is not None:
             stmt = stmt.where(jobs.c.cluster == cluster)
         if states is not None:

@@ -1,0 +1,894 @@
+"""The /batchai command table: typed commands, flag kinds and the one list of commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from services.errors import UserError
+
+OutputFormat = Literal["text", "table", "json"]
+Source = Literal["slack", "console"]
+
+
+# --------------------------------------------------------------------------- typed commands
+
+
+@dataclass(frozen=True)
+class ConfigRef:
+    """Where a job.json or cluster.json comes from: manifest name, inline JSON, console path."""
+
+    kind: Literal["manifest", "inline", "path"]
+    value: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """Base of every parsed command: the flags every command shares."""
+
+    output: OutputFormat = "text"
+    resource_group: str | None = None
+    workspace: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobCommand(Command):
+    """Base of the job commands: in the 2018-05-01 model every job lives in an experiment."""
+
+    experiment: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterCreate(Command):
+    name: str
+    vm_size: str
+    image: str | None = None
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    target_nodes: int | None = None
+    vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
+    afs_name: str | None = None
+    afs_mount_path: str = "afs"
+    bfs_name: str | None = None
+    bfs_mount_path: str = "bfs"
+    nfs: str | None = None
+    nfs_mount_path: str = "nfs"
+    user_name: str | None = None
+    ssh_key: str | None = None
+    password: SecretStr | None = None
+    setup_task: str | None = None
+    setup_task_output: str | None = None
+    subnet: str | None = None
+    storage_account_name: str | None = None
+    storage_account_key: SecretStr | None = None
+    config: ConfigRef | None = None
+    location: str | None = None
+    idle_timeout_minutes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterList(Command):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterShow(Command):
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterResize(Command):
+    name: str
+    target_nodes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterAutoScale(Command):
+    name: str
+    min_nodes: int
+    max_nodes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterDelete(Command):
+    name: str
+    yes: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterNodeList(Command):
+    cluster: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobCreate(JobCommand):
+    name: str
+    cluster: str | None = None
+    config: ConfigRef | None = None
+    storage_account_name: str | None = None
+    storage_account_key: SecretStr | None = None
+    afs_name: str | None = None
+    afs_mount_path: str = "afs"
+    bfs_name: str | None = None
+    bfs_mount_path: str = "bfs"
+    nfs: str | None = None
+    nfs_mount_path: str = "nfs"
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobList(JobCommand):
+    cluster: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobShow(JobCommand):
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobTerminate(JobCommand):
+    name: str
+    yes: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobDelete(JobCommand):
+    name: str
+    yes: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobWait(JobCommand):
+    name: str
+    interval_seconds: int = 15
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobStreamFile(JobCommand):
+    job: str
+    output_directory_id: str = "stdouterr"
+    file_name: str
+    path: str = "."
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobListFiles(JobCommand):
+    job: str
+    output_directory_id: str = "stdouterr"
+    path: str = "."
+    expiry_minutes: int = 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobNodeList(JobCommand):
+    job: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Help(Command):
+    topic: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- value kinds
+
+Convert = Callable[[str, str, Source], Any]
+"""(raw value, flag as typed, source) -> typed value; raises UserError with a one-line message."""
+
+
+def show(value: str, limit: int = 40) -> str:
+    """Quote a user value for a one-line message: truncated, control characters escaped."""
+    cut = value if len(value) <= limit else value[:limit] + "…"
+    return '"' + "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut) + '"'
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a flag's value is read: its placeholder in usage lines and its converter."""
+
+    metavar: str
+    convert: Convert
+    hint: str = ""
+    takes_value: bool = True
+    # A secret's value is never shown: not in messages, not in reprs.
+    secret: bool = False
+    # Values of these flags may be a JSON object that the lexer cuts from the raw text.
+    json_value: bool = False
+
+
+def _pattern(metavar: str, regex: str, rule: str, *, hint: str = "") -> Kind:
+    compiled = re.compile(regex, re.ASCII)
+
+    def convert(raw: str, label: str, source: Source) -> str:
+        if compiled.fullmatch(raw):
+            return raw
+        raise UserError(f"{label} {show(raw)} is not valid: {rule}")
+
+    return Kind(metavar, convert, hint=hint)
+
+
+def _name(metavar: str) -> Kind:
+    return _pattern(metavar, r"[-\w]{1,64}", "use 1-64 letters, digits, - or _")
+
+
+def _int(lo: int, hi: int, metavar: str = "N") -> Kind:
+    def convert(raw: str, label: str, source: Source) -> int:
+        # The length cap keeps int() away from Python's huge-number guard.
+        if re.fullmatch(r"[+-]?[0-9]{1,9}", raw) and lo <= int(raw) <= hi:
+            return int(raw)
+        raise UserError(f"{label} must be a whole number from {lo} to {hi}, not {show(raw)}")
+
+    return Kind(metavar, convert, hint=f"{lo}-{hi}")
+
+
+def _choice(*choices: str) -> Kind:
+    def convert(raw: str, label: str, source: Source) -> str:
+        if raw.lower() in choices:
+            return raw.lower()
+        raise UserError(f"{label} must be {' or '.join(choices)}, not {show(raw)}")
+
+    return Kind("|".join(choices), convert)
+
+
+def _flag_on(raw: str, label: str, source: Source) -> bool:
+    return True
+
+
+def _secret(raw: str, label: str, source: Source) -> SecretStr:
+    return SecretStr(raw)
+
+
+def _output(raw: str, label: str, source: Source) -> str:
+    formats = {"table": "table", "json": "json", "jsonc": "json", "text": "text"}
+    if raw.lower() in formats:
+        return formats[raw.lower()]
+    if raw.lower() == "tsv":
+        raise UserError(f"{label} tsv is not supported here: use -o table or -o json")
+    raise UserError(f"{label} must be table or json, not {show(raw)}")
+
+
+def _has_dotdot(raw: str) -> bool:
+    return ".." in re.split(r"[\\/]", raw)
+
+
+def _relative_path(raw: str, label: str, source: Source) -> str:
+    # These name files inside a job's output directory; anything that could climb out is refused.
+    if (
+        raw.startswith(("/", "\\", "~"))
+        or _has_dotdot(raw)
+        or len(raw) > 1024
+        or not raw.isprintable()
+    ):
+        raise UserError(
+            f"{label} {show(raw)} must be a relative path inside the output directory, "
+            "not starting with / and without .. parts"
+        )
+    return raw
+
+
+def _mount_path(raw: str, label: str, source: Source) -> str:
+    if re.fullmatch(r"[-\w.]{1,64}(/[-\w.]{1,64}){0,7}", raw, re.ASCII) and not _has_dotdot(raw):
+        return raw
+    raise UserError(
+        f"{label} {show(raw)} must be a relative path under the mount root "
+        "(letters, digits, - _ . and /, no .. parts)"
+    )
+
+
+def _text(max_len: int) -> Convert:
+    def convert(raw: str, label: str, source: Source) -> str:
+        if len(raw) > max_len:
+            raise UserError(f"{label} is longer than {max_len} characters")
+        return raw
+
+    return convert
+
+
+def _log_dir(raw: str, label: str, source: Source) -> str:
+    if len(raw) > 1024 or not raw.isprintable() or _has_dotdot(raw):
+        raise UserError(f"{label} {show(raw)} must be a directory path without .. parts")
+    return raw
+
+
+_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ssh-dss", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+
+
+def _ssh_key(raw: str, label: str, source: Source) -> str:
+    if raw.startswith(_KEY_TYPES):
+        if re.fullmatch(r"[-\w@.]+ [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?", raw.strip(), re.ASCII):
+            return raw.strip()
+        raise UserError(f"{label} does not look like an OpenSSH public key (type, base64, comment)")
+    if source == "console" and raw.isprintable() and len(raw) <= 1024:
+        return raw
+    raise UserError(
+        f"{label} from Slack takes the public key text (ssh-ed25519 AAAA...), "
+        "not a path on the bot's machine"
+    )
+
+
+_RESERVED_USERS = frozenset({"admin", "administrator", "root"})
+
+
+def _user_name(raw: str, label: str, source: Source) -> str:
+    if not re.fullmatch(r"[A-Za-z_][-\w.]{0,31}", raw, re.ASCII):
+        raise UserError(
+            f"{label} {show(raw)} is not valid: start with a letter or _, then up to 31 "
+            "letters, digits, - _ or ."
+        )
+    if raw.lower() in _RESERVED_USERS:
+        raise UserError(f"{label} {show(raw)} is reserved on the nodes: pick another user name")
+    return raw
+
+
+def _config(manifest_dir: str) -> Kind:
+    manifest_path = re.compile(rf"(?:\./)?manifests/{manifest_dir}/([-\w]{{1,64}})\.json", re.ASCII)
+
+    def convert(raw: str, label: str, source: Source) -> ConfigRef:
+        if raw.lstrip().startswith("{"):
+            return ConfigRef("inline", raw.strip())
+        if re.fullmatch(r"[-\w]{1,64}", raw, re.ASCII):
+            return ConfigRef("manifest", raw)
+        if match := manifest_path.fullmatch(raw):
+            return ConfigRef("manifest", match.group(1))
+        if source == "console" and raw.isprintable() and len(raw) <= 1024:
+            return ConfigRef("path", raw)
+        if source == "console":
+            raise UserError(f"{label} {show(raw)} is not a usable file path")
+        # A Slack user cannot see the bot's disk; a path there is a mistake or a probe.
+        raise UserError(
+            "--config from Slack takes a manifest name or inline JSON, "
+            "not a path on the bot's machine"
+        )
+
+    return Kind("CONFIG", convert, json_value=True)
+
+
+NAME = _name("NAME")
+OUTPUT_DIR_ID = _name("ID")
+RESOURCE_GROUP = _pattern("GROUP", r"[-\w._]{1,90}", "use 1-90 letters, digits, - _ or .")
+NODES = _int(0, 100)
+FLAG = Kind("", _flag_on, takes_value=False)
+SECRET = Kind("SECRET", _secret, secret=True)
+OUTPUT = Kind("FORMAT", _output, hint="table|json")
+LOCATION = _pattern("REGION", r"[A-Za-z0-9]{1,40}", "use an Azure region name such as eastus")
+VM_SIZE = _pattern(
+    "SIZE", r"[A-Za-z][A-Za-z0-9_]{1,63}", "use an Azure VM size such as Standard_NC6"
+)
+IMAGE = _pattern(
+    "IMAGE",
+    r"[-\w.]{1,64}|[-\w.]{1,64}:[-\w.]{1,64}:[-\w.]{1,64}:[-\w.]{1,64}",
+    "use UbuntuLTS, UbuntuDSVM or publisher:offer:sku:version",
+)
+STORAGE_ACCOUNT = _pattern("ACCOUNT", r"[a-z0-9]{3,24}", "use 3-24 lowercase letters and digits")
+ARM_ID = _pattern(
+    "ARM_ID", r"/subscriptions/[^\s]{1,1000}", "use a full ARM id (/subscriptions/...)"
+)
+NAME_OR_ARM_ID = _pattern(
+    "SERVER", r"[-\w]{1,64}|/subscriptions/[^\s]{1,1000}", "use a file server name or ARM id"
+)
+MOUNT_PATH = Kind("PATH", _mount_path)
+RELATIVE_PATH = Kind("PATH", _relative_path)
+FILE_NAME = Kind("FILE", _relative_path)
+COMMAND_LINE = Kind("CMD", _text(4096))
+LOG_DIR = Kind("DIR", _log_dir)
+SSH_KEY = Kind("KEY", _ssh_key)
+USER_NAME = Kind("USER", _user_name)
+JOB_CONFIG = _config("jobs")
+CLUSTER_CONFIG = _config("clusters")
+# The era-dependent job create -c: kept raw until all flags are known (see _resolve_dash_c).
+CLUSTER_OR_CONFIG = Kind("CONFIG|CLUSTER", lambda raw, label, source: raw, json_value=True)
+
+
+# --------------------------------------------------------------------------- flags and commands
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: its spellings, the field it fills (None: accepted, not stored), its kind."""
+
+    names: tuple[str, ...]
+    dest: str | None
+    kind: Kind
+    help: str
+    metavar: str | None = None
+    warning: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What a repeat is detected on: two spellings of one field count as the same flag."""
+        return self.dest or self.names[0]
+
+    @property
+    def placeholder(self) -> str:
+        return self.metavar or self.kind.metavar
+
+
+def _f(names: str, dest: str | None, kind: Kind, help: str, **extra: Any) -> Flag:
+    return Flag(tuple(names.split()), dest, kind, help, **extra)
+
+
+Check = Callable[[dict[str, Any], Source], None]
+"""A rule across flags; may rewrite the values (job create -c) or raise UserError."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command spelling: its words, the dataclass it builds, its flags, its help."""
+
+    path: tuple[str, ...]
+    cls: type[Command]
+    summary: str
+    flags: tuple[Flag, ...]
+    aliases: tuple[tuple[str, ...], ...] = ()
+    legacy_of: tuple[str, ...] | None = None
+    examples: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    def lookup(self, name: str) -> Flag | None:
+        for flag in self.flags:
+            if name in flag.names:
+                return flag
+        return None
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        return tuple(name for flag in self.flags for name in flag.names)
+
+    @property
+    def json_flags(self) -> frozenset[str]:
+        return frozenset(n for flag in self.flags if flag.kind.json_value for n in flag.names)
+
+    def default(self, dest: str) -> Any:
+        """The dataclass default of a field (the one source of defaults), MISSING when required."""
+        for fld in dataclasses.fields(self.cls):
+            if fld.name == dest:
+                return fld.default
+        return None
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(
+            fld.name
+            for fld in dataclasses.fields(self.cls)
+            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
+        )
+
+    def label(self, dest: str) -> str:
+        """How a field is named in messages: the short and long name of its first flag."""
+        for flag in self.flags:
+            if flag.dest == dest:
+                return "/".join(flag.names[:2])
+        return dest
+
+
+# -- shared flags: declared once, used by every command that takes them
+
+HELP_FLAG = _f("-h --help", None, FLAG, "show this help")
+COMMON_FLAGS = (
+    _f("-g --resource-group", "resource_group", RESOURCE_GROUP, "resource group"),
+    _f("-w --workspace", "workspace", NAME, "workspace"),
+    _f("-o --output", "output", OUTPUT, "answer format"),
+    HELP_FLAG,
+)
+_EXPERIMENT = _f("-e --experiment", "experiment", NAME, "experiment the job belongs to")
+_YES = _f("-y --yes", "yes", FLAG, "skip the confirmation button")
+_NO_WAIT = _f("--no-wait", None, FLAG, "accepted for az compatibility; the bot never blocks")
+_LOCATION = _f("-l --location", "location", LOCATION, "Azure region (2017 CLI; later implied)")
+_MIN = _f("--min", "min_nodes", NODES, "auto-scale lower bound (give with --max)")
+_MAX = _f("--max", "max_nodes", NODES, "auto-scale upper bound (give with --min)")
+_STORAGE_FLAGS = (
+    _f("--storage-account-name", "storage_account_name", STORAGE_ACCOUNT, "storage account"),
+    _f(
+        "--storage-account-key",
+        "storage_account_key",
+        SECRET,
+        "storage account key (omit it: the bot looks it up)",
+        metavar="KEY",
+        warning=(
+            "A storage account key typed in a channel is visible to everyone in it: rotate it, "
+            "and next time leave --storage-account-key out so the bot looks the key up itself."
+        ),
+    ),
+    _f("--afs-name", "afs_name", NAME, "Azure File share to mount", metavar="SHARE"),
+    _f("--afs-mount-path", "afs_mount_path", MOUNT_PATH, "where the share is mounted"),
+    _f(
+        "--bfs-name --container-name",
+        "bfs_name",
+        NAME,
+        "blob container to mount",
+        metavar="CONTAINER",
+    ),
+    _f(
+        "--bfs-mount-path --container-mount-path",
+        "bfs_mount_path",
+        MOUNT_PATH,
+        "where the container is mounted",
+    ),
+    _f("--nfs", "nfs", NAME_OR_ARM_ID, "file server to mount"),
+    _f("--nfs-mount-path", "nfs_mount_path", MOUNT_PATH, "where the file server is mounted"),
+)
+_PASSWORD_WARNING = (
+    "A password typed in a channel is visible to everyone in it: change it, and use "
+    "--ssh-key with your public key instead."
+)
+
+
+# -- cross-flag rules
+
+
+def _check_scale(values: dict[str, Any], source: Source) -> None:
+    low, high = values.get("min_nodes"), values.get("max_nodes")
+    if (low is None) != (high is None):
+        raise UserError("--min and --max go together: give both, or -t/--target for a fixed size")
+    if low is not None and high is not None and low > high:
+        raise UserError(f"--min ({low}) must not be greater than --max ({high})")
+    target = values.get("target_nodes")
+    if target is not None and low is not None and not low <= target <= high:
+        raise UserError(f"-t/--target ({target}) must lie between --min ({low}) and --max ({high})")
+
+
+def _check_setup_task(values: dict[str, Any], source: Source) -> None:
+    if "setup_task" in values and "setup_task_output" not in values:
+        raise UserError("--setup-task needs --setup-task-output (where its log is written)")
+    if "setup_task_output" in values and "setup_task" not in values:
+        raise UserError("--setup-task-output needs --setup-task")
+
+
+def _resolve_dash_c(values: dict[str, Any], source: Source) -> None:
+    """job create -c: the config (2017: `-c job.json -r C`) unless the config came another way.
+
+    In the 2018-05-01 CLI `-f/--config-file` was required and `-c` named the cluster, so a config
+    given by -f/--config-file/--config marks the final era and makes -c the cluster.
+    """
+    raw = values.pop("cluster_or_config", None)
+    if raw is None:
+        return
+    if "config" not in values:
+        values["config"] = JOB_CONFIG.convert(raw, "-c", source)
+        return
+    if "cluster" in values:
+        raise UserError(
+            "-c is the cluster when -f/--config-file gives the config, "
+            "but -r/--cluster-name names a cluster too: give the cluster once"
+        )
+    values["cluster"] = NAME.convert(raw, "-c (the cluster, as -f gives the config)", source)
+
+
+# -- the table
+
+
+def _spec(
+    path: str,
+    cls: type[Command],
+    summary: str,
+    flags: tuple[Flag, ...],
+    *,
+    aliases: tuple[str, ...] = (),
+    legacy_of: str | None = None,
+    examples: tuple[str, ...] = (),
+    notes: tuple[str, ...] = (),
+    checks: tuple[Check, ...] = (),
+) -> CommandSpec:
+    words = tuple(path.split())
+    extra = (_EXPERIMENT,) if words[0] == "job" else ()
+    return CommandSpec(
+        path=words,
+        cls=cls,
+        summary=summary,
+        flags=flags + extra + COMMON_FLAGS,
+        aliases=tuple(tuple(alias.split()) for alias in aliases),
+        legacy_of=tuple(legacy_of.split()) if legacy_of else None,
+        examples=examples,
+        notes=notes,
+        checks=checks,
+    )
+
+
+_CLUSTER_NAME = _f("-n --name", "name", NAME, "cluster name")
+_JOB_NAME = _f("-n --name", "name", NAME, "job name")
+_JOB_BY_J = _f("-j --job --job-name", "job", NAME, "job name")
+_JOB_BY_N = _f("-n --name", "job", NAME, "job name (2018-03 spelling of -j)")
+_OUTPUT_DIR = _f(
+    "-d --output-directory-id",
+    "output_directory_id",
+    OUTPUT_DIR_ID,
+    "stdouterr, or an outputDirectories id from the job.json",
+)
+_PATH = _f("-p --path", "path", RELATIVE_PATH, "folder inside the output directory")
+_EXPIRY = _f("--expiry", "expiry_minutes", _int(5, 600, "MINUTES"), "download links last this long")
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    _spec(
+        "cluster create",
+        ClusterCreate,
+        "Create a cluster of nodes, fixed-size or auto-scaling, with a share mounted",
+        (
+            _CLUSTER_NAME,
+            _f("-s --vm-size", "vm_size", VM_SIZE, "VM size of every node, e.g. Standard_NC6"),
+            _f(
+                "-i --image", "image", IMAGE, "UbuntuLTS, UbuntuDSVM or publisher:offer:sku:version"
+            ),
+            _f("-t --target", "target_nodes", NODES, "initial (or fixed) node count"),
+            _MIN,
+            _MAX,
+            _f("--vm-priority", "vm_priority", _choice("dedicated", "lowpriority"), "VM priority"),
+            _f("-u --user-name", "user_name", USER_NAME, "admin user on the nodes (not admin)"),
+            _f(
+                "-k --ssh-key",
+                "ssh_key",
+                SSH_KEY,
+                "public key text (a key file path: console only)",
+            ),
+            _f(
+                "-p --password",
+                "password",
+                SECRET,
+                "admin password (the channel sees it: prefer -k)",
+                metavar="PASSWORD",
+                warning=_PASSWORD_WARNING,
+            ),
+            *_STORAGE_FLAGS,
+            _f("--setup-task", "setup_task", COMMAND_LINE, "command run on every node at start"),
+            _f("--setup-task-output", "setup_task_output", LOG_DIR, "where the setup log goes"),
+            _f("--subnet", "subnet", ARM_ID, "virtual network subnet to place the nodes in"),
+            _f(
+                "-f --config-file -c --config",
+                "config",
+                CLUSTER_CONFIG,
+                "cluster.json: manifest name or inline JSON (a path: console only)",
+            ),
+            _f(
+                "--idle-timeout --idle-timeout-minutes",
+                "idle_timeout_minutes",
+                _int(1, 10080, "MINUTES"),
+                "scale to 0 nodes after this many idle minutes",
+            ),
+            _LOCATION,
+        ),
+        examples=(
+            "/batchai cluster create --name mycluster --vm-size STANDARD_NC6 --image UbuntuLTS "
+            "--min 1 --max 1 --afs-name batchaiquickstart --afs-mount-path azurefileshare "
+            "--user-name mytestbatchai --password PP@@ddee5 --resource-group myBatchAIGroup",
+            "/batchai cluster create -n mycluster -s Standard_NC4as_T4_v3 --min 0 --max 4 "
+            "--afs-name data --afs-mount-path afs",
+        ),
+        notes=(
+            "--min N --max N with equal values (or -t N) makes a fixed-size cluster; different "
+            "values let it scale between them.",
+            "A password typed in a channel is visible to everyone in it: prefer -k/--ssh-key.",
+        ),
+        checks=(_check_scale, _check_setup_task),
+    ),
+    _spec(
+        "cluster list",
+        ClusterList,
+        "List clusters with VM size, node counts and state",
+        (),
+        examples=("/batchai cluster list -o table",),
+    ),
+    _spec(
+        "cluster show",
+        ClusterShow,
+        "Show one cluster",
+        (_CLUSTER_NAME,),
+        examples=("/batchai cluster show -n mycluster",),
+    ),
+    _spec(
+        "cluster resize",
+        ClusterResize,
+        "Set a fixed node count (-t 0 stops paying for nodes)",
+        (_CLUSTER_NAME, _f("-t --target", "target_nodes", NODES, "node count")),
+        examples=("/batchai cluster resize -n mycluster -t 0",),
+    ),
+    _spec(
+        "cluster auto-scale",
+        ClusterAutoScale,
+        "Let a cluster scale between --min and --max nodes with the job queue",
+        (_CLUSTER_NAME, _MIN, _MAX),
+        examples=("/batchai cluster auto-scale -n mycluster --min 0 --max 4",),
+        checks=(_check_scale,),
+    ),
+    _spec(
+        "cluster delete",
+        ClusterDelete,
+        "Delete a cluster",
+        (_CLUSTER_NAME, _YES, _NO_WAIT),
+        examples=("/batchai cluster delete -n mycluster",),
+    ),
+    _spec(
+        "cluster node list",
+        ClusterNodeList,
+        "List a cluster's nodes with their SSH address and port",
+        (
+            _f("-c --cluster --cluster-name", "cluster", NAME, "cluster name"),
+            _f("-n --name", "cluster", NAME, "cluster name (2017 spelling of -c)"),
+        ),
+        examples=("/batchai cluster node list -c mycluster -o table",),
+    ),
+    _spec(
+        "cluster list-nodes",
+        ClusterNodeList,
+        "List a cluster's nodes (2017 name of cluster node list)",
+        (_f("-n --name", "cluster", NAME, "cluster name"),),
+        legacy_of="cluster node list",
+        examples=("/batchai cluster list-nodes -n mycluster -o table",),
+    ),
+    _spec(
+        "job create",
+        JobCreate,
+        "Submit a job from a job.json: manifest name, inline JSON, or a form",
+        (
+            _JOB_NAME,
+            _f(
+                "-r --cluster-name --cluster",
+                "cluster",
+                NAME,
+                "cluster to run on",
+                metavar="CLUSTER",
+            ),
+            _f(
+                "-f --config-file --config",
+                "config",
+                JOB_CONFIG,
+                "job.json: manifest name or inline JSON (a path: console only)",
+            ),
+            _f(
+                "-c",
+                "cluster_or_config",
+                CLUSTER_OR_CONFIG,
+                "the config, or the cluster when -f/--config-file gives the config",
+            ),
+            *_STORAGE_FLAGS,
+            _LOCATION,
+            _NO_WAIT,
+        ),
+        aliases=("job submit",),
+        examples=(
+            "/batchai job create --name myjob --cluster-name mycluster "
+            "--resource-group myBatchAIGroup --config manifests/jobs/mnist.json",
+            "/batchai job create -n mnist -r mycluster -c mnist",
+            "/batchai job create -n mnist -c mycluster -f mnist",
+            '/batchai job create -n hello -r mycluster --config {"properties": {"nodeCount": 1, '
+            '"customToolkitSettings": {"commandLine": "nvidia-smi"}}}',
+            "/batchai job create -n mnist -r mycluster",
+        ),
+        notes=(
+            "-c is the config (2017 style: -r CLUSTER -c CONFIG) unless -f/--config-file or "
+            "--config gives the config; then -c is the cluster (2018 style: -c CLUSTER -f CONFIG).",
+            "CONFIG is a manifest name (mnist or manifests/jobs/mnist.json) or inline JSON "
+            "({...}, spaces allowed); the console also takes a file path. "
+            "With no config the bot opens a form.",
+        ),
+        checks=(_resolve_dash_c,),
+    ),
+    _spec(
+        "job list",
+        JobList,
+        "List jobs, optionally of one cluster",
+        (_f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),),
+        examples=("/batchai job list -o table",),
+    ),
+    _spec(
+        "job show", JobShow, "Show one job", (_JOB_NAME,), examples=("/batchai job show -n myjob",)
+    ),
+    _spec(
+        "job terminate",
+        JobTerminate,
+        "Stop a running job",
+        (_JOB_NAME, _YES, _NO_WAIT),
+        examples=("/batchai job terminate -n myjob",),
+    ),
+    _spec(
+        "job delete",
+        JobDelete,
+        "Delete a job, terminating it first",
+        (_JOB_NAME, _YES, _NO_WAIT),
+        examples=("/batchai job delete -n myjob -y",),
+    ),
+    _spec(
+        "job wait",
+        JobWait,
+        "Report in the thread when a job finishes",
+        (
+            _JOB_NAME,
+            _f("--interval", "interval_seconds", _int(1, 3600, "SECONDS"), "seconds between polls"),
+        ),
+        examples=("/batchai job wait -n myjob",),
+    ),
+    _spec(
+        "job file stream",
+        JobStreamFile,
+        "Stream a job's output file (like tail -f) into its thread",
+        (
+            _JOB_BY_J,
+            _JOB_BY_N,
+            _f("-f --file-name", "file_name", FILE_NAME, "file to stream, e.g. stderr.txt"),
+            _OUTPUT_DIR,
+            _PATH,
+        ),
+        examples=(
+            "/batchai job file stream -j myjob -f stderr.txt",
+            "/batchai job file stream -n myjob -f stdout.txt",
+        ),
+    ),
+    _spec(
+        "job file list",
+        JobListFiles,
+        "List a job's output files with expiring download links",
+        (_JOB_BY_J, _JOB_BY_N, _OUTPUT_DIR, _PATH, _EXPIRY),
+        examples=("/batchai job file list -j mnist -d model",),
+    ),
+    _spec(
+        "job node list",
+        JobNodeList,
+        "List the nodes that ran a job",
+        (_JOB_BY_J, _JOB_BY_N),
+        examples=("/batchai job node list -j myjob -o table",),
+    ),
+    _spec(
+        "job stream-file",
+        JobStreamFile,
+        "Stream a job's output file (2017 name of job file stream)",
+        (
+            _f("-j --job-name --job", "job", NAME, "job name"),
+            _f("-n --name", "file_name", FILE_NAME, "file to stream, e.g. stderr.txt"),
+            _OUTPUT_DIR,
+            _PATH,
+        ),
+        legacy_of="job file stream",
+        examples=(
+            "/batchai job stream-file --job-name myjob --output-directory-id stdouterr "
+            "--name stderr.txt --resource-group myBatchAIGroup",
+            "/batchai job stream-file -j mnist -d stdouterr -n stderr.txt",
+        ),
+    ),
+    _spec(
+        "job list-files",
+        JobListFiles,
+        "List a job's output files (2017 name of job file list)",
+        (
+            _f("-n --name -j --job-name", "job", NAME, "job name"),
+            _OUTPUT_DIR,
+            _PATH,
+            _EXPIRY,
+        ),
+        legacy_of="job file list",
+        examples=(
+            "/batchai job list-files --resource-group myBatchAIGroup -n myjob -d model",
+            "/batchai job list-files -n mnist -d model",
+        ),
+    ),
+    _spec(
+        "job list-nodes",
+        JobNodeList,
+        "List the nodes that ran a job (2017 name of job node list)",
+        (_f("-n --name", "job", NAME, "job name"),),
+        legacy_of="job node list",
+        examples=("/batchai job list-nodes -n myjob",),
+    ),
+)
+
+# az batchai commands a user may remember but the bot does not offer, with what to do instead.
+UNSUPPORTED: dict[tuple[str, ...], str] = {
+    ("workspace",): "workspaces are implicit here: pass -w/--workspace to cluster and job commands",
+    ("experiment",): "experiments are implicit here: pass -e/--experiment to job commands",
+    ("file-server",): "file servers are not managed by the bot: mount a share with --afs-name",
+    ("list-usages",): "list-usages is not available: the cost estimate shows what a job will use",
+    (
+        "cluster",
+        "node",
+        "exec",
+    ): "node exec (SSH) is not available from chat: use cluster node list",
+    ("job", "node", "exec"): "node exec (SSH) is not available from chat: use job node list",
+    ("cluster", "file"): "cluster file list is not available: setup task logs go to the thread",
+}
+
+# Ignored dests: accepted for compatibility, or consumed by a check before the dataclass is built.
+NOT_STORED = frozenset({"cluster_or_config"})

@@ -1,0 +1,505 @@
+"""Per-node job runner: `python -m services.backends.noderunner SPEC.json` (a detached daemon)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_LAUNCH_ERROR = 127
+EXIT_WALL_CLOCK = 124  # what timeout(1) reports
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports
+EXIT_RUNNER_ERROR = 70  # EX_SOFTWARE: the runner itself broke
+POLL_SECONDS = 0.05
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+PEER_POLL_SECONDS = 0.25
+
+# Status files the backend reads; `exit_code` is written last and marks the end.
+PID, PHASE, HEARTBEAT, EXIT_CODE, REASON, STARTED, ENDED = (
+    "pid",
+    "phase",
+    "heartbeat",
+    "exit_code",
+    "reason",
+    "started_at",
+    "ended_at",
+)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to run: a literal argv (never a shell), its environment and log file names."""
+
+    rank: int
+    role: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    stdout: str
+    stderr: str
+    cwd: str | None = None
+    wrapper: tuple[str, ...] = ()  # e.g. a `docker run ...` prefix; argv follows it
+    # Run when the process must be stopped: killing the docker CLI does not stop its container.
+    stop_argv: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "role": self.role,
+            "argv": list(self.argv),
+            "env": self.env,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "cwd": self.cwd,
+            "wrapper": list(self.wrapper),
+            "stop_argv": list(self.stop_argv),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ProcessSpec:
+        return cls(
+            rank=int(raw["rank"]),
+            role=str(raw["role"]),
+            argv=tuple(str(a) for a in raw["argv"]),
+            env={str(k): str(v) for k, v in raw["env"].items()},
+            stdout=str(raw["stdout"]),
+            stderr=str(raw["stderr"]),
+            cwd=None if raw.get("cwd") is None else str(raw["cwd"]),
+            wrapper=tuple(str(a) for a in raw.get("wrapper", ())),
+            stop_argv=tuple(str(a) for a in raw.get("stop_argv", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What one node runs for one job; the backend writes it as `<run_dir>/node-<i>.json`."""
+
+    job_id: str
+    node_index: int
+    status_dir: str  # pid, phase, heartbeat, exit_code, reason
+    stdouterr_dir: str
+    deadline: float  # epoch seconds
+    max_wall_clock: str  # as the user wrote it, for the reason text
+    processes: tuple[ProcessSpec, ...]
+    preparation: ProcessSpec | None = None
+    grace_seconds: float = 10.0
+    heartbeat_seconds: float = 5.0
+    peers: tuple[str, ...] = ()  # status dirs of the job's other nodes (gang semantics)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "node_index": self.node_index,
+            "status_dir": self.status_dir,
+            "stdouterr_dir": self.stdouterr_dir,
+            "deadline": self.deadline,
+            "max_wall_clock": self.max_wall_clock,
+            "grace_seconds": self.grace_seconds,
+            "heartbeat_seconds": self.heartbeat_seconds,
+            "peers": list(self.peers),
+            "preparation": None if self.preparation is None else self.preparation.to_json(),
+            "processes": [p.to_json() for p in self.processes],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RunnerSpec:
+        prep = raw.get("preparation")
+        return cls(
+            job_id=str(raw["job_id"]),
+            node_index=int(raw["node_index"]),
+            status_dir=str(raw["status_dir"]),
+            stdouterr_dir=str(raw["stdouterr_dir"]),
+            deadline=float(raw["deadline"]),
+            max_wall_clock=str(raw["max_wall_clock"]),
+            grace_seconds=float(raw.get("grace_seconds", 10.0)),
+            heartbeat_seconds=float(raw.get("heartbeat_seconds", 5.0)),
+            peers=tuple(str(p) for p in raw.get("peers", ())),
+            preparation=None if prep is None else ProcessSpec.from_json(prep),
+            processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
+        )
+
+
+def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Readers see the old content or the new one, never half a file.
+
+    `mode` applies from creation on, so a private file is never readable by others, even briefly.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def returncode_to_exit(code: int) -> int:
+    """Popen reports death by signal N as -N; a shell (and Batch AI) says 128 + N."""
+    return 128 - code if code < 0 else code
+
+
+@dataclass
+class _Running:
+    spec: ProcessSpec
+    popen: subprocess.Popen[bytes]
+    exit_code: int | None = None
+
+
+@dataclass
+class _Outcome:
+    exit_code: int = 0
+    reason: str = ""
+    failed_rank: int | None = None
+
+
+@dataclass
+class NodeRunner:
+    spec: RunnerSpec
+    terminate_requested: bool = False
+    _last_beat: float = 0.0
+    _last_peer_check: float = 0.0
+    _children: list[_Running] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- status files
+
+    def _status(self, name: str) -> Path:
+        return Path(self.spec.status_dir) / name
+
+    def _beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_beat >= self.spec.heartbeat_seconds:
+            self._last_beat = now
+            self._status(HEARTBEAT).touch()
+
+    # ---------------------------------------------------------------- processes
+
+    def _open_logs(self, proc: ProcessSpec) -> tuple[IO[bytes], IO[bytes]]:
+        out_dir = Path(self.spec.stdouterr_dir)
+        # Appended, like Batch AI: a re-run node adds to its files rather than wiping them.
+        out = open(out_dir / proc.stdout, "ab")  # noqa: SIM115 - closed by the caller
+        err = out if proc.stderr == proc.stdout else open(out_dir / proc.stderr, "ab")  # noqa: SIM115
+        return out, err
+
+    def _launch(self, proc: ProcessSpec) -> _Running | int:
+        """The started process, or the exit code of a launch error (one line in its stderr)."""
+        out, err = self._open_logs(proc)
+        try:
+            popen = subprocess.Popen(
+                [*proc.wrapper, *proc.argv],
+                env=proc.env,
+                cwd=proc.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, so a kill reaches its children
+                close_fds=True,
+            )
+        except OSError as exc:
+            program = (proc.wrapper or proc.argv or ("",))[0]
+            err.write(f"batchai: cannot start {program!r}: {exc.strerror or exc}\n".encode())
+            return EXIT_LAUNCH_ERROR if not isinstance(exc, PermissionError) else 126
+        finally:
+            out.close()
+            if err is not out:
+                err.close()
+        running = _Running(proc, popen)
+        self._children.append(running)
+        return running
+
+    def _signal_groups(self, procs: Iterable[_Running], sig: signal.Signals) -> None:
+        for r in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(r.popen.pid, sig)
+
+    def _stop(self, procs: Sequence[_Running]) -> None:
+        """SIGTERM the groups, wait the grace period, SIGKILL what is left, reap."""
+        live = [r for r in procs if r.popen.poll() is None]
+        self._signal_groups(live, signal.SIGTERM)
+        for r in live:
+            if r.spec.stop_argv:
+                self._run_stop_command(r.spec)
+        end = time.monotonic() + self.spec.grace_seconds
+        while any(r.popen.poll() is None for r in live) and time.monotonic() < end:
+            self._reap_orphans()
+            time.sleep(POLL_SECONDS)
+        # SIGKILL the whole group even when the leader has exited: its children may linger.
+        self._signal_groups(procs, signal.SIGKILL)
+        for r in procs:
+            code = r.popen.wait()
+            if r.exit_code is None:
+                r.exit_code = returncode_to_exit(code)
+
+    def _run_stop_command(self, proc: ProcessSpec) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                list(proc.stop_argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=max(self.spec.grace_seconds, 1.0) + 5.0,
+                check=False,
+            )
+
+    def _failed_peer(self) -> str | None:
+        """The status dir name of another node of this job that ended with a failure."""
+        now = time.monotonic()
+        if now - self._last_peer_check < PEER_POLL_SECONDS:
+            return None
+        self._last_peer_check = now
+        for peer in self.spec.peers:
+            try:
+                code = int((Path(peer) / EXIT_CODE).read_text().strip() or "0")
+            except (FileNotFoundError, ValueError):
+                continue
+            if code != 0:
+                return Path(peer).name
+        return None
+
+    def _wait(self, procs: list[_Running]) -> _Outcome | None:
+        """Wait for all to end. A non-None outcome means the run was cut short (stop them)."""
+        while True:
+            self._beat()
+            if self.terminate_requested:
+                return _Outcome(EXIT_TERMINATED, "terminated by user")
+            peer = self._failed_peer()
+            if peer is not None:
+                # Gang semantics across nodes: a failed node fails the job, the rest stop.
+                return _Outcome(EXIT_TERMINATED, f"stopped because {peer} failed")
+            if time.time() >= self.spec.deadline:
+                return _Outcome(
+                    EXIT_WALL_CLOCK, f"max wall clock time {self.spec.max_wall_clock} exceeded"
+                )
+            pending = False
+            for r in procs:
+                if r.exit_code is not None:
+                    continue
+                code = r.popen.poll()
+                if code is None:
+                    pending = True
+                    continue
+                r.exit_code = returncode_to_exit(code)
+                if r.exit_code != 0 and len(procs) > 1:
+                    # Gang semantics: one failed rank fails the job; do not let the rest hang.
+                    return _Outcome(
+                        r.exit_code,
+                        f"rank {r.spec.rank} ({r.spec.role}) exited with code {r.exit_code}",
+                        r.spec.rank,
+                    )
+            if not pending:
+                return None
+            self._reap_orphans()
+            time.sleep(POLL_SECONDS)
+
+    # ---------------------------------------------------------------- the run
+
+    def _prepare(self) -> _Outcome | None:
+        prep = self.spec.preparation
+        if prep is None:
+            return None
+        write_atomic(self._status(PHASE), "prep")
+        started = self._launch(prep)
+        if isinstance(started, int):
+            code = started
+        else:
+            cut = self._wait([started])
+            if cut is not None:
+                self._stop([started])
+                return cut
+            code = started.exit_code or 0
+        if code != 0:
+            node = self.spec.node_index
+            return _Outcome(code, f"job preparation failed on node {node} (exit {code})")
+        return None
+
+    def run(self) -> _Outcome:
+        self._beat(force=True)
+        outcome = self._prepare()
+        if outcome is not None:
+            return outcome
+        write_atomic(self._status(PHASE), "running")
+        procs: list[_Running] = []
+        for proc in self.spec.processes:
+            if self.terminate_requested:
+                break
+            started = self._launch(proc)
+            if isinstance(started, int):
+                self._stop(procs)
+                return _Outcome(
+                    started, f"rank {proc.rank} ({proc.role}) could not start", proc.rank
+                )
+            procs.append(started)
+        cut = self._wait(procs)
+        if cut is not None:
+            self._stop(procs)
+            return cut
+        failed = next((r for r in procs if r.exit_code), None)
+        if failed is None:
+            return _Outcome(0, "")
+        code = failed.exit_code or 0
+        if len(self.spec.processes) == 1 and not self.spec.peers:
+            return _Outcome(code, "")  # a plain exit of a one-process job needs no story
+        return _Outcome(
+            code,
+            f"rank {failed.spec.rank} ({failed.spec.role}) exited with code {code}",
+            failed.spec.rank,
+        )
+
+    def finish(self, outcome: _Outcome) -> None:
+        # Stragglers (a daemon a job left behind) die with the job, as on a Batch AI node.
+        self._kill_descendants()
+        write_atomic(self._status(ENDED), f"{time.time():.3f}\n")
+        write_atomic(self._status(REASON), outcome.reason + "\n" if outcome.reason else "")
+        write_atomic(self._status(EXIT_CODE), f"{outcome.exit_code}\n")
+
+    # ---------------------------------------------------------------- reaping
+
+    def _reap_orphans(self) -> None:
+        """Reap exited descendants that were re-parented to us (we are a child subreaper).
+
+        Our own Popen children are left to Popen, which must see their exit status.
+        """
+        ours = {r.popen.pid: r for r in self._children}
+        for _ in range(1000):  # bounded: never spin if the kernel keeps answering the same pid
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            if info.si_pid in ours:
+                if ours.pop(info.si_pid).popen.poll() is None:
+                    return
+            else:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(info.si_pid, os.WNOHANG)
+
+    def _kill_descendants(self) -> None:
+        """SIGKILL every process group we started and every orphan re-parented to us, then reap,
+        so nothing of the job outlives its exit_code."""
+        self._signal_groups(self._children, signal.SIGKILL)
+        for r in self._children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                r.popen.wait(timeout=2.0)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            kids = _children_of(os.getpid())
+            for pid in kids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self._reap_orphans()
+            if not kids:
+                return
+            time.sleep(0.02)
+
+
+def _children_of(parent: int) -> list[int]:
+    """Pids whose parent is `parent` (Linux /proc; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(parent) and fields[0] != "Z":
+            found.append(int(entry.parent.name))
+    return found
+
+
+def _become_subreaper() -> None:
+    """Orphans of the job re-parent to us (not to init), so we can reap and kill them."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _install_handlers(runner: NodeRunner) -> None:
+    def on_term(signum: int, frame: object) -> None:
+        runner.terminate_requested = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _serve(runner: NodeRunner) -> int:
+    """Run the node's work and always leave an exit_code behind."""
+    outcome = _Outcome(EXIT_RUNNER_ERROR, "node runner failed")
+    try:
+        outcome = runner.run()
+    except BaseException as exc:  # noqa: BLE001 - whatever happens, exit_code gets written
+        outcome = _Outcome(EXIT_RUNNER_ERROR, f"node runner failed: {exc!r}")
+        with contextlib.suppress(BaseException):
+            runner._stop(runner._children)
+    finally:
+        runner.finish(outcome)
+    return 0
+
+
+def _start(runner: NodeRunner) -> None:
+    """Handlers first, then the pid: a SIGTERM sent as soon as the pid is known is honoured."""
+    _install_handlers(runner)
+    _become_subreaper()
+    status_dir = Path(runner.spec.status_dir)
+    status_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(status_dir / STARTED, f"{time.time():.3f}\n")
+    write_atomic(status_dir / PID, f"{os.getpid()}\n")
+
+
+def _daemonize(runner: NodeRunner) -> int:
+    """Fork the runner off and return once it has recorded its pid.
+
+    The backend starts us with asyncio, whose transport kills a still-running child when it is
+    closed or garbage collected; a grandchild re-parented away from the bot survives that and a
+    SIGKILLed bot alike.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_fd)
+        code = EXIT_RUNNER_ERROR
+        try:
+            with contextlib.suppress(OSError):
+                os.setsid()
+            _start(runner)
+            os.write(write_fd, b"ok")
+            os.close(write_fd)
+            code = _serve(runner)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        ack = pipe.read()
+    return 0 if ack == b"ok" else 1
+
+
+def load_spec(path: Path) -> RunnerSpec:
+    return RunnerSpec.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    foreground = bool(args) and args[0] == "--foreground"
+    if foreground:
+        args = args[1:]
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m services.backends.noderunner [--foreground] SPEC.json\n")
+        return 2
+    runner = NodeRunner(load_spec(Path(args[0])))
+    if foreground:
+        _start(runner)
+        return _serve(runner)
+    return _daemonize(runner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Log tailing by byte offset, and progress / metric parsing of training log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from services.models import FileLocation, MetricPoint, Progress
+from services.ports import FileShare
+
+MAX_LINE = 65536
+_EOL = re.compile(rb"\r\n|\n|\r")
+
+
+# --------------------------------------------------------------------------- line splitting
+
+
+def _utf8_cut(data: bytes, limit: int) -> int:
+    """A cut point <= limit that does not split a UTF-8 sequence (falls back to `limit`)."""
+    cut = limit
+    # Back off over at most 3 continuation bytes so the piece before the cut decodes cleanly.
+    while cut > limit - 3 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > 0 and (data[cut] & 0xC0) != 0x80 else limit
+
+
+def _pieces(line: bytes, max_line: int) -> list[bytes]:
+    out: list[bytes] = []
+    while len(line) > max_line:
+        cut = _utf8_cut(line, max_line)
+        out.append(line[:cut])
+        line = line[cut:]
+    out.append(line)
+    return out
+
+
+def split_lines(data: bytes, *, final: bool, max_line: int = MAX_LINE) -> tuple[list[str], int]:
+    """Complete lines of `data` and the number of bytes they used up.
+
+    `\\r\\n`, `\\n` and a bare `\\r` (tqdm redraws) end a line. A trailing partial line is held
+    back (not consumed) unless `final`, or it is longer than `max_line`, in which case it is cut
+    into `max_line` pieces. Long complete lines are cut the same way, so the lines a file yields
+    do not depend on how its bytes were chunked.
+    """
+    if max_line < 4:
+        raise ValueError("max_line must be at least 4")
+    raw: list[bytes] = []
+    pos = 0
+    for m in _EOL.finditer(data):
+        if m.group() == b"\r" and m.end() == len(data) and not final:
+            break  # a lone \r at the end may be the first half of \r\n still being written
+        raw.extend(_pieces(data[pos : m.start()], max_line))
+        pos = m.end()
+    rest = data[pos:]
+    if rest and final:
+        raw.extend(_pieces(rest, max_line))
+        pos = len(data)
+    else:
+        while len(rest) > max_line:
+            cut = _utf8_cut(rest, max_line)
+            raw.append(rest[:cut])
+            rest = rest[cut:]
+            pos += cut
+    return [line.decode("utf-8", errors="replace") for line in raw], pos
+
+
+# --------------------------------------------------------------------------- tailer
+
+
+@dataclass(frozen=True)
+class TailResult:
+    lines: list[str]
+    committed_offset: int  # just past the last complete line returned; the caller stores it
+    bytes_read: int
+    more: bool = False  # more bytes were already there than one chunk; call again
+    restarted: bool = False  # the file shrank (truncated or replaced): read again from 0
+    missing: bool = False
+
+
+@dataclass
+class _TailState:
+    offset: int  # next byte to read
+    pending: bytes = b""  # read but not yet part of a returned line
+
+    @property
+    def committed(self) -> int:
+        return self.offset - len(self.pending)
+
+
+class LogTailer:
+    """Reads only new bytes of growing log files; never reads a byte twice within a process.
+
+    Keys are the caller's (job id, file name). The caller persists `committed_offset`; a new
+    tailer (after a restart) starts from it and re-reads at most one partial line.
+    """
+
+    def __init__(self, share: FileShare, *, chunk: int = 1 << 20, max_line: int = MAX_LINE):
+        self._share = share
+        self._chunk = chunk
+        self._max_line = max_line
+        self._states: dict[Hashable, _TailState] = {}
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+
+    async def read(
+        self, key: Hashable, loc: FileLocation, committed_offset: int, *, final: bool
+    ) -> TailResult:
+        """New complete lines since the last call, at most one chunk's worth.
+
+        With `final` (the job has ended) the trailing partial line is returned too, once the
+        result no longer says `more`.
+        """
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            state = self._states.get(key)
+            if state is None or state.committed != committed_offset:
+                # First sight, or the caller rewound: trust the caller's committed offset.
+                state = self._states[key] = _TailState(offset=committed_offset)
+            return await self._read(state, loc, final=final)
+
+    def forget(self, key: Hashable) -> None:
+        self._states.pop(key, None)
+        self._locks.pop(key, None)
+
+    async def _read(self, state: _TailState, loc: FileLocation, *, final: bool) -> TailResult:
+        entry = await self._share.stat(loc)
+        if entry is None or entry.is_directory:
+            return TailResult([], state.committed, 0, missing=True)
+        restarted = False
+        if entry.size < state.offset:
+            state.offset, state.pending, restarted = 0, b"", True
+        length = min(self._chunk, entry.size - state.offset)
+        data = await self._share.read_range(loc, state.offset, length) if length > 0 else b""
+        state.offset += len(data)
+        more = state.offset < entry.size
+        lines, used = split_lines(
+            state.pending + data, final=final and not more, max_line=self._max_line
+        )
+        state.pending = (state.pending + data)[used:]
+        return TailResult(lines, state.committed, len(data), more=more, restarted=restarted)
+
+
+# --------------------------------------------------------------------------- parsing
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
+
+# (kind, pattern): "epoch" progress also becomes the step of later metrics, "step" only progress.
+_PROGRESS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # CNTK: "Finished Epoch[ 3 of 40]: [Training] loss = ..." and "Epoch[ 3 of 40]-Minibatch[...]"
+    ("epoch", re.compile(r"\bEpoch\s*\[\s*(\d+)\s+of\s+(\d+)\s*\]", re.I)),
+    # Keras / PyTorch: "Epoch 3/10", "epoch: 3/10", "epoch 3 of 10"
+    ("epoch", re.compile(r"\bepoch\b[\s:#]*(\d+)\s*(?:/|\bof\b)\s*(\d+)", re.I)),
+    # tqdm: " 45%|####      | 45/100 [00:01<00:02, 30.1it/s]"
+    ("step", re.compile(r"\d+%\|[^|]*\|\s*(\d+)/(\d+)\b")),
+    # TF: "step 100/1000", "Step: 100 / 1000"
+    ("step", re.compile(r"\bstep\b[\s:#]*(\d+)\s*(?:/|\bof\b)\s*(\d+)", re.I)),
+    # "[3/10]" as a whole bracket at the start of a line (many hand-written loops)
+    ("epoch", re.compile(r"^\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")),
+)
+
+_METRIC_NAMES = (
+    r"top-?[15](?:[ _-]?(?:error|err|acc(?:uracy)?))?",
+    r"(?:(?:val|valid|validation|train|training|test|eval)[ _])?"
+    r"(?:loss|acc|accuracy|error|err|errs|metric|ce|perplexity|ppl|f1|auc|precision|recall"
+    r"|mae|mse|rmse)",
+)
+_METRIC = re.compile(
+    r"(?<![\w-])(?P<name>" + "|".join(_METRIC_NAMES) + r")\s*[:=]\s*(?P<value>" + _NUM + r")"
+    r"(?P<pct>%)?(?![\w/]|\.\d)",
+    re.I,
+)
+
+
+def _match_progress(line: str) -> tuple[str, Progress] | None:
+    for kind, pattern in _PROGRESS:
+        m = pattern.search(line)
+        if m:
+            current, total = int(m.group(1)), int(m.group(2))
+            if total > 0 and current <= total:
+                return kind, Progress(current, total)
+    return None
+
+
+def parse_progress(line: str) -> Progress | None:
+    """Epoch or step progress on one log line (Keras, PyTorch, CNTK, tqdm, TensorFlow)."""
+    found = _match_progress(line)
+    return None if found is None else found[1]
+
+
+def _metric_name(raw: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
+
+
+def parse_metrics(line: str) -> dict[str, float]:
+    """Named metric values on one log line; `25.5%` gives 25.5; NaN and infinities are skipped."""
+    out: dict[str, float] = {}
+    for m in _METRIC.finditer(line):
+        value = float(m.group("value"))
+        if math.isfinite(value):
+            out[_metric_name(m.group("name"))] = value
+    return out
+
+
+class LogParser:
+    """Turns a job's log lines into progress and metric points; metrics take the last epoch seen
+    as their step (else the last step count, else a running count of lines with metrics)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.epoch: int | None = None
+        self._step: int | None = None
+        self._metric_lines = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def feed(self, line: str) -> list[MetricPoint]:
+        found = _match_progress(line)
+        if found is not None:
+            kind, progress = found
+            if kind == "epoch":
+                self.epoch = progress.current
+                self.progress = progress
+            else:
+                self._step = progress.current
+                if self.epoch is None:  # epochs, when a log has them, are the better headline
+                    self.progress = progress
+        metrics = parse_metrics(line)
+        if not metrics:
+            return []
+        self._metric_lines += 1
+        self.last_metrics.update(metrics)
+        step = self.epoch if self.epoch is not None else self._step
+        if step is None:
+            step = self._metric_lines
+        return [MetricPoint(step, name, value) for name, value in metrics.items()]
+
+    def feed_all(self, lines: list[str]) -> list[MetricPoint]:
+        return [point for line in lines for point in self.feed(line)]
