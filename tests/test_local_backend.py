@@ -416,3 +416,18 @@ async def test_a_launch_cut_short_is_completed_not_repeated(
     result = await kit.restart().start_job(request)  # the retry completes the launch
     assert (await wait_for(backend, request.job_id)).exit_code == 0
     assert len((await read_text(kit.share, log_loc(result, "stdout.txt"))).splitlines()) == 1
+
+
+async def test_terminating_a_launch_cut_short_starts_nothing(kit: BackendKit) -> None:
+    backend = _backend(kit)
+    c = cluster()
+    await backend.create_cluster(c)
+    request = launch_request(job_spec("ok"), c)
+    kit.started.append(request.job_id)
+    await backend._prepare(request)  # recorded, no runner started yet
+    await backend.terminate_job(request.job_id)
+    status = await backend.get_job_status(request.job_id)
+    assert (status.phase, status.exit_code, status.detail) == ("exited", 143, "terminated by user")
+    result = await backend.start_job(request)  # a late retry must not run it after all
+    assert await read_text(kit.share, log_loc(result, "stdout.txt")) == ""
+    assert (await backend.get_job_status(request.job_id)).exit_code == 143

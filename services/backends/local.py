@@ -41,6 +41,7 @@ _PROJECT_ROOT = Path(noderunner.__file__).resolve().parents[2]
 RUNNER_MODULE = "services.backends.noderunner"
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
+TERMINATE = "terminate"  # marker in the run dir: the user asked to terminate the job
 
 
 # --------------------------------------------------------------------------- paths and names
@@ -449,7 +450,6 @@ class LocalBackend:
         self._subscription = subscription
         self._grace = grace_seconds
         self._heartbeat = heartbeat_seconds
-        self._containers = containers
         self._docker: str | None | bool = None if containers else False
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -762,6 +762,7 @@ class LocalBackend:
                 grace_seconds=self._grace,
                 heartbeat_seconds=self._heartbeat,
                 peers=tuple(str(run_dir / f"node-{j}") for j in range(count) if j != i),
+                terminate_file=str(run_dir / TERMINATE),
             )
             # The spec holds the job's secrets: readable by the bot's user only.
             write_atomic(run_dir / f"node-{i}.json", json.dumps(spec.to_json()), mode=0o600)
@@ -773,6 +774,9 @@ class LocalBackend:
             if not (run_dir / f"node-{i}" / noderunner.PID).exists()
             and not (run_dir / f"node-{i}" / noderunner.EXIT_CODE).exists()
         ]
+        if (run_dir / TERMINATE).exists():
+            _end_unstarted(run_dir, todo)  # terminated before it got going: start nothing
+            return
         codes = await asyncio.gather(*(self._spawn(run_dir, i) for i in todo))
         failed = [i for i, code in zip(todo, codes, strict=True) if code != 0]
         if failed:
@@ -825,10 +829,13 @@ class LocalBackend:
             ended=_read_float(sdir / noderunner.ENDED),
         )
 
+    def _spawning_here(self, job_id: str) -> bool:
+        lock = self._locks.get(job_id)
+        return lock is not None and lock.locked()
+
     def _still_spawning(self, job_id: str) -> bool:
         """A start_job is under way here, or began so recently that its runners may be coming."""
-        lock = self._locks.get(job_id)
-        if lock is not None and lock.locked():
+        if self._spawning_here(job_id):
             return True
         try:
             age = time.time() - (self._run_dir(job_id) / "launch.json").stat().st_mtime
@@ -869,7 +876,12 @@ class LocalBackend:
 
     async def terminate_job(self, job_id: str) -> None:
         count = len(self._launch_info(job_id)["nodes"])
-        await self._signal_runners(self._run_dir(job_id), count, signal.SIGTERM)
+        run_dir = self._run_dir(job_id)
+        write_atomic(run_dir / TERMINATE, "")
+        await self._signal_runners(run_dir, count, signal.SIGTERM)
+        if not self._spawning_here(job_id):
+            # Nodes whose runner never started (a launch cut short) end here, as the runner would.
+            _end_unstarted(run_dir, [r.index for r in self._runs(job_id) if r.pending])
 
     async def _signal_runners(self, run_dir: Path, count: int, sig: signal.Signals) -> None:
         job_id = run_dir.parent.name
@@ -883,6 +895,15 @@ class LocalBackend:
     async def aclose(self) -> None:
         # Runners are detached on purpose: jobs outlive the bot, as on Batch AI.
         self._locks.clear()
+
+
+def _end_unstarted(run_dir: Path, nodes: Sequence[int]) -> None:
+    for i in nodes:
+        status = run_dir / f"node-{i}"
+        status.mkdir(parents=True, exist_ok=True)
+        write_atomic(status / noderunner.ENDED, f"{time.time():.3f}\n")
+        write_atomic(status / noderunner.REASON, "terminated by user\n")
+        write_atomic(status / noderunner.EXIT_CODE, f"{noderunner.EXIT_TERMINATED}\n")
 
 
 def _host_env(keep: Sequence[str]) -> dict[str, str]:

@@ -93,6 +93,8 @@ class RunnerSpec:
     grace_seconds: float = 10.0
     heartbeat_seconds: float = 5.0
     peers: tuple[str, ...] = ()  # status dirs of the job's other nodes (gang semantics)
+    # Its existence means "terminate": covers a runner started after the SIGTERMs went out.
+    terminate_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class RunnerSpec:
             "grace_seconds": self.grace_seconds,
             "heartbeat_seconds": self.heartbeat_seconds,
             "peers": list(self.peers),
+            "terminate_file": self.terminate_file,
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -122,6 +125,7 @@ class RunnerSpec:
             grace_seconds=float(raw.get("grace_seconds", 10.0)),
             heartbeat_seconds=float(raw.get("heartbeat_seconds", 5.0)),
             peers=tuple(str(p) for p in raw.get("peers", ())),
+            terminate_file=raw.get("terminate_file"),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -156,8 +160,7 @@ class _Running:
 @dataclass
 class _Outcome:
     exit_code: int = 0
-    reason: str = ""
-    failed_rank: int | None = None
+    reason: str = ""  # names the failing rank when a multi-process job fails
 
 
 @dataclass
@@ -254,6 +257,8 @@ class NodeRunner:
         if now - self._last_peer_check < PEER_POLL_SECONDS:
             return None
         self._last_peer_check = now
+        if self.spec.terminate_file and os.path.exists(self.spec.terminate_file):
+            self.terminate_requested = True
         for peer in self.spec.peers:
             try:
                 code = int((Path(peer) / EXIT_CODE).read_text().strip() or "0")
@@ -291,7 +296,6 @@ class NodeRunner:
                     return _Outcome(
                         r.exit_code,
                         f"rank {r.spec.rank} ({r.spec.role}) exited with code {r.exit_code}",
-                        r.spec.rank,
                     )
             if not pending:
                 return None
@@ -321,6 +325,8 @@ class NodeRunner:
 
     def run(self) -> _Outcome:
         self._beat(force=True)
+        if self.spec.terminate_file and os.path.exists(self.spec.terminate_file):
+            return _Outcome(EXIT_TERMINATED, "terminated by user")
         outcome = self._prepare()
         if outcome is not None:
             return outcome
@@ -332,9 +338,7 @@ class NodeRunner:
             started = self._launch(proc)
             if isinstance(started, int):
                 self._stop(procs)
-                return _Outcome(
-                    started, f"rank {proc.rank} ({proc.role}) could not start", proc.rank
-                )
+                return _Outcome(started, f"rank {proc.rank} ({proc.role}) could not start")
             procs.append(started)
         cut = self._wait(procs)
         if cut is not None:
@@ -349,7 +353,6 @@ class NodeRunner:
         return _Outcome(
             code,
             f"rank {failed.spec.rank} ({failed.spec.role}) exited with code {code}",
-            failed.spec.rank,
         )
 
     def finish(self, outcome: _Outcome) -> None:
@@ -436,7 +439,7 @@ def _serve(runner: NodeRunner) -> int:
     outcome = _Outcome(EXIT_RUNNER_ERROR, "node runner failed")
     try:
         outcome = runner.run()
-    except BaseException as exc:  # noqa: BLE001 - whatever happens, exit_code gets written
+    except BaseException as exc:  # whatever happens, an exit_code gets written
         outcome = _Outcome(EXIT_RUNNER_ERROR, f"node runner failed: {exc!r}")
         with contextlib.suppress(BaseException):
             runner._stop(runner._children)
