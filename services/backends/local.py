@@ -875,7 +875,11 @@ class LocalBackend:
         return RunStatus(phase="preparing" if preparing else "running", started_at=_when(started))
 
     async def terminate_job(self, job_id: str) -> None:
-        count = len(self._launch_info(job_id)["nodes"])
+        """SIGTERM the job's runners and return; a job never started here is nothing to stop."""
+        try:
+            count = len(self._launch_info(job_id)["nodes"])
+        except NotFound:
+            return
         run_dir = self._run_dir(job_id)
         write_atomic(run_dir / TERMINATE, "")
         await self._signal_runners(run_dir, count, signal.SIGTERM)

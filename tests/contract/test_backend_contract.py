@@ -253,11 +253,14 @@ async def test_start_job_is_idempotent_by_job_id(backend: BackendKit) -> None:
     assert len(stdout.splitlines()) == 1  # launched once
 
 
-async def test_unknown_job_is_not_found(backend: BackendKit) -> None:
+async def test_unknown_job_is_not_found_and_terminating_it_is_harmless(
+    backend: BackendKit,
+) -> None:
     with pytest.raises(NotFound):
         await backend.compute.get_job_status("0" * 32)
+    await backend.compute.terminate_job("0" * 32)  # never started here: nothing to stop
     with pytest.raises(NotFound):
-        await backend.compute.terminate_job("0" * 32)
+        await backend.compute.get_job_status("0" * 32)
 
 
 async def test_share_reads_ranges_and_lists(backend: BackendKit) -> None:
