@@ -201,3 +201,16 @@ class FileListing:
     path: str
     entries: tuple[FileEntry, ...]
     links: dict[str, DownloadLink]  # by entry name; files only
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who did (or was refused) what, when, and where."""
+
+    at: datetime
+    actor: str
+    action: str
+    outcome: str  # allowed | denied | failed
+    channel: str | None = None
+    target: str | None = None
+    detail: str | None = None

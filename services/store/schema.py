@@ -113,3 +113,26 @@ events = Table(
     Column("delivered_at", DateTime(timezone=True)),
 )
 Index("ix_events_pending", events.c.delivered_at, events.c.id)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("key", String(128), primary_key=True),  # the notification's idempotency key
+    Column("channel", String(64), nullable=False),
+    Column("message_id", String(64), nullable=False),  # Slack ts
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("channel", String(64)),
+    Column("action", String(64), nullable=False),  # e.g. "job create", "denied: cluster delete"
+    Column("target", String(128)),
+    Column("outcome", String(16), nullable=False),  # allowed | denied | failed
+    Column("detail", Text),
+)
+Index("ix_audit_at", audit.c.at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from services.clock import utcnow
 from services.errors import Conflict
 from services.events import Event, event_from_payload
 from services.models import (
+    AuditEntry,
     Cluster,
     Conversation,
     FileLocation,
@@ -27,7 +29,15 @@ from services.models import (
     ShareMount,
 )
 from services.states import ClusterState, JobState
-from services.store.schema import clusters, events, jobs, log_offsets, metrics
+from services.store.schema import (
+    audit,
+    clusters,
+    deliveries,
+    events,
+    jobs,
+    log_offsets,
+    metrics,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -231,6 +241,51 @@ class SqlStore:
             stmt = stmt.where(events.c.job_id == job_id)
         async with self._engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
+
+    # -- sent messages (exactly-once notifications) -----------------------------------------
+
+    async def get_delivery(self, key: str) -> str | None:
+        """The message id a notification with this key was sent as, or None if never sent."""
+        async with self._engine.connect() as conn:
+            stmt = select(deliveries.c.message_id).where(deliveries.c.key == key)
+            return (await conn.execute(stmt)).scalar_one_or_none()
+
+    async def record_delivery(self, key: str, channel: str, message_id: str, at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            try:
+                await conn.execute(
+                    insert(deliveries).values(
+                        key=key, channel=channel, message_id=message_id, sent_at=at
+                    )
+                )
+            except IntegrityError:
+                await conn.rollback()  # recorded by an earlier attempt: keep the first
+
+    # -- audit ------------------------------------------------------------------------------
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(audit).values(**asdict(entry)))
+
+    async def list_audit(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest first."""
+        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if target is not None:
+            stmt = stmt.where(audit.c.target == target)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(stmt)
+            return [
+                AuditEntry(
+                    at=_aware(r.at) or r.at,
+                    actor=r.actor,
+                    channel=r.channel,
+                    action=r.action,
+                    target=r.target,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                )
+                for r in rows
+            ]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
