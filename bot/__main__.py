@@ -1,17 +1,20 @@
-"""`batchai-bot`: run (Slack when tokens are set, else the console), console, validate."""
+"""`batchai-bot`: run (Slack when tokens are set, else the console), console, validate, check,
+manifest."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
+from bot.check import check_settings, format_results
 from bot.config import Settings
 from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
 from bot.lifecycle import running
-from handlers.actions import ActionHandler
+from bot.manifest import render_manifest
 from services.errors import SpecError
 from services.jobspec import load_any
 
@@ -29,11 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     validate = sub.add_parser("validate", help="check Batch AI job/cluster JSON files")
     validate.add_argument("files", nargs="+", type=Path)
+    check = sub.add_parser("check", help="verify the Slack tokens, scopes and channel membership")
+    check.add_argument("--channel", action="append", default=[], help="also check this channel")
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest to paste into Slack")
+    manifest.add_argument("--request-url", help="HTTP mode: https://host/slack/events")
+    manifest.add_argument(
+        "--command", dest="slash_command", help="slash command (default: SLACK_COMMAND)"
+    )
+    manifest.add_argument("--name", help="app name shown in Slack")
     args = parser.parse_args(argv)
 
     if args.command == "validate":
         return validate_files(args.files)
     settings = Settings()
+    if args.command == "manifest":
+        return print_manifest(settings, args)
+    if args.command == "check":
+        return asyncio.run(run_check(settings, args.channel))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -41,23 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("apscheduler", "alembic", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    if args.command in (None, "run") and settings.slack_configured:
-        print(
-            "SLACK_BOT_TOKEN is set, but this build has no Slack transport yet; "
-            "starting the console instead.",
-            file=sys.stderr,
-        )
     wait = getattr(args, "wait_timeout", 900.0)
     try:
+        if args.command in (None, "run") and settings.slack_configured:
+            return asyncio.run(run_slack(settings))
         return asyncio.run(run_console(settings, wait_timeout=wait))
     except KeyboardInterrupt:
         return 130
 
 
+async def run_slack(settings: Settings) -> int:
+    """Serve Slack until SIGINT / SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings):
+        logging.getLogger(__name__).info("batchai-bot is serving %s", settings.slack_command)
+        await stop.wait()
+    return 0
+
+
 async def run_console(settings: Settings, *, wait_timeout: float) -> int:
     interactive = sys.stdin.isatty()
-    transport = ConsoleTransport()
-    async with running(settings, transport) as bot:
+    transport = ConsoleTransport(settings.batchai_data_dir / "console-files")
+    async with running(settings, transport=transport) as bot:
         actor = console_actor(settings.console_channel, settings.console_user)
 
         async def busy() -> bool:
@@ -66,7 +89,7 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
 
         console = Console(
             commands=bot.commands,
-            actions=ActionHandler(bot.jobs, bot.clock.now),
+            actions=bot.actions,
             transport=transport,
             actor=actor,
             live_jobs=busy,
@@ -78,6 +101,34 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
                 "a [number] to press a button, or `exit`."
             )
         return await console.run(sys.stdin, wait_timeout=wait_timeout)
+
+
+def print_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    url = args.request_url
+    if url is None and settings.slack_mode == "http" and settings.public_url:
+        url = f"{settings.public_url.rstrip('/')}/slack/events"
+    try:
+        text = render_manifest(
+            command=args.slash_command or settings.slack_command,
+            request_url=url,
+            app_name=args.name,
+        )
+    except ValueError as err:
+        print(f"batchai-bot manifest: {err}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+async def run_check(settings: Settings, channels: list[str]) -> int:
+    if not settings.slack_configured:
+        print("FAIL token   SLACK_BOT_TOKEN is not set (the bot runs as a console without it)")
+        return 1
+    results = await check_settings(
+        settings, channels=[*sorted(settings.allowed_channels), *channels]
+    )
+    print(format_results(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def validate_files(files: list[Path]) -> int:

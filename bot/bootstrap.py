@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -9,8 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.config import Settings
+from bot.outbox import SlackOutbox
+from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
+from handlers.dashboard import Dashboard
+from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
+from services.access import AccessPolicy
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
@@ -19,6 +25,7 @@ from services.jobs import JobService
 from services.links import LinkSigner
 from services.models import FileLocation
 from services.ports import Clock
+from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
 from services.runner import JobRunner
 from services.scheduling import Scheduler
@@ -35,15 +42,23 @@ class Bot:
     backend: LocalBackend
     share: LocalShare
     signer: LinkSigner
+    transport: Transport
     clusters: ClusterService
     jobs: JobService
     runner: JobRunner
     relay: EventRelay
     commands: CommandHandler
+    actions: ActionHandler
+    slack: SlackHandlers
     scheduler: Scheduler
 
     def resolve_file(self, loc: FileLocation) -> Path:
         return self.share.local_path(loc)
+
+    @property
+    def web_url(self) -> str:
+        """Where the bot's own web app answers (links, /healthz, /slack/events)."""
+        return self.signer.base_url.removesuffix("/files")
 
 
 def link_secret(settings: Settings) -> bytes:
@@ -51,29 +66,53 @@ def link_secret(settings: Settings) -> bytes:
     if settings.link_secret is not None:
         return settings.link_secret.get_secret_value().encode()
     path = settings.batchai_data_dir / "link-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created with its final mode: never readable by others, not even for a moment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip().encode()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
 
 
+def price_table(settings: Settings) -> PriceTable | None:
+    path = settings.manifest_dir / "prices.json"
+    return load_price_table(path) if path.is_file() else None
+
+
 def build(
-    settings: Settings, transport: Transport, *, clock: Clock | None = None, port: int | None = None
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    clock: Clock | None = None,
+    port: int | None = None,
 ) -> Bot:
+    """Without a transport, Slack is used (its tokens must be set); the console passes its own."""
     clock = clock or SystemClock()
     data = settings.batchai_data_dir
     data.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.db_url)
+    if transport is None:
+        from bot.slack import web_client  # only a Slack bot needs the Slack SDK's client
+
+        transport = SlackOutbox(
+            web_client(settings, for_listeners=False),
+            store,
+            now=clock.now,
+            post_interval=settings.slack_post_interval,
+            updates_per_minute=settings.slack_updates_per_minute,
+        )
     signer = LinkSigner(link_secret(settings), settings.files_base_url(port))
     share = LocalShare(data, signer)
     backend = LocalBackend(data, python=sys.executable)
     configs = ConfigLoader(settings.manifest_dir)
+    prices = price_table(settings)
     clusters = ClusterService(
         store=store,
         backend=backend,
         clock=clock,
-        config_text=configs,
+        configs=configs,
         resource_group=settings.resource_group,
         workspace=settings.workspace,
     )
@@ -88,11 +127,31 @@ def build(
         experiment=settings.experiment,
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
         link_ttl=ttl,
+        prices=prices,
     )
     runner = JobRunner(store=store, backend=backend, share=share, clusters=clusters, clock=clock)
     presenter = Presenter(transport, default_channel=settings.console_channel, clock=clock.now)
     relay = EventRelay(store=store, share=share, notifier=presenter, clock=clock, link_ttl=ttl)
     commands = CommandHandler(Services(clusters=clusters, jobs=jobs, now=clock.now))
+    actions = ActionHandler(jobs, clock.now)
+    dashboard = Dashboard(
+        clusters=clusters, jobs=jobs, configs=configs, prices=prices, now=clock.now
+    )
+    slack = SlackHandlers(
+        commands=commands,
+        actions=actions,
+        jobs=jobs,
+        dashboard=dashboard.home,
+        submit_form=dashboard.submit_form,
+        mount_paths=dashboard.mount_paths,
+        access=AccessPolicy(
+            channels=settings.allowed_channels,
+            users=settings.allowed_users,
+            admins=settings.admin_users,
+        ),
+        audit=store.add_audit,
+        now=clock.now,
+    )
     return Bot(
         settings=settings,
         clock=clock,
@@ -100,10 +159,13 @@ def build(
         backend=backend,
         share=share,
         signer=signer,
+        transport=transport,
         clusters=clusters,
         jobs=jobs,
         runner=runner,
         relay=relay,
         commands=commands,
+        actions=actions,
+        slack=slack,
         scheduler=Scheduler(),
     )

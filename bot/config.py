@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_mode: Literal["socket", "http"] = "socket"
     slack_api_url: str = "https://slack.com/api/"
+    slack_command: str = "/batchai"
+    slack_post_interval: float = Field(1.0, ge=0, le=60)  # seconds between posts per channel
+    slack_updates_per_minute: float = Field(50.0, gt=0, le=1000)  # chat.update, per workspace
+
+    # Authorization (comma-separated Slack IDs; empty = everyone / everywhere)
+    allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    admin_users: Annotated[frozenset[str], NoDecode] = frozenset()
 
     # Where things live
     batchai_backend: Literal["local"] = "local"
@@ -52,6 +60,13 @@ class Settings(BaseSettings):
     console_user: str = "console-user"
 
     log_level: str = "INFO"
+
+    @field_validator("allowed_channels", "allowed_users", "admin_users", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

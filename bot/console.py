@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from handlers import views
@@ -28,12 +29,13 @@ def redact(line: str) -> str:
 class ConsoleTransport:
     """Prints what Slack would show. Threads are indented under their status card."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, files_dir: Path, out: TextIO | None = None) -> None:
         self._out = out or sys.stdout
+        self._files_dir = files_dir
         self._ids = itertools.count(1)
         self._titles: dict[str, str] = {}
         self.buttons: dict[int, Block] = {}
-        self._sent_keys: set[str] = set()
+        self._sent: dict[str, str] = {}
 
     async def post(
         self,
@@ -42,35 +44,56 @@ class ConsoleTransport:
         *,
         thread: str | None = None,
         broadcast: bool = False,
-        key: str | None = None,
+        keys: Sequence[str] = (),
     ) -> str:
-        if key is not None and key in self._sent_keys:
-            return self._titles.get(key, "")
+        for key in keys:
+            if key in self._sent:
+                return self._sent[key]
         message_id = f"m{next(self._ids)}"
-        if key is not None:
-            self._sent_keys.add(key)
-            self._titles[key] = message_id
+        for key in keys:
+            self._sent[key] = message_id
         if thread is None:
             self._titles[message_id] = message.text.split(":")[0]
             self.show(message, header=f"#{channel}")
         else:
             title = self._titles.get(thread, thread)
-            self.show(
-                message,
-                header=f"#{channel} › {title}" + (" (also sent to channel)" if broadcast else ""),
-                indent="  ",
-            )
+            also = " (also sent to channel)" if broadcast else ""
+            self.show(message, header=f"#{channel} › {title}{also}", indent="  ")
         return message_id
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         self.show(message, header=f"#{channel} (status card updated)")
 
+    async def upload(
+        self,
+        channel: str,
+        *,
+        thread: str | None,
+        filename: str,
+        content: bytes,
+        title: str,
+        keys: Sequence[str] = (),
+    ) -> None:
+        """Keeps the file next to the console's other output and says where it is."""
+        if any(key in self._sent for key in keys):
+            return
+        path = self._files_dir / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        for key in keys:
+            self._sent[key] = str(path)
+        title_of_thread = self._titles.get(thread or "", "")
+        self.show(
+            Message(f"{title}: {path}"),
+            header=f"#{channel} › {title_of_thread} (file)",
+            indent="  ",
+        )
+
     def show(self, message: Message, *, header: str | None = None, indent: str = "") -> None:
-        text, buttons = to_text(message)
-        for button in buttons:
-            number = len(self.buttons) + 1
-            self.buttons[number] = button
-            text = text.replace(f"[{buttons.index(button) + 1}] ", f"[{number}] ", 1)
+        first = len(self.buttons) + 1
+        text, buttons = to_text(message, first_button=first)
+        for offset, button in enumerate(buttons):
+            self.buttons[first + offset] = button
         lines = ([f"── {header}"] if header else []) + text.splitlines()
         self._out.write("".join(f"{indent}{line}\n" for line in lines))
         self._out.flush()
@@ -154,7 +177,12 @@ class Console:
 
 
 def console_actor(channel: str, user: str) -> Actor:
-    return Actor(user=user, conversation=Conversation(channel, None, user), may_read_paths=True)
+    return Actor(
+        user=user,
+        conversation=Conversation(channel, None, user),
+        may_read_paths=True,
+        is_admin=True,
+    )
 
 
 LIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

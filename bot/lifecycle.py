@@ -21,32 +21,45 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def running(
     settings: Settings,
-    transport: Transport,
     *,
+    transport: Transport | None = None,
     clock: Clock | None = None,
     periodic: bool = True,
 ) -> AsyncIterator[Bot]:
-    """Migrate the store, seed the quickstart share, serve the web app, start the periodic work.
+    """Migrate the store, finish half-done cluster changes, seed the quickstart share, serve the
+    web app (and Slack's events in HTTP mode), connect Socket Mode, start the periodic work.
 
-    Unfinished jobs need no special re-arming: their state, log offsets and undelivered events
-    are in the store, and the first tick picks them all up."""
+    Without a transport the bot talks to Slack. Unfinished jobs need no special re-arming: their
+    state, log offsets and undelivered events are in the store, and the first tick picks them up."""
     async with AsyncExitStack() as stack:
         sock = stack.enter_context(_bind(settings))
         port = sock.getsockname()[1]
-        bot = build(settings, transport, clock=clock, port=port)
+        bot = build(settings, transport=transport, clock=clock, port=port)
         stack.push_async_callback(bot.store.aclose)
         stack.push_async_callback(bot.backend.aclose)
         await bot.store.migrate()
+        if touched := await bot.clusters.reconcile():
+            log.info("finished interrupted cluster changes: %s", ", ".join(touched))
         if settings.examples_dir.is_dir():
             bot.share.seed_share(settings.share_name, settings.examples_dir, "examples")
-        runner = web.AppRunner(
-            create_web_app(signer=bot.signer, resolve=bot.resolve_file, ready=bot.store.ping),
-            access_log=None,
-        )
+        web_app = create_web_app(signer=bot.signer, resolve=bot.resolve_file, ready=bot.store.ping)
+        socket_mode = None
+        if transport is None:
+            from bot import slack  # the Slack SDK is loaded only for a Slack bot
+
+            slack_app = slack.build_app(settings, bot.slack)
+            if settings.slack_mode == "http":
+                slack.add_events_route(web_app, slack_app)
+            else:
+                socket_mode = slack.SocketMode(slack_app, settings)
+        runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.SockSite(runner, sock).start()
         log.info("web app on %s", settings.files_base_url(port).removesuffix("/files"))
+        if socket_mode is not None:
+            await socket_mode.start()
+            stack.push_async_callback(socket_mode.close)
         if periodic:
             bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
             bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.drain)

@@ -25,24 +25,28 @@ class ActionHandler:
             if action_id == views.ACTION_LOGS:
                 return await self._logs(value)
             if action_id == views.ACTION_TERMINATE:
-                job = await self._jobs.terminate_job(value)
-                if job.state.finished:
-                    return Reply(views.info(f"job *{job.name}* already {job.state.value}"))
+                job, applied = await self._jobs.terminate_job(actor=actor, job_id=value)
+                if not applied:
+                    return Reply(views.info(f"job *{job.name}* is already {job.state.value}"))
                 return Reply(
                     views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True
                 )
-            if action_id in (views.ACTION_REFRESH, views.ACTION_DOWNLOAD):
-                job = await self._jobs.get_job(value)
+            if action_id == views.ACTION_REFRESH:
+                job = await self._jobs.get_job_by_id(value)
                 return Reply(views.status_card(job, now=self._now()))
         except BatchAIError as err:
             return Reply(views.error(str(err)))
         return Reply(views.error(f"unknown action {action_id!r}"))
 
-    async def _logs(self, name: str) -> Reply:
-        """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched)."""
-        job = await self._jobs.get_job(name)
+    async def _logs(self, job_id: str) -> Reply:
+        """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),
+        or of the first log that has anything in it."""
+        job = await self._jobs.get_job_by_id(job_id)
         if job.layout is None or job.layout.stdouterr is None:
             return Reply(views.info(f"*{job.name}* has no logs yet ({job.state.value})"))
-        tail, first_line = await self._jobs.tail_file(job, job.layout.primary_log, LOG_TAIL_BYTES)
-        lines: Sequence[str] = split_lines(tail, final=True)[0]
-        return Reply(views.log_snippet(job.layout.primary_log, first_line, lines))
+        for name in dict.fromkeys((job.layout.primary_log, *job.layout.log_files)):
+            tail, first_line = await self._jobs.tail_file(job, name, LOG_TAIL_BYTES)
+            if tail:
+                lines: Sequence[str] = split_lines(tail, final=True)[0]
+                return Reply(views.log_snippet(name, first_line, lines))
+        return Reply(views.info(f"*{job.name}* has not written any log lines yet"))

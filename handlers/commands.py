@@ -18,7 +18,9 @@ from handlers.views import Message
 from services.clusters import ClusterRequest, ClusterService
 from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs import JobRequest, JobService
-from services.models import Actor, ConfigSource
+from services.models import Actor, ConfigSource, Job
+
+TAIL_BYTES = 16 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,22 @@ class CommandHandler:
         self._s = services
 
     async def handle(self, text: str, *, actor: Actor, source: Source) -> Reply:
-        """Never raises for a user's mistake: every error is a one-line reply with usage."""
-        command: Command | None = None
+        """Parse and run. Never raises for a user's mistake: errors are one line plus usage."""
+        parsed = self.parse(text, source=source)
+        if isinstance(parsed, Reply):
+            return parsed
+        return await self.run(parsed, actor=actor, source=source)
+
+    def parse(self, text: str, *, source: Source) -> Command | Reply:
+        """The typed command, or the error reply (pure and fast: listeners ack after this)."""
         try:
-            command = grammar.parse(text, source=source)
-            reply = await self._dispatch(command, actor)
+            return grammar.parse(text, source=source)
+        except UserError as err:
+            return Reply(views.error(str(err), err.usage))
+
+    async def run(self, command: Command, *, actor: Actor, source: Source) -> Reply:
+        try:
+            reply = await self._dispatch(command, actor, source)
         except UserError as err:
             return Reply(views.error(str(err), err.usage or _usage_of(command)))
         except (NotFound, Conflict, NotAllowed) as err:
@@ -72,21 +85,22 @@ class CommandHandler:
             )
         return reply
 
-    async def _dispatch(self, c: Command, actor: Actor) -> Reply:
+    async def _dispatch(self, c: Command, actor: Actor, source: Source) -> Reply:
         handler = _HANDLERS.get(type(c).__name__)
         if handler is None:
             raise UserError(f"{type(c).__name__} is not available here")
-        result: Reply = await handler(self, c, actor)
+        result: Reply = await handler(self, c, actor, source)
         return result
 
     # -- help ---------------------------------------------------------------------------------
 
-    async def _help(self, c: Any, actor: Actor) -> Reply:
+    async def _help(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.monospace(grammar.help_text(*c.topic)))
 
     # -- clusters -----------------------------------------------------------------------------
 
-    async def _cluster_create(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_create(self, c: Any, actor: Actor, source: Source) -> Reply:
+        _refuse_unsupported(c, CLUSTER_FLAGS_NOT_YET)
         request = ClusterRequest(
             name=c.name,
             vm_size=c.vm_size,
@@ -104,16 +118,18 @@ class CommandHandler:
             config=_config(c.config),
         )
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
-        return Reply(views.cluster_created(cluster), public=True)
+        # A public reply shows the typed command to the channel: never when it held a secret.
+        secret_typed = c.password is not None or c.storage_account_key is not None
+        return Reply(views.cluster_created(cluster), public=not secret_typed)
 
-    async def _cluster_list(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
 
-    async def _cluster_show(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_show(self, c: Any, actor: Actor, source: Source) -> Reply:
         view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
         return Reply(views.cluster_detail(view, output=c.output))
 
-    async def _cluster_resize(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_resize(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
             c.name, target=c.target_nodes, resource_group=c.resource_group
         )
@@ -122,7 +138,7 @@ class CommandHandler:
             public=True,
         )
 
-    async def _cluster_auto_scale(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_auto_scale(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.auto_scale_cluster(
             c.name, min_nodes=c.min_nodes, max_nodes=c.max_nodes, resource_group=c.resource_group
         )
@@ -132,17 +148,19 @@ class CommandHandler:
         )
         return Reply(views.info(text), public=True)
 
-    async def _cluster_delete(self, c: Any, actor: Actor) -> Reply:
-        await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group)
+    async def _cluster_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+        if not await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group):
+            return Reply(views.info(f"cluster *{c.name}* does not exist (nothing to do)"))
         return Reply(views.info(f"cluster *{c.name}* deleted"), public=True)
 
-    async def _cluster_nodes(self, c: Any, actor: Actor) -> Reply:
+    async def _cluster_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
         nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
         return Reply(views.node_table(nodes, output=c.output))
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def _job_create(self, c: Any, actor: Actor) -> Reply:
+    async def _job_create(self, c: Any, actor: Actor, source: Source) -> Reply:
+        _refuse_unsupported(c, JOB_FLAGS_NOT_YET)
         request = JobRequest(
             name=c.name,
             cluster=c.cluster,
@@ -155,49 +173,66 @@ class CommandHandler:
         text = f"job *{job.name}* submitted to `{job.cluster}`; its status card follows"
         return Reply(views.info(text))
 
-    async def _job_list(self, c: Any, actor: Actor) -> Reply:
+    async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         jobs = await self._s.jobs.list_jobs(cluster=c.cluster)
         return Reply(views.job_list(jobs, output=c.output, now=self._s.now()))
 
-    async def _job_show(self, c: Any, actor: Actor) -> Reply:
+    async def _job_show(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name)
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
-    async def _job_terminate(self, c: Any, actor: Actor) -> Reply:
-        job = await self._s.jobs.terminate_job(c.name)
-        if job.state.finished:
-            return Reply(views.info(f"job *{job.name}* already {job.state.value}"))
-        return Reply(views.info(f"terminating job *{job.name}*…"), public=True)
+    async def _job_terminate(self, c: Any, actor: Actor, source: Source) -> Reply:
+        job, applied = await self._s.jobs.terminate_job(c.name, actor=actor)
+        if not applied:
+            return Reply(views.info(f"job *{job.name}* is already {job.state.value}"))
+        return Reply(views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True)
 
-    async def _job_delete(self, c: Any, actor: Actor) -> Reply:
-        job = await self._s.jobs.delete_job(c.name)
+    async def _job_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+        job = await self._s.jobs.delete_job(c.name, actor=actor)
         text = (
             f"job *{c.name}* deleted" if job else f"job *{c.name}* does not exist (nothing to do)"
         )
         return Reply(views.info(text))
 
-    async def _job_wait(self, c: Any, actor: Actor) -> Reply:
+    async def _job_wait(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name)
+        if source == "slack" and not job.state.finished:
+            note = f"the receipt in the job's thread will mention <@{job.requester}> when it ends"
+            card = views.status_card(job, now=self._s.now())
+            return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         while not job.state.finished:
             await asyncio.sleep(min(c.interval_seconds, 1))
             job = await self._s.jobs.get_job(c.name)
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
-    async def _job_stream(self, c: Any, actor: Actor) -> Reply:
+    async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job)
+        if source == "slack":  # a slash command cannot hold a stream: show the tail
+            return await self._tail_reply(job, c)
         chunks = self._s.jobs.follow_file(
             c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
         )
         head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
         return Reply(views.info(head), stream=_decode(chunks))
 
-    async def _job_files(self, c: Any, actor: Actor) -> Reply:
+    async def _tail_reply(self, job: Job, c: Any) -> Reply:
+        data, first_line = await self._s.jobs.tail_file(
+            job, c.file_name, TAIL_BYTES, directory_id=c.output_directory_id, path=c.path
+        )
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        message = views.log_snippet(c.file_name, first_line, lines)
+        if not job.state.finished:
+            note = "new lines appear in the job's thread as they are written"
+            message = Message(message.text, [*message.blocks, views.context(note)])
+        return Reply(message)
+
+    async def _job_files(self, c: Any, actor: Actor, source: Source) -> Reply:
         listing = await self._s.jobs.list_files(
             c.job, directory_id=c.output_directory_id, path=c.path, expiry_minutes=c.expiry_minutes
         )
         return Reply(views.file_listing(listing, output=c.output))
 
-    async def _job_nodes(self, c: Any, actor: Actor) -> Reply:
+    async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job)
         nodes = await self._s.clusters.list_nodes(job.cluster)
         mine = [n for n in nodes if n.index in job.nodes]
@@ -223,6 +258,31 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "JobListFiles": CommandHandler._job_files,
     "JobNodeList": CommandHandler._job_nodes,
 }
+
+
+# Flags the grammar accepts (az had them) that no backend honours yet: refused, never ignored.
+CLUSTER_FLAGS_NOT_YET = {
+    "bfs_name": "--bfs-name (blob containers)",
+    "nfs": "--nfs (file servers)",
+    "subnet": "--subnet",
+    "setup_task": "--setup-task",
+    "storage_account_name": "--storage-account-name",
+    "storage_account_key": "--storage-account-key",
+    "idle_timeout_minutes": "--idle-timeout",
+}
+JOB_FLAGS_NOT_YET = {
+    "afs_name": "--afs-name on job create (mount it in the job.json's mountVolumes)",
+    "bfs_name": "--bfs-name",
+    "nfs": "--nfs",
+    "storage_account_name": "--storage-account-name",
+    "storage_account_key": "--storage-account-key",
+}
+
+
+def _refuse_unsupported(c: Any, flags: dict[str, str]) -> None:
+    for field, flag in flags.items():
+        if getattr(c, field, None) is not None:
+            raise UserError(f"{flag} is not supported by this bot yet")
 
 
 def _config(ref: ConfigRef | None) -> ConfigSource | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from handlers import views
+from handlers.charts import loss_curve_png
 from handlers.views import Message
 from services.events import (
     ClusterChanged,
@@ -24,10 +25,10 @@ FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 
 
 class Transport(Protocol):
-    """A chat surface. `post` returns the message id (Slack's ts) for threading and edits.
+    """A chat surface. `post` returns the message id (Slack's ts) for threads and edits.
 
-    `key` is the delivery's idempotency key: a transport that records what it sent uses it to
-    avoid sending the same notification twice after a restart."""
+    `keys` are idempotency keys: a transport records them with the message it sent and, asked
+    again for any of them, returns that message's id instead of sending a second one."""
 
     async def post(
         self,
@@ -36,10 +37,21 @@ class Transport(Protocol):
         *,
         thread: str | None = None,
         broadcast: bool = False,
-        key: str | None = None,
+        keys: Sequence[str] = (),
     ) -> str: ...
 
     async def update(self, channel: str, message_id: str, message: Message) -> None: ...
+
+    async def upload(
+        self,
+        channel: str,
+        *,
+        thread: str | None,
+        filename: str,
+        content: bytes,
+        title: str,
+        keys: Sequence[str] = (),
+    ) -> None: ...
 
 
 class Presenter:
@@ -60,39 +72,53 @@ class Presenter:
         event, job = delivery.event, delivery.job
         if isinstance(event, ClusterChanged) or job is None:
             return None  # cluster changes are answered by the command that caused them
-        key = f"event-{delivery.event_id}"
         conv = job.conversation or Conversation(self._default_channel, None, job.requester)
+        keys = delivery.keys
         if isinstance(event, JobSubmitted):
-            if conv.thread is None:
-                card = views.status_card(job, now=self._now())
-                ts = await self._transport.post(conv.channel, card, key=f"{key}-card")
-                conv = Conversation(conv.channel, ts, conv.user)
-            await self._reply(conv, views.submitted_reply(job, event.warnings), key)
+            conv = await self._ensure_card(job, conv, f"{keys[0]}-card")
+            await self._reply(conv, views.submitted_reply(job, event.warnings), keys)
             return conv
         if isinstance(event, JobStateChanged):
             await self._refresh_card(job, conv)
             if event.new not in FINISHED_NAMES:  # the receipt tells the end
-                await self._reply(conv, views.state_reply(job, event.new, event.detail), key)
+                await self._reply(conv, views.state_reply(job, event.new, event.detail), keys)
         elif isinstance(event, LogSnippet):
-            await self._reply(
-                conv, views.log_snippet(event.file, event.first_line, event.lines), key
+            snippet = views.log_snippet(
+                event.file, event.first_line, event.lines, full_log_url=delivery.log_url
             )
+            await self._reply(conv, snippet, keys)
         elif isinstance(event, JobNote):
-            await self._reply(conv, views.note_reply(event.text), key)
+            await self._reply(conv, views.note_reply(event.text), keys)
         elif isinstance(event, JobFinished):
+            png = loss_curve_png(delivery.metrics, title=f"{job.name}: training curve")
+            if png is not None:
+                await self._transport.upload(
+                    conv.channel,
+                    thread=conv.thread,
+                    filename=f"{job.name}-loss.png",
+                    content=png,
+                    title=f"{job.name} loss curve",
+                    keys=[f"{keys[0]}-chart"],
+                )
             receipt = views.receipt(job, delivery.links)
-            await self._reply(conv, receipt, key, broadcast=True)
+            await self._reply(conv, receipt, keys, broadcast=True)
         return None
 
+    async def _ensure_card(self, job: Job, conv: Conversation, key: str) -> Conversation:
+        if conv.thread is not None:
+            return conv
+        card = views.status_card(job, now=self._now())
+        ts = await self._transport.post(conv.channel, card, keys=[key])
+        return Conversation(conv.channel, ts, conv.user)
+
     async def _reply(
-        self, conv: Conversation, message: Message, key: str, *, broadcast: bool = False
+        self, conv: Conversation, message: Message, keys: Sequence[str], *, broadcast: bool = False
     ) -> None:
         await self._transport.post(
-            conv.channel, message, thread=conv.thread, broadcast=broadcast, key=key
+            conv.channel, message, thread=conv.thread, broadcast=broadcast, keys=keys
         )
 
     async def _refresh_card(self, job: Job, conv: Conversation) -> None:
         if conv.thread is not None:
-            await self._transport.update(
-                conv.channel, conv.thread, views.status_card(job, now=self._now())
-            )
+            card = views.status_card(job, now=self._now())
+            await self._transport.update(conv.channel, conv.thread, card)

@@ -7,17 +7,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from services import pricing
 from services.models import (
     Cluster,
     ClusterView,
     DownloadLink,
     FileListing,
     Job,
-    MetricPoint,
     Node,
 )
+from services.pricing import format_usd
 from services.states import JobState
 
 Block = dict[str, Any]
@@ -26,7 +28,6 @@ Block = dict[str, Any]
 ACTION_LOGS = "job_logs"
 ACTION_TERMINATE = "job_terminate"
 ACTION_REFRESH = "job_refresh"
-ACTION_DOWNLOAD = "job_download"
 
 SECTION_LIMIT = 3000  # characters in one section's text
 MESSAGE_BLOCK_LIMIT = 50
@@ -91,8 +92,20 @@ def actions(*buttons: Block) -> Block:
     return {"type": "actions", "elements": list(buttons)}
 
 
+def esc(text: str) -> str:
+    """Text from outside (logs, file names, errors) as inert mrkdwn: no pings, no fake links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def label(text: str) -> str:
+    """A link label: escaped, and without the `|` that would end it early."""
+    return esc(text).replace("|", "¦")
+
+
 def code(text: str) -> str:
-    return f"```{text}```" if text else "```(empty)```"
+    """A code block; the text is escaped, and backtick runs cannot close the fence."""
+    body = esc(text).replace("```", "`\u200b``")
+    return f"```{body}```" if body else "```(empty)```"
 
 
 # -- formatting helpers ----------------------------------------------------------------------
@@ -119,6 +132,14 @@ def fmt_size(n: int) -> str:
 def progress_bar(fraction: float, width: int = 20) -> str:
     filled = round(max(0.0, min(1.0, fraction)) * width)
     return "█" * filled + "░" * (width - filled)
+
+
+def cost_so_far(job: Job, now: datetime) -> Decimal | None:
+    """Node-hours so far × the job's node rate (None when the VM size has no price)."""
+    spent = elapsed(job, now)
+    if job.node_rate is None or spent is None:
+        return None
+    return pricing.cost_so_far(job.node_rate, nodes=job.node_count, elapsed=spent)
 
 
 def elapsed(job: Job, now: datetime) -> timedelta | None:
@@ -153,6 +174,9 @@ def status_card(job: Job, *, now: datetime) -> Message:
     ]
     if job.exit_code is not None:
         facts.append(f"exit code {job.exit_code}")
+    cost = cost_so_far(job, now)
+    if cost is not None:
+        facts.append(f"cost so far {format_usd(cost)}")
     blocks = [section(head), context(" · ".join(facts) + f" · requested by <@{job.requester}>")]
     if job.progress is not None:
         p = job.progress
@@ -161,12 +185,13 @@ def status_card(job: Job, *, now: datetime) -> Message:
         blocks.append(section(bar + (f"\n{metrics}" if metrics else "")))
     if job.error and job.state is not JobState.SUCCEEDED:
         blocks.append(context(f"reason: {job.error}"))
-    buttons = [button("Logs", ACTION_LOGS, job.name)]
+    # Buttons carry the job's id: a re-created job of the same name is another job.
+    buttons = [button("Logs", ACTION_LOGS, job.id)]
     if not job.state.finished:
         buttons.append(
-            button("Terminate", ACTION_TERMINATE, job.name, style="danger", confirm=_confirm(job))
+            button("Terminate", ACTION_TERMINATE, job.id, style="danger", confirm=_confirm(job))
         )
-    buttons.append(button("Refresh", ACTION_REFRESH, job.name))
+    buttons.append(button("Refresh", ACTION_REFRESH, job.id))
     blocks.append(actions(*buttons))
     return Message(f"{job.name}: {job.state.value}", blocks)
 
@@ -227,15 +252,15 @@ def log_snippet(
     return Message(f"{file}: {len(lines)} new lines", blocks)
 
 
-def receipt(
-    job: Job, links: Sequence[DownloadLink], metrics: Sequence[MetricPoint] = ()
-) -> Message:
+def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
     emoji = STATE_EMOJI.get(job.state, "")
     head = f"{emoji} <@{job.requester}> *{job.name}* {job.state.value}"
     facts = [
         f"exit code {job.exit_code if job.exit_code is not None else '-'}",
         f"duration {fmt_duration(job.duration)}",
     ]
+    if job.ended_at is not None and (cost := cost_so_far(job, job.ended_at)) is not None:
+        facts.append(f"cost {format_usd(cost)}")
     if job.error and job.state is not JobState.SUCCEEDED:
         facts.append(f"reason: {job.error}")
     blocks = [section(head), context(" · ".join(facts))]
@@ -247,7 +272,7 @@ def receipt(
         )
     if links:
         expires = min(link.expires_at for link in links)
-        listed = [f"• <{link.url}|{link.name}> ({fmt_size(link.size)})" for link in links]
+        listed = [f"• <{link.url}|{label(link.name)}> ({fmt_size(link.size)})" for link in links]
         text, count = _fit_lines(listed, SECTION_LIMIT - 200)
         if count < len(listed):
             text += f"\n…and {len(listed) - count} more (`/batchai job list-files -n {job.name}`)"
@@ -304,7 +329,7 @@ def job_detail(job: Job, *, output: str, now: datetime) -> Message:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    """`az batchai job show`-like JSON (no spec secrets: the stored spec has them masked)."""
+    """`az batchai job show`-like JSON. The job's spec (which may hold secrets) is left out."""
     return {
         "name": job.name,
         "id": job.id,
@@ -353,7 +378,9 @@ def file_listing(listing: FileListing, *, output: str) -> Message:
     for e in entries:
         link = listing.links.get(e.name)
         rows.append(
-            f"• <{link.url}|{e.name}> ({fmt_size(e.size)})" if link else f"• {e.name}/ (directory)"
+            f"• <{link.url}|{label(e.name)}> ({fmt_size(e.size)})"
+            if link
+            else f"• {esc(e.name)}/ (directory)"
         )
     text, count = _fit_lines(rows, SECTION_LIMIT - 200)
     if count < len(rows):
@@ -493,7 +520,7 @@ def info(text: str) -> Message:
 
 
 def error(text: str, usage: str | None = None) -> Message:
-    blocks = [section(f":warning: {text}")]
+    blocks = [section(f":warning: {esc(text)}")]
     if usage:
         blocks.append(section(code(usage)))
     return Message(text, blocks)
@@ -517,8 +544,8 @@ def _json(data: Any) -> Message:
 # -- text rendering (console) ----------------------------------------------------------------
 
 
-def to_text(message: Message) -> tuple[str, list[Block]]:
-    """The message as plain text, and its buttons in order (the console numbers them)."""
+def to_text(message: Message, *, first_button: int = 1) -> tuple[str, list[Block]]:
+    """The message as plain text, and its buttons in order, numbered from `first_button`."""
     out: list[str] = []
     buttons: list[Block] = []
     for block in message.blocks:
@@ -530,19 +557,29 @@ def to_text(message: Message) -> tuple[str, list[Block]]:
         elif kind == "actions":
             labels = []
             for b in block["elements"]:
+                labels.append(f"[{first_button + len(buttons)}] {b['text']['text']}")
                 buttons.append(b)
-                labels.append(f"[{len(buttons)}] {b['text']['text']}")
             out.append("  " + "  ".join(labels))
     return ("\n".join(out) if out else message.text), buttons
 
 
 def _plain(text: str) -> str:
-    """mrkdwn to terminal text: code fences kept as indented blocks, links shown as URLs."""
-    text = re.sub(r"<@([^>|]+)>", r"@\1", text)
-    text = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", text)
-    text = re.sub(r"```(.*?)```", lambda m: "\n" + _indent(m.group(1)), text, flags=re.S)
-    text = re.sub(r":([a-z_]+):", lambda m: _EMOJI_TEXT.get(m.group(1), ""), text)
-    return text.replace("*", "").strip("\n")
+    """mrkdwn to terminal text: code blocks indented and verbatim, links shown as URLs."""
+    parts = re.split(r"```(.*?)```", text, flags=re.S)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:  # inside a code block: only undo the escaping
+            out.append("\n" + _indent(_unescape(part.replace("`\u200b``", "```"))))
+            continue
+        part = re.sub(r"<@([^>|]+)>", r"@\1", part)
+        part = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", part)
+        part = re.sub(r":([a-z_]+):", lambda m: _EMOJI_TEXT.get(m.group(1), ""), part)
+        out.append(_unescape(part.replace("*", "")))
+    return "".join(out).strip("\n")
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _indent(text: str) -> str:

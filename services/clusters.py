@@ -57,22 +57,22 @@ class ClusterService:
         store: SqlStore,
         backend: ComputeBackend,
         clock: Clock,
-        config_text: ConfigLoader,
+        configs: ConfigLoader,
         resource_group: str,
         workspace: str,
     ) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
-        self._config_text = config_text
+        self._configs = configs
         self._rg = resource_group
         self._ws = workspace
 
     async def create_cluster(self, request: ClusterRequest, *, actor: Actor) -> Cluster:
         spec = None
         if request.config is not None:
-            text, label = self._config_text.load(
-                request.config, may_read_paths=actor.may_read_paths
+            text, label = self._configs.load(
+                request.config, may_read_paths=actor.may_read_paths, folder="clusters"
             )
             spec = load_cluster_spec(text, source=label)
         cluster = self._build(request, spec, actor)
@@ -90,6 +90,26 @@ class ClusterService:
             ready, [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")]
         )
         return ready
+
+    async def reconcile(self) -> list[str]:
+        """After a restart: finish creates, resizes and deletes a crash left half-done (every
+        backend call is idempotent). Returns the names of the clusters it touched."""
+        touched = []
+        for cluster in await self._store.list_clusters():
+            if cluster.state is ClusterState.CREATING:
+                await self._backend.create_cluster(cluster)
+            elif cluster.state is ClusterState.RESIZING:
+                await self._backend.resize_cluster(cluster, cluster.target_nodes)
+            elif cluster.state is ClusterState.DELETING:
+                await self._backend.delete_cluster(cluster)
+                await self._store.delete_cluster(cluster.name)
+                touched.append(cluster.name)
+                continue
+            else:
+                continue
+            await self._store.update_cluster(self._moved(cluster, ClusterState.STEADY))
+            touched.append(cluster.name)
+        return touched
 
     async def list_clusters(self) -> list[ClusterView]:
         return [await self._view(c) for c in await self._store.list_clusters()]
@@ -142,11 +162,11 @@ class ClusterService:
         changed = replace(cluster, target_nodes=target)
         return await self._apply_size(cluster, changed, f"auto-scaled to {target} nodes")
 
-    async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> None:
-        """Deleting what is gone succeeds; a cluster with live jobs is refused."""
+    async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> bool:
+        """Deleting what is gone succeeds (False); a cluster with live jobs is refused."""
         cluster = await self._store.get_cluster(name)
         if cluster is None:
-            return
+            return False
         self._check_group(cluster, resource_group)
         live = await self._store.list_jobs(
             cluster=name,
@@ -161,6 +181,7 @@ class ClusterService:
         await self._store.delete_cluster(
             name, [ClusterChanged(cluster=name, text=f"cluster {name} deleted")]
         )
+        return True
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from services.errors import NotAllowed, NotFound, UserError
 from services.models import ConfigSource
 
 MAX_CONFIG_BYTES = 1 << 20
-_MANIFEST_RE = re.compile(r"^(?:manifests/jobs/)?([-\w]{1,64})(?:\.json)?$", re.ASCII)
+_MANIFEST_RE = re.compile(r"^(?:manifests/(?:jobs|clusters)/)?([-\w]{1,64})(?:\.json)?$", re.ASCII)
+Folder = Literal["jobs", "clusters"]
 
 
 class ConfigLoader:
-    """Resolves a ConfigSource to (text, label); manifests live in `<manifest_dir>/jobs/`."""
+    """Resolves a ConfigSource to (text, label); manifests live in `<manifest_dir>/<folder>/`
+    (`jobs/` for job.json files, `clusters/` for cluster.json files)."""
 
     def __init__(self, manifest_dir: Path) -> None:
-        self._jobs_dir = manifest_dir / "jobs"
+        self._dir = manifest_dir
 
-    def manifest_names(self) -> list[str]:
-        return sorted(p.stem for p in self._jobs_dir.glob("*.json"))
+    def manifest_names(self, folder: Folder = "jobs") -> list[str]:
+        return sorted(p.stem for p in (self._dir / folder).glob("*.json"))
 
-    def load(self, source: ConfigSource, *, may_read_paths: bool) -> tuple[str, str]:
+    def load(
+        self, source: ConfigSource, *, may_read_paths: bool, folder: Folder = "jobs"
+    ) -> tuple[str, str]:
         if source.kind == "inline":
             return _checked_size(source.value, "inline JSON"), "inline JSON"
         if source.kind == "manifest":
             match = _MANIFEST_RE.match(source.value)
             if match is None:
                 raise UserError(f"{source.value!r} is not a manifest name")
-            path = self._jobs_dir / f"{match.group(1)}.json"
+            path = self._dir / folder / f"{match.group(1)}.json"
             if not path.is_file():
-                known = ", ".join(self.manifest_names()) or "none"
-                raise NotFound(f"no manifest named {match.group(1)!r} (known: {known})")
-            return _read(path), f"manifests/jobs/{path.name}"
+                known = ", ".join(self.manifest_names(folder)) or "none"
+                raise NotFound(
+                    f"no {folder[:-1]} manifest named {match.group(1)!r} (known: {known})"
+                )
+            return _read(path), f"manifests/{folder}/{path.name}"
         if source.kind == "path":
             if not may_read_paths:
                 raise NotAllowed("a config path is read only from the console; use a manifest name")

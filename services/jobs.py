@@ -7,10 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from services.configs import ConfigLoader
-from services.errors import Conflict, NotFound, SpecError, UserError
+from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.events import Event, JobFinished, JobStateChanged, JobSubmitted
 from services.jobspec import (
     JobSpec,
@@ -25,6 +26,7 @@ from services.models import (
     NAME_RE,
     STDOUTERR,
     Actor,
+    Cluster,
     ConfigSource,
     DownloadLink,
     FileListing,
@@ -32,6 +34,7 @@ from services.models import (
     Job,
 )
 from services.ports import Clock, FileShare
+from services.pricing import PriceTable
 from services.states import JobState, Outcome, job_transition
 from services.store import SqlStore
 
@@ -80,6 +83,7 @@ class JobService:
         experiment: str = "default",
         placeholder_values: Mapping[str, str] | None = None,
         link_ttl: timedelta = timedelta(hours=1),
+        prices: PriceTable | None = None,
     ) -> None:
         self._store = store
         self._share = share
@@ -90,6 +94,7 @@ class JobService:
         self._experiment = experiment
         self._placeholders = dict(placeholder_values or {})
         self.link_ttl = link_ttl
+        self._prices = prices
 
     async def create_job(self, request: JobRequest, *, actor: Actor) -> Job:
         if not NAME_RE.match(request.name):
@@ -133,6 +138,7 @@ class JobService:
             queued_at=now,
             conversation=actor.conversation,
             container_image=plan.container_image,
+            node_rate=self._node_rate(cluster),
         )
         event = JobSubmitted(job_id=job_id, cluster=cluster.name, warnings=tuple(plan.warnings))
         return await self._store.insert_job(job, [event])
@@ -146,27 +152,39 @@ class JobService:
             raise NotFound(f"job {name} not found")
         return job
 
-    async def terminate_job(self, name: str) -> Job:
-        """Ask the job to stop; a finished job is left as it is (idempotent)."""
-        job = await self.get_job(name)
+    async def get_job_by_id(self, job_id: str) -> Job:
+        """Buttons name jobs by id: a re-created job of the same name is another job."""
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise NotFound("that job no longer exists")
+        return job
+
+    async def terminate_job(
+        self, name: str | None = None, *, actor: Actor, job_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
+        (False when it had already ended or was already terminating)."""
+        job = await (self.get_job_by_id(job_id) if job_id else self.get_job(name or ""))
+        _check_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
-            return job
-        step = advance(job, JobState.TERMINATING, detail="terminate requested")
+            return job, False
+        step = advance(job, JobState.TERMINATING, detail=f"terminate requested by {actor.user}")
         assert step is not None
         moved, events = step
         if not await self._store.update_job(moved, events, expect=job.state):
-            return await self.terminate_job(name)  # it moved meanwhile: decide again
-        return moved
+            return await self.terminate_job(actor=actor, job_id=job.id)  # it moved: decide again
+        return moved, True
 
-    async def delete_job(self, name: str) -> Job | None:
+    async def delete_job(self, name: str, *, actor: Actor) -> Job | None:
         """Like az: a live job is terminated first. Deleting what is gone succeeds.
 
         The name is free at once; the runner still sees the job through to its end."""
         job = await self._store.find_job(name)
         if job is None:
             return None
+        _check_owner(job, actor, "delete")
         if not job.state.finished:
-            job = await self.terminate_job(name)
+            job, _ = await self.terminate_job(name, actor=actor)
         await self._store.delete_job(job.id)
         return job
 
@@ -217,10 +235,12 @@ class JobService:
     async def _reload(self, job: Job) -> Job:
         return await self._store.get_job(job.id) or job
 
-    async def tail_file(self, job: Job, name: str, max_bytes: int) -> tuple[bytes, int]:
-        """The last `max_bytes` of a stdouterr file, starting at a line, and that line's number
-        (0 when unknown because the start was cut)."""
-        loc = self._directory(job, STDOUTERR).child(_safe(name))
+    async def tail_file(
+        self, job: Job, name: str, max_bytes: int, *, directory_id: str = STDOUTERR, path: str = "."
+    ) -> tuple[bytes, int]:
+        """The last `max_bytes` of one of the job's files, starting at a line, and that line's
+        number (0 when unknown because the start was cut)."""
+        loc = _subdir(self._directory(job, directory_id), path).child(_safe(name))
         entry = await self._share.stat(loc)
         if entry is None:
             return b"", 1
@@ -245,6 +265,16 @@ class JobService:
         known = ", ".join([STDOUTERR, *layout.outputs]) or STDOUTERR
         raise NotFound(f"job {job.name} has no output directory {directory_id!r} (has: {known})")
 
+    def _node_rate(self, cluster: Cluster) -> Decimal | None:
+        """The price of one node-hour, or None when the VM size is not in the price table."""
+        if self._prices is None:
+            return None
+        try:
+            spot = cluster.vm_priority == "lowpriority"
+            return self._prices.get_price(cluster.vm_size, spot=spot).usd_per_hour
+        except UserError:
+            return None
+
     def _fill_placeholders(self, spec: JobSpec, label: str) -> JobSpec:
         found = placeholders(spec)
         if not found:
@@ -264,6 +294,11 @@ def finished_event(job: Job, outputs: tuple[Any, ...]) -> JobFinished:
         detail=job.error,
         outputs=outputs,
     )
+
+
+def _check_owner(job: Job, actor: Actor, verb: str) -> None:
+    if actor.user != job.requester and not actor.is_admin:
+        raise NotAllowed(f"only <@{job.requester}> or an admin may {verb} job {job.name}")
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from services.states import ClusterState, JobState
 
@@ -140,7 +141,7 @@ class Job:
     workspace: str
     experiment: str
     state: JobState
-    spec_json: str
+    spec_json: str = field(repr=False)  # may hold the job's secrets: never print it
     node_count: int
     toolkit: str
     max_wall_clock: timedelta
@@ -157,6 +158,7 @@ class Job:
     progress: Progress | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     container_image: str | None = None
+    node_rate: Decimal | None = None  # USD per node-hour of its cluster's VM size at submit time
 
     @property
     def duration(self) -> timedelta | None:
@@ -181,6 +183,7 @@ class Actor:
     user: str
     conversation: Conversation | None = None
     may_read_paths: bool = False  # only the console may name files of the bot's machine
+    is_admin: bool = False  # may act on other people's jobs
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from services.models import (
     FileLocation,
     Job,
     JobLayout,
+    MetricPoint,
     Node,
 )
 
@@ -106,12 +107,25 @@ class FileShare(Protocol):
 
 @dataclass(frozen=True)
 class Delivery:
-    """One stored event, with what a presenter needs to render it."""
+    """One stored event (or several log snippets merged into one), with what a presenter needs.
 
-    event_id: int
+    `keys` are the idempotency keys of every event it carries: the message that completes the
+    delivery records them all, so after a crash a covered event is never sent again."""
+
+    event_ids: tuple[int, ...]
     event: Event
     job: Job | None
     links: tuple[DownloadLink, ...] = ()
+    log_url: str | None = None  # the full log, for "N lines skipped"
+    metrics: tuple[MetricPoint, ...] = ()  # for the completion receipt's loss curve
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(event_key(i) for i in self.event_ids)
+
+
+def event_key(event_id: int) -> str:
+    return f"event-{event_id}"
 
 
 class Notifier(Protocol):

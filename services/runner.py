@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.clusters import ClusterService
-from services.errors import BackendError, NotFound, TransientError
+from services.errors import BatchAIError, NotFound, TransientError
 from services.events import Event, JobNote, LogSnippet, OutputFile
 from services.jobs import advance, finished_event
 from services.jobspec import load_job_spec
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 LIVE = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 MAX_OUTPUT_FILES = 200
-SNIPPET_LINES = 200  # per event; the presenter trims further for Slack's limits
+SNIPPET_LINES = 200
+MAX_POLL_FAILURES = 5  # per event; the presenter trims further for Slack's limits
 
 
 @dataclass
@@ -47,6 +48,7 @@ class JobRunner:
         self._clock = clock
         self._tailer = LogTailer(share)
         self._logs: dict[str, _LogState] = {}
+        self._failures: dict[str, int] = {}
 
     async def tick(self) -> None:
         """One round of everything; each part survives the failure of another."""
@@ -62,8 +64,14 @@ class JobRunner:
 
     async def dispatch(self) -> None:
         for cluster in await self._store.list_clusters():
-            if cluster.state in (ClusterState.STEADY, ClusterState.FAILED):
+            if cluster.state not in (ClusterState.STEADY, ClusterState.FAILED):
+                continue
+            try:
                 await self._dispatch_cluster(cluster)
+            except TransientError:
+                raise
+            except Exception:  # one broken cluster must not stop the others' queues
+                log.exception("dispatch on cluster %s failed", cluster.name)
 
     async def _dispatch_cluster(self, cluster: Cluster) -> None:
         jobs = await self._store.list_jobs(
@@ -72,22 +80,24 @@ class JobRunner:
         queued = [j for j in jobs if j.state is JobState.QUEUED]
         in_use = {n for j in jobs if j.state in LIVE for n in j.nodes}
         if cluster.autoscale:
-            demand = len(in_use) + sum(j.node_count for j in queued)
+            # Batch AI never took a node from under a running job: keep every busy index.
+            busy_span = max(in_use) + 1 if in_use else 0
+            demand = max(busy_span, len(in_use) + sum(j.node_count for j in queued))
             cluster = await self._clusters.scale_for_demand(cluster, demand)
         free = sorted(set(range(cluster.target_nodes)) - in_use)
         for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
             if job.node_count > len(free):
                 return
             nodes, free = tuple(free[: job.node_count]), free[job.node_count :]
-            await self._start(job, cluster, nodes)
+            step = advance(job, JobState.PREPARING, nodes=nodes, detail=f"nodes {list(nodes)}")
+            if step is None:
+                continue
+            preparing, events = step
+            if await self._store.update_job(preparing, events, expect=JobState.QUEUED):
+                await self._launch(preparing, cluster)
 
-    async def _start(self, job: Job, cluster: Cluster, nodes: tuple[int, ...]) -> None:
-        step = advance(job, JobState.PREPARING, nodes=nodes, detail=f"nodes {list(nodes)}")
-        if step is None:
-            return
-        preparing, events = step
-        if not await self._store.update_job(preparing, events, expect=JobState.QUEUED):
-            return  # terminated (or started) meanwhile
+    async def _launch(self, job: Job, cluster: Cluster) -> None:
+        """Start (or finish starting) a job on its reserved nodes; start_job is idempotent."""
         request = LaunchRequest(
             job_id=job.id,
             job_name=job.name,
@@ -96,21 +106,21 @@ class JobRunner:
             workspace=job.workspace,
             cluster=cluster,
             spec=load_job_spec(job.spec_json, source=job.name),
-            nodes=nodes,
+            nodes=job.nodes,
         )
         try:
             result = await self._backend.start_job(request)
         except TransientError:
-            # Leave it preparing: start_job is idempotent and the next poll retries it.
-            raise
+            raise  # still preparing without a layout: the next poll tries again
         except Exception as err:
             log.warning("job %s failed to start: %s", job.name, err)
-            await self._finish(preparing, JobState.FAILED, exit_code=None, detail=str(err))
+            await self._backend.terminate_job(job.id)  # whatever a half-done start left running
+            await self._finish(job, JobState.FAILED, exit_code=None, detail=str(err))
             return
         notes: list[Event] = [
             JobNote(job_id=job.id, cluster=job.cluster, text=n) for n in result.notes
         ]
-        await self._store.update_job(replace(preparing, layout=result.layout), notes)
+        await self._store.set_layout(job.id, result.layout, notes)
 
     # -- poll --------------------------------------------------------------------------------
 
@@ -120,17 +130,32 @@ class JobRunner:
                 await self._poll_job(job)
             except TransientError as err:
                 log.info("job %s: status unavailable for now: %s", job.name, err)
+            except Exception as err:  # one broken job must not stop the others
+                await self._count_failure(job, err)
+            else:
+                self._failures.pop(job.id, None)
+
+    async def _count_failure(self, job: Job, err: Exception) -> None:
+        count = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+        log.exception("job %s: poll failed (%d/%d)", job.name, count, MAX_POLL_FAILURES)
+        if count >= MAX_POLL_FAILURES:
+            self._failures.pop(job.id, None)
+            fresh = await self._store.get_job(job.id)
+            if fresh is not None and not fresh.state.finished:
+                detail = f"the bot could not follow this job: {type(err).__name__}: {err}"
+                await self._finish(fresh, JobState.FAILED, None, detail[:500])
 
     async def _poll_job(self, job: Job) -> None:
-        if job.state is JobState.TERMINATING and job.layout is None and not job.nodes:
-            await self._finish(job, JobState.TERMINATED, exit_code=None, detail="terminated")
-            return
-        if job.layout is None:  # reserved but start_job did not finish: try again (idempotent)
+        if job.layout is None:
+            if job.state is JobState.TERMINATING:
+                await self._backend.terminate_job(job.id)  # a half-done start leaves nothing
+                await self._finish(job, JobState.TERMINATED, None, "terminated before it ran")
+                return
             cluster = await self._store.get_cluster(job.cluster)
             if cluster is None:
                 await self._finish(job, JobState.FAILED, None, f"cluster {job.cluster} is gone")
                 return
-            await self._relaunch(job, cluster)
+            await self._launch(job, cluster)  # reserved, but the start did not complete
             return
         if job.state is JobState.TERMINATING:
             await self._backend.terminate_job(job.id)
@@ -139,30 +164,6 @@ class JobRunner:
         except NotFound:
             status = RunStatus("lost", detail="the backend no longer knows this job")
         await self._apply(job, status)
-
-    async def _relaunch(self, job: Job, cluster: Cluster) -> None:
-        if job.state is JobState.TERMINATING:
-            await self._finish(job, JobState.TERMINATED, exit_code=None, detail="terminated")
-            return
-        spec = load_job_spec(job.spec_json, source=job.name)
-        request = LaunchRequest(
-            job.id,
-            job.name,
-            job.experiment,
-            job.resource_group,
-            job.workspace,
-            cluster,
-            spec,
-            job.nodes,
-        )
-        try:
-            result = await self._backend.start_job(request)
-        except BackendError as err:
-            if isinstance(err, TransientError):
-                raise
-            await self._finish(job, JobState.FAILED, exit_code=None, detail=str(err))
-            return
-        await self._store.update_job(replace(job, layout=result.layout))
 
     async def _apply(self, job: Job, status: RunStatus) -> None:
         if status.phase == "preparing":
@@ -195,7 +196,10 @@ class JobRunner:
     ) -> None:
         """Final log read, then the end state and its one receipt in a single transaction."""
         if job.layout is not None:
-            await self._tail_job(job, final=True)
+            try:
+                await self._tail_job(job, final=True)
+            except Exception:  # the end must be recorded even when the last read fails
+                log.exception("job %s: final log read failed", job.name)
         events: list[Event] = []
         current = job
         if current.state is JobState.PREPARING and target is not JobState.FAILED:
@@ -233,7 +237,8 @@ class JobRunner:
         for directory_id, loc in job.layout.outputs.items():
             try:
                 entries = await self._share.list_files(loc, recursive=True)
-            except NotFound:
+            except BatchAIError as err:  # gone, or replaced by a link out of the share
+                log.info("job %s: outputs of %s not listed: %s", job.name, directory_id, err)
                 continue
             for e in entries:
                 if not e.is_directory and len(found) < MAX_OUTPUT_FILES:
@@ -250,6 +255,8 @@ class JobRunner:
                     await self._tail_job(job, final=False)
                 except TransientError as err:
                     log.info("job %s: logs unavailable for now: %s", job.name, err)
+                except Exception:
+                    log.exception("job %s: reading its logs failed", job.name)
 
     async def _tail_job(self, job: Job, *, final: bool) -> None:
         layout = job.layout

@@ -16,6 +16,7 @@ from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterRequest, ClusterService
 from services.configs import ConfigLoader
+from services.errors import NotAllowed
 from services.events import JobFinished, JobStateChanged, LogSnippet
 from services.jobs import JobRequest, JobService
 from services.links import LinkSigner
@@ -98,7 +99,7 @@ class Rig:
             store=self.store,
             backend=self.backend,
             clock=SystemClock(),
-            config_text=ConfigLoader(self.root),
+            configs=ConfigLoader(self.root),
             resource_group="rg",
             workspace="ws",
         )
@@ -236,9 +237,9 @@ async def test_terminate_running_and_queued_jobs(rig: Rig) -> None:
     running = await rig.submit("running", job_config(gate="never"))
     queued = await rig.submit("queued", job_config())
     await rig.until(lambda: _in(rig, running, JobState.RUNNING), "running to run")
-    await rig.jobs.terminate_job("queued")
-    await rig.jobs.terminate_job("running")
-    await rig.jobs.terminate_job("running")  # a second click is harmless
+    await rig.jobs.terminate_job("queued", actor=rig.actor)
+    await rig.jobs.terminate_job("running", actor=rig.actor)
+    await rig.jobs.terminate_job("running", actor=rig.actor)  # a second click is harmless
     await rig.until(lambda: _finished(rig, running), "running to end")
     await rig.until(lambda: _finished(rig, queued), "queued to end")
     assert await rig.state(running) is JobState.TERMINATED
@@ -251,7 +252,7 @@ async def test_delete_terminates_first_and_frees_the_name(rig: Rig) -> None:
     await rig.cluster()
     job = await rig.submit("dup", job_config(gate="never"))
     await rig.until(lambda: _in(rig, job, JobState.RUNNING), "dup to run")
-    await rig.jobs.delete_job("dup")
+    await rig.jobs.delete_job("dup", actor=rig.actor)
     again = await rig.submit("dup", job_config())
     await rig.until(lambda: _finished(rig, job), "the deleted job to end")
     await rig.until(lambda: _finished(rig, again), "the new dup to end")
@@ -311,3 +312,92 @@ async def _in(rig: Rig, job: Job, state: JobState) -> bool:
 
 async def _log_lines(rig: Rig, job: Job, n: int) -> bool:
     return sum(len(d.event.lines) for d in rig.recorder.of(job, LogSnippet)) >= n  # type: ignore[attr-defined]
+
+
+async def test_terminate_during_start_is_not_undone(rig: Rig) -> None:
+    await rig.cluster()
+    job = await rig.submit("t", job_config(lines=1, gate="t.go"))
+    real = rig.backend.start_job
+
+    async def start_while_user_clicks(request):  # type: ignore[no-untyped-def]
+        await rig.jobs.terminate_job("t", actor=rig.actor)
+        await rig.store.set_conversation(job.id, Conversation("C1", "1.5", "U1"))
+        return await real(request)
+
+    rig.backend.start_job = start_while_user_clicks  # type: ignore[method-assign]
+    await rig.runner.dispatch()
+    stored = await rig.store.get_job(job.id)
+    assert stored is not None and stored.state is JobState.TERMINATING
+    assert stored.conversation == Conversation("C1", "1.5", "U1")  # the layout write kept it
+    await rig.until(lambda: _finished(rig, job), "t to end")
+    assert await rig.state(job) is JobState.TERMINATED
+
+
+async def test_only_the_requester_or_an_admin_may_stop_a_job(rig: Rig) -> None:
+    await rig.cluster()
+    await rig.submit("mine", job_config(gate="never"))
+    stranger = Actor("U2", Conversation("C1"))
+    with pytest.raises(NotAllowed):
+        await rig.jobs.terminate_job("mine", actor=stranger)
+    _, applied = await rig.jobs.terminate_job("mine", actor=Actor("U3", is_admin=True))
+    assert applied
+
+
+async def test_a_job_whose_outputs_escape_the_share_still_finishes(rig: Rig) -> None:
+    await rig.cluster()
+    evil = ConfigSource(
+        "inline",
+        json.dumps(
+            {
+                "properties": {
+                    "nodeCount": 1,
+                    "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+                    "outputDirectories": [
+                        {"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}
+                    ],
+                    "customToolkitSettings": {
+                        "commandLine": "rm -r $AZ_BATCHAI_OUTPUT_MODEL && "
+                        "ln -s / $AZ_BATCHAI_OUTPUT_MODEL"
+                    },
+                }
+            }
+        ),
+    )
+    job = await rig.submit("evil", evil)
+    after = await rig.submit("after", job_config())
+    await rig.until(lambda: _finished(rig, after), "the next job to finish")
+    assert await rig.state(job) is JobState.SUCCEEDED
+    (receipt,) = rig.recorder.of(job, JobFinished)
+    assert receipt.links == ()
+
+
+async def test_receipt_skips_outputs_deleted_before_delivery(rig: Rig) -> None:
+    await rig.cluster()
+    job = await rig.submit("gone", job_config(outputs=True))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not (await rig.state(job)).finished:
+        assert loop.time() < deadline
+        await rig.runner.tick()
+        await asyncio.sleep(0.05)
+    for path in rig.share.share_dir(SHARE).rglob("m.bin"):
+        path.unlink()
+    await rig.relay.drain()
+    (receipt,) = rig.recorder.of(job, JobFinished)
+    assert receipt.links == ()
+
+
+async def test_autoscale_keeps_busy_nodes(rig: Rig) -> None:
+    await rig.cluster(min_nodes=0, max_nodes=2)
+    first = await rig.submit("first", job_config(gate="first.go"))
+    second = await rig.submit("second", job_config(gate="second.go"))
+    await rig.until(lambda: _in(rig, second, JobState.RUNNING), "both to run")
+    rig.open_gate("first.go")  # node 0 frees up, node 1 stays busy
+    await rig.until(lambda: _finished(rig, first), "first to finish")
+    await rig.runner.tick()
+    cluster = await rig.store.get_cluster("c1")
+    assert cluster is not None and cluster.target_nodes == 2
+    rig.open_gate("second.go")
+    await rig.until(lambda: _finished(rig, second), "second to finish")
+    await rig.runner.tick()
+    assert (await rig.store.get_cluster("c1")).target_nodes == 0  # type: ignore[union-attr]

@@ -587,8 +587,10 @@ class LocalBackend:
         if volumes is None:
             return []
         root = self._job_dir(job_id) / "mounts"
-        links = [(share_from_url(v.azure_file_url), v.relative_mount_path) for v in
-                 volumes.azure_file_shares]  # fmt: skip
+        links = [
+            (share_from_url(v.azure_file_url), v.relative_mount_path)
+            for v in volumes.azure_file_shares
+        ]
         links += [
             (check_share_name(v.container_name), v.relative_mount_path)
             for v in volumes.azure_blob_file_systems
@@ -646,8 +648,12 @@ class LocalBackend:
         for path in (job_dir / "wd", run_dir, job_dir / "mounts"):
             path.mkdir(parents=True, exist_ok=True)
         notes.extend(self._job_mounts(request.job_id, spec))
-        for d in (plan.stdouterr_dir, plan.job_temp, plan.shared_job_temp,
-                  *(o.path for o in plan.output_dirs)):  # fmt: skip
+        for d in (
+            plan.stdouterr_dir,
+            plan.job_temp,
+            plan.shared_job_temp,
+            *(o.path for o in plan.output_dirs),
+        ):
             Path(d).mkdir(parents=True, exist_ok=True)
         host_file = Path(plan.env["AZ_BATCHAI_MPI_HOST_FILE"])
         write_atomic(host_file, "".join(f"{line}\n" for line in plan.mpi_host_file_lines))

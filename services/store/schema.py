@@ -72,6 +72,7 @@ jobs = Table(
     Column("container_image", String(256)),
     Column("conversation", JSON),
     Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("node_rate", String(24)),  # Decimal as text: exact on SQLite and PostgreSQL
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(

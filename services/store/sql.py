@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +113,31 @@ class SqlStore:
     async def update_job(
         self, job: Job, new_events: Sequence[Event] = (), *, expect: JobState | None = None
     ) -> bool:
-        """Write `job`; with `expect`, only if the stored state still is `expect` (else False)."""
+        """Write the job's lifecycle columns (state, times, exit code, error, nodes); with
+        `expect`, only if the stored state still is `expect` (else nothing, and False).
+
+        Layout, conversation, progress and metrics have writers of their own, so a transition
+        computed from an older snapshot never undoes them."""
         async with self._engine.begin() as conn:
             stmt = update(jobs).where(jobs.c.id == job.id)
             if expect is not None:
                 stmt = stmt.where(jobs.c.state == expect.value)
-            result = await conn.execute(stmt.values(_job_row(job)))
+            row = _job_row(job)
+            result = await conn.execute(stmt.values({k: row[k] for k in _LIFECYCLE}))
             if result.rowcount == 0:
                 await conn.rollback()
                 return False
             await _add_events(conn, new_events, None)
         return True
+
+    async def set_layout(
+        self, job_id: str, layout: JobLayout, new_events: Sequence[Event] = ()
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(layout=_layout_row(layout))
+            )
+            await _add_events(conn, new_events, None)
 
     async def delete_job(self, job_id: str) -> None:
         """Frees the job's name; its events and metrics stay for the record."""
@@ -244,22 +259,46 @@ class SqlStore:
 
     # -- sent messages (exactly-once notifications) -----------------------------------------
 
-    async def get_delivery(self, key: str) -> str | None:
-        """The message id a notification with this key was sent as, or None if never sent."""
+    async def recorded_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these notification keys were already sent."""
+        if not keys:
+            return set()
         async with self._engine.connect() as conn:
-            stmt = select(deliveries.c.message_id).where(deliveries.c.key == key)
-            return (await conn.execute(stmt)).scalar_one_or_none()
+            stmt = select(deliveries.c.key).where(deliveries.c.key.in_(list(keys)))
+            return {row.key for row in await conn.execute(stmt)}
 
-    async def record_delivery(self, key: str, channel: str, message_id: str, at: datetime) -> None:
+    async def get_delivery(self, keys: Sequence[str]) -> str | None:
+        """The message id a notification with any of these keys was sent as, or None."""
+        if not keys:
+            return None
+        async with self._engine.connect() as conn:
+            stmt = select(deliveries.c.message_id).where(deliveries.c.key.in_(list(keys)))
+            return (await conn.execute(stmt.limit(1))).scalar_one_or_none()
+
+    async def record_delivery(
+        self, keys: Sequence[str], channel: str, message_id: str, at: datetime
+    ) -> None:
+        """Remember that one message carried these keys; an existing record is kept."""
         async with self._engine.begin() as conn:
-            try:
-                await conn.execute(
-                    insert(deliveries).values(
-                        key=key, channel=channel, message_id=message_id, sent_at=at
-                    )
+            taken = {
+                row.key
+                for row in await conn.execute(
+                    select(deliveries.c.key).where(deliveries.c.key.in_(list(keys)))
                 )
-            except IntegrityError:
-                await conn.rollback()  # recorded by an earlier attempt: keep the first
+            }
+            rows = [
+                {"key": k, "channel": channel, "message_id": message_id, "sent_at": at}
+                for k in dict.fromkeys(keys)
+                if k not in taken
+            ]
+            if rows:
+                await conn.execute(insert(deliveries), rows)
+
+    async def mark_all_delivered(self, event_ids: Sequence[int], at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(events).where(events.c.id.in_(list(event_ids))).values(delivered_at=at)
+            )
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -286,6 +325,9 @@ class SqlStore:
                 )
                 for r in rows
             ]
+
+
+_LIFECYCLE = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -447,6 +489,7 @@ def _job_row(j: Job) -> dict[str, Any]:
         "last_metrics": dict(j.last_metrics),
         "container_image": j.container_image,
         "conversation": _conversation_row(j.conversation),
+        "node_rate": None if j.node_rate is None else str(j.node_rate),
     }
 
 
@@ -486,4 +529,5 @@ def _job_from(r: Any) -> Job:
         progress=None if progress is None else Progress(progress["current"], progress["total"]),
         last_metrics=dict(r["last_metrics"] or {}),
         container_image=r["container_image"],
+        node_rate=None if r["node_rate"] is None else Decimal(r["node_rate"]),
     )

@@ -1,0 +1,233 @@
+"""The Slack outbox: every Slack write goes through here — paced, coalesced, retried, recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from handlers.views import Message
+from services.errors import TransientError
+from services.store import SqlStore
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = {
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+}
+
+
+class _Pace:
+    """At most one call per `interval` seconds, in arrival order."""
+
+    def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
+        self._interval = interval
+        self._monotonic = monotonic
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        wait = self._next - self._monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def __aexit__(self, *_: object) -> None:
+        self._next = self._monotonic() + self._interval
+        self._lock.release()
+
+    def push_back(self, seconds: float) -> None:
+        """Slack said Retry-After: nobody in this lane calls before then."""
+        self._next = max(self._next, self._monotonic() + seconds)
+
+
+class SlackOutbox:
+    """Implements the presenter's Transport on the Slack Web API.
+
+    - pacing: ~1 message/s per channel (chat.postMessage), ~50 edits/min per workspace
+      (chat.update); a 429 pushes the whole lane back by its Retry-After;
+    - coalescing: edits of the same message that wait for their turn collapse into the newest
+      one (log snippets are merged upstream, by the relay);
+    - retries: 429 after Retry-After, 5xx / timeouts / connection errors with backoff, within a
+      budget; then TransientError, and the relay tries again later;
+    - records: every message is stored with its idempotency keys, and a key already recorded is
+      never sent again — a restart repeats nothing that went out."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        store: SqlStore,
+        *,
+        now: Callable[[], datetime],
+        post_interval: float = 1.0,
+        updates_per_minute: float = 50.0,
+        max_attempts: int = 5,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._now = now
+        self._monotonic = monotonic
+        self._post_interval = post_interval
+        self._channels: dict[str, _Pace] = {}
+        self._updates = _Pace(60.0 / updates_per_minute, monotonic)
+        self._pending_edits: dict[tuple[str, str], Message] = {}
+        self._max_attempts = max_attempts
+        self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0}
+
+    # -- Transport ---------------------------------------------------------------------------
+
+    async def post(
+        self,
+        channel: str,
+        message: Message,
+        *,
+        thread: str | None = None,
+        broadcast: bool = False,
+        keys: Sequence[str] = (),
+    ) -> str:
+        if keys and (sent := await self._store.get_delivery(keys)) is not None:
+            return sent
+        lane = self._lane(channel)
+        response = await self._call(
+            lane,
+            self._client.chat_postMessage,
+            channel=channel,
+            text=message.text[:3000],
+            blocks=message.blocks,
+            thread_ts=thread,
+            reply_broadcast=broadcast if thread else None,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        ts = str(response["ts"])
+        if keys:
+            await self._store.record_delivery(keys, channel, ts, self._now())
+        return ts
+
+    async def update(self, channel: str, message_id: str, message: Message) -> None:
+        """Edits wait for the workspace budget; while waiting, a newer edit replaces this one."""
+        key = (channel, message_id)
+        if key in self._pending_edits:
+            self.stats["coalesced_edits"] += 1
+            self._pending_edits[key] = message
+            return
+        self._pending_edits[key] = message
+        taken = False
+        try:
+            async with self._updates:
+                latest, taken = self._pending_edits.pop(key), True
+                await self._send(
+                    self._updates,
+                    self._client.chat_update,
+                    channel=channel,
+                    ts=message_id,
+                    text=latest.text[:3000],
+                    blocks=latest.blocks,
+                )
+        finally:
+            if not taken:  # cancelled while waiting: let the next edit queue afresh
+                self._pending_edits.pop(key, None)
+
+    async def upload(
+        self,
+        channel: str,
+        *,
+        thread: str | None,
+        filename: str,
+        content: bytes,
+        title: str,
+        keys: Sequence[str] = (),
+    ) -> None:
+        if keys and await self._store.get_delivery(keys) is not None:
+            return
+        response = await self._call(
+            self._lane(channel),
+            self._client.files_upload_v2,
+            channel=channel,
+            thread_ts=thread,
+            filename=filename,
+            content=content,
+            title=title,
+        )
+        file_id = str((response.get("file") or {}).get("id", "file"))
+        if keys:
+            await self._store.record_delivery(keys, channel, file_id, self._now())
+
+    async def post_ephemeral(self, channel: str, user: str, message: Message) -> None:
+        await self._call(
+            self._lane(channel),
+            self._client.chat_postEphemeral,
+            channel=channel,
+            user=user,
+            text=message.text[:3000],
+            blocks=message.blocks,
+        )
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _lane(self, channel: str) -> _Pace:
+        lane = self._channels.get(channel)
+        if lane is None:
+            lane = self._channels[channel] = _Pace(self._post_interval, self._monotonic)
+        return lane
+
+    async def _call(
+        self, lane: _Pace, method: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
+    ) -> AsyncSlackResponse:
+        async with lane:
+            return await self._send(lane, method, **kwargs)
+
+    async def _send(
+        self, lane: _Pace, method: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
+    ) -> AsyncSlackResponse:
+        """One Web API call with the retry budget; the caller holds the lane."""
+        args = {k: v for k, v in kwargs.items() if v is not None}
+        for attempt in range(1, self._max_attempts + 1):
+            self.stats["calls"] += 1
+            try:
+                return await method(**args)
+            except SlackApiError as err:
+                status = err.response.status_code
+                error = str(err.response.get("error", ""))
+                if status == 429 or error == "ratelimited":
+                    self.stats["ratelimited"] += 1
+                    delay = _retry_after(err.response.headers)
+                    lane.push_back(delay)
+                elif status >= 500 or error in TRANSIENT_ERRORS:
+                    delay = _backoff(attempt)
+                else:
+                    raise  # permanent (not_in_channel, invalid_blocks…): the relay logs it
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                log.info("slack call failed (%s), attempt %d", type(err).__name__, attempt)
+                delay = _backoff(attempt)
+            if attempt == self._max_attempts:
+                break
+            self.stats["retries"] += 1
+            await asyncio.sleep(delay)
+        raise TransientError("Slack is not taking messages right now", retry_after=delay)
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        return max(1.0, float(value))
+    except (TypeError, ValueError, AttributeError):
+        return 1.0
+
+
+def _backoff(attempt: int) -> float:
+    return min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)

@@ -1,0 +1,127 @@
+"""Slack wiring: Web API clients, the Bolt AsyncApp, Socket Mode, and the HTTP events route."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.request.async_internals import build_async_context
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings
+from handlers.listeners import SlackHandlers, register
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+REPLAY_WINDOW = 300  # seconds: Slack's own freshness window for signed requests
+
+
+def web_client(settings: Settings, *, for_listeners: bool) -> AsyncWebClient:
+    """The outbox retries on its own budget; listener calls (views.*) retry one 429 here."""
+    assert settings.slack_bot_token is not None
+    handlers: list[Any] = [AsyncConnectionErrorRetryHandler()]
+    if for_listeners:
+        handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=1))
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        retry_handlers=handlers,
+        timeout=15,
+    )
+
+
+def build_app(settings: Settings, handlers: SlackHandlers) -> AsyncApp:
+    if os.environ.get("SLACK_CLIENT_ID") and os.environ.get("SLACK_CLIENT_SECRET"):
+        # Bolt would silently switch to OAuth and drop the bot token (slack-bolt AsyncApp init).
+        raise SystemExit(
+            "unset SLACK_CLIENT_ID / SLACK_CLIENT_SECRET: batchai-bot uses one bot token"
+        )
+    secret = settings.slack_signing_secret
+    if settings.slack_mode == "http" and secret is None:
+        raise SystemExit("SLACK_SIGNING_SECRET is required when SLACK_MODE=http")
+    app = AsyncApp(
+        client=web_client(settings, for_listeners=True),
+        signing_secret=secret.get_secret_value() if secret else "socket-mode-unused",
+        name="batchai-bot",
+        logger=logging.getLogger("slack_bolt"),
+    )
+    register(app, handlers, command=settings.slack_command)
+
+    @app.error
+    async def on_error(error: Exception, body: dict[str, Any]) -> None:
+        log.exception("listener failed for a %s request", body.get("type", "slash"), exc_info=error)
+
+    return app
+
+
+class SocketMode:
+    """Socket Mode connection; must be created and started inside the running loop."""
+
+    def __init__(self, app: AsyncApp, settings: Settings) -> None:
+        if settings.slack_app_token is None:
+            raise SystemExit("SLACK_APP_TOKEN (xapp-…) is required for Socket Mode")
+        self._handler = AsyncSocketModeHandler(
+            app,
+            settings.slack_app_token.get_secret_value(),
+            web_client=web_client(settings, for_listeners=False),
+        )
+
+    async def start(self) -> None:
+        await self._handler.connect_async()
+        log.info("connected to Slack over Socket Mode")
+
+    async def close(self) -> None:
+        await self._handler.close_async()
+
+
+def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
+    """HTTP mode: POST /slack/events on the bot's own web app, with replay protection."""
+    seen: OrderedDict[str, float] = OrderedDict()
+
+    async def events(request: web.Request) -> web.Response:
+        body = await request.text()
+        signature = request.headers.get("X-Slack-Signature", "")
+        now = time.time()
+        while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
+            seen.popitem(last=False)
+        if signature and signature in seen:
+            log.warning("refused a replayed Slack request")
+            return web.json_response({"error": "replayed request"}, status=401)
+        bolt_request = _bolt_request(body, request)
+        response = await app.async_dispatch(bolt_request)
+        if response.status == 200 and signature:
+            seen[signature] = now
+        return await to_aiohttp_response(response)
+
+    web_app.router.add_post(EVENTS_PATH, events)
+
+
+def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
+    bolt_request = AsyncBoltRequest(
+        body=body,
+        query=request.query_string,
+        headers={k: v for k, v in request.headers.items()},
+    )
+    if not bolt_request.body and body and not body.startswith("{"):
+        # slack-bolt parses any form body containing the word "payload" as an interaction and
+        # drops it when there is no payload field (e.g. `/batchai job show -n payload`).
+        fields = dict(parse_qsl(body, keep_blank_values=True))
+        if "payload" not in fields:
+            bolt_request.body = fields
+            bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
+    return bolt_request

@@ -1,0 +1,83 @@
+"""The loss curve for a job's receipt: metric points in, a small PNG out (pure, no display)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from typing import Final
+
+from services.models import MetricPoint
+
+WIDTH_IN: Final = 8.0  # 800 x 450 px at DPI 100
+HEIGHT_IN: Final = 4.5
+DPI: Final = 100
+MAX_SERIES: Final = 4  # per axis; more lines than that is noise in a thread
+
+StepValue = tuple[int, float]
+
+# The names services.logs gives metrics: `loss`, `val_loss`, `train_acc`, `val_accuracy` ...
+_PREFIX = r"(?:(?:train|training|val|valid|validation|test|eval)_)?"
+_LOSS_RE = re.compile(_PREFIX + r"loss")
+_ACC_RE = re.compile(_PREFIX + r"acc(?:uracy)?")
+
+
+def loss_curve_png(points: Sequence[MetricPoint], *, title: str) -> bytes | None:
+    """Loss (and accuracy on a second axis) by step/epoch as PNG bytes.
+
+    None when no loss-like metric has at least two steps: one point is not a curve.
+    """
+    losses = _series(points, _LOSS_RE)
+    if not any(len(xy) >= 2 for xy in losses.values()):
+        return None
+    accuracies = _series(points, _ACC_RE)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: never look for a display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
+    try:
+        # One colour cycle across both axes, so that acc does not reuse loss's colour.
+        colours = (f"C{i}" for i in range(2 * MAX_SERIES))
+        lines = []
+        for name, xy in losses.items():
+            steps, values = zip(*xy, strict=True)
+            lines += ax.plot(steps, values, marker=_marker(xy), color=next(colours), label=name)
+        ax.set_xlabel("epoch / step")
+        ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        top = ax
+        if accuracies:
+            top = ax.twinx()
+            for name, xy in accuracies.items():
+                steps, values = zip(*xy, strict=True)
+                colour = next(colours)
+                lines += top.plot(steps, values, "--", marker=_marker(xy), color=colour, label=name)
+            top.set_ylabel("accuracy")
+        # On the top-most axes, or the second axis's lines would be drawn over the legend.
+        top.legend(lines, [str(line.get_label()) for line in lines], loc="best", fontsize="small")
+        ax.set_title(title[:80])
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format="png", dpi=DPI)
+        return out.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _series(points: Sequence[MetricPoint], pattern: re.Pattern[str]) -> dict[str, list[StepValue]]:
+    """Matching metrics as sorted (step, value) lists; the last value of a step wins."""
+    by_name: dict[str, dict[int, float]] = {}
+    for p in points:
+        if pattern.fullmatch(p.name):
+            by_name.setdefault(p.name, {})[p.step] = p.value
+    ranked = sorted(by_name, key=lambda name: (-len(by_name[name]), name))[:MAX_SERIES]
+    return {name: sorted(by_name[name].items()) for name in sorted(ranked)}
+
+
+def _marker(xy: Sequence[StepValue]) -> str:
+    return "o" if len(xy) <= 30 else ""

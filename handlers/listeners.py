@@ -1,0 +1,222 @@
+"""Slack listeners: ack at once, turn the payload into a typed request, call one handler, reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+
+from handlers import home, modals, views
+from handlers.actions import ActionHandler
+from handlers.commands import CommandHandler, Reply
+from handlers.commandspec import (
+    ClusterAutoScale,
+    ClusterDelete,
+    ClusterResize,
+    Command,
+    JobCreate,
+)
+from services.access import AccessPolicy
+from services.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
+from services.jobs import JobRequest, JobService
+from services.models import Actor, AuditEntry, ConfigSource, Conversation
+
+log = logging.getLogger(__name__)
+
+DESTRUCTIVE = (ClusterDelete, ClusterResize, ClusterAutoScale)
+SLOW = (
+    "ClusterCreate",
+    "ClusterDelete",
+    "ClusterResize",
+    "ClusterAutoScale",
+    "JobCreate",
+    "JobListFiles",
+    "JobStreamFile",
+    "JobTerminate",
+    "JobDelete",
+)
+MODAL_DEADLINE = 2.0  # seconds we give a submission before acking (Slack allows 3)
+
+Audit = Callable[[AuditEntry], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SlackHandlers:
+    """What the listeners need; built by bot/bootstrap.py."""
+
+    commands: CommandHandler
+    actions: ActionHandler
+    jobs: JobService
+    dashboard: Callable[[str], Awaitable[dict[str, Any]]]  # user id -> App Home view
+    submit_form: Callable[[str], Awaitable[dict[str, Any]]]  # channel id -> job modal
+    mount_paths: Callable[[], Awaitable[dict[str, str]]]  # cluster -> first share mount path
+    access: AccessPolicy
+    audit: Audit
+    now: Callable[[], datetime]
+
+
+def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> None:
+    """Attach every listener of the bot to a Bolt app."""
+
+    @app.command(command)
+    async def on_command(ack: Any, body: dict[str, Any], respond: Any, client: Any) -> None:
+        user, channel = body["user_id"], body["channel_id"]
+        parsed = h.commands.parse(body.get("text", ""), source="slack")
+        if isinstance(parsed, Reply):  # a typo: answer at once, only to the typist
+            await ack(**_payload(parsed, ephemeral=True))
+            return
+        decision = h.access.check(
+            user=user, channel=channel, destructive=isinstance(parsed, DESTRUCTIVE)
+        )
+        if not decision.allowed:
+            await ack(**_payload(Reply(views.error(decision.reason)), ephemeral=True))
+            await h.audit(_audit(h, user, channel, _name(parsed), "denied", decision.reason))
+            return
+        if isinstance(parsed, JobCreate) and parsed.config is None:
+            await ack()
+            view = await h.submit_form(channel)
+            await client.views_open(trigger_id=body["trigger_id"], view=view)
+            return
+        slow = type(parsed).__name__ in SLOW
+        if slow:
+            await ack(text=":hourglass_flowing_sand: working on it…", response_type="ephemeral")
+        else:
+            await ack()
+        actor = _actor(h, user, channel)
+        reply = await h.commands.run(parsed, actor=actor, source="slack")
+        if isinstance(parsed, DESTRUCTIVE) or type(parsed).__name__ in (
+            "JobTerminate",
+            "JobDelete",
+        ):
+            await h.audit(_audit(h, user, channel, _name(parsed), "allowed", body.get("text")))
+        await respond(**_payload(reply, ephemeral=not reply.public), replace_original=slow)
+
+    async def on_button(
+        ack: Any, body: dict[str, Any], respond: Any, action: dict[str, Any]
+    ) -> None:
+        await ack()
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id")
+        decision = h.access.check(user=user, channel=channel, destructive=False)
+        if not decision.allowed:
+            await respond(
+                **_payload(Reply(views.error(decision.reason)), ephemeral=True),
+                replace_original=False,
+            )
+            await h.audit(_audit(h, user, channel, action["action_id"], "denied", decision.reason))
+            return
+        reply = await h.actions.handle(
+            action["action_id"], action.get("value", ""), actor=_actor(h, user, channel)
+        )
+        thread = (body.get("message") or {}).get("thread_ts") or (body.get("message") or {}).get(
+            "ts"
+        )
+        await respond(
+            **_payload(reply, ephemeral=not reply.public),
+            replace_original=False,
+            thread_ts=thread if reply.public else None,
+        )
+
+    for action_id in (views.ACTION_LOGS, views.ACTION_TERMINATE, views.ACTION_REFRESH):
+        app.action(action_id)(on_button)
+
+    @app.action(home.ACTION_OPEN_SUBMIT)
+    async def on_open_submit(ack: Any, body: dict[str, Any], client: Any) -> None:
+        await ack()
+        view = await h.submit_form((body.get("channel") or {}).get("id") or body["user"]["id"])
+        await client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    @app.action(home.ACTION_HOME_REFRESH)
+    async def on_refresh_home(ack: Any, body: dict[str, Any], client: Any) -> None:
+        await ack()
+        user = body["user"]["id"]
+        await client.views_publish(user_id=user, view=await h.dashboard(user))
+
+    @app.event("app_home_opened")
+    async def on_home(event: dict[str, Any], client: Any) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        await client.views_publish(user_id=event["user"], view=await h.dashboard(event["user"]))
+
+    @app.view(modals.CALLBACK_JOB_CREATE)
+    async def on_submit(ack: Any, body: dict[str, Any], client: Any) -> None:
+        user = body["user"]["id"]
+        parsed = modals.parse_job_create(body["view"], mount_paths=await h.mount_paths())
+        if isinstance(parsed, dict):
+            await ack(response_action="errors", errors=parsed)
+            return
+        decision = h.access.check(user=user, channel=parsed.channel_id, destructive=False)
+        if not decision.allowed:
+            await ack(response_action="errors", errors={modals.BLOCK_NAME: decision.reason})
+            return
+        source = (
+            ConfigSource("manifest", parsed.manifest)
+            if parsed.manifest
+            else ConfigSource("inline", parsed.config_json or "")
+        )
+        request = JobRequest(parsed.name, parsed.cluster, source)
+        try:
+            await asyncio.wait_for(
+                h.jobs.create_job(request, actor=_actor(h, user, parsed.channel_id)),
+                MODAL_DEADLINE,
+            )
+        except (UserError, Conflict, NotFound) as err:
+            block = _error_block(err, parsed, body["view"])
+            await ack(response_action="errors", errors={block: str(err)[:2000]})
+            return
+        except (BatchAIError, TimeoutError) as err:
+            log.warning("job submission from the form failed: %s", err)
+            await ack(
+                response_action="errors", errors={modals.BLOCK_NAME: "could not submit; try again"}
+            )
+            return
+        await ack()  # closes the modal; the status card appears in the channel
+
+
+def _error_block(err: Exception, form: modals.JobForm, view: dict[str, Any]) -> str:
+    """The form field a refused submission is about, so Slack shows the error beside it."""
+    if isinstance(err, Conflict):
+        return modals.BLOCK_NAME
+    if form.manifest:
+        return modals.BLOCK_MANIFEST
+    if isinstance(err, SpecError):
+        pasted = (view.get("state", {}).get("values", {}).get(modals.BLOCK_JSON) or {}).values()
+        return modals.BLOCK_JSON if any(v.get("value") for v in pasted) else modals.BLOCK_COMMAND
+    if "node" in str(err):
+        return modals.BLOCK_NODES
+    return modals.BLOCK_CLUSTER
+
+
+def _actor(h: SlackHandlers, user: str, channel: str | None) -> Actor:
+    conversation = Conversation(channel, None, user) if channel else None
+    return Actor(user=user, conversation=conversation, is_admin=h.access.is_admin(user))
+
+
+def _name(command: Command) -> str:
+    return type(command).__name__
+
+
+def _audit(
+    h: SlackHandlers, user: str, channel: str | None, action: str, outcome: str, detail: Any
+) -> AuditEntry:
+    return AuditEntry(
+        at=h.now(),
+        actor=user,
+        action=action,
+        outcome=outcome,
+        channel=channel,
+        detail=None if detail is None else str(detail)[:500],
+    )
+
+
+def _payload(reply: Reply, *, ephemeral: bool) -> dict[str, Any]:
+    return {
+        "text": reply.message.text[:3000],
+        "blocks": reply.message.blocks,
+        "response_type": "ephemeral" if ephemeral else "in_channel",
+    }

@@ -1,0 +1,187 @@
+"""The Slack rig: the real bot (Bolt app, outbox, runner) against the fake Slack Web API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.bootstrap import Bot
+from bot.config import Settings
+from bot.lifecycle import running
+from tests.fakes.slack import (
+    BOT_TOKEN,
+    FakeSlack,
+    block_actions_payload,
+    form_body,
+    interactive_body,
+    signed_headers,
+    slash_command_form,
+)
+
+SECRET = "test-signing-secret"
+CHANNEL = "C0JOBS"
+USER = "U0ALICE"
+TIMEOUT = 60.0
+JOB_SCRIPT = """
+import os, sys, time
+for i in range(1, int(sys.argv[1]) + 1):
+    print(f"Epoch {i}/{sys.argv[1]} - loss: {1.0 / i:.4f} - acc: {1 - 0.5 / i:.4f}", flush=True)
+gate = os.environ.get("GATE")
+while gate and not os.path.exists(gate):
+    time.sleep(0.02)
+"""
+
+
+def job_json(epochs: int = 3, *, gate: str | None = None, nodes: int = 1) -> str:
+    env = [{"name": "GATE", "value": f"$AZ_BATCHAI_MOUNT_ROOT/afs/{gate}"}] if gate else []
+    return json.dumps(
+        {
+            "properties": {
+                "nodeCount": nodes,
+                "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+                "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}],
+                "environmentVariables": env,
+                "customToolkitSettings": {
+                    "commandLine": f"{sys.executable} $AZ_BATCHAI_MOUNT_ROOT/afs/job.py {epochs}"
+                    " && echo weights > $AZ_BATCHAI_OUTPUT_MODEL/model.bin"
+                },
+            }
+        }
+    )
+
+
+@dataclass
+class SlackRig:
+    fake: FakeSlack
+    bot: Bot
+    http: aiohttp.ClientSession
+    settings: Settings
+
+    async def post(self, body: bytes, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = headers if headers is not None else signed_headers(body, SECRET)
+        async with self.http.post(
+            f"{self.bot.web_url}/slack/events", data=body, headers=headers
+        ) as response:
+            text = await response.text()
+            try:
+                return response.status, json.loads(text) if text else None
+            except json.JSONDecodeError:
+                return response.status, text
+
+    async def command(
+        self, text: str, *, user: str = USER, channel: str = CHANNEL
+    ) -> tuple[int, Any, str]:
+        """Send a signed slash command; returns status, the ack body and the response_url."""
+        response_url = self.fake.response_url()
+        form = slash_command_form(
+            text,
+            user_id=user,
+            channel_id=channel,
+            response_url=response_url,
+            trigger_id=self.fake.issue_trigger(),
+        )
+        status, body = await self.post(form_body(form))
+        return status, body, response_url
+
+    async def answer(self, text: str, **kw: Any) -> dict[str, Any]:
+        """The reply that arrived on the response_url after the ack."""
+        status, ack, url = await self.command(text, **kw)
+        assert status == 200, (status, ack)
+        await self.fake.wait_for(lambda: bool(self.fake.responses_to(url)), timeout=TIMEOUT)
+        post = self.fake.responses_to(url)[-1]
+        return {
+            "ack": ack,
+            "response_type": post.response_type,
+            "text": post.text or "",
+            "blocks": post.blocks or [],
+            "all": self.fake.responses_to(url),
+        }
+
+    async def click(
+        self,
+        action_id: str,
+        value: str,
+        *,
+        user: str = USER,
+        message_ts: str = "1.000001",
+        home: bool = False,
+    ) -> tuple[int, str]:
+        """Press a button on a message (or on the App Home); returns status and response_url."""
+        response_url = self.fake.response_url()
+        payload = block_actions_payload(
+            action_id,
+            value,
+            user_id=user,
+            channel_id=None if home else CHANNEL,
+            trigger_id=self.fake.issue_trigger(),
+            message_ts=None if home else message_ts,
+            response_url=None if home else response_url,
+            view={"id": "VHOME", "type": "home"} if home else None,
+        )
+        status, _ = await self.post(interactive_body(payload))
+        return status, response_url
+
+    async def until(self, condition: Callable[[], Any], what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            await self.bot.runner.tick()
+            await self.bot.relay.drain()
+            result = condition()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    def open_gate(self, name: str) -> None:
+        (self.bot.share.share_dir("data") / name).write_text("go")
+
+
+def rig_settings(tmp_path: Path, fake: FakeSlack, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SECRET,
+        slack_mode="http",
+        slack_api_url=fake.base_url,
+        slack_post_interval=0.0,
+        slack_updates_per_minute=1000.0,
+        batchai_data_dir=tmp_path / "data",
+        port=0,
+        link_secret="link-secret-for-tests",
+        poll_seconds=0.2,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack(rate_limits=False, trigger_ttl=None) as server:
+        yield server
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, fake: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SlackRig]:
+    for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    settings = rig_settings(tmp_path, fake)
+    async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
+        bot.share.create_share("data")
+        (bot.share.share_dir("data") / "job.py").write_text(JOB_SCRIPT)
+        yield SlackRig(fake, bot, http, settings)
+        for job in await bot.store.list_jobs(include_deleted=True):
+            if not job.state.finished and job.layout is not None:
+                await bot.backend.terminate_job(job.id)

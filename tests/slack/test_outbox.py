@@ -1,0 +1,95 @@
+"""The outbox against a fake Slack that enforces its limits: pacing, 429s, 5xx, edits, records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.outbox import SlackOutbox
+from handlers.views import Message, section
+from services.clock import utcnow
+from services.errors import TransientError
+from services.store import SqlStore
+from tests.fakes.slack import FakeSlack
+
+CHANNEL = "C0OUT"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'out.db'}")
+    await s.migrate()
+    yield s
+    await s.aclose()
+
+
+def message(text: str) -> Message:
+    return Message(text, [section(text)])
+
+
+async def test_posts_are_paced_per_channel_so_slack_never_says_429(store: SqlStore) -> None:
+    async with FakeSlack(post_per_channel_per_second=10.0, post_burst=1) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.1)
+        for i in range(8):
+            await outbox.post(CHANNEL, message(f"line {i}"))
+        assert fake.ratelimited["chat.postMessage"] == 0
+        assert [m.text for m in fake.messages_in(CHANNEL)] == [f"line {i}" for i in range(8)]
+
+
+async def test_a_429_is_waited_out_and_the_lane_slows_down(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        fake.fail_next("chat.postMessage", status=429, retry_after=1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await outbox.post(CHANNEL, message("after a 429"))
+        assert loop.time() - started >= 1.0  # Retry-After was honoured, not hammered
+        assert outbox.stats["ratelimited"] == 1
+        assert [m.text for m in fake.messages_in(CHANNEL)] == ["after a 429"]
+
+
+async def test_server_errors_are_retried_then_reported_as_transient(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0, max_attempts=2)
+        fake.fail_next("chat.postMessage", status=500, count=1)
+        await outbox.post(CHANNEL, message("survived a 500"))
+        fake.fail_next("chat.postMessage", status=503, count=2)
+        with pytest.raises(TransientError):
+            await outbox.post(CHANNEL, message("never arrives"))
+        assert [m.text for m in fake.messages_in(CHANNEL)] == ["survived a 500"]
+
+
+async def test_waiting_edits_of_one_message_collapse_into_the_newest(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(
+            fake.client(), store, now=utcnow, post_interval=0.0, updates_per_minute=120
+        )
+        ts = await outbox.post(CHANNEL, message("v0"))
+        await asyncio.gather(*(outbox.update(CHANNEL, ts, message(f"v{i}")) for i in range(1, 6)))
+        card = fake.message(CHANNEL, ts)
+        assert card.text == "v5"
+        assert card.edits < 5  # fewer chat.update calls than edits asked for
+        assert outbox.stats["coalesced_edits"] >= 1
+
+
+async def test_a_recorded_key_is_never_sent_again_even_after_a_restart(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        first = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        ts = await first.post(CHANNEL, message("receipt"), keys=["event-7"])
+        restarted = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        again = await restarted.post(CHANNEL, message("receipt"), keys=["event-7"])
+        assert again == ts
+        assert len(fake.calls_to("chat.postMessage")) == 1
+        assert await store.recorded_keys(["event-7", "event-8"]) == {"event-7"}
+
+
+async def test_permanent_errors_are_not_retried(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        fake.fail_next("chat.postMessage", status=200, error="channel_not_found")
+        with pytest.raises(Exception, match="channel_not_found"):
+            await outbox.post(CHANNEL, message("to nowhere"))
+        assert len(fake.calls_to("chat.postMessage")) == 1

@@ -1,0 +1,88 @@
+"""Who may do what, what is audited, and that no secret ever reaches Slack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.lifecycle import running
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+from tests.slack.conftest import JOB_SCRIPT, SECRET, SlackRig, job_json, rig_settings
+
+ADMIN, MEMBER, OUTSIDER = "U0ADMIN", "U0MEMBER", "U0OUT"
+CREATE = "cluster create -n c1 -s STANDARD_NC6 -t 1 --afs-name data --afs-mount-path afs"
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path, fake: FakeSlack) -> SlackRig:  # type: ignore[misc]
+    settings = rig_settings(
+        tmp_path,
+        fake,
+        allowed_channels="C0JOBS",
+        allowed_users=f"{ADMIN},{MEMBER}",
+        admin_users=ADMIN,
+    )
+    async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
+        bot.share.create_share("data")
+        (bot.share.share_dir("data") / "job.py").write_text(JOB_SCRIPT)
+        yield SlackRig(fake, bot, http, settings)
+        for job in await bot.store.list_jobs(include_deleted=True):
+            if not job.state.finished and job.layout is not None:
+                await bot.backend.terminate_job(job.id)
+
+
+async def test_allow_lists_and_admins(guarded: SlackRig) -> None:
+    rig = guarded
+    _, ack, _ = await rig.command("cluster list", user=OUTSIDER)
+    assert ack["response_type"] == "ephemeral" and "list of users" in str(ack["blocks"])
+    _, ack, _ = await rig.command("cluster list", user=MEMBER, channel="C0ELSEWHERE")
+    assert "configured channels" in str(ack["blocks"])
+    _, ack, _ = await rig.command(CREATE.replace("create", "delete").split(" -s")[0], user=MEMBER)
+    assert "only an admin" in str(ack["blocks"])
+    created = await rig.answer(CREATE, user=ADMIN)
+    assert "ready" in created["text"]
+    # the member runs a job; another member may not stop it, the admin may
+    await rig.answer(f"job create -n theirs -r c1 -c {job_json(1, gate='never')}", user=MEMBER)
+    other = await rig.answer("job terminate -n theirs", user=ADMIN)
+    assert "terminating" in other["text"]
+    audit = await rig.bot.store.list_audit()
+    denied = [a for a in audit if a.outcome == "denied"]
+    assert {a.actor for a in denied} == {OUTSIDER, MEMBER}
+    assert any(a.action == "ClusterDelete" for a in denied)
+    assert any(a.action == "JobTerminate" and a.outcome == "allowed" for a in audit)
+
+
+async def test_member_cannot_stop_someone_elses_job(guarded: SlackRig) -> None:
+    rig = guarded
+    await rig.answer(CREATE, user=ADMIN)
+    await rig.answer(f"job create -n adminjob -r c1 -c {job_json(1, gate='never')}", user=ADMIN)
+    refused = await rig.answer("job terminate -n adminjob", user=MEMBER)
+    assert "or an admin may stop" in refused["text"] and refused["response_type"] == "ephemeral"
+    job = await rig.bot.store.find_job("adminjob")
+    assert job is not None and job.state.value == "queued"
+    await rig.answer("job terminate -n adminjob", user=ADMIN)
+
+
+async def test_no_secret_reaches_slack(rig: SlackRig) -> None:
+    password = "Pa55-word-typed-in-chat"
+    await rig.answer(f"{CREATE} -u me -p {password}")
+    secret_job = job_json(2).replace(
+        '"environmentVariables": []',
+        '"secrets": [{"name": "API_KEY", "value": "sk-live-do-not-leak"}]',
+    )
+    await rig.answer(f"job create -n s1 -r c1 -c {secret_job}")
+    await rig.until(lambda: _finished(rig, "s1"), "s1 to finish")
+    await rig.answer("job show -n s1 -o json")
+    received = rig.fake.received_text()
+    link_secret = rig.settings.link_secret.get_secret_value()  # type: ignore[union-attr]
+    for secret in (password, "sk-live-do-not-leak", SECRET, link_secret):
+        assert secret not in received, secret
+    # the bot token is only ever in the Authorization header, never in a message body
+    assert all(BOT_TOKEN not in call.raw_body.decode(errors="replace") for call in rig.fake.calls)
+
+
+async def _finished(rig: SlackRig, name: str) -> bool:
+    job = await rig.bot.store.find_job(name)
+    return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
