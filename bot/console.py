@@ -18,12 +18,16 @@ from services.errors import BatchAIError
 from services.models import Actor, Conversation
 from services.states import JobState
 
-_SECRET_FLAGS = re.compile(r"(?P<flag>(?:--password|-p|--storage-account-key)(?:\s+|=))(?P<v>\S+)")
+_SECRET = re.compile(
+    r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""
+    r"""(?P<value>"[^"]*"|'[^']*'|["'].*$|\S+)"""
+)
 
 
 def redact(line: str) -> str:
-    """The command as it may be echoed: secret flag values replaced by ****."""
-    return _SECRET_FLAGS.sub(lambda m: m.group("flag") + "****", line)
+    """The command as it may be echoed: values of secret flags replaced by ****, the rest as
+    typed (a `-p` path of list-files is masked too, which costs nothing)."""
+    return _SECRET.sub(lambda m: m.group("flag") + "****", line)
 
 
 class ConsoleTransport:

@@ -48,6 +48,12 @@ async def running(
             from bot import slack  # the Slack SDK is loaded only for a Slack bot
 
             slack_app = slack.build_app(settings, bot.slack)
+            if settings.public_url is None:
+                log.warning(
+                    "PUBLIC_URL is not set: download links point at %s, which only this machine "
+                    "can open; set PUBLIC_URL to an address your team can reach",
+                    bot.web_url,
+                )
             if settings.slack_mode == "http":
                 slack.add_events_route(web_app, slack_app)
             else:

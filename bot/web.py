@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -45,11 +46,10 @@ def create_web_app(
             raise web.HTTPNotFound(text="file not found\n") from None
         if not path.is_file():
             raise web.HTTPNotFound(text="file not found\n")
-        name = loc.path.rsplit("/", 1)[-1].replace('"', "")
         return web.FileResponse(
             path,
             headers={
-                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Disposition": _attachment(loc.path.rsplit("/", 1)[-1]),
                 "Cache-Control": "private, no-store",
             },
         )
@@ -58,3 +58,11 @@ def create_web_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/files/{token}/{name}", files)
     return app
+
+
+def _attachment(name: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name; no quote or newline gets through."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

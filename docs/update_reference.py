@@ -15,6 +15,8 @@ def rendered(text: str) -> str:
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     body = reference_markdown().replace("# `/batchai` command reference", "", 1).strip()
+    # one level down: the reference sits under the README's own "## Command reference"
+    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
     return f"{head}{START}\n{body}\n{END}{tail}"
 
 

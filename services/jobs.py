@@ -100,7 +100,10 @@ class JobService:
         if not NAME_RE.match(request.name):
             raise UserError(f"job name {request.name!r} must be 1-64 letters, digits, - or _")
         if request.config is None:
-            raise UserError("--config is required: a manifest name, inline JSON or a job.json")
+            raise UserError(
+                "--config is required: a manifest name, inline JSON or (console) a job.json path;"
+                " in Slack, leave it out to fill in a form"
+            )
         if await self._store.find_job(request.name) is not None:
             raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)

@@ -132,3 +132,22 @@ async def test_bad_commands_answer_one_line_and_change_nothing(console: Console)
     await console.send("cluster list -o json")
     await console.expect(r"\[\]")
     assert await console.close() == 0
+
+
+@pytest.mark.parametrize(
+    "line,secret",
+    [
+        ("cluster create -n x -s S -p S3cr3t -u me", "S3cr3t"),
+        ("cluster create -n x -s S -pS3cr3t", "S3cr3t"),
+        ("cluster create -n x -s S --password=S3cr3t", "S3cr3t"),
+        ('cluster create -n x -s S -p "two S3cr3t words"', "S3cr3t"),
+        ('cluster create -n x -s S --password "unbalanced S3cr3t', "S3cr3t"),
+        ("cluster create -n x -s S --storage-account-key S3cr3t", "S3cr3t"),
+    ],
+)
+def test_console_echo_never_shows_a_secret(line: str, secret: str) -> None:
+    from bot.console import redact
+
+    echoed = redact(line)
+    assert secret not in echoed and "****" in echoed
+    assert echoed.startswith("cluster create -n x -s S")
