@@ -70,7 +70,7 @@ async def test_link_downloads_the_file(site: Site) -> None:
     url = site.link(FileLocation("data", "out/model.npz"), datetime.now(UTC) + timedelta(hours=1))
     status, body, headers = await get(url)
     assert status == 200 and body == b"PK weights"
-    assert headers["Content-Disposition"] == 'attachment; filename="model.npz"'
+    assert headers["Content-Disposition"].startswith('attachment; filename="model.npz";')
 
 
 async def test_expired_link_is_forbidden(site: Site) -> None:

@@ -119,31 +119,30 @@ async def test_job_create_without_config_opens_the_form(rig: SlackRig) -> None:
     assert modals.BLOCK_NAME in body["errors"] and modals.BLOCK_CLUSTER in body["errors"]
     assert await rig.bot.store.find_job("bad name!") is None
 
-    good = view_submission_payload(
-        modals.CALLBACK_JOB_CREATE,
-        {
-            modals.BLOCK_NAME: {
-                modals.BLOCK_NAME: {"type": "plain_text_input", "value": "viaform"}
-            },
-            modals.BLOCK_CLUSTER: {
-                modals.BLOCK_CLUSTER: {"type": "static_select", "selected_option": {"value": "c1"}}
-            },
-            modals.BLOCK_NODES: {modals.BLOCK_NODES: {"type": "number_input", "value": "1"}},
-            modals.BLOCK_HOURS: {modals.BLOCK_HOURS: {"type": "number_input", "value": "1"}},
-            modals.BLOCK_COMMAND: {
-                modals.BLOCK_COMMAND: {
-                    "type": "plain_text_input",
-                    "value": "echo hello from the form",
-                }
-            },
+    values = {
+        modals.BLOCK_NAME: {modals.BLOCK_NAME: {"type": "plain_text_input", "value": "viaform"}},
+        modals.BLOCK_CLUSTER: {
+            modals.BLOCK_CLUSTER: {"type": "static_select", "selected_option": {"value": "c1"}}
         },
-        user_id=USER,
-        private_metadata=meta,
+        modals.BLOCK_NODES: {modals.BLOCK_NODES: {"type": "number_input", "value": "1"}},
+        modals.BLOCK_HOURS: {modals.BLOCK_HOURS: {"type": "number_input", "value": "1"}},
+        modals.BLOCK_COMMAND: {
+            modals.BLOCK_COMMAND: {
+                "type": "plain_text_input",
+                "value": "echo hello from the form",
+            }
+        },
+    }
+    good = view_submission_payload(
+        modals.CALLBACK_JOB_CREATE, values, user_id=USER, private_metadata=meta, trigger_id="t1"
     )
     status, body = await rig.post(interactive_body(good))
     assert status == 200 and not body  # an empty ack closes the modal
     await rig.until(lambda: _finished(rig, "viaform"), "the form's job to finish")
-    again = await rig.post(interactive_body(good))
+    resubmit = view_submission_payload(
+        modals.CALLBACK_JOB_CREATE, values, user_id=USER, private_metadata=meta, trigger_id="t2"
+    )
+    again = await rig.post(interactive_body(resubmit))
     assert again[1]["response_action"] == "errors"  # the name is taken now
     assert "already exists" in json.dumps(again[1]["errors"])
 

@@ -1,0 +1,348 @@
+"""Slash-command ack latency: the real bot in HTTP mode vs a bare Bolt app that only acks.
+
+Three kinds of process, so that no target shares an event loop with the load or with Slack:
+
+- the fake Slack Web API (rate limits off) that takes the bot's response_url answers;
+- one process per target: (a) the bot, `bot.lifecycle.running(settings)` in HTTP mode with its
+  periodic work on, (b) a bare `AsyncApp` whose `/batchai` listener only acks, served by its own
+  aiohttp app through `slack_bolt.adapter.aiohttp`;
+- this process: the load generator (aiohttp client), real signed HTTP POSTs to `/slack/events`.
+
+Latency = from sending the request to having read the whole HTTP response (the ack). Each target
+gets a warm-up, then `--requests` requests at `--concurrency` in flight; the bot gets a mix of
+fast commands (`cluster list -o table`, `help`) and a slower one (`cluster show -n c1`).
+
+    .venv/bin/python bench/slack_ack_bench.py --requests 200 --concurrency 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+
+from tests.fakes.slack import (  # noqa: E402
+    BOT_TOKEN,
+    FakeSlack,
+    form_body,
+    signed_headers,
+    slash_command_form,
+)
+
+SECRET = "bench-signing-secret"
+CHANNEL = "C0BENCH"
+USER = "U0BENCH"
+WARMUP = 10
+COMMANDS = ("cluster list -o table", "help", "cluster show -n c1")
+CLUSTER = "cluster create -n c1 -s STANDARD_NC6 -t 2 --afs-name data --afs-mount-path afs"
+
+
+# --------------------------------------------------------------------------------------------
+# child processes: they serve, and answer the parent's questions over a pipe
+# --------------------------------------------------------------------------------------------
+
+
+async def _serve_pipe(conn: Connection, answers: dict[str, Any]) -> None:
+    """Answer "name" requests from the parent until it says "stop"."""
+    loop = asyncio.get_running_loop()
+    while True:
+        request = await loop.run_in_executor(None, conn.recv)
+        if request == "stop":
+            return
+        value = answers.get(request)
+        conn.send(value() if callable(value) else value)
+
+
+def fake_main(conn: Connection, urls: int) -> None:
+    asyncio.run(_fake(conn, urls))
+
+
+async def _fake(conn: Connection, urls: int) -> None:
+    async with FakeSlack(rate_limits=False, trigger_ttl=None) as fake:
+        minted = [fake.response_url() for _ in range(urls)]
+        conn.send((fake.base_url, minted))
+        await _serve_pipe(
+            conn,
+            {
+                "responses": lambda: len(fake.responses),
+                "stats": lambda: {
+                    "responses": len(fake.responses),
+                    "bad_responses": sum(1 for r in fake.responses if r.status != 200),
+                    "calls": dict(Counter(c.method for c in fake.calls)),
+                },
+            },
+        )
+
+
+def target_main(conn: Connection, kind: str, slack_api: str) -> None:
+    for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
+        os.environ.pop(name, None)
+    asyncio.run(_bot(conn, slack_api) if kind == "bot" else _bare(conn, slack_api))
+
+
+async def _bot(conn: Connection, slack_api: str) -> None:
+    from bot.config import Settings
+    from bot.lifecycle import running
+
+    with tempfile.TemporaryDirectory(prefix="ackbench-") as tmp:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            slack_bot_token=BOT_TOKEN,
+            slack_signing_secret=SECRET,
+            slack_mode="http",
+            slack_api_url=slack_api,
+            batchai_data_dir=Path(tmp) / "data",
+            port=0,
+            link_secret="bench-link-secret",
+            poll_seconds=1.0,
+            log_level="WARNING",
+        )
+        async with running(settings) as bot:
+            bot.share.create_share("data")
+
+            async def cluster_ready() -> bool:
+                return await bot.store.get_cluster("c1") is not None
+
+            conn.send(f"{bot.web_url}/slack/events")
+            loop = asyncio.get_running_loop()
+            # The parent creates c1 through Slack; "ready" waits for the cluster to exist.
+            while True:
+                request = await loop.run_in_executor(None, conn.recv)
+                if request == "ready":
+                    deadline = time.monotonic() + 60
+                    while not await cluster_ready() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    conn.send(await cluster_ready())
+                elif request == "cpu":
+                    conn.send(time.process_time())
+                elif request == "stop":
+                    return
+
+
+async def _bare(conn: Connection, slack_api: str) -> None:
+    from aiohttp import web
+    from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+    from slack_bolt.async_app import AsyncApp
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    app = AsyncApp(
+        client=AsyncWebClient(token=BOT_TOKEN, base_url=slack_api), signing_secret=SECRET
+    )
+
+    @app.command("/batchai")
+    async def h(ack: Any) -> None:
+        await ack()
+
+    async def events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+
+    web_app = web.Application()
+    web_app.router.add_post("/slack/events", events)
+    runner = web.AppRunner(web_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    conn.send(f"http://127.0.0.1:{port}/slack/events")
+    try:
+        await _serve_pipe(conn, {"ready": True, "cpu": time.process_time})
+    finally:
+        await runner.cleanup()
+
+
+# --------------------------------------------------------------------------------------------
+# the load generator
+# --------------------------------------------------------------------------------------------
+
+
+class Load:
+    def __init__(self, http: aiohttp.ClientSession, urls: list[str]) -> None:
+        self.http = http
+        self._urls = iter(urls)
+        self._triggers = 0
+
+    def body(self, text: str) -> bytes:
+        self._triggers += 1
+        form = slash_command_form(
+            text,
+            user_id=USER,
+            channel_id=CHANNEL,
+            response_url=next(self._urls),
+            trigger_id=f"{self._triggers}.bench.trigger",
+        )
+        return form_body(form)
+
+    async def one(self, url: str, text: str) -> tuple[str, float, int | str]:
+        body = self.body(text)
+        headers = signed_headers(body, SECRET)
+        t0 = time.perf_counter()
+        try:
+            async with self.http.post(url, data=body, headers=headers) as response:
+                await response.read()
+                status: int | str = response.status
+        except (aiohttp.ClientError, TimeoutError) as err:
+            status = type(err).__name__
+        return text, time.perf_counter() - t0, status
+
+    async def run(
+        self, url: str, texts: list[str], concurrency: int
+    ) -> tuple[list[tuple[str, float, int | str]], float]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def limited(text: str) -> tuple[str, float, int | str]:
+            async with gate:
+                return await self.one(url, text)
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(limited(t) for t in texts))
+        return results, time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.2f} ms"
+
+
+def summary(
+    name: str, results: list[tuple[str, float, int | str]], wall: float, cpu: float, client: float
+) -> dict[str, float]:
+    lat = [r[1] for r in results]
+    errors = [r for r in results if r[2] != 200]
+    p50, p99 = pct(lat, 50), pct(lat, 99)
+    print(
+        f"{name:<10} n={len(results):<4} p50 {ms(p50)}  p99 {ms(p99)}  max {ms(max(lat))}"
+        f"  {len(results) / wall:7.1f} req/s  errors {len(errors)}"
+        f"  target CPU {cpu * 1000 / len(results):.2f} ms/req"
+        f"  (load generator CPU {100 * client / wall:.0f}%)"
+    )
+    if errors:
+        print(f"           non-200: {dict(Counter(str(r[2]) for r in errors))}")
+    return {"p50": p50, "p99": p99, "errors": len(errors)}
+
+
+async def bench(args: argparse.Namespace) -> None:
+    ctx = mp.get_context("spawn")
+    needed = 2 * (args.requests + WARMUP) + 10
+    fake_conn, fake_child = ctx.Pipe()
+    fake = ctx.Process(target=fake_main, args=(fake_child, needed), daemon=True)
+    fake.start()
+    loop = asyncio.get_running_loop()
+    slack_api, urls = await loop.run_in_executor(None, fake_conn.recv)
+    targets: dict[str, tuple[Any, Connection, str]] = {}
+    try:
+        for kind in ("bot", "bare"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=target_main, args=(child, kind, slack_api), daemon=True)
+            proc.start()
+            url = await loop.run_in_executor(None, parent.recv)
+            targets[kind] = (proc, parent, url)
+
+        async def ask(conn: Connection, what: str) -> Any:
+            conn.send(what)
+            return await loop.run_in_executor(None, conn.recv)
+
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            load = Load(http, urls)
+            bot_url, bare_url = targets["bot"][2], targets["bare"][2]
+            _, _, status = await load.one(bot_url, CLUSTER)
+            if status != 200 or not await ask(targets["bot"][1], "ready"):
+                raise SystemExit(f"could not create cluster c1 in the bot (ack {status})")
+            sent_to_bot = 1
+
+            async def settle() -> None:
+                """Wait until the bot's answers to everything sent so far reached the fake."""
+                deadline = time.monotonic() + 30
+                while await ask(fake_conn, "responses") < sent_to_bot:
+                    if time.monotonic() > deadline:
+                        print("warning: the bot still owes response_url answers")
+                        return
+                    await asyncio.sleep(0.05)
+
+            mix = [COMMANDS[i % len(COMMANDS)] for i in range(args.requests)]
+            warm = [COMMANDS[i % len(COMMANDS)] for i in range(WARMUP)]
+            await load.run(bot_url, warm, min(WARMUP, args.concurrency))
+            await load.run(bare_url, ["help"] * WARMUP, min(WARMUP, args.concurrency))
+            sent_to_bot += WARMUP
+            await settle()
+
+            print(
+                f"slash-command ack latency: {args.requests} signed POSTs to /slack/events,"
+                f" {args.concurrency} in flight, after {WARMUP} warm-up requests per target"
+            )
+            figures: dict[str, dict[str, float]] = {}
+            for kind, texts in (("bot", mix), ("bare Bolt", ["help"] * args.requests)):
+                proc, conn, url = targets["bot" if kind == "bot" else "bare"]
+                cpu0 = await ask(conn, "cpu")
+                client0 = time.process_time()
+                results, wall = await load.run(url, texts, args.concurrency)
+                client = time.process_time() - client0
+                if kind == "bot":
+                    sent_to_bot += len(texts)
+                    await settle()  # the work after the ack is the bot's cost too
+                cpu = await ask(conn, "cpu") - cpu0
+                figures[kind] = summary(kind, results, wall, cpu, client)
+                if kind == "bot":
+                    by_text: dict[str, list[float]] = defaultdict(list)
+                    for text, lat, _ in results:
+                        by_text[text].append(lat)
+                    for text, lats in by_text.items():
+                        print(
+                            f"  {text:<24} n={len(lats):<4} p50 {ms(pct(lats, 50))}"
+                            f"  p99 {ms(pct(lats, 99))}"
+                        )
+            bot, bare = figures["bot"], figures["bare Bolt"]
+            print(
+                f"ratio bot/bare: p50 x{bot['p50'] / bare['p50']:.2f}"
+                f"  p99 x{bot['p99'] / bare['p99']:.2f}"
+            )
+            print(f"errors (non-200): bot {int(bot['errors'])}, bare Bolt {int(bare['errors'])}")
+            stats = await ask(fake_conn, "stats")
+            print(
+                f"fake Slack: {stats['responses']} response_url answers"
+                f" ({stats['bad_responses']} refused), Web API calls {stats['calls']}"
+            )
+    finally:
+        for proc, conn, _ in targets.values():
+            with contextlib.suppress(OSError):
+                conn.send("stop")
+            proc.join(15)
+            if proc.is_alive():
+                proc.terminate()
+        with contextlib.suppress(OSError):
+            fake_conn.send("stop")
+        fake.join(10)
+        if fake.is_alive():
+            fake.terminate()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
