@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 from bot.config import Settings
 from bot.outbox import SlackOutbox
+from bot.slack import UserGroups, web_client
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
 from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessPolicy
+from services.approvals import ApprovalPolicy, ApprovalService
+from services.audit import AuditLog
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
@@ -29,6 +32,7 @@ from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
 from services.runner import JobRunner
 from services.scheduling import Scheduler
+from services.spend import PriceBook, SpendService
 from services.store import SqlStore
 
 
@@ -43,6 +47,9 @@ class Bot:
     share: LocalShare
     signer: LinkSigner
     transport: Transport
+    prices: PriceBook
+    spend: SpendService
+    approvals: ApprovalService
     clusters: ClusterService
     jobs: JobService
     runner: JobRunner
@@ -76,9 +83,22 @@ def link_secret(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def price_table(settings: Settings) -> PriceTable | None:
-    path = settings.manifest_dir / "prices.json"
-    return load_price_table(path) if path.is_file() else None
+def price_table(settings: Settings) -> PriceTable:
+    return load_price_table(settings.manifest_dir / "prices.json")
+
+
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    """From APPROVALS_FILE; without one the team runs open (nothing needs approval)."""
+    if settings.approvals_file is None:
+        return ApprovalPolicy()
+    path = settings.approvals_file
+    try:
+        policy = ApprovalPolicy.from_json(path.read_text(), source=str(path))
+    except OSError as err:
+        raise SystemExit(f"APPROVALS_FILE {path}: {err.strerror}") from None
+    if settings.approvals_channel:
+        policy = replace(policy, approvals_channel=settings.approvals_channel)
+    return policy
 
 
 def build(
@@ -94,8 +114,6 @@ def build(
     data.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.db_url)
     if transport is None:
-        from bot.slack import web_client  # only a Slack bot needs the Slack SDK's client
-
         transport = SlackOutbox(
             web_client(settings, for_listeners=False),
             store,
@@ -107,7 +125,17 @@ def build(
     share = LocalShare(data, signer)
     backend = LocalBackend(data, python=sys.executable)
     configs = ConfigLoader(settings.manifest_dir)
-    prices = price_table(settings)
+    prices = PriceBook(price_table(settings))
+    policy = approval_policy(settings)
+    spend = SpendService(
+        store=store, prices=prices, clock=clock, default_budgets=dict(policy.budgets)
+    )
+    members_of = None
+    if isinstance(transport, SlackOutbox):
+        members_of = UserGroups(web_client(settings, for_listeners=True)).members
+    approvals = ApprovalService(
+        store=store, policy=policy, clock=clock, spend=spend, members_of=members_of
+    )
     clusters = ClusterService(
         store=store,
         backend=backend,
@@ -115,6 +143,7 @@ def build(
         configs=configs,
         resource_group=settings.resource_group,
         workspace=settings.workspace,
+        prices=prices,
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
@@ -127,15 +156,46 @@ def build(
         experiment=settings.experiment,
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
         link_ttl=ttl,
-        prices=prices,
+        spend=spend,
+        approvals=approvals,
     )
-    runner = JobRunner(store=store, backend=backend, share=share, clusters=clusters, clock=clock)
-    presenter = Presenter(transport, default_channel=settings.console_channel, clock=clock.now)
+    runner = JobRunner(
+        store=store,
+        backend=backend,
+        share=share,
+        clusters=clusters,
+        clock=clock,
+        spend=spend,
+        approvals=approvals,
+    )
+    presenter = Presenter(
+        transport,
+        default_channel=settings.console_channel,
+        clock=clock.now,
+        approvals_channel=policy.approvals_channel,
+        approvers=approvals.approvers_text(),
+        extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
+    )
     relay = EventRelay(store=store, share=share, notifier=presenter, clock=clock, link_ttl=ttl)
-    commands = CommandHandler(Services(clusters=clusters, jobs=jobs, now=clock.now))
+    commands = CommandHandler(
+        Services(
+            clusters=clusters,
+            jobs=jobs,
+            now=clock.now,
+            approvals=approvals,
+            spend=spend,
+            audit=AuditLog(store),
+        )
+    )
     actions = ActionHandler(jobs, clock.now)
     dashboard = Dashboard(
-        clusters=clusters, jobs=jobs, configs=configs, prices=prices, now=clock.now
+        clusters=clusters,
+        jobs=jobs,
+        configs=configs,
+        prices=prices,
+        now=clock.now,
+        approvals=approvals,
+        spend=spend,
     )
     slack = SlackHandlers(
         commands=commands,
@@ -160,6 +220,9 @@ def build(
         share=share,
         signer=signer,
         transport=transport,
+        prices=prices,
+        spend=spend,
+        approvals=approvals,
         clusters=clusters,
         jobs=jobs,
         runner=runner,

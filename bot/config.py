@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
     admin_users: Annotated[frozenset[str], NoDecode] = frozenset()
 
+    # GPU spend: the approval policy file (none: nobody needs approval) and where requests go
+    approvals_file: Path | None = None
+    approvals_channel: str | None = None
+    price_region: str = "eastus"
+    price_refresh_hours: float = Field(24.0, ge=0)  # 0: never ask the Azure Retail Prices API
+
     # Where things live
     batchai_backend: Literal["local"] = "local"
     batchai_data_dir: Path = Path(".batchai")

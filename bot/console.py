@@ -65,6 +65,9 @@ class ConsoleTransport:
             self.show(message, header=f"#{channel} › {title}{also}", indent="  ")
         return message_id
 
+    async def lookup(self, key: str) -> str | None:
+        return self._sent.get(key)
+
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         self.show(message, header=f"#{channel} (status card updated)")
 

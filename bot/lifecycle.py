@@ -7,13 +7,16 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import aiohttp
 from aiohttp import web
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
 from bot.web import create_web_app
 from handlers.presenter import Transport
+from services.errors import BatchAIError
 from services.ports import Clock
+from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,42 @@ async def running(
         if socket_mode is not None:
             await socket_mode.start()
             stack.push_async_callback(socket_mode.close)
+        bot.prices.table = await load_refreshed(bot.prices.table, bot.store)
+        if periodic and settings.price_refresh_hours > 0:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            refresher = PriceRefresher(bot, RetailPrices(session), settings.price_region)
+            bot.scheduler.every(
+                "prices", settings.price_refresh_hours * 3600, refresher.run, now=True
+            )
         if periodic:
             bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
             bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.drain)
             bot.scheduler.start()
             stack.callback(bot.scheduler.shutdown)
         yield bot
+
+
+class PriceRefresher:
+    """Asks the Azure Retail Prices API for today's prices; the bundled table stays the floor."""
+
+    def __init__(self, bot: Bot, client: RetailPrices, region: str) -> None:
+        self._bot, self._client, self._region = bot, client, region
+        self._bundled = bot.prices.table
+
+    async def run(self) -> None:
+        try:
+            result = await refresh_prices(
+                client=self._client,
+                store=self._bot.store,
+                table=self._bundled,
+                region=self._region,
+                now=self._bot.clock.now(),
+            )
+        except BatchAIError as err:  # offline, throttled: the prices we have stay in force
+            log.warning("price refresh failed; keeping the current prices: %s", err)
+            return
+        self._bot.prices.table = await load_refreshed(self._bundled, self._bot.store)
+        log.info("prices refreshed: %d rows in %d pages", result.rows, result.pages)
 
 
 def _bind(settings: Settings) -> socket.socket:

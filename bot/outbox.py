@@ -142,6 +142,9 @@ class SlackOutbox:
             if not taken:  # cancelled while waiting: let the next edit queue afresh
                 self._pending_edits.pop(key, None)
 
+    async def lookup(self, key: str) -> str | None:
+        return await self._store.get_delivery([key])
+
     async def upload(
         self,
         channel: str,

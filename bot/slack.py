@@ -125,3 +125,27 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
             bolt_request.body = fields
             bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
     return bolt_request
+
+
+class UserGroups:
+    """Members of Slack user groups (approver groups), cached for 5 minutes: usergroups.users.list
+    is a Tier 2 method (about 20 calls a minute)."""
+
+    TTL = 300.0
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def members(self, group: str) -> frozenset[str]:
+        cached = self._cache.get(group)
+        if cached is not None and time.monotonic() - cached[0] < self.TTL:
+            return cached[1]
+        try:
+            response = await self._client.usergroups_users_list(usergroup=group)
+            users = frozenset(response.get("users") or ())
+        except Exception as err:  # an unreachable Slack must not approve anyone
+            log.warning("could not read members of user group %s: %s", group, err)
+            return cached[1] if cached else frozenset()
+        self._cache[group] = (time.monotonic(), users)
+        return users

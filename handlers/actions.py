@@ -1,4 +1,6 @@
-"""Button listeners: Logs, Terminate, Refresh. Parse the payload, call one service, render."""
+"""Button handlers: Logs, Terminate, Refresh, Approve, Deny, Extend, Stop now.
+
+Parse the payload, call one service, render; the same for Slack and the console."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from datetime import datetime
 
 from handlers import views
 from handlers.commands import Reply
+from services.approvals import ApprovalService
 from services.errors import BatchAIError
 from services.jobs import JobService
 from services.logs import split_lines
@@ -16,12 +19,24 @@ LOG_TAIL_BYTES = 16 * 1024
 
 
 class ActionHandler:
-    def __init__(self, jobs: JobService, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        now: Callable[[], datetime],
+        approvals: ApprovalService | None = None,
+    ) -> None:
         self._jobs = jobs
         self._now = now
+        self._approvals = approvals
 
-    async def handle(self, action_id: str, value: str, *, actor: Actor) -> Reply:
+    async def handle(
+        self, action_id: str, value: str, *, actor: Actor, reason: str | None = None
+    ) -> Reply:
         try:
+            if action_id in (views.ACTION_APPROVE, views.ACTION_DENY, views.ACTION_EXTEND):
+                return await self._spend_action(action_id, value, actor, reason)
+            if action_id == views.ACTION_STOP:
+                action_id = views.ACTION_TERMINATE
             if action_id == views.ACTION_LOGS:
                 return await self._logs(value)
             if action_id == views.ACTION_TERMINATE:
@@ -35,8 +50,21 @@ class ActionHandler:
                 job = await self._jobs.get_job_by_id(value)
                 return Reply(views.status_card(job, now=self._now()))
         except BatchAIError as err:
-            return Reply(views.error(str(err)))
-        return Reply(views.error(f"unknown action {action_id!r}"))
+            return Reply(views.error(str(err)), failed=True)
+        return Reply(views.error(f"unknown action {action_id!r}"), failed=True)
+
+    async def _spend_action(
+        self, action_id: str, value: str, actor: Actor, reason: str | None
+    ) -> Reply:
+        if self._approvals is None:
+            return Reply(views.error("approvals are not configured"), failed=True)
+        if action_id == views.ACTION_EXTEND:
+            return Reply(views.info(await self._approvals.extend_job(value, actor=actor)))
+        if action_id == views.ACTION_APPROVE:
+            outcome = await self._approvals.approve(value, actor=actor)
+        else:
+            outcome = await self._approvals.deny(value, actor=actor, reason=reason or "")
+        return Reply(views.info(outcome.message), failed=not outcome.applied)
 
     async def _logs(self, job_id: str) -> Reply:
         """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),

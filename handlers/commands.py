@@ -15,10 +15,14 @@ from handlers import grammar, views
 from handlers.commandspec import COMMANDS
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
+from services.approvals import ApprovalService
+from services.audit import AuditLog
 from services.clusters import ClusterRequest, ClusterService
 from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
+from services.pricing import format_usd
+from services.spend import SpendService
 
 TAIL_BYTES = 16 * 1024
 
@@ -34,6 +38,7 @@ class Reply:
     message: Message
     public: bool = False
     stream: AsyncIterator[str] | None = None
+    failed: bool = False  # the request was refused or wrong; nothing changed
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class Services:
     clusters: ClusterService
     jobs: JobService
     now: Callable[[], datetime]
+    approvals: ApprovalService | None = None
+    spend: SpendService | None = None
+    audit: AuditLog | None = None
 
 
 class CommandHandler:
@@ -59,23 +67,23 @@ class CommandHandler:
         try:
             return grammar.parse(text, source=source)
         except UserError as err:
-            return Reply(views.error(str(err), err.usage))
+            return Reply(views.error(str(err), err.usage), failed=True)
 
     async def run(self, command: Command, *, actor: Actor, source: Source) -> Reply:
         try:
             reply = await self._dispatch(command, actor, source)
         except UserError as err:
-            return Reply(views.error(str(err), err.usage or _usage_of(command)))
+            return Reply(views.error(str(err), err.usage or _usage_of(command)), failed=True)
         except (NotFound, Conflict, NotAllowed) as err:
-            return Reply(views.error(str(err)))
+            return Reply(views.error(str(err)), failed=True)
         except BatchAIError as err:
             ref = uuid.uuid4().hex[:8]
             log.warning("command failed [%s]: %s", ref, err)
-            return Reply(views.error(f"{err} (ref {ref})"))
+            return Reply(views.error(f"{err} (ref {ref})"), failed=True)
         except Exception:
             ref = uuid.uuid4().hex[:8]
             log.exception("command crashed [%s]", ref)
-            return Reply(views.error(f"something went wrong on our side (ref {ref})"))
+            return Reply(views.error(f"something went wrong on our side (ref {ref})"), failed=True)
         if command.warnings:
             notes = [views.context(f":warning: {w}") for w in command.warnings]
             reply = Reply(
@@ -120,7 +128,8 @@ class CommandHandler:
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
         # A public reply shows the typed command to the channel: never when it held a secret.
         secret_typed = c.password is not None or c.storage_account_key is not None
-        return Reply(views.cluster_created(cluster), public=not secret_typed)
+        price = self._s.clusters.price_of(cluster)
+        return Reply(views.cluster_created(cluster, price), public=not secret_typed)
 
     async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
@@ -170,8 +179,7 @@ class CommandHandler:
             experiment=c.experiment,
         )
         job = await self._s.jobs.create_job(request, actor=actor)
-        text = f"job *{job.name}* submitted to `{job.cluster}`; its status card follows"
-        return Reply(views.info(text))
+        return Reply(views.job_submitted(job))
 
     async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         jobs = await self._s.jobs.list_jobs(cluster=c.cluster)
@@ -238,8 +246,66 @@ class CommandHandler:
         mine = [n for n in nodes if n.index in job.nodes]
         return Reply(views.node_table(mine, output=c.output))
 
+    # -- spend ----------------------------------------------------------------------------------
+
+    def _money(self) -> tuple[ApprovalService, SpendService]:
+        if self._s.approvals is None or self._s.spend is None:
+            raise UserError("spend tracking is not set up in this bot")
+        return self._s.approvals, self._s.spend
+
+    async def _budget_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+        _, spend = self._money()
+        channel = c.channel or _channel(actor)
+        return Reply(
+            views.budget_view(
+                channel, await spend.budget(channel), await spend.month_spend(channel)
+            )
+        )
+
+    async def _budget_set(self, c: Any, actor: Actor, source: Source) -> Reply:
+        _, spend = self._money()
+        channel = c.channel or _channel(actor)
+        amount = await spend.set_budget(channel, c.amount, actor=actor)
+        text = f"<@{actor.user}> set the monthly budget of <#{channel}> to {format_usd(amount)}"
+        return Reply(views.info(text), public=True)
+
+    async def _approvals_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+        approvals, _ = self._money()
+        found = await approvals.list_approvals(include_decided=c.all)
+        return Reply(views.approvals_table(found, output=c.output))
+
+    async def _approvals_approve(self, c: Any, actor: Actor, source: Source) -> Reply:
+        approvals, _ = self._money()
+        outcome = await approvals.approve(c.id, actor=actor)
+        return Reply(views.info(outcome.message), failed=not outcome.applied)
+
+    async def _approvals_deny(self, c: Any, actor: Actor, source: Source) -> Reply:
+        approvals, _ = self._money()
+        outcome = await approvals.deny(c.id, actor=actor, reason=c.reason)
+        return Reply(views.info(outcome.message), failed=not outcome.applied)
+
+    async def _spend(self, c: Any, actor: Actor, source: Source) -> Reply:
+        _, spend = self._money()
+        rows = await spend.report(by=c.by, month=c.month)
+        month = c.month or f"{self._s.now():%Y-%m}"
+        return Reply(views.spend_table(rows, by=c.by, month=month, output=c.output))
+
+    async def _audit(self, c: Any, actor: Actor, source: Source) -> Reply:
+        if self._s.audit is None:
+            raise UserError("the audit log is not set up in this bot")
+        job_id = (await self._s.jobs.get_job(c.job)).id if c.job else None
+        entries = await self._s.audit.list_entries(actor=actor, job_id=job_id, limit=c.limit)
+        return Reply(views.audit_table(entries, output=c.output))
+
 
 _HANDLERS: dict[str, Callable[..., Any]] = {
+    "BudgetShow": CommandHandler._budget_show,
+    "BudgetSet": CommandHandler._budget_set,
+    "ApprovalsList": CommandHandler._approvals_list,
+    "ApprovalsApprove": CommandHandler._approvals_approve,
+    "ApprovalsDeny": CommandHandler._approvals_deny,
+    "Spend": CommandHandler._spend,
+    "Audit": CommandHandler._audit,
     "Help": CommandHandler._help,
     "ClusterCreate": CommandHandler._cluster_create,
     "ClusterList": CommandHandler._cluster_list,
@@ -283,6 +349,12 @@ def _refuse_unsupported(c: Any, flags: dict[str, str]) -> None:
     for field, flag in flags.items():
         if getattr(c, field, None) is not None:
             raise UserError(f"{flag} is not supported by this bot yet")
+
+
+def _channel(actor: Actor) -> str:
+    if actor.conversation is None:
+        raise UserError("name the channel with --channel")
+    return actor.conversation.channel
 
 
 def _config(ref: ConfigRef | None) -> ConfigSource | None:

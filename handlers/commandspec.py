@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -172,6 +174,45 @@ class JobNodeList(JobCommand):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BudgetShow(Command):
+    channel: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetSet(Command):
+    amount: Decimal  # USD per month, two decimal places
+    channel: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalsList(Command):
+    all: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalsApprove(Command):
+    id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalsDeny(Command):
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spend(Command):
+    by: Literal["user", "channel", "cluster"] = "user"
+    month: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Audit(Command):
+    job: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, kw_only=True)
 class Help(Command):
     topic: tuple[str, ...] = ()
 
@@ -200,6 +241,8 @@ class Kind:
     secret: bool = False
     # Values of these flags may be a JSON object that the lexer cuts from the raw text.
     json_value: bool = False
+    # Values are sentences: a stray word after one is most likely the rest of it, unquoted.
+    prose: bool = False
 
 
 def _pattern(metavar: str, regex: str, rule: str, *, hint: str = "") -> Kind:
@@ -288,6 +331,57 @@ def _text(max_len: int) -> Convert:
         return raw
 
     return convert
+
+
+def _prose(max_len: int) -> Convert:
+    def convert(raw: str, label: str, source: Source) -> str:
+        text = raw.strip()
+        if not text:
+            raise UserError(f"{label} needs some text")
+        if len(text) > max_len:
+            raise UserError(f"{label} is longer than {max_len} characters")
+        # Newlines and tabs are text; other control characters and lone surrogates are not.
+        if any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t" for c in text):
+            raise UserError(f"{label} contains a control character: type plain text")
+        return text
+
+    return convert
+
+
+_CENT = Decimal("0.01")
+_MAX_USD = Decimal("10000000")
+# Plain digits, or digits grouped by commas in threes; then at most two decimals.
+_USD = re.compile(r"\$?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,12})(?:\.[0-9]{1,2})?", re.ASCII)
+
+
+def _usd(raw: str, label: str, source: Source) -> Decimal:
+    negative = raw.startswith("-") and _USD.fullmatch(raw[1:]) is not None
+    if not negative and _USD.fullmatch(raw) is None:
+        raise UserError(
+            f"{label} {show(raw)} is not an amount in USD: use e.g. 2500, 2500.50 or $2,500.00 "
+            "(at most 2 decimals)"
+        )
+    amount = Decimal(raw.lstrip("-$").replace(",", "")).quantize(_CENT)
+    if negative or not 0 < amount <= _MAX_USD:
+        raise UserError(f"{label} must be more than $0 and at most $10,000,000, not {show(raw)}")
+    return amount
+
+
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,20}", re.ASCII)
+_CHANNEL_NAME = re.compile(r"#[a-z0-9_-]{1,80}", re.ASCII)
+# How Slack sends a channel picked from its autocomplete: <#C0123ABCD|name> (the name may be empty).
+_CHANNEL_MENTION = re.compile(r"<#([^|>]*)(?:\|[^>]*)?>")
+
+
+def _channel(raw: str, label: str, source: Source) -> str:
+    if mention := _CHANNEL_MENTION.fullmatch(raw):
+        if _CHANNEL_ID.fullmatch(mention.group(1)):
+            return mention.group(1)
+    elif _CHANNEL_ID.fullmatch(raw) or _CHANNEL_NAME.fullmatch(raw):
+        return raw
+    raise UserError(
+        f"{label} {show(raw)} is not a channel: use its id (C0123ABCD), #name or a #channel mention"
+    )
 
 
 def _log_dir(raw: str, label: str, source: Source) -> str:
@@ -383,6 +477,11 @@ JOB_CONFIG = _config("jobs")
 CLUSTER_CONFIG = _config("clusters")
 # The era-dependent job create -c: kept raw until all flags are known (see _resolve_dash_c).
 CLUSTER_OR_CONFIG = Kind("CONFIG|CLUSTER", lambda raw, label, source: raw, json_value=True)
+USD = Kind("USD", _usd, hint="$0.01-$10,000,000")
+CHANNEL = Kind("CHANNEL", _channel)
+APPROVAL_ID = _pattern("ID", r"[0-9a-f]{8,32}", "use the 8-32 lowercase hex characters of its id")
+REASON = Kind("TEXT", _prose(500), hint="1-500 characters", prose=True)
+MONTH = _pattern("YYYY-MM", r"[0-9]{4}-(?:0[1-9]|1[0-2])", "use a month as YYYY-MM, e.g. 2026-05")
 
 
 # --------------------------------------------------------------------------- flags and commands
@@ -430,6 +529,8 @@ class CommandSpec:
     examples: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
+    # The overview section it is listed under: its first word unless the table says otherwise.
+    section: str = ""
 
     def lookup(self, name: str) -> Flag | None:
         for flag in self.flags:
@@ -575,6 +676,7 @@ def _spec(
     examples: tuple[str, ...] = (),
     notes: tuple[str, ...] = (),
     checks: tuple[Check, ...] = (),
+    section: str | None = None,
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
@@ -588,6 +690,7 @@ def _spec(
         examples=examples,
         notes=notes,
         checks=checks,
+        section=section or words[0],
     )
 
 
@@ -603,6 +706,8 @@ _OUTPUT_DIR = _f(
 )
 _PATH = _f("-p --path", "path", RELATIVE_PATH, "folder inside the output directory")
 _EXPIRY = _f("--expiry", "expiry_minutes", _int(5, 600, "MINUTES"), "download links last this long")
+_CHANNEL = _f("--channel", "channel", CHANNEL, "id, #name or mention (default: this channel)")
+_APPROVAL_ID = _f("--id", "id", APPROVAL_ID, "approval id, as approvals list shows it")
 
 COMMANDS: tuple[CommandSpec, ...] = (
     _spec(
@@ -872,6 +977,76 @@ COMMANDS: tuple[CommandSpec, ...] = (
         (_f("-n --name", "job", NAME, "job name"),),
         legacy_of="job node list",
         examples=("/batchai job list-nodes -n myjob",),
+    ),
+    _spec(
+        "budget show",
+        BudgetShow,
+        "Show a channel's monthly GPU budget and what it has spent this month",
+        (_CHANNEL,),
+        section="spend",
+        examples=("/batchai budget show", "/batchai budget show --channel #ml-team -o json"),
+    ),
+    _spec(
+        "budget set",
+        BudgetSet,
+        "Set a channel's monthly GPU budget in USD",
+        (_f("--amount", "amount", USD, "monthly budget, e.g. 2500 or $2,500.00"), _CHANNEL),
+        section="spend",
+        examples=(
+            "/batchai budget set --amount 2500",
+            "/batchai budget set --amount $2,500.00 --channel #ml-team",
+        ),
+        notes=(
+            "USD is a positive amount of US dollars with at most 2 decimals; a leading $ and "
+            "commas between thousands are allowed.",
+        ),
+    ),
+    _spec(
+        "approvals list",
+        ApprovalsList,
+        "List GPU spend requests waiting for approval",
+        (_f("--all", "all", FLAG, "include approved, denied and expired requests"),),
+        section="spend",
+        examples=("/batchai approvals list -o table", "/batchai approvals list --all"),
+    ),
+    _spec(
+        "approvals approve",
+        ApprovalsApprove,
+        "Approve a pending GPU spend request",
+        (_APPROVAL_ID,),
+        section="spend",
+        examples=("/batchai approvals approve --id 3f9c2a7e",),
+    ),
+    _spec(
+        "approvals deny",
+        ApprovalsDeny,
+        "Deny a pending GPU spend request, with a reason for the requester",
+        (_APPROVAL_ID, _f("--reason", "reason", REASON, "why, shown to the requester")),
+        section="spend",
+        examples=('/batchai approvals deny --id 3f9c2a7e --reason "use 1 node for a smoke test"',),
+        notes=("Quote a reason that has spaces in it.",),
+    ),
+    _spec(
+        "spend",
+        Spend,
+        "Show a month's GPU spend by user, channel or cluster",
+        (
+            _f("--by", "by", _choice("user", "channel", "cluster"), "what to total the spend by"),
+            _f("--month", "month", MONTH, "month to show (default: this month)"),
+        ),
+        section="spend",
+        examples=("/batchai spend -o table", "/batchai spend --by cluster --month 2026-05"),
+    ),
+    _spec(
+        "audit",
+        Audit,
+        "Show the audit log, newest first: who did what, and what was refused",
+        (
+            _f("--job", "job", NAME, "only entries about this job"),
+            _f("--limit", "limit", _int(1, 500), "how many entries to show"),
+        ),
+        section="spend",
+        examples=("/batchai audit -o table", "/batchai audit --job mnist --limit 100"),
     ),
 )
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from handlers import home, modals
+from services.approvals import ApprovalService
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
 from services.jobs import JobService
-from services.pricing import PriceTable
+from services.spend import PriceBook, SpendService
 from services.states import JobState
 
-LIVE = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
+LIVE = (
+    JobState.PENDING_APPROVAL,
+    JobState.QUEUED,
+    JobState.PREPARING,
+    JobState.RUNNING,
+    JobState.TERMINATING,
+)
 
 
 class Dashboard:
@@ -24,9 +30,13 @@ class Dashboard:
         clusters: ClusterService,
         jobs: JobService,
         configs: ConfigLoader,
-        prices: PriceTable | None,
+        prices: PriceBook,
         now: Callable[[], datetime],
+        approvals: ApprovalService | None = None,
+        spend: SpendService | None = None,
     ) -> None:
+        self._approvals = approvals
+        self._spend = spend
         self._clusters = clusters
         self._jobs = jobs
         self._configs = configs
@@ -36,7 +46,21 @@ class Dashboard:
     async def home(self, user: str) -> dict[str, Any]:
         clusters = await self._clusters.list_clusters()
         jobs = [j for j in await self._jobs.list_jobs() if j.state in LIVE]
-        return home.home_view(clusters=clusters, jobs=jobs, now=self._now(), prices=self._rates())
+        pending: list[str] = []
+        if self._approvals is not None:
+            pending = [
+                f"<@{a.requester}> {a.formula} (`/batchai approvals approve --id {a.id}`)"
+                for a in await self._approvals.list_approvals()
+            ]
+        spent = await self._spend.month_spend(None) if self._spend is not None else None
+        return home.home_view(
+            clusters=clusters,
+            jobs=jobs,
+            now=self._now(),
+            prices=self._prices.table.rates(),
+            pending_approvals=pending,
+            month_spend=spent,
+        )
 
     async def submit_form(self, channel: str) -> dict[str, Any]:
         clusters = await self._clusters.list_clusters()
@@ -50,6 +74,3 @@ class Dashboard:
             for v in await self._clusters.list_clusters()
             if v.cluster.mounts
         }
-
-    def _rates(self) -> dict[str, Decimal]:
-        return self._prices.rates() if self._prices is not None else {}

@@ -18,6 +18,12 @@ from handlers.commandspec import (
     HELP_FLAG,
     NOT_STORED,
     UNSUPPORTED,
+    ApprovalsApprove,
+    ApprovalsDeny,
+    ApprovalsList,
+    Audit,
+    BudgetSet,
+    BudgetShow,
     ClusterAutoScale,
     ClusterCreate,
     ClusterDelete,
@@ -42,12 +48,19 @@ from handlers.commandspec import (
     JobWait,
     OutputFormat,
     Source,
+    Spend,
     show,
 )
 from services.errors import UserError
 
 __all__ = [
     "MAX_INPUT_BYTES",
+    "ApprovalsApprove",
+    "ApprovalsDeny",
+    "ApprovalsList",
+    "Audit",
+    "BudgetSet",
+    "BudgetShow",
     "ClusterAutoScale",
     "ClusterCreate",
     "ClusterDelete",
@@ -70,6 +83,7 @@ __all__ = [
     "JobWait",
     "OutputFormat",
     "Source",
+    "Spend",
     "help_text",
     "parse",
     "reference_markdown",
@@ -81,6 +95,7 @@ WIDTH = 100
 PROG = "/batchai"
 
 # Every spelling (canonical, alias, legacy) -> its spec; groups are all proper prefixes.
+# A command may be one word (spend, audit): then it is a top word without being a group.
 _BY_PATH: dict[tuple[str, ...], CommandSpec] = {}
 for _spec in COMMANDS:
     for _path in (_spec.path, *_spec.aliases):
@@ -91,7 +106,8 @@ for _path in _BY_PATH:
         _children = _GROUPS.setdefault(_path[:_depth], [])
         if _path[_depth] not in _children:
             _children.append(_path[_depth])
-_TOP_GROUPS = tuple(path[0] for path in _GROUPS if len(path) == 1)
+_TOP_WORDS = tuple(dict.fromkeys(path[0] for path in _BY_PATH))
+_SECTIONS = tuple(dict.fromkeys(spec.section for spec in COMMANDS))
 _HELP_WORDS = frozenset({"help", *HELP_FLAG.names})
 
 
@@ -276,14 +292,16 @@ def _resolve(lexer: _Lexer) -> Help | tuple[CommandSpec, tuple[str, ...]]:
     if _looks_like_flag(token.text):
         # Never echo a stray flag: what follows it may be a password.
         raise UserError(
-            f"start with a command group ({', '.join(_TOP_GROUPS)} or help), then the flags"
+            f"start with a command group ({', '.join(_TOP_WORDS)} or help), then the flags"
         )
     if (word,) in UNSUPPORTED:
         raise UserError(UNSUPPORTED[(word,)])
-    if word not in _TOP_GROUPS:
+    if (word,) in _BY_PATH:
+        return _BY_PATH[(word,)], (word,)
+    if (word,) not in _GROUPS:
         raise UserError(
-            f"unknown command group {show(token.text)}: use {', '.join(_TOP_GROUPS)} or help"
-            + _did_you_mean(word, _TOP_GROUPS)
+            f"unknown command group {show(token.text)}: use {', '.join(_TOP_WORDS)} or help"
+            + _did_you_mean(word, _TOP_WORDS)
         )
     path: tuple[str, ...] = (word,)
     while True:
@@ -398,8 +416,8 @@ def _collect(
 
 
 def _unexpected(token: _Token, last: Flag | None, typed: tuple[str, ...]) -> UserError:
-    if last is not None and last.kind.secret:
-        # The stray word is most likely the rest of a secret typed with a space in it.
+    if last is not None and (last.kind.secret or last.kind.prose):
+        # The stray word is most likely the rest of a secret (or a sentence) typed unquoted.
         return UserError(
             f"unexpected argument after the value of {last.names[-1]} for {_quoted(typed)}: "
             "quote a value that contains spaces"
@@ -483,17 +501,28 @@ def _command_usage(spec: CommandSpec, typed: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _in_section(spec: CommandSpec, section: str) -> str:
+    """A command as its section names it: `create` under cluster, `budget set` under spend."""
+    inside = spec.path[0] == section and len(spec.path) > 1
+    return " ".join(spec.path[1:] if inside else spec.path)
+
+
 def _overview_usage() -> str:
     lines = [f"usage: {PROG} <group> <command> [flags]    ({PROG} help for the overview)"]
-    for group in _TOP_GROUPS:
-        names = [" ".join(s.path[1:]) for s in COMMANDS if s.path[0] == group and not s.legacy_of]
-        lines.append(f"  {group}: {', '.join(names)}")
+    for section in _SECTIONS:
+        names = [
+            _in_section(s, section) for s in COMMANDS if s.section == section and not s.legacy_of
+        ]
+        lines.append(f"  {section}: {', '.join(names)}")
     lines.append("Add -h to any command for its flags.")
     return "\n".join(lines)
 
 
 def _group_listing(path: tuple[str, ...]) -> list[str]:
-    specs = [s for s in COMMANDS if s.path[: len(path)] == path]
+    return _listing([s for s in COMMANDS if s.path[: len(path)] == path])
+
+
+def _listing(specs: list[CommandSpec]) -> list[str]:
     rows = [(" ".join(s.path), s.summary) for s in specs if not s.legacy_of]
     lines = _columns(rows)
     legacy = [(" ".join(s.path), "= " + " ".join(s.legacy_of)) for s in specs if s.legacy_of]
@@ -553,8 +582,9 @@ def _overview() -> str:
         f"usage: {PROG} <group> <command> [flags]",
         "",
     ]
-    for group in _TOP_GROUPS:
-        lines += [f"{group} commands:", *_group_listing((group,)), ""]
+    for section in _SECTIONS:
+        specs = [s for s in COMMANDS if s.section == section]
+        lines += [f"{section} commands:", *_listing(specs), ""]
     common = "  ".join(
         "/".join(flag.names)
         + (f" {flag.kind.hint or flag.placeholder}" if flag.kind.takes_value else "")

@@ -74,7 +74,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             user=user, channel=channel, destructive=isinstance(parsed, DESTRUCTIVE)
         )
         if not decision.allowed:
-            await ack(**_payload(Reply(views.error(decision.reason)), ephemeral=True))
+            await ack(**_payload(Reply(views.error(decision.reason), failed=True), ephemeral=True))
             await h.audit(_audit(h, user, channel, _name(parsed), "denied", decision.reason))
             return
         if isinstance(parsed, JobCreate) and parsed.config is None:
@@ -122,8 +122,43 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             thread_ts=thread if reply.public else None,
         )
 
-    for action_id in (views.ACTION_LOGS, views.ACTION_TERMINATE, views.ACTION_REFRESH):
+    for action_id in (
+        views.ACTION_LOGS,
+        views.ACTION_TERMINATE,
+        views.ACTION_REFRESH,
+        views.ACTION_APPROVE,
+        views.ACTION_EXTEND,
+        views.ACTION_STOP,
+    ):
         app.action(action_id)(on_button)
+
+    @app.action(views.ACTION_DENY)
+    async def on_deny(ack: Any, body: dict[str, Any], action: dict[str, Any], client: Any) -> None:
+        """Deny asks why first: the reason goes to the requester and the audit log."""
+        await ack()
+        await client.views_open(
+            trigger_id=body["trigger_id"], view=views.deny_modal(action.get("value", ""))
+        )
+
+    @app.view(views.CALLBACK_DENY)
+    async def on_deny_reason(ack: Any, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        view = body["view"]
+        state = view.get("state", {}).get("values", {})
+        reason = ((state.get(views.BLOCK_REASON) or {}).get(views.BLOCK_REASON) or {}).get("value")
+        if not reason or not reason.strip():
+            await ack(response_action="errors", errors={views.BLOCK_REASON: "say why"})
+            return
+        reply = await h.actions.handle(
+            views.ACTION_DENY,
+            view.get("private_metadata", ""),
+            actor=_actor(h, user, None),
+            reason=reason,
+        )
+        if reply.failed:  # refused, or decided already: say so inside the modal
+            await ack(response_action="errors", errors={views.BLOCK_REASON: reply.message.text})
+            return
+        await ack()
 
     @app.action(home.ACTION_OPEN_SUBMIT)
     async def on_open_submit(ack: Any, body: dict[str, Any], client: Any) -> None:

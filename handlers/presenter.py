@@ -10,12 +10,15 @@ from handlers import views
 from handlers.charts import loss_curve_png
 from handlers.views import Message
 from services.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     ClusterChanged,
     JobFinished,
     JobNote,
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
+    WallClockWarning,
 )
 from services.models import Conversation, Job
 from services.ports import Delivery
@@ -42,6 +45,10 @@ class Transport(Protocol):
 
     async def update(self, channel: str, message_id: str, message: Message) -> None: ...
 
+    async def lookup(self, key: str) -> str | None:
+        """The id of the message sent with this key, if any."""
+        ...
+
     async def upload(
         self,
         channel: str,
@@ -63,10 +70,16 @@ class Presenter:
         *,
         default_channel: str,
         clock: Callable[[], datetime],
+        approvals_channel: str | None = None,
+        approvers: str = "an approver",
+        extend_hours: str = "2 h",
     ) -> None:
         self._transport = transport
         self._default_channel = default_channel
         self._now = clock
+        self._approvals_channel = approvals_channel
+        self._approvers = approvers
+        self._extend_hours = extend_hours
 
     async def deliver(self, delivery: Delivery) -> Conversation | None:
         event, job = delivery.event, delivery.job
@@ -89,6 +102,25 @@ class Presenter:
             await self._reply(conv, snippet, keys)
         elif isinstance(event, JobNote):
             await self._reply(conv, views.note_reply(event.text), keys)
+        elif isinstance(event, ApprovalRequested) and delivery.approval is not None:
+            approval = delivery.approval
+            where = self._approvals_channel or conv.channel
+            request = views.approval_request(approval, job, approvers=self._approvers)
+            await self._transport.post(where, request, keys=[_approval_key(approval.id)])
+            await self._reply(conv, views.waiting_for_approval(approval, self._approvers), keys)
+        elif isinstance(event, ApprovalDecided) and delivery.approval is not None:
+            approval = delivery.approval
+            where = self._approvals_channel or conv.channel
+            message_id = await self._transport.lookup(_approval_key(approval.id))
+            if message_id is not None:
+                request = views.approval_request(approval, job, approvers=self._approvers)
+                await self._transport.update(where, message_id, request)
+            if approval.kind == "extend" and approval.state != "pending":
+                await self._reply(conv, views.decision_note(approval), keys)
+        elif isinstance(event, WallClockWarning):
+            deadline = datetime.fromisoformat(event.deadline)
+            warning = views.wall_clock_warning(job, deadline, extend_hours=self._extend_hours)
+            await self._reply(conv, warning, keys)
         elif isinstance(event, JobFinished):
             png = loss_curve_png(delivery.metrics, title=f"{job.name}: training curve")
             if png is not None:
@@ -122,3 +154,7 @@ class Presenter:
         if conv.thread is not None:
             card = views.status_card(job, now=self._now())
             await self._transport.update(conv.channel, conv.thread, card)
+
+
+def _approval_key(approval_id: str) -> str:
+    return f"approval-{approval_id}"

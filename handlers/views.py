@@ -12,6 +12,8 @@ from typing import Any
 
 from services import pricing
 from services.models import (
+    Approval,
+    AuditEntry,
     Cluster,
     ClusterView,
     DownloadLink,
@@ -19,7 +21,7 @@ from services.models import (
     Job,
     Node,
 )
-from services.pricing import format_usd
+from services.pricing import Price, format_usd
 from services.states import JobState
 
 Block = dict[str, Any]
@@ -492,14 +494,44 @@ def cluster_json(view: ClusterView) -> dict[str, Any]:
     }
 
 
-def cluster_created(cluster: Cluster) -> Message:
+def cluster_created(cluster: Cluster, price: Price | None = None) -> Message:
     size = (
         f"{cluster.min_nodes}-{cluster.max_nodes} nodes (auto-scale)"
         if cluster.autoscale
         else f"{cluster.target_nodes} nodes"
     )
     text = f":white_check_mark: cluster *{cluster.name}* is ready: {cluster.vm_size}, {size}"
-    return Message(text, [section(text)])
+    blocks = [section(text)]
+    if price is not None:
+        rate = price.usd_per_hour
+        cost = (
+            f"{price.label} per node · {cluster.min_nodes} × {format_usd(rate)} = "
+            f"{format_usd(rate * cluster.min_nodes)}/h while idle at its minimum · up to "
+            f"{format_usd(rate * cluster.max_nodes)}/h at {cluster.max_nodes} nodes"
+        )
+        if price.retired:
+            cost += " · this size is retired on Azure: price as last published"
+        blocks.append(context(cost))
+    return Message(text, blocks)
+
+
+def job_submitted(job: Job) -> Message:
+    """The answer to `job create`: the estimate, and whether it starts or waits for approval."""
+    text = f"job *{job.name}* submitted to `{job.cluster}`"
+    if job.state is JobState.PENDING_APPROVAL:
+        text += "; it waits for approval (see its thread)"
+    else:
+        text += "; its status card follows"
+    blocks = [section(text)]
+    if job.estimate is not None and job.node_rate is not None:
+        hours = job.max_wall_clock.total_seconds() / 3600
+        blocks.append(
+            context(
+                f"estimate: {job.node_count} × {format_usd(job.node_rate)}/h × "
+                f"{hours:g} h max = {format_usd(job.estimate)}"
+            )
+        )
+    return Message(text, blocks)
 
 
 def node_table(nodes: Sequence[Node], *, output: str) -> Message:
@@ -600,3 +632,213 @@ _EMOJI_TEXT = {
     "alarm_clock": "[expired]",
     "no_entry_sign": "[denied]",
 }
+
+
+# -- spend: approvals, wall clock, budgets -----------------------------------------------------
+
+ACTION_APPROVE = "approval_approve"
+ACTION_DENY = "approval_deny"
+ACTION_EXTEND = "job_extend"
+ACTION_STOP = "job_stop"
+CALLBACK_DENY = "approval_deny_reason"
+BLOCK_REASON = "reason"
+
+
+def approval_request(
+    approval: Approval, job: Job | None, *, approvers: str, decided: bool = False
+) -> Message:
+    """The approvals-channel message: the breakdown, who asks, why, and Approve / Deny."""
+    what = "an extension of" if approval.kind == "extend" else "GPU time for"
+    name = job.name if job else approval.job_id
+    lines = [
+        f":moneybag: <@{approval.requester}> asks for {what} *{esc(name)}*",
+        f"`{esc(approval.formula)}`",
+        *(f"• {esc(r)}" for r in approval.reasons),
+    ]
+    if approval.required > 1:
+        lines.append(f"needs {approval.required} different approvers")
+    blocks = [section("\n".join(lines))]
+    votes = [
+        f"{'approved' if v.decision == 'approve' else 'denied'} by <@{v.approver}>"
+        + (f": {esc(v.reason)}" if v.reason else "")
+        for v in approval.votes
+    ]
+    if approval.state != "pending":
+        votes.append(
+            f"*{approval.state}*"
+            + (f" at {approval.decided_at:%Y-%m-%d %H:%M} UTC" if approval.decided_at else "")
+        )
+    if votes:
+        blocks.append(context(" · ".join(votes)))
+    if approval.state == "pending" and not decided:
+        blocks.append(
+            context(f"decided by {approvers} · expires {approval.expires_at:%Y-%m-%d %H:%M} UTC")
+        )
+        blocks.append(
+            actions(
+                button("Approve", ACTION_APPROVE, approval.id, style="primary"),
+                button("Deny", ACTION_DENY, approval.id, style="danger"),
+            )
+        )
+    return Message(f"approval needed for {name}: {approval.formula}", blocks)
+
+
+def waiting_for_approval(approval: Approval, approvers: str) -> Message:
+    text = (
+        f":hourglass: {esc(approval.formula)} — waiting for approval by {approvers} "
+        f"(expires {approval.expires_at:%Y-%m-%d %H:%M} UTC)"
+    )
+    return Message(text, [section(text)])
+
+
+def decision_note(approval: Approval) -> Message:
+    """For the job's thread, when an extension is decided (job starts say so themselves)."""
+    who = ", ".join(f"<@{v.approver}>" for v in approval.votes) or "nobody, in time"
+    text = f"extension {approval.state} by {who}"
+    return Message(text, [context(text)])
+
+
+def wall_clock_warning(job: Job, deadline: datetime, *, extend_hours: str) -> Message:
+    text = (
+        f"<@{job.requester}> *{job.name}* reaches its limit at {deadline:%H:%M} UTC and "
+        "will be stopped then"
+    )
+    return Message(
+        text,
+        [
+            section(f":alarm_clock: {text}"),
+            actions(
+                button(f"Extend {extend_hours}", ACTION_EXTEND, job.id, style="primary"),
+                button("Stop now", ACTION_STOP, job.id, style="danger", confirm=_confirm(job)),
+            ),
+        ],
+    )
+
+
+def deny_modal(approval_id: str) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_DENY,
+        "private_metadata": approval_id,
+        "title": {"type": "plain_text", "text": "Deny the request"},
+        "submit": {"type": "plain_text", "text": "Deny"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": BLOCK_REASON,
+                "label": {"type": "plain_text", "text": "Why? The requester sees this."},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": BLOCK_REASON,
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            }
+        ],
+    }
+
+
+def approvals_table(approvals: Sequence[Approval], *, output: str) -> Message:
+    if output == "json":
+        return _json(
+            [
+                {
+                    "id": a.id,
+                    "job": a.job_id,
+                    "kind": a.kind,
+                    "requester": a.requester,
+                    "estimate": str(a.estimate),
+                    "state": a.state,
+                    "required": a.required,
+                    "approvedBy": list(a.approvers),
+                    "expires": a.expires_at.isoformat(),
+                }
+                for a in approvals
+            ]
+        )
+    if not approvals:
+        return info("No approval requests waiting.")
+    return _table_message(
+        table(
+            ["ID", "Requester", "Kind", "Estimate", "State", "Approvals", "Expires (UTC)"],
+            [
+                [
+                    a.id,
+                    a.requester,
+                    a.kind,
+                    format_usd(a.estimate),
+                    a.state,
+                    f"{len(a.approvers)}/{a.required}",
+                    f"{a.expires_at:%Y-%m-%d %H:%M}",
+                ]
+                for a in approvals
+            ],
+        )
+    )
+
+
+def spend_table(rows: Sequence[Any], *, by: str, month: str, output: str) -> Message:
+    if output == "json":
+        return _json(
+            [
+                {by: r.key, "jobs": r.jobs, "nodeHours": str(r.node_hours), "usd": str(r.usd)}
+                for r in rows
+            ]
+        )
+    if not rows:
+        return info(f"No spend in {month}.")
+    total = sum((r.usd for r in rows), Decimal(0))
+    body = table(
+        [by.capitalize(), "Jobs", "Node-hours", "USD"],
+        [[r.key, r.jobs, f"{r.node_hours:.2f}", format_usd(r.usd)] for r in rows]
+        + [["total", sum(r.jobs for r in rows), "", format_usd(total)]],
+    )
+    return _table_message(f"spend in {month} by {by}\n{body}")
+
+
+def budget_view(channel: str, budget: Decimal | None, spent: Decimal) -> Message:
+    if budget is None:
+        return info(f"<#{channel}> has no budget; {format_usd(spent)} spent this month.")
+    left = budget - spent
+    bar = progress_bar(float(spent / budget) if budget else 1.0)
+    return info(
+        f"<#{channel}>: {format_usd(spent)} of {format_usd(budget)} this month "
+        f"(`{bar}` {format_usd(left)} left)"
+    )
+
+
+def audit_table(entries: Sequence[AuditEntry], *, output: str) -> Message:
+    if output == "json":
+        return _json(
+            [
+                {
+                    "at": e.at.isoformat(),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "outcome": e.outcome,
+                    "channel": e.channel,
+                    "target": e.target,
+                    "detail": e.detail,
+                }
+                for e in entries
+            ]
+        )
+    if not entries:
+        return info("The audit log is empty.")
+    return _table_message(
+        table(
+            ["At (UTC)", "Who", "Action", "Outcome", "Target", "Detail"],
+            [
+                [
+                    f"{e.at:%Y-%m-%d %H:%M}",
+                    e.actor,
+                    e.action,
+                    e.outcome,
+                    e.target or "",
+                    (e.detail or "")[:60],
+                ]
+                for e in entries
+            ],
+        )
+    )

@@ -20,6 +20,8 @@ from services.models import (
     ShareMount,
 )
 from services.ports import Clock, ComputeBackend
+from services.pricing import Price
+from services.spend import PriceBook
 from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
 
@@ -60,7 +62,9 @@ class ClusterService:
         configs: ConfigLoader,
         resource_group: str,
         workspace: str,
+        prices: PriceBook | None = None,
     ) -> None:
+        self._prices = prices
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -76,6 +80,7 @@ class ClusterService:
             )
             spec = load_cluster_spec(text, source=label)
         cluster = self._build(request, spec, actor)
+        self.price_of(cluster)  # an unknown VM size is refused now, not when money is at stake
         if await self._store.get_cluster(cluster.name) is not None:
             raise Conflict(f"cluster {cluster.name} already exists")
         await self._store.insert_cluster(cluster)
@@ -90,6 +95,10 @@ class ClusterService:
             ready, [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")]
         )
         return ready
+
+    def price_of(self, cluster: Cluster) -> Price | None:
+        """Per node-hour; None without a price book. Unknown sizes raise a UserError."""
+        return None if self._prices is None else self._prices.price_of(cluster)
 
     async def reconcile(self) -> list[str]:
         """After a restart: finish creates, resizes and deletes a crash left half-done (every

@@ -22,6 +22,7 @@ class Event:
 class JobSubmitted(Event):
     kind: ClassVar[str] = "job_submitted"
     warnings: tuple[str, ...] = ()
+    estimate: str | None = None  # "4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54"
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,31 @@ def event_from_payload(kind: str, payload: dict[str, Any]) -> Event:
     if cls is JobFinished:
         data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
     return cls(**data)
+
+
+@dataclass(frozen=True)
+class ApprovalRequested(Event):
+    kind: ClassVar[str] = "approval_requested"
+    approval_id: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalDecided(Event):
+    """A vote or the final decision (`state` pending means one of two approvals came in)."""
+
+    kind: ClassVar[str] = "approval_decided"
+    approval_id: str = ""
+    state: str = ""
+    by: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class WallClockWarning(Event):
+    kind: ClassVar[str] = "wall_clock_warning"
+    deadline: str = ""  # ISO time the job will be stopped at
+
+
+EVENT_TYPES.update(
+    {cls.kind: cls for cls in (ApprovalRequested, ApprovalDecided, WallClockWarning)}
+)

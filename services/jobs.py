@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
-from services.events import Event, JobFinished, JobStateChanged, JobSubmitted
+from services.events import ApprovalRequested, Event, JobSubmitted
 from services.jobspec import (
     JobSpec,
     LaunchContext,
@@ -34,9 +33,13 @@ from services.models import (
     Job,
 )
 from services.ports import Clock, FileShare
-from services.pricing import PriceTable
-from services.states import JobState, Outcome, job_transition
+from services.states import JobState
 from services.store import SqlStore
+from services.transitions import advance
+
+if TYPE_CHECKING:
+    from services.approvals import ApprovalService
+    from services.spend import SpendService
 
 MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
 
@@ -49,25 +52,6 @@ class JobRequest:
     resource_group: str | None = None
     workspace: str | None = None
     experiment: str | None = None
-
-
-def advance(
-    job: Job, target: JobState, *, detail: str | None = None, **changes: Any
-) -> tuple[Job, list[Event]] | None:
-    """The one place a job's state changes: the new job and its event, or None if already there.
-
-    Raises Conflict for a transition the lifecycle does not allow.
-    """
-    outcome = job_transition(job.state, target)
-    if outcome is Outcome.ALREADY:
-        return None
-    if outcome is Outcome.INVALID:
-        raise Conflict(f"job {job.name} is {job.state.value}; it cannot become {target.value}")
-    moved = replace(job, state=target, **changes)
-    event = JobStateChanged(
-        job_id=job.id, cluster=job.cluster, old=job.state.value, new=target.value, detail=detail
-    )
-    return moved, [event]
 
 
 class JobService:
@@ -83,7 +67,8 @@ class JobService:
         experiment: str = "default",
         placeholder_values: Mapping[str, str] | None = None,
         link_ttl: timedelta = timedelta(hours=1),
-        prices: PriceTable | None = None,
+        spend: SpendService | None = None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self._store = store
         self._share = share
@@ -94,7 +79,8 @@ class JobService:
         self._experiment = experiment
         self._placeholders = dict(placeholder_values or {})
         self.link_ttl = link_ttl
-        self._prices = prices
+        self._spend = spend
+        self._approvals = approvals
 
     async def create_job(self, request: JobRequest, *, actor: Actor) -> Job:
         if not NAME_RE.match(request.name):
@@ -141,10 +127,52 @@ class JobService:
             queued_at=now,
             conversation=actor.conversation,
             container_image=plan.container_image,
-            node_rate=self._node_rate(cluster),
         )
-        event = JobSubmitted(job_id=job_id, cluster=cluster.name, warnings=tuple(plan.warnings))
-        return await self._store.insert_job(job, [event])
+        if self._spend is None:  # no price book: nothing to estimate or approve
+            event = JobSubmitted(job_id=job_id, cluster=cluster.name, warnings=tuple(plan.warnings))
+            return await self._store.insert_job(job, [event])
+        return await self._submit_priced(job, cluster, plan.warnings, self._spend)
+
+    async def _submit_priced(
+        self, job: Job, cluster: Cluster, warnings: Sequence[str], spend: SpendService
+    ) -> Job:
+        """Price the job; above the requester's limit (or the budget) it waits for approval."""
+        estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
+        job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
+        approval = None
+        if self._approvals is not None:
+            channel = job.conversation.channel if job.conversation else None
+            assessment = self._approvals.policy.assess(
+                requester=job.requester,
+                estimate=estimate.total,
+                month_spend=await spend.month_spend(channel),
+                budget=await spend.budget(channel),
+            )
+            if assessment.needs_approval:
+                job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
+                approval = self._approvals.new_approval(
+                    job=job,
+                    kind="job",
+                    estimate=estimate.total,
+                    formula=estimate.formula(),
+                    assessment=assessment,
+                )
+        events: list[Event] = [
+            JobSubmitted(
+                job_id=job.id,
+                cluster=cluster.name,
+                warnings=tuple(warnings),
+                estimate=estimate.formula(),
+            )
+        ]
+        if approval is not None:
+            events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
+        return await self._store.insert_job(
+            job,
+            events,
+            approval=approval,
+            ledger_entry=spend.estimate_entry(job, cluster, estimate),
+        )
 
     async def list_jobs(self, *, cluster: str | None = None) -> list[Job]:
         return await self._store.list_jobs(cluster=cluster)
@@ -171,6 +199,8 @@ class JobService:
         _check_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
+        if job.state is JobState.PENDING_APPROVAL and self._approvals is not None:
+            return await self._approvals.withdraw(job, actor=actor), True
         step = advance(job, JobState.TERMINATING, detail=f"terminate requested by {actor.user}")
         assert step is not None
         moved, events = step
@@ -268,16 +298,6 @@ class JobService:
         known = ", ".join([STDOUTERR, *layout.outputs]) or STDOUTERR
         raise NotFound(f"job {job.name} has no output directory {directory_id!r} (has: {known})")
 
-    def _node_rate(self, cluster: Cluster) -> Decimal | None:
-        """The price of one node-hour, or None when the VM size is not in the price table."""
-        if self._prices is None:
-            return None
-        try:
-            spot = cluster.vm_priority == "lowpriority"
-            return self._prices.get_price(cluster.vm_size, spot=spot).usd_per_hour
-        except UserError:
-            return None
-
     def _fill_placeholders(self, spec: JobSpec, label: str) -> JobSpec:
         found = placeholders(spec)
         if not found:
@@ -286,17 +306,6 @@ class JobService:
         if missing:
             raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
         return substitute(spec, self._placeholders)
-
-
-def finished_event(job: Job, outputs: tuple[Any, ...]) -> JobFinished:
-    return JobFinished(
-        job_id=job.id,
-        cluster=job.cluster,
-        state=job.state.value,
-        exit_code=job.exit_code,
-        detail=job.error,
-        outputs=outputs,
-    )
 
 
 def _check_owner(job: Job, actor: Actor, verb: str) -> None:

@@ -159,6 +159,8 @@ class Job:
     last_metrics: dict[str, float] = field(default_factory=dict)
     container_image: str | None = None
     node_rate: Decimal | None = None  # USD per node-hour of its cluster's VM size at submit time
+    estimate: Decimal | None = None  # USD: nodes × rate × max wall clock, as shown at submit
+    wall_clock_warned_at: datetime | None = None
 
     @property
     def duration(self) -> timedelta | None:
@@ -217,3 +219,56 @@ class AuditEntry:
     channel: str | None = None
     target: str | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Vote:
+    approver: str
+    decision: str  # approve | deny
+    at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A request to spend above the requester's limit, and its decision."""
+
+    id: str
+    job_id: str
+    kind: str  # "job" (start it) | "extend" (more wall-clock time)
+    requester: str
+    channel: str | None
+    estimate: Decimal  # USD
+    formula: str  # "4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54"
+    reasons: tuple[str, ...]  # why approval is needed (over limit, over budget)
+    required: int  # approvers needed (1 or 2)
+    state: str  # pending | approved | denied | expired
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+    extra_hours: Decimal | None = None  # kind == "extend"
+    votes: tuple[Vote, ...] = ()
+
+    @property
+    def approvers(self) -> tuple[str, ...]:
+        return tuple(v.approver for v in self.votes if v.decision == "approve")
+
+    @property
+    def decided_by(self) -> tuple[str, ...]:
+        return tuple(v.approver for v in self.votes)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Money: an estimate when a job is submitted, the actual cost when it ends."""
+
+    at: datetime
+    kind: str  # estimate | actual
+    job_id: str
+    user: str
+    channel: str | None
+    cluster: str
+    vm_size: str
+    nodes: int
+    hours: Decimal
+    usd: Decimal

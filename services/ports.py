@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from services.events import Event
 from services.models import (
+    Approval,
     Cluster,
     Conversation,
     DownloadLink,
@@ -80,6 +81,10 @@ class ComputeBackend(Protocol):
 
     async def terminate_job(self, job_id: str) -> None: ...
 
+    async def set_deadline(self, job_id: str, deadline: datetime) -> None:
+        """Move a running job's wall-clock limit (an approved extension); idempotent."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -118,6 +123,7 @@ class Delivery:
     links: tuple[DownloadLink, ...] = ()
     log_url: str | None = None  # the full log, for "N lines skipped"
     metrics: tuple[MetricPoint, ...] = ()  # for the completion receipt's loss curve
+    approval: Approval | None = None  # for approval events
 
     @property
     def keys(self) -> tuple[str, ...]:

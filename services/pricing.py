@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import date, timedelta
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -79,6 +79,11 @@ class PriceEntry:
     source: str
     spot_source: str | None = None
     retired: bool = False
+    spot_as_of: date | None = None  # when the spot price has its own date (a refreshed spot row)
+
+
+# (sku, region, spot, usd_per_hour, fetched at, source): a row of the refreshed price cache.
+PriceOverride = tuple[str, str, bool, Decimal, date, str]
 
 
 @dataclass(frozen=True)
@@ -140,13 +145,50 @@ class PriceTable:
             usd_per_hour=rate,
             gpus=entry.gpus,
             gpu_model=entry.gpu_model,
-            as_of=entry.as_of,
+            as_of=(entry.spot_as_of or entry.as_of) if spot else entry.as_of,
             source=source,
             retired=entry.retired,
             vcpus=entry.vcpus,
             region=self.region,
             spot=spot,
         )
+
+    def with_overrides(self, rows: Iterable[PriceOverride]) -> PriceTable:
+        """This table with refreshed prices in place of the bundled ones (same size and region).
+
+        Rows for another region, for a size the table does not know (its GPU count and model
+        would be missing) or with a rate that is not more than zero are ignored, so a size the
+        refresh did not cover keeps its bundled price and nothing ever becomes $0. A refreshed
+        spot row sets the spot price; a bundled spot price keeps its own date and source when
+        only the pay-as-you-go price is refreshed. The table's `as_of`/`source` become those of
+        the newest row applied; with no row applied the table is returned unchanged.
+        """
+        entries = dict(self.entries)
+        newest: tuple[date, str] | None = None
+        for sku, region, spot, rate, fetched, source in rows:
+            key = sku_key(sku)
+            entry = entries.get(key)
+            if entry is None or normalize_region(region) != self.region:
+                continue
+            if not isinstance(rate, Decimal) or not rate.is_finite() or rate <= 0:
+                continue
+            day = fetched.date() if isinstance(fetched, datetime) else fetched
+            if spot:
+                entry = replace(entry, spot_usd_per_hour=rate, spot_source=source, spot_as_of=day)
+            else:
+                if entry.spot_usd_per_hour is not None:
+                    entry = replace(
+                        entry,
+                        spot_source=entry.spot_source or entry.source,
+                        spot_as_of=entry.spot_as_of or entry.as_of,
+                    )
+                entry = replace(entry, usd_per_hour=rate, as_of=day, source=source)
+            entries[key] = entry
+            if newest is None or day > newest[0]:
+                newest = (day, source)
+        if newest is None:
+            return self
+        return replace(self, entries=entries, as_of=newest[0], source=newest[1])
 
     def skus(self) -> tuple[str, ...]:
         """The VM sizes the table prices, in their canonical spelling, sorted."""

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from services.errors import BatchAIError, TransientError
-from services.events import Event, JobFinished, LogSnippet
+from services.events import ApprovalDecided, ApprovalRequested, Event, JobFinished, LogSnippet
 from services.models import DownloadLink, FileLocation, Job
 from services.ports import Clock, Delivery, FileShare, Notifier, event_key
 from services.store import SqlStore
@@ -101,6 +101,8 @@ class EventRelay:
 
     async def _enrich(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:
         delivery = Delivery(ids, event, job)
+        if isinstance(event, ApprovalRequested | ApprovalDecided):
+            return replace(delivery, approval=await self._store.get_approval(event.approval_id))
         if isinstance(event, JobFinished):
             metrics = tuple(await self._store.list_metrics(job.id)) if job else ()
             return replace(delivery, links=await self._links(event), metrics=metrics)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from services.clusters import ClusterService
 from services.errors import BatchAIError, NotFound, TransientError
-from services.events import Event, JobNote, LogSnippet, OutputFile
-from services.jobs import advance, finished_event
+from services.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
 from services.jobspec import load_job_spec
 from services.logs import LogParser, LogTailer
 from services.models import Cluster, FileLocation, Job
 from services.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
 from services.states import ClusterState, JobState
 from services.store import SqlStore
+from services.transitions import advance, finished_event
+
+if TYPE_CHECKING:
+    from services.approvals import ApprovalService
+    from services.spend import SpendService
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,13 @@ class JobRunner:
         share: FileShare,
         clusters: ClusterService,
         clock: Clock,
+        spend: SpendService | None = None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self._store = store
+        self._spend = spend
+        self._approvals = approvals
+        self._deadlines: dict[str, datetime] = {}
         self._backend = backend
         self._share = share
         self._clusters = clusters
@@ -52,7 +62,13 @@ class JobRunner:
 
     async def tick(self) -> None:
         """One round of everything; each part survives the failure of another."""
-        for step in (self.dispatch, self.poll, self.tail_logs):
+        for step in (
+            self.expire_approvals,
+            self.dispatch,
+            self.poll,
+            self.tail_logs,
+            self.warn_wall_clock,
+        ):
             try:
                 await step()
             except TransientError as err:
@@ -173,6 +189,8 @@ class JobRunner:
                 step = advance(job, JobState.RUNNING, started_at=status.started_at or self._now())
                 if step is not None:
                     await self._store.update_job(*step, expect=JobState.PREPARING)
+                    job = step[0]
+            await self._sync_deadline(job)
             return
         if status.phase == "lost":
             await self._finish(job, JobState.FAILED, None, status.detail or "node runner lost")
@@ -222,7 +240,12 @@ class JobRunner:
         done, more = step
         events += more
         events.append(finished_event(done, await self._outputs(done)))
-        if await self._store.update_job(done, events, expect=job.state):
+        entry = None
+        if self._spend is not None and done.node_rate is not None:
+            cluster = await self._store.get_cluster(done.cluster)
+            entry = self._spend.actual_entry(done, cluster.vm_size if cluster else "unknown")
+        if await self._store.update_job(done, events, expect=job.state, ledger_entry=entry):
+            self._deadlines.pop(job.id, None)
             self._logs.pop(job.id, None)
             for name in job.layout.log_files if job.layout else ():
                 self._tailer.forget((job.id, name))
@@ -245,6 +268,43 @@ class JobRunner:
                     child = loc.child(e.name)
                     found.append(OutputFile(directory_id, e.name, child.share, child.path, e.size))
         return tuple(found)
+
+    # -- money and time ----------------------------------------------------------------------
+
+    async def expire_approvals(self) -> None:
+        if self._approvals is not None:
+            await self._approvals.expire_due()
+
+    async def _sync_deadline(self, job: Job) -> None:
+        """The store holds the limit (extensions change it); the backend is told when it moves."""
+        if job.started_at is None:
+            return
+        deadline = job.started_at + job.max_wall_clock
+        if self._deadlines.get(job.id) != deadline:
+            await self._backend.set_deadline(job.id, deadline)
+            self._deadlines[job.id] = deadline
+
+    async def warn_wall_clock(self) -> None:
+        """Before a priced job hits its limit, its thread gets Extend / Stop now, once."""
+        if self._approvals is None:
+            return
+        warn_before = self._approvals.policy.warn_before
+        now = self._now()
+        for job in await self._store.list_jobs(states=(JobState.RUNNING,), include_deleted=True):
+            if (
+                job.started_at is None
+                or job.estimate is None
+                or job.max_wall_clock <= warn_before * 2
+            ):
+                continue
+            deadline = job.started_at + job.max_wall_clock
+            warned = job.wall_clock_warned_at
+            if now < deadline - warn_before or (warned and warned >= deadline - warn_before):
+                continue
+            event = WallClockWarning(
+                job_id=job.id, cluster=job.cluster, deadline=deadline.isoformat()
+            )
+            await self._store.set_wall_clock_warned(job.id, now, [event])
 
     # -- logs --------------------------------------------------------------------------------
 

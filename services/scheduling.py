@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -19,8 +20,10 @@ class Scheduler:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._work: dict[str, Work] = {}
 
-    def every(self, job_id: str, seconds: float, work: Work) -> None:
+    def every(self, job_id: str, seconds: float, work: Work, *, now: bool = False) -> None:
+        """Run `work` every `seconds` (and once at start when `now`)."""
         self._work[job_id] = work
+        extra = {"next_run_time": datetime.now(UTC)} if now else {}
         self._scheduler.add_job(
             _run,
             "interval",
@@ -31,6 +34,7 @@ class Scheduler:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(1, int(seconds * 5)),
+            **extra,
         )
 
     def start(self) -> None:

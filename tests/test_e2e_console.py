@@ -70,7 +70,11 @@ async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
         k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "BATCHAI_", "DATABASE"))
     }
     env.update(
-        BATCHAI_DATA_DIR=str(tmp_path / "data"), PORT="0", POLL_SECONDS="0.2", LOG_LEVEL="WARNING"
+        BATCHAI_DATA_DIR=str(tmp_path / "data"),
+        PORT="0",
+        POLL_SECONDS="0.2",
+        LOG_LEVEL="WARNING",
+        PRICE_REFRESH_HOURS="0",  # no test reaches the internet
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

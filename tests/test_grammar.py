@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,12 @@ from pydantic import SecretStr
 from handlers.commandspec import COMMANDS, COMMON_FLAGS, NOT_STORED
 from handlers.grammar import (
     MAX_INPUT_BYTES,
+    ApprovalsApprove,
+    ApprovalsDeny,
+    ApprovalsList,
+    Audit,
+    BudgetSet,
+    BudgetShow,
     ClusterAutoScale,
     ClusterCreate,
     ClusterDelete,
@@ -31,6 +38,7 @@ from handlers.grammar import (
     JobStreamFile,
     JobTerminate,
     JobWait,
+    Spend,
     help_text,
     parse,
     reference_markdown,
@@ -504,6 +512,236 @@ def test_console_takes_config_paths_slack_does_not() -> None:
     )
 
 
+# --------------------------------------------------------------------------- GPU spend
+
+APPROVAL = "3f9c2a7e"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("budget show", BudgetShow()),
+        ("budget show --channel C0123ABCD -o json", BudgetShow(channel="C0123ABCD", output="json")),
+        ("budget show --channel G01ABC", BudgetShow(channel="G01ABC")),
+        ("budget show --channel #ml-team", BudgetShow(channel="#ml-team")),
+        ("budget show --channel <#C0123ABCD|ml-team>", BudgetShow(channel="C0123ABCD")),
+        ("budget show --channel <#C0123ABCD>", BudgetShow(channel="C0123ABCD")),
+        ("budget show --channel=&lt;#C0123ABCD|ml-team&gt;", BudgetShow(channel="C0123ABCD")),
+        ("budget set --amount 2500", BudgetSet(amount=Decimal("2500.00"))),
+        (
+            "budget set --amount $2,500.00 --channel #ml-team",
+            BudgetSet(amount=Decimal("2500.00"), channel="#ml-team"),
+        ),
+        ("budget set --amount=0.5", BudgetSet(amount=Decimal("0.50"))),
+        ("budget set --amount 0.01", BudgetSet(amount=Decimal("0.01"))),
+        ("budget set --amount 1234567.89", BudgetSet(amount=Decimal("1234567.89"))),
+        ("budget set --amount 10,000,000", BudgetSet(amount=Decimal("10000000.00"))),
+        ("budget set --amount $10000000.00", BudgetSet(amount=Decimal("10000000.00"))),
+        ("approvals list", ApprovalsList()),
+        ("approvals list --all -o table", ApprovalsList(all=True, output="table")),
+        (f"approvals approve --id {APPROVAL}", ApprovalsApprove(id=APPROVAL)),
+        ("approvals approve --id " + "0a" * 16, ApprovalsApprove(id="0a" * 16)),
+        (
+            f'approvals deny --id {APPROVAL} --reason "use 1 node for a smoke test"',
+            ApprovalsDeny(id=APPROVAL, reason="use 1 node for a smoke test"),
+        ),
+        (
+            f"approvals deny --reason “over budget, try Friday” --id {APPROVAL}",
+            ApprovalsDeny(id=APPROVAL, reason="over budget, try Friday"),
+        ),
+        (f"approvals deny --id {APPROVAL} --reason no", ApprovalsDeny(id=APPROVAL, reason="no")),
+        ("spend", Spend()),
+        ("spend -o table", Spend(output="table")),
+        ("spend --by channel --month 2026-05", Spend(by="channel", month="2026-05")),
+        (
+            "spend --by Cluster --month=1999-12 -o json",
+            Spend(by="cluster", month="1999-12", output="json"),
+        ),
+        ("audit", Audit()),
+        ("audit --job mnist --limit 500 -o json", Audit(job="mnist", limit=500, output="json")),
+        ("/batchai audit --limit 1", Audit(limit=1)),
+        ("az batchai spend --by user", Spend(by="user")),
+    ],
+)
+def test_spend_commands_parse(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+def test_budget_amount_is_decimal_cents() -> None:
+    command = parse("budget set --amount $2,500")
+    assert isinstance(command, BudgetSet)
+    assert isinstance(command.amount, Decimal)
+    assert str(command.amount) == "2500.00"
+    assert hash(command) == hash(parse("budget set --amount 2500.00"))
+
+
+def test_spend_defaults_come_from_the_dataclasses() -> None:
+    assert parse("spend") == Spend(by="user", month=None)
+    assert parse("audit") == Audit(job=None, limit=50)
+    assert parse("approvals list") == ApprovalsList(all=False)
+    assert "(default: user)" in usage("spend")
+    assert "(default: 50)" in usage("audit")
+    assert "[1-500]" in usage("audit")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "approvals list",
+        "spend",
+        "audit",
+        "budget show",
+        "approvals list --all",
+        "spend --by channel",
+    ],
+)
+@pytest.mark.parametrize(("flag", "expected"), [("-o table", "table"), ("--output=json", "json")])
+def test_output_format_on_spend_commands(text: str, flag: str, expected: str) -> None:
+    assert parse(f"{text} {flag}").output == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "topic"),
+    [
+        ("help budget", ("budget",)),
+        ("help approvals", ("approvals",)),
+        ("help spend", ("spend",)),
+        ("help audit", ("audit",)),
+        ("help budget set", ("budget", "set")),
+        ("budget", ("budget",)),
+        ("approvals -h", ("approvals",)),
+        ("spend -h", ("spend",)),
+        ("audit --help", ("audit",)),
+        ("approvals deny --id x --help", ("approvals", "deny")),
+    ],
+)
+def test_spend_help_requests(text: str, topic: tuple[str, ...]) -> None:
+    assert parse(text) == Help(topic=topic)
+
+
+def test_spend_help_texts() -> None:
+    overview = help_text()
+    assert "spend commands:" in overview
+    section = overview.split("spend commands:", 1)[1]
+    for words in ("budget show", "budget set", "approvals list", "approvals approve"):
+        assert f"  {words}  " in section
+    assert "\n  approvals deny  " in section
+    assert "\n  spend  " in section and "\n  audit  " in section
+    assert "budget show" in help_text("budget") and "budget set" in help_text("budget")
+    assert "approvals deny" in help_text("approvals")
+    assert help_text("spend").startswith("/batchai spend: Show a month's GPU spend")
+    assert help_text("audit").startswith("/batchai audit: Show the audit log")
+    assert usage("approvals", "deny").startswith(
+        "usage: /batchai approvals deny --id ID --reason TEXT [flags]"
+    )
+    assert usage("budget", "set").startswith("usage: /batchai budget set --amount USD [flags]")
+    assert "  spend: budget show, budget set, approvals list" in usage()
+    markdown = reference_markdown()
+    for title in (
+        "budget show",
+        "budget set",
+        "approvals list",
+        "approvals deny",
+        "spend",
+        "audit",
+    ):
+        assert f"## `/batchai {title}`" in markdown
+
+
+SPEND_BAD_INPUTS = [
+    ("budget set --amount -5", "--amount must be more than $0", ("budget", "set")),
+    ("budget set --amount -$5", "--amount must be more than $0", ("budget", "set")),
+    ("budget set --amount 0", "--amount must be more than $0", ("budget", "set")),
+    ("budget set --amount $0.00", "--amount must be more than $0", ("budget", "set")),
+    ("budget set --amount 10,000,000.01", "at most $10,000,000", ("budget", "set")),
+    ("budget set --amount 99999999999", "at most $10,000,000", ("budget", "set")),
+    ("budget set --amount 5.123", '"5.123" is not an amount in USD', ("budget", "set")),
+    ("budget set --amount abc", '"abc" is not an amount in USD', ("budget", "set")),
+    ("budget set --amount 2,50", "is not an amount in USD", ("budget", "set")),
+    ("budget set --amount 1,0000", "is not an amount in USD", ("budget", "set")),
+    ("budget set --amount 2500$", "is not an amount in USD", ("budget", "set")),
+    ("budget set --amount 1e3", "is not an amount in USD", ("budget", "set")),
+    ("budget set", 'missing required flag --amount for "budget set"', ("budget", "set")),
+    ("budget set --amount", "--amount needs a value", ("budget", "set")),
+    ("budget show --channel general", '"general" is not a channel', ("budget", "show")),
+    ("budget show --channel #General", '"#General" is not a channel', ("budget", "show")),
+    ("budget show --channel c0123abcd", "is not a channel", ("budget", "show")),
+    ("budget show --channel <@U0123ABCD>", "is not a channel", ("budget", "show")),
+    ("budget show --channel <#c0123|x>", "is not a channel", ("budget", "show")),
+    ("budget set --amount 5 --channel D0123ABCD", "is not a channel", ("budget", "set")),
+    (
+        "approvals deny --id 3f9c2a7e",
+        'missing required flag --reason for "approvals deny"',
+        ("approvals", "deny"),
+    ),
+    ("approvals deny --reason 'too big'", "missing required flag --id", ("approvals", "deny")),
+    (
+        "approvals deny --id 3f9c2a7e --reason too big",
+        "quote a value that contains spaces",
+        ("approvals", "deny"),
+    ),
+    (
+        "approvals deny --id 3f9c2a7e --reason '   '",
+        "--reason needs some text",
+        ("approvals", "deny"),
+    ),
+    (
+        "approvals deny --id 3f9c2a7e --reason " + "x" * 501,
+        "longer than 500 characters",
+        ("approvals", "deny"),
+    ),
+    ("approvals deny --id 3f9c2a7e --reason 'a\x00b'", "control character", ("approvals", "deny")),
+    ("approvals approve --id 3F9C2A7E", '--id "3F9C2A7E" is not valid', ("approvals", "approve")),
+    ("approvals approve --id abc1234", "8-32 lowercase hex", ("approvals", "approve")),
+    ("approvals approve --id " + "a" * 33, "8-32 lowercase hex", ("approvals", "approve")),
+    ("approvals approve --id 3f9c2a7g", "8-32 lowercase hex", ("approvals", "approve")),
+    ("approvals approve", "missing required flag --id", ("approvals", "approve")),
+    ("approvals list --all=yes", "--all takes no value", ("approvals", "list")),
+    ("approvals list --al", "did you mean --all?", ("approvals", "list")),
+    ("approvals list pending", 'unexpected argument "pending"', ("approvals", "list")),
+    ("approvals aprove --id 3f9c2a7e", 'did you mean "approvals approve"?', ("approvals",)),
+    ("spend --month 2026-13", '--month "2026-13" is not valid: use a month as YYYY-MM', ("spend",)),
+    ("spend --month 2026-00", "YYYY-MM", ("spend",)),
+    ("spend --month 2026-5", "YYYY-MM", ("spend",)),
+    ("spend --month 26-05", "YYYY-MM", ("spend",)),
+    ("spend --by team", '--by must be user or channel or cluster, not "team"', ("spend",)),
+    ("spend --by", "--by needs a value", ("spend",)),
+    ("spend --channel C0123ABCD", 'unknown flag --channel for "spend"', ("spend",)),
+    ("spend by user", 'unexpected argument "by" for "spend"', ("spend",)),
+    ("audit --limit 0", "--limit must be a whole number from 1 to 500", ("audit",)),
+    ("audit --limit 501", "from 1 to 500", ("audit",)),
+    ("audit --limit many", "from 1 to 500", ("audit",)),
+    ("audit --limit 5 --limit 6", "--limit given twice", ("audit",)),
+    ("audit --job ../x", '--job "../x" is not valid', ("audit",)),
+    ("budget --amount 5", '"budget" needs a command: show, set', ("budget",)),
+    ("budget delete", 'unknown command "budget delete"', ("budget",)),
+    ("spnd", 'did you mean "spend"?', ()),
+    ("approval list", 'did you mean "approvals"?', ()),
+    ("help budget sett", 'unknown help topic "budget sett"', ()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "path"), SPEND_BAD_INPUTS)
+def test_bad_spend_input_gives_one_line_error_with_its_usage(
+    text: str, expected: str, path: tuple[str, ...]
+) -> None:
+    err = _error(text)
+    message = str(err)
+    assert expected in message
+    assert "\n" not in message and len(message.splitlines()) == 1
+    assert err.usage == usage(*path)
+
+
+def test_there_are_at_least_12_distinct_bad_spend_inputs() -> None:
+    assert len({text for text, _, _ in SPEND_BAD_INPUTS}) >= 12
+
+
+def test_unknown_group_names_the_new_commands() -> None:
+    message = str(_error("foo"))
+    assert message.startswith('unknown command group "foo": use cluster, job, budget, approvals')
+    assert "spend, audit or help" in message
+
+
 # --------------------------------------------------------------------------- secrets
 
 
@@ -651,6 +889,16 @@ _VOCABULARY = [
     "&lt;",
     "job.json",
     "manifests/jobs/mnist.json",
+    "$2,500.00",
+    "-5",
+    "0",
+    "2026-13",
+    "2026-05",
+    "3f9c2a7e",
+    "#ml-team",
+    "<#C0123ABCD|ml-team>",
+    "channel",
+    "'too big'",
 ]
 
 

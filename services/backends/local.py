@@ -42,6 +42,7 @@ RUNNER_MODULE = "services.backends.noderunner"
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
 TERMINATE = "terminate"  # marker in the run dir: the user asked to terminate the job
+DEADLINE = "deadline"  # in the run dir: a later wall-clock deadline (epoch seconds)
 
 
 # --------------------------------------------------------------------------- paths and names
@@ -769,6 +770,7 @@ class LocalBackend:
                 heartbeat_seconds=self._heartbeat,
                 peers=tuple(str(run_dir / f"node-{j}") for j in range(count) if j != i),
                 terminate_file=str(run_dir / TERMINATE),
+                deadline_file=str(run_dir / DEADLINE),
             )
             # The spec holds the job's secrets: readable by the bot's user only.
             write_atomic(run_dir / f"node-{i}.json", json.dumps(spec.to_json()), mode=0o600)
@@ -879,6 +881,12 @@ class LocalBackend:
             )
         preparing = any(r.phase in (None, "prep") for r in live)
         return RunStatus(phase="preparing" if preparing else "running", started_at=_when(started))
+
+    async def set_deadline(self, job_id: str, deadline: datetime) -> None:
+        """Move the wall-clock limit (an approved extension); the node runners re-read it."""
+        run_dir = self._run_dir(job_id)
+        if run_dir.is_dir():
+            write_atomic(run_dir / DEADLINE, f"{deadline.timestamp():.3f}\n")
 
     async def terminate_job(self, job_id: str) -> None:
         """SIGTERM the job's runners and return; a job never started here is nothing to stop."""

@@ -95,6 +95,8 @@ class RunnerSpec:
     peers: tuple[str, ...] = ()  # status dirs of the job's other nodes (gang semantics)
     # Its existence means "terminate": covers a runner started after the SIGTERMs went out.
     terminate_file: str | None = None
+    # When present, holds a later deadline (epoch seconds): an approved extension.
+    deadline_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class RunnerSpec:
             "heartbeat_seconds": self.heartbeat_seconds,
             "peers": list(self.peers),
             "terminate_file": self.terminate_file,
+            "deadline_file": self.deadline_file,
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -126,6 +129,7 @@ class RunnerSpec:
             heartbeat_seconds=float(raw.get("heartbeat_seconds", 5.0)),
             peers=tuple(str(p) for p in raw.get("peers", ())),
             terminate_file=raw.get("terminate_file"),
+            deadline_file=raw.get("deadline_file"),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -268,6 +272,16 @@ class NodeRunner:
                 return Path(peer).name
         return None
 
+    def _deadline(self) -> float:
+        """The spec's deadline, or the later one an extension wrote since."""
+        if self.spec.deadline_file:
+            try:
+                with open(self.spec.deadline_file) as f:
+                    return float(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        return self.spec.deadline
+
     def _wait(self, procs: list[_Running]) -> _Outcome | None:
         """Wait for all to end. A non-None outcome means the run was cut short (stop them)."""
         while True:
@@ -278,10 +292,10 @@ class NodeRunner:
             if peer is not None:
                 # Gang semantics across nodes: a failed node fails the job, the rest stop.
                 return _Outcome(EXIT_TERMINATED, f"stopped because {peer} failed")
-            if time.time() >= self.spec.deadline:
-                return _Outcome(
-                    EXIT_WALL_CLOCK, f"max wall clock time {self.spec.max_wall_clock} exceeded"
-                )
+            deadline = self._deadline()
+            if time.time() >= deadline:
+                limit = self.spec.max_wall_clock if deadline == self.spec.deadline else "(extended)"
+                return _Outcome(EXIT_WALL_CLOCK, f"max wall clock time {limit} exceeded")
             pending = False
             for r in procs:
                 if r.exit_code is not None:

@@ -73,6 +73,8 @@ jobs = Table(
     Column("conversation", JSON),
     Column("deleted", Boolean, nullable=False, server_default=false()),
     Column("node_rate", String(24)),  # Decimal as text: exact on SQLite and PostgreSQL
+    Column("wall_clock_warned_at", DateTime(timezone=True)),
+    Column("estimate", String(24)),
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(
@@ -137,3 +139,70 @@ audit = Table(
     Column("detail", Text),
 )
 Index("ix_audit_at", audit.c.at)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("job_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("requester", String(64), nullable=False),
+    Column("channel", String(64)),
+    Column("estimate", String(24), nullable=False),
+    Column("formula", Text, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("required", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("extra_hours", String(24)),
+)
+Index("ix_approvals_state", approvals.c.state, approvals.c.expires_at)
+
+votes = Table(
+    "approval_votes",
+    metadata,
+    Column("approval_id", String(32), primary_key=True),
+    Column("approver", String(64), primary_key=True),  # one vote per approver, ever
+    Column("decision", String(8), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("job_id", String(32), nullable=False),
+    Column("user", String(64), nullable=False),
+    Column("channel", String(64)),
+    Column("cluster", String(64), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("nodes", Integer, nullable=False),
+    Column("hours", String(24), nullable=False),
+    Column("usd", String(24), nullable=False),
+)
+Index("ix_ledger_at", ledger.c.at)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("monthly_usd", String(24), nullable=False),
+    Column("set_by", String(64), nullable=False),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("region", String(32), primary_key=True),
+    Column("spot", Boolean, primary_key=True),
+    Column("usd_per_hour", String(24), nullable=False),
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(256), nullable=False),
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,28 +19,47 @@ from services.clock import utcnow
 from services.errors import Conflict
 from services.events import Event, event_from_payload
 from services.models import (
+    Approval,
     AuditEntry,
     Cluster,
     Conversation,
     FileLocation,
     Job,
     JobLayout,
+    LedgerEntry,
     MetricPoint,
     Progress,
     ShareMount,
+    Vote,
 )
 from services.states import ClusterState, JobState
 from services.store.schema import (
+    approvals,
     audit,
+    budgets,
     clusters,
     deliveries,
     events,
     jobs,
+    ledger,
     log_offsets,
     metrics,
+    prices,
+    votes,
+)
+from services.store.spend import (
+    approval_from,
+    approval_row,
+    aware,
+    ledger_from,
+    ledger_row,
+    vote_from,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_LIFECYCLE_COLUMNS = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
 
 
 class SqlStore:
@@ -100,18 +119,35 @@ class SqlStore:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    async def insert_job(self, job: Job, new_events: Sequence[Event] = ()) -> Job:
+    async def insert_job(
+        self,
+        job: Job,
+        new_events: Sequence[Event] = (),
+        *,
+        approval: Approval | None = None,
+        ledger_entry: LedgerEntry | None = None,
+    ) -> Job:
+        """A new job, with its approval request and estimate if any, in one transaction."""
         async with self._engine.begin() as conn:
             seq = (await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)))).scalar_one()
             try:
                 await conn.execute(insert(jobs).values(seq=seq + 1, **_job_row(job)))
             except IntegrityError as err:
                 raise Conflict(f"job {job.name} already exists") from err
+            if approval is not None:
+                await conn.execute(insert(approvals).values(approval_row(approval)))
+            if ledger_entry is not None:
+                await conn.execute(insert(ledger).values(ledger_row(ledger_entry)))
             await _add_events(conn, new_events, job.created_at)
         return job
 
     async def update_job(
-        self, job: Job, new_events: Sequence[Event] = (), *, expect: JobState | None = None
+        self,
+        job: Job,
+        new_events: Sequence[Event] = (),
+        *,
+        expect: JobState | None = None,
+        ledger_entry: LedgerEntry | None = None,
     ) -> bool:
         """Write the job's lifecycle columns (state, times, exit code, error, nodes); with
         `expect`, only if the stored state still is `expect` (else nothing, and False).
@@ -123,10 +159,12 @@ class SqlStore:
             if expect is not None:
                 stmt = stmt.where(jobs.c.state == expect.value)
             row = _job_row(job)
-            result = await conn.execute(stmt.values({k: row[k] for k in _LIFECYCLE}))
+            result = await conn.execute(stmt.values({k: row[k] for k in _LIFECYCLE_COLUMNS}))
             if result.rowcount == 0:
                 await conn.rollback()
                 return False
+            if ledger_entry is not None:
+                await conn.execute(insert(ledger).values(ledger_row(ledger_entry)))
             await _add_events(conn, new_events, None)
         return True
 
@@ -315,7 +353,7 @@ class SqlStore:
             rows = await conn.execute(stmt)
             return [
                 AuditEntry(
-                    at=_aware(r.at) or r.at,
+                    at=aware(r.at) or r.at,
                     actor=r.actor,
                     channel=r.channel,
                     action=r.action,
@@ -326,8 +364,185 @@ class SqlStore:
                 for r in rows
             ]
 
+    # -- approvals ---------------------------------------------------------------------------
 
-_LIFECYCLE = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
+    async def add_approval(self, approval: Approval, new_events: Sequence[Event]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(approvals).values(approval_row(approval)))
+            await _add_events(conn, new_events, approval.created_at)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(approvals).where(approvals.c.id == approval_id))
+            ).first()
+            if row is None:
+                return None
+            return approval_from(row._mapping, await _votes(conn, approval_id))
+
+    async def list_approvals(
+        self, *, state: str | None = None, job_id: str | None = None
+    ) -> list[Approval]:
+        stmt = select(approvals).order_by(approvals.c.created_at)
+        if state is not None:
+            stmt = stmt.where(approvals.c.state == state)
+        if job_id is not None:
+            stmt = stmt.where(approvals.c.job_id == job_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+            return [approval_from(r._mapping, await _votes(conn, r.id)) for r in rows]
+
+    async def add_vote(self, approval_id: str, vote: Vote) -> bool:
+        """Record one approver's vote; False when this approver had voted already."""
+        async with self._engine.begin() as conn:
+            try:
+                await conn.execute(
+                    insert(votes).values(
+                        approval_id=approval_id,
+                        approver=vote.approver,
+                        decision=vote.decision,
+                        at=vote.at,
+                        reason=vote.reason,
+                    )
+                )
+            except IntegrityError:
+                await conn.rollback()
+                return False
+        return True
+
+    async def close_approval(
+        self,
+        approval_id: str,
+        state: str,
+        at: datetime,
+        job: Job | None,
+        new_events: Sequence[Event],
+        *,
+        expect_job: JobState | None = None,
+        columns: Sequence[str] = _LIFECYCLE_COLUMNS,
+    ) -> bool:
+        """Decide a pending approval (and write `columns` of its job), once: False if it was
+        decided already."""
+        async with self._engine.begin() as conn:
+            closed = await conn.execute(
+                update(approvals)
+                .where(approvals.c.id == approval_id, approvals.c.state == "pending")
+                .values(state=state, decided_at=at)
+            )
+            if closed.rowcount == 0:
+                await conn.rollback()
+                return False
+            if job is not None:
+                stmt = update(jobs).where(jobs.c.id == job.id)
+                if expect_job is not None:
+                    stmt = stmt.where(jobs.c.state == expect_job.value)
+                row = _job_row(job)
+                await conn.execute(stmt.values({k: row[k] for k in columns}))
+            await _add_events(conn, new_events, at)
+        return True
+
+    # -- ledger, budgets, prices ------------------------------------------------------------
+
+    async def add_ledger(self, entry: LedgerEntry) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(ledger).values(ledger_row(entry)))
+
+    async def list_ledger(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kind: str | None = None,
+        job_id: str | None = None,
+    ) -> list[LedgerEntry]:
+        stmt = select(ledger).order_by(ledger.c.id)
+        if since is not None:
+            stmt = stmt.where(ledger.c.at >= since)
+        if until is not None:
+            stmt = stmt.where(ledger.c.at < until)
+        if kind is not None:
+            stmt = stmt.where(ledger.c.kind == kind)
+        if job_id is not None:
+            stmt = stmt.where(ledger.c.job_id == job_id)
+        async with self._engine.connect() as conn:
+            return [ledger_from(r._mapping) for r in await conn.execute(stmt)]
+
+    async def set_budget(self, channel: str, monthly: Decimal, by: str, at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(budgets.delete().where(budgets.c.channel == channel))
+            await conn.execute(
+                insert(budgets).values(
+                    channel=channel, monthly_usd=str(monthly), set_by=by, set_at=at
+                )
+            )
+
+    async def get_budget(self, channel: str) -> Decimal | None:
+        async with self._engine.connect() as conn:
+            stmt = select(budgets.c.monthly_usd).where(budgets.c.channel == channel)
+            value = (await conn.execute(stmt)).scalar_one_or_none()
+        return None if value is None else Decimal(value)
+
+    async def save_prices(
+        self, rows: Sequence[tuple[str, str, bool, Decimal]], source: str, at: datetime
+    ) -> None:
+        """Replace the refreshed price cache: (sku, region, spot, usd_per_hour) rows."""
+        async with self._engine.begin() as conn:
+            await conn.execute(prices.delete())
+            if rows:
+                await conn.execute(
+                    insert(prices),
+                    [
+                        {
+                            "sku": sku,
+                            "region": region,
+                            "spot": spot,
+                            "usd_per_hour": str(rate),
+                            "fetched_at": at,
+                            "source": source,
+                        }
+                        for sku, region, spot, rate in rows
+                    ],
+                )
+
+    async def load_prices(self) -> list[tuple[str, str, bool, Decimal, datetime, str]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(prices))
+            return [
+                (
+                    r.sku,
+                    r.region,
+                    r.spot,
+                    Decimal(r.usd_per_hour),
+                    aware(r.fetched_at) or r.fetched_at,
+                    r.source,
+                )
+                for r in rows
+            ]
+
+    async def set_max_wall_clock(
+        self, job_id: str, limit: timedelta, new_events: Sequence[Event] = ()
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(max_wall_clock_s=int(limit.total_seconds()))
+            )
+            await _add_events(conn, new_events, None)
+
+    async def set_wall_clock_warned(
+        self, job_id: str, at: datetime | None, new_events: Sequence[Event] = ()
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(wall_clock_warned_at=at)
+            )
+            await _add_events(conn, new_events, at)
+
+
+async def _votes(conn: AsyncConnection, approval_id: str) -> tuple[Vote, ...]:
+    stmt = select(votes).where(votes.c.approval_id == approval_id).order_by(votes.c.at)
+    return tuple(vote_from(r._mapping) for r in await conn.execute(stmt))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -424,7 +639,7 @@ def _cluster_from(r: Any) -> Cluster:
         admin_user=r["admin_user"],
         setup_task=r["setup_task"],
         created_by=r["created_by"],
-        created_at=_aware(r["created_at"]),
+        created_at=aware(r["created_at"]),
         conversation=_conversation_from(r["conversation"]),
         error=r["error"],
     )
@@ -490,19 +705,14 @@ def _job_row(j: Job) -> dict[str, Any]:
         "container_image": j.container_image,
         "conversation": _conversation_row(j.conversation),
         "node_rate": None if j.node_rate is None else str(j.node_rate),
+        "estimate": None if j.estimate is None else str(j.estimate),
+        "wall_clock_warned_at": j.wall_clock_warned_at,
     }
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything in this project is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _job_from(r: Any) -> Job:
     progress = r["progress"]
-    created = _aware(r["created_at"])
+    created = aware(r["created_at"])
     assert created is not None
     return Job(
         id=r["id"],
@@ -519,9 +729,9 @@ def _job_from(r: Any) -> Job:
         requester=r["requester"],
         created_at=created,
         conversation=_conversation_from(r["conversation"]),
-        queued_at=_aware(r["queued_at"]),
-        started_at=_aware(r["started_at"]),
-        ended_at=_aware(r["ended_at"]),
+        queued_at=aware(r["queued_at"]),
+        started_at=aware(r["started_at"]),
+        ended_at=aware(r["ended_at"]),
         exit_code=r["exit_code"],
         error=r["error"],
         nodes=tuple(r["nodes"]),
@@ -530,4 +740,6 @@ def _job_from(r: Any) -> Job:
         last_metrics=dict(r["last_metrics"] or {}),
         container_image=r["container_image"],
         node_rate=None if r["node_rate"] is None else Decimal(r["node_rate"]),
+        estimate=None if r["estimate"] is None else Decimal(r["estimate"]),
+        wall_clock_warned_at=aware(r["wall_clock_warned_at"]),
     )
