@@ -187,7 +187,7 @@ def build(
             audit=AuditLog(store),
         )
     )
-    actions = ActionHandler(jobs, clock.now)
+    actions = ActionHandler(jobs, clock.now, approvals)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     approvals_channel: str | None = None
     price_region: str = "eastus"
     price_refresh_hours: float = Field(24.0, ge=0)  # 0: never ask the Azure Retail Prices API
+    prices_api_url: str = "https://prices.azure.com/api/retail/prices"
 
     # Where things live
     batchai_backend: Literal["local"] = "local"

@@ -72,7 +72,8 @@ async def running(
         bot.prices.table = await load_refreshed(bot.prices.table, bot.store)
         if periodic and settings.price_refresh_hours > 0:
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            refresher = PriceRefresher(bot, RetailPrices(session), settings.price_region)
+            client = RetailPrices(session, base_url=settings.prices_api_url)
+            refresher = PriceRefresher(bot, client, settings.price_region)
             bot.scheduler.every(
                 "prices", settings.price_refresh_hours * 3600, refresher.run, now=True
             )

@@ -89,7 +89,9 @@ class Presenter:
         keys = delivery.keys
         if isinstance(event, JobSubmitted):
             conv = await self._ensure_card(job, conv, f"{keys[0]}-card")
-            await self._reply(conv, views.submitted_reply(job, event.warnings), keys)
+            await self._reply(
+                conv, views.submitted_reply(job, event.warnings, event.estimate), keys
+            )
             return conv
         if isinstance(event, JobStateChanged):
             await self._refresh_card(job, conv)

@@ -21,7 +21,7 @@ from services.models import (
     Job,
     Node,
 )
-from services.pricing import Price, format_usd
+from services.pricing import Price, format_rate, format_usd
 from services.states import JobState
 
 Block = dict[str, Any]
@@ -219,13 +219,16 @@ def state_reply(job: Job, new: str, detail: str | None) -> Message:
     return Message(text, [section(text)])
 
 
-def submitted_reply(job: Job, warnings: Sequence[str]) -> Message:
+def submitted_reply(job: Job, warnings: Sequence[str], estimate: str | None = None) -> Message:
+    verb = "submitted to" if job.state is JobState.PENDING_APPROVAL else "queued on"
     text = (
-        f":inbox_tray: queued on `{job.cluster}` ({job.node_count} node"
+        f":inbox_tray: {verb} `{job.cluster}` ({job.node_count} node"
         f"{'s' if job.node_count != 1 else ''}, max {fmt_duration(job.max_wall_clock)})"
     )
     blocks = [section(text)]
-    blocks += [context(f":warning: {w}") for w in warnings[:5]]
+    if estimate:
+        blocks.append(context(f"estimate: `{esc(estimate)}`"))
+    blocks += [context(f":warning: {esc(w)}") for w in warnings[:5]]
     return Message(text, blocks)
 
 
@@ -262,9 +265,10 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
         f"duration {fmt_duration(job.duration)}",
     ]
     if job.ended_at is not None and (cost := cost_so_far(job, job.ended_at)) is not None:
-        facts.append(f"cost {format_usd(cost)}")
+        estimated = f" (estimate {format_usd(job.estimate)})" if job.estimate is not None else ""
+        facts.append(f"cost {format_usd(cost)}{estimated}")
     if job.error and job.state is not JobState.SUCCEEDED:
-        facts.append(f"reason: {job.error}")
+        facts.append(f"reason: {esc(job.error)}")
     blocks = [section(head), context(" · ".join(facts))]
     if job.last_metrics:
         blocks.append(
@@ -527,7 +531,7 @@ def job_submitted(job: Job) -> Message:
         hours = job.max_wall_clock.total_seconds() / 3600
         blocks.append(
             context(
-                f"estimate: {job.node_count} × {format_usd(job.node_rate)}/h × "
+                f"estimate: {job.node_count} × {format_rate(job.node_rate)} × "
                 f"{hours:g} h max = {format_usd(job.estimate)}"
             )
         )

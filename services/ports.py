@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from services.events import Event
@@ -81,8 +81,9 @@ class ComputeBackend(Protocol):
 
     async def terminate_job(self, job_id: str) -> None: ...
 
-    async def set_deadline(self, job_id: str, deadline: datetime) -> None:
-        """Move a running job's wall-clock limit (an approved extension); idempotent."""
+    async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
+        """Move a running job's wall-clock limit (an approved extension): it may run for
+        `remaining` more from now. Relative, so the backend's clock and ours never mix."""
         ...
 
     async def aclose(self) -> None: ...

@@ -186,7 +186,8 @@ class JobRunner:
             return
         if status.phase == "running":
             if job.state is JobState.PREPARING:
-                step = advance(job, JobState.RUNNING, started_at=status.started_at or self._now())
+                # Times come from the bot's clock, the one every limit and cost is measured with.
+                step = advance(job, JobState.RUNNING, started_at=self._now())
                 if step is not None:
                     await self._store.update_job(*step, expect=JobState.PREPARING)
                     job = step[0]
@@ -225,14 +226,14 @@ class JobRunner:
             if step is not None:
                 current, more = step
                 events += more
-        started = current.started_at or (status.started_at if status else None)
+        started = current.started_at or self._now()
         step = advance(
             current,
             target,
             detail=detail,
             exit_code=exit_code,
             error=detail if target is not JobState.SUCCEEDED else None,
-            ended_at=(status.ended_at if status and status.ended_at else self._now()),
+            ended_at=self._now(),
             started_at=started,
         )
         if step is None:
@@ -251,7 +252,7 @@ class JobRunner:
                 self._tailer.forget((job.id, name))
 
     def _start_time(self, job: Job, status: RunStatus | None) -> datetime:
-        return job.started_at or (status.started_at if status else None) or self._now()
+        return job.started_at or self._now()
 
     async def _outputs(self, job: Job) -> tuple[OutputFile, ...]:
         if job.layout is None:
@@ -281,7 +282,7 @@ class JobRunner:
             return
         deadline = job.started_at + job.max_wall_clock
         if self._deadlines.get(job.id) != deadline:
-            await self._backend.set_deadline(job.id, deadline)
+            await self._backend.set_time_left(job.id, deadline - self._now())
             self._deadlines[job.id] = deadline
 
     async def warn_wall_clock(self) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -882,11 +882,12 @@ class LocalBackend:
         preparing = any(r.phase in (None, "prep") for r in live)
         return RunStatus(phase="preparing" if preparing else "running", started_at=_when(started))
 
-    async def set_deadline(self, job_id: str, deadline: datetime) -> None:
+    async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move the wall-clock limit (an approved extension); the node runners re-read it."""
         run_dir = self._run_dir(job_id)
         if run_dir.is_dir():
-            write_atomic(run_dir / DEADLINE, f"{deadline.timestamp():.3f}\n")
+            deadline = time.time() + remaining.total_seconds()
+            write_atomic(run_dir / DEADLINE, f"{deadline:.3f}\n")
 
     async def terminate_job(self, job_id: str) -> None:
         """SIGTERM the job's runners and return; a job never started here is nothing to stop."""

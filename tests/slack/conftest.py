@@ -41,11 +41,15 @@ while gate and not os.path.exists(gate):
 """
 
 
-def job_json(epochs: int = 3, *, gate: str | None = None, nodes: int = 1) -> str:
+def job_json(
+    epochs: int = 3, *, gate: str | None = None, nodes: int = 1, hours: int | None = None
+) -> str:
     env = [{"name": "GATE", "value": f"$AZ_BATCHAI_MOUNT_ROOT/afs/{gate}"}] if gate else []
+    limit = {"constraints": {"maxWallClockTime": f"{hours}:00:00"}} if hours else {}
     return json.dumps(
         {
             "properties": {
+                **limit,
                 "nodeCount": nodes,
                 "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
                 "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}],
@@ -160,6 +164,7 @@ def rig_settings(tmp_path: Path, fake: FakeSlack, **overrides: Any) -> Settings:
         port=0,
         link_secret="link-secret-for-tests",
         poll_seconds=0.2,
+        price_refresh_hours=0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
