@@ -264,18 +264,15 @@ class ApprovalService:
                 if moved.state.finished:
                     events.append(finished_event(moved, ()))
                 expect = job.state
+        columns: tuple[str, ...] = ("state", "queued_at", "ended_at", "error")
         if job is not None and approval.kind == "extend" and state == "approved":
             extra = timedelta(hours=float(approval.extra_hours or 0))
             moved = replace(job, max_wall_clock=job.max_wall_clock + extra)
-            events.append(
-                JobNote(
-                    job_id=job.id,
-                    cluster=job.cluster,
-                    text=f"limit extended by {_hours(extra)}, approved",
-                )
-            )
+            columns = ("max_wall_clock_s",)
+            note = f"limit extended by {_hours(extra)} (approved)"
+            events.append(JobNote(job_id=job.id, cluster=job.cluster, text=note))
         closed = await self._store.close_approval(
-            approval.id, state, now, moved, events, expect_job=expect
+            approval.id, state, now, moved, events, expect_job=expect, columns=columns
         )
         fresh = await self.get_approval(approval.id)
         if not closed:

@@ -340,3 +340,34 @@ async def _running(rig: SlackRig, name: str) -> bool:
 async def _ended(rig: SlackRig, name: str) -> bool:
     job = await rig.bot.store.find_job(name)
     return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
+
+
+async def test_an_extension_over_the_budget_needs_approval_again(spend: SlackRig) -> None:
+    await spend.answer(A100)
+    await submit(spend, "long", hours=1, nodes=4)  # 4 × $3.673 × 1 h = $14.69: starts at once
+    await spend.until(lambda: _running(spend, "long"), "long to start")
+    await spend.answer("budget set --amount 1.00", user=BOSS)
+    spend.clock.advance(timedelta(minutes=51))  # type: ignore[attr-defined]
+    await drain(spend)
+    job = await spend.bot.store.find_job("long")
+    assert job is not None
+    answer = await click(spend, views.ACTION_EXTEND, job.id, ALICE)
+    assert "waits for" in answer
+    (approval,) = [a for a in await spend.bot.store.list_approvals() if a.kind == "extend"]
+    again = await click(spend, views.ACTION_EXTEND, job.id, ALICE)
+    assert "already waiting" in again
+    await click(spend, views.ACTION_APPROVE, approval.id, CFO)
+    extended = await spend.bot.store.find_job("long")
+    assert extended is not None and extended.max_wall_clock == timedelta(hours=3)
+    assert extended.state is JobState.RUNNING
+    await spend.answer("job terminate -n long")
+
+
+async def test_the_requester_may_withdraw_a_waiting_request(spend: SlackRig) -> None:
+    await spend.answer(A100)
+    await submit(spend, "maybe")
+    reply = await spend.answer("job terminate -n maybe")
+    assert "terminating" in reply["text"] or "denied" in reply["text"]
+    assert await state(spend, "maybe") is JobState.DENIED
+    approval = await approval_of(spend, "maybe")
+    assert approval.state == "denied"
