@@ -110,6 +110,7 @@ async def _bot(conn: Connection, slack_api: str) -> None:
             link_secret="bench-link-secret",
             poll_seconds=1.0,
             log_level="WARNING",
+            price_refresh_hours=0,  # no calls to the Azure Retail Prices API
         )
         async with running(settings) as bot:
             bot.share.create_share("data")

@@ -518,6 +518,7 @@ async def bench(args: argparse.Namespace) -> None:
         link_secret="bench-link-secret",
         poll_seconds=1.0,
         log_level="WARNING",
+        price_refresh_hours=0,  # no calls to the Azure Retail Prices API
     )
     print(
         f"log streaming: {args.jobs} jobs x {args.rate:g} lines/s x {args.seconds:g} s into one"
