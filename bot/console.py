@@ -49,6 +49,7 @@ class ConsoleTransport:
         thread: str | None = None,
         broadcast: bool = False,
         keys: Sequence[str] = (),
+        low_priority: bool = False,
     ) -> str:
         for key in keys:
             if key in self._sent:

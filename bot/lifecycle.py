@@ -40,6 +40,7 @@ async def running(
         bot = build(settings, transport=transport, clock=clock, port=port)
         stack.push_async_callback(bot.store.aclose)
         stack.push_async_callback(bot.backend.aclose)
+        stack.push_async_callback(bot.relay.aclose)
         await bot.store.migrate()
         if touched := await bot.clusters.reconcile():
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
@@ -79,7 +80,7 @@ async def running(
             )
         if periodic:
             bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
-            bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.drain)
+            bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.start_delivery)
             bot.scheduler.start()
             stack.callback(bot.scheduler.shutdown)
         yield bot

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,23 +34,49 @@ TRANSIENT_ERRORS = {
 
 
 class _Pace:
-    """At most one call per `interval` seconds, in arrival order."""
+    """At most one call per `interval` seconds. Waiters go in priority order (0 first), then in
+    arrival order: receipts and state changes overtake log snippets in a busy channel."""
 
     def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
         self._interval = interval
         self._monotonic = monotonic
         self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._busy = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
 
-    async def __aenter__(self) -> None:
-        await self._lock.acquire()
-        wait = self._next - self._monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            wait = self._next - self._monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            yield
+        finally:
+            self._release()
 
-    async def __aexit__(self, *_: object) -> None:
+    async def _acquire(self, priority: int) -> None:
+        if not self._busy and not self._waiters:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # handed the lane while being cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
         self._next = self._monotonic() + self._interval
-        self._lock.release()
+        while self._waiters:
+            _, _, turn = heapq.heappop(self._waiters)
+            if not turn.done():
+                turn.set_result(None)  # the lane stays busy: it is theirs now
+                return
+        self._busy = False
 
     def push_back(self, seconds: float) -> None:
         """Slack said Retry-After: nobody in this lane calls before then."""
@@ -98,12 +127,14 @@ class SlackOutbox:
         thread: str | None = None,
         broadcast: bool = False,
         keys: Sequence[str] = (),
+        low_priority: bool = False,
     ) -> str:
         if keys and (sent := await self._store.get_delivery(keys)) is not None:
             return sent
         lane = self._lane(channel)
         response = await self._call(
             lane,
+            1 if low_priority else 0,
             self._client.chat_postMessage,
             channel=channel,
             text=message.text[:3000],
@@ -128,7 +159,7 @@ class SlackOutbox:
         self._pending_edits[key] = message
         taken = False
         try:
-            async with self._updates:
+            async with self._updates.slot():
                 latest, taken = self._pending_edits.pop(key), True
                 await self._send(
                     self._updates,
@@ -159,6 +190,7 @@ class SlackOutbox:
             return
         response = await self._call(
             self._lane(channel),
+            0,
             self._client.files_upload_v2,
             channel=channel,
             thread_ts=thread,
@@ -173,6 +205,7 @@ class SlackOutbox:
     async def post_ephemeral(self, channel: str, user: str, message: Message) -> None:
         await self._call(
             self._lane(channel),
+            0,
             self._client.chat_postEphemeral,
             channel=channel,
             user=user,
@@ -189,9 +222,13 @@ class SlackOutbox:
         return lane
 
     async def _call(
-        self, lane: _Pace, method: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
+        self,
+        lane: _Pace,
+        priority: int,
+        method: Callable[..., Awaitable[AsyncSlackResponse]],
+        **kwargs: Any,
     ) -> AsyncSlackResponse:
-        async with lane:
+        async with lane.slot(priority):
             return await self._send(lane, method, **kwargs)
 
     async def _send(

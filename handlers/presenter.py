@@ -41,6 +41,7 @@ class Transport(Protocol):
         thread: str | None = None,
         broadcast: bool = False,
         keys: Sequence[str] = (),
+        low_priority: bool = False,
     ) -> str: ...
 
     async def update(self, channel: str, message_id: str, message: Message) -> None: ...
@@ -101,7 +102,7 @@ class Presenter:
             snippet = views.log_snippet(
                 event.file, event.first_line, event.lines, full_log_url=delivery.log_url
             )
-            await self._reply(conv, snippet, keys)
+            await self._reply(conv, snippet, keys, low_priority=True)
         elif isinstance(event, JobNote):
             await self._reply(conv, views.note_reply(event.text), keys)
         elif isinstance(event, ApprovalRequested) and delivery.approval is not None:
@@ -146,10 +147,21 @@ class Presenter:
         return Conversation(conv.channel, ts, conv.user)
 
     async def _reply(
-        self, conv: Conversation, message: Message, keys: Sequence[str], *, broadcast: bool = False
+        self,
+        conv: Conversation,
+        message: Message,
+        keys: Sequence[str],
+        *,
+        broadcast: bool = False,
+        low_priority: bool = False,
     ) -> None:
         await self._transport.post(
-            conv.channel, message, thread=conv.thread, broadcast=broadcast, keys=keys
+            conv.channel,
+            message,
+            thread=conv.thread,
+            broadcast=broadcast,
+            keys=keys,
+            low_priority=low_priority,
         )
 
     async def _refresh_card(self, job: Job, conv: Conversation) -> None:

@@ -401,3 +401,19 @@ async def test_autoscale_keeps_busy_nodes(rig: Rig) -> None:
     await rig.until(lambda: _finished(rig, second), "second to finish")
     await rig.runner.tick()
     assert (await rig.store.get_cluster("c1")).target_nodes == 0  # type: ignore[union-attr]
+
+
+async def test_snippets_waiting_for_delivery_go_out_as_one_message(rig: Rig) -> None:
+    await rig.cluster()
+    job = await rig.submit("chatty", job_config(lines=300))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not (await rig.state(job)).finished:  # the channel is "slow": nothing delivered yet
+        assert loop.time() < deadline
+        await rig.runner.tick()
+        await asyncio.sleep(0.05)
+    await rig.relay.drain()
+    snippets = [d for d in rig.recorder.of(job, LogSnippet) if d.event.file == "stdout.txt"]  # type: ignore[attr-defined]
+    assert len(snippets) == 1
+    assert snippets[0].event.lines == tuple(f"line {i}" for i in range(1, 301))  # type: ignore[attr-defined]
+    assert len(snippets[0].event_ids) >= 2 and snippets[0].log_url is not None  # merged

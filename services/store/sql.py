@@ -271,14 +271,31 @@ class SqlStore:
         async with self._engine.begin() as conn:
             await _add_events(conn, new_events, None)
 
-    async def pending_events(self, limit: int = 100) -> list[tuple[int, Event]]:
-        """Undelivered events, oldest first."""
-        stmt = (
-            select(events).where(events.c.delivered_at.is_(None)).order_by(events.c.id).limit(limit)
-        )
+    async def pending_events(
+        self, limit: int = 100, *, job_id: str | None = None, of_job: bool = False
+    ) -> list[tuple[int, Event]]:
+        """Undelivered events, oldest first; with `of_job`, only those of `job_id` (None: the
+        events of no job, such as cluster changes)."""
+        stmt = select(events).where(events.c.delivered_at.is_(None))
+        if of_job:
+            stmt = stmt.where(
+                events.c.job_id == job_id if job_id is not None else events.c.job_id.is_(None)
+            )
+        stmt = stmt.order_by(events.c.id).limit(limit)
         async with self._engine.connect() as conn:
             rows = await conn.execute(stmt)
             return [(r.id, event_from_payload(r.kind, r.payload)) for r in rows]
+
+    async def pending_job_ids(self) -> list[str | None]:
+        """Whose events wait for delivery (None: events of no job), oldest first."""
+        stmt = (
+            select(events.c.job_id, func.min(events.c.id).label("first"))
+            .where(events.c.delivered_at.is_(None))
+            .group_by(events.c.job_id)
+            .order_by("first")
+        )
+        async with self._engine.connect() as conn:
+            return [row.job_id for row in await conn.execute(stmt)]
 
     async def mark_delivered(self, event_id: int, at: datetime) -> None:
         async with self._engine.begin() as conn:

@@ -93,3 +93,30 @@ async def test_permanent_errors_are_not_retried(store: SqlStore) -> None:
         with pytest.raises(Exception, match="channel_not_found"):
             await outbox.post(CHANNEL, message("to nowhere"))
         assert len(fake.calls_to("chat.postMessage")) == 1
+
+
+async def test_receipts_overtake_waiting_log_snippets(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.05)
+        snippets = [
+            asyncio.create_task(outbox.post(CHANNEL, message(f"log {i}"), low_priority=True))
+            for i in range(5)
+        ]
+        await asyncio.sleep(0)  # the first snippet holds the lane, the others queue
+        receipt = asyncio.create_task(outbox.post(CHANNEL, message("receipt")))
+        await asyncio.gather(*snippets, receipt)
+        texts = [m.text for m in fake.messages_in(CHANNEL)]
+        assert texts.index("receipt") == 1
+        assert [t for t in texts if t != "receipt"] == [f"log {i}" for i in range(5)]
+
+
+async def test_a_cancelled_waiter_does_not_block_the_lane(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.05)
+        first = asyncio.create_task(outbox.post(CHANNEL, message("first")))
+        waiting = asyncio.create_task(outbox.post(CHANNEL, message("never")))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await first
+        await asyncio.wait_for(outbox.post(CHANNEL, message("after")), timeout=5)
+        assert [m.text for m in fake.messages_in(CHANNEL)] == ["first", "after"]
