@@ -97,7 +97,8 @@ class Presenter:
         if isinstance(event, JobStateChanged):
             await self._refresh_card(job, conv)
             if event.new not in FINISHED_NAMES:  # the receipt tells the end
-                await self._reply(conv, views.state_reply(job, event.new, event.detail), keys)
+                reply = views.state_reply(job, event.new, event.detail, passed=event.passed)
+                await self._reply(conv, reply, keys)
         elif isinstance(event, LogSnippet):
             snippet = views.log_snippet(
                 event.file, event.first_line, event.lines, full_log_url=delivery.log_url

@@ -208,14 +208,17 @@ def _confirm(job: Job) -> Block:
     }
 
 
-def state_reply(job: Job, new: str, detail: str | None) -> Message:
+def state_reply(job: Job, new: str, detail: str | None, *, passed: Sequence[str] = ()) -> Message:
     text = {
         "preparing": f":gear: preparing on node(s) {list(job.nodes)}",
         "running": ":runner: running",
         "terminating": ":octagonal_sign: terminating…",
-    }.get(new, f"{new}")
+        "queued": ":inbox_tray: queued",
+    }.get(new, new)
+    if passed:  # several steps delivered at once
+        text = f"{' → '.join(passed)} → {text}"
     if detail and new not in ("preparing",):
-        text += f" — {detail}"
+        text += f" — {esc(detail)}"
     return Message(text, [section(text)])
 
 

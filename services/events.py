@@ -31,6 +31,7 @@ class JobStateChanged(Event):
     old: str = ""
     new: str = ""
     detail: str | None = None
+    passed: tuple[str, ...] = ()  # states passed through on the way (merged deliveries)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def event_from_payload(kind: str, payload: dict[str, Any]) -> Event:
         data["lines"] = tuple(data.get("lines", ()))
     if cls is JobSubmitted:
         data["warnings"] = tuple(data.get("warnings", ()))
+    if cls is JobStateChanged:
+        data["passed"] = tuple(data.get("passed", ()))
     if cls is JobFinished:
         data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
     return cls(**data)

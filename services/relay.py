@@ -164,7 +164,8 @@ class EventRelay:
 
 def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ...], Event]]:
     """Between two other events, the snippets of each file become one snippet with all their
-    lines (files interleave freely: stdout and stderr have no order between them)."""
+    lines (files interleave freely: stdout and stderr have no order between them); state
+    changes waiting back to back become one."""
     units: list[tuple[tuple[int, ...], Event]] = []
     run: dict[str, tuple[tuple[int, ...], LogSnippet]] = {}
 
@@ -173,6 +174,18 @@ def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ..
         run.clear()
 
     for event_id, event in events:
+        if isinstance(event, JobStateChanged) and units and not run:
+            ids, last = units[-1]
+            if isinstance(last, JobStateChanged) and last.new == event.old:
+                # preparing -> running waiting together: one thread reply, "preparing → running"
+                merged = replace(
+                    last,
+                    new=event.new,
+                    detail=event.detail or last.detail,
+                    passed=(*last.passed, last.new),
+                )
+                units[-1] = ((*ids, event_id), merged)
+                continue
         if not isinstance(event, LogSnippet):
             flush()
             units.append(((event_id,), event))
