@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("apscheduler", "alembic", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # A busy tick makes APScheduler skip the next one, with a warning each time: that is the
+    # intended back-pressure, not news.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     wait = getattr(args, "wait_timeout", 900.0)
     try:
         if args.command in (None, "run") and settings.slack_configured:
