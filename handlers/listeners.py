@@ -40,6 +40,7 @@ SLOW = (
     "JobTerminate",
     "JobDelete",
 )
+AUDITED = ("JobTerminate", "JobDelete", "BudgetSet")
 MODAL_DEADLINE = 2.0  # seconds we give a submission before acking (Slack allows 3)
 
 Audit = Callable[[AuditEntry], Awaitable[None]]
@@ -89,12 +90,13 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             await ack()
         actor = _actor(h, user, channel)
         reply = await h.commands.run(parsed, actor=actor, source="slack")
-        if isinstance(parsed, DESTRUCTIVE) or type(parsed).__name__ in (
-            "JobTerminate",
-            "JobDelete",
-        ):
-            await h.audit(_audit(h, user, channel, _name(parsed), "allowed", body.get("text")))
-        await respond(**_payload(reply, ephemeral=not reply.public), replace_original=slow)
+        if isinstance(parsed, DESTRUCTIVE) or type(parsed).__name__ in AUDITED:
+            outcome = "denied" if reply.failed else "allowed"
+            await h.audit(_audit(h, user, channel, _name(parsed), outcome, body.get("text")))
+        # An ephemeral "working on it…" can be replaced by an ephemeral answer only; a public
+        # answer is a new message in the channel.
+        replace = slow and not reply.public
+        await respond(**_payload(reply, ephemeral=not reply.public), replace_original=replace)
 
     async def on_button(
         ack: Any, body: dict[str, Any], respond: Any, action: dict[str, Any]

@@ -53,6 +53,10 @@ async def test_card_is_edited_in_place_and_the_thread_tells_the_story(rig: Slack
 async def test_card_buttons_logs_refresh_and_double_terminate(rig: SlackRig) -> None:
     await _run_job(rig, "btn", job_json(2, gate="never"))
     await rig.until(lambda: _running_with_card(rig, "btn"), "btn to run")
+    await rig.until(
+        lambda: any("Epoch 2/2" in m.block_text() for m in rig.fake.messages_in(CHANNEL)),
+        "btn's log lines",
+    )
     job = await rig.bot.store.find_job("btn")
     assert job is not None and job.conversation is not None
     (card,) = _top_level(rig)
