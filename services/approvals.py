@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -407,15 +407,3 @@ def _detail(state: str, actor: Actor | None, reason: str | None) -> str:
 def _hours(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:g} h"
-
-
-def channel_of(job: Job) -> str | None:
-    return job.conversation.channel if job.conversation else None
-
-
-def requested_event(approval: Approval) -> ApprovalRequested:
-    return ApprovalRequested(job_id=approval.job_id, approval_id=approval.id)
-
-
-def parse_datetime(value: str) -> datetime:
-    return datetime.fromisoformat(value)

@@ -45,10 +45,6 @@ class Scheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
-    async def run_now(self, job_id: str) -> None:
-        """Run one job's work at once (tests, and a nudge after a command changed things)."""
-        await _run(self, job_id)
-
 
 async def _run(scheduler: Scheduler, job_id: str) -> None:
     """Module-level callback taking an id, so the scheduler never pickles bound methods."""
