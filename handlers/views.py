@@ -662,6 +662,14 @@ def approval_request(
         f"`{esc(approval.formula)}`",
         *(f"• {esc(r)}" for r in approval.reasons),
     ]
+    if approval.month_spend is not None and approval.channel:
+        spent = f"<#{approval.channel}> has spent {format_usd(approval.month_spend)} this month"
+        spent += (
+            f" of its {format_usd(approval.budget)} budget"
+            if approval.budget is not None
+            else " (no budget set)"
+        )
+        lines.append(spent)
     if approval.required > 1:
         lines.append(f"needs {approval.required} different approvers")
     blocks = [section("\n".join(lines))]

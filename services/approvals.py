@@ -152,6 +152,8 @@ class ApprovalService:
         formula: str,
         assessment: Assessment,
         extra_hours: Decimal | None = None,
+        month_spend: Decimal | None = None,
+        budget: Decimal | None = None,
     ) -> Approval:
         now = self._clock.now()
         channel = job.conversation.channel if job.conversation else None
@@ -169,6 +171,8 @@ class ApprovalService:
             created_at=now,
             expires_at=now + self.policy.expiry,
             extra_hours=extra_hours,
+            month_spend=month_spend,
+            budget=budget,
         )
 
     # -- deciding ----------------------------------------------------------------------------
@@ -295,11 +299,10 @@ class ApprovalService:
         extra = self.policy.extend_by
         estimate = self._spend.estimate(cluster, nodes=job.node_count, hours=extra)
         channel = job.conversation.channel if job.conversation else None
+        month_spend = await self._spend.month_spend(channel)
+        budget = await self._spend.budget(channel)
         assessment = self.policy.assess(
-            requester=job.requester,
-            estimate=estimate.total,
-            month_spend=await self._spend.month_spend(channel),
-            budget=await self._spend.budget(channel),
+            requester=job.requester, estimate=estimate.total, month_spend=month_spend, budget=budget
         )
         if assessment.needs_approval:
             pending = await self._store.list_approvals(state="pending", job_id=job.id)
@@ -312,6 +315,8 @@ class ApprovalService:
                 formula=estimate.formula(),
                 assessment=assessment,
                 extra_hours=Decimal(extra.total_seconds()) / 3600,
+                month_spend=month_spend,
+                budget=budget,
             )
             await self._store.add_approval(
                 approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]

@@ -142,11 +142,13 @@ class JobService:
         approval = None
         if self._approvals is not None:
             channel = job.conversation.channel if job.conversation else None
+            month_spend = await spend.month_spend(channel)
+            budget = await spend.budget(channel)
             assessment = self._approvals.policy.assess(
                 requester=job.requester,
                 estimate=estimate.total,
-                month_spend=await spend.month_spend(channel),
-                budget=await spend.budget(channel),
+                month_spend=month_spend,
+                budget=budget,
             )
             if assessment.needs_approval:
                 job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
@@ -156,6 +158,8 @@ class JobService:
                     estimate=estimate.total,
                     formula=estimate.formula(),
                     assessment=assessment,
+                    month_spend=month_spend,
+                    budget=budget,
                 )
         events: list[Event] = [
             JobSubmitted(

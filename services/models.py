@@ -248,6 +248,8 @@ class Approval:
     decided_at: datetime | None = None
     extra_hours: Decimal | None = None  # kind == "extend"
     votes: tuple[Vote, ...] = ()
+    month_spend: Decimal | None = None  # the channel's spend this month when it was asked
+    budget: Decimal | None = None  # the channel's monthly budget then
 
     @property
     def approvers(self) -> tuple[str, ...]:

@@ -157,6 +157,8 @@ approvals = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("decided_at", DateTime(timezone=True)),
     Column("extra_hours", String(24)),
+    Column("month_spend", String(24)),
+    Column("budget", String(24)),
 )
 Index("ix_approvals_state", approvals.c.state, approvals.c.expires_at)
 

@@ -32,6 +32,8 @@ def approval_row(a: Approval) -> dict[str, Any]:
         "expires_at": a.expires_at,
         "decided_at": a.decided_at,
         "extra_hours": None if a.extra_hours is None else str(a.extra_hours),
+        "month_spend": None if a.month_spend is None else str(a.month_spend),
+        "budget": None if a.budget is None else str(a.budget),
     }
 
 
@@ -52,6 +54,8 @@ def approval_from(r: Any, votes: tuple[Vote, ...]) -> Approval:
         decided_at=aware(r["decided_at"]),
         extra_hours=None if r["extra_hours"] is None else Decimal(r["extra_hours"]),
         votes=votes,
+        month_spend=None if r["month_spend"] is None else Decimal(r["month_spend"]),
+        budget=None if r["budget"] is None else Decimal(r["budget"]),
     )
 
 

@@ -123,6 +123,7 @@ async def test_above_the_limit_asks_the_approvers_and_an_approver_approves(
     (request,) = spend.fake.messages_in(APPROVALS)
     text = request.block_text()
     assert "$117.54" in text and f"<@{ALICE}>" in text and "Approve" in str(request.blocks)
+    assert f"<#{CHANNEL}> has spent $0.00 this month (no budget set)" in text
     card = [m for m in spend.fake.messages_in(CHANNEL) if not m.is_reply][0]
     assert any(
         "waiting for approval by" in m.block_text() for m in spend.fake.replies(CHANNEL, card.ts)

@@ -31,6 +31,8 @@ def upgrade() -> None:
         sa.Column("expires_at", TS, nullable=False),
         sa.Column("decided_at", TS),
         sa.Column("extra_hours", sa.String(24)),
+        sa.Column("month_spend", sa.String(24)),
+        sa.Column("budget", sa.String(24)),
     )
     op.create_index("ix_approvals_state", "approvals", ["state", "expires_at"])
     op.create_table(
