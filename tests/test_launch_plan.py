@@ -47,7 +47,7 @@ def ctx(
         "cluster_name": "gpu",
         "job_name": "train",
         "job_uuid": "0f1e",
-        "mount_root": "/mnt/root",
+        "mount_root": "/mnt/node",
         "job_mount_root": "/mnt/job",
         "job_temp_root": "/tmp/jobs",
         "nodes": tuple(NodeInfo(i, hosts[i], gpus) for i in range(count)),
@@ -88,7 +88,7 @@ def test_common_environment_of_every_job() -> None:
     p = plan({"customToolkitSettings": {"commandLine": "true"}, "nodeCount": 2})
     temp = "/tmp/jobs/train-0f1e"
     expected = {
-        "AZ_BATCHAI_MOUNT_ROOT": "/mnt/root",
+        "AZ_BATCHAI_MOUNT_ROOT": "/mnt/node",
         "AZ_BATCHAI_JOB_MOUNT_ROOT": "/mnt/job",
         "AZ_BATCHAI_JOB_TEMP_DIR": "/tmp/jobs",
         "AZ_BATCHAI_JOB_TEMP": temp,
@@ -128,7 +128,7 @@ def test_extra_env_is_visible_but_cannot_replace_service_variables() -> None:
     extra = {"AZURE_BATCHAI_STORAGE_ACCOUNT": "acct", "AZ_BATCHAI_MOUNT_ROOT": "/evil"}
     p = plan({"customToolkitSettings": {"commandLine": "true"}}, extra_env=extra)
     assert p.env["AZURE_BATCHAI_STORAGE_ACCOUNT"] == "acct"
-    assert p.env["AZ_BATCHAI_MOUNT_ROOT"] == "/mnt/root"
+    assert p.env["AZ_BATCHAI_MOUNT_ROOT"] == "/mnt/node"
 
 
 def test_user_variables_are_expanded_and_secrets_are_kept_literal() -> None:
@@ -232,7 +232,7 @@ def test_layout_2018_05_01() -> None:
     assert p.stdouterr_dir == f"/mnt/job/logs/{SEGMENT_2018_05}/stdouterr"
     assert p.output_dirs == (
         OutputDir("MODEL", f"/mnt/job/logs/{SEGMENT_2018_05}/outputs/Models"),
-        OutputDir("RAW", f"/mnt/root/afs/{SEGMENT_2018_05}/outputs"),
+        OutputDir("RAW", f"/mnt/node/afs/{SEGMENT_2018_05}/outputs"),
     )
     assert dict(p.input_dirs) == {"DATA": "/mnt/job/data"}
     assert p.env["AZ_BATCHAI_INPUT_DATA"] == "/mnt/job/data"
@@ -250,18 +250,18 @@ def test_layout_2018_03_01_has_no_workspace_level() -> None:
     )
     assert p.job_dir_segment == SEGMENT_OLD
     assert p.stdouterr_dir == f"/mnt/job/logs/{SEGMENT_OLD}/stdouterr"
-    assert p.output_dirs == (OutputDir("M", f"/mnt/root/x/{SEGMENT_OLD}/outputs"),)
+    assert p.output_dirs == (OutputDir("M", f"/mnt/node/x/{SEGMENT_OLD}/outputs"),)
 
 
 def test_layout_2017_writes_logs_into_the_job_directory() -> None:
     p = plan_launch(fixture("CNTK-GPU-BrainScript/job.json"), ctx(1))
     assert p.job_dir_segment == SEGMENT_OLD
-    assert p.stdouterr_dir == f"/mnt/root/external/{SEGMENT_OLD}"
+    assert p.stdouterr_dir == f"/mnt/node/external/{SEGMENT_OLD}"
     assert p.env["AZ_BATCHAI_STDOUTERR_DIR"] == p.stdouterr_dir
     assert p.output_dirs == (
-        OutputDir("MODEL", f"/mnt/root/external/{SEGMENT_OLD}/outputs/Models"),
+        OutputDir("MODEL", f"/mnt/node/external/{SEGMENT_OLD}/outputs/Models"),
     )
-    assert p.input_dirs["CONFIG"] == "/mnt/root/external/cntk_samples"
+    assert p.input_dirs["CONFIG"] == "/mnt/node/external/cntk_samples"
 
 
 def test_legacy_create_new_false_uses_the_path_as_given() -> None:
@@ -279,14 +279,14 @@ def test_legacy_create_new_false_uses_the_path_as_given() -> None:
         },
         api="2017-09-01-preview",
     )
-    assert p.output_dirs == (OutputDir("M", "/mnt/root/m/s"),)
+    assert p.output_dirs == (OutputDir("M", "/mnt/node/m/s"),)
 
 
 def test_missing_log_prefix_defaults_to_the_mount_root() -> None:
     s = load_job_spec(
         json.dumps({"properties": {"nodeCount": 1, "customToolkitSettings": {"commandLine": "x"}}})
     )
-    assert plan_launch(s, ctx()).stdouterr_dir == f"/mnt/root/{SEGMENT_OLD}"
+    assert plan_launch(s, ctx()).stdouterr_dir == f"/mnt/node/{SEGMENT_OLD}"
 
 
 @pytest.mark.parametrize(
@@ -336,10 +336,10 @@ def test_cntk_brainscript() -> None:
     assert [proc.node_index for proc in p.processes] == [0, 1]
     assert p.processes[1].argv == (
         "cntk",
-        "configFile=/mnt/root/external/cntk_samples/DistributedConvNet_MNIST.cntk",
+        "configFile=/mnt/node/external/cntk_samples/DistributedConvNet_MNIST.cntk",
         "rootDir=.",
-        "dataDir=/mnt/root/external/mnist_database",
-        f"outputDir=/mnt/root/external/{SEGMENT_OLD}/outputs/Models",
+        "dataDir=/mnt/node/external/mnist_database",
+        f"outputDir=/mnt/node/external/{SEGMENT_OLD}/outputs/Models",
         "parallelTrain=true",
     )
     assert logs(p) == [("stdout-0.txt", "stderr-0.txt"), ("stdout-1.txt", "stderr-1.txt")]
@@ -354,7 +354,7 @@ def test_cntk_python_spreads_ranks_round_robin() -> None:
     assert [proc.env["AZ_BATCHAI_TASK_INDEX"] for proc in p.processes] == [str(i) for i in range(8)]
     assert p.processes[5].argv[:2] == (
         "python3",
-        "/mnt/root/external/cntk_samples/TrainResNet_CIFAR10_Distributed.py",
+        "/mnt/node/external/cntk_samples/TrainResNet_CIFAR10_Distributed.py",
     )
     assert p.processes[5].argv[2:4] == ("--datadir", "/tmp/jobs/train-0f1e")
     assert logs(p)[7] == ("stdout-7.txt", "stderr-7.txt")
@@ -408,7 +408,7 @@ def test_pytorch_environment() -> None:
     assert [proc.env["LOCAL_RANK"] for proc in p.processes] == ["0", "0"]
     assert p.processes[1].argv == (
         "python3",
-        "/mnt/root/external/PyTorchSamples/mnist_trainer.py",
+        "/mnt/node/external/PyTorchSamples/mnist_trainer.py",
         "--epochs", "10", "--world-size", "2",
         "--dist-backend", "gloo",
         "--dist-url", init,
@@ -470,7 +470,7 @@ def test_tensorflow_distributed() -> None:
     master, worker, ps = (q.argv for q in p.processes)
     assert master[:3] == (
         "python3",
-        "/mnt/root/external/tensorflow_samples/mnist_replica.py",
+        "/mnt/node/external/tensorflow_samples/mnist_replica.py",
         "--job_name=worker",
     )
     assert "--task_index=0" in master and "--task_index=1" in worker and "--task_index=0" in ps
@@ -529,7 +529,7 @@ def test_tensorflow_ports_are_distinct_when_nodes_share_a_host() -> None:
 def test_tensorflow_single_node_is_one_master_without_parameter_server() -> None:
     p = plan_launch(fixture("TensorFlow-GPU@2017-10-07-beb24e2/job.json"), ctx(1))
     assert [(q.role, q.argv) for q in p.processes] == [
-        ("master", ("python3", "/mnt/root/external/tensorflow_samples/convolutional.py", "-p"))
+        ("master", ("python3", "/mnt/node/external/tensorflow_samples/convolutional.py", "-p"))
     ]
     assert logs(p) == [("stdout.txt", "stderr.txt")]
     assert p.env["AZ_BATCHAI_PS_HOSTS"] == ""
@@ -598,7 +598,7 @@ def test_chainer_and_horovod_run_process_count_ranks() -> None:
     assert old_chainer.processes[0].argv[2:] == (
         "-g",
         "-o",
-        f"/mnt/root/external/{SEGMENT_OLD}/outputs/Models",
+        f"/mnt/node/external/{SEGMENT_OLD}/outputs/Models",
     )
 
 
@@ -613,7 +613,7 @@ def test_custom_toolkit_runs_once_on_node_zero_through_bash() -> None:
         "mpirun -mca btl_tcp_if_exclude docker0,lo --allow-run-as-root --hostfile "
         "$AZ_BATCHAI_MPI_HOST_FILE python $AZ_BATCHAI_INPUT_SCRIPTS/tensorflow_mnist.py",
     )
-    assert only.env["AZ_BATCHAI_INPUT_SCRIPTS"] == "/mnt/root/external/horovod_samples"
+    assert only.env["AZ_BATCHAI_INPUT_SCRIPTS"] == "/mnt/node/external/horovod_samples"
     assert logs(p) == [("stdout.txt", "stderr.txt")]
     # The command fans out with mpirun itself: every node is in the host file.
     assert p.mpi_host_file_lines == ("10.0.0.4 slots=4", "10.0.0.5 slots=4")
@@ -771,4 +771,4 @@ def test_every_fixture_job_plans(name: str) -> None:
         assert q.env["AZ_BATCHAI_STDOUTERR_DIR"] == p.stdouterr_dir
         assert set(p.env.items()) <= set(q.env.items())
     assert Counter(q.node_index for q in p.processes).keys() <= set(range(s.properties.node_count))
-    assert p.stdouterr_dir.startswith(("/mnt/root/", "/mnt/job/", "/tmp/jobs/"))
+    assert p.stdouterr_dir.startswith(("/mnt/node/", "/mnt/job/", "/tmp/jobs/"))
