@@ -70,7 +70,8 @@ class _Pace:
             raise
 
     def _release(self) -> None:
-        self._next = self._monotonic() + self._interval
+        # max: a Retry-After pushed by the call just made outlives the lane's own pacing
+        self._next = max(self._next, self._monotonic() + self._interval)
         while self._waiters:
             _, _, turn = heapq.heappop(self._waiters)
             if not turn.done():

@@ -154,6 +154,7 @@ class ApprovalService:
         extra_hours: Decimal | None = None,
         month_spend: Decimal | None = None,
         budget: Decimal | None = None,
+        requester: str | None = None,
     ) -> Approval:
         now = self._clock.now()
         channel = job.conversation.channel if job.conversation else None
@@ -161,7 +162,7 @@ class ApprovalService:
             id=uuid.uuid4().hex,
             job_id=job.id,
             kind=kind,
-            requester=job.requester,
+            requester=requester or job.requester,
             channel=channel,
             estimate=estimate,
             formula=formula,
@@ -217,6 +218,8 @@ class ApprovalService:
             return Outcome(fresh, False, "you have decided on this request already")
         await self._audit(actor, f"{decision} {approval.kind}", approval, reason)
         fresh = await self.get_approval(approval_id)
+        if fresh.state != "pending":  # decided while this vote was on its way
+            return Outcome(fresh, False, _already(fresh))
         if decision == "deny":
             return await self._close(fresh, "denied", actor, reason)
         if len(fresh.approvers) < fresh.required:
@@ -317,6 +320,7 @@ class ApprovalService:
                 extra_hours=Decimal(extra.total_seconds()) / 3600,
                 month_spend=month_spend,
                 budget=budget,
+                requester=actor.user,  # whoever asked may not approve it
             )
             await self._store.add_approval(
                 approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]
@@ -398,7 +402,8 @@ class ApprovalService:
 def _already(approval: Approval) -> str:
     if approval.state == "expired":
         return f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC"
-    who = ", ".join(f"<@{v.approver}>" for v in approval.votes if v.decision[:4] in approval.state)
+    decided = {"approved": "approve", "denied": "deny"}.get(approval.state)
+    who = ", ".join(f"<@{v.approver}>" for v in approval.votes if v.decision == decided)
     return f"already {approval.state}" + (f" by {who}" if who else "")
 
 

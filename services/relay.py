@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import replace
 from datetime import timedelta
@@ -80,7 +81,14 @@ class EventRelay:
         task = self._tasks.get(job_id)
         if task is None or task.done():
             task = self._tasks[job_id] = asyncio.ensure_future(self._run_job(job_id))
+            task.add_done_callback(functools.partial(self._finished, job_id))
         return task
+
+    def _finished(self, job_id: str | None, task: asyncio.Task[int]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery for job %s failed", job_id, exc_info=task.exception())
 
     async def _run_job(self, job_id: str | None) -> int:
         delivered = 0
@@ -88,7 +96,12 @@ class EventRelay:
             pending = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
             if not pending:
                 return delivered
-            sent = await self._store.recorded_keys([event_key(i) for i, _ in pending])
+            # A snippet sent just before a crash is marked, not re-merged with newer lines; other
+            # events are delivered again and the transport's keys keep it from posting twice
+            # (that is how a card's ts recorded before the crash gets stored after it).
+            sent = await self._store.recorded_keys(
+                [event_key(i) for i, e in pending if isinstance(e, LogSnippet)]
+            )
             done = [i for i, _ in pending if event_key(i) in sent]
             if done:
                 await self._store.mark_all_delivered(done, self._clock.now())

@@ -188,8 +188,9 @@ class JobRunner:
             if job.state is JobState.PREPARING:
                 # Times come from the bot's clock, the one every limit and cost is measured with.
                 step = advance(job, JobState.RUNNING, started_at=self._now())
-                if step is not None:
-                    await self._store.update_job(*step, expect=JobState.PREPARING)
+                if step is not None and await self._store.update_job(
+                    *step, expect=JobState.PREPARING
+                ):
                     job = step[0]
             await self._sync_deadline(job)
             return
@@ -226,7 +227,7 @@ class JobRunner:
             if step is not None:
                 current, more = step
                 events += more
-        started = current.started_at or self._now()
+        started = current.started_at or self._start_time(job, status)
         step = advance(
             current,
             target,
@@ -252,7 +253,11 @@ class JobRunner:
                 self._tailer.forget((job.id, name))
 
     def _start_time(self, job: Job, status: RunStatus | None) -> datetime:
-        return job.started_at or self._now()
+        """A job that ran and ended between two polls still ran: take the backend's start time
+        (when it is not ahead of our clock), so its cost is not $0."""
+        now = self._now()
+        started = status.started_at if status is not None else None
+        return job.started_at or (started if started is not None and started <= now else now)
 
     async def _outputs(self, job: Job) -> tuple[OutputFile, ...]:
         if job.layout is None:
@@ -282,7 +287,11 @@ class JobRunner:
             return
         deadline = job.started_at + job.max_wall_clock
         if self._deadlines.get(job.id) != deadline:
-            await self._backend.set_time_left(job.id, deadline - self._now())
+            try:
+                await self._backend.set_time_left(job.id, deadline - self._now())
+            except Exception:  # the limit in force still holds; try again next tick
+                log.exception("job %s: could not move its deadline", job.name)
+                return
             self._deadlines[job.id] = deadline
 
     async def warn_wall_clock(self) -> None:

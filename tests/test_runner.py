@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -418,3 +419,20 @@ async def test_snippets_waiting_for_delivery_go_out_as_one_message(rig: Rig) -> 
     assert len(snippets) == 1
     assert snippets[0].event.lines == tuple(f"line {i}" for i in range(1, 301))  # type: ignore[attr-defined]
     assert len(snippets[0].event_ids) >= 2 and snippets[0].log_url is not None  # merged
+
+
+async def test_a_job_that_ended_between_polls_keeps_its_real_start(rig: Rig) -> None:
+    await rig.cluster()
+    job = await rig.submit("quick", job_config(lines=1))
+    await rig.runner.dispatch()  # started; nobody polls while it runs
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while (await rig.backend.get_job_status(job.id)).phase != "exited":
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await rig.runner.poll()
+    done = await rig.store.get_job(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED
+    assert done.started_at is not None and done.ended_at is not None
+    assert done.ended_at - done.started_at >= timedelta(milliseconds=150)  # not "0 s, $0"

@@ -201,7 +201,7 @@ class SqlStore:
         include_deleted: bool = False,
     ) -> list[Job]:
         """Jobs in submission (FIFO) order; deleted ones only when asked (the runner asks)."""
-        stmt = select(jobs).order_by(jobs.c.seq)
+        stmt = select(jobs).order_by(jobs.c.seq, jobs.c.created_at, jobs.c.id)
         if not include_deleted:
             stmt = stmt.where(jobs.c.deleted.is_(False))
         if cluster is not None:
@@ -454,7 +454,10 @@ class SqlStore:
                 if expect_job is not None:
                     stmt = stmt.where(jobs.c.state == expect_job.value)
                 row = _job_row(job)
-                await conn.execute(stmt.values({k: row[k] for k in columns}))
+                moved = await conn.execute(stmt.values({k: row[k] for k in columns}))
+                if moved.rowcount == 0:  # the job moved meanwhile: decide nothing
+                    await conn.rollback()
+                    return False
             await _add_events(conn, new_events, at)
         return True
 

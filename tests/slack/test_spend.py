@@ -372,3 +372,19 @@ async def test_the_requester_may_withdraw_a_waiting_request(spend: SlackRig) -> 
     assert await state(spend, "maybe") is JobState.DENIED
     approval = await approval_of(spend, "maybe")
     assert approval.state == "denied"
+
+
+async def test_whoever_asks_for_an_extension_may_not_approve_it(spend: SlackRig) -> None:
+    await spend.answer(A100)
+    await submit(spend, "theirs", hours=1, nodes=4)
+    await spend.until(lambda: _running(spend, "theirs"), "theirs to start")
+    await spend.answer("budget set --amount 1.00", user=BOSS)
+    job = await spend.bot.store.find_job("theirs")
+    assert job is not None
+    answer = await click(spend, views.ACTION_EXTEND, job.id, BOSS)  # an admin, for Alice's job
+    assert "waits for" in answer
+    (approval,) = [a for a in await spend.bot.store.list_approvals() if a.kind == "extend"]
+    assert approval.requester == BOSS
+    refused = await click(spend, views.ACTION_APPROVE, approval.id, BOSS)
+    assert "your own request" in refused
+    await spend.answer("job terminate -n theirs")
