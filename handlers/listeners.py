@@ -197,22 +197,46 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             else ConfigSource("inline", parsed.config_json or "")
         )
         request = JobRequest(parsed.name, parsed.cluster, source)
+        creating = asyncio.ensure_future(
+            h.jobs.create_job(request, actor=_actor(h, user, parsed.channel_id))
+        )
         try:
-            await asyncio.wait_for(
-                h.jobs.create_job(request, actor=_actor(h, user, parsed.channel_id)),
-                MODAL_DEADLINE,
-            )
+            # shield: a slow store must not cancel a submission halfway through its commit
+            await asyncio.wait_for(asyncio.shield(creating), MODAL_DEADLINE)
         except (UserError, Conflict, NotFound) as err:
             block = _error_block(err, parsed, body["view"])
             await ack(response_action="errors", errors={block: str(err)[:2000]})
             return
-        except (BatchAIError, TimeoutError) as err:
+        except TimeoutError:
+            await ack()  # close the form; the outcome follows as a message
+            _follow_up(creating, client, channel=parsed.channel_id, user=user)
+            return
+        except BatchAIError as err:
             log.warning("job submission from the form failed: %s", err)
             await ack(
-                response_action="errors", errors={modals.BLOCK_NAME: "could not submit; try again"}
+                response_action="errors", errors={modals.BLOCK_NAME: f"could not submit: {err}"}
             )
             return
         await ack()  # closes the modal; the status card appears in the channel
+
+
+def _follow_up(creating: asyncio.Future[Any], client: Any, *, channel: str, user: str) -> None:
+    """A submission that outlived the form's 3 s: when it fails, tell the user privately (when
+    it succeeds, its status card says so)."""
+
+    async def report() -> None:
+        try:
+            await creating
+        except BatchAIError as err:
+            await client.chat_postEphemeral(
+                channel=channel, user=user, text=f":warning: the job was not submitted: {err}"
+            )
+
+    _LATE.add(task := asyncio.ensure_future(report()))
+    task.add_done_callback(_LATE.discard)
+
+
+_LATE: set[asyncio.Future[None]] = set()  # keeps late reports alive until they are done
 
 
 def _error_block(err: Exception, form: modals.JobForm, view: dict[str, Any]) -> str:
