@@ -114,7 +114,7 @@ class SlackOutbox:
         self._post_interval = post_interval
         self._channels: dict[str, _Pace] = {}
         self._updates = _Pace(60.0 / updates_per_minute, monotonic)
-        self._pending_edits: dict[tuple[str, str], Message] = {}
+        self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
         self._max_attempts = max_attempts
         self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0}
 
@@ -151,17 +151,22 @@ class SlackOutbox:
         return ts
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
-        """Edits wait for the workspace budget; while waiting, a newer edit replaces this one."""
+        """Edits wait for the workspace budget; while waiting, a newer edit replaces this one.
+        Whoever's edit was merged learns how the sent one fared (so a failure is not hidden)."""
         key = (channel, message_id)
         if key in self._pending_edits:
             self.stats["coalesced_edits"] += 1
-            self._pending_edits[key] = message
+            _, outcome = self._pending_edits[key]
+            self._pending_edits[key] = (message, outcome)
+            await asyncio.shield(outcome)
             return
-        self._pending_edits[key] = message
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(_retrieve)
+        self._pending_edits[key] = (message, outcome)
         taken = False
         try:
             async with self._updates.slot():
-                latest, taken = self._pending_edits.pop(key), True
+                (latest, _), taken = self._pending_edits.pop(key), True
                 await self._send(
                     self._updates,
                     self._client.chat_update,
@@ -170,9 +175,14 @@ class SlackOutbox:
                     text=latest.text[:3000],
                     blocks=latest.blocks,
                 )
-        finally:
-            if not taken:  # cancelled while waiting: let the next edit queue afresh
+        except BaseException as err:
+            if not taken:
                 self._pending_edits.pop(key, None)
+            if not outcome.done():
+                failure = err if isinstance(err, Exception) else TransientError("edit interrupted")
+                outcome.set_exception(failure)
+            raise
+        outcome.set_result(None)
 
     async def lookup(self, key: str) -> str | None:
         return await self._store.get_delivery([key])
@@ -260,6 +270,12 @@ class SlackOutbox:
             self.stats["retries"] += 1
             await asyncio.sleep(delay)
         raise TransientError("Slack is not taking messages right now", retry_after=delay)
+
+
+def _retrieve(outcome: asyncio.Future[None]) -> None:
+    """Mark a failed edit's outcome as seen even when no merged caller waited for it."""
+    if not outcome.cancelled():
+        outcome.exception()
 
 
 def _retry_after(headers: Any) -> float:

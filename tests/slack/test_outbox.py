@@ -120,3 +120,19 @@ async def test_a_cancelled_waiter_does_not_block_the_lane(store: SqlStore) -> No
         await first
         await asyncio.wait_for(outbox.post(CHANNEL, message("after")), timeout=5)
         assert [m.text for m in fake.messages_in(CHANNEL)] == ["first", "after"]
+
+
+async def test_a_merged_edit_learns_that_the_sent_one_failed(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(
+            fake.client(), store, now=utcnow, post_interval=0.0, updates_per_minute=120
+        )
+        ts = await outbox.post(CHANNEL, message("v0"))
+        fake.fail_next("chat.update", status=200, error="cant_update_message", count=2)
+        blocker = asyncio.create_task(outbox.update(CHANNEL, ts, message("v1")))
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(outbox.update(CHANNEL, ts, message("v2")))
+        merged = asyncio.create_task(outbox.update(CHANNEL, ts, message("v3")))
+        results = await asyncio.gather(blocker, waiting, merged, return_exceptions=True)
+        assert isinstance(results[1], Exception) and isinstance(results[2], Exception)
+        assert fake.message(CHANNEL, ts).text == "v0"  # nothing pretended to succeed
