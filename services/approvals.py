@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -271,15 +271,13 @@ class ApprovalService:
                 if moved.state.finished:
                     events.append(finished_event(moved, ()))
                 expect = job.state
-        columns: tuple[str, ...] = ("state", "queued_at", "ended_at", "error")
+        extend_by = None
         if job is not None and approval.kind == "extend" and state == "approved":
-            extra = timedelta(hours=float(approval.extra_hours or 0))
-            moved = replace(job, max_wall_clock=job.max_wall_clock + extra)
-            columns = ("max_wall_clock_s",)
-            note = f"limit extended by {_hours(extra)} (approved)"
+            extend_by = timedelta(hours=float(approval.extra_hours or 0))
+            note = f"limit extended by {_hours(extend_by)} (approved)"
             events.append(JobNote(job_id=job.id, cluster=job.cluster, text=note))
         closed = await self._store.close_approval(
-            approval.id, state, now, moved, events, expect_job=expect, columns=columns
+            approval.id, state, now, moved, events, expect_job=expect, extend_by=extend_by
         )
         fresh = await self.get_approval(approval.id)
         if not closed:
@@ -322,16 +320,18 @@ class ApprovalService:
                 budget=budget,
                 requester=actor.user,  # whoever asked may not approve it
             )
-            await self._store.add_approval(
+            if not await self._store.add_extension_approval(
                 approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]
-            )
+            ):
+                return "an extension is already waiting for approval"
             return f"the extension ({estimate.formula()}) waits for {self.approvers_text()}"
         note = JobNote(
             job_id=job.id,
             cluster=job.cluster,
             text=f"<@{actor.user}> extended the limit by {_hours(extra)} ({estimate.formula()})",
         )
-        await self._store.set_max_wall_clock(job.id, job.max_wall_clock + extra, [note])
+        if not await self._store.extend_wall_clock(job.id, extra, [note]):
+            return "the job is no longer running"
         return f"extended by {_hours(extra)}"
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:

@@ -383,11 +383,6 @@ class SqlStore:
 
     # -- approvals ---------------------------------------------------------------------------
 
-    async def add_approval(self, approval: Approval, new_events: Sequence[Event]) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(approvals).values(approval_row(approval)))
-            await _add_events(conn, new_events, approval.created_at)
-
     async def get_approval(self, approval_id: str) -> Approval | None:
         async with self._engine.connect() as conn:
             row = (
@@ -436,10 +431,10 @@ class SqlStore:
         new_events: Sequence[Event],
         *,
         expect_job: JobState | None = None,
-        columns: Sequence[str] = _LIFECYCLE_COLUMNS,
+        extend_by: timedelta | None = None,
     ) -> bool:
-        """Decide a pending approval (and write `columns` of its job), once: False if it was
-        decided already."""
+        """Decide a pending approval once (False if it was decided already), moving its job
+        (`job`, from `expect_job`) or lengthening its wall clock (`extend_by`) with it."""
         async with self._engine.begin() as conn:
             closed = await conn.execute(
                 update(approvals)
@@ -454,10 +449,14 @@ class SqlStore:
                 if expect_job is not None:
                     stmt = stmt.where(jobs.c.state == expect_job.value)
                 row = _job_row(job)
+                columns = ("state", "queued_at", "ended_at", "error")
                 moved = await conn.execute(stmt.values({k: row[k] for k in columns}))
                 if moved.rowcount == 0:  # the job moved meanwhile: decide nothing
                     await conn.rollback()
                     return False
+            if extend_by is not None:
+                of_approval = select(approvals.c.job_id).where(approvals.c.id == approval_id)
+                await conn.execute(_extend(jobs.c.id == of_approval.scalar_subquery(), extend_by))
             await _add_events(conn, new_events, at)
         return True
 
@@ -539,16 +538,33 @@ class SqlStore:
                 for r in rows
             ]
 
-    async def set_max_wall_clock(
-        self, job_id: str, limit: timedelta, new_events: Sequence[Event] = ()
-    ) -> None:
+    async def extend_wall_clock(
+        self, job_id: str, extra: timedelta, new_events: Sequence[Event] = ()
+    ) -> bool:
+        """Add to a running job's limit in the database itself: concurrent extensions add up."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(max_wall_clock_s=int(limit.total_seconds()))
-            )
+            result = await conn.execute(_extend(jobs.c.id == job_id, extra))
+            if result.rowcount == 0:
+                await conn.rollback()
+                return False
             await _add_events(conn, new_events, None)
+        return True
+
+    async def add_extension_approval(self, approval: Approval, new_events: Sequence[Event]) -> bool:
+        """One pending extension per job: False when one is waiting already."""
+        async with self._engine.begin() as conn:
+            waiting = await conn.execute(
+                select(approvals.c.id).where(
+                    approvals.c.job_id == approval.job_id,
+                    approvals.c.kind == "extend",
+                    approvals.c.state == "pending",
+                )
+            )
+            if waiting.first() is not None:
+                return False
+            await conn.execute(insert(approvals).values(approval_row(approval)))
+            await _add_events(conn, new_events, approval.created_at)
+        return True
 
     async def set_wall_clock_warned(
         self, job_id: str, at: datetime | None, new_events: Sequence[Event] = ()
@@ -558,6 +574,16 @@ class SqlStore:
                 update(jobs).where(jobs.c.id == job_id).values(wall_clock_warned_at=at)
             )
             await _add_events(conn, new_events, at)
+
+
+def _extend(which: Any, extra: timedelta) -> Any:
+    """UPDATE jobs: a running job's limit grows by `extra`, computed by the database."""
+    seconds = int(extra.total_seconds())
+    return (
+        update(jobs)
+        .where(which, jobs.c.state == JobState.RUNNING.value)
+        .values(max_wall_clock_s=jobs.c.max_wall_clock_s + seconds)
+    )
 
 
 async def _votes(conn: AsyncConnection, approval_id: str) -> tuple[Vote, ...]:
