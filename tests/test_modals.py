@@ -365,15 +365,15 @@ def test_form_job_logs_and_outputs_land_on_the_share_when_launched() -> None:
         cluster_name="gpu",
         job_name=form.name,
         job_uuid="abc123",
-        mount_root="/mnt/root",
+        mount_root="/mnt/node",
         job_mount_root="/mnt/jobs",
         job_temp_root="/mnt/tmp",
         nodes=(NodeInfo(0, "127.0.0.1"), NodeInfo(1, "127.0.0.1")),
     )
     plan = plan_launch(spec, ctx)
-    assert plan.stdouterr_dir.startswith("/mnt/root/afs/")
+    assert plan.stdouterr_dir.startswith("/mnt/node/afs/")
     assert plan.stdouterr_dir.endswith("/stdouterr")
-    assert plan.output_dirs[0].path.startswith("/mnt/root/afs/models/")
+    assert plan.output_dirs[0].path.startswith("/mnt/node/afs/models/")
     assert plan.output_dirs[0].path.endswith("/outputs/model")
     # Batch AI's custom toolkit runs the command on the first node and lists all of them.
     assert plan.node_count == 2
