@@ -155,7 +155,6 @@ def build(
         workspace=settings.workspace,
         experiment=settings.experiment,
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
-        link_ttl=ttl,
         spend=spend,
         approvals=approvals,
     )

@@ -213,17 +213,6 @@ class SlackOutbox:
         if keys:
             await self._store.record_delivery(keys, channel, file_id, self._now())
 
-    async def post_ephemeral(self, channel: str, user: str, message: Message) -> None:
-        await self._call(
-            self._lane(channel),
-            0,
-            self._client.chat_postEphemeral,
-            channel=channel,
-            user=user,
-            text=message.text[:3000],
-            blocks=message.blocks,
-        )
-
     # -- calls -------------------------------------------------------------------------------
 
     def _lane(self, channel: str) -> _Pace:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import logging
 import uuid
@@ -208,9 +207,8 @@ class CommandHandler:
             note = f"the receipt in the job's thread will mention <@{job.requester}> when it ends"
             card = views.status_card(job, now=self._s.now())
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
-        while not job.state.finished:
-            await asyncio.sleep(min(c.interval_seconds, 1))
-            job = await self._s.jobs.get_job(c.name)
+        # The store is local and cheap to read: notice the end within a second, whatever --interval.
+        job = await self._s.jobs.wait_job(c.name, poll=min(c.interval_seconds, 1))
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
@@ -242,9 +240,8 @@ class CommandHandler:
 
     async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job)
-        nodes = await self._s.clusters.list_nodes(job.cluster)
-        mine = [n for n in nodes if n.index in job.nodes]
-        return Reply(views.node_table(mine, output=c.output))
+        nodes = await self._s.clusters.list_job_nodes(job)
+        return Reply(views.node_table(nodes, output=c.output))
 
     # -- spend ----------------------------------------------------------------------------------
 

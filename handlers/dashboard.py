@@ -69,8 +69,4 @@ class Dashboard:
         )
 
     async def mount_paths(self) -> dict[str, str]:
-        return {
-            v.cluster.name: v.cluster.mounts[0].mount_path
-            for v in await self._clusters.list_clusters()
-            if v.cluster.mounts
-        }
+        return modals.mount_paths_of(await self._clusters.list_clusters())

@@ -11,9 +11,6 @@ class AuditLog:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
 
-    async def record(self, entry: AuditEntry) -> None:
-        await self._store.add_audit(entry)
-
     async def list_entries(
         self, *, actor: Actor, job_id: str | None = None, limit: int = 50
     ) -> list[AuditEntry]:

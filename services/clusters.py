@@ -15,6 +15,7 @@ from services.models import (
     Cluster,
     ClusterView,
     ConfigSource,
+    Job,
     Node,
     NodeCounts,
     ShareMount,
@@ -128,6 +129,11 @@ class ClusterService:
 
     async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, resource_group))
+
+    async def list_job_nodes(self, job: Job) -> list[Node]:
+        """The nodes a job holds (or held) on its cluster (`az batchai job node list`)."""
+        cluster = await self._get(job.cluster, None)
+        return [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
 
     async def resize_cluster(
         self, name: str, *, target: int, resource_group: str | None = None

@@ -66,7 +66,6 @@ class JobService:
         workspace: str,
         experiment: str = "default",
         placeholder_values: Mapping[str, str] | None = None,
-        link_ttl: timedelta = timedelta(hours=1),
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
     ) -> None:
@@ -78,7 +77,6 @@ class JobService:
         self._ws = workspace
         self._experiment = experiment
         self._placeholders = dict(placeholder_values or {})
-        self.link_ttl = link_ttl
         self._spend = spend
         self._approvals = approvals
 
@@ -185,6 +183,14 @@ class JobService:
         job = await self._store.find_job(name)
         if job is None:
             raise NotFound(f"job {name} not found")
+        return job
+
+    async def wait_job(self, name: str, *, poll: float) -> Job:
+        """The job once it has finished (`az batchai job wait`)."""
+        job = await self.get_job(name)
+        while not job.state.finished:
+            await asyncio.sleep(poll)
+            job = await self._reload(job)
         return job
 
     async def get_job_by_id(self, job_id: str) -> Job:
