@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.backends.local import LocalShare  # noqa: E402
 from services.links import LinkSigner  # noqa: E402
 from services.logs import LogTailer  # noqa: E402
-from services.models import FileEntry, FileLocation  # noqa: E402
+from services.models import FileLocation  # noqa: E402
+from tests.fakes.shares import CountingShare  # noqa: E402
 
 SHARE = "bench"
 WORDS = ["loss", "acc", "val_loss", "épocha", "→", "step", "batch", "lr", "grad", "ok"]
@@ -78,33 +78,6 @@ def _writer_main(paths: list[str], seconds: float, interval: float, out: mp.Queu
         )
 
     out.put(asyncio.run(run()))
-
-
-class CountingShare:
-    """The real LocalShare, counting the bytes it hands the tailer."""
-
-    def __init__(self, inner: LocalShare) -> None:
-        self.inner = inner
-        self.bytes_read = 0
-        self.reads = 0
-
-    async def stat(self, loc: FileLocation) -> FileEntry | None:
-        return await self.inner.stat(loc)
-
-    async def read_range(self, loc: FileLocation, offset: int, length: int) -> bytes:
-        data = await self.inner.read_range(loc, offset, length)
-        self.bytes_read += len(data)
-        self.reads += 1
-        return data
-
-    async def list_files(self, loc: FileLocation, *, recursive: bool = False) -> list[FileEntry]:
-        return await self.inner.list_files(loc, recursive=recursive)
-
-    async def get_download_url(self, loc: FileLocation, *, expires_at: datetime) -> str:
-        return await self.inner.get_download_url(loc, expires_at=expires_at)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ from services.logs import (
     parse_progress,
     split_lines,
 )
-from services.models import FileEntry, FileLocation, MetricPoint, Progress
+from services.models import FileLocation, MetricPoint, Progress
+from tests.fakes.shares import CountingShare
 
 # --------------------------------------------------------------------------- split_lines
 
@@ -84,33 +84,6 @@ def test_max_line_must_leave_room_for_a_character() -> None:
 
 
 # --------------------------------------------------------------------------- the tailer
-
-
-class CountingShare:
-    """A real LocalShare that counts the bytes handed out, to prove nothing is read twice."""
-
-    def __init__(self, inner: LocalShare) -> None:
-        self.inner = inner
-        self.bytes_read = 0
-        self.reads = 0
-
-    async def stat(self, loc: FileLocation) -> FileEntry | None:
-        return await self.inner.stat(loc)
-
-    async def read_range(self, loc: FileLocation, offset: int, length: int) -> bytes:
-        data = await self.inner.read_range(loc, offset, length)
-        self.bytes_read += len(data)
-        self.reads += 1
-        return data
-
-    async def list_files(self, loc: FileLocation, *, recursive: bool = False) -> list[FileEntry]:
-        return await self.inner.list_files(loc, recursive=recursive)
-
-    async def get_download_url(self, loc: FileLocation, *, expires_at: datetime) -> str:
-        return await self.inner.get_download_url(loc, expires_at=expires_at)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.fixture
