@@ -88,7 +88,7 @@ class ClusterService:
         try:
             await self._backend.create_cluster(cluster)
         except Exception as err:
-            failed = replace(cluster, state=ClusterState.FAILED, error=str(err))
+            failed = replace(self._moved(cluster, ClusterState.FAILED), error=str(err))
             await self._store.update_cluster(failed)
             raise
         ready = self._moved(cluster, ClusterState.STEADY)
