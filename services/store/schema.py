@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    true,
 )
 
 metadata = MetaData()
@@ -41,6 +42,11 @@ clusters = Table(
     Column("created_at", DateTime(timezone=True)),
     Column("conversation", JSON),
     Column("error", Text),
+    Column("idle_timeout_s", Integer),  # None: the bot's default idle timeout
+    Column("idle_since", DateTime(timezone=True)),
+    Column("idle_warned_at", DateTime(timezone=True)),
+    Column("idle_keep_until", DateTime(timezone=True)),
+    Column("idle_warning", JSON),  # conversation of the idle warning message
 )
 
 jobs = Table(
@@ -208,3 +214,23 @@ prices = Table(
     Column("fetched_at", DateTime(timezone=True), nullable=False),
     Column("source", String(256), nullable=False),
 )
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(8), nullable=False),  # at | cron
+    Column("expression", String(128), nullable=False),  # as the user typed it
+    Column("timezone", String(64), nullable=False),
+    Column("request", JSON, nullable=False),  # the job create request to replay
+    Column("requester", String(64), nullable=False),
+    Column("channel", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_run_at", DateTime(timezone=True)),  # None once an `at` schedule has fired
+    Column("last_run_at", DateTime(timezone=True)),
+    Column("last_job_id", String(32)),
+    Column("last_error", Text),
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Column("active", Boolean, nullable=False, server_default=true()),
+)
+Index("ix_schedules_active", schedules.c.active, schedules.c.next_run_at)
