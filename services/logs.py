@@ -147,17 +147,21 @@ class LogTailer:
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
 
 # (kind, pattern): "epoch" progress also becomes the step of later metrics, "step" only progress.
+# Counts have at most 9 digits: a step must fit a 32-bit column, and int() refuses 4,300+ digits.
 _PROGRESS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # CNTK: "Finished Epoch[ 3 of 40]: [Training] loss = ..." and "Epoch[ 3 of 40]-Minibatch[...]"
-    ("epoch", re.compile(r"\bEpoch\s*\[\s*(\d+)\s+of\s+(\d+)\s*\]", re.I)),
+    ("epoch", re.compile(r"\bEpoch\s*\[\s*(\d{1,9}(?!\d))\s+of\s+(\d{1,9}(?!\d))\s*\]", re.I)),
     # Keras / PyTorch: "Epoch 3/10", "epoch: 3/10", "epoch 3 of 10"
-    ("epoch", re.compile(r"\bepoch\b[\s:#]*(\d+)\s*(?:/|\bof\b)\s*(\d+)", re.I)),
+    (
+        "epoch",
+        re.compile(r"\bepoch\b[\s:#]*(\d{1,9}(?!\d))\s*(?:/|\bof\b)\s*(\d{1,9}(?!\d))", re.I),
+    ),
     # tqdm: " 45%|####      | 45/100 [00:01<00:02, 30.1it/s]"
-    ("step", re.compile(r"\d+%\|[^|]*\|\s*(\d+)/(\d+)\b")),
+    ("step", re.compile(r"\d+%\|[^|]*\|\s*(\d{1,9}(?!\d))/(\d{1,9}(?!\d))\b")),
     # TF: "step 100/1000", "Step: 100 / 1000"
-    ("step", re.compile(r"\bstep\b[\s:#]*(\d+)\s*(?:/|\bof\b)\s*(\d+)", re.I)),
+    ("step", re.compile(r"\bstep\b[\s:#]*(\d{1,9}(?!\d))\s*(?:/|\bof\b)\s*(\d{1,9}(?!\d))", re.I)),
     # "[3/10]" as a whole bracket at the start of a line (many hand-written loops)
-    ("epoch", re.compile(r"^\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")),
+    ("epoch", re.compile(r"^\s*\[\s*(\d{1,9}(?!\d))\s*/\s*(\d{1,9}(?!\d))\s*\]")),
 )
 
 _METRIC_NAMES = (

@@ -1,8 +1,8 @@
-"""Shared fixtures: a migrated SQLite store in a temp dir and builders for domain values."""
+"""Shared fixtures: a migrated store (SQLite, or PostgreSQL where asked) and domain builders."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,13 +11,43 @@ import pytest
 from services.models import Cluster, Job
 from services.states import ClusterState, JobState
 from services.store import SqlStore
+from tests import pg
+from tests.pg import PostgresServer
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
+# Test modules that exercise SqlStore directly: their `store` tests run on SQLite and PostgreSQL.
+BOTH_DATABASES = frozenset(
+    {"test_store", "test_store_postgres", "test_outbox", "test_price_refresh", "test_runner"}
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store" in metafunc.fixturenames and module in BOTH_DATABASES:
+        metafunc.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session; skipped where no binaries exist."""
+    reason = pg.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    if getattr(request, "param", "sqlite") == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        s = SqlStore(await server.create_database())
+    else:
+        s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
     await s.migrate()
     yield s
     await s.aclose()

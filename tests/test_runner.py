@@ -148,9 +148,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await store.migrate()
+async def rig(tmp_path: Path, store: SqlStore) -> AsyncIterator[Rig]:
     share = LocalShare(tmp_path, LinkSigner(b"s" * 32, "http://127.0.0.1:1/files"))
     share.create_share(SHARE)
     (share.share_dir(SHARE) / "job.py").write_text(SCRIPT)
@@ -169,7 +167,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     for job in await store.list_jobs(include_deleted=True):
         if not job.state.finished and job.layout is not None:
             await r.backend.terminate_job(job.id)
-    await store.aclose()
 
 
 async def test_job_runs_and_gets_exactly_one_receipt(rig: Rig) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -15,11 +17,43 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     false,
     true,
 )
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and read back timezone-aware on every database (SQLite
+    would keep the wall-clock digits of another zone and drop the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SafeText(TypeDecorator[str]):
+    """Text that PostgreSQL can store: it refuses NUL in text, so NUL is kept as U+FFFD, the
+    same on every database (job output and typed text may hold one)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else value.replace("\x00", "\ufffd")
+
 
 clusters = Table(
     "clusters",
@@ -37,15 +71,15 @@ clusters = Table(
     Column("state", String(16), nullable=False),
     Column("mounts", JSON, nullable=False),
     Column("admin_user", String(64)),
-    Column("setup_task", Text),
+    Column("setup_task", SafeText),
     Column("created_by", String(64)),
-    Column("created_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime()),
     Column("conversation", JSON),
-    Column("error", Text),
+    Column("error", SafeText),
     Column("idle_timeout_s", Integer),  # None: the bot's default idle timeout
-    Column("idle_since", DateTime(timezone=True)),
-    Column("idle_warned_at", DateTime(timezone=True)),
-    Column("idle_keep_until", DateTime(timezone=True)),
+    Column("idle_since", UtcDateTime()),
+    Column("idle_warned_at", UtcDateTime()),
+    Column("idle_keep_until", UtcDateTime()),
     Column("idle_warning", JSON),  # conversation of the idle warning message
 )
 
@@ -60,17 +94,17 @@ jobs = Table(
     Column("workspace", String(64), nullable=False),
     Column("experiment", String(64), nullable=False),
     Column("state", String(20), nullable=False),
-    Column("spec_json", Text, nullable=False),
+    Column("spec_json", SafeText, nullable=False),
     Column("node_count", Integer, nullable=False),
     Column("toolkit", String(16), nullable=False),
     Column("max_wall_clock_s", Integer, nullable=False),
     Column("requester", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("queued_at", DateTime(timezone=True)),
-    Column("started_at", DateTime(timezone=True)),
-    Column("ended_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("queued_at", UtcDateTime()),
+    Column("started_at", UtcDateTime()),
+    Column("ended_at", UtcDateTime()),
     Column("exit_code", Integer),
-    Column("error", Text),
+    Column("error", SafeText),
     Column("nodes", JSON, nullable=False),
     Column("layout", JSON),
     Column("progress", JSON),
@@ -79,7 +113,7 @@ jobs = Table(
     Column("conversation", JSON),
     Column("deleted", Boolean, nullable=False, server_default=false()),
     Column("node_rate", String(24)),  # Decimal as text: exact on SQLite and PostgreSQL
-    Column("wall_clock_warned_at", DateTime(timezone=True)),
+    Column("wall_clock_warned_at", UtcDateTime()),
     Column("estimate", String(24)),
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
@@ -118,8 +152,8 @@ events = Table(
     Column("job_id", String(32)),
     Column("cluster", String(64)),
     Column("payload", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime()),
 )
 Index("ix_events_pending", events.c.delivered_at, events.c.id)
 
@@ -129,20 +163,20 @@ deliveries = Table(
     Column("key", String(128), primary_key=True),  # the notification's idempotency key
     Column("channel", String(64), nullable=False),
     Column("message_id", String(64), nullable=False),  # Slack ts
-    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=False),
 )
 
 audit = Table(
     "audit",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("actor", String(64), nullable=False),
     Column("channel", String(64)),
     Column("action", String(64), nullable=False),  # e.g. "job create", "denied: cluster delete"
     Column("target", String(128)),
     Column("outcome", String(16), nullable=False),  # allowed | denied | failed
-    Column("detail", Text),
+    Column("detail", SafeText),
 )
 Index("ix_audit_at", audit.c.at)
 
@@ -155,13 +189,13 @@ approvals = Table(
     Column("requester", String(64), nullable=False),
     Column("channel", String(64)),
     Column("estimate", String(24), nullable=False),
-    Column("formula", Text, nullable=False),
+    Column("formula", SafeText, nullable=False),
     Column("reasons", JSON, nullable=False),
     Column("required", Integer, nullable=False),
     Column("state", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("decided_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime()),
     Column("extra_hours", String(24)),
     Column("month_spend", String(24)),
     Column("budget", String(24)),
@@ -174,15 +208,15 @@ votes = Table(
     Column("approval_id", String(32), primary_key=True),
     Column("approver", String(64), primary_key=True),  # one vote per approver, ever
     Column("decision", String(8), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("reason", Text),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("reason", SafeText),
 )
 
 ledger = Table(
     "ledger",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("job_id", String(32), nullable=False),
     Column("user", String(64), nullable=False),
@@ -201,7 +235,7 @@ budgets = Table(
     Column("channel", String(64), primary_key=True),
     Column("monthly_usd", String(24), nullable=False),
     Column("set_by", String(64), nullable=False),
-    Column("set_at", DateTime(timezone=True), nullable=False),
+    Column("set_at", UtcDateTime(), nullable=False),
 )
 
 prices = Table(
@@ -211,7 +245,7 @@ prices = Table(
     Column("region", String(32), primary_key=True),
     Column("spot", Boolean, primary_key=True),
     Column("usd_per_hour", String(24), nullable=False),
-    Column("fetched_at", DateTime(timezone=True), nullable=False),
+    Column("fetched_at", UtcDateTime(), nullable=False),
     Column("source", String(256), nullable=False),
 )
 
@@ -225,11 +259,11 @@ schedules = Table(
     Column("request", JSON, nullable=False),  # the job create request to replay
     Column("requester", String(64), nullable=False),
     Column("channel", String(64)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("next_run_at", DateTime(timezone=True)),  # None once an `at` schedule has fired
-    Column("last_run_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("next_run_at", UtcDateTime()),  # None once an `at` schedule has fired
+    Column("last_run_at", UtcDateTime()),
     Column("last_job_id", String(32)),
-    Column("last_error", Text),
+    Column("last_error", SafeText),
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("active", Boolean, nullable=False, server_default=true()),
 )

@@ -59,6 +59,7 @@ from services.store.spend import (
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+_SEQ_LOCK = 0x6A6F6273  # the PostgreSQL advisory lock that orders job submissions ("jobs")
 _LIFECYCLE_COLUMNS = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
 
 
@@ -129,9 +130,14 @@ class SqlStore:
     ) -> Job:
         """A new job, with its approval request and estimate if any, in one transaction."""
         async with self._engine.begin() as conn:
-            seq = (await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)))).scalar_one()
+            if conn.dialect.name == "postgresql":
+                # Submissions take turns, or two would read the same max(seq); the lock ends
+                # with the transaction. (SQLite locks the database for the one INSERT below.)
+                await conn.execute(select(func.pg_advisory_xact_lock(_SEQ_LOCK)))
+            # The next place in the queue is read by the INSERT itself, never before it.
+            seq = select(func.coalesce(func.max(jobs.c.seq), 0) + 1).scalar_subquery()
             try:
-                await conn.execute(insert(jobs).values(seq=seq + 1, **_job_row(job)))
+                await conn.execute(insert(jobs).values(seq=seq, **_job_row(job)))
             except IntegrityError as err:
                 raise Conflict(f"job {job.name} already exists") from err
             if approval is not None:

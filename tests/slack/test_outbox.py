@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +14,6 @@ from services.store import SqlStore
 from tests.fakes.slack import FakeSlack
 
 CHANNEL = "C0OUT"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'out.db'}")
-    await s.migrate()
-    yield s
-    await s.aclose()
 
 
 def message(text: str) -> Message:

@@ -1,0 +1,147 @@
+"""PostgreSQL as the store: what differs between databases, and a whole job through the bot.
+
+The store's own test modules run on both databases too (BOTH_DATABASES in tests/conftest.py);
+these tests run on both as well, except the bot's run, which is the PostgreSQL one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.lifecycle import running
+from services.events import LogSnippet
+from services.models import AuditEntry, MetricPoint
+from services.states import JobState
+from services.store import SqlStore
+from tests.conftest import NOW, make_cluster, make_job
+from tests.fakes.slack import FakeSlack
+from tests.pg import PostgresServer
+from tests.slack.conftest import CHANNEL, JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
+
+
+async def _scalar(store: SqlStore, query: str) -> object:
+    engine = create_async_engine(store.url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text(query))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_submissions_each_get_their_own_place_in_the_queue(
+    store: SqlStore,
+) -> None:
+    await asyncio.gather(*(store.insert_job(make_job(f"j{i}")) for i in range(30)))
+    assert await _scalar(store, "SELECT count(DISTINCT seq) FROM jobs") == 30
+
+
+async def test_times_of_any_zone_come_back_as_the_same_instant_in_utc(store: SqlStore) -> None:
+    cest = timezone(timedelta(hours=2))
+    job = make_job(created_at=datetime(2026, 11, 27, 14, 0, tzinfo=cest), started_at=NOW)
+    await store.insert_job(job)
+    stored = await store.get_job(job.id)
+    assert stored is not None
+    assert stored.created_at == NOW and stored.created_at.tzinfo is not None
+    assert stored.created_at.utcoffset() == timedelta(0)
+    # Comparisons happen in the database: a zone other than UTC must not shift them.
+    audit_at = datetime(2026, 11, 27, 13, 30, tzinfo=cest)  # 11:30 UTC
+    await store.add_audit(AuditEntry(at=audit_at, actor="U1", action="a", outcome="allowed"))
+    assert [e.at for e in await store.list_audit()] == [audit_at]
+
+
+async def test_text_with_nul_is_stored_on_every_database(store: SqlStore) -> None:
+    """PostgreSQL refuses NUL in text; job output and typed text may hold one."""
+    await store.insert_cluster(make_cluster())
+    job = await store.insert_job(make_job(error="exit\x00code", state=JobState.FAILED))
+    await store.add_audit(
+        AuditEntry(at=NOW, actor="U1", action="job create", outcome="denied", detail="a\x00b")
+    )
+    snippet = LogSnippet(job_id=job.id, file="stdout.txt", lines=("nul\x00here", "\ud800"))
+    await store.add_events([snippet])
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.error == "exit\ufffdcode"
+    assert (await store.list_audit())[0].detail == "a\ufffdb"
+    ((_, event),) = await store.pending_events()
+    assert event == snippet  # JSON escapes NUL and lone surrogates itself
+
+
+async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:
+    job = await store.insert_job(make_job())
+    offset = 5 * 1024**4  # a 5 TiB log
+    await store.commit_log(
+        job.id,
+        {"stdout.txt": (offset, 2**31 - 1)},
+        [],
+        [MetricPoint(999_999_999, "loss", 1e308)],
+        None,
+        {"loss": -1e308},
+    )
+    assert await store.get_log_offsets(job.id) == {"stdout.txt": (offset, 2**31 - 1)}
+    assert await store.list_metrics(job.id) == [MetricPoint(999_999_999, "loss", 1e308)]
+
+
+# --------------------------------------------------------------------------- a job through the bot
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack(rate_limits=False, trigger_ttl=None) as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_rig(
+    tmp_path: Path, fake: FakeSlack, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SlackRig]:
+    for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    url = await postgres.create_database()
+    settings = rig_settings(tmp_path, fake, database_url=url)
+    async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
+        bot.share.create_share("data")
+        (bot.share.share_dir("data") / "job.py").write_text(JOB_SCRIPT)
+        yield SlackRig(fake, bot, http, settings)
+        for job in await bot.store.list_jobs(include_deleted=True):
+            if not job.state.finished and job.layout is not None:
+                await bot.backend.terminate_job(job.id)
+
+
+async def test_a_whole_job_runs_through_the_bot_on_postgresql(pg_rig: SlackRig) -> None:
+    rig = pg_rig
+    assert rig.bot.store.url.startswith("postgresql+asyncpg://")
+    await rig.answer("cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data")
+    await rig.answer(f"job create -n pg1 -r c1 -c {job_json(3)}")
+
+    async def finished() -> bool:
+        job = await rig.bot.store.find_job("pg1")
+        return job is not None and job.state.finished
+
+    await rig.until(finished, "pg1 to finish")
+    job = await rig.bot.store.find_job("pg1")
+    assert job is not None and job.state is JobState.SUCCEEDED
+    assert job.progress is not None and (job.progress.current, job.progress.total) == (3, 3)
+    assert [p.step for p in await rig.bot.store.list_metrics(job.id) if p.name == "loss"] == [
+        1,
+        2,
+        3,
+    ]
+    (card,) = [m for m in rig.fake.messages_in(CHANNEL) if not m.is_reply]
+    texts = [m.block_text() for m in rig.fake.replies(CHANNEL, card.ts)]
+    assert any("Epoch 3/3" in t for t in texts)
+    assert sum("succeeded" in t and "exit code 0" in t for t in texts) == 1
+    assert f"<@{USER}>" in texts[-1]
+    before = len(rig.fake.calls_to("chat.postMessage"))
+    await rig.bot.runner.tick()
+    await rig.bot.relay.drain()
+    assert len(rig.fake.calls_to("chat.postMessage")) == before  # nothing posted twice
+    assert await rig.bot.store.pending_events() == []
+    assert job.created_at.tzinfo is not None and job.ended_at is not None
+    assert datetime.now(UTC) - job.ended_at < timedelta(hours=1)
