@@ -14,6 +14,7 @@ from bot.check import check_settings, format_results
 from bot.config import Settings
 from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
 from bot.lifecycle import running
+from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
 from services.errors import SpecError
 from services.jobspec import load_any
@@ -49,16 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_manifest(settings, args)
     if args.command == "check":
         return asyncio.run(run_check(settings, args.channel))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("apscheduler", "alembic", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    # A busy tick makes APScheduler skip the next one, with a warning each time: that is the
-    # intended back-pressure, not news.
-    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    configure_logging(settings)
     wait = getattr(args, "wait_timeout", 900.0)
     try:
         if args.command in (None, "run") and settings.slack_configured:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.config import Settings
+from bot.metrics import BotMetrics, StateCollector, measured
 from bot.outbox import SlackOutbox
 from bot.slack import UserGroups, web_client
 from handlers.actions import ActionHandler
@@ -58,6 +59,7 @@ class Bot:
     actions: ActionHandler
     slack: SlackHandlers
     scheduler: Scheduler
+    metrics: BotMetrics
 
     def resolve_file(self, loc: FileLocation) -> Path:
         return self.share.local_path(loc)
@@ -113,6 +115,7 @@ def build(
     data = settings.batchai_data_dir
     data.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.db_url)
+    metrics = BotMetrics()
     if transport is None:
         transport = SlackOutbox(
             web_client(settings, for_listeners=False),
@@ -120,10 +123,14 @@ def build(
             now=clock.now,
             post_interval=settings.slack_post_interval,
             updates_per_minute=settings.slack_updates_per_minute,
+            metrics=metrics,
         )
     signer = LinkSigner(link_secret(settings), settings.files_base_url(port))
     share = LocalShare(data, signer)
     backend = LocalBackend(data, python=sys.executable)
+    # the services get the measured ones: every call timed, every failure counted
+    compute = measured(backend, "compute", metrics)
+    files = measured(share, "share", metrics)
     configs = ConfigLoader(settings.manifest_dir)
     prices = PriceBook(price_table(settings))
     policy = approval_policy(settings)
@@ -138,7 +145,7 @@ def build(
     )
     clusters = ClusterService(
         store=store,
-        backend=backend,
+        backend=compute,
         clock=clock,
         configs=configs,
         resource_group=settings.resource_group,
@@ -148,7 +155,7 @@ def build(
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
         store=store,
-        share=share,
+        share=files,
         clock=clock,
         configs=configs,
         resource_group=settings.resource_group,
@@ -160,8 +167,8 @@ def build(
     )
     runner = JobRunner(
         store=store,
-        backend=backend,
-        share=share,
+        backend=compute,
+        share=files,
         clusters=clusters,
         clock=clock,
         spend=spend,
@@ -175,7 +182,7 @@ def build(
         approvers=approvals.approvers_text(),
         extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
     )
-    relay = EventRelay(store=store, share=share, notifier=presenter, clock=clock, link_ttl=ttl)
+    relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
     commands = CommandHandler(
         Services(
             clusters=clusters,
@@ -211,6 +218,18 @@ def build(
         audit=store.add_audit,
         now=clock.now,
     )
+    scheduler = Scheduler()
+    metrics.watch(
+        StateCollector(
+            store=store,
+            spend=spend,
+            clock=clock,
+            failures=lambda: {
+                **{f"jobs.{step}": n for step, n in runner.step_failures.items()},
+                **scheduler.failures,
+            },
+        )
+    )
     return Bot(
         settings=settings,
         clock=clock,
@@ -229,5 +248,6 @@ def build(
         commands=commands,
         actions=actions,
         slack=slack,
-        scheduler=Scheduler(),
+        scheduler=scheduler,
+        metrics=metrics,
     )

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     console_user: str = "console-user"
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for a log shipper
 
     @field_validator("allowed_channels", "allowed_users", "admin_users", mode="before")
     @classmethod

@@ -12,13 +12,15 @@ from aiohttp import web
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
-from bot.web import create_web_app
+from bot.web import CachedCheck, HealthCheck, create_web_app
 from handlers.presenter import Transport
 from services.errors import BatchAIError
 from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
 
 log = logging.getLogger(__name__)
+
+SLACK_CHECK_TTL = 30.0  # seconds /readyz trusts the last auth.test
 
 
 @asynccontextmanager
@@ -46,11 +48,20 @@ async def running(
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
         if settings.examples_dir.is_dir():
             bot.share.seed_share(settings.share_name, settings.examples_dir, "examples")
-        web_app = create_web_app(signer=bot.signer, resolve=bot.resolve_file, ready=bot.store.ping)
+        checks: dict[str, HealthCheck] = {"database": bot.store.ping, "backend": bot.backend.ping}
+        web_app = create_web_app(
+            signer=bot.signer, resolve=bot.resolve_file, checks=checks, metrics=bot.metrics.render
+        )
         socket_mode = None
         if transport is None:
             from bot import slack  # the Slack SDK is loaded only for a Slack bot
 
+            probe = slack.web_client(settings, for_listeners=False)
+
+            async def slack_answers() -> None:
+                await probe.auth_test()
+
+            checks["slack"] = CachedCheck(slack_answers, SLACK_CHECK_TTL)
             slack_app = slack.build_app(settings, bot.slack)
             if settings.public_url is None:
                 log.warning(

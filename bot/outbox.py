@@ -18,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.metrics import BotMetrics
 from handlers.views import Message
 from services.errors import TransientError
 from services.store import SqlStore
@@ -106,8 +107,10 @@ class SlackOutbox:
         updates_per_minute: float = 50.0,
         max_attempts: int = 5,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics or BotMetrics()
         self._store = store
         self._now = now
         self._monotonic = monotonic
@@ -236,27 +239,36 @@ class SlackOutbox:
     ) -> AsyncSlackResponse:
         """One Web API call with the retry budget; the caller holds the lane."""
         args = {k: v for k, v in kwargs.items() if v is not None}
+        name = _api_name(method)
         for attempt in range(1, self._max_attempts + 1):
             self.stats["calls"] += 1
             try:
-                return await method(**args)
+                response = await method(**args)
             except SlackApiError as err:
                 status = err.response.status_code
                 error = str(err.response.get("error", ""))
                 if status == 429 or error == "ratelimited":
                     self.stats["ratelimited"] += 1
+                    self._metrics.slack_call(name, "ratelimited")
                     delay = _retry_after(err.response.headers)
                     lane.push_back(delay)
                 elif status >= 500 or error in TRANSIENT_ERRORS:
+                    self._metrics.slack_call(name, "server_error")
                     delay = _backoff(attempt)
                 else:
+                    self._metrics.slack_call(name, "error")
                     raise  # permanent (not_in_channel, invalid_blocks…): the relay logs it
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                self._metrics.slack_call(name, "network")
                 log.info("slack call failed (%s), attempt %d", type(err).__name__, attempt)
                 delay = _backoff(attempt)
+            else:
+                self._metrics.slack_call(name, "ok")
+                return response
             if attempt == self._max_attempts:
                 break
             self.stats["retries"] += 1
+            self._metrics.slack_retries.labels(name).inc()
             await asyncio.sleep(delay)
         raise TransientError("Slack is not taking messages right now", retry_after=delay)
 
@@ -265,6 +277,11 @@ def _retrieve(outcome: asyncio.Future[None]) -> None:
     """Mark a failed edit's outcome as seen even when no merged caller waited for it."""
     if not outcome.cancelled():
         outcome.exception()
+
+
+def _api_name(method: Callable[..., Any]) -> str:
+    """`chat_postMessage` -> `chat.postMessage` (the method's name in Slack's docs)."""
+    return getattr(method, "__name__", "unknown").replace("_", ".", 1)
 
 
 def _retry_after(headers: Any) -> float:

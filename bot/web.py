@@ -1,9 +1,12 @@
-"""The bot's aiohttp web app: /healthz and the signed, expiring /files download links."""
+"""The bot's aiohttp web app: /healthz, /readyz, /metrics and the signed, expiring /files
+download links."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,22 +20,84 @@ log = logging.getLogger(__name__)
 
 ResolveFile = Callable[[FileLocation], Path]
 HealthCheck = Callable[[], Awaitable[None]]
+RenderMetrics = Callable[[], Awaitable[bytes]]
+CHECK_TIMEOUT = 2.0  # seconds one readiness check may take before it counts as failed
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class CachedCheck:
+    """Runs a check at most once per `ttl` seconds and answers with its last outcome in
+    between (a probe every few seconds must not become an API call every few seconds)."""
+
+    def __init__(
+        self,
+        check: HealthCheck,
+        ttl: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check, self._ttl, self._monotonic = check, ttl, monotonic
+        self._at: float | None = None
+        self._error: Exception | None = None
+
+    async def __call__(self) -> None:
+        now = self._monotonic()
+        if self._at is None or now - self._at >= self._ttl:
+            try:
+                await asyncio.wait_for(self._check(), CHECK_TIMEOUT)
+            except Exception as err:
+                self._error = err
+            else:
+                self._error = None
+            self._at = now
+        if self._error is not None:
+            raise self._error
+
+
+async def run_checks(checks: Mapping[str, HealthCheck]) -> tuple[bool, dict[str, str]]:
+    """Every check at once, each within CHECK_TIMEOUT; "ok" or the error's type name (never
+    its message, which could carry a host name or worse)."""
+
+    async def one(check: HealthCheck) -> str:
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        except TimeoutError:
+            return "failed: no answer within 2 s"
+        except Exception as err:  # any failing dependency makes us unready
+            return f"failed: {type(err).__name__}"
+        return "ok"
+
+    names = list(checks)
+    outcomes = await asyncio.gather(*(one(checks[n]) for n in names))
+    results = dict(zip(names, outcomes, strict=True))
+    return all(r == "ok" for r in outcomes), results
 
 
 def create_web_app(
-    *, signer: LinkSigner, resolve: ResolveFile, ready: HealthCheck
+    *,
+    signer: LinkSigner,
+    resolve: ResolveFile,
+    checks: Mapping[str, HealthCheck],
+    metrics: RenderMetrics | None = None,
 ) -> web.Application:
+    """`checks` name what /readyz asks (database, slack, backend); `metrics` renders /metrics."""
     app = web.Application()
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        try:
-            await ready()
-        except Exception as err:  # any failing dependency makes us unready
-            return web.json_response({"status": "unready", "error": type(err).__name__}, status=503)
-        return web.json_response({"status": "ready"})
+        ready, results = await run_checks(checks)
+        for name, result in results.items():
+            if result != "ok":
+                log.warning("not ready: %s %s", name, result)
+        body = {"status": "ready" if ready else "unready", "checks": results}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_page(_request: web.Request) -> web.Response:
+        assert metrics is not None
+        body = await metrics()
+        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 
     async def files(request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
@@ -56,6 +121,8 @@ def create_web_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/files/{token}/{name}", files)
     return app
 

@@ -21,6 +21,7 @@ from handlers.commandspec import (
     Command,
     JobCreate,
 )
+from services import context
 from services.access import AccessPolicy
 from services.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
 from services.jobs import JobRequest, JobService
@@ -63,11 +64,14 @@ class SlackHandlers:
 
 def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> None:
     """Attach every listener of the bot to a Bolt app."""
+    app.middleware(_bind_context)
 
     @app.command(command)
     async def on_command(ack: Any, body: dict[str, Any], respond: Any, client: Any) -> None:
         user, channel = body["user_id"], body["channel_id"]
         parsed = h.commands.parse(body.get("text", ""), source="slack")
+        if not isinstance(parsed, Reply):
+            context.set_field("command", _name(parsed))
         if isinstance(parsed, Reply):  # a typo: answer at once, only to the typist
             await ack(**_payload(parsed, ephemeral=True))
             return
@@ -218,6 +222,29 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             )
             return
         await ack()  # closes the modal; the status card appears in the channel
+
+
+async def _bind_context(body: dict[str, Any], next_: Callable[[], Awaitable[Any]]) -> Any:
+    """Every request gets a correlation id (Slack's trigger_id, else a fresh one) and says who
+    asked what, for every log line written while it is handled."""
+    with context.bound(**request_context(body)):
+        return await next_()
+
+
+def request_context(body: dict[str, Any]) -> dict[str, str | None]:
+    user = body.get("user_id") or (body.get("user") or {}).get("id")
+    event = body.get("event") or {}
+    if body.get("command"):
+        command = str(body["command"])
+    elif body.get("type") == "block_actions":
+        command = str(((body.get("actions") or [{}])[0]).get("action_id"))
+    elif body.get("view") and body.get("type", "").startswith("view_"):
+        command = str(body["view"].get("callback_id"))
+    else:
+        command = event.get("type")
+        user = user or event.get("user")
+    correlation = body.get("trigger_id") or body.get("event_id") or context.new_id()
+    return {"correlation_id": str(correlation), "user": user, "command": command}
 
 
 def _follow_up(creating: asyncio.Future[Any], client: Any, *, channel: str, user: str) -> None:

@@ -86,6 +86,10 @@ class ComputeBackend(Protocol):
         `remaining` more from now. Relative, so the backend's clock and ours never mix."""
         ...
 
+    async def ping(self) -> None:
+        """Raise (a BackendError) unless the backend answers now; cheap, for /readyz."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -8,6 +8,7 @@ import logging
 from dataclasses import replace
 from datetime import timedelta
 
+from services import context
 from services.errors import BatchAIError, TransientError
 from services.events import (
     ApprovalDecided,
@@ -91,6 +92,12 @@ class EventRelay:
             log.error("delivery for job %s failed", job_id, exc_info=task.exception())
 
     async def _run_job(self, job_id: str | None) -> int:
+        if job_id is None:
+            return await self._deliver_all(job_id)
+        with context.bound(**context.for_job(job_id)):
+            return await self._deliver_all(job_id)
+
+    async def _deliver_all(self, job_id: str | None) -> int:
         delivered = 0
         while True:
             pending = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)

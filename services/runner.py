@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from services import context
 from services.clusters import ClusterService
 from services.errors import BatchAIError, NotFound, TransientError
 from services.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
@@ -28,6 +30,8 @@ LIVE = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 MAX_OUTPUT_FILES = 200
 SNIPPET_LINES = 200
 MAX_POLL_FAILURES = 5  # per event; the presenter trims further for Slack's limits
+BACKOFF_FIRST = 1.0  # seconds a step rests after the backend said "busy"; doubles each time
+BACKOFF_MAX = 120.0
 
 
 @dataclass
@@ -59,9 +63,12 @@ class JobRunner:
         self._tailer = LogTailer(share)
         self._logs: dict[str, _LogState] = {}
         self._failures: dict[str, int] = {}
+        self._resting: dict[str, tuple[int, datetime]] = {}  # step -> (busy answers, until)
+        self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
     async def tick(self) -> None:
-        """One round of everything; each part survives the failure of another."""
+        """One round of everything; each part survives the failure of another. A step the
+        backend called busy rests, twice as long each time in a row (or as long as it asked)."""
         for step in (
             self.expire_approvals,
             self.dispatch,
@@ -69,12 +76,23 @@ class JobRunner:
             self.tail_logs,
             self.warn_wall_clock,
         ):
+            name = step.__name__
+            now = self._now()
+            busy, until = self._resting.get(name, (0, now))
+            if now < until:
+                continue
             try:
                 await step()
             except TransientError as err:
-                log.warning("%s: backend busy, retrying next tick: %s", step.__name__, err)
+                self.step_failures[name] += 1
+                delay = max(err.retry_after or 0.0, min(BACKOFF_MAX, BACKOFF_FIRST * 2**busy))
+                self._resting[name] = (busy + 1, now + timedelta(seconds=delay))
+                log.warning("%s: backend busy, retrying in %g s: %s", name, delay, err)
             except Exception:
-                log.exception("%s failed; retrying next tick", step.__name__)
+                self.step_failures[name] += 1
+                log.exception("%s failed; retrying next tick", name)
+            else:
+                self._resting.pop(name, None)
 
     # -- dispatch: FIFO per cluster, gang-scheduled -----------------------------------------
 
@@ -110,7 +128,8 @@ class JobRunner:
                 continue
             preparing, events = step
             if await self._store.update_job(preparing, events, expect=JobState.QUEUED):
-                await self._launch(preparing, cluster)
+                with context.bound(**context.for_job(job.id)):
+                    await self._launch(preparing, cluster)
 
     async def _launch(self, job: Job, cluster: Cluster) -> None:
         """Start (or finish starting) a job on its reserved nodes; start_job is idempotent."""
@@ -130,7 +149,10 @@ class JobRunner:
             raise  # still preparing without a layout: the next poll tries again
         except Exception as err:
             log.warning("job %s failed to start: %s", job.name, err)
-            await self._backend.terminate_job(job.id)  # whatever a half-done start left running
+            try:
+                await self._backend.terminate_job(job.id)  # what a half-done start left running
+            except Exception as stop_err:  # the failure must be recorded all the same
+                log.warning("job %s: cleaning up the failed start failed: %s", job.name, stop_err)
             await self._finish(job, JobState.FAILED, exit_code=None, detail=str(err))
             return
         notes: list[Event] = [
@@ -141,15 +163,23 @@ class JobRunner:
     # -- poll --------------------------------------------------------------------------------
 
     async def poll(self) -> None:
+        """When the backend was busy for every job, the step rests (TransientError)."""
+        busy: TransientError | None = None
+        answered = False
         for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
-            try:
-                await self._poll_job(job)
-            except TransientError as err:
-                log.info("job %s: status unavailable for now: %s", job.name, err)
-            except Exception as err:  # one broken job must not stop the others
-                await self._count_failure(job, err)
-            else:
-                self._failures.pop(job.id, None)
+            with context.bound(**context.for_job(job.id)):
+                try:
+                    await self._poll_job(job)
+                except TransientError as err:
+                    log.info("job %s: status unavailable for now: %s", job.name, err)
+                    busy = err
+                except Exception as err:  # one broken job must not stop the others
+                    await self._count_failure(job, err)
+                else:
+                    answered = True
+                    self._failures.pop(job.id, None)
+        if busy is not None and not answered:
+            raise busy
 
     async def _count_failure(self, job: Job, err: Exception) -> None:
         count = self._failures[job.id] = self._failures.get(job.id, 0) + 1
@@ -321,12 +351,13 @@ class JobRunner:
     async def tail_logs(self) -> None:
         for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
             if job.layout is not None and job.layout.stdouterr is not None:
-                try:
-                    await self._tail_job(job, final=False)
-                except TransientError as err:
-                    log.info("job %s: logs unavailable for now: %s", job.name, err)
-                except Exception:
-                    log.exception("job %s: reading its logs failed", job.name)
+                with context.bound(**context.for_job(job.id)):
+                    try:
+                        await self._tail_job(job, final=False)
+                    except TransientError as err:
+                        log.info("job %s: logs unavailable for now: %s", job.name, err)
+                    except Exception:
+                        log.exception("job %s: reading its logs failed", job.name)
 
     async def _tail_job(self, job: Job, *, final: bool) -> None:
         layout = job.layout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ class Scheduler:
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._work: dict[str, Work] = {}
+        self.failures: Counter[str] = Counter()  # rounds that raised, by job id (for /metrics)
 
     def every(self, job_id: str, seconds: float, work: Work, *, now: bool = False) -> None:
         """Run `work` every `seconds` (and once at start when `now`)."""
@@ -54,4 +56,5 @@ async def _run(scheduler: Scheduler, job_id: str) -> None:
     try:
         await work()
     except Exception:  # a periodic loop must never die of one bad round
+        scheduler.failures[job_id] += 1
         log.exception("periodic work %s failed", job_id)

@@ -44,7 +44,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         if not ready_ok["value"]:
             raise ConnectionError("database down")
 
-    app = create_web_app(signer=signer, resolve=share.local_path, ready=ready)
+    app = create_web_app(signer=signer, resolve=share.local_path, checks={"database": ready})
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     result = Site(server, share, signer)

@@ -911,6 +911,11 @@ class LocalBackend:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(pid), sig)
 
+    async def ping(self) -> None:
+        """The local stand-in for "the service answers": its root is a writable directory."""
+        if not (self._root.is_dir() and os.access(self._root, os.W_OK | os.X_OK)):
+            raise BackendError("the local backend's data directory is not a writable directory")
+
     async def aclose(self) -> None:
         # Runners are detached on purpose: jobs outlive the bot, as on Batch AI.
         self._locks.clear()

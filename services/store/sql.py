@@ -318,6 +318,31 @@ class SqlStore:
         async with self._engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
+    async def count_jobs_by_state(self) -> dict[JobState, int]:
+        """How many jobs (not deleted) are in each state; one aggregate query, for /metrics."""
+        stmt = (
+            select(jobs.c.state, func.count())
+            .where(jobs.c.deleted.is_(False))
+            .group_by(jobs.c.state)
+        )
+        async with self._engine.connect() as conn:
+            return {JobState(state): int(n) for state, n in await conn.execute(stmt)}
+
+    async def get_oldest_queued(self) -> datetime | None:
+        """When the job that has waited longest in a queue was queued (None: no queue)."""
+        stmt = select(func.min(jobs.c.queued_at)).where(jobs.c.state == JobState.QUEUED.value)
+        async with self._engine.connect() as conn:
+            return aware((await conn.execute(stmt)).scalar_one())
+
+    async def get_outbox_backlog(self) -> tuple[int, datetime | None]:
+        """Undelivered events: how many, and when the oldest of them was stored."""
+        stmt = select(func.count(), func.min(events.c.created_at)).where(
+            events.c.delivered_at.is_(None)
+        )
+        async with self._engine.connect() as conn:
+            count, oldest = (await conn.execute(stmt)).one()
+            return int(count), aware(oldest)
+
     # -- sent messages (exactly-once notifications) -----------------------------------------
 
     async def recorded_keys(self, keys: Sequence[str]) -> set[str]:
