@@ -63,6 +63,7 @@ class JobRunner:
         self._tailer = LogTailer(share)
         self._logs: dict[str, _LogState] = {}
         self._failures: dict[str, int] = {}
+        self._final_reads: dict[str, int] = {}  # job -> failed final log reads in a row
         self._resting: dict[str, tuple[int, datetime]] = {}  # step -> (busy answers, until)
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
@@ -189,7 +190,7 @@ class JobRunner:
             fresh = await self._store.get_job(job.id)
             if fresh is not None and not fresh.state.finished:
                 detail = f"the bot could not follow this job: {type(err).__name__}: {err}"
-                await self._finish(fresh, JobState.FAILED, None, detail[:500])
+                await self._finish(fresh, JobState.FAILED, None, detail[:500], retry_logs=False)
 
     async def _poll_job(self, job: Job) -> None:
         if job.layout is None:
@@ -243,13 +244,25 @@ class JobRunner:
         exit_code: int | None,
         detail: str | None,
         status: RunStatus | None = None,
+        *,
+        retry_logs: bool = True,
     ) -> None:
-        """Final log read, then the end state and its one receipt in a single transaction."""
+        """Final log read, then the end state and its one receipt in a single transaction.
+
+        A failed final read is tried again on the next polls (the job stays live meanwhile,
+        so no line is lost to a share hiccup); after MAX_POLL_FAILURES tries, or when
+        `retry_logs` is off, the end is recorded without it."""
         if job.layout is not None:
             try:
                 await self._tail_job(job, final=True)
-            except Exception:  # the end must be recorded even when the last read fails
-                log.exception("job %s: final log read failed", job.name)
+            except Exception as err:
+                tries = self._final_reads[job.id] = self._final_reads.get(job.id, 0) + 1
+                if retry_logs and tries < MAX_POLL_FAILURES:
+                    raise TransientError(f"its last log lines could not be read: {err}") from err
+                log.exception(
+                    "job %s: final log read failed; recording the end without it", job.name
+                )
+            self._final_reads.pop(job.id, None)
         events: list[Event] = []
         current = job
         if current.state is JobState.PREPARING and target is not JobState.FAILED:
