@@ -25,6 +25,7 @@ from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
+from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
 from services.models import FileLocation
@@ -59,6 +60,7 @@ class Bot:
     actions: ActionHandler
     slack: SlackHandlers
     scheduler: Scheduler
+    idle: IdleService
     metrics: BotMetrics
 
     def resolve_file(self, loc: FileLocation) -> Path:
@@ -151,6 +153,14 @@ def build(
         resource_group=settings.resource_group,
         workspace=settings.workspace,
         prices=prices,
+        idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
+    )
+    idle = IdleService(
+        store=store,
+        clusters=clusters,
+        clock=clock,
+        prices=prices,
+        warn_before=timedelta(minutes=settings.idle_warning_minutes),
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
@@ -193,7 +203,7 @@ def build(
             audit=AuditLog(store),
         )
     )
-    actions = ActionHandler(jobs, clock.now, approvals)
+    actions = ActionHandler(jobs, clock.now, approvals, idle)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -249,5 +259,6 @@ def build(
         actions=actions,
         slack=slack,
         scheduler=scheduler,
+        idle=idle,
         metrics=metrics,
     )

@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.web import CachedCheck, HealthCheck, create_web_app
 from handlers.presenter import Transport
 from services.errors import BatchAIError
+from services.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
 from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
 
@@ -92,6 +93,7 @@ async def running(
         if periodic:
             bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
             bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.start_delivery)
+            bot.scheduler.every("idle", IDLE_CHECK_SECONDS, bot.idle.check)
             bot.scheduler.start()
             stack.callback(bot.scheduler.shutdown)
         yield bot

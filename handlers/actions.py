@@ -1,4 +1,5 @@
-"""Button handlers: Logs, Terminate, Refresh, Approve, Deny, Extend, Stop now.
+"""Button handlers: Logs, Terminate, Refresh, Approve, Deny, Extend, Stop now, Keep 1 h, Scale
+down now.
 
 Parse the payload, call one service, render; the same for Slack and the console."""
 
@@ -11,6 +12,7 @@ from handlers import views
 from handlers.commands import Reply
 from services.approvals import ApprovalService
 from services.errors import BatchAIError
+from services.idle import IdleService
 from services.jobs import JobService
 from services.logs import split_lines
 from services.models import Actor
@@ -24,10 +26,12 @@ class ActionHandler:
         jobs: JobService,
         now: Callable[[], datetime],
         approvals: ApprovalService | None = None,
+        idle: IdleService | None = None,
     ) -> None:
         self._jobs = jobs
         self._now = now
         self._approvals = approvals
+        self._idle = idle
 
     async def handle(
         self, action_id: str, value: str, *, actor: Actor, reason: str | None = None
@@ -35,6 +39,8 @@ class ActionHandler:
         try:
             if action_id in (views.ACTION_APPROVE, views.ACTION_DENY, views.ACTION_EXTEND):
                 return await self._spend_action(action_id, value, actor, reason)
+            if action_id in views.IDLE_ACTIONS:
+                return await self._idle_action(action_id, value, actor)
             if action_id == views.ACTION_STOP:
                 action_id = views.ACTION_TERMINATE
             if action_id == views.ACTION_LOGS:
@@ -64,6 +70,13 @@ class ActionHandler:
             outcome = await self._approvals.approve(value, actor=actor)
         else:
             outcome = await self._approvals.deny(value, actor=actor, reason=reason or "")
+        return Reply(views.info(outcome.message), failed=not outcome.applied)
+
+    async def _idle_action(self, action_id: str, value: str, actor: Actor) -> Reply:
+        if self._idle is None:
+            return Reply(views.error("idle scale-down is not running"), failed=True)
+        click = self._idle.keep if action_id == views.ACTION_IDLE_KEEP else self._idle.scale_now
+        outcome = await click(value, actor=actor)
         return Reply(views.info(outcome.message), failed=not outcome.applied)
 
     async def _logs(self, job_id: str) -> Reply:

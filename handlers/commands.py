@@ -123,6 +123,7 @@ class CommandHandler:
             resource_group=c.resource_group,
             workspace=c.workspace,
             config=_config(c.config),
+            idle_timeout_minutes=c.idle_timeout_minutes,
         )
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
         # A public reply shows the typed command to the channel: never when it held a secret.
@@ -148,13 +149,23 @@ class CommandHandler:
 
     async def _cluster_auto_scale(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.auto_scale_cluster(
-            c.name, min_nodes=c.min_nodes, max_nodes=c.max_nodes, resource_group=c.resource_group
+            c.name,
+            min_nodes=c.min_nodes,
+            max_nodes=c.max_nodes,
+            resource_group=c.resource_group,
+            idle_timeout_minutes=c.idle_timeout_minutes,
         )
         text = (
             f"cluster *{cluster.name}* auto-scales between {cluster.min_nodes} and "
             f"{cluster.max_nodes} nodes (now {cluster.target_nodes})"
         )
         return Reply(views.info(text), public=True)
+
+    async def _cluster_update(self, c: Any, actor: Actor, source: Source) -> Reply:
+        cluster = await self._s.clusters.update_cluster(
+            c.name, idle_timeout_minutes=c.idle_timeout_minutes, resource_group=c.resource_group
+        )
+        return Reply(views.idle_setting(cluster, c.idle_timeout_minutes), public=True)
 
     async def _cluster_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
         if not await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group):
@@ -309,6 +320,7 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "ClusterShow": CommandHandler._cluster_show,
     "ClusterResize": CommandHandler._cluster_resize,
     "ClusterAutoScale": CommandHandler._cluster_auto_scale,
+    "ClusterUpdate": CommandHandler._cluster_update,
     "ClusterDelete": CommandHandler._cluster_delete,
     "ClusterNodeList": CommandHandler._cluster_nodes,
     "JobCreate": CommandHandler._job_create,
@@ -331,7 +343,6 @@ CLUSTER_FLAGS_NOT_YET = {
     "setup_task": "--setup-task",
     "storage_account_name": "--storage-account-name",
     "storage_account_key": "--storage-account-key",
-    "idle_timeout_minutes": "--idle-timeout",
 }
 JOB_FLAGS_NOT_YET = {
     "afs_name": "--afs-name on job create (mount it in the job.json's mountVolumes)",

@@ -95,6 +95,13 @@ class ClusterAutoScale(Command):
     name: str
     min_nodes: int
     max_nodes: int
+    idle_timeout_minutes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterUpdate(Command):
+    name: str
+    idle_timeout_minutes: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -706,6 +713,12 @@ _OUTPUT_DIR = _f(
 )
 _PATH = _f("-p --path", "path", RELATIVE_PATH, "folder inside the output directory")
 _EXPIRY = _f("--expiry", "expiry_minutes", _int(5, 600, "MINUTES"), "download links last this long")
+_IDLE_TIMEOUT = _f(
+    "--idle-timeout --idle-timeout-minutes",
+    "idle_timeout_minutes",
+    _int(0, 10080, "MINUTES"),
+    "minutes idle above --min before scaling down (0: never; default: the bot's, 15)",
+)
 _CHANNEL = _f("--channel", "channel", CHANNEL, "id, #name or mention (default: this channel)")
 _APPROVAL_ID = _f("--id", "id", APPROVAL_ID, "approval id, as approvals list shows it")
 
@@ -749,12 +762,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 CLUSTER_CONFIG,
                 "cluster.json: manifest name or inline JSON (a path: console only)",
             ),
-            _f(
-                "--idle-timeout --idle-timeout-minutes",
-                "idle_timeout_minutes",
-                _int(1, 10080, "MINUTES"),
-                "scale to 0 nodes after this many idle minutes",
-            ),
+            _IDLE_TIMEOUT,
             _LOCATION,
         ),
         examples=(
@@ -796,9 +804,26 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "cluster auto-scale",
         ClusterAutoScale,
         "Let a cluster scale between --min and --max nodes with the job queue",
-        (_CLUSTER_NAME, _MIN, _MAX),
-        examples=("/batchai cluster auto-scale -n mycluster --min 0 --max 4",),
+        (_CLUSTER_NAME, _MIN, _MAX, _IDLE_TIMEOUT),
+        examples=(
+            "/batchai cluster auto-scale -n mycluster --min 0 --max 4",
+            "/batchai cluster auto-scale -n mycluster --min 0 --max 4 --idle-timeout 30",
+        ),
         checks=(_check_scale,),
+    ),
+    _spec(
+        "cluster update",
+        ClusterUpdate,
+        "Change how long a cluster may sit idle above --min before it scales down",
+        (_CLUSTER_NAME, _IDLE_TIMEOUT),
+        examples=(
+            "/batchai cluster update -n mycluster --idle-timeout 60",
+            "/batchai cluster update -n mycluster --idle-timeout 0",
+        ),
+        notes=(
+            "An idle cluster gets a warning with Keep 1 h / Scale down now buttons first; "
+            "--idle-timeout 0 turns idle scale-down off for the cluster.",
+        ),
     ),
     _spec(
         "cluster delete",

@@ -18,6 +18,7 @@ from handlers.commandspec import (
     ClusterAutoScale,
     ClusterDelete,
     ClusterResize,
+    ClusterUpdate,
     Command,
     JobCreate,
 )
@@ -29,7 +30,7 @@ from services.models import Actor, AuditEntry, ConfigSource, Conversation
 
 log = logging.getLogger(__name__)
 
-DESTRUCTIVE = (ClusterDelete, ClusterResize, ClusterAutoScale)
+DESTRUCTIVE = (ClusterDelete, ClusterResize, ClusterAutoScale, ClusterUpdate)
 SLOW = (
     "ClusterCreate",
     "ClusterDelete",
@@ -108,7 +109,9 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
         await ack()
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id")
-        decision = h.access.check(user=user, channel=channel, destructive=False)
+        # Keep / Scale down now change a cluster's size: the rules of `cluster resize` apply.
+        manage = action["action_id"] in views.IDLE_ACTIONS
+        decision = h.access.check(user=user, channel=channel, destructive=manage)
         if not decision.allowed:
             await respond(
                 **_payload(Reply(views.error(decision.reason)), ephemeral=True),
@@ -135,6 +138,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
         views.ACTION_APPROVE,
         views.ACTION_EXTEND,
         views.ACTION_STOP,
+        *views.IDLE_ACTIONS,
     ):
         app.action(action_id)(on_button)
 

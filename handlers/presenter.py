@@ -13,6 +13,8 @@ from services.events import (
     ApprovalDecided,
     ApprovalRequested,
     ClusterChanged,
+    IdleWarning,
+    IdleWarningClosed,
     JobFinished,
     JobNote,
     JobStateChanged,
@@ -84,6 +86,9 @@ class Presenter:
 
     async def deliver(self, delivery: Delivery) -> Conversation | None:
         event, job = delivery.event, delivery.job
+        if isinstance(event, IdleWarning):
+            await self._idle(event, delivery.keys)
+            return None
         if isinstance(event, ClusterChanged) or job is None:
             return None  # cluster changes are answered by the command that caused them
         conv = job.conversation or Conversation(self._default_channel, None, job.requester)
@@ -139,6 +144,17 @@ class Presenter:
             receipt = views.receipt(job, delivery.links)
             await self._reply(conv, receipt, keys, broadcast=True)
         return None
+
+    async def _idle(self, event: IdleWarning, keys: Sequence[str]) -> None:
+        """One warning message per warning id, edited in place when it is answered."""
+        channel = event.channel or self._default_channel
+        key = f"idle-{event.cluster}-{event.warning_id}"
+        if not isinstance(event, IdleWarningClosed):
+            await self._transport.post(channel, views.idle_warning(event), keys=[*keys, key])
+            return
+        message_id = await self._transport.lookup(key)
+        if message_id is not None:
+            await self._transport.update(channel, message_id, views.idle_warning(event))
 
     async def _ensure_card(self, job: Job, conv: Conversation, key: str) -> Conversation:
         if conv.thread is not None:

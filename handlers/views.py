@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from services import pricing
+from services.events import IdleWarning, IdleWarningClosed
 from services.models import (
     Approval,
     AuditEntry,
@@ -468,6 +469,8 @@ def cluster_detail(view: ClusterView, *, output: str) -> Message:
     ]
     if mounts:
         lines.append(f"mounts: {mounts}")
+    if c.autoscale or view.idle_after is not None:
+        lines.append(_idle_line(view))
     if c.error:
         lines.append(f"error: {c.error}")
     return Message(f"cluster {c.name}", [section("\n".join(lines))])
@@ -638,6 +641,8 @@ _EMOJI_TEXT = {
     "hourglass": "[waiting]",
     "alarm_clock": "[expired]",
     "no_entry_sign": "[denied]",
+    "zzz": "[idle]",
+    "raised_hand": "[kept]",
 }
 
 
@@ -857,3 +862,81 @@ def audit_table(entries: Sequence[AuditEntry], *, output: str) -> Message:
             ],
         )
     )
+
+
+# -- idle clusters ---------------------------------------------------------------------------
+
+ACTION_IDLE_KEEP = "idle_keep"
+ACTION_IDLE_SCALE = "idle_scale_down"
+IDLE_ACTIONS = (ACTION_IDLE_KEEP, ACTION_IDLE_SCALE)  # only people who may resize may click
+
+
+def idle_warning(event: IdleWarning) -> Message:
+    """The warning with Keep 1 h / Scale down now; once answered, what happened instead."""
+    since, deadline = datetime.fromisoformat(event.since), datetime.fromisoformat(event.deadline)
+    saves = (
+        f" (saves {format_rate(Decimal(event.saves_per_hour))})"
+        if event.saves_per_hour is not None
+        else ""
+    )
+    text = (
+        f"Cluster *{esc(event.cluster or '')}* is idle since {since:%H:%M} UTC — scaling to "
+        f"{_count(event.min_nodes)} at {deadline:%H:%M} UTC{saves}"
+    )
+    blocks = [section(f":zzz: {text}")]
+    if not isinstance(event, IdleWarningClosed):
+        value = f"{event.cluster}:{event.warning_id}"
+        idle = f"no job is queued or running on its {_count(event.nodes)}"
+        blocks.append(context(f"{idle}; if nobody answers, it scales down then"))
+        blocks.append(
+            actions(
+                button("Keep 1 h", ACTION_IDLE_KEEP, value, style="primary"),
+                button("Scale down now", ACTION_IDLE_SCALE, value, style="danger"),
+            )
+        )
+        return Message(text, blocks)
+    at = datetime.fromisoformat(event.at)
+    if event.outcome == "kept":
+        until = datetime.fromisoformat(event.until or event.at)
+        outcome = f":raised_hand: kept by <@{event.by}> until {until:%H:%M} UTC"
+    elif event.outcome == "scaled":
+        who = f" by <@{event.by}>" if event.by else ""
+        late = "" if event.by else " (nobody answered)"
+        outcome = (
+            f":white_check_mark: scaled down to {_count(event.min_nodes)}{who} "
+            f"at {at:%H:%M} UTC{late}"
+        )
+    else:
+        outcome = f":information_source: cancelled: {esc(event.reason or 'no longer idle')}"
+    blocks.append(context(outcome))
+    return Message(f"{text} — {_plain(outcome)}", blocks)
+
+
+def _count(nodes: int) -> str:
+    return f"{nodes} node" if nodes == 1 else f"{nodes} nodes"
+
+
+def idle_setting(cluster: Cluster, minutes: int) -> Message:
+    """The answer to `cluster update --idle-timeout`."""
+    name = esc(cluster.name)
+    if minutes == 0:
+        return info(f"cluster *{name}* is never scaled down for being idle")
+    return info(
+        f"cluster *{name}* scales down to {_count(cluster.min_nodes)} after {minutes} idle "
+        "minutes (a warning with Keep 1 h / Scale down now comes first)"
+    )
+
+
+def _idle_line(view: ClusterView) -> str:
+    c = view.cluster
+    if view.idle_after is None:
+        return "idle scale-down: off"
+    line = (
+        f"idle scale-down: to {_count(c.min_nodes)} after "
+        f"{view.idle_after.total_seconds() / 60:g} min without jobs"
+    )
+    if c.idle.warning is not None:
+        line += f" · warned, scaling down at {c.idle.warning.deadline:%H:%M} UTC"
+    elif c.idle.keep_until is not None:
+        line += f" · kept until {c.idle.keep_until:%H:%M} UTC"
+    return line

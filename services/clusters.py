@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotFound, UserError
-from services.events import ClusterChanged
+from services.events import ClusterChanged, Event, idle_warning
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
     NAME_RE,
@@ -27,6 +28,8 @@ from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
+MAX_IDLE_MINUTES = 7 * 24 * 60
+LIVE = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
@@ -51,6 +54,7 @@ class ClusterRequest:
     resource_group: str | None = None
     workspace: str | None = None
     config: ConfigSource | None = None
+    idle_timeout_minutes: int | None = None  # None: the bot's default; 0: never
 
 
 class ClusterService:
@@ -64,8 +68,10 @@ class ClusterService:
         resource_group: str,
         workspace: str,
         prices: PriceBook | None = None,
+        idle_timeout: timedelta = timedelta(minutes=15),
     ) -> None:
         self._prices = prices
+        self._idle_timeout = idle_timeout
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -153,7 +159,13 @@ class ClusterService:
         return await self._apply_size(cluster, changed, f"resized to {target} nodes")
 
     async def auto_scale_cluster(
-        self, name: str, *, min_nodes: int, max_nodes: int, resource_group: str | None = None
+        self,
+        name: str,
+        *,
+        min_nodes: int,
+        max_nodes: int,
+        resource_group: str | None = None,
+        idle_timeout_minutes: int | None = None,
     ) -> Cluster:
         cluster = await self._get(name, resource_group)
         _check_range(min_nodes, max_nodes)
@@ -163,19 +175,63 @@ class ClusterService:
         changed = replace(
             cluster, min_nodes=min_nodes, max_nodes=max_nodes, target_nodes=target, autoscale=True
         )
+        if idle_timeout_minutes is not None:
+            idle_s = _idle_timeout_s(idle_timeout_minutes, can_shrink=min_nodes < max_nodes)
+            changed = replace(changed, idle_timeout_s=idle_s)
         return await self._apply_size(
             cluster, changed, f"auto-scales between {min_nodes} and {max_nodes} nodes"
         )
 
+    async def update_cluster(
+        self, name: str, *, idle_timeout_minutes: int, resource_group: str | None = None
+    ) -> Cluster:
+        """`cluster update --idle-timeout`: how long it may sit idle above its minimum."""
+        cluster = await self._get(name, resource_group)
+        idle_s = _idle_timeout_s(idle_timeout_minutes, can_shrink=_can_shrink(cluster))
+        changed = replace(cluster, idle_timeout_s=idle_s)
+        await self._store.update_cluster(changed)
+        return changed
+
+    def idle_timeout_of(self, cluster: Cluster) -> timedelta | None:
+        """How long the cluster may sit idle above its minimum; None: forever."""
+        seconds = cluster.idle_timeout_s
+        timeout = self._idle_timeout if seconds is None else timedelta(seconds=seconds)
+        return timeout if timeout > timedelta(0) else None
+
     async def scale_for_demand(self, cluster: Cluster, needed: int) -> Cluster:
-        """Auto-scale: grow toward `needed` nodes (within max) or shrink to min when idle."""
+        """Auto-scale: grow toward `needed` nodes (within max) at once. Shrinking is the idle
+        flow's (services/idle.py): a warning first, then down to the minimum."""
         if not cluster.autoscale or cluster.state is not ClusterState.STEADY:
             return cluster
         target = max(cluster.min_nodes, min(needed, cluster.max_nodes))
-        if target == cluster.target_nodes:
+        if target <= cluster.target_nodes:
             return cluster
         changed = replace(cluster, target_nodes=target)
         return await self._apply_size(cluster, changed, f"auto-scaled to {target} nodes")
+
+    async def shrink_idle(self, name: str) -> Cluster | None:
+        """Scale an idle cluster to its minimum; None (nothing changed) when it is not steady,
+        already there, or a job turned up while it was being marked resizing."""
+        cluster = await self._store.get_cluster(name)
+        if cluster is None or cluster.state is not ClusterState.STEADY:
+            return None
+        if cluster.target_nodes <= cluster.min_nodes:
+            return None
+        smaller = replace(cluster, target_nodes=cluster.min_nodes)
+        resizing = self._moved(smaller, ClusterState.RESIZING)
+        await self._store.update_cluster(resizing)  # the dispatcher leaves a resizing cluster be
+        if await self._store.list_jobs(cluster=name, states=LIVE, include_deleted=True):
+            await self._store.update_cluster(cluster)
+            return None
+        try:
+            await self._backend.resize_cluster(resizing, smaller.target_nodes)
+        except Exception as err:
+            await self._store.update_cluster(replace(cluster, error=str(err)))
+            raise
+        steady = self._moved(resizing, ClusterState.STEADY)
+        what = f"cluster {name} scaled down to {steady.target_nodes} nodes after being idle"
+        await self._store.update_cluster(steady, [ClusterChanged(cluster=name, text=what)])
+        return steady
 
     async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> bool:
         """Deleting what is gone succeeds (False); a cluster with live jobs is refused."""
@@ -183,19 +239,20 @@ class ClusterService:
         if cluster is None:
             return False
         self._check_group(cluster, resource_group)
-        live = await self._store.list_jobs(
-            cluster=name,
-            states=[JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
-        )
+        live = await self._store.list_jobs(cluster=name, states=LIVE)
         if live:
             names = ", ".join(j.name for j in live[:5])
             raise Conflict(f"cluster {name} still has jobs ({names}); terminate them first")
         deleting = self._moved(cluster, ClusterState.DELETING)
         await self._store.update_cluster(deleting)
         await self._backend.delete_cluster(cluster)
-        await self._store.delete_cluster(
-            name, [ClusterChanged(cluster=name, text=f"cluster {name} deleted")]
-        )
+        done: list[Event] = [ClusterChanged(cluster=name, text=f"cluster {name} deleted")]
+        if cluster.idle.warning is not None:  # its buttons must not outlive it
+            at = self._clock.now().isoformat()
+            done.append(
+                idle_warning(cluster, outcome="cancelled", at=at, reason="the cluster was deleted")
+            )
+        await self._store.delete_cluster(name, done)
         return True
 
     # -- helpers ----------------------------------------------------------------------------
@@ -221,17 +278,14 @@ class ClusterService:
         return {n for j in active for n in j.nodes}
 
     async def _view(self, cluster: Cluster) -> ClusterView:
-        jobs = await self._store.list_jobs(
-            cluster=cluster.name,
-            states=[JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
-            include_deleted=True,
-        )
+        jobs = await self._store.list_jobs(cluster=cluster.name, states=LIVE, include_deleted=True)
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
         idle = max(0, cluster.target_nodes - len(preparing) - len(running))
         counts = NodeCounts(idle=idle, running=len(running), preparing=len(preparing))
         queued = sum(1 for j in jobs if j.state is JobState.QUEUED)
-        return ClusterView(cluster, counts, queued)
+        idle_after = self.idle_timeout_of(cluster) if _can_shrink(cluster) else None
+        return ClusterView(cluster, counts, queued, idle_after)
 
     async def _apply_size(self, old: Cluster, new: Cluster, what: str) -> Cluster:
         resizing = self._moved(new, ClusterState.RESIZING)
@@ -265,6 +319,9 @@ class ClusterService:
         if not _VM_SIZE_RE.match(vm_size):
             raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_NC6)")
         min_nodes, max_nodes, target, autoscale = _scale(r, from_file)
+        idle_s = None
+        if r.idle_timeout_minutes is not None:
+            idle_s = _idle_timeout_s(r.idle_timeout_minutes, can_shrink=min_nodes < max_nodes)
         mounts = list(from_file.mounts)
         if r.afs_name:
             if not _SHARE_RE.match(r.afs_name):
@@ -292,12 +349,30 @@ class ClusterService:
             created_by=actor.user,
             created_at=self._clock.now(),
             conversation=actor.conversation,
+            idle_timeout_s=idle_s,
         )
 
 
 def _check_count(flag: str, value: int) -> None:
     if not 0 <= value <= MAX_NODES:
         raise UserError(f"{flag} must be between 0 and {MAX_NODES}, not {value}")
+
+
+def _can_shrink(cluster: Cluster) -> bool:
+    """Only nodes above the minimum are scaled away when idle; a fixed-size cluster keeps its
+    nodes (`cluster resize -t 0` stops paying for them)."""
+    return cluster.min_nodes < max(cluster.max_nodes, cluster.target_nodes)
+
+
+def _idle_timeout_s(minutes: int, *, can_shrink: bool) -> int:
+    if not 0 <= minutes <= MAX_IDLE_MINUTES:
+        raise UserError(f"--idle-timeout must be 0 to {MAX_IDLE_MINUTES} minutes, not {minutes}")
+    if minutes and not can_shrink:
+        raise UserError(
+            "--idle-timeout needs a cluster that can shrink: a fixed-size cluster keeps its "
+            "nodes (give --min below --max, or use cluster auto-scale)"
+        )
+    return minutes * 60
 
 
 def _check_range(min_nodes: int, max_nodes: int) -> None:

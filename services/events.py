@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from services.models import Cluster
 
 
 @dataclass(frozen=True)
@@ -123,3 +126,49 @@ class WallClockWarning(Event):
 EVENT_TYPES.update(
     {cls.kind: cls for cls in (ApprovalRequested, ApprovalDecided, WallClockWarning)}
 )
+
+
+@dataclass(frozen=True)
+class IdleWarning(Event):
+    """A cluster without work is about to be scaled to its minimum (services/idle.py)."""
+
+    kind: ClassVar[str] = "idle_warning"
+    warning_id: str = ""
+    channel: str | None = None  # the cluster's conversation; None: the bot's default channel
+    since: str = ""  # ISO times
+    deadline: str = ""
+    nodes: int = 0
+    min_nodes: int = 0
+    saves_per_hour: str | None = None  # USD, a decimal as text
+
+
+@dataclass(frozen=True)
+class IdleWarningClosed(IdleWarning):
+    """The warning's answer: kept (until), scaled (by someone, or nobody), or cancelled (why)."""
+
+    kind: ClassVar[str] = "idle_warning_closed"
+    outcome: str = ""  # kept | scaled | cancelled
+    by: str | None = None
+    at: str = ""
+    until: str | None = None
+    reason: str | None = None
+
+
+def idle_warning(cluster: Cluster, **closed: Any) -> IdleWarning:
+    """The event of a cluster's pending warning; with `outcome=...` and friends, its closing."""
+    w, since = cluster.idle.warning, cluster.idle.since
+    assert w is not None, "no pending idle warning"
+    fields: dict[str, Any] = dict(
+        cluster=cluster.name,
+        warning_id=w.id,
+        channel=cluster.conversation.channel if cluster.conversation else None,
+        since=(since or w.at).isoformat(),
+        deadline=w.deadline.isoformat(),
+        nodes=w.nodes,
+        min_nodes=w.min_nodes,
+        saves_per_hour=None if w.saves_per_hour is None else str(w.saves_per_hour),
+    )
+    return IdleWarningClosed(**fields, **closed) if closed else IdleWarning(**fields)
+
+
+EVENT_TYPES.update({cls.kind: cls for cls in (IdleWarning, IdleWarningClosed)})

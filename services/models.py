@@ -55,6 +55,27 @@ class Node:
 
 
 @dataclass(frozen=True)
+class IdleNotice:
+    """An idle warning as announced: its buttons carry `id`; unanswered, it scales at `deadline`."""
+
+    id: str
+    at: datetime
+    deadline: datetime
+    nodes: int  # the size it was warned at
+    min_nodes: int  # the size it scales to
+    saves_per_hour: Decimal | None = None  # USD: (nodes - min) x the node-hour price
+
+
+@dataclass(frozen=True)
+class IdleState:
+    """A cluster's idle scale-down bookkeeping: services/idle.py decides, the store keeps it."""
+
+    since: datetime | None = None  # nodes above min and no live job since then
+    warning: IdleNotice | None = None  # the warning waiting for an answer
+    keep_until: datetime | None = None  # Keep was pressed: no warning before then
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     resource_group: str
@@ -74,6 +95,8 @@ class Cluster:
     created_at: datetime | None = None
     conversation: Conversation | None = None
     error: str | None = None
+    idle_timeout_s: int | None = None  # None: the bot's default; 0: never scale down when idle
+    idle: IdleState = field(default_factory=IdleState)
 
 
 @dataclass(frozen=True)
@@ -195,6 +218,7 @@ class ClusterView:
     cluster: Cluster
     counts: NodeCounts
     queued_jobs: int
+    idle_after: timedelta | None = None  # scales down after this long idle; None: never
 
 
 @dataclass(frozen=True)

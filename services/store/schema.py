@@ -80,7 +80,7 @@ clusters = Table(
     Column("idle_since", UtcDateTime()),
     Column("idle_warned_at", UtcDateTime()),
     Column("idle_keep_until", UtcDateTime()),
-    Column("idle_warning", JSON),  # conversation of the idle warning message
+    Column("idle_warning", JSON),  # the pending warning: id, deadline, sizes, saving
 )
 
 jobs = Table(

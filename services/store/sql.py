@@ -24,6 +24,8 @@ from services.models import (
     Cluster,
     Conversation,
     FileLocation,
+    IdleNotice,
+    IdleState,
     Job,
     JobLayout,
     LedgerEntry,
@@ -106,6 +108,16 @@ class SqlStore:
     async def delete_cluster(self, name: str, new_events: Sequence[Event] = ()) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(clusters.delete().where(clusters.c.name == name))
+            await _add_events(conn, new_events, None)
+
+    async def update_idle(
+        self, name: str, idle: IdleState, new_events: Sequence[Event] = ()
+    ) -> None:
+        """Only the idle bookkeeping (update_cluster never writes it: a stale copy of a cluster
+        must not bring back a warning that was answered)."""
+        async with self._engine.begin() as conn:
+            stmt = update(clusters).where(clusters.c.name == name).values(_idle_row(idle))
+            await conn.execute(stmt)
             await _add_events(conn, new_events, None)
 
     async def get_cluster(self, name: str) -> Cluster | None:
@@ -696,7 +708,44 @@ def _cluster_row(c: Cluster) -> dict[str, Any]:
         "created_at": c.created_at,
         "conversation": _conversation_row(c.conversation),
         "error": c.error,
+        "idle_timeout_s": c.idle_timeout_s,
     }
+
+
+def _idle_row(idle: IdleState) -> dict[str, Any]:
+    w = idle.warning
+    return {
+        "idle_since": idle.since,
+        "idle_keep_until": idle.keep_until,
+        "idle_warned_at": None if w is None else w.at,
+        "idle_warning": None
+        if w is None
+        else {
+            "id": w.id,
+            "deadline": w.deadline.isoformat(),
+            "nodes": w.nodes,
+            "min_nodes": w.min_nodes,
+            "saves_per_hour": None if w.saves_per_hour is None else str(w.saves_per_hour),
+        },
+    }
+
+
+def _idle_from(r: Any) -> IdleState:
+    data, at = r["idle_warning"], aware(r["idle_warned_at"])
+    warning = None
+    if data and at is not None:
+        saves = data.get("saves_per_hour")
+        warning = IdleNotice(
+            id=data["id"],
+            at=at,
+            deadline=datetime.fromisoformat(data["deadline"]),
+            nodes=data["nodes"],
+            min_nodes=data["min_nodes"],
+            saves_per_hour=None if saves is None else Decimal(saves),
+        )
+    return IdleState(
+        since=aware(r["idle_since"]), warning=warning, keep_until=aware(r["idle_keep_until"])
+    )
 
 
 def _cluster_from(r: Any) -> Cluster:
@@ -719,6 +768,8 @@ def _cluster_from(r: Any) -> Cluster:
         created_at=aware(r["created_at"]),
         conversation=_conversation_from(r["conversation"]),
         error=r["error"],
+        idle_timeout_s=r["idle_timeout_s"],
+        idle=_idle_from(r),
     )
 
 
