@@ -90,9 +90,10 @@ class IdleService:
             cluster = await self._current(value, actor, "idle scale down")
             if cluster is None:
                 return ClickOutcome(False, STALE)
-            if await self._scale_down(cluster, now, actor):
+            why_not = await self._scale_down(cluster, now, actor)
+            if why_not is None:
                 return ClickOutcome(True, f"*{cluster.name}* is scaled down to {_nodes(cluster)}")
-            return ClickOutcome(False, f"*{cluster.name}* is busy again: not scaled down")
+            return ClickOutcome(False, f"*{cluster.name}* was not scaled down: {why_not}")
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -154,15 +155,20 @@ class IdleService:
         warned = replace(cluster, idle=state)
         await self._store.update_idle(cluster.name, state, [idle_warning(warned)])
 
-    async def _scale_down(self, cluster: Cluster, now: datetime, actor: Actor | None) -> bool:
-        """Down to the minimum, then close the warning; False when a job got there first (the
-        warning is then cancelled with that job's name)."""
+    async def _scale_down(self, cluster: Cluster, now: datetime, actor: Actor | None) -> str | None:
+        """Down to the minimum, then close the warning. Otherwise why not: a job got there
+        first (the warning is then cancelled with its name), or the cluster is not steady."""
         resized = await self._clusters.shrink_idle(cluster.name)
         if resized is None:
             fresh = await self._store.get_cluster(cluster.name)
-            if fresh is not None:
-                await self._check(fresh, now, may_scale=False)
-            return False
+            if fresh is None:
+                return "it was deleted"
+            if fresh.state is not ClusterState.STEADY:
+                return f"it is {fresh.state.value}"
+            live = await self._store.list_jobs(cluster=fresh.name, states=LIVE)
+            await self._check(fresh, now, may_scale=False)
+            timeout = self._clusters.idle_timeout_of(fresh)
+            return _not_idle(fresh, timeout, [j.name for j in live]) or "it is busy"
         by = actor.user if actor else None
         closing = idle_warning(cluster, outcome="scaled", by=by, at=now.isoformat())
         await self._store.update_idle(cluster.name, IdleState(), [closing])
@@ -173,7 +179,7 @@ class IdleService:
         )
         how = "idle scale down" if actor else "idle scale down (nobody answered)"
         await self._audit(by or BOT, how, cluster, "allowed", detail, actor)
-        return True
+        return None
 
     async def _current(self, value: str, actor: Actor, action: str) -> Cluster | None:
         """The cluster whose pending warning the button names; None (audited) when stale."""

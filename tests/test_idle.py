@@ -298,6 +298,19 @@ async def test_a_job_arriving_cancels_the_pending_scale_down(rig: Rig) -> None:
 _TOOLKIT = {"customToolkitSettings": {"commandLine": "echo hi"}}
 
 
+async def test_scale_down_now_after_a_job_arrived_says_why_and_cancels(rig: Rig) -> None:
+    await rig.cluster()
+    await rig.at(14, 2)
+    await rig.at(14, 12)
+    (warning,) = rig.chat.warnings()
+    config = ConfigSource("inline", json.dumps({"properties": {"nodeCount": 1, **_TOOLKIT}}))
+    await rig.jobs.create_job(JobRequest("eval", "gpu", config), actor=OWNER)
+    answer = await rig.click(views.ACTION_IDLE_SCALE, warning.value())  # before the next check
+    assert answer == "*gpu* was not scaled down: job eval arrived"
+    assert await rig.nodes() == 2
+    assert "cancelled: job eval arrived" in views.to_text(warning.current)[0]
+
+
 async def test_a_cluster_at_its_minimum_or_of_fixed_size_never_warns(rig: Rig) -> None:
     await rig.cluster("small", min_nodes=0, max_nodes=2, target_nodes=0)
     await rig.cluster("fixed", min_nodes=None, max_nodes=None, target_nodes=2)
