@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 REPLAY_WINDOW = 300  # seconds: Slack's own freshness window for signed requests
+# The largest request Slack sends us is an interaction carrying a whole view or message (100
+# blocks of up to 3,000 characters, URL-encoded); anything bigger is refused unread.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 def web_client(settings: Settings, *, for_listeners: bool) -> AsyncWebClient:
@@ -94,7 +97,10 @@ def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
     seen: OrderedDict[str, float] = OrderedDict()
 
     async def events(request: web.Request) -> web.Response:
-        body = await request.text()
+        body = await _read_body(request)
+        if body is None:
+            log.warning("refused a Slack request larger than %d bytes", MAX_EVENT_BYTES)
+            return web.json_response({"error": "request too large"}, status=413)
         signature = request.headers.get("X-Slack-Signature", "")
         now = time.time()
         while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
@@ -109,6 +115,20 @@ def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
         return await to_aiohttp_response(response)
 
     web_app.router.add_post(EVENTS_PATH, events)
+
+
+async def _read_body(request: web.Request) -> str | None:
+    """The body as text, or None when it is over MAX_EVENT_BYTES: judged by Content-Length
+    before reading anything, and counted while reading a body sent without one."""
+    if (request.content_length or 0) > MAX_EVENT_BYTES:
+        return None
+    data = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        data += chunk
+        if len(data) > MAX_EVENT_BYTES:
+            return None
+    # Not UTF-8: the replacement characters make the signature check fail, as it should.
+    return data.decode("utf-8", errors="replace")
 
 
 def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:

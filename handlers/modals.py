@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+from services.jobspec.load import MAX_DEPTH, nesting_depth
 from services.models import NAME_RE, ClusterView
 from services.pricing import sku_key
 
@@ -359,6 +360,11 @@ def _wall_clock_seconds(raw: str | None, errors: FieldErrors) -> int:
 
 def _json_problem(text: str) -> str | None:
     """A one-line complaint about pasted text that is not a JSON object, else None."""
+    # Slack caps the input, but a request need not come from Slack's client: check before parsing.
+    if len(text) > TEXT_INPUT_MAX:
+        return f"Paste at most {TEXT_INPUT_MAX} characters; put a larger job.json in a manifest."
+    if nesting_depth(text) > MAX_DEPTH:
+        return f"The JSON is nested deeper than {MAX_DEPTH} levels."
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

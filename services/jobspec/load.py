@@ -54,7 +54,7 @@ _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET_RE = re.compile(r"[\[\]{}]")
 
 
-def _nesting_depth(text: str) -> int:
+def nesting_depth(text: str) -> int:
     """Deepest [ / { nesting outside strings; json.loads would recurse that deep."""
     depth = deepest = 0
     for match in _BRACKET_RE.finditer(_STRING_RE.sub('""', text)):
@@ -84,7 +84,7 @@ def _no_constant(name: str) -> Any:
 def parse_json(text: str | bytes, *, source: str = "<inline>") -> dict[str, Any]:
     """Strict JSON object from text: size and depth limits, no NaN, no duplicate keys."""
     decoded = _decode(text, source)
-    if _nesting_depth(decoded) > MAX_DEPTH:
+    if nesting_depth(decoded) > MAX_DEPTH:
         raise SpecError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(decoded, object_pairs_hook=_pairs, parse_constant=_no_constant)
@@ -100,7 +100,32 @@ def parse_json(text: str | bytes, *, source: str = "<inline>") -> dict[str, Any]
         raise SpecError(
             f"{source}: expected a JSON object at the top level, found {_json_type(data)}"
         )
+    if (where := _unstorable_string(data, ())) is not None:
+        # Arguments, paths and variables are C strings on the node: NUL ends them early, and an
+        # unpaired surrogate cannot be encoded at all.
+        at = json_path(where) or "a key"
+        raise SpecError(
+            one_line(f"{source}: {at}: contains a NUL (\\u0000) or an unpaired surrogate")
+        )
     return data
+
+
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable_string(value: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """Where the first string (key or value) holding NUL or a lone surrogate is, else None."""
+    if isinstance(value, str):
+        return loc if _UNSTORABLE_RE.search(value) else None
+    if not isinstance(value, dict | list):
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and _UNSTORABLE_RE.search(key):
+            return (*loc, key)
+        if (found := _unstorable_string(item, (*loc, key))) is not None:
+            return found
+    return None
 
 
 def _json_type(value: Any) -> str:
