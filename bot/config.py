@@ -14,7 +14,10 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 class Settings(BaseSettings):
     """Every knob of the bot. Names are the environment variables (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # An error names the variable, never its value: DATABASE_URL and the tokens hold secrets.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     # Slack (issue: Slack app). Without tokens `run` starts the console.
     slack_bot_token: SecretStr | None = None
@@ -77,6 +80,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        """The store needs an async driver: a plain postgres:// URL gets asyncpg."""
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+            return f"postgresql+asyncpg://{rest}"
+        if scheme in ("sqlite", "sqlite+aiosqlite") and sep:
+            return f"sqlite+aiosqlite://{rest}"
+        raise ValueError(
+            "DATABASE_URL must start with postgresql+asyncpg:// (or postgres://) "
+            "or sqlite+aiosqlite:///"
+        )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

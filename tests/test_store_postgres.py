@@ -18,9 +18,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from pydantic import ValidationError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bot.config import Settings
 from bot.lifecycle import running
 from services.events import LogSnippet
 from services.models import AuditEntry, MetricPoint
@@ -124,6 +126,15 @@ async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:
 # --------------------------------------------------------------------------- a job through the bot
 
 
+def test_database_url_needs_a_known_async_driver_and_never_shows_its_password() -> None:
+    url = Settings(_env_file=None, database_url="postgresql://u:pw@db:5432/batchai").db_url
+    assert url == "postgresql+asyncpg://u:pw@db:5432/batchai"
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, database_url="mysql://u:s3cr3t@db/batchai")
+    assert "DATABASE_URL must start with postgresql+asyncpg://" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeSlack]:
     async with FakeSlack(rate_limits=False, trigger_ttl=None) as server:
@@ -136,7 +147,8 @@ async def pg_rig(
 ) -> AsyncIterator[SlackRig]:
     for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    url = await postgres.create_database()
+    # The URL as hosting providers hand it out: the settings give it the asyncpg driver.
+    url = (await postgres.create_database()).replace("postgresql+asyncpg://", "postgres://")
     settings = rig_settings(tmp_path, fake, database_url=url)
     async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
         bot.share.create_share("data")
