@@ -19,7 +19,14 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 # Test modules that exercise SqlStore directly: their `store` tests run on SQLite and PostgreSQL.
 BOTH_DATABASES = frozenset(
-    {"test_store", "test_store_postgres", "test_outbox", "test_price_refresh", "test_runner"}
+    {
+        "test_store",
+        "test_store_postgres",
+        "test_outbox",
+        "test_price_refresh",
+        "test_runner",
+        "test_idle",
+    }
 )
 
 
