@@ -24,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from handlers.listeners import SlackHandlers, register
+from services.jobspec.load import MAX_DEPTH, nesting_depth
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
         if body is None:
             log.warning("refused a Slack request larger than %d bytes", MAX_EVENT_BYTES)
             return web.json_response({"error": "request too large"}, status=413)
+        if _too_deep(body):
+            log.warning("refused a Slack request nested deeper than %d levels", MAX_DEPTH)
+            return web.json_response({"error": "request nested too deeply"}, status=400)
         signature = request.headers.get("X-Slack-Signature", "")
         now = time.time()
         while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
@@ -129,6 +133,13 @@ async def _read_body(request: web.Request) -> str | None:
             return None
     # Not UTF-8: the replacement characters make the signature check fail, as it should.
     return data.decode("utf-8", errors="replace")
+
+
+def _too_deep(body: str) -> bool:
+    """Bolt parses a body (JSON, or the JSON in a form's payload field) before it checks the
+    signature, and json.loads recurses once per level: an unsigned [[[[… must not reach it."""
+    fields = [value for _, value in parse_qsl(body)] if not body.startswith("{") else []
+    return any(nesting_depth(text) > MAX_DEPTH for text in (body, *fields))
 
 
 def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
