@@ -95,6 +95,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             await ack()
         actor = _actor(h, user, channel)
         reply = await h.commands.run(parsed, actor=actor, source="slack")
+        log.info("%s by %s in %s: %s", _name(parsed), user, channel, _outcome(reply))
         if isinstance(parsed, DESTRUCTIVE) or type(parsed).__name__ in AUDITED:
             outcome = "denied" if reply.failed else "allowed"
             await h.audit(_audit(h, user, channel, _name(parsed), outcome, body.get("text")))
@@ -122,6 +123,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
         reply = await h.actions.handle(
             action["action_id"], action.get("value", ""), actor=_actor(h, user, channel)
         )
+        log.info("%s by %s in %s: %s", action["action_id"], user, channel, _outcome(reply))
         thread = (body.get("message") or {}).get("thread_ts") or (body.get("message") or {}).get(
             "ts"
         )
@@ -230,9 +232,12 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
 
 async def _bind_context(body: dict[str, Any], next_: Callable[[], Awaitable[Any]]) -> Any:
     """Every request gets a correlation id (Slack's trigger_id, else a fresh one) and says who
-    asked what, for every log line written while it is handled."""
-    with context.bound(**request_context(body)):
-        return await next_()
+    asked what, for every log line written while it is handled. Bolt runs global middleware
+    one after another, not nested, so the fields are set for the rest of the request's task
+    (each request has its own task, in HTTP and in Socket Mode)."""
+    for name, value in request_context(body).items():
+        context.set_field(name, value)
+    return await next_()
 
 
 def request_context(body: dict[str, Any]) -> dict[str, str | None]:
@@ -287,6 +292,10 @@ def _error_block(err: Exception, form: modals.JobForm, view: dict[str, Any]) -> 
 def _actor(h: SlackHandlers, user: str, channel: str | None) -> Actor:
     conversation = Conversation(channel, None, user) if channel else None
     return Actor(user=user, conversation=conversation, is_admin=h.access.is_admin(user))
+
+
+def _outcome(reply: Reply) -> str:
+    return "refused" if reply.failed else "done"
 
 
 def _name(command: Command) -> str:
