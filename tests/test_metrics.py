@@ -1,5 +1,5 @@
 """/metrics over real HTTP from a running bot: Prometheus text that parses, and numbers that
-move as jobs queue, run, notify and finish."""
+move as jobs queue, run, notify and finish; /readyz naming the check that fails."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.bootstrap import Bot
@@ -20,14 +21,17 @@ from bot.config import Settings
 from bot.console import ConsoleTransport, console_actor
 from bot.lifecycle import running
 from bot.metrics import BotMetrics, measured
+from bot.web import CachedCheck, HealthCheck, create_web_app
 from services.backends.local import LocalBackend
 from services.clock import FakeClock
 from services.clusters import ClusterRequest
-from services.errors import NotFound, TransientError
+from services.errors import BackendError, NotFound, TransientError
 from services.jobs import JobRequest
+from services.links import LinkSigner
 from services.models import ConfigSource, Job
 from services.scheduling import _run
 from services.states import JobState
+from services.store import SqlStore
 from tests.fakes.faulty import FaultyBackend
 
 TIMEOUT = 60.0
@@ -229,3 +233,70 @@ def test_every_bot_has_its_own_registry() -> None:
         )
         is None
     )
+
+
+# -- /readyz ---------------------------------------------------------------------------------
+
+
+async def readyz(checks: dict[str, HealthCheck]) -> tuple[int, dict[str, object]]:
+    app = create_web_app(
+        signer=LinkSigner(b"k" * 32, "http://x/files"), resolve=lambda loc: Path("/"), checks=checks
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(str(server.make_url("/readyz"))) as response,
+        ):
+            return response.status, await response.json()
+    finally:
+        await server.close()
+
+
+async def test_readyz_names_the_failing_check(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'ok.db'}")
+    gone = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
+    faulty = FaultyBackend(LocalBackend(tmp_path))
+    try:
+        status, body = await readyz({"database": store.ping, "backend": faulty.ping})
+        assert status == 200
+        assert body == {"status": "ready", "checks": {"database": "ok", "backend": "ok"}}
+
+        faulty.fail_next("ping", BackendError("management endpoint said 503"))
+        status, body = await readyz({"database": store.ping, "backend": faulty.ping})
+        assert status == 503
+        assert body["checks"] == {"database": "ok", "backend": "failed: BackendError"}
+
+        status, body = await readyz({"database": gone.ping, "backend": faulty.ping})
+        assert status == 503 and body["status"] == "unready"
+        assert body["checks"] == {"database": "failed: OperationalError", "backend": "ok"}
+        assert "no-such-dir" not in json.dumps(body)  # what failed, never the details
+    finally:
+        await store.aclose()
+        await gone.aclose()
+
+
+async def test_a_cached_check_asks_again_only_after_its_ttl() -> None:
+    now = [0.0]
+    asked: list[float] = []
+    answers = [None, RuntimeError("down"), None]
+
+    async def check() -> None:
+        asked.append(now[0])
+        if (answer := answers[len(asked) - 1]) is not None:
+            raise answer
+
+    cached = CachedCheck(check, 30.0, monotonic=lambda: now[0])
+    await cached()
+    now[0] = 29.0
+    await cached()  # from the cache
+    now[0] = 30.0
+    with pytest.raises(RuntimeError):
+        await cached()
+    now[0] = 45.0
+    with pytest.raises(RuntimeError):  # the failure is cached too
+        await cached()
+    now[0] = 60.0
+    await cached()
+    assert asked == [0.0, 30.0, 60.0]
