@@ -26,6 +26,7 @@ BOTH_DATABASES = frozenset(
         "test_price_refresh",
         "test_runner",
         "test_idle",
+        "test_metrics",
     }
 )
 

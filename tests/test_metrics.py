@@ -26,12 +26,14 @@ from services.backends.local import LocalBackend
 from services.clock import FakeClock
 from services.clusters import ClusterRequest
 from services.errors import BackendError, NotFound, TransientError
+from services.events import JobNote
 from services.jobs import JobRequest
 from services.links import LinkSigner
 from services.models import ConfigSource, Job
 from services.scheduling import _run
 from services.states import JobState
 from services.store import SqlStore
+from tests.conftest import NOW, make_cluster, make_job
 from tests.fakes.faulty import FaultyBackend
 
 TIMEOUT = 60.0
@@ -300,3 +302,20 @@ async def test_a_cached_check_asks_again_only_after_its_ttl() -> None:
     now[0] = 60.0
     await cached()
     assert asked == [0.0, 30.0, 60.0]
+
+
+async def test_the_store_aggregates_behind_the_gauges(store: SqlStore) -> None:
+    await store.insert_cluster(make_cluster())
+    for name, minutes in (("a", 0), ("b", 5), ("c", 9)):
+        at = NOW + timedelta(minutes=minutes)
+        await store.insert_job(make_job(name, queued_at=at, created_at=at))
+    await store.insert_job(make_job("r", state=JobState.RUNNING, queued_at=None))
+    assert await store.count_jobs_by_state() == {JobState.QUEUED: 3, JobState.RUNNING: 1}
+    assert await store.get_oldest_queued() == NOW
+    assert await store.get_outbox_backlog() == (0, None)
+    await store.add_events([JobNote(job_id="id-a", cluster="c1", text=t) for t in ("x", "y")])
+    count, oldest = await store.get_outbox_backlog()
+    assert count == 2
+    assert oldest is not None and oldest.tzinfo is not None
+    await store.mark_all_delivered([i for i, _ in await store.pending_events(100)], NOW)
+    assert await store.get_outbox_backlog() == (0, None)
