@@ -131,7 +131,8 @@ async def test_a_slack_story_logs_its_correlation_ids_and_no_secret(
 ) -> None:
     out = logs(slack_bot_token=BOT_TOKEN, slack_signing_secret=SECRET, link_secret=LINK_SECRET)
     create = (
-        f"cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data -u trainer -p {PASSWORD}"
+        "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data"
+        f" -u trainer -p {PASSWORD}"
     )
     answer = await rig.answer(create)
     assert "c1" in answer["text"] and PASSWORD not in str(answer)
