@@ -174,3 +174,10 @@ async def test_a_slack_story_logs_its_correlation_ids_and_no_secret(
     assert len(entries) > 50  # DEBUG: the SDKs' own request logs are in there too
     for secret in (BOT_TOKEN, SECRET, LINK_SECRET, PASSWORD):
         assert secret not in text, secret
+
+
+def test_a_malformed_log_call_is_still_written_masked(logs: Configure) -> None:
+    out = logs()
+    logging.getLogger("batchai.test").info("two %s %s", f"{BOT_TOKEN}")
+    (line,) = lines(out)
+    assert line["message"].startswith("two %s %s") and BOT_TOKEN not in line["message"]
