@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.errors import BackendError, NotFound, QuotaError, TransientError
@@ -33,6 +39,7 @@ class BotMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes…
         self.slack_calls = Counter(
             "batchai_slack_calls",
             "Slack Web API calls by method and outcome (ok, ratelimited, server_error, "

@@ -126,6 +126,7 @@ async def test_metrics_follow_jobs_from_queue_to_receipt(bot: Bot) -> None:
     assert value(empty, "batchai_store_up") == 1
     assert value(empty, "batchai_jobs", state="running") == 0
     assert value(empty, "batchai_queue_length") == 0
+    assert value(empty, "process_resident_memory_bytes") > 0
 
     await bot.clusters.create_cluster(
         ClusterRequest(name="c1", vm_size="STANDARD_NC6", afs_name="data", target_nodes=1),
