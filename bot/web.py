@@ -51,7 +51,7 @@ class CachedCheck:
                 self._error = None
             self._at = now
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)  # raised again and again: keep it short
 
 
 async def run_checks(checks: Mapping[str, HealthCheck]) -> tuple[bool, dict[str, str]]:
@@ -86,11 +86,14 @@ def create_web_app(
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    last: dict[str, str] = {}
+
     async def readyz(_request: web.Request) -> web.Response:
         ready, results = await run_checks(checks)
-        for name, result in results.items():
-            if result != "ok":
-                log.warning("not ready: %s %s", name, result)
+        for name, result in results.items():  # told when it changes, not at every probe
+            if result != last.get(name, "ok"):
+                log.log(logging.INFO if result == "ok" else logging.WARNING, "%s: %s", name, result)
+            last[name] = result
         body = {"status": "ready" if ready else "unready", "checks": results}
         return web.json_response(body, status=200 if ready else 503)
 
