@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import io
 import re
 import shlex
@@ -536,8 +537,11 @@ def _lookup(path: tuple[str, ...]) -> CommandSpec | None:
     return _BY_PATH.get(tuple(word.lower() for word in path))
 
 
+@functools.lru_cache(maxsize=512)
 def usage(*path: str) -> str:
-    """The usage block of a command (its flags), of a group (its commands), or of the whole bot."""
+    """The usage block of a command (its flags), of a group (its commands), or of the whole bot.
+
+    Cached: every refusal carries one, and the table does not change while the bot runs."""
     words = tuple(word.lower() for word in path)
     if not words or words == ("help",):
         return _overview_usage()

@@ -352,8 +352,10 @@ def _wall_clock_seconds(raw: str | None, errors: FieldErrors) -> int:
     except InvalidOperation:
         errors[BLOCK_HOURS] = "Give the maximum run time in hours, e.g. 1.5."
         return 0
-    seconds = int((hours * 3600).to_integral_value()) if hours.is_finite() else 0
-    if not (hours.is_finite() and 0 < hours <= MAX_HOURS) or seconds < 1:
+    # Range first: 1e99999999 hours would overflow the multiplication below.
+    in_range = hours.is_finite() and 0 < hours <= MAX_HOURS
+    seconds = int((hours * 3600).to_integral_value()) if in_range else 0
+    if seconds < 1:
         errors[BLOCK_HOURS] = f"Give more than 0 and at most {MAX_HOURS} hours (7 days)."
     return seconds
 

@@ -1,6 +1,6 @@
 """Generated hostile input for the two parsers users feed: the /batchai grammar and job.json.
 
-11,000 examples in all, derandomized so CI sees the same ones. Each input either parses or is
+12,500 examples in all, derandomized so CI sees the same ones. Each input either parses or is
 refused with one of the project's errors, whose message is one non-empty line; grammar errors
 carry the usage. Inputs are built from the real command table and the real job.json corpus, then
 mutated: one flag value made hostile, tokens dropped or doubled, values of the wrong type, deep
@@ -12,18 +12,24 @@ from __future__ import annotations
 import copy
 import json
 import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handlers import modals
 from handlers.commands import CommandHandler, Reply, Services
 from handlers.commandspec import COMMANDS, Command, CommandSpec, Help
-from services.errors import SpecError
+from services.errors import NotAllowed, SpecError
 from services.jobspec import JobSpec, LaunchContext, NodeInfo, load_any, load_job_spec, plan_launch
 from services.jobspec.load import MAX_DEPTH, spec_kind
+from services.links import LinkSigner
+from services.models import FileLocation
 from tests.test_hostile_input import HOSTILE
+from tests.test_modals import input_blocks, modal
+from tests.test_modals import parse as form_parse
 
 ROOT = Path(__file__).parent.parent
 SOURCES = ("slack", "console")
@@ -199,6 +205,67 @@ def test_any_text_after_a_real_command_parses_or_is_refused_in_one_line(
     spelling: tuple[CommandSpec, tuple[str, ...]], tail: str, source: str
 ) -> None:
     _check_reply(" ".join(spelling[1]) + " " + tail, source)
+
+
+# --------------------------------------------------------------------------- the submit form
+
+FORM_TEXT_BLOCKS = [
+    modals.BLOCK_NAME,
+    modals.BLOCK_COMMAND,
+    modals.BLOCK_IMAGE,
+    modals.BLOCK_NODES,
+    modals.BLOCK_HOURS,
+    modals.BLOCK_INPUT_DIR,
+    modals.BLOCK_OUTPUT_DIR,
+    modals.BLOCK_JSON,
+]
+form_values = st.one_of(
+    values,
+    st.sampled_from(["1e99999999", "1e100000", "sNaN", "-Infinity", "9" * 5000, "0x10", "1_0"]),
+    st.just(None),
+)
+
+
+@_settings(1000)
+@given(answers=st.dictionaries(st.sampled_from(FORM_TEXT_BLOCKS), form_values, max_size=5))
+def test_any_form_answers_give_a_job_or_one_line_errors_on_their_fields(
+    answers: dict[str, str | None],
+) -> None:
+    result = form_parse(**answers)
+    if isinstance(result, dict):
+        assert result and set(result) <= set(input_blocks(modal()))
+        for message in result.values():
+            assert message.strip() and "\n" not in message, message
+    else:
+        assert result.config_json is None or isinstance(json.loads(result.config_json), dict)
+
+
+# --------------------------------------------------------------------------- download tokens
+
+SIGNER = LinkSigner(b"k" * 32, "http://127.0.0.1/files")
+GOOD_TOKEN = SIGNER.sign(FileLocation("data", "out/m.bin"), datetime(2099, 1, 1, tzinfo=UTC))
+GOOD_TOKEN = GOOD_TOKEN.split("/")[-2]
+
+
+@_settings(500)
+@given(
+    token=st.one_of(
+        st.text(max_size=200),
+        st.integers(min_value=0, max_value=len(GOOD_TOKEN)).map(lambda n: GOOD_TOKEN[:n]),
+        st.tuples(st.integers(min_value=0, max_value=len(GOOD_TOKEN) - 1), st.characters()).map(
+            lambda at: GOOD_TOKEN[: at[0]] + at[1] + GOOD_TOKEN[at[0] + 1 :]
+        ),
+    )
+)
+def test_a_token_that_was_not_signed_is_refused_as_not_allowed(token: str) -> None:
+    if token == GOOD_TOKEN:
+        return
+    try:
+        SIGNER.verify(token)
+    except NotAllowed as err:
+        assert str(err) in ("malformed link", "link signature does not match")
+    else:
+        raise AssertionError(f"accepted {token!r}")
 
 
 # --------------------------------------------------------------------------- job.json
