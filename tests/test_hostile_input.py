@@ -146,15 +146,18 @@ async def rig(
                 await bot.backend.terminate_job(job.id)
 
 
-def argv_job(args: list[str]) -> dict[str, Any]:
-    """A job.json whose process is `python argv.py argv <args...>`, each arg one element."""
+def argv_job(args: list[str], *, mode: str = "argv", env: bool = False) -> dict[str, Any]:
+    """A job.json whose process is `python argv.py <mode> <args...>`, each arg one element;
+    with `env`, each arg is also the value of a variable HOSTILE_<index>."""
+    variables = [{"name": f"HOSTILE_{i}", "value": a} for i, a in enumerate(args)] if env else []
     return {
         "properties": {
             "nodeCount": 1,
             "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+            "environmentVariables": variables,
             "pyTorchSettings": {
                 "pythonScriptFilePath": "$AZ_BATCHAI_MOUNT_ROOT/afs/argv.py",
-                "commandLineArgs": "argv " + " ".join(shlex.quote(a) for a in args),
+                "commandLineArgs": f"{mode} " + " ".join(shlex.quote(a) for a in args),
             },
         }
     }
@@ -176,7 +179,7 @@ async def refusal(rig: SlackRig, text: str) -> str:
     return message
 
 
-async def run_to_end(rig: SlackRig, name: str) -> list[str]:
+async def run_to_end(rig: SlackRig, name: str) -> Any:
     async def finished() -> bool:
         job = await rig.bot.store.find_job(name)
         return job is not None and job.state.finished
@@ -186,8 +189,7 @@ async def run_to_end(rig: SlackRig, name: str) -> list[str]:
     assert job is not None and job.state is JobState.SUCCEEDED, job
     assert job.layout is not None and job.layout.stdouterr is not None
     out = rig.bot.resolve_file(job.layout.stdouterr.child("stdout.txt"))
-    argv: list[str] = json.loads(out.read_text(encoding="utf-8"))
-    return argv
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 CLUSTER = "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data"
@@ -204,10 +206,12 @@ async def test_typed_hostile_arguments_reach_argv_literally(rig: SlackRig, marke
     strings = [s for s in hostile_strings(marker) if len(s) < 1000 and s != SMART_QUOTES]
     assert len(strings) >= 30
     await rig.answer(CLUSTER)
-    config = json.dumps(argv_job(strings), ensure_ascii=False)
+    config = json.dumps(argv_job(strings, mode="ok", env=True), ensure_ascii=False)
     reply = await rig.answer(slack_escape(f"job create -n typed -r c1 -c {config}"))
     assert "typed" in reply["text"], reply
-    assert await run_to_end(rig, "typed") == strings
+    seen = await run_to_end(rig, "typed")
+    assert seen["argv"] == ["ok", *strings]
+    assert [seen["env"][f"HOSTILE_{i}"] for i in range(len(strings))] == strings
 
 
 async def test_huge_and_deeply_nested_arguments_reach_argv_literally(
