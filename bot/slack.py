@@ -138,8 +138,11 @@ async def _read_body(request: web.Request) -> str | None:
 def _too_deep(body: str) -> bool:
     """Bolt parses a body (JSON, or the JSON in a form's payload field) before it checks the
     signature, and json.loads recurses once per level: an unsigned [[[[… must not reach it."""
-    fields = [value for _, value in parse_qsl(body)] if not body.startswith("{") else []
-    return any(nesting_depth(text) > MAX_DEPTH for text in (body, *fields))
+    if body.lstrip().startswith(("{", "[")):
+        return nesting_depth(body) > MAX_DEPTH
+    # A slash command's text is not parsed as JSON here (the grammar refuses deep JSON itself).
+    payloads = [value for key, value in parse_qsl(body) if key == "payload"]
+    return any(nesting_depth(text) > MAX_DEPTH for text in payloads)
 
 
 def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
