@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -24,8 +25,16 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import Settings
 from bot.lifecycle import running
+from services.errors import Conflict
 from services.events import LogSnippet
-from services.models import AuditEntry, MetricPoint
+from services.models import (
+    AuditEntry,
+    ConfigSource,
+    MetricPoint,
+    Schedule,
+    ScheduledJob,
+    ScheduleRun,
+)
 from services.states import JobState
 from services.store import SqlStore
 from services.store.schema import metadata
@@ -106,6 +115,38 @@ async def test_text_with_nul_is_stored_on_every_database(store: SqlStore) -> Non
     assert (await store.list_audit())[0].detail == "a\ufffdb"
     ((_, event),) = await store.pending_events()
     assert event == snippet  # JSON escapes NUL and lone surrogates itself
+
+
+async def test_a_schedule_run_is_claimed_once_whatever_zone_its_times_come_in(
+    store: SqlStore,
+) -> None:
+    """A run is claimed by comparing its due time in the database: an `at` typed in Berlin time
+    must match the same instant given in UTC, on both databases."""
+    berlin = ZoneInfo("Europe/Berlin")
+    due = datetime(2026, 12, 1, 2, 0, tzinfo=berlin)
+    inline = '{"properties": {"customToolkitSettings": {"commandLine": "echo $(id) \x00"}}}'
+    schedule = Schedule(
+        id="s1",
+        kind="at",
+        expression="2026-12-01 02:00",
+        timezone="Europe/Berlin",
+        job=ScheduledJob(name="nightly", cluster="c1", config=ConfigSource("inline", inline)),
+        requester="U1",
+        channel="C1",
+        created_at=NOW,
+        next_run_at=due,
+    )
+    await store.insert_schedule(schedule)
+    assert await store.get_schedule("s1") == schedule
+    run = ScheduleRun("s1", due=due.astimezone(UTC), following=None, at=due)
+    await store.insert_job(make_job("nightly"), run=run)
+    with pytest.raises(Conflict):  # the same run again: nothing stored
+        await store.insert_job(make_job("nightly-2"), run=run)
+    assert not await store.close_run(run, error="too late")
+    (stored,) = await store.list_schedules()
+    assert (stored.runs, stored.active, stored.last_job_name) == (1, False, "nightly")
+    assert stored.next_run_at is None and stored.last_run_at == due
+    assert await store.find_job("nightly-2") is None
 
 
 async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:
