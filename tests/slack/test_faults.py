@@ -116,3 +116,23 @@ async def test_readyz_gives_up_on_a_slow_slack_after_two_seconds(rig: SlackRig) 
     async with aiohttp.ClientSession() as http, http.get(f"{rig.bot.web_url}/readyz") as response:
         assert response.status == 503
         assert "no answer within 2 s" in await response.text()
+
+
+async def test_a_slack_outage_longer_than_the_retry_budget_defers_then_delivers_once(
+    rig: SlackRig,
+) -> None:
+    fake = rig.fake
+    await rig.answer(CREATE)
+    await rig.bot.relay.drain()
+    fake.fail_next("chat.postMessage", 429, retry_after=1, count=5)  # the outbox's whole budget
+    await rig.answer(f"job create -n patient -r c1 -c {job_json(1, gate='never')}")
+    await rig.bot.relay.drain()  # gives up for now, and returns: the loop lives on
+    assert fake.faults_served["chat.postMessage"] == 5
+    assert await rig.bot.store.pending_events(1)
+    assert not [m for m in fake.messages_in(CHANNEL) if "patient" in m.block_text()]
+    await rig.bot.relay.drain()
+    cards = [m for m in fake.messages_in(CHANNEL) if not m.is_reply and "patient" in m.text]
+    assert len(cards) == 1
+    sent = len(fake.calls_to("chat.postMessage", ok=True))
+    await rig.bot.relay.drain()  # nothing is sent again
+    assert len(fake.calls_to("chat.postMessage", ok=True)) == sent
