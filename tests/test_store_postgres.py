@@ -149,6 +149,18 @@ async def test_a_schedule_run_is_claimed_once_whatever_zone_its_times_come_in(
     assert await store.find_job("nightly-2") is None
 
 
+async def test_long_image_references_fit_their_columns(store: SqlStore) -> None:
+    """PostgreSQL enforces VARCHAR lengths (SQLite does not): a digest-pinned container image
+    and the longest publisher:offer:sku:version the grammar takes must fit."""
+    vm_image = ":".join(["p" * 64, "o" * 64, "s" * 64, "v" * 64])
+    await store.insert_cluster(make_cluster(image=vm_image))
+    container = "registry.example.com/" + "team/" * 40 + "trainer:" + "t" * 128
+    container += "@sha256:" + "0" * 64
+    job = await store.insert_job(make_job(container_image=container))
+    assert (await store.get_cluster("c1")).image == vm_image  # type: ignore[union-attr]
+    assert (await store.get_job(job.id)).container_image == container  # type: ignore[union-attr]
+
+
 async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:
     job = await store.insert_job(make_job())
     offset = 5 * 1024**4  # a 5 TiB log

@@ -62,7 +62,7 @@ clusters = Table(
     Column("resource_group", String(90), nullable=False),
     Column("workspace", String(64), nullable=False),
     Column("vm_size", String(64), nullable=False),
-    Column("image", String(256), nullable=False),
+    Column("image", Text, nullable=False),  # Text: PostgreSQL enforces VARCHAR lengths
     Column("vm_priority", String(16), nullable=False),
     Column("min_nodes", Integer, nullable=False),
     Column("max_nodes", Integer, nullable=False),
@@ -109,7 +109,7 @@ jobs = Table(
     Column("layout", JSON),
     Column("progress", JSON),
     Column("last_metrics", JSON, nullable=False),
-    Column("container_image", String(256)),
+    Column("container_image", Text),  # digest-pinned references exceed 256
     Column("conversation", JSON),
     Column("deleted", Boolean, nullable=False, server_default=false()),
     Column("node_rate", String(24)),  # Decimal as text: exact on SQLite and PostgreSQL

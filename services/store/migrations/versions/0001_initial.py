@@ -20,7 +20,8 @@ def upgrade() -> None:
         sa.Column("resource_group", sa.String(90), nullable=False),
         sa.Column("workspace", sa.String(64), nullable=False),
         sa.Column("vm_size", sa.String(64), nullable=False),
-        sa.Column("image", sa.String(256), nullable=False),
+        # Text, not String(256): PostgreSQL enforces lengths, and image references run longer.
+        sa.Column("image", sa.Text, nullable=False),
         sa.Column("vm_priority", sa.String(16), nullable=False),
         sa.Column("min_nodes", sa.Integer, nullable=False),
         sa.Column("max_nodes", sa.Integer, nullable=False),
@@ -60,7 +61,7 @@ def upgrade() -> None:
         sa.Column("layout", sa.JSON),
         sa.Column("progress", sa.JSON),
         sa.Column("last_metrics", sa.JSON, nullable=False),
-        sa.Column("container_image", sa.String(256)),
+        sa.Column("container_image", sa.Text),
         sa.Column("conversation", sa.JSON),
         sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     )
