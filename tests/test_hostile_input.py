@@ -25,7 +25,13 @@ from bot.slack import MAX_EVENT_BYTES
 from handlers import grammar, modals
 from handlers.commandspec import ApprovalsDeny
 from services.errors import SpecError, UserError
-from services.jobspec import MAX_DEPTH, MAX_SPEC_BYTES, load_job_spec, parse_json
+from services.jobspec import (
+    MAX_DEPTH,
+    MAX_SPEC_BYTES,
+    load_cluster_spec,
+    load_job_spec,
+    parse_json,
+)
 from services.logs import LogParser, parse_progress
 from services.states import JobState
 from tests.contract import JOB_SCRIPT
@@ -378,3 +384,20 @@ def test_progress_counts_too_long_for_a_column_are_not_progress() -> None:
     parser = LogParser()
     points = parser.feed("Epoch " + "9" * 5000 + "/" + "9" * 5000 + " loss: 0.5")
     assert [p.step for p in points] == [1] and parser.progress is None
+
+
+def test_a_cluster_admin_name_longer_than_linux_allows_is_refused_in_one_line() -> None:
+    """It would not fit the store's column on PostgreSQL (64), and no node could create it."""
+    doc = {
+        "properties": {
+            "vmSize": "STANDARD_NC6",
+            "scaleSettings": {"manual": {"targetNodeCount": 1}},
+            "userAccountSettings": {"adminUserName": "a" * 33},
+        }
+    }
+    with pytest.raises(SpecError) as caught:
+        load_cluster_spec(json.dumps(doc), source="cluster.json")
+    one_line(str(caught.value))
+    assert "adminUserName" in str(caught.value) and "32 characters" in str(caught.value)
+    doc["properties"]["userAccountSettings"] = {"adminUserName": "a" * 32}  # type: ignore[index]
+    assert load_cluster_spec(json.dumps(doc)).properties.user_account_settings is not None

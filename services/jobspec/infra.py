@@ -92,7 +92,8 @@ class NodeSetup(SpecModel):
 
 
 class UserAccountSettings(SpecModel):
-    admin_user_name: NonEmpty
+    # A Linux user name: at most 32 characters (and the store keeps at most 64).
+    admin_user_name: Annotated[str, Strict(), Field(min_length=1, max_length=32)]
     admin_user_ssh_public_key: Str | None = None
     admin_user_password: Str | None = Field(default=None, repr=False)
 
