@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
+from bot.outbox import SlackOutbox
 from bot.web import CachedCheck, HealthCheck, create_web_app
 from handlers.presenter import Transport
 from services.errors import BatchAIError
@@ -47,6 +48,8 @@ async def running(
         await bot.store.migrate()
         if touched := await bot.clusters.reconcile():
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
+        if isinstance(bot.transport, SlackOutbox):
+            await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
         if settings.examples_dir.is_dir():
             bot.share.seed_share(settings.share_name, settings.examples_dir, "examples")
         checks: dict[str, HealthCheck] = {"database": bot.store.ping, "backend": bot.backend.ping}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import itertools
 import logging
@@ -25,6 +26,8 @@ from services.store import SqlStore
 
 log = logging.getLogger(__name__)
 
+METADATA_TYPE = "batchai_delivery"  # message metadata that names what a message delivered
+MAX_LOOKUP_PAGES = 25  # of 200 messages: how far back a crash recovery looks
 TRANSIENT_ERRORS = {
     "ratelimited",
     "internal_error",
@@ -135,6 +138,9 @@ class SlackOutbox:
     ) -> str:
         if keys and (sent := await self._store.get_delivery(keys)) is not None:
             return sent
+        tag = _tag(keys[0]) if keys else None
+        if keys and tag is not None:
+            await self._store.add_intent(keys, channel, f"{thread or ''}#{tag}", self._now())
         lane = self._lane(channel)
         response = await self._call(
             lane,
@@ -147,6 +153,7 @@ class SlackOutbox:
             reply_broadcast=broadcast if thread else None,
             unfurl_links=False,
             unfurl_media=False,
+            metadata={"event_type": METADATA_TYPE, "event_payload": {"key": tag}} if tag else None,
         )
         ts = str(response["ts"])
         if keys:
@@ -189,6 +196,58 @@ class SlackOutbox:
 
     async def lookup(self, key: str) -> str | None:
         return await self._store.get_delivery([key])
+
+    async def recover(self) -> int:
+        """After a crash: every message that was being sent when the bot died is looked up in
+        Slack by the tag in its metadata. Found, it is recorded (never sent again); not found,
+        its intent is dropped and the relay sends it. Returns how many were found."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key, channel, marker in await self._store.list_intents():
+            groups.setdefault((channel, marker), []).append(key)
+        if not groups:
+            return 0
+        found = 0
+        places = {(channel, marker.rpartition("#")[0]) for channel, marker in groups}
+        sent: dict[tuple[str, str], str] = {}
+        for channel, thread in places:
+            try:
+                tags = await self._tagged_messages(channel, thread or None)
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as err:
+                # Without channels:history (or Slack down) the message may go out twice.
+                log.warning("cannot look for unrecorded messages in %s: %s", channel, err)
+                continue
+            sent.update(((channel, f"{thread}#{tag}"), ts) for tag, ts in tags.items())
+        for (channel, marker), keys in groups.items():
+            ts = sent.get((channel, marker))
+            if ts is None:
+                await self._store.drop_intents(keys)
+            else:
+                await self._store.record_delivery(keys, channel, ts, self._now())
+                found += 1
+        log.info("recovered %d of %d messages sent just before a crash", found, len(groups))
+        return found
+
+    async def _tagged_messages(self, channel: str, thread: str | None) -> dict[str, str]:
+        """tag -> ts of the bot's recent messages in a thread (all of it) or a channel."""
+        tags: dict[str, str] = {}
+        cursor = None
+        for _ in range(MAX_LOOKUP_PAGES):
+            args: dict[str, Any] = {"channel": channel, "limit": 200, "include_all_metadata": True}
+            if cursor:
+                args["cursor"] = cursor
+            if thread:
+                page = await self._client.conversations_replies(ts=thread, **args)
+            else:
+                page = await self._client.conversations_history(**args)
+            for message in page.get("messages") or []:
+                meta = message.get("metadata") or {}
+                tag = (meta.get("event_payload") or {}).get("key")
+                if meta.get("event_type") == METADATA_TYPE and tag:
+                    tags[str(tag)] = str(message["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        return tags
 
     async def upload(
         self,
@@ -271,6 +330,11 @@ class SlackOutbox:
             self._metrics.slack_retries.labels(name).inc()
             await asyncio.sleep(delay)
         raise TransientError("Slack is not taking messages right now", retry_after=delay)
+
+
+def _tag(key: str) -> str:
+    """A short, stable name of a message's first key, carried in its Slack metadata."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _retrieve(outcome: asyncio.Future[None]) -> None:

@@ -140,7 +140,7 @@ async def test_all_ok_socket_mode(slack: FakeSlack) -> None:
     assert all(r.ok for r in results), text
     checks = by_name(results)
     assert checks["token"].detail == "team Fake Team, bot @batchai"
-    assert checks["scopes"].detail == "all 8 required scopes granted"
+    assert checks["scopes"].detail == "all 11 required scopes granted"
     assert results[3].detail == "#ml-jobs (C0001MLJOBS): the bot is a member"
     assert results[4].detail == "#gpu-approvers (G0003APPROVE): the bot is a member"
     assert text.splitlines()[0] == "ok   token    team Fake Team, bot @batchai"
@@ -226,12 +226,12 @@ async def test_missing_scopes_and_extra_ones() -> None:
     assert results[-1].detail == (
         "C0001MLJOBS: missing scope channels:read — reinstall the app after adding it"
     )
-    fake = await started(scopes=[*REQUIRED_SCOPES, "im:history"])
+    fake = await started(scopes=[*REQUIRED_SCOPES, "reactions:read"])
     try:
         scopes = by_name(await run(fake.base_url))["scopes"]
     finally:
         await fake.close()
-    assert scopes.ok and scopes.detail.endswith("(also granted, not needed: im:history)")
+    assert scopes.ok and scopes.detail.endswith("(also granted, not needed: reactions:read)")
 
 
 async def test_bot_not_in_channel(slack: FakeSlack, directory: NameDirectory) -> None:

@@ -190,7 +190,7 @@ async def test_threads_replies_and_human_messages() -> None:
         err = await _error_of(client.conversations_replies(channel="C0001", ts="9.000000"))
         assert err.response["error"] == "thread_not_found"
 
-    async with FakeSlack(rate_limits=False) as fake:  # default scopes lack channels:history
+    async with FakeSlack(rate_limits=False, scopes=["chat:write"]) as fake:  # no channels:history
         err = await _error_of(fake.client().conversations_replies(channel="C0001", ts="1.1"))
         assert err.response["error"] == "missing_scope"
 

@@ -24,6 +24,9 @@ MINIMAL_SCOPES = [
     "usergroups:read",
     "channels:read",
     "groups:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
 ]
 URL = "https://batchai.example.com/slack/events"
 

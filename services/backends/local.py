@@ -826,6 +826,8 @@ class LocalBackend:
         alive = False
         if code_text is None and pid_text and pid_text.isdigit():
             alive = _pid_alive(int(pid_text), job_id)
+            if not alive:  # it may have written its exit code and gone between the two reads
+                code_text = _read(sdir / noderunner.EXIT_CODE)
         return _NodeRun(
             index=index,
             alive=alive,

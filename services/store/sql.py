@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy import Connection, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -63,6 +63,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 _SEQ_LOCK = 0x6A6F6273  # the PostgreSQL advisory lock that orders job submissions ("jobs")
 _LIFECYCLE_COLUMNS = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
+
+INTENT = "?"  # a deliveries row whose message id starts so is an intent, not a record
 
 
 class SqlStore:
@@ -358,11 +360,13 @@ class SqlStore:
     # -- sent messages (exactly-once notifications) -----------------------------------------
 
     async def recorded_keys(self, keys: Sequence[str]) -> set[str]:
-        """Which of these notification keys were already sent."""
+        """Which of these notification keys were already sent (intents do not count)."""
         if not keys:
             return set()
         async with self._engine.connect() as conn:
-            stmt = select(deliveries.c.key).where(deliveries.c.key.in_(list(keys)))
+            stmt = select(deliveries.c.key).where(
+                deliveries.c.key.in_(list(keys)), ~deliveries.c.message_id.startswith(INTENT)
+            )
             return {row.key for row in await conn.execute(stmt)}
 
     async def get_delivery(self, keys: Sequence[str]) -> str | None:
@@ -370,27 +374,42 @@ class SqlStore:
         if not keys:
             return None
         async with self._engine.connect() as conn:
-            stmt = select(deliveries.c.message_id).where(deliveries.c.key.in_(list(keys)))
+            stmt = select(deliveries.c.message_id).where(
+                deliveries.c.key.in_(list(keys)), ~deliveries.c.message_id.startswith(INTENT)
+            )
             return (await conn.execute(stmt.limit(1))).scalar_one_or_none()
 
     async def record_delivery(
         self, keys: Sequence[str], channel: str, message_id: str, at: datetime
     ) -> None:
-        """Remember that one message carried these keys; an existing record is kept."""
+        """Remember that one message carried these keys; an existing record is kept, an intent
+        (see `add_intent`) becomes the record."""
         async with self._engine.begin() as conn:
-            taken = {
-                row.key
-                for row in await conn.execute(
-                    select(deliveries.c.key).where(deliveries.c.key.in_(list(keys)))
+            await _put_deliveries(conn, keys, channel, message_id, at, replace=INTENT)
+
+    async def add_intent(
+        self, keys: Sequence[str], channel: str, marker: str, at: datetime
+    ) -> None:
+        """Before a message goes out: "these keys may be sent as the message `marker` names".
+        A crash before `record_delivery` leaves the intent, and the next start asks Slack."""
+        async with self._engine.begin() as conn:
+            await _put_deliveries(conn, keys, channel, INTENT + marker, at, replace=INTENT)
+
+    async def list_intents(self) -> list[tuple[str, str, str]]:
+        """(key, channel, marker) of every message whose sending was begun but not recorded."""
+        async with self._engine.connect() as conn:
+            stmt = select(deliveries).where(deliveries.c.message_id.startswith(INTENT))
+            rows = await conn.execute(stmt.order_by(deliveries.c.sent_at))
+            return [(r.key, r.channel, r.message_id.removeprefix(INTENT)) for r in rows]
+
+    async def drop_intents(self, keys: Sequence[str]) -> None:
+        """Those messages never reached Slack: forget the intents, so they are sent again."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(deliveries).where(
+                    deliveries.c.key.in_(list(keys)), deliveries.c.message_id.startswith(INTENT)
                 )
-            }
-            rows = [
-                {"key": k, "channel": channel, "message_id": message_id, "sent_at": at}
-                for k in dict.fromkeys(keys)
-                if k not in taken
-            ]
-            if rows:
-                await conn.execute(insert(deliveries), rows)
+            )
 
     async def mark_all_delivered(self, event_ids: Sequence[int], at: datetime) -> None:
         async with self._engine.begin() as conn:
@@ -627,6 +646,37 @@ def _extend(which: Any, extra: timedelta) -> Any:
         .where(which, jobs.c.state == JobState.RUNNING.value)
         .values(max_wall_clock_s=jobs.c.max_wall_clock_s + seconds)
     )
+
+
+async def _put_deliveries(
+    conn: AsyncConnection,
+    keys: Sequence[str],
+    channel: str,
+    message_id: str,
+    at: datetime,
+    *,
+    replace: str,
+) -> None:
+    """Insert a row per new key; rows whose message id starts with `replace` are overwritten."""
+    unique = list(dict.fromkeys(keys))
+    found = await conn.execute(
+        select(deliveries.c.key, deliveries.c.message_id).where(deliveries.c.key.in_(unique))
+    )
+    existing = {row.key: row.message_id for row in found}
+    stale = [k for k, m in existing.items() if m.startswith(replace)]
+    if stale:
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.key.in_(stale))
+            .values(channel=channel, message_id=message_id, sent_at=at)
+        )
+    rows = [
+        {"key": k, "channel": channel, "message_id": message_id, "sent_at": at}
+        for k in unique
+        if k not in existing
+    ]
+    if rows:
+        await conn.execute(insert(deliveries), rows)
 
 
 async def _votes(conn: AsyncConnection, approval_id: str) -> tuple[Vote, ...]:

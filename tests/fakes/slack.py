@@ -40,6 +40,9 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "im:write",
     "channels:read",
     "groups:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
 )
 MAX_TEXT = 40_000
 MESSAGE_MAX_BLOCKS = 50
