@@ -26,18 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import multiprocessing as mp
 import os
 import re
 import resource
-import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +41,17 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
-
+from bench._common import (  # noqa: E402
+    JOB_SCRIPT,
+    LINE_RE,
+    FakeSlackProcess,
+    account,
+    job_config,
+    open_gate,
+    pending_by_kind,
+    print_accounting,
+    print_slack_stats,
+)
 from bot.bootstrap import Bot  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.lifecycle import running  # noqa: E402
@@ -54,7 +59,6 @@ from services.events import LogSnippet  # noqa: E402
 from services.states import ClusterState, JobState  # noqa: E402
 from tests.fakes.slack import (  # noqa: E402
     BOT_TOKEN,
-    FakeSlack,
     form_body,
     signed_headers,
     slash_command_form,
@@ -64,121 +68,6 @@ SECRET = "bench-signing-secret"
 CHANNEL = "C0STREAM"
 USER = "U0BENCH"
 CLUSTER = "c1"
-LINE_RE = re.compile(r"^(s\d+) (\d+) (\d+\.\d+)$")
-HEADER_RE = re.compile(r"`([^`]+)` lines (\d+)-(\d+)")
-SKIPPED_RE = re.compile(r"(\d+) lines skipped")
-
-# The job: wait for the gate (it holds the common start time), then write on a fixed schedule.
-JOB_SCRIPT = """
-import os, sys, time
-name, rate, seconds, index, jobs = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), \\
-    int(sys.argv[4]), int(sys.argv[5])
-gate = os.path.join(os.environ["AZ_BATCHAI_MOUNT_ROOT"], "afs", "gate")
-give_up = time.time() + 900
-while not os.path.exists(gate):
-    if time.time() > give_up:
-        sys.exit(3)
-    time.sleep(0.02)
-start = float(open(gate).read()) + index / (rate * jobs)  # spread the writers over a tick
-for seq in range(1, int(rate * seconds) + 1):
-    delay = start + (seq - 1) / rate - time.time()
-    if delay > 0:
-        time.sleep(delay)
-    print(f"{name} {seq} {time.time():.6f}", flush=True)
-"""
-
-
-# --------------------------------------------------------------------------------------------
-# the fake Slack, in its own process
-# --------------------------------------------------------------------------------------------
-
-
-def fake_main(conn: Connection, urls: int) -> None:
-    asyncio.run(_fake(conn, urls))
-
-
-async def _fake(conn: Connection, urls: int) -> None:
-    async with FakeSlack(trigger_ttl=None, clock=time.time) as fake:  # default rate limits
-        conn.send((fake.base_url, [fake.response_url() for _ in range(urls)]))
-        loop = asyncio.get_running_loop()
-        while True:
-            request = await loop.run_in_executor(None, conn.recv)
-            if request == "stop":
-                return
-            if request == "stats":
-                conn.send(
-                    {
-                        "calls": dict(Counter(c.method for c in fake.calls)),
-                        "statuses": dict(Counter(c.status for c in fake.calls)),
-                        "ratelimited": dict(fake.ratelimited),
-                        "not_ok": dict(
-                            Counter(
-                                f"{c.method}:{c.error}"
-                                for c in fake.calls
-                                if c.status == 200 and not c.ok
-                            )
-                        ),
-                        "responses": len(fake.responses),
-                    }
-                )
-            elif request == "progress":
-                conn.send(
-                    (
-                        len(fake.calls_to("chat.postMessage", ok=True)),
-                        len(fake.calls_to("chat.update", ok=True)),
-                        sum(fake.ratelimited.values()),
-                    )
-                )
-            elif request == "snippets":
-                conn.send(_snippets(fake))
-
-
-def _snippets(fake: FakeSlack) -> dict[str, Any]:
-    """What the channel received: posted (job, seq, write time, arrival) and skipped ranges."""
-    posted: list[tuple[str, int, float, float]] = []
-    skipped: list[tuple[str, int, int]] = []  # job, first seq, count
-    notes_without_job = 0
-    replies = 0
-    for call in fake.calls:
-        if call.method != "chat.postMessage" or not call.ok or not call.args.get("thread_ts"):
-            continue
-        replies += 1
-        texts: list[str] = []
-        _collect(call.json_arg("blocks") or [], texts)
-        header = skip = None
-        job = None
-        for text in texts:
-            if (m := HEADER_RE.search(text)) is not None:
-                header = (m.group(1), int(m.group(2)), int(m.group(3)))
-            if (m := SKIPPED_RE.search(text)) is not None:
-                skip = int(m.group(1))
-            for line in text.strip("`").split("\n"):
-                if (m := LINE_RE.match(line.strip().strip("`"))) is not None:
-                    job = m.group(1)
-                    posted.append((job, int(m.group(2)), float(m.group(3)), call.at))
-        if skip:
-            if job is None or header is None:
-                notes_without_job += skip
-            else:
-                skipped.append((job, header[1], skip))
-    return {
-        "posted": posted,
-        "skipped": skipped,
-        "orphan_skips": notes_without_job,
-        "replies": replies,
-    }
-
-
-def _collect(node: Any, out: list[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "text" and isinstance(value, str):
-                out.append(value)
-            else:
-                _collect(value, out)
-    elif isinstance(node, list):
-        for item in node:
-            _collect(item, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,37 +85,6 @@ class CountingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         shape = re.sub(r"\d+", "#", str(record.msg))[:70]
         self.counts[f"{record.levelname} {record.name}: {shape}"] += 1
-
-
-def job_config(name: str, args: argparse.Namespace, index: int) -> str:
-    command = (
-        f"{sys.executable} $AZ_BATCHAI_MOUNT_ROOT/afs/job.py"
-        f" {name} {args.rate} {args.seconds} {index} {args.jobs}"
-    )
-    spec = {
-        "properties": {
-            "nodeCount": 1,
-            "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
-            "customToolkitSettings": {"commandLine": command},
-        }
-    }
-    return json.dumps(spec, separators=(",", ":"))
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def pending_by_kind(db: Path) -> dict[str, int]:
-    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT kind, count(*) FROM events WHERE delivered_at IS NULL GROUP BY kind"
-        ).fetchall()
-    return {str(kind): int(n) for kind, n in rows}
 
 
 class Stream:
@@ -296,7 +154,10 @@ class Stream:
             async with gate:
                 name = f"s{i:03d}"
                 return await self.command(
-                    f"job create -n {name} -r {CLUSTER} -c " + job_config(name, args, i)
+                    f"job create -n {name} -r {CLUSTER} -c "
+                    + job_config(
+                        name, rate=args.rate, seconds=args.seconds, index=i, jobs=args.jobs
+                    )
                 )
 
         acks = await asyncio.gather(*(create_job(i) for i in range(args.jobs)))
@@ -321,8 +182,7 @@ class Stream:
         await self.setup()
         start = time.time() + 1.0
         share = bot.share.share_dir("data")
-        (share / "gate.tmp").write_text(f"{start:.6f}")
-        os.replace(share / "gate.tmp", share / "gate")
+        open_gate(share, start)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await self.progress(start, "gate")
         end_writing = start + args.seconds
@@ -408,61 +268,10 @@ class Stream:
         stderr_bytes: int,
     ) -> None:
         args = self.args
-        arrivals: dict[tuple[str, int], float] = {}
-        duplicates = 0
-        for job, seq, _, at in received["posted"]:
-            if (job, seq) in arrivals:
-                duplicates += 1
-                arrivals[(job, seq)] = min(arrivals[(job, seq)], at)
-            else:
-                arrivals[(job, seq)] = at
-        skipped: set[tuple[str, int]] = set()
-        for job, first, count in received["skipped"]:
-            skipped.update((job, seq) for seq in range(first, first + count))
-        written_keys = set(written)
-        posted = written_keys & set(arrivals)
-        skipped_ok = (written_keys & skipped) - posted
-        lost = written_keys - posted - skipped_ok
-        pending = lost & pending_lines
-        unaccounted = lost - pending
-        phantom = set(arrivals) - written_keys
-        latencies = [arrivals[k] - written[k] for k in posted]
-
-        expected = int(args.jobs * args.rate * args.seconds)
+        acc = account(written, received, pending_lines)
         print()
-        print(f"lines written            {len(written):>9}  (expected {expected})")
-        print(f"lines posted             {len(posted):>9}  in {received['replies']} thread replies")
-        print(f'lines counted as skipped {len(skipped_ok):>9}  ("N lines skipped" notes)')
-        print(f"lines lost               {len(lost):>9}  (written - posted - skipped)")
-        if lost:
-            print(
-                f"  !!! LINES LOST: {len(lost)} !!!  of which {len(pending)} were still waiting"
-                f" in the bot's event outbox when the bench stopped waiting, and"
-                f" {len(unaccounted)} are nowhere (neither in Slack nor pending)"
-            )
-            per_job = Counter(job for job, _ in lost)
-            print(f"  jobs with lost lines: {len(per_job)}; most: {per_job.most_common(3)}")
-        if duplicates or phantom or received["orphan_skips"]:
-            print(
-                f"  duplicates {duplicates}, posted lines never written {len(phantom)},"
-                f" skip notes without a job {received['orphan_skips']}"
-            )
-        if latencies:
-            first = min(arrivals[k] for k in posted) - start
-            print(
-                f"line-to-Slack latency    p50 {pct(latencies, 50):7.2f} s   p95"
-                f" {pct(latencies, 95):7.2f} s   max {max(latencies):7.2f} s"
-                f"   (first log line in Slack {first:.1f} s after writing began)"
-            )
-        else:
-            print("line-to-Slack latency    no line was posted")
-        print(f"Slack calls by method    {dict(sorted(stats['calls'].items()))}")
-        print(
-            f"429s received            {sum(stats['ratelimited'].values())}"
-            f"  {stats['ratelimited'] or ''}"
-        )
-        if stats["not_ok"]:
-            print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
+        print_accounting(acc, expected=int(args.jobs * args.rate * args.seconds), start=start)
+        print_slack_stats(stats)
         outbox = getattr(self.bot.transport, "stats", None)
         if outbox:
             print(f"bot outbox stats         {outbox}")
@@ -495,16 +304,8 @@ async def bench(args: argparse.Namespace) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "max instances reached" noise
 
-    ctx = mp.get_context("spawn")
-    fake_conn, fake_child = ctx.Pipe()
-    fake = ctx.Process(target=fake_main, args=(fake_child, args.jobs + 10), daemon=True)
-    fake.start()
-    loop = asyncio.get_running_loop()
-    slack_api, urls = await loop.run_in_executor(None, fake_conn.recv)
-
-    async def ask(what: str) -> Any:
-        fake_conn.send(what)
-        return await loop.run_in_executor(None, fake_conn.recv)
+    fake = FakeSlackProcess(args.jobs + 10)
+    await fake.start()
 
     tmp = tempfile.TemporaryDirectory(prefix="streambench-")
     settings = Settings(
@@ -512,7 +313,7 @@ async def bench(args: argparse.Namespace) -> None:
         slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SECRET,
         slack_mode="http",
-        slack_api_url=slack_api,
+        slack_api_url=fake.api_url,
         batchai_data_dir=Path(tmp.name) / "data",
         port=0,
         link_secret="bench-link-secret",
@@ -530,18 +331,14 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         async with running(settings, periodic=True) as bot, aiohttp.ClientSession() as http:
             try:
-                await Stream(args, bot, http, (ask, iter(urls))).run(counting)
+                await Stream(args, bot, http, (fake.ask, fake.urls)).run(counting)
             finally:
                 for job in await bot.store.list_jobs(include_deleted=True):
                     if not job.state.finished and job.layout is not None:
                         await bot.backend.terminate_job(job.id)
                 bot.scheduler.shutdown()
     finally:
-        with contextlib.suppress(OSError):
-            fake_conn.send("stop")
-        fake.join(10)
-        if fake.is_alive():
-            fake.terminate()
+        fake.stop()
         tmp.cleanup()
 
 

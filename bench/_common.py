@@ -1,0 +1,325 @@
+"""Shared by the streaming benches: the fake Slack in a child process, the writing job, and the
+accounting of every written line (posted, skipped, pending, lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import re
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes.slack import FakeSlack  # noqa: E402
+
+LINE_RE = re.compile(r"^(s\d+) (\d+) (\d+\.\d+)$")
+HEADER_RE = re.compile(r"`([^`]+)` lines (\d+)-(\d+)")
+SKIPPED_RE = re.compile(r"(\d+) lines skipped")
+
+# The job: wait for the gate (it holds the common start time), then write on a fixed schedule.
+JOB_SCRIPT = """
+import os, sys, time
+name, rate, seconds, index, jobs = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), \\
+    int(sys.argv[4]), int(sys.argv[5])
+gate = os.path.join(os.environ["AZ_BATCHAI_MOUNT_ROOT"], "afs", "gate")
+give_up = time.time() + 900
+while not os.path.exists(gate):
+    if time.time() > give_up:
+        sys.exit(3)
+    time.sleep(0.02)
+start = float(open(gate).read()) + index / (rate * jobs)  # spread the writers over a tick
+for seq in range(1, int(rate * seconds) + 1):
+    delay = start + (seq - 1) / rate - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    print(f"{name} {seq} {time.time():.6f}", flush=True)
+"""
+
+
+def job_config(name: str, *, rate: float, seconds: float, index: int, jobs: int) -> str:
+    """The job.json of one writer (the share is mounted at `afs`, job.py is on it)."""
+    command = (
+        f"{sys.executable} $AZ_BATCHAI_MOUNT_ROOT/afs/job.py {name} {rate} {seconds} {index} {jobs}"
+    )
+    spec = {
+        "properties": {
+            "nodeCount": 1,
+            "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+            "customToolkitSettings": {"commandLine": command},
+        }
+    }
+    return json.dumps(spec, separators=(",", ":"))
+
+
+def open_gate(share: Path, start: float) -> None:
+    (share / "gate.tmp").write_text(f"{start:.6f}")
+    (share / "gate.tmp").replace(share / "gate")
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def pending_by_kind(db: Path) -> dict[str, int]:
+    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT kind, count(*) FROM events WHERE delivered_at IS NULL GROUP BY kind"
+        ).fetchall()
+    return {str(kind): int(n) for kind, n in rows}
+
+
+def pending_lines(db: Path) -> set[tuple[str, int]]:
+    """(job, seq) of every line still in an undelivered log snippet."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT payload FROM events WHERE delivered_at IS NULL AND kind = 'log_snippet'"
+        ).fetchall()
+    found: set[tuple[str, int]] = set()
+    for (payload,) in rows:
+        for line in json.loads(payload).get("lines", ()):
+            if (m := LINE_RE.match(line)) is not None:
+                found.add((m.group(1), int(m.group(2))))
+    return found
+
+
+def written_lines(stdout_files: Iterator[Path]) -> dict[tuple[str, int], float]:
+    """(job, seq) -> write time, read back from the jobs' stdout.txt files."""
+    written: dict[tuple[str, int], float] = {}
+    for stdout in stdout_files:
+        for line in stdout.read_text(errors="replace").splitlines():
+            if (m := LINE_RE.match(line)) is not None:
+                written[(m.group(1), int(m.group(2)))] = float(m.group(3))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# the fake Slack, in its own process (rate limits on, wall clock: `Call.at` is an arrival time)
+# --------------------------------------------------------------------------------------------
+
+
+def fake_main(conn: Connection, urls: int) -> None:
+    asyncio.run(_fake(conn, urls))
+
+
+async def _fake(conn: Connection, urls: int) -> None:
+    async with FakeSlack(trigger_ttl=None, clock=time.time) as fake:  # default rate limits
+        conn.send((fake.base_url, [fake.response_url() for _ in range(urls)]))
+        loop = asyncio.get_running_loop()
+        while True:
+            request = await loop.run_in_executor(None, conn.recv)
+            if request == "stop":
+                return
+            if request == "stats":
+                conn.send(
+                    {
+                        "calls": dict(Counter(c.method for c in fake.calls)),
+                        "statuses": dict(Counter(c.status for c in fake.calls)),
+                        "ratelimited": dict(fake.ratelimited),
+                        "not_ok": dict(
+                            Counter(
+                                f"{c.method}:{c.error}"
+                                for c in fake.calls
+                                if c.status == 200 and not c.ok
+                            )
+                        ),
+                        "responses": len(fake.responses),
+                    }
+                )
+            elif request == "progress":
+                conn.send(
+                    (
+                        len(fake.calls_to("chat.postMessage", ok=True)),
+                        len(fake.calls_to("chat.update", ok=True)),
+                        sum(fake.ratelimited.values()),
+                    )
+                )
+            elif request == "snippets":
+                conn.send(_snippets(fake))
+
+
+class FakeSlackProcess:
+    """The fake Slack in a spawned child; `ask("progress" | "stats" | "snippets")`."""
+
+    def __init__(self, response_urls: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=fake_main, args=(child, response_urls), daemon=True)
+        self.api_url = ""
+        self.urls: Iterator[str] = iter(())
+
+    async def start(self) -> None:
+        self._proc.start()
+        loop = asyncio.get_running_loop()
+        self.api_url, urls = await loop.run_in_executor(None, self._conn.recv)
+        self.urls = iter(urls)
+
+    async def ask(self, what: str) -> Any:
+        self._conn.send(what)
+        return await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send("stop")
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+
+
+def _snippets(fake: FakeSlack) -> dict[str, Any]:
+    """What the channel received: posted (job, seq, write time, arrival) and skipped ranges."""
+    posted: list[tuple[str, int, float, float]] = []
+    skipped: list[tuple[str, int, int]] = []  # job, first seq, count
+    notes_without_job = 0
+    replies = 0
+    for call in fake.calls:
+        if call.method != "chat.postMessage" or not call.ok or not call.args.get("thread_ts"):
+            continue
+        replies += 1
+        texts: list[str] = []
+        _collect(call.json_arg("blocks") or [], texts)
+        header = skip = None
+        job = None
+        for text in texts:
+            if (m := HEADER_RE.search(text)) is not None:
+                header = (m.group(1), int(m.group(2)), int(m.group(3)))
+            if (m := SKIPPED_RE.search(text)) is not None:
+                skip = int(m.group(1))
+            for line in text.strip("`").split("\n"):
+                if (m := LINE_RE.match(line.strip().strip("`"))) is not None:
+                    job = m.group(1)
+                    posted.append((job, int(m.group(2)), float(m.group(3)), call.at))
+        if skip:
+            if job is None or header is None:
+                notes_without_job += skip
+            else:
+                skipped.append((job, header[1], skip))
+    return {
+        "posted": posted,
+        "skipped": skipped,
+        "orphan_skips": notes_without_job,
+        "replies": replies,
+    }
+
+
+def _collect(node: Any, out: list[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "text" and isinstance(value, str):
+                out.append(value)
+            else:
+                _collect(value, out)
+    elif isinstance(node, list):
+        for item in node:
+            _collect(item, out)
+
+
+# --------------------------------------------------------------------------------------------
+# accounting
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Accounting:
+    """The fate of every written line."""
+
+    written: set[tuple[str, int]]
+    posted: set[tuple[str, int]]
+    skipped: set[tuple[str, int]]
+    lost: set[tuple[str, int]]
+    pending: set[tuple[str, int]]  # lost, but still waiting in the bot's outbox
+    duplicates: int  # posts of a line already posted
+    phantom: set[tuple[str, int]]  # posted, never written
+    orphan_skips: int
+    replies: int
+    latencies: list[float] = field(default_factory=list)
+    first_arrival: float | None = None
+
+
+def account(
+    written: dict[tuple[str, int], float],
+    received: dict[str, Any],
+    waiting: set[tuple[str, int]],
+) -> Accounting:
+    arrivals: dict[tuple[str, int], float] = {}
+    duplicates = 0
+    for job, seq, _, at in received["posted"]:
+        if (job, seq) in arrivals:
+            duplicates += 1
+            arrivals[(job, seq)] = min(arrivals[(job, seq)], at)
+        else:
+            arrivals[(job, seq)] = at
+    covered: set[tuple[str, int]] = set()
+    for job, first, count in received["skipped"]:
+        covered.update((job, seq) for seq in range(first, first + count))
+    keys = set(written)
+    posted = keys & set(arrivals)
+    skipped = (keys & covered) - posted
+    lost = keys - posted - skipped
+    return Accounting(
+        written=keys,
+        posted=posted,
+        skipped=skipped,
+        lost=lost,
+        pending=lost & waiting,
+        duplicates=duplicates,
+        phantom=set(arrivals) - keys,
+        orphan_skips=int(received["orphan_skips"]),
+        replies=int(received["replies"]),
+        latencies=[arrivals[k] - written[k] for k in posted],
+        first_arrival=min((arrivals[k] for k in posted), default=None),
+    )
+
+
+def print_accounting(acc: Accounting, *, expected: int, start: float) -> None:
+    print(f"lines written            {len(acc.written):>9}  (expected {expected})")
+    print(f"lines posted             {len(acc.posted):>9}  in {acc.replies} thread replies")
+    print(f'lines counted as skipped {len(acc.skipped):>9}  ("N lines skipped" notes)')
+    print(f"lines lost               {len(acc.lost):>9}  (written - posted - skipped)")
+    if acc.lost:
+        unaccounted = len(acc.lost) - len(acc.pending)
+        print(
+            f"  !!! LINES LOST: {len(acc.lost)} !!!  of which {len(acc.pending)} were still"
+            f" waiting in the bot's event outbox when the bench stopped waiting, and"
+            f" {unaccounted} are nowhere (neither in Slack nor pending)"
+        )
+        per_job = Counter(job for job, _ in acc.lost)
+        print(f"  jobs with lost lines: {len(per_job)}; most: {per_job.most_common(3)}")
+    print(f"lines posted twice       {acc.duplicates:>9}")
+    if acc.phantom or acc.orphan_skips:
+        print(
+            f"  posted lines never written {len(acc.phantom)},"
+            f" skip notes without a job {acc.orphan_skips}"
+        )
+    if acc.latencies and acc.first_arrival is not None:
+        lat = acc.latencies
+        print(
+            f"line-to-Slack latency    p50 {pct(lat, 50):7.2f} s   p95 {pct(lat, 95):7.2f} s"
+            f"   max {max(lat):7.2f} s   (first log line in Slack"
+            f" {acc.first_arrival - start:.1f} s after writing began)"
+        )
+    else:
+        print("line-to-Slack latency    no line was posted")
+
+
+def print_slack_stats(stats: dict[str, Any]) -> None:
+    print(f"Slack calls by method    {dict(sorted(stats['calls'].items()))}")
+    print(
+        f"429s received            {sum(stats['ratelimited'].values())}"
+        f"  {stats['ratelimited'] or ''}"
+    )
+    if stats["not_ok"]:
+        print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
