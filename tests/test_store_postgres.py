@@ -161,6 +161,33 @@ async def test_long_image_references_fit_their_columns(store: SqlStore) -> None:
     assert (await store.get_job(job.id)).container_image == container  # type: ignore[union-attr]
 
 
+async def test_event_and_audit_ids_go_past_32_bits(store: SqlStore) -> None:
+    """A bot running for months writes billions of events; PostgreSQL's SERIAL stops at 2**31."""
+    start = 2**31 + 5
+    rows = {
+        "events": "(id, kind, payload, created_at, delivered_at) "
+        "VALUES (:id, 'job_note', '{}', :at, :at)",
+        "audit": "(id, at, actor, action, outcome) VALUES (:id, :at, 'U0', 'seed', 'allowed')",
+    }
+    engine = create_async_engine(store.url)
+    try:
+        async with engine.begin() as conn:
+            for table, values in rows.items():
+                await conn.execute(text(f"INSERT INTO {table} {values}"), {"id": start, "at": NOW})
+                if conn.dialect.name == "postgresql":  # an explicit id leaves the sequence be
+                    await conn.execute(text(f"SELECT setval('{table}_id_seq', {start})"))
+    finally:
+        await engine.dispose()
+    job = await store.insert_job(make_job())
+    await store.add_events([LogSnippet(job_id=job.id, file="f", lines=("a",))])
+    ((event_id, _),) = await store.pending_events()
+    assert event_id > 2**31
+    await store.mark_delivered(event_id, NOW)
+    assert await store.pending_events() == []
+    await store.add_audit(AuditEntry(at=NOW, actor="U1", action="a", outcome="allowed"))
+    assert [e.actor for e in await store.list_audit()] == ["U1", "U0"]
+
+
 async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:
     job = await store.insert_job(make_job())
     offset = 5 * 1024**4  # a 5 TiB log

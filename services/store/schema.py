@@ -25,6 +25,10 @@ from sqlalchemy.engine import Dialect
 
 metadata = MetaData()
 
+# Ids of the ever-growing tables: BIGSERIAL on PostgreSQL (SERIAL ends at 2**31); on SQLite
+# INTEGER, which is 64-bit there and must stay INTEGER to be the autoincrementing rowid.
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A point in time, stored in UTC and read back timezone-aware on every database (SQLite
@@ -147,7 +151,7 @@ metrics = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("kind", String(32), nullable=False),
     Column("job_id", String(32)),
     Column("cluster", String(64)),
@@ -169,7 +173,7 @@ deliveries = Table(
 audit = Table(
     "audit",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("at", UtcDateTime(), nullable=False),
     Column("actor", String(64), nullable=False),
     Column("channel", String(64)),
@@ -215,7 +219,7 @@ votes = Table(
 ledger = Table(
     "ledger",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("at", UtcDateTime(), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("job_id", String(32), nullable=False),

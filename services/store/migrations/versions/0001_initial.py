@@ -12,6 +12,9 @@ down_revision = None
 
 TS = sa.DateTime(timezone=True)
 
+# BIGSERIAL on PostgreSQL; INTEGER (64-bit, the rowid) on SQLite.
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -90,7 +93,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("job_id", sa.String(32)),
         sa.Column("cluster", sa.String(64)),

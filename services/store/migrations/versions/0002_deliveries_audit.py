@@ -12,6 +12,9 @@ down_revision = "0001"
 
 TS = sa.DateTime(timezone=True)
 
+# BIGSERIAL on PostgreSQL; INTEGER (64-bit, the rowid) on SQLite.
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -23,7 +26,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
         sa.Column("at", TS, nullable=False),
         sa.Column("actor", sa.String(64), nullable=False),
         sa.Column("channel", sa.String(64)),

@@ -13,6 +13,9 @@ down_revision = "0003"
 
 TS = sa.DateTime(timezone=True)
 
+# BIGSERIAL on PostgreSQL; INTEGER (64-bit, the rowid) on SQLite.
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -45,7 +48,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
         sa.Column("at", TS, nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("job_id", sa.String(32), nullable=False),
