@@ -6,6 +6,7 @@ Each test gets a database of its own (`create_database`), so tests never see eac
 
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import shutil
@@ -19,11 +20,23 @@ import asyncpg
 RUN_AS = "nobody"
 
 
+# Debian and Ubuntu keep the server binaries off PATH, one directory per major version.
+_DEBIAN_BIN = "/usr/lib/postgresql/*/bin"
+
+
+def _tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    versions = sorted(glob.glob(f"{_DEBIAN_BIN}/{name}"), key=lambda p: int(p.split("/")[4]))
+    return versions[-1] if versions else None
+
+
 def missing_reason() -> str | None:
     """Why no server can be started here, or None when one can."""
     for tool in ("initdb", "pg_ctl"):
-        if shutil.which(tool) is None:
-            return f"no PostgreSQL binaries: {tool} is not on PATH"
+        if _tool(tool) is None:
+            return f"no PostgreSQL binaries: {tool} is neither on PATH nor in {_DEBIAN_BIN}"
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: PostgreSQL refuses to run as root"
     return None
@@ -49,8 +62,12 @@ class PostgresServer:
 
     def _run(self, *argv: str) -> None:
         prefix = ["runuser", "-u", RUN_AS, "--"] if self._as_root else []
+        tool = _tool(argv[0]) or argv[0]
         subprocess.run(
-            [*prefix, *argv], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*prefix, tool, *argv[1:]],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def start(self) -> None:
