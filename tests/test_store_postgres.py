@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,11 +31,13 @@ from services.events import LogSnippet
 from services.models import (
     AuditEntry,
     ConfigSource,
+    LedgerEntry,
     MetricPoint,
     Schedule,
     ScheduledJob,
     ScheduleRun,
 )
+from services.pricing import to_hours
 from services.states import JobState
 from services.store import SqlStore
 from services.store.schema import metadata
@@ -186,6 +189,20 @@ async def test_event_and_audit_ids_go_past_32_bits(store: SqlStore) -> None:
     assert await store.pending_events() == []
     await store.add_audit(AuditEntry(at=NOW, actor="U1", action="a", outcome="allowed"))
     assert [e.actor for e in await store.list_audit()] == ["U1", "U0"]
+
+
+async def test_exact_decimals_of_any_length_are_kept(store: SqlStore) -> None:
+    """Hours come from elapsed microseconds (1,464,047 us is 0.0004066797222… h, 33 characters):
+    PostgreSQL refused them in VARCHAR(24), and a job could not finish."""
+    hours = to_hours(timedelta(microseconds=1_464_047))
+    assert len(str(hours)) > 24
+    rate = Decimal(1) / Decimal(7)
+    job = await store.insert_job(make_job(node_rate=rate, estimate=rate * hours))
+    entry = LedgerEntry(NOW, "actual", job.id, "U1", "C1", "c1", "NC6", 1, hours, rate * hours)
+    await store.add_ledger(entry)
+    assert await store.list_ledger() == [entry]
+    stored = await store.get_job(job.id)
+    assert stored is not None and (stored.node_rate, stored.estimate) == (rate, rate * hours)
 
 
 async def test_big_numbers_fit_their_columns(store: SqlStore) -> None:

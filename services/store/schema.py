@@ -116,9 +116,10 @@ jobs = Table(
     Column("container_image", Text),  # digest-pinned references exceed 256
     Column("conversation", JSON),
     Column("deleted", Boolean, nullable=False, server_default=false()),
-    Column("node_rate", String(24)),  # Decimal as text: exact on SQLite and PostgreSQL
+    # Decimals as text, exact on SQLite and PostgreSQL; any length (hours have 28 digits).
+    Column("node_rate", Text),
     Column("wall_clock_warned_at", UtcDateTime()),
-    Column("estimate", String(24)),
+    Column("estimate", Text),
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(
@@ -192,7 +193,7 @@ approvals = Table(
     Column("kind", String(16), nullable=False),
     Column("requester", String(64), nullable=False),
     Column("channel", String(64)),
-    Column("estimate", String(24), nullable=False),
+    Column("estimate", Text, nullable=False),
     Column("formula", SafeText, nullable=False),
     Column("reasons", JSON, nullable=False),
     Column("required", Integer, nullable=False),
@@ -200,9 +201,9 @@ approvals = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("decided_at", UtcDateTime()),
-    Column("extra_hours", String(24)),
-    Column("month_spend", String(24)),
-    Column("budget", String(24)),
+    Column("extra_hours", Text),
+    Column("month_spend", Text),
+    Column("budget", Text),
 )
 Index("ix_approvals_state", approvals.c.state, approvals.c.expires_at)
 
@@ -228,8 +229,8 @@ ledger = Table(
     Column("cluster", String(64), nullable=False),
     Column("vm_size", String(64), nullable=False),
     Column("nodes", Integer, nullable=False),
-    Column("hours", String(24), nullable=False),
-    Column("usd", String(24), nullable=False),
+    Column("hours", Text, nullable=False),
+    Column("usd", Text, nullable=False),
 )
 Index("ix_ledger_at", ledger.c.at)
 
@@ -237,7 +238,7 @@ budgets = Table(
     "budgets",
     metadata,
     Column("channel", String(64), primary_key=True),
-    Column("monthly_usd", String(24), nullable=False),
+    Column("monthly_usd", Text, nullable=False),
     Column("set_by", String(64), nullable=False),
     Column("set_at", UtcDateTime(), nullable=False),
 )
@@ -248,7 +249,7 @@ prices = Table(
     Column("sku", String(64), primary_key=True),
     Column("region", String(32), primary_key=True),
     Column("spot", Boolean, primary_key=True),
-    Column("usd_per_hour", String(24), nullable=False),
+    Column("usd_per_hour", Text, nullable=False),
     Column("fetched_at", UtcDateTime(), nullable=False),
     Column("source", String(256), nullable=False),
 )

@@ -13,7 +13,7 @@ down_revision = "0002"
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("node_rate", sa.String(24)))
+        batch.add_column(sa.Column("node_rate", sa.Text))  # a Decimal as text
 
 
 def downgrade() -> None:
