@@ -33,6 +33,7 @@ from services.ports import Clock
 from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
 from services.runner import JobRunner
+from services.schedules import ScheduleService
 from services.scheduling import Scheduler
 from services.spend import PriceBook, SpendService
 from services.store import SqlStore
@@ -62,6 +63,7 @@ class Bot:
     scheduler: Scheduler
     idle: IdleService
     metrics: BotMetrics
+    schedules: ScheduleService
 
     def resolve_file(self, loc: FileLocation) -> Path:
         return self.share.local_path(loc)
@@ -193,6 +195,8 @@ def build(
         extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
+    scheduler = Scheduler()
+    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler)
     commands = CommandHandler(
         Services(
             clusters=clusters,
@@ -201,6 +205,7 @@ def build(
             approvals=approvals,
             spend=spend,
             audit=AuditLog(store),
+            schedules=schedules,
         )
     )
     actions = ActionHandler(jobs, clock.now, approvals, idle)
@@ -228,7 +233,6 @@ def build(
         audit=store.add_audit,
         now=clock.now,
     )
-    scheduler = Scheduler()
     metrics.watch(
         StateCollector(
             store=store,
@@ -261,4 +265,5 @@ def build(
         scheduler=scheduler,
         idle=idle,
         metrics=metrics,
+        schedules=schedules,
     )

@@ -19,6 +19,7 @@ from services.errors import BatchAIError
 from services.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
 from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
+from services.schedules import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ async def running(
             await socket_mode.start()
             stack.push_async_callback(socket_mode.close)
         bot.prices.table = await load_refreshed(bot.prices.table, bot.store)
+        # Runs due while the bot was down fire now (within the grace) or are told as missed;
+        # the rest are armed again (the store holds them, APScheduler only in memory).
+        if fired := await bot.schedules.rearm():
+            log.info("schedules: %d run(s) due while the bot was down submitted", fired)
         if periodic and settings.price_refresh_hours > 0:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             client = RetailPrices(session, base_url=settings.prices_api_url)
@@ -97,6 +102,7 @@ async def running(
             bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
             bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.start_delivery)
             bot.scheduler.every("idle", IDLE_CHECK_SECONDS, bot.idle.check)
+            bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, bot.schedules.run_due)
             bot.scheduler.start()
             stack.callback(bot.scheduler.shutdown)
         yield bot

@@ -21,6 +21,7 @@ from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserEr
 from services.jobs import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
 from services.pricing import format_usd
+from services.schedules import ScheduleRequest, ScheduleService
 from services.spend import SpendService
 
 TAIL_BYTES = 16 * 1024
@@ -48,6 +49,7 @@ class Services:
     approvals: ApprovalService | None = None
     spend: SpendService | None = None
     audit: AuditLog | None = None
+    schedules: ScheduleService | None = None
 
 
 class CommandHandler:
@@ -188,6 +190,13 @@ class CommandHandler:
             workspace=c.workspace,
             experiment=c.experiment,
         )
+        if c.at is not None or c.cron is not None:
+            created = await self._schedules().create_schedule(
+                ScheduleRequest(request, at=c.at, cron=c.cron, timezone=c.timezone), actor=actor
+            )
+            return Reply(
+                views.schedule_created(created.schedule, created.upcoming, created.preview)
+            )
         job = await self._s.jobs.create_job(request, actor=actor)
         return Reply(views.job_submitted(job))
 
@@ -254,6 +263,28 @@ class CommandHandler:
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.output))
 
+    # -- schedules ------------------------------------------------------------------------------
+
+    def _schedules(self) -> ScheduleService:
+        if self._s.schedules is None:
+            raise UserError("scheduled jobs are not set up in this bot")
+        return self._s.schedules
+
+    async def _schedule_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+        found = await self._schedules().list_schedules(actor=actor, everywhere=c.all)
+        return Reply(views.schedule_list(found, output=c.output))
+
+    async def _schedule_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+        schedule, upcoming = await self._schedules().get_schedule(c.id)
+        return Reply(views.schedule_detail(schedule, upcoming, output=c.output))
+
+    async def _schedule_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+        schedule = await self._schedules().delete_schedule(c.id, actor=actor)
+        if schedule is None:
+            return Reply(views.info(f"schedule `{c.id}` does not exist (nothing to do)"))
+        text = f"<@{actor.user}> deleted schedule `{schedule.id}` (job *{schedule.job.name}*)"
+        return Reply(views.info(text), public=True)
+
     # -- spend ----------------------------------------------------------------------------------
 
     def _money(self) -> tuple[ApprovalService, SpendService]:
@@ -315,6 +346,9 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "Spend": CommandHandler._spend,
     "Audit": CommandHandler._audit,
     "Help": CommandHandler._help,
+    "ScheduleList": CommandHandler._schedule_list,
+    "ScheduleShow": CommandHandler._schedule_show,
+    "ScheduleDelete": CommandHandler._schedule_delete,
     "ClusterCreate": CommandHandler._cluster_create,
     "ClusterList": CommandHandler._cluster_list,
     "ClusterShow": CommandHandler._cluster_show,

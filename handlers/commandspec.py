@@ -129,6 +129,9 @@ class JobCreate(JobCommand):
     nfs: str | None = None
     nfs_mount_path: str = "nfs"
     location: str | None = None
+    at: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +220,21 @@ class Spend(Command):
 class Audit(Command):
     job: str | None = None
     limit: int = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleList(Command):
+    all: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleShow(Command):
+    id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleDelete(Command):
+    id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -488,6 +506,10 @@ USD = Kind("USD", _usd, hint="$0.01-$10,000,000")
 CHANNEL = Kind("CHANNEL", _channel)
 APPROVAL_ID = _pattern("ID", r"[0-9a-f]{8,32}", "use the 8-32 lowercase hex characters of its id")
 REASON = Kind("TEXT", _prose(500), hint="1-500 characters", prose=True)
+WHEN = Kind("WHEN", _prose(40), hint='"YYYY-MM-DD HH:MM"', prose=True)
+CRON = Kind("CRON", _prose(100), hint='"MIN HOUR DAY MONTH WEEKDAY"', prose=True)
+ZONE = _pattern("ZONE", r"[A-Za-z][-\w+/]{0,63}", "use an IANA time zone such as Europe/Berlin")
+SCHEDULE_ID = _pattern("ID", r"[0-9a-f]{8}", "use the 8 hex characters schedule list shows")
 MONTH = _pattern("YYYY-MM", r"[0-9]{4}-(?:0[1-9]|1[0-2])", "use a month as YYYY-MM, e.g. 2026-05")
 
 
@@ -669,6 +691,15 @@ def _resolve_dash_c(values: dict[str, Any], source: Source) -> None:
     values["cluster"] = NAME.convert(raw, "-c (the cluster, as -f gives the config)", source)
 
 
+def _check_schedule(values: dict[str, Any], source: Source) -> None:
+    if "at" in values and "cron" in values:
+        raise UserError("--at and --cron do not go together: one run at a time, or a repeat")
+    if "timezone" in values and "at" not in values and "cron" not in values:
+        raise UserError("--tz says how to read --at or --cron: give one of them too")
+    if ("at" in values or "cron" in values) and values.get("config") is None:
+        raise UserError("a scheduled job needs its job.json: give -f/--config (no form)")
+
+
 # -- the table
 
 
@@ -720,6 +751,7 @@ _IDLE_TIMEOUT = _f(
     "minutes idle above --min before scaling down (0: never; default: the bot's, 15)",
 )
 _CHANNEL = _f("--channel", "channel", CHANNEL, "id, #name or mention (default: this channel)")
+_SCHEDULE_ID = _f("-n --name --id", "id", SCHEDULE_ID, "schedule id, as schedule list shows it")
 _APPROVAL_ID = _f("--id", "id", APPROVAL_ID, "approval id, as approvals list shows it")
 
 COMMANDS: tuple[CommandSpec, ...] = (
@@ -876,6 +908,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "the config, or the cluster when -f/--config-file gives the config",
             ),
             *_STORAGE_FLAGS,
+            _f("--at", "at", WHEN, "submit once at this time instead of now (quote it)"),
+            _f("--cron", "cron", CRON, "submit on this crontab schedule (quote it)"),
+            _f("--tz", "timezone", ZONE, "time zone of --at/--cron (default UTC)"),
             _LOCATION,
             _NO_WAIT,
         ),
@@ -888,6 +923,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
             '/batchai job create -n hello -r mycluster --config {"properties": {"nodeCount": 1, '
             '"customToolkitSettings": {"commandLine": "nvidia-smi"}}}',
             "/batchai job create -n mnist -r mycluster",
+            '/batchai job create -n nightly -r mycluster -c mnist --cron "0 2 * * *" '
+            "--tz Europe/Berlin",
+            '/batchai job create -n mnist -r mycluster -c mnist --at "2026-12-01 02:00"',
         ),
         notes=(
             "-c is the config (2017 style: -r CLUSTER -c CONFIG) unless -f/--config-file or "
@@ -895,8 +933,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "CONFIG is a manifest name (mnist or manifests/jobs/mnist.json) or inline JSON "
             "({...}, spaces allowed); the console also takes a file path. "
             "With no config the bot opens a form.",
+            "--at or --cron schedules the submission (see schedule list); times are UTC unless "
+            "--tz names a zone. --cron takes 5 crontab fields or @hourly, @daily, @weekly; "
+            "each cron run's job is named NAME-YYYYMMDD-HHMM.",
         ),
-        checks=(_resolve_dash_c,),
+        checks=(_resolve_dash_c, _check_schedule),
     ),
     _spec(
         "job list",
@@ -1002,6 +1043,27 @@ COMMANDS: tuple[CommandSpec, ...] = (
         (_f("-n --name", "job", NAME, "job name"),),
         legacy_of="job node list",
         examples=("/batchai job list-nodes -n myjob",),
+    ),
+    _spec(
+        "schedule list",
+        ScheduleList,
+        "List this channel's scheduled jobs: when they run next and how the last run went",
+        (_f("--all", "all", FLAG, "every channel's schedules (admins)"),),
+        examples=("/batchai schedule list", "/batchai schedule list --all -o json"),
+    ),
+    _spec(
+        "schedule show",
+        ScheduleShow,
+        "Show one schedule with its next three runs",
+        (_SCHEDULE_ID,),
+        examples=("/batchai schedule show -n 3f9c2a7e",),
+    ),
+    _spec(
+        "schedule delete",
+        ScheduleDelete,
+        "Delete a schedule (its owner or an admin); jobs it submitted stay",
+        (_SCHEDULE_ID,),
+        examples=("/batchai schedule delete -n 3f9c2a7e",),
     ),
     _spec(
         "budget show",

@@ -42,7 +42,7 @@ SLOW = (
     "JobTerminate",
     "JobDelete",
 )
-AUDITED = ("JobTerminate", "JobDelete", "BudgetSet")
+AUDITED = ("JobTerminate", "JobDelete", "BudgetSet", "ScheduleDelete")
 MODAL_DEADLINE = 2.0  # seconds we give a submission before acking (Slack allows 3)
 
 Audit = Callable[[AuditEntry], Awaitable[None]]

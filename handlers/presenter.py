@@ -20,6 +20,9 @@ from services.events import (
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
+    ScheduleFailed,
+    ScheduleFired,
+    ScheduleMissed,
     WallClockWarning,
 )
 from services.models import Conversation, Job
@@ -89,10 +92,17 @@ class Presenter:
         if isinstance(event, IdleWarning):
             await self._idle(event, delivery.keys)
             return None
+        if isinstance(event, ScheduleFailed | ScheduleMissed):
+            await self._schedule_notice(event, delivery.keys)
+            return None
         if isinstance(event, ClusterChanged) or job is None:
             return None  # cluster changes are answered by the command that caused them
         conv = job.conversation or Conversation(self._default_channel, None, job.requester)
         keys = delivery.keys
+        if isinstance(event, ScheduleFired):  # in the channel, just before the job's card
+            message = views.schedule_fired(event.schedule_id, event.job_name)
+            await self._transport.post(conv.channel, message, keys=keys)
+            return None
         if isinstance(event, JobSubmitted):
             conv = await self._ensure_card(job, conv, f"{keys[0]}-card")
             await self._reply(
@@ -155,6 +165,19 @@ class Presenter:
         message_id = await self._transport.lookup(key)
         if message_id is not None:
             await self._transport.update(channel, message_id, views.idle_warning(event))
+
+    async def _schedule_notice(
+        self, event: ScheduleFailed | ScheduleMissed, keys: Sequence[str]
+    ) -> None:
+        following = datetime.fromisoformat(event.next_run) if event.next_run else None
+        if isinstance(event, ScheduleFailed):
+            message = views.schedule_failed(
+                event.schedule_id, event.error, following, event.timezone
+            )
+        else:
+            missed = datetime.fromisoformat(event.missed)
+            message = views.schedule_missed(event.schedule_id, missed, following, event.timezone)
+        await self._transport.post(event.channel or self._default_channel, message, keys=keys)
 
     async def _ensure_card(self, job: Job, conv: Conversation, key: str) -> Conversation:
         if conv.thread is not None:

@@ -21,8 +21,10 @@ from services.models import (
     FileListing,
     Job,
     Node,
+    Schedule,
 )
 from services.pricing import Price, format_rate, format_usd
+from services.schedules import fmt_time, zone_of
 from services.states import JobState
 
 Block = dict[str, Any]
@@ -940,3 +942,144 @@ def _idle_line(view: ClusterView) -> str:
     elif c.idle.keep_until is not None:
         line += f" · kept until {c.idle.keep_until:%H:%M} UTC"
     return line
+
+
+# -- user schedules ----------------------------------------------------------------------------
+
+
+def _at(moment: datetime | None, zone: str) -> str:
+    return "—" if moment is None else fmt_time(moment, zone_of(zone))
+
+
+def _when(schedule: Schedule) -> str:
+    if schedule.kind == "at":
+        return f"at {schedule.expression} {schedule.timezone}"
+    return f'cron "{schedule.expression}" ({schedule.timezone})'
+
+
+def _delete_hint(schedule: Schedule) -> str:
+    return f"delete it with `/batchai schedule delete -n {schedule.id}`"
+
+
+def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: Job) -> Message:
+    """The answer to `job create --at/--cron`: id, next run(s), each run's estimate, delete."""
+    what = "once" if schedule.kind == "at" else f'on cron "{esc(schedule.expression)}"'
+    text = (
+        f":alarm_clock: schedule `{schedule.id}` will submit job *{schedule.job.name}* to "
+        f"`{preview.cluster}` {what} ({schedule.timezone})"
+    )
+    runs = "\n".join(f"• {_at(t, schedule.timezone)}" for t in upcoming)
+    label_ = "next run" if len(upcoming) == 1 else f"next {len(upcoming)} runs"
+    blocks = [section(text), section(f"{label_}:\n{runs}")]
+    if preview.estimate is not None and preview.node_rate is not None:
+        hours = preview.max_wall_clock.total_seconds() / 3600
+        cost = (
+            f"each run: {preview.node_count} × {format_rate(preview.node_rate)} × "
+            f"{hours:g} h max = {format_usd(preview.estimate)}"
+        )
+        if preview.state is JobState.PENDING_APPROVAL:
+            cost += " · at today's prices and limits it will wait for approval"
+        blocks.append(context(cost))
+    if schedule.kind == "cron":
+        blocks.append(context(f"each run's job is named {schedule.job.name}-YYYYMMDD-HHMM"))
+    blocks.append(context(_delete_hint(schedule)))
+    return Message(f"{text}; next: {_at(upcoming[0], schedule.timezone)}", blocks)
+
+
+def _schedule_state(schedule: Schedule) -> str:
+    if schedule.active:
+        return "active"
+    return "missed" if (schedule.last_error or "").startswith("missed") else "done"
+
+
+def _last(schedule: Schedule) -> str:
+    if schedule.last_run_at is None:
+        return "—"
+    outcome = schedule.last_job_name or f"error: {schedule.last_error or '?'}"
+    return f"{_at(schedule.last_run_at, schedule.timezone)} → {outcome}"
+
+
+def schedule_json(schedule: Schedule, upcoming: Sequence[datetime] = ()) -> dict[str, Any]:
+    return {
+        "id": schedule.id,
+        "kind": schedule.kind,
+        "expression": schedule.expression,
+        "timezone": schedule.timezone,
+        "job": schedule.job.name,
+        "cluster": schedule.job.cluster,
+        "owner": schedule.requester,
+        "channel": schedule.channel,
+        "state": _schedule_state(schedule),
+        "nextRun": None if schedule.next_run_at is None else schedule.next_run_at.isoformat(),
+        "upcoming": [t.isoformat() for t in upcoming],
+        "lastRun": None if schedule.last_run_at is None else schedule.last_run_at.isoformat(),
+        "lastJob": schedule.last_job_name,
+        "lastError": schedule.last_error,
+        "runs": schedule.runs,
+    }
+
+
+def schedule_list(schedules: Sequence[Schedule], *, output: str) -> Message:
+    if output == "json":
+        return _json([schedule_json(s) for s in schedules])
+    if not schedules:
+        return info("No scheduled jobs here. Schedule one with `job create ... --at` or `--cron`.")
+    return _table_message(
+        table(
+            ["ID", "Job", "When", "Next run", "Last run", "Owner", "State"],
+            [
+                [
+                    s.id,
+                    s.job.name,
+                    _when(s),
+                    _at(s.next_run_at, s.timezone),
+                    _last(s),
+                    s.requester,
+                    _schedule_state(s),
+                ]
+                for s in schedules
+            ],
+        )
+    )
+
+
+def schedule_detail(schedule: Schedule, upcoming: Sequence[datetime], *, output: str) -> Message:
+    if output == "json":
+        return _json(schedule_json(schedule, upcoming))
+    config = schedule.job.config
+    size = f"{config.kind} ({len(config.value)} chars)"
+    source = config.value if config.kind == "manifest" else size
+    lines = [
+        f"schedule `{schedule.id}` ({_schedule_state(schedule)}): job *{schedule.job.name}* on "
+        f"`{schedule.job.cluster or 'the cluster in its job.json'}`, {_when(schedule)}",
+        f"owner <@{schedule.requester}>"
+        + (f" in <#{schedule.channel}>" if schedule.channel else "")
+        + f", config {esc(source)}, {schedule.runs} run(s) so far",
+        "next runs: " + (", ".join(_at(t, schedule.timezone) for t in upcoming) or "none"),
+        f"last run: {esc(_last(schedule))}",
+    ]
+    if schedule.last_error and schedule.last_job_name is None:
+        lines.append(f"last error: {esc(schedule.last_error)}")
+    return Message(lines[0], [section("\n".join(lines)), context(_delete_hint(schedule))])
+
+
+def schedule_fired(schedule_id: str, job_name: str) -> Message:
+    text = f":alarm_clock: schedule `{schedule_id}` submitted job *{job_name}*"
+    return Message(text, [section(text)])
+
+
+def schedule_failed(schedule_id: str, error: str, next_run: datetime | None, zone: str) -> Message:
+    text = f":warning: schedule `{schedule_id}` could not submit its job: {esc(error)}"
+    tail = f"next run: {_at(next_run, zone)}" if next_run else "this was its only run; it has ended"
+    return Message(text, [section(text), context(tail)])
+
+
+def schedule_missed(
+    schedule_id: str, missed: datetime, next_run: datetime | None, zone: str
+) -> Message:
+    text = (
+        f":alarm_clock: schedule `{schedule_id}` missed its run at {_at(missed, zone)}: the bot "
+        "was down, and it is too late to start it now"
+    )
+    tail = f"next run: {_at(next_run, zone)}" if next_run else "it has ended"
+    return Message(text, [section(text), context(tail)])

@@ -129,6 +129,42 @@ EVENT_TYPES.update(
 
 
 @dataclass(frozen=True)
+class ScheduleFired(Event):
+    """A schedule submitted its job: stored with the job, told before the job's card."""
+
+    kind: ClassVar[str] = "schedule_fired"
+    schedule_id: str = ""
+    job_name: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleFailed(Event):
+    """A run could not submit its job (cluster gone, config broken, ...); told once."""
+
+    kind: ClassVar[str] = "schedule_failed"
+    schedule_id: str = ""
+    channel: str | None = None
+    error: str = ""
+    next_run: str | None = None  # ISO (UTC) of the next run; None: the schedule has ended
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ScheduleMissed(Event):
+    """A run fell due while the bot was down and is too late to start now; told once."""
+
+    kind: ClassVar[str] = "schedule_missed"
+    schedule_id: str = ""
+    channel: str | None = None
+    missed: str = ""  # ISO (UTC) of the run that was missed
+    next_run: str | None = None
+    timezone: str = "UTC"
+
+
+EVENT_TYPES.update({cls.kind: cls for cls in (ScheduleFired, ScheduleFailed, ScheduleMissed)})
+
+
+@dataclass(frozen=True)
 class IdleWarning(Event):
     """A cluster without work is about to be scaled to its minimum (services/idle.py)."""
 

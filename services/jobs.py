@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
-from services.events import ApprovalRequested, Event, JobSubmitted
+from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.jobspec import (
     JobSpec,
     LaunchContext,
@@ -25,12 +25,14 @@ from services.models import (
     NAME_RE,
     STDOUTERR,
     Actor,
+    Approval,
     Cluster,
     ConfigSource,
     DownloadLink,
     FileListing,
     FileLocation,
     Job,
+    ScheduleRun,
 )
 from services.ports import Clock, FileShare
 from services.states import JobState
@@ -39,6 +41,7 @@ from services.transitions import advance
 
 if TYPE_CHECKING:
     from services.approvals import ApprovalService
+    from services.pricing import Estimate
     from services.spend import SpendService
 
 MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
@@ -80,7 +83,53 @@ class JobService:
         self._spend = spend
         self._approvals = approvals
 
-    async def create_job(self, request: JobRequest, *, actor: Actor) -> Job:
+    async def create_job(
+        self, request: JobRequest, *, actor: Actor, run: ScheduleRun | None = None
+    ) -> Job:
+        """Validate, price and store a job (waiting for approval above the requester's limit).
+
+        With `run` (a schedule firing) the job is stored only if that run is still unclaimed,
+        in the same transaction, and the channel hears which schedule submitted it."""
+        job, cluster, warnings = await self._prepare(request, actor)
+        first: list[Event] = []
+        if run is not None:
+            first.append(
+                ScheduleFired(job_id=job.id, schedule_id=run.schedule_id, job_name=job.name)
+            )
+        if self._spend is None:  # no price book: nothing to estimate or approve
+            event = JobSubmitted(job_id=job.id, cluster=cluster.name, warnings=tuple(warnings))
+            return await self._store.insert_job(job, [*first, event], run=run)
+        job, approval, estimate = await self._price(job, cluster, self._spend)
+        events: list[Event] = [
+            *first,
+            JobSubmitted(
+                job_id=job.id,
+                cluster=cluster.name,
+                warnings=tuple(warnings),
+                estimate=estimate.formula(),
+            ),
+        ]
+        if approval is not None:
+            events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
+        return await self._store.insert_job(
+            job,
+            events,
+            approval=approval,
+            ledger_entry=self._spend.estimate_entry(job, cluster, estimate),
+            run=run,
+        )
+
+    async def check_job(self, request: JobRequest, *, actor: Actor) -> Job:
+        """Everything a submit checks and prices, storing nothing: the job as it would be
+        stored now (pending_approval when it would wait for approval, with its estimate)."""
+        job, cluster, _ = await self._prepare(request, actor)
+        if self._spend is not None:
+            job, _, _ = await self._price(job, cluster, self._spend)
+        return job
+
+    async def _prepare(
+        self, request: JobRequest, actor: Actor
+    ) -> tuple[Job, Cluster, Sequence[str]]:
         if not NAME_RE.match(request.name):
             raise UserError(f"job name {request.name!r} must be 1-64 letters, digits, - or _")
         if request.config is None:
@@ -126,14 +175,11 @@ class JobService:
             conversation=actor.conversation,
             container_image=plan.container_image,
         )
-        if self._spend is None:  # no price book: nothing to estimate or approve
-            event = JobSubmitted(job_id=job_id, cluster=cluster.name, warnings=tuple(plan.warnings))
-            return await self._store.insert_job(job, [event])
-        return await self._submit_priced(job, cluster, plan.warnings, self._spend)
+        return job, cluster, plan.warnings
 
-    async def _submit_priced(
-        self, job: Job, cluster: Cluster, warnings: Sequence[str], spend: SpendService
-    ) -> Job:
+    async def _price(
+        self, job: Job, cluster: Cluster, spend: SpendService
+    ) -> tuple[Job, Approval | None, Estimate]:
         """Price the job; above the requester's limit (or the budget) it waits for approval."""
         estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
         job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
@@ -159,22 +205,7 @@ class JobService:
                     month_spend=month_spend,
                     budget=budget,
                 )
-        events: list[Event] = [
-            JobSubmitted(
-                job_id=job.id,
-                cluster=cluster.name,
-                warnings=tuple(warnings),
-                estimate=estimate.formula(),
-            )
-        ]
-        if approval is not None:
-            events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
-        return await self._store.insert_job(
-            job,
-            events,
-            approval=approval,
-            ledger_entry=spend.estimate_entry(job, cluster, estimate),
-        )
+        return job, approval, estimate
 
     async def list_jobs(self, *, cluster: str | None = None) -> list[Job]:
         return await self._store.list_jobs(cluster=cluster)

@@ -298,3 +298,48 @@ class LedgerEntry:
     nodes: int
     hours: Decimal
     usd: Decimal
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """The `job create` a schedule replays: resolved again (config, cluster, price) at each run."""
+
+    name: str
+    cluster: str | None
+    config: ConfigSource
+    resource_group: str | None = None
+    workspace: str | None = None
+    experiment: str | None = None
+    may_read_paths: bool = False  # the console scheduled it with a job.json path
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A user's `job create --at/--cron`: when to submit what, as whom, and how it went."""
+
+    id: str
+    kind: str  # at | cron
+    expression: str  # as the user typed it (`at`: normalised to YYYY-MM-DD HH:MM)
+    timezone: str  # IANA zone the expression is read in
+    job: ScheduledJob
+    requester: str
+    channel: str | None
+    created_at: datetime
+    next_run_at: datetime | None  # UTC; None once it has ended
+    last_run_at: datetime | None = None
+    last_job_id: str | None = None
+    last_job_name: str | None = None
+    last_error: str | None = None
+    runs: int = 0
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """One run of a schedule, claimed in the transaction that stores its job: only while the
+    schedule still waits for `due` does the claim (and so the job) go through."""
+
+    schedule_id: str
+    due: datetime  # the stored next_run_at this run consumes
+    following: datetime | None  # the next run after it; None ends the schedule
+    at: datetime  # when it ran

@@ -268,6 +268,7 @@ schedules = Table(
     Column("next_run_at", UtcDateTime()),  # None once an `at` schedule has fired
     Column("last_run_at", UtcDateTime()),
     Column("last_job_id", String(32)),
+    Column("last_job_name", String(64)),
     Column("last_error", SafeText),
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("active", Boolean, nullable=False, server_default=true()),

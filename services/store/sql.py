@@ -22,6 +22,7 @@ from services.models import (
     Approval,
     AuditEntry,
     Cluster,
+    ConfigSource,
     Conversation,
     FileLocation,
     IdleNotice,
@@ -31,6 +32,9 @@ from services.models import (
     LedgerEntry,
     MetricPoint,
     Progress,
+    Schedule,
+    ScheduledJob,
+    ScheduleRun,
     ShareMount,
     Vote,
 )
@@ -47,6 +51,7 @@ from services.store.schema import (
     log_offsets,
     metrics,
     prices,
+    schedules,
     votes,
 )
 from services.store.spend import (
@@ -141,9 +146,17 @@ class SqlStore:
         *,
         approval: Approval | None = None,
         ledger_entry: LedgerEntry | None = None,
+        run: ScheduleRun | None = None,
     ) -> Job:
-        """A new job, with its approval request and estimate if any, in one transaction."""
+        """A new job, with its approval request and estimate if any, in one transaction; with
+        `run`, only if that schedule run is still unclaimed (else Conflict, nothing stored)."""
         async with self._engine.begin() as conn:
+            if run is not None:
+                claimed = await _claim_run(
+                    conn, run, last_job_id=job.id, last_job_name=job.name, last_error=None
+                )
+                if not claimed:  # leaving the block by an error rolls the transaction back
+                    raise Conflict(f"schedule {run.schedule_id} has run already")
             if conn.dialect.name == "postgresql":
                 # Submissions take turns, or two would read the same max(seq); the lock ends
                 # with the transaction. (SQLite locks the database for the one INSERT below.)
@@ -636,6 +649,122 @@ class SqlStore:
                 update(jobs).where(jobs.c.id == job_id).values(wall_clock_warned_at=at)
             )
             await _add_events(conn, new_events, at)
+
+    # -- user schedules ---------------------------------------------------------------------
+
+    async def insert_schedule(self, schedule: Schedule) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(schedules).values(_schedule_row(schedule)))
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        async with self._engine.connect() as conn:
+            stmt = select(schedules).where(schedules.c.id == schedule_id)
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _schedule_from(row._mapping)
+
+    async def list_schedules(
+        self, *, channel: str | None = None, active: bool | None = None
+    ) -> list[Schedule]:
+        """Oldest first; of one channel when given."""
+        stmt = select(schedules).order_by(schedules.c.created_at, schedules.c.id)
+        if channel is not None:
+            stmt = stmt.where(schedules.c.channel == channel)
+        if active is not None:
+            stmt = stmt.where(schedules.c.active.is_(active))
+        async with self._engine.connect() as conn:
+            return [_schedule_from(r._mapping) for r in await conn.execute(stmt)]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(schedules.delete().where(schedules.c.id == schedule_id))
+        return bool(result.rowcount)
+
+    async def close_run(
+        self, run: ScheduleRun, *, error: str, new_events: Sequence[Event] = ()
+    ) -> bool:
+        """A run that submitted nothing (failed, or missed): recorded with its events once;
+        False when the run was claimed already (or the schedule is gone)."""
+        async with self._engine.begin() as conn:
+            if not await _claim_run(
+                conn, run, last_job_id=None, last_job_name=None, last_error=error
+            ):
+                await conn.rollback()
+                return False
+            await _add_events(conn, new_events, run.at)
+        return True
+
+
+async def _claim_run(conn: AsyncConnection, run: ScheduleRun, **outcome: Any) -> bool:
+    """Move the schedule past `run.due`, only if it still waits for exactly that run."""
+    result = await conn.execute(
+        update(schedules)
+        .where(
+            schedules.c.id == run.schedule_id,
+            schedules.c.active.is_(True),
+            schedules.c.next_run_at == run.due,
+        )
+        .values(
+            next_run_at=run.following,
+            last_run_at=run.at,
+            runs=schedules.c.runs + 1,
+            active=run.following is not None,
+            **outcome,
+        )
+    )
+    return bool(result.rowcount)
+
+
+def _schedule_row(s: Schedule) -> dict[str, Any]:
+    job = s.job
+    return {
+        "id": s.id,
+        "kind": s.kind,
+        "expression": s.expression,
+        "timezone": s.timezone,
+        "request": {
+            "name": job.name,
+            "cluster": job.cluster,
+            "config": {"kind": job.config.kind, "value": job.config.value},
+            "resource_group": job.resource_group,
+            "workspace": job.workspace,
+            "experiment": job.experiment,
+            "may_read_paths": job.may_read_paths,
+        },
+        "requester": s.requester,
+        "channel": s.channel,
+        "created_at": s.created_at,
+        "next_run_at": s.next_run_at,
+        "last_run_at": s.last_run_at,
+        "last_job_id": s.last_job_id,
+        "last_job_name": s.last_job_name,
+        "last_error": s.last_error,
+        "runs": s.runs,
+        "active": s.active,
+    }
+
+
+def _schedule_from(r: Any) -> Schedule:
+    request = dict(r["request"])
+    config = request.pop("config")
+    created = aware(r["created_at"])
+    assert created is not None
+    return Schedule(
+        id=r["id"],
+        kind=r["kind"],
+        expression=r["expression"],
+        timezone=r["timezone"],
+        job=ScheduledJob(config=ConfigSource(config["kind"], config["value"]), **request),
+        requester=r["requester"],
+        channel=r["channel"],
+        created_at=created,
+        next_run_at=aware(r["next_run_at"]),
+        last_run_at=aware(r["last_run_at"]),
+        last_job_id=r["last_job_id"],
+        last_job_name=r["last_job_name"],
+        last_error=r["last_error"],
+        runs=r["runs"],
+        active=bool(r["active"]),
+    )
 
 
 def _extend(which: Any, extra: timedelta) -> Any:

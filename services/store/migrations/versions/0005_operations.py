@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("next_run_at", TS),  # None once an `at` schedule has fired
         sa.Column("last_run_at", TS),
         sa.Column("last_job_id", sa.String(32)),
+        sa.Column("last_job_name", sa.String(64)),
         sa.Column("last_error", sa.Text),
         sa.Column("runs", sa.Integer, nullable=False, server_default="0"),
         sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
