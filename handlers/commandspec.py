@@ -1045,27 +1045,6 @@ COMMANDS: tuple[CommandSpec, ...] = (
         examples=("/batchai job list-nodes -n myjob",),
     ),
     _spec(
-        "schedule list",
-        ScheduleList,
-        "List this channel's scheduled jobs: when they run next and how the last run went",
-        (_f("--all", "all", FLAG, "every channel's schedules (admins)"),),
-        examples=("/batchai schedule list", "/batchai schedule list --all -o json"),
-    ),
-    _spec(
-        "schedule show",
-        ScheduleShow,
-        "Show one schedule with its next three runs",
-        (_SCHEDULE_ID,),
-        examples=("/batchai schedule show -n 3f9c2a7e",),
-    ),
-    _spec(
-        "schedule delete",
-        ScheduleDelete,
-        "Delete a schedule (its owner or an admin); jobs it submitted stay",
-        (_SCHEDULE_ID,),
-        examples=("/batchai schedule delete -n 3f9c2a7e",),
-    ),
-    _spec(
         "budget show",
         BudgetShow,
         "Show a channel's monthly GPU budget and what it has spent this month",
@@ -1134,6 +1113,27 @@ COMMANDS: tuple[CommandSpec, ...] = (
         ),
         section="spend",
         examples=("/batchai audit -o table", "/batchai audit --job mnist --limit 100"),
+    ),
+    _spec(
+        "schedule list",
+        ScheduleList,
+        "List this channel's scheduled jobs: when they run next and how the last run went",
+        (_f("--all", "all", FLAG, "every channel's schedules (admins)"),),
+        examples=("/batchai schedule list", "/batchai schedule list --all -o json"),
+    ),
+    _spec(
+        "schedule show",
+        ScheduleShow,
+        "Show one schedule with its next three runs",
+        (_SCHEDULE_ID,),
+        examples=("/batchai schedule show -n 3f9c2a7e",),
+    ),
+    _spec(
+        "schedule delete",
+        ScheduleDelete,
+        "Delete a schedule (its owner or an admin); jobs it submitted stay",
+        (_SCHEDULE_ID,),
+        examples=("/batchai schedule delete -n 3f9c2a7e",),
     ),
 )
 
