@@ -438,7 +438,12 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the writing")
     parser.add_argument("--down", type=float, default=2.0, help="seconds without a bot")
     parser.add_argument("--resume-timeout", type=float, default=120.0)
-    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=600.0,
+        help="after writing, wait at most this long for the relay (Slack allows ~50 edits/min)",
+    )
     parser.add_argument("--malloc-arena-max", type=int, default=0, help="set for the bot")
     args = parser.parse_args()
     if not 0 < args.kill_at < 0.9:
