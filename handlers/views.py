@@ -965,7 +965,7 @@ def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: 
     """The answer to `job create --at/--cron`: id, next run(s), each run's estimate, delete."""
     what = "once" if schedule.kind == "at" else f'on cron "{esc(schedule.expression)}"'
     text = (
-        f":alarm_clock: schedule `{schedule.id}` will submit job *{schedule.job.name}* to "
+        f"⏰ schedule `{schedule.id}` will submit job *{schedule.job.name}* to "
         f"`{preview.cluster}` {what} ({schedule.timezone})"
     )
     runs = "\n".join(f"• {_at(t, schedule.timezone)}" for t in upcoming)
@@ -1064,7 +1064,7 @@ def schedule_detail(schedule: Schedule, upcoming: Sequence[datetime], *, output:
 
 
 def schedule_fired(schedule_id: str, job_name: str) -> Message:
-    text = f":alarm_clock: schedule `{schedule_id}` submitted job *{job_name}*"
+    text = f"⏰ schedule `{schedule_id}` submitted job *{job_name}*"
     return Message(text, [section(text)])
 
 
@@ -1078,7 +1078,7 @@ def schedule_missed(
     schedule_id: str, missed: datetime, next_run: datetime | None, zone: str
 ) -> Message:
     text = (
-        f":alarm_clock: schedule `{schedule_id}` missed its run at {_at(missed, zone)}: the bot "
+        f"⏰ schedule `{schedule_id}` missed its run at {_at(missed, zone)}: the bot "
         "was down, and it is too late to start it now"
     )
     tail = f"next run: {_at(next_run, zone)}" if next_run else "it has ended"

@@ -7,6 +7,7 @@ run fires once whoever wakes first (its timer, the sweep, the start after a cras
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -22,6 +23,8 @@ from services.models import Actor, Conversation, Job, Schedule, ScheduledJob, Sc
 from services.ports import Clock
 from services.scheduling import cron_trigger, next_runs
 from services.store import SqlStore
+
+log = logging.getLogger(__name__)
 
 MISFIRE_GRACE = timedelta(hours=1)  # a run found late by more than this is missed, not run
 SWEEP_SECONDS = 60  # how often due runs are looked for besides their own timers
@@ -278,8 +281,12 @@ class ScheduleService:
         now = self._clock.now()
         fired = 0
         for schedule in await self._store.list_schedules(active=True):
-            if schedule.next_run_at is not None and schedule.next_run_at <= now:
+            if schedule.next_run_at is None or schedule.next_run_at > now:
+                continue
+            try:
                 fired += await self.fire(schedule.id) is not None
+            except Exception:  # one broken schedule must not hold up the others (or a start)
+                log.exception("schedule %s could not run; the next sweep tries again", schedule.id)
         return fired
 
     async def rearm(self) -> int:

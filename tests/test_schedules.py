@@ -3,6 +3,7 @@ store, job service, approvals, presenter and relay, with a fake clock and no Sla
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -315,3 +316,15 @@ async def test_a_cron_that_missed_many_runs_fires_once(tmp_path: Path) -> None:
         assert schedule is not None and schedule.next_run_at == datetime(
             2026, 1, 1, 15, 10, tzinfo=UTC
         )
+
+
+async def test_wake_ups_racing_for_one_run_submit_one_job_and_tell_nothing_else(rig: Rig) -> None:
+    sid = await rig.schedule('--at "2026-01-01 13:00"', name="race")
+    rig.clock.advance(timedelta(hours=1))
+    results = await asyncio.gather(*(rig.bot.schedules.fire(sid) for _ in range(4)))
+    assert len([job for job in results if job is not None]) == 1
+    assert [j.name for j in await rig.bot.store.list_jobs()] == ["race"]
+    assert await rig.bot.store.count_events(kind="schedule_fired") == 1
+    assert await rig.bot.store.count_events(kind="schedule_failed") == 0
+    schedule = await rig.bot.store.get_schedule(sid)
+    assert schedule is not None and schedule.runs == 1 and schedule.last_error is None
