@@ -10,6 +10,7 @@ import difflib
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache, partial
@@ -35,16 +36,15 @@ _AT = re.compile(
 )
 
 
+Work = Callable[[], Awaitable[object]]
+
+
 class Timer(Protocol):
     """One-off wake-ups by stable id (services.scheduling.Scheduler)."""
 
     def at(self, job_id: str, when: datetime, work: Work) -> None: ...
 
     def cancel(self, job_id: str) -> None: ...
-
-
-class Work(Protocol):
-    def __call__(self) -> object: ...
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class Rig:
 
 
 def settings(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         batchai_data_dir=tmp_path / "data",
         port=0,
