@@ -1,0 +1,55 @@
+"""What the azure backend needs to know, resolved from settings by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Cloud = Literal["public", "china", "usgov"]
+
+# ARM endpoint and storage suffix of each cloud (azure-identity knows the matching authorities).
+CLOUDS: dict[str, tuple[str, str]] = {
+    "public": ("https://management.azure.com", "core.windows.net"),
+    "china": ("https://management.chinacloudapi.cn", "core.chinacloudapi.cn"),
+    "usgov": ("https://management.usgovcloudapi.net", "core.usgovcloudapi.net"),
+}
+
+# Where Batch AI mounted shares on a node; jobs see it as $AZ_BATCHAI_MOUNT_ROOT.
+DEFAULT_MOUNT_ROOT = "/mnt/batch/tasks/shared/LS_root/mounts"
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    subscription_id: str
+    resource_group: str
+    location: str
+    subnet_id: str
+    storage_account: str
+    share: str  # the bot's own share: job logs, outputs and status files live here
+    storage_key: str = field(repr=False)  # never logged, never in a scale-set model
+    cloud: Cloud = "public"
+    arm_endpoint: str | None = None  # overrides the cloud's
+    storage_endpoint_suffix: str | None = None  # overrides the cloud's
+    storage_scheme: str = "https"  # tests use http against the fake Files server
+    storage_endpoint: str | None = (
+        None  # full account URL override (tests: http://127.0.0.1:PORT/acct)
+    )
+    mount_root: str = DEFAULT_MOUNT_ROOT  # node-side path; tests point it at a directory
+    connection_verify: str | bool = True  # a CA bundle path for the fake ARM server in tests
+    polling_interval: float = 15.0  # seconds between LRO polls when the server gives no Retry-After
+    ssh_public_key: str | None = field(default=None, repr=False)
+
+    @property
+    def arm_url(self) -> str:
+        return (self.arm_endpoint or CLOUDS[self.cloud][0]).rstrip("/")
+
+    @property
+    def credential_scope(self) -> str:
+        return f"{self.arm_url}/.default"
+
+    @property
+    def account_url(self) -> str:
+        if self.storage_endpoint:
+            return self.storage_endpoint.rstrip("/")
+        suffix = self.storage_endpoint_suffix or CLOUDS[self.cloud][1]
+        return f"{self.storage_scheme}://{self.storage_account}.file.{suffix}"
