@@ -16,6 +16,10 @@ CLOUDS: dict[str, tuple[str, str]] = {
 
 # Where Batch AI mounted shares on a node; jobs see it as $AZ_BATCHAI_MOUNT_ROOT.
 DEFAULT_MOUNT_ROOT = "/mnt/batch/tasks/shared/LS_root/mounts"
+# Where every node mounts the bot's own share: the node runner, job specs and status files.
+DEFAULT_CONTROL_MOUNT = "/mnt/batchai-bot"
+# Node-local per-job temp directories ($AZ_BATCHAI_JOB_TEMP_DIR), on the VM's resource disk.
+DEFAULT_JOB_TEMP_ROOT = "/mnt/batch/tasks/shared/LS_root/jobs"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,17 @@ class AzureConfig:
     connection_verify: str | bool = True  # a CA bundle path for the fake ARM server in tests
     polling_interval: float = 15.0  # seconds between LRO polls when the server gives no Retry-After
     ssh_public_key: str | None = field(default=None, repr=False)
+    admin_user: str = "batchai"  # when the cluster names none
+    admin_password: str | None = field(default=None, repr=False)  # only if given; never logged
+    control_mount: str = DEFAULT_CONTROL_MOUNT
+    job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
+    node_python: str = "python3"  # runs the node runner and python jobs on the nodes
+    grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
+    heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
+    heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost
+    launch_grace: float = 300.0  # a started run command has this long to start its runner
+    # ARM reads are shared by every status call within this window (one poll cycle).
+    poll_cache_seconds: float = 2.0
 
     @property
     def arm_url(self) -> str:
@@ -48,8 +63,16 @@ class AzureConfig:
         return f"{self.arm_url}/.default"
 
     @property
+    def storage_suffix(self) -> str:
+        return self.storage_endpoint_suffix or CLOUDS[self.cloud][1]
+
+    @property
+    def smb_host(self) -> str:
+        """The SMB endpoint the nodes mount (port 445)."""
+        return f"{self.storage_account}.file.{self.storage_suffix}"
+
+    @property
     def account_url(self) -> str:
         if self.storage_endpoint:
             return self.storage_endpoint.rstrip("/")
-        suffix = self.storage_endpoint_suffix or CLOUDS[self.cloud][1]
-        return f"{self.storage_scheme}://{self.storage_account}.file.{suffix}"
+        return f"{self.storage_scheme}://{self.smb_host}"
