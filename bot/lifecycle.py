@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 from aiohttp import web
+from azure.core.credentials_async import AsyncTokenCredential
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
@@ -28,6 +29,7 @@ async def running(
     transport: Transport | None = None,
     clock: Clock | None = None,
     periodic: bool = True,
+    credential: AsyncTokenCredential | None = None,
 ) -> AsyncIterator[Bot]:
     """Migrate the store, finish half-done cluster changes, seed the quickstart share, serve the
     web app (and Slack's events in HTTP mode), connect Socket Mode, start the periodic work.
@@ -37,15 +39,14 @@ async def running(
     async with AsyncExitStack() as stack:
         sock = stack.enter_context(_bind(settings))
         port = sock.getsockname()[1]
-        bot = build(settings, transport=transport, clock=clock, port=port)
+        bot = build(settings, transport=transport, clock=clock, port=port, credential=credential)
         stack.push_async_callback(bot.store.aclose)
-        stack.push_async_callback(bot.backend.aclose)
+        stack.push_async_callback(bot.aclose_clients)
         stack.push_async_callback(bot.relay.aclose)
         await bot.store.migrate()
         if touched := await bot.clusters.reconcile():
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
-        if settings.examples_dir.is_dir():
-            bot.share.seed_share(settings.share_name, settings.examples_dir, "examples")
+        await bot.seed_examples()
         web_app = create_web_app(signer=bot.signer, resolve=bot.resolve_file, ready=bot.store.ping)
         socket_mode = None
         if transport is None:

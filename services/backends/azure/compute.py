@@ -54,7 +54,7 @@ from services.backends.local import (
     log_files,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
-from services.errors import BatchAIError, Conflict, NotFound, QuotaError, UserError
+from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, QuotaError, UserError
 from services.jobspec import LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
 from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
@@ -291,6 +291,7 @@ class AzureBackend:
         wall_time: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._credential = credential
         self._share = share
         self._now = wall_time
         options: dict[str, Any] = {
@@ -1226,6 +1227,115 @@ class AzureBackend:
         if job is not None and job.final is None:
             deadline = self._now() + remaining.total_seconds()
             await self._write(self._loc("jobs", job_id, "deadline"), f"{deadline:.3f}\n")
+
+    # ---------------------------------------------------------------- `batchai-bot check`
+
+    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
+        """(name, ok, one-line detail) for the credential, resource group, subnet, share, the
+        size's availability in the region and its family's vCPU quota; never raises."""
+        cfg = self._config
+        out: list[tuple[str, bool, str]] = []
+        try:
+            await self._credential.get_token(cfg.credential_scope)
+            out.append(("credential", True, f"token for {cfg.arm_url}"))
+        except Exception as err:  # any failure of the chain is one line with what to do
+            out.append(
+                (
+                    "credential",
+                    False,
+                    f"no Azure credential ({type(err).__name__}): run `az login`, give the bot a "
+                    "managed identity, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and "
+                    "AZURE_CLIENT_SECRET",
+                )
+            )
+            skipped = "not checked: needs a working credential"
+            out += [(n, False, skipped) for n in ("resource group", "subnet", "vm size", "quota")]
+            out.append(await self._check_share())
+            return out
+        out.append(await self._check_step("resource group", self._check_group()))
+        out.append(await self._check_step("subnet", self._check_subnet()))
+        out.append(await self._check_share())
+        sku_result = await self._check_step("vm size", self._check_sku(vm_size))
+        out.append(sku_result)
+        if sku_result[1]:
+            out.append(await self._check_step("quota", self._check_quota(vm_size)))
+        else:
+            out.append(("quota", False, f"not checked: {vm_size} is not usable"))
+        return out
+
+    async def _check_step(self, name: str, step: Awaitable[str]) -> tuple[str, bool, str]:
+        hints = {
+            "resource group": "give the bot's identity Virtual Machine Contributor on it",
+            "subnet": "give the bot's identity Network Contributor (or the subnets/join/action "
+            "permission) on the virtual network",
+        }
+        try:
+            return (name, True, await step)
+        except NotAllowed as err:
+            hint = hints.get(name, "check the bot identity's roles")
+            return (name, False, f"{err} — {hint}")
+        except BatchAIError as err:
+            return (name, False, str(err))
+
+    async def _check_group(self) -> str:
+        async with azure_errors(f"resource group {self._rg}"):
+            count = 0
+            async for _ in self._compute.virtual_machine_scale_sets.list(self._rg):
+                count += 1
+        return f"{self._rg}: readable, {count} scale set(s)"
+
+    async def _check_subnet(self) -> str:
+        parts = self._config.subnet_id.strip("/").split("/")
+        keys = {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
+        rg, vnet, subnet = (
+            keys.get("resourcegroups"),
+            keys.get("virtualnetworks"),
+            keys.get("subnets"),
+        )
+        if not (rg and vnet and subnet):
+            raise UserError(
+                "AZURE_SUBNET_ID must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
+                "Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>"
+            )
+        async with azure_errors(f"subnet {vnet}/{subnet}"):
+            found = await self._network.subnets.get(rg, vnet, subnet)
+        nat = found.nat_gateway is not None
+        note = (
+            "NAT gateway attached" if nat else "no NAT gateway: make sure nodes reach the internet"
+        )
+        return f"{vnet}/{subnet}: {found.address_prefix or 'found'}, {note}"
+
+    async def _check_share(self) -> tuple[str, bool, str]:
+        share = self._config.share
+        where = f"{share} on {self._config.storage_account}"
+        try:
+            await self._share.list_files(FileLocation(share, ""))
+        except NotFound:
+            return ("share", False, f"{where}: no such share — create it (az storage share create)")
+        except NotAllowed as err:
+            return ("share", False, f"{where}: {err} — check AZURE_STORAGE_KEY")
+        except BatchAIError as err:
+            return ("share", False, f"{where}: {err}")
+        return ("share", True, f"{where}: readable")
+
+    async def _check_sku(self, vm_size: str) -> str:
+        sku = await self.check_capacity(vm_size, 0, spot=False)
+        gpus = f", {sku.gpus} GPU(s)" if sku.gpus else ""
+        return f"{sku.name} in {self._config.location}: {sku.vcpus} vCPUs{gpus}"
+
+    async def _check_quota(self, vm_size: str) -> str:
+        sku = await self.check_capacity(vm_size, 1, spot=False)
+        usages = await self._usages()
+        family = usages.get(sku.family.lower())
+        regional = usages.get("cores")
+        parts = [
+            f"{q.name} {q.left} of {q.limit} vCPUs free"
+            for q in (family, regional)
+            if q is not None
+        ]
+        fit = min((q.left for q in (family, regional) if q is not None), default=0)
+        nodes = fit // sku.vcpus if sku.vcpus else 0
+        return f"{'; '.join(parts)} — room for {nodes} × {sku.name}"
 
     async def aclose(self) -> None:
         """Close the SDK clients (the credential belongs to the composition root)."""
