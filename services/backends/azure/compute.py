@@ -540,6 +540,7 @@ class AzureBackend:
             mounts=mounts,
             mount_root=cfg.mount_root,
             setup_task=cluster.setup_task,
+            root=cfg.node_root,
         )
         linux: dict[str, Any] = {
             "disablePasswordAuthentication": cfg.admin_password is None,

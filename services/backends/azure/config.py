@@ -46,6 +46,7 @@ class AzureConfig:
     admin_password: str | None = field(default=None, repr=False)  # only if given; never logged
     control_mount: str = DEFAULT_CONTROL_MOUNT
     job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
+    node_root: str = ""  # prefix of node system paths (/etc, /var/log); tests use a directory
     node_python: str = "python3"  # runs the node runner and python jobs on the nodes
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file

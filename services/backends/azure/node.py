@@ -12,10 +12,10 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Node-side system paths sit under $BATCHAI_NODE_ROOT (unset on a real node, so "/").
-CRED_DIR = "${BATCHAI_NODE_ROOT:-}/etc/smbcredentials"
-SETUP_DIR = "${BATCHAI_NODE_ROOT:-}/etc/batchai"
-SETUP_LOG = "${BATCHAI_NODE_ROOT:-}/var/log/batchai-setup-task.log"
+# Node-side system paths, below the node root ("" on a real node; a directory in the tests).
+CRED_DIR = "/etc/smbcredentials"
+SETUP_DIR = "/etc/batchai"
+SETUP_LOG = "/var/log/batchai-setup-task.log"
 SMB_OPTIONS = "vers=3.1.1,dir_mode=0777,file_mode=0777,serverino,nosharesock,actimeo=30,mfsymlinks"
 
 
@@ -28,7 +28,7 @@ class NodeMount:
 
 
 def unit_name(job_id: str, node_index: int) -> str:
-    """The systemd unit a job's node runner runs in (also the run command's name, prefixed)."""
+    """The systemd unit a job's node runner runs in."""
     return f"batchai-job-{job_id}-{node_index}"
 
 
@@ -38,22 +38,19 @@ def wrap(script: str) -> str:
     return f'bash -c "$(echo {encoded} | base64 -d)"'
 
 
-def credential_file(account: str) -> str:
-    return f"{CRED_DIR}/{account}.cred"
+def credential_file(account: str, root: str = "") -> str:
+    return f"{root}{CRED_DIR}/{account}.cred"
 
 
-def mount_lines(host: str, account: str, mounts: Sequence[NodeMount]) -> list[str]:
+def mount_lines(host: str, account: str, mounts: Sequence[NodeMount], root: str = "") -> list[str]:
     """Mount each share once (SMB 3.1.1, the credentials file), skipping what is mounted."""
-    cred = credential_file(account)
+    options = shlex.quote(f"{SMB_OPTIONS},credentials={credential_file(account, root)}")
     lines = []
     for m in mounts:
         path = shlex.quote(m.path)
         source = shlex.quote(f"//{host}/{m.share}")
         lines.append(f"mkdir -p -- {path}")
-        lines.append(
-            f"mountpoint -q {path} || mount -t cifs {source} {path} "
-            f'-o "{SMB_OPTIONS},credentials={cred}"'
-        )
+        lines.append(f"mountpoint -q {path} || mount -t cifs {source} {path} -o {options}")
     return lines
 
 
@@ -65,10 +62,12 @@ def setup_script(
     mounts: Sequence[NodeMount],
     mount_root: str,
     setup_task: str | None,
+    root: str = "",
 ) -> str:
     """Run once per new node by the CustomScript extension (its protectedSettings: the storage
     key is in here and nowhere in the scale-set model). Waits for cloud-init, writes the
     credentials file (mode 600), mounts the shares, then runs the cluster's setup task."""
+    q = shlex.quote
     lines = [
         "set -eu",
         "umask 077",
@@ -77,19 +76,20 @@ def setup_script(
         "if ! command -v mount.cifs >/dev/null 2>&1; then",
         "  for i in 1 2 3 4 5; do apt-get install -y -q cifs-utils && break; sleep 10; done",
         "fi",
-        f'mkdir -p "{CRED_DIR}"',
-        f"printf 'username=%s\\npassword=%s\\n' {shlex.quote(account)} {shlex.quote(key)} "
-        f'> "{credential_file(account)}"',
+        f"mkdir -p {q(root + CRED_DIR)}",
+        f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} "
+        f"> {q(credential_file(account, root))}",
         "umask 022",
-        *mount_lines(host, account, mounts),
+        *mount_lines(host, account, mounts, root),
     ]
     if setup_task:
         encoded = base64.b64encode(setup_task.encode()).decode()
+        task = q(root + SETUP_DIR + "/setup-task.sh")
         lines += [
-            f'mkdir -p "{SETUP_DIR}"',
-            f'echo {encoded} | base64 -d > "{SETUP_DIR}/setup-task.sh"',
-            f"export AZ_BATCHAI_MOUNT_ROOT={shlex.quote(mount_root)}",
-            f'bash "{SETUP_DIR}/setup-task.sh" >> "{SETUP_LOG}" 2>&1',
+            f"mkdir -p {q(root + SETUP_DIR)} {q(root + '/var/log')}",
+            f"echo {encoded} | base64 -d > {task}",
+            f"export AZ_BATCHAI_MOUNT_ROOT={q(mount_root)}",
+            f"bash {task} >> {q(root + SETUP_LOG)} 2>&1",
         ]
     return "\n".join(lines) + "\n"
 
