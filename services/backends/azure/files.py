@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -59,13 +60,16 @@ class FilesRetry(ExponentialRetry):
     The SDK's own policy never retries 429 and ignores Retry-After (`_shared/policies.py`
     `is_retry`, `get_backoff_time`); Azure Storage throttles with 503 ServerBusy, but a proxy or
     a future service version may say 429. Here both are retried, after Retry-After when the
-    answer has one (capped), else after 1 s, 3 s, 5 s (± jitter) instead of the SDK's 15 s, 18 s,
-    24 s, which would stall a tail cycle. Content-MD5 retries are not needed: we never ask the
-    service to validate content.
+    answer has one (capped), else after about 2 s, 4 s, 8 s (± 1 s) instead of the SDK's 18 s,
+    24 s, 42 s, which would stall a tail cycle. Content-MD5 retries are not needed: we never ask
+    the service to validate content.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("initial_backoff", 1)
+    def __init__(
+        self, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kwargs: Any
+    ) -> None:
+        self._sleep = sleep  # tests record the pauses; by default the transport sleeps
+        kwargs.setdefault("initial_backoff", 0)
         kwargs.setdefault("increment_base", 2)
         kwargs.setdefault("random_jitter_range", 1)
         super().__init__(**kwargs)
@@ -98,7 +102,8 @@ class FilesRetry(ExponentialRetry):
         if delay is None:
             delay = float(self.get_backoff_time(settings))
         if delay > 0:
-            await request.context.transport.sleep(min(delay, MAX_RETRY_AFTER))
+            sleep = request.context.transport.sleep if self._sleep is None else self._sleep
+            await sleep(min(delay, MAX_RETRY_AFTER))
 
 
 def _retry_after(http: Any) -> float | None:
