@@ -116,6 +116,25 @@ async def test_read_at_the_end_and_on_an_empty_file_is_empty(
         await share.read_range(loc("missing.txt"), 0, 10)
 
 
+async def test_a_long_read_comes_in_ranges_inside_what_was_asked(files: FakeAzureFiles) -> None:
+    data = bytes(range(256)) * 12
+    put(files, "big.bin", data[:3000])
+    small_gets = {"max_single_get_size": 1024, "max_chunk_get_size": 1024}
+    async with AzureShare(config_for(files), **small_gets) as share:
+        assert await share.read_range(loc("big.bin"), 500, 10_000) == data[500:3000]
+        assert await share.read_range(loc("big.bin"), 0, 2500) == data[:2500]
+    ranges = [r.range for r in files.requests]
+    assert ranges == [
+        "bytes=500-1523",
+        "bytes=1524-2547",
+        "bytes=2548-2999",
+        "bytes=0-1023",
+        "bytes=1024-2047",
+        "bytes=2048-2499",
+    ]
+    assert files.bytes_served == 2500 + 2500
+
+
 async def test_a_zero_length_read_asks_nothing(files: FakeAzureFiles, share: AzureShare) -> None:
     put(files, "a.txt", b"abc")
     assert await share.read_range(loc("a.txt"), 1, 0) == b""
