@@ -7,11 +7,14 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.fileshare import generate_file_sas
+from azure.storage.fileshare.aio import ShareServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.files import AzureShare, FilesRetry
@@ -153,8 +156,13 @@ async def test_stat_of_a_file_a_directory_and_nothing(
     assert directory is not None and (directory.name, directory.is_directory) == ("dir", True)
     root = await share.stat(loc(""))
     assert root is not None and root.is_directory
-    assert await share.stat(loc("dir/missing.txt")) is None
     assert await share.stat(FileLocation("nosuchshare", "a.txt")) is None
+    files.reset_counters()
+    assert await share.stat(loc("dir/missing.txt")) is None  # not a file, not a directory
+    assert files.count("GetFileProperties", "GetDirectoryProperties") == 2
+    files.reset_counters()
+    assert await share.stat(loc("nodir/stdout.txt")) is None  # ParentNotFound says it all
+    assert [(r.op, r.status) for r in files.requests] == [("GetFileProperties", 404)]
 
 
 async def test_paths_that_leave_the_share_are_refused(share: AzureShare) -> None:
@@ -441,3 +449,62 @@ async def test_the_storage_key_never_reaches_a_log_or_an_error(
     for secret in (files.key, wrong, signature):
         assert not [line for line in lines if secret in line]
         assert not [e for e in errors if secret in e]
+
+
+# --------------------------------------------------------------------------- the fake itself
+
+
+async def test_the_fake_checks_every_signed_part_of_a_shared_key_request(
+    files: FakeAzureFiles,
+) -> None:
+    put(files, "a.txt", b"0123456789")
+    put(files, "b.txt", b"abcdefghij")
+    seen: list[Any] = []
+    credential = {"account_name": files.account, "account_key": files.key}
+    async with ShareServiceClient(files.account_url, credential=credential) as service:
+        client = service.get_share_client(SHARE).get_file_client("a.txt")
+        stream = await client.download_file(offset=0, length=3, raw_request_hook=seen.append)
+        assert await stream.readall() == b"012"
+    sent = seen[0].http_request  # signed in place after the hook saw it
+    headers = dict(sent.headers)
+    assert headers["Authorization"].startswith(f"SharedKey {files.account}:")
+
+    async with aiohttp.ClientSession() as http:
+
+        async def replay(method: str = "GET", url: str = sent.url, **changed: str) -> int:
+            async with http.request(method, url, headers={**headers, **changed}) as resp:
+                return resp.status
+
+        assert await replay() == 206  # the same request again is fine
+        assert await replay(**{"x-ms-range": "bytes=0-9"}) == 403
+        assert await replay(**{"x-ms-version": "2025-01-05"}) == 403
+        assert await replay(url=sent.url.replace("a.txt", "b.txt")) == 403
+        assert await replay(url=f"{sent.url}{'&' if '?' in sent.url else '?'}timeout=30") == 403
+        assert await replay("HEAD") == 403
+        assert (
+            await replay(Authorization=headers["Authorization"].replace(files.account, "x")) == 403
+        )
+    assert files.bytes_served == 3 + 3
+
+
+async def test_the_fake_lists_by_prefix_clears_ranges_and_keeps_full_directories(
+    files: FakeAzureFiles,
+) -> None:
+    put(files, "d/stdout.txt", b"1")
+    put(files, "d/stderr.txt", b"2")
+    put(files, "d/other.txt", b"3")
+    put(files, "f.bin", b"a" * 512 + b"b" * 512 + b"c" * 512)
+    credential = {"account_name": files.account, "account_key": files.key}
+    async with ShareServiceClient(files.account_url, credential=credential) as service:
+        share = service.get_share_client(SHARE)
+        names = [
+            i.name async for i in share.list_directories_and_files("d", name_starts_with="std")
+        ]
+        assert names == ["stderr.txt", "stdout.txt"]
+        await share.get_file_client("f.bin").clear_range(offset=512, length=512)
+        with pytest.raises(ResourceExistsError) as info:
+            await share.get_directory_client("d").delete_directory()
+        assert info.value.error_code == "DirectoryNotEmpty"
+        full = await (await share.get_file_client("f.bin").download_file()).readall()
+    assert full == b"a" * 512 + b"\0" * 512 + b"c" * 512
+    assert (files.share_dir(SHARE) / "d/other.txt").exists()

@@ -164,6 +164,12 @@ def _header_sort_key(name: str) -> tuple[str, str]:
     return name.replace("-", ""), name
 
 
+def _not_found(target: Path) -> _Reject:
+    # The service says ParentNotFound when the directory the entry would be in is missing
+    # (azure-sdk-for-net#15628), ResourceNotFound when only the entry is.
+    return _Reject(404, "ResourceNotFound" if target.parent.is_dir() else "ParentNotFound")
+
+
 def _parse_range(value: str) -> tuple[int, int | None]:
     if not value.startswith("bytes="):
         raise ValueError(value)
@@ -355,7 +361,7 @@ class FakeAzureFiles:
         target = self._resolve(share_dir, rel)
         if op == "GetDirectoryProperties":
             if not target.is_dir():
-                raise _Reject(404, "ResourceNotFound")
+                raise _not_found(target)
             return self._properties_response(target.stat(), directory=True)
         if op == "ListDirectoriesAndFiles":
             return self._list(request, share, rel, target, query)
@@ -369,12 +375,12 @@ class FakeAzureFiles:
             return await self._put_range(request, target)
         if op == "DeleteFile":
             if not target.is_file():
-                raise _Reject(404, "ResourceNotFound")
+                raise _not_found(target)
             target.unlink()
             return web.Response(status=202, headers=self._common())
         if op == "GetFileProperties":
             if not target.is_file():
-                raise _Reject(404, "ResourceNotFound")
+                raise _not_found(target)
             return self._properties_response(target.stat(), directory=False)
         if op == "GetFile":
             return self._get_file(request, target, overrides)
@@ -576,7 +582,7 @@ class FakeAzureFiles:
 
     def _delete_directory(self, target: Path, share_dir: Path) -> web.Response:
         if not target.is_dir() or target == share_dir:
-            raise _Reject(404, "ResourceNotFound")
+            raise _not_found(target)
         if any(target.iterdir()):
             raise _Reject(409, "DirectoryNotEmpty")
         target.rmdir()
@@ -601,7 +607,7 @@ class FakeAzureFiles:
 
     async def _put_range(self, request: web.Request, target: Path) -> web.Response:
         if not target.is_file():
-            raise _Reject(404, "ResourceNotFound")
+            raise _not_found(target)
         try:
             start, end = _parse_range(request.headers.get("x-ms-range", ""))
         except ValueError as err:
@@ -644,11 +650,11 @@ class FakeAzureFiles:
         try:
             fd = os.open(target, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
-            raise _Reject(404, "ResourceNotFound") from err
+            raise _not_found(target) from err
         try:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
-                raise _Reject(404, "ResourceNotFound")
+                raise _not_found(target)
             headers = {**self._properties_headers(st, directory=False), "Accept-Ranges": "bytes"}
             headers.update(overrides)
             size = st.st_size
@@ -681,7 +687,7 @@ class FakeAzureFiles:
         query: Mapping[str, str],
     ) -> web.Response:
         if not target.is_dir():
-            raise _Reject(404, "ResourceNotFound" if target.parent.is_dir() else "ParentNotFound")
+            raise _not_found(target)
         prefix = query.get("prefix", "")
         marker = query.get("marker", "")
         try:

@@ -187,8 +187,9 @@ class AzureShare:
             if parts:
                 try:
                     props = await self._file(loc).get_file_properties()
-                except ResourceNotFoundError:
-                    pass  # not a file: perhaps a directory
+                except ResourceNotFoundError as err:
+                    if error_code(err) == "ParentNotFound":
+                        return None  # no directory to be in: nothing there (one request)
                 else:
                     return FileEntry(parts[-1], False, int(props.size), props.last_modified)
             try:
