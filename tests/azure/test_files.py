@@ -289,6 +289,25 @@ async def test_a_link_names_exactly_one_file(files: FakeAzureFiles, share: Azure
     assert files.bytes_served == len(b"weights")
 
 
+async def test_links_to_awkward_names_work(files: FakeAzureFiles, share: AzureShare) -> None:
+    put(files, "out/my model (1).txt", b"spaces")
+    put(files, 'out/modèle "final".txt', b"accents")
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    async with aiohttp.ClientSession() as http:
+        url = await share.get_download_url(loc("out/my model (1).txt"), expires_at=expires)
+        async with http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == b"spaces"
+            assert resp.headers["Content-Disposition"] == 'attachment; filename="my model (1).txt"'
+        url = await share.get_download_url(loc('out/modèle "final".txt'), expires_at=expires)
+        async with http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == b"accents"
+            disposition = resp.headers["Content-Disposition"]
+    assert disposition == (
+        'attachment; filename="mod_le__final_.txt"; '
+        "filename*=UTF-8''mod%C3%A8le%20%22final%22.txt"
+    )
+
+
 async def test_an_https_only_link_is_refused_over_http(files: FakeAzureFiles) -> None:
     put(files, "f.txt", b"x")
     token = generate_file_sas(

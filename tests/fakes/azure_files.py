@@ -279,7 +279,7 @@ class FakeAzureFiles:
         account = parts[0] if parts else ""
         share = parts[1] if len(parts) > 1 else ""
         rel = "/".join(p for p in parts[2:] if p)
-        query = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        query = dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True))
         op = self._operation(request.method, query, bool(share))
         is_head = request.method == "HEAD"
         auth = (
@@ -451,7 +451,7 @@ class FakeAzureFiles:
         canonical_headers = "".join(f"{k}:{v}\n" for k, v in x_ms)
         resource = f"/{account}{request.raw_path.partition('?')[0]}"
         params: dict[str, list[str]] = {}
-        for k, v in parse_qsl(request.query_string, keep_blank_values=True):
+        for k, v in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
             params.setdefault(k.lower(), []).append(v)
         for k in sorted(params):
             resource += f"\n{k}:{','.join(sorted(params[k]))}"
