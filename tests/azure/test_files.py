@@ -306,6 +306,10 @@ async def test_links_to_awkward_names_work(files: FakeAzureFiles, share: AzureSh
         'attachment; filename="mod_le__final_.txt"; '
         "filename*=UTF-8''mod%C3%A8le%20%22final%22.txt"
     )
+    # The same names through shared-key requests: the signed path is the encoded one.
+    entries = await share.list_files(loc("out"))
+    assert [e.name for e in entries] == ['modèle "final".txt', "my model (1).txt"]
+    assert await share.read_range(loc('out/modèle "final".txt'), 0, 3) == b"acc"
 
 
 async def test_an_https_only_link_is_refused_over_http(files: FakeAzureFiles) -> None:
