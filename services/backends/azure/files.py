@@ -10,6 +10,10 @@ Notes on the service that shape this module (see reference/azure-sdk.md §3):
 - Sizes come from Get File Properties (HEAD): a listing's Content-Length can lag for a file an
   SMB client holds open, so `stat` (what the tailer uses) never reads it from a listing.
 - `generate_file_sas` takes the path as a list of segments; a string is signed letter by letter.
+- IP-style account URLs (`http://127.0.0.1:PORT/<account>`, the tests' fake, Azurite) work:
+  the SDK takes the account from the path for 127.0.0.1/localhost hosts, and the shared-key
+  credential below names the account for any host. Links then say `spr=https,http`, since
+  such an endpoint is plain http; a real (https) account gets https-only links.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class FilesRetry(ExponentialRetry):
     a future service version may say 429. Here both are retried, after Retry-After when the
     answer has one (capped), else after about 2 s, 4 s, 8 s (± 1 s) instead of the SDK's 18 s,
     24 s, 42 s, which would stall a tail cycle. Content-MD5 retries are not needed: we never ask
-    the service to validate content.
+    the service to validate content. (The async base class lives only in the SDK's private
+    `_shared.policies_async`; the public `ExponentialRetry` is the sync one.)
     """
 
     def __init__(
@@ -152,7 +157,7 @@ class AzureShare:
             self._account_url, credential=credential, **client_kwargs
         )
         self._shares: dict[str, ShareClient] = {}
-        # Links name https only; a plain-http account URL (the tests' fake) cannot serve those.
+        # https-only links, unless the account itself is plain http (the tests' fake).
         https = urlsplit(self._account_url).scheme == "https"
         self.link_protocol = "https" if https else "https,http"
 
