@@ -221,7 +221,7 @@ async def test_create_scale_delete_round_trip_through_the_lro_pollers(env: Env) 
 async def test_lro_polls_the_async_operation_until_it_succeeds(env: Env) -> None:
     env.arm.lro_polls = 3
     mark = env.arm.mark()
-    await env.create(capacity=1)
+    await env.create(capacity=1, setup=None)
     ops = [r for r in env.arm.since(mark) if "/operations/" in r.path]
     assert len(ops) == 3
 
@@ -593,3 +593,45 @@ async def test_faults_match_paths_and_delays_hold_requests(env: Env) -> None:
         with pytest.raises(Exception):  # noqa: B017 - the SDK's read timeout error
             [s async for s in compute.resource_skus.list(read_timeout=0.2)]
     assert os.path.exists(env.arm.ca_path)
+
+
+async def test_lists_page_through_next_link(env: Env) -> None:
+    env.arm.page_size = 2
+    await env.create(capacity=5)
+    await env.create("c2", capacity=1, prefix="c2")
+    mark = env.arm.mark()
+    ids = [vm.instance_id async for vm in env.compute.virtual_machine_scale_set_vms.list(RG, "c1")]
+    assert ids == ["0", "1", "2", "3", "4"]
+    assert env.arm.count(mark, method="GET", match="/virtualMachines") == 3
+    names = [v.name async for v in env.compute.virtual_machine_scale_sets.list_all()]
+    assert sorted(names) == ["c1", "c2"]
+
+
+async def test_deleting_what_is_gone_succeeds_as_on_arm(env: Env) -> None:
+    await env.create(capacity=1)
+    mark = env.arm.mark()
+    poller = await env.compute.virtual_machine_scale_set_vm_run_commands.begin_delete(
+        RG, "c1", "0", "never-made"
+    )
+    await poller.result()
+    poller = await env.compute.virtual_machine_scale_sets.begin_delete(RG, "no-such-set")
+    await poller.result()
+    assert [r.status for r in env.arm.since(mark)] == [204, 204]
+
+
+async def test_lro_answers_can_carry_retry_after(env: Env) -> None:
+    env.arm.lro_retry_after = 0
+    env.arm.lro_polls = 2
+    mark = env.arm.mark()
+    await env.create(capacity=1, setup=None)
+    assert env.arm.count(mark, match="/operations/") == 2
+    ctx = ssl.create_default_context(cafile=env.arm.ca_path)
+    async with aiohttp.ClientSession() as http:
+        url = f"{env.arm.base_url}{env.arm.scale_sets['c1'].id}"
+        body = model(env.arm, capacity=0, setup=None)
+        headers = {"Authorization": "Bearer " + (await FakeCredential().get_token()).token}
+        params = {"api-version": "2026-04-01"}
+        async with http.put(url, json=body, params=params, headers=headers, ssl=ctx) as resp:
+            assert resp.status == 200
+            assert resp.headers["Retry-After"] == "0"
+            assert resp.headers["Azure-AsyncOperation"].startswith(env.arm.base_url)

@@ -17,9 +17,11 @@ send (`API_VERSIONS`), else 400 InvalidApiVersionParameter.
 Operations (paths under /subscriptions/{sub}; an unknown subscription is 404 SubscriptionNotFound,
 an unknown resource group 404 ResourceGroupNotFound):
 - resourceGroups/{rg}: GET, HEAD.
-- VM scale sets `.../Microsoft.Compute/virtualMachineScaleSets[/{name}]`: list in RG, PUT (201
+- VM scale sets `.../Microsoft.Compute/virtualMachineScaleSets[/{name}]`: list in RG (and in the
+  subscription), PUT (201
   create / 200 update, `Azure-AsyncOperation`), GET, PATCH (sku.capacity, tags, properties merged),
-  DELETE (202 + `Azure-AsyncOperation` + `Location`), POST `/delete` (delete_instances). Checked
+  DELETE (202 + `Azure-AsyncOperation` + `Location`; 204 when already gone), POST `/delete`
+  (delete_instances). Checked
   as ARM does: location, the SKU exists in the region catalog and is not restricted (409
   SkuNotAvailable), vCPU quota on create and scale-up (409 OperationNotAllowed with the real
   message: the SKU family's quota and regional `cores`, or only `lowPriorityCores` for priority
@@ -42,7 +44,8 @@ an unknown resource group 404 ResourceGroupNotFound):
   those given to `add_subnet`; else 404 NotFound).
 - Managed run commands `/virtualMachines/{id}/runCommands[/{name}]`: PUT (LRO), GET (`$expand=
   instanceView`: executionState Pending/Running/Succeeded/Failed/TimedOut, exitCode, output and
-  error = last 4,096 bytes, startTime, endTime), list, DELETE (kills a running script). At most 25
+  error = last 4,096 bytes, startTime, endTime), list, DELETE (kills a running script; 204 when
+  already gone). At most 25
   per VM (409). A re-PUT with identical location+properties does not re-execute; different ones
   kill and re-run. `protectedParameters` / `runAsPassword` are never returned. With
   asyncExecution the LRO ends once the script started, otherwise when it ended; timeoutInSeconds
@@ -66,10 +69,14 @@ Testing aids on `FakeArm`:
 - `scale_sets[name]` (`ScaleSet`: `.model` = the stored request, secrets included, as ARM holds it;
   `.view()` = what GET returns; `.instances[id]` -> `Instance` with `.dir`, `.run_commands`),
   `node_dir(vmss, id)`, `evict(vmss, id)` (Spot eviction, policy Delete: the instance is gone).
-- `requests` (`Request(method, path, query, status)`), `mark()` / `since(mark)`.
+- `requests` (`Request(method, path, query, status)`), `mark()` / `since(mark)` /
+  `count(mark, method=, match=)`.
 - `fail_next(n, status, retry_after=None, match=None, code=None, message=None, method=None)`,
   `delay_next(n, seconds, match=None, method=None)`.
-- Knobs: `lro_polls`, `instance_delay_polls`, `instance_delay_seconds`; `set_quota(name, limit)`,
+- Knobs (constructor arguments and attributes): `lro_polls` (default 1), `instance_delay_polls`,
+  `instance_delay_seconds`, `page_size` (list answers paged through `nextLink`), `lro_retry_after`
+  (a Retry-After header on LRO answers; none by default), `node_env` (extra node variables);
+  `set_quota(name, limit)` (defaults: cores 100, lowPriorityCores 100, each family 100),
   `restrict_sku(name, reason="NotAvailableForSubscription")`, `add_resource_group`, `add_subnet`.
 - `async settle()`: wait until no script or provisioning task is running.
 """
@@ -433,6 +440,8 @@ class FakeArm:
         instance_delay_polls: int = 0,
         instance_delay_seconds: float = 0.0,
         node_env: Mapping[str, str] | None = None,
+        page_size: int | None = None,
+        lro_retry_after: float | None = None,
     ) -> None:
         self.node_root = Path(node_root)
         self.subscription = subscription
@@ -442,6 +451,8 @@ class FakeArm:
         self.instance_delay_polls = instance_delay_polls
         self.instance_delay_seconds = instance_delay_seconds
         self.node_env = dict(node_env or {})
+        self.page_size = page_size
+        self.lro_retry_after = lro_retry_after
         self.resource_groups: dict[str, str] = {resource_group.lower(): resource_group}
         self.subnet_id = (
             f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/"
@@ -492,6 +503,7 @@ class FakeArm:
         )
         self._route("GET", _SUBP + r"/locations/(?P<loc>[^/]+)/usages", "compute", self._usages)
         self._route("GET", _SUBP + "/skus", "skus", self._list_skus)
+        self._route("GET", _SUBP + "/virtualMachineScaleSets", "compute", self._list_vmss)
         self._route(
             "GET", _SUBP + r"/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", "any", self._op
         )
@@ -562,6 +574,15 @@ class FakeArm:
 
     def since(self, mark: int) -> list[Request]:
         return self.requests[mark:]
+
+    def count(self, mark: int = 0, *, method: str | None = None, match: str | None = None) -> int:
+        """Requests since `mark` (of `method`, whose path contains `match`)."""
+        return sum(
+            1
+            for r in self.requests[mark:]
+            if (method is None or r.method == method.upper())
+            and (match is None or match.lower() in r.path.lower())
+        )
 
     def fail_next(
         self,
@@ -748,6 +769,17 @@ class FakeArm:
             raise ArmError(400, "InvalidRequestContent", "The request content must be an object.")
         return dict(body)
 
+    def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
+        """A list answer; with `page_size`, pages linked by `nextLink` ($skiptoken), as ARM."""
+        if self.page_size is None:
+            return web.json_response({"value": items}, headers=_ids())
+        start = int(request.query.get("$skiptoken", "0") or 0)
+        body: dict[str, Any] = {"value": items[start : start + self.page_size]}
+        if start + self.page_size < len(items):
+            query = {**request.query, "$skiptoken": str(start + self.page_size)}
+            body["nextLink"] = str(request.url.with_scheme("https").with_query(query))
+        return web.json_response(body, headers=_ids())
+
     def _lro_headers(self, op: _Operation, *, location: bool) -> dict[str, str]:
         base = f"{self.base_url}/subscriptions/{self.subscription}/providers/Microsoft.Compute/"
         base += f"locations/{self.location}"
@@ -755,6 +787,8 @@ class FakeArm:
             "Azure-AsyncOperation": f"{base}/operations/{op.id}?api-version={COMPUTE_API}",
             **_ids(),
         }
+        if self.lro_retry_after is not None:
+            headers["Retry-After"] = f"{self.lro_retry_after:g}"
         if location:
             headers["Location"] = (
                 f"{base}/operationResults/{op.id}?monitor=true&api-version={COMPUTE_API}"
@@ -799,7 +833,10 @@ class FakeArm:
             body["endTime"] = _iso(found.ended)
         if found.error:
             body["error"] = found.error
-        return web.json_response(body, headers=_ids())
+        headers = _ids()
+        if self.lro_retry_after is not None and found.status == "InProgress":
+            headers["Retry-After"] = f"{self.lro_retry_after:g}"
+        return web.json_response(body, headers=headers)
 
     async def _op_result(self, request: web.Request, loc: str, op: str) -> web.StreamResponse:
         found = self.operations.get(op)
@@ -904,7 +941,7 @@ class FakeArm:
                     },
                 }
             )
-        return web.json_response({"value": nics})
+        return self._page(request, nics)
 
     # ------------------------------------------------------------------ SKUs and usage
 
@@ -1063,13 +1100,13 @@ class FakeArm:
             )
         return ss
 
-    async def _list_vmss(self, request: web.Request, rg: str) -> web.StreamResponse:
+    async def _list_vmss(self, request: web.Request, rg: str | None = None) -> web.StreamResponse:
         value = []
         for ss in self.scale_sets.values():
-            if ss.resource_group.lower() == rg.lower():
+            if rg is None or ss.resource_group.lower() == rg.lower():
                 self._advance(ss.operation)
                 value.append(ss.view())
-        return web.json_response({"value": value})
+        return self._page(request, value)
 
     async def _get_vmss(self, request: web.Request, rg: str, vmss: str) -> web.StreamResponse:
         ss = self._scale_set(rg, vmss)
@@ -1312,6 +1349,8 @@ class FakeArm:
         return False
 
     async def _delete_vmss(self, request: web.Request, rg: str, vmss: str) -> web.StreamResponse:
+        if vmss not in self.scale_sets:
+            return web.Response(status=204, headers=_ids())  # ARM: deleting what is gone
         ss = self._scale_set(rg, vmss)
         ss.provisioning_state = "Deleting"
         for inst in list(ss.instances.values()):
@@ -1471,7 +1510,7 @@ class FakeArm:
         expand = request.query.get("$expand", "").lower() == "instanceview"
         self._advance(ss.operation, poll=False)
         value = [self._vm_json(ss, inst, expand=expand) for inst in _ordered(ss)]
-        return web.json_response({"value": value})
+        return self._page(request, value)
 
     async def _get_vm(
         self, request: web.Request, rg: str, vmss: str, vm: str
@@ -1554,7 +1593,7 @@ class FakeArm:
         ss, inst = self._instance(rg, vmss, vm)
         expand = request.query.get("$expand", "").lower() == "instanceview"
         value = [self._rc_json(ss, inst, rc, expand=expand) for rc in inst.run_commands.values()]
-        return web.json_response({"value": value})
+        return self._page(request, value)
 
     async def _get_rc(
         self, request: web.Request, rg: str, vmss: str, vm: str, rc: str
@@ -1666,7 +1705,10 @@ class FakeArm:
     async def _delete_rc(
         self, request: web.Request, rg: str, vmss: str, vm: str, rc: str
     ) -> web.StreamResponse:
-        ss, inst, found = self._run_command(rg, vmss, vm, rc)
+        ss, inst = self._instance(rg, vmss, vm)
+        found = inst.run_commands.get(rc)
+        if found is None:
+            return web.Response(status=204, headers=_ids())  # ARM: deleting what is gone
         _kill_script(found.script)
         del inst.run_commands[rc]
         op = self._operation(lambda: True, lambda: None)
@@ -1806,6 +1848,7 @@ class FakeArm:
             code = await proc.wait()
             script.state = "TimedOut"
         except asyncio.CancelledError:
+            script.state = "Canceled"
             _killpg(proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -1826,7 +1869,7 @@ class FakeArm:
         if inst.task is not None:
             inst.task.cancel()
         for script in inst.scripts:
-            _kill_script(script)
+            _kill_script(script, leftovers=True)
         for rc in inst.run_commands.values():
             _kill_script(rc.script)
         units = inst.dir / "run" / "fake-systemd"
@@ -1898,13 +1941,14 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _kill_script(script: Script) -> None:
+def _kill_script(script: Script, *, leftovers: bool = False) -> None:
+    """Kill a running script (and, with `leftovers`, what a finished one left in its group)."""
+    if script.pgid is not None and (leftovers or not script.finished):
+        _killpg(script.pgid)
     if script.finished:
         return
-    if script.pgid is not None:
-        _killpg(script.pgid)
+    if script.task is not None and not script.task.done():
+        script.task.cancel()
     if script.state == "Pending":
         script.state = "Canceled"
-        if script.task is not None:
-            script.task.cancel()
         script.done.set()
