@@ -36,9 +36,10 @@ class AzureRig:
     def share(self) -> AzureShare:
         return AzureShare(self.config, retry_policy=FilesRetry(**NO_PAUSE))
 
-    def backend(self, share: AzureShare, **overrides: Any) -> AzureBackend:
+    def backend(self, files: AzureShare, **overrides: Any) -> AzureBackend:
+        """A backend over `files`; `overrides` replace AzureConfig fields."""
         config = replace(self.config, **overrides) if overrides else self.config
-        return AzureBackend(config, credential=self.credential, share=share)
+        return AzureBackend(config, credential=self.credential, share=files)
 
     def mount(self, share: str, mount_path: str) -> Path:
         """Make `<mount_root>/<mount_path>` reach `share` on every fake node."""

@@ -129,6 +129,11 @@ class Quota:
         return max(0, self.limit - self.current)
 
 
+def _text(value: object) -> str:
+    """An SDK enum's wire value ("Failed"), not its repr ("ExecutionState.FAILED")."""
+    return str(getattr(value, "value", value) or "")
+
+
 def _capabilities(sku: Any) -> dict[str, str]:
     return {c.name: c.value for c in (sku.capabilities or []) if c.name}
 
@@ -139,7 +144,7 @@ def _sku_info(sku: Any, location: str) -> SkuInfo:
     for r in sku.restrictions or []:
         values = [v.lower() for v in (r.values_property or [])]
         if r.type == "Location" and location.lower() in values:
-            reason = r.reason_code or "restricted"
+            reason = _text(r.reason_code) or "restricted"
     return SkuInfo(
         name=sku.name,
         family=sku.family or "",
@@ -169,7 +174,7 @@ class Snapshot:
     exists: bool
     spot: bool = False
     vms: list[VmState] = field(default_factory=list)
-    taken: float = field(default_factory=time.monotonic)
+    taken: float = 0.0  # the backend's monotonic clock
 
     def by_instance(self) -> dict[str, VmState]:
         return {vm.instance_id: vm for vm in self.vms}
@@ -289,11 +294,13 @@ class AzureBackend:
         credential: AsyncTokenCredential,
         share: ControlShare,
         wall_time: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._credential = credential
         self._share = share
         self._now = wall_time
+        self._monotonic = monotonic
         options: dict[str, Any] = {
             "base_url": config.arm_url,
             "credential_scopes": [config.credential_scope],
@@ -359,7 +366,7 @@ class AzureBackend:
         if (
             not fresh
             and cached is not None
-            and time.monotonic() - cached.taken < self._config.poll_cache_seconds
+            and self._monotonic() - cached.taken < self._config.poll_cache_seconds
         ):
             return cached
         pending = self._inflight.get(cluster)
@@ -375,6 +382,7 @@ class AzureBackend:
             raise
         finally:
             self._inflight.pop(cluster, None)
+        snap.taken = self._monotonic()
         future.set_result(snap)
         self._snapshots[cluster] = snap
         return snap
@@ -540,7 +548,6 @@ class AzureBackend:
             mounts=mounts,
             mount_root=cfg.mount_root,
             setup_task=cluster.setup_task,
-            root=cfg.node_root,
         )
         linux: dict[str, Any] = {
             "disablePasswordAuthentication": cfg.admin_password is None,
@@ -1079,9 +1086,10 @@ class AzureBackend:
             )
             await self._write(self._loc("jobs", job_id, "terminate"), "")  # stop the others
             return await self._finish(job, status)
+        waited = self._now() - job.launched_at
         if any(r.pending for r in runs):
-            failed = await self._failed_launch(job, runs)
-            if failed is not None:
+            # A runner starts within a second of its run command; ask ARM only about a late one.
+            if waited >= self._config.launch_check_seconds and await self._failed_launch(job, runs):
                 return await self.get_job_status(job_id)
             return RunStatus(phase="preparing", started_at=_when(started))
         preparing = any(r.phase in (None, "prep") for r in runs if r.exit_code is None)
@@ -1137,7 +1145,7 @@ class AzureBackend:
                 return f"the run command for node {index} is gone and the node never started"
             return None
         view = rc.instance_view
-        state = str(view.execution_state) if view and view.execution_state else ""
+        state = _text(view.execution_state if view else None)
         exit_code = view.exit_code if view else None
         if state in _TERMINAL_RC or (state == "Succeeded" and exit_code not in (None, 0)):
             error = " ".join(str(view.error or view.execution_message or "").split())[-300:]
