@@ -144,6 +144,8 @@ def azure_config(settings: Settings) -> AzureConfig:
         storage_endpoint_suffix=settings.azure_storage_endpoint_suffix,
         storage_endpoint=settings.azure_storage_endpoint,
         mount_root=settings.azure_mount_root,
+        control_mount=settings.azure_control_mount,
+        job_temp_root=settings.azure_job_temp_root,
         connection_verify=settings.azure_ca_bundle or True,
         polling_interval=settings.azure_polling_interval,
         ssh_public_key=ssh_key.get_secret_value() if ssh_key else None,

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     azure_admin_user: str = "batchai"
     azure_admin_password: SecretStr | None = None  # only if you must; an SSH key is better
     azure_mount_root: str = "/mnt/batch/tasks/shared/LS_root/mounts"  # $AZ_BATCHAI_MOUNT_ROOT
+    azure_control_mount: str = "/mnt/batchai-bot"  # where nodes mount AZURE_SHARE
+    azure_job_temp_root: str = "/mnt/batch/tasks/shared/LS_root/jobs"  # node-local job temp
     azure_polling_interval: float = Field(15.0, ge=0, le=300)  # between long-operation polls
     azure_check_vm_size: str = "Standard_NC4as_T4_v3"  # the size `batchai-bot check` looks at
 

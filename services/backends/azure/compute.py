@@ -73,10 +73,11 @@ NODE_ENV = {
 IMAGES = {
     "ubuntults": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest",
     "ubuntuhpc": "microsoft-dsvm:ubuntu-hpc:2204:latest",
-    "ubuntudsvm": "microsoft-dsvm:ubuntu-hpc:2204:latest",
+    "ubuntudsvm": "microsoft-dsvm:ubuntu-2204:2204-gen2:latest",
 }
 _GPU_TOKEN = re.compile(r"^(GB\d+|[A-Z]{1,2}\d{1,3}[A-Z]?)$")
 _TERMINAL_RC = {"Failed", "TimedOut", "Canceled"}
+_RESERVED_USERS = {"admin", "administrator", "root", "user", "guest", "test", "sys", "adm"}
 
 
 class ControlShare(FileShare, Protocol):
@@ -93,11 +94,19 @@ def image_reference(image: str) -> dict[str, str]:
     urn = IMAGES.get(image.replace("-", "").replace("_", "").lower(), image)
     parts = urn.split(":")
     if len(parts) != 4 or not all(parts):
-        aliases = ", ".join(sorted({"UbuntuLTS", "UbuntuHPC"}))
+        aliases = "UbuntuLTS, UbuntuHPC, UbuntuDSVM"
         raise UserError(
             f"image {image!r} is neither an alias ({aliases}) nor a publisher:offer:sku:version URN"
         )
     return dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
+
+
+def admin_name(wanted: str | None, default: str) -> str:
+    """A Linux admin user name Azure accepts (lower case, no reserved name), else `default`."""
+    name = re.sub(r"[^a-z0-9_-]", "", (wanted or "").lower())[:32]
+    if not name or not name[0].isalpha() or name in _RESERVED_USERS:
+        return default
+    return name
 
 
 def gpu_model(size: str) -> str | None:
@@ -539,7 +548,7 @@ class AzureBackend:
     def scale_set_model(self, cluster: Cluster) -> dict[str, Any]:
         """The scale set as ARM JSON. It holds no secret: the key goes in protectedSettings."""
         cfg = self._config
-        user = cluster.admin_user or cfg.admin_user
+        user = admin_name(cluster.admin_user, cfg.admin_user)
         mounts = self._mounts(cluster)
         setup = node.setup_script(
             host=cfg.smb_host,
