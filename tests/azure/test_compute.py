@@ -7,9 +7,12 @@ import base64
 import json
 import logging
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
+from bot.check import check_azure, format_results
+from bot.config import Settings
 from services.backends.azure.compute import AzureBackend, gpu_model, image_reference
 from services.backends.azure.files import AzureShare
 from services.errors import BatchAIError, NotFound, QuotaError, TransientError, UserError
@@ -340,3 +343,61 @@ async def test_no_key_or_password_in_any_log_line(
     key = rig.config.storage_key
     for secret in (key, PASSWORD, base64.b64encode(key.encode()).decode()):
         assert secret not in text
+
+
+async def test_set_time_left_moves_the_wall_clock_on_the_nodes(
+    rig: AzureRig, backend: AzureBackend
+) -> None:
+    c = gpu_cluster("clock", "Standard_NC4as_T4_v3", 1)
+    await backend.create_cluster(c)
+    request = launch_request(job_spec("sleep", wall_clock="10:00:00"), c)
+    result = await backend.start_job(request)
+    await wait_text(backend_share(backend), log_loc(result, "stdout.txt"), '"pgid"')
+    await backend.set_time_left(request.job_id, timedelta(0))  # the runner re-reads DEADLINE
+    status = await wait_for(backend, request.job_id)
+    assert (status.exit_code, status.detail) == (124, "max wall clock time (extended) exceeded")
+
+
+async def test_batchai_bot_check_prints_one_line_per_azure_prerequisite(rig: AzureRig) -> None:
+    cfg = rig.config
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        batchai_backend="azure",
+        azure_subscription_id=cfg.subscription_id,
+        azure_resource_group=cfg.resource_group,
+        azure_location=cfg.location,
+        azure_subnet_id=cfg.subnet_id,
+        azure_storage_account=cfg.storage_account,
+        azure_storage_key=cfg.storage_key,
+        azure_share="nosuchshare",
+        azure_arm_endpoint=cfg.arm_endpoint,
+        azure_storage_endpoint=cfg.storage_endpoint,
+        azure_ca_bundle=cfg.connection_verify,
+        azure_check_vm_size="Standard_NC4as_T4_v3",
+    )
+    results = await check_azure(settings, credential=rig.credential)
+    assert [r.name for r in results] == [
+        "azure credential",
+        "azure resource group",
+        "azure subnet",
+        "azure share",
+        "azure vm size",
+        "azure quota",
+    ]
+    assert [r.name for r in results if not r.ok] == ["azure share"]
+    text = format_results(results)
+    assert "FAIL azure share" in text and "create it" in text
+    assert cfg.storage_key not in text
+    assert not rig.credential.closed  # a credential passed in belongs to the caller
+
+
+def test_settings_name_what_the_azure_backend_misses() -> None:
+    with pytest.raises(ValueError, match="AZURE_SUBNET_ID, AZURE_STORAGE_ACCOUNT"):
+        Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            batchai_backend="azure",
+            azure_subscription_id="s",
+            azure_resource_group="rg",
+            azure_location="eastus",
+            azure_storage_key="k",
+        )
