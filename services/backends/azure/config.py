@@ -46,12 +46,12 @@ class AzureConfig:
     admin_password: str | None = field(default=None, repr=False)  # only if given; never logged
     control_mount: str = DEFAULT_CONTROL_MOUNT
     job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
-    node_root: str = ""  # prefix of node system paths (/etc, /var/log); tests use a directory
     node_python: str = "python3"  # runs the node runner and python jobs on the nodes
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
     heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost
     launch_grace: float = 300.0  # a started run command has this long to start its runner
+    launch_check_seconds: float = 20.0  # ask a run command about its node only after this long
     # ARM reads are shared by every status call within this window (one poll cycle).
     poll_cache_seconds: float = 2.0
 

@@ -8,15 +8,19 @@ into a command line.
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Node-side system paths, below the node root ("" on a real node; a directory in the tests).
+# Node-side system paths sit below $BATCHAI_NODE_ROOT: unset on a real node (so "/"), a
+# directory per simulated node in the tests.
+ROOT = '"${BATCHAI_NODE_ROOT:-}"'
 CRED_DIR = "/etc/smbcredentials"
 SETUP_DIR = "/etc/batchai"
 SETUP_LOG = "/var/log/batchai-setup-task.log"
 SMB_OPTIONS = "vers=3.1.1,dir_mode=0777,file_mode=0777,serverino,nosharesock,actimeo=30,mfsymlinks"
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,16 @@ def wrap(script: str) -> str:
     return f'bash -c "$(echo {encoded} | base64 -d)"'
 
 
-def credential_file(account: str, root: str = "") -> str:
-    return f"{root}{CRED_DIR}/{account}.cred"
+def _account(account: str) -> str:
+    if not _ACCOUNT.match(account):
+        raise ValueError(f"storage account name {account!r} is not 3-24 lower-case letters/digits")
+    return account
 
 
-def mount_lines(host: str, account: str, mounts: Sequence[NodeMount], root: str = "") -> list[str]:
+def mount_lines(host: str, account: str, mounts: Sequence[NodeMount]) -> list[str]:
     """Mount each share once (SMB 3.1.1, the credentials file), skipping what is mounted."""
-    options = shlex.quote(f"{SMB_OPTIONS},credentials={credential_file(account, root)}")
+    cred = f"{CRED_DIR}/{_account(account)}.cred"
+    options = f'"{SMB_OPTIONS},credentials=${{BATCHAI_NODE_ROOT:-}}{cred}"'
     lines = []
     for m in mounts:
         path = shlex.quote(m.path)
@@ -62,12 +69,12 @@ def setup_script(
     mounts: Sequence[NodeMount],
     mount_root: str,
     setup_task: str | None,
-    root: str = "",
 ) -> str:
     """Run once per new node by the CustomScript extension (its protectedSettings: the storage
     key is in here and nowhere in the scale-set model). Waits for cloud-init, writes the
     credentials file (mode 600), mounts the shares, then runs the cluster's setup task."""
     q = shlex.quote
+    cred = f"{ROOT}{CRED_DIR}/{_account(account)}.cred"
     lines = [
         "set -eu",
         "umask 077",
@@ -76,20 +83,19 @@ def setup_script(
         "if ! command -v mount.cifs >/dev/null 2>&1; then",
         "  for i in 1 2 3 4 5; do apt-get install -y -q cifs-utils && break; sleep 10; done",
         "fi",
-        f"mkdir -p {q(root + CRED_DIR)}",
-        f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} "
-        f"> {q(credential_file(account, root))}",
+        f"mkdir -p {ROOT}{CRED_DIR}",
+        f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} > {cred}",
         "umask 022",
-        *mount_lines(host, account, mounts, root),
+        *mount_lines(host, account, mounts),
     ]
     if setup_task:
         encoded = base64.b64encode(setup_task.encode()).decode()
-        task = q(root + SETUP_DIR + "/setup-task.sh")
+        task = f"{ROOT}{SETUP_DIR}/setup-task.sh"
         lines += [
-            f"mkdir -p {q(root + SETUP_DIR)} {q(root + '/var/log')}",
+            f"mkdir -p {ROOT}{SETUP_DIR} {ROOT}/var/log",
             f"echo {encoded} | base64 -d > {task}",
             f"export AZ_BATCHAI_MOUNT_ROOT={q(mount_root)}",
-            f"bash {task} >> {q(root + SETUP_LOG)} 2>&1",
+            f"bash {task} >> {ROOT}{SETUP_LOG} 2>&1",
         ]
     return "\n".join(lines) + "\n"
 
