@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
 import ssl
@@ -635,3 +636,36 @@ async def test_lro_answers_can_carry_retry_after(env: Env) -> None:
             assert resp.status == 200
             assert resp.headers["Retry-After"] == "0"
             assert resp.headers["Azure-AsyncOperation"].startswith(env.arm.base_url)
+
+
+async def test_extension_script_setting_and_the_node_stand_ins(env: Env) -> None:
+    setup = (
+        "mkdir -p mnt\n"
+        "mountpoint -q mnt && mount -t cifs //acct.file.core.windows.net/s mnt -o vers=3.1.1\n"
+        "command -v mount.cifs >/dev/null && apt-get install -y -q cifs-utils\n"
+        "! mountpoint -q nowhere\n"
+        "systemd-run --unit=probe --wait --working-directory=mnt --setenv=A=1 -E B=2 "
+        "bash -c 'echo \"$PWD $A $B\" > probe.txt'\n"
+        "echo $? > probe-exit.txt\n"
+    )
+    ext = {
+        "name": "setup",
+        "properties": {
+            "publisher": "Microsoft.Azure.Extensions",
+            "type": "CustomScript",
+            "typeHandlerVersion": "2.1",
+            "settings": {},
+            "protectedSettings": {
+                "script": base64.b64encode(gzip.compress(setup.encode())).decode()
+            },
+        },
+    }
+    body = model(env.arm, capacity=1, setup=None)
+    body["properties"]["virtualMachineProfile"]["extensionProfile"] = {"extensions": [ext]}
+    poller = await env.compute.virtual_machine_scale_sets.begin_create_or_update(
+        RG, "c1", VirtualMachineScaleSet(body)
+    )
+    await poller.result()
+    node = env.arm.node_dir("c1", "0")
+    assert (node / "mnt" / "probe.txt").read_text() == f"{node / 'mnt'} 1 2\n"
+    assert (node / "probe-exit.txt").read_text() == "0\n"
