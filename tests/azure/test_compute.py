@@ -15,7 +15,14 @@ from bot.check import check_azure, format_results
 from bot.config import Settings
 from services.backends.azure.compute import AzureBackend, gpu_model, image_reference
 from services.backends.azure.files import AzureShare
-from services.errors import BatchAIError, NotFound, QuotaError, TransientError, UserError
+from services.errors import (
+    BackendError,
+    BatchAIError,
+    NotFound,
+    QuotaError,
+    TransientError,
+    UserError,
+)
 from services.models import Cluster, FileLocation
 from tests.azure.rig import AzureRig
 from tests.contract import cluster, job_spec, launch_request, log_loc, read_text, wait_for
@@ -401,3 +408,16 @@ def test_settings_name_what_the_azure_backend_misses() -> None:
             azure_location="eastus",
             azure_storage_key="k",
         )
+
+
+async def test_a_failing_setup_task_fails_the_create_without_leaking_the_key(
+    rig: AzureRig, backend: AzureBackend
+) -> None:
+    c = replace(gpu_cluster("broken", "Standard_NC4as_T4_v3", 1), setup_task="exit 3")
+    with pytest.raises(BackendError) as err:
+        await backend.create_cluster(c)
+    assert "VMExtensionProvisioningError" in str(err.value)
+    assert rig.config.storage_key not in str(err.value)
+    with pytest.raises(BackendError, match="exists but failed to provision"):
+        await backend.create_cluster(c)
+    await backend.delete_cluster(c)

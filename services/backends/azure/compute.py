@@ -54,7 +54,15 @@ from services.backends.local import (
     log_files,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
-from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, QuotaError, UserError
+from services.errors import (
+    BackendError,
+    BatchAIError,
+    Conflict,
+    NotAllowed,
+    NotFound,
+    QuotaError,
+    UserError,
+)
 from services.jobspec import LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
 from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
@@ -644,7 +652,12 @@ class AzureBackend:
         spot = cluster.vm_priority == "lowpriority"
         async with azure_errors(what):
             try:
-                await self._compute.virtual_machine_scale_sets.get(self._rg, cluster.name)
+                found = await self._compute.virtual_machine_scale_sets.get(self._rg, cluster.name)
+                if _text(found.provisioning_state).lower() == "failed":
+                    raise BackendError(
+                        f"cluster {cluster.name} exists but failed to provision; delete it and "
+                        "create it again"
+                    )
                 return  # idempotent: it exists
             except ResourceNotFoundError:
                 pass
@@ -886,6 +899,7 @@ class AzureBackend:
                 "host_file": plan.env["AZ_BATCHAI_MPI_HOST_FILE"],
                 "host_lines": list(plan.mpi_host_file_lines),
                 "python": self._config.node_python,
+                "container": container is not None,
             },
             "result": layout_to_json(result),
         }
@@ -1016,6 +1030,7 @@ class AzureBackend:
             dirs=plan["dirs"],
             host_file=plan["host_file"],
             host_lines=plan["host_lines"],
+            container=bool(plan.get("container")),
         )
         body: dict[str, Any] = {
             "location": self._config.location,

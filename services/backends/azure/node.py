@@ -20,6 +20,11 @@ CRED_DIR = "/etc/smbcredentials"
 SETUP_DIR = "/etc/batchai"
 SETUP_LOG = "/var/log/batchai-setup-task.log"
 SMB_OPTIONS = "vers=3.1.1,dir_mode=0777,file_mode=0777,serverino,nosharesock,actimeo=30,mfsymlinks"
+DOCKER_INSTALL = (
+    "if ! command -v docker >/dev/null 2>&1; then",
+    "  apt-get update -q && apt-get install -y -q docker.io",
+    "fi",
+)
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 
@@ -111,9 +116,11 @@ def launch_script(
     dirs: Sequence[str],
     host_file: str,
     host_lines: Sequence[str],
+    container: bool = False,
 ) -> str:
-    """The managed run command of one node: prepare the job's directories and start the node
-    runner detached under systemd; a repeated run (same job, same node) starts nothing."""
+    """The managed run command of one node: prepare the job's directories (and docker, for a
+    container job) and start the node runner detached under systemd; a repeated run (same job,
+    same node) starts nothing."""
     q = shlex.quote
     status = q(status_dir)
     lines = [
@@ -121,6 +128,7 @@ def launch_script(
         f"if [ -e {status}/exit_code ] || [ -e {status}/pid ]; then",
         "  echo 'already started'; exit 0",
         "fi",
+        *(DOCKER_INSTALL if container else ()),
         "mkdir -p -- " + " ".join(q(d) for d in dirs),
         "printf '%s\\n' " + " ".join(q(line) for line in host_lines) + f" > {q(host_file)}",
         f"systemd-run --unit={unit_name(job_id, node_index)} --collect --quiet "
