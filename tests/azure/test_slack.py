@@ -84,3 +84,5 @@ async def test_cluster_commands_on_azure_answer_without_secrets(
     for secret in (key, base64.b64encode(key.encode()).decode()):
         assert secret not in everything
     assert PASSWORD not in everything  # typed with -p: never echoed, never logged
+    # The examples were uploaded to the bot's share at start-up, as the local backend copies them.
+    assert (rig.files.share_dir(BOT_SHARE) / "examples" / "mnist" / "train.py").is_file()
