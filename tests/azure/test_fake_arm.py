@@ -669,3 +669,24 @@ async def test_extension_script_setting_and_the_node_stand_ins(env: Env) -> None
     node = env.arm.node_dir("c1", "0")
     assert (node / "mnt" / "probe.txt").read_text() == f"{node / 'mnt'} 1 2\n"
     assert (node / "probe-exit.txt").read_text() == "0\n"
+
+
+async def test_docker_stand_in_runs_the_command_and_rm_f_stops_it(env: Env) -> None:
+    await env.create(capacity=1, setup="mount -t cifs //acct/share mnt -o vers=3.1.1,cred=/x")
+    script = (
+        "mkdir -p work\n"
+        "systemd-run --unit=job --setenv=TOKEN=t0k -- docker run --rm --name job-c "
+        '--network host --init -w "$PWD/work" -e TOKEN ubuntu:22.04 '
+        "bash -c 'echo \"$PWD $TOKEN\" > c.txt; sleep 30'\n"
+        "for i in $(seq 100); do [ -s work/c.txt ] && break; sleep 0.05; done\n"
+        "docker ps -q --filter name=job-c\n"
+        "docker rm -f job-c\n"
+        "systemctl is-active job || true\n"
+    )
+    await env.run("c1", "0", "docker", script)
+    view = await env.wait_state("c1", "0", "docker", "Succeeded", "Failed")
+    node = env.arm.node_dir("c1", "0")
+    assert (node / "work" / "c.txt").read_text() == f"{node / 'work'} t0k\n"
+    assert view.output == "job-c\njob-c\ninactive\n"
+    log = (node / "run" / "fake-mounts.log").read_text()
+    assert log == "mount -t cifs //acct/share mnt -o vers=3.1.1,cred=/x\n"

@@ -61,9 +61,12 @@ Nodes: instance `i` of scale set `s` is the directory `node_root/s/i/`. A script
 extension) runs as `bash <file>` in its own session with cwd = HOME = TMPDIR = that directory,
 FAKE_NODE_DIR and BATCHAI_NODE_ROOT = that directory, named parameters as environment variables
 (nameless ones as arguments) and PATH = `tests/fakes/arm_node` (stand-ins for systemd-run,
-systemctl, mount, mountpoint, umount, mount.cifs, apt-get) + this PATH. systemd-run units record
-their process group in `<node>/run/fake-systemd/<unit>.pgid`. Deleting or evicting an instance,
-deleting its scale set, or stopping the fake kills its scripts' and units' process groups.
+systemctl, docker, mount, mountpoint, umount, mount.cifs, apt-get; each says what it supports)
++ this PATH. systemd-run units and docker containers are process groups recorded in
+`<node>/run/fake-systemd/<unit>.pgid` and `<node>/run/fake-docker/<name>.pgid` (a container runs
+its command on the node itself; the image is not used); mount command lines go to
+`<node>/run/fake-mounts.log`. Deleting or evicting an instance, deleting its scale set, or
+stopping the fake kills its scripts', units' and containers' process groups.
 
 Testing aids on `FakeArm`:
 - `scale_sets[name]` (`ScaleSet`: `.model` = the stored request, secrets included, as ARM holds it;

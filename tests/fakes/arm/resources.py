@@ -145,7 +145,8 @@ class Instance:
         self.poked.set()
 
     def kill(self) -> None:
-        """The VM is gone: its scripts, their process groups and its systemd units die."""
+        """The VM is gone: its scripts, their process groups, its systemd units and its
+        containers die."""
         self.state = "deleting"
         if self.task is not None:
             self.task.cancel()
@@ -153,9 +154,8 @@ class Instance:
             kill_script(script, leftovers=True)
         for rc in self.run_commands.values():
             kill_script(rc.script)
-        units = self.dir / "run" / "fake-systemd"
-        if units.is_dir():
-            for pidfile in units.glob("*.pgid"):
+        for kind in ("fake-systemd", "fake-docker"):
+            for pidfile in (self.dir / "run" / kind).glob("*.pgid"):
                 with contextlib.suppress(ValueError, OSError):
                     killpg(int(pidfile.read_text()))
 

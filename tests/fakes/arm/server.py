@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import gzip
 import ipaddress
@@ -139,6 +140,7 @@ class FakeArm:
         self._ips = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._blocked: set[asyncio.Task[Any]] = set()  # waiting for polls, not for work
+        self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._tmp: Path | None = None
         self.base_url = ""
@@ -210,6 +212,7 @@ class FakeArm:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
         for ss in list(self.scale_sets.values()):
             for inst in list(ss.instances.values()):
                 inst.kill()
@@ -372,7 +375,8 @@ class FakeArm:
             )
         delay = self._take(self._delays, request)
         if delay is not None:
-            await asyncio.sleep(delay.seconds)
+            with contextlib.suppress(TimeoutError):  # stop() ends the wait
+                await asyncio.wait_for(self._stopping.wait(), delay.seconds)
         fault = self._take(self._faults, request)
         if fault is not None:
             headers = {}
