@@ -544,7 +544,7 @@ async def test_unknown_resource_group_and_subnet(env: Env) -> None:
 
 
 async def test_eviction_and_scale_set_delete_kill_the_nodes_processes(env: Env) -> None:
-    await env.create(capacity=2)
+    await env.create(capacity=2, spot=True)  # eviction policy Delete
     for iid in ("0", "1"):
         await env.run(
             "c1", iid, "job", "systemd-run --unit=job --quiet sleep 30\n", asyncExecution=True
@@ -690,3 +690,31 @@ async def test_docker_stand_in_runs_the_command_and_rm_f_stops_it(env: Env) -> N
     assert view.output == "job-c\njob-c\ninactive\n"
     log = (node / "run" / "fake-mounts.log").read_text()
     assert log == "mount -t cifs //acct/share mnt -o vers=3.1.1,cred=/x\n"
+
+
+async def test_spot_eviction_follows_the_eviction_policy(env: Env) -> None:
+    await env.create(capacity=1)
+    with pytest.raises(ValueError):
+        env.arm.evict("c1", "0")  # regular VMs are not evicted
+    body = model(env.arm, capacity=2, spot=True, prefix="d")
+    del body["properties"]["virtualMachineProfile"]["evictionPolicy"]  # Azure's default
+    poller = await env.compute.virtual_machine_scale_sets.begin_create_or_update(
+        RG, "dealloc", VirtualMachineScaleSet(body)
+    )
+    await poller.result()
+    env.arm.evict("dealloc", "1")
+    view = await env.compute.virtual_machine_scale_set_vms.get_instance_view(RG, "dealloc", "1")
+    assert [s.code for s in view.statuses][1] == "PowerState/deallocated"
+    usages = {u.name.value: u.current_value async for u in env.compute.usage.list("eastus")}
+    assert usages["lowPriorityCores"] == 8  # deallocated VMs still count
+    with pytest.raises(HttpResponseError) as info:
+        await env.run("dealloc", "1", "x", "true\n")
+    assert info.value.status_code == 409
+
+
+async def test_a_subnet_in_another_resource_group(env: Env) -> None:
+    other = env.arm.subnet_id.replace("/resourceGroups/batchai-rg/", "/resourceGroups/net-rg/")
+    with pytest.raises(ResourceNotFoundError):
+        await env.network.subnets.get("net-rg", "batchai-vnet", "default")
+    env.arm.add_subnet(other)
+    assert (await env.network.subnets.get("net-rg", "batchai-vnet", "default")).id == other

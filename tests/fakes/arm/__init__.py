@@ -71,7 +71,9 @@ stopping the fake kills its scripts', units' and containers' process groups.
 Testing aids on `FakeArm`:
 - `scale_sets[name]` (`ScaleSet`: `.model` = the stored request, secrets included, as ARM holds it;
   `.view()` = what GET returns; `.instances[id]` -> `Instance` with `.dir`, `.run_commands`),
-  `node_dir(vmss, id)`, `evict(vmss, id)` (Spot eviction, policy Delete: the instance is gone).
+  `node_dir(vmss, id)`, `evict(vmss, id)` (Spot only; as the model's evictionPolicy says: Delete
+  -> the instance is gone; Deallocate, Azure's default -> PowerState/deallocated, still counted in
+  quota, run commands refused with 409).
 - `requests` (`Request(method, path, query, status)`), `mark()` / `since(mark)` /
   `count(mark, method=, match=)`.
 - `fail_next(n, status, retry_after=None, match=None, code=None, message=None, method=None)`,
@@ -80,7 +82,8 @@ Testing aids on `FakeArm`:
   `instance_delay_seconds`, `page_size` (list answers paged through `nextLink`), `lro_retry_after`
   (a Retry-After header on LRO answers; none by default), `node_env` (extra node variables);
   `set_quota(name, limit)` (defaults: cores 100, lowPriorityCores 100, each family 100),
-  `restrict_sku(name, reason="NotAvailableForSubscription")`, `add_resource_group`, `add_subnet`.
+  `restrict_sku(name, reason="NotAvailableForSubscription")` / `unrestrict_sku(name)`,
+  `add_resource_group(name)`, `add_subnet(subnet_id)` (its resource group too).
 - `async settle()`: wait until no script or provisioning task is running.
 
 Modules: `server` (HTTP, auth, faults, LROs, the handlers), `resources` (scale sets, instances,

@@ -127,7 +127,7 @@ class Instance:
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: datetime = field(default_factory=now)
     state: str = "creating"  # creating | succeeded | failed | deleting
-    power: str = "starting"  # starting | running
+    power: str = "starting"  # starting | running | deallocated
     model_version: int = 0
     polls: int = 0
     poked: asyncio.Event = field(default_factory=asyncio.Event)
@@ -145,9 +145,12 @@ class Instance:
         self.poked.set()
 
     def kill(self) -> None:
-        """The VM is gone: its scripts, their process groups, its systemd units and its
-        containers die."""
+        """The VM is gone: everything running on it dies."""
         self.state = "deleting"
+        self.halt()
+
+    def halt(self) -> None:
+        """Its scripts, their process groups, its systemd units and its containers die."""
         if self.task is not None:
             self.task.cancel()
         for script in self.scripts:

@@ -295,18 +295,40 @@ class FakeArm:
     def add_resource_group(self, name: str) -> None:
         self.resource_groups[name.lower()] = name
 
+    def unrestrict_sku(self, name: str) -> None:
+        sku = self._sku(name)
+        if sku is None:
+            raise KeyError(name)
+        sku["restrictions"] = []
+
     def add_subnet(self, subnet_id: str, prefix: str = "10.1.0.0/24") -> None:
+        """Make a subnet (and its resource group) exist, e.g. in a separate network RG."""
+        m = re.fullmatch(
+            _RG + r"/providers/Microsoft\.Network/virtualNetworks/[^/]+/subnets/[^/]+",
+            subnet_id,
+            re.IGNORECASE,
+        )
+        if m is None:
+            raise ValueError(f"not a subnet id: {subnet_id}")
+        self.add_resource_group(m["rg"])
         self.subnets[subnet_id.lower()] = prefix
 
     def node_dir(self, vmss: str, instance_id: str) -> Path:
         return self.node_root / vmss / instance_id
 
     def evict(self, vmss: str, instance_id: str) -> None:
-        """Spot eviction with policy Delete: the VM is gone (its processes killed)."""
+        """Spot eviction as the model's evictionPolicy says: Delete -> the VM is gone;
+        Deallocate (Azure's default) -> it stays, deallocated (still counted in quota)."""
         ss = self.scale_sets[vmss]
-        inst = ss.instances.pop(instance_id)
-        inst.kill()
-        ss.model.setdefault("sku", {})["capacity"] = len(ss.instances)
+        if not ss.spot:
+            raise ValueError(f"scale set {vmss} is not Spot: Azure does not evict its VMs")
+        if str(ss.profile.get("evictionPolicy") or "Deallocate").lower() == "delete":
+            ss.instances.pop(instance_id).kill()
+            ss.model.setdefault("sku", {})["capacity"] = len(ss.instances)
+        else:
+            inst = ss.instances[instance_id]
+            inst.halt()
+            inst.power = "deallocated"
 
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until no provisioning or script task runs (tests that inspect the end state);
@@ -1164,6 +1186,14 @@ class FakeArm:
 
     # ------------------------------------------------------------------ run commands
 
+    def _check_running(self, inst: Instance) -> None:
+        if inst.power == "deallocated":
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                "Cannot modify extensions in the VM when the VM is not running.",
+            )
+
     def _rc_id(self, ss: ScaleSet, inst: Instance, name: str) -> str:
         return f"{ss.id}/virtualMachines/{inst.id}/runCommands/{name}"
 
@@ -1234,6 +1264,7 @@ class FakeArm:
         self, request: web.Request, rg: str, vmss: str, vm: str, rc: str
     ) -> web.StreamResponse:
         ss, inst = self._instance(rg, vmss, vm)
+        self._check_running(inst)
         body = await self._json(request)
         props = body.get("properties")
         if not isinstance(props, dict) or not isinstance(props.get("source"), dict):
@@ -1346,6 +1377,7 @@ class FakeArm:
         self, request: web.Request, rg: str, vmss: str, vm: str
     ) -> web.StreamResponse:
         ss, inst = self._instance(rg, vmss, vm)
+        self._check_running(inst)
         body = await self._json(request)
         if body.get("commandId") != "RunShellScript":
             raise ArmError(
