@@ -718,3 +718,14 @@ async def test_a_subnet_in_another_resource_group(env: Env) -> None:
         await env.network.subnets.get("net-rg", "batchai-vnet", "default")
     env.arm.add_subnet(other)
     assert (await env.network.subnets.get("net-rg", "batchai-vnet", "default")).id == other
+
+
+async def test_quota_for_an_update_counts_only_what_it_adds(env: Env) -> None:
+    env.arm.set_quota("standardNCASv3_T4Family", 16)
+    await env.create(capacity=2)  # 2 × 4 vCPUs
+    await env.create(capacity=2, size="Standard_NC8as_T4_v3")  # same set, 2 × 8: +8
+    usages = {u.name.value: u.current_value async for u in env.compute.usage.list("eastus")}
+    assert usages["standardNCASv3_T4Family"] == 16
+    with pytest.raises(HttpResponseError) as info:
+        await env.create(capacity=3, size="Standard_NC8as_T4_v3")
+    assert "Current Usage: 16, Additional Required: 8," in str(info.value.message)

@@ -657,15 +657,19 @@ class FakeArm:
             skus = [s for s in skus if m[1].lower() in [x.lower() for x in s["locations"]]]
         return web.json_response({"value": skus})
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self, change: tuple[str, str, int, bool] | None = None) -> dict[str, int]:
+        """Current usage per quota name (lower case); with `change` = (scale set, size,
+        capacity, spot), the usage once that scale set looks like that."""
+        sets = {ss.name: (ss.sku, len(ss.instances), ss.spot) for ss in self.scale_sets.values()}
+        if change is not None:
+            sets[change[0]] = change[1:]
         used: dict[str, int] = {}
-        for ss in self.scale_sets.values():
-            sku = self._sku(ss.sku)
-            cores = vcpus(sku) * len(ss.instances) if sku else 0
-            n = len(ss.instances)
+        for size, n, spot in sets.values():
+            sku = self._sku(size)
+            cores = vcpus(sku) * n if sku else 0
             used["virtualmachinescalesets"] = used.get("virtualmachinescalesets", 0) + 1
             used["virtualmachines"] = used.get("virtualmachines", 0) + n
-            if ss.spot:
+            if spot:
                 used["lowprioritycores"] = used.get("lowprioritycores", 0) + cores
             else:
                 used["cores"] = used.get("cores", 0) + cores
@@ -712,20 +716,22 @@ class FakeArm:
             )
         return sku
 
-    def _check_quota(self, sku: Mapping[str, Any], spot: bool, more_vms: int) -> None:
-        need = more_vms * vcpus(sku)
-        if need <= 0:
-            return
-        used = self._usage()
+    def _check_quota(self, name: str, sku: Mapping[str, Any], capacity: int, spot: bool) -> None:
+        """409 OperationNotAllowed when scale set `name` with this size, capacity and priority
+        would need more vCPUs than a quota allows (the SKU's family and regional cores, or
+        low-priority cores for Spot)."""
+        before = self._usage()
+        after = self._usage((name, str(sku["name"]), capacity, spot))
         family = str(sku["family"])
         checks = (
             [("lowPriorityCores", "Low Priority Cores")]
             if spot
             else [(family, f"{family} Cores"), ("cores", "Total Regional Cores")]
         )
-        for name, what in checks:
-            current, limit = used.get(name.lower(), 0), self._limit(name)
-            if current + need > limit:
+        for quota, what in checks:
+            current, limit = before.get(quota.lower(), 0), self._limit(quota)
+            need = after.get(quota.lower(), 0) - current
+            if need > 0 and current + need > limit:
                 raise ArmError(
                     409,
                     "OperationNotAllowed",
@@ -817,10 +823,7 @@ class FakeArm:
                 "priority", "Regular"
             )
         ).lower() in ("spot", "low")
-        current = len(ss.instances) if ss is not None else 0
-        if ss is not None and ss.sku.lower() != str(sku["name"]).lower():
-            current = 0  # a resize needs quota for every instance
-        self._check_quota(sku, spot, capacity - current)
+        self._check_quota(vmss, sku, capacity, spot)
         created = ss is None
         model = copy.deepcopy(body)
         model.pop("id", None)
@@ -853,7 +856,7 @@ class FakeArm:
         else:
             sku, capacity = self._check_sku(ss.sku), len(ss.instances)
             merged.setdefault("sku", {})["capacity"] = capacity
-        self._check_quota(sku, ss.spot, capacity - len(ss.instances))
+        self._check_quota(ss.name, sku, capacity, ss.spot)
         if body.get("properties"):
             ss.model_version += 1
         ss.model = merged
