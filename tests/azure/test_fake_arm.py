@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from azure.mgmt.compute.models import (
 )
 from azure.mgmt.network.aio import NetworkManagementClient
 
-from tests.fakes.arm import MAX_RUN_COMMANDS, FakeArm, FakeCredential
+from tests.fakes.arm import MAX_RUN_COMMANDS, SHIM_DIR, FakeArm, FakeCredential
 
 RG = "batchai-rg"
 T4 = "Standard_NC4as_T4_v3"
@@ -729,3 +730,35 @@ async def test_quota_for_an_update_counts_only_what_it_adds(env: Env) -> None:
     with pytest.raises(HttpResponseError) as info:
         await env.create(capacity=3, size="Standard_NC8as_T4_v3")
     assert "Current Usage: 16, Additional Required: 8," in str(info.value.message)
+
+
+def shim(node: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAKE_NODE_DIR": str(node), "PATH": f"{SHIM_DIR}:{os.environ['PATH']}"}
+    return subprocess.run(argv, env=env, cwd=node, capture_output=True, text=True, timeout=30)
+
+
+async def test_systemd_stand_ins_answer_like_systemd(tmp_path: Path) -> None:
+    node = tmp_path
+    unknown = shim(node, "systemctl", "is-active", "nope")
+    assert (unknown.returncode, unknown.stdout) == (3, "inactive\n")
+    missing = shim(node, "systemctl", "stop", "nope")
+    assert missing.returncode == 5 and "Unit nope.service not loaded" in missing.stderr
+    trap = "trap 'echo usr1 > got.txt; exit 0' USR1; while true; do sleep 0.05; done"
+    started = shim(node, "systemd-run", "--unit=u", "--uid=1000", "-p", "X=y", "bash", "-c", trap)
+    assert started.returncode == 0
+    again = shim(node, "systemd-run", "--unit=u", "true")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert shim(node, "systemctl", "is-active", "--quiet", "u.service").returncode == 0
+    shim(node, "systemctl", "kill", "--signal=SIGUSR1", "u")
+    for _ in range(500):
+        if (node / "got.txt").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert (node / "got.txt").read_text() == "usr1\n"
+    pgid = int((node / "run/fake-systemd/u.pgid").read_text())
+    assert await dead(pgid)
+    assert shim(node, "systemctl", "is-active", "u").stdout == "inactive\n"
+    waited = shim(node, "systemd-run", "--wait", "--quiet", "bash", "-c", "exit 4")
+    assert waited.returncode == 4
+    assert shim(node, "mountpoint", "-q", str(node)).returncode == 0
+    assert shim(node, "mountpoint", "-q", str(node / "absent")).returncode != 0
