@@ -3,7 +3,9 @@ and the real Files client against the fake Files server; jobs really run on the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -220,6 +222,7 @@ async def test_terminate_stops_the_unit_on_every_node(rig: AzureRig, backend: Az
     for rank in (0, 1):
         await wait_text(share, log_loc(result, f"stdout-{rank}.txt"), '"pgid"')
     assert (await backend.get_job_status(request.job_id)).phase == "running"
+    assert [n.state for n in await backend.list_nodes(c)] == ["running", "running"]
     mark = rig.arm.mark()
     await backend.terminate_job(request.job_id)
     stops = [r for r in rig.arm.since(mark) if r.method == "PUT" and "/runCommands/stop-" in r.path]
@@ -229,6 +232,7 @@ async def test_terminate_stops_the_unit_on_every_node(rig: AzureRig, backend: Az
     status = await wait_for(backend, request.job_id)
     assert (status.exit_code, status.detail) == (143, "terminated by user")
     assert all(not i.run_commands for i in rig.arm.scale_sets["stop"].instances.values())
+    assert [n.state for n in await backend.list_nodes(c)] == ["idle", "idle"]
 
 
 async def test_evicted_spot_node_ends_the_job_as_lost(rig: AzureRig, backend: AzureBackend) -> None:
@@ -421,3 +425,19 @@ async def test_a_failing_setup_task_fails_the_create_without_leaking_the_key(
     with pytest.raises(BackendError, match="exists but failed to provision"):
         await backend.create_cluster(c)
     await backend.delete_cluster(c)
+
+
+async def test_a_job_waits_for_nodes_still_preparing(rig: AzureRig, backend: AzureBackend) -> None:
+    rig.arm.instance_delay_polls = 1_000_000  # the new node never finishes booting
+    c = gpu_cluster("slow", "Standard_NC4as_T4_v3", 1)
+    creating = asyncio.create_task(backend.create_cluster(c))
+    try:
+        while not rig.arm.scale_sets.get("slow") or not rig.arm.scale_sets["slow"].instances:
+            await asyncio.sleep(0.01)  # until the fake holds the half-made scale set
+        assert [n.state for n in await backend.list_nodes(c)] == ["preparing"]
+        with pytest.raises(TransientError, match="still preparing"):
+            await backend.start_job(launch_request(job_spec("ok"), c))
+    finally:
+        creating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await creating

@@ -61,6 +61,7 @@ from services.errors import (
     NotAllowed,
     NotFound,
     QuotaError,
+    TransientError,
     UserError,
 )
 from services.jobspec import LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
@@ -834,6 +835,12 @@ class AzureBackend:
         if any(i < 0 or i >= len(snap.vms) for i in request.nodes):
             raise Conflict(f"nodes {list(request.nodes)} are not all on {c.name}")
         vms = [snap.vms[i] for i in request.nodes]
+        broken = [f"{vm.name} ({vm.detail})" for vm in vms if vm.state in ("unusable", "leaving")]
+        if broken:
+            raise Conflict(f"cannot start on {', '.join(broken)}")
+        waiting = [vm.name for vm in vms if vm.state == "preparing"]
+        if waiting:
+            raise TransientError(f"{', '.join(waiting)} still preparing; the job starts when ready")
         ips = await self._private_ips(c.name)
         missing = [vm.name for vm in vms if vm.instance_id not in ips]
         if missing:
