@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
 import os
+import signal
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -746,17 +748,22 @@ async def test_systemd_stand_ins_answer_like_systemd(tmp_path: Path) -> None:
     trap = "trap 'echo usr1 > got.txt; exit 0' USR1; while true; do sleep 0.05; done"
     started = shim(node, "systemd-run", "--unit=u", "--uid=1000", "-p", "X=y", "bash", "-c", trap)
     assert started.returncode == 0
-    again = shim(node, "systemd-run", "--unit=u", "true")
-    assert again.returncode == 1 and "already exists" in again.stderr
-    assert shim(node, "systemctl", "is-active", "--quiet", "u.service").returncode == 0
-    shim(node, "systemctl", "kill", "--signal=SIGUSR1", "u")
-    for _ in range(500):
-        if (node / "got.txt").exists():
-            break
-        await asyncio.sleep(0.01)
-    assert (node / "got.txt").read_text() == "usr1\n"
     pgid = int((node / "run/fake-systemd/u.pgid").read_text())
-    assert await dead(pgid)
+    try:
+        again = shim(node, "systemd-run", "--unit=u", "true")
+        assert again.returncode == 1 and "already exists" in again.stderr
+        assert shim(node, "systemctl", "is-active", "--quiet", "u.service").returncode == 0
+        shim(node, "systemctl", "kill", "--signal=SIGUSR1", "u")
+        for _ in range(500):
+            got = node / "got.txt"
+            if got.exists() and got.read_text().endswith("\n"):
+                break
+            await asyncio.sleep(0.01)
+        assert (node / "got.txt").read_text() == "usr1\n"
+        assert await dead(pgid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
     assert shim(node, "systemctl", "is-active", "u").stdout == "inactive\n"
     waited = shim(node, "systemd-run", "--wait", "--quiet", "bash", "-c", "exit 4")
     assert waited.returncode == 4
