@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 
+from bot.bootstrap import azure_config
 from bot.check import check_azure, format_results
 from bot.config import Settings
 from services.backends.azure.compute import AzureBackend, gpu_model, image_reference
@@ -441,3 +442,32 @@ async def test_a_job_waits_for_nodes_still_preparing(rig: AzureRig, backend: Azu
         creating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await creating
+
+
+def test_sovereign_clouds_pick_their_endpoints_and_explicit_ones_win() -> None:
+    base = {
+        "batchai_backend": "azure",
+        "azure_subscription_id": "s",
+        "azure_resource_group": "rg",
+        "azure_location": "chinanorth3",
+        "azure_subnet_id": "/subscriptions/s/resourceGroups/rg/providers/x",
+        "azure_storage_account": "acct",
+        "azure_storage_key": "StorageKey0123==",
+    }
+    china = azure_config(Settings(_env_file=None, azure_cloud="china", **base))  # type: ignore[call-arg]
+    assert china.arm_url == "https://management.chinacloudapi.cn"
+    assert china.credential_scope == "https://management.chinacloudapi.cn/.default"
+    assert china.account_url == "https://acct.file.core.chinacloudapi.cn"
+    custom = azure_config(
+        Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            azure_cloud="usgov",
+            azure_arm_endpoint="https://arm.example.test/",
+            azure_storage_endpoint_suffix="core.example.test",
+            **base,
+        )
+    )
+    assert custom.arm_url == "https://arm.example.test"
+    assert custom.smb_host == "acct.file.core.example.test"
+    assert custom.storage_key == "StorageKey0123=="
+    assert "StorageKey0123" not in repr(custom)
