@@ -102,29 +102,31 @@ async def run_script(
         asyncio.ensure_future(pump(proc.stdout, script.out)),
         asyncio.ensure_future(pump(proc.stderr, script.err)),
     ]
+    final = "Canceled"
+    code = -int(signal.SIGKILL)
     try:
         code = await asyncio.wait_for(proc.wait(), timeout)
-        if script.state == "Running":
-            script.state = "Succeeded" if code == 0 else "Failed"
+        final = "Succeeded" if code == 0 else "Failed"
     except TimeoutError:
         killpg(proc.pid)
         code = await proc.wait()
-        script.state = "TimedOut"
+        final = "TimedOut"
     except asyncio.CancelledError:
-        script.state = "Canceled"
         killpg(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await asyncio.shield(proc.wait())
+        code = await asyncio.shield(proc.wait())
         raise
     finally:
-        # Background children that hold the pipes open do not hold the handler up.
+        # Background children that hold the pipes open do not hold the agent up.
         _, pending = await asyncio.wait(pumps, timeout=0.5)
         for p in pending:
             p.cancel()
+        # The end is reported all at once: state, exit code, end time.
+        script.exit_code = code if code >= 0 else 128 - code
         script.end_time = now()
+        script.state = final
         script.done.set()
-    script.exit_code = code if code >= 0 else 128 - code
 
 
 async def pump(stream: asyncio.StreamReader, buf: bytearray) -> None:
