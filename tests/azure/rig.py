@@ -65,6 +65,7 @@ def rig_config(arm: FakeArm, files: FakeAzureFiles, root: Path) -> AzureConfig:
         polling_interval=0,
         mount_root=str(root / "mounts"),
         control_mount=str(root / "control"),
+        share_mount_root=str(root / "shares"),
         job_temp_root=str(root / "jobtemp"),
         node_python=sys.executable,
         grace_seconds=0.5,
@@ -84,4 +85,7 @@ async def azure_rig(tmp_path: Path) -> AsyncIterator[AzureRig]:
         control.symlink_to(files.create_share(BOT_SHARE), target_is_directory=True)
         rig = AzureRig(arm, files, config, FakeCredential(), root)
         rig.mount(JOB_SHARE, MOUNT_PATH)
+        shares = Path(config.share_mount_root)  # where nodes mount shares of job mountVolumes
+        shares.mkdir(parents=True, exist_ok=True)
+        (shares / JOB_SHARE).symlink_to(files.create_share(JOB_SHARE), target_is_directory=True)
         yield rig

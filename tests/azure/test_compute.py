@@ -471,3 +471,34 @@ def test_sovereign_clouds_pick_their_endpoints_and_explicit_ones_win() -> None:
     assert custom.smb_host == "acct.file.core.example.test"
     assert custom.storage_key == "StorageKey0123=="
     assert "StorageKey0123" not in repr(custom)
+
+
+async def test_job_mount_volumes_of_the_account_are_linked_like_batch_ai_recipes(
+    rig: AzureRig, backend: AzureBackend
+) -> None:
+    account = rig.config.storage_account
+    c = gpu_cluster("vols", "Standard_NC4as_T4_v3", 1)
+    await backend.create_cluster(c)
+    extra = {
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs",
+        "mountVolumes": {
+            "azureFileShares": [
+                {
+                    "azureFileUrl": f"https://{account}.file.core.windows.net/data",
+                    "relativeMountPath": "logs",
+                },
+                {
+                    "azureFileUrl": "https://otheracct.file.core.windows.net/x",
+                    "relativeMountPath": "elsewhere",
+                },
+            ]
+        },
+    }
+    request = launch_request(job_spec("ok", extra=extra), c)
+    result = await backend.start_job(request)
+    assert result.layout.stdouterr is not None and result.layout.stdouterr.share == "data"
+    assert any("otheracct" in note for note in result.notes)
+    assert (await wait_for(backend, request.job_id)).exit_code == 0
+    out = json.loads(await read_text(backend_share(backend), log_loc(result, "stdout.txt")))
+    env = out["env"]  # written through the job's link to the share: the bot read it from there
+    assert env["AZ_BATCHAI_STDOUTERR_DIR"].startswith(env["AZ_BATCHAI_JOB_MOUNT_ROOT"] + "/logs/")

@@ -24,12 +24,14 @@ import asyncio
 import json
 import logging
 import re
+import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -52,6 +54,7 @@ from services.backends.local import (
     layout_from_json,
     layout_to_json,
     log_files,
+    share_from_url,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
 from services.errors import (
@@ -64,7 +67,7 @@ from services.errors import (
     TransientError,
     UserError,
 )
-from services.jobspec import LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
+from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
 from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 
@@ -804,7 +807,7 @@ class AzureBackend:
             job_name=request.job_name,
             job_uuid=request.job_id,
             mount_root=cfg.mount_root.rstrip("/"),
-            job_mount_root=f"{cfg.job_temp_root.rstrip('/')}/{request.job_id}/mounts",
+            job_mount_root=self._job_mount_root(request.job_id),
             job_temp_root=cfg.job_temp_root.rstrip("/"),
             nodes=tuple(
                 NodeInfo(index=i, host=ip, gpus=gpus, node_id=name)
@@ -813,14 +816,68 @@ class AzureBackend:
             python=python,
         )
 
-    def _on_share(self, cluster: Cluster, path: str) -> FileLocation | None:
-        """The share location of a node path under one of the cluster's mounts."""
+    def _on_share(
+        self, cluster: Cluster, path: str, job_links: Sequence[tuple[str, str]] = ()
+    ) -> FileLocation | None:
+        """The share location of a node path under a cluster mount or a job's share link."""
         root = self._config.mount_root.rstrip("/")
-        for m in cluster.mounts:
-            base = f"{root}/{m.mount_path.strip('/')}"
+        bases = [(f"{root}/{m.mount_path.strip('/')}", m.share) for m in cluster.mounts]
+        for base, share in [*bases, *job_links]:
             if path == base or path.startswith(base + "/"):
-                return FileLocation(m.share, path[len(base) :].strip("/"))
+                return FileLocation(share, path[len(base) :].strip("/"))
         return None
+
+    def _job_mount_root(self, job_id: str) -> str:
+        return f"{self._config.job_temp_root.rstrip('/')}/{job_id}/mounts"
+
+    def _job_mounts(self, job_id: str, spec: JobSpec) -> tuple[list[tuple[str, str]], list[str]]:
+        """The job's mountVolumes: (node path, share) links for Azure file shares of our storage
+        account, and a note for each volume the azure backend cannot mount."""
+        volumes = spec.properties.mount_volumes
+        if volumes is None:
+            return [], []
+        root = self._job_mount_root(job_id)
+        account = self._config.storage_account.lower()
+        links: list[tuple[str, str]] = []
+        notes: list[str] = []
+        for v in volumes.azure_file_shares:
+            share = share_from_url(v.azure_file_url)
+            owner = (urlsplit(v.azure_file_url).hostname or "").split(".")[0].lower()
+            if owner != account:
+                notes.append(
+                    f"{v.relative_mount_path}: share {share} of storage account {owner} is not "
+                    f"mounted; the azure backend mounts shares of {account} only"
+                )
+                continue
+            links.append((f"{root}/{v.relative_mount_path.strip('/')}", share))
+        others: list[Any] = [
+            *volumes.azure_blob_file_systems,
+            *volumes.file_servers,
+            *volumes.unmanaged_file_systems,
+        ]
+        notes += [
+            f"{o.relative_mount_path}: blob containers, NFS file servers and custom mounts are "
+            "not mounted by the azure backend; it is an empty directory"
+            for o in others
+        ]
+        return links, notes
+
+    def _mount_prelude(self, links: Sequence[tuple[str, str]]) -> list[str]:
+        """Shell lines for the launch script: mount each share once per node (the credentials
+        file the setup extension wrote), then link it at the job's mount path."""
+        cfg = self._config
+        lines: list[str] = []
+        for link, share in links:
+            mounted = f"{cfg.share_mount_root.rstrip('/')}/{share}"
+            lines += node.mount_lines(
+                cfg.smb_host, cfg.storage_account, [node.NodeMount(share, mounted)]
+            )
+            parent = link.rsplit("/", 1)[0]
+            lines += [
+                f"mkdir -p -- {shlex.quote(parent)}",
+                f"ln -sfn -- {shlex.quote(mounted)} {shlex.quote(link)}",
+            ]
+        return lines
 
     async def _prepare(self, request: LaunchRequest) -> _JobInfo:
         spec, c = request.spec, request.cluster
@@ -852,18 +909,9 @@ class AzureBackend:
         hosts = [(vm.name, ips[vm.instance_id]) for vm in vms]
         plan = plan_launch(spec, self._context(request, hosts, gpus, python))
         notes = list(plan.warnings)
-        volumes = spec.properties.mount_volumes
-        if volumes is not None and (
-            volumes.azure_file_shares
-            or volumes.azure_blob_file_systems
-            or volumes.file_servers
-            or volumes.unmanaged_file_systems
-        ):
-            notes.append(
-                "job-level mountVolumes are not mounted by the azure backend; mount the share on "
-                "the cluster (--afs-name / --afs-mount-path) and use $AZ_BATCHAI_MOUNT_ROOT"
-            )
-        stdouterr = self._on_share(c, plan.stdouterr_dir)
+        links, mount_notes = self._job_mounts(request.job_id, spec)
+        notes += mount_notes
+        stdouterr = self._on_share(c, plan.stdouterr_dir, links)
         if stdouterr is None:
             notes.append(
                 f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
@@ -871,7 +919,7 @@ class AzureBackend:
             )
         outputs: dict[str, FileLocation] = {}
         for out in plan.output_dirs:
-            loc = self._on_share(c, out.path)
+            loc = self._on_share(c, out.path, links)
             if loc is None:
                 notes.append(
                     f"output directory {out.id} is not on a file share; it cannot be listed"
@@ -907,6 +955,7 @@ class AzureBackend:
                 "host_lines": list(plan.mpi_host_file_lines),
                 "python": self._config.node_python,
                 "container": container is not None,
+                "prelude": self._mount_prelude(links),
             },
             "result": layout_to_json(result),
         }
@@ -956,7 +1005,13 @@ class AzureBackend:
                 image=plan.container_image,
                 argv=(),
                 env_names=list(job_env),
-                volumes=[cfg.mount_root.rstrip("/"), cfg.control_mount, plan.job_temp],
+                volumes=[
+                    cfg.mount_root.rstrip("/"),
+                    cfg.control_mount,
+                    cfg.share_mount_root,
+                    self._job_mount_root(request.job_id),
+                    plan.job_temp,
+                ],
                 workdir=wd,
                 shm_size=settings.shm_size if settings else None,
                 gpus=int(proc.env.get("AZ_BATCHAI_NUM_GPUS", "0") or 0),
@@ -1038,6 +1093,7 @@ class AzureBackend:
             host_file=plan["host_file"],
             host_lines=plan["host_lines"],
             container=bool(plan.get("container")),
+            prelude=plan.get("prelude", ()),
         )
         body: dict[str, Any] = {
             "location": self._config.location,

@@ -45,6 +45,7 @@ class AzureConfig:
     admin_user: str = "batchai"  # when the cluster names none
     admin_password: str | None = field(default=None, repr=False)  # only if given; never logged
     control_mount: str = DEFAULT_CONTROL_MOUNT
+    share_mount_root: str = "/mnt/batchai-shares"  # shares of job-level mountVolumes, once each
     job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
     node_python: str = "python3"  # runs the node runner and python jobs on the nodes
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate

@@ -117,6 +117,7 @@ def launch_script(
     host_file: str,
     host_lines: Sequence[str],
     container: bool = False,
+    prelude: Sequence[str] = (),
 ) -> str:
     """The managed run command of one node: prepare the job's directories (and docker, for a
     container job) and start the node runner detached under systemd; a repeated run (same job,
@@ -129,6 +130,7 @@ def launch_script(
         "  echo 'already started'; exit 0",
         "fi",
         *(DOCKER_INSTALL if container else ()),
+        *prelude,
         "mkdir -p -- " + " ".join(q(d) for d in dirs),
         "printf '%s\\n' " + " ".join(q(line) for line in host_lines) + f" > {q(host_file)}",
         f"systemd-run --unit={unit_name(job_id, node_index)} --collect --quiet "
