@@ -361,7 +361,7 @@ async def test_run_command_runs_the_script_on_the_node_with_the_systemd_shim(env
         "systemd-run --unit=job-1 --collect --quiet --property=KillMode=mixed "
         '--setenv=GREETING=hello -- bash -c \'echo "$GREETING $SECRET_TOKEN" > unit.txt; '
         "sleep 30'\n"
-        "for i in $(seq 100); do [ -s unit.txt ] && break; sleep 0.05; done\n"
+        "for i in $(seq 400); do [ -s unit.txt ] && break; sleep 0.05; done\n"
         "systemctl is-active job-1\n"
         'echo "$SECRET_TOKEN" > secret.txt\n'
         "echo warn >&2\n"
@@ -681,7 +681,7 @@ async def test_docker_stand_in_runs_the_command_and_rm_f_stops_it(env: Env) -> N
         "systemd-run --unit=job --setenv=TOKEN=t0k -- docker run --rm --name job-c "
         '--network host --init -w "$PWD/work" -e TOKEN ubuntu:22.04 '
         "bash -c 'echo \"$PWD $TOKEN\" > c.txt; sleep 30'\n"
-        "for i in $(seq 100); do [ -s work/c.txt ] && break; sleep 0.05; done\n"
+        "for i in $(seq 400); do [ -s work/c.txt ] && break; sleep 0.05; done\n"
         "docker ps -q --filter name=job-c\n"
         "docker rm -f job-c\n"
         "systemctl is-active job || true\n"
