@@ -13,6 +13,8 @@ Each Batch AI concept and its Azure form:
   deadline                written over the Files REST API; the run command's instance view is
                           only asked while a node has not started
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
+- job mountVolumes     -> shares of the bot's storage account, mounted once per node under
+                          `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
 ARM reads of a cluster are shared by every status call within one poll cycle, so a poll costs
 O(clusters) ARM requests, not O(jobs x nodes).
