@@ -21,6 +21,7 @@ from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
     ResourceNotFoundError,
+    ServiceResponseError,
 )
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.compute.models import (
@@ -39,6 +40,8 @@ T4 = "Standard_NC4as_T4_v3"
 
 
 class Env:
+    """A started fake with compute and network clients on it."""
+
     def __init__(self, arm: FakeArm, compute: ComputeManagementClient, network: Any) -> None:
         self.arm = arm
         self.compute = compute
@@ -594,7 +597,7 @@ async def test_faults_match_paths_and_delays_hold_requests(env: Env) -> None:
         assert info.value.error is not None and info.value.error.code == "ServerBusy"
         assert [u async for u in compute.usage.list("eastus")]
         env.arm.delay_next(1, 1.0, match="/skus")
-        with pytest.raises(Exception):  # noqa: B017 - the SDK's read timeout error
+        with pytest.raises(ServiceResponseError):  # the SDK's read timeout
             [s async for s in compute.resource_skus.list(read_timeout=0.2)]
     assert os.path.exists(env.arm.ca_path)
 

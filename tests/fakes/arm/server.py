@@ -1190,6 +1190,12 @@ class FakeArm:
     # ------------------------------------------------------------------ run commands
 
     def _check_running(self, inst: Instance) -> None:
+        if inst.state == "deleting":
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                "The operation is not allowed because the virtual machine is being deleted.",
+            )
         if inst.power == "deallocated":
             raise ArmError(
                 409,
