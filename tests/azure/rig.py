@@ -17,6 +17,7 @@ from services.backends.azure.compute import AzureBackend
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.files import AzureShare, FilesRetry
 from tests.fakes.arm import FakeArm, FakeCredential
+from tests.fakes.arm.server import SHIM_DIR
 from tests.fakes.azure_files import FakeAzureFiles
 
 BOT_SHARE = "batchai"  # the bot's own share: node runner, specs, status files
@@ -68,6 +69,8 @@ def rig_config(arm: FakeArm, files: FakeAzureFiles, root: Path) -> AzureConfig:
         share_mount_root=str(root / "shares"),
         job_temp_root=str(root / "jobtemp"),
         node_python=sys.executable,
+        # The nodes' own tools (docker, systemctl …) are the fake's stand-ins.
+        node_path=f"{SHIM_DIR}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         grace_seconds=0.5,
         heartbeat_seconds=0.5,
         poll_cache_seconds=0.2,

@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -502,3 +503,20 @@ async def test_job_mount_volumes_of_the_account_are_linked_like_batch_ai_recipes
     out = json.loads(await read_text(backend_share(backend), log_loc(result, "stdout.txt")))
     env = out["env"]  # written through the job's link to the share: the bot read it from there
     assert env["AZ_BATCHAI_STDOUTERR_DIR"].startswith(env["AZ_BATCHAI_JOB_MOUNT_ROOT"] + "/logs/")
+
+
+async def test_a_container_job_runs_under_docker_on_the_node(
+    rig: AzureRig, backend: AzureBackend
+) -> None:
+    c = gpu_cluster("boxed", "Standard_NC4as_T4_v3", 1)
+    await backend.create_cluster(c)
+    image = {"containerSettings": {"imageSourceRegistry": {"image": "pytorch/pytorch:2.3"}}}
+    request = launch_request(job_spec("ok", extra=image), c)
+    result = await backend.start_job(request)
+    assert (await wait_for(backend, request.job_id)).exit_code == 0
+    out = json.loads(await read_text(backend_share(backend), log_loc(result, "stdout.txt")))
+    assert out["task"] == "0" and out["argv"] == ["ok"]
+    # The docker stand-in keeps its containers where it runs (the job's working directory).
+    temp = Path(rig.config.job_temp_root)
+    containers = [p.name for p in temp.glob(f"*-{request.job_id}/wd/run/fake-docker/*.pgid")]
+    assert containers == [f"job-{request.job_id}-rank-0.pgid"]

@@ -78,12 +78,8 @@ log = logging.getLogger(__name__)
 CONTROL_DIR = ".batchai"  # on the bot's share: the node runner, job specs, status files
 SETUP_EXTENSION = "batchai-setup"
 SSH_PORT = 22
-# A clean environment, like a systemd unit's: nothing of the bot's reaches a job.
-NODE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "LANG": "C.UTF-8",
-}
+# A clean environment, like a systemd unit's (plus the node's PATH): nothing of the bot's.
+NODE_ENV = {"HOME": "/root", "LANG": "C.UTF-8"}
 IMAGES = {
     "ubuntults": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest",
     "ubuntuhpc": "microsoft-dsvm:ubuntu-hpc:2204:latest",
@@ -994,7 +990,7 @@ class AzureBackend:
     ) -> ProcessSpec:
         wd = f"{plan.job_temp}/wd"
         job_env = {"PYTHONUNBUFFERED": "1", **proc.env}
-        env = {**NODE_ENV, **job_env}
+        env = {"PATH": self._config.node_path, **NODE_ENV, **job_env}
         wrapper: tuple[str, ...] = ()
         stop: tuple[str, ...] = ()
         if container and plan.container_image is not None:

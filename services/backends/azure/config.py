@@ -47,6 +47,7 @@ class AzureConfig:
     control_mount: str = DEFAULT_CONTROL_MOUNT
     share_mount_root: str = "/mnt/batchai-shares"  # shares of job-level mountVolumes, once each
     job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
+    node_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # jobs' PATH
     node_python: str = "python3"  # runs the node runner and python jobs on the nodes
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
