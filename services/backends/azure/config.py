@@ -54,8 +54,9 @@ class AzureConfig:
     heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost
     launch_grace: float = 300.0  # a started run command has this long to start its runner
     launch_check_seconds: float = 20.0  # ask a run command about its node only after this long
-    # ARM reads are shared by every status call within this window (one poll cycle).
-    poll_cache_seconds: float = 2.0
+    # ARM reads of a cluster are shared by every status call within this window (a poll cycle,
+    # or several: exit codes come from the share at once; ARM only tells of lost nodes).
+    poll_cache_seconds: float = 10.0
 
     @property
     def arm_url(self) -> str:
