@@ -191,7 +191,6 @@ class Snapshot:
     """One ARM read of a cluster: its VMs (instance views) in node-index order."""
 
     exists: bool
-    spot: bool = False
     vms: list[VmState] = field(default_factory=list)
     taken: float = 0.0  # the backend's monotonic clock
 
@@ -296,6 +295,17 @@ def _float(text: str | None) -> float | None:
         return None if text is None else float(text)
     except ValueError:
         return None
+
+
+def _node_dirs(plan: LaunchPlan) -> list[str]:
+    """What the launch script creates on a node before the runner starts."""
+    return [
+        plan.stdouterr_dir,
+        plan.job_temp,
+        plan.shared_job_temp,
+        f"{plan.job_temp}/wd",
+        *(o.path for o in plan.output_dirs),
+    ]
 
 
 # --------------------------------------------------------------------------- the backend
@@ -418,8 +428,7 @@ class AzureBackend:
             except ResourceNotFoundError:
                 return Snapshot(exists=False)
         vms.sort(key=lambda vm: int(str(vm.instance_id)) if str(vm.instance_id).isdigit() else 0)
-        spot = any(str(getattr(vm, "priority", "") or "").lower() in ("spot", "low") for vm in vms)
-        return Snapshot(exists=True, spot=spot, vms=[_vm_state(vm) for vm in vms])
+        return Snapshot(exists=True, vms=[_vm_state(vm) for vm in vms])
 
     async def _private_ips(self, cluster: str) -> dict[str, str]:
         """Instance id -> private IP: one NIC list for the whole scale set."""
@@ -948,7 +957,7 @@ class AzureBackend:
             "launched_at": job.launched_at,
             "spot": job.spot,
             "plan": {
-                "dirs": self._node_dirs(plan, request.job_id),
+                "dirs": _node_dirs(plan),
                 "host_file": plan.env["AZ_BATCHAI_MPI_HOST_FILE"],
                 "host_lines": list(plan.mpi_host_file_lines),
                 "python": self._config.node_python,
@@ -961,15 +970,6 @@ class AzureBackend:
         await self._write(self._loc("jobs", job.job_id, "launch.json"), json.dumps(launch))
         self._jobs[job.job_id] = job
         return job
-
-    def _node_dirs(self, plan: LaunchPlan, job_id: str) -> list[str]:
-        return [
-            plan.stdouterr_dir,
-            plan.job_temp,
-            plan.shared_job_temp,
-            f"{plan.job_temp}/wd",
-            *(o.path for o in plan.output_dirs),
-        ]
 
     async def _ensure_runner(self) -> None:
         """The node runner's source on the share, where every node runs it from."""
