@@ -551,24 +551,23 @@ async def test_unknown_resource_group_and_subnet(env: Env) -> None:
 
 async def test_eviction_and_scale_set_delete_kill_the_nodes_processes(env: Env) -> None:
     await env.create(capacity=2, spot=True)  # eviction policy Delete
+    # The unit's child leaves the unit's session: only a cgroup-like kill reaches it.
+    unit = "systemd-run --unit=job --quiet bash -c 'setsid sleep 300 & echo $! > child.pid; wait'"
+    wait = "for i in $(seq 400); do [ -s child.pid ] && break; sleep 0.05; done"
     for iid in ("0", "1"):
-        await env.run(
-            "c1", iid, "job", "systemd-run --unit=job --quiet sleep 30\n", asyncExecution=True
-        )
+        await env.run("c1", iid, "job", f"{unit}\n{wait}\n", asyncExecution=True)
         await env.wait_state("c1", iid, "job", "Succeeded")
-    pgids = [
-        int((env.arm.node_dir("c1", i) / "run/fake-systemd/job.pgid").read_text())
-        for i in ("0", "1")
-    ]
-    assert all(alive(p) for p in pgids)
+    children = [int((env.arm.node_dir("c1", i) / "child.pid").read_text()) for i in ("0", "1")]
+    assert all(alive(p) for p in children)
+    assert os.getpgid(children[0]) == children[0]  # its own session and group
     env.arm.evict("c1", "1")
-    assert await dead(pgids[1]) and alive(pgids[0])
+    assert await dead(children[1]) and alive(children[0])
     ids = [vm.instance_id async for vm in env.compute.virtual_machine_scale_set_vms.list(RG, "c1")]
     assert ids == ["0"]
     assert (await env.compute.virtual_machine_scale_sets.get(RG, "c1")).sku.capacity == 1
     poller = await env.compute.virtual_machine_scale_sets.begin_delete(RG, "c1")
     await poller.result()
-    assert await dead(pgids[0])
+    assert await dead(children[0])
 
 
 async def test_stopping_the_fake_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -768,6 +767,19 @@ async def test_systemd_stand_ins_answer_like_systemd(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     assert shim(node, "systemctl", "is-active", "u").stdout == "inactive\n"
+    escape = "setsid sleep 300 & echo $! > esc.pid; wait"
+    assert shim(node, "systemd-run", "--unit=esc", "bash", "-c", escape).returncode == 0
+    for _ in range(500):
+        if (node / "esc.pid").exists() and (node / "esc.pid").read_text().endswith("\n"):
+            break
+        await asyncio.sleep(0.01)
+    child = int((node / "esc.pid").read_text())
+    try:
+        assert shim(node, "systemctl", "stop", "esc").returncode == 0
+        assert await dead(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
     waited = shim(node, "systemd-run", "--wait", "--quiet", "bash", "-c", "exit 4")
     assert waited.returncode == 4
     assert shim(node, "mountpoint", "-q", str(node)).returncode == 0

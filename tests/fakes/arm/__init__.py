@@ -62,9 +62,11 @@ extension) runs as `bash <file>` in its own session with cwd = HOME = TMPDIR = t
 FAKE_NODE_DIR and BATCHAI_NODE_ROOT = that directory, named parameters as environment variables
 (nameless ones as arguments) and PATH = `tests/fakes/arm_node` (stand-ins for systemd-run,
 systemctl, docker, mount, mountpoint, umount, mount.cifs, apt-get; each says what it supports)
-+ this PATH. systemd-run units and docker containers are process groups recorded in
-`<node>/run/fake-systemd/<unit>.pgid` and `<node>/run/fake-docker/<name>.pgid` (a container runs
-its command on the node itself; the image is not used); mount command lines go to
++ this PATH. A systemd-run unit is a supervisor process (a child subreaper, so nothing it starts
+escapes it, even into a new session: the unit's "cgroup") recorded in
+`<node>/run/fake-systemd/<unit>.pgid`; a docker container is a process group recorded in
+`<node>/run/fake-docker/<name>.pgid` (it runs its command on the node itself; the image is not
+used); mount command lines go to
 `<node>/run/fake-mounts.log`. Deleting or evicting an instance, deleting its scale set, or
 stopping the fake kills its scripts', units' and containers' process groups.
 

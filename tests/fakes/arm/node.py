@@ -136,6 +136,46 @@ async def pump(stream: asyncio.StreamReader, buf: bytearray) -> None:
             del buf[:-OUTPUT_LIMIT]
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (a unit's supervisor is a child subreaper, so
+    this is the unit's whole "cgroup")."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_unit(pidfile: Path) -> None:
+    """SIGKILL a systemd-run unit: everything below its supervisor, then the supervisor (first
+    the processes, so none is orphaned out of reach). Only if the pid is still the unit's."""
+    try:
+        supervisor = int(pidfile.read_text())
+        cmdline = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if str(pidfile).encode() not in cmdline:
+        return
+    for _ in range(3):  # a process may fork while we kill
+        pids = descendants(supervisor)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    killpg(supervisor)
+
+
 def killpg(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)

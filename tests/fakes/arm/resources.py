@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes.arm.clock import iso, now
-from tests.fakes.arm.node import Script, kill_script, killpg
+from tests.fakes.arm.node import Script, kill_script, kill_unit, killpg
 
 SUBSCRIPTION = "00000000-0000-4000-8000-0000000000aa"
 RESOURCE_GROUP = "batchai-rg"
@@ -157,10 +157,11 @@ class Instance:
             kill_script(script, leftovers=True)
         for rc in self.run_commands.values():
             kill_script(rc.script)
-        for kind in ("fake-systemd", "fake-docker"):
-            for pidfile in (self.dir / "run" / kind).glob("*.pgid"):
-                with contextlib.suppress(ValueError, OSError):
-                    killpg(int(pidfile.read_text()))
+        for pidfile in (self.dir / "run" / "fake-systemd").glob("*.pgid"):
+            kill_unit(pidfile)
+        for pidfile in (self.dir / "run" / "fake-docker").glob("*.pgid"):
+            with contextlib.suppress(ValueError, OSError):
+                killpg(int(pidfile.read_text()))
 
 
 @dataclass

@@ -113,7 +113,7 @@ class FakeArm:
         page_size: int | None = None,
         lro_retry_after: float | None = None,
     ) -> None:
-        self.node_root = Path(node_root)
+        self.node_root = Path(node_root).absolute()
         self.subscription = subscription
         self.resource_group = resource_group
         self.location = location
