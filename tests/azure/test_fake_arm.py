@@ -339,6 +339,13 @@ async def test_instances_stay_creating_until_polled_enough(env: Env) -> None:
         RG, "c1", VirtualMachineScaleSet(model(env.arm, capacity=1)), polling=False
     )
     await poller.result()
+    ops = env.compute.virtual_machine_scale_set_vm_run_commands
+    body = {"location": "eastus", "properties": {"source": {"script": "true\n"}}}
+    await ops.begin_create_or_update(
+        RG, "c1", "0", "early", VirtualMachineRunCommand(body), polling=False
+    )
+    assert await env.arm.settle(5)  # the run command waits for the boot, settle does not
+    assert (await env.view("c1", "0", "early")).execution_state == "Pending"
     states = []
     for _ in range(300):
         vms = [
@@ -352,6 +359,7 @@ async def test_instances_stay_creating_until_polled_enough(env: Env) -> None:
             break
         await env.arm.settle(5)
     creating = ("ProvisioningState/creating", "PowerState/starting")
+    assert states[0] == creating
     assert states[:2] == [creating, creating]  # not booted before the third look
     assert states[-1] == ("ProvisioningState/succeeded", "PowerState/running")
     assert len(states) >= 3

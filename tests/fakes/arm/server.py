@@ -330,9 +330,10 @@ class FakeArm:
             inst.halt()
             inst.power = "deallocated"
 
-    async def settle(self, timeout: float = 30.0) -> None:
+    async def settle(self, timeout: float = 30.0) -> bool:
         """Wait until no provisioning or script task runs (tests that inspect the end state);
-        an instance that waits to be polled (`instance_delay_polls`) does not count."""
+        an instance that waits to be polled (`instance_delay_polls`) and run commands that wait
+        for it to boot do not count. False when `timeout` passed first."""
         deadline = time.monotonic() + timeout
         while True:
             busy = [
@@ -340,8 +341,10 @@ class FakeArm:
                 for t in self._tasks
                 if not t.done() and t is not asyncio.current_task() and t not in self._blocked
             ]
-            if not busy or time.monotonic() > deadline:
-                return
+            if not busy:
+                return True
+            if time.monotonic() > deadline:
+                return False
             await asyncio.wait(
                 busy,
                 timeout=min(0.05, max(0.0, deadline - time.monotonic())),
@@ -961,6 +964,16 @@ class FakeArm:
         finally:
             inst.provisioned.set()
 
+    async def _booted(self, inst: Instance) -> None:
+        """Wait for the VM to boot; `settle()` does not wait for a task parked here."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._blocked.add(me)
+        try:
+            await inst.booted.wait()
+        finally:
+            self._blocked.discard(me)
+
     async def _run_extension(
         self, inst: Instance, ext: Extension, props: Mapping[str, Any]
     ) -> bool:
@@ -1343,7 +1356,7 @@ class FakeArm:
 
     async def _run_rc(self, ss: ScaleSet, inst: Instance, rc: RunCommand) -> None:
         script = rc.script
-        await inst.booted.wait()
+        await self._booted(inst)
         source = rc.properties.get("source") or {}
         text = source.get("script")
         if not text:
@@ -1414,7 +1427,7 @@ class FakeArm:
         where = inst.dir / "var/lib/waagent/run-command/download" / str(uuid.uuid4())
 
         async def run() -> None:
-            await inst.booted.wait()
+            await self._booted(inst)
             await self._execute(inst, script, text, where=where, env=env, args=args, timeout=5400)
 
         script.task = self._spawn(run())
