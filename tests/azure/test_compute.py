@@ -17,8 +17,10 @@ import pytest
 from bot.bootstrap import azure_config
 from bot.check import check_azure, format_results
 from bot.config import Settings
-from services.backends.azure.compute import AzureBackend, gpu_model, image_reference
+from services.backends.azure.compute import AzureBackend
 from services.backends.azure.files import AzureShare
+from services.backends.azure.scaleset import image_reference
+from services.backends.azure.sizes import gpu_model
 from services.errors import (
     BackendError,
     BatchAIError,

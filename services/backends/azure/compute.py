@@ -17,7 +17,8 @@ Each Batch AI concept and its Azure form:
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
 ARM reads of a cluster are shared by every status call within one poll cycle, so a poll costs
-O(clusters) ARM requests, not O(jobs x nodes).
+O(clusters) ARM requests, not O(jobs x nodes). The scale-set model and node states are in
+`scaleset`, sizes and quotas in `sizes`, the node-side scripts in `node` and `cloudinit`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,9 +47,23 @@ from azure.mgmt.compute.models import (
 from azure.mgmt.network.aio import NetworkManagementClient
 
 from services.backends import noderunner
-from services.backends.azure import cloudinit, node
+from services.backends.azure import node
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code, translate
+from services.backends.azure.scaleset import (
+    Snapshot,
+    instance_of,
+    scale_set_model,
+    vm_state,
+)
+from services.backends.azure.sizes import (
+    Quota,
+    SkuInfo,
+    quota_problem,
+    same_gpu,
+    sku_info,
+    wire_text,
+)
 from services.backends.local import (
     NodeRun,
     docker_argv,
@@ -76,162 +91,16 @@ from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".batchai"  # on the bot's share: the node runner, job specs, status files
-SETUP_EXTENSION = "batchai-setup"
 SSH_PORT = 22
 # A clean environment, like a systemd unit's (plus the node's PATH): nothing of the bot's.
 NODE_ENV = {"HOME": "/root", "LANG": "C.UTF-8"}
-IMAGES = {
-    "ubuntults": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest",
-    "ubuntuhpc": "microsoft-dsvm:ubuntu-hpc:2204:latest",
-    "ubuntudsvm": "microsoft-dsvm:ubuntu-2204:2204-gen2:latest",
-}
-_GPU_TOKEN = re.compile(r"^(GB\d+|[A-Z]{1,2}\d{1,3}[A-Z]?)$")
 _TERMINAL_RC = {"Failed", "TimedOut", "Canceled"}
-_RESERVED_USERS = {"admin", "administrator", "root", "user", "guest", "test", "sys", "adm"}
 
 
 class ControlShare(FileShare, Protocol):
     """The FileShare port plus the writes the backend needs on its own share."""
 
     async def write_file(self, loc: FileLocation, data: bytes) -> None: ...
-
-
-# --------------------------------------------------------------------------- images and sizes
-
-
-def image_reference(image: str) -> dict[str, str]:
-    """An alias (UbuntuLTS, UbuntuHPC) or a full URN publisher:offer:sku:version."""
-    urn = IMAGES.get(image.replace("-", "").replace("_", "").lower(), image)
-    parts = urn.split(":")
-    if len(parts) != 4 or not all(parts):
-        aliases = "UbuntuLTS, UbuntuHPC, UbuntuDSVM"
-        raise UserError(
-            f"image {image!r} is neither an alias ({aliases}) nor a publisher:offer:sku:version URN"
-        )
-    return dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
-
-
-def admin_name(wanted: str | None, default: str) -> str:
-    """A Linux admin user name Azure accepts (lower case, no reserved name), else `default`."""
-    name = re.sub(r"[^a-z0-9_-]", "", (wanted or "").lower())[:32]
-    if not name or not name[0].isalpha() or name in _RESERVED_USERS:
-        return default
-    return name
-
-
-def gpu_model(size: str) -> str | None:
-    """The GPU a size name carries (Standard_NC24ads_A100_v4 -> A100), when it names one."""
-    for token in size.upper().split("_")[2:]:
-        if _GPU_TOKEN.match(token) and not re.fullmatch(r"V\d", token):
-            return token
-    return None
-
-
-@dataclass(frozen=True)
-class SkuInfo:
-    name: str
-    family: str
-    vcpus: int
-    gpus: int
-    spot_capable: bool
-    restriction: str | None  # why it cannot be used in the region, or None
-
-
-@dataclass(frozen=True)
-class Quota:
-    name: str
-    current: int
-    limit: int
-
-    @property
-    def left(self) -> int:
-        return max(0, self.limit - self.current)
-
-
-def _text(value: object) -> str:
-    """An SDK enum's wire value ("Failed"), not its repr ("ExecutionState.FAILED")."""
-    return str(getattr(value, "value", value) or "")
-
-
-def _capabilities(sku: Any) -> dict[str, str]:
-    return {c.name: c.value for c in (sku.capabilities or []) if c.name}
-
-
-def _sku_info(sku: Any, location: str) -> SkuInfo:
-    caps = _capabilities(sku)
-    reason = None
-    for r in sku.restrictions or []:
-        values = [v.lower() for v in (r.values_property or [])]
-        if r.type == "Location" and location.lower() in values:
-            reason = _text(r.reason_code) or "restricted"
-    return SkuInfo(
-        name=sku.name,
-        family=sku.family or "",
-        vcpus=int(float(caps.get("vCPUs", "0"))),
-        gpus=int(float(caps.get("GPUs", "0"))),
-        spot_capable=caps.get("LowPriorityCapable", "False").lower() == "true",
-        restriction=reason,
-    )
-
-
-# --------------------------------------------------------------------------- cluster snapshots
-
-
-@dataclass(frozen=True)
-class VmState:
-    instance_id: str
-    name: str
-    state: str  # idle-capable base state: ready | preparing | unusable | leaving
-    detail: str
-    ip: str | None = None
-
-
-@dataclass
-class Snapshot:
-    """One ARM read of a cluster: its VMs (instance views) in node-index order."""
-
-    exists: bool
-    vms: list[VmState] = field(default_factory=list)
-    taken: float = 0.0  # the backend's monotonic clock
-
-    def by_instance(self) -> dict[str, VmState]:
-        return {vm.instance_id: vm for vm in self.vms}
-
-
-def _codes(statuses: Iterable[Any] | None) -> list[str]:
-    return [str(s.code or "") for s in statuses or []]
-
-
-def _vm_state(vm: Any) -> VmState:
-    view = vm.instance_view
-    codes = _codes(view.statuses if view else None)
-    power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
-    provisioning = str(vm.provisioning_state or "").lower()
-    ext_codes = [
-        code
-        for ext in (view.extensions or [] if view else [])
-        if ext.name == SETUP_EXTENSION
-        for code in _codes(ext.statuses)
-    ]
-    state, detail = "ready", "running"
-    if provisioning == "deleting" or power == "deallocating":
-        state, detail = "leaving", provisioning or power
-    elif provisioning == "failed" or any("failed" in c.lower() for c in codes + ext_codes):
-        state, detail = "unusable", "provisioning or setup failed"
-    elif power in ("stopped", "deallocated", "stopping"):
-        state, detail = "unusable", f"VM is {power}"
-    elif provisioning in ("creating", "updating") or power in ("starting", ""):
-        state, detail = "preparing", provisioning or "starting"
-    elif ext_codes and not any("succeeded" in c.lower() for c in ext_codes):
-        state, detail = "preparing", "running the setup extension"
-    return VmState(str(vm.instance_id), str(vm.name), state, detail)
-
-
-def _instance_of(resource_id: str | None) -> str | None:
-    if not resource_id:
-        return None
-    parts = resource_id.rstrip("/").split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2].lower() == "virtualmachines" else None
 
 
 # --------------------------------------------------------------------------- jobs on the share
@@ -377,7 +246,7 @@ class AzureBackend:
                     filter=f"location eq '{location}'"
                 ):
                     if sku.resource_type == "virtualMachines" and sku.name:
-                        found[sku.name.lower()] = _sku_info(sku, location)
+                        found[sku.name.lower()] = sku_info(sku, location)
             self._skus = found
         return self._skus
 
@@ -428,7 +297,7 @@ class AzureBackend:
             except ResourceNotFoundError:
                 return Snapshot(exists=False)
         vms.sort(key=lambda vm: int(str(vm.instance_id)) if str(vm.instance_id).isdigit() else 0)
-        return Snapshot(exists=True, vms=[_vm_state(vm) for vm in vms])
+        return Snapshot(exists=True, vms=[vm_state(vm) for vm in vms])
 
     async def _private_ips(self, cluster: str) -> dict[str, str]:
         """Instance id -> private IP: one NIC list for the whole scale set."""
@@ -439,7 +308,7 @@ class AzureBackend:
             ) in self._network.network_interfaces.list_virtual_machine_scale_set_network_interfaces(  # noqa: E501
                 self._rg, cluster
             ):
-                instance = _instance_of(nic.virtual_machine.id if nic.virtual_machine else None)
+                instance = instance_of(nic.virtual_machine.id if nic.virtual_machine else None)
                 configs = nic.ip_configurations or []
                 primary = next((c for c in configs if c.primary), configs[0] if configs else None)
                 if instance is not None and primary is not None and primary.private_ip_address:
@@ -458,7 +327,7 @@ class AzureBackend:
         sku = skus.get(vm_size.lower())
         if sku is None or sku.restriction is not None:
             why = "is not offered" if sku is None else f"is not available ({sku.restriction})"
-            alts = self._same_gpu(skus, vm_size, exclude_restricted=True)
+            alts = same_gpu(skus, vm_size, exclude_restricted=True)
             hint = f"; sizes with the same GPU here: {', '.join(alts)}" if alts else ""
             raise QuotaError(f"{vm_size} {why} in {location} for this subscription{hint}")
         if spot and not sku.spot_capable:
@@ -466,69 +335,10 @@ class AzureBackend:
         if nodes <= 0:
             return sku
         usages = await self._usages()
-        message = self._quota_problem(skus, usages, sku, nodes, spot=spot)
+        message = quota_problem(self._config.location, skus, usages, sku, nodes, spot=spot)
         if message is not None:
             raise QuotaError(message)
         return sku
-
-    def _same_gpu(
-        self, skus: Mapping[str, SkuInfo], size: str, *, exclude_restricted: bool
-    ) -> list[str]:
-        model = gpu_model(size)
-        if model is None:
-            return []
-        return sorted(
-            s.name
-            for s in skus.values()
-            if gpu_model(s.name) == model
-            and s.name.lower() != size.lower()
-            and not (exclude_restricted and s.restriction)
-        )
-
-    def _quota_problem(
-        self,
-        skus: Mapping[str, SkuInfo],
-        usages: Mapping[str, Quota],
-        sku: SkuInfo,
-        nodes: int,
-        *,
-        spot: bool,
-    ) -> str | None:
-        need = sku.vcpus * nodes
-        checks = (
-            [("lowPriorityCores", "Spot vCPU")]
-            if spot
-            else [(sku.family, f"{sku.family} vCPU"), ("cores", "total regional vCPU")]
-        )
-        for quota_name, label in checks:
-            quota = usages.get(quota_name.lower())
-            if quota is None or need <= quota.left:
-                continue
-            alts: list[str] = []
-            fit = quota.left // sku.vcpus if sku.vcpus else 0
-            if 0 < fit < nodes:
-                alts.append(f"{fit} node{'s' if fit > 1 else ''} fit")
-            for other in self._same_gpu(skus, sku.name, exclude_restricted=True):
-                o = skus[other.lower()]
-                fam = usages.get(o.family.lower())
-                regional = usages.get("cores")
-                if (
-                    fam is not None
-                    and o.vcpus * nodes <= fam.left
-                    and (regional is None or o.vcpus * nodes <= regional.left)
-                ):
-                    alts.append(f"{o.name} ({fam.left} {o.family} vCPUs free)")
-            low = usages.get("lowprioritycores")
-            if not spot and sku.spot_capable and low is not None and need <= low.left:
-                alts.append(f"--vm-priority lowpriority (Spot: {low.left} vCPUs free)")
-            try_text = f" Try: {'; '.join(alts[:4])}." if alts else ""
-            return (
-                f"not enough {label} quota in {self._config.location} for {nodes} × {sku.name}: "
-                f"needs {need}, {quota.name} has {quota.left} of {quota.limit} free "
-                f"({quota.current} in use).{try_text} Ask for more in the Azure portal under "
-                "Quotas → Compute."
-            )
-        return None
 
     async def _explain_quota(
         self, err: HttpResponseError, vm_size: str, nodes: int, spot: bool, what: str
@@ -545,118 +355,10 @@ class AzureBackend:
 
     # ---------------------------------------------------------------- clusters
 
-    def _ssh_key(self) -> str:
-        if self._config.ssh_public_key:
-            return self._config.ssh_public_key.strip()
-        # No key configured: a throwaway one nobody holds; the nodes are reached by run command.
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        public = Ed25519PrivateKey.generate().public_key()
-        raw = public.public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        return raw.decode() + " batchai-bot-unused"
-
-    def _mounts(self, cluster: Cluster) -> list[node.NodeMount]:
-        root = self._config.mount_root.rstrip("/")
-        mounts = [node.NodeMount(self._config.share, self._config.control_mount)]
-        mounts += [node.NodeMount(m.share, f"{root}/{m.mount_path}") for m in cluster.mounts]
-        return mounts
+    # ---------------------------------------------------------------- clusters
 
     def scale_set_model(self, cluster: Cluster) -> dict[str, Any]:
-        """The scale set as ARM JSON. It holds no secret: the key goes in protectedSettings."""
-        cfg = self._config
-        user = admin_name(cluster.admin_user, cfg.admin_user)
-        mounts = self._mounts(cluster)
-        setup = node.setup_script(
-            host=cfg.smb_host,
-            account=cfg.storage_account,
-            key=cfg.storage_key,
-            mounts=mounts,
-            mount_root=cfg.mount_root,
-            setup_task=cluster.setup_task,
-        )
-        linux: dict[str, Any] = {
-            "disablePasswordAuthentication": cfg.admin_password is None,
-            "ssh": {
-                "publicKeys": [
-                    {"path": f"/home/{user}/.ssh/authorized_keys", "keyData": self._ssh_key()}
-                ]
-            },
-            "provisionVMAgent": True,
-        }
-        os_profile: dict[str, Any] = {
-            "computerNamePrefix": re.sub(r"[^A-Za-z0-9-]", "", cluster.name)[:15] or "node",
-            "adminUsername": user,
-            "linuxConfiguration": linux,
-            "customData": cloudinit.custom_data(
-                host=cfg.smb_host,
-                account=cfg.storage_account,
-                mounts=mounts,
-                dirs=[cfg.job_temp_root],
-            ),
-        }
-        if cfg.admin_password is not None:
-            os_profile["adminPassword"] = cfg.admin_password
-        profile: dict[str, Any] = {
-            "osProfile": os_profile,
-            "storageProfile": {
-                "imageReference": image_reference(cluster.image),
-                "osDisk": {
-                    "createOption": "FromImage",
-                    "caching": "ReadWrite",
-                    "managedDisk": {"storageAccountType": "Premium_LRS"},
-                },
-            },
-            "networkProfile": {
-                "networkInterfaceConfigurations": [
-                    {
-                        "name": f"{cluster.name}-nic",
-                        "properties": {
-                            "primary": True,
-                            "ipConfigurations": [
-                                {
-                                    "name": "ipconfig",
-                                    "properties": {"subnet": {"id": cfg.subnet_id}},
-                                }
-                            ],
-                        },
-                    }
-                ]
-            },
-            "extensionProfile": {
-                "extensions": [
-                    {
-                        "name": SETUP_EXTENSION,
-                        "properties": {
-                            "publisher": "Microsoft.Azure.Extensions",
-                            "type": "CustomScript",
-                            "typeHandlerVersion": "2.1",
-                            "autoUpgradeMinorVersion": True,
-                            "settings": {},
-                            "protectedSettings": {"commandToExecute": node.wrap(setup)},
-                        },
-                    }
-                ]
-            },
-        }
-        if cluster.vm_priority == "lowpriority":
-            profile.update(
-                {"priority": "Spot", "evictionPolicy": "Delete", "billingProfile": {"maxPrice": -1}}
-            )
-        return {
-            "location": cfg.location,
-            "tags": {"batchai-bot": "cluster", "workspace": cluster.workspace},
-            "sku": {"name": cluster.vm_size, "tier": "Standard", "capacity": cluster.target_nodes},
-            "properties": {
-                "orchestrationMode": "Uniform",
-                "overprovision": False,
-                "singlePlacementGroup": cluster.max_nodes <= 100,
-                "upgradePolicy": {"mode": "Manual"},
-                "virtualMachineProfile": profile,
-            },
-        }
+        return scale_set_model(self._config, cluster)
 
     async def create_cluster(self, cluster: Cluster) -> None:
         what = f"create cluster {cluster.name}"
@@ -664,7 +366,7 @@ class AzureBackend:
         async with azure_errors(what):
             try:
                 found = await self._compute.virtual_machine_scale_sets.get(self._rg, cluster.name)
-                if _text(found.provisioning_state).lower() == "failed":
+                if wire_text(found.provisioning_state).lower() == "failed":
                     raise BackendError(
                         f"cluster {cluster.name} exists but failed to provision; delete it and "
                         "create it again"
@@ -1230,7 +932,7 @@ class AzureBackend:
                 return f"the run command for node {index} is gone and the node never started"
             return None
         view = rc.instance_view
-        state = _text(view.execution_state if view else None)
+        state = wire_text(view.execution_state if view else None)
         exit_code = view.exit_code if view else None
         if state in _TERMINAL_RC or (state == "Succeeded" and exit_code not in (None, 0)):
             error = " ".join(str(view.error or view.execution_message or "").split())[-300:]
