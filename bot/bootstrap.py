@@ -8,8 +8,7 @@ import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-
-from azure.core.credentials_async import AsyncTokenCredential
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.outbox import SlackOutbox
@@ -22,9 +21,7 @@ from handlers.presenter import Presenter, Transport
 from services.access import AccessPolicy
 from services.approvals import ApprovalPolicy, ApprovalService
 from services.audit import AuditLog
-from services.backends.azure.compute import AzureBackend
 from services.backends.azure.config import AzureConfig
-from services.backends.azure.files import AzureShare
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
@@ -40,6 +37,12 @@ from services.runner import JobRunner
 from services.scheduling import Scheduler
 from services.spend import PriceBook, SpendService
 from services.store import SqlStore
+
+if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure
+    from azure.core.credentials_async import AsyncTokenCredential
+
+    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.files import AzureShare
 
 
 @dataclass
@@ -172,6 +175,9 @@ def azure_parts(
     settings: Settings, credential: AsyncTokenCredential | None = None
 ) -> tuple[AzureBackend, AzureShare, AsyncTokenCredential]:
     """The azure backend, its share and the credential they use (made here unless given)."""
+    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.files import AzureShare
+
     config = azure_config(settings)
     credential = credential or azure_credential(settings)
     share = AzureShare(config)

@@ -6,10 +6,10 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from azure.core.credentials_async import AsyncTokenCredential
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
@@ -18,6 +18,9 @@ from handlers.presenter import Transport
 from services.errors import BatchAIError
 from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
 
 log = logging.getLogger(__name__)
 
