@@ -792,3 +792,35 @@ async def test_systemd_stand_ins_answer_like_systemd(tmp_path: Path) -> None:
     assert waited.returncode == 4
     assert shim(node, "mountpoint", "-q", str(node)).returncode == 0
     assert shim(node, "mountpoint", "-q", str(node / "absent")).returncode != 0
+
+
+async def test_an_instance_stays_creating_while_its_setup_extension_runs(env: Env) -> None:
+    body = model(env.arm, capacity=1, setup="until [ -e go ]; do sleep 0.05; done; echo set")
+    poller = await env.compute.virtual_machine_scale_sets.begin_create_or_update(
+        RG, "c1", VirtualMachineScaleSet(body), polling=False
+    )
+    await poller.result()
+    node = env.arm.node_dir("c1", "0")
+    for _ in range(500):  # the extension has started once its script is on the node
+        if (node / "var/lib/waagent/custom-script/download/0/script.sh").exists():
+            break
+        await asyncio.sleep(0.01)
+    vm = await env.compute.virtual_machine_scale_set_vms.get(RG, "c1", "0", expand="instanceView")
+    assert vm.provisioning_state == "Creating"
+    assert [s.code for s in vm.instance_view.statuses] == [
+        "ProvisioningState/creating",
+        "PowerState/running",
+    ]
+    assert vm.instance_view.extensions[0].statuses[0].code == "ProvisioningState/transitioning"
+    vmss = await env.compute.virtual_machine_scale_sets.get(RG, "c1")
+    assert vmss.provisioning_state == "Creating"
+    (node / "go").touch()
+    for _ in range(500):
+        vm = await env.compute.virtual_machine_scale_set_vms.get(RG, "c1", "0")
+        if vm.provisioning_state != "Creating":
+            break
+        await asyncio.sleep(0.01)
+    assert vm.provisioning_state == "Succeeded"
+    assert (await env.compute.virtual_machine_scale_sets.get(RG, "c1")).provisioning_state == (
+        "Succeeded"
+    )
