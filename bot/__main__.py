@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bot.check import check_settings, format_results
+from bot.check import check_azure, check_settings, format_results
 from bot.config import Settings
 from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
 from bot.lifecycle import running
@@ -116,14 +116,17 @@ def print_manifest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_check(settings: Settings, channels: list[str]) -> int:
+    azure = await check_azure(settings) if settings.batchai_backend == "azure" else []
     if not settings.slack_configured:
+        if azure:
+            print(format_results(azure))
         print("FAIL token   SLACK_BOT_TOKEN is not set (the bot runs as a console without it)")
         return 1
     results = await check_settings(
         settings, channels=[*sorted(settings.allowed_channels), *channels]
     )
-    print(format_results(results))
-    return 0 if all(r.ok for r in results) else 1
+    print(format_results([*azure, *results]))
+    return 0 if all(r.ok for r in [*azure, *results]) else 1
 
 
 def validate_files(files: list[Path]) -> int:

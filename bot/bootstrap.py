@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.metrics import BotMetrics, StateCollector, measured
@@ -21,10 +22,12 @@ from handlers.presenter import Presenter, Transport
 from services.access import AccessPolicy
 from services.approvals import ApprovalPolicy, ApprovalService
 from services.audit import AuditLog
+from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
+from services.errors import NotFound
 from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
@@ -38,6 +41,12 @@ from services.scheduling import Scheduler
 from services.spend import PriceBook, SpendService
 from services.store import SqlStore
 
+if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure
+    from azure.core.credentials_async import AsyncTokenCredential
+
+    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.files import AzureShare
+
 
 @dataclass
 class Bot:
@@ -46,8 +55,8 @@ class Bot:
     settings: Settings
     clock: Clock
     store: SqlStore
-    backend: LocalBackend
-    share: LocalShare
+    backend: LocalBackend | AzureBackend
+    share: LocalShare | AzureShare
     signer: LinkSigner
     transport: Transport
     prices: PriceBook
@@ -64,9 +73,33 @@ class Bot:
     idle: IdleService
     metrics: BotMetrics
     schedules: ScheduleService
+    credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
 
     def resolve_file(self, loc: FileLocation) -> Path:
+        """The file a /files link names; Azure links are SAS links to the share, never ours."""
+        if not isinstance(self.share, LocalShare):
+            raise NotFound("download links of the azure backend point at Azure Files")
         return self.share.local_path(loc)
+
+    async def seed_examples(self) -> int:
+        """Copy the example job files onto the bot's share (skipping unchanged ones)."""
+        settings = self.settings
+        if not settings.examples_dir.is_dir():
+            return 0
+        if isinstance(self.share, LocalShare):
+            return self.share.seed_share(settings.share_name, settings.examples_dir, "examples")
+        return await seed_azure_share(
+            self.share, settings.azure_share or settings.share_name, settings.examples_dir
+        )
+
+    async def aclose_clients(self) -> None:
+        """Close the backend's and the share's clients, then the credential they share."""
+        try:
+            await self.backend.aclose()
+            await self.share.aclose()
+        finally:
+            if self.credential is not None:
+                await self.credential.close()
 
     @property
     def web_url(self) -> str:
@@ -87,6 +120,74 @@ def link_secret(settings: Settings) -> bytes:
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
+
+
+async def seed_azure_share(share: AzureShare, name: str, src: Path) -> int:
+    """Upload the files under `src` to `examples/` on the share unless one of that size is there."""
+    copied = 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        loc = FileLocation(name, "/".join(("examples", *path.relative_to(src).parts)))
+        data = path.read_bytes()
+        entry = await share.stat(loc)
+        if entry is None or entry.size != len(data):
+            await share.write_file(loc, data)
+            copied += 1
+    return copied
+
+
+def azure_config(settings: Settings) -> AzureConfig:
+    """The azure backend's settings; Settings has already checked that the required ones are set."""
+    key = settings.azure_storage_key
+    password = settings.azure_admin_password
+    ssh_key = settings.azure_ssh_public_key
+    return AzureConfig(
+        subscription_id=settings.azure_subscription_id or "",
+        resource_group=settings.azure_resource_group or "",
+        location=settings.azure_location or "",
+        subnet_id=settings.azure_subnet_id or "",
+        storage_account=settings.azure_storage_account or "",
+        share=settings.azure_share or settings.share_name,
+        storage_key=key.get_secret_value() if key else "",
+        cloud=settings.azure_cloud,
+        arm_endpoint=settings.azure_arm_endpoint,
+        storage_endpoint_suffix=settings.azure_storage_endpoint_suffix,
+        storage_endpoint=settings.azure_storage_endpoint,
+        mount_root=settings.azure_mount_root,
+        control_mount=settings.azure_control_mount,
+        job_temp_root=settings.azure_job_temp_root,
+        connection_verify=settings.azure_ca_bundle or True,
+        polling_interval=settings.azure_polling_interval,
+        ssh_public_key=ssh_key.get_secret_value() if ssh_key else None,
+        admin_user=settings.azure_admin_user,
+        admin_password=password.get_secret_value() if password else None,
+    )
+
+
+def azure_credential(settings: Settings) -> AsyncTokenCredential:
+    """One DefaultAzureCredential (managed identity, CLI login, env service principal …) for the
+    cloud's authority; every Azure client of the bot shares it."""
+    from azure.identity import AzureAuthorityHosts
+    from azure.identity.aio import DefaultAzureCredential
+
+    authority = {
+        "public": AzureAuthorityHosts.AZURE_PUBLIC_CLOUD,
+        "china": AzureAuthorityHosts.AZURE_CHINA,
+        "usgov": AzureAuthorityHosts.AZURE_GOVERNMENT,
+    }[settings.azure_cloud]
+    return DefaultAzureCredential(authority=authority)
+
+
+def azure_parts(
+    settings: Settings, credential: AsyncTokenCredential | None = None
+) -> tuple[AzureBackend, AzureShare, AsyncTokenCredential]:
+    """The azure backend, its share and the credential they use (made here unless given)."""
+    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.files import AzureShare
+
+    config = azure_config(settings)
+    credential = credential or azure_credential(settings)
+    share = AzureShare(config)
+    return AzureBackend(config, credential=credential, share=share), share, credential
 
 
 def price_table(settings: Settings) -> PriceTable:
@@ -113,8 +214,10 @@ def build(
     transport: Transport | None = None,
     clock: Clock | None = None,
     port: int | None = None,
+    credential: AsyncTokenCredential | None = None,
 ) -> Bot:
-    """Without a transport, Slack is used (its tokens must be set); the console passes its own."""
+    """Without a transport, Slack is used (its tokens must be set); the console passes its own.
+    The azure backend uses `credential`, or else a DefaultAzureCredential made here."""
     clock = clock or SystemClock()
     data = settings.batchai_data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -130,8 +233,14 @@ def build(
             metrics=metrics,
         )
     signer = LinkSigner(link_secret(settings), settings.files_base_url(port))
-    share = LocalShare(data, signer)
-    backend = LocalBackend(data, python=sys.executable)
+    share: LocalShare | AzureShare
+    backend: LocalBackend | AzureBackend
+    if settings.batchai_backend == "azure":
+        backend, share, credential = azure_parts(settings, credential)
+    else:
+        credential = None
+        share = LocalShare(data, signer)
+        backend = LocalBackend(data, python=sys.executable)
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)
@@ -266,4 +375,5 @@ def build(
         idle=idle,
         metrics=metrics,
         schedules=schedules,
+        credential=credential,
     )

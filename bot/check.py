@@ -16,6 +16,8 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot.manifest import bot_scopes
 
 if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
     from bot.config import Settings
 
 REQUIRED_SCOPES: tuple[str, ...] = bot_scopes()
@@ -363,6 +365,28 @@ async def check_settings(settings: Settings, *, channels: Sequence[str] = ()) ->
             settings.slack_signing_secret and settings.slack_signing_secret.get_secret_value()
         ),
     )
+
+
+async def check_azure(
+    settings: Settings, *, credential: AsyncTokenCredential | None = None
+) -> list[CheckResult]:
+    """The azure backend's prerequisites, one line each: credential, resource group, subnet,
+    share, the size AZURE_CHECK_VM_SIZE in the region and its vCPU quota. Never raises."""
+    from bot.bootstrap import azure_parts
+
+    backend, share, cred = azure_parts(settings, credential)
+    key = settings.azure_storage_key.get_secret_value() if settings.azure_storage_key else ""
+    try:
+        rows = await backend.check_setup(settings.azure_check_vm_size)
+    finally:
+        await backend.aclose()
+        await share.aclose()
+        if credential is None:
+            await cred.close()
+    return [
+        CheckResult(f"azure {name}", ok, _one_line(_scrub(detail, [key])))
+        for name, ok, detail in rows
+    ]
 
 
 def format_results(results: Sequence[CheckResult]) -> str:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     prices_api_url: str = "https://prices.azure.com/api/retail/prices"
 
     # Where things live
-    batchai_backend: Literal["local"] = "local"
+    batchai_backend: Literal["local", "azure"] = "local"
     batchai_data_dir: Path = Path(".batchai")
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
     manifest_dir: Path = PROJECT_DIR / "manifests"
@@ -54,6 +54,28 @@ class Settings(BaseSettings):
     experiment: str = "default"
     storage_account: str = "local"  # fills <AZURE_BATCHAI_STORAGE_ACCOUNT> in job files
     share_name: str = "batchaiquickstart"  # the local share the examples are copied into
+
+    # Azure backend (BATCHAI_BACKEND=azure); the credential is whatever DefaultAzureCredential finds
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_location: str | None = None
+    azure_subnet_id: str | None = None  # /subscriptions/…/virtualNetworks/<vnet>/subnets/<subnet>
+    azure_storage_account: str | None = None
+    azure_storage_key: SecretStr | None = None
+    azure_share: str | None = None  # the bot's share: logs, outputs, job status (SHARE_NAME)
+    azure_cloud: Literal["public", "china", "usgov"] = "public"
+    azure_arm_endpoint: str | None = None  # overrides the cloud's Resource Manager endpoint
+    azure_storage_endpoint_suffix: str | None = None  # overrides the cloud's, e.g. core.windows.net
+    azure_storage_endpoint: str | None = None  # a full Files account URL (a private endpoint)
+    azure_ca_bundle: str | None = None  # a CA file for Resource Manager (a TLS-inspecting proxy)
+    azure_ssh_public_key: SecretStr | None = None  # put on the nodes' admin user
+    azure_admin_user: str = "batchai"
+    azure_admin_password: SecretStr | None = None  # only if you must; an SSH key is better
+    azure_mount_root: str = "/mnt/batch/tasks/shared/LS_root/mounts"  # $AZ_BATCHAI_MOUNT_ROOT
+    azure_control_mount: str = "/mnt/batchai-bot"  # where nodes mount AZURE_SHARE
+    azure_job_temp_root: str = "/mnt/batch/tasks/shared/LS_root/jobs"  # node-local job temp
+    azure_polling_interval: float = Field(15.0, ge=0, le=300)  # between long-operation polls
+    azure_check_vm_size: str = "Standard_NC4as_T4_v3"  # the size `batchai-bot check` looks at
 
     # Web app: /healthz and signed /files links
     host: str = "127.0.0.1"
@@ -101,6 +123,20 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         if self.database_url is None:
             self.database_url = f"sqlite+aiosqlite:///{self.batchai_data_dir / 'batchai.db'}"
+        if self.batchai_backend == "azure":
+            required = {
+                "AZURE_SUBSCRIPTION_ID": self.azure_subscription_id,
+                "AZURE_RESOURCE_GROUP": self.azure_resource_group,
+                "AZURE_LOCATION": self.azure_location,
+                "AZURE_SUBNET_ID": self.azure_subnet_id,
+                "AZURE_STORAGE_ACCOUNT": self.azure_storage_account,
+                "AZURE_STORAGE_KEY": self.azure_storage_key,
+            }
+            missing = [name for name, value in required.items() if not value]
+            if missing:
+                raise ValueError(f"BATCHAI_BACKEND=azure needs {', '.join(missing)}")
+            if self.storage_account == "local" and self.azure_storage_account:
+                self.storage_account = self.azure_storage_account
         return self
 
     @property

@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +22,9 @@ from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
 from services.schedules import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
 
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
 log = logging.getLogger(__name__)
 
 SLACK_CHECK_TTL = 30.0  # seconds /readyz trusts the last auth.test
@@ -33,6 +37,7 @@ async def running(
     transport: Transport | None = None,
     clock: Clock | None = None,
     periodic: bool = True,
+    credential: AsyncTokenCredential | None = None,
 ) -> AsyncIterator[Bot]:
     """Migrate the store, finish half-done cluster changes, seed the quickstart share, serve the
     web app (and Slack's events in HTTP mode), connect Socket Mode, start the periodic work.
@@ -42,17 +47,16 @@ async def running(
     async with AsyncExitStack() as stack:
         sock = stack.enter_context(_bind(settings))
         port = sock.getsockname()[1]
-        bot = build(settings, transport=transport, clock=clock, port=port)
+        bot = build(settings, transport=transport, clock=clock, port=port, credential=credential)
         stack.push_async_callback(bot.store.aclose)
-        stack.push_async_callback(bot.backend.aclose)
+        stack.push_async_callback(bot.aclose_clients)
         stack.push_async_callback(bot.relay.aclose)
         await bot.store.migrate()
         if touched := await bot.clusters.reconcile():
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
         if isinstance(bot.transport, SlackOutbox):
             await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
-        if settings.examples_dir.is_dir():
-            bot.share.seed_share(settings.share_name, settings.examples_dir, "examples")
+        await bot.seed_examples()
         checks: dict[str, HealthCheck] = {"database": bot.store.ping, "backend": bot.backend.ping}
         web_app = create_web_app(
             signer=bot.signer, resolve=bot.resolve_file, checks=checks, metrics=bot.metrics.render

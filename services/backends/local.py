@@ -365,8 +365,8 @@ def _when(ts: float | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
-class _NodeRun:
-    """What one node's status directory says."""
+class NodeRun:
+    """What one node's status directory says (shared with the azure backend)."""
 
     index: int
     alive: bool
@@ -378,7 +378,25 @@ class _NodeRun:
     ended: float | None
 
 
-def _layout_to_json(result: LaunchResult) -> dict[str, Any]:
+def exited_status(runs: Sequence[NodeRun]) -> RunStatus:
+    """A job whose every node has an exit code: the first failure (by end time) decides."""
+    started = min((r.started for r in runs if r.started is not None), default=None)
+    failures = sorted(
+        (r for r in runs if r.exit_code),
+        key=lambda r: (r.ended if r.ended is not None else float("inf"), r.index),
+    )
+    first = failures[0] if failures else None
+    ended = max((r.ended for r in runs if r.ended is not None), default=None)
+    return RunStatus(
+        phase="exited",
+        exit_code=first.exit_code if first else 0,
+        detail=(first.reason or None) if first else None,
+        started_at=_when(started),
+        ended_at=_when(ended),
+    )
+
+
+def layout_to_json(result: LaunchResult) -> dict[str, Any]:
     lay = result.layout
 
     def loc(value: FileLocation | None) -> dict[str, str] | None:
@@ -393,7 +411,7 @@ def _layout_to_json(result: LaunchResult) -> dict[str, Any]:
     }
 
 
-def _layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
+def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
     def loc(value: Mapping[str, str] | None) -> FileLocation | None:
         return None if value is None else FileLocation(value["share"], value["path"])
 
@@ -545,7 +563,7 @@ class LocalBackend:
                 launch = json.loads(stored)
                 # A launch cut short (bot killed mid-way) is completed, never repeated.
                 await self._spawn_missing(run_dir, len(launch["nodes"]))
-                return _layout_from_json(launch["result"])
+                return layout_from_json(launch["result"])
             result, node_count = await self._prepare(request)
             await self._spawn_missing(run_dir, node_count)
             return result
@@ -677,7 +695,7 @@ class LocalBackend:
         layout = JobLayout(
             stdouterr=stdouterr,
             outputs=outputs,
-            log_files=_log_files(plan),
+            log_files=log_files(plan),
             primary_log=plan.processes[0].stderr_name,
         )
         result = LaunchResult(layout=layout, notes=tuple(notes))
@@ -686,7 +704,7 @@ class LocalBackend:
             "job_id": request.job_id,
             "cluster": request.cluster.name,
             "nodes": list(request.nodes),
-            "result": _layout_to_json(result),
+            "result": layout_to_json(result),
         }
         for i, slot in enumerate(request.nodes):
             marker = self._cluster_dir(request.cluster.name) / "nodes" / str(slot) / request.job_id
@@ -819,7 +837,7 @@ class LocalBackend:
         info: dict[str, Any] = json.loads(raw)
         return info
 
-    def _node_run(self, job_id: str, index: int) -> _NodeRun:
+    def _node_run(self, job_id: str, index: int) -> NodeRun:
         sdir = self._run_dir(job_id) / f"node-{index}"
         code_text = _read(sdir / noderunner.EXIT_CODE)
         pid_text = _read(sdir / noderunner.PID)
@@ -828,7 +846,7 @@ class LocalBackend:
             alive = _pid_alive(int(pid_text), job_id)
             if not alive:  # it may have written its exit code and gone between the two reads
                 code_text = _read(sdir / noderunner.EXIT_CODE)
-        return _NodeRun(
+        return NodeRun(
             index=index,
             alive=alive,
             pending=pid_text is None and code_text is None,
@@ -853,7 +871,7 @@ class LocalBackend:
             return False
         return age < SPAWN_GRACE_SECONDS
 
-    def _runs(self, job_id: str) -> list[_NodeRun]:
+    def _runs(self, job_id: str) -> list[NodeRun]:
         count = len(self._launch_info(job_id)["nodes"])
         return [self._node_run(job_id, i) for i in range(count)]
 
@@ -861,19 +879,7 @@ class LocalBackend:
         runs = self._runs(job_id)
         started = min((r.started for r in runs if r.started is not None), default=None)
         if all(r.exit_code is not None for r in runs):
-            failures = sorted(
-                (r for r in runs if r.exit_code),
-                key=lambda r: (r.ended if r.ended is not None else float("inf"), r.index),
-            )
-            first = failures[0] if failures else None
-            ended = max((r.ended for r in runs if r.ended is not None), default=None)
-            return RunStatus(
-                phase="exited",
-                exit_code=first.exit_code if first else 0,
-                detail=(first.reason or None) if first else None,
-                started_at=_when(started),
-                ended_at=_when(ended),
-            )
+            return exited_status(runs)
         live = [r for r in runs if r.alive]
         if any(r.pending for r in runs) and self._still_spawning(job_id):
             return RunStatus(phase="preparing", started_at=_when(started))
@@ -936,7 +942,7 @@ def _host_env(keep: Sequence[str]) -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
-def _log_files(plan: LaunchPlan) -> tuple[str, ...]:
+def log_files(plan: LaunchPlan) -> tuple[str, ...]:
     names: list[str] = []
     for proc in (*plan.preparation, *plan.processes):
         names += [proc.stdout_name, proc.stderr_name]

@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def cluster(
         name=name,
         resource_group="rg",
         workspace="ws",
-        vm_size="STANDARD_NC6",
+        vm_size="Standard_NC4as_T4_v3",
         image="UbuntuLTS",
         vm_priority="dedicated",
         min_nodes=0,
@@ -216,3 +217,23 @@ def local_kit(root: Path, *, grace_seconds: float = 0.5) -> BackendKit:
         target.write_bytes(data)
 
     return BackendKit(compute=make(), share=share, put_file=put_file, restart=make)
+
+
+async def azure_kit(tmp_path: Path, stack: AsyncExitStack) -> BackendKit:
+    """The azure backend over the fake ARM and Files servers (see tests/azure/rig.py)."""
+    from tests.azure.rig import azure_rig
+
+    rig = await stack.enter_async_context(azure_rig(tmp_path))
+    share = rig.share()
+
+    async def put_file(path: str, data: bytes) -> None:
+        target = rig.files.create_share(SHARE) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    return BackendKit(
+        compute=rig.backend(share),
+        share=share,
+        put_file=put_file,
+        restart=lambda: rig.backend(share),
+    )

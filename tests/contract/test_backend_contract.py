@@ -1,9 +1,10 @@
-"""The ComputeBackend / FileShare contract, run against every backend (today: local)."""
+"""The ComputeBackend / FileShare contract, run against every backend: local and azure-on-fakes."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.contract import (
     JOB_SCRIPT,
     SCRIPT_PATH,
     BackendKit,
+    azure_kit,
     cluster,
     job_spec,
     launch_request,
@@ -26,18 +28,19 @@ from tests.contract import (
 )
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "azure"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendKit]:
-    # The azure backend joins as another param, built over the fake ARM / Files servers.
-    if request.param == "local":
-        kit = local_kit(tmp_path)
-    else:  # pragma: no cover - no other backend yet
-        raise AssertionError(request.param)
-    await kit.put_file(SCRIPT_PATH, JOB_SCRIPT.encode())
-    try:
-        yield kit
-    finally:
-        await kit.cleanup()
+    # azure: the real SDK clients against the fake ARM (TLS) and Files servers.
+    async with AsyncExitStack() as stack:
+        if request.param == "local":
+            kit = local_kit(tmp_path)
+        else:
+            kit = await azure_kit(tmp_path, stack)
+        await kit.put_file(SCRIPT_PATH, JOB_SCRIPT.encode())
+        try:
+            yield kit
+        finally:
+            await kit.cleanup()
 
 
 # --------------------------------------------------------------------------- clusters

@@ -1,0 +1,212 @@
+"""The scale set's model (images, admin user, Spot, custom data, the setup extension) and what
+ARM says about its VMs (node states)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.backends.azure import cloudinit, node
+from services.backends.azure.config import AzureConfig
+from services.errors import UserError
+from services.models import Cluster
+
+SETUP_EXTENSION = "batchai-setup"
+IMAGES = {
+    "ubuntults": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest",
+    "ubuntuhpc": "microsoft-dsvm:ubuntu-hpc:2204:latest",
+    "ubuntudsvm": "microsoft-dsvm:ubuntu-2204:2204-gen2:latest",
+}
+_RESERVED_USERS = {"admin", "administrator", "root", "user", "guest", "test", "sys", "adm"}
+
+
+def image_reference(image: str) -> dict[str, str]:
+    """An alias (UbuntuLTS, UbuntuHPC) or a full URN publisher:offer:sku:version."""
+    urn = IMAGES.get(image.replace("-", "").replace("_", "").lower(), image)
+    parts = urn.split(":")
+    if len(parts) != 4 or not all(parts):
+        aliases = "UbuntuLTS, UbuntuHPC, UbuntuDSVM"
+        raise UserError(
+            f"image {image!r} is neither an alias ({aliases}) nor a publisher:offer:sku:version URN"
+        )
+    return dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
+
+
+def admin_name(wanted: str | None, default: str) -> str:
+    """A Linux admin user name Azure accepts (lower case, no reserved name), else `default`."""
+    name = re.sub(r"[^a-z0-9_-]", "", (wanted or "").lower())[:32]
+    if not name or not name[0].isalpha() or name in _RESERVED_USERS:
+        return default
+    return name
+
+
+def ssh_key(cfg: AzureConfig) -> str:
+    """The configured public key, or a throwaway one nobody holds (the nodes are reached by run
+    command then)."""
+    if cfg.ssh_public_key:
+        return cfg.ssh_public_key.strip()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return raw.decode() + " batchai-bot-unused"
+
+
+def node_mounts(cfg: AzureConfig, cluster: Cluster) -> list[node.NodeMount]:
+    """The bot's share at the control mount, then the cluster's shares below the mount root."""
+    root = cfg.mount_root.rstrip("/")
+    mounts = [node.NodeMount(cfg.share, cfg.control_mount)]
+    mounts += [node.NodeMount(m.share, f"{root}/{m.mount_path}") for m in cluster.mounts]
+    return mounts
+
+
+def scale_set_model(cfg: AzureConfig, cluster: Cluster) -> dict[str, Any]:
+    """The scale set as ARM JSON. It holds no secret: the key goes in protectedSettings."""
+    user = admin_name(cluster.admin_user, cfg.admin_user)
+    mounts = node_mounts(cfg, cluster)
+    setup = node.setup_script(
+        host=cfg.smb_host,
+        account=cfg.storage_account,
+        key=cfg.storage_key,
+        mounts=mounts,
+        mount_root=cfg.mount_root,
+        setup_task=cluster.setup_task,
+    )
+    linux: dict[str, Any] = {
+        "disablePasswordAuthentication": cfg.admin_password is None,
+        "ssh": {
+            "publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": ssh_key(cfg)}]
+        },
+        "provisionVMAgent": True,
+    }
+    os_profile: dict[str, Any] = {
+        "computerNamePrefix": re.sub(r"[^A-Za-z0-9-]", "", cluster.name)[:15] or "node",
+        "adminUsername": user,
+        "linuxConfiguration": linux,
+        "customData": cloudinit.custom_data(
+            host=cfg.smb_host,
+            account=cfg.storage_account,
+            mounts=mounts,
+            dirs=[cfg.job_temp_root],
+        ),
+    }
+    if cfg.admin_password is not None:
+        os_profile["adminPassword"] = cfg.admin_password
+    profile: dict[str, Any] = {
+        "osProfile": os_profile,
+        "storageProfile": {
+            "imageReference": image_reference(cluster.image),
+            "osDisk": {
+                "createOption": "FromImage",
+                "caching": "ReadWrite",
+                "managedDisk": {"storageAccountType": "Premium_LRS"},
+            },
+        },
+        "networkProfile": {
+            "networkInterfaceConfigurations": [
+                {
+                    "name": f"{cluster.name}-nic",
+                    "properties": {
+                        "primary": True,
+                        "ipConfigurations": [
+                            {
+                                "name": "ipconfig",
+                                "properties": {"subnet": {"id": cfg.subnet_id}},
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+        "extensionProfile": {
+            "extensions": [
+                {
+                    "name": SETUP_EXTENSION,
+                    "properties": {
+                        "publisher": "Microsoft.Azure.Extensions",
+                        "type": "CustomScript",
+                        "typeHandlerVersion": "2.1",
+                        "autoUpgradeMinorVersion": True,
+                        "settings": {},
+                        "protectedSettings": {"commandToExecute": node.wrap(setup)},
+                    },
+                }
+            ]
+        },
+    }
+    if cluster.vm_priority == "lowpriority":
+        profile.update(
+            {"priority": "Spot", "evictionPolicy": "Delete", "billingProfile": {"maxPrice": -1}}
+        )
+    return {
+        "location": cfg.location,
+        "tags": {"batchai-bot": "cluster", "workspace": cluster.workspace},
+        "sku": {"name": cluster.vm_size, "tier": "Standard", "capacity": cluster.target_nodes},
+        "properties": {
+            "orchestrationMode": "Uniform",
+            "overprovision": False,
+            "singlePlacementGroup": cluster.max_nodes <= 100,
+            "upgradePolicy": {"mode": "Manual"},
+            "virtualMachineProfile": profile,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class VmState:
+    instance_id: str
+    name: str
+    state: str  # idle-capable base state: ready | preparing | unusable | leaving
+    detail: str
+    ip: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """One ARM read of a cluster: its VMs (instance views) in node-index order."""
+
+    exists: bool
+    vms: list[VmState] = field(default_factory=list)
+    taken: float = 0.0  # the backend's monotonic clock
+
+    def by_instance(self) -> dict[str, VmState]:
+        return {vm.instance_id: vm for vm in self.vms}
+
+
+def _codes(statuses: Iterable[Any] | None) -> list[str]:
+    return [str(s.code or "") for s in statuses or []]
+
+
+def vm_state(vm: Any) -> VmState:
+    view = vm.instance_view
+    codes = _codes(view.statuses if view else None)
+    power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
+    provisioning = str(vm.provisioning_state or "").lower()
+    ext_codes = [
+        code
+        for ext in (view.extensions or [] if view else [])
+        if ext.name == SETUP_EXTENSION
+        for code in _codes(ext.statuses)
+    ]
+    state, detail = "ready", "running"
+    if provisioning == "deleting" or power == "deallocating":
+        state, detail = "leaving", provisioning or power
+    elif provisioning == "failed" or any("failed" in c.lower() for c in codes + ext_codes):
+        state, detail = "unusable", "provisioning or setup failed"
+    elif power in ("stopped", "deallocated", "stopping"):
+        state, detail = "unusable", f"VM is {power}"
+    elif provisioning in ("creating", "updating") or power in ("starting", ""):
+        state, detail = "preparing", provisioning or "starting"
+    elif ext_codes and not any("succeeded" in c.lower() for c in ext_codes):
+        state, detail = "preparing", "running the setup extension"
+    return VmState(str(vm.instance_id), str(vm.name), state, detail)
+
+
+def instance_of(resource_id: str | None) -> str | None:
+    if not resource_id:
+        return None
+    parts = resource_id.rstrip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2].lower() == "virtualmachines" else None

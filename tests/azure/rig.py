@@ -1,0 +1,94 @@
+"""The azure rig: the fake ARM (TLS) and fake Files servers, and an AzureBackend wired to them.
+
+The fake nodes reach the shares the way SMB mounts would: `<mount_root>/<mount path>` and the
+bot's control mount are links to the directories behind the fake Files shares.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from services.backends.azure.compute import AzureBackend
+from services.backends.azure.config import AzureConfig
+from services.backends.azure.files import AzureShare, FilesRetry
+from tests.fakes.arm import FakeArm, FakeCredential
+from tests.fakes.arm.server import SHIM_DIR
+from tests.fakes.azure_files import FakeAzureFiles
+
+BOT_SHARE = "batchai"  # the bot's own share: node runner, specs, status files
+JOB_SHARE = "data"  # the share the contract's clusters mount at "afs"
+MOUNT_PATH = "afs"
+NO_PAUSE = {"initial_backoff": 0, "increment_base": 0, "random_jitter_range": 0}
+
+
+@dataclass
+class AzureRig:
+    arm: FakeArm
+    files: FakeAzureFiles
+    config: AzureConfig
+    credential: FakeCredential
+    root: Path
+
+    def share(self) -> AzureShare:
+        return AzureShare(self.config, retry_policy=FilesRetry(**NO_PAUSE))
+
+    def backend(self, files: AzureShare, **overrides: Any) -> AzureBackend:
+        """A backend over `files`; `overrides` replace AzureConfig fields."""
+        config = replace(self.config, **overrides) if overrides else self.config
+        return AzureBackend(config, credential=self.credential, share=files)
+
+    def mount(self, share: str, mount_path: str) -> Path:
+        """Make `<mount_root>/<mount_path>` reach `share` on every fake node."""
+        link = Path(self.config.mount_root) / mount_path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(self.files.create_share(share), target_is_directory=True)
+        return link
+
+
+def rig_config(arm: FakeArm, files: FakeAzureFiles, root: Path) -> AzureConfig:
+    return AzureConfig(
+        subscription_id=arm.subscription,
+        resource_group=arm.resource_group,
+        location=arm.location,
+        subnet_id=arm.subnet_id,
+        storage_account=files.account,
+        share=BOT_SHARE,
+        storage_key=files.key,
+        arm_endpoint=arm.base_url,
+        storage_endpoint=files.account_url,
+        connection_verify=arm.ca_path,
+        polling_interval=0,
+        mount_root=str(root / "mounts"),
+        control_mount=str(root / "control"),
+        share_mount_root=str(root / "shares"),
+        job_temp_root=str(root / "jobtemp"),
+        node_python=sys.executable,
+        # The nodes' own tools (docker, systemctl …) are the fake's stand-ins.
+        node_path=f"{SHIM_DIR}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        grace_seconds=0.5,
+        heartbeat_seconds=0.5,
+        poll_cache_seconds=0.2,
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@rig",
+    )
+
+
+@asynccontextmanager
+async def azure_rig(tmp_path: Path) -> AsyncIterator[AzureRig]:
+    root = tmp_path / "azure"
+    async with FakeArm(root / "nodes") as arm, FakeAzureFiles(root / "files") as files:
+        config = rig_config(arm, files, root)
+        control = Path(config.control_mount)
+        control.parent.mkdir(parents=True, exist_ok=True)
+        control.symlink_to(files.create_share(BOT_SHARE), target_is_directory=True)
+        rig = AzureRig(arm, files, config, FakeCredential(), root)
+        rig.mount(JOB_SHARE, MOUNT_PATH)
+        shares = Path(config.share_mount_root)  # where nodes mount shares of job mountVolumes
+        shares.mkdir(parents=True, exist_ok=True)
+        (shares / JOB_SHARE).symlink_to(files.create_share(JOB_SHARE), target_is_directory=True)
+        yield rig

@@ -1,0 +1,746 @@
+"""A fake Azure Files REST server on 127.0.0.1 (port 0), backed by a real directory.
+
+Share `<name>` of the account is the directory `<root>/<name>`; processes that write there (the
+fake ARM server's simulated nodes, through a symlink) are seen at once by the REST clients, as
+an SMB mount is on Azure. URLs are IP-style, the account in the path like Azurite's:
+`http://127.0.0.1:PORT/<account>/<share>/<path>`. azure-storage-file-share takes the account
+name from the path for hosts starting with `127.0.0.1` or `localhost` (`_shared/base_client.py`),
+and signs `/<account>` + the URL path, so the canonicalized resource is `/<account>/<account>/...`.
+
+Authentication is checked as the service does it (FileREST "Authorize with Shared Key" and
+"Create a service SAS"): the SharedKey StringToSign is rebuilt from the request (verb, the
+standard headers, the sorted `x-ms-*` headers, the canonicalized resource with its decoded,
+sorted query) and HMAC-SHA256'd with the account key; a service SAS is accepted for GET/HEAD of
+exactly the file it names (`sr=f`, `sp` with `r`, `st`/`se`, `spr`, the signature over the
+13-field string). Anything else is 403 AuthenticationFailed (AuthorizationProtocolMismatch for
+an https-only SAS over http), without a body for HEAD, as the service answers.
+
+Operations: share create/properties; directory create/properties/delete/list (XML
+EnumerationResults, `prefix`, `marker`/`maxresults` paging, `include=Timestamps`); file
+create (`x-ms-content-length`), put range (`x-ms-write: update|clear`), properties (HEAD), get
+(full, or `x-ms-range`/`Range` -> 206 + Content-Range; an offset at or past the end -> 416
+InvalidRange with `Content-Range: bytes */<size>`, as Blob storage answers), delete.
+
+Testing aids: `ops` (requests per REST operation), `bytes_served` (file bytes sent),
+`bytes_written`, `requests` (a log, never the signature), `fail_next` / `delay_next` faults,
+`share_dir` (the backing directory), a settable `clock` for SAS expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import stat as stat_mod
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+ACCOUNT = "devacct"
+# A made-up account key (base64 of 64 bytes), the shape Azure hands out.
+KEY = base64.b64encode(hashlib.sha512(b"batchai-bot fake azure files").digest()).decode()
+MAX_PUT_RANGE = 4 * 1024 * 1024
+SERVICE_VERSION = "2026-10-06"
+_STANDARD_HEADERS = (
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-MD5",
+    "Content-Type",
+    "Date",
+    "If-Modified-Since",
+    "If-Match",
+    "If-None-Match",
+    "If-Unmodified-Since",
+    "Range",
+)
+_SAS_OVERRIDES = {
+    "rscc": "Cache-Control",
+    "rscd": "Content-Disposition",
+    "rsce": "Content-Encoding",
+    "rscl": "Content-Language",
+    "rsct": "Content-Type",
+}
+_MESSAGES = {
+    "AuthenticationFailed": "Server failed to authenticate the request. Make sure the value of "
+    "Authorization header is formed correctly including the signature.",
+    "AuthorizationProtocolMismatch": "This request is not authorized to perform this operation "
+    "using this protocol.",
+    "NoAuthenticationInformation": "Server failed to authenticate the request. Please refer to "
+    "the information in the www-authenticate header.",
+    "ResourceNotFound": "The specified resource does not exist.",
+    "ParentNotFound": "The specified parent path does not exist.",
+    "ShareNotFound": "The specified share does not exist.",
+    "ShareAlreadyExists": "The specified share already exists.",
+    "ResourceAlreadyExists": "The specified resource already exists.",
+    "ResourceTypeMismatch": "The specified resource type does not match the type of the "
+    "existing resource.",
+    "DirectoryNotEmpty": "The specified directory is not empty.",
+    "InvalidRange": "The range specified is invalid for the current size of the resource.",
+    "InvalidHeaderValue": "The value for one of the HTTP headers is not in the correct format.",
+    "InvalidQueryParameterValue": "Value for one of the query parameters specified in the "
+    "request URI is invalid.",
+    "InvalidResourceName": "The specifed resource name contains invalid characters.",
+    "RequestBodyTooLarge": "The request body is too large and exceeds the maximum permissible "
+    "limit.",
+    "UnsupportedHttpVerb": "The resource doesn't support specified Http Verb.",
+    "InternalError": "The server encountered an internal error. Please retry the request.",
+    "ServerBusy": "The server is currently unable to receive requests. Please retry your request.",
+    "TooManyRequests": "Too many requests.",
+}
+_FAULT_CODES = {500: "InternalError", 503: "ServerBusy", 429: "TooManyRequests"}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    op: str  # the REST operation, e.g. "GetFile", "GetFileProperties", "ListDirectoriesAndFiles"
+    share: str
+    path: str  # inside the share, decoded
+    status: int
+    auth: str  # "SharedKey", "SAS" or "none"
+    range: str | None = None
+
+
+@dataclass
+class _Fault:
+    status: int = 0
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+class _Reject(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code)
+        self.status, self.code, self.detail = status, code, detail
+        self.headers = headers or {}
+
+
+def sign(key: str, text: str) -> str:
+    digest = hmac.new(base64.b64decode(key), text.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _http_date(when: float) -> str:
+    return format_datetime(datetime.fromtimestamp(when, UTC), usegmt=True)
+
+
+def _iso7(when: float) -> str:
+    """FileREST's timestamp format, 7 fractional digits."""
+    dt = datetime.fromtimestamp(when, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}0Z"
+
+
+def _etag(st: os.stat_result) -> str:
+    return f'"0x{st.st_mtime_ns + st.st_size:X}"'
+
+
+def _parse_time(value: str) -> datetime:
+    text = value.replace("Z", "+00:00")
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _header_sort_key(name: str) -> tuple[str, str]:
+    # The service compares header names culture-sensitively: hyphens are ignored first and only
+    # break ties (the SDK's `_storage_header_sort` emulates the same order).
+    return name.replace("-", ""), name
+
+
+def _not_found(target: Path) -> _Reject:
+    # The service says ParentNotFound when the directory the entry would be in is missing
+    # (azure-sdk-for-net#15628), ResourceNotFound when only the entry is.
+    return _Reject(404, "ResourceNotFound" if target.parent.is_dir() else "ParentNotFound")
+
+
+def _parse_range(value: str) -> tuple[int, int | None]:
+    if not value.startswith("bytes="):
+        raise ValueError(value)
+    first, _, last = value[len("bytes=") :].partition("-")
+    start = int(first)
+    end = int(last) if last.strip() else None
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(value)
+    return start, end
+
+
+class FakeAzureFiles:
+    """`async with FakeAzureFiles(tmp_path) as files:` then `files.account_url`, `files.key`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        account: str = ACCOUNT,
+        key: str = KEY,
+        page_size: int = 5000,
+        clock: Callable[[], datetime] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.root = Path(root)
+        self.account = account
+        self.key = key
+        self.page_size = page_size  # the service's default maxresults
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.host = host
+        self.ops: Counter[str] = Counter()
+        self.bytes_served = 0
+        self.bytes_written = 0
+        self.requests: list[RecordedRequest] = []
+        self._faults: list[_Fault] = []
+        self._delays: list[float] = []
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closing = asyncio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> FakeAzureFiles:
+        if self._runner is not None:
+            return self
+        self.root.mkdir(parents=True, exist_ok=True)
+        app = web.Application(client_max_size=MAX_PUT_RANGE + 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, 0).start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeAzureFiles:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def account_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeAzureFiles is not started")
+        return f"http://{self.host}:{self._port}/{self.account}"
+
+    # ---- test aids ---------------------------------------------------------------------------
+
+    def share_dir(self, share: str) -> Path:
+        """The directory that backs `share` (it may not exist yet)."""
+        return self.root / share
+
+    def create_share(self, share: str) -> Path:
+        path = self.share_dir(share)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def fail_next(self, n: int = 1, *, status: int = 500, retry_after: float | None = None) -> None:
+        """The next `n` requests get `status` (with Retry-After when given) and do nothing."""
+        after = None if retry_after is None else f"{retry_after:g}"
+        self._faults.extend(_Fault(status, after) for _ in range(n))
+
+    def delay_next(self, n: int = 1, seconds: float = 30.0) -> None:
+        """The next `n` requests wait `seconds` before they are handled (client timeouts)."""
+        self._delays.extend([seconds] * n)
+
+    def reset_counters(self) -> None:
+        self.ops.clear()
+        self.requests.clear()
+        self.bytes_served = self.bytes_written = 0
+
+    def count(self, *ops: str) -> int:
+        return sum(self.ops[op] for op in ops)
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path.partition("?")[0]
+        parts = [unquote(p) for p in raw_path.split("/")[1:]]
+        account = parts[0] if parts else ""
+        share = parts[1] if len(parts) > 1 else ""
+        rel = "/".join(p for p in parts[2:] if p)
+        query = dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True))
+        op = self._operation(request.method, query, bool(share))
+        is_head = request.method == "HEAD"
+        auth = (
+            "SAS"
+            if "sig" in query
+            else "SharedKey"
+            if "Authorization" in request.headers
+            else "none"
+        )
+        xrange = request.headers.get("x-ms-range") or request.headers.get("Range")
+        self.ops[op] += 1
+
+        def record(status: int) -> None:
+            self.requests.append(
+                RecordedRequest(request.method, op, share, rel, status, auth, xrange)
+            )
+
+        if self._delays:
+            delay = self._delays.pop(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+        if self._faults:
+            fault = self._faults.pop(0)
+            code = _FAULT_CODES.get(fault.status, "InternalError")
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            record(fault.status)
+            return self._error(fault.status, code, head=is_head, headers=headers)
+        try:
+            overrides = self._authenticate(request, account, share, rel, query, op)
+            response = await self._dispatch(request, op, share, rel, query, overrides)
+        except _Reject as rej:
+            record(rej.status)
+            return self._error(
+                rej.status, rej.code, head=is_head, headers=rej.headers, detail=rej.detail
+            )
+        record(response.status)
+        return response
+
+    @staticmethod
+    def _operation(method: str, query: Mapping[str, str], has_share: bool) -> str:
+        restype, comp = query.get("restype"), query.get("comp")
+        if not has_share:
+            return "Service"
+        if restype == "share":
+            return {"PUT": "CreateShare", "DELETE": "DeleteShare"}.get(method, "GetShareProperties")
+        if restype == "directory":
+            if comp == "list":
+                return "ListDirectoriesAndFiles"
+            return {"PUT": "CreateDirectory", "DELETE": "DeleteDirectory"}.get(
+                method, "GetDirectoryProperties"
+            )
+        if comp == "range":
+            return "PutRange"
+        if comp is not None:
+            return f"Unsupported:{comp}"
+        return {
+            "PUT": "CreateFile",
+            "DELETE": "DeleteFile",
+            "HEAD": "GetFileProperties",
+            "GET": "GetFile",
+        }.get(method, "Unsupported")
+
+    async def _dispatch(
+        self,
+        request: web.Request,
+        op: str,
+        share: str,
+        rel: str,
+        query: Mapping[str, str],
+        overrides: Mapping[str, str],
+    ) -> web.StreamResponse:
+        if op == "CreateShare":
+            return self._create_share(share)
+        share_dir = self.share_dir(share)
+        if not share or not share_dir.is_dir():
+            raise _Reject(404, "ShareNotFound")
+        if op == "GetShareProperties":
+            return self._properties_response(share_dir.stat(), directory=True)
+        target = self._resolve(share_dir, rel)
+        if op == "GetDirectoryProperties":
+            if not target.is_dir():
+                raise _not_found(target)
+            return self._properties_response(target.stat(), directory=True)
+        if op == "ListDirectoriesAndFiles":
+            return self._list(request, share, rel, target, query)
+        if op == "CreateDirectory":
+            return self._create_directory(target)
+        if op == "DeleteDirectory":
+            return self._delete_directory(target, share_dir)
+        if op == "CreateFile":
+            return self._create_file(request, target)
+        if op == "PutRange":
+            return await self._put_range(request, target)
+        if op == "DeleteFile":
+            if not target.is_file():
+                raise _not_found(target)
+            target.unlink()
+            return web.Response(status=202, headers=self._common())
+        if op == "GetFileProperties":
+            if not target.is_file():
+                raise _not_found(target)
+            return self._properties_response(target.stat(), directory=False)
+        if op == "GetFile":
+            return self._get_file(request, target, overrides)
+        raise _Reject(400, "UnsupportedHttpVerb")
+
+    def _resolve(self, share_dir: Path, rel: str) -> Path:
+        parts = [p for p in rel.split("/") if p]
+        if any(p in (".", "..") or "\\" in p or "\x00" in p for p in parts):
+            raise _Reject(400, "InvalidResourceName")
+        path = share_dir.joinpath(*parts)
+        real, base = path.resolve(), share_dir.resolve()
+        if real != base and base not in real.parents:
+            raise _Reject(404, "ResourceNotFound")  # a link out of the share: not on the share
+        return path
+
+    # ---- authentication ----------------------------------------------------------------------
+
+    def _authenticate(
+        self,
+        request: web.Request,
+        account: str,
+        share: str,
+        rel: str,
+        query: Mapping[str, str],
+        op: str,
+    ) -> Mapping[str, str]:
+        """Checks the request's credential; returns the SAS response-header overrides."""
+        if "sig" in query:
+            return self._check_sas(request, account, share, rel, query, op)
+        header = request.headers.get("Authorization")
+        if not header:
+            raise _Reject(401, "NoAuthenticationInformation")
+        scheme, _, rest = header.partition(" ")
+        name, _, signature = rest.partition(":")
+        if scheme != "SharedKey" or name != self.account or account != self.account:
+            raise _Reject(403, "AuthenticationFailed", "Unsupported credential or account")
+        if "x-ms-version" not in request.headers:
+            raise _Reject(400, "MissingRequiredHeader")
+        if "x-ms-date" not in request.headers and "Date" not in request.headers:
+            raise _Reject(403, "AuthenticationFailed", "Request date header not specified")
+        string_to_sign = self._shared_key_string(request, account)
+        if not hmac.compare_digest(sign(self.key, string_to_sign), signature):
+            raise _Reject(
+                403,
+                "AuthenticationFailed",
+                f"The MAC signature found in the HTTP request '{signature}' is not the same "
+                "as any computed signature.",
+            )
+        return {}
+
+    @staticmethod
+    def _shared_key_string(request: web.Request, account: str) -> str:
+        headers = request.headers
+        lines = [request.method]
+        for name in _STANDARD_HEADERS:
+            value = headers.get(name, "")
+            if name == "Content-Length" and value == "0":
+                value = ""  # from version 2015-02-21 on, a zero length signs as empty
+            lines.append(value)
+        x_ms = sorted(
+            (
+                (k.lower(), " ".join(v.split()))
+                for k, v in headers.items()
+                if k.lower().startswith("x-ms-")
+            ),
+            key=lambda kv: _header_sort_key(kv[0]),
+        )
+        canonical_headers = "".join(f"{k}:{v}\n" for k, v in x_ms)
+        resource = f"/{account}{request.raw_path.partition('?')[0]}"
+        params: dict[str, list[str]] = {}
+        for k, v in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
+            params.setdefault(k.lower(), []).append(v)
+        for k in sorted(params):
+            resource += f"\n{k}:{','.join(sorted(params[k]))}"
+        return "\n".join(lines) + "\n" + canonical_headers + resource
+
+    def _check_sas(
+        self,
+        request: web.Request,
+        account: str,
+        share: str,
+        rel: str,
+        query: Mapping[str, str],
+        op: str,
+    ) -> Mapping[str, str]:
+        if op not in ("GetFile", "GetFileProperties") or account != self.account:
+            raise _Reject(403, "AuthenticationFailed", "This SAS does not allow this operation")
+        if query.get("sr") != "f" or "r" not in query.get("sp", "") or not query.get("sv"):
+            raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
+        now = self.clock()
+        try:
+            expiry = _parse_time(query["se"])
+            start = _parse_time(query["st"]) if query.get("st") else None
+        except (KeyError, ValueError) as err:
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time is missing") from err
+        if now >= expiry or (start is not None and now < start):
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time must be after now")
+        protocols = query.get("spr", "https,http").split(",")
+        if request.scheme not in protocols:
+            raise _Reject(403, "AuthorizationProtocolMismatch")
+        fields = [
+            query.get("sp", ""),
+            query.get("st", ""),
+            query.get("se", ""),
+            f"/file/{account}/{share}/{rel}",
+            query.get("si", ""),
+            query.get("sip", ""),
+            query.get("spr", ""),
+            query.get("sv", ""),
+            *(query.get(k, "") for k in _SAS_OVERRIDES),
+        ]
+        if not hmac.compare_digest(sign(self.key, "\n".join(fields)), query["sig"]):
+            raise _Reject(403, "AuthenticationFailed", "Signature did not match")
+        return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
+
+    # ---- operations --------------------------------------------------------------------------
+
+    def _common(self) -> dict[str, str]:
+        return {
+            "x-ms-request-id": str(uuid.uuid4()),
+            "x-ms-version": SERVICE_VERSION,
+            "Date": _http_date(self.clock().timestamp()),
+        }
+
+    def _error(
+        self,
+        status: int,
+        code: str,
+        *,
+        head: bool = False,
+        headers: Mapping[str, str] | None = None,
+        detail: str | None = None,
+    ) -> web.Response:
+        all_headers = {**self._common(), "x-ms-error-code": code, **(headers or {})}
+        if head:
+            return web.Response(status=status, headers=all_headers)
+        extra = (
+            f"<AuthenticationErrorDetail>{escape(detail)}</AuthenticationErrorDetail>"
+            if detail
+            else ""
+        )
+        message = f"{_MESSAGES.get(code, code)}\nRequestId:{all_headers['x-ms-request-id']}"
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>{extra}</Error>"
+        )
+        return web.Response(
+            status=status, headers=all_headers, body=body.encode(), content_type="application/xml"
+        )
+
+    def _properties_headers(self, st: os.stat_result, *, directory: bool) -> dict[str, str]:
+        headers = {
+            **self._common(),
+            "ETag": _etag(st),
+            "Last-Modified": _http_date(st.st_mtime),
+            "x-ms-server-encrypted": "true",
+            "x-ms-file-attributes": "Directory" if directory else "Archive",
+            "x-ms-file-creation-time": _iso7(st.st_ctime),
+            "x-ms-file-last-write-time": _iso7(st.st_mtime),
+            "x-ms-file-change-time": _iso7(st.st_ctime),
+            "x-ms-file-permission-key": "4066528134148476695*1",
+            "x-ms-file-id": str(st.st_ino),
+            "x-ms-file-parent-id": "0",
+        }
+        if not directory:
+            headers["x-ms-type"] = "File"
+            headers["Content-Type"] = "application/octet-stream"
+        return headers
+
+    def _properties_response(self, st: os.stat_result, *, directory: bool) -> web.Response:
+        headers = self._properties_headers(st, directory=directory)
+        headers["Content-Length"] = "0" if directory else str(st.st_size)
+        return web.Response(status=200, headers=headers)
+
+    def _create_share(self, share: str) -> web.Response:
+        if not share or not share.replace("-", "").isalnum() or share.lower() != share:
+            raise _Reject(400, "InvalidResourceName")
+        path = self.share_dir(share)
+        if path.is_dir():
+            raise _Reject(409, "ShareAlreadyExists")
+        path.mkdir(parents=True)
+        st = path.stat()
+        return web.Response(
+            status=201,
+            headers={**self._common(), "ETag": _etag(st), "Last-Modified": _http_date(st.st_mtime)},
+        )
+
+    def _create_directory(self, target: Path) -> web.Response:
+        if not target.parent.is_dir():
+            raise _Reject(404, "ParentNotFound")
+        if target.is_dir():
+            raise _Reject(409, "ResourceAlreadyExists")
+        if target.exists():
+            raise _Reject(409, "ResourceTypeMismatch")
+        target.mkdir()
+        return web.Response(
+            status=201, headers=self._properties_headers(target.stat(), directory=True)
+        )
+
+    def _delete_directory(self, target: Path, share_dir: Path) -> web.Response:
+        if not target.is_dir() or target == share_dir:
+            raise _not_found(target)
+        if any(target.iterdir()):
+            raise _Reject(409, "DirectoryNotEmpty")
+        target.rmdir()
+        return web.Response(status=202, headers=self._common())
+
+    def _create_file(self, request: web.Request, target: Path) -> web.Response:
+        try:
+            size = int(request.headers["x-ms-content-length"])
+        except (KeyError, ValueError) as err:
+            raise _Reject(400, "InvalidHeaderValue") from err
+        if request.headers.get("x-ms-type", "").lower() != "file" or size < 0:
+            raise _Reject(400, "InvalidHeaderValue")
+        if not target.parent.is_dir():
+            raise _Reject(404, "ParentNotFound")
+        if target.is_dir():
+            raise _Reject(409, "ResourceTypeMismatch")
+        with open(target, "wb") as f:  # Create File replaces an existing file
+            f.truncate(size)
+        return web.Response(
+            status=201, headers=self._properties_headers(target.stat(), directory=False)
+        )
+
+    async def _put_range(self, request: web.Request, target: Path) -> web.Response:
+        if not target.is_file():
+            raise _not_found(target)
+        try:
+            start, end = _parse_range(request.headers.get("x-ms-range", ""))
+        except ValueError as err:
+            raise _Reject(400, "InvalidHeaderValue") from err
+        if end is None:
+            raise _Reject(400, "InvalidHeaderValue")
+        length = end - start + 1
+        if length > MAX_PUT_RANGE:
+            raise _Reject(413, "RequestBodyTooLarge")
+        if end >= target.stat().st_size:
+            raise _Reject(416, "InvalidRange")
+        mode = request.headers.get("x-ms-write", "").lower()
+        body = await request.read()
+        if mode == "update":
+            if len(body) != length:
+                raise _Reject(400, "InvalidHeaderValue")
+            data = body
+        elif mode == "clear":
+            if body:
+                raise _Reject(400, "InvalidHeaderValue")
+            data = b"\0" * length
+        else:
+            raise _Reject(400, "InvalidHeaderValue")
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, start)
+        finally:
+            os.close(fd)
+        if mode == "update":
+            self.bytes_written += len(data)
+        st = target.stat()
+        return web.Response(
+            status=201,
+            headers={**self._common(), "ETag": _etag(st), "Last-Modified": _http_date(st.st_mtime)},
+        )
+
+    def _get_file(
+        self, request: web.Request, target: Path, overrides: Mapping[str, str]
+    ) -> web.Response:
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+            raise _not_found(target) from err
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise _not_found(target)
+            headers = {**self._properties_headers(st, directory=False), "Accept-Ranges": "bytes"}
+            headers.update(overrides)
+            size = st.st_size
+            spec = request.headers.get("x-ms-range") or request.headers.get("Range")
+            if spec is None:
+                data = os.pread(fd, size, 0) if size else b""
+                status = 200
+            else:
+                try:
+                    start, end = _parse_range(spec)
+                except ValueError as err:
+                    raise _Reject(400, "InvalidHeaderValue") from err
+                if start >= size:
+                    raise _Reject(416, "InvalidRange", headers={"Content-Range": f"bytes */{size}"})
+                last = size - 1 if end is None else min(end, size - 1)
+                data = os.pread(fd, last - start + 1, start)
+                headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
+                status = 206
+        finally:
+            os.close(fd)
+        self.bytes_served += len(data)
+        return web.Response(status=status, headers=headers, body=data)
+
+    def _list(
+        self,
+        request: web.Request,
+        share: str,
+        rel: str,
+        target: Path,
+        query: Mapping[str, str],
+    ) -> web.Response:
+        if not target.is_dir():
+            raise _not_found(target)
+        prefix = query.get("prefix", "")
+        marker = query.get("marker", "")
+        try:
+            limit = min(int(query.get("maxresults", self.page_size)), self.page_size)
+        except ValueError as err:
+            raise _Reject(400, "InvalidQueryParameterValue") from err
+        if limit <= 0:
+            raise _Reject(400, "InvalidQueryParameterValue")
+        timestamps = "timestamps" in query.get("include", "").lower()
+        names = sorted(
+            e.name for e in os.scandir(target) if e.name.startswith(prefix) and e.name >= marker
+        )
+        page, rest = names[:limit], names[limit:]
+        entries = []
+        for name in page:
+            try:
+                st = (target / name).stat()
+            except OSError:
+                continue  # removed while we listed
+            is_dir = stat_mod.S_ISDIR(st.st_mode)
+            props = "" if is_dir else f"<Content-Length>{st.st_size}</Content-Length>"
+            if timestamps:
+                props += (
+                    f"<CreationTime>{_iso7(st.st_ctime)}</CreationTime>"
+                    f"<LastAccessTime>{_iso7(st.st_atime)}</LastAccessTime>"
+                    f"<LastWriteTime>{_iso7(st.st_mtime)}</LastWriteTime>"
+                    f"<ChangeTime>{_iso7(st.st_ctime)}</ChangeTime>"
+                    f"<Last-Modified>{_http_date(st.st_mtime)}</Last-Modified>"
+                    f"<Etag>{escape(_etag(st))}</Etag>"
+                )
+            tag = "Directory" if is_dir else "File"
+            entries.append(
+                f"<{tag}><FileId>{st.st_ino}</FileId><Name>{escape(name)}</Name>"
+                f"<Properties>{props}</Properties></{tag}>"
+            )
+        head = "".join(
+            f"<{tag}>{escape(query[key])}</{tag}>"
+            for key, tag in (
+                ("marker", "Marker"),
+                ("prefix", "Prefix"),
+                ("maxresults", "MaxResults"),
+            )
+            if key in query
+        )
+        next_marker = f"<NextMarker>{escape(rest[0])}</NextMarker>" if rest else "<NextMarker />"
+        endpoint = f"{request.scheme}://{request.host}/{self.account}/"
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<EnumerationResults ServiceEndpoint="{escape(endpoint)}" ShareName="{escape(share)}"'
+            f' DirectoryPath="{escape(rel)}">{head}'
+            f"<DirectoryId>{target.stat().st_ino}</DirectoryId>"
+            f"<Entries>{''.join(entries)}</Entries>{next_marker}</EnumerationResults>"
+        )
+        return web.Response(
+            status=200, headers=self._common(), body=body.encode(), content_type="application/xml"
+        )
