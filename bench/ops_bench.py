@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "ops-bench-signing-secret"
 CHANNEL = "C0OPS"  # + a two-digit number per channel
 USER = "U0BENCH"
-CLUSTER = "c1"
+CLUSTER_NODES = 100  # the most nodes one cluster may have (Batch AI's limit)
 TICK = os.sysconf("SC_CLK_TCK")
 FINISHED = ("succeeded", "failed", "terminated")
 
@@ -235,18 +235,18 @@ class Bench:
         self.share.mkdir(parents=True, exist_ok=True)
         (self.share / "job.py").write_text(JOB_SCRIPT)
         t0 = time.time()
-        create = (
-            f"cluster create -n {CLUSTER} -s STANDARD_NC6 -t {args.jobs}"
-            " --afs-name data --afs-mount-path afs"
-        )
-        if (status := await self.command(http, create)) != 200:
-            raise SystemExit(f"cluster create was answered {status}")
+        clusters = [f"c{k + 1}" for k in range(-(-args.jobs // CLUSTER_NODES))]
+        for k, name in enumerate(clusters):
+            nodes = min(CLUSTER_NODES, args.jobs - k * CLUSTER_NODES)
+            create = (
+                f"cluster create -n {name} -s STANDARD_NC6 -t {nodes}"
+                " --afs-name data --afs-mount-path afs"
+            )
+            if (status := await self.command(http, create)) != 200:
+                raise SystemExit(f"cluster create was answered {status}")
         await self.until(
-            "the cluster",
-            lambda: (
-                query(self.db, f"SELECT state FROM clusters WHERE name = '{CLUSTER}'")
-                == [("steady",)]
-            ),
+            "the clusters",
+            lambda: query(self.db, "SELECT state FROM clusters") == [("steady",)] * len(clusters),
             60,
         )
         gate = asyncio.Semaphore(10)
@@ -257,7 +257,7 @@ class Bench:
                 config = job_config(
                     name, rate=args.rate, seconds=args.seconds, index=i, jobs=args.jobs
                 )
-                text = f"job create -n {name} -r {CLUSTER} -c {config}"
+                text = f"job create -n {name} -r {clusters[i // CLUSTER_NODES]} -c {config}"
                 return await self.command(http, text, channel=i % args.channels)
 
         acks = await asyncio.gather(*(create_job(i) for i in range(args.jobs)))
@@ -267,7 +267,7 @@ class Bench:
             "every job running", lambda: job_states(self.db)["running"] == args.jobs, 600
         )
         print(
-            f"setup: cluster of {args.jobs} nodes + {args.jobs} jobs running in"
+            f"setup: {len(clusters)} cluster(s), {args.jobs} nodes + {args.jobs} jobs running in"
             f" {time.time() - t0:.1f} s (signed /slack/events commands)",
             flush=True,
         )
