@@ -191,6 +191,11 @@ class JobRunner:
             if fresh is not None and not fresh.state.finished:
                 detail = f"the bot could not follow this job: {type(err).__name__}: {err}"
                 await self._finish(fresh, JobState.FAILED, None, detail[:500], retry_logs=False)
+                # A job the bot no longer follows must not keep its nodes (and their bill).
+                try:
+                    await self._backend.terminate_job(job.id)
+                except Exception:
+                    log.warning("job %s: could not stop it after giving up", job.name)
 
     async def _poll_job(self, job: Job) -> None:
         if job.layout is None:

@@ -247,6 +247,14 @@ async def test_a_job_whose_status_keeps_failing_fails_after_five_polls(rig: Rig)
     stored = await rig.state(job)
     assert stored.state is JobState.FAILED
     assert stored.error == "the bot could not follow this job: BackendError: malformed answer"
+    # and the job is stopped on the backend: an unfollowed job must not keep its node
+    status = await rig.backend.inner.get_job_status(job.id)
+    for _ in range(200):
+        if status.phase == "exited":
+            break
+        await asyncio.sleep(0.05)
+        status = await rig.backend.inner.get_job_status(job.id)
+    assert (status.phase, status.exit_code) == ("exited", 143)
 
 
 async def test_a_refused_start_is_recorded_even_when_its_cleanup_fails(rig: Rig) -> None:

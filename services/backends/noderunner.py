@@ -19,7 +19,7 @@ EXIT_LAUNCH_ERROR = 127
 EXIT_WALL_CLOCK = 124  # what timeout(1) reports
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports
 EXIT_RUNNER_ERROR = 70  # EX_SOFTWARE: the runner itself broke
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.25  # a child's exit is seen within this; 300 idle runners stay cheap
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 PEER_POLL_SECONDS = 0.25
 
