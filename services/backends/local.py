@@ -13,7 +13,7 @@ import socket
 import stat as stat_mod
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -677,27 +677,7 @@ class LocalBackend:
         host_file = Path(plan.env["AZ_BATCHAI_MPI_HOST_FILE"])
         write_atomic(host_file, "".join(f"{line}\n" for line in plan.mpi_host_file_lines))
 
-        stdouterr = self._on_share(plan.stdouterr_dir)
-        if stdouterr is None:
-            notes.append(
-                f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
-                "logs cannot be streamed; set stdOutErrPathPrefix to a mounted share"
-            )
-        outputs: dict[str, FileLocation] = {}
-        for out in plan.output_dirs:
-            loc = self._on_share(out.path)
-            if loc is None:
-                notes.append(
-                    f"output directory {out.id} is not on a file share; it cannot be listed"
-                )
-            else:
-                outputs[out.id] = loc
-        layout = JobLayout(
-            stdouterr=stdouterr,
-            outputs=outputs,
-            log_files=log_files(plan),
-            primary_log=plan.processes[0].stderr_name,
-        )
+        layout = share_layout(plan, self._on_share, notes)
         result = LaunchResult(layout=layout, notes=tuple(notes))
         self._write_runner_specs(request, plan, docker)
         launch = {
@@ -940,6 +920,31 @@ def _end_unstarted(run_dir: Path, nodes: Sequence[int]) -> None:
 
 def _host_env(keep: Sequence[str]) -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def share_layout(
+    plan: LaunchPlan, on_share: Callable[[str], FileLocation | None], notes: list[str]
+) -> JobLayout:
+    """Where a launched job's logs and outputs are on a share; what is not gets a note."""
+    stdouterr = on_share(plan.stdouterr_dir)
+    if stdouterr is None:
+        notes.append(
+            f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
+            "logs cannot be streamed; set stdOutErrPathPrefix to a mounted share"
+        )
+    outputs: dict[str, FileLocation] = {}
+    for out in plan.output_dirs:
+        loc = on_share(out.path)
+        if loc is None:
+            notes.append(f"output directory {out.id} is not on a file share; it cannot be listed")
+        else:
+            outputs[out.id] = loc
+    return JobLayout(
+        stdouterr=stdouterr,
+        outputs=outputs,
+        log_files=log_files(plan),
+        primary_log=plan.processes[0].stderr_name,
+    )
 
 
 def log_files(plan: LaunchPlan) -> tuple[str, ...]:

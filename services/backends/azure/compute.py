@@ -70,8 +70,8 @@ from services.backends.local import (
     exited_status,
     layout_from_json,
     layout_to_json,
-    log_files,
     share_from_url,
+    share_layout,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
 from services.errors import (
@@ -85,7 +85,7 @@ from services.errors import (
     UserError,
 )
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
+from services.models import Cluster, FileEntry, FileLocation, Node
 from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 
 log = logging.getLogger(__name__)
@@ -620,27 +620,7 @@ class AzureBackend:
         notes = list(plan.warnings)
         links, mount_notes = self._job_mounts(request.job_id, spec)
         notes += mount_notes
-        stdouterr = self._on_share(c, plan.stdouterr_dir, links)
-        if stdouterr is None:
-            notes.append(
-                f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
-                "logs cannot be streamed; set stdOutErrPathPrefix to a mounted share"
-            )
-        outputs: dict[str, FileLocation] = {}
-        for out in plan.output_dirs:
-            loc = self._on_share(c, out.path, links)
-            if loc is None:
-                notes.append(
-                    f"output directory {out.id} is not on a file share; it cannot be listed"
-                )
-            else:
-                outputs[out.id] = loc
-        layout = JobLayout(
-            stdouterr=stdouterr,
-            outputs=outputs,
-            log_files=log_files(plan),
-            primary_log=plan.processes[0].stderr_name,
-        )
+        layout = share_layout(plan, lambda path: self._on_share(c, path, links), notes)
         result = LaunchResult(layout=layout, notes=tuple(notes))
         await self._ensure_runner()
         job = _JobInfo(
