@@ -234,6 +234,7 @@ async def test_a_job_the_backend_no_longer_knows_fails_with_the_reason(rig: Rig)
     assert stored.state is JobState.FAILED
     assert stored.error == "the backend no longer knows this job"
     assert len(rig.recorder.of(job, JobFinished)) == 1
+    await rig.backend.inner.terminate_job(job.id)  # its processes are real: leave none behind
 
 
 async def test_a_job_whose_status_keeps_failing_fails_after_five_polls(rig: Rig) -> None:
