@@ -79,7 +79,9 @@ async def running(
                     bot.web_url,
                 )
             if settings.slack_mode == "http":
-                slack.add_events_route(web_app, slack_app)
+                assert settings.slack_signing_secret is not None  # build_app made sure
+                secret = settings.slack_signing_secret.get_secret_value()
+                slack.add_events_route(web_app, slack_app, secret)
             else:
                 socket_mode = slack.SocketMode(slack_app, settings)
         runner = web.AppRunner(web_app, access_log=None)

@@ -615,8 +615,9 @@ def _plain(text: str) -> str:
         if i % 2:  # inside a code block: only undo the escaping
             out.append("\n" + _indent(_unescape(part.replace("`\u200b``", "```"))))
             continue
-        part = re.sub(r"<@([^>|]+)>", r"@\1", part)
-        part = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", part)
+        # No `<` inside: an unclosed `<a|` must not make every later `<` scan to the end.
+        part = re.sub(r"<@([^<>|]+)>", r"@\1", part)
+        part = re.sub(r"<([^<>|]+)\|([^<>]+)>", r"\2 <\1>", part)
         part = re.sub(r":([a-z_]+):", lambda m: _EMOJI_TEXT.get(m.group(1), ""), part)
         out.append(_unescape(part.replace("*", "")))
     return "".join(out).strip("\n")
