@@ -110,7 +110,7 @@ async def running(
             bot.scheduler.every("idle", IDLE_CHECK_SECONDS, bot.idle.check)
             bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, bot.schedules.run_due)
             bot.scheduler.start()
-            stack.callback(bot.scheduler.shutdown)
+            stack.push_async_callback(bot.scheduler.aclose)
         yield bot
 
 

@@ -449,7 +449,7 @@ def _config(manifest_dir: str) -> Kind:
     manifest_path = re.compile(rf"(?:\./)?manifests/{manifest_dir}/([-\w]{{1,64}})\.json", re.ASCII)
 
     def convert(raw: str, label: str, source: Source) -> ConfigRef:
-        if raw.lstrip().startswith("{"):
+        if raw.lstrip().startswith(("{", "[")):  # JSON (an array is refused as not an object)
             return ConfigRef("inline", raw.strip())
         if re.fullmatch(r"[-\w]{1,64}", raw, re.ASCII):
             return ConfigRef("manifest", raw)

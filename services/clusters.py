@@ -26,6 +26,7 @@ from services.pricing import Price
 from services.spend import PriceBook
 from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
+from services.suggest import did_you_mean
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -260,7 +261,8 @@ class ClusterService:
     async def _get(self, name: str, resource_group: str | None) -> Cluster:
         cluster = await self._store.get_cluster(name)
         if cluster is None:
-            raise NotFound(f"cluster {name} not found")
+            known = [c.name for c in await self._store.list_clusters()]
+            raise NotFound(f"cluster {name} not found{did_you_mean(name, known)}")
         self._check_group(cluster, resource_group)
         return cluster
 

@@ -37,6 +37,7 @@ from services.models import (
 from services.ports import Clock, FileShare
 from services.states import JobState
 from services.store import SqlStore
+from services.suggest import did_you_mean
 from services.transitions import advance
 
 if TYPE_CHECKING:
@@ -146,7 +147,8 @@ class JobService:
             raise UserError("name the cluster with --cluster-name (or cluster.id in the job.json)")
         cluster = await self._store.get_cluster(cluster_name)
         if cluster is None:
-            raise NotFound(f"cluster {cluster_name} not found")
+            known = [c.name for c in await self._store.list_clusters()]
+            raise NotFound(f"cluster {cluster_name} not found{did_you_mean(cluster_name, known)}")
         nodes = spec.properties.node_count
         if nodes > cluster.max_nodes:
             raise UserError(
