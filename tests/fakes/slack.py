@@ -1060,8 +1060,10 @@ class FakeSlack:
     # ---- channel resolution ------------------------------------------------------------------
 
     def _lookup_channel(self, channel_id: Any) -> Channel:
+        """A conversation by id. A user id is none: only chat.postMessage (and postEphemeral)
+        take one, and answer with the DM's id; chat.update, conversations.* refuse it."""
         cid = str(channel_id or "")
-        if not cid:
+        if not cid or cid[:1] in ("U", "W"):
             raise SlackError("channel_not_found")
         ch = self.channels.get(cid)
         if ch is not None:
