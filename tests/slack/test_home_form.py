@@ -1,8 +1,10 @@
-"""A job submitted from the App Home form: told in the DM Slack puts it in, through a restart."""
+"""The job form: opened from the App Home (its job told in the DM Slack puts it in, through a
+restart) or by `job create` without a config or name (filled in), and submissions it refuses."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +18,7 @@ from handlers.views import Message, section
 from services.clock import utcnow
 from services.store import SqlStore
 from tests.fakes.slack import FakeSlack, interactive_body, view_submission_payload
-from tests.slack.conftest import JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
+from tests.slack.conftest import CHANNEL, JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
 
 CREATE = "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data --afs-mount-path afs"
 GATE = "home-gate"
@@ -122,3 +124,45 @@ async def test_a_dm_message_sent_just_before_a_crash_is_found_in_the_dm(store: S
 
 def _note(text: str) -> Message:
     return Message(text, [section(text)])
+
+
+async def test_job_create_with_no_flags_opens_the_form(rig: SlackRig) -> None:
+    await rig.answer(CREATE)
+    status, ack, _ = await rig.command("job create")
+    assert status == 200 and not ack  # no "missing required flag": the form asks
+    view = (await rig.fake.wait_for_call("views.open")).json_arg("view")
+    assert view["callback_id"] == modals.CALLBACK_JOB_CREATE
+    assert json.loads(view["private_metadata"]) == {"channel_id": CHANNEL}
+
+
+async def test_job_create_without_a_config_opens_the_form_filled_in(rig: SlackRig) -> None:
+    await rig.answer(CREATE)
+    status, _, _ = await rig.command("job create -r c1 -c mnist")
+    assert status == 200
+    view = (await rig.fake.wait_for_call("views.open")).json_arg("view")
+    inputs = {b["block_id"]: b["element"] for b in view["blocks"] if b["type"] == "input"}
+    assert inputs[modals.BLOCK_CLUSTER]["initial_option"]["value"] == "c1"
+    assert inputs[modals.BLOCK_MANIFEST]["initial_option"]["value"] == "mnist"
+    assert "initial_value" not in inputs[modals.BLOCK_NAME]
+    status, _, _ = await rig.command("job create -n named -r c1")
+    view = (await rig.fake.wait_for_call("views.open", count=2)).json_arg("view")
+    inputs = {b["block_id"]: b["element"] for b in view["blocks"] if b["type"] == "input"}
+    assert inputs[modals.BLOCK_NAME]["initial_value"] == "named"
+    assert await rig.bot.store.list_jobs() == []  # nothing was submitted
+
+
+@pytest.mark.parametrize("metadata", ["", "not json", '{"channel_id": "<!here>"}'])
+async def test_a_submission_whose_metadata_is_not_ours_gets_an_error_not_a_500(
+    rig: SlackRig, metadata: str
+) -> None:
+    await rig.answer(CREATE)
+    submission = view_submission_payload(
+        modals.CALLBACK_JOB_CREATE,
+        _form_values("stale", job_json(1)),
+        user_id=USER,
+        private_metadata=metadata,
+    )
+    status, body = await rig.post(interactive_body(submission))
+    assert status == 200
+    assert body == {"response_action": "errors", "errors": {modals.BLOCK_NAME: modals.STALE_FORM}}
+    assert await rig.bot.store.find_job("stale") is None
