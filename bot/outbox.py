@@ -124,6 +124,7 @@ class SlackOutbox:
         self._updates = _Pace(60.0 / updates_per_minute, monotonic)
         self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
         self._max_attempts = max_attempts
+        self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
         self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0}
 
     # -- Transport ---------------------------------------------------------------------------
@@ -140,6 +141,8 @@ class SlackOutbox:
     ) -> MessageRef:
         if keys and (sent := await self._store.get_delivery(keys)) is not None:
             return MessageRef(*sent)
+        if thread:  # a thread is in a conversation; only a top-level post may name a user
+            channel = await self._conversation_of(channel)
         tag = _tag(keys[0]) if keys else None
         if keys and tag is not None:
             await self._store.add_intent(keys, channel, f"{thread or ''}#{tag}", self._now())
@@ -166,6 +169,7 @@ class SlackOutbox:
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         """Edits wait for the workspace budget; while waiting, a newer edit replaces this one.
         Whoever's edit was merged learns how the sent one fared (so a failure is not hidden)."""
+        channel = await self._conversation_of(channel)
         key = (channel, message_id)
         if key in self._pending_edits:
             self.stats["coalesced_edits"] += 1
@@ -217,7 +221,7 @@ class SlackOutbox:
             try:
                 where = await self._conversation_of(channel)
                 tags = await self._tagged_messages(where, thread or None)
-            except (SlackApiError, aiohttp.ClientError, TimeoutError) as err:
+            except (SlackApiError, TransientError, aiohttp.ClientError, TimeoutError) as err:
                 # Without the history scopes (or Slack down) the message may go out twice.
                 log.warning("cannot look for unrecorded messages in %s: %s", channel, err)
                 continue
@@ -233,12 +237,18 @@ class SlackOutbox:
         return found
 
     async def _conversation_of(self, channel: str) -> str:
-        """The conversation id a message to `channel` is in: a user id (U…/W…) is not one, the
-        bot's DM with that user is (conversations.open, im:write)."""
+        """The conversation a message to `channel` is in. A user id (U…/W…) is none: the bot's
+        DM with that user is (conversations.open, im:write). Conversations are stored as Slack
+        answered, so this serves crash recovery and jobs stored before that."""
         if channel[:1] not in ("U", "W"):
             return channel
-        response = await self._client.conversations_open(users=channel)
-        return str((response.get("channel") or {}).get("id") or channel)
+        if (dm := self._dms.get(channel)) is None:
+            response = await self._send(
+                self._lane(channel), self._client.conversations_open, users=channel
+            )
+            dm = str((response.get("channel") or {}).get("id") or channel)
+            self._dms[channel] = dm
+        return dm
 
     async def _tagged_messages(self, channel: str, thread: str | None) -> dict[str, str]:
         """tag -> ts of the bot's recent messages in a thread (all of it) or a channel."""
@@ -274,6 +284,7 @@ class SlackOutbox:
     ) -> None:
         if keys and await self._store.get_delivery(keys) is not None:
             return
+        channel = await self._conversation_of(channel)
         response = await self._call(
             self._lane(channel),
             0,

@@ -166,3 +166,23 @@ async def test_a_submission_whose_metadata_is_not_ours_gets_an_error_not_a_500(
     assert status == 200
     assert body == {"response_action": "errors", "errors": {modals.BLOCK_NAME: modals.STALE_FORM}}
     assert await rig.bot.store.find_job("stale") is None
+
+
+async def test_a_conversation_stored_with_the_user_id_still_reaches_the_dm(
+    store: SqlStore,
+) -> None:
+    # Jobs submitted from the form before the channel was kept name the user: edits, replies
+    # and uploads for them go to the DM, found once with conversations.open.
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        card = await outbox.post(USER, _note("card"), keys=["event-1-card"])
+        dm = fake.dm_channel(USER)
+        assert card.channel == dm
+        await outbox.update(USER, card.ts, _note("card, edited"))
+        reply = await outbox.post(USER, _note("reply"), thread=card.ts, keys=["event-2"])
+        await outbox.upload(USER, thread=card.ts, filename="loss.png", content=b"png", title="loss")
+        assert fake.message(dm, card.ts).text == "card, edited"
+        assert reply.channel == dm
+        assert [m.text for m in fake.replies(dm, card.ts)] == ["reply", ""]
+        assert len(fake.calls_to("conversations.open")) == 1
+        assert fake.calls_to("chat.update", ok=False) == []
