@@ -13,6 +13,7 @@ from typing import TextIO
 from handlers import views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
+from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
 from services.errors import BatchAIError
 from services.models import Actor, Conversation
@@ -39,7 +40,7 @@ class ConsoleTransport:
         self._ids = itertools.count(1)
         self._titles: dict[str, str] = {}
         self.buttons: dict[int, Block] = {}
-        self._sent: dict[str, str] = {}
+        self._sent: dict[str, MessageRef] = {}
 
     async def post(
         self,
@@ -50,13 +51,14 @@ class ConsoleTransport:
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str:
+    ) -> MessageRef:
         for key in keys:
             if key in self._sent:
                 return self._sent[key]
         message_id = f"m{next(self._ids)}"
+        sent = MessageRef(channel, message_id)
         for key in keys:
-            self._sent[key] = message_id
+            self._sent[key] = sent
         if thread is None:
             self._titles[message_id] = message.text.split(":")[0]
             self.show(message, header=f"#{channel}")
@@ -64,9 +66,9 @@ class ConsoleTransport:
             title = self._titles.get(thread, thread)
             also = " (also sent to channel)" if broadcast else ""
             self.show(message, header=f"#{channel} › {title}{also}", indent="  ")
-        return message_id
+        return sent
 
-    async def lookup(self, key: str) -> str | None:
+    async def lookup(self, key: str) -> MessageRef | None:
         return self._sent.get(key)
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
@@ -89,7 +91,7 @@ class ConsoleTransport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         for key in keys:
-            self._sent[key] = str(path)
+            self._sent[key] = MessageRef(channel, str(path))
         title_of_thread = self._titles.get(thread or "", "")
         self.show(
             Message(f"{title}: {path}"),

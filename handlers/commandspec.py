@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -117,7 +117,7 @@ class ClusterNodeList(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class JobCreate(JobCommand):
-    name: str
+    name: str | None = None  # required, except in Slack, where the form asks for it
     cluster: str | None = None
     config: ConfigRef | None = None
     storage_account_name: str | None = None
@@ -560,6 +560,8 @@ class CommandSpec:
     checks: tuple[Check, ...] = ()
     # The overview section it is listed under: its first word unless the table says otherwise.
     section: str = ""
+    # Required fields a Slack form asks for when they are missing (required in the console).
+    asked_by_form: tuple[str, ...] = ()
 
     def lookup(self, name: str) -> Flag | None:
         for flag in self.flags:
@@ -587,8 +589,14 @@ class CommandSpec:
         return tuple(
             fld.name
             for fld in dataclasses.fields(self.cls)
-            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
+            if fld.name in self.asked_by_form
+            or (fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING)
         )
+
+    def missing(self, given: Iterable[str], source: Source) -> list[str]:
+        """The required fields not given; in Slack, those a form asks for are not missing."""
+        asked = self.asked_by_form if source == "slack" else ()
+        return [dest for dest in self.required if dest not in given and dest not in asked]
 
     def label(self, dest: str) -> str:
         """How a field is named in messages: the short and long name of its first flag."""
@@ -698,6 +706,8 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
         raise UserError("--tz says how to read --at or --cron: give one of them too")
     if ("at" in values or "cron" in values) and values.get("config") is None:
         raise UserError("a scheduled job needs its job.json: give -f/--config (no form)")
+    if ("at" in values or "cron" in values) and "name" not in values:
+        raise UserError("a scheduled job needs its name: give -n/--name (no form)")
 
 
 # -- the table
@@ -715,6 +725,7 @@ def _spec(
     notes: tuple[str, ...] = (),
     checks: tuple[Check, ...] = (),
     section: str | None = None,
+    asked_by_form: tuple[str, ...] = (),
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
@@ -729,6 +740,7 @@ def _spec(
         notes=notes,
         checks=checks,
         section=section or words[0],
+        asked_by_form=asked_by_form,
     )
 
 
@@ -932,12 +944,14 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--config gives the config; then -c is the cluster (2018 style: -c CLUSTER -f CONFIG).",
             "CONFIG is a manifest name (mnist or manifests/jobs/mnist.json) or inline JSON "
             "({...}, spaces allowed); the console also takes a file path. "
-            "With no config the bot opens a form.",
+            "In Slack, with no config or no -n the bot opens a form, filled in with what was "
+            "given (-n, -r, -c/-f).",
             "--at or --cron schedules the submission (see schedule list); times are UTC unless "
             "--tz names a zone. --cron takes 5 crontab fields or @hourly, @daily, @weekly; "
             "each cron run's job is named NAME-YYYYMMDD-HHMM.",
         ),
         checks=(_resolve_dash_c, _check_schedule),
+        asked_by_form=("name",),
     ),
     _spec(
         "job list",

@@ -62,10 +62,15 @@ class Dashboard:
             month_spend=spent,
         )
 
-    async def submit_form(self, channel: str) -> dict[str, Any]:
+    async def submit_form(
+        self, channel: str, prefill: modals.JobPrefill | None = None
+    ) -> dict[str, Any]:
         clusters = await self._clusters.list_clusters()
         return modals.job_create_modal(
-            clusters=clusters, manifests=self._configs.manifest_names(), channel_id=channel
+            clusters=clusters,
+            manifests=self._configs.manifest_names(),
+            channel_id=channel,
+            prefill=prefill,
         )
 
     async def mount_paths(self) -> dict[str, str]:

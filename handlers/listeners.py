@@ -56,7 +56,7 @@ class SlackHandlers:
     actions: ActionHandler
     jobs: JobService
     dashboard: Callable[[str], Awaitable[dict[str, Any]]]  # user id -> App Home view
-    submit_form: Callable[[str], Awaitable[dict[str, Any]]]  # channel id -> job modal
+    submit_form: Callable[..., Awaitable[dict[str, Any]]]  # channel id[, prefill] -> job modal
     mount_paths: Callable[[], Awaitable[dict[str, str]]]  # cluster -> first share mount path
     access: AccessPolicy
     audit: Audit
@@ -83,9 +83,9 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             await ack(**_payload(Reply(views.error(decision.reason), failed=True), ephemeral=True))
             await h.audit(_audit(h, user, channel, _name(parsed), "denied", decision.reason))
             return
-        if isinstance(parsed, JobCreate) and parsed.config is None:
-            await ack()
-            view = await h.submit_form(channel)
+        if isinstance(parsed, JobCreate) and (parsed.config is None or parsed.name is None):
+            await ack()  # the form asks for what is missing, starting from what was given
+            view = await h.submit_form(channel, modals.prefill_of(parsed))
             await client.views_open(trigger_id=body["trigger_id"], view=view)
             return
         slow = type(parsed).__name__ in SLOW

@@ -15,7 +15,7 @@ import pytest
 from handlers import views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
-from handlers.presenter import Presenter
+from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import FakeClock
@@ -63,7 +63,7 @@ class Chat:
     """The presenter's Transport, recording; its keys outlive a restart like the outbox's."""
 
     posts: list[Post] = field(default_factory=list)
-    sent: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, MessageRef] = field(default_factory=dict)
 
     async def post(
         self,
@@ -74,19 +74,19 @@ class Chat:
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str:
+    ) -> MessageRef:
         for key in keys:
             if key in self.sent:
                 return self.sent[key]
         post = Post(channel, message, tuple(keys), f"m{len(self.posts) + 1}")
         self.posts.append(post)
-        self.sent.update(dict.fromkeys(keys, post.id))
-        return post.id
+        self.sent.update(dict.fromkeys(keys, MessageRef(channel, post.id)))
+        return MessageRef(channel, post.id)
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         next(p for p in self.posts if p.id == message_id).edits.append(message)
 
-    async def lookup(self, key: str) -> str | None:
+    async def lookup(self, key: str) -> MessageRef | None:
         return self.sent.get(key)
 
     async def upload(self, channel: str, **kw: object) -> None:

@@ -43,6 +43,10 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "channels:history",
     "groups:history",
     "im:history",
+    "im:read",
+    "mpim:read",
+    "mpim:history",
+    "metadata.message:read",
 )
 MAX_TEXT = 40_000
 MESSAGE_MAX_BLOCKS = 50
@@ -1060,8 +1064,10 @@ class FakeSlack:
     # ---- channel resolution ------------------------------------------------------------------
 
     def _lookup_channel(self, channel_id: Any) -> Channel:
+        """A conversation by id. A user id is none: only chat.postMessage (and postEphemeral)
+        take one, and answer with the DM's id; chat.update, conversations.* refuse it."""
         cid = str(channel_id or "")
-        if not cid:
+        if not cid or cid[:1] in ("U", "W"):
             raise SlackError("channel_not_found")
         ch = self.channels.get(cid)
         if ch is not None:
@@ -1277,7 +1283,7 @@ class FakeSlack:
         if root is None or (ch.id, root) not in self.messages:
             raise SlackError("thread_not_found")
         items = [self._with_thread_info(m) for m in self.thread(ch.id, root)]
-        return self._paged(items, args, "messages")
+        return self._paged(self._readable_metadata(items), args, "messages")
 
     def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
         ch = self._lookup_channel(args.get("channel"))
@@ -1286,7 +1292,14 @@ class FakeSlack:
             raise SlackError("not_in_channel")
         top = [m for m in self.messages_in(ch.id) if not m.is_reply or m.reply_broadcast]
         items = [self._with_thread_info(m) for m in reversed(top)]
-        return self._paged(items, args, "messages")
+        return self._paged(self._readable_metadata(items), args, "messages")
+
+    def _readable_metadata(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Message metadata comes back to a token with metadata.message:read only (the scope
+        Slack documents for reading it; the stricter reading of its docs)."""
+        if not self.enforce_scopes or "metadata.message:read" in self.scopes:
+            return items
+        return [{k: v for k, v in item.items() if k != "metadata"} for item in items]
 
     def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = [u for u in str(args.get("users") or "").split(",") if u]

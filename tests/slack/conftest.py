@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from bot.bootstrap import Bot
+from bot.check import REQUIRED_SCOPES
 from bot.config import Settings
 from bot.lifecycle import running
 from tests.fakes.slack import (
@@ -172,7 +173,8 @@ def rig_settings(tmp_path: Path, fake: FakeSlack, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(rate_limits=False, trigger_ttl=None) as server:
+    # Exactly the manifest's scopes: every Slack test also shows they are enough.
+    async with FakeSlack(rate_limits=False, trigger_ttl=None, scopes=REQUIRED_SCOPES) as server:
         yield server
 
 
