@@ -16,6 +16,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -159,6 +160,25 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
             bolt_request.body = fields
             bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
     return bolt_request
+
+
+async def home_teams(client: AsyncWebClient) -> frozenset[str]:
+    """The workspace the bot token belongs to (auth.test's `team_id`): the default
+    ALLOWED_TEAMS. Without an answer the bot does not start: it would not know whom it serves."""
+    try:
+        response = await client.auth_test()
+    except SlackApiError as err:
+        reason = str(err.response.get("error"))
+    except Exception as err:
+        reason = type(err).__name__
+    else:
+        if team := response.get("team_id"):
+            return frozenset({str(team)})
+        reason = "no team_id in the answer"
+    raise SystemExit(
+        f"cannot learn the bot token's workspace from Slack (auth.test: {reason}); "
+        "set ALLOWED_TEAMS to the workspace ids (T…) the bot serves"
+    )
 
 
 class UserGroups:
