@@ -79,8 +79,8 @@ async def running(
                 await probe.auth_test()
 
             checks["slack"] = CachedCheck(slack_answers, SLACK_CHECK_TTL)
-            if not settings.allowed_teams:
-                bot.guard.serve_teams(await slack.home_teams(probe))
+            home = await slack.home_workspace(probe)
+            bot.guard.serve_teams(settings.allowed_teams or home.teams, orgs=home.orgs)
             log.info("serving Slack workspaces %s", ", ".join(sorted(bot.guard.policy.teams)))
             slack_app = slack.build_app(settings, bot.slack)
             if settings.public_url is None:

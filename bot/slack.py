@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -162,9 +163,27 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
     return bolt_request
 
 
-async def home_teams(client: AsyncWebClient) -> frozenset[str]:
-    """The workspace the bot token belongs to (auth.test's `team_id`): the default
-    ALLOWED_TEAMS. Without an answer the bot does not start: it would not know whom it serves."""
+@dataclass(frozen=True)
+class HomeWorkspace:
+    """The workspace the bot token belongs to and its Enterprise Grid org, from auth.test."""
+
+    team: str
+    org: str | None = None
+    org_wide: bool = False  # installed on the whole org
+
+    @property
+    def teams(self) -> frozenset[str]:
+        """The default ALLOWED_TEAMS: this workspace, or the whole org for an org-wide install."""
+        return frozenset({self.org if self.org_wide and self.org else self.team})
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        return frozenset({self.org}) if self.org else frozenset()
+
+
+async def home_workspace(client: AsyncWebClient) -> HomeWorkspace:
+    """Ask auth.test whom the token serves. Without an answer the bot does not start: it would
+    not know which workspace's requests to take."""
     try:
         response = await client.auth_test()
     except SlackApiError as err:
@@ -173,11 +192,12 @@ async def home_teams(client: AsyncWebClient) -> frozenset[str]:
         reason = type(err).__name__
     else:
         if team := response.get("team_id"):
-            return frozenset({str(team)})
+            org = response.get("enterprise_id") or None
+            return HomeWorkspace(str(team), org, bool(response.get("is_enterprise_install")))
         reason = "no team_id in the answer"
     raise SystemExit(
         f"cannot learn the bot token's workspace from Slack (auth.test: {reason}); "
-        "set ALLOWED_TEAMS to the workspace ids (T…) the bot serves"
+        "check SLACK_BOT_TOKEN and SLACK_API_URL"
     )
 
 

@@ -240,7 +240,8 @@ def request_context(body: dict[str, Any]) -> dict[str, str | None]:
 def origin_of(body: dict[str, Any]) -> Origin:
     """Every workspace and Grid org a Slack request names, wherever its kind puts them: a slash
     command's `team_id`/`enterprise_id`, an interaction's `team.id`, `user.team_id` and
-    `enterprise.id`, a view's `team_id`, an event's `team_id`, `event.user_team`/`event.team`."""
+    `enterprise.id`, a view's `team_id`, an event's `team_id` (the actor's, in a Slack Connect
+    channel), `event.user_team`/`source_team`/`team`."""
     teams: set[str] = set()
     enterprises: set[str] = set()
     event, user, view = (_dict(body.get(key)) for key in ("event", "user", "view"))
@@ -252,6 +253,7 @@ def origin_of(body: dict[str, Any]) -> Origin:
         user.get("team_id"),
         view.get("team_id"),
         event.get("user_team"),
+        event.get("source_team"),
         event.get("team"),
     ]
     orgs = [

@@ -32,9 +32,9 @@ class AccessGuard:
     def policy(self) -> AccessPolicy:
         return self._policy
 
-    def serve_teams(self, teams: frozenset[str]) -> None:
-        """Set the allowed workspaces found at start-up (the bot token's own, from auth.test)."""
-        self._policy = replace(self._policy, teams=teams)
+    def serve_teams(self, teams: frozenset[str], *, orgs: frozenset[str] = frozenset()) -> None:
+        """Set the workspaces served and the bot's own Grid org, found at start-up (auth.test)."""
+        self._policy = replace(self._policy, teams=teams, orgs=orgs)
 
     def actor(self, caller: Caller) -> Actor:
         conversation = Conversation(caller.channel, None, caller.user) if caller.channel else None

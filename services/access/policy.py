@@ -34,18 +34,21 @@ class AccessPolicy:
     users: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
     teams: frozenset[str] = frozenset()
+    orgs: frozenset[str] = frozenset()  # the Grid org of the bot's own workspace (auth.test)
 
     def is_admin(self, user: str) -> bool:
         return user in self.admins if self.admins else True
 
     def check_origin(self, origin: Origin) -> Decision:
-        """Every workspace the request names must be allowed, or else its whole Grid org (no
-        workspace named: the console)."""
+        """Every workspace the request names must be allowed, and every Grid org it names must be
+        allowed or be the bot's own; or else the whole org is allowed. (No workspace named: the
+        console.)"""
         if not self.teams or not (origin.teams or origin.enterprises):
             return Decision(True)
         if origin.enterprises and origin.enterprises <= self.teams:
             return Decision(True)
-        if origin.teams and origin.teams <= self.teams:
+        known_orgs = self.teams | self.orgs
+        if origin.teams and origin.teams <= self.teams and origin.enterprises <= known_orgs:
             return Decision(True)
         return Decision(False, FOREIGN_TEAM)
 
