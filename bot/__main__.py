@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bot.check import check_azure, check_settings, format_results
 from bot.config import Settings
-from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
+from bot.console import LIVE_STATES, Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
@@ -76,7 +76,6 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
     interactive = sys.stdin.isatty()
     transport = ConsoleTransport(settings.batchai_data_dir / "console-files")
     async with running(settings, transport=transport) as bot:
-        actor = console_actor(settings.console_channel, settings.console_user)
 
         async def busy() -> bool:
             live = await bot.store.list_jobs(states=LIVE_STATES, include_deleted=True)
@@ -86,7 +85,7 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
             commands=bot.commands,
             actions=bot.actions,
             transport=transport,
-            actor=actor,
+            caller=console_caller(settings.console_channel, settings.console_user),
             live_jobs=busy,
             interactive=interactive,
         )

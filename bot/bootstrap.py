@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
+from bot.console import ConsoleMembers
+from bot.members import SlackChannelMembers
 from bot.metrics import BotMetrics, StateCollector, measured
 from bot.outbox import SlackOutbox
 from bot.slack import UserGroups, web_client
@@ -19,9 +21,8 @@ from handlers.commands import CommandHandler, Services
 from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
-from services.access import AccessPolicy
+from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.approvals import ApprovalPolicy, ApprovalService
-from services.audit import AuditLog
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
@@ -73,7 +74,9 @@ class Bot:
     idle: IdleService
     metrics: BotMetrics
     schedules: ScheduleService
+    guard: AccessGuard
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
+    probe_url: str | None = None  # where /readyz and /metrics answer, once serving
 
     def resolve_file(self, loc: FileLocation) -> Path:
         """The file a /files link names; Azure links are SAS links to the share, never ours."""
@@ -251,8 +254,10 @@ def build(
         store=store, prices=prices, clock=clock, default_budgets=dict(policy.budgets)
     )
     members_of = None
+    channel_members: SlackChannelMembers | ConsoleMembers = ConsoleMembers(settings.console_channel)
     if isinstance(transport, SlackOutbox):
         members_of = UserGroups(web_client(settings, for_listeners=True)).members
+        channel_members = SlackChannelMembers(web_client(settings, for_listeners=True))
     approvals = ApprovalService(
         store=store, policy=policy, clock=clock, spend=spend, members_of=members_of
     )
@@ -285,6 +290,7 @@ def build(
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
         spend=spend,
         approvals=approvals,
+        readers=JobReaders(channel_members),
     )
     runner = JobRunner(
         store=store,
@@ -304,6 +310,16 @@ def build(
         extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
+    guard = AccessGuard(
+        policy=AccessPolicy(
+            channels=settings.allowed_channels,
+            users=settings.allowed_users,
+            admins=settings.admin_users,
+            teams=settings.allowed_teams,
+        ),
+        audit=AuditLog(store),
+        now=clock.now,
+    )
     scheduler = Scheduler()
     schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler)
     commands = CommandHandler(
@@ -311,13 +327,14 @@ def build(
             clusters=clusters,
             jobs=jobs,
             now=clock.now,
+            guard=guard,
             approvals=approvals,
             spend=spend,
             audit=AuditLog(store),
             schedules=schedules,
         )
     )
-    actions = ActionHandler(jobs, clock.now, approvals, idle)
+    actions = ActionHandler(jobs, clock.now, guard, approvals, idle)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -334,13 +351,7 @@ def build(
         dashboard=dashboard.home,
         submit_form=dashboard.submit_form,
         mount_paths=dashboard.mount_paths,
-        access=AccessPolicy(
-            channels=settings.allowed_channels,
-            users=settings.allowed_users,
-            admins=settings.admin_users,
-        ),
-        audit=store.add_audit,
-        now=clock.now,
+        guard=guard,
     )
     metrics.watch(
         StateCollector(
@@ -375,5 +386,6 @@ def build(
         idle=idle,
         metrics=metrics,
         schedules=schedules,
+        guard=guard,
         credential=credential,
     )

@@ -15,8 +15,8 @@ from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
 from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
+from services.access import Caller
 from services.errors import BatchAIError
-from services.models import Actor, Conversation
 from services.states import JobState
 
 _SECRET = re.compile(
@@ -118,7 +118,7 @@ class Console:
         commands: CommandHandler,
         actions: ActionHandler,
         transport: ConsoleTransport,
-        actor: Actor,
+        caller: Caller,
         live_jobs: Callable[[], object],
         interactive: bool,
         out: TextIO | None = None,
@@ -126,7 +126,7 @@ class Console:
         self._commands = commands
         self._actions = actions
         self._transport = transport
-        self._actor = actor
+        self._caller = caller
         self._live_jobs = live_jobs
         self._interactive = interactive
         self._out = out or sys.stdout
@@ -157,10 +157,10 @@ class Console:
                 self._transport.show(Message(f"no choice [{line}]"))
                 return
             reply = await self._actions.handle(
-                button["action_id"], button["value"], actor=self._actor
+                button["action_id"], button["value"], caller=self._caller
             )
         else:
-            reply = await self._commands.handle(line, actor=self._actor, source="console")
+            reply = await self._commands.handle(line, caller=self._caller, source="console")
         await self._show_reply(reply)
 
     async def _show_reply(self, reply: Reply) -> None:
@@ -186,13 +186,20 @@ class Console:
         return 0
 
 
-def console_actor(channel: str, user: str) -> Actor:
-    return Actor(
-        user=user,
-        conversation=Conversation(channel, None, user),
-        may_read_paths=True,
-        is_admin=True,
-    )
+def console_caller(channel: str, user: str) -> Caller:
+    """The console's user in its one channel; it goes through the same guard as Slack (the
+    allow-lists and ADMIN_USERS apply), and only it may name files of the bot's machine."""
+    return Caller(user, channel, may_read_paths=True)
+
+
+class ConsoleMembers:
+    """The console has one channel, and whoever types in it is a member."""
+
+    def __init__(self, channel: str) -> None:
+        self._channel = channel
+
+    async def is_member(self, channel: str, user: str) -> bool:
+        return channel == self._channel
 
 
 LIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

@@ -7,6 +7,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -189,6 +191,44 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest | None:
             bolt_request.body = fields
             bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
     return bolt_request
+
+
+@dataclass(frozen=True)
+class HomeWorkspace:
+    """The workspace the bot token belongs to and its Enterprise Grid org, from auth.test."""
+
+    team: str
+    org: str | None = None
+    org_wide: bool = False  # installed on the whole org
+
+    @property
+    def teams(self) -> frozenset[str]:
+        """The default ALLOWED_TEAMS: this workspace, or the whole org for an org-wide install."""
+        return frozenset({self.org if self.org_wide and self.org else self.team})
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        return frozenset({self.org}) if self.org else frozenset()
+
+
+async def home_workspace(client: AsyncWebClient) -> HomeWorkspace:
+    """Ask auth.test whom the token serves. Without an answer the bot does not start: it would
+    not know which workspace's requests to take."""
+    try:
+        response = await client.auth_test()
+    except SlackApiError as err:
+        reason = str(err.response.get("error"))
+    except Exception as err:
+        reason = type(err).__name__
+    else:
+        if team := response.get("team_id"):
+            org = response.get("enterprise_id") or None
+            return HomeWorkspace(str(team), org, bool(response.get("is_enterprise_install")))
+        reason = "no team_id in the answer"
+    raise SystemExit(
+        f"cannot learn the bot token's workspace from Slack (auth.test: {reason}); "
+        "check SLACK_BOT_TOKEN and SLACK_API_URL"
+    )
 
 
 class UserGroups:

@@ -14,8 +14,8 @@ from handlers import grammar, views
 from handlers.commandspec import COMMANDS
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
+from services.access import AccessGuard, AuditLog, Caller
 from services.approvals import ApprovalService
-from services.audit import AuditLog
 from services.clusters import ClusterRequest, ClusterService
 from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs import JobRequest, JobService
@@ -42,10 +42,21 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """A command the guard let through, with the actor it runs as: `run` takes nothing else."""
+
+    command: Command
+    caller: Caller
+    actor: Actor
+    detail: str | None = None  # what the audit record shows of the request (the typed text)
+
+
+@dataclass(frozen=True)
 class Services:
     clusters: ClusterService
     jobs: JobService
     now: Callable[[], datetime]
+    guard: AccessGuard
     approvals: ApprovalService | None = None
     spend: SpendService | None = None
     audit: AuditLog | None = None
@@ -56,12 +67,16 @@ class CommandHandler:
     def __init__(self, services: Services) -> None:
         self._s = services
 
-    async def handle(self, text: str, *, actor: Actor, source: Source) -> Reply:
-        """Parse and run. Never raises for a user's mistake: errors are one line plus usage."""
+    async def handle(self, text: str, *, caller: Caller, source: Source) -> Reply:
+        """Parse, admit and run. Never raises for a user's mistake: errors are one line plus
+        usage; a refusal is one line (and an audit record)."""
         parsed = self.parse(text, source=source)
         if isinstance(parsed, Reply):
             return parsed
-        return await self.run(parsed, actor=actor, source=source)
+        admitted = await self.admit(parsed, caller=caller, detail=text)
+        if isinstance(admitted, Reply):
+            return admitted
+        return await self.run(admitted, source=source)
 
     def parse(self, text: str, *, source: Source) -> Command | Reply:
         """The typed command, or the error reply (pure and fast: listeners ack after this)."""
@@ -70,7 +85,32 @@ class CommandHandler:
         except UserError as err:
             return Reply(views.error(str(err), err.usage), failed=True)
 
-    async def run(self, command: Command, *, actor: Actor, source: Source) -> Reply:
+    async def admit(
+        self, command: Command, *, caller: Caller, detail: str | None = None
+    ) -> Admitted | Reply:
+        """Through the guard: the command to run, or the refusal (audited)."""
+        guard = self._s.guard
+        decision = await guard.admit(
+            caller, action=type(command).__name__, destructive=command.destructive
+        )
+        if not decision.allowed:
+            return Reply(views.error(decision.reason), failed=True)
+        return Admitted(command, caller, guard.actor(caller), detail)
+
+    async def run(self, admitted: Admitted, *, source: Source) -> Reply:
+        """Run an admitted command; an audited one leaves its outcome in the audit log."""
+        command = admitted.command
+        reply = await self._answer(command, admitted.actor, source)
+        if command.audited:
+            await self._s.guard.record(
+                admitted.caller,
+                action=type(command).__name__,
+                outcome="denied" if reply.failed else "allowed",
+                detail=admitted.detail,
+            )
+        return reply
+
+    async def _answer(self, command: Command, actor: Actor, source: Source) -> Reply:
         try:
             reply = await self._dispatch(command, actor, source)
         except UserError as err:
@@ -201,11 +241,11 @@ class CommandHandler:
         return Reply(views.job_submitted(job))
 
     async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
-        jobs = await self._s.jobs.list_jobs(cluster=c.cluster)
+        jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)
         return Reply(views.job_list(jobs, output=c.output, now=self._s.now()))
 
     async def _job_show(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.name)
+        job = await self._s.jobs.get_job(c.name, actor=actor)
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_terminate(self, c: Any, actor: Actor, source: Source) -> Reply:
@@ -222,28 +262,37 @@ class CommandHandler:
         return Reply(views.info(text))
 
     async def _job_wait(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.name)
+        job = await self._s.jobs.get_job(c.name, actor=actor)
         if source == "slack" and not job.state.finished:
             note = f"the receipt in the job's thread will mention <@{job.requester}> when it ends"
             card = views.status_card(job, now=self._s.now())
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         # The store is local and cheap to read: notice the end within a second, whatever --interval.
-        job = await self._s.jobs.wait_job(c.name, poll=min(c.interval_seconds, 1))
+        job = await self._s.jobs.wait_job(c.name, actor=actor, poll=min(c.interval_seconds, 1))
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job)
+        job = await self._s.jobs.get_job(c.job, actor=actor)
         if source == "slack":  # a slash command cannot hold a stream: show the tail
-            return await self._tail_reply(job, c)
+            return await self._tail_reply(job, c, actor)
         chunks = self._s.jobs.follow_file(
-            c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
+            c.job,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            file_name=c.file_name,
+            path=c.path,
         )
         head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
         return Reply(views.info(head), stream=_decode(chunks))
 
-    async def _tail_reply(self, job: Job, c: Any) -> Reply:
+    async def _tail_reply(self, job: Job, c: Any, actor: Actor) -> Reply:
         data, first_line = await self._s.jobs.tail_file(
-            job, c.file_name, TAIL_BYTES, directory_id=c.output_directory_id, path=c.path
+            job,
+            c.file_name,
+            TAIL_BYTES,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            path=c.path,
         )
         lines = data.decode("utf-8", errors="replace").splitlines()
         message = views.log_snippet(c.file_name, first_line, lines)
@@ -254,12 +303,16 @@ class CommandHandler:
 
     async def _job_files(self, c: Any, actor: Actor, source: Source) -> Reply:
         listing = await self._s.jobs.list_files(
-            c.job, directory_id=c.output_directory_id, path=c.path, expiry_minutes=c.expiry_minutes
+            c.job,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            path=c.path,
+            expiry_minutes=c.expiry_minutes,
         )
         return Reply(views.file_listing(listing, output=c.output))
 
     async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job)
+        job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.output))
 
@@ -332,7 +385,7 @@ class CommandHandler:
     async def _audit(self, c: Any, actor: Actor, source: Source) -> Reply:
         if self._s.audit is None:
             raise UserError("the audit log is not set up in this bot")
-        job_id = (await self._s.jobs.get_job(c.job)).id if c.job else None
+        job_id = (await self._s.jobs.get_job(c.job, actor=actor)).id if c.job else None
         entries = await self._s.audit.list_entries(actor=actor, job_id=job_id, limit=c.limit)
         return Reply(views.audit_table(entries, output=c.output))
 

@@ -8,7 +8,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
@@ -31,7 +31,15 @@ class ConfigRef:
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
-    """Base of every parsed command: the flags every command shares."""
+    """Base of every parsed command: the flags every command shares.
+
+    The class says how it is guarded: `destructive` ones need an admin when admins are listed,
+    `audited` ones leave an audit record whatever their outcome, `slow` ones are acked with a
+    "working on it…" before they run."""
+
+    destructive: ClassVar[bool] = False
+    audited: ClassVar[bool] = False
+    slow: ClassVar[bool] = False
 
     output: OutputFormat = "text"
     resource_group: str | None = None
@@ -48,6 +56,8 @@ class JobCommand(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterCreate(Command):
+    slow: ClassVar[bool] = True
+
     name: str
     vm_size: str
     image: str | None = None
@@ -86,12 +96,20 @@ class ClusterShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterResize(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     target_nodes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterAutoScale(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     min_nodes: int
     max_nodes: int
@@ -100,12 +118,19 @@ class ClusterAutoScale(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterUpdate(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+
     name: str
     idle_timeout_minutes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterDelete(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
@@ -117,6 +142,8 @@ class ClusterNodeList(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class JobCreate(JobCommand):
+    slow: ClassVar[bool] = True
+
     name: str | None = None  # required, except in Slack, where the form asks for it
     cluster: str | None = None
     config: ConfigRef | None = None
@@ -146,12 +173,18 @@ class JobShow(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobTerminate(JobCommand):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobDelete(JobCommand):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
@@ -164,6 +197,8 @@ class JobWait(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobStreamFile(JobCommand):
+    slow: ClassVar[bool] = True
+
     job: str
     output_directory_id: str = "stdouterr"
     file_name: str
@@ -172,6 +207,8 @@ class JobStreamFile(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobListFiles(JobCommand):
+    slow: ClassVar[bool] = True
+
     job: str
     output_directory_id: str = "stdouterr"
     path: str = "."
@@ -190,6 +227,8 @@ class BudgetShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetSet(Command):
+    audited: ClassVar[bool] = True
+
     amount: Decimal  # USD per month, two decimal places
     channel: str | None = None
 
@@ -234,6 +273,8 @@ class ScheduleShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleDelete(Command):
+    audited: ClassVar[bool] = True
+
     id: str
 
 

@@ -70,6 +70,15 @@ def home_view(
     return {"type": "home", "blocks": blocks[:HOME_BLOCK_LIMIT]}
 
 
+def refused_view(reason: str) -> dict[str, Any]:
+    """The Home tab of someone the bot does not serve: why, and nothing else."""
+    blocks: list[Block] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Batch AI", "emoji": True}},
+        section(f":no_entry: {_esc(reason)}"),
+    ]
+    return {"type": "home", "blocks": blocks}
+
+
 # ----------------------------------------------------------------------------- sections
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from services.access.reads import JobReaders
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
@@ -72,8 +73,10 @@ class JobService:
         placeholder_values: Mapping[str, str] | None = None,
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
+        readers: JobReaders | None = None,
     ) -> None:
         self._store = store
+        self._readers = readers or JobReaders()
         self._share = share
         self._clock = clock
         self._configs = configs
@@ -209,25 +212,39 @@ class JobService:
                 )
         return job, approval, estimate
 
-    async def list_jobs(self, *, cluster: str | None = None) -> list[Job]:
-        return await self._store.list_jobs(cluster=cluster)
+    async def list_jobs(self, *, actor: Actor, cluster: str | None = None) -> list[Job]:
+        """The jobs `actor` may read (see JobReaders)."""
+        return await self._readers.visible(await self._store.list_jobs(cluster=cluster), actor)
 
-    async def get_job(self, name: str) -> Job:
-        job = await self._store.find_job(name)
-        if job is None:
-            raise NotFound(f"job {name} not found")
+    async def get_job(self, name: str, *, actor: Actor) -> Job:
+        job = await self._find(name)
+        await self._readers.check(job, actor)
         return job
 
-    async def wait_job(self, name: str, *, poll: float) -> Job:
+    async def may_read(self, job: Job, *, actor: Actor) -> bool:
+        return await self._readers.may_read(job, actor)
+
+    async def wait_job(self, name: str, *, actor: Actor, poll: float) -> Job:
         """The job once it has finished (`az batchai job wait`)."""
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         while not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
         return job
 
-    async def get_job_by_id(self, job_id: str) -> Job:
+    async def get_job_by_id(self, job_id: str, *, actor: Actor) -> Job:
         """Buttons name jobs by id: a re-created job of the same name is another job."""
+        job = await self._find_by_id(job_id)
+        await self._readers.check(job, actor)
+        return job
+
+    async def _find(self, name: str) -> Job:
+        job = await self._store.find_job(name)
+        if job is None:
+            raise NotFound(f"job {name} not found")
+        return job
+
+    async def _find_by_id(self, job_id: str) -> Job:
         job = await self._store.get_job(job_id)
         if job is None:
             raise NotFound("that job no longer exists")
@@ -238,7 +255,7 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
         (False when it had already ended or was already terminating)."""
-        job = await (self.get_job_by_id(job_id) if job_id else self.get_job(name or ""))
+        job = await (self._find_by_id(job_id) if job_id else self._find(name or ""))
         _check_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
@@ -265,11 +282,17 @@ class JobService:
         return job
 
     async def list_files(
-        self, name: str, *, directory_id: str = STDOUTERR, path: str = ".", expiry_minutes: int = 60
+        self,
+        name: str,
+        *,
+        actor: Actor,
+        directory_id: str = STDOUTERR,
+        path: str = ".",
+        expiry_minutes: int = 60,
     ) -> FileListing:
         if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
             raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         directory = _subdir(self._directory(job, directory_id), path)
         entries = await self._share.list_files(directory, recursive=False)
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
@@ -286,11 +309,18 @@ class JobService:
         return FileListing(job, directory_id, path, tuple(entries), links)
 
     async def follow_file(
-        self, name: str, *, directory_id: str, file_name: str, path: str = ".", poll: float = 0.5
+        self,
+        name: str,
+        *,
+        actor: Actor,
+        directory_id: str,
+        file_name: str,
+        path: str = ".",
+        poll: float = 0.5,
     ) -> AsyncIterator[bytes]:
         """`tail -f` like `az batchai job stream-file`: waits for the job to start and the file
         to appear, then yields new bytes as they are written, until the job has ended."""
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         while job.layout is None and not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
@@ -312,10 +342,18 @@ class JobService:
         return await self._store.get_job(job.id) or job
 
     async def tail_file(
-        self, job: Job, name: str, max_bytes: int, *, directory_id: str = STDOUTERR, path: str = "."
+        self,
+        job: Job,
+        name: str,
+        max_bytes: int,
+        *,
+        actor: Actor,
+        directory_id: str = STDOUTERR,
+        path: str = ".",
     ) -> tuple[bytes, int]:
         """The last `max_bytes` of one of the job's files, starting at a line, and that line's
         number (0 when unknown because the start was cut)."""
+        await self._readers.check(job, actor)
         loc = _subdir(self._directory(job, directory_id), path).child(_safe(name))
         entry = await self._share.stat(loc)
         if entry is None:

@@ -17,6 +17,7 @@ from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
 from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
+from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import FakeClock
 from services.clusters import ClusterRequest, ClusterService
@@ -141,7 +142,10 @@ class Rig:
             resource_group="rg",
             workspace="ws",
         )
-        self.actions = ActionHandler(self.jobs, self.clock.now, None, self.idle)
+        self.guard = AccessGuard(
+            policy=AccessPolicy(), audit=AuditLog(self.store), now=self.clock.now
+        )
+        self.actions = ActionHandler(self.jobs, self.clock.now, self.guard, None, self.idle)
 
     async def cluster(self, name: str = "gpu", **kw: object) -> None:
         values: dict[str, object] = {"min_nodes": 0, "max_nodes": 2, "target_nodes": 2}
@@ -158,7 +162,7 @@ class Rig:
         await self.relay.drain()
 
     async def click(self, action_id: str, value: str, actor: Actor = BOB) -> str:
-        reply = await self.actions.handle(action_id, value, actor=actor)
+        reply = await self.actions.handle(action_id, value, caller=_caller(actor))
         await self.relay.drain()
         return reply.message.text
 
@@ -424,10 +428,11 @@ async def test_restart_in_the_middle_repeats_nothing_and_keeps_the_buttons(rig: 
 
 
 async def test_cluster_update_and_create_flags_through_the_command_handler(rig: Rig) -> None:
-    handler = CommandHandler(Services(clusters=rig.clusters, jobs=rig.jobs, now=rig.clock.now))
+    services = Services(clusters=rig.clusters, jobs=rig.jobs, now=rig.clock.now, guard=rig.guard)
+    handler = CommandHandler(services)
 
     async def run(text: str) -> str:
-        reply = await handler.handle(text, actor=OWNER, source="console")
+        reply = await handler.handle(text, caller=_caller(OWNER), source="console")
         return views.to_text(reply.message)[0]
 
     await run(f"cluster create -n a -s {VM} --min 0 --max 2 -t 2 --idle-timeout 30")
@@ -449,3 +454,7 @@ async def test_cluster_update_and_create_flags_through_the_command_handler(rig: 
 
 def _name(post: Post) -> str:
     return post.message.text.split("*")[1]
+
+
+def _caller(actor: Actor) -> Caller:
+    return Caller(actor.user, actor.conversation.channel if actor.conversation else None)

@@ -510,6 +510,7 @@ class FakeSlack:
             for uid in users:
                 self.add_user(uid)
         self.usergroups: dict[str, dict[str, Any]] = {}
+        self.channel_members: dict[str, list[str]] = {}  # conversations.members, per channel
         for gid, members in (usergroups or {}).items():
             self.add_usergroup(gid, members)
         self.messages: dict[tuple[str, str], Message] = {}
@@ -547,6 +548,7 @@ class FakeSlack:
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.info": self._conversations_info,
+            "conversations.members": self._conversations_members,
             "conversations.replies": self._conversations_replies,
             "conversations.history": self._conversations_history,
             "conversations.open": self._conversations_open,
@@ -695,6 +697,12 @@ class FakeSlack:
         }
         self.usergroups[group_id] = group
         return group
+
+    def set_members(self, channel_id: str, user_ids: Iterable[str]) -> Channel:
+        """Who is in a channel, as conversations.members answers (the bot is added)."""
+        ch = self.channels.get(channel_id) or self.add_channel(channel_id)
+        self.channel_members[ch.id] = [*dict.fromkeys([*user_ids, BOT_USER_ID])]
+        return ch
 
     def dm_channel(self, user_id: str) -> str:
         """The IM channel id (D…) of the bot with `user_id`; created on first use."""
@@ -1262,6 +1270,30 @@ class FakeSlack:
         if ch.is_private and not ch.is_member and not ch.is_im:
             raise SlackError("channel_not_found")
         return {"ok": True, "channel": ch.to_api()}
+
+    def _conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: `members` (user ids) a page at a time (limit: default 100, at most 1000)
+        and `response_metadata.next_cursor`, empty on the last page; the scope is the channel
+        kind's `:read`; a private channel the bot is not in is `channel_not_found`."""
+        ch = self._lookup_channel(args.get("channel"))
+        self._read_scope_for(ch, "read")
+        if ch.is_private and not ch.is_member and not ch.is_im:
+            raise SlackError("channel_not_found")
+        if ch.is_im:
+            members = [ch.user or "", BOT_USER_ID]
+        else:
+            members = self.channel_members.get(ch.id, [BOT_USER_ID])
+        limit = min(_int(args.get("limit"), 100) or 100, 1000)
+        cursor = str(args.get("cursor") or "")
+        if cursor and not cursor.startswith("off:"):
+            raise SlackError("invalid_cursor")
+        start = int(cursor[4:]) if cursor else 0
+        more = start + limit < len(members)
+        return {
+            "ok": True,
+            "members": members[start : start + limit],
+            "response_metadata": {"next_cursor": f"off:{start + limit}" if more else ""},
+        }
 
     def _paged(self, items: list[dict[str, Any]], args: dict[str, Any], key: str) -> dict[str, Any]:
         limit = _int(args.get("limit"), 100) or 100
