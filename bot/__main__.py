@@ -16,6 +16,7 @@ from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
+from services.access import AccessPolicy
 from services.errors import SpecError
 from services.jobspec import load_any
 
@@ -89,6 +90,7 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
             actor=actor,
             live_jobs=busy,
             interactive=interactive,
+            is_admin=AccessPolicy(admins=settings.admin_users).is_admin,
         )
         if interactive:
             print(

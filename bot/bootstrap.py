@@ -20,7 +20,7 @@ from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessPolicy
-from services.approvals import ApprovalPolicy, ApprovalService
+from services.approvals import ApprovalService
 from services.audit import AuditLog
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
@@ -28,6 +28,7 @@ from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
 from services.errors import NotFound
+from services.gate import ApprovalPolicy, SpendGate
 from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
@@ -253,8 +254,12 @@ def build(
     members_of = None
     if isinstance(transport, SlackOutbox):
         members_of = UserGroups(web_client(settings, for_listeners=True)).members
-    approvals = ApprovalService(
-        store=store, policy=policy, clock=clock, spend=spend, members_of=members_of
+    gate = SpendGate(policy=policy, spend=spend)  # the one place money is decided
+    approvals = ApprovalService(store=store, gate=gate, clock=clock, members_of=members_of)
+    access = AccessPolicy(
+        channels=settings.allowed_channels,
+        users=settings.allowed_users,
+        admins=settings.admin_users,
     )
     clusters = ClusterService(
         store=store,
@@ -265,6 +270,7 @@ def build(
         workspace=settings.workspace,
         prices=prices,
         idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
+        gate=gate,
     )
     idle = IdleService(
         store=store,
@@ -272,6 +278,7 @@ def build(
         clock=clock,
         prices=prices,
         warn_before=timedelta(minutes=settings.idle_warning_minutes),
+        gate=gate,
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
@@ -305,7 +312,7 @@ def build(
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
     scheduler = Scheduler()
-    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler)
+    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler, access=access)
     commands = CommandHandler(
         Services(
             clusters=clusters,
@@ -334,11 +341,7 @@ def build(
         dashboard=dashboard.home,
         submit_form=dashboard.submit_form,
         mount_paths=dashboard.mount_paths,
-        access=AccessPolicy(
-            channels=settings.allowed_channels,
-            users=settings.allowed_users,
-            admins=settings.admin_users,
-        ),
+        access=access,
         audit=store.add_audit,
         now=clock.now,
     )

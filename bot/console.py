@@ -7,6 +7,7 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +23,10 @@ _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""
     r"""(?P<value>"[^"]*"|'[^']*'|["'].*$|\S+)"""
 )
+
+
+_AS_USER = re.compile(r"^as\s+(?P<user>\S+)(?P<rest>.*)$", re.DOTALL)
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
 def redact(line: str) -> str:
@@ -120,7 +125,9 @@ class Console:
         live_jobs: Callable[[], object],
         interactive: bool,
         out: TextIO | None = None,
+        is_admin: Callable[[str], bool] = lambda user: False,
     ) -> None:
+        self._is_admin = is_admin
         self._commands = commands
         self._actions = actions
         self._transport = transport
@@ -149,17 +156,37 @@ class Console:
         return await self._wait_for_jobs(wait_timeout)
 
     async def execute(self, line: str) -> None:
+        actor, line = self._speaker(line)
+        if actor is None:
+            self._transport.show(views.error(f"{line} (usage: as U0LEAD /batchai …)"))
+            return
         if line.isdigit():
             button = self._transport.buttons.get(int(line))
             if button is None:
                 self._transport.show(Message(f"no choice [{line}]"))
                 return
-            reply = await self._actions.handle(
-                button["action_id"], button["value"], actor=self._actor
-            )
+            reply = await self._actions.handle(button["action_id"], button["value"], actor=actor)
         else:
-            reply = await self._commands.handle(line, actor=self._actor, source="console")
+            reply = await self._commands.handle(line, actor=actor, source="console")
         await self._show_reply(reply)
+
+    def _speaker(self, line: str) -> tuple[Actor | None, str]:
+        """`as U0LEAD <command or button number>` speaks as that Slack user (an admin only if
+        ADMIN_USERS says so), so the approval flow can be tried without Slack; else the
+        console's own user. (None, why) when the prefix is malformed."""
+        match = _AS_USER.match(line)
+        if match is None:
+            return self._actor, line
+        user, rest = match.group("user"), match.group("rest").strip()
+        if not _SLACK_ID.match(user) or not rest:
+            return None, f"`as` needs a Slack user ID and a command, not {line[:80]!r}"
+        conversation = self._actor.conversation
+        if conversation is not None:
+            conversation = replace(conversation, user=user)
+        actor = replace(
+            self._actor, user=user, conversation=conversation, is_admin=self._is_admin(user)
+        )
+        return actor, rest
 
     async def _show_reply(self, reply: Reply) -> None:
         self._transport.show(reply.message)

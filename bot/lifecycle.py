@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLACK_CHECK_TTL = 30.0  # seconds /readyz trusts the last auth.test
+UNGUARDED = (
+    "GPU spend is unguarded: no approval policy (APPROVALS_FILE with approvers), so nothing "
+    "needs approval"
+)
 
 
 @asynccontextmanager
@@ -58,8 +62,15 @@ async def running(
             await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
         await bot.seed_examples()
         checks: dict[str, HealthCheck] = {"database": bot.store.ping, "backend": bot.backend.ping}
+        unguarded = None if bot.approvals.gate.guarded else UNGUARDED
+        if unguarded:
+            log.warning("%s", unguarded)
         web_app = create_web_app(
-            signer=bot.signer, resolve=bot.resolve_file, checks=checks, metrics=bot.metrics.render
+            signer=bot.signer,
+            resolve=bot.resolve_file,
+            checks=checks,
+            metrics=bot.metrics.render,
+            spend_notice=unguarded,
         )
         socket_mode = None
         if transport is None:

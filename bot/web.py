@@ -79,8 +79,10 @@ def create_web_app(
     resolve: ResolveFile,
     checks: Mapping[str, HealthCheck],
     metrics: RenderMetrics | None = None,
+    spend_notice: str | None = None,
 ) -> web.Application:
-    """`checks` name what /readyz asks (database, slack, backend); `metrics` renders /metrics."""
+    """`checks` name what /readyz asks (database, slack, backend); `metrics` renders /metrics;
+    `spend_notice`, when set, is said in every /readyz body (e.g. that spend is unguarded)."""
     app = web.Application()
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -94,7 +96,9 @@ def create_web_app(
             if result != last.get(name, "ok"):
                 log.log(logging.INFO if result == "ok" else logging.WARNING, "%s: %s", name, result)
             last[name] = result
-        body = {"status": "ready" if ready else "unready", "checks": results}
+        body: dict[str, object] = {"status": "ready" if ready else "unready", "checks": results}
+        if spend_notice:
+            body["spend"] = spend_notice
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(_request: web.Request) -> web.Response:
