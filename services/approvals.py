@@ -208,7 +208,7 @@ class ApprovalService:
         cluster = await self._store.get_cluster(job.cluster)
         if cluster is None:
             return f"cluster {job.cluster} is gone"
-        commitment = self.gate.extension(job, cluster, now=self._clock.now(), actor=actor)
+        commitment = self.gate.extension(job, cluster, now=self._clock.now())
         if isinstance(commitment, Refused):
             return commitment.reason
         if await self._store.list_approvals(state="pending", job_id=job.id):

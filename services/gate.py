@@ -224,9 +224,7 @@ class SpendGate:
         estimate = self.spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
         return Commitment("job", job.requester, _channel(job), estimate, estimate.total)
 
-    def extension(
-        self, job: Job, cluster: Cluster, *, now: datetime, actor: Actor
-    ) -> Commitment | Refused:
+    def extension(self, job: Job, cluster: Cluster, *, now: datetime) -> Commitment | Refused:
         """An extension is judged on the job's whole estimate after it, and only once the job
         was warned about this deadline: one extension per warning."""
         deadline = _deadline(job)
