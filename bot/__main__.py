@@ -9,6 +9,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from bot.check import check_azure, check_settings, format_results
 from bot.config import Settings
@@ -45,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "validate":
         return validate_files(args.files)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as err:  # name each setting, no traceback (never its value)
+        raise SystemExit("; ".join(_setting_error(e) for e in err.errors())) from None
     if args.command == "manifest":
         return print_manifest(settings, args)
     if args.command == "check":
@@ -58,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_console(settings, wait_timeout=wait))
     except KeyboardInterrupt:
         return 130
+
+
+def _setting_error(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"]).upper()
+    return f"{where}: {message}" if where else message
 
 
 async def run_slack(settings: Settings) -> int:

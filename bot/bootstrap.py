@@ -22,13 +22,14 @@ from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
-from services.approvals import ApprovalPolicy, ApprovalService
+from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
 from services.errors import NotFound
+from services.gate import ApprovalPolicy, SpendGate
 from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
@@ -258,8 +259,13 @@ def build(
     if isinstance(transport, SlackOutbox):
         members_of = UserGroups(web_client(settings, for_listeners=True)).members
         channel_members = SlackChannelMembers(web_client(settings, for_listeners=True))
-    approvals = ApprovalService(
-        store=store, policy=policy, clock=clock, spend=spend, members_of=members_of
+    gate = SpendGate(policy=policy, spend=spend)  # the one place money is decided
+    approvals = ApprovalService(store=store, gate=gate, clock=clock, members_of=members_of)
+    access = AccessPolicy(
+        channels=settings.allowed_channels,
+        users=settings.allowed_users,
+        admins=settings.admin_users,
+        teams=settings.allowed_teams,
     )
     clusters = ClusterService(
         store=store,
@@ -270,6 +276,7 @@ def build(
         workspace=settings.workspace,
         prices=prices,
         idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
+        gate=gate,
     )
     idle = IdleService(
         store=store,
@@ -277,6 +284,7 @@ def build(
         clock=clock,
         prices=prices,
         warn_before=timedelta(minutes=settings.idle_warning_minutes),
+        gate=gate,
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
@@ -311,17 +319,12 @@ def build(
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
     guard = AccessGuard(
-        policy=AccessPolicy(
-            channels=settings.allowed_channels,
-            users=settings.allowed_users,
-            admins=settings.admin_users,
-            teams=settings.allowed_teams,
-        ),
+        policy=access,
         audit=AuditLog(store),
         now=clock.now,
     )
     scheduler = Scheduler()
-    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler)
+    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler, access=access)
     commands = CommandHandler(
         Services(
             clusters=clusters,

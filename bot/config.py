@@ -147,6 +147,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"BATCHAI_BACKEND=azure needs {', '.join(missing)}")
             if self.storage_account == "local" and self.azure_storage_account:
                 self.storage_account = self.azure_storage_account
+        if self.approvals_file is not None and not self.admin_users:
+            # An empty admin list makes everyone an admin (budget set, any cluster size).
+            raise ValueError(
+                "APPROVALS_FILE needs ADMIN_USERS: without it everyone is an admin and may set "
+                "budgets; set ADMIN_USERS to the Slack IDs of the admins (e.g. U0123LEAD)"
+            )
         return self
 
     @property

@@ -7,6 +7,7 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +24,10 @@ _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""
     r"""(?P<value>"[^"]*"|'[^']*'|["'].*$|\S+)"""
 )
+
+
+_AS_USER = re.compile(r"^as\s+(?P<user>\S+)(?P<rest>.*)$", re.DOTALL)
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
 def redact(line: str) -> str:
@@ -151,17 +156,32 @@ class Console:
         return await self._wait_for_jobs(wait_timeout)
 
     async def execute(self, line: str) -> None:
+        caller, line = self._speaker(line)
+        if caller is None:
+            self._transport.show(views.error(f"{line} (usage: as U0LEAD /batchai …)"))
+            return
         if line.isdigit():
             button = self._transport.buttons.get(int(line))
             if button is None:
                 self._transport.show(Message(f"no choice [{line}]"))
                 return
-            reply = await self._actions.handle(
-                button["action_id"], button["value"], caller=self._caller
-            )
+            reply = await self._actions.handle(button["action_id"], button["value"], caller=caller)
         else:
-            reply = await self._commands.handle(line, caller=self._caller, source="console")
+            reply = await self._commands.handle(line, caller=caller, source="console")
         await self._show_reply(reply)
+
+    def _speaker(self, line: str) -> tuple[Caller | None, str]:
+        """`as U0LEAD <command or button number>` speaks as that Slack user (an admin only if
+        ADMIN_USERS says so: the access guard decides, as for anyone), so the approval flow can
+        be tried without Slack; else the console's own user. (None, why) when the prefix is
+        malformed."""
+        match = _AS_USER.match(line)
+        if match is None:
+            return self._caller, line
+        user, rest = match.group("user"), match.group("rest").strip()
+        if not _SLACK_ID.match(user) or not rest:
+            return None, f"`as` needs a Slack user ID and a command, not {line[:80]!r}"
+        return replace(self._caller, user=user), rest
 
     async def _show_reply(self, reply: Reply) -> None:
         self._transport.show(reply.message)

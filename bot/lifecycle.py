@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 SLACK_CHECK_TTL = 30.0  # seconds /readyz trusts the last auth.test
 BACKEND_CHECK_TTL = 30.0  # seconds /readyz trusts the last backend ping (Azure: ARM + Files calls)
+UNGUARDED = (
+    "GPU spend is unguarded: no approval policy (APPROVALS_FILE with approvers), so nothing "
+    "needs approval"
+)
 
 
 @asynccontextmanager
@@ -69,6 +73,9 @@ async def running(
             "backend": CachedCheck(bot.backend.ping, BACKEND_CHECK_TTL),
         }
         web_app = create_web_app(signer=bot.signer, resolve=bot.resolve_file)
+        unguarded = None if bot.approvals.gate.guarded else UNGUARDED
+        if unguarded:
+            log.warning("%s", unguarded)
         socket_mode = None
         if transport is None:
             from bot import slack  # the Slack SDK is loaded only for a Slack bot
@@ -96,10 +103,14 @@ async def running(
             else:
                 socket_mode = slack.SocketMode(slack_app, settings)
         if probe_sock is None:
-            create_probe_app(checks=checks, metrics=bot.metrics.render, app=web_app)
+            create_probe_app(
+                checks=checks, metrics=bot.metrics.render, app=web_app, spend_notice=unguarded
+            )
             bot.probe_url = bot.web_url
         else:
-            probe_app = create_probe_app(checks=checks, metrics=bot.metrics.render)
+            probe_app = create_probe_app(
+                checks=checks, metrics=bot.metrics.render, spend_notice=unguarded
+            )
             host, probe_port = probe_sock.getsockname()[:2]
             await _serve(stack, probe_app, probe_sock)
             bot.probe_url = f"http://{host}:{probe_port}"

@@ -113,10 +113,12 @@ def create_probe_app(
     checks: Mapping[str, HealthCheck],
     metrics: RenderMetrics | None = None,
     app: web.Application | None = None,
+    spend_notice: str | None = None,
 ) -> web.Application:
     """/healthz, /readyz (`checks`: database, slack, backend; each should be a CachedCheck when
     it costs an API call) and /metrics; added to `app` when given (probes on the public port,
-    when PROBE_HOST:PROBE_PORT is HOST:PORT)."""
+    when PROBE_HOST:PROBE_PORT is HOST:PORT). `spend_notice`, when set, is said in every /readyz
+    body (e.g. that spend is unguarded)."""
     app = app if app is not None else web.Application()
     last: dict[str, str] = {}
 
@@ -126,7 +128,9 @@ def create_probe_app(
             if result != last.get(name, "ok"):
                 log.log(logging.INFO if result == "ok" else logging.WARNING, "%s: %s", name, result)
             last[name] = result
-        body = {"status": "ready" if ready else "unready", "checks": results}
+        body: dict[str, object] = {"status": "ready" if ready else "unready", "checks": results}
+        if spend_notice:
+            body["spend"] = spend_notice
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(_request: web.Request) -> web.Response:

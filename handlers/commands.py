@@ -171,7 +171,10 @@ class CommandHandler:
         # A public reply shows the typed command to the channel: never when it held a secret.
         secret_typed = c.password is not None or c.storage_account_key is not None
         price = self._s.clusters.price_of(cluster)
-        return Reply(views.cluster_created(cluster, price), public=not secret_typed)
+        message = views.cluster_created(cluster, price)
+        if standing := self._s.clusters.unguarded_standing(cluster):
+            message = views.unguarded_spend(message, f"standing capacity {standing.formula()}")
+        return Reply(message, public=not secret_typed)
 
     async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
@@ -182,7 +185,7 @@ class CommandHandler:
 
     async def _cluster_resize(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
-            c.name, target=c.target_nodes, resource_group=c.resource_group
+            c.name, target=c.target_nodes, actor=actor, resource_group=c.resource_group
         )
         return Reply(
             views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
@@ -194,6 +197,7 @@ class CommandHandler:
             c.name,
             min_nodes=c.min_nodes,
             max_nodes=c.max_nodes,
+            actor=actor,
             resource_group=c.resource_group,
             idle_timeout_minutes=c.idle_timeout_minutes,
         )
@@ -205,7 +209,10 @@ class CommandHandler:
 
     async def _cluster_update(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.update_cluster(
-            c.name, idle_timeout_minutes=c.idle_timeout_minutes, resource_group=c.resource_group
+            c.name,
+            idle_timeout_minutes=c.idle_timeout_minutes,
+            actor=actor,
+            resource_group=c.resource_group,
         )
         return Reply(views.idle_setting(cluster, c.idle_timeout_minutes), public=True)
 
@@ -238,7 +245,10 @@ class CommandHandler:
                 views.schedule_created(created.schedule, created.upcoming, created.preview)
             )
         job = await self._s.jobs.create_job(request, actor=actor)
-        return Reply(views.job_submitted(job))
+        message = views.job_submitted(job)
+        if (amount := self._s.jobs.unguarded_estimate(job)) is not None:
+            message = views.unguarded_spend(message, format_usd(amount))
+        return Reply(message)
 
     async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)

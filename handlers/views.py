@@ -546,6 +546,15 @@ def job_submitted(job: Job) -> Message:
     return Message(text, blocks)
 
 
+def unguarded_spend(message: Message, what: str) -> Message:
+    """`message` with the warning that `what` (an amount or a formula) needed no approval."""
+    note = context(
+        f":warning: {what} needed nobody's approval: without an approval policy "
+        "(APPROVALS_FILE) nothing needs approval"
+    )
+    return Message(message.text, [*message.blocks, note])
+
+
 def node_table(nodes: Sequence[Node], *, output: str) -> Message:
     if output == "json":
         return _json(

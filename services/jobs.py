@@ -7,12 +7,14 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
+from services.gate import NeedsApproval, Refused
 from services.jobspec import (
     JobSpec,
     LaunchContext,
@@ -103,7 +105,7 @@ class JobService:
         if self._spend is None:  # no price book: nothing to estimate or approve
             event = JobSubmitted(job_id=job.id, cluster=cluster.name, warnings=tuple(warnings))
             return await self._store.insert_job(job, [*first, event], run=run)
-        job, approval, estimate = await self._price(job, cluster, self._spend)
+        job, approval, estimate = await self._price(job, cluster, self._spend, actor)
         events: list[Event] = [
             *first,
             JobSubmitted(
@@ -128,7 +130,7 @@ class JobService:
         stored now (pending_approval when it would wait for approval, with its estimate)."""
         job, cluster, _ = await self._prepare(request, actor)
         if self._spend is not None:
-            job, _, _ = await self._price(job, cluster, self._spend)
+            job, _, _ = await self._price(job, cluster, self._spend, actor)
         return job
 
     async def _prepare(
@@ -183,34 +185,42 @@ class JobService:
         return job, cluster, plan.warnings
 
     async def _price(
-        self, job: Job, cluster: Cluster, spend: SpendService
+        self, job: Job, cluster: Cluster, spend: SpendService, actor: Actor
     ) -> tuple[Job, Approval | None, Estimate]:
-        """Price the job; above the requester's limit (or the budget) it waits for approval."""
-        estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
-        job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
-        approval = None
-        if self._approvals is not None:
-            channel = job.conversation.channel if job.conversation else None
-            month_spend = await spend.month_spend(channel)
-            budget = await spend.budget(channel)
-            assessment = self._approvals.policy.assess(
-                requester=job.requester,
-                estimate=estimate.total,
-                month_spend=month_spend,
-                budget=budget,
+        """Price the job and ask the gate; above the requester's limit (or the budget) it waits
+        for approval."""
+        if self._approvals is None:
+            estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
+            return (
+                replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total),
+                None,
+                estimate,
             )
-            if assessment.needs_approval:
-                job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
-                approval = self._approvals.new_approval(
-                    job=job,
-                    kind="job",
-                    estimate=estimate.total,
-                    formula=estimate.formula(),
-                    assessment=assessment,
-                    month_spend=month_spend,
-                    budget=budget,
-                )
+        commitment = self._approvals.gate.job(job, cluster)
+        estimate = commitment.estimate
+        job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
+        verdict = await self._approvals.gate.assess(commitment, actor=actor)
+        if isinstance(verdict, Refused):
+            raise NotAllowed(verdict.reason)
+        approval = None
+        if isinstance(verdict, NeedsApproval):
+            job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
+            approval = self._approvals.new_approval(
+                job=job,
+                kind="job",
+                estimate=estimate.total,
+                formula=estimate.formula(),
+                assessment=verdict.assessment,
+                month_spend=verdict.month_spend,
+                budget=verdict.budget,
+            )
         return job, approval, estimate
+
+    def unguarded_estimate(self, job: Job) -> Decimal | None:
+        """The job's estimate when no approval policy guarded it and it is worth saying so."""
+        if self._approvals is None or not self._approvals.gate.unguarded(job.estimate):
+            return None
+        return job.estimate
 
     async def list_jobs(self, *, actor: Actor, cluster: str | None = None) -> list[Job]:
         """The jobs `actor` may read (see JobReaders)."""

@@ -229,6 +229,13 @@ def estimate_job(price: Price, *, nodes: int, hours: Decimal | int | float | tim
     """The cost ceiling of a job: `nodes` nodes for at most `hours` hours."""
     if nodes < 1:
         raise UserError(f"a job needs at least one node, got {nodes}")
+    return estimate_capacity(price, nodes=nodes, hours=hours)
+
+
+def estimate_capacity(
+    price: Price, *, nodes: int, hours: Decimal | int | float | timedelta
+) -> Estimate:
+    """What `nodes` nodes (none or more) cost over `hours`, busy or idle."""
     span = to_hours(hours)
     if span <= 0:
         raise UserError("the maximum run time must be longer than zero")

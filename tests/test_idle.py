@@ -356,12 +356,13 @@ async def test_turning_idle_scale_down_off_cancels_a_pending_warning(rig: Rig) -
     await rig.at(14, 2)
     await rig.at(14, 12)
     (warning,) = rig.chat.warnings()
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=0)
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=0, actor=OWNER)
     await rig.at(14, 13)
     assert "cancelled: idle scale-down is off for this cluster" in views.to_text(warning.current)[0]
     await rig.at(18, 0)
     assert await rig.nodes() == 2 and len(rig.chat.warnings()) == 1
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=30)  # back on: counts anew
+    # back on: counts anew
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=30, actor=OWNER)
     await rig.at(18, 0)
     await rig.at(18, 24, 59)
     assert len(rig.chat.warnings()) == 1
@@ -374,7 +375,7 @@ async def test_a_longer_timeout_withdraws_a_warning_that_is_no_longer_due(rig: R
     await rig.at(14, 2)
     await rig.at(14, 12)
     (warning,) = rig.chat.warnings()
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=60)
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=60, actor=OWNER)
     await rig.at(14, 17)
     assert "cancelled: the idle timeout is now 60 min" in views.to_text(warning.current)[0]
     assert await rig.nodes() == 2

@@ -313,6 +313,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             SLACK_UPDATES_PER_MINUTE="1000",
             BATCHAI_DATA_DIR=str(data),
             APPROVALS_FILE=str(policy),
+            ADMIN_USERS=ALICE,  # a policy needs admins; Alice creates the cluster
             LINK_SECRET="restart-link-secret",
             PORT="0",
             POLL_SECONDS="0.3",

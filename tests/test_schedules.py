@@ -83,7 +83,7 @@ async def started(
         rig = Rig(bot, clock, out)
         if first:
             bot.share.create_share("data")
-            assert not (await rig.say(CLUSTER)).failed
+            assert not (await rig.say(CLUSTER, user=ADMIN)).failed
         yield rig
 
 

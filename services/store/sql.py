@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, delete, event, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -616,11 +616,20 @@ class SqlStore:
             ]
 
     async def extend_wall_clock(
-        self, job_id: str, extra: timedelta, new_events: Sequence[Event] = ()
+        self,
+        job_id: str,
+        extra: timedelta,
+        new_events: Sequence[Event] = (),
+        *,
+        expect: timedelta | None = None,
     ) -> bool:
-        """Add to a running job's limit in the database itself: concurrent extensions add up."""
+        """Add to a running job's limit in the database itself; with `expect`, only while the
+        limit is still that (False otherwise): of two clicks on one warning, one extends."""
+        which = jobs.c.id == job_id
+        if expect is not None:
+            which = and_(which, jobs.c.max_wall_clock_s == int(expect.total_seconds()))
         async with self._engine.begin() as conn:
-            result = await conn.execute(_extend(jobs.c.id == job_id, extra))
+            result = await conn.execute(_extend(which, extra))
             if result.rowcount == 0:
                 await conn.rollback()
                 return False
