@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from handlers import home, modals
+from handlers import home, modals, views
 from services.approvals import ApprovalService
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
@@ -49,7 +49,12 @@ class Dashboard:
         pending: list[str] = []
         if self._approvals is not None:
             pending = [
-                f"<@{a.requester}> {a.formula} (`/batchai approvals approve --id {a.id}`)"
+                views.md(
+                    "{} {} (`/batchai approvals approve --id {}`)",
+                    views.user(a.requester),
+                    a.formula,
+                    a.id,
+                )
                 for a in await self._approvals.list_approvals()
             ]
         spent = await self._spend.month_spend(None) if self._spend is not None else None
