@@ -113,10 +113,13 @@ def trusted(text: str) -> Mrkdwn:
 
 
 def esc(text: str) -> str:
-    """Text from outside (logs, file names, errors) as inert mrkdwn: no pings, no fake links."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text from outside (logs, file names, errors) as inert mrkdwn: no pings, no fake links,
+    and no run of three backticks to open or close a code block."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _FENCE.sub("`\u200b", text)
 
 
+_FENCE = re.compile(r"`(?=``)")
 _USER_ID = re.compile(r"[UWB][A-Z0-9]{1,20}")
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{1,20}")
 _MENTION = re.compile(r"&lt;([@#])([A-Z0-9]{2,21})&gt;")
@@ -152,7 +155,7 @@ def link(url: str, text: str) -> Mrkdwn:
     target = re.sub(r"[\s<>|\"`]", lambda m: quote(m.group(0), safe=""), url)
     if not target.startswith(("https://", "http://")):
         return trusted(text)
-    return Mrkdwn(f"<{target}|{esc(text).replace('|', '¦')}>")
+    return Mrkdwn(f"<{esc(target)}|{esc(text).replace('|', '¦')}>")  # Slack unescapes `&amp;`
 
 
 def code(text: str) -> Mrkdwn:
@@ -383,7 +386,7 @@ def log_snippet(
 
 
 def _code_body(text: str) -> str:
-    return esc(text).replace("```", "`\u200b``")
+    return esc(text)
 
 
 def _head_within(text: str, limit: int) -> str:
@@ -843,7 +846,7 @@ def _plain(text: str) -> str:
     out = []
     for i, part in enumerate(parts):
         if i % 2:  # inside a code block: only undo the escaping
-            out.append("\n" + _indent(_unescape(part.replace("`\u200b``", "```"))))
+            out.append("\n" + _indent(_unescape(part.replace("`\u200b", "`"))))
             continue
         part = re.sub(r"<@([^>|]+)>", r"@\1", part)
         part = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", part)
