@@ -31,6 +31,7 @@ from services.events import (
     ScheduleMissed,
     WallClockWarning,
 )
+from services.links import LinkSigner
 from services.models import (
     Approval,
     AuditEntry,
@@ -40,6 +41,7 @@ from services.models import (
     DownloadLink,
     FileEntry,
     FileListing,
+    FileLocation,
     Node,
     NodeCounts,
     Progress,
@@ -375,3 +377,11 @@ async def test_hostile_events_through_the_presenter() -> None:
         for text in rendered(message):
             assert_inert(text)
     json.dumps([m.blocks for m in recorder.sent])  # plain data, nothing else
+
+
+def test_the_link_signer_percent_encodes_the_file_name() -> None:
+    signer = LinkSigner(b"k" * 32, "http://127.0.0.1:8080/files")
+    url = signer.sign(FileLocation("data", "jobs/x/<!channel>|a b>.bin"), NOW + timedelta(hours=1))
+    assert url.endswith("/%3C%21channel%3E%7Ca%20b%3E.bin")
+    token = url.split("/")[-2]
+    assert signer.verify(token, now=NOW).path == "jobs/x/<!channel>|a b>.bin"
