@@ -41,6 +41,7 @@ MESSAGE_BLOCK_LIMIT = 50
 # Slack answers msg_blocks_too_long above ~12-13k characters of block text in all, although
 # each block is within its own limit (bolt-js #2509): long answers stay below this.
 MESSAGE_TEXT_BUDGET = 12_000
+FALLBACK_LIMIT = 40_000  # Slack truncates a message's text beyond this
 TABLE_BLOCK_LIMIT = MESSAGE_BLOCK_LIMIT - 2  # room for a note above and the "…and N more"
 SNIPPET_CHARS = 2800  # room for the fences and a header inside one section
 SNIPPET_MAX_LINES = 40
@@ -63,13 +64,14 @@ STATE_EMOJI = {
 class Message:
     """What a transport sends: fallback `text` (notifications, console) and `blocks`.
 
-    The fallback is mrkdwn too: plain `str` is escaped here (see `Mrkdwn`)."""
+    The fallback is mrkdwn too: plain `str` is escaped here (see `Mrkdwn`), and kept within
+    what transports send of it without cutting an entity."""
 
     text: str
     blocks: list[Block] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "text", trusted(self.text))
+        object.__setattr__(self, "text", fit(trusted(self.text), FALLBACK_LIMIT))
 
 
 class Mrkdwn(str):
@@ -783,6 +785,8 @@ def _json(data: Any, *, rest: str | None = None) -> Message:
         shown = min(shown - 1, shown * fitted // len(lines))
     if items is not None and shown < len(items):
         blocks.append(_more(len(items) - shown, "items", rest))
+    elif fitted < len(lines):  # one object too long for a message: say how much is left out
+        blocks.append(_more(len(lines) - fitted, "lines", rest))
     return Message("\n".join(lines[:fitted]), blocks)
 
 
@@ -837,7 +841,7 @@ def to_text(message: Message, *, first_button: int = 1) -> tuple[str, list[Block
                 labels.append(f"[{first_button + len(buttons)}] {b['text']['text']}")
                 buttons.append(b)
             out.append("  " + "  ".join(labels))
-    return ("\n".join(out) if out else message.text), buttons
+    return ("\n".join(out) if out else _plain(message.text)), buttons
 
 
 def _plain(text: str) -> str:
