@@ -115,8 +115,8 @@ class CommandHandler:
             reply = await self._dispatch(command, actor, source)
         except UserError as err:
             return Reply(views.error(str(err), err.usage or _usage_of(command)), failed=True)
-        except (NotFound, Conflict, NotAllowed) as err:
-            return Reply(views.error(str(err)), failed=True)
+        except (NotFound, Conflict, NotAllowed) as err:  # a service's sentence: mentions kept
+            return Reply(views.error(views.said(str(err))), failed=True)
         except BatchAIError as err:
             ref = uuid.uuid4().hex[:8]
             log.warning("command failed [%s]: %s", ref, err)
@@ -274,7 +274,10 @@ class CommandHandler:
     async def _job_wait(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name, actor=actor)
         if source == "slack" and not job.state.finished:
-            note = f"the receipt in the job's thread will mention <@{job.requester}> when it ends"
+            note = views.md(
+                "the receipt in the job's thread will mention {} when it ends",
+                views.user(job.requester),
+            )
             card = views.status_card(job, now=self._s.now())
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         # The store is local and cheap to read: notice the end within a second, whatever --interval.

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from handlers import home, modals
+from handlers import home, modals, views
 from services.approvals import ApprovalService
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
@@ -53,7 +53,12 @@ class Dashboard:
         if self._approvals is not None:
             readable = {j.id for j in await self._jobs.list_jobs(actor=actor)}
             pending = [
-                f"<@{a.requester}> {a.formula} (`/batchai approvals approve --id {a.id}`)"
+                views.md(
+                    "{} {} (`/batchai approvals approve --id {}`)",
+                    views.user(a.requester),
+                    a.formula,
+                    a.id,
+                )
                 for a in await self._approvals.list_approvals()
                 if actor.is_admin or a.job_id in readable
             ]
