@@ -78,7 +78,7 @@ def refused_view(reason: str) -> dict[str, Any]:
     """The Home tab of someone the bot does not serve: why, and nothing else."""
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Batch AI", "emoji": True}},
-        section(f":no_entry: {_esc(reason)}"),
+        section(md(":no_entry: {}", reason)),
     ]
     return {"type": "home", "blocks": blocks}
 

@@ -730,8 +730,11 @@ def job_submitted(job: Job) -> Message:
 def unguarded_spend(message: Message, what: str) -> Message:
     """`message` with the warning that `what` (an amount or a formula) needed no approval."""
     note = context(
-        f":warning: {what} needed nobody's approval: without an approval policy "
-        "(APPROVALS_FILE) nothing needs approval"
+        md(
+            ":warning: {} needed nobody's approval: without an approval policy "
+            "(APPROVALS_FILE) nothing needs approval",
+            what,
+        )
     )
     return Message(message.text, [*message.blocks, note])
 

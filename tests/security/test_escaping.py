@@ -196,6 +196,7 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Sequence[Any]": lambda: [SpendRow(HOSTILE, 1, Decimal(1), Decimal(2))],
     "Sequence[str]": lambda: [HOSTILE, HOSTILE],
     "Sequence[datetime]": lambda: [NOW, NOW],
+    "Message": lambda: views.Message(HOSTILE, [views.section(HOSTILE)]),
     "str": lambda: HOSTILE,
     "str | None": lambda: HOSTILE,
     "int": lambda: 7,
@@ -326,15 +327,15 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[views.Message] = []
 
-    async def post(self, channel: str, message: views.Message, **_: Any) -> str:
+    async def post(self, channel: str, message: views.Message, **_: Any) -> presenter.MessageRef:
         self.sent.append(message)
-        return "1.000001"
+        return presenter.MessageRef(channel, "1.000001")
 
     async def update(self, channel: str, message_id: str, message: views.Message) -> None:
         self.sent.append(message)
 
-    async def lookup(self, key: str) -> str | None:
-        return "1.000001"
+    async def lookup(self, key: str) -> presenter.MessageRef | None:
+        return presenter.MessageRef("C0HOSTILE", "1.000001")
 
     async def upload(self, channel: str, **_: Any) -> None:
         return None
