@@ -92,9 +92,7 @@ class Bot:
             return 0
         if isinstance(self.share, LocalShare):
             return self.share.seed_share(settings.share_name, settings.examples_dir, "examples")
-        return await seed_azure_share(
-            self.share, settings.azure_share or settings.share_name, settings.examples_dir
-        )
+        return await seed_azure_share(self.share, settings.share_name, settings.examples_dir)
 
     async def aclose_clients(self) -> None:
         """Close the backend's and the share's clients, then the credential they share."""
@@ -128,6 +126,7 @@ def link_secret(settings: Settings) -> bytes:
 
 async def seed_azure_share(share: AzureShare, name: str, src: Path) -> int:
     """Upload the files under `src` to `examples/` on the share unless one of that size is there."""
+    await share.ensure_share(name)
     copied = 0
     for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         loc = FileLocation(name, "/".join(("examples", *path.relative_to(src).parts)))
@@ -150,7 +149,7 @@ def azure_config(settings: Settings) -> AzureConfig:
         location=settings.azure_location or "",
         subnet_id=settings.azure_subnet_id or "",
         storage_account=settings.azure_storage_account or "",
-        share=settings.azure_share or settings.share_name,
+        share=settings.azure_share,
         storage_key=key.get_secret_value() if key else "",
         cloud=settings.azure_cloud,
         arm_endpoint=settings.azure_arm_endpoint,

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     azure_subnet_id: str | None = None  # /subscriptions/…/virtualNetworks/<vnet>/subnets/<subnet>
     azure_storage_account: str | None = None
     azure_storage_key: SecretStr | None = None
-    azure_share: str | None = None  # the bot's share: logs, outputs, job status (SHARE_NAME)
+    azure_share: str = "batchai-bot"  # the bot's control share: no job may mount it
     azure_cloud: Literal["public", "china", "usgov"] = "public"
     azure_arm_endpoint: str | None = None  # overrides the cloud's Resource Manager endpoint
     azure_storage_endpoint_suffix: str | None = None  # overrides the cloud's, e.g. core.windows.net

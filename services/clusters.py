@@ -36,6 +36,24 @@ _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
 DEFAULT_IMAGE = "UbuntuLTS"
+# A setup task runs as root on every node, where the storage key is: not run, wherever it is given.
+SETUP_TASK_REFUSED = (
+    "--setup-task (nodeSetup.setupTask in a cluster file) is not supported by this bot"
+)
+
+
+def check_mount(mount: ShareMount, reserved: frozenset[str]) -> None:
+    """A cluster's share mount, from `--afs-name`/`--afs-mount-path` or a cluster file."""
+    if not _SHARE_RE.match(mount.share):
+        raise UserError(f"{mount.share!r} is not an Azure File share name")
+    if not _MOUNT_RE.match(mount.mount_path) or mount.mount_path in (".", ".."):
+        raise UserError(
+            f"{mount.mount_path!r} is not a mount path (1-64 letters, digits, '-', '_', '.')"
+        )
+    if mount.share in reserved:
+        raise UserError(
+            f"share {mount.share} is the bot's control share (AZURE_SHARE); mount another share"
+        )
 
 
 @dataclass(frozen=True)
@@ -372,12 +390,12 @@ class ClusterService:
             idle_s = _idle_timeout_s(r.idle_timeout_minutes, can_shrink=min_nodes < max_nodes)
         mounts = list(from_file.mounts)
         if r.afs_name:
-            if not _SHARE_RE.match(r.afs_name):
-                raise UserError(f"{r.afs_name!r} is not an Azure File share name")
-            if not _MOUNT_RE.match(r.afs_mount_path) or r.afs_mount_path in (".", ".."):
-                raise UserError(f"{r.afs_mount_path!r} is not a mount path")
             mounts = [m for m in mounts if m.mount_path != r.afs_mount_path]
             mounts.append(ShareMount(r.afs_name, r.afs_mount_path))
+        for mount in mounts:  # one check for the flags and the file alike
+            check_mount(mount, self._backend.reserved_shares)
+        if r.setup_task or from_file.setup_task:
+            raise UserError(SETUP_TASK_REFUSED)
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
         return Cluster(
             name=r.name,

@@ -292,10 +292,14 @@ def docker_argv(
     workdir: str,
     shm_size: str | None = None,
     gpus: int = 0,
+    user: tuple[int, int] | None = None,
 ) -> tuple[str, ...]:
     """`docker run` for one process. Values travel in the CLI's environment (`-e NAME`), never
-    on its command line, where any local user could read them in /proc."""
+    on its command line, where any local user could read them in /proc. With `user` the
+    container runs as that uid:gid and can gain no privileges (setuid programs do nothing)."""
     out = [docker, "run", "--rm", "--name", name, "--network", "host", "--init"]
+    if user is not None:
+        out += ["--user", f"{user[0]}:{user[1]}", "--security-opt", "no-new-privileges"]
     for path in volumes:
         out += ["-v", f"{path}:{path}"]
     out += ["-w", workdir]
@@ -473,6 +477,9 @@ class LocalBackend:
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---------------------------------------------------------------- paths
+
+    # Every share lives in <data dir>/shares; the bot's own files are outside any of them.
+    reserved_shares: frozenset[str] = frozenset()
 
     @property
     def root(self) -> Path:

@@ -1,4 +1,9 @@
-"""Per-node job runner: `python -m services.backends.noderunner SPEC.json` (a detached daemon)."""
+"""Per-node job runner: `python -m services.backends.noderunner SPEC.json` (a detached daemon).
+
+With `run_as` in its spec the runner (root) starts the job's processes as that uid/gid with no
+supplementary groups, and creates the job's share directories and opens its log files as that
+user too, so a symbolic link a job planted on a share cannot make root write elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +54,8 @@ class ProcessSpec:
     wrapper: tuple[str, ...] = ()  # e.g. a `docker run ...` prefix; argv follows it
     # Run when the process must be stopped: killing the docker CLI does not stop its container.
     stop_argv: tuple[str, ...] = ()
+    # False: the wrapper itself needs root (the docker CLI) and drops privileges (`--user`).
+    drop: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +68,7 @@ class ProcessSpec:
             "cwd": self.cwd,
             "wrapper": list(self.wrapper),
             "stop_argv": list(self.stop_argv),
+            "drop": self.drop,
         }
 
     @classmethod
@@ -75,6 +83,7 @@ class ProcessSpec:
             cwd=None if raw.get("cwd") is None else str(raw["cwd"]),
             wrapper=tuple(str(a) for a in raw.get("wrapper", ())),
             stop_argv=tuple(str(a) for a in raw.get("stop_argv", ())),
+            drop=bool(raw.get("drop", True)),
         )
 
 
@@ -97,6 +106,8 @@ class RunnerSpec:
     terminate_file: str | None = None
     # When present, holds a later deadline (epoch seconds): an approved extension.
     deadline_file: str | None = None
+    run_as: tuple[int, int] | None = None  # (uid, gid) of the job's processes; None: ours
+    job_dirs: tuple[str, ...] = ()  # created as `run_as` before anything runs (logs, outputs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +122,8 @@ class RunnerSpec:
             "peers": list(self.peers),
             "terminate_file": self.terminate_file,
             "deadline_file": self.deadline_file,
+            "run_as": None if self.run_as is None else list(self.run_as),
+            "job_dirs": list(self.job_dirs),
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -118,6 +131,7 @@ class RunnerSpec:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RunnerSpec:
         prep = raw.get("preparation")
+        run_as = raw.get("run_as")
         return cls(
             job_id=str(raw["job_id"]),
             node_index=int(raw["node_index"]),
@@ -130,6 +144,8 @@ class RunnerSpec:
             peers=tuple(str(p) for p in raw.get("peers", ())),
             terminate_file=raw.get("terminate_file"),
             deadline_file=raw.get("deadline_file"),
+            run_as=None if run_as is None else (int(run_as[0]), int(run_as[1])),
+            job_dirs=tuple(str(d) for d in raw.get("job_dirs", ())),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -147,6 +163,25 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def acting_as(run_as: tuple[int, int] | None) -> Iterator[None]:
+    """File access as `run_as` (effective ids only, no supplementary groups), then back."""
+    if run_as is None:
+        yield
+        return
+    uid, gid = run_as
+    groups = os.getgroups()
+    os.setgroups([gid])
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)
 
 
 def returncode_to_exit(code: int) -> int:
@@ -191,9 +226,27 @@ class NodeRunner:
     def _open_logs(self, proc: ProcessSpec) -> tuple[IO[bytes], IO[bytes]]:
         out_dir = Path(self.spec.stdouterr_dir)
         # Appended, like Batch AI: a re-run node adds to its files rather than wiping them.
-        out = open(out_dir / proc.stdout, "ab")  # noqa: SIM115 - closed by the caller
-        err = out if proc.stderr == proc.stdout else open(out_dir / proc.stderr, "ab")  # noqa: SIM115
+        with acting_as(self.spec.run_as):
+            out = open(out_dir / proc.stdout, "ab")  # noqa: SIM115 - closed by the caller
+            err = out if proc.stderr == proc.stdout else open(out_dir / proc.stderr, "ab")  # noqa: SIM115
         return out, err
+
+    def _identity(self, proc: ProcessSpec) -> dict[str, Any]:
+        """Popen's arguments that start `proc` as the job's user."""
+        if self.spec.run_as is None or not proc.drop:
+            return {}
+        uid, gid = self.spec.run_as
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def make_job_dirs(self) -> None:
+        """Group-writable, so the next job (another uid, the same group) can add its own below."""
+        old = os.umask(0o007)
+        try:
+            with acting_as(self.spec.run_as):
+                for d in self.spec.job_dirs:
+                    Path(d).mkdir(parents=True, exist_ok=True)
+        finally:
+            os.umask(old)
 
     def _launch(self, proc: ProcessSpec) -> _Running | int:
         """The started process, or the exit code of a launch error (one line in its stderr)."""
@@ -208,6 +261,7 @@ class NodeRunner:
                 stderr=err,
                 start_new_session=True,  # its own process group, so a kill reaches its children
                 close_fds=True,
+                **self._identity(proc),
             )
         except OSError as exc:
             program = (proc.wrapper or proc.argv or ("",))[0]
@@ -341,6 +395,10 @@ class NodeRunner:
         self._beat(force=True)
         if self.spec.terminate_file and os.path.exists(self.spec.terminate_file):
             return _Outcome(EXIT_TERMINATED, "terminated by user")
+        try:
+            self.make_job_dirs()
+        except OSError as exc:
+            return _Outcome(EXIT_LAUNCH_ERROR, f"cannot create the job's directories: {exc}")
         outcome = self._prepare()
         if outcome is not None:
             return outcome
@@ -508,10 +566,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     foreground = bool(args) and args[0] == "--foreground"
     if foreground:
         args = args[1:]
+    forget = bool(args) and args[0] == "--forget-spec"
+    if forget:
+        args = args[1:]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m services.backends.noderunner [--foreground] SPEC.json\n")
+        sys.stderr.write(
+            "usage: python -m services.backends.noderunner [--foreground] [--forget-spec] "
+            "SPEC.json\n"
+        )
         return 2
     runner = NodeRunner(load_spec(Path(args[0])))
+    if forget:  # it holds the job's secrets: read once, kept in memory only
+        Path(args[0]).unlink(missing_ok=True)
     if foreground:
         _start(runner)
         return _serve(runner)

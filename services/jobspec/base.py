@@ -287,6 +287,11 @@ class MountVolumes(SpecModel):
             if path in seen:
                 raise ValueError(f"two volumes are mounted at {path!r}")
             seen.add(path)
+        for path in seen:
+            # A mount below another would be made through it: inside that share, not the job's.
+            outer = next((o for o in seen if path.startswith(o + "/")), None)
+            if outer is not None:
+                raise ValueError(f"volume {path!r} would be mounted inside volume {outer!r}")
         return self
 
 

@@ -69,6 +69,9 @@ def rig_config(arm: FakeArm, files: FakeAzureFiles, root: Path) -> AzureConfig:
         share_mount_root=str(root / "shares"),
         job_temp_root=str(root / "jobtemp"),
         node_python=sys.executable,
+        # Jobs run as the test's own user here (the interpreter may sit where no other user can
+        # reach it); tests/security runs them as an unprivileged uid.
+        job_gid=None,
         # The nodes' own tools (docker, systemctl …) are the fake's stand-ins.
         node_path=f"{SHIM_DIR}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         grace_seconds=0.5,

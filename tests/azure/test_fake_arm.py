@@ -790,6 +790,9 @@ async def test_systemd_stand_ins_answer_like_systemd(tmp_path: Path) -> None:
             os.kill(child, signal.SIGKILL)
     waited = shim(node, "systemd-run", "--wait", "--quiet", "bash", "-c", "exit 4")
     assert waited.returncode == 4
+    assert shim(node, "mountpoint", "-q", str(node)).returncode != 0  # a directory, not mounted
+    mounted = shim(node, "mount", "-t", "cifs", "//acct/s", str(node), "-o", "vers=3.1.1")
+    assert mounted.returncode == 0
     assert shim(node, "mountpoint", "-q", str(node)).returncode == 0
     assert shim(node, "mountpoint", "-q", str(node / "absent")).returncode != 0
 

@@ -84,5 +84,8 @@ async def test_cluster_commands_on_azure_answer_without_secrets(
     for secret in (key, base64.b64encode(key.encode()).decode()):
         assert secret not in everything
     assert PASSWORD not in everything  # typed with -p: never echoed, never logged
-    # The examples were uploaded to the bot's share at start-up, as the local backend copies them.
-    assert (rig.files.share_dir(BOT_SHARE) / "examples" / "mnist" / "train.py").is_file()
+    # The examples were uploaded at start-up to SHARE_NAME, the share jobs mount (created if
+    # missing), as the local backend copies them; never to the control share.
+    examples = rig.files.share_dir(slack.settings.share_name) / "examples" / "mnist"
+    assert (examples / "train.py").is_file()
+    assert not (rig.files.share_dir(BOT_SHARE) / "examples").exists()

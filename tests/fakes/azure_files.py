@@ -23,7 +23,9 @@ InvalidRange with `Content-Range: bytes */<size>`, as Blob storage answers), del
 
 Testing aids: `ops` (requests per REST operation), `bytes_served` (file bytes sent),
 `bytes_written`, `requests` (a log, never the signature), `fail_next` / `delay_next` faults,
-`share_dir` (the backing directory), a settable `clock` for SAS expiry.
+`share_dir` (the backing directory), a settable `clock` for SAS expiry, `replace_after_write`
+(the next write of a file is followed at once by other content, as when someone else with
+write access to the share replaces it right after the bot wrote it).
 """
 
 from __future__ import annotations
@@ -206,6 +208,7 @@ class FakeAzureFiles:
         self.requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
         self._delays: list[float] = []
+        self._replacements: dict[Path, bytes] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closing = asyncio.Event()
@@ -262,6 +265,10 @@ class FakeAzureFiles:
     def delay_next(self, n: int = 1, seconds: float = 30.0) -> None:
         """The next `n` requests wait `seconds` before they are handled (client timeouts)."""
         self._delays.extend([seconds] * n)
+
+    def replace_after_write(self, share: str, path: str, data: bytes) -> None:
+        """Once the next Put Range to `path` on `share` is done, the file holds `data`."""
+        self._replacements[self.share_dir(share) / path] = data
 
     def reset_counters(self) -> None:
         self.ops.clear()
@@ -638,6 +645,9 @@ class FakeAzureFiles:
             os.close(fd)
         if mode == "update":
             self.bytes_written += len(data)
+        replacement = self._replacements.pop(target, None)
+        if replacement is not None:
+            target.write_bytes(replacement)
         st = target.stat()
         return web.Response(
             status=201,

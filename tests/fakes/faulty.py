@@ -38,6 +38,7 @@ class FaultyBackend(_Faults):
         super().__init__()
         self.inner = inner
         self.name = inner.name
+        self.reserved_shares = inner.reserved_shares
         self.forgotten: set[str] = set()
 
     def forget(self, job_id: str) -> None:

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Sequence
 
-from services.backends.azure.node import SMB_OPTIONS, NodeMount
+from services.backends.azure.node import NodeMount
 
 MAX_CUSTOM_DATA = 65535
+_FSTAB_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def cloud_config(
     *, host: str, account: str, mounts: Sequence[NodeMount], dirs: Sequence[str]
 ) -> str:
-    """`#cloud-config` as JSON (YAML's subset): no quoting surprises in paths."""
-    options = f"{SMB_OPTIONS},credentials=/etc/smbcredentials/{account}.cred,_netdev,nofail"
+    """`#cloud-config` as JSON (YAML's subset): no quoting surprises in paths. Each entry becomes
+    an /etc/fstab line, so a field with blanks or control characters is refused, not written."""
+    cred = f"credentials=/etc/smbcredentials/{account}.cred,_netdev,nofail"
+    entries = [[f"//{host}/{m.share}", m.path, "cifs", f"{m.options},{cred}"] for m in mounts]
+    for entry in entries:
+        if any(_FSTAB_UNSAFE.search(part) for part in entry):
+            raise ValueError(f"fstab field {entry[:2]!r} holds a blank or a control character")
     config = {
         "package_update": True,
         "packages": ["cifs-utils", "python3"],
-        "mounts": [[f"//{host}/{m.share}", m.path, "cifs", options, "0", "0"] for m in mounts],
+        "mounts": [[*entry, "0", "0"] for entry in entries],
         "runcmd": [["mkdir", "-p", *[m.path for m in mounts], *dirs]],
     }
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"

@@ -8,10 +8,15 @@ Each Batch AI concept and its Azure form:
                           extension whose protectedSettings carry the storage key and mount the
                           shares over SMB 3.1.1; it also runs the cluster's setup task
 - job on a node        -> a managed run command `job-<id>-<rank>` (async) that starts the node
-                          runner (`services.backends.noderunner`, stdlib only) under systemd-run
+                          runner (`services.backends.noderunner`, stdlib only) under systemd-run;
+                          the node's spec (secrets too) travels in its protected parameters, the
+                          runner is run only when its sha256 is the bot's; job processes run as
+                          a uid of their own (group `job_gid`), which cannot read the root-only
+                          control mount
 - status, terminate,   -> the runner's files on the bot's share (`.batchai/jobs/<id>/`), read and
   deadline                written over the Files REST API; the run command's instance view is
-                          only asked while a node has not started
+                          only asked while a node has not started; the bot's own records there
+                          (`launch.json`, `final.json`) carry an HMAC and are refused if altered
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
@@ -24,6 +29,9 @@ O(clusters) ARM requests, not O(jobs x nodes). The scale-set model and node stat
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -53,6 +61,7 @@ from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code
 from services.backends.azure.scaleset import (
     Snapshot,
     instance_of,
+    job_share_options,
     scale_set_model,
     vm_state,
 )
@@ -90,7 +99,8 @@ from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 
 log = logging.getLogger(__name__)
 
-CONTROL_DIR = ".batchai"  # on the bot's share: the node runner, job specs, status files
+CONTROL_DIR = ".batchai"  # on the bot's share: the node runner, launch records, status files
+MAX_SPEC_BYTES = 96 * 1024  # a node spec rides in one environment variable (128 KiB on Linux)
 SSH_PORT = 22
 # A clean environment, like a systemd unit's (plus the node's PATH): nothing of the bot's.
 NODE_ENV = {"HOME": "/root", "LANG": "C.UTF-8"}
@@ -167,14 +177,23 @@ def _float(text: str | None) -> float | None:
 
 
 def _node_dirs(plan: LaunchPlan) -> list[str]:
-    """What the launch script creates on a node before the runner starts."""
-    return [
-        plan.stdouterr_dir,
-        plan.job_temp,
-        plan.shared_job_temp,
-        f"{plan.job_temp}/wd",
-        *(o.path for o in plan.output_dirs),
-    ]
+    """The node-local directories the launch script creates (as root, then handed to the jobs'
+    uid) before the runner starts."""
+    return [plan.job_temp, plan.shared_job_temp, f"{plan.job_temp}/wd"]
+
+
+def _job_dirs(plan: LaunchPlan) -> tuple[str, ...]:
+    """The directories the runner creates as the jobs' uid: logs and outputs, on shares."""
+    return (plan.stdouterr_dir, *(o.path for o in plan.output_dirs))
+
+
+def refuse_control_share(share: str, control: str, where: str) -> None:
+    """The bot's own share is never a job's: one line that says so."""
+    if share == control:
+        raise UserError(
+            f"{where}: share {share} is the bot's control share (AZURE_SHARE), which holds every "
+            "job's launch records and status; mount another share"
+        )
 
 
 # --------------------------------------------------------------------------- the backend
@@ -212,7 +231,9 @@ class AzureBackend:
         self._inflight: dict[str, asyncio.Future[Snapshot]] = {}
         self._jobs: dict[str, _JobInfo] = {}
         self._skus: dict[str, SkuInfo] | None = None
-        self._runner_written = False
+        self._seal_key = hmac.new(
+            config.storage_key.encode(), b"batchai-bot control records", hashlib.sha256
+        ).digest()
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---------------------------------------------------------------- share paths
@@ -223,8 +244,32 @@ class AzureBackend:
     def _node_path(self, *parts: str) -> str:
         return "/".join((self._config.control_mount.rstrip("/"), CONTROL_DIR, *parts))
 
+    @property
+    def reserved_shares(self) -> frozenset[str]:
+        """Shares no cluster or job may mount: the control share."""
+        return frozenset({self._config.share})
+
     async def _write(self, loc: FileLocation, text: str) -> None:
         await self._share.write_file(loc, text.encode())
+
+    def _seal(self, record: Mapping[str, Any]) -> str:
+        """A record of the bot's on the share, with an HMAC that only the key's holders make."""
+        body = json.dumps(record, sort_keys=True)
+        mac = hmac.new(self._seal_key, body.encode(), hashlib.sha256).hexdigest()
+        return json.dumps({"record": body, "hmac": mac})
+
+    def _unseal(self, text: str, what: str) -> dict[str, Any]:
+        """The record `_seal` wrote; a BackendError (never a use) when it was altered."""
+        try:
+            outer = json.loads(text)
+            body, mac = str(outer["record"]), str(outer["hmac"])
+        except (ValueError, KeyError, TypeError):
+            body, mac = "", ""
+        good = hmac.new(self._seal_key, body.encode(), hashlib.sha256).hexdigest()
+        if not mac or not hmac.compare_digest(mac, good):
+            raise BackendError(f"{what} on the bot's share was altered; it is not used")
+        record: dict[str, Any] = json.loads(body)
+        return record
 
     async def _read(self, loc: FileLocation) -> str | None:
         try:
@@ -362,6 +407,8 @@ class AzureBackend:
 
     async def create_cluster(self, cluster: Cluster) -> None:
         what = f"create cluster {cluster.name}"
+        for m in cluster.mounts:
+            refuse_control_share(m.share, self._config.share, f"cluster {cluster.name}")
         spot = cluster.vm_priority == "lowpriority"
         async with azure_errors(what):
             try:
@@ -474,7 +521,7 @@ class AzureBackend:
             job = await self._load(request.job_id)
             if job is None:
                 job = await self._prepare(request)
-            await self._launch_missing(job)
+            await self._launch_missing(job, request)
             return job.result
 
     async def _load(self, job_id: str) -> _JobInfo | None:
@@ -486,7 +533,7 @@ class AzureBackend:
         raw = await self._read(self._loc("jobs", job_id, "launch.json"))
         if raw is None:
             return None
-        data = json.loads(raw)
+        data = self._unseal(raw, f"the launch record of job {job_id}")
         job = _JobInfo(
             job_id=job_id,
             cluster=data["cluster"],
@@ -497,7 +544,7 @@ class AzureBackend:
         )
         final = await self._read(self._loc("jobs", job_id, "final.json"))
         if final is not None:
-            stored = json.loads(final)
+            stored = self._unseal(final, f"the end record of job {job_id}")
             job.final = _status_from_json(stored)
             job.cleaned = bool(stored.get("cleaned"))
         self._jobs[job_id] = job
@@ -532,6 +579,8 @@ class AzureBackend:
         root = self._config.mount_root.rstrip("/")
         bases = [(f"{root}/{m.mount_path.strip('/')}", m.share) for m in cluster.mounts]
         for base, share in [*bases, *job_links]:
+            if share == self._config.share:
+                continue  # a cluster made before the control share was refused: never listed
             if path == base or path.startswith(base + "/"):
                 return FileLocation(share, path[len(base) :].strip("/"))
         return None
@@ -552,6 +601,8 @@ class AzureBackend:
         for v in volumes.azure_file_shares:
             share = share_from_url(v.azure_file_url)
             owner = (urlsplit(v.azure_file_url).hostname or "").split(".")[0].lower()
+            if owner == account:
+                refuse_control_share(share, self._config.share, "mountVolumes.azureFileShares")
             if owner != account:
                 notes.append(
                     f"{v.relative_mount_path}: share {share} of storage account {owner} is not "
@@ -578,9 +629,8 @@ class AzureBackend:
         lines: list[str] = []
         for link, share in links:
             mounted = f"{cfg.share_mount_root.rstrip('/')}/{share}"
-            lines += node.mount_lines(
-                cfg.smb_host, cfg.storage_account, [node.NodeMount(share, mounted)]
-            )
+            mount = node.NodeMount(share, mounted, job_share_options(cfg))
+            lines += node.mount_lines(cfg.smb_host, cfg.storage_account, [mount])
             parent = link.rsplit("/", 1)[0]
             lines += [
                 f"mkdir -p -- {shlex.quote(parent)}",
@@ -595,6 +645,7 @@ class AzureBackend:
                 f"job {request.job_name} needs {spec.properties.node_count} nodes, "
                 f"got {len(request.nodes)}"
             )
+        links, mount_notes = self._job_mounts(request.job_id, spec)
         snap = await self._snapshot(c.name, fresh=True)
         if not snap.exists:
             raise NotFound(f"cluster {c.name} does not exist")
@@ -613,16 +664,11 @@ class AzureBackend:
             raise Conflict(f"no private IP yet for {', '.join(missing)}; try again shortly")
         sku = (await self._skus_in_region()).get(c.vm_size.lower())
         gpus = sku.gpus if sku else 0
-        container = spec.properties.container_settings
-        python = "python" if container is not None else self._config.node_python
         hosts = [(vm.name, ips[vm.instance_id]) for vm in vms]
-        plan = plan_launch(spec, self._context(request, hosts, gpus, python))
-        notes = list(plan.warnings)
-        links, mount_notes = self._job_mounts(request.job_id, spec)
-        notes += mount_notes
+        plan = self._plan(request, hosts, gpus)
+        notes = [*plan.warnings, *mount_notes]
         layout = share_layout(plan, lambda path: self._on_share(c, path, links), notes)
         result = LaunchResult(layout=layout, notes=tuple(notes))
-        await self._ensure_runner()
         job = _JobInfo(
             job_id=request.job_id,
             cluster=c.name,
@@ -631,32 +677,34 @@ class AzureBackend:
             launched_at=self._now(),
             spot=c.vm_priority == "lowpriority",
         )
-        await self._write_specs(request, plan, container is not None)
+        # What a relaunch needs besides the job's own spec (which comes from the store): no
+        # script text and no secret; sealed, so an altered record is refused, never used.
         launch = {
             "job_id": job.job_id,
             "cluster": job.cluster,
             "instances": job.instances,
             "launched_at": job.launched_at,
             "spot": job.spot,
-            "plan": {
-                "dirs": _node_dirs(plan),
-                "host_file": plan.env["AZ_BATCHAI_MPI_HOST_FILE"],
-                "host_lines": list(plan.mpi_host_file_lines),
-                "python": self._config.node_python,
-                "container": container is not None,
-                "prelude": self._mount_prelude(links),
-            },
+            "hosts": [list(h) for h in hosts],
+            "gpus": gpus,
+            "deadline": self._now() + plan.max_wall_clock.total_seconds(),
             "result": layout_to_json(result),
         }
         # launch.json last: from here on a repeated start_job only completes this launch.
-        await self._write(self._loc("jobs", job.job_id, "launch.json"), json.dumps(launch))
+        await self._write(self._loc("jobs", job.job_id, "launch.json"), self._seal(launch))
         self._jobs[job.job_id] = job
         return job
 
-    async def _ensure_runner(self) -> None:
-        """The node runner's source on the share, where every node runs it from."""
-        if self._runner_written:
-            return
+    def _plan(
+        self, request: LaunchRequest, hosts: Sequence[tuple[str, str]], gpus: int
+    ) -> LaunchPlan:
+        container = request.spec.properties.container_settings
+        python = "python" if container is not None else self._config.node_python
+        return plan_launch(request.spec, self._context(request, hosts, gpus, python))
+
+    async def _ensure_runner(self) -> str:
+        """The node runner's source on the share, checked (and rewritten if it differs) at every
+        launch; its sha256, which the launch script checks again on the node."""
         source = Path(noderunner.__file__).read_bytes()
         loc = self._loc("noderunner.py")
         entry = await self._share.stat(loc)
@@ -665,29 +713,30 @@ class AzureBackend:
             current = await self._share.read_range(loc, 0, entry.size)
         if current != source:
             await self._share.write_file(loc, source)
-        self._runner_written = True
+        return hashlib.sha256(source).hexdigest()
 
     def _process_spec(
         self, proc: ProcessPlan, plan: LaunchPlan, request: LaunchRequest, container: bool
     ) -> ProcessSpec:
+        cfg = self._config
         wd = f"{plan.job_temp}/wd"
         job_env = {"PYTHONUNBUFFERED": "1", **proc.env}
-        env = {"PATH": self._config.node_path, **NODE_ENV, **job_env}
+        home = {"HOME": wd} if cfg.job_gid is not None else {}
+        env = {"PATH": cfg.node_path, **NODE_ENV, **home, **job_env}
         wrapper: tuple[str, ...] = ()
         stop: tuple[str, ...] = ()
         if container and plan.container_image is not None:
             name = f"job-{request.job_id}-{proc.role}-{proc.rank}"
             settings = request.spec.properties.container_settings
-            cfg = self._config
             wrapper = docker_argv(
                 docker="docker",
                 name=name,
                 image=plan.container_image,
                 argv=(),
                 env_names=list(job_env),
+                # Not the control mount: a container sees the job's shares and temp only.
                 volumes=[
                     cfg.mount_root.rstrip("/"),
-                    cfg.control_mount,
                     cfg.share_mount_root,
                     self._job_mount_root(request.job_id),
                     plan.job_temp,
@@ -695,6 +744,7 @@ class AzureBackend:
                 workdir=wd,
                 shm_size=settings.shm_size if settings else None,
                 gpus=int(proc.env.get("AZ_BATCHAI_NUM_GPUS", "0") or 0),
+                user=self._job_owner(request.job_id),
             )
             stop = ("docker", "rm", "-f", name)
         return ProcessSpec(
@@ -707,50 +757,58 @@ class AzureBackend:
             cwd=wd,
             wrapper=wrapper,
             stop_argv=stop,
+            drop=not wrapper,  # the docker CLI needs root; the container runs as the job user
         )
 
-    async def _write_specs(self, request: LaunchRequest, plan: LaunchPlan, container: bool) -> None:
-        job_id = request.job_id
-        deadline = self._now() + plan.max_wall_clock.total_seconds()
-        count = len(request.nodes)
-        writes: list[Awaitable[None]] = []
-        for i in range(count):
-            prep = [p for p in plan.preparation if p.node_index == i]
-            spec = RunnerSpec(
-                job_id=job_id,
-                node_index=i,
-                status_dir=self._node_path("jobs", job_id, f"node-{i}"),
-                stdouterr_dir=plan.stdouterr_dir,
-                deadline=deadline,
-                max_wall_clock=str(plan.max_wall_clock),
-                processes=tuple(
-                    self._process_spec(p, plan, request, container)
-                    for p in plan.processes
-                    if p.node_index == i
-                ),
-                preparation=self._process_spec(prep[0], plan, request, container) if prep else None,
-                grace_seconds=self._config.grace_seconds,
-                heartbeat_seconds=self._config.heartbeat_seconds,
-                peers=tuple(
-                    self._node_path("jobs", job_id, f"node-{j}") for j in range(count) if j != i
-                ),
-                terminate_file=self._node_path("jobs", job_id, "terminate"),
-                deadline_file=self._node_path("jobs", job_id, "deadline"),
-            )
-            writes.append(
-                self._write(self._loc("jobs", job_id, f"node-{i}.json"), json.dumps(spec.to_json()))
-            )
-        await asyncio.gather(*writes)
+    def _job_owner(self, job_id: str) -> tuple[int, int] | None:
+        """(uid, gid) of the job's processes on the nodes; None: the runner's own (tests)."""
+        gid = self._config.job_gid
+        return None if gid is None else (node.job_uid(job_id), gid)
 
-    async def _launch_missing(self, job: _JobInfo) -> None:
+    def _node_spec(
+        self, request: LaunchRequest, plan: LaunchPlan, deadline: float, index: int
+    ) -> RunnerSpec:
+        """Node `index`'s runner spec, made from the job's spec: it never sits on a share."""
+        job_id = request.job_id
+        count = len(request.nodes)
+        container = request.spec.properties.container_settings is not None
+        prep = [p for p in plan.preparation if p.node_index == index]
+        return RunnerSpec(
+            job_id=job_id,
+            node_index=index,
+            status_dir=self._node_path("jobs", job_id, f"node-{index}"),
+            stdouterr_dir=plan.stdouterr_dir,
+            deadline=deadline,
+            max_wall_clock=str(plan.max_wall_clock),
+            processes=tuple(
+                self._process_spec(p, plan, request, container)
+                for p in plan.processes
+                if p.node_index == index
+            ),
+            preparation=self._process_spec(prep[0], plan, request, container) if prep else None,
+            grace_seconds=self._config.grace_seconds,
+            heartbeat_seconds=self._config.heartbeat_seconds,
+            peers=tuple(
+                self._node_path("jobs", job_id, f"node-{j}") for j in range(count) if j != index
+            ),
+            terminate_file=self._node_path("jobs", job_id, "terminate"),
+            deadline_file=self._node_path("jobs", job_id, "deadline"),
+            run_as=self._job_owner(job_id),
+            job_dirs=_job_dirs(plan),
+        )
+
+    async def _launch_missing(self, job: _JobInfo, request: LaunchRequest) -> None:
         """Create the run command of every node that has not started (the script skips a node
-        whose runner already began, and systemd refuses a second unit of the same name)."""
+        whose runner already began, and systemd refuses a second unit of the same name). The
+        scripts are made from the job's spec and the sealed launch record, nothing else."""
         if job.final is not None:
             return
         raw = await self._read(self._loc("jobs", job.job_id, "launch.json"))
-        plan = json.loads(raw or "{}").get("plan")
-        if plan is None:
-            raise NotFound(f"job {job.job_id} has no launch plan")
+        if raw is None:
+            raise NotFound(f"job {job.job_id} has no launch record")
+        record = self._unseal(raw, f"the launch record of job {job.job_id}")
+        hosts = [(str(name), str(ip)) for name, ip in record["hosts"]]
+        plan = self._plan(request, hosts, int(record["gpus"]))
         statuses = await asyncio.gather(
             *(self._node_files(job.job_id, i) for i in range(len(job.instances)))
         )
@@ -759,26 +817,61 @@ class AzureBackend:
             for i, names in enumerate(statuses)
             if noderunner.PID not in names and noderunner.EXIT_CODE not in names
         ]
-        await asyncio.gather(*(self._run_command(job, i, plan) for i in todo))
+        if not todo:
+            return
+        runner_sha = await self._ensure_runner()
+        links, _ = self._job_mounts(job.job_id, request.spec)
+        deadline = float(record["deadline"])
+        await asyncio.gather(
+            *(
+                self._run_command(
+                    job,
+                    i,
+                    plan,
+                    self._node_spec(request, plan, deadline, i),
+                    runner_sha,
+                    self._mount_prelude(links),
+                )
+                for i in todo
+            )
+        )
 
-    async def _run_command(self, job: _JobInfo, index: int, plan: Mapping[str, Any]) -> None:
+    async def _run_command(
+        self,
+        job: _JobInfo,
+        index: int,
+        plan: LaunchPlan,
+        spec: RunnerSpec,
+        runner_sha: str,
+        prelude: Sequence[str],
+    ) -> None:
+        encoded = base64.b64encode(json.dumps(spec.to_json()).encode()).decode()
+        if len(encoded) > MAX_SPEC_BYTES:
+            raise UserError(
+                f"job {job.job_id}: its node spec is {len(encoded) // 1024} KiB, more than the "
+                f"{MAX_SPEC_BYTES // 1024} KiB a launch can carry; shorten its environment"
+            )
         script = node.launch_script(
             job_id=job.job_id,
             node_index=index,
-            python=plan["python"],
+            python=self._config.node_python,
             runner=self._node_path("noderunner.py"),
-            spec=self._node_path("jobs", job.job_id, f"node-{index}.json"),
+            runner_sha256=runner_sha,
             status_dir=self._node_path("jobs", job.job_id, f"node-{index}"),
-            dirs=plan["dirs"],
-            host_file=plan["host_file"],
-            host_lines=plan["host_lines"],
-            container=bool(plan.get("container")),
-            prelude=plan.get("prelude", ()),
+            dirs=_node_dirs(plan),
+            host_file=plan.env["AZ_BATCHAI_MPI_HOST_FILE"],
+            host_lines=plan.mpi_host_file_lines,
+            owner=self._job_owner(job.job_id),
+            container=plan.container_image is not None,
+            prelude=prelude,
         )
         body: dict[str, Any] = {
             "location": self._config.location,
             "properties": {
                 "source": {"script": script},
+                # The spec, secrets included: write-only in ARM, an environment variable of
+                # the script on the node, then a root-only file the runner deletes once read.
+                "protectedParameters": [{"name": node.SPEC_PARAMETER, "value": encoded}],
                 "asyncExecution": True,
                 "timeoutInSeconds": 600,
             },
@@ -943,7 +1036,7 @@ class AzureBackend:
             log.warning("job %s: run commands not deleted yet: %s", job.job_id, err)
         await self._write(
             self._loc("jobs", job.job_id, "final.json"),
-            json.dumps(_status_json(status, job.cleaned)),
+            self._seal(_status_json(status, job.cleaned)),
         )
         return status
 

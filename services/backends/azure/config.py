@@ -49,6 +49,9 @@ class AzureConfig:
     job_temp_root: str = DEFAULT_JOB_TEMP_ROOT
     node_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # jobs' PATH
     node_python: str = "python3"  # runs the node runner and python jobs on the nodes
+    # The group of every job's processes (each job has a uid of its own, see node.job_uid); it
+    # may write the job shares' mounts. None (tests only): jobs run as the runner's user.
+    job_gid: int | None = 7000
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
     heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost

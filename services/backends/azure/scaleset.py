@@ -56,11 +56,21 @@ def ssh_key(cfg: AzureConfig) -> str:
 
 
 def node_mounts(cfg: AzureConfig, cluster: Cluster) -> list[node.NodeMount]:
-    """The bot's share at the control mount, then the cluster's shares below the mount root."""
+    """The bot's share at the control mount (root only), then the cluster's shares below the
+    mount root (owned by the jobs' uid)."""
     root = cfg.mount_root.rstrip("/")
+    options = job_share_options(cfg)
     mounts = [node.NodeMount(cfg.share, cfg.control_mount)]
-    mounts += [node.NodeMount(m.share, f"{root}/{m.mount_path}") for m in cluster.mounts]
+    mounts += [
+        node.NodeMount(m.share, f"{root}/{m.mount_path}", options)
+        for m in cluster.mounts
+        if m.share != cfg.share
+    ]
     return mounts
+
+
+def job_share_options(cfg: AzureConfig) -> str:
+    return node.share_options(0 if cfg.job_gid is None else cfg.job_gid)
 
 
 def scale_set_model(cfg: AzureConfig, cluster: Cluster) -> dict[str, Any]:
