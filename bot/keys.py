@@ -18,7 +18,8 @@ def link_secret(settings: Settings) -> bytes:
     """The configured key, or one made once and kept in the data dir (links survive restarts)."""
     if settings.link_secret is not None:
         return settings.link_secret.get_secret_value().encode()
-    return kept_key(settings.batchai_data_dir / "link-secret", lambda: secrets.token_hex(32))
+    path = settings.batchai_data_dir / "link-secret"
+    return kept_key(path, lambda: secrets.token_hex(32)).encode()
 
 
 def secret_box(settings: Settings) -> SecretBox:

@@ -118,7 +118,8 @@ class SqlStore:
         if check is None:
             count = await _reseal(conn, box.seal_spec, box.seal)
             await conn.execute(insert(secrets_check).values(id=1, value=box.check_value()))
-            log.info("sealed the secret fields of %d stored rows", count)
+            if count:
+                log.info("sealed the secret fields of %d rows stored in plain text", count)
         else:
             count = await _reseal(conn, box.rotate_spec, box.rotate)
             await conn.execute(update(secrets_check).values(value=box.check_value()))

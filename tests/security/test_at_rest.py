@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,15 @@ from bot.config import Settings
 from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from services.clock import FakeClock
-from services.models import Actor, AuditEntry, ConfigSource, Conversation, Schedule, ScheduledJob
+from services.models import (
+    Actor,
+    AuditEntry,
+    ConfigSource,
+    Conversation,
+    FileLocation,
+    Schedule,
+    ScheduledJob,
+)
 from services.states import JobState
 from services.store import SqlStore
 from services.store.sealing import SecretBox, SecretsKeyError
@@ -263,6 +272,10 @@ async def test_the_data_dir_is_0700_and_the_database_and_keys_0600(tmp_path: Pat
         files = [data / n for n in ("batchai.db", "batchai.db-wal", "batchai.db-shm")]
         files += [data / "link-secret", data / "secrets-key"]
         assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
+        # the kept link secret still signs links (it is read back from its file)
+        link = bot.signer.sign(FileLocation("data", "out/model.bin"), NOW + timedelta(hours=1))
+        token = link.rsplit("/", 2)[-2]
+        assert bot.signer.verify(token, now=NOW) == FileLocation("data", "out/model.bin")
 
 
 async def test_an_older_versions_loose_modes_are_tightened_and_logged(
