@@ -110,6 +110,7 @@ class BotProcess:
     proc: asyncio.subprocess.Process | None = None
     log: str = ""
     url: str = ""
+    probe_url: str = ""  # /readyz listens apart from the public web app
     started: float = 0.0  # time.time() just before the spawn
     last: Usage = field(default_factory=Usage)
     _reader: asyncio.Task[None] | None = None
@@ -135,6 +136,8 @@ class BotProcess:
                 raise SystemExit(f"the bot exited:\n{self.log[-3000:]}")
             await asyncio.sleep(0.01)
         self.url = found.group(1)
+        probes = re.search(r"probes \(.*\) on (http://[\d.]+:\d+)", self.log)
+        self.probe_url = probes.group(1) if probes else self.url
         return time.time() - self.started
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
@@ -301,7 +304,7 @@ class Bench:
             now = time.time() - started
             if ready is None:
                 try:
-                    async with http.get(f"{self.bot.url}/readyz") as r:
+                    async with http.get(f"{self.bot.probe_url}/readyz") as r:
                         if r.status == 200:
                             ready = now
                 except aiohttp.ClientError:

@@ -336,7 +336,7 @@ async def bench(args: argparse.Namespace) -> None:
                 for job in await bot.store.list_jobs(include_deleted=True):
                     if not job.state.finished and job.layout is not None:
                         await bot.backend.terminate_job(job.id)
-                bot.scheduler.shutdown()
+                await bot.scheduler.aclose()
     finally:
         fake.stop()
         tmp.cleanup()

@@ -9,10 +9,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from bot.check import check_azure, check_settings, format_results
 from bot.config import Settings
-from bot.console import LIVE_STATES, Console, ConsoleTransport, console_actor
+from bot.console import LIVE_STATES, Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
@@ -45,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "validate":
         return validate_files(args.files)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as err:  # name each setting, no traceback (never its value)
+        raise SystemExit("; ".join(_setting_error(e) for e in err.errors())) from None
     if args.command == "manifest":
         return print_manifest(settings, args)
     if args.command == "check":
@@ -58,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_console(settings, wait_timeout=wait))
     except KeyboardInterrupt:
         return 130
+
+
+def _setting_error(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"]).upper()
+    return f"{where}: {message}" if where else message
 
 
 async def run_slack(settings: Settings) -> int:
@@ -76,7 +88,6 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
     interactive = sys.stdin.isatty()
     transport = ConsoleTransport(settings.batchai_data_dir / "console-files")
     async with running(settings, transport=transport) as bot:
-        actor = console_actor(settings.console_channel, settings.console_user)
 
         async def busy() -> bool:
             live = await bot.store.list_jobs(states=LIVE_STATES, include_deleted=True)
@@ -86,7 +97,7 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
             commands=bot.commands,
             actions=bot.actions,
             transport=transport,
-            actor=actor,
+            caller=console_caller(settings.console_channel, settings.console_user),
             live_jobs=busy,
             interactive=interactive,
         )

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
+from bot.console import ConsoleMembers
 from bot.keys import link_secret, private_dir, secret_box
+from bot.members import SlackChannelMembers
 from bot.metrics import BotMetrics, StateCollector, measured
 from bot.outbox import SlackOutbox
 from bot.slack import UserGroups, web_client
@@ -18,15 +20,15 @@ from handlers.commands import CommandHandler, Services
 from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
-from services.access import AccessPolicy
-from services.approvals import ApprovalPolicy, ApprovalService
-from services.audit import AuditLog
+from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
+from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
 from services.errors import NotFound
+from services.gate import ApprovalPolicy, SpendGate
 from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
@@ -72,7 +74,9 @@ class Bot:
     idle: IdleService
     metrics: BotMetrics
     schedules: ScheduleService
+    guard: AccessGuard
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
+    probe_url: str | None = None  # where /readyz and /metrics answer, once serving
 
     def resolve_file(self, loc: FileLocation) -> Path:
         """The file a /files link names; Azure links are SAS links to the share, never ours."""
@@ -235,10 +239,17 @@ def build(
         store=store, prices=prices, clock=clock, default_budgets=dict(policy.budgets)
     )
     members_of = None
+    channel_members: SlackChannelMembers | ConsoleMembers = ConsoleMembers(settings.console_channel)
     if isinstance(transport, SlackOutbox):
         members_of = UserGroups(web_client(settings, for_listeners=True)).members
-    approvals = ApprovalService(
-        store=store, policy=policy, clock=clock, spend=spend, members_of=members_of
+        channel_members = SlackChannelMembers(web_client(settings, for_listeners=True))
+    gate = SpendGate(policy=policy, spend=spend)  # the one place money is decided
+    approvals = ApprovalService(store=store, gate=gate, clock=clock, members_of=members_of)
+    access = AccessPolicy(
+        channels=settings.allowed_channels,
+        users=settings.allowed_users,
+        admins=settings.admin_users,
+        teams=settings.allowed_teams,
     )
     clusters = ClusterService(
         store=store,
@@ -249,6 +260,7 @@ def build(
         workspace=settings.workspace,
         prices=prices,
         idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
+        gate=gate,
     )
     idle = IdleService(
         store=store,
@@ -256,6 +268,7 @@ def build(
         clock=clock,
         prices=prices,
         warn_before=timedelta(minutes=settings.idle_warning_minutes),
+        gate=gate,
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
@@ -269,6 +282,7 @@ def build(
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
         spend=spend,
         approvals=approvals,
+        readers=JobReaders(channel_members),
     )
     runner = JobRunner(
         store=store,
@@ -288,20 +302,26 @@ def build(
         extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
+    guard = AccessGuard(
+        policy=access,
+        audit=AuditLog(store),
+        now=clock.now,
+    )
     scheduler = Scheduler()
-    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler)
+    schedules = ScheduleService(store=store, jobs=jobs, clock=clock, timer=scheduler, access=access)
     commands = CommandHandler(
         Services(
             clusters=clusters,
             jobs=jobs,
             now=clock.now,
+            guard=guard,
             approvals=approvals,
             spend=spend,
             audit=AuditLog(store),
             schedules=schedules,
         )
     )
-    actions = ActionHandler(jobs, clock.now, approvals, idle)
+    actions = ActionHandler(jobs, clock.now, guard, approvals, idle)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -318,13 +338,7 @@ def build(
         dashboard=dashboard.home,
         submit_form=dashboard.submit_form,
         mount_paths=dashboard.mount_paths,
-        access=AccessPolicy(
-            channels=settings.allowed_channels,
-            users=settings.allowed_users,
-            admins=settings.admin_users,
-        ),
-        audit=store.add_audit,
-        now=clock.now,
+        guard=guard,
     )
     metrics.watch(
         StateCollector(
@@ -359,5 +373,6 @@ def build(
         idle=idle,
         metrics=metrics,
         schedules=schedules,
+        guard=guard,
         credential=credential,
     )

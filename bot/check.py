@@ -29,7 +29,7 @@ MAX_DETAIL = 300
 _LIST_PAGES = 20  # conversations.list pages (1,000 channels each) searched for a channel name
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")  # names are lower case, IDs upper case
 # Anything shaped like a Slack or app-level token; our hints ("xoxb-…") do not match.
-_TOKEN_LIKE = re.compile(r"(?:xox[a-z]|xapp)[A-Za-z0-9.]*-[A-Za-z0-9-]+")
+_TOKEN_LIKE = re.compile(r"\b(?:xox[a-z]|xapp)[A-Za-z0-9.]*-[A-Za-z0-9-]+")
 _REDACTED = "[redacted]"
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_PROBE_PORT = 9090
 
 
 class Settings(BaseSettings):
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()
     allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
     admin_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Slack workspaces (T…) or Grid orgs (E…) served; empty: the bot token's own (auth.test)
+    allowed_teams: Annotated[frozenset[str], NoDecode] = frozenset()
 
     # GPU spend: the approval policy file (none: nobody needs approval) and where requests go
     approvals_file: Path | None = None
@@ -85,6 +88,9 @@ class Settings(BaseSettings):
     public_url: str | None = None  # base of download links; default http://<host>:<port>
     link_secret: SecretStr | None = None  # default: a random key kept in the data dir
     link_ttl_minutes: int = Field(60, ge=5, le=600)
+    # /readyz and /metrics: their own listener, loopback unless said otherwise
+    probe_host: str = "127.0.0.1"
+    probe_port: int | None = Field(None, ge=0, le=65535)  # default 9090; 0 (free) when PORT=0
 
     # Periodic work
     poll_seconds: float = Field(1.0, gt=0, le=60)
@@ -98,7 +104,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, for a log shipper
 
-    @field_validator("allowed_channels", "allowed_users", "admin_users", mode="before")
+    @field_validator(
+        "allowed_channels", "allowed_users", "admin_users", "allowed_teams", mode="before"
+    )
     @classmethod
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
@@ -125,6 +133,8 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         if self.database_url is None:
             self.database_url = f"sqlite+aiosqlite:///{self.batchai_data_dir / 'batchai.db'}"
+        if self.probe_port is None:
+            self.probe_port = 0 if self.port == 0 else DEFAULT_PROBE_PORT
         if self.batchai_backend == "azure":
             required = {
                 "AZURE_SUBSCRIPTION_ID": self.azure_subscription_id,
@@ -139,11 +149,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"BATCHAI_BACKEND=azure needs {', '.join(missing)}")
             if self.storage_account == "local" and self.azure_storage_account:
                 self.storage_account = self.azure_storage_account
+        if self.approvals_file is not None and not self.admin_users:
+            # An empty admin list makes everyone an admin (budget set, any cluster size).
+            raise ValueError(
+                "APPROVALS_FILE needs ADMIN_USERS: without it everyone is an admin and may set "
+                "budgets; set ADMIN_USERS to the Slack IDs of the admins (e.g. U0123LEAD)"
+            )
         return self
 
     @property
     def slack_configured(self) -> bool:
         return self.slack_bot_token is not None
+
+    @property
+    def probes_apart(self) -> bool:
+        """Probes get their own listener unless PROBE_HOST:PROBE_PORT is HOST:PORT itself."""
+        return (self.probe_host, self.probe_port) != (self.host, self.port) or self.port == 0
 
     @property
     def db_url(self) -> str:

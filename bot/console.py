@@ -7,21 +7,27 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from handlers import views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
+from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
+from services.access import Caller
 from services.errors import BatchAIError
-from services.models import Actor, Conversation
 from services.states import JobState
 
 _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""
     r"""(?P<value>"[^"]*"|'[^']*'|["'].*$|\S+)"""
 )
+
+
+_AS_USER = re.compile(r"^as\s+(?P<user>\S+)(?P<rest>.*)$", re.DOTALL)
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
 def redact(line: str) -> str:
@@ -39,7 +45,7 @@ class ConsoleTransport:
         self._ids = itertools.count(1)
         self._titles: dict[str, str] = {}
         self.buttons: dict[int, Block] = {}
-        self._sent: dict[str, str] = {}
+        self._sent: dict[str, MessageRef] = {}
 
     async def post(
         self,
@@ -50,13 +56,14 @@ class ConsoleTransport:
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str:
+    ) -> MessageRef:
         for key in keys:
             if key in self._sent:
                 return self._sent[key]
         message_id = f"m{next(self._ids)}"
+        sent = MessageRef(channel, message_id)
         for key in keys:
-            self._sent[key] = message_id
+            self._sent[key] = sent
         if thread is None:
             self._titles[message_id] = message.text.split(":")[0]
             self.show(message, header=f"#{channel}")
@@ -64,9 +71,9 @@ class ConsoleTransport:
             title = self._titles.get(thread, thread)
             also = " (also sent to channel)" if broadcast else ""
             self.show(message, header=f"#{channel} › {title}{also}", indent="  ")
-        return message_id
+        return sent
 
-    async def lookup(self, key: str) -> str | None:
+    async def lookup(self, key: str) -> MessageRef | None:
         return self._sent.get(key)
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
@@ -89,7 +96,7 @@ class ConsoleTransport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         for key in keys:
-            self._sent[key] = str(path)
+            self._sent[key] = MessageRef(channel, str(path))
         title_of_thread = self._titles.get(thread or "", "")
         self.show(
             Message(f"{title}: {path}"),
@@ -116,7 +123,7 @@ class Console:
         commands: CommandHandler,
         actions: ActionHandler,
         transport: ConsoleTransport,
-        actor: Actor,
+        caller: Caller,
         live_jobs: Callable[[], object],
         interactive: bool,
         out: TextIO | None = None,
@@ -124,7 +131,7 @@ class Console:
         self._commands = commands
         self._actions = actions
         self._transport = transport
-        self._actor = actor
+        self._caller = caller
         self._live_jobs = live_jobs
         self._interactive = interactive
         self._out = out or sys.stdout
@@ -149,17 +156,32 @@ class Console:
         return await self._wait_for_jobs(wait_timeout)
 
     async def execute(self, line: str) -> None:
+        caller, line = self._speaker(line)
+        if caller is None:
+            self._transport.show(views.error(f"{line} (usage: as U0LEAD /batchai …)"))
+            return
         if line.isdigit():
             button = self._transport.buttons.get(int(line))
             if button is None:
                 self._transport.show(Message(f"no choice [{line}]"))
                 return
-            reply = await self._actions.handle(
-                button["action_id"], button["value"], actor=self._actor
-            )
+            reply = await self._actions.handle(button["action_id"], button["value"], caller=caller)
         else:
-            reply = await self._commands.handle(line, actor=self._actor, source="console")
+            reply = await self._commands.handle(line, caller=caller, source="console")
         await self._show_reply(reply)
+
+    def _speaker(self, line: str) -> tuple[Caller | None, str]:
+        """`as U0LEAD <command or button number>` speaks as that Slack user (an admin only if
+        ADMIN_USERS says so: the access guard decides, as for anyone), so the approval flow can
+        be tried without Slack; else the console's own user. (None, why) when the prefix is
+        malformed."""
+        match = _AS_USER.match(line)
+        if match is None:
+            return self._caller, line
+        user, rest = match.group("user"), match.group("rest").strip()
+        if not _SLACK_ID.match(user) or not rest:
+            return None, f"`as` needs a Slack user ID and a command, not {line[:80]!r}"
+        return replace(self._caller, user=user), rest
 
     async def _show_reply(self, reply: Reply) -> None:
         self._transport.show(reply.message)
@@ -184,13 +206,20 @@ class Console:
         return 0
 
 
-def console_actor(channel: str, user: str) -> Actor:
-    return Actor(
-        user=user,
-        conversation=Conversation(channel, None, user),
-        may_read_paths=True,
-        is_admin=True,
-    )
+def console_caller(channel: str, user: str) -> Caller:
+    """The console's user in its one channel; it goes through the same guard as Slack (the
+    allow-lists and ADMIN_USERS apply), and only it may name files of the bot's machine."""
+    return Caller(user, channel, may_read_paths=True)
+
+
+class ConsoleMembers:
+    """The console has one channel, and whoever types in it is a member."""
+
+    def __init__(self, channel: str) -> None:
+        self._channel = channel
+
+    async def is_member(self, channel: str, user: str) -> bool:
+        return channel == self._channel
 
 
 LIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

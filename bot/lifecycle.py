@@ -14,7 +14,7 @@ from aiohttp import web
 from bot.bootstrap import Bot, build
 from bot.config import Settings
 from bot.outbox import SlackOutbox
-from bot.web import CachedCheck, HealthCheck, create_web_app
+from bot.web import CachedCheck, HealthCheck, create_probe_app, create_web_app
 from handlers.presenter import Transport
 from services.errors import BatchAIError
 from services.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLACK_CHECK_TTL = 30.0  # seconds /readyz trusts the last auth.test
+BACKEND_CHECK_TTL = 30.0  # seconds /readyz trusts the last backend ping (Azure: ARM + Files calls)
+UNGUARDED = (
+    "GPU spend is unguarded: no approval policy (APPROVALS_FILE with approvers), so nothing "
+    "needs approval"
+)
 
 
 @asynccontextmanager
@@ -46,8 +51,12 @@ async def running(
     Without a transport the bot talks to Slack. Unfinished jobs need no special re-arming: their
     state, log offsets and undelivered events are in the store, and the first tick picks them up."""
     async with AsyncExitStack() as stack:
-        sock = stack.enter_context(_bind(settings))
+        sock = stack.enter_context(_bind(settings.host, settings.port))
         port = sock.getsockname()[1]
+        probe_sock = None
+        if settings.probes_apart:
+            assert settings.probe_port is not None
+            probe_sock = stack.enter_context(_bind(settings.probe_host, settings.probe_port))
         bot = build(settings, transport=transport, clock=clock, port=port, credential=credential)
         stack.push_async_callback(bot.store.aclose)
         stack.push_async_callback(bot.aclose_clients)
@@ -61,10 +70,16 @@ async def running(
         if isinstance(bot.transport, SlackOutbox):
             await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
         await bot.seed_examples()
-        checks: dict[str, HealthCheck] = {"database": bot.store.ping, "backend": bot.backend.ping}
-        web_app = create_web_app(
-            signer=bot.signer, resolve=bot.resolve_file, checks=checks, metrics=bot.metrics.render
-        )
+        # The backend's ping costs an ARM and a Files call on Azure: a probe every few seconds
+        # must not become that (the Slack check below is cached for the same reason).
+        checks: dict[str, HealthCheck] = {
+            "database": bot.store.ping,
+            "backend": CachedCheck(bot.backend.ping, BACKEND_CHECK_TTL),
+        }
+        web_app = create_web_app(signer=bot.signer, resolve=bot.resolve_file)
+        unguarded = None if bot.approvals.gate.guarded else UNGUARDED
+        if unguarded:
+            log.warning("%s", unguarded)
         socket_mode = None
         if transport is None:
             from bot import slack  # the Slack SDK is loaded only for a Slack bot
@@ -75,6 +90,9 @@ async def running(
                 await probe.auth_test()
 
             checks["slack"] = CachedCheck(slack_answers, SLACK_CHECK_TTL)
+            home = await slack.home_workspace(probe)
+            bot.guard.serve_teams(settings.allowed_teams or home.teams, orgs=home.orgs)
+            log.info("serving Slack workspaces %s", ", ".join(sorted(bot.guard.policy.teams)))
             slack_app = slack.build_app(settings, bot.slack)
             if settings.public_url is None:
                 log.warning(
@@ -83,13 +101,25 @@ async def running(
                     bot.web_url,
                 )
             if settings.slack_mode == "http":
-                slack.add_events_route(web_app, slack_app)
+                assert settings.slack_signing_secret is not None  # build_app made sure
+                secret = settings.slack_signing_secret.get_secret_value()
+                slack.add_events_route(web_app, slack_app, secret)
             else:
                 socket_mode = slack.SocketMode(slack_app, settings)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await web.SockSite(runner, sock).start()
+        if probe_sock is None:
+            create_probe_app(
+                checks=checks, metrics=bot.metrics.render, app=web_app, spend_notice=unguarded
+            )
+            bot.probe_url = bot.web_url
+        else:
+            probe_app = create_probe_app(
+                checks=checks, metrics=bot.metrics.render, spend_notice=unguarded
+            )
+            host, probe_port = probe_sock.getsockname()[:2]
+            await _serve(stack, probe_app, probe_sock)
+            bot.probe_url = f"http://{host}:{probe_port}"
+            log.info("probes (/healthz, /readyz, /metrics) on %s", bot.probe_url)
+        await _serve(stack, web_app, sock)
         log.info("web app on %s", settings.files_base_url(port).removesuffix("/files"))
         if socket_mode is not None:
             await socket_mode.start()
@@ -112,7 +142,7 @@ async def running(
             bot.scheduler.every("idle", IDLE_CHECK_SECONDS, bot.idle.check)
             bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, bot.schedules.run_due)
             bot.scheduler.start()
-            stack.callback(bot.scheduler.shutdown)
+            stack.push_async_callback(bot.scheduler.aclose)
         yield bot
 
 
@@ -139,15 +169,20 @@ class PriceRefresher:
         log.info("prices refreshed: %d rows in %d pages", result.rows, result.pages)
 
 
-def _bind(settings: Settings) -> socket.socket:
-    """Bind first (PORT=0 picks a free port) so download links can name the real port."""
+async def _serve(stack: AsyncExitStack, app: web.Application, sock: socket.socket) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.SockSite(runner, sock).start()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind first (port 0 picks a free port) so download links can name the real port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise SystemExit(
-            f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
-        ) from None
+        raise SystemExit(f"cannot listen on {host}:{port}: {err.strerror}") from None
     return sock

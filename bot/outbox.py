@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.metrics import BotMetrics
+from handlers.presenter import MessageRef
 from handlers.views import Message
 from services.errors import TransientError
 from services.store import SqlStore
@@ -97,8 +98,9 @@ class SlackOutbox:
       one (log snippets are merged upstream, by the relay);
     - retries: 429 after Retry-After, 5xx / timeouts / connection errors with backoff, within a
       budget; then TransientError, and the relay tries again later;
-    - records: every message is stored with its idempotency keys, and a key already recorded is
-      never sent again — a restart repeats nothing that went out."""
+    - records: every message is stored with its idempotency keys and the channel Slack put it
+      in (a post to a user id lands in the DM, D…), and a key already recorded is never sent
+      again — a restart repeats nothing that went out."""
 
     def __init__(
         self,
@@ -122,6 +124,7 @@ class SlackOutbox:
         self._updates = _Pace(60.0 / updates_per_minute, monotonic)
         self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
         self._max_attempts = max_attempts
+        self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
         self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0}
 
     # -- Transport ---------------------------------------------------------------------------
@@ -135,9 +138,11 @@ class SlackOutbox:
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str:
+    ) -> MessageRef:
         if keys and (sent := await self._store.get_delivery(keys)) is not None:
-            return sent
+            return MessageRef(*sent)
+        if thread:  # a thread is in a conversation; only a top-level post may name a user
+            channel = await self._conversation_of(channel)
         tag = _tag(keys[0]) if keys else None
         if keys and tag is not None:
             await self._store.add_intent(keys, channel, f"{thread or ''}#{tag}", self._now())
@@ -155,14 +160,16 @@ class SlackOutbox:
             unfurl_media=False,
             metadata={"event_type": METADATA_TYPE, "event_payload": {"key": tag}} if tag else None,
         )
-        ts = str(response["ts"])
+        # Slack's channel, not ours: later edits, replies and uploads must name the DM (D…).
+        sent_ref = MessageRef(str(response.get("channel") or channel), str(response["ts"]))
         if keys:
-            await self._store.record_delivery(keys, channel, ts, self._now())
-        return ts
+            await self._store.record_delivery(keys, sent_ref.channel, sent_ref.ts, self._now())
+        return sent_ref
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         """Edits wait for the workspace budget; while waiting, a newer edit replaces this one.
         Whoever's edit was merged learns how the sent one fared (so a failure is not hidden)."""
+        channel = await self._conversation_of(channel)
         key = (channel, message_id)
         if key in self._pending_edits:
             self.stats["coalesced_edits"] += 1
@@ -194,8 +201,9 @@ class SlackOutbox:
             raise
         outcome.set_result(None)
 
-    async def lookup(self, key: str) -> str | None:
-        return await self._store.get_delivery([key])
+    async def lookup(self, key: str) -> MessageRef | None:
+        sent = await self._store.get_delivery([key])
+        return None if sent is None else MessageRef(*sent)
 
     async def recover(self) -> int:
         """After a crash: every message that was being sent when the bot died is looked up in
@@ -208,24 +216,39 @@ class SlackOutbox:
             return 0
         found = 0
         places = {(channel, marker.rpartition("#")[0]) for channel, marker in groups}
-        sent: dict[tuple[str, str], str] = {}
+        sent: dict[tuple[str, str], tuple[str, str]] = {}
         for channel, thread in places:
             try:
-                tags = await self._tagged_messages(channel, thread or None)
-            except (SlackApiError, aiohttp.ClientError, TimeoutError) as err:
-                # Without channels:history (or Slack down) the message may go out twice.
+                where = await self._conversation_of(channel)
+                tags = await self._tagged_messages(where, thread or None)
+            except (SlackApiError, TransientError, aiohttp.ClientError, TimeoutError) as err:
+                # Without the history scopes (or Slack down) the message may go out twice.
                 log.warning("cannot look for unrecorded messages in %s: %s", channel, err)
                 continue
-            sent.update(((channel, f"{thread}#{tag}"), ts) for tag, ts in tags.items())
+            sent.update(((channel, f"{thread}#{tag}"), (where, ts)) for tag, ts in tags.items())
         for (channel, marker), keys in groups.items():
-            ts = sent.get((channel, marker))
-            if ts is None:
+            found_at = sent.get((channel, marker))
+            if found_at is None:
                 await self._store.drop_intents(keys)
             else:
-                await self._store.record_delivery(keys, channel, ts, self._now())
+                await self._store.record_delivery(keys, *found_at, self._now())
                 found += 1
         log.info("recovered %d of %d messages sent just before a crash", found, len(groups))
         return found
+
+    async def _conversation_of(self, channel: str) -> str:
+        """The conversation a message to `channel` is in. A user id (U…/W…) is none: the bot's
+        DM with that user is (conversations.open, im:write). Conversations are stored as Slack
+        answered, so this serves crash recovery and jobs stored before that."""
+        if channel[:1] not in ("U", "W"):
+            return channel
+        if (dm := self._dms.get(channel)) is None:
+            response = await self._send(
+                self._lane(channel), self._client.conversations_open, users=channel
+            )
+            dm = str((response.get("channel") or {}).get("id") or channel)
+            self._dms[channel] = dm
+        return dm
 
     async def _tagged_messages(self, channel: str, thread: str | None) -> dict[str, str]:
         """tag -> ts of the bot's recent messages in a thread (all of it) or a channel."""
@@ -261,6 +284,7 @@ class SlackOutbox:
     ) -> None:
         if keys and await self._store.get_delivery(keys) is not None:
             return
+        channel = await self._conversation_of(channel)
         response = await self._call(
             self._lane(channel),
             0,

@@ -6,6 +6,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -16,10 +18,12 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
@@ -93,8 +97,10 @@ class SocketMode:
         await self._handler.close_async()
 
 
-def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
-    """HTTP mode: POST /slack/events on the bot's own web app, with replay protection."""
+def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: str) -> None:
+    """HTTP mode: POST /slack/events on the bot's own web app. Nothing of a request is parsed
+    before its signature and timestamp are verified; then replays and deep nesting are refused."""
+    verifier = SignatureVerifier(signing_secret)
     seen: OrderedDict[str, float] = OrderedDict()
 
     async def events(request: web.Request) -> web.Response:
@@ -102,23 +108,44 @@ def add_events_route(web_app: web.Application, app: AsyncApp) -> None:
         if body is None:
             log.warning("refused a Slack request larger than %d bytes", MAX_EVENT_BYTES)
             return web.json_response({"error": "request too large"}, status=413)
+        now = time.time()
+        if not _signed(verifier, body, request.headers, now):
+            log.warning("refused a Slack request without a valid, fresh signature")
+            return web.json_response({"error": "invalid request"}, status=401)
+        signature = request.headers["X-Slack-Signature"]
+        while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
+            seen.popitem(last=False)
+        if signature in seen:
+            log.warning("refused a replayed Slack request")
+            return web.json_response({"error": "replayed request"}, status=401)
         if _too_deep(body):
             log.warning("refused a Slack request nested deeper than %d levels", MAX_DEPTH)
             return web.json_response({"error": "request nested too deeply"}, status=400)
-        signature = request.headers.get("X-Slack-Signature", "")
-        now = time.time()
-        while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
-            seen.popitem(last=False)
-        if signature and signature in seen:
-            log.warning("refused a replayed Slack request")
-            return web.json_response({"error": "replayed request"}, status=401)
         bolt_request = _bolt_request(body, request)
+        if bolt_request is None:
+            log.warning("refused a signed Slack request whose body is not a JSON object or form")
+            return web.json_response({"error": "malformed request"}, status=400)
         response = await app.async_dispatch(bolt_request)
-        if response.status == 200 and signature:
+        if response.status == 200:
             seen[signature] = now
         return await to_aiohttp_response(response)
 
     web_app.router.add_post(EVENTS_PATH, events)
+
+
+def _signed(verifier: SignatureVerifier, body: str, headers: Mapping[str, str], now: float) -> bool:
+    """Slack's v0 HMAC of the exact body, with a timestamp inside the replay window. The headers
+    are checked for shape first: slack_sdk would raise on a non-numeric timestamp or a
+    non-ASCII signature (hmac.compare_digest refuses those)."""
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    signature = headers.get("X-Slack-Signature", "")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return False
+    if not (signature.isascii() and signature.startswith("v0=")):
+        return False
+    if abs(now - int(timestamp)) > REPLAY_WINDOW:
+        return False
+    return verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
 
 
 async def _read_body(request: web.Request) -> str | None:
@@ -136,8 +163,8 @@ async def _read_body(request: web.Request) -> str | None:
 
 
 def _too_deep(body: str) -> bool:
-    """Bolt parses a body (JSON, or the JSON in a form's payload field) before it checks the
-    signature, and json.loads recurses once per level: an unsigned [[[[… must not reach it."""
+    """json.loads recurses once per level: a [[[[… in a body (JSON, or the JSON in a form's
+    payload field) must not reach Bolt's parser, even signed. nesting_depth is one linear pass."""
     if body.lstrip().startswith(("{", "[")):
         return nesting_depth(body) > MAX_DEPTH
     # A slash command's text is not parsed as JSON here (the grammar refuses deep JSON itself).
@@ -145,12 +172,17 @@ def _too_deep(body: str) -> bool:
     return any(nesting_depth(text) > MAX_DEPTH for text in payloads)
 
 
-def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
-    bolt_request = AsyncBoltRequest(
-        body=body,
-        query=request.query_string,
-        headers={k: v for k, v in request.headers.items()},
-    )
+def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest | None:
+    """Bolt's request, or None for a body Bolt cannot take: broken JSON raises ValueError in
+    json.loads, and a JSON array or string breaks its context builder (AttributeError)."""
+    try:
+        bolt_request = AsyncBoltRequest(
+            body=body,
+            query=request.query_string,
+            headers={k: v for k, v in request.headers.items()},
+        )
+    except (ValueError, AttributeError):
+        return None
     if not bolt_request.body and body and not body.startswith("{"):
         # slack-bolt parses any form body containing the word "payload" as an interaction and
         # drops it when there is no payload field (e.g. `/batchai job show -n payload`).
@@ -159,6 +191,44 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest:
             bolt_request.body = fields
             bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
     return bolt_request
+
+
+@dataclass(frozen=True)
+class HomeWorkspace:
+    """The workspace the bot token belongs to and its Enterprise Grid org, from auth.test."""
+
+    team: str
+    org: str | None = None
+    org_wide: bool = False  # installed on the whole org
+
+    @property
+    def teams(self) -> frozenset[str]:
+        """The default ALLOWED_TEAMS: this workspace, or the whole org for an org-wide install."""
+        return frozenset({self.org if self.org_wide and self.org else self.team})
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        return frozenset({self.org}) if self.org else frozenset()
+
+
+async def home_workspace(client: AsyncWebClient) -> HomeWorkspace:
+    """Ask auth.test whom the token serves. Without an answer the bot does not start: it would
+    not know which workspace's requests to take."""
+    try:
+        response = await client.auth_test()
+    except SlackApiError as err:
+        reason = str(err.response.get("error"))
+    except Exception as err:
+        reason = type(err).__name__
+    else:
+        if team := response.get("team_id"):
+            org = response.get("enterprise_id") or None
+            return HomeWorkspace(str(team), org, bool(response.get("is_enterprise_install")))
+        reason = "no team_id in the answer"
+    raise SystemExit(
+        f"cannot learn the bot token's workspace from Slack (auth.test: {reason}); "
+        "check SLACK_BOT_TOKEN and SLACK_API_URL"
+    )
 
 
 class UserGroups:

@@ -1,5 +1,6 @@
-"""The bot's aiohttp web app: /healthz, /readyz, /metrics and the signed, expiring /files
-download links."""
+"""The bot's aiohttp web apps: the public one (/healthz, the signed, expiring /files download
+links, and Slack's /slack/events in HTTP mode) and the probe one (/healthz, /readyz, /metrics),
+which listens apart, on loopback unless configured otherwise."""
 
 from __future__ import annotations
 
@@ -73,34 +74,14 @@ async def run_checks(checks: Mapping[str, HealthCheck]) -> tuple[bool, dict[str,
     return all(r == "ok" for r in outcomes), results
 
 
-def create_web_app(
-    *,
-    signer: LinkSigner,
-    resolve: ResolveFile,
-    checks: Mapping[str, HealthCheck],
-    metrics: RenderMetrics | None = None,
-) -> web.Application:
-    """`checks` name what /readyz asks (database, slack, backend); `metrics` renders /metrics."""
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_web_app(*, signer: LinkSigner, resolve: ResolveFile) -> web.Application:
+    """The public app: what Slack and the team's browsers reach. Nothing here says how the bot
+    is doing (that is the probe app's), and nothing here calls Azure unasked."""
     app = web.Application()
-
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    last: dict[str, str] = {}
-
-    async def readyz(_request: web.Request) -> web.Response:
-        ready, results = await run_checks(checks)
-        for name, result in results.items():  # told when it changes, not at every probe
-            if result != last.get(name, "ok"):
-                log.log(logging.INFO if result == "ok" else logging.WARNING, "%s: %s", name, result)
-            last[name] = result
-        body = {"status": "ready" if ready else "unready", "checks": results}
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def metrics_page(_request: web.Request) -> web.Response:
-        assert metrics is not None
-        body = await metrics()
-        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 
     async def files(request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
@@ -123,10 +104,45 @@ def create_web_app(
         )
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/files/{token}/{name}", files)
+    return app
+
+
+def create_probe_app(
+    *,
+    checks: Mapping[str, HealthCheck],
+    metrics: RenderMetrics | None = None,
+    app: web.Application | None = None,
+    spend_notice: str | None = None,
+) -> web.Application:
+    """/healthz, /readyz (`checks`: database, slack, backend; each should be a CachedCheck when
+    it costs an API call) and /metrics; added to `app` when given (probes on the public port,
+    when PROBE_HOST:PROBE_PORT is HOST:PORT). `spend_notice`, when set, is said in every /readyz
+    body (e.g. that spend is unguarded)."""
+    app = app if app is not None else web.Application()
+    last: dict[str, str] = {}
+
+    async def readyz(_request: web.Request) -> web.Response:
+        ready, results = await run_checks(checks)
+        for name, result in results.items():  # told when it changes, not at every probe
+            if result != last.get(name, "ok"):
+                log.log(logging.INFO if result == "ok" else logging.WARNING, "%s: %s", name, result)
+            last[name] = result
+        body: dict[str, object] = {"status": "ready" if ready else "unready", "checks": results}
+        if spend_notice:
+            body["spend"] = spend_notice
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_page(_request: web.Request) -> web.Response:
+        assert metrics is not None
+        body = await metrics()
+        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
+
+    if not any(r.resource and r.resource.canonical == "/healthz" for r in app.router.routes()):
+        app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/files/{token}/{name}", files)
     return app
 
 

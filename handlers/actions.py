@@ -10,6 +10,7 @@ from datetime import datetime
 
 from handlers import views
 from handlers.commands import Reply
+from services.access import AccessGuard, Caller
 from services.approvals import ApprovalService
 from services.errors import BatchAIError
 from services.idle import IdleService
@@ -25,17 +26,28 @@ class ActionHandler:
         self,
         jobs: JobService,
         now: Callable[[], datetime],
+        guard: AccessGuard,
         approvals: ApprovalService | None = None,
         idle: IdleService | None = None,
     ) -> None:
+        self._guard = guard
         self._jobs = jobs
         self._now = now
         self._approvals = approvals
         self._idle = idle
 
     async def handle(
-        self, action_id: str, value: str, *, actor: Actor, reason: str | None = None
+        self, action_id: str, value: str, *, caller: Caller, reason: str | None = None
     ) -> Reply:
+        """Through the guard first: Keep / Scale down now change a cluster's size, so the rules
+        of `cluster resize` apply to them."""
+        destructive = action_id in views.IDLE_ACTIONS
+        decision = await self._guard.admit(caller, action=action_id, destructive=destructive)
+        if not decision.allowed:
+            return Reply(views.error(decision.reason), failed=True)
+        return await self._press(action_id, value, self._guard.actor(caller), reason)
+
+    async def _press(self, action_id: str, value: str, actor: Actor, reason: str | None) -> Reply:
         try:
             if action_id in (views.ACTION_APPROVE, views.ACTION_DENY, views.ACTION_EXTEND):
                 return await self._spend_action(action_id, value, actor, reason)
@@ -44,7 +56,7 @@ class ActionHandler:
             if action_id == views.ACTION_STOP:
                 action_id = views.ACTION_TERMINATE
             if action_id == views.ACTION_LOGS:
-                return await self._logs(value)
+                return await self._logs(value, actor)
             if action_id == views.ACTION_TERMINATE:
                 job, applied = await self._jobs.terminate_job(actor=actor, job_id=value)
                 if not applied:
@@ -53,7 +65,7 @@ class ActionHandler:
                     views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True
                 )
             if action_id == views.ACTION_REFRESH:
-                job = await self._jobs.get_job_by_id(value)
+                job = await self._jobs.get_job_by_id(value, actor=actor)
                 return Reply(views.status_card(job, now=self._now()))
         except BatchAIError as err:
             return Reply(views.error(str(err)), failed=True)
@@ -79,14 +91,14 @@ class ActionHandler:
         outcome = await click(value, actor=actor)
         return Reply(views.info(outcome.message), failed=not outcome.applied)
 
-    async def _logs(self, job_id: str) -> Reply:
+    async def _logs(self, job_id: str, actor: Actor) -> Reply:
         """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),
         or of the first log that has anything in it."""
-        job = await self._jobs.get_job_by_id(job_id)
+        job = await self._jobs.get_job_by_id(job_id, actor=actor)
         if job.layout is None or job.layout.stdouterr is None:
             return Reply(views.info(f"*{job.name}* has no logs yet ({job.state.value})"))
         for name in dict.fromkeys((job.layout.primary_log, *job.layout.log_files)):
-            tail, first_line = await self._jobs.tail_file(job, name, LOG_TAIL_BYTES)
+            tail, first_line = await self._jobs.tail_file(job, name, LOG_TAIL_BYTES, actor=actor)
             if tail:
                 lines: Sequence[str] = split_lines(tail, final=True)[0]
                 return Reply(views.log_snippet(name, first_line, lines))

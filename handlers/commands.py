@@ -14,8 +14,8 @@ from handlers import grammar, views
 from handlers.commandspec import COMMANDS
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
+from services.access import AccessGuard, AuditLog, Caller
 from services.approvals import ApprovalService
-from services.audit import AuditLog
 from services.clusters import ClusterRequest, ClusterService
 from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs import JobRequest, JobService
@@ -42,10 +42,21 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """A command the guard let through, with the actor it runs as: `run` takes nothing else."""
+
+    command: Command
+    caller: Caller
+    actor: Actor
+    detail: str | None = None  # what the audit record shows of the request (the typed text)
+
+
+@dataclass(frozen=True)
 class Services:
     clusters: ClusterService
     jobs: JobService
     now: Callable[[], datetime]
+    guard: AccessGuard
     approvals: ApprovalService | None = None
     spend: SpendService | None = None
     audit: AuditLog | None = None
@@ -56,12 +67,16 @@ class CommandHandler:
     def __init__(self, services: Services) -> None:
         self._s = services
 
-    async def handle(self, text: str, *, actor: Actor, source: Source) -> Reply:
-        """Parse and run. Never raises for a user's mistake: errors are one line plus usage."""
+    async def handle(self, text: str, *, caller: Caller, source: Source) -> Reply:
+        """Parse, admit and run. Never raises for a user's mistake: errors are one line plus
+        usage; a refusal is one line (and an audit record)."""
         parsed = self.parse(text, source=source)
         if isinstance(parsed, Reply):
             return parsed
-        return await self.run(parsed, actor=actor, source=source)
+        admitted = await self.admit(parsed, caller=caller, detail=text)
+        if isinstance(admitted, Reply):
+            return admitted
+        return await self.run(admitted, source=source)
 
     def parse(self, text: str, *, source: Source) -> Command | Reply:
         """The typed command, or the error reply (pure and fast: listeners ack after this)."""
@@ -70,13 +85,38 @@ class CommandHandler:
         except UserError as err:
             return Reply(views.error(str(err), err.usage), failed=True)
 
-    async def run(self, command: Command, *, actor: Actor, source: Source) -> Reply:
+    async def admit(
+        self, command: Command, *, caller: Caller, detail: str | None = None
+    ) -> Admitted | Reply:
+        """Through the guard: the command to run, or the refusal (audited)."""
+        guard = self._s.guard
+        decision = await guard.admit(
+            caller, action=type(command).__name__, destructive=command.destructive
+        )
+        if not decision.allowed:
+            return Reply(views.error(decision.reason), failed=True)
+        return Admitted(command, caller, guard.actor(caller), detail)
+
+    async def run(self, admitted: Admitted, *, source: Source) -> Reply:
+        """Run an admitted command; an audited one leaves its outcome in the audit log."""
+        command = admitted.command
+        reply = await self._answer(command, admitted.actor, source)
+        if command.audited:
+            await self._s.guard.record(
+                admitted.caller,
+                action=type(command).__name__,
+                outcome="denied" if reply.failed else "allowed",
+                detail=admitted.detail,
+            )
+        return reply
+
+    async def _answer(self, command: Command, actor: Actor, source: Source) -> Reply:
         try:
             reply = await self._dispatch(command, actor, source)
         except UserError as err:
             return Reply(views.error(str(err), err.usage or _usage_of(command)), failed=True)
-        except (NotFound, Conflict, NotAllowed) as err:
-            return Reply(views.error(str(err)), failed=True)
+        except (NotFound, Conflict, NotAllowed) as err:  # a service's sentence: mentions kept
+            return Reply(views.error(views.said(str(err))), failed=True)
         except BatchAIError as err:
             ref = uuid.uuid4().hex[:8]
             log.warning("command failed [%s]: %s", ref, err)
@@ -131,7 +171,10 @@ class CommandHandler:
         # A public reply shows the typed command to the channel: never when it held a secret.
         secret_typed = c.password is not None or c.storage_account_key is not None
         price = self._s.clusters.price_of(cluster)
-        return Reply(views.cluster_created(cluster, price), public=not secret_typed)
+        message = views.cluster_created(cluster, price)
+        if standing := self._s.clusters.unguarded_standing(cluster):
+            message = views.unguarded_spend(message, f"standing capacity {standing.formula()}")
+        return Reply(message, public=not secret_typed)
 
     async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
@@ -142,7 +185,7 @@ class CommandHandler:
 
     async def _cluster_resize(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
-            c.name, target=c.target_nodes, resource_group=c.resource_group
+            c.name, target=c.target_nodes, actor=actor, resource_group=c.resource_group
         )
         return Reply(
             views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
@@ -154,6 +197,7 @@ class CommandHandler:
             c.name,
             min_nodes=c.min_nodes,
             max_nodes=c.max_nodes,
+            actor=actor,
             resource_group=c.resource_group,
             idle_timeout_minutes=c.idle_timeout_minutes,
         )
@@ -165,7 +209,10 @@ class CommandHandler:
 
     async def _cluster_update(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.update_cluster(
-            c.name, idle_timeout_minutes=c.idle_timeout_minutes, resource_group=c.resource_group
+            c.name,
+            idle_timeout_minutes=c.idle_timeout_minutes,
+            actor=actor,
+            resource_group=c.resource_group,
         )
         return Reply(views.idle_setting(cluster, c.idle_timeout_minutes), public=True)
 
@@ -198,14 +245,17 @@ class CommandHandler:
                 views.schedule_created(created.schedule, created.upcoming, created.preview)
             )
         job = await self._s.jobs.create_job(request, actor=actor)
-        return Reply(views.job_submitted(job))
+        message = views.job_submitted(job)
+        if (amount := self._s.jobs.unguarded_estimate(job)) is not None:
+            message = views.unguarded_spend(message, format_usd(amount))
+        return Reply(message)
 
     async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
-        jobs = await self._s.jobs.list_jobs(cluster=c.cluster)
+        jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)
         return Reply(views.job_list(jobs, output=c.output, now=self._s.now()))
 
     async def _job_show(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.name)
+        job = await self._s.jobs.get_job(c.name, actor=actor)
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_terminate(self, c: Any, actor: Actor, source: Source) -> Reply:
@@ -222,28 +272,40 @@ class CommandHandler:
         return Reply(views.info(text))
 
     async def _job_wait(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.name)
+        job = await self._s.jobs.get_job(c.name, actor=actor)
         if source == "slack" and not job.state.finished:
-            note = f"the receipt in the job's thread will mention <@{job.requester}> when it ends"
+            note = views.md(
+                "the receipt in the job's thread will mention {} when it ends",
+                views.user(job.requester),
+            )
             card = views.status_card(job, now=self._s.now())
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         # The store is local and cheap to read: notice the end within a second, whatever --interval.
-        job = await self._s.jobs.wait_job(c.name, poll=min(c.interval_seconds, 1))
+        job = await self._s.jobs.wait_job(c.name, actor=actor, poll=min(c.interval_seconds, 1))
         return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
 
     async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job)
+        job = await self._s.jobs.get_job(c.job, actor=actor)
         if source == "slack":  # a slash command cannot hold a stream: show the tail
-            return await self._tail_reply(job, c)
+            return await self._tail_reply(job, c, actor)
         chunks = self._s.jobs.follow_file(
-            c.job, directory_id=c.output_directory_id, file_name=c.file_name, path=c.path
+            c.job,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            file_name=c.file_name,
+            path=c.path,
         )
         head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
         return Reply(views.info(head), stream=_decode(chunks))
 
-    async def _tail_reply(self, job: Job, c: Any) -> Reply:
+    async def _tail_reply(self, job: Job, c: Any, actor: Actor) -> Reply:
         data, first_line = await self._s.jobs.tail_file(
-            job, c.file_name, TAIL_BYTES, directory_id=c.output_directory_id, path=c.path
+            job,
+            c.file_name,
+            TAIL_BYTES,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            path=c.path,
         )
         lines = data.decode("utf-8", errors="replace").splitlines()
         message = views.log_snippet(c.file_name, first_line, lines)
@@ -254,12 +316,16 @@ class CommandHandler:
 
     async def _job_files(self, c: Any, actor: Actor, source: Source) -> Reply:
         listing = await self._s.jobs.list_files(
-            c.job, directory_id=c.output_directory_id, path=c.path, expiry_minutes=c.expiry_minutes
+            c.job,
+            actor=actor,
+            directory_id=c.output_directory_id,
+            path=c.path,
+            expiry_minutes=c.expiry_minutes,
         )
         return Reply(views.file_listing(listing, output=c.output))
 
     async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job)
+        job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.output))
 
@@ -332,7 +398,7 @@ class CommandHandler:
     async def _audit(self, c: Any, actor: Actor, source: Source) -> Reply:
         if self._s.audit is None:
             raise UserError("the audit log is not set up in this bot")
-        job_id = (await self._s.jobs.get_job(c.job)).id if c.job else None
+        job_id = (await self._s.jobs.get_job(c.job, actor=actor)).id if c.job else None
         entries = await self._s.audit.list_entries(actor=actor, job_id=job_id, limit=c.limit)
         return Reply(views.audit_table(entries, output=c.output))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
@@ -31,7 +31,15 @@ class ConfigRef:
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
-    """Base of every parsed command: the flags every command shares."""
+    """Base of every parsed command: the flags every command shares.
+
+    The class says how it is guarded: `destructive` ones need an admin when admins are listed,
+    `audited` ones leave an audit record whatever their outcome, `slow` ones are acked with a
+    "working on it…" before they run."""
+
+    destructive: ClassVar[bool] = False
+    audited: ClassVar[bool] = False
+    slow: ClassVar[bool] = False
 
     output: OutputFormat = "text"
     resource_group: str | None = None
@@ -48,6 +56,8 @@ class JobCommand(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterCreate(Command):
+    slow: ClassVar[bool] = True
+
     name: str
     vm_size: str
     image: str | None = None
@@ -86,12 +96,20 @@ class ClusterShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterResize(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     target_nodes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterAutoScale(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     min_nodes: int
     max_nodes: int
@@ -100,12 +118,19 @@ class ClusterAutoScale(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterUpdate(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+
     name: str
     idle_timeout_minutes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterDelete(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
@@ -117,7 +142,9 @@ class ClusterNodeList(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class JobCreate(JobCommand):
-    name: str
+    slow: ClassVar[bool] = True
+
+    name: str | None = None  # required, except in Slack, where the form asks for it
     cluster: str | None = None
     config: ConfigRef | None = None
     storage_account_name: str | None = None
@@ -146,12 +173,18 @@ class JobShow(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobTerminate(JobCommand):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobDelete(JobCommand):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
     name: str
     yes: bool = False
 
@@ -164,6 +197,8 @@ class JobWait(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobStreamFile(JobCommand):
+    slow: ClassVar[bool] = True
+
     job: str
     output_directory_id: str = "stdouterr"
     file_name: str
@@ -172,6 +207,8 @@ class JobStreamFile(JobCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class JobListFiles(JobCommand):
+    slow: ClassVar[bool] = True
+
     job: str
     output_directory_id: str = "stdouterr"
     path: str = "."
@@ -190,6 +227,8 @@ class BudgetShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetSet(Command):
+    audited: ClassVar[bool] = True
+
     amount: Decimal  # USD per month, two decimal places
     channel: str | None = None
 
@@ -234,6 +273,8 @@ class ScheduleShow(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleDelete(Command):
+    audited: ClassVar[bool] = True
+
     id: str
 
 
@@ -449,7 +490,7 @@ def _config(manifest_dir: str) -> Kind:
     manifest_path = re.compile(rf"(?:\./)?manifests/{manifest_dir}/([-\w]{{1,64}})\.json", re.ASCII)
 
     def convert(raw: str, label: str, source: Source) -> ConfigRef:
-        if raw.lstrip().startswith("{"):
+        if raw.lstrip().startswith(("{", "[")):  # JSON (an array is refused as not an object)
             return ConfigRef("inline", raw.strip())
         if re.fullmatch(r"[-\w]{1,64}", raw, re.ASCII):
             return ConfigRef("manifest", raw)
@@ -560,6 +601,8 @@ class CommandSpec:
     checks: tuple[Check, ...] = ()
     # The overview section it is listed under: its first word unless the table says otherwise.
     section: str = ""
+    # Required fields a Slack form asks for when they are missing (required in the console).
+    asked_by_form: tuple[str, ...] = ()
 
     def lookup(self, name: str) -> Flag | None:
         for flag in self.flags:
@@ -587,8 +630,14 @@ class CommandSpec:
         return tuple(
             fld.name
             for fld in dataclasses.fields(self.cls)
-            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
+            if fld.name in self.asked_by_form
+            or (fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING)
         )
+
+    def missing(self, given: Iterable[str], source: Source) -> list[str]:
+        """The required fields not given; in Slack, those a form asks for are not missing."""
+        asked = self.asked_by_form if source == "slack" else ()
+        return [dest for dest in self.required if dest not in given and dest not in asked]
 
     def label(self, dest: str) -> str:
         """How a field is named in messages: the short and long name of its first flag."""
@@ -698,6 +747,8 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
         raise UserError("--tz says how to read --at or --cron: give one of them too")
     if ("at" in values or "cron" in values) and values.get("config") is None:
         raise UserError("a scheduled job needs its job.json: give -f/--config (no form)")
+    if ("at" in values or "cron" in values) and "name" not in values:
+        raise UserError("a scheduled job needs its name: give -n/--name (no form)")
 
 
 # -- the table
@@ -715,6 +766,7 @@ def _spec(
     notes: tuple[str, ...] = (),
     checks: tuple[Check, ...] = (),
     section: str | None = None,
+    asked_by_form: tuple[str, ...] = (),
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
@@ -729,6 +781,7 @@ def _spec(
         notes=notes,
         checks=checks,
         section=section or words[0],
+        asked_by_form=asked_by_form,
     )
 
 
@@ -932,12 +985,14 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--config gives the config; then -c is the cluster (2018 style: -c CLUSTER -f CONFIG).",
             "CONFIG is a manifest name (mnist or manifests/jobs/mnist.json) or inline JSON "
             "({...}, spaces allowed); the console also takes a file path. "
-            "With no config the bot opens a form.",
+            "In Slack, with no config or no -n the bot opens a form, filled in with what was "
+            "given (-n, -r, -c/-f).",
             "--at or --cron schedules the submission (see schedule list); times are UTC unless "
             "--tz names a zone. --cron takes 5 crontab fields or @hourly, @daily, @weekly; "
             "each cron run's job is named NAME-YYYYMMDD-HHMM.",
         ),
         checks=(_resolve_dash_c, _check_schedule),
+        asked_by_form=("name",),
     ),
     _spec(
         "job list",

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from handlers import home, modals
+from handlers import home, modals, views
 from services.approvals import ApprovalService
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
 from services.jobs import JobService
+from services.models import Actor
 from services.spend import PriceBook, SpendService
 from services.states import JobState
 
@@ -43,16 +44,27 @@ class Dashboard:
         self._prices = prices
         self._now = now
 
-    async def home(self, user: str) -> dict[str, Any]:
+    async def home(self, actor: Actor) -> dict[str, Any]:
+        """What `actor` may read: the jobs of their channels (and their own), the approvals of
+        those jobs; the whole month's spend only for an admin."""
         clusters = await self._clusters.list_clusters()
-        jobs = [j for j in await self._jobs.list_jobs() if j.state in LIVE]
+        jobs = [j for j in await self._jobs.list_jobs(actor=actor) if j.state in LIVE]
         pending: list[str] = []
         if self._approvals is not None:
+            readable = {j.id for j in await self._jobs.list_jobs(actor=actor)}
             pending = [
-                f"<@{a.requester}> {a.formula} (`/batchai approvals approve --id {a.id}`)"
+                views.md(
+                    "{} {} (`/batchai approvals approve --id {}`)",
+                    views.user(a.requester),
+                    a.formula,
+                    a.id,
+                )
                 for a in await self._approvals.list_approvals()
+                if actor.is_admin or a.job_id in readable
             ]
-        spent = await self._spend.month_spend(None) if self._spend is not None else None
+        spent = None
+        if self._spend is not None and actor.is_admin:
+            spent = await self._spend.month_spend(None)
         return home.home_view(
             clusters=clusters,
             jobs=jobs,
@@ -62,10 +74,15 @@ class Dashboard:
             month_spend=spent,
         )
 
-    async def submit_form(self, channel: str) -> dict[str, Any]:
+    async def submit_form(
+        self, channel: str, prefill: modals.JobPrefill | None = None
+    ) -> dict[str, Any]:
         clusters = await self._clusters.list_clusters()
         return modals.job_create_modal(
-            clusters=clusters, manifests=self._configs.manifest_names(), channel_id=channel
+            clusters=clusters,
+            manifests=self._configs.manifest_names(),
+            channel_id=channel,
+            prefill=prefill,
         )
 
     async def mount_paths(self) -> dict[str, str]:

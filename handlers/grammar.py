@@ -376,7 +376,7 @@ def _build(
             values[flag.dest] = value
         if flag.warning and flag.warning not in warnings:
             warnings.append(flag.warning)
-    missing = [spec.label(dest) for dest in spec.required if dest not in values]
+    missing = [spec.label(dest) for dest in spec.missing(values, source)]
     if missing:
         plural = "s" if len(missing) > 1 else ""
         raise UserError(f"missing required flag{plural} {', '.join(missing)} for {_quoted(typed)}")
@@ -466,7 +466,7 @@ def _flag_line(flag: Flag, spec: CommandSpec) -> tuple[str, str]:
         desc += f" [{flag.kind.hint}]"
     if flag.dest is not None:
         default = spec.default(flag.dest)
-        if default is dataclasses.MISSING:
+        if flag.dest in spec.required:
             desc += " (required)"
         elif default not in (None, False, ()):
             desc += f" (default:\u00a0{default})"  # kept on one line by the wrapper

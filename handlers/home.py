@@ -15,11 +15,14 @@ from handlers.views import (
     SECTION_LIMIT,
     STATE_EMOJI,
     Block,
+    Mrkdwn,
     actions,
     button,
     context,
     elapsed,
+    fit,
     fmt_duration,
+    md,
     progress_bar,
     section,
 )
@@ -48,7 +51,8 @@ def home_view(
 ) -> dict[str, Any]:
     """The dashboard `views.publish` shows. `prices`: USD per node-hour by VM size (may miss some).
 
-    `pending_approvals` are one mrkdwn line each, as the approvals presenter words them.
+    `pending_approvals` are one line each, Mrkdwn as the dashboard words them (plain text is
+    escaped).
     """
     rates = {sku_key(size): rate for size, rate in prices.items()}
     blocks: list[Block] = [
@@ -70,6 +74,15 @@ def home_view(
     return {"type": "home", "blocks": blocks[:HOME_BLOCK_LIMIT]}
 
 
+def refused_view(reason: str) -> dict[str, Any]:
+    """The Home tab of someone the bot does not serve: why, and nothing else."""
+    blocks: list[Block] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Batch AI", "emoji": True}},
+        section(md(":no_entry: {}", reason)),
+    ]
+    return {"type": "home", "blocks": blocks}
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -86,16 +99,22 @@ def _clusters(views: Sequence[ClusterView], rates: Mapping[str, Decimal]) -> lis
         else:
             burn += rate * n.total
             money = f"{format_rate(rate)} per node, {format_rate(rate * n.total)} now"
-        line = (
-            f"• *{_esc(c.name)}* `{_esc(c.vm_size)}` — {n.idle} idle · {n.running} running · "
-            f"{n.preparing} preparing (of {n.total}) — {money}"
+        line = md(
+            "• *{}* `{}` — {} idle · {} running · {} preparing (of {}) — {}",
+            c.name,
+            c.vm_size,
+            n.idle,
+            n.running,
+            n.preparing,
+            n.total,
+            money,
         )
         if view.queued_jobs:
-            line += f" · {view.queued_jobs} queued"
+            line += md(" · {} queued", view.queued_jobs)
         if c.state is not ClusterState.STEADY:
-            line += f" · _{c.state.value}_"
+            line += md(" · _{}_", c.state.value)
         lines.append(line)
-    title = f"*Clusters* ({len(views)}) — {format_rate(burn)} for the nodes up now"
+    title = md("*Clusters* ({}) — {} for the nodes up now", len(views), format_rate(burn))
     return _packed(title, lines, max_sections=3)
 
 
@@ -117,14 +136,14 @@ def _jobs(
     sizes = {v.cluster.name: v.cluster.vm_size for v in clusters}
     lines = [_active_line(j, sizes, rates, now) for j in active]
     lines += [_queued_line(j, now) for j in queued]
-    title = f"*Jobs* — {len(active)} running, {len(queued)} queued"
+    title = md("*Jobs* — {} running, {} queued", len(active), len(queued))
     return _packed(title, lines, max_sections=4)
 
 
 def _active_line(
     job: Job, sizes: Mapping[str, str], rates: Mapping[str, Decimal], now: datetime
-) -> str:
-    parts = [f"{STATE_EMOJI.get(job.state, '')} *{_esc(job.name)}* on `{_esc(job.cluster)}`"]
+) -> Mrkdwn:
+    parts = [md("{} *{}* on `{}`", STATE_EMOJI.get(job.state, ""), job.name, job.cluster)]
     parts.append(_nodes(job.node_count))
     if job.progress is not None:
         p = job.progress
@@ -140,22 +159,26 @@ def _active_line(
     elif spent is not None:
         cost = cost_so_far(rate, nodes=job.node_count, elapsed=spent)
         parts.append(f"{format_usd(cost)} so far")
-    return " · ".join(parts)
+    return Mrkdwn(" · ").join(parts)
 
 
-def _queued_line(job: Job, now: datetime) -> str:
+def _queued_line(job: Job, now: datetime) -> Mrkdwn:
     since = job.queued_at or job.created_at
-    return (
-        f"{STATE_EMOJI[JobState.QUEUED]} *{_esc(job.name)}* on `{_esc(job.cluster)}` · "
-        f"{_nodes(job.node_count)} · waiting {fmt_duration(now - since)}"
+    return md(
+        "{} *{}* on `{}` · {} · waiting {}",
+        STATE_EMOJI[JobState.QUEUED],
+        job.name,
+        job.cluster,
+        _nodes(job.node_count),
+        fmt_duration(now - since),
     )
 
 
 def _approvals(pending: Sequence[str]) -> list[Block]:
     if not pending:
         return [section("*Pending approvals*\nnone")]
-    lines = [f"• {text}" for text in pending]
-    return _packed(f"*Pending approvals* ({len(pending)})", lines, max_sections=2)
+    lines = [md("• {}", text) for text in pending]
+    return _packed(md("*Pending approvals* ({})", len(pending)), lines, max_sections=2)
 
 
 def _spend(month_spend: Decimal | None, budget: Decimal | None) -> str:
@@ -181,13 +204,13 @@ def _spend(month_spend: Decimal | None, budget: Decimal | None) -> str:
 # ----------------------------------------------------------------------------- packing
 
 
-def _packed(title: str, lines: Sequence[str], *, max_sections: int) -> list[Block]:
+def _packed(title: Mrkdwn, lines: Sequence[Mrkdwn], *, max_sections: int) -> list[Block]:
     """`title` and `lines` in at most `max_sections` sections of <= 3,000 characters each."""
-    chunks: list[list[str]] = [[title]]
+    chunks: list[list[Mrkdwn]] = [[title]]
     size = len(title)
     shown = 0
     for raw in lines:
-        line = raw if len(raw) <= LINE_LIMIT else raw[: LINE_LIMIT - 1] + "…"
+        line = fit(raw, LINE_LIMIT)
         last_chunk = len(chunks) == max_sections
         room = SECTION_LIMIT - (_MORE_ROOM if last_chunk else 0)
         if size + 1 + len(line) > room:
@@ -199,14 +222,9 @@ def _packed(title: str, lines: Sequence[str], *, max_sections: int) -> list[Bloc
         size += 1 + len(line)
         shown += 1
     if shown < len(lines):
-        chunks[-1].append(f"…and {len(lines) - shown} more")
-    return [section("\n".join(chunk)) for chunk in chunks]
+        chunks[-1].append(md("…and {} more", len(lines) - shown))
+    return [section(Mrkdwn("\n").join(chunk)) for chunk in chunks]
 
 
 def _nodes(count: int) -> str:
     return f"{count} node{'s' if count != 1 else ''}"
-
-
-def _esc(text: str) -> str:
-    """Slack mrkdwn control characters: &, <, >."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

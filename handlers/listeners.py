@@ -6,46 +6,24 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 
 from handlers import home, modals, views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
-from handlers.commandspec import (
-    ClusterAutoScale,
-    ClusterDelete,
-    ClusterResize,
-    ClusterUpdate,
-    Command,
-    JobCreate,
-)
+from handlers.commandspec import Command, JobCreate
 from services import context
-from services.access import AccessPolicy
+from services.access import AccessGuard, Caller, Origin
 from services.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
 from services.jobs import JobRequest, JobService
-from services.models import Actor, AuditEntry, ConfigSource, Conversation
+from services.models import Actor, ConfigSource
 
 log = logging.getLogger(__name__)
 
-DESTRUCTIVE = (ClusterDelete, ClusterResize, ClusterAutoScale, ClusterUpdate)
-SLOW = (
-    "ClusterCreate",
-    "ClusterDelete",
-    "ClusterResize",
-    "ClusterAutoScale",
-    "JobCreate",
-    "JobListFiles",
-    "JobStreamFile",
-    "JobTerminate",
-    "JobDelete",
-)
-AUDITED = ("JobTerminate", "JobDelete", "BudgetSet", "ScheduleDelete")
 MODAL_DEADLINE = 2.0  # seconds we give a submission before acking (Slack allows 3)
-
-Audit = Callable[[AuditEntry], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -55,78 +33,70 @@ class SlackHandlers:
     commands: CommandHandler
     actions: ActionHandler
     jobs: JobService
-    dashboard: Callable[[str], Awaitable[dict[str, Any]]]  # user id -> App Home view
-    submit_form: Callable[[str], Awaitable[dict[str, Any]]]  # channel id -> job modal
+    dashboard: Callable[[Actor], Awaitable[dict[str, Any]]]  # reader -> App Home view
+    submit_form: Callable[..., Awaitable[dict[str, Any]]]  # channel id[, prefill] -> job modal
     mount_paths: Callable[[], Awaitable[dict[str, str]]]  # cluster -> first share mount path
-    access: AccessPolicy
-    audit: Audit
-    now: Callable[[], datetime]
+    guard: AccessGuard
 
 
 def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> None:
     """Attach every listener of the bot to a Bolt app."""
     app.middleware(_bind_context)
 
+    @app.middleware
+    async def only_allowed_teams(
+        body: dict[str, Any], respond: Any, client: Any, next_: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """Every request (command, button, view, event; HTTP or Socket Mode) names the
+        workspaces it comes from: one not on ALLOWED_TEAMS is answered with one line."""
+        fields = request_context(body)
+        caller = Caller(fields["user"] or "unknown", _channel_of(body))
+        decision = await h.guard.admit_origin(
+            caller, origin_of(body), action=fields["command"] or "request"
+        )
+        if decision.allowed:
+            return await next_()
+        return await _refuse_foreign(body, decision.reason, respond, client)
+
     @app.command(command)
     async def on_command(ack: Any, body: dict[str, Any], respond: Any, client: Any) -> None:
-        user, channel = body["user_id"], body["channel_id"]
+        caller = Caller(body["user_id"], body["channel_id"])
         parsed = h.commands.parse(body.get("text", ""), source="slack")
-        if not isinstance(parsed, Reply):
-            context.set_field("command", _name(parsed))
         if isinstance(parsed, Reply):  # a typo: answer at once, only to the typist
             await ack(**_payload(parsed, ephemeral=True))
             return
-        decision = h.access.check(
-            user=user, channel=channel, destructive=isinstance(parsed, DESTRUCTIVE)
-        )
-        if not decision.allowed:
-            await ack(**_payload(Reply(views.error(decision.reason), failed=True), ephemeral=True))
-            await h.audit(_audit(h, user, channel, _name(parsed), "denied", decision.reason))
+        context.set_field("command", _name(parsed))
+        admitted = await h.commands.admit(parsed, caller=caller, detail=body.get("text"))
+        if isinstance(admitted, Reply):
+            await ack(**_payload(admitted, ephemeral=True))
             return
-        if isinstance(parsed, JobCreate) and parsed.config is None:
-            await ack()
-            view = await h.submit_form(channel)
+        if isinstance(parsed, JobCreate) and (parsed.config is None or parsed.name is None):
+            await ack()  # the form asks for what is missing, starting from what was given
+            view = await h.submit_form(caller.channel or caller.user, modals.prefill_of(parsed))
             await client.views_open(trigger_id=body["trigger_id"], view=view)
             return
-        slow = type(parsed).__name__ in SLOW
-        if slow:
+        if parsed.slow:
             await ack(text=":hourglass_flowing_sand: working on it…", response_type="ephemeral")
         else:
             await ack()
-        actor = _actor(h, user, channel)
-        reply = await h.commands.run(parsed, actor=actor, source="slack")
-        log.info("%s by %s in %s: %s", _name(parsed), user, channel, _outcome(reply))
-        if isinstance(parsed, DESTRUCTIVE) or type(parsed).__name__ in AUDITED:
-            outcome = "denied" if reply.failed else "allowed"
-            await h.audit(_audit(h, user, channel, _name(parsed), outcome, body.get("text")))
+        reply = await h.commands.run(admitted, source="slack")
+        log.info("%s by %s in %s: %s", _name(parsed), caller.user, caller.channel, _outcome(reply))
         # An ephemeral "working on it…" can be replaced by an ephemeral answer only; a public
         # answer is a new message in the channel.
-        replace = slow and not reply.public
+        replace = parsed.slow and not reply.public
         await respond(**_payload(reply, ephemeral=not reply.public), replace_original=replace)
 
     async def on_button(
         ack: Any, body: dict[str, Any], respond: Any, action: dict[str, Any]
     ) -> None:
         await ack()
-        user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id")
-        # Keep / Scale down now change a cluster's size: the rules of `cluster resize` apply.
-        manage = action["action_id"] in views.IDLE_ACTIONS
-        decision = h.access.check(user=user, channel=channel, destructive=manage)
-        if not decision.allowed:
-            await respond(
-                **_payload(Reply(views.error(decision.reason)), ephemeral=True),
-                replace_original=False,
-            )
-            await h.audit(_audit(h, user, channel, action["action_id"], "denied", decision.reason))
-            return
-        reply = await h.actions.handle(
-            action["action_id"], action.get("value", ""), actor=_actor(h, user, channel)
+        caller = Caller(body["user"]["id"], (body.get("channel") or {}).get("id"))
+        reply = await h.actions.handle(action["action_id"], action.get("value", ""), caller=caller)
+        log.info(
+            "%s by %s in %s: %s", action["action_id"], caller.user, caller.channel, _outcome(reply)
         )
-        log.info("%s by %s in %s: %s", action["action_id"], user, channel, _outcome(reply))
-        thread = (body.get("message") or {}).get("thread_ts") or (body.get("message") or {}).get(
-            "ts"
-        )
+        message = body.get("message") or {}
+        thread = message.get("thread_ts") or message.get("ts")
         await respond(
             **_payload(reply, ephemeral=not reply.public),
             replace_original=False,
@@ -164,7 +134,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
         reply = await h.actions.handle(
             views.ACTION_DENY,
             view.get("private_metadata", ""),
-            actor=_actor(h, user, None),
+            caller=Caller(user, None),
             reason=reason,
         )
         if reply.failed:  # refused, or decided already: say so inside the modal
@@ -175,20 +145,32 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
     @app.action(home.ACTION_OPEN_SUBMIT)
     async def on_open_submit(ack: Any, body: dict[str, Any], client: Any) -> None:
         await ack()
-        view = await h.submit_form((body.get("channel") or {}).get("id") or body["user"]["id"])
+        caller = Caller(body["user"]["id"], (body.get("channel") or {}).get("id"))
+        if not (await h.guard.admit(caller, action=home.ACTION_OPEN_SUBMIT)).allowed:
+            return  # the Home tab of a refused user has no such button: a stale one, audited
+        view = await h.submit_form(caller.channel or caller.user)
         await client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    async def publish_home(user: str, client: Any) -> None:
+        """The Home tab through the same guard as commands: refused, or what the user may read."""
+        caller = Caller(user, None)
+        decision = await h.guard.admit(caller, action="app_home")
+        if decision.allowed:
+            view = await h.dashboard(h.guard.actor(caller))
+        else:
+            view = home.refused_view(decision.reason)
+        await client.views_publish(user_id=user, view=view)
 
     @app.action(home.ACTION_HOME_REFRESH)
     async def on_refresh_home(ack: Any, body: dict[str, Any], client: Any) -> None:
         await ack()
-        user = body["user"]["id"]
-        await client.views_publish(user_id=user, view=await h.dashboard(user))
+        await publish_home(body["user"]["id"], client)
 
     @app.event("app_home_opened")
     async def on_home(event: dict[str, Any], client: Any) -> None:
         if event.get("tab", "home") != "home":
             return
-        await client.views_publish(user_id=event["user"], view=await h.dashboard(event["user"]))
+        await publish_home(event["user"], client)
 
     @app.view(modals.CALLBACK_JOB_CREATE)
     async def on_submit(ack: Any, body: dict[str, Any], client: Any) -> None:
@@ -197,7 +179,8 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
         if isinstance(parsed, dict):
             await ack(response_action="errors", errors=parsed)
             return
-        decision = h.access.check(user=user, channel=parsed.channel_id, destructive=False)
+        caller = Caller(user, parsed.channel_id)
+        decision = await h.guard.admit(caller, action="JobCreate")
         if not decision.allowed:
             await ack(response_action="errors", errors={modals.BLOCK_NAME: decision.reason})
             return
@@ -207,9 +190,7 @@ def register(app: AsyncApp, h: SlackHandlers, *, command: str = "/batchai") -> N
             else ConfigSource("inline", parsed.config_json or "")
         )
         request = JobRequest(parsed.name, parsed.cluster, source)
-        creating = asyncio.ensure_future(
-            h.jobs.create_job(request, actor=_actor(h, user, parsed.channel_id))
-        )
+        creating = asyncio.ensure_future(h.jobs.create_job(request, actor=h.guard.actor(caller)))
         try:
             # shield: a slow store must not cancel a submission halfway through its commit
             await asyncio.wait_for(asyncio.shield(creating), MODAL_DEADLINE)
@@ -256,6 +237,72 @@ def request_context(body: dict[str, Any]) -> dict[str, str | None]:
     return {"correlation_id": str(correlation), "user": user, "command": command}
 
 
+def origin_of(body: dict[str, Any]) -> Origin:
+    """Every workspace and Grid org a Slack request names, wherever its kind puts them: a slash
+    command's `team_id`/`enterprise_id`, an interaction's `team.id`, `user.team_id` and
+    `enterprise.id`, a view's `team_id`, an event's `team_id` (the actor's, in a Slack Connect
+    channel), `event.user_team`/`source_team`/`team`."""
+    teams: set[str] = set()
+    enterprises: set[str] = set()
+    event, user, view = (_dict(body.get(key)) for key in ("event", "user", "view"))
+    team = body.get("team")
+    enterprise = body.get("enterprise")
+    named = [
+        body.get("team_id"),
+        team.get("id") if isinstance(team, dict) else team,
+        user.get("team_id"),
+        view.get("team_id"),
+        event.get("user_team"),
+        event.get("source_team"),
+        event.get("team"),
+    ]
+    orgs = [
+        body.get("enterprise_id"),
+        enterprise.get("id") if isinstance(enterprise, dict) else enterprise,
+        team.get("enterprise_id") if isinstance(team, dict) else None,
+        user.get("enterprise_id"),
+    ]
+    for value in named:
+        if isinstance(value, str) and value:
+            (enterprises if value.startswith("E") else teams).add(value)
+    enterprises.update(v for v in orgs if isinstance(v, str) and v)
+    return Origin(frozenset(teams), frozenset(enterprises))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _channel_of(body: dict[str, Any]) -> str | None:
+    channel = (
+        body.get("channel_id") or body.get("channel") or (body.get("event") or {}).get("channel")
+    )
+    if isinstance(channel, dict):
+        channel = channel.get("id")
+    return channel if isinstance(channel, str) else None
+
+
+async def _refuse_foreign(body: dict[str, Any], reason: str, respond: Any, client: Any) -> Any:
+    """One line where the surface can show one: in the slash command's ack, beside the clicked
+    button, in the submitted form, on the Home tab; other events are acked and dropped."""
+    line = f":no_entry: {reason}"
+    if body.get("command"):
+        return BoltResponse(status=200, body={"response_type": "ephemeral", "text": line})
+    kind = body.get("type")
+    if kind == "block_actions" and body.get("response_url"):
+        await respond(text=line, response_type="ephemeral", replace_original=False)
+    elif kind == "view_submission":
+        inputs = [b for b in body["view"].get("blocks", []) if b.get("type") == "input"]
+        if inputs and inputs[0].get("block_id"):
+            errors = {inputs[0]["block_id"]: reason}
+            return BoltResponse(status=200, body={"response_action": "errors", "errors": errors})
+        return BoltResponse(status=200, body={"response_action": "clear"})
+    event = body.get("event") or {}
+    if event.get("type") == "app_home_opened" and event.get("tab", "home") == "home":
+        await client.views_publish(user_id=event["user"], view=home.refused_view(reason))
+    return BoltResponse(status=200, body="")
+
+
 def _follow_up(creating: asyncio.Future[Any], client: Any, *, channel: str, user: str) -> None:
     """A submission that outlived the form's 3 s: when it fails, tell the user privately (when
     it succeeds, its status card says so)."""
@@ -289,30 +336,12 @@ def _error_block(err: Exception, form: modals.JobForm, view: dict[str, Any]) -> 
     return modals.BLOCK_CLUSTER
 
 
-def _actor(h: SlackHandlers, user: str, channel: str | None) -> Actor:
-    conversation = Conversation(channel, None, user) if channel else None
-    return Actor(user=user, conversation=conversation, is_admin=h.access.is_admin(user))
-
-
 def _outcome(reply: Reply) -> str:
     return "refused" if reply.failed else "done"
 
 
 def _name(command: Command) -> str:
     return type(command).__name__
-
-
-def _audit(
-    h: SlackHandlers, user: str, channel: str | None, action: str, outcome: str, detail: Any
-) -> AuditEntry:
-    return AuditEntry(
-        at=h.now(),
-        actor=user,
-        action=action,
-        outcome=outcome,
-        channel=channel,
-        detail=None if detail is None else str(detail)[:500],
-    )
 
 
 def _payload(reply: Reply, *, ephemeral: bool) -> dict[str, Any]:

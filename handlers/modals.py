@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+from handlers.commandspec import JobCreate
 from services.jobspec.load import MAX_DEPTH, nesting_depth
 from services.models import NAME_RE, ClusterView
 from services.pricing import sku_key
@@ -45,9 +46,35 @@ OPTION_TEXT: Final = 75
 OPTION_VALUE: Final = 150
 TEXT_INPUT_MAX: Final = 3000  # Slack's plain_text_input max_length
 
+_CHANNEL_RE = re.compile(r"[CGDUW][A-Z0-9]{2,31}", re.ASCII)  # where the job's story is told
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 _OUTPUT_ROOT_RE = re.compile(r"\$\{?AZ_BATCHAI_(?:MOUNT_ROOT|JOB_MOUNT_ROOT|JOB_TEMP)\}?(?:/|$)")
 _ONE_SOURCE = "give only one of: a command line, a manifest, or a pasted job.json"
+STALE_FORM: Final = (
+    "This form is not one the bot can submit (it lost track of its channel): close it and "
+    "open a new one with /batchai job create."
+)
+
+
+@dataclass(frozen=True)
+class JobPrefill:
+    """What `/batchai job create` was given before the form opened: the form starts from it."""
+
+    name: str | None = None
+    cluster: str | None = None
+    manifest: str | None = None  # a manifest name (mnist or manifests/jobs/mnist.json)
+    pasted: str | None = None  # inline job.json
+
+
+def prefill_of(command: JobCreate) -> JobPrefill:
+    """The form's starting values from a `job create` that gave no config or no name."""
+    config = command.config
+    return JobPrefill(
+        name=command.name,
+        cluster=command.cluster,
+        manifest=config.value if config is not None and config.kind == "manifest" else None,
+        pasted=config.value if config is not None and config.kind == "inline" else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +97,11 @@ def job_create_modal(
     manifests: Sequence[str],
     channel_id: str,
     prices: Mapping[str, str] | None = None,
+    prefill: JobPrefill | None = None,
 ) -> dict[str, Any]:
-    """The modal `/batchai job create` opens when it gets no config. `prices`: label by VM size."""
+    """The modal `/batchai job create` opens when it gets no config (or no name), filled in
+    with what it got. `prices`: label by VM size."""
+    given = prefill or JobPrefill()
     view: dict[str, Any] = {
         "type": "modal",
         "callback_id": CALLBACK_JOB_CREATE,
@@ -97,8 +127,9 @@ def job_create_modal(
         "placeholder": _plain("Choose a cluster"),
         "options": cluster_options[:MAX_OPTIONS],
     }
-    if len(cluster_options) == 1:
-        select["initial_option"] = cluster_options[0]
+    chosen = [o for o in cluster_options[:MAX_OPTIONS] if o["value"] == given.cluster]
+    if chosen or len(cluster_options) == 1:
+        select["initial_option"] = (chosen or cluster_options)[0]
     cluster_hint = (
         f"Showing the first {MAX_OPTIONS} of {len(clusters)} clusters."
         if len(clusters) > MAX_OPTIONS
@@ -113,7 +144,7 @@ def job_create_modal(
         _input(
             BLOCK_NAME,
             "Job name",
-            _text_input(BLOCK_NAME, placeholder="mnist-1", max_length=64),
+            _text_input(BLOCK_NAME, placeholder="mnist-1", max_length=64, initial=given.name),
             hint="1-64 letters, digits, - or _",
         ),
         _section("*A command line*"),
@@ -182,24 +213,28 @@ def job_create_modal(
         :MAX_OPTIONS
     ]
     if manifest_options:
-        blocks.append(
-            _input(
-                BLOCK_MANIFEST,
-                "Manifest",
-                {
-                    "type": "static_select",
-                    "action_id": BLOCK_MANIFEST,
-                    "placeholder": _plain("Choose a job.json"),
-                    "options": manifest_options,
-                },
-                optional=True,
-            )
-        )
+        manifest_select: Block = {
+            "type": "static_select",
+            "action_id": BLOCK_MANIFEST,
+            "placeholder": _plain("Choose a job.json"),
+            "options": manifest_options,
+        }
+        wanted = _manifest_name(given.manifest)
+        for option in manifest_options:
+            if option["value"] == wanted:
+                manifest_select["initial_option"] = option
+        blocks.append(_input(BLOCK_MANIFEST, "Manifest", manifest_select, optional=True))
+    pasted = given.pasted if given.pasted and len(given.pasted) <= TEXT_INPUT_MAX else None
     blocks.append(
         _input(
             BLOCK_JSON,
             "Paste a job.json",
-            _text_input(BLOCK_JSON, placeholder='{"properties": {...}}', multiline=True),
+            _text_input(
+                BLOCK_JSON,
+                placeholder='{"properties": {...}}',
+                multiline=True,
+                initial=pasted,
+            ),
             optional=True,
             hint="Batch AI job.json (API 2017-09-01-preview, 2018-03-01 or 2018-05-01).",
         )
@@ -233,6 +268,11 @@ def parse_job_create(
     `mount_paths` maps a cluster name to the mount path of its first file share; a form-built
     job writes its logs (and relative output directories) to `$AZ_BATCHAI_MOUNT_ROOT/<path>`.
     """
+    channel_id = _channel_id(view)
+    if channel_id is None:
+        # Not a form this bot opened (or one from an older version): nothing else is worth
+        # checking, and Slack shows the line under the first field.
+        return {BLOCK_NAME: STALE_FORM}
     state = _State(view)
     errors: FieldErrors = {}
 
@@ -296,7 +336,7 @@ def parse_job_create(
         cluster=cluster,
         config_json=config_json,
         manifest=manifest if given == [BLOCK_MANIFEST] else None,
-        channel_id=_channel_id(view),
+        channel_id=channel_id,
     )
 
 
@@ -323,16 +363,25 @@ class _State:
         return (value or None) if isinstance(value, str) else None
 
 
-def _channel_id(view: Mapping[str, Any]) -> str:
+def _channel_id(view: Mapping[str, Any]) -> str | None:
+    """The channel `job_create_modal` wrote into private_metadata; None when it is not there
+    (a view with our callback id that this bot did not build, or tampered with)."""
+    raw = view.get("private_metadata")
     try:
-        meta = json.loads(view.get("private_metadata") or "{}")
-    except json.JSONDecodeError:
-        meta = {}
+        meta = json.loads(raw) if isinstance(raw, str) and raw else None
+    except (ValueError, RecursionError):
+        meta = None
     channel = meta.get("channel_id") if isinstance(meta, dict) else None
-    if not isinstance(channel, str) or not channel:
-        # We wrote private_metadata ourselves, so this is a bug, not the user's mistake.
-        raise ValueError("job_create view without a channel_id in its private_metadata")
-    return channel
+    if isinstance(channel, str) and _CHANNEL_RE.fullmatch(channel):
+        return channel
+    return None
+
+
+def _manifest_name(ref: str | None) -> str | None:
+    """`manifests/jobs/mnist.json` -> `mnist`, the form's option value."""
+    if ref is None:
+        return None
+    return ref.removeprefix("manifests/jobs/").removesuffix(".json")
 
 
 def _node_count(raw: str | None, errors: FieldErrors) -> int:
@@ -462,14 +511,18 @@ def _text_input(
     placeholder: str,
     multiline: bool = False,
     max_length: int = TEXT_INPUT_MAX,
+    initial: str | None = None,
 ) -> Block:
-    return {
+    element: Block = {
         "type": "plain_text_input",
         "action_id": action_id,
         "multiline": multiline,
         "max_length": max_length,
         "placeholder": _plain(placeholder),
     }
+    if initial:
+        element["initial_value"] = initial
+    return element
 
 
 def _input(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -32,8 +33,20 @@ from services.states import FINISHED
 FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 
 
+@dataclass(frozen=True)
+class MessageRef:
+    """A sent message: the channel the chat surface put it in and its id (Slack's ts).
+
+    The channel can differ from the one asked for: Slack posts a message addressed to a user id
+    (U…) into the bot's DM with that user and answers with the DM's id (D…). Edits, thread
+    replies and uploads must name that channel."""
+
+    channel: str
+    ts: str
+
+
 class Transport(Protocol):
-    """A chat surface. `post` returns the message id (Slack's ts) for threads and edits.
+    """A chat surface. `post` says where the message went, for threads and edits.
 
     `keys` are idempotency keys: a transport records them with the message it sent and, asked
     again for any of them, returns that message's id instead of sending a second one."""
@@ -47,12 +60,12 @@ class Transport(Protocol):
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str: ...
+    ) -> MessageRef: ...
 
     async def update(self, channel: str, message_id: str, message: Message) -> None: ...
 
-    async def lookup(self, key: str) -> str | None:
-        """The id of the message sent with this key, if any."""
+    async def lookup(self, key: str) -> MessageRef | None:
+        """The message sent with this key, if any."""
         ...
 
     async def upload(
@@ -129,11 +142,10 @@ class Presenter:
             await self._reply(conv, views.waiting_for_approval(approval, self._approvers), keys)
         elif isinstance(event, ApprovalDecided) and delivery.approval is not None:
             approval = delivery.approval
-            where = self._approvals_channel or conv.channel
-            message_id = await self._transport.lookup(_approval_key(approval.id))
-            if message_id is not None:
+            sent = await self._transport.lookup(_approval_key(approval.id))
+            if sent is not None:
                 request = views.approval_request(approval, job, approvers=self._approvers)
-                await self._transport.update(where, message_id, request)
+                await self._transport.update(sent.channel, sent.ts, request)
             if approval.kind == "extend" and approval.state != "pending":
                 await self._reply(conv, views.decision_note(approval), keys)
         elif isinstance(event, WallClockWarning):
@@ -162,9 +174,9 @@ class Presenter:
         if not isinstance(event, IdleWarningClosed):
             await self._transport.post(channel, views.idle_warning(event), keys=[*keys, key])
             return
-        message_id = await self._transport.lookup(key)
-        if message_id is not None:
-            await self._transport.update(channel, message_id, views.idle_warning(event))
+        sent = await self._transport.lookup(key)
+        if sent is not None:
+            await self._transport.update(sent.channel, sent.ts, views.idle_warning(event))
 
     async def _schedule_notice(
         self, event: ScheduleFailed | ScheduleMissed, keys: Sequence[str]
@@ -183,8 +195,8 @@ class Presenter:
         if conv.thread is not None:
             return conv
         card = views.status_card(job, now=self._now())
-        ts = await self._transport.post(conv.channel, card, keys=[key])
-        return Conversation(conv.channel, ts, conv.user)
+        sent = await self._transport.post(conv.channel, card, keys=[key])
+        return Conversation(sent.channel, sent.ts, conv.user)
 
     async def _reply(
         self,

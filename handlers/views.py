@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from services import pricing
 from services.events import IdleWarning, IdleWarningClosed
@@ -36,6 +38,11 @@ ACTION_REFRESH = "job_refresh"
 
 SECTION_LIMIT = 3000  # characters in one section's text
 MESSAGE_BLOCK_LIMIT = 50
+# Slack answers msg_blocks_too_long above ~12-13k characters of block text in all, although
+# each block is within its own limit (bolt-js #2509): long answers stay below this.
+MESSAGE_TEXT_BUDGET = 12_000
+FALLBACK_LIMIT = 40_000  # Slack truncates a message's text beyond this
+TABLE_BLOCK_LIMIT = MESSAGE_BLOCK_LIMIT - 2  # room for a note above and the "…and N more"
 SNIPPET_CHARS = 2800  # room for the fences and a header inside one section
 SNIPPET_MAX_LINES = 40
 
@@ -55,18 +62,135 @@ STATE_EMOJI = {
 
 @dataclass(frozen=True)
 class Message:
-    """What a transport sends: fallback `text` (notifications, console) and `blocks`."""
+    """What a transport sends: fallback `text` (notifications, console) and `blocks`.
+
+    The fallback is mrkdwn too: plain `str` is escaped here (see `Mrkdwn`), and kept within
+    what transports send of it without cutting an entity."""
 
     text: str
     blocks: list[Block] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", fit(trusted(self.text), FALLBACK_LIMIT))
+
+
+class Mrkdwn(str):
+    """mrkdwn the bot wrote itself, trusted as is. Every other `str` is escaped on its way in.
+
+    Views build text with `md("template {} {}", a, b)`, `user()`, `channel()`, `link()` and
+    `code()`; `section()`, `context()`, `info()`, `error()` and `Message` escape whatever plain
+    `str` reaches them, so a view that forgets a helper shows `&lt;` rather than pinging."""
+
+    __slots__ = ()
+
+    def __add__(self, other: str) -> Mrkdwn:
+        return Mrkdwn(str.__add__(self, trusted(other)))
+
+    def __radd__(self, other: str) -> Mrkdwn:
+        return Mrkdwn(str.__add__(trusted(other), self))
+
+    def join(self, parts: Iterable[str]) -> Mrkdwn:
+        return Mrkdwn(str.join(self, (trusted(p) for p in parts)))
+
+
+class _Escaping(string.Formatter):
+    def format_field(self, value: object, format_spec: str) -> str:
+        if isinstance(value, Mrkdwn):
+            return value
+        return esc(format(value, format_spec))
+
+
+_FORMATTER = _Escaping()
+
+
+def md(template: str, *args: object, **kwargs: object) -> Mrkdwn:
+    """The view's own markup `template` (a literal, never an f-string of outside text) with
+    `{}` holes; each value is escaped unless it is already Mrkdwn."""
+    return Mrkdwn(_FORMATTER.vformat(template, args, kwargs))
+
+
+def trusted(text: str) -> Mrkdwn:
+    """Mrkdwn as is; any other text escaped."""
+    return text if isinstance(text, Mrkdwn) else Mrkdwn(esc(text))
+
+
+def esc(text: str) -> str:
+    """Text from outside (logs, file names, errors) as inert mrkdwn: no pings, no fake links,
+    and no run of three backticks to open or close a code block."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _FENCE.sub("`\u200b", text)
+
+
+_FENCE = re.compile(r"`(?=``)")
+_USER_ID = re.compile(r"[UWB][A-Z0-9]{1,20}")
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{1,20}")
+_MENTION = re.compile(r"&lt;([@#])([A-Z0-9]{2,21})&gt;")
+
+
+def user(user_id: str) -> Mrkdwn:
+    """A mention of one user; anything that is not a user id is shown as text."""
+    return Mrkdwn(f"<@{user_id}>") if _USER_ID.fullmatch(user_id) else trusted(user_id)
+
+
+def channel(channel_id: str) -> Mrkdwn:
+    """A link to one channel; anything that is not a channel id is shown as text."""
+    return Mrkdwn(f"<#{channel_id}>") if _CHANNEL_ID.fullmatch(channel_id) else trusted(channel_id)
+
+
+def said(text: str) -> Mrkdwn:
+    """A sentence a service wrote (an outcome, a refusal): escaped, but its mentions of user
+    and channel ids (`<@U…>`, `<#C…>`, nothing else) still mention them."""
+    if isinstance(text, Mrkdwn):
+        return text
+
+    def keep(m: re.Match[str]) -> str:
+        sigil, ident = m.group(1), m.group(2)
+        pattern = _USER_ID if sigil == "@" else _CHANNEL_ID
+        return f"<{sigil}{ident}>" if pattern.fullmatch(ident) else m.group(0)
+
+    return Mrkdwn(_MENTION.sub(keep, esc(text)))
+
+
+def link(url: str, text: str) -> Mrkdwn:
+    """`<url|text>`: characters that would end the link are percent-encoded in the URL and
+    the label is escaped (a `|` in a label would end it early)."""
+    target = re.sub(r"[\s<>|\"`]", lambda m: quote(m.group(0), safe=""), url)
+    if not target.startswith(("https://", "http://")):
+        return trusted(text)
+    return Mrkdwn(f"<{esc(target)}|{esc(text).replace('|', '¦')}>")  # Slack unescapes `&amp;`
+
+
+def code(text: str) -> Mrkdwn:
+    """A code block; the text is escaped, and backtick runs cannot close the fence."""
+    body = _code_body(text)
+    return Mrkdwn(f"```{body}```" if body else "```(empty)```")
+
 
 def section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:SECTION_LIMIT]}}
+    """One section; its text must fit (views split long text with `sections()`)."""
+    body = trusted(text)
+    if len(body) > SECTION_LIMIT:
+        body = _cut(body, SECTION_LIMIT)
+    return {"type": "section", "text": {"type": "mrkdwn", "text": body}}
 
 
 def context(text: str) -> Block:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:SECTION_LIMIT]}]}
+    body = trusted(text)
+    if len(body) > SECTION_LIMIT:
+        body = _cut(body, SECTION_LIMIT)
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": body}]}
+
+
+def _cut(text: Mrkdwn, limit: int) -> Mrkdwn:
+    """The text within `limit`, ending in `…`: never inside an entity, a link or a code block."""
+    head = text[: limit - 4]  # room for a closing fence and the ellipsis
+    if head.rfind("&") > head.rfind(";"):  # an entity cut in half
+        head = head[: head.rfind("&")]
+    if head.rfind("<") > head.rfind(">"):  # a link or a mention cut in half
+        head = head[: head.rfind("<")]
+    if head.count("```") % 2:
+        head += "```"
+    return Mrkdwn(head + "…")
 
 
 def button(
@@ -95,22 +219,6 @@ def button(
 
 def actions(*buttons: Block) -> Block:
     return {"type": "actions", "elements": list(buttons)}
-
-
-def esc(text: str) -> str:
-    """Text from outside (logs, file names, errors) as inert mrkdwn: no pings, no fake links."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def label(text: str) -> str:
-    """A link label: escaped, and without the `|` that would end it early."""
-    return esc(text).replace("|", "¦")
-
-
-def code(text: str) -> str:
-    """A code block; the text is escaped, and backtick runs cannot close the fence."""
-    body = esc(text).replace("```", "`\u200b``")
-    return f"```{body}```" if body else "```(empty)```"
 
 
 # -- formatting helpers ----------------------------------------------------------------------
@@ -170,10 +278,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def status_card(job: Job, *, now: datetime) -> Message:
     """The one message per job that is edited in place as the job moves."""
     emoji = STATE_EMOJI.get(job.state, "")
-    head = f"{emoji} *{job.name}* on `{job.cluster}` — *{job.state.value}*"
+    head = md("{} *{}* on `{}` — *{}*", emoji, job.name, job.cluster, job.state.value)
     facts = [
         f"{job.node_count} node{'s' if job.node_count != 1 else ''}",
-        f"toolkit {job.toolkit}",
+        md("toolkit {}", job.toolkit),
         f"elapsed {fmt_duration(elapsed(job, now))}",
         f"limit {fmt_duration(job.max_wall_clock)}",
     ]
@@ -182,14 +290,15 @@ def status_card(job: Job, *, now: datetime) -> Message:
     cost = cost_so_far(job, now)
     if cost is not None:
         facts.append(f"cost so far {format_usd(cost)}")
-    blocks = [section(head), context(" · ".join(facts) + f" · requested by <@{job.requester}>")]
+    requested = md(" · requested by {}", user(job.requester))
+    blocks = [section(head), context(Mrkdwn(" · ").join(facts) + requested)]
     if job.progress is not None:
         p = job.progress
         bar = f"`{progress_bar(p.fraction)}` {p.current}/{p.total} ({p.fraction:.0%})"
         metrics = "  ".join(f"{k} {v:.4g}" for k, v in sorted(job.last_metrics.items()))
         blocks.append(section(bar + (f"\n{metrics}" if metrics else "")))
     if job.error and job.state is not JobState.SUCCEEDED:
-        blocks.append(context(f"reason: {job.error}"))
+        blocks.append(context(md("reason: {}", job.error)))
     # Buttons carry the job's id: a re-created job of the same name is another job.
     buttons = [button("Logs", ACTION_LOGS, job.id)]
     if not job.state.finished:
@@ -204,7 +313,7 @@ def status_card(job: Job, *, now: datetime) -> Message:
 def _confirm(job: Job) -> Block:
     return {
         "title": {"type": "plain_text", "text": "Terminate job?"},
-        "text": {"type": "mrkdwn", "text": f"Stop *{job.name}* on every node now?"},
+        "text": {"type": "mrkdwn", "text": fit(md("Stop *{}* on every node now?", job.name), 300)},
         "confirm": {"type": "plain_text", "text": "Terminate"},
         "deny": {"type": "plain_text", "text": "Keep running"},
         "style": "danger",
@@ -213,59 +322,100 @@ def _confirm(job: Job) -> Block:
 
 def state_reply(job: Job, new: str, detail: str | None, *, passed: Sequence[str] = ()) -> Message:
     text = {
-        "preparing": f":gear: preparing on node(s) {list(job.nodes)}",
-        "running": ":runner: running",
-        "terminating": ":octagonal_sign: terminating…",
-        "queued": ":inbox_tray: queued",
-    }.get(new, new)
+        "preparing": md(":gear: preparing on node(s) {}", str(list(job.nodes))),
+        "running": md(":runner: running"),
+        "terminating": md(":octagonal_sign: terminating…"),
+        "queued": md(":inbox_tray: queued"),
+    }.get(new, trusted(new))
     if passed:  # several steps delivered at once
-        text = f"{' → '.join(passed)} → {text}"
+        text = md("{} → {}", " → ".join(passed), text)
     if detail and new not in ("preparing",):
-        text += f" — {esc(detail)}"
+        text += md(" — {}", detail)
     return Message(text, [section(text)])
 
 
 def submitted_reply(job: Job, warnings: Sequence[str], estimate: str | None = None) -> Message:
     verb = "submitted to" if job.state is JobState.PENDING_APPROVAL else "queued on"
-    text = (
-        f":inbox_tray: {verb} `{job.cluster}` ({job.node_count} node"
-        f"{'s' if job.node_count != 1 else ''}, max {fmt_duration(job.max_wall_clock)})"
+    text = md(
+        ":inbox_tray: {} `{}` ({} node{}, max {})",
+        verb,
+        job.cluster,
+        job.node_count,
+        "s" if job.node_count != 1 else "",
+        fmt_duration(job.max_wall_clock),
     )
     blocks = [section(text)]
     if estimate:
-        blocks.append(context(f"estimate: `{esc(estimate)}`"))
-    blocks += [context(f":warning: {esc(w)}") for w in warnings[:5]]
+        blocks.append(context(md("estimate: `{}`", estimate)))
+    blocks += [context(md(":warning: {}", w)) for w in warnings[:5]]
     return Message(text, blocks)
 
 
 def note_reply(text: str) -> Message:
-    return Message(text, [context(f":information_source: {text}")])
+    """A note for a job's thread; its text comes from the job (image names, paths): escaped."""
+    return Message(text, [context(md(":information_source: {}", text))])
 
 
 def log_snippet(
     file: str, first_line: int, lines: Sequence[str], *, full_log_url: str | None = None
 ) -> Message:
-    """Tail of new lines inside one section; anything cut is counted, with a link to the rest."""
+    """The newest lines inside one section, measured as Slack gets them (escaped); whatever
+    is left out is counted exactly, with a link to the rest."""
     shown = list(lines[-SNIPPET_MAX_LINES:])
-    while shown and len("\n".join(shown)) > SNIPPET_CHARS:
-        shown.pop(0)
+    size = sum(len(_code_body(line)) + 1 for line in shown) - 1
+    while shown and size > SNIPPET_CHARS:
+        size -= len(_code_body(shown.pop(0))) + 1
+    cut = ""
     if not shown and lines:  # one enormous line: show its end
-        shown = [lines[-1][-SNIPPET_CHARS:]]
+        tail = _tail_within(lines[-1], SNIPPET_CHARS)
+        shown = [tail]
+        start = len(lines[-1]) - len(tail) + 1
+        cut = f", line {first_line + len(lines) - 1} shown from its character {start}"
     skipped = len(lines) - len(shown)
     last = first_line + len(lines) - 1
-    header = f"`{file}` lines {first_line}-{last}" if first_line > 0 else f"`{file}` (tail)"
-    blocks = [section(code("\n".join(shown)))]
-    if skipped:
-        note = f"{skipped} lines skipped"
-        note += f", full log: <{full_log_url}|{file}>" if full_log_url else ""
+    header = (
+        md("`{}` lines {}-{}", file, first_line, last)
+        if first_line > 0
+        else md("`{}` (tail)", file)
+    )
+    blocks = [context(header), section(code("\n".join(shown)))]
+    if skipped or cut:
+        note = md("{} lines skipped{}", skipped, cut)
+        if full_log_url:
+            note += md(", full log: {}", link(full_log_url, file))
         blocks.append(context(note))
-    blocks.insert(0, context(header))
-    return Message(f"{file}: {len(lines)} new lines", blocks)
+    return Message(md("{}: {} new lines", file, len(lines)), blocks)
+
+
+def _code_body(text: str) -> str:
+    return esc(text)
+
+
+def _head_within(text: str, limit: int) -> str:
+    """`text`, or its start and `…`, so that its code-block form fits in `limit` characters."""
+    if len(_code_body(text)) <= limit:
+        return text
+    size, end = 1, 0
+    while end < len(text) and size + len(_code_body(text[end])) <= limit - 2:
+        size += len(_code_body(text[end]))
+        end += 1
+    return text[:end] + "…"
+
+
+def _tail_within(text: str, limit: int) -> str:
+    """The longest end of `text` whose code-block form fits in `limit` characters."""
+    size, start = 0, len(text)
+    while start > 0:
+        grown = size + len(_code_body(text[start - 1]))
+        if grown > limit - 2:  # a backtick run may grow by one where the cut joins it
+            break
+        size, start = grown, start - 1
+    return text[start:]
 
 
 def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
     emoji = STATE_EMOJI.get(job.state, "")
-    head = f"{emoji} <@{job.requester}> *{job.name}* {job.state.value}"
+    head = md("{} {} *{}* {}", emoji, user(job.requester), job.name, job.state.value)
     facts = [
         f"exit code {job.exit_code if job.exit_code is not None else '-'}",
         f"duration {fmt_duration(job.duration)}",
@@ -274,36 +424,47 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
         estimated = f" (estimate {format_usd(job.estimate)})" if job.estimate is not None else ""
         facts.append(f"cost {format_usd(cost)}{estimated}")
     if job.error and job.state is not JobState.SUCCEEDED:
-        facts.append(f"reason: {esc(job.error)}")
-    blocks = [section(head), context(" · ".join(facts))]
+        facts.append(md("reason: {}", job.error))
+    blocks = [section(head), context(Mrkdwn(" · ").join(facts))]
     if job.last_metrics:
         blocks.append(
             context(
-                "final " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(job.last_metrics.items()))
+                md(
+                    "final {}",
+                    "  ".join(f"{k} {v:.4g}" for k, v in sorted(job.last_metrics.items())),
+                )
             )
         )
     if links:
-        expires = min(link.expires_at for link in links)
-        listed = [f"• <{link.url}|{label(link.name)}> ({fmt_size(link.size)})" for link in links]
+        expires = min(link_.expires_at for link_ in links)
+        listed = [md("• {} ({})", link(x.url, x.name), fmt_size(x.size)) for x in links]
         text, count = _fit_lines(listed, SECTION_LIMIT - 200)
         if count < len(listed):
-            text += f"\n…and {len(listed) - count} more (`/batchai job list-files -n {job.name}`)"
-        blocks.append(section(f"*Outputs* (links expire {expires:%Y-%m-%d %H:%M} UTC)\n{text}"))
+            text += md(
+                "\n…and {} more (`/batchai job list-files -n {}`)", len(listed) - count, job.name
+            )
+        head_ = md("*Outputs* (links expire {:%Y-%m-%d %H:%M} UTC)\n", expires)
+        blocks.append(section(head_ + text))
     else:
         blocks.append(context("no output files"))
-    summary = f"{job.name} {job.state.value} (exit {job.exit_code})"
+    summary = md("{} {} (exit {})", job.name, job.state.value, job.exit_code)
     return Message(summary, blocks[:MESSAGE_BLOCK_LIMIT])
 
 
-def _fit_lines(lines: Sequence[str], limit: int) -> tuple[str, int]:
-    out: list[str] = []
+def _fit_lines(lines: Sequence[Mrkdwn], limit: int) -> tuple[Mrkdwn, int]:
+    out: list[Mrkdwn] = []
     size = 0
     for line in lines:
         if size + len(line) + 1 > limit:
             break
         out.append(line)
         size += len(line) + 1
-    return "\n".join(out), len(out)
+    return Mrkdwn("\n").join(out), len(out)
+
+
+def fit(text: Mrkdwn, limit: int) -> Mrkdwn:
+    """`text` within `limit` characters, cut where it does not break markup."""
+    return text if len(text) <= limit else _cut(text, limit)
 
 
 def job_table(jobs: Sequence[Job]) -> str:
@@ -324,12 +485,17 @@ def job_table(jobs: Sequence[Job]) -> str:
     )
 
 
+_JOBS_REST = (
+    "`/batchai job list -r CLUSTER` lists one cluster's jobs; `/batchai job show -n NAME` shows one"
+)
+
+
 def job_list(jobs: Sequence[Job], *, output: str, now: datetime) -> Message:
     if output == "json":
-        return _json([job_json(j) for j in jobs])
+        return _json([job_json(j) for j in jobs], rest=_JOBS_REST)
     if not jobs:
         return Message("no jobs", [section("No jobs. Submit one with `/batchai job create`.")])
-    return _table_message(job_table(jobs))
+    return _table_message(job_table(jobs), rest=_JOBS_REST)
 
 
 def job_detail(job: Job, *, output: str, now: datetime) -> Message:
@@ -384,24 +550,25 @@ def file_listing(listing: FileListing, *, output: str) -> Message:
         )
     if not entries:
         return Message(
-            "empty", [section(f"`{listing.directory_id}` of *{listing.job.name}* is empty")]
+            "empty", [section(md("`{}` of *{}* is empty", listing.directory_id, listing.job.name))]
         )
     rows = []
     for e in entries:
-        link = listing.links.get(e.name)
+        url = listing.links.get(e.name)
         rows.append(
-            f"• <{link.url}|{label(e.name)}> ({fmt_size(e.size)})"
-            if link
-            else f"• {esc(e.name)}/ (directory)"
+            md("• {} ({})", link(url.url, e.name), fmt_size(e.size))
+            if url
+            else md("• {}/ (directory)", e.name)
         )
     text, count = _fit_lines(rows, SECTION_LIMIT - 200)
     if count < len(rows):
-        text += f"\n…and {len(rows) - count} more"
+        text += md("\n…and {} more", len(rows) - count)
     expiry = next(iter(listing.links.values())).expires_at if listing.links else None
-    head = f"*{listing.job.name}* `{listing.directory_id}/{listing.path}`".replace("/.", "")
+    where = f"{listing.directory_id}/{listing.path}".replace("/.", "")
+    head = md("*{}* `{}`", listing.job.name, where)
     if expiry:
-        head += f" (links expire {expiry:%Y-%m-%d %H:%M} UTC)"
-    return Message(f"{len(entries)} files", [section(f"{head}\n{text}")])
+        head += md(" (links expire {:%Y-%m-%d %H:%M} UTC)", expiry)
+    return Message(f"{len(entries)} files", [section(head + "\n" + text)])
 
 
 # -- clusters --------------------------------------------------------------------------------
@@ -448,7 +615,9 @@ def cluster_list(views: Sequence[ClusterView], *, output: str) -> Message:
         return Message(
             "no clusters", [section("No clusters. Create one with `/batchai cluster create`.")]
         )
-    return _table_message(cluster_table(views))
+    return _table_message(
+        cluster_table(views), rest="`/batchai cluster show -n NAME` shows one cluster"
+    )
 
 
 def cluster_detail(view: ClusterView, *, output: str) -> Message:
@@ -464,18 +633,24 @@ def cluster_detail(view: ClusterView, *, output: str) -> Message:
     )
     mounts = ", ".join(f"{m.share} at $AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}" for m in c.mounts)
     lines = [
-        f"*{c.name}* ({c.vm_size}, {c.vm_priority}) — {c.state.value}",
-        f"{scale}; image {c.image}",
-        f"nodes: {n.idle} idle · {n.running} running · {n.preparing} preparing · "
-        f"{n.unusable} unusable · {view.queued_jobs} jobs queued",
+        md("*{}* ({}, {}) — {}", c.name, c.vm_size, c.vm_priority, c.state.value),
+        md("{}; image {}", scale, c.image),
+        md(
+            "nodes: {} idle · {} running · {} preparing · {} unusable · {} jobs queued",
+            n.idle,
+            n.running,
+            n.preparing,
+            n.unusable,
+            view.queued_jobs,
+        ),
     ]
     if mounts:
-        lines.append(f"mounts: {mounts}")
+        lines.append(md("mounts: {}", mounts))
     if c.autoscale or view.idle_after is not None:
-        lines.append(_idle_line(view))
+        lines.append(trusted(_idle_line(view)))
     if c.error:
-        lines.append(f"error: {c.error}")
-    return Message(f"cluster {c.name}", [section("\n".join(lines))])
+        lines.append(md("error: {}", c.error))
+    return Message(md("cluster {}", c.name), [section(Mrkdwn("\n").join(lines))])
 
 
 def cluster_json(view: ClusterView) -> dict[str, Any]:
@@ -512,14 +687,20 @@ def cluster_created(cluster: Cluster, price: Price | None = None) -> Message:
         if cluster.autoscale
         else f"{cluster.target_nodes} nodes"
     )
-    text = f":white_check_mark: cluster *{cluster.name}* is ready: {cluster.vm_size}, {size}"
+    text = md(
+        ":white_check_mark: cluster *{}* is ready: {}, {}", cluster.name, cluster.vm_size, size
+    )
     blocks = [section(text)]
     if price is not None:
         rate = price.usd_per_hour
-        cost = (
-            f"{price.label} per node · {cluster.min_nodes} × {format_usd(rate)} = "
-            f"{format_usd(rate * cluster.min_nodes)}/h while idle at its minimum · up to "
-            f"{format_usd(rate * cluster.max_nodes)}/h at {cluster.max_nodes} nodes"
+        cost = md(
+            "{} per node · {} × {} = {}/h while idle at its minimum · up to {}/h at {} nodes",
+            price.label,
+            cluster.min_nodes,
+            format_usd(rate),
+            format_usd(rate * cluster.min_nodes),
+            format_usd(rate * cluster.max_nodes),
+            cluster.max_nodes,
         )
         if price.retired:
             cost += " · this size is retired on Azure: price as last published"
@@ -529,7 +710,7 @@ def cluster_created(cluster: Cluster, price: Price | None = None) -> Message:
 
 def job_submitted(job: Job) -> Message:
     """The answer to `job create`: the estimate, and whether it starts or waits for approval."""
-    text = f"job *{job.name}* submitted to `{job.cluster}`"
+    text = md("job *{}* submitted to `{}`", job.name, job.cluster)
     if job.state is JobState.PENDING_APPROVAL:
         text += "; it waits for approval (see its thread)"
     else:
@@ -546,13 +727,25 @@ def job_submitted(job: Job) -> Message:
     return Message(text, blocks)
 
 
+def unguarded_spend(message: Message, what: str) -> Message:
+    """`message` with the warning that `what` (an amount or a formula) needed no approval."""
+    note = context(
+        md(
+            ":warning: {} needed nobody's approval: without an approval policy "
+            "(APPROVALS_FILE) nothing needs approval",
+            what,
+        )
+    )
+    return Message(message.text, [*message.blocks, note])
+
+
 def node_table(nodes: Sequence[Node], *, output: str) -> Message:
     if output == "json":
         return _json(
             [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes]
         )
     return _table_message(
-        table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes])
+        table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes]),
     )
 
 
@@ -560,29 +753,85 @@ def node_table(nodes: Sequence[Node], *, output: str) -> Message:
 
 
 def info(text: str) -> Message:
-    return Message(text, [section(text)])
+    """A one-section answer; a service's sentence keeps only its user/channel mentions."""
+    body = said(text)
+    return Message(body, [section(body)])
 
 
 def error(text: str, usage: str | None = None) -> Message:
-    blocks = [section(f":warning: {esc(text)}")]
+    """A refusal; it often repeats what was typed, so all of it is escaped."""
+    body = trusted(text)
+    blocks = [section(md(":warning: {}", body))]
     if usage:
         blocks.append(section(code(usage)))
-    return Message(text, blocks)
+    return Message(body, blocks)
 
 
 def monospace(text: str) -> Message:
     return _table_message(text)
 
 
-def _table_message(text: str) -> Message:
-    return Message(text, [section(code(text))])
+def _table_message(text: str, *, rest: str | None = None) -> Message:
+    """A table in code-block sections split between rows, its header atop each; rows beyond
+    Slack's limits are counted, and `rest` says which command shows them."""
+    lines = text.split("\n")
+    head = lines[:2] if len(lines) > 2 and set(lines[1]) <= {"-", " "} else []
+    body = lines[len(head) :]
+    blocks, shown = _code_sections(body, head=head)
+    if shown < len(body):
+        blocks.append(_more(len(body) - shown, "rows", rest))
+    return Message("\n".join(head + body[:shown]), blocks)
 
 
-def _json(data: Any) -> Message:
-    text = json.dumps(data, indent=2, default=str)
-    if len(text) > SECTION_LIMIT - 10:
-        text = json.dumps(data, default=str)
-    return Message(text, [section(code(text))])
+def _json(data: Any, *, rest: str | None = None) -> Message:
+    """JSON in code-block sections split between lines, so that they read as one document; a
+    list too long for one message shows its first items as a complete array, and a count."""
+    items = data if isinstance(data, list) else None
+    shown = len(items) if items is not None else 0
+    while True:
+        part = items[:shown] if items is not None else data
+        lines = json.dumps(part, indent=2, default=str).split("\n")
+        blocks, fitted = _code_sections(lines)
+        if fitted == len(lines) or items is None or shown == 0:
+            break
+        shown = min(shown - 1, shown * fitted // len(lines))
+    if items is not None and shown < len(items):
+        blocks.append(_more(len(items) - shown, "items", rest))
+    elif fitted < len(lines):  # one object too long for a message: say how much is left out
+        blocks.append(_more(len(lines) - fitted, "lines", rest))
+    return Message("\n".join(lines[:fitted]), blocks)
+
+
+def _more(count: int, what: str, rest: str | None) -> Block:
+    hint = md("; {}", Mrkdwn(rest)) if rest else ""
+    return context(md("…and {} more {} not shown{}", count, what, hint))
+
+
+def _code_sections(lines: Sequence[str], *, head: Sequence[str] = ()) -> tuple[list[Block], int]:
+    """Whole lines in code-block sections, measured after escaping, within the message's
+    block and text budget; the sections and how many lines they hold."""
+    room = SECTION_LIMIT - 6 - 1  # the fences, and the "…" of a line too long for a section
+    head_size = sum(len(_code_body(h)) + 1 for h in head)
+    blocks: list[Block] = []
+    chunk: list[str] = []
+    size = head_size
+    total = 0
+    shown = 0
+    for raw in lines:
+        line = _head_within(raw, room - head_size)
+        cost = len(_code_body(line)) + 1
+        if chunk and size + cost > room:
+            blocks.append(section(code("\n".join([*head, *chunk]))))
+            total += size
+            chunk, size = [], head_size
+        if len(blocks) >= TABLE_BLOCK_LIMIT or total + size + cost > MESSAGE_TEXT_BUDGET:
+            break
+        chunk.append(line)
+        size += cost
+        shown += 1
+    if chunk or not blocks:
+        blocks.append(section(code("\n".join([*head, *chunk]))))
+    return blocks, shown
 
 
 # -- text rendering (console) ----------------------------------------------------------------
@@ -604,7 +853,7 @@ def to_text(message: Message, *, first_button: int = 1) -> tuple[str, list[Block
                 labels.append(f"[{first_button + len(buttons)}] {b['text']['text']}")
                 buttons.append(b)
             out.append("  " + "  ".join(labels))
-    return ("\n".join(out) if out else message.text), buttons
+    return ("\n".join(out) if out else _plain(message.text)), buttons
 
 
 def _plain(text: str) -> str:
@@ -613,10 +862,11 @@ def _plain(text: str) -> str:
     out = []
     for i, part in enumerate(parts):
         if i % 2:  # inside a code block: only undo the escaping
-            out.append("\n" + _indent(_unescape(part.replace("`\u200b``", "```"))))
+            out.append("\n" + _indent(_unescape(part.replace("`\u200b", "`"))))
             continue
-        part = re.sub(r"<@([^>|]+)>", r"@\1", part)
-        part = re.sub(r"<([^>|]+)\|([^>]+)>", r"\2 <\1>", part)
+        # No `<` inside: an unclosed `<a|` must not make every later `<` scan to the end.
+        part = re.sub(r"<@([^<>|]+)>", r"@\1", part)
+        part = re.sub(r"<([^<>|]+)\|([^<>]+)>", r"\2 <\1>", part)
         part = re.sub(r":([a-z_]+):", lambda m: _EMOJI_TEXT.get(m.group(1), ""), part)
         out.append(_unescape(part.replace("*", "")))
     return "".join(out).strip("\n")
@@ -665,36 +915,48 @@ def approval_request(
     what = "an extension of" if approval.kind == "extend" else "GPU time for"
     name = job.name if job else approval.job_id
     lines = [
-        f":moneybag: <@{approval.requester}> asks for {what} *{esc(name)}*",
-        f"`{esc(approval.formula)}`",
-        *(f"• {esc(r)}" for r in approval.reasons),
+        md(":moneybag: {} asks for {} *{}*", user(approval.requester), what, name),
+        md("`{}`", approval.formula),
+        *(md("• {}", r) for r in approval.reasons),
     ]
     if approval.month_spend is not None and approval.channel:
-        spent = f"<#{approval.channel}> has spent {format_usd(approval.month_spend)} this month"
+        spent = md(
+            "{} has spent {} this month",
+            channel(approval.channel),
+            format_usd(approval.month_spend),
+        )
         spent += (
-            f" of its {format_usd(approval.budget)} budget"
+            md(" of its {} budget", format_usd(approval.budget))
             if approval.budget is not None
             else " (no budget set)"
         )
         lines.append(spent)
     if approval.required > 1:
-        lines.append(f"needs {approval.required} different approvers")
-    blocks = [section("\n".join(lines))]
+        lines.append(md("needs {} different approvers", approval.required))
+    blocks = [section(Mrkdwn("\n").join(lines))]
     votes = [
-        f"{'approved' if v.decision == 'approve' else 'denied'} by <@{v.approver}>"
-        + (f": {esc(v.reason)}" if v.reason else "")
+        md(
+            "{} by {}{}",
+            "approved" if v.decision == "approve" else "denied",
+            user(v.approver),
+            md(": {}", v.reason) if v.reason else "",
+        )
         for v in approval.votes
     ]
     if approval.state != "pending":
-        votes.append(
-            f"*{approval.state}*"
-            + (f" at {approval.decided_at:%Y-%m-%d %H:%M} UTC" if approval.decided_at else "")
-        )
+        at = md(" at {:%Y-%m-%d %H:%M} UTC", approval.decided_at) if approval.decided_at else ""
+        votes.append(md("*{}*{}", approval.state, at))
     if votes:
-        blocks.append(context(" · ".join(votes)))
+        blocks.append(context(Mrkdwn(" · ").join(votes)))
     if approval.state == "pending" and not decided:
         blocks.append(
-            context(f"decided by {approvers} · expires {approval.expires_at:%Y-%m-%d %H:%M} UTC")
+            context(
+                md(
+                    "decided by {} · expires {:%Y-%m-%d %H:%M} UTC",
+                    said(approvers),
+                    approval.expires_at,
+                )
+            )
         )
         blocks.append(
             actions(
@@ -702,33 +964,37 @@ def approval_request(
                 button("Deny", ACTION_DENY, approval.id, style="danger"),
             )
         )
-    return Message(f"approval needed for {name}: {approval.formula}", blocks)
+    return Message(md("approval needed for {}: {}", name, approval.formula), blocks)
 
 
 def waiting_for_approval(approval: Approval, approvers: str) -> Message:
-    text = (
-        f":hourglass: {esc(approval.formula)} — waiting for approval by {approvers} "
-        f"(expires {approval.expires_at:%Y-%m-%d %H:%M} UTC)"
+    text = md(
+        ":hourglass: {} — waiting for approval by {} (expires {:%Y-%m-%d %H:%M} UTC)",
+        approval.formula,
+        said(approvers),
+        approval.expires_at,
     )
     return Message(text, [section(text)])
 
 
 def decision_note(approval: Approval) -> Message:
     """For the job's thread, when an extension is decided (job starts say so themselves)."""
-    who = ", ".join(f"<@{v.approver}>" for v in approval.votes) or "nobody, in time"
-    text = f"extension {approval.state} by {who}"
+    who = Mrkdwn(", ").join(user(v.approver) for v in approval.votes) or "nobody, in time"
+    text = md("extension {} by {}", approval.state, who)
     return Message(text, [context(text)])
 
 
 def wall_clock_warning(job: Job, deadline: datetime, *, extend_hours: str) -> Message:
-    text = (
-        f"<@{job.requester}> *{job.name}* reaches its limit at {deadline:%H:%M} UTC and "
-        "will be stopped then"
+    text = md(
+        "{} *{}* reaches its limit at {:%H:%M} UTC and will be stopped then",
+        user(job.requester),
+        job.name,
+        deadline,
     )
     return Message(
         text,
         [
-            section(f":alarm_clock: {text}"),
+            section(md(":alarm_clock: {}", text)),
             actions(
                 button(f"Extend {extend_hours}", ACTION_EXTEND, job.id, style="primary"),
                 button("Stop now", ACTION_STOP, job.id, style="danger", confirm=_confirm(job)),
@@ -809,7 +1075,7 @@ def spend_table(rows: Sequence[Any], *, by: str, month: str, output: str) -> Mes
             ]
         )
     if not rows:
-        return info(f"No spend in {month}.")
+        return info(md("No spend in {}.", month))
     total = sum((r.usd for r in rows), Decimal(0))
     body = table(
         [by.capitalize(), "Jobs", "Node-hours", "USD"],
@@ -819,14 +1085,21 @@ def spend_table(rows: Sequence[Any], *, by: str, month: str, output: str) -> Mes
     return _table_message(f"spend in {month} by {by}\n{body}")
 
 
-def budget_view(channel: str, budget: Decimal | None, spent: Decimal) -> Message:
+def budget_view(channel_id: str, budget: Decimal | None, spent: Decimal) -> Message:
+    where = channel(channel_id)
     if budget is None:
-        return info(f"<#{channel}> has no budget; {format_usd(spent)} spent this month.")
+        return info(md("{} has no budget; {} spent this month.", where, format_usd(spent)))
     left = budget - spent
     bar = progress_bar(float(spent / budget) if budget else 1.0)
     return info(
-        f"<#{channel}>: {format_usd(spent)} of {format_usd(budget)} this month "
-        f"(`{bar}` {format_usd(left)} left)"
+        md(
+            "{}: {} of {} this month (`{}` {} left)",
+            where,
+            format_usd(spent),
+            format_usd(budget),
+            bar,
+            format_usd(left),
+        )
     )
 
 
@@ -881,11 +1154,15 @@ def idle_warning(event: IdleWarning) -> Message:
         if event.saves_per_hour is not None
         else ""
     )
-    text = (
-        f"Cluster *{esc(event.cluster or '')}* is idle since {since:%H:%M} UTC — scaling to "
-        f"{_count(event.min_nodes)} at {deadline:%H:%M} UTC{saves}"
+    text = md(
+        "Cluster *{}* is idle since {:%H:%M} UTC — scaling to {} at {:%H:%M} UTC{}",
+        event.cluster or "",
+        since,
+        _count(event.min_nodes),
+        deadline,
+        saves,
     )
-    blocks = [section(f":zzz: {text}")]
+    blocks = [section(md(":zzz: {}", text))]
     if not isinstance(event, IdleWarningClosed):
         value = f"{event.cluster}:{event.warning_id}"
         idle = f"no job is queued or running on its {_count(event.nodes)}"
@@ -900,18 +1177,21 @@ def idle_warning(event: IdleWarning) -> Message:
     at = datetime.fromisoformat(event.at)
     if event.outcome == "kept":
         until = datetime.fromisoformat(event.until or event.at)
-        outcome = f":raised_hand: kept by <@{event.by}> until {until:%H:%M} UTC"
+        outcome = md(":raised_hand: kept by {} until {:%H:%M} UTC", user(event.by or ""), until)
     elif event.outcome == "scaled":
-        who = f" by <@{event.by}>" if event.by else ""
+        who = md(" by {}", user(event.by)) if event.by else ""
         late = "" if event.by else " (nobody answered)"
-        outcome = (
-            f":white_check_mark: scaled down to {_count(event.min_nodes)}{who} "
-            f"at {at:%H:%M} UTC{late}"
+        outcome = md(
+            ":white_check_mark: scaled down to {}{} at {:%H:%M} UTC{}",
+            _count(event.min_nodes),
+            who,
+            at,
+            late,
         )
     else:
-        outcome = f":information_source: cancelled: {esc(event.reason or 'no longer idle')}"
+        outcome = md(":information_source: cancelled: {}", event.reason or "no longer idle")
     blocks.append(context(outcome))
-    return Message(f"{text} — {_plain(outcome)}", blocks)
+    return Message(md("{} — {}", text, _plain(outcome)), blocks)
 
 
 def _count(nodes: int) -> str:
@@ -920,12 +1200,16 @@ def _count(nodes: int) -> str:
 
 def idle_setting(cluster: Cluster, minutes: int) -> Message:
     """The answer to `cluster update --idle-timeout`."""
-    name = esc(cluster.name)
     if minutes == 0:
-        return info(f"cluster *{name}* is never scaled down for being idle")
+        return info(md("cluster *{}* is never scaled down for being idle", cluster.name))
     return info(
-        f"cluster *{name}* scales down to {_count(cluster.min_nodes)} after {minutes} idle "
-        "minutes (a warning with Keep 1 h / Scale down now comes first)"
+        md(
+            "cluster *{}* scales down to {} after {} idle minutes "
+            "(a warning with Keep 1 h / Scale down now comes first)",
+            cluster.name,
+            _count(cluster.min_nodes),
+            minutes,
+        )
     )
 
 
@@ -957,16 +1241,20 @@ def _when(schedule: Schedule) -> str:
     return f'cron "{schedule.expression}" ({schedule.timezone})'
 
 
-def _delete_hint(schedule: Schedule) -> str:
-    return f"delete it with `/batchai schedule delete -n {schedule.id}`"
+def _delete_hint(schedule: Schedule) -> Mrkdwn:
+    return md("delete it with `/batchai schedule delete -n {}`", schedule.id)
 
 
 def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: Job) -> Message:
     """The answer to `job create --at/--cron`: id, next run(s), each run's estimate, delete."""
-    what = "once" if schedule.kind == "at" else f'on cron "{esc(schedule.expression)}"'
-    text = (
-        f"⏰ schedule `{schedule.id}` will submit job *{schedule.job.name}* to "
-        f"`{preview.cluster}` {what} ({schedule.timezone})"
+    what = "once" if schedule.kind == "at" else md('on cron "{}"', schedule.expression)
+    text = md(
+        "⏰ schedule `{}` will submit job *{}* to `{}` {} ({})",
+        schedule.id,
+        schedule.job.name,
+        preview.cluster,
+        what,
+        schedule.timezone,
     )
     runs = "\n".join(f"• {_at(t, schedule.timezone)}" for t in upcoming)
     label_ = "next run" if len(upcoming) == 1 else f"next {len(upcoming)} runs"
@@ -983,7 +1271,7 @@ def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: 
     if schedule.kind == "cron":
         blocks.append(context(f"each run's job is named {schedule.job.name}-YYYYMMDD-HHMM"))
     blocks.append(context(_delete_hint(schedule)))
-    return Message(f"{text}; next: {_at(upcoming[0], schedule.timezone)}", blocks)
+    return Message(text + f"; next: {_at(upcoming[0], schedule.timezone)}", blocks)
 
 
 def _schedule_state(schedule: Schedule) -> str:
@@ -1050,26 +1338,37 @@ def schedule_detail(schedule: Schedule, upcoming: Sequence[datetime], *, output:
     size = f"{config.kind} ({len(config.value)} chars)"
     source = config.value if config.kind == "manifest" else size
     lines = [
-        f"schedule `{schedule.id}` ({_schedule_state(schedule)}): job *{schedule.job.name}* on "
-        f"`{schedule.job.cluster or 'the cluster in its job.json'}`, {_when(schedule)}",
-        f"owner <@{schedule.requester}>"
-        + (f" in <#{schedule.channel}>" if schedule.channel else "")
-        + f", config {esc(source)}, {schedule.runs} run(s) so far",
-        "next runs: " + (", ".join(_at(t, schedule.timezone) for t in upcoming) or "none"),
-        f"last run: {esc(_last(schedule))}",
+        md(
+            "schedule `{}` ({}): job *{}* on `{}`, {}",
+            schedule.id,
+            _schedule_state(schedule),
+            schedule.job.name,
+            schedule.job.cluster or "the cluster in its job.json",
+            _when(schedule),
+        ),
+        md(
+            "owner {}{}, config {}, {} run(s) so far",
+            user(schedule.requester),
+            md(" in {}", channel(schedule.channel)) if schedule.channel else "",
+            source,
+            schedule.runs,
+        ),
+        md("next runs: {}", ", ".join(_at(t, schedule.timezone) for t in upcoming) or "none"),
+        md("last run: {}", _last(schedule)),
     ]
     if schedule.last_error and schedule.last_job_name is None:
-        lines.append(f"last error: {esc(schedule.last_error)}")
-    return Message(lines[0], [section("\n".join(lines)), context(_delete_hint(schedule))])
+        lines.append(md("last error: {}", schedule.last_error))
+    body = Mrkdwn("\n").join(lines)
+    return Message(lines[0], [section(body), context(_delete_hint(schedule))])
 
 
 def schedule_fired(schedule_id: str, job_name: str) -> Message:
-    text = f"⏰ schedule `{schedule_id}` submitted job *{job_name}*"
+    text = md("⏰ schedule `{}` submitted job *{}*", schedule_id, job_name)
     return Message(text, [section(text)])
 
 
 def schedule_failed(schedule_id: str, error: str, next_run: datetime | None, zone: str) -> Message:
-    text = f":warning: schedule `{schedule_id}` could not submit its job: {esc(error)}"
+    text = md(":warning: schedule `{}` could not submit its job: {}", schedule_id, error)
     tail = f"next run: {_at(next_run, zone)}" if next_run else "this was its only run; it has ended"
     return Message(text, [section(text), context(tail)])
 
@@ -1077,9 +1376,11 @@ def schedule_failed(schedule_id: str, error: str, next_run: datetime | None, zon
 def schedule_missed(
     schedule_id: str, missed: datetime, next_run: datetime | None, zone: str
 ) -> Message:
-    text = (
-        f"⏰ schedule `{schedule_id}` missed its run at {_at(missed, zone)}: the bot "
-        "was down, and it is too late to start it now"
+    text = md(
+        "⏰ schedule `{}` missed its run at {}: the bot was down, and it is too late to start "
+        "it now",
+        schedule_id,
+        _at(missed, zone),
     )
     tail = f"next run: {_at(next_run, zone)}" if next_run else "it has ended"
     return Message(text, [section(text), context(tail)])

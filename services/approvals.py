@@ -1,119 +1,32 @@
-"""GPU spend approvals: the policy (pure) and the workflow (idempotent decisions, expiry)."""
+"""GPU spend approvals: the workflow (idempotent decisions, expiry); the policy and the decision
+whether a request is needed live in services/gate.py."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
 
 from services.errors import NotAllowed, NotFound, UserError
 from services.events import ApprovalDecided, ApprovalRequested, Event, JobNote
+from services.gate import (
+    Allowed,
+    ApprovalPolicy,
+    Assessment,
+    NeedsApproval,
+    Refused,
+    SpendGate,
+)
 from services.models import Actor, Approval, AuditEntry, Job, Vote
 from services.ports import Clock
-from services.pricing import format_usd
-from services.spend import SpendService
 from services.states import JobState
 from services.store import SqlStore
 from services.transitions import advance, finished_event
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
-
-
-@dataclass(frozen=True)
-class Assessment:
-    needs_approval: bool
-    required: int = 1
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ApprovalPolicy:
-    """Who may spend how much without asking, and who decides when they must ask.
-
-    With no approvers and no approver groups the team runs open: nothing needs approval."""
-
-    default_limit: Decimal = Decimal("50")
-    user_limits: Mapping[str, Decimal] = field(default_factory=dict)
-    approvers: frozenset[str] = frozenset()
-    approver_groups: frozenset[str] = frozenset()
-    two_approver_threshold: Decimal | None = Decimal("1000")
-    expiry: timedelta = timedelta(hours=24)
-    budgets: Mapping[str, Decimal] = field(default_factory=dict)  # channel -> USD per month
-    approvals_channel: str | None = None
-    warn_before: timedelta = timedelta(minutes=10)
-    extend_by: timedelta = timedelta(hours=2)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.approvers or self.approver_groups)
-
-    def limit_for(self, user: str) -> Decimal:
-        return self.user_limits.get(user, self.default_limit)
-
-    def assess(
-        self, *, requester: str, estimate: Decimal, month_spend: Decimal, budget: Decimal | None
-    ) -> Assessment:
-        if not self.enabled:
-            return Assessment(False)
-        reasons = []
-        limit = self.limit_for(requester)
-        if estimate > limit:
-            reasons.append(
-                f"{format_usd(estimate)} is above <@{requester}>'s limit of {format_usd(limit)}"
-            )
-        if budget is not None and month_spend + estimate > budget:
-            reasons.append(
-                f"this month's spend {format_usd(month_spend)} + {format_usd(estimate)} would "
-                f"pass the channel's budget of {format_usd(budget)}"
-            )
-        if not reasons:
-            return Assessment(False)
-        threshold = self.two_approver_threshold
-        required = 2 if threshold is not None and estimate >= threshold else 1
-        return Assessment(True, required, tuple(reasons))
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "approvals.json") -> ApprovalPolicy:
-        """The policy file (manifests/approvals.json); errors name the field."""
-        try:
-            raw = json.loads(text)
-            return cls(
-                default_limit=_usd(raw.get("default_limit_usd", "50"), "default_limit_usd"),
-                user_limits={
-                    str(u): _usd(v, f"user_limits.{u}")
-                    for u, v in dict(raw.get("user_limits", {})).items()
-                },
-                approvers=frozenset(map(str, raw.get("approvers", []))),
-                approver_groups=frozenset(map(str, raw.get("approver_groups", []))),
-                two_approver_threshold=(
-                    None
-                    if raw.get("two_approver_threshold_usd") is None
-                    else _usd(raw["two_approver_threshold_usd"], "two_approver_threshold_usd")
-                ),
-                expiry=timedelta(hours=float(raw.get("expiry_hours", 24))),
-                budgets={
-                    str(c): _usd(v, f"budgets.{c}") for c, v in dict(raw.get("budgets", {})).items()
-                },
-                approvals_channel=raw.get("approvals_channel"),
-                warn_before=timedelta(minutes=float(raw.get("warn_before_minutes", 10))),
-                extend_by=timedelta(hours=float(raw.get("extend_hours", 2))),
-            )
-        except (ValueError, TypeError, AttributeError) as err:
-            raise UserError(f"{source}: {err}") from err
-
-
-def _usd(value: Any, where: str) -> Decimal:
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{where}: {value!r} is not an amount in USD") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{where}: {value!r} is not an amount in USD")
-    return amount
+__all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Outcome"]
 
 
 @dataclass(frozen=True)
@@ -130,14 +43,13 @@ class ApprovalService:
         self,
         *,
         store: SqlStore,
-        policy: ApprovalPolicy,
+        gate: SpendGate,
         clock: Clock,
-        spend: SpendService | None = None,
         members_of: MembersOf | None = None,
     ) -> None:
         self._store = store
-        self._spend = spend
-        self.policy = policy
+        self.gate = gate
+        self.policy = gate.policy
         self._clock = clock
         self._members_of = members_of
 
@@ -285,53 +197,54 @@ class ApprovalService:
         return Outcome(fresh, True, _detail(state, actor, reason))
 
     async def extend_job(self, job_id: str, *, actor: Actor) -> str:
-        """More wall-clock time for a running job: at once within the requester's limit,
-        else through a new approval request. Returns what happened, for the user."""
+        """More wall-clock time for a running job, once per limit warning: at once when the
+        gate allows the job's whole estimate after it, else through a new approval request.
+        Returns what happened, for the user."""
         job = await self._store.get_job(job_id)
         if job is None or job.state is not JobState.RUNNING:
             return "the job is no longer running"
         if actor.user != job.requester and not actor.is_admin:
             raise NotAllowed(f"only <@{job.requester}> or an admin may extend {job.name}")
-        if self._spend is None:
-            raise UserError("extensions need the price table")
         cluster = await self._store.get_cluster(job.cluster)
         if cluster is None:
             return f"cluster {job.cluster} is gone"
+        commitment = self.gate.extension(job, cluster, now=self._clock.now())
+        if isinstance(commitment, Refused):
+            return commitment.reason
+        if await self._store.list_approvals(state="pending", job_id=job.id):
+            return "an extension is already waiting for approval"
+        verdict = await self.gate.assess(commitment, actor=actor)
         extra = self.policy.extend_by
-        estimate = self._spend.estimate(cluster, nodes=job.node_count, hours=extra)
-        channel = job.conversation.channel if job.conversation else None
-        month_spend = await self._spend.month_spend(channel)
-        budget = await self._spend.budget(channel)
-        assessment = self.policy.assess(
-            requester=job.requester, estimate=estimate.total, month_spend=month_spend, budget=budget
-        )
-        if assessment.needs_approval:
-            pending = await self._store.list_approvals(state="pending", job_id=job.id)
-            if pending:
-                return "an extension is already waiting for approval"
+        formula = commitment.estimate.formula()
+        if isinstance(verdict, Refused):
+            return verdict.reason
+        if isinstance(verdict, NeedsApproval):
             approval = self.new_approval(
                 job=job,
                 kind="extend",
-                estimate=estimate.total,
-                formula=estimate.formula(),
-                assessment=assessment,
+                estimate=commitment.estimate.total,
+                formula=formula,
+                assessment=verdict.assessment,
                 extra_hours=Decimal(extra.total_seconds()) / 3600,
-                month_spend=month_spend,
-                budget=budget,
-                requester=actor.user,  # whoever asked may not approve it
+                month_spend=verdict.month_spend,
+                budget=verdict.budget,
+                requester=actor.user,  # whoever asked may not approve it (nor the job's owner)
             )
             if not await self._store.add_extension_approval(
                 approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]
             ):
                 return "an extension is already waiting for approval"
-            return f"the extension ({estimate.formula()}) waits for {self.approvers_text()}"
+            return f"the extension ({formula}) waits for {self.approvers_text()}"
+        assert isinstance(verdict, Allowed)
         note = JobNote(
             job_id=job.id,
             cluster=job.cluster,
-            text=f"<@{actor.user}> extended the limit by {_hours(extra)} ({estimate.formula()})",
+            text=f"<@{actor.user}> extended the limit by {_hours(extra)} (now {formula})",
         )
-        if not await self._store.extend_wall_clock(job.id, extra, [note]):
-            return "the job is no longer running"
+        if not await self._store.extend_wall_clock(
+            job.id, extra, [note], expect=job.max_wall_clock
+        ):
+            return "the limit was extended already; the next warning offers another extension"
         return f"extended by {_hours(extra)}"
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:
@@ -355,7 +268,7 @@ class ApprovalService:
 
     async def _check_approver(self, approval: Approval, actor: Actor, decision: str) -> None:
         """Refusals are audited: who tried to decide what, and why they could not."""
-        if actor.user == approval.requester:
+        if actor.user in await self._parties(approval):
             verb = "approve" if decision == "approve" else "deny"
             refusal = f"you cannot {verb} your own request"
         elif await self._is_approver(actor.user):
@@ -364,6 +277,11 @@ class ApprovalService:
             refusal = f"only {self.approvers_text()} may decide on this"
         await self._audit(actor, f"{decision} {approval.kind}", approval, refusal, "denied")
         raise NotAllowed(refusal)
+
+    async def _parties(self, approval: Approval) -> set[str]:
+        """Who asked and whose job it is: neither may decide, whoever clicked Extend."""
+        job = await self._store.get_job(approval.job_id)
+        return {approval.requester} | ({job.requester} if job is not None else set())
 
     async def _is_approver(self, user: str) -> bool:
         if user in self.policy.approvers:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from services.configs import ConfigLoader
-from services.errors import Conflict, NotFound, UserError
+from services.errors import Conflict, NotAllowed, NotFound, UserError
 from services.events import ClusterChanged, Event, idle_warning
+from services.gate import SpendGate, refusal
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
     NAME_RE,
@@ -22,10 +23,11 @@ from services.models import (
     ShareMount,
 )
 from services.ports import Clock, ComputeBackend
-from services.pricing import Price
+from services.pricing import Estimate, Price
 from services.spend import PriceBook
 from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
+from services.suggest import did_you_mean
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -69,8 +71,10 @@ class ClusterService:
         workspace: str,
         prices: PriceBook | None = None,
         idle_timeout: timedelta = timedelta(minutes=15),
+        gate: SpendGate | None = None,
     ) -> None:
         self._prices = prices
+        self._gate = gate
         self._idle_timeout = idle_timeout
         self._store = store
         self._backend = backend
@@ -90,6 +94,7 @@ class ClusterService:
         self.price_of(cluster)  # an unknown VM size is refused now, not when money is at stake
         if await self._store.get_cluster(cluster.name) is not None:
             raise Conflict(f"cluster {cluster.name} already exists")
+        await self._check_spend(actor, None, cluster)
         await self._store.insert_cluster(cluster)
         try:
             await self._backend.create_cluster(cluster)
@@ -102,6 +107,39 @@ class ClusterService:
             ready, [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")]
         )
         return ready
+
+    def standing_nodes(self, cluster: Cluster) -> int:
+        """Nodes the cluster pays for with no job on it: its minimum when idle nodes are scaled
+        away; else its target (fixed size), or its maximum (auto-scale that never shrinks)."""
+        if _can_shrink(cluster) and self.idle_timeout_of(cluster) is not None:
+            return cluster.min_nodes
+        return max(cluster.target_nodes, cluster.max_nodes if cluster.autoscale else 0)
+
+    def unguarded_standing(self, cluster: Cluster) -> Estimate | None:
+        """The standing capacity's cost when no policy guards it and it is worth saying."""
+        if self._gate is None:
+            return None
+        commitment = self._gate.capacity(
+            actor=Actor(cluster.created_by or ""),
+            cluster=cluster,
+            nodes_before=0,
+            nodes_after=self.standing_nodes(cluster),
+        )
+        return commitment.estimate if self._gate.unguarded(commitment.estimate.total) else None
+
+    async def _check_spend(self, actor: Actor, old: Cluster | None, new: Cluster) -> None:
+        """The gate decides a change of standing capacity; a refusal changes nothing."""
+        if self._gate is None:
+            return
+        commitment = self._gate.capacity(
+            actor=actor,
+            cluster=new,
+            nodes_before=0 if old is None else self.standing_nodes(old),
+            nodes_after=self.standing_nodes(new),
+        )
+        why_not = refusal(await self._gate.assess(commitment, actor=actor))
+        if why_not is not None:
+            raise NotAllowed(why_not)
 
     def price_of(self, cluster: Cluster) -> Price | None:
         """Per node-hour; None without a price book. Unknown sizes raise a UserError."""
@@ -142,7 +180,7 @@ class ClusterService:
         return [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
 
     async def resize_cluster(
-        self, name: str, *, target: int, resource_group: str | None = None
+        self, name: str, *, target: int, actor: Actor, resource_group: str | None = None
     ) -> Cluster:
         """Manual scale to `target` nodes; like az, this also ends auto-scaling."""
         cluster = await self._get(name, resource_group)
@@ -156,6 +194,7 @@ class ClusterService:
         changed = replace(
             cluster, target_nodes=target, autoscale=False, min_nodes=target, max_nodes=target
         )
+        await self._check_spend(actor, cluster, changed)
         return await self._apply_size(cluster, changed, f"resized to {target} nodes")
 
     async def auto_scale_cluster(
@@ -164,6 +203,7 @@ class ClusterService:
         *,
         min_nodes: int,
         max_nodes: int,
+        actor: Actor,
         resource_group: str | None = None,
         idle_timeout_minutes: int | None = None,
     ) -> Cluster:
@@ -178,17 +218,24 @@ class ClusterService:
         if idle_timeout_minutes is not None:
             idle_s = _idle_timeout_s(idle_timeout_minutes, can_shrink=min_nodes < max_nodes)
             changed = replace(changed, idle_timeout_s=idle_s)
+        await self._check_spend(actor, cluster, changed)
         return await self._apply_size(
             cluster, changed, f"auto-scales between {min_nodes} and {max_nodes} nodes"
         )
 
     async def update_cluster(
-        self, name: str, *, idle_timeout_minutes: int, resource_group: str | None = None
+        self,
+        name: str,
+        *,
+        idle_timeout_minutes: int,
+        actor: Actor,
+        resource_group: str | None = None,
     ) -> Cluster:
         """`cluster update --idle-timeout`: how long it may sit idle above its minimum."""
         cluster = await self._get(name, resource_group)
         idle_s = _idle_timeout_s(idle_timeout_minutes, can_shrink=_can_shrink(cluster))
         changed = replace(cluster, idle_timeout_s=idle_s)
+        await self._check_spend(actor, cluster, changed)
         await self._store.update_cluster(changed)
         return changed
 
@@ -260,7 +307,8 @@ class ClusterService:
     async def _get(self, name: str, resource_group: str | None) -> Cluster:
         cluster = await self._store.get_cluster(name)
         if cluster is None:
-            raise NotFound(f"cluster {name} not found")
+            known = [c.name for c in await self._store.list_clusters()]
+            raise NotFound(f"cluster {name} not found{did_you_mean(name, known)}")
         self._check_group(cluster, resource_group)
         return cluster
 

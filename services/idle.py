@@ -18,6 +18,7 @@ from decimal import Decimal
 from services.clusters import LIVE, ClusterService
 from services.errors import UserError
 from services.events import idle_warning
+from services.gate import SpendGate, refusal
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
 from services.ports import Clock
 from services.spend import PriceBook
@@ -49,7 +50,9 @@ class IdleService:
         clock: Clock,
         prices: PriceBook | None = None,
         warn_before: timedelta = timedelta(minutes=5),
+        gate: SpendGate | None = None,
     ) -> None:
+        self._gate = gate
         self._store = store
         self._clusters = clusters
         self._clock = clock
@@ -74,6 +77,10 @@ class IdleService:
             cluster = await self._current(value, actor, "idle keep")
             if cluster is None:
                 return ClickOutcome(False, STALE)
+            refusal = await self._keep_refusal(cluster, actor)
+            if refusal is not None:
+                await self._audit(actor.user, "idle keep", cluster, "denied", refusal, actor)
+                return ClickOutcome(False, refusal)
             until = now + KEEP
             kept = IdleState(since=cluster.idle.since, keep_until=until)
             closing = idle_warning(
@@ -83,6 +90,19 @@ class IdleService:
             detail = f"kept at {cluster.target_nodes} nodes until {until:%Y-%m-%d %H:%M} UTC"
             await self._audit(actor.user, "idle keep", cluster, "allowed", detail, actor)
             return ClickOutcome(True, f"*{cluster.name}* {detail}")
+
+    async def _keep_refusal(self, cluster: Cluster, actor: Actor) -> str | None:
+        """Keep pays for the idle nodes another hour: the spend gate decides, like any spend."""
+        if self._gate is None:
+            return None
+        commitment = self._gate.capacity(
+            actor=actor,
+            cluster=cluster,
+            nodes_before=0,
+            nodes_after=cluster.target_nodes - cluster.min_nodes,  # what Keep pays for
+            hours=KEEP,
+        )
+        return refusal(await self._gate.assess(commitment, actor=actor))
 
     async def scale_now(self, value: str, *, actor: Actor) -> ClickOutcome:
         async with self._lock:

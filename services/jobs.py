@@ -7,11 +7,14 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from services.access.reads import JobReaders
 from services.configs import ConfigLoader
 from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
+from services.gate import NeedsApproval, Refused
 from services.jobspec import (
     JobSpec,
     LaunchContext,
@@ -37,6 +40,7 @@ from services.models import (
 from services.ports import Clock, FileShare
 from services.states import JobState
 from services.store import SqlStore
+from services.suggest import did_you_mean
 from services.transitions import advance
 
 if TYPE_CHECKING:
@@ -71,8 +75,10 @@ class JobService:
         placeholder_values: Mapping[str, str] | None = None,
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
+        readers: JobReaders | None = None,
     ) -> None:
         self._store = store
+        self._readers = readers or JobReaders()
         self._share = share
         self._clock = clock
         self._configs = configs
@@ -99,7 +105,7 @@ class JobService:
         if self._spend is None:  # no price book: nothing to estimate or approve
             event = JobSubmitted(job_id=job.id, cluster=cluster.name, warnings=tuple(warnings))
             return await self._store.insert_job(job, [*first, event], run=run)
-        job, approval, estimate = await self._price(job, cluster, self._spend)
+        job, approval, estimate = await self._price(job, cluster, self._spend, actor)
         events: list[Event] = [
             *first,
             JobSubmitted(
@@ -124,7 +130,7 @@ class JobService:
         stored now (pending_approval when it would wait for approval, with its estimate)."""
         job, cluster, _ = await self._prepare(request, actor)
         if self._spend is not None:
-            job, _, _ = await self._price(job, cluster, self._spend)
+            job, _, _ = await self._price(job, cluster, self._spend, actor)
         return job
 
     async def _prepare(
@@ -146,7 +152,8 @@ class JobService:
             raise UserError("name the cluster with --cluster-name (or cluster.id in the job.json)")
         cluster = await self._store.get_cluster(cluster_name)
         if cluster is None:
-            raise NotFound(f"cluster {cluster_name} not found")
+            known = [c.name for c in await self._store.list_clusters()]
+            raise NotFound(f"cluster {cluster_name} not found{did_you_mean(cluster_name, known)}")
         nodes = spec.properties.node_count
         if nodes > cluster.max_nodes:
             raise UserError(
@@ -178,54 +185,76 @@ class JobService:
         return job, cluster, plan.warnings
 
     async def _price(
-        self, job: Job, cluster: Cluster, spend: SpendService
+        self, job: Job, cluster: Cluster, spend: SpendService, actor: Actor
     ) -> tuple[Job, Approval | None, Estimate]:
-        """Price the job; above the requester's limit (or the budget) it waits for approval."""
-        estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
-        job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
-        approval = None
-        if self._approvals is not None:
-            channel = job.conversation.channel if job.conversation else None
-            month_spend = await spend.month_spend(channel)
-            budget = await spend.budget(channel)
-            assessment = self._approvals.policy.assess(
-                requester=job.requester,
-                estimate=estimate.total,
-                month_spend=month_spend,
-                budget=budget,
+        """Price the job and ask the gate; above the requester's limit (or the budget) it waits
+        for approval."""
+        if self._approvals is None:
+            estimate = spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
+            return (
+                replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total),
+                None,
+                estimate,
             )
-            if assessment.needs_approval:
-                job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
-                approval = self._approvals.new_approval(
-                    job=job,
-                    kind="job",
-                    estimate=estimate.total,
-                    formula=estimate.formula(),
-                    assessment=assessment,
-                    month_spend=month_spend,
-                    budget=budget,
-                )
+        commitment = self._approvals.gate.job(job, cluster)
+        estimate = commitment.estimate
+        job = replace(job, node_rate=estimate.usd_per_hour, estimate=estimate.total)
+        verdict = await self._approvals.gate.assess(commitment, actor=actor)
+        if isinstance(verdict, Refused):
+            raise NotAllowed(verdict.reason)
+        approval = None
+        if isinstance(verdict, NeedsApproval):
+            job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
+            approval = self._approvals.new_approval(
+                job=job,
+                kind="job",
+                estimate=estimate.total,
+                formula=estimate.formula(),
+                assessment=verdict.assessment,
+                month_spend=verdict.month_spend,
+                budget=verdict.budget,
+            )
         return job, approval, estimate
 
-    async def list_jobs(self, *, cluster: str | None = None) -> list[Job]:
-        return await self._store.list_jobs(cluster=cluster)
+    def unguarded_estimate(self, job: Job) -> Decimal | None:
+        """The job's estimate when no approval policy guarded it and it is worth saying so."""
+        if self._approvals is None or not self._approvals.gate.unguarded(job.estimate):
+            return None
+        return job.estimate
 
-    async def get_job(self, name: str) -> Job:
-        job = await self._store.find_job(name)
-        if job is None:
-            raise NotFound(f"job {name} not found")
+    async def list_jobs(self, *, actor: Actor, cluster: str | None = None) -> list[Job]:
+        """The jobs `actor` may read (see JobReaders)."""
+        return await self._readers.visible(await self._store.list_jobs(cluster=cluster), actor)
+
+    async def get_job(self, name: str, *, actor: Actor) -> Job:
+        job = await self._find(name)
+        await self._readers.check(job, actor)
         return job
 
-    async def wait_job(self, name: str, *, poll: float) -> Job:
+    async def may_read(self, job: Job, *, actor: Actor) -> bool:
+        return await self._readers.may_read(job, actor)
+
+    async def wait_job(self, name: str, *, actor: Actor, poll: float) -> Job:
         """The job once it has finished (`az batchai job wait`)."""
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         while not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
         return job
 
-    async def get_job_by_id(self, job_id: str) -> Job:
+    async def get_job_by_id(self, job_id: str, *, actor: Actor) -> Job:
         """Buttons name jobs by id: a re-created job of the same name is another job."""
+        job = await self._find_by_id(job_id)
+        await self._readers.check(job, actor)
+        return job
+
+    async def _find(self, name: str) -> Job:
+        job = await self._store.find_job(name)
+        if job is None:
+            raise NotFound(f"job {name} not found")
+        return job
+
+    async def _find_by_id(self, job_id: str) -> Job:
         job = await self._store.get_job(job_id)
         if job is None:
             raise NotFound("that job no longer exists")
@@ -236,7 +265,7 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
         (False when it had already ended or was already terminating)."""
-        job = await (self.get_job_by_id(job_id) if job_id else self.get_job(name or ""))
+        job = await (self._find_by_id(job_id) if job_id else self._find(name or ""))
         _check_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
@@ -263,11 +292,17 @@ class JobService:
         return job
 
     async def list_files(
-        self, name: str, *, directory_id: str = STDOUTERR, path: str = ".", expiry_minutes: int = 60
+        self,
+        name: str,
+        *,
+        actor: Actor,
+        directory_id: str = STDOUTERR,
+        path: str = ".",
+        expiry_minutes: int = 60,
     ) -> FileListing:
         if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
             raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         directory = _subdir(self._directory(job, directory_id), path)
         entries = await self._share.list_files(directory, recursive=False)
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
@@ -284,11 +319,18 @@ class JobService:
         return FileListing(job, directory_id, path, tuple(entries), links)
 
     async def follow_file(
-        self, name: str, *, directory_id: str, file_name: str, path: str = ".", poll: float = 0.5
+        self,
+        name: str,
+        *,
+        actor: Actor,
+        directory_id: str,
+        file_name: str,
+        path: str = ".",
+        poll: float = 0.5,
     ) -> AsyncIterator[bytes]:
         """`tail -f` like `az batchai job stream-file`: waits for the job to start and the file
         to appear, then yields new bytes as they are written, until the job has ended."""
-        job = await self.get_job(name)
+        job = await self.get_job(name, actor=actor)
         while job.layout is None and not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
@@ -310,10 +352,18 @@ class JobService:
         return await self._store.get_job(job.id) or job
 
     async def tail_file(
-        self, job: Job, name: str, max_bytes: int, *, directory_id: str = STDOUTERR, path: str = "."
+        self,
+        job: Job,
+        name: str,
+        max_bytes: int,
+        *,
+        actor: Actor,
+        directory_id: str = STDOUTERR,
+        path: str = ".",
     ) -> tuple[bytes, int]:
         """The last `max_bytes` of one of the job's files, starting at a line, and that line's
         number (0 when unknown because the start was cut)."""
+        await self._readers.check(job, actor)
         loc = _subdir(self._directory(job, directory_id), path).child(_safe(name))
         entry = await self._share.stat(loc)
         if entry is None:

@@ -8,6 +8,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from services.errors import NotAllowed
 from services.models import FileLocation
@@ -38,7 +39,7 @@ class LinkSigner:
             separators=(",", ":"),
         ).encode()
         token = f"{_b64(claims)}.{_b64(self._mac(claims))}"
-        name = loc.path.rsplit("/", 1)[-1]
+        name = quote(loc.path.rsplit("/", 1)[-1], safe="")  # `|`, `>`, `?` would end the link
         return f"{self.base_url.rstrip('/')}/{token}/{name}"
 
     def verify(self, token: str, *, now: datetime | None = None) -> FileLocation:

@@ -209,7 +209,12 @@ class PriceTable:
         message = f"no price is known for VM size {_shown(vm_size)}"
         if close:
             return message + "; did you mean " + _or_list([by_stem[k] for k in close]) + "?"
-        return message + f" (the price table lists {len(by_stem)} sizes, e.g. {self.skus()[0]})"
+        nearest = difflib.get_close_matches(typed, list(by_stem), n=3, cutoff=0.0)
+        return (
+            message
+            + f"; the closest of the {len(by_stem)} sizes in the price table are "
+            + _or_list([by_stem[k] for k in nearest], word="and")
+        )
 
 
 def load_price_table(path: str | os.PathLike[str]) -> PriceTable:
@@ -224,6 +229,13 @@ def estimate_job(price: Price, *, nodes: int, hours: Decimal | int | float | tim
     """The cost ceiling of a job: `nodes` nodes for at most `hours` hours."""
     if nodes < 1:
         raise UserError(f"a job needs at least one node, got {nodes}")
+    return estimate_capacity(price, nodes=nodes, hours=hours)
+
+
+def estimate_capacity(
+    price: Price, *, nodes: int, hours: Decimal | int | float | timedelta
+) -> Estimate:
+    """What `nodes` nodes (none or more) cost over `hours`, busy or idle."""
     span = to_hours(hours)
     if span <= 0:
         raise UserError("the maximum run time must be longer than zero")
@@ -406,5 +418,5 @@ def _shown(text: str) -> str:
     return repr(text[:64] + ("…" if len(text) > 64 else ""))
 
 
-def _or_list(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+def _or_list(items: list[str], *, word: str = "or") -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]

@@ -17,6 +17,7 @@ from functools import cache, partial
 from typing import Protocol
 from zoneinfo import ZoneInfo, available_timezones
 
+from services.access import AccessPolicy
 from services.errors import BatchAIError, NotAllowed, NotFound, UserError
 from services.events import ScheduleFailed, ScheduleMissed
 from services.jobs import JobRequest, JobService
@@ -141,7 +142,9 @@ class ScheduleService:
         clock: Clock,
         timer: Timer | None = None,
         grace: timedelta = MISFIRE_GRACE,
+        access: AccessPolicy | None = None,
     ) -> None:
+        self._access = access
         self._store = store
         self._jobs = jobs
         self._clock = clock
@@ -260,6 +263,7 @@ class ScheduleService:
         run = ScheduleRun(schedule.id, due=due, following=following, at=now)
         request = _job_request(schedule, _run_name(schedule.kind, schedule.job.name, slot, zone))
         try:
+            self._check_access(schedule)
             job = await self._jobs.create_job(request, actor=_owner(schedule), run=run)
         except BatchAIError as err:
             event = ScheduleFailed(
@@ -298,6 +302,17 @@ class ScheduleService:
         return fired
 
     # -- internals ------------------------------------------------------------------------
+
+    def _check_access(self, schedule: Schedule) -> None:
+        """The allow-lists of today apply at fire time, not those of when it was scheduled
+        (the spend gate, too, judges each run when it is submitted)."""
+        if self._access is None:
+            return
+        decision = self._access.check(
+            user=schedule.requester, channel=schedule.channel, destructive=False
+        )
+        if not decision.allowed:
+            raise NotAllowed(f"<@{schedule.requester}>'s run was refused: {decision.reason}")
 
     def _slot(
         self, schedule: Schedule, zone: tzinfo, now: datetime

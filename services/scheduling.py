@@ -3,6 +3,7 @@ in the loop, and the cron arithmetic of user schedules (APScheduler's CronTrigge
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -29,6 +30,8 @@ class Scheduler:
         self._work: dict[str, Work] = {}
         self.failures: Counter[str] = Counter()  # rounds that raised, by job id (for /metrics)
         self._at: dict[str, datetime] = {}
+        self._rounds: set[asyncio.Task[object]] = set()  # work under way, awaited by aclose
+        self._closing = False
 
     def every(self, job_id: str, seconds: float, work: Work, *, now: bool = False) -> None:
         """Run `work` every `seconds` (and once at start when `now`)."""
@@ -79,34 +82,60 @@ class Scheduler:
         """Must be called inside the running event loop (APScheduler binds to it)."""
         self._scheduler.start()
 
-    def shutdown(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+    async def aclose(self, *, grace: float = 10.0) -> None:
+        """Stop firing, let the rounds under way finish, then stop APScheduler (it cancels the
+        rounds still running after `grace` seconds; they end quietly). So nothing outlives the
+        store it works on, and no round dies as a CancelledError traceback when the loop ends."""
+        self._closing = True
+        if not self._scheduler.running:
+            return
+        self._scheduler.pause()
+        rounds = {task for task in self._rounds if task is not asyncio.current_task()}
+        late: set[asyncio.Task[object]] = set()
+        if rounds:
+            _, late = await asyncio.wait(rounds, timeout=grace)
+        for task in late:
+            log.warning(
+                "stopping %s: still running %.0fs after shutdown began", task.get_name(), grace
+            )
+        self._scheduler.shutdown(wait=False)  # cancels what is still running
+        await asyncio.gather(*late, return_exceptions=True)
+
+
+async def _guarded(scheduler: Scheduler, job_id: str, work: Work, failures: str) -> None:
+    """One round of `work`: counted and logged when it raises, awaited by Scheduler.aclose."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.set_name(f"scheduled work {job_id}")
+        scheduler._rounds.add(task)
+    try:
+        await work()
+    except asyncio.CancelledError:
+        if not scheduler._closing:
+            raise
+        # aclose cancelled a round that outlived its grace: that is the orderly end, said there
+    except Exception:  # a periodic loop must never die of one bad round
+        scheduler.failures[failures] += 1
+        log.exception("scheduled work %s failed", job_id)
+    finally:
+        scheduler._rounds.discard(task)
 
 
 async def _run(scheduler: Scheduler, job_id: str) -> None:
     """Module-level callback taking an id, so the scheduler never pickles bound methods."""
     work = scheduler._work.get(job_id)
-    if work is None:
+    if work is None or scheduler._closing:
         return
-    try:
-        await work()
-    except Exception:  # a periodic loop must never die of one bad round
-        scheduler.failures[job_id] += 1
-        log.exception("periodic work %s failed", job_id)
+    await _guarded(scheduler, job_id, work, job_id)
 
 
 async def _run_once(scheduler: Scheduler, job_id: str) -> None:
     """The one-off twin of `_run`; forgets the work first, so the work may arm the id again."""
     work = scheduler._work.pop(job_id, None)
     scheduler._at.pop(job_id, None)
-    if work is None:
+    if work is None or scheduler._closing:
         return
-    try:
-        await work()
-    except Exception:
-        scheduler.failures["one-off"] += 1
-        log.exception("scheduled work %s failed", job_id)
+    await _guarded(scheduler, job_id, work, "one-off")
 
 
 # -- cron arithmetic ------------------------------------------------------------------------

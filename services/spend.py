@@ -10,7 +10,16 @@ from decimal import Decimal
 from services.errors import NotAllowed, UserError
 from services.models import Actor, Cluster, Job, LedgerEntry
 from services.ports import Clock
-from services.pricing import Estimate, Price, PriceTable, cost_so_far, estimate_job, money, to_hours
+from services.pricing import (
+    Estimate,
+    Price,
+    PriceTable,
+    cost_so_far,
+    estimate_capacity,
+    estimate_job,
+    money,
+    to_hours,
+)
 from services.states import JobState
 from services.store import SqlStore
 
@@ -65,6 +74,12 @@ class SpendService:
 
     def estimate(self, cluster: Cluster, *, nodes: int, hours: timedelta | Decimal) -> Estimate:
         return estimate_job(self.prices.price_of(cluster), nodes=nodes, hours=hours)
+
+    def estimate_capacity(
+        self, cluster: Cluster, *, nodes: int, hours: timedelta | Decimal
+    ) -> Estimate:
+        """Standing capacity: `nodes` of the cluster (possibly none) for `hours`."""
+        return estimate_capacity(self.prices.price_of(cluster), nodes=nodes, hours=hours)
 
     def estimate_entry(self, job: Job, cluster: Cluster, estimate: Estimate) -> LedgerEntry:
         return LedgerEntry(

@@ -140,7 +140,7 @@ async def test_all_ok_socket_mode(slack: FakeSlack) -> None:
     assert all(r.ok for r in results), text
     checks = by_name(results)
     assert checks["token"].detail == "team Fake Team, bot @batchai"
-    assert checks["scopes"].detail == "all 11 required scopes granted"
+    assert checks["scopes"].detail == "all 15 required scopes granted"
     assert results[3].detail == "#ml-jobs (C0001MLJOBS): the bot is a member"
     assert results[4].detail == "#gpu-approvers (G0003APPROVE): the bot is a member"
     assert text.splitlines()[0] == "ok   token    team Fake Team, bot @batchai"
@@ -213,6 +213,25 @@ async def test_missing_scope() -> None:
     assert by_name(results)["token"].ok
 
 
+async def test_an_app_installed_from_the_old_manifest_is_told_what_to_add() -> None:
+    old = [
+        "commands", "chat:write", "chat:write.public", "files:write", "users:read",
+        "usergroups:read", "channels:read", "groups:read", "channels:history", "groups:history",
+        "im:history",
+    ]  # fmt: skip
+    fake = await started(scopes=old)
+    try:
+        scopes = by_name(await run(fake.base_url))["scopes"]
+    finally:
+        await fake.close()
+    assert scopes == CheckResult(
+        "scopes",
+        False,
+        "missing im:read, mpim:read, mpim:history, im:write, metadata.message:read"
+        " — reinstall the app after adding them",
+    )
+
+
 async def test_missing_scopes_and_extra_ones() -> None:
     fake = await started(scopes=["commands", "chat:write", "im:history"])
     try:
@@ -220,7 +239,9 @@ async def test_missing_scopes_and_extra_ones() -> None:
     finally:
         await fake.close()
     checks = by_name(results)
-    assert checks["scopes"].detail.startswith("missing chat:write.public, files:write, users:read")
+    assert checks["scopes"].detail.startswith(
+        "missing chat:write.public, files:write, usergroups:read"
+    )
     assert checks["scopes"].detail.endswith("reinstall the app after adding them")
     # Without channels:read Slack refuses conversations.info, naming the scope.
     assert results[-1].detail == (

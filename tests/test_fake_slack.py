@@ -22,11 +22,14 @@ from tests.fakes.slack import (
     APP_TOKEN,
     BOT_TOKEN,
     DEFAULT_SCOPES,
+    VALIDATED,
     Channel,
     FakeClock,
     FakeSlack,
     app_home_opened_event,
     block_actions_payload,
+    check_blocks,
+    check_view,
     decode_json_arg,
     fake_slack_server,
     form_body,
@@ -46,6 +49,7 @@ MODAL = {
     "title": {"type": "plain_text", "text": "New job"},
     "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}],
 }
+HOME = {"type": "home", "blocks": [{"type": "divider"}]}
 
 
 async def _error_of(coro: object) -> SlackApiError:
@@ -350,7 +354,9 @@ async def test_views_trigger_is_single_use_and_expires() -> None:
             "blocks": [{"type": "header", "text": {"type": "plain_text", "text": "Clusters"}}],
         }
         await client.views_publish(user_id="U0001", view=home)
-        await client.views_publish(user_id="U0002", view={"type": "home", "blocks": []})
+        await client.views_publish(
+            user_id="U0002", view={"type": "home", "blocks": [{"type": "divider"}]}
+        )
         stored = fake.home_view("U0001")
         assert stored is not None and stored.block_text() == "Clusters"
         assert fake.home_view("U0003") is None
@@ -436,7 +442,7 @@ async def test_bolt_socket_mode_handler_acks_and_posts_through_the_fake() -> Non
 
         @app.event("app_home_opened")
         async def home(event, client) -> None:  # type: ignore[no-untyped-def]
-            await client.views_publish(user_id=event["user"], view={"type": "home", "blocks": []})
+            await client.views_publish(user_id=event["user"], view=HOME)
 
         handler = AsyncSocketModeHandler(app, APP_TOKEN)
         await handler.connect_async()
@@ -594,3 +600,65 @@ async def test_socket_disconnect_makes_the_sdk_reconnect() -> None:
         )
         assert await fake.socket_send("interactive", payload) == {}
         assert acked == [fake.socket_acks[-1]["envelope_id"]]
+
+
+def _section(text: str) -> dict[str, object]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _buttons(**extra: object) -> dict[str, object]:
+    button = {"type": "button", "text": {"type": "plain_text", "text": "Go"}, "action_id": "go"}
+    return {"type": "actions", "elements": [{**button, **extra}]}
+
+
+@pytest.mark.parametrize(
+    ("blocks", "wording"),
+    [
+        ([_section("x")] * 51, "no more than 50 items"),
+        ([_section("x" * 3001)], "3001"),
+        ([_buttons(value="v" * 2001)], "2001"),
+        ([_buttons(action_id="a" * 256)], "256"),
+        ([{**_section("x"), "block_id": "b" * 256}], "256"),
+        ([{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * 11}], "10"),
+        ([{"type": "context", "elements": [{"type": "mrkdwn", "text": "c"}] * 11}], "10"),
+        ([_buttons(style="loud")], "style"),  # the SDK's own check
+        ([{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}], "150"),
+        ([{"type": "sektion", "text": {"type": "mrkdwn", "text": "x"}}], "unknown block"),
+        ([{**_section("x"), "acessory": {}}], "unknown field /acessory"),
+    ],
+)
+def test_the_validator_refuses_what_slack_refuses(blocks: list[object], wording: str) -> None:
+    problem = check_blocks(blocks, 50)
+    assert problem is not None and wording in problem
+
+
+def test_views_are_validated_by_the_sdk_model_and_the_limits() -> None:
+    assert check_view(MODAL, "modal") is None and check_view(HOME, "home") is None
+    long_title = {**MODAL, "title": {"type": "plain_text", "text": "t" * 25}}
+    assert "25" in (check_view(long_title, "modal") or "")
+    assert "3001" in (check_view({**MODAL, "private_metadata": "m" * 3001}, "modal") or "")
+    assert "100" in (check_view({"type": "home", "blocks": [_section("x")] * 101}, "home") or "")
+    assert "blocks" in (check_view({"type": "home", "blocks": []}, "home") or "")
+
+
+async def test_every_surface_validates_its_payload() -> None:
+    bad = [_section("x" * 3001)]
+    before = sum(VALIDATED.values())
+    async with FakeSlack(rate_limits=False) as fake:
+        fake.add_user("U0001")
+        client = fake.client()
+        for call in (
+            client.chat_postMessage(channel="C0001", text="t", blocks=bad),
+            client.chat_postEphemeral(channel="C0001", user="U0001", text="t", blocks=bad),
+        ):
+            assert (await _error_of(call)).response["error"] == "invalid_blocks"
+        posted = await client.chat_postMessage(channel="C0001", text="t", blocks=[_section("ok")])
+        update = client.chat_update(channel="C0001", ts=posted["ts"], text="t", blocks=bad)
+        assert (await _error_of(update)).response["error"] == "invalid_blocks"
+        big = {"type": "home", "blocks": bad}
+        publish = client.views_publish(user_id="U0001", view=big)
+        assert (await _error_of(publish)).response["error"] == "invalid_arguments"
+        url = fake.response_url(channel="C0001", user_id="U0001")
+        answer = await AsyncWebhookClient(url).send_dict({"text": "t", "blocks": bad})
+        assert answer.status_code == 400 and answer.body == "invalid_blocks"
+    assert sum(VALIDATED.values()) - before == 6

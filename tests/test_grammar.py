@@ -195,6 +195,18 @@ def test_job_create_without_config_opens_the_form() -> None:
     assert parse("job create -n x -r gpu") == JobCreate(name="x", cluster="gpu", config=None)
 
 
+def test_job_create_without_a_name_is_for_the_form_in_slack_only() -> None:
+    assert parse("job create") == JobCreate()
+    assert parse("job create -r gpu -c mnist") == JobCreate(
+        cluster="gpu", config=ConfigRef("manifest", "mnist")
+    )
+    for text in ("job create", "job submit -r gpu"):
+        assert "missing required flag -n/--name" in str(_error(text, source="console"))
+    assert "needs its name" in str(_error('job create -c mnist --at "2026-12-01 02:00"'))
+    assert "-n, --name NAME" in help_text("job", "create")
+    assert "(required)" in help_text("job", "create").split("-n, --name NAME")[1].split("\n")[0]
+
+
 def test_help_documents_the_dash_c_rule() -> None:
     text = help_text("job", "create")
     assert "-c is the config" in text

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from slack_sdk.models.views import View
 
+from handlers import views
 from handlers.home import ACTION_HOME_REFRESH, ACTION_OPEN_SUBMIT, home_view
 from services.models import ClusterView, Job, NodeCounts, Progress
 from services.states import ClusterState, JobState
@@ -147,9 +148,15 @@ def test_queued_jobs_wait_and_finished_jobs_are_left_out() -> None:
 
 
 def test_approvals_are_listed() -> None:
-    pending = ["*train-big* by <@U1>: 4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54"]
+    formula = "4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54"
+    pending = [views.md("*train-big* by {}: {}", views.user("U1"), formula)]
     text = all_text(build(pending_approvals=pending))
     assert "*Pending approvals* (1)\n• *train-big* by <@U1>: 4 ×" in text
+
+
+def test_plain_approval_lines_are_escaped() -> None:
+    text = all_text(build(pending_approvals=["<!channel> <@U1>"]))
+    assert "&lt;!channel&gt; &lt;@U1&gt;" in text and "<!channel>" not in text
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -300,24 +299,7 @@ async def test_an_oversized_slack_request_is_refused_before_bolt_reads_it(rig: S
     assert rig.fake.responses == [] and await rig.bot.store.list_audit() == []
 
 
-async def test_deeply_nested_or_undecodable_slack_requests_are_refused_before_bolt(
-    rig: SlackRig,
-) -> None:
-    """Bolt parses a body before it checks the signature: json.loads must not recurse 100,000
-    levels deep for an unsigned request (it raised RecursionError: a 500 and a traceback)."""
-    base = f"{rig.bot.web_url}/slack/events"
-    deep = "[" * 100_000
-    for body, kind in (
-        (b"payload=" + quote(deep).encode(), "application/x-www-form-urlencoded"),
-        (deep.encode(), "application/json"),
-        (b'{"type": "event_callback", "event": ' + deep.encode() + b"}", "application/json"),
-    ):
-        async with rig.http.post(base, data=body, headers={"Content-Type": kind}) as response:
-            assert response.status == 400
-            assert await response.json() == {"error": "request nested too deeply"}
-    async with rig.http.post(base, data=b"text=\xff\xfe&command=/batchai") as response:
-        assert response.status == 401  # not UTF-8: the signature cannot match
-    assert rig.fake.responses == [] and await rig.bot.store.list_audit() == []
+# Deeply nested and undecodable HTTP bodies (signed and unsigned): tests/security/
 
 
 async def test_a_command_over_16_kib_is_refused_in_one_line(rig: SlackRig) -> None:

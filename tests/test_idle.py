@@ -15,8 +15,9 @@ import pytest
 from handlers import views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
-from handlers.presenter import Presenter
+from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
+from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.local import LocalBackend, LocalShare
 from services.clock import FakeClock
 from services.clusters import ClusterRequest, ClusterService
@@ -63,7 +64,7 @@ class Chat:
     """The presenter's Transport, recording; its keys outlive a restart like the outbox's."""
 
     posts: list[Post] = field(default_factory=list)
-    sent: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, MessageRef] = field(default_factory=dict)
 
     async def post(
         self,
@@ -74,19 +75,19 @@ class Chat:
         broadcast: bool = False,
         keys: Sequence[str] = (),
         low_priority: bool = False,
-    ) -> str:
+    ) -> MessageRef:
         for key in keys:
             if key in self.sent:
                 return self.sent[key]
         post = Post(channel, message, tuple(keys), f"m{len(self.posts) + 1}")
         self.posts.append(post)
-        self.sent.update(dict.fromkeys(keys, post.id))
-        return post.id
+        self.sent.update(dict.fromkeys(keys, MessageRef(channel, post.id)))
+        return MessageRef(channel, post.id)
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         next(p for p in self.posts if p.id == message_id).edits.append(message)
 
-    async def lookup(self, key: str) -> str | None:
+    async def lookup(self, key: str) -> MessageRef | None:
         return self.sent.get(key)
 
     async def upload(self, channel: str, **kw: object) -> None:
@@ -141,7 +142,10 @@ class Rig:
             resource_group="rg",
             workspace="ws",
         )
-        self.actions = ActionHandler(self.jobs, self.clock.now, None, self.idle)
+        self.guard = AccessGuard(
+            policy=AccessPolicy(), audit=AuditLog(self.store), now=self.clock.now
+        )
+        self.actions = ActionHandler(self.jobs, self.clock.now, self.guard, None, self.idle)
 
     async def cluster(self, name: str = "gpu", **kw: object) -> None:
         values: dict[str, object] = {"min_nodes": 0, "max_nodes": 2, "target_nodes": 2}
@@ -158,7 +162,7 @@ class Rig:
         await self.relay.drain()
 
     async def click(self, action_id: str, value: str, actor: Actor = BOB) -> str:
-        reply = await self.actions.handle(action_id, value, actor=actor)
+        reply = await self.actions.handle(action_id, value, caller=_caller(actor))
         await self.relay.drain()
         return reply.message.text
 
@@ -352,12 +356,13 @@ async def test_turning_idle_scale_down_off_cancels_a_pending_warning(rig: Rig) -
     await rig.at(14, 2)
     await rig.at(14, 12)
     (warning,) = rig.chat.warnings()
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=0)
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=0, actor=OWNER)
     await rig.at(14, 13)
     assert "cancelled: idle scale-down is off for this cluster" in views.to_text(warning.current)[0]
     await rig.at(18, 0)
     assert await rig.nodes() == 2 and len(rig.chat.warnings()) == 1
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=30)  # back on: counts anew
+    # back on: counts anew
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=30, actor=OWNER)
     await rig.at(18, 0)
     await rig.at(18, 24, 59)
     assert len(rig.chat.warnings()) == 1
@@ -370,7 +375,7 @@ async def test_a_longer_timeout_withdraws_a_warning_that_is_no_longer_due(rig: R
     await rig.at(14, 2)
     await rig.at(14, 12)
     (warning,) = rig.chat.warnings()
-    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=60)
+    await rig.clusters.update_cluster("gpu", idle_timeout_minutes=60, actor=OWNER)
     await rig.at(14, 17)
     assert "cancelled: the idle timeout is now 60 min" in views.to_text(warning.current)[0]
     assert await rig.nodes() == 2
@@ -424,10 +429,11 @@ async def test_restart_in_the_middle_repeats_nothing_and_keeps_the_buttons(rig: 
 
 
 async def test_cluster_update_and_create_flags_through_the_command_handler(rig: Rig) -> None:
-    handler = CommandHandler(Services(clusters=rig.clusters, jobs=rig.jobs, now=rig.clock.now))
+    services = Services(clusters=rig.clusters, jobs=rig.jobs, now=rig.clock.now, guard=rig.guard)
+    handler = CommandHandler(services)
 
     async def run(text: str) -> str:
-        reply = await handler.handle(text, actor=OWNER, source="console")
+        reply = await handler.handle(text, caller=_caller(OWNER), source="console")
         return views.to_text(reply.message)[0]
 
     await run(f"cluster create -n a -s {VM} --min 0 --max 2 -t 2 --idle-timeout 30")
@@ -449,3 +455,7 @@ async def test_cluster_update_and_create_flags_through_the_command_handler(rig: 
 
 def _name(post: Post) -> str:
     return post.message.text.split("*")[1]
+
+
+def _caller(actor: Actor) -> Caller:
+    return Caller(actor.user, actor.conversation.channel if actor.conversation else None)

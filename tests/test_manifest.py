@@ -20,14 +20,19 @@ MINIMAL_SCOPES = [
     "chat:write",
     "chat:write.public",
     "files:write",
-    "users:read",
     "usergroups:read",
     "channels:read",
     "groups:read",
+    "im:read",
+    "mpim:read",
     "channels:history",
     "groups:history",
     "im:history",
+    "mpim:history",
+    "im:write",
+    "metadata.message:read",
 ]
+README_PATH = Path(__file__).resolve().parents[1] / "README.md"
 URL = "https://batchai.example.com/slack/events"
 
 
@@ -124,6 +129,27 @@ def test_scopes_are_exactly_the_minimal_list() -> None:
     assert shipped()["oauth_config"]["scopes"] == {"bot": MINIMAL_SCOPES}
     assert list(REQUIRED_SCOPES) == MINIMAL_SCOPES
     assert manifest_dict(request_url=URL)["oauth_config"]["scopes"]["bot"] == MINIMAL_SCOPES
+
+
+def test_no_scope_the_code_does_not_use() -> None:
+    # users:read was asked for "names of requesters and approvers"; the bot reads no profile.
+    assert "users:read" not in REQUIRED_SCOPES
+    root = README_PATH.parent
+    code = [
+        p.read_text() for d in ("bot", "handlers", "services") for p in (root / d).rglob("*.py")
+    ]
+    assert not any(re.search(r"\busers_(info|list|profile)", text) for text in code)
+
+
+def test_the_manifest_comment_and_the_readme_give_each_scope_a_reason() -> None:
+    comment = MANIFEST_PATH.read_text(encoding="utf-8").split("_metadata:")[0]
+    explained = set(re.findall(r"^#   ([a-z.:_]+)\s", comment, flags=re.M))
+    assert explained == set(REQUIRED_SCOPES)
+    readme = README_PATH.read_text(encoding="utf-8")
+    table = readme.split("#### Slack scopes")[1].split("\n#")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    in_table = {s for row in rows for s in re.findall(r"`([a-z.:_]+)`", row.split(" | ")[0])}
+    assert in_table == set(REQUIRED_SCOPES)
 
 
 def test_default_render_matches_the_shipped_file() -> None:

@@ -18,18 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.bootstrap import Bot
 from bot.config import Settings
-from bot.console import ConsoleTransport, console_actor
+from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from bot.metrics import BotMetrics, measured
-from bot.web import CachedCheck, HealthCheck, create_web_app
+from bot.web import CachedCheck, HealthCheck, create_probe_app
 from services.backends.local import LocalBackend
 from services.clock import FakeClock
 from services.clusters import ClusterRequest
 from services.errors import BackendError, NotFound, TransientError
 from services.events import JobNote
 from services.jobs import JobRequest
-from services.links import LinkSigner
-from services.models import ConfigSource, Job
+from services.models import Actor, ConfigSource, Conversation, Job
 from services.scheduling import _run
 from services.states import JobState
 from services.store import SqlStore
@@ -37,7 +36,7 @@ from tests.conftest import NOW, make_cluster, make_job
 from tests.fakes.faulty import FaultyBackend
 
 TIMEOUT = 60.0
-ACTOR = console_actor("C1", "U1")
+ACTOR = Actor("U1", Conversation("C1", None, "U1"), may_read_paths=True, is_admin=True)
 SCRIPT = """
 import os, sys, time
 print("hello", flush=True)
@@ -87,7 +86,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[Bot]:
 async def scrape(bot: Bot) -> Samples:
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{bot.web_url}/metrics") as response,
+        http.get(f"{bot.probe_url}/metrics") as response,
     ):
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -242,9 +241,7 @@ def test_every_bot_has_its_own_registry() -> None:
 
 
 async def readyz(checks: dict[str, HealthCheck]) -> tuple[int, dict[str, object]]:
-    app = create_web_app(
-        signer=LinkSigner(b"k" * 32, "http://x/files"), resolve=lambda loc: Path("/"), checks=checks
-    )
+    app = create_probe_app(checks=checks)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from slack_sdk.models.views import View
 
+from handlers.commandspec import ConfigRef, JobCreate
 from handlers.modals import (
     BLOCK_CLUSTER,
     BLOCK_COMMAND,
@@ -21,10 +22,13 @@ from handlers.modals import (
     BLOCK_NODES,
     BLOCK_OUTPUT_DIR,
     CALLBACK_JOB_CREATE,
+    STALE_FORM,
     JobForm,
+    JobPrefill,
     job_create_modal,
     mount_paths_of,
     parse_job_create,
+    prefill_of,
 )
 from services.jobspec import LaunchContext, NodeInfo, load_job_spec, plan_launch
 from services.models import ClusterView, NodeCounts, ShareMount
@@ -54,12 +58,14 @@ def input_blocks(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def submit(view: dict[str, Any] | None = None, **answers: str | None) -> dict[str, Any]:
     """The view as Slack sends it back in view_submission: state.values from the modal's own
-    block and action ids, filled with `answers` (by block id) or the element's initial value."""
+    block and action ids, filled with `answers` (by block id) or the element's initial value
+    (or option)."""
     view = view or modal()
     values: dict[str, Any] = {}
     for block_id, block in input_blocks(view).items():
         element = block["element"]
-        answer = answers.get(block_id, element.get("initial_value"))
+        initial = element.get("initial_value") or (element.get("initial_option") or {}).get("value")
+        answer = answers.get(block_id, initial)
         if element["type"] == "static_select":
             chosen = next((o for o in element["options"] if o["value"] == answer), None)
             state: dict[str, Any] = {"type": "static_select", "selected_option": chosen}
@@ -415,11 +421,56 @@ def test_pasted_json_is_passed_on_verbatim() -> None:
     assert load_job_spec(form.config_json).properties.node_count == 1
 
 
-def test_view_without_channel_is_a_bug_not_a_user_error() -> None:
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "",
+        "m",
+        "{",
+        "[1]",
+        '{"channel_id": 7}',
+        '{"channel_id": ""}',
+        '{"channel_id": "<!channel>"}',
+        '{"other": "C42"}',
+        "[" * 5000,
+    ],
+)
+def test_a_view_whose_metadata_is_not_ours_gets_one_clear_error(metadata: str) -> None:
     view = submit(**GOOD)
-    view["private_metadata"] = ""
-    with pytest.raises(ValueError, match="channel_id"):
-        parse_job_create(view, mount_paths=MOUNTS)
+    view["private_metadata"] = metadata
+    assert parse_job_create(view, mount_paths=MOUNTS) == {BLOCK_NAME: STALE_FORM}
+
+
+def test_the_form_starts_from_what_job_create_was_given() -> None:
+    given = prefill_of(
+        JobCreate(name="mnist-2", cluster="gpu", config=ConfigRef("manifest", "cifar"))
+    )
+    view = modal(prefill=given)
+    assert View(**view).to_dict() == view
+    blocks = input_blocks(view)
+    assert blocks[BLOCK_NAME]["element"]["initial_value"] == "mnist-2"
+    assert blocks[BLOCK_CLUSTER]["element"]["initial_option"]["value"] == "gpu"
+    assert blocks[BLOCK_MANIFEST]["element"]["initial_option"]["value"] == "cifar"
+    assert "initial_value" not in blocks[BLOCK_JSON]["element"]
+    form = parse_job_create(submit(view), mount_paths=MOUNTS)  # submitted as it opened
+    assert form == JobForm("mnist-2", "gpu", None, "cifar", "C42")
+
+
+def test_prefill_takes_inline_json_and_a_manifest_path_and_skips_what_is_not_offered() -> None:
+    inline = prefill_of(JobCreate(config=ConfigRef("inline", MNIST)))
+    blocks = input_blocks(modal(prefill=inline))
+    assert blocks[BLOCK_JSON]["element"]["initial_value"] == MNIST
+    assert "initial_value" not in blocks[BLOCK_NAME]["element"]
+    path = prefill_of(JobCreate(config=ConfigRef("manifest", "manifests/jobs/mnist.json")))
+    assert input_blocks(modal(prefill=path))[BLOCK_MANIFEST]["element"]["initial_option"] == {
+        "text": {"type": "plain_text", "text": "mnist"},
+        "value": "mnist",
+    }
+    elsewhere = JobPrefill(cluster="nope", manifest="nope", pasted="x" * 3001)
+    blocks = input_blocks(modal(prefill=elsewhere))
+    assert "initial_option" not in blocks[BLOCK_CLUSTER]["element"]
+    assert "initial_option" not in blocks[BLOCK_MANIFEST]["element"]
+    assert "initial_value" not in blocks[BLOCK_JSON]["element"]
 
 
 def test_mount_paths_of_takes_the_first_share() -> None:

@@ -21,9 +21,10 @@ from bot.config import Settings
 from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from handlers.commands import Reply
+from services.access import Caller
 from services.clock import FakeClock
 from services.errors import UserError
-from services.models import Actor, Conversation
+from services.models import Conversation
 from services.schedules import parse_at
 from services.scheduling import cron_trigger, next_runs
 from services.states import JobState
@@ -46,10 +47,7 @@ class Rig:
     out: io.StringIO
 
     async def say(self, text: str, *, user: str = ALICE, channel: str = CHANNEL) -> Reply:
-        actor = Actor(
-            user=user, conversation=Conversation(channel, None, user), is_admin=user == ADMIN
-        )
-        return await self.bot.commands.handle(text, actor=actor, source="slack")
+        return await self.bot.commands.handle(text, caller=Caller(user, channel), source="slack")
 
     async def schedule(self, when: str, *, name: str = "nightly", **kw: Any) -> str:
         reply = await self.say(f"job create -n {name} -r c1 -c {CONFIG} {when}", **kw)
@@ -85,7 +83,7 @@ async def started(
         rig = Rig(bot, clock, out)
         if first:
             bot.share.create_share("data")
-            assert not (await rig.say(CLUSTER)).failed
+            assert not (await rig.say(CLUSTER, user=ADMIN)).failed
         yield rig
 
 

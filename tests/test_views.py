@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from handlers import views
 from services.models import Progress
@@ -82,3 +85,89 @@ def test_console_text_undoes_the_escaping_and_numbers_buttons() -> None:
     text, buttons = views.to_text(views.status_card(make_job(), now=NOW), first_button=7)
     assert "[7] Logs" in text and "[9] Refresh" in text and len(buttons) == 3
     assert "a <b> & c" in views.to_text(msg)[0]
+
+
+# -- long answers: split between rows, never cut inside a fence or an entity ---------------
+
+PYTORCH = "tensor(2.3026, grad_fn=<NllLossBackward0>) & <class 'torch.Tensor'> step {i:04d}"
+
+
+def _code_bodies(message: views.Message) -> list[str]:
+    bodies = []
+    for block in message.blocks:
+        if block["type"] == "section" and block["text"]["text"].startswith("```"):
+            text = block["text"]["text"]
+            assert text.endswith("```") and len(text) <= 3000, text[-20:]
+            bodies.append(text[3:-3])
+    return bodies
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _more(message: views.Message) -> int:
+    notes = [e["text"] for b in message.blocks if b["type"] == "context" for e in b["elements"]]
+    counts = [int(m.group(1)) for n in notes if (m := re.search(r"…and (\d+) more", n))]
+    return sum(counts)
+
+
+def test_a_snippet_is_measured_after_escaping_and_counts_every_line_it_leaves_out() -> None:
+    lines = [PYTORCH.format(i=i) * 2 for i in range(1, 41)]
+    msg = views.log_snippet("stdout.txt", 1, lines, full_log_url="https://x/files/t/stdout.txt")
+    (body,) = _code_bodies(msg)
+    shown = _unescape(body).split("\n")
+    assert shown[-1] == lines[-1]  # the newest line is whole
+    assert shown == lines[-len(shown) :]
+    skipped = re.search(r"(\d+) lines skipped", str(msg.blocks))
+    assert skipped and int(skipped.group(1)) == len(lines) - len(shown)
+    assert not re.search(r"&(?!(amp|lt|gt);)", body)
+
+
+def test_one_enormous_escaped_line_shows_its_end_and_says_where_it_starts() -> None:
+    line = "<>" * 3000
+    msg = views.log_snippet("stdout.txt", 5, ["first", line])
+    (body,) = _code_bodies(msg)
+    assert line.endswith(_unescape(body)) and not body.startswith(("lt;", "t;", ";"))
+    start = len(line) - len(_unescape(body)) + 1
+    assert f"1 lines skipped, line 6 shown from its character {start}" in str(msg.blocks)
+
+
+def _long_jobs(count: int) -> list[Any]:
+    return [
+        make_job(f"job-{i:02d}-" + "x" * 56, error="<bad> & " * 20, resource_group="rg-" + "r" * 40)
+        for i in range(count)
+    ]
+
+
+def test_sixty_jobs_make_a_table_split_between_rows_with_the_header_on_each() -> None:
+    jobs = _long_jobs(60)
+    msg = views.job_list(jobs, output="table", now=NOW)
+    bodies = _code_bodies(msg)
+    assert len(bodies) > 1 and len(msg.blocks) <= 50
+    rows = [line for body in bodies for line in body.split("\n")[2:]]
+    assert all(body.startswith("Name") for body in bodies)
+    assert len(rows) + _more(msg) == 60
+    assert sum(len(b["text"]["text"]) for b in msg.blocks) <= views.MESSAGE_TEXT_BUDGET
+
+
+def test_json_that_does_not_fit_is_a_complete_array_and_a_count() -> None:
+    jobs = _long_jobs(60)
+    msg = views.job_list(jobs, output="json", now=NOW)
+    shown = json.loads(_unescape("\n".join(_code_bodies(msg))))
+    assert 0 < len(shown) < 60 and len(shown) + _more(msg) == 60
+    assert [j["name"] for j in shown] == [j.name for j in jobs[: len(shown)]]
+    assert "/batchai job show -n NAME" in str(msg.blocks)
+    assert json.loads(_unescape(msg.text)) == shown  # the fallback text too
+    small = views.job_list(jobs[:2], output="json", now=NOW)
+    assert len(json.loads(_unescape("\n".join(_code_bodies(small))))) == 2 and _more(small) == 0
+
+
+def test_cutting_never_splits_an_entity_a_mention_or_a_fence() -> None:
+    for n in range(2990, 3001):
+        text = views.md("```{}```", "a" * (n - 10) + "<&>" * 20)
+        cut = views.section(text)["text"]["text"]
+        assert len(cut) <= 3000 and cut.count("```") == 2
+        assert not re.search(r"&(?!(amp|lt|gt);)", cut)
+    mention = views.section(views.md("{}{}", "a" * 2995, views.user("U0123456")))
+    assert "<@" not in mention["text"]["text"]

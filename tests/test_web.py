@@ -1,4 +1,5 @@
-"""The web app over real HTTP: health, and download links that work, expire, resist tampering."""
+"""The web apps over real HTTP: health and probes apart from the public app, and download links
+that work, expire, resist tampering."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from bot.web import create_web_app
+from bot.config import Settings
+from bot.web import create_probe_app, create_web_app
 from services.backends.local import LocalShare
 from services.links import LinkSigner
 from services.models import FileLocation
@@ -22,6 +24,7 @@ class Site:
     def __init__(self, server: TestServer, share: LocalShare, signer: LinkSigner) -> None:
         self.server, self.share, self.signer = server, share, signer
         self.ready_ok: dict[str, bool] = {}
+        self.probes: TestServer | None = None
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -44,13 +47,17 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         if not ready_ok["value"]:
             raise ConnectionError("database down")
 
-    app = create_web_app(signer=signer, resolve=share.local_path, checks={"database": ready})
+    app = create_web_app(signer=signer, resolve=share.local_path)
     server = TestServer(app, host="127.0.0.1")
+    probes = TestServer(create_probe_app(checks={"database": ready}), host="127.0.0.1")
     await server.start_server()
+    await probes.start_server()
     result = Site(server, share, signer)
+    result.probes = probes
     result.ready_ok = ready_ok
     yield result
     await server.close()
+    await probes.close()
 
 
 async def get(url: str) -> tuple[int, bytes, dict[str, str]]:
@@ -59,11 +66,30 @@ async def get(url: str) -> tuple[int, bytes, dict[str, str]]:
 
 
 async def test_health_endpoints(site: Site) -> None:
+    assert site.probes is not None
+    probe = str(site.probes.make_url("/readyz"))
     assert (await get(site.url("/healthz")))[0] == 200
-    assert (await get(site.url("/readyz")))[0] == 200
+    assert (await get(str(site.probes.make_url("/healthz"))))[0] == 200
+    assert (await get(probe))[0] == 200
     site.ready_ok["value"] = False
-    status, body, _ = await get(site.url("/readyz"))
+    status, body, _ = await get(probe)
     assert status == 503 and b"ConnectionError" in body and b"database down" not in body
+
+
+async def test_the_public_app_answers_no_probe(site: Site) -> None:
+    for path in ("/readyz", "/metrics"):
+        assert (await get(site.url(path)))[0] == 404, path
+
+
+def test_probes_listen_apart_on_loopback_by_default() -> None:
+    default = Settings(_env_file=None, host="0.0.0.0", port=8080)  # type: ignore[call-arg]
+    assert (default.probe_host, default.probe_port, default.probes_apart) == (
+        "127.0.0.1",
+        9090,
+        True,
+    )
+    same = Settings(_env_file=None, probe_host="127.0.0.1", probe_port=8080)  # type: ignore[call-arg]
+    assert not same.probes_apart  # asked for on the public port: served there
 
 
 async def test_link_downloads_the_file(site: Site) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, delete, event, func, insert, make_url, select, update
+from sqlalchemy import Connection, and_, delete, event, func, insert, make_url, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -437,21 +437,23 @@ class SqlStore:
             )
             return {row.key for row in await conn.execute(stmt)}
 
-    async def get_delivery(self, keys: Sequence[str]) -> str | None:
-        """The message id a notification with any of these keys was sent as, or None."""
+    async def get_delivery(self, keys: Sequence[str]) -> tuple[str, str] | None:
+        """(channel, message id) a notification with any of these keys was sent as, or None.
+        The channel is the one Slack answered with: a post to a user id is in the DM (D…)."""
         if not keys:
             return None
         async with self._engine.connect() as conn:
-            stmt = select(deliveries.c.message_id).where(
+            stmt = select(deliveries.c.channel, deliveries.c.message_id).where(
                 deliveries.c.key.in_(list(keys)), ~deliveries.c.message_id.startswith(INTENT)
             )
-            return (await conn.execute(stmt.limit(1))).scalar_one_or_none()
+            row = (await conn.execute(stmt.limit(1))).first()
+            return None if row is None else (row.channel, row.message_id)
 
     async def record_delivery(
         self, keys: Sequence[str], channel: str, message_id: str, at: datetime
     ) -> None:
-        """Remember that one message carried these keys; an existing record is kept, an intent
-        (see `add_intent`) becomes the record."""
+        """Remember that one message carried these keys, in the channel Slack put it in; an
+        existing record is kept, an intent (see `add_intent`) becomes the record."""
         async with self._engine.begin() as conn:
             await _put_deliveries(conn, keys, channel, message_id, at, replace=INTENT)
 
@@ -673,11 +675,20 @@ class SqlStore:
             ]
 
     async def extend_wall_clock(
-        self, job_id: str, extra: timedelta, new_events: Sequence[Event] = ()
+        self,
+        job_id: str,
+        extra: timedelta,
+        new_events: Sequence[Event] = (),
+        *,
+        expect: timedelta | None = None,
     ) -> bool:
-        """Add to a running job's limit in the database itself: concurrent extensions add up."""
+        """Add to a running job's limit in the database itself; with `expect`, only while the
+        limit is still that (False otherwise): of two clicks on one warning, one extends."""
+        which = jobs.c.id == job_id
+        if expect is not None:
+            which = and_(which, jobs.c.max_wall_clock_s == int(expect.total_seconds()))
         async with self._engine.begin() as conn:
-            result = await conn.execute(_extend(jobs.c.id == job_id, extra))
+            result = await conn.execute(_extend(which, extra))
             if result.rowcount == 0:
                 await conn.rollback()
                 return False

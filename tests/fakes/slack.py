@@ -16,6 +16,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from aiohttp import WSMsgType, web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
@@ -43,6 +46,10 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "channels:history",
     "groups:history",
     "im:history",
+    "im:read",
+    "mpim:read",
+    "mpim:history",
+    "metadata.message:read",
 )
 MAX_TEXT = 40_000
 MESSAGE_MAX_BLOCKS = 50
@@ -506,6 +513,7 @@ class FakeSlack:
             for uid in users:
                 self.add_user(uid)
         self.usergroups: dict[str, dict[str, Any]] = {}
+        self.channel_members: dict[str, list[str]] = {}  # conversations.members, per channel
         for gid, members in (usergroups or {}).items():
             self.add_usergroup(gid, members)
         self.messages: dict[tuple[str, str], Message] = {}
@@ -543,6 +551,7 @@ class FakeSlack:
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.info": self._conversations_info,
+            "conversations.members": self._conversations_members,
             "conversations.replies": self._conversations_replies,
             "conversations.history": self._conversations_history,
             "conversations.open": self._conversations_open,
@@ -691,6 +700,12 @@ class FakeSlack:
         }
         self.usergroups[group_id] = group
         return group
+
+    def set_members(self, channel_id: str, user_ids: Iterable[str]) -> Channel:
+        """Who is in a channel, as conversations.members answers (the bot is added)."""
+        ch = self.channels.get(channel_id) or self.add_channel(channel_id)
+        self.channel_members[ch.id] = [*dict.fromkeys([*user_ids, BOT_USER_ID])]
+        return ch
 
     def dm_channel(self, user_id: str) -> str:
         """The IM channel id (D…) of the bot with `user_id`; created on first use."""
@@ -1060,8 +1075,10 @@ class FakeSlack:
     # ---- channel resolution ------------------------------------------------------------------
 
     def _lookup_channel(self, channel_id: Any) -> Channel:
+        """A conversation by id. A user id is none: only chat.postMessage (and postEphemeral)
+        take one, and answer with the DM's id; chat.update, conversations.* refuse it."""
         cid = str(channel_id or "")
-        if not cid:
+        if not cid or cid[:1] in ("U", "W"):
             raise SlackError("channel_not_found")
         ch = self.channels.get(cid)
         if ch is not None:
@@ -1112,7 +1129,7 @@ class FakeSlack:
         }
 
     def _message_content(
-        self, args: dict[str, Any], *, required: bool = True
+        self, args: dict[str, Any], *, method: str, required: bool = True
     ) -> tuple[str | None, Any, Any, list[str]]:
         text = args.get("text")
         text = None if text is None else str(text)
@@ -1121,7 +1138,7 @@ class FakeSlack:
         if required and not text and not blocks and not attachments:
             raise SlackError("no_text")
         if blocks is not None:
-            problem = check_blocks(blocks, MESSAGE_MAX_BLOCKS)
+            problem = check_blocks(blocks, MESSAGE_MAX_BLOCKS, method=method)
             if problem:
                 raise SlackError("invalid_blocks", response_metadata={"messages": [problem]})
         if attachments is not None and not isinstance(attachments, list):
@@ -1155,7 +1172,7 @@ class FakeSlack:
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
         ch = self._post_target(args.get("channel"), public_ok=True)
-        text, blocks, attachments, warnings = self._message_content(args)
+        text, blocks, attachments, warnings = self._message_content(args, method="chat.postMessage")
         metadata = decode_json_arg(args.get("metadata"))
         msg = Message(
             channel=ch.id,
@@ -1186,7 +1203,7 @@ class FakeSlack:
             raise SlackError("message_not_found")
         if msg.bot_id != BOT_ID:
             raise SlackError("cant_update_message")
-        text, blocks, attachments, warnings = self._message_content(args)
+        text, blocks, attachments, warnings = self._message_content(args, method="chat.update")
         if text is not None:
             msg.text = text
         if blocks is not None:
@@ -1220,7 +1237,9 @@ class FakeSlack:
     def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         ch = self._post_target(args.get("channel"), public_ok=True)
         user = self._user(args.get("user"))
-        text, blocks, _attachments, _warnings = self._message_content(args)
+        text, blocks, _attachments, _warnings = self._message_content(
+            args, method="chat.postEphemeral"
+        )
         ts = self._next_ts()
         self.ephemerals.append(
             Ephemeral(
@@ -1257,6 +1276,30 @@ class FakeSlack:
             raise SlackError("channel_not_found")
         return {"ok": True, "channel": ch.to_api()}
 
+    def _conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: `members` (user ids) a page at a time (limit: default 100, at most 1000)
+        and `response_metadata.next_cursor`, empty on the last page; the scope is the channel
+        kind's `:read`; a private channel the bot is not in is `channel_not_found`."""
+        ch = self._lookup_channel(args.get("channel"))
+        self._read_scope_for(ch, "read")
+        if ch.is_private and not ch.is_member and not ch.is_im:
+            raise SlackError("channel_not_found")
+        if ch.is_im:
+            members = [ch.user or "", BOT_USER_ID]
+        else:
+            members = self.channel_members.get(ch.id, [BOT_USER_ID])
+        limit = min(_int(args.get("limit"), 100) or 100, 1000)
+        cursor = str(args.get("cursor") or "")
+        if cursor and not cursor.startswith("off:"):
+            raise SlackError("invalid_cursor")
+        start = int(cursor[4:]) if cursor else 0
+        more = start + limit < len(members)
+        return {
+            "ok": True,
+            "members": members[start : start + limit],
+            "response_metadata": {"next_cursor": f"off:{start + limit}" if more else ""},
+        }
+
     def _paged(self, items: list[dict[str, Any]], args: dict[str, Any], key: str) -> dict[str, Any]:
         limit = _int(args.get("limit"), 100) or 100
         cursor = str(args.get("cursor") or "")
@@ -1277,7 +1320,7 @@ class FakeSlack:
         if root is None or (ch.id, root) not in self.messages:
             raise SlackError("thread_not_found")
         items = [self._with_thread_info(m) for m in self.thread(ch.id, root)]
-        return self._paged(items, args, "messages")
+        return self._paged(self._readable_metadata(items), args, "messages")
 
     def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
         ch = self._lookup_channel(args.get("channel"))
@@ -1286,7 +1329,14 @@ class FakeSlack:
             raise SlackError("not_in_channel")
         top = [m for m in self.messages_in(ch.id) if not m.is_reply or m.reply_broadcast]
         items = [self._with_thread_info(m) for m in reversed(top)]
-        return self._paged(items, args, "messages")
+        return self._paged(self._readable_metadata(items), args, "messages")
+
+    def _readable_metadata(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Message metadata comes back to a token with metadata.message:read only (the scope
+        Slack documents for reading it; the stricter reading of its docs)."""
+        if not self.enforce_scopes or "metadata.message:read" in self.scopes:
+            return items
+        return [{k: v for k, v in item.items() if k != "metadata"} for item in items]
 
     def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = [u for u in str(args.get("users") or "").split(",") if u]
@@ -1341,7 +1391,7 @@ class FakeSlack:
         view = decode_json_arg(args.get("view"))
         if not isinstance(view, dict):
             raise SlackError("invalid_arguments", response_metadata={"messages": ["view missing"]})
-        problem = check_view(view, expect)
+        problem = check_view(view, expect, method=f"views.{kind}")
         if problem:
             raise SlackError("invalid_arguments", response_metadata={"messages": [problem]})
         vid = self._next_id("V")
@@ -1386,7 +1436,7 @@ class FakeSlack:
         view = decode_json_arg(args.get("view"))
         if not isinstance(view, dict):
             raise SlackError("invalid_arguments", response_metadata={"messages": ["view missing"]})
-        problem = check_view(view, str(stored.view.get("type") or "modal"))
+        problem = check_view(view, str(stored.view.get("type") or "modal"), method="views.update")
         if problem:
             raise SlackError("invalid_arguments", response_metadata={"messages": [problem]})
         stored.view = view
@@ -1408,7 +1458,9 @@ class FakeSlack:
         else:
             view = decode_json_arg(args.get("view"))
             problem = (
-                check_view(view, "home") if isinstance(view, dict) else "view must be an object"
+                check_view(view, "home", method="views.publish")
+                if isinstance(view, dict)
+                else "view must be an object"
             )
             if problem:
                 raise SlackError("invalid_arguments", response_metadata={"messages": [problem]})
@@ -1549,10 +1601,18 @@ class FakeSlack:
                 record.status, answer = 404, "expired_url"
             elif body is None:
                 record.status, answer = 400, "invalid_payload"
+            elif self._response_blocks_problem(body):
+                record.status, answer = 400, "invalid_blocks"
             else:
                 self._apply_response(state, body)
         self._touch()
         return web.Response(status=record.status, text=answer, content_type="text/plain")
+
+    def _response_blocks_problem(self, body: dict[str, Any]) -> str | None:
+        blocks = decode_json_arg(body.get("blocks"))
+        if blocks is None:
+            return None
+        return check_blocks(blocks, MESSAGE_MAX_BLOCKS, method="response_url")
 
     def _apply_response(self, state: _ResponseUrl, body: dict[str, Any]) -> None:
         now = self.clock()
@@ -1759,8 +1819,29 @@ def _text_len(obj: Any) -> int:
     return len(str(obj or ""))
 
 
-def check_blocks(blocks: Any, max_blocks: int) -> str | None:
-    """Slack's structural Block Kit limits; returns a problem description or None."""
+# Published limits, checked here as well as by the SDK models (which miss the per-message
+# block count and vary between SDK versions): docs.slack.dev/reference/block-kit/.
+SECTION_TEXT_MAX = 3000
+SECTION_FIELDS_MAX = 10
+CONTEXT_ELEMENTS_MAX = 10
+BUTTON_VALUE_MAX = 2000
+ID_MAX = 255  # action_id, block_id, callback_id
+MODAL_TEXT_MAX = 24  # title, submit, close
+PRIVATE_METADATA_MAX = 3000
+
+# Every payload the fake validated, by where it came in (chat.postMessage, views.publish,
+# response_url ...): how many of the suite's payloads went through Slack's models.
+VALIDATED: Counter[str] = Counter()
+
+
+def check_blocks(blocks: Any, max_blocks: int, *, method: str = "blocks") -> str | None:
+    """Blocks as Slack's SDK models parse and validate them, plus the published limits;
+    a problem description (Slack's wording where it has one) or None."""
+    VALIDATED[method] += 1
+    return _check_each_block(blocks, max_blocks)
+
+
+def _check_each_block(blocks: Any, max_blocks: int) -> str | None:
     if not isinstance(blocks, list):
         return "blocks must be an array"
     if len(blocks) > max_blocks:
@@ -1769,72 +1850,101 @@ def check_blocks(blocks: Any, max_blocks: int) -> str | None:
         where = f"[json-pointer:/blocks/{i}]"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             return f"missing required field: type {where}"
-        kind = block["type"]
-        if len(str(block.get("block_id") or "")) > 255:
-            return f"block_id must be less than 256 characters {where}"
-        if kind == "section":
-            if "text" not in block and "fields" not in block:
-                return f"must provide text or fields {where}"
-            if _text_len(block.get("text")) > 3000:
-                return f"must be less than 3001 characters {where}/text"
-            if len(block.get("fields") or []) > 10:
-                return f"no more than 10 items allowed {where}/fields"
-        elif kind == "header":
-            if _text_len(block.get("text")) > 150:
-                return f"must be less than 151 characters {where}/text"
-        elif kind == "context":
-            if len(block.get("elements") or []) > 10:
-                return f"no more than 10 items allowed {where}/elements"
-        elif kind == "actions":
-            elements = block.get("elements") or []
-            if len(elements) > 25:
-                return f"no more than 25 items allowed {where}/elements"
-            for j, el in enumerate(elements):
-                problem = _check_element(el, f"{where}/elements/{j}")
-                if problem:
-                    return problem
-        elif kind == "markdown" and len(str(block.get("text") or "")) > 12_000:
-            return f"must be less than 12001 characters {where}/text"
-        accessory = block.get("accessory")
-        if isinstance(accessory, dict):
-            problem = _check_element(accessory, f"{where}/accessory")
-            if problem:
-                return problem
+        problem = _check_limits(block, where) or _check_with_sdk(block, where)
+        if problem:
+            return problem
     return None
 
 
-def _check_element(el: Any, where: str) -> str | None:
-    if not isinstance(el, dict) or "type" not in el:
-        return f"missing required field: type {where}"
-    if el["type"] == "button":
-        if _text_len(el.get("text")) > 75:
-            return f"must be less than 76 characters {where}/text"
-        if len(str(el.get("value") or "")) > 2000:
-            return f"must be less than 2001 characters {where}/value"
-        if el.get("style") not in (None, "primary", "danger"):
-            return f"must be one of primary, danger {where}/style"
-    if len(str(el.get("action_id") or "")) > 255:
-        return f"must be less than 256 characters {where}/action_id"
+def _check_with_sdk(block: dict[str, Any], where: str) -> str | None:
+    try:
+        parsed = Block.parse(dict(block))
+        if parsed is None:
+            return f"unknown block type {block['type']!r} {where}"
+        parsed.validate_json()
+        rendered = parsed.to_dict()  # validates every nested element and text object
+    except (SlackObjectFormationError, TypeError, KeyError, ValueError) as err:
+        return f"{err} {where}"
+    dropped = _dropped_keys(block, rendered)
+    return f"unknown field {dropped} {where}" if dropped else None
+
+
+def _dropped_keys(sent: Any, kept: Any, path: str = "") -> str | None:
+    """The first key the SDK model did not keep (a typo Slack would refuse), or None."""
+    if isinstance(sent, dict) and isinstance(kept, dict):
+        for key, value in sent.items():
+            if key not in kept:
+                return f"{path}/{key}"
+            found = _dropped_keys(value, kept[key], f"{path}/{key}")
+            if found:
+                return found
+    elif isinstance(sent, list) and isinstance(kept, list):
+        for n, (a, b) in enumerate(zip(sent, kept, strict=False)):
+            found = _dropped_keys(a, b, f"{path}/{n}")
+            if found:
+                return found
     return None
 
 
-def check_view(view: Any, expected_type: str) -> str | None:
-    """Slack's structural limits for a modal/home view; returns a problem or None."""
+def _check_limits(block: dict[str, Any], where: str) -> str | None:
+    kind = block["type"]
+    if len(str(block.get("block_id") or "")) > ID_MAX:
+        return f"block_id must be less than {ID_MAX + 1} characters {where}"
+    if kind == "section":
+        if "text" not in block and "fields" not in block:
+            return f"must provide text or fields {where}"
+        if _text_len(block.get("text")) > SECTION_TEXT_MAX:
+            return f"must be less than {SECTION_TEXT_MAX + 1} characters {where}/text"
+        if len(block.get("fields") or []) > SECTION_FIELDS_MAX:
+            return f"no more than {SECTION_FIELDS_MAX} items allowed {where}/fields"
+    elif kind == "context" and len(block.get("elements") or []) > CONTEXT_ELEMENTS_MAX:
+        return f"no more than {CONTEXT_ELEMENTS_MAX} items allowed {where}/elements"
+    elements = list(block.get("elements") or []) if kind == "actions" else []
+    for key in ("accessory", "element"):
+        if isinstance(block.get(key), dict):
+            elements.append(block[key])
+    for j, el in enumerate(elements):
+        if not isinstance(el, dict):
+            return f"missing required field: type {where}/elements/{j}"
+        if len(str(el.get("value") or "")) > BUTTON_VALUE_MAX:
+            return f"must be less than {BUTTON_VALUE_MAX + 1} characters {where}/elements/{j}/value"
+        if len(str(el.get("action_id") or "")) > ID_MAX:
+            return f"must be less than {ID_MAX + 1} characters {where}/elements/{j}/action_id"
+    return None
+
+
+def check_view(view: Any, expected_type: str, *, method: str = "views") -> str | None:
+    """A modal or Home view as `slack_sdk.models.views.View` validates it, plus the published
+    limits; a problem or None."""
+    VALIDATED[method] += 1
     if not isinstance(view, dict):
         return "view must be an object"
     if view.get("type") != expected_type:
         return f"view type must be {expected_type}"
+    pointer = "[json-pointer:/view"
     if expected_type == "modal":
         if not isinstance(view.get("title"), dict):
             return "missing required field: title"
         for key in ("title", "submit", "close"):
-            if _text_len(view.get(key)) > 24:
-                return f"must be less than 25 characters [json-pointer:/view/{key}/text]"
-    if len(str(view.get("private_metadata") or "")) > 3000:
-        return "must be less than 3001 characters [json-pointer:/view/private_metadata]"
-    if len(str(view.get("callback_id") or "")) > 255:
-        return "must be less than 256 characters [json-pointer:/view/callback_id]"
-    return check_blocks(view.get("blocks") or [], VIEW_MAX_BLOCKS)
+            if _text_len(view.get(key)) > MODAL_TEXT_MAX:
+                return f"must be less than {MODAL_TEXT_MAX + 1} characters {pointer}/{key}/text]"
+    if len(str(view.get("private_metadata") or "")) > PRIVATE_METADATA_MAX:
+        return (
+            f"must be less than {PRIVATE_METADATA_MAX + 1} characters {pointer}/private_metadata]"
+        )
+    if len(str(view.get("callback_id") or "")) > ID_MAX:
+        return f"must be less than {ID_MAX + 1} characters {pointer}/callback_id]"
+    problem = _check_each_block(view.get("blocks") or [], VIEW_MAX_BLOCKS)
+    if problem:
+        return problem
+    try:
+        model = View(**dict(view))
+        model.validate_json()
+        rendered = model.to_dict()
+    except (SlackObjectFormationError, TypeError, ValueError) as err:
+        return f"{err} {pointer}]"
+    dropped = _dropped_keys(view, rendered)
+    return f"unknown field {dropped} {pointer}]" if dropped else None
 
 
 # --------------------------------------------------------------------------------------------

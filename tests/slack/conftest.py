@@ -15,12 +15,16 @@ import aiohttp
 import pytest
 
 from bot.bootstrap import Bot
+from bot.check import REQUIRED_SCOPES
 from bot.config import Settings
 from bot.lifecycle import running
 from tests.fakes.slack import (
     BOT_TOKEN,
+    MESSAGE_MAX_BLOCKS,
     FakeSlack,
     block_actions_payload,
+    check_blocks,
+    check_view,
     form_body,
     interactive_body,
     signed_headers,
@@ -77,9 +81,16 @@ class SlackRig:
         ) as response:
             text = await response.text()
             try:
-                return response.status, json.loads(text) if text else None
+                body = json.loads(text) if text else None
             except json.JSONDecodeError:
                 return response.status, text
+            if isinstance(body, dict) and "blocks" in body:  # an ack Slack would validate too
+                problem = check_blocks(body["blocks"], MESSAGE_MAX_BLOCKS, method="ack")
+                assert problem is None, problem
+            if isinstance(body, dict) and isinstance(body.get("view"), dict):
+                problem = check_view(body["view"], "modal", method="ack")
+                assert problem is None, problem
+            return response.status, body
 
     async def command(
         self, text: str, *, user: str = USER, channel: str = CHANNEL
@@ -172,7 +183,8 @@ def rig_settings(tmp_path: Path, fake: FakeSlack, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(rate_limits=False, trigger_ttl=None) as server:
+    # Exactly the manifest's scopes: every Slack test also shows they are enough.
+    async with FakeSlack(rate_limits=False, trigger_ttl=None, scopes=REQUIRED_SCOPES) as server:
         yield server
 
 

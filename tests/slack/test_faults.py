@@ -25,7 +25,7 @@ def utcnow() -> datetime:
 
 
 async def get(rig: SlackRig, path: str) -> tuple[int, str]:
-    async with rig.http.get(f"{rig.bot.web_url}{path}") as response:
+    async with rig.http.get(f"{rig.bot.probe_url}{path}") as response:
         return response.status, await response.text()
 
 
@@ -113,7 +113,7 @@ async def test_readyz_is_503_when_slack_does_not_answer(rig: SlackRig) -> None:
 
 async def test_readyz_gives_up_on_a_slow_slack_after_two_seconds(rig: SlackRig) -> None:
     rig.fake.fail_next("auth.test", 200, delay=10.0)
-    async with aiohttp.ClientSession() as http, http.get(f"{rig.bot.web_url}/readyz") as response:
+    async with aiohttp.ClientSession() as http, http.get(f"{rig.bot.probe_url}/readyz") as response:
         assert response.status == 503
         assert "no answer within 2 s" in await response.text()
 

@@ -57,7 +57,7 @@ async def test_waiting_edits_of_one_message_collapse_into_the_newest(store: SqlS
         outbox = SlackOutbox(
             fake.client(), store, now=utcnow, post_interval=0.0, updates_per_minute=120
         )
-        ts = await outbox.post(CHANNEL, message("v0"))
+        ts = (await outbox.post(CHANNEL, message("v0"))).ts
         await asyncio.gather(*(outbox.update(CHANNEL, ts, message(f"v{i}")) for i in range(1, 6)))
         card = fake.message(CHANNEL, ts)
         assert card.text == "v5"
@@ -117,7 +117,7 @@ async def test_a_merged_edit_learns_that_the_sent_one_failed(store: SqlStore) ->
         outbox = SlackOutbox(
             fake.client(), store, now=utcnow, post_interval=0.0, updates_per_minute=120
         )
-        ts = await outbox.post(CHANNEL, message("v0"))
+        ts = (await outbox.post(CHANNEL, message("v0"))).ts
         fake.fail_next("chat.update", status=200, error="cant_update_message", count=2)
         blocker = asyncio.create_task(outbox.update(CHANNEL, ts, message("v1")))
         await asyncio.sleep(0)

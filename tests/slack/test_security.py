@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.lifecycle import running
+from bot.members import SlackChannelMembers
+from handlers.listeners import origin_of
+from services.access import AccessPolicy
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 from tests.slack.conftest import JOB_SCRIPT, SECRET, SlackRig, job_json, rig_settings
 
@@ -86,3 +90,63 @@ async def test_no_secret_reaches_slack(rig: SlackRig) -> None:
 async def _finished(rig: SlackRig, name: str) -> bool:
     job = await rig.bot.store.find_job(name)
     return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
+
+
+# -- workspaces and channel members ----------------------------------------------------------
+
+INSTALLED, ACTOR_TEAM = "T0INSTALLED", "T0ACTOR"
+
+
+@pytest.mark.parametrize(
+    ("body", "served"),
+    [
+        # a slash command (form fields) from the home workspace of a Grid org
+        ({"team_id": INSTALLED, "enterprise_id": "E0ORG", "user_id": "U1"}, True),
+        # an interaction by a Slack Connect guest: the team is ours, the user's is not
+        ({"team": {"id": INSTALLED}, "user": {"id": "U2", "team_id": ACTOR_TEAM}}, False),
+        # bolt-python's Slack Connect event: the top-level team is the actor's
+        (
+            {
+                "team_id": ACTOR_TEAM,
+                "context_team_id": INSTALLED,
+                "event": {"type": "message", "user": "U3", "team": ACTOR_TEAM},
+                "is_ext_shared_channel": True,
+            },
+            False,
+        ),
+        # an app_mention whose actor is known only by their Grid org
+        (
+            {
+                "team_id": INSTALLED,
+                "event": {"type": "app_mention", "team": INSTALLED, "user_team": "E0ACTOR"},
+            },
+            False,
+        ),
+        # a view submission of a modal opened in our workspace
+        ({"team": {"id": INSTALLED}, "view": {"team_id": INSTALLED}, "user": {"id": "U4"}}, True),
+    ],
+)
+def test_every_workspace_a_request_names_must_be_allowed(
+    body: dict[str, Any], served: bool
+) -> None:
+    policy = AccessPolicy(teams=frozenset({INSTALLED}), orgs=frozenset({"E0ORG"}))
+    assert policy.check_origin(origin_of(body)).allowed is served
+
+
+async def test_channel_members_are_read_page_by_page_and_cached(fake: FakeSlack) -> None:
+    crowd = [f"U{i:05d}" for i in range(2500)]
+    fake.set_members("C0CROWD", crowd)
+    fake.add_channel("G0CLOSED", is_private=True, is_member=False)
+    now = [0.0]
+    members = SlackChannelMembers(fake.client(), ttl=60.0, monotonic=lambda: now[0])
+    assert await members.is_member("C0CROWD", "U02499")
+    assert not await members.is_member("C0CROWD", "U0NOBODY")
+    pages = fake.calls_to("conversations.members")
+    assert len(pages) == 3  # 1,000 a page, then the cache
+    assert [c.args.get("cursor") for c in pages] == [None, "off:1000", "off:2000"]
+    now[0] = 61.0
+    await members.is_member("C0CROWD", "U00001")
+    assert len(fake.calls_to("conversations.members")) == 6  # asked again after the TTL
+    # a private channel the bot is not in: Slack says channel_not_found, nobody is a member
+    assert not await members.is_member("G0CLOSED", "U00001")
+    assert fake.calls_to("conversations.members", ok=False)

@@ -96,7 +96,7 @@ async def drain(rig: SlackRig) -> None:
 
 
 async def test_estimate_is_shown_and_equals_the_ledger(spend: SlackRig) -> None:
-    created = await spend.answer(A100)
+    created = await spend.answer(A100, user=BOSS)
     assert "$3.673/h per node" in str(created["blocks"]) and "$14.69/h" in str(created["blocks"])
     reply = await submit(spend, "big1")
     assert "4 × $3.673/h × 8 h max = $117.54" in str(reply["blocks"])
@@ -116,7 +116,7 @@ async def test_under_the_limit_starts_at_once(spend: SlackRig) -> None:
 async def test_above_the_limit_asks_the_approvers_and_an_approver_approves(
     spend: SlackRig,
 ) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "big1")
     assert await state(spend, "big1") is JobState.PENDING_APPROVAL
     await drain(spend)
@@ -138,7 +138,7 @@ async def test_above_the_limit_asks_the_approvers_and_an_approver_approves(
 
 
 async def test_non_approver_is_refused_privately_and_audited(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "big1")
     approval = await approval_of(spend, "big1")
     answer = await click(spend, views.ACTION_APPROVE, approval.id, MALLORY)
@@ -158,7 +158,7 @@ async def test_requester_cannot_approve_their_own_request(spend: SlackRig) -> No
 
 
 async def test_a_second_click_changes_nothing(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "big1")
     approval = await approval_of(spend, "big1")
     await click(spend, views.ACTION_APPROVE, approval.id, BOSS)
@@ -171,7 +171,7 @@ async def test_a_second_click_changes_nothing(spend: SlackRig) -> None:
 
 
 async def test_two_approvers_clicking_at_once_decide_once(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "race")
     approval = await approval_of(spend, "race")
     answers = await asyncio.gather(
@@ -184,7 +184,7 @@ async def test_two_approvers_clicking_at_once_decide_once(spend: SlackRig) -> No
 
 
 async def test_above_the_threshold_two_different_approvers_are_needed(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "huge", hours=100)  # 4 × $3.673 × 100 h = $1,469.20
     approval = await approval_of(spend, "huge")
     assert approval.required == 2
@@ -196,7 +196,7 @@ async def test_above_the_threshold_two_different_approvers_are_needed(spend: Sla
 
 
 async def test_unanswered_requests_expire_with_a_message(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "slow")
     approval = await approval_of(spend, "slow")
     spend.clock.advance(timedelta(hours=25))  # type: ignore[attr-defined]
@@ -210,7 +210,7 @@ async def test_unanswered_requests_expire_with_a_message(spend: SlackRig) -> Non
 
 
 async def test_deny_asks_for_a_reason_in_a_modal(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "nope")
     approval = await approval_of(spend, "nope")
     status, _ = await spend.click(views.ACTION_DENY, approval.id, user=BOSS)
@@ -253,7 +253,7 @@ async def test_over_budget_needs_approval_even_for_small_spend(spend: SlackRig) 
 
 
 async def test_text_commands_list_approve_and_deny(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "a1")
     await submit(spend, "a2")
     listed = await spend.answer("approvals list -o table", user=BOSS)
@@ -292,7 +292,8 @@ async def test_limit_warning_extend_and_stop(spend: SlackRig) -> None:
 
 
 async def test_spot_priority_uses_the_spot_price(spend: SlackRig) -> None:
-    created = await spend.answer(A100.replace("-n big", "-n spot") + " --vm-priority lowpriority")
+    spot = A100.replace("-n big", "-n spot") + " --vm-priority lowpriority"
+    created = await spend.answer(spot, user=BOSS)
     assert "$0.7345/h spot" in str(created["blocks"])
     await submit(spend, "cheap", cluster="spot", hours=8, nodes=4)  # 4 × 0.7345 × 8 = $23.50
     job = await spend.bot.store.find_job("cheap")
@@ -344,7 +345,7 @@ async def _ended(rig: SlackRig, name: str) -> bool:
 
 
 async def test_an_extension_over_the_budget_needs_approval_again(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "long", hours=1, nodes=4)  # 4 × $3.673 × 1 h = $14.69: starts at once
     await spend.until(lambda: _running(spend, "long"), "long to start")
     await spend.answer("budget set --amount 1.00", user=BOSS)
@@ -365,7 +366,7 @@ async def test_an_extension_over_the_budget_needs_approval_again(spend: SlackRig
 
 
 async def test_the_requester_may_withdraw_a_waiting_request(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "maybe")
     reply = await spend.answer("job terminate -n maybe")
     assert "terminating" in reply["text"] or "denied" in reply["text"]
@@ -375,10 +376,12 @@ async def test_the_requester_may_withdraw_a_waiting_request(spend: SlackRig) -> 
 
 
 async def test_whoever_asks_for_an_extension_may_not_approve_it(spend: SlackRig) -> None:
-    await spend.answer(A100)
+    await spend.answer(A100, user=BOSS)
     await submit(spend, "theirs", hours=1, nodes=4)
     await spend.until(lambda: _running(spend, "theirs"), "theirs to start")
     await spend.answer("budget set --amount 1.00", user=BOSS)
+    spend.clock.advance(timedelta(minutes=51))  # type: ignore[attr-defined]
+    await drain(spend)  # the limit warning: Extend counts from now
     job = await spend.bot.store.find_job("theirs")
     assert job is not None
     answer = await click(spend, views.ACTION_EXTEND, job.id, BOSS)  # an admin, for Alice's job

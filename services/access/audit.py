@@ -1,4 +1,4 @@
-"""The audit log: who did, or was refused, what; readable by admins."""
+"""The audit log: who did, or was refused, what; written by the guard, readable by admins."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from services.store import SqlStore
 class AuditLog:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
+
+    async def record(self, entry: AuditEntry) -> None:
+        await self._store.add_audit(entry)
 
     async def list_entries(
         self, *, actor: Actor, job_id: str | None = None, limit: int = 50
