@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.console import ConsoleMembers
+from bot.keys import link_secret, private_dir, secret_box
 from bot.members import SlackChannelMembers
 from bot.metrics import BotMetrics, StateCollector, measured
 from bot.outbox import SlackOutbox
@@ -107,21 +106,6 @@ class Bot:
     def web_url(self) -> str:
         """Where the bot's own web app answers (links, /healthz, /slack/events)."""
         return self.signer.base_url.removesuffix("/files")
-
-
-def link_secret(settings: Settings) -> bytes:
-    """The configured key, or one made once and kept in the data dir (links survive restarts)."""
-    if settings.link_secret is not None:
-        return settings.link_secret.get_secret_value().encode()
-    path = settings.batchai_data_dir / "link-secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # created with its final mode: never readable by others, not even for a moment
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip().encode()
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
 
 
 async def seed_azure_share(share: AzureShare, name: str, src: Path) -> int:
@@ -223,8 +207,8 @@ def build(
     The azure backend uses `credential`, or else a DefaultAzureCredential made here."""
     clock = clock or SystemClock()
     data = settings.batchai_data_dir
-    data.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(settings.db_url)
+    private_dir(data)
+    store = SqlStore(settings.db_url, secrets=secret_box(settings))
     metrics = BotMetrics()
     if transport is None:
         transport = SlackOutbox(

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     batchai_backend: Literal["local", "azure"] = "local"
     batchai_data_dir: Path = Path(".batchai")
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
+    secrets_key: SecretStr | None = None  # seals secrets in the store; default: <data dir> file
+    secrets_key_previous: SecretStr | None = None  # the key being rotated out
     manifest_dir: Path = PROJECT_DIR / "manifests"
     examples_dir: Path = PROJECT_DIR / "examples"
 

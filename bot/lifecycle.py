@@ -21,6 +21,7 @@ from services.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
 from services.ports import Clock
 from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
 from services.schedules import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
+from services.store.sealing import SecretsKeyError
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -60,7 +61,10 @@ async def running(
         stack.push_async_callback(bot.store.aclose)
         stack.push_async_callback(bot.aclose_clients)
         stack.push_async_callback(bot.relay.aclose)
-        await bot.store.migrate()
+        try:
+            await bot.store.migrate()
+        except SecretsKeyError as err:  # one line, never a traceback
+            raise SystemExit(f"batchai-bot: {err}") from None
         if touched := await bot.clusters.reconcile():
             log.info("finished interrupted cluster changes: %s", ", ".join(touched))
         if isinstance(bot.transport, SlackOutbox):

@@ -141,7 +141,7 @@ class JobRunner:
             resource_group=job.resource_group,
             workspace=job.workspace,
             cluster=cluster,
-            spec=load_job_spec(job.spec_json, source=job.name),
+            spec=load_job_spec(self._store.open_spec(job.spec_json), source=job.name),
             nodes=job.nodes,
         )
         try:

@@ -97,19 +97,21 @@ _SECRET_KEYS: Final = frozenset(
 )
 
 
-def _mask(value: Any, *, parent: str = "") -> Any:
+def map_secrets(value: Any, change: Callable[[str], str], *, parent: str = "") -> Any:
+    """A copy of parsed spec JSON with every secret string (secrets[].value, passwords, keys)
+    replaced by `change(secret)`."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if isinstance(item, str) and (
                 key in _SECRET_KEYS or (parent == "secrets" and key == "value")
             ):
-                out[key] = MASK
+                out[key] = change(item)
             else:
-                out[key] = _mask(item, parent=key)
+                out[key] = map_secrets(item, change, parent=key)
         return out
     if isinstance(value, list):
-        return [_mask(item, parent=parent) for item in value]
+        return [map_secrets(item, change, parent=parent) for item in value]
     return value
 
 
@@ -120,5 +122,5 @@ def dump(
     data = _raw(spec)
     if not mask_secrets:
         return data
-    masked: dict[str, Any] = _mask(data)
+    masked: dict[str, Any] = map_secrets(data, lambda _: MASK)
     return masked

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -11,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, delete, event, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, event, func, insert, make_url, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -51,9 +53,12 @@ from services.store.schema import (
     log_offsets,
     metrics,
     prices,
+    safe_text,
     schedules,
+    secrets_check,
     votes,
 )
+from services.store.sealing import SecretBox
 from services.store.spend import (
     approval_from,
     approval_row,
@@ -64,7 +69,9 @@ from services.store.spend import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_FILES = ("", "-wal", "-shm", "-journal")  # the database and the files SQLite keeps beside it
 
+log = logging.getLogger(__name__)
 
 _SEQ_LOCK = 0x6A6F6273  # the PostgreSQL advisory lock that orders job submissions ("jobs")
 _LIFECYCLE_COLUMNS = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
@@ -73,10 +80,15 @@ INTENT = "?"  # a deliveries row whose message id starts so is an intent, not a 
 
 
 class SqlStore:
-    """Clusters, jobs, log offsets, metrics and the event outbox in one database."""
+    """Clusters, jobs, log offsets, metrics and the event outbox in one database.
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    Secret fields (a job.json's secrets, passwords and keys, inline job.json of schedules, the
+    typed commands in the audit table) are sealed with `secrets` on their way in; without a
+    box, with a key of this process only."""
+
+    def __init__(self, url: str, *, echo: bool = False, secrets: SecretBox | None = None) -> None:
         self.url = url
+        self._box = secrets or SecretBox.ephemeral()
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             connect_args["timeout"] = 30
@@ -85,9 +97,52 @@ class SqlStore:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision, and make sure the secrets in the
+        database are sealed with the current key (SecretsKeyError if they cannot be opened)."""
+        if self._engine.dialect.name == "sqlite":
+            _private_sqlite_files(self.url)
         async with self._engine.begin() as conn:
             await conn.run_sync(_upgrade)
+            resealed = await self._check_key(conn)
+        if resealed:
+            await self._scrub()
+
+    async def _check_key(self, conn: AsyncConnection) -> int:
+        """Seal what an older version stored in plain text (first start), or re-seal what the
+        previous key sealed (rotation); refuse a key that opens neither. Returns the rows
+        rewritten."""
+        box = self._box
+        check = (await conn.execute(select(secrets_check.c.value))).scalar_one_or_none()
+        if check is not None and box.recognise(check):
+            return 0
+        if check is None:
+            count = await _reseal(conn, box.seal_spec, box.seal)
+            await conn.execute(insert(secrets_check).values(id=1, value=box.check_value()))
+            if count:
+                log.info("sealed the secret fields of %d rows stored in plain text", count)
+        else:
+            count = await _reseal(conn, box.rotate_spec, box.rotate)
+            await conn.execute(update(secrets_check).values(value=box.check_value()))
+            log.info("re-sealed %d stored rows with the new SECRETS_KEY", count)
+        return count
+
+    async def _scrub(self) -> None:
+        """Rewrite the tables so the old values of resealed rows are not left in free pages
+        (SQLite: and in its write-ahead log; PostgreSQL: in dead row versions)."""
+        sqlite = self._engine.dialect.name == "sqlite"
+        statements = (
+            ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+            if sqlite
+            else ["VACUUM FULL jobs, schedules, audit"]
+        )
+        async with self._engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                await auto.exec_driver_sql(statement)
+
+    def open_spec(self, spec_json: str) -> str:
+        """A stored job's job.json with its secrets in plain text: for launching it, only."""
+        return self._box.open_spec(spec_json)
 
     async def ping(self) -> None:
         async with self._engine.connect() as conn:
@@ -164,7 +219,7 @@ class SqlStore:
             # The next place in the queue is read by the INSERT itself, never before it.
             seq = select(func.coalesce(func.max(jobs.c.seq), 0) + 1).scalar_subquery()
             try:
-                await conn.execute(insert(jobs).values(seq=seq, **_job_row(job)))
+                await conn.execute(insert(jobs).values(seq=seq, **_new_job_row(job, self._box)))
             except IntegrityError as err:
                 raise Conflict(f"job {job.name} already exists") from err
             if approval is not None:
@@ -436,7 +491,11 @@ class SqlStore:
 
     async def add_audit(self, entry: AuditEntry) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(insert(audit).values(**asdict(entry)))
+            row = asdict(entry)
+            row["detail"] = (
+                None if entry.detail is None else self._box.seal(safe_text(entry.detail))
+            )
+            await conn.execute(insert(audit).values(**row))
 
     async def list_audit(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """Newest first."""
@@ -453,7 +512,7 @@ class SqlStore:
                     action=r.action,
                     target=r.target,
                     outcome=r.outcome,
-                    detail=r.detail,
+                    detail=None if r.detail is None else self._box.open(r.detail),
                 )
                 for r in rows
             ]
@@ -665,13 +724,13 @@ class SqlStore:
 
     async def insert_schedule(self, schedule: Schedule) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(insert(schedules).values(_schedule_row(schedule)))
+            await conn.execute(insert(schedules).values(_schedule_row(schedule, self._box)))
 
     async def get_schedule(self, schedule_id: str) -> Schedule | None:
         async with self._engine.connect() as conn:
             stmt = select(schedules).where(schedules.c.id == schedule_id)
             row = (await conn.execute(stmt)).first()
-        return None if row is None else _schedule_from(row._mapping)
+        return None if row is None else _schedule_from(row._mapping, self._box)
 
     async def list_schedules(
         self, *, channel: str | None = None, active: bool | None = None
@@ -683,7 +742,7 @@ class SqlStore:
         if active is not None:
             stmt = stmt.where(schedules.c.active.is_(active))
         async with self._engine.connect() as conn:
-            return [_schedule_from(r._mapping) for r in await conn.execute(stmt)]
+            return [_schedule_from(r._mapping, self._box) for r in await conn.execute(stmt)]
 
     async def delete_schedule(self, schedule_id: str) -> bool:
         async with self._engine.begin() as conn:
@@ -725,7 +784,7 @@ async def _claim_run(conn: AsyncConnection, run: ScheduleRun, **outcome: Any) ->
     return bool(result.rowcount)
 
 
-def _schedule_row(s: Schedule) -> dict[str, Any]:
+def _schedule_row(s: Schedule, box: SecretBox) -> dict[str, Any]:
     job = s.job
     return {
         "id": s.id,
@@ -735,7 +794,7 @@ def _schedule_row(s: Schedule) -> dict[str, Any]:
         "request": {
             "name": job.name,
             "cluster": job.cluster,
-            "config": {"kind": job.config.kind, "value": job.config.value},
+            "config": _config_row(job.config, box.seal),
             "resource_group": job.resource_group,
             "workspace": job.workspace,
             "experiment": job.experiment,
@@ -754,9 +813,15 @@ def _schedule_row(s: Schedule) -> dict[str, Any]:
     }
 
 
-def _schedule_from(r: Any) -> Schedule:
+def _config_row(config: ConfigSource, change: Callable[[str], str]) -> dict[str, str]:
+    """An inline job.json is the user's whole job, secrets and all: sealed as one value."""
+    value = change(config.value) if config.kind == "inline" else config.value
+    return {"kind": config.kind, "value": value}
+
+
+def _schedule_from(r: Any, box: SecretBox) -> Schedule:
     request = dict(r["request"])
-    config = request.pop("config")
+    config = _config_row(ConfigSource(**request.pop("config")), box.open)
     created = aware(r["created_at"])
     assert created is not None
     return Schedule(
@@ -831,6 +896,49 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _private_sqlite_files(url: str) -> None:
+    """The database file is created 0600 (SQLite gives its -wal/-shm/-journal files the same
+    mode), and a looser one left by an older version is tightened."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite's own error says what is wrong
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for suffix in SQLITE_FILES:
+        extra = path.with_name(path.name + suffix)
+        if extra.exists() and extra.stat().st_mode & 0o077:
+            extra.chmod(0o600)
+            log.warning("tightened %s to mode 0600 (others could read it)", extra)
+
+
+async def _reseal(
+    conn: AsyncConnection, spec: Callable[[str], str], value: Callable[[str], str]
+) -> int:
+    """Rewrite every stored secret through `spec` (job.json text) or `value` (a whole value)."""
+    count = 0
+    for job_id, text in (await conn.execute(select(jobs.c.id, jobs.c.spec_json))).all():
+        if (sealed_spec := spec(text)) != text:
+            change = update(jobs).where(jobs.c.id == job_id).values(spec_json=sealed_spec)
+            await conn.execute(change)
+            count += 1
+    found = await conn.execute(select(schedules.c.id, schedules.c.request))
+    for schedule_id, request in found.all():
+        config = ConfigSource(**request["config"])
+        if config.kind == "inline":
+            sealed = {**request, "config": _config_row(config, value)}
+            change = update(schedules).where(schedules.c.id == schedule_id)
+            await conn.execute(change.values(request=sealed))
+            count += 1
+    stmt = select(audit.c.id, audit.c.detail).where(audit.c.detail.is_not(None))
+    for audit_id, detail in (await conn.execute(stmt)).all():
+        await conn.execute(update(audit).where(audit.c.id == audit_id).values(detail=value(detail)))
+        count += 1
+    return count
 
 
 def _upgrade(sync_conn: Connection) -> None:
@@ -994,7 +1102,13 @@ def _layout_from(data: Any) -> JobLayout | None:
     )
 
 
+def _new_job_row(j: Job, box: SecretBox) -> dict[str, Any]:
+    """The row of a new job: its job.json is stored once, with its secret fields sealed."""
+    return {**_job_row(j), "spec_json": box.seal_spec(j.spec_json)}
+
+
 def _job_row(j: Job) -> dict[str, Any]:
+    """Every column a job's updates may write."""
     return {
         "id": j.id,
         "name": j.name,
@@ -1003,7 +1117,6 @@ def _job_row(j: Job) -> dict[str, Any]:
         "workspace": j.workspace,
         "experiment": j.experiment,
         "state": j.state.value,
-        "spec_json": j.spec_json,
         "node_count": j.node_count,
         "toolkit": j.toolkit,
         "max_wall_clock_s": int(j.max_wall_clock.total_seconds()),
