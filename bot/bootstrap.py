@@ -282,6 +282,7 @@ def build(
         spend=spend,
         approvals=approvals,
         readers=JobReaders(channel_members),
+        reserved_shares=compute.reserved_shares,
     )
     runner = JobRunner(
         store=store,

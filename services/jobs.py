@@ -76,8 +76,10 @@ class JobService:
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
         readers: JobReaders | None = None,
+        reserved_shares: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
+        self._reserved_shares = reserved_shares  # the backend's own: no job may mount them
         self._readers = readers or JobReaders()
         self._share = share
         self._clock = clock
@@ -147,6 +149,7 @@ class JobService:
             raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        self._refuse_reserved_shares(spec)
         cluster_name = request.cluster or _cluster_from_spec(spec)
         if cluster_name is None:
             raise UserError("name the cluster with --cluster-name (or cluster.id in the job.json)")
@@ -183,6 +186,18 @@ class JobService:
             container_image=plan.container_image,
         )
         return job, cluster, plan.warnings
+
+    def _refuse_reserved_shares(self, spec: JobSpec) -> None:
+        """A job.json never mounts the bot's control share: refused at submit, in one line
+        (the backend refuses it again at launch, for jobs stored before this check)."""
+        volumes = spec.properties.mount_volumes
+        for volume in volumes.azure_file_shares if volumes is not None else ():
+            share = volume.azure_file_url.rstrip("/").rsplit("/", 1)[-1]
+            if share in self._reserved_shares:
+                raise UserError(
+                    f"mountVolumes.azureFileShares: share {share} is the bot's control share "
+                    "(AZURE_SHARE), which holds every job's launch records; mount another share"
+                )
 
     async def _price(
         self, job: Job, cluster: Cluster, spend: SpendService, actor: Actor
