@@ -30,12 +30,11 @@ from bot.bootstrap import Bot
 from bot.config import Settings
 from bot.console import ConsoleTransport
 from bot.lifecycle import running
+from services.access import Caller
 from services.clock import FakeClock
 from services.models import (
-    Actor,
     AuditEntry,
     ConfigSource,
-    Conversation,
     FileLocation,
     Schedule,
     ScheduledJob,
@@ -303,13 +302,13 @@ async def test_a_launched_job_gets_its_secret_which_the_database_never_holds(
     del props["containerSettings"], props["mountVolumes"]  # the local backend runs it as is
     async with started(tmp_path, secrets_key=key()) as bot:
         bot.share.create_share("data")
-        actor = Actor(user="U1", conversation=Conversation("C1", None, "U1"), is_admin=True)
+        caller = Caller("U1", "C1")  # no ADMIN_USERS: everyone is an admin
         for line in (
             "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data "
             "--afs-mount-path afs",
             f"job create -n j1 -r c1 -c {json.dumps(job_spec)}",
         ):
-            reply = await bot.commands.handle(line, actor=actor, source="console")
+            reply = await bot.commands.handle(line, caller=caller, source="console")
             assert not reply.failed, reply.message.text
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TIMEOUT
