@@ -243,7 +243,10 @@ def build(
         members_of = UserGroups(web_client(settings, for_listeners=True)).members
         channel_members = SlackChannelMembers(web_client(settings, for_listeners=True))
     gate = SpendGate(policy=policy, spend=spend)  # the one place money is decided
-    approvals = ApprovalService(store=store, gate=gate, clock=clock, members_of=members_of)
+    readers = JobReaders(channel_members)  # who may read a job: one rule for jobs and approvals
+    approvals = ApprovalService(
+        store=store, gate=gate, clock=clock, members_of=members_of, readers=readers
+    )
     access = AccessPolicy(
         channels=settings.allowed_channels,
         users=settings.allowed_users,
@@ -281,7 +284,7 @@ def build(
         placeholder_values={"<AZURE_BATCHAI_STORAGE_ACCOUNT>": settings.storage_account},
         spend=spend,
         approvals=approvals,
-        readers=JobReaders(channel_members),
+        readers=readers,
         reserved_shares=compute.reserved_shares,
     )
     runner = JobRunner(

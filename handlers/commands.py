@@ -376,7 +376,7 @@ class CommandHandler:
 
     async def _approvals_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
-        found = await approvals.list_approvals(include_decided=c.all)
+        found = await approvals.list_approvals(actor=actor, include_decided=c.all)
         return Reply(views.approvals_table(found, output=c.output))
 
     async def _approvals_approve(self, c: Any, actor: Actor, source: Source) -> Reply:

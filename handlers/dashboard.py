@@ -51,7 +51,6 @@ class Dashboard:
         jobs = [j for j in await self._jobs.list_jobs(actor=actor) if j.state in LIVE]
         pending: list[str] = []
         if self._approvals is not None:
-            readable = {j.id for j in await self._jobs.list_jobs(actor=actor)}
             pending = [
                 views.md(
                     "{} {} (`/batchai approvals approve --id {}`)",
@@ -59,8 +58,7 @@ class Dashboard:
                     a.formula,
                     a.id,
                 )
-                for a in await self._approvals.list_approvals()
-                if actor.is_admin or a.job_id in readable
+                for a in await self._approvals.list_approvals(actor=actor)
             ]
         spent = None
         if self._spend is not None and actor.is_admin:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from services.access.reads import JobReaders
 from services.errors import NotAllowed, NotFound, UserError
 from services.events import ApprovalDecided, ApprovalRequested, Event, JobNote
 from services.gate import (
@@ -46,8 +47,10 @@ class ApprovalService:
         gate: SpendGate,
         clock: Clock,
         members_of: MembersOf | None = None,
+        readers: JobReaders | None = None,
     ) -> None:
         self._store = store
+        self._readers = readers or JobReaders()
         self.gate = gate
         self.policy = gate.policy
         self._clock = clock
@@ -99,8 +102,17 @@ class ApprovalService:
             raise UserError("say why: a denial needs a reason")
         return await self._decide(approval_id, actor=actor, decision="deny", reason=reason)
 
-    async def list_approvals(self, *, include_decided: bool = False) -> list[Approval]:
-        return await self._store.list_approvals(state=None if include_decided else "pending")
+    async def list_approvals(
+        self, *, actor: Actor, include_decided: bool = False
+    ) -> list[Approval]:
+        """The requests `actor` may see: all of them for admins and approvers (who decide
+        them), else those of the jobs `actor` may read (see JobReaders)."""
+        found = await self._store.list_approvals(state=None if include_decided else "pending")
+        if actor.is_admin or await self._is_approver(actor.user):
+            return found
+        jobs = await self._readers.visible(await self._store.list_jobs(), actor)
+        readable = {job.id for job in jobs}
+        return [a for a in found if a.job_id in readable]
 
     async def get_approval(self, approval_id: str) -> Approval:
         approval = await self._store.get_approval(approval_id)

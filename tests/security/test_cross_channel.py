@@ -132,6 +132,35 @@ async def test_app_home_shows_a_non_member_nothing_of_other_channels(team: Slack
     await rig.answer("job terminate -n hidden", user=ALICE, channel=PRIVATE)
 
 
+async def test_approvals_of_a_private_channel_job_are_not_listed_to_outsiders(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    fake.add_channel(PRIVATE, "secret-project", is_private=True)
+    fake.set_members(PRIVATE, [ALICE, CAROL])
+    fake.set_members(PUBLIC, [ALICE, BOB, CAROL, ADMIN])
+    policy = tmp_path / "approvals.json"
+    policy.write_text(json.dumps({"default_limit_usd": 0.01, "approvers": [ADMIN]}))
+    settings = rig_settings(tmp_path, fake, admin_users=ADMIN, approvals_file=policy)
+    async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
+        rig = SlackRig(fake, bot, http, settings)
+        bot.share.create_share("data")
+        await rig.answer(CREATE, user=ADMIN)
+        asked = await rig.answer(
+            f"job create -n moonshot -r c1 -c {job_json(1)}", user=ALICE, channel=PRIVATE
+        )
+        assert "approval" in asked["text"], asked["text"]
+        (approval,) = await bot.store.list_approvals()
+        for user, sees in ((BOB, False), (CAROL, True), (ALICE, True), (ADMIN, True)):
+            for command in ("approvals list", "approvals list --all", "approvals list -o json"):
+                listed = await rig.answer(command, user=user)
+                shown = listed["text"] + json.dumps(listed["blocks"])
+                assert (approval.id in shown) is sees, (user, command)
+        status, _ = await rig.post(json.dumps(app_home_opened_event(BOB)).encode())
+        assert status == 200
+        await rig.fake.wait_for(lambda: rig.fake.home_view(BOB) is not None)
+        assert approval.id not in rig.fake.home_view(BOB).block_text()  # type: ignore[union-attr]
+
+
 async def test_requests_from_another_workspace_are_refused_on_every_surface(rig: SlackRig) -> None:
     await rig.answer(CREATE)
     # a slash command typed in another workspace
