@@ -15,8 +15,6 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
-from slack_bolt.context.async_context import AsyncBoltContext
-from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -185,11 +183,14 @@ def _bolt_request(body: str, request: web.Request) -> AsyncBoltRequest | None:
         return None
     if not bolt_request.body and body and not body.startswith("{"):
         # slack-bolt parses any form body containing the word "payload" as an interaction and
-        # drops it when there is no payload field (e.g. `/batchai job show -n payload`).
+        # drops it when there is no payload field (e.g. `/batchai job show -n payload`). The
+        # fields parsed here get their context from Bolt's own public constructor: a request
+        # built from a dict (as Socket Mode does) builds it, and only its body and context are
+        # taken; the signature is still checked on the raw body of `bolt_request`.
         fields = dict(parse_qsl(body, keep_blank_values=True))
         if "payload" not in fields:
-            bolt_request.body = fields
-            bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
+            parsed = AsyncBoltRequest(body=fields, mode="socket_mode")
+            bolt_request.body, bolt_request.context = parsed.body, parsed.context
     return bolt_request
 
 

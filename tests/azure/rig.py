@@ -23,7 +23,7 @@ from tests.fakes.azure_files import FakeAzureFiles
 BOT_SHARE = "batchai"  # the bot's own share: node runner, specs, status files
 JOB_SHARE = "data"  # the share the contract's clusters mount at "afs"
 MOUNT_PATH = "afs"
-NO_PAUSE = {"initial_backoff": 0, "increment_base": 0, "random_jitter_range": 0}
+NO_PAUSE = {"retry_backoff_factor": 0, "jitter": 0}
 
 
 @dataclass

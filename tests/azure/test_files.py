@@ -24,7 +24,7 @@ from services.models import FileLocation
 from tests.fakes.azure_files import FakeAzureFiles
 
 SHARE = "data"
-NO_PAUSE = {"initial_backoff": 0, "increment_base": 0, "random_jitter_range": 0}
+NO_PAUSE = {"retry_backoff_factor": 0, "jitter": 0}
 
 
 class Pauses(list[float]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -27,19 +28,16 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from azure.core.exceptions import (
-    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.storage.fileshare import (
     FileProperties,
     FileSasPermissions,
     generate_file_sas,
 )
-from azure.storage.fileshare._shared.authentication import AzureSigningError
-from azure.storage.fileshare._shared.policies import is_retry
-from azure.storage.fileshare._shared.policies_async import ExponentialRetry
 from azure.storage.fileshare.aio import (
     ShareClient,
     ShareDirectoryClient,
@@ -55,68 +53,61 @@ from services.models import FileEntry, FileLocation
 log = logging.getLogger(__name__)
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range takes at most 4 MiB per request
+PRIMARY = "primary"  # the storage SDK's LocationMode.PRIMARY
+_STORAGE_OPTIONS = ("location_mode", "hosts", "retry_to_secondary", "retry_hook")
 MAX_RETRY_AFTER = 60.0  # seconds; a longer Retry-After is the runner's business, not a pause here
 
 
-class FilesRetry(ExponentialRetry):
-    """The storage SDK's exponential retry, with a bot's timings, that also honours throttling.
+class FilesRetry(AsyncRetryPolicy[Any, Any]):
+    """azure-core's public async retry, with a bot's timings, for the storage pipeline.
 
-    The SDK's own policy never retries 429 and ignores Retry-After (`_shared/policies.py`
-    `is_retry`, `get_backoff_time`); Azure Storage throttles with 503 ServerBusy, but a proxy or
-    a future service version may say 429. Here both are retried, after Retry-After when the
-    answer has one (capped), else after about 2 s, 4 s, 8 s (± 1 s) instead of the SDK's 18 s,
-    24 s, 42 s, which would stall a tail cycle. Content-MD5 retries are not needed: we never ask
-    the service to validate content. (The async base class lives only in the SDK's private
-    `_shared.policies_async`; the public `ExponentialRetry` is the sync one.)
+    Retried: connection and read errors, 408, 429, 500, 502, 503, 504 and any error answer that
+    carries Retry-After (azure-core's rule), never a signing or authentication failure. The pause
+    is the answer's Retry-After (capped at a minute), else about 2 s, 4 s, 8 s (± `jitter`) instead
+    of a long back-off that would stall a tail cycle. The storage pipeline puts its location
+    options (`location_mode`, `hosts`, ...) into the request context and its paging reads
+    `http_response.location_mode` back, as its own retry policy does: they are taken out and
+    the answer is marked as the primary's, the only location the bot uses.
     """
 
     def __init__(
-        self, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kwargs: Any
+        self,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        jitter: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         self._sleep = sleep  # tests record the pauses; by default the transport sleeps
-        kwargs.setdefault("initial_backoff", 0)
-        kwargs.setdefault("increment_base", 2)
-        kwargs.setdefault("random_jitter_range", 1)
+        self._jitter = jitter
+        kwargs.setdefault("retry_total", 3)
+        kwargs.setdefault("retry_backoff_factor", 1.0)
         super().__init__(**kwargs)
 
-    async def send(self, request: Any) -> Any:  # type: ignore[override]  # typed as sync upstream
-        settings = self.configure_retries(request)
-        while True:
-            try:
-                response = await self.next.send(request)  # type: ignore[misc]
-            except AzureError as err:
-                if isinstance(err, AzureSigningError):
-                    raise
-                if not self.increment(settings, request=request.http_request, error=err):
-                    raise
-                await self._pause(settings, request, None)
-                continue
-            http = response.http_response
-            retryable = http.status_code == 429 or is_retry(response, settings["mode"])  # type: ignore[no-untyped-call]
-            if not retryable or not self.increment(
-                settings, request=request.http_request, response=http
-            ):
-                if settings["history"]:
-                    response.context["history"] = settings["history"]
-                http.location_mode = settings["mode"]
-                return response
-            await self._pause(settings, request, http)
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        settings: dict[str, Any] = super().configure_retries(options)
+        for storage_only in _STORAGE_OPTIONS:  # not for the transport
+            options.pop(storage_only, None)
+        return settings
 
-    async def _pause(self, settings: dict[str, Any], request: Any, http: Any) -> None:
-        delay = _retry_after(http)
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        """backoff × 2^retries ± jitter: 2 s, 4 s, 8 s with the defaults."""
+        base = settings["backoff"] * 2 ** len(settings["history"])
+        spread = random.uniform(-self._jitter, self._jitter) if self._jitter and base else 0.0
+        return float(min(settings["max_backoff"], max(0.0, base + spread)))
+
+    async def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+        delay = self.get_retry_after(response) if response is not None else None
         if delay is None:
-            delay = float(self.get_backoff_time(settings))
+            delay = self.get_backoff_time(settings)
+        delay = min(max(0.0, delay), MAX_RETRY_AFTER)
         if delay > 0:
-            sleep = request.context.transport.sleep if self._sleep is None else self._sleep
-            await sleep(min(delay, MAX_RETRY_AFTER))
+            await (transport.sleep if self._sleep is None else self._sleep)(delay)
 
-
-def _retry_after(http: Any) -> float | None:
-    value = http.headers.get("Retry-After") if http is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    async def send(self, request: Any) -> Any:
+        mode = request.context.options.get("location_mode", PRIMARY)
+        response = await super().send(request)
+        response.http_response.location_mode = mode
+        return response
 
 
 def _segments(loc: FileLocation, *, allow_root: bool = False) -> list[str]:
