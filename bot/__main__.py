@@ -1,5 +1,5 @@
 """`batchai-bot`: run (Slack when tokens are set, else the console), console, validate, check,
-manifest."""
+manifest; --version."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ from bot.console import LIVE_STATES, Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
+from bot.version import version_line
 from services.errors import SpecError
 from services.jobspec import load_any
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batchai-bot", description=__doc__)
+    parser.add_argument(
+        "--version", action=PrintVersion, help="print the version and the git commit, then exit"
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="start the bot: Slack when tokens are configured, else the console")
     console = sub.add_parser("console", help="the /batchai commands on this terminal or a pipe")
@@ -64,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_console(settings, wait_timeout=wait))
     except KeyboardInterrupt:
         return 130
+
+
+class PrintVersion(argparse.Action):
+    """`--version`, worked out only when asked for (it may run git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_line())
+        parser.exit(0)
 
 
 def _setting_error(error: Any) -> str:

@@ -85,13 +85,16 @@ class Bot:
         return self.share.local_path(loc)
 
     async def seed_examples(self) -> int:
-        """Copy the example job files onto the bot's share (skipping unchanged ones)."""
-        settings = self.settings
-        if not settings.examples_dir.is_dir():
-            return 0
-        if isinstance(self.share, LocalShare):
-            return self.share.seed_share(settings.share_name, settings.examples_dir, "examples")
-        return await seed_azure_share(self.share, settings.share_name, settings.examples_dir)
+        """Copy each example folder onto the bot's share as `examples/<folder>` (skipping
+        unchanged files); files beside the folders (the package's `__init__.py`) stay here."""
+        settings, copied = self.settings, 0
+        for folder in example_folders(settings.examples_dir):
+            dest = f"examples/{folder.name}"
+            if isinstance(self.share, LocalShare):
+                copied += self.share.seed_share(settings.share_name, folder, dest)
+            else:
+                copied += await seed_azure_share(self.share, settings.share_name, folder, dest)
+        return copied
 
     async def aclose_clients(self) -> None:
         """Close the backend's and the share's clients, then the credential they share."""
@@ -108,12 +111,19 @@ class Bot:
         return self.signer.base_url.removesuffix("/files")
 
 
-async def seed_azure_share(share: AzureShare, name: str, src: Path) -> int:
-    """Upload the files under `src` to `examples/` on the share unless one of that size is there."""
+def example_folders(examples_dir: Path) -> list[Path]:
+    """The example folders under `examples_dir` (none when it is missing), by name."""
+    if not examples_dir.is_dir():
+        return []
+    return sorted(p for p in examples_dir.iterdir() if p.is_dir() and p.name != "__pycache__")
+
+
+async def seed_azure_share(share: AzureShare, name: str, src: Path, dest: str) -> int:
+    """Upload the files under `src` to `dest` on the share unless one of that size is there."""
     await share.ensure_share(name)
     copied = 0
     for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        loc = FileLocation(name, "/".join(("examples", *path.relative_to(src).parts)))
+        loc = FileLocation(name, "/".join((dest, *path.relative_to(src).parts)))
         data = path.read_bytes()
         entry = await share.stat(loc)
         if entry is None or entry.size != len(data):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_PROBE_PORT = 9090
+
+
+def bundled(package: str) -> Path:
+    """The folder of a data package installed with the bot (`manifests`, `examples`)."""
+    folder = resources.files(package)
+    if not isinstance(folder, Path):  # a zip import: pip always installs unpacked
+        raise RuntimeError(f"the {package} package must be installed unpacked, as pip does")
+    return folder
 
 
 class Settings(BaseSettings):
@@ -50,8 +58,8 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
     secrets_key: SecretStr | None = None  # seals secrets in the store; default: <data dir> file
     secrets_key_previous: SecretStr | None = None  # the key being rotated out
-    manifest_dir: Path = PROJECT_DIR / "manifests"
-    examples_dir: Path = PROJECT_DIR / "examples"
+    manifest_dir: Path = Field(default_factory=lambda: bundled("manifests"))
+    examples_dir: Path = Field(default_factory=lambda: bundled("examples"))
 
     # Batch AI defaults for commands that omit -g / -w / -e
     resource_group: str = "batchai"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from pathlib import Path
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-MANIFEST_PATH = Path(__file__).resolve().parents[1] / "manifests" / "slack-app.yaml"
+MANIFEST_PATH = resources.files("manifests") / "slack-app.yaml"
 DEFAULT_COMMAND = "/batchai"
 COMMAND_RE = re.compile(r"^/[a-z0-9_-]{1,31}$")
 DEV_HOSTS = frozenset({"127.0.0.1", "localhost"})
@@ -26,7 +26,7 @@ def _template() -> dict[str, Any]:
     """The shipped manifest, parsed once; callers get deep copies."""
     data = yaml.safe_load(MANIFEST_PATH.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{MANIFEST_PATH}: expected a mapping at the top level")
+        raise ValueError(f"manifests/{MANIFEST_PATH.name}: expected a mapping at the top level")
     return data
 
 

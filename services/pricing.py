@@ -15,13 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
 from services.errors import UserError
 
 CENT: Final = Decimal("0.01")
-BUNDLED_PRICES: Final = Path(__file__).resolve().parent.parent / "manifests" / "prices.json"
+BUNDLED_PRICES: Final = resources.files("manifests") / "prices.json"  # the installed data package
 _PREFIX: Final = "standard_"
 _MICROS_PER_HOUR: Final = Decimal(3_600_000_000)
 
@@ -217,9 +219,10 @@ class PriceTable:
         )
 
 
-def load_price_table(path: str | os.PathLike[str]) -> PriceTable:
+def load_price_table(path: str | os.PathLike[str] | Traversable) -> PriceTable:
     """Read a price table file (UTF-8 JSON); see `manifests/prices.json`."""
-    return PriceTable.from_json(Path(path).read_text(encoding="utf-8"))
+    file = Path(path) if isinstance(path, str | os.PathLike) else path
+    return PriceTable.from_json(file.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- arithmetic
