@@ -20,8 +20,12 @@ from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
 from bot.version import version_line
-from services.errors import SpecError
+from services.configs import ConfigLoader, Folder
+from services.errors import NotFound, SpecError, UserError
 from services.jobspec import load_any
+from services.models import ConfigSource
+
+MANIFEST_FOLDERS: tuple[Folder, ...] = ("jobs", "clusters")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with piped input: seconds to wait for started jobs (default 900)",
     )
     validate = sub.add_parser("validate", help="check Batch AI job/cluster JSON files")
-    validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a JSON file, or a bundled manifest's name (mnist, manifests/jobs/mnist.json)",
+    )
     check = sub.add_parser("check", help="verify the Slack tokens, scopes and channel membership")
     check.add_argument("--channel", action="append", default=[], help="also check this channel")
     manifest = sub.add_parser("manifest", help="print the Slack app manifest to paste into Slack")
@@ -52,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "validate":
         return validate_files(args.files)
-    try:
-        settings = Settings()
-    except ValidationError as err:  # name each setting, no traceback (never its value)
-        raise SystemExit("; ".join(_setting_error(e) for e in err.errors())) from None
+    settings = _settings()
     if args.command == "manifest":
         return print_manifest(settings, args)
     if args.command == "check":
@@ -79,6 +85,13 @@ class PrintVersion(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         print(version_line())
         parser.exit(0)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:  # name each setting, no traceback (never its value)
+        raise SystemExit("; ".join(_setting_error(e) for e in err.errors())) from None
 
 
 def _setting_error(error: Any) -> str:
@@ -155,21 +168,39 @@ async def run_check(settings: Settings, channels: list[str]) -> int:
     return 0 if all(r.ok for r in [*azure, *results]) else 1
 
 
-def validate_files(files: list[Path]) -> int:
+def validate_files(files: list[str]) -> int:
     """One line per file: OK with what it is, or the error; non-zero if any failed."""
     failed = 0
-    for path in files:
+    names = [name for name in files if not Path(name).exists()]  # settings only if needed
+    manifests = ConfigLoader(_settings().manifest_dir) if names else None
+    for name in files:
         try:
-            spec = load_any(path.read_bytes(), source=str(path))
+            text, label = _spec_text(name, manifests)
+            spec = load_any(text, source=label)
         except SpecError as err:
             print(f"FAIL {err}")
             failed += 1
         except OSError as err:
-            print(f"FAIL {path}: {err.strerror}")
+            print(f"FAIL {name}: {err.strerror}")
             failed += 1
         else:
-            print(f"OK   {path}: {describe(spec)}")
+            print(f"OK   {label}: {describe(spec)}")
     return 1 if failed else 0
+
+
+def _spec_text(name: str, manifests: ConfigLoader | None) -> tuple[str | bytes, str]:
+    """The file `name`; else the job or cluster manifest of that name in MANIFEST_DIR (the
+    bundled ones by default), so that an installed bot validates them from anywhere."""
+    path = Path(name)
+    if manifests is not None and not path.exists():
+        for folder in MANIFEST_FOLDERS:
+            try:
+                return manifests.load(
+                    ConfigSource("manifest", name), may_read_paths=False, folder=folder
+                )
+            except (NotFound, UserError):  # not there, or not a manifest name: a missing file
+                continue
+    return path.read_bytes(), name
 
 
 def describe(spec: object) -> str:

@@ -153,8 +153,13 @@ def test_version_prints_the_package_version_and_the_commit_built_from(installed:
 
 
 def test_validate_and_manifest_read_the_bundled_files(installed: Installed) -> None:
-    mnist = installed.venv.glob("lib/python*/site-packages/manifests/jobs/mnist.json")
-    assert installed.bot("validate", str(next(mnist))).stdout.startswith("OK ")
+    (mnist,) = installed.venv.glob("lib/python*/site-packages/manifests/jobs/mnist.json")
+    out = installed.bot("validate", "mnist", "t4-autoscale", str(mnist)).stdout.splitlines()
+    assert out == [
+        "OK   manifests/jobs/mnist.json: JobSpec (2018-05-01)",
+        "OK   manifests/clusters/t4-autoscale.json: ClusterSpec",
+        f"OK   {mnist}: JobSpec (2018-05-01)",
+    ]
     manifest = installed.bot("manifest").stdout
     assert "command: /batchai" in manifest and "socket_mode_enabled: true" in manifest
 
