@@ -18,7 +18,7 @@ class BuildPyWithCommit(build_py):
         super().run()
         if getattr(self, "editable_mode", False) or not Path(".git").exists():
             return
-        try:
+        try:  # the same describe as bot/version.py's (bot is not importable from a build)
             done = subprocess.run(
                 ["git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude=*"],
                 capture_output=True,
