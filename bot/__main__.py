@@ -19,7 +19,7 @@ from bot.console import LIVE_STATES, Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec import load_any
 
 

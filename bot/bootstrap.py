@@ -24,16 +24,16 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
-from services.clock import SystemClock
 from services.clusters import ClusterService
 from services.configs import ConfigLoader
-from services.errors import NotFound
+from services.core.clock import SystemClock
+from services.core.errors import NotFound
+from services.core.ports import Clock
 from services.gate import ApprovalPolicy, SpendGate
 from services.idle import IdleService
 from services.jobs import JobService
 from services.links import LinkSigner
 from services.models import FileLocation
-from services.ports import Clock
 from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
 from services.runner import JobRunner

@@ -17,7 +17,7 @@ from handlers.commands import CommandHandler, Reply
 from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
 from services.access import Caller
-from services.errors import BatchAIError
+from services.core.errors import BatchAIError
 from services.states import JobState
 
 _SECRET = re.compile(

@@ -22,7 +22,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot.metrics import BotMetrics
 from handlers.presenter import MessageRef
 from handlers.views import Message
-from services.errors import TransientError
+from services.core.errors import TransientError
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from services.errors import NotAllowed, NotFound
+from services.core.errors import NotAllowed, NotFound
 from services.links import LinkSigner
 from services.models import FileLocation
 

@@ -12,7 +12,7 @@ from handlers import views
 from handlers.commands import Reply
 from services.access import AccessGuard, Caller
 from services.approvals import ApprovalService
-from services.errors import BatchAIError
+from services.core.errors import BatchAIError
 from services.idle import IdleService
 from services.jobs import JobService
 from services.logs import split_lines

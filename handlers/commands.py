@@ -17,7 +17,7 @@ from handlers.views import Message
 from services.access import AccessGuard, AuditLog, Caller
 from services.approvals import ApprovalService
 from services.clusters import ClusterRequest, ClusterService
-from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
 from services.pricing import format_usd

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from services import pricing
-from services.events import IdleWarning, IdleWarningClosed
+from services.core.events import IdleWarning, IdleWarningClosed
 from services.models import (
     Approval,
     AuditEntry,

@@ -10,8 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 from services.access.reads import JobReaders
-from services.errors import NotAllowed, NotFound, UserError
-from services.events import ApprovalDecided, ApprovalRequested, Event, JobNote
+from services.core.errors import NotAllowed, NotFound, UserError
+from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
+from services.core.ports import Clock
 from services.gate import (
     Allowed,
     ApprovalPolicy,
@@ -21,7 +22,6 @@ from services.gate import (
     SpendGate,
 )
 from services.models import Actor, Approval, AuditEntry, Job, Vote
-from services.ports import Clock
 from services.states import JobState
 from services.store import SqlStore
 from services.transitions import advance, finished_event

@@ -7,8 +7,10 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from services.configs import ConfigLoader
-from services.errors import Conflict, NotAllowed, NotFound, UserError
-from services.events import ClusterChanged, Event, idle_warning
+from services.core.errors import Conflict, NotAllowed, NotFound, UserError
+from services.core.events import ClusterChanged, Event, idle_warning
+from services.core.ports import Clock, ComputeBackend
+from services.core.suggest import did_you_mean
 from services.gate import SpendGate, refusal
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
@@ -22,12 +24,10 @@ from services.models import (
     NodeCounts,
     ShareMount,
 )
-from services.ports import Clock, ComputeBackend
 from services.pricing import Estimate, Price
 from services.spend import PriceBook
 from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
-from services.suggest import did_you_mean
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60

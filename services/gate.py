@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from services.errors import UserError
+from services.core.errors import UserError
 from services.models import Actor, Cluster, Job
 from services.pricing import Estimate, cost_so_far, format_usd, money
 from services.spend import SpendService

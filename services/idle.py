@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from services.clusters import LIVE, ClusterService
-from services.errors import UserError
-from services.events import idle_warning
+from services.core.errors import UserError
+from services.core.events import idle_warning
+from services.core.ports import Clock
 from services.gate import SpendGate, refusal
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
-from services.ports import Clock
 from services.spend import PriceBook
 from services.states import ClusterState
 from services.store import SqlStore

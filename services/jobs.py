@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
 from services.configs import ConfigLoader
-from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
-from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
+from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
+from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
+from services.core.ports import Clock, FileShare
+from services.core.suggest import did_you_mean
 from services.gate import NeedsApproval, Refused
 from services.jobspec import (
     JobSpec,
@@ -37,10 +39,8 @@ from services.models import (
     Job,
     ScheduleRun,
 )
-from services.ports import Clock, FileShare
 from services.states import JobState
 from services.store import SqlStore
-from services.suggest import did_you_mean
 from services.transitions import advance
 
 if TYPE_CHECKING:

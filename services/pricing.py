@@ -18,7 +18,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from services.errors import UserError
+from services.core.errors import UserError
 
 CENT: Final = Decimal("0.01")
 BUNDLED_PRICES: Final = Path(__file__).resolve().parent.parent / "manifests" / "prices.json"

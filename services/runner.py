@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from services import context
 from services.clusters import ClusterService
-from services.errors import BatchAIError, NotFound, TransientError
-from services.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
+from services.core import context
+from services.core.errors import BatchAIError, NotFound, TransientError
+from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
+from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
 from services.jobspec import load_job_spec
 from services.logs import LogParser, LogTailer
 from services.models import Cluster, FileLocation, Job
-from services.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
 from services.states import ClusterState, JobState
 from services.store import SqlStore
 from services.transitions import advance, finished_event

@@ -18,11 +18,11 @@ from typing import Protocol
 from zoneinfo import ZoneInfo, available_timezones
 
 from services.access import AccessPolicy
-from services.errors import BatchAIError, NotAllowed, NotFound, UserError
-from services.events import ScheduleFailed, ScheduleMissed
+from services.core.errors import BatchAIError, NotAllowed, NotFound, UserError
+from services.core.events import ScheduleFailed, ScheduleMissed
+from services.core.ports import Clock
 from services.jobs import JobRequest, JobService
 from services.models import Actor, Conversation, Job, Schedule, ScheduledJob, ScheduleRun
-from services.ports import Clock
 from services.scheduling import cron_trigger, next_runs
 from services.store import SqlStore
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from services.errors import NotAllowed, UserError
+from services.core.errors import NotAllowed, UserError
+from services.core.ports import Clock
 from services.models import Actor, Cluster, Job, LedgerEntry
-from services.ports import Clock
 from services.pricing import (
     Estimate,
     Price,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from services.errors import Conflict
-from services.events import Event, JobFinished, JobStateChanged, OutputFile
+from services.core.errors import Conflict
+from services.core.events import Event, JobFinished, JobStateChanged, OutputFile
 from services.models import Job
 from services.states import JobState, Outcome, job_transition
 

@@ -23,7 +23,7 @@ from bot.lifecycle import running
 from bot.slack import MAX_EVENT_BYTES
 from handlers import grammar, modals
 from handlers.commandspec import ApprovalsDeny
-from services.errors import SpecError, UserError
+from services.core.errors import SpecError, UserError
 from services.jobspec import (
     MAX_DEPTH,
     MAX_SPEC_BYTES,

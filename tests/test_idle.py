@@ -19,10 +19,10 @@ from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
 from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.local import LocalBackend, LocalShare
-from services.clock import FakeClock
 from services.clusters import ClusterRequest, ClusterService
 from services.configs import ConfigLoader
-from services.errors import UserError
+from services.core.clock import FakeClock
+from services.core.errors import UserError
 from services.idle import BOT, STALE, IdleService
 from services.jobs import JobRequest, JobService
 from services.links import LinkSigner

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.errors import NotAllowed
+from services.core.errors import NotAllowed
 from services.links import LinkSigner
 from services.models import FileLocation
 

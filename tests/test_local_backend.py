@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalBackend, LocalShare, docker_argv, share_from_url
-from services.errors import NotAllowed, NotFound, UserError
+from services.core.errors import NotAllowed, NotFound, UserError
 from services.jobspec import load_job_spec
 from services.links import LinkSigner
 from services.models import FileLocation

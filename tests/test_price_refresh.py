@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from services import price_refresh
-from services.errors import BackendError, TransientError, UserError
+from services.core.errors import BackendError, TransientError, UserError
 from services.price_refresh import (
     PriceRefresh,
     RetailPrices,

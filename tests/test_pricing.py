@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.errors import UserError
+from services.core.errors import UserError
 from services.pricing import (
     BUNDLED_PRICES,
     Estimate,

@@ -22,8 +22,8 @@ from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from handlers.commands import Reply
 from services.access import Caller
-from services.clock import FakeClock
-from services.errors import UserError
+from services.core.clock import FakeClock
+from services.core.errors import UserError
 from services.models import Conversation
 from services.schedules import parse_at
 from services.scheduling import cron_trigger, next_runs

@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import Settings
 from bot.lifecycle import running
-from services.errors import Conflict
-from services.events import LogSnippet
+from services.core.errors import Conflict
+from services.core.events import LogSnippet
 from services.models import (
     AuditEntry,
     ConfigSource,

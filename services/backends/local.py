@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 from services.backends import noderunner
 from services.backends.noderunner import ProcessSpec, RunnerSpec, write_atomic
-from services.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.links import LinkSigner
 from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
-from services.ports import LaunchRequest, LaunchResult, RunStatus
 
 SHARE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,61}[a-z0-9]$|^[a-z0-9]$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][-\w.]{0,63}$", re.ASCII)

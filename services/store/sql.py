@@ -17,9 +17,9 @@ from sqlalchemy import Connection, and_, delete, event, func, insert, make_url, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from services.clock import utcnow
-from services.errors import Conflict
-from services.events import Event, event_from_payload
+from services.core.clock import utcnow
+from services.core.errors import Conflict
+from services.core.events import Event, event_from_payload
 from services.models import (
     Approval,
     AuditEntry,

@@ -31,7 +31,7 @@ from bot.config import Settings
 from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from services.access import Caller
-from services.clock import FakeClock
+from services.core.clock import FakeClock
 from services.models import (
     AuditEntry,
     ConfigSource,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from handlers import home, presenter, views
-from services.events import (
+from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     IdleWarning,
@@ -31,6 +31,7 @@ from services.events import (
     ScheduleMissed,
     WallClockWarning,
 )
+from services.core.ports import Delivery
 from services.links import LinkSigner
 from services.models import (
     Approval,
@@ -50,7 +51,6 @@ from services.models import (
     ShareMount,
     Vote,
 )
-from services.ports import Delivery
 from services.pricing import Price
 from services.states import JobState
 from tests.conftest import NOW, make_cluster, make_job

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from bot.slack import MAX_EVENT_BYTES
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec import load_job_spec, parse_json
 from services.logs import LogParser, parse_progress
 from tests.fakes.slack import signed_headers

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalShare
-from services.clock import SystemClock
 from services.configs import ConfigLoader
-from services.errors import SpecError, UserError
+from services.core.clock import SystemClock
+from services.core.errors import SpecError, UserError
 from services.jobs import JobRequest, JobService
 from services.jobspec import load_job_spec
 from services.links import LinkSigner

@@ -9,7 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.events import LogSnippet
+from services.core.events import LogSnippet
 from services.models import Approval, Conversation
 from services.states import JobState
 from tests.conftest import make_job

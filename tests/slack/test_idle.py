@@ -14,7 +14,7 @@ import pytest
 
 from bot.lifecycle import running
 from handlers import views
-from services.clock import FakeClock
+from services.core.clock import FakeClock
 from services.idle import STALE
 from services.states import ClusterState
 from tests.fakes.slack import FakeSlack, Message

@@ -8,8 +8,8 @@ import pytest
 
 from bot.outbox import SlackOutbox
 from handlers.views import Message, section
-from services.clock import utcnow
-from services.errors import TransientError
+from services.core.clock import utcnow
+from services.core.errors import TransientError
 from services.store import SqlStore
 from tests.fakes.slack import FakeSlack
 

@@ -83,7 +83,7 @@ from services.backends.local import (
     share_layout,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
-from services.errors import (
+from services.core.errors import (
     BackendError,
     BatchAIError,
     Conflict,
@@ -93,9 +93,9 @@ from services.errors import (
     TransientError,
     UserError,
 )
+from services.core.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileEntry, FileLocation, Node
-from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 
 log = logging.getLogger(__name__)
 
