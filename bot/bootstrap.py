@@ -25,18 +25,18 @@ from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters import ClusterService
-from services.configs import ConfigLoader
 from services.core.clock import SystemClock
 from services.core.errors import NotFound
 from services.core.ports import Clock
 from services.gate import ApprovalPolicy, SpendGate
 from services.idle import IdleService
-from services.jobs import JobService
+from services.jobs.runner import JobRunner
+from services.jobs.service import JobService
+from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner
 from services.models import FileLocation
 from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
-from services.runner import JobRunner
 from services.schedules import ScheduleService
 from services.scheduling import Scheduler
 from services.spend import PriceBook, SpendService

@@ -14,8 +14,8 @@ from services.access import AccessGuard, Caller
 from services.approvals import ApprovalService
 from services.core.errors import BatchAIError
 from services.idle import IdleService
-from services.jobs import JobService
-from services.logs import split_lines
+from services.jobs.service import JobService
+from services.jobs.tailer import split_lines
 from services.models import Actor
 
 LOG_TAIL_BYTES = 16 * 1024

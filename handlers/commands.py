@@ -18,7 +18,7 @@ from services.access import AccessGuard, AuditLog, Caller
 from services.approvals import ApprovalService
 from services.clusters import ClusterRequest, ClusterService
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
-from services.jobs import JobRequest, JobService
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
 from services.pricing import format_usd
 from services.schedules import ScheduleRequest, ScheduleService

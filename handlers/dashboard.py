@@ -9,8 +9,8 @@ from typing import Any
 from handlers import home, modals, views
 from services.approvals import ApprovalService
 from services.clusters import ClusterService
-from services.configs import ConfigLoader
-from services.jobs import JobService
+from services.jobs.service import JobService
+from services.jobs.sources import ConfigLoader
 from services.models import Actor
 from services.spend import PriceBook, SpendService
 from services.states import JobState

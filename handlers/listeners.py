@@ -18,7 +18,7 @@ from handlers.commandspec import Command, JobCreate
 from services.access import AccessGuard, Caller, Origin
 from services.core import context
 from services.core.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
-from services.jobs import JobRequest, JobService
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,12 @@ import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from services.configs import ConfigLoader
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
 from services.gate import SpendGate, refusal
+from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
     NAME_RE,

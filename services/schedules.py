@@ -21,7 +21,7 @@ from services.access import AccessPolicy
 from services.core.errors import BatchAIError, NotAllowed, NotFound, UserError
 from services.core.events import ScheduleFailed, ScheduleMissed
 from services.core.ports import Clock
-from services.jobs import JobRequest, JobService
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, Conversation, Job, Schedule, ScheduledJob, ScheduleRun
 from services.scheduling import cron_trigger, next_runs
 from services.store import SqlStore

@@ -15,16 +15,16 @@ import pytest
 
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
 from services.core.clock import FakeClock
 from services.core.errors import BackendError, QuotaError, TransientError
 from services.core.events import JobFinished, LogSnippet
 from services.core.ports import Delivery
-from services.jobs import JobRequest, JobService
+from services.jobs.runner import JobRunner
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner
 from services.models import Actor, ConfigSource, Conversation, Job
 from services.relay import EventRelay
-from services.runner import JobRunner
 from services.scheduling import Scheduler, _run
 from services.states import JobState
 from services.store import SqlStore

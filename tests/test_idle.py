@@ -20,11 +20,11 @@ from handlers.views import Message
 from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
 from services.core.clock import FakeClock
 from services.core.errors import UserError
 from services.idle import BOT, STALE, IdleService
-from services.jobs import JobRequest, JobService
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner
 from services.models import Actor, ConfigSource, Conversation
 from services.pricing import format_rate, load_price_table

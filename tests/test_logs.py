@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalShare
-from services.links import LinkSigner
-from services.logs import (
+from services.jobs.tailer import (
     LogParser,
     LogTailer,
     parse_metrics,
     parse_progress,
     split_lines,
 )
+from services.links import LinkSigner
 from services.models import FileLocation, MetricPoint, Progress
 from tests.fakes.shares import CountingShare
 

@@ -27,7 +27,7 @@ from services.clusters import ClusterRequest
 from services.core.clock import FakeClock
 from services.core.errors import BackendError, NotFound, TransientError
 from services.core.events import JobNote
-from services.jobs import JobRequest
+from services.jobs.service import JobRequest
 from services.models import Actor, ConfigSource, Conversation, Job
 from services.scheduling import _run
 from services.states import JobState

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from services.configs import ConfigLoader
 from services.core.errors import BatchAIError, NotFound, UserError
+from services.jobs.sources import ConfigLoader
 from services.models import ConfigSource
 from services.pricing import BUNDLED_PRICES, load_price_table
 from services.scheduling import Scheduler

@@ -14,8 +14,8 @@ import pytest
 
 from services.backends.azure.compute import AzureBackend
 from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
 from services.core.errors import UserError
+from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource
 from services.store import SqlStore
 from tests.azure.rig import BOT_SHARE, AzureRig, azure_rig

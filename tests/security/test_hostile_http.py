@@ -14,8 +14,8 @@ import pytest
 
 from bot.slack import MAX_EVENT_BYTES
 from services.core.errors import SpecError
+from services.jobs.tailer import LogParser, parse_progress
 from services.jobspec import load_job_spec, parse_json
-from services.logs import LogParser, parse_progress
 from tests.fakes.slack import signed_headers
 from tests.slack.conftest import SECRET, SlackRig, fake, rig  # noqa: F401  (the Slack rig)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalShare
-from services.configs import ConfigLoader
 from services.core.clock import SystemClock
 from services.core.errors import SpecError, UserError
-from services.jobs import JobRequest, JobService
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.jobspec import load_job_spec
 from services.links import LinkSigner
 from services.models import Actor, ConfigSource

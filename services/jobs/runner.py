@@ -13,8 +13,8 @@ from services.core import context
 from services.core.errors import BatchAIError, NotFound, TransientError
 from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
 from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
+from services.jobs.tailer import LogParser, LogTailer
 from services.jobspec import load_job_spec
-from services.logs import LogParser, LogTailer
 from services.models import Cluster, FileLocation, Job
 from services.states import ClusterState, JobState
 from services.store import SqlStore

@@ -11,12 +11,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
-from services.configs import ConfigLoader
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare
 from services.core.suggest import did_you_mean
 from services.gate import NeedsApproval, Refused
+from services.jobs.sources import ConfigLoader
 from services.jobspec import (
     JobSpec,
     LaunchContext,
