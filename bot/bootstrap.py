@@ -24,12 +24,12 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
-from services.clusters import ClusterService
+from services.clusters.idle import IdleService
+from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
 from services.core.errors import NotFound
 from services.core.ports import Clock
 from services.gate import ApprovalPolicy, SpendGate
-from services.idle import IdleService
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader

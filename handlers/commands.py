@@ -16,7 +16,7 @@ from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
 from services.access import AccessGuard, AuditLog, Caller
 from services.approvals import ApprovalService
-from services.clusters import ClusterRequest, ClusterService
+from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job

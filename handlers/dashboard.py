@@ -8,7 +8,7 @@ from typing import Any
 
 from handlers import home, modals, views
 from services.approvals import ApprovalService
-from services.clusters import ClusterService
+from services.clusters.service import ClusterService
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor

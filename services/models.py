@@ -68,7 +68,7 @@ class IdleNotice:
 
 @dataclass(frozen=True)
 class IdleState:
-    """A cluster's idle scale-down bookkeeping: services/idle.py decides, the store keeps it."""
+    """A cluster's idle scale-down bookkeeping: clusters/idle.py decides, the store keeps it."""
 
     since: datetime | None = None  # nodes above min and no live job since then
     warning: IdleNotice | None = None  # the warning waiting for an answer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalBackend, LocalShare
-from services.clusters import ClusterRequest, ClusterService
+from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
 from services.core.errors import BackendError, QuotaError, TransientError
 from services.core.events import JobFinished, LogSnippet

@@ -19,10 +19,10 @@ from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
 from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.local import LocalBackend, LocalShare
-from services.clusters import ClusterRequest, ClusterService
+from services.clusters.idle import BOT, STALE, IdleService
+from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
 from services.core.errors import UserError
-from services.idle import BOT, STALE, IdleService
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner

@@ -23,7 +23,7 @@ from bot.lifecycle import running
 from bot.metrics import BotMetrics, measured
 from bot.web import CachedCheck, HealthCheck, create_probe_app
 from services.backends.local import LocalBackend
-from services.clusters import ClusterRequest
+from services.clusters.service import ClusterRequest
 from services.core.clock import FakeClock
 from services.core.errors import BackendError, NotFound, TransientError
 from services.core.events import JobNote

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.backends.local import LocalBackend, LocalShare
-from services.clusters import ClusterRequest, ClusterService
+from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import SystemClock
 from services.core.errors import NotAllowed
 from services.core.events import JobFinished, JobStateChanged, LogSnippet

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from services.clusters import ClusterService
+from services.clusters.service import ClusterService
 from services.core import context
 from services.core.errors import BatchAIError, NotFound, TransientError
 from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning

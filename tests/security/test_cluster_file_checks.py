@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.backends.azure.compute import AzureBackend
-from services.clusters import ClusterRequest, ClusterService
+from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import UserError
 from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource

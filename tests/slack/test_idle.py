@@ -14,8 +14,8 @@ import pytest
 
 from bot.lifecycle import running
 from handlers import views
+from services.clusters.idle import STALE
 from services.core.clock import FakeClock
-from services.idle import STALE
 from services.states import ClusterState
 from tests.fakes.slack import FakeSlack, Message
 from tests.slack.conftest import CHANNEL, SlackRig, rig_settings

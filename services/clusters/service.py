@@ -265,7 +265,7 @@ class ClusterService:
 
     async def scale_for_demand(self, cluster: Cluster, needed: int) -> Cluster:
         """Auto-scale: grow toward `needed` nodes (within max) at once. Shrinking is the idle
-        flow's (services/idle.py): a warning first, then down to the minimum."""
+        flow's (services/clusters/idle.py): a warning first, then down to the minimum."""
         if not cluster.autoscale or cluster.state is not ClusterState.STEADY:
             return cluster
         target = max(cluster.min_nodes, min(needed, cluster.max_nodes))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from services.clusters import LIVE, ClusterService
+from services.clusters.service import LIVE, ClusterService
 from services.core.errors import UserError
 from services.core.events import idle_warning
 from services.core.ports import Clock
