@@ -21,7 +21,6 @@ from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
-from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.idle import IdleService
@@ -29,17 +28,18 @@ from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
 from services.core.errors import NotFound
 from services.core.ports import Clock
-from services.gate import ApprovalPolicy, SpendGate
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner
 from services.models import FileLocation
-from services.pricing import PriceTable, load_price_table
 from services.relay import EventRelay
 from services.schedules import ScheduleService
 from services.scheduling import Scheduler
-from services.spend import PriceBook, SpendService
+from services.spend.approvals import ApprovalService
+from services.spend.gate import ApprovalPolicy, SpendGate
+from services.spend.ledger import PriceBook, SpendService
+from services.spend.pricing import PriceTable, load_price_table
 from services.store import SqlStore
 
 if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from services.core.errors import BackendError, NotFound, QuotaError, TransientError
 from services.core.ports import Clock
-from services.spend import RUNNING, SpendService
+from services.spend.ledger import RUNNING, SpendService
 from services.states import ClusterState, JobState
 from services.store import SqlStore
 

@@ -7,12 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from handlers import home, modals, views
-from services.approvals import ApprovalService
 from services.clusters.service import ClusterService
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor
-from services.spend import PriceBook, SpendService
+from services.spend.approvals import ApprovalService
+from services.spend.ledger import PriceBook, SpendService
 from services.states import JobState
 
 LIVE = (

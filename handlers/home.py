@@ -27,7 +27,7 @@ from handlers.views import (
     section,
 )
 from services.models import ClusterView, Job
-from services.pricing import cost_so_far, format_rate, format_usd, sku_key
+from services.spend.pricing import cost_so_far, format_rate, format_usd, sku_key
 from services.states import ClusterState, JobState
 
 ACTION_OPEN_SUBMIT: Final = "home_open_submit"

@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from services import pricing
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.models import (
     Approval,
@@ -25,8 +24,9 @@ from services.models import (
     Node,
     Schedule,
 )
-from services.pricing import Price, format_rate, format_usd
 from services.schedules import fmt_time, zone_of
+from services.spend import pricing
+from services.spend.pricing import Price, format_rate, format_usd
 from services.states import JobState
 
 Block = dict[str, Any]

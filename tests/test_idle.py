@@ -27,9 +27,9 @@ from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
 from services.links import LinkSigner
 from services.models import Actor, ConfigSource, Conversation
-from services.pricing import format_rate, load_price_table
 from services.relay import EventRelay
-from services.spend import PriceBook
+from services.spend.ledger import PriceBook
+from services.spend.pricing import format_rate, load_price_table
 from services.states import ClusterState
 from services.store import SqlStore
 

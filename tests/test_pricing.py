@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.core.errors import UserError
-from services.pricing import (
+from services.spend.pricing import (
     BUNDLED_PRICES,
     Estimate,
     Price,

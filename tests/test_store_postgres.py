@@ -37,7 +37,7 @@ from services.models import (
     ScheduledJob,
     ScheduleRun,
 )
-from services.pricing import to_hours
+from services.spend.pricing import to_hours
 from services.states import JobState
 from services.store import SqlStore
 from services.store.schema import metadata

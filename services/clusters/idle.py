@@ -19,9 +19,9 @@ from services.clusters.service import LIVE, ClusterService
 from services.core.errors import UserError
 from services.core.events import idle_warning
 from services.core.ports import Clock
-from services.gate import SpendGate, refusal
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
-from services.spend import PriceBook
+from services.spend.gate import SpendGate, refusal
+from services.spend.ledger import PriceBook
 from services.states import ClusterState
 from services.store import SqlStore
 

@@ -10,7 +10,6 @@ from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
-from services.gate import SpendGate, refusal
 from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
@@ -24,8 +23,9 @@ from services.models import (
     NodeCounts,
     ShareMount,
 )
-from services.pricing import Estimate, Price
-from services.spend import PriceBook
+from services.spend.gate import SpendGate, refusal
+from services.spend.ledger import PriceBook
+from services.spend.pricing import Estimate, Price
 from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
 

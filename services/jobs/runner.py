@@ -21,8 +21,8 @@ from services.store import SqlStore
 from services.transitions import advance, finished_event
 
 if TYPE_CHECKING:
-    from services.approvals import ApprovalService
-    from services.spend import SpendService
+    from services.spend.approvals import ApprovalService
+    from services.spend.ledger import SpendService
 
 log = logging.getLogger(__name__)
 

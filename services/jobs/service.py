@@ -15,7 +15,6 @@ from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, User
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare
 from services.core.suggest import did_you_mean
-from services.gate import NeedsApproval, Refused
 from services.jobs.sources import ConfigLoader
 from services.jobspec import (
     JobSpec,
@@ -39,14 +38,15 @@ from services.models import (
     Job,
     ScheduleRun,
 )
+from services.spend.gate import NeedsApproval, Refused
 from services.states import JobState
 from services.store import SqlStore
 from services.transitions import advance
 
 if TYPE_CHECKING:
-    from services.approvals import ApprovalService
-    from services.pricing import Estimate
-    from services.spend import SpendService
+    from services.spend.approvals import ApprovalService
+    from services.spend.ledger import SpendService
+    from services.spend.pricing import Estimate
 
 MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
 

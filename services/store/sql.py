@@ -59,7 +59,7 @@ from services.store.schema import (
     votes,
 )
 from services.store.sealing import SecretBox
-from services.store.spend import (
+from services.store.spend_rows import (
     approval_from,
     approval_row,
     aware,

@@ -51,7 +51,7 @@ from services.models import (
     ShareMount,
     Vote,
 )
-from services.pricing import Price
+from services.spend.pricing import Price
 from services.states import JobState
 from tests.conftest import NOW, make_cluster, make_job
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from services.core.errors import NotAllowed, UserError
 from services.core.ports import Clock
 from services.models import Actor, Cluster, Job, LedgerEntry
-from services.pricing import (
+from services.spend.pricing import (
     Estimate,
     Price,
     PriceTable,

@@ -21,7 +21,7 @@ from typing import Any, Final
 from services.core.errors import UserError
 
 CENT: Final = Decimal("0.01")
-BUNDLED_PRICES: Final = Path(__file__).resolve().parent.parent / "manifests" / "prices.json"
+BUNDLED_PRICES: Final = Path(__file__).resolve().parents[2] / "manifests" / "prices.json"
 _PREFIX: Final = "standard_"
 _MICROS_PER_HOUR: Final = Decimal(3_600_000_000)
 

@@ -1,5 +1,5 @@
 """GPU spend approvals: the workflow (idempotent decisions, expiry); the policy and the decision
-whether a request is needed live in services/gate.py."""
+whether a request is needed live in services/spend/gate.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from services.access.reads import JobReaders
 from services.core.errors import NotAllowed, NotFound, UserError
 from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
 from services.core.ports import Clock
-from services.gate import (
+from services.models import Actor, Approval, AuditEntry, Job, Vote
+from services.spend.gate import (
     Allowed,
     ApprovalPolicy,
     Assessment,
@@ -21,7 +22,6 @@ from services.gate import (
     Refused,
     SpendGate,
 )
-from services.models import Actor, Approval, AuditEntry, Job, Vote
 from services.states import JobState
 from services.store import SqlStore
 from services.transitions import advance, finished_event
