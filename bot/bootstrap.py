@@ -22,6 +22,7 @@ from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.idle import IdleService
 from services.clusters.service import ClusterService
@@ -31,11 +32,10 @@ from services.core.ports import Clock
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
-from services.links import LinkSigner
 from services.models import FileLocation
-from services.relay import EventRelay
-from services.schedules import ScheduleService
-from services.scheduling import Scheduler
+from services.notify.relay import EventRelay
+from services.schedules.service import ScheduleService
+from services.schedules.timer import Scheduler
 from services.spend.approvals import ApprovalService
 from services.spend.gate import ApprovalPolicy, SpendGate
 from services.spend.ledger import PriceBook, SpendService

@@ -19,7 +19,7 @@ from handlers.presenter import Transport
 from services.clusters.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
 from services.core.errors import BatchAIError
 from services.core.ports import Clock
-from services.schedules import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
+from services.schedules.service import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
 from services.spend.price_refresh import RetailPrices, load_refreshed, refresh_prices
 from services.store.sealing import SecretsKeyError
 

@@ -19,7 +19,7 @@ from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
-from services.schedules import ScheduleRequest, ScheduleService
+from services.schedules.service import ScheduleRequest, ScheduleService
 from services.spend.approvals import ApprovalService
 from services.spend.ledger import SpendService
 from services.spend.pricing import format_usd

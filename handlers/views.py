@@ -24,7 +24,7 @@ from services.models import (
     Node,
     Schedule,
 )
-from services.schedules import fmt_time, zone_of
+from services.schedules.service import fmt_time, zone_of
 from services.spend import pricing
 from services.spend.pricing import Price, format_rate, format_usd
 from services.states import JobState

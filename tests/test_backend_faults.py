@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
@@ -22,10 +23,9 @@ from services.core.ports import Delivery
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
-from services.links import LinkSigner
 from services.models import Actor, ConfigSource, Conversation, Job
-from services.relay import EventRelay
-from services.scheduling import Scheduler, _run
+from services.notify.relay import EventRelay
+from services.schedules.timer import Scheduler, _run
 from services.states import JobState
 from services.store import SqlStore
 from tests.fakes.faulty import FaultyBackend, FaultyShare

@@ -18,6 +18,7 @@ from handlers.commands import CommandHandler, Services
 from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
 from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.idle import BOT, STALE, IdleService
 from services.clusters.service import ClusterRequest, ClusterService
@@ -25,9 +26,8 @@ from services.core.clock import FakeClock
 from services.core.errors import UserError
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
-from services.links import LinkSigner
 from services.models import Actor, ConfigSource, Conversation
-from services.relay import EventRelay
+from services.notify.relay import EventRelay
 from services.spend.ledger import PriceBook
 from services.spend.pricing import format_rate, load_price_table
 from services.states import ClusterState

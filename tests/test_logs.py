@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalShare
 from services.jobs.tailer import (
     LogParser,
@@ -15,7 +16,6 @@ from services.jobs.tailer import (
     parse_progress,
     split_lines,
 )
-from services.links import LinkSigner
 from services.models import FileLocation, MetricPoint, Progress
 from tests.fakes.shares import CountingShare
 

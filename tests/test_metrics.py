@@ -29,7 +29,7 @@ from services.core.errors import BackendError, NotFound, TransientError
 from services.core.events import JobNote
 from services.jobs.service import JobRequest
 from services.models import Actor, ConfigSource, Conversation, Job
-from services.scheduling import _run
+from services.schedules.timer import _run
 from services.states import JobState
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job

@@ -25,8 +25,8 @@ from services.access import Caller
 from services.core.clock import FakeClock
 from services.core.errors import UserError
 from services.models import Conversation
-from services.schedules import parse_at
-from services.scheduling import cron_trigger, next_runs
+from services.schedules.service import parse_at
+from services.schedules.timer import cron_trigger, next_runs
 from services.states import JobState
 
 ALICE, BOB, ADMIN = "U0ALICE", "U0BOB", "U0ADMIN"

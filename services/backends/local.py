@@ -21,11 +21,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from services.backends import noderunner
+from services.backends.links import LinkSigner
 from services.backends.noderunner import ProcessSpec, RunnerSpec, write_atomic
 from services.core.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.links import LinkSigner
 from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
 
 SHARE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,61}[a-z0-9]$|^[a-z0-9]$")

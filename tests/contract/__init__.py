@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.core.errors import NotFound
 from services.core.ports import ComputeBackend, FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, load_job_spec
-from services.links import LinkSigner
 from services.models import Cluster, FileLocation, ShareMount
 from services.states import ClusterState
 

@@ -17,7 +17,7 @@ import pytest
 from services.core.errors import BatchAIError, NotFound, UserError
 from services.jobs.sources import ConfigLoader
 from services.models import ConfigSource
-from services.scheduling import Scheduler
+from services.schedules.timer import Scheduler
 from services.spend.pricing import BUNDLED_PRICES, load_price_table
 
 ROOT = Path(__file__).resolve().parents[2]

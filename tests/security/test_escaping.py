@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from handlers import home, presenter, views
+from services.backends.links import LinkSigner
 from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
@@ -32,7 +33,6 @@ from services.core.events import (
     WallClockWarning,
 )
 from services.core.ports import Delivery
-from services.links import LinkSigner
 from services.models import (
     Approval,
     AuditEntry,
