@@ -18,7 +18,7 @@ from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
 from services.access import Caller
 from services.core.errors import BatchAIError
-from services.states import JobState
+from services.jobs.lifecycle import JobState
 
 _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""

@@ -8,12 +8,12 @@ from typing import Any
 
 from handlers import home, modals, views
 from services.clusters.service import ClusterService
+from services.jobs.lifecycle import JobState
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor
 from services.spend.approvals import ApprovalService
 from services.spend.ledger import PriceBook, SpendService
-from services.states import JobState
 
 LIVE = (
     JobState.PENDING_APPROVAL,

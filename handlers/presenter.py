@@ -27,8 +27,8 @@ from services.core.events import (
     WallClockWarning,
 )
 from services.core.ports import Delivery
+from services.jobs.lifecycle import FINISHED
 from services.models import Conversation, Job
-from services.states import FINISHED
 
 FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from services.core.events import IdleWarning, IdleWarningClosed
+from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
     AuditEntry,
@@ -27,7 +28,6 @@ from services.models import (
 from services.schedules.service import fmt_time, zone_of
 from services.spend import pricing
 from services.spend.pricing import Price, format_rate, format_usd
-from services.states import JobState
 
 Block = dict[str, Any]
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from services.states import ClusterState, JobState
+from services.clusters.lifecycle import ClusterState
+from services.jobs.lifecycle import JobState
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"

@@ -20,13 +20,13 @@ from services.core.clock import FakeClock
 from services.core.errors import BackendError, QuotaError, TransientError
 from services.core.events import JobFinished, LogSnippet
 from services.core.ports import Delivery
+from services.jobs.lifecycle import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource, Conversation, Job
 from services.notify.relay import EventRelay
 from services.schedules.timer import Scheduler, _run
-from services.states import JobState
 from services.store import SqlStore
 from tests.fakes.faulty import FaultyBackend, FaultyShare
 

@@ -21,6 +21,7 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.idle import BOT, STALE, IdleService
+from services.clusters.lifecycle import ClusterState
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
 from services.core.errors import UserError
@@ -30,7 +31,6 @@ from services.models import Actor, ConfigSource, Conversation
 from services.notify.relay import EventRelay
 from services.spend.ledger import PriceBook
 from services.spend.pricing import format_rate, load_price_table
-from services.states import ClusterState
 from services.store import SqlStore
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -27,10 +27,10 @@ from services.clusters.service import ClusterRequest
 from services.core.clock import FakeClock
 from services.core.errors import BackendError, NotFound, TransientError
 from services.core.events import JobNote
+from services.jobs.lifecycle import JobState
 from services.jobs.service import JobRequest
 from services.models import Actor, ConfigSource, Conversation, Job
 from services.schedules.timer import _run
-from services.states import JobState
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
 from tests.fakes.faulty import FaultyBackend

@@ -19,12 +19,12 @@ from services.core.clock import SystemClock
 from services.core.errors import NotAllowed
 from services.core.events import JobFinished, JobStateChanged, LogSnippet
 from services.core.ports import Delivery
+from services.jobs.lifecycle import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource, Conversation, Job
 from services.notify.relay import EventRelay
-from services.states import JobState
 from services.store import SqlStore
 
 SHARE = "data"

@@ -24,10 +24,10 @@ from handlers.commands import Reply
 from services.access import Caller
 from services.core.clock import FakeClock
 from services.core.errors import UserError
+from services.jobs.lifecycle import JobState
 from services.models import Conversation
 from services.schedules.service import parse_at
 from services.schedules.timer import cron_trigger, next_runs
-from services.states import JobState
 
 ALICE, BOB, ADMIN = "U0ALICE", "U0BOB", "U0ADMIN"
 CHANNEL, OTHER = "C0JOBS", "C0OTHER"

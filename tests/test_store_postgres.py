@@ -28,6 +28,7 @@ from bot.config import Settings
 from bot.lifecycle import running
 from services.core.errors import Conflict
 from services.core.events import LogSnippet
+from services.jobs.lifecycle import JobState
 from services.models import (
     AuditEntry,
     ConfigSource,
@@ -38,7 +39,6 @@ from services.models import (
     ScheduleRun,
 )
 from services.spend.pricing import to_hours
-from services.states import JobState
 from services.store import SqlStore
 from services.store.schema import metadata
 from services.store.sql import MIGRATIONS

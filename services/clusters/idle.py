@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from services.clusters.lifecycle import ClusterState
 from services.clusters.service import LIVE, ClusterService
 from services.core.errors import UserError
 from services.core.events import idle_warning
@@ -22,7 +23,6 @@ from services.core.ports import Clock
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
 from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
-from services.states import ClusterState
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,13 @@ import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from services.clusters.lifecycle import ClusterState, cluster_transition
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
+from services.core.outcome import Outcome
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
+from services.jobs.lifecycle import JobState
 from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
@@ -26,7 +29,6 @@ from services.models import (
 from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
 from services.spend.pricing import Estimate, Price
-from services.states import ClusterState, JobState, Outcome, cluster_transition
 from services.store import SqlStore
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster

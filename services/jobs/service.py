@@ -15,6 +15,7 @@ from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, User
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare
 from services.core.suggest import did_you_mean
+from services.jobs.lifecycle import JobState, advance
 from services.jobs.sources import ConfigLoader
 from services.jobspec import (
     JobSpec,
@@ -39,9 +40,7 @@ from services.models import (
     ScheduleRun,
 )
 from services.spend.gate import NeedsApproval, Refused
-from services.states import JobState
 from services.store import SqlStore
-from services.transitions import advance
 
 if TYPE_CHECKING:
     from services.spend.approvals import ApprovalService

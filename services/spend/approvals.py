@@ -13,6 +13,7 @@ from services.access.reads import JobReaders
 from services.core.errors import NotAllowed, NotFound, UserError
 from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
 from services.core.ports import Clock
+from services.jobs.lifecycle import JobState, advance, finished_event
 from services.models import Actor, Approval, AuditEntry, Job, Vote
 from services.spend.gate import (
     Allowed,
@@ -22,9 +23,7 @@ from services.spend.gate import (
     Refused,
     SpendGate,
 )
-from services.states import JobState
 from services.store import SqlStore
-from services.transitions import advance, finished_event
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
 __all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Outcome"]

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from services.core.errors import NotAllowed, UserError
 from services.core.ports import Clock
+from services.jobs.lifecycle import JobState
 from services.models import Actor, Cluster, Job, LedgerEntry
 from services.spend.pricing import (
     Estimate,
@@ -20,7 +21,6 @@ from services.spend.pricing import (
     money,
     to_hours,
 )
-from services.states import JobState
 from services.store import SqlStore
 
 RUNNING = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

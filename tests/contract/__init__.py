@@ -15,11 +15,11 @@ from typing import Any
 
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.clusters.lifecycle import ClusterState
 from services.core.errors import NotFound
 from services.core.ports import ComputeBackend, FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, load_job_spec
 from services.models import Cluster, FileLocation, ShareMount
-from services.states import ClusterState
 
 SHARE = "data"
 MOUNT = "afs"

@@ -33,6 +33,7 @@ from services.core.events import (
     WallClockWarning,
 )
 from services.core.ports import Delivery
+from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
     AuditEntry,
@@ -52,7 +53,6 @@ from services.models import (
     Vote,
 )
 from services.spend.pricing import Price
-from services.states import JobState
 from tests.conftest import NOW, make_cluster, make_job
 
 HOSTILE = "<!channel> <@U0EVIL> <#C0EVIL> <https://evil.example/x|sign in> a&lt;&b ``` x|y>"

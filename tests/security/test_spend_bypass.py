@@ -24,7 +24,7 @@ from bot.lifecycle import running
 from handlers import views
 from services.access import Caller
 from services.core.clock import FakeClock
-from services.states import JobState
+from services.jobs.lifecycle import JobState
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import CHANNEL, JOB_SCRIPT, SlackRig, job_json, rig_settings
 from tests.test_schedules import ADMIN, CONFIG, START, started
