@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.backends.azure.config import AzureConfig  # noqa: E402
 from services.backends.azure.files import AzureShare  # noqa: E402
-from services.logs import LogTailer, TailResult, split_lines  # noqa: E402
+from services.jobs.tailer import LogTailer, TailResult, split_lines  # noqa: E402
 from services.models import FileLocation  # noqa: E402
 from tests.fakes.azure_files import FakeAzureFiles  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import Settings  # noqa: E402
 from bot.lifecycle import running  # noqa: E402
-from services.errors import SpecError  # noqa: E402
+from services.core.errors import SpecError  # noqa: E402
 from services.jobspec.load import MAX_DEPTH, load_job_spec, nesting_depth  # noqa: E402
 from tests.fakes.slack import BOT_TOKEN, FakeSlack, signed_headers  # noqa: E402
 

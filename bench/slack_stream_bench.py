@@ -55,8 +55,9 @@ from bench._common import (  # noqa: E402
 from bot.bootstrap import Bot  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.lifecycle import running  # noqa: E402
-from services.events import LogSnippet  # noqa: E402
-from services.states import ClusterState, JobState  # noqa: E402
+from services.clusters.lifecycle import ClusterState  # noqa: E402
+from services.core.events import LogSnippet  # noqa: E402
+from services.jobs.lifecycle import JobState  # noqa: E402
 from tests.fakes.slack import (  # noqa: E402
     BOT_TOKEN,
     form_body,

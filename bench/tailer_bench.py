@@ -17,9 +17,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.backends.links import LinkSigner  # noqa: E402
 from services.backends.local import LocalShare  # noqa: E402
-from services.links import LinkSigner  # noqa: E402
-from services.logs import LogTailer  # noqa: E402
+from services.jobs.tailer import LogTailer  # noqa: E402
 from services.models import FileLocation  # noqa: E402
 from tests.fakes.shares import CountingShare  # noqa: E402
 

@@ -20,8 +20,8 @@ from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
 from bot.version import version_line
-from services.configs import ConfigLoader, Folder
-from services.errors import NotFound, SpecError, UserError
+from services.core.errors import NotFound, SpecError, UserError
+from services.jobs.sources import ConfigLoader, Folder
 from services.jobspec import load_any
 from services.models import ConfigSource
 

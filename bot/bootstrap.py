@@ -21,25 +21,25 @@ from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
-from services.approvals import ApprovalService
 from services.backends.azure.config import AzureConfig
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
-from services.clock import SystemClock
-from services.clusters import ClusterService
-from services.configs import ConfigLoader
-from services.errors import NotFound
-from services.gate import ApprovalPolicy, SpendGate
-from services.idle import IdleService
-from services.jobs import JobService
-from services.links import LinkSigner
+from services.clusters.idle import IdleService
+from services.clusters.service import ClusterService
+from services.core.clock import SystemClock
+from services.core.errors import NotFound
+from services.core.ports import Clock
+from services.jobs.runner import JobRunner
+from services.jobs.service import JobService
+from services.jobs.sources import ConfigLoader
 from services.models import FileLocation
-from services.ports import Clock
-from services.pricing import PriceTable, load_price_table
-from services.relay import EventRelay
-from services.runner import JobRunner
-from services.schedules import ScheduleService
-from services.scheduling import Scheduler
-from services.spend import PriceBook, SpendService
+from services.notify.relay import EventRelay
+from services.schedules.service import ScheduleService
+from services.schedules.timer import Scheduler
+from services.spend.approvals import ApprovalService
+from services.spend.gate import ApprovalPolicy, SpendGate
+from services.spend.ledger import PriceBook, SpendService
+from services.spend.pricing import PriceTable, load_price_table
 from services.store import SqlStore
 
 if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure

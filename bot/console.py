@@ -17,8 +17,8 @@ from handlers.commands import CommandHandler, Reply
 from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
 from services.access import Caller
-from services.errors import BatchAIError
-from services.states import JobState
+from services.core.errors import BatchAIError
+from services.jobs.lifecycle import JobState
 
 _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""

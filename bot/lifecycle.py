@@ -16,11 +16,11 @@ from bot.config import Settings
 from bot.outbox import SlackOutbox
 from bot.web import CachedCheck, HealthCheck, create_probe_app, create_web_app
 from handlers.presenter import Transport
-from services.errors import BatchAIError
-from services.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
-from services.ports import Clock
-from services.price_refresh import RetailPrices, load_refreshed, refresh_prices
-from services.schedules import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
+from services.clusters.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
+from services.core.errors import BatchAIError
+from services.core.ports import Clock
+from services.schedules.service import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
+from services.spend.price_refresh import RetailPrices, load_refreshed, refresh_prices
 from services.store.sealing import SecretsKeyError
 
 if TYPE_CHECKING:

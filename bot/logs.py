@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from bot.config import Settings
 from bot.console import redact as redact_flags
-from services import context
+from services.core import context
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"
 NOISY = ("apscheduler", "alembic", "aiohttp.access")
@@ -70,7 +70,7 @@ class RedactFilter(logging.Filter):
 
 
 class ContextFilter(logging.Filter):
-    """Adds the correlation id, job, user and command of the work that logs (services.context)."""
+    """Adds the correlation id, job, user and command of the work that logs (core.context)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = context.current()

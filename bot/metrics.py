@@ -20,10 +20,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from services.errors import BackendError, NotFound, QuotaError, TransientError
-from services.ports import Clock
-from services.spend import RUNNING, SpendService
-from services.states import ClusterState, JobState
+from services.clusters.lifecycle import ClusterState
+from services.core.errors import BackendError, NotFound, QuotaError, TransientError
+from services.core.ports import Clock
+from services.jobs.lifecycle import JobState
+from services.spend.ledger import RUNNING, SpendService
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,12 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot.metrics import BotMetrics
 from handlers.presenter import MessageRef
 from handlers.views import Message
-from services.errors import TransientError
+from services.core.errors import TransientError
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
 
 METADATA_TYPE = "batchai_delivery"  # message metadata that names what a message delivered
 MAX_LOOKUP_PAGES = 25  # of 200 messages: how far back a crash recovery looks
@@ -42,9 +44,12 @@ class _Pace:
     """At most one call per `interval` seconds. Waiters go in priority order (0 first), then in
     arrival order: receipts and state changes overtake log snippets in a busy channel."""
 
-    def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, interval: float, monotonic: Callable[[], float], sleep: Sleep = asyncio.sleep
+    ) -> None:
         self._interval = interval
         self._monotonic = monotonic
+        self._sleep = sleep
         self._next = 0.0
         self._busy = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -56,7 +61,7 @@ class _Pace:
         try:
             wait = self._next - self._monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             yield
         finally:
             self._release()
@@ -112,16 +117,18 @@ class SlackOutbox:
         updates_per_minute: float = 50.0,
         max_attempts: int = 5,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
         metrics: BotMetrics | None = None,
     ) -> None:
         self._client = client
+        self._sleep = sleep  # injected: tests see the waits without waiting
         self._metrics = metrics or BotMetrics()
         self._store = store
         self._now = now
         self._monotonic = monotonic
         self._post_interval = post_interval
         self._channels: dict[str, _Pace] = {}
-        self._updates = _Pace(60.0 / updates_per_minute, monotonic)
+        self._updates = _Pace(60.0 / updates_per_minute, monotonic, sleep)
         self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
         self._max_attempts = max_attempts
         self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
@@ -304,7 +311,8 @@ class SlackOutbox:
     def _lane(self, channel: str) -> _Pace:
         lane = self._channels.get(channel)
         if lane is None:
-            lane = self._channels[channel] = _Pace(self._post_interval, self._monotonic)
+            lane = _Pace(self._post_interval, self._monotonic, self._sleep)
+            self._channels[channel] = lane
         return lane
 
     async def _call(
@@ -352,7 +360,7 @@ class SlackOutbox:
                 break
             self.stats["retries"] += 1
             self._metrics.slack_retries.labels(name).inc()
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         raise TransientError("Slack is not taking messages right now", retry_after=delay)
 
 

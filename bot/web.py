@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from services.errors import NotAllowed, NotFound
-from services.links import LinkSigner
+from services.backends.links import LinkSigner
+from services.core.errors import NotAllowed, NotFound
 from services.models import FileLocation
 
 log = logging.getLogger(__name__)

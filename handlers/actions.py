@@ -11,12 +11,12 @@ from datetime import datetime
 from handlers import views
 from handlers.commands import Reply
 from services.access import AccessGuard, Caller
-from services.approvals import ApprovalService
-from services.errors import BatchAIError
-from services.idle import IdleService
-from services.jobs import JobService
-from services.logs import split_lines
+from services.clusters.idle import IdleService
+from services.core.errors import BatchAIError
+from services.jobs.service import JobService
+from services.jobs.tailer import split_lines
 from services.models import Actor
+from services.spend.approvals import ApprovalService
 
 LOG_TAIL_BYTES = 16 * 1024
 

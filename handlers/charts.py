@@ -16,7 +16,7 @@ MAX_SERIES: Final = 4  # per axis; more lines than that is noise in a thread
 
 StepValue = tuple[int, float]
 
-# The names services.logs gives metrics: `loss`, `val_loss`, `train_acc`, `val_accuracy` ...
+# The names services.jobs.tailer gives metrics: `loss`, `val_loss`, `train_acc`, `val_accuracy` ...
 _PREFIX = r"(?:(?:train|training|val|valid|validation|test|eval)_)?"
 _LOSS_RE = re.compile(_PREFIX + r"loss")
 _ACC_RE = re.compile(_PREFIX + r"acc(?:uracy)?")

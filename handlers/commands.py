@@ -15,14 +15,14 @@ from handlers.commandspec import COMMANDS
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
 from services.access import AccessGuard, AuditLog, Caller
-from services.approvals import ApprovalService
-from services.clusters import ClusterRequest, ClusterService
-from services.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
-from services.jobs import JobRequest, JobService
+from services.clusters.service import ClusterRequest, ClusterService
+from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
-from services.pricing import format_usd
-from services.schedules import ScheduleRequest, ScheduleService
-from services.spend import SpendService
+from services.schedules.service import ScheduleRequest, ScheduleService
+from services.spend.approvals import ApprovalService
+from services.spend.ledger import SpendService
+from services.spend.pricing import format_usd
 
 TAIL_BYTES = 16 * 1024
 

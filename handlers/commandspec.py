@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
-from services.errors import UserError
+from services.core.errors import UserError
 
 OutputFormat = Literal["text", "table", "json"]
 Source = Literal["slack", "console"]

@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from handlers import home, modals, views
-from services.approvals import ApprovalService
-from services.clusters import ClusterService
-from services.configs import ConfigLoader
-from services.jobs import JobService
+from services.clusters.service import ClusterService
+from services.jobs.lifecycle import JobState
+from services.jobs.service import JobService
+from services.jobs.sources import ConfigLoader
 from services.models import Actor
-from services.spend import PriceBook, SpendService
-from services.states import JobState
+from services.spend.approvals import ApprovalService
+from services.spend.ledger import PriceBook, SpendService
 
 LIVE = (
     JobState.PENDING_APPROVAL,

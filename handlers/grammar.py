@@ -55,7 +55,7 @@ from handlers.commandspec import (
     Spend,
     show,
 )
-from services.errors import UserError
+from services.core.errors import UserError
 
 __all__ = [
     "MAX_INPUT_BYTES",

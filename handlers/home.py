@@ -26,9 +26,10 @@ from handlers.views import (
     progress_bar,
     section,
 )
+from services.clusters.lifecycle import ClusterState
+from services.jobs.lifecycle import JobState
 from services.models import ClusterView, Job
-from services.pricing import cost_so_far, format_rate, format_usd, sku_key
-from services.states import ClusterState, JobState
+from services.spend.pricing import cost_so_far, format_rate, format_usd, sku_key
 
 ACTION_OPEN_SUBMIT: Final = "home_open_submit"
 ACTION_HOME_REFRESH: Final = "home_refresh"

@@ -15,10 +15,10 @@ from handlers import home, modals, views
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Reply
 from handlers.commandspec import Command, JobCreate
-from services import context
 from services.access import AccessGuard, Caller, Origin
-from services.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
-from services.jobs import JobRequest, JobService
+from services.core import context
+from services.core.errors import BatchAIError, Conflict, NotFound, SpecError, UserError
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any, Final
 from handlers.commandspec import JobCreate
 from services.jobspec.load import MAX_DEPTH, nesting_depth
 from services.models import NAME_RE, ClusterView
-from services.pricing import sku_key
+from services.spend.pricing import sku_key
 
 Block = dict[str, Any]
 FieldErrors = dict[str, str]

@@ -10,7 +10,7 @@ from typing import Protocol
 from handlers import views
 from handlers.charts import loss_curve_png
 from handlers.views import Message
-from services.events import (
+from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     ClusterChanged,
@@ -26,9 +26,9 @@ from services.events import (
     ScheduleMissed,
     WallClockWarning,
 )
+from services.core.ports import Delivery
+from services.jobs.lifecycle import FINISHED
 from services.models import Conversation, Job
-from services.ports import Delivery
-from services.states import FINISHED
 
 FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 

@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from services import pricing
-from services.events import IdleWarning, IdleWarningClosed
+from services.core.events import IdleWarning, IdleWarningClosed
+from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
     AuditEntry,
@@ -25,9 +25,9 @@ from services.models import (
     Node,
     Schedule,
 )
-from services.pricing import Price, format_rate, format_usd
-from services.schedules import fmt_time, zone_of
-from services.states import JobState
+from services.schedules.service import fmt_time, zone_of
+from services.spend import pricing
+from services.spend.pricing import Price, format_rate, format_usd
 
 Block = dict[str, Any]
 

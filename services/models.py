@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from services.states import ClusterState, JobState
+from services.clusters.lifecycle import ClusterState
+from services.jobs.lifecycle import JobState
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"
@@ -68,7 +69,7 @@ class IdleNotice:
 
 @dataclass(frozen=True)
 class IdleState:
-    """A cluster's idle scale-down bookkeeping: services/idle.py decides, the store keeps it."""
+    """A cluster's idle scale-down bookkeeping: clusters/idle.py decides, the store keeps it."""
 
     since: datetime | None = None  # nodes above min and no live job since then
     warning: IdleNotice | None = None  # the warning waiting for an answer

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from services.clusters.lifecycle import ClusterState
+from services.jobs.lifecycle import JobState
 from services.models import Cluster, Job
-from services.states import ClusterState, JobState
 from services.store import SqlStore
 from tests import pg
 from tests.pg import PostgresServer

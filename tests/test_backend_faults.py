@@ -13,20 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
-from services.clock import FakeClock
-from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
-from services.errors import BackendError, QuotaError, TransientError
-from services.events import JobFinished, LogSnippet
-from services.jobs import JobRequest, JobService
-from services.links import LinkSigner
+from services.clusters.service import ClusterRequest, ClusterService
+from services.core.clock import FakeClock
+from services.core.errors import BackendError, QuotaError, TransientError
+from services.core.events import JobFinished, LogSnippet
+from services.core.ports import Delivery
+from services.jobs.lifecycle import JobState
+from services.jobs.runner import JobRunner
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource, Conversation, Job
-from services.ports import Delivery
-from services.relay import EventRelay
-from services.runner import JobRunner
-from services.scheduling import Scheduler, _run
-from services.states import JobState
+from services.notify.relay import EventRelay
+from services.schedules.timer import Scheduler, _run
 from services.store import SqlStore
 from tests.fakes.faulty import FaultyBackend, FaultyShare
 

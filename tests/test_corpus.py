@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec import ClusterSpec, FileServerSpec, JobSpec, load_any
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "batchai-recipes"

@@ -44,7 +44,7 @@ from handlers.grammar import (
     reference_markdown,
     usage,
 )
-from services.errors import UserError
+from services.core.errors import UserError
 
 PASSWORD = "PP@@ddee5"
 PASSWORD_WARNING = (

@@ -12,8 +12,9 @@ from slack_sdk.models.views import View
 
 from handlers import views
 from handlers.home import ACTION_HOME_REFRESH, ACTION_OPEN_SUBMIT, home_view
+from services.clusters.lifecycle import ClusterState
+from services.jobs.lifecycle import JobState
 from services.models import ClusterView, Job, NodeCounts, Progress
-from services.states import ClusterState, JobState
 from tests.conftest import NOW, make_cluster, make_job
 
 PRICES = {"Standard_NC24ads_A100_v4": Decimal("3.673"), "Standard_NC6s_v3": Decimal("3.06")}

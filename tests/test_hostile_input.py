@@ -23,7 +23,9 @@ from bot.lifecycle import running
 from bot.slack import MAX_EVENT_BYTES
 from handlers import grammar, modals
 from handlers.commandspec import ApprovalsDeny
-from services.errors import SpecError, UserError
+from services.core.errors import SpecError, UserError
+from services.jobs.lifecycle import JobState
+from services.jobs.tailer import LogParser, parse_progress
 from services.jobspec import (
     MAX_DEPTH,
     MAX_SPEC_BYTES,
@@ -31,8 +33,6 @@ from services.jobspec import (
     load_job_spec,
     parse_json,
 )
-from services.logs import LogParser, parse_progress
-from services.states import JobState
 from tests.contract import JOB_SCRIPT
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import SlackRig, rig_settings

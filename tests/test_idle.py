@@ -18,19 +18,19 @@ from handlers.commands import CommandHandler, Services
 from handlers.presenter import MessageRef, Presenter
 from handlers.views import Message
 from services.access import AccessGuard, AccessPolicy, AuditLog, Caller
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
-from services.clock import FakeClock
-from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
-from services.errors import UserError
-from services.idle import BOT, STALE, IdleService
-from services.jobs import JobRequest, JobService
-from services.links import LinkSigner
+from services.clusters.idle import BOT, STALE, IdleService
+from services.clusters.lifecycle import ClusterState
+from services.clusters.service import ClusterRequest, ClusterService
+from services.core.clock import FakeClock
+from services.core.errors import UserError
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource, Conversation
-from services.pricing import format_rate, load_price_table
-from services.relay import EventRelay
-from services.spend import PriceBook
-from services.states import ClusterState
+from services.notify.relay import EventRelay
+from services.spend.ledger import PriceBook
+from services.spend.pricing import format_rate, load_price_table
 from services.store import SqlStore
 
 PROJECT = Path(__file__).resolve().parents[1]

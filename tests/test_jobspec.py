@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.errors import SpecError, UserError
+from services.core.errors import SpecError, UserError
 from services.jobspec import (
     ClusterSpec,
     FileServerSpec,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec import (
     JobSpec,
     LaunchContext,

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.errors import NotAllowed
-from services.links import LinkSigner
+from services.backends.links import LinkSigner
+from services.core.errors import NotAllowed
 from services.models import FileLocation
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

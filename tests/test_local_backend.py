@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from services.backends.local import LocalBackend, LocalShare, docker_argv, share_from_url
-from services.errors import NotAllowed, NotFound, UserError
+from services.backends.launch import docker_argv, share_from_url
+from services.backends.links import LinkSigner
+from services.backends.local import LocalBackend, LocalShare
+from services.core.errors import NotAllowed, NotFound, UserError
 from services.jobspec import load_job_spec
-from services.links import LinkSigner
 from services.models import FileLocation
 from tests.contract import (
     JOB_SCRIPT,

@@ -13,7 +13,7 @@ import pytest
 
 from bot.config import Settings
 from bot.logs import NOISY, Redactor, configure
-from services import context
+from services.core import context
 from tests.fakes.slack import BOT_TOKEN, form_body, slash_command_form
 from tests.slack.conftest import (  # the Slack rig's fixtures, used by the story test
     CHANNEL,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalShare
-from services.links import LinkSigner
-from services.logs import (
+from services.jobs.tailer import (
     LogParser,
     LogTailer,
     parse_metrics,

@@ -23,14 +23,14 @@ from bot.lifecycle import running
 from bot.metrics import BotMetrics, measured
 from bot.web import CachedCheck, HealthCheck, create_probe_app
 from services.backends.local import LocalBackend
-from services.clock import FakeClock
-from services.clusters import ClusterRequest
-from services.errors import BackendError, NotFound, TransientError
-from services.events import JobNote
-from services.jobs import JobRequest
+from services.clusters.service import ClusterRequest
+from services.core.clock import FakeClock
+from services.core.errors import BackendError, NotFound, TransientError
+from services.core.events import JobNote
+from services.jobs.lifecycle import JobState
+from services.jobs.service import JobRequest
 from services.models import Actor, ConfigSource, Conversation, Job
-from services.scheduling import _run
-from services.states import JobState
+from services.schedules.timer import _run
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
 from tests.fakes.faulty import FaultyBackend

@@ -10,9 +10,9 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
-from services import price_refresh
-from services.errors import BackendError, TransientError, UserError
-from services.price_refresh import (
+from services.core.errors import BackendError, TransientError, UserError
+from services.spend import price_refresh
+from services.spend.price_refresh import (
     PriceRefresh,
     RetailPrices,
     RetailRow,
@@ -20,7 +20,7 @@ from services.price_refresh import (
     query_filter,
     refresh_prices,
 )
-from services.pricing import BUNDLED_PRICES, PriceTable, load_price_table
+from services.spend.pricing import BUNDLED_PRICES, PriceTable, load_price_table
 from services.store import SqlStore
 from tests.fakes.retail_prices import (
     DEFAULT_PRICES,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.errors import UserError
-from services.pricing import (
+from services.core.errors import UserError
+from services.spend.pricing import (
     BUNDLED_PRICES,
     Estimate,
     Price,

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from handlers import modals
 from handlers.commands import CommandHandler, Reply, Services
 from handlers.commandspec import COMMANDS, Command, CommandSpec, Help
-from services.errors import NotAllowed, SpecError
+from services.backends.links import LinkSigner
+from services.core.errors import NotAllowed, SpecError
 from services.jobspec import JobSpec, LaunchContext, NodeInfo, load_any, load_job_spec, plan_launch
 from services.jobspec.load import MAX_DEPTH, spec_kind
-from services.links import LinkSigner
 from services.models import FileLocation
 from tests.test_hostile_input import HOSTILE
 from tests.test_modals import input_blocks, modal

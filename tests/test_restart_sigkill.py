@@ -30,8 +30,8 @@ from bot.outbox import SlackOutbox
 from handlers import views
 from handlers.views import Message as ViewMessage
 from handlers.views import section
-from services.clock import utcnow
-from services.errors import TransientError
+from services.core.clock import utcnow
+from services.core.errors import TransientError
 from services.store import SqlStore
 from tests.fakes.slack import (
     BOT_TOKEN,

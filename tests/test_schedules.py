@@ -22,12 +22,12 @@ from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from handlers.commands import Reply
 from services.access import Caller
-from services.clock import FakeClock
-from services.errors import UserError
+from services.core.clock import FakeClock
+from services.core.errors import UserError
+from services.jobs.lifecycle import JobState
 from services.models import Conversation
-from services.schedules import parse_at
-from services.scheduling import cron_trigger, next_runs
-from services.states import JobState
+from services.schedules.service import parse_at
+from services.schedules.timer import cron_trigger, next_runs
 
 ALICE, BOB, ADMIN = "U0ALICE", "U0BOB", "U0ADMIN"
 CHANNEL, OTHER = "C0JOBS", "C0OTHER"

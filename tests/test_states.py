@@ -4,13 +4,9 @@ import itertools
 
 import pytest
 
-from services.states import (
-    ClusterState,
-    JobState,
-    Outcome,
-    cluster_transition,
-    job_transition,
-)
+from services.clusters.lifecycle import ClusterState, cluster_transition
+from services.core.outcome import Outcome
+from services.jobs.lifecycle import JobState, job_transition
 
 J = JobState
 ALLOWED_JOB = {

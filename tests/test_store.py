@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from services.errors import Conflict
-from services.events import JobFinished, JobStateChanged, LogSnippet, OutputFile
+from services.core.errors import Conflict
+from services.core.events import JobFinished, JobStateChanged, LogSnippet, OutputFile
+from services.jobs.lifecycle import JobState
 from services.models import Conversation, FileLocation, JobLayout, MetricPoint, Progress
-from services.states import JobState
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
 

@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import Settings
 from bot.lifecycle import running
-from services.errors import Conflict
-from services.events import LogSnippet
+from services.core.errors import Conflict
+from services.core.events import LogSnippet
+from services.jobs.lifecycle import JobState
 from services.models import (
     AuditEntry,
     ConfigSource,
@@ -37,8 +38,7 @@ from services.models import (
     ScheduledJob,
     ScheduleRun,
 )
-from services.pricing import to_hours
-from services.states import JobState
+from services.spend.pricing import to_hours
 from services.store import SqlStore
 from services.store.schema import metadata
 from services.store.sql import MIGRATIONS

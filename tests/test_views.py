@@ -9,8 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from handlers import views
+from services.jobs.lifecycle import JobState
 from services.models import Progress
-from services.states import JobState
 from tests.conftest import NOW, make_job
 
 

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from bot.config import Settings
 from bot.web import create_probe_app, create_web_app
+from services.backends.links import LinkSigner
 from services.backends.local import LocalShare
-from services.links import LinkSigner
 from services.models import FileLocation
 
 SECRET = b"w" * 32

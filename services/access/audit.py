@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.errors import NotAllowed
+from services.core.errors import NotAllowed
 from services.models import Actor, AuditEntry
 from services.store import SqlStore
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from services.errors import NotAllowed
+from services.core.errors import NotAllowed
 from services.models import Actor, Job
 
 

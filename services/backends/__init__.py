@@ -1,1 +1,1 @@
-"""Concrete compute and file-share backends behind the ports in services.ports."""
+"""Concrete compute and file-share backends behind the ports in services.core.ports."""

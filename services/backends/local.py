@@ -13,22 +13,30 @@ import socket
 import stat as stat_mod
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from services.backends import noderunner
+from services.backends.launch import (
+    NodeRun,
+    check_share_name,
+    docker_argv,
+    exited_status,
+    from_epoch,
+    layout_from_json,
+    layout_to_json,
+    share_from_url,
+    share_layout,
+)
+from services.backends.links import LinkSigner
 from services.backends.noderunner import ProcessSpec, RunnerSpec, write_atomic
-from services.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.links import LinkSigner
-from services.models import Cluster, FileEntry, FileLocation, JobLayout, Node
-from services.ports import LaunchRequest, LaunchResult, RunStatus
+from services.models import Cluster, FileEntry, FileLocation, Node
 
-SHARE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,61}[a-z0-9]$|^[a-z0-9]$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][-\w.]{0,63}$", re.ASCII)
 _READ_INLINE = 1 << 20  # a local pread this small takes microseconds: no thread hop needed
 # Taken from the bot's environment for a job; nothing else is (the bot holds tokens and keys).
@@ -51,16 +59,6 @@ DEADLINE = "deadline"  # in the run dir: a later wall-clock deadline (epoch seco
 class _Mounted(Protocol):
     @property
     def relative_mount_path(self) -> str: ...
-
-
-def check_share_name(name: str) -> str:
-    """Azure's share rule: 1-63 lower-case letters, digits and single inner hyphens."""
-    if not SHARE_NAME_RE.match(name):
-        raise UserError(
-            f"share name {name!r} must be lower-case letters, digits and single hyphens "
-            "(at most 63, not starting or ending with a hyphen)"
-        )
-    return name
 
 
 def _segment(what: str, value: str) -> str:
@@ -94,14 +92,6 @@ def _link(link: Path, target: Path) -> None:
     elif link.exists():
         raise Conflict(f"{link} exists and is not a mount link")
     link.symlink_to(rel, target_is_directory=True)
-
-
-def share_from_url(url: str) -> str:
-    """`https://<account>.file.core.windows.net/<share>` -> `<share>`."""
-    parts = [p for p in urlsplit(url).path.split("/") if p]
-    if not parts:
-        raise UserError(f"azureFileUrl {url!r} does not name a share")
-    return check_share_name(parts[-1])
 
 
 # --------------------------------------------------------------------------- the share
@@ -281,38 +271,6 @@ def _copy_tree(src: Path, dest: Path) -> int:
 # --------------------------------------------------------------------------- containers
 
 
-def docker_argv(
-    *,
-    docker: str,
-    name: str,
-    image: str,
-    argv: Sequence[str],
-    env_names: Sequence[str],
-    volumes: Sequence[str],
-    workdir: str,
-    shm_size: str | None = None,
-    gpus: int = 0,
-    user: tuple[int, int] | None = None,
-) -> tuple[str, ...]:
-    """`docker run` for one process. Values travel in the CLI's environment (`-e NAME`), never
-    on its command line, where any local user could read them in /proc. With `user` the
-    container runs as that uid:gid and can gain no privileges (setuid programs do nothing)."""
-    out = [docker, "run", "--rm", "--name", name, "--network", "host", "--init"]
-    if user is not None:
-        out += ["--user", f"{user[0]}:{user[1]}", "--security-opt", "no-new-privileges"]
-    for path in volumes:
-        out += ["-v", f"{path}:{path}"]
-    out += ["-w", workdir]
-    if shm_size:
-        out += ["--shm-size", shm_size]
-    if gpus:
-        out += ["--gpus", "all"]
-    for env_name in sorted(env_names):
-        out += ["-e", env_name]
-    out += [image, *argv]
-    return tuple(out)
-
-
 def _docker_socket_reachable() -> bool:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
@@ -362,71 +320,6 @@ def _pid_alive(pid: int, job_id: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _when(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-
-@dataclass(frozen=True)
-class NodeRun:
-    """What one node's status directory says (shared with the azure backend)."""
-
-    index: int
-    alive: bool
-    pending: bool  # no runner has been started for it yet
-    exit_code: int | None
-    reason: str
-    phase: str | None
-    started: float | None
-    ended: float | None
-
-
-def exited_status(runs: Sequence[NodeRun]) -> RunStatus:
-    """A job whose every node has an exit code: the first failure (by end time) decides."""
-    started = min((r.started for r in runs if r.started is not None), default=None)
-    failures = sorted(
-        (r for r in runs if r.exit_code),
-        key=lambda r: (r.ended if r.ended is not None else float("inf"), r.index),
-    )
-    first = failures[0] if failures else None
-    ended = max((r.ended for r in runs if r.ended is not None), default=None)
-    return RunStatus(
-        phase="exited",
-        exit_code=first.exit_code if first else 0,
-        detail=(first.reason or None) if first else None,
-        started_at=_when(started),
-        ended_at=_when(ended),
-    )
-
-
-def layout_to_json(result: LaunchResult) -> dict[str, Any]:
-    lay = result.layout
-
-    def loc(value: FileLocation | None) -> dict[str, str] | None:
-        return None if value is None else {"share": value.share, "path": value.path}
-
-    return {
-        "stdouterr": loc(lay.stdouterr),
-        "outputs": {k: loc(v) for k, v in lay.outputs.items()},
-        "log_files": list(lay.log_files),
-        "primary_log": lay.primary_log,
-        "notes": list(result.notes),
-    }
-
-
-def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
-    def loc(value: Mapping[str, str] | None) -> FileLocation | None:
-        return None if value is None else FileLocation(value["share"], value["path"])
-
-    outputs = {k: loc(v) for k, v in raw["outputs"].items()}
-    layout = JobLayout(
-        stdouterr=loc(raw["stdouterr"]),
-        outputs={k: v for k, v in outputs.items() if v is not None},
-        log_files=tuple(raw["log_files"]),
-        primary_log=raw["primary_log"],
-    )
-    return LaunchResult(layout=layout, notes=tuple(raw["notes"]))
 
 
 # --------------------------------------------------------------------------- the backend
@@ -869,13 +762,15 @@ class LocalBackend:
             return exited_status(runs)
         live = [r for r in runs if r.alive]
         if any(r.pending for r in runs) and self._still_spawning(job_id):
-            return RunStatus(phase="preparing", started_at=_when(started))
+            return RunStatus(phase="preparing", started_at=from_epoch(started))
         if not live:
             return RunStatus(
-                phase="lost", detail="node runner disappeared", started_at=_when(started)
+                phase="lost", detail="node runner disappeared", started_at=from_epoch(started)
             )
         preparing = any(r.phase in (None, "prep") for r in live)
-        return RunStatus(phase="preparing" if preparing else "running", started_at=_when(started))
+        return RunStatus(
+            phase="preparing" if preparing else "running", started_at=from_epoch(started)
+        )
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move the wall-clock limit (an approved extension); the node runners re-read it."""
@@ -927,35 +822,3 @@ def _end_unstarted(run_dir: Path, nodes: Sequence[int]) -> None:
 
 def _host_env(keep: Sequence[str]) -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def share_layout(
-    plan: LaunchPlan, on_share: Callable[[str], FileLocation | None], notes: list[str]
-) -> JobLayout:
-    """Where a launched job's logs and outputs are on a share; what is not gets a note."""
-    stdouterr = on_share(plan.stdouterr_dir)
-    if stdouterr is None:
-        notes.append(
-            f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
-            "logs cannot be streamed; set stdOutErrPathPrefix to a mounted share"
-        )
-    outputs: dict[str, FileLocation] = {}
-    for out in plan.output_dirs:
-        loc = on_share(out.path)
-        if loc is None:
-            notes.append(f"output directory {out.id} is not on a file share; it cannot be listed")
-        else:
-            outputs[out.id] = loc
-    return JobLayout(
-        stdouterr=stdouterr,
-        outputs=outputs,
-        log_files=log_files(plan),
-        primary_log=plan.processes[0].stderr_name,
-    )
-
-
-def log_files(plan: LaunchPlan) -> tuple[str, ...]:
-    names: list[str] = []
-    for proc in (*plan.preparation, *plan.processes):
-        names += [proc.stdout_name, proc.stderr_name]
-    return tuple(dict.fromkeys(names))

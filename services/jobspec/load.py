@@ -11,7 +11,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec.schema import (
     TOOLKITS,
     AnySpec,

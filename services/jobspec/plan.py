@@ -12,7 +12,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Final
 
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec.schema import (
     AzureBlobFileSystem,
     AzureFileShare,

@@ -8,7 +8,7 @@ from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
 
-from services.errors import SpecError
+from services.core.errors import SpecError
 from services.jobspec.load import format_validation_error
 from services.jobspec.schema import ClusterSpec, FileServerSpec, JobSpec
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from services.errors import BatchAIError
+from services.core.errors import BatchAIError
 from services.jobspec.values import map_secrets
 
 PREFIX = "fernet:"  # a sealed value; JSON text never starts so, so a sealed document is told apart

@@ -17,9 +17,11 @@ from sqlalchemy import Connection, and_, delete, event, func, insert, make_url, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from services.clock import utcnow
-from services.errors import Conflict
-from services.events import Event, event_from_payload
+from services.clusters.lifecycle import ClusterState
+from services.core.clock import utcnow
+from services.core.errors import Conflict
+from services.core.events import Event, event_from_payload
+from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
     AuditEntry,
@@ -40,7 +42,6 @@ from services.models import (
     ShareMount,
     Vote,
 )
-from services.states import ClusterState, JobState
 from services.store.schema import (
     approvals,
     audit,
@@ -59,7 +60,7 @@ from services.store.schema import (
     votes,
 )
 from services.store.sealing import SecretBox
-from services.store.spend import (
+from services.store.spend_rows import (
     approval_from,
     approval_row,
     aware,

@@ -21,7 +21,7 @@ from services.backends.azure.compute import AzureBackend
 from services.backends.azure.files import AzureShare
 from services.backends.azure.scaleset import image_reference
 from services.backends.azure.sizes import gpu_model
-from services.errors import (
+from services.core.errors import (
     BackendError,
     BatchAIError,
     NotFound,

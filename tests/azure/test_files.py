@@ -18,8 +18,8 @@ from azure.storage.fileshare.aio import ShareServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.files import AzureShare, FilesRetry
-from services.errors import NotAllowed, NotFound, TransientError
-from services.logs import LogTailer
+from services.core.errors import NotAllowed, NotFound, TransientError
+from services.jobs.tailer import LogTailer
 from services.models import FileLocation
 from tests.fakes.azure_files import FakeAzureFiles
 

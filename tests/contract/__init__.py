@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
-from services.errors import NotFound
+from services.clusters.lifecycle import ClusterState
+from services.core.errors import NotFound
+from services.core.ports import ComputeBackend, FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, load_job_spec
-from services.links import LinkSigner
 from services.models import Cluster, FileLocation, ShareMount
-from services.ports import ComputeBackend, FileShare, LaunchRequest, LaunchResult, RunStatus
-from services.states import ClusterState
 
 SHARE = "data"
 MOUNT = "afs"

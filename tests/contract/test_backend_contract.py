@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import NotFound
+from services.core.errors import NotFound
 from services.models import FileLocation
 from tests.contract import (
     JOB_SCRIPT,

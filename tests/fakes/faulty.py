@@ -7,9 +7,9 @@ from collections import Counter, defaultdict, deque
 from datetime import datetime, timedelta
 
 from services.backends.local import LocalBackend, LocalShare
-from services.errors import NotFound
+from services.core.errors import NotFound
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.models import Cluster, FileEntry, FileLocation, Node
-from services.ports import LaunchRequest, LaunchResult, RunStatus
 
 
 class _Faults:

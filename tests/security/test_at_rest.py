@@ -31,7 +31,8 @@ from bot.config import Settings
 from bot.console import ConsoleTransport
 from bot.lifecycle import running
 from services.access import Caller
-from services.clock import FakeClock
+from services.core.clock import FakeClock
+from services.jobs.lifecycle import JobState
 from services.models import (
     AuditEntry,
     ConfigSource,
@@ -39,7 +40,6 @@ from services.models import (
     Schedule,
     ScheduledJob,
 )
-from services.states import JobState
 from services.store import SqlStore
 from services.store.sealing import SecretBox, SecretsKeyError
 from services.store.sql import MIGRATIONS

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from services.configs import ConfigLoader
-from services.errors import BatchAIError, NotFound, UserError
+from services.core.errors import BatchAIError, NotFound, UserError
+from services.jobs.sources import ConfigLoader
 from services.models import ConfigSource
-from services.pricing import BUNDLED_PRICES, load_price_table
-from services.scheduling import Scheduler
+from services.schedules.timer import Scheduler
+from services.spend.pricing import BUNDLED_PRICES, load_price_table
 
 ROOT = Path(__file__).resolve().parents[2]
 DEEP = "[" * 200 + "]" * 200  # a deep array that fits the console's path limit (1024)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from services.backends.azure.compute import AzureBackend
-from services.clusters import ClusterRequest, ClusterService
-from services.configs import ConfigLoader
-from services.errors import UserError
+from services.clusters.service import ClusterRequest, ClusterService
+from services.core.errors import UserError
+from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource
 from services.store import SqlStore
 from tests.azure.rig import BOT_SHARE, AzureRig, azure_rig

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from handlers import home, presenter, views
-from services.events import (
+from services.backends.links import LinkSigner
+from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     IdleWarning,
@@ -31,7 +32,8 @@ from services.events import (
     ScheduleMissed,
     WallClockWarning,
 )
-from services.links import LinkSigner
+from services.core.ports import Delivery
+from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
     AuditEntry,
@@ -50,9 +52,7 @@ from services.models import (
     ShareMount,
     Vote,
 )
-from services.ports import Delivery
-from services.pricing import Price
-from services.states import JobState
+from services.spend.pricing import Price
 from tests.conftest import NOW, make_cluster, make_job
 
 HOSTILE = "<!channel> <@U0EVIL> <#C0EVIL> <https://evil.example/x|sign in> a&lt;&b ``` x|y>"

@@ -13,9 +13,9 @@ from urllib.parse import quote
 import pytest
 
 from bot.slack import MAX_EVENT_BYTES
-from services.errors import SpecError
+from services.core.errors import SpecError
+from services.jobs.tailer import LogParser, parse_progress
 from services.jobspec import load_job_spec, parse_json
-from services.logs import LogParser, parse_progress
 from tests.fakes.slack import signed_headers
 from tests.slack.conftest import SECRET, SlackRig, fake, rig  # noqa: F401  (the Slack rig)
 

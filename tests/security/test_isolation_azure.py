@@ -20,7 +20,7 @@ from services.backends import noderunner
 from services.backends.azure import node as node_scripts
 from services.backends.azure.compute import AzureBackend
 from services.backends.azure.files import AzureShare
-from services.errors import UserError
+from services.core.errors import UserError
 from services.jobspec import JobSpec, load_job_spec
 from services.models import Cluster, FileLocation, ShareMount
 from tests.azure.rig import BOT_SHARE, JOB_SHARE, AzureRig, azure_rig

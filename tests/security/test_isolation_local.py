@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from services.backends.links import LinkSigner
 from services.backends.local import LocalShare
-from services.clock import SystemClock
-from services.configs import ConfigLoader
-from services.errors import SpecError, UserError
-from services.jobs import JobRequest, JobService
+from services.core.clock import SystemClock
+from services.core.errors import SpecError, UserError
+from services.jobs.service import JobRequest, JobService
+from services.jobs.sources import ConfigLoader
 from services.jobspec import load_job_spec
-from services.links import LinkSigner
 from services.models import Actor, ConfigSource
 from services.store import SqlStore
 from tests.contract import job_json

@@ -23,8 +23,8 @@ from bot.console import Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from handlers import views
 from services.access import Caller
-from services.clock import FakeClock
-from services.states import JobState
+from services.core.clock import FakeClock
+from services.jobs.lifecycle import JobState
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import CHANNEL, JOB_SCRIPT, SlackRig, job_json, rig_settings
 from tests.test_schedules import ADMIN, CONFIG, START, started

@@ -9,9 +9,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.events import LogSnippet
+from services.core.events import LogSnippet
+from services.jobs.lifecycle import JobState
 from services.models import Approval, Conversation
-from services.states import JobState
 from tests.conftest import make_job
 from tests.fakes.slack import VALIDATED, app_home_opened_event
 from tests.slack.conftest import CHANNEL, USER, SlackRig

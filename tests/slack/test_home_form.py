@@ -15,7 +15,7 @@ from bot.outbox import SlackOutbox
 from handlers import home, modals
 from handlers.presenter import MessageRef
 from handlers.views import Message, section
-from services.clock import utcnow
+from services.core.clock import utcnow
 from services.store import SqlStore
 from tests.fakes.slack import FakeSlack, interactive_body, view_submission_payload
 from tests.slack.conftest import CHANNEL, JOB_SCRIPT, USER, SlackRig, job_json, rig_settings

@@ -14,9 +14,9 @@ import pytest
 
 from bot.lifecycle import running
 from handlers import views
-from services.clock import FakeClock
-from services.idle import STALE
-from services.states import ClusterState
+from services.clusters.idle import STALE
+from services.clusters.lifecycle import ClusterState
+from services.core.clock import FakeClock
 from tests.fakes.slack import FakeSlack, Message
 from tests.slack.conftest import CHANNEL, SlackRig, rig_settings
 

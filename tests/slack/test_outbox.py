@@ -8,8 +8,8 @@ import pytest
 
 from bot.outbox import SlackOutbox
 from handlers.views import Message, section
-from services.clock import utcnow
-from services.errors import TransientError
+from services.core.clock import utcnow
+from services.core.errors import TransientError
 from services.store import SqlStore
 from tests.fakes.slack import FakeSlack
 
@@ -30,13 +30,25 @@ async def test_posts_are_paced_per_channel_so_slack_never_says_429(store: SqlSto
 
 
 async def test_a_429_is_waited_out_and_the_lane_slows_down(store: SqlStore) -> None:
+    clock = {"now": 0.0}
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the outbox's waits, seen and not waited for
+        slept.append(seconds)
+        clock["now"] += seconds
+
     async with FakeSlack(rate_limits=False) as fake:
-        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        outbox = SlackOutbox(
+            fake.client(),
+            store,
+            now=utcnow,
+            post_interval=0.0,
+            monotonic=lambda: clock["now"],
+            sleep=sleep,
+        )
         fake.fail_next("chat.postMessage", status=429, retry_after=1)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         await outbox.post(CHANNEL, message("after a 429"))
-        assert loop.time() - started >= 1.0  # Retry-After was honoured, not hammered
+        assert sum(slept) >= 1.0  # Retry-After was honoured, not hammered
         assert outbox.stats["ratelimited"] == 1
         assert [m.text for m in fake.messages_in(CHANNEL)] == ["after a 429"]
 

@@ -13,8 +13,8 @@ import pytest
 
 from bot.lifecycle import running
 from handlers import views
-from services.clock import FakeClock
-from services.states import JobState
+from services.core.clock import FakeClock
+from services.jobs.lifecycle import JobState
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import CHANNEL, JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
 

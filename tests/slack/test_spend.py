@@ -15,9 +15,9 @@ import pytest
 
 from bot.lifecycle import PriceRefresher, running
 from handlers import views
-from services.clock import FakeClock
-from services.price_refresh import RetailPrices
-from services.states import JobState
+from services.core.clock import FakeClock
+from services.jobs.lifecycle import JobState
+from services.spend.price_refresh import RetailPrices
 from tests.fakes.retail_prices import FakeRetailPrices, default_items
 from tests.fakes.slack import FakeSlack, interactive_body, view_submission_payload
 from tests.slack.conftest import CHANNEL, JOB_SCRIPT, SlackRig, job_json, rig_settings

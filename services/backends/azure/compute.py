@@ -39,7 +39,7 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -73,17 +73,18 @@ from services.backends.azure.sizes import (
     sku_info,
     wire_text,
 )
-from services.backends.local import (
+from services.backends.launch import (
     NodeRun,
     docker_argv,
     exited_status,
+    from_epoch,
     layout_from_json,
     layout_to_json,
     share_from_url,
     share_layout,
 )
 from services.backends.noderunner import ProcessSpec, RunnerSpec
-from services.errors import (
+from services.core.errors import (
     BackendError,
     BatchAIError,
     Conflict,
@@ -93,9 +94,9 @@ from services.errors import (
     TransientError,
     UserError,
 )
+from services.core.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileEntry, FileLocation, Node
-from services.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,6 @@ class _JobInfo:
     terminated: bool = False
 
 
-def _when(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-
 def _status_json(status: RunStatus, cleaned: bool) -> dict[str, Any]:
     def ts(value: datetime | None) -> float | None:
         return None if value is None else value.timestamp()
@@ -156,8 +153,8 @@ def _status_from_json(raw: Mapping[str, Any]) -> RunStatus:
         phase=raw["phase"],
         exit_code=raw["exit_code"],
         detail=raw["detail"],
-        started_at=_when(raw["started"]),
-        ended_at=_when(raw["ended"]),
+        started_at=from_epoch(raw["started"]),
+        ended_at=from_epoch(raw["ended"]),
     )
 
 
@@ -942,7 +939,10 @@ class AzureBackend:
         lost = await self._lost(job, runs, listings)
         if lost is not None:
             status = RunStatus(
-                phase="lost", detail=lost, started_at=_when(started), ended_at=_when(self._now())
+                phase="lost",
+                detail=lost,
+                started_at=from_epoch(started),
+                ended_at=from_epoch(self._now()),
             )
             await self._write(self._loc("jobs", job_id, "terminate"), "")  # stop the others
             return await self._finish(job, status)
@@ -951,9 +951,11 @@ class AzureBackend:
             # A runner starts within a second of its run command; ask ARM only about a late one.
             if waited >= self._config.launch_check_seconds and await self._failed_launch(job, runs):
                 return await self.get_job_status(job_id)
-            return RunStatus(phase="preparing", started_at=_when(started))
+            return RunStatus(phase="preparing", started_at=from_epoch(started))
         preparing = any(r.phase in (None, "prep") for r in runs if r.exit_code is None)
-        return RunStatus(phase="preparing" if preparing else "running", started_at=_when(started))
+        return RunStatus(
+            phase="preparing" if preparing else "running", started_at=from_epoch(started)
+        )
 
     async def _lost(
         self, job: _JobInfo, runs: Sequence[NodeRun], listings: Sequence[Mapping[str, FileEntry]]

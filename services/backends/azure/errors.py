@@ -14,7 +14,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from services.errors import (
+from services.core.errors import (
     BackendError,
     BatchAIError,
     Conflict,

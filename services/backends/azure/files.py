@@ -47,7 +47,7 @@ from azure.storage.fileshare.aio import (
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import azure_errors, error_code
-from services.errors import Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.models import FileEntry, FileLocation
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from services.backends.azure import cloudinit, node
 from services.backends.azure.config import AzureConfig
-from services.errors import UserError
+from services.core.errors import UserError
 from services.models import Cluster
 
 SETUP_EXTENSION = "batchai-setup"

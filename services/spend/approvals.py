@@ -1,5 +1,5 @@
 """GPU spend approvals: the workflow (idempotent decisions, expiry); the policy and the decision
-whether a request is needed live in services/gate.py."""
+whether a request is needed live in services/spend/gate.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from datetime import timedelta
 from decimal import Decimal
 
 from services.access.reads import JobReaders
-from services.errors import NotAllowed, NotFound, UserError
-from services.events import ApprovalDecided, ApprovalRequested, Event, JobNote
-from services.gate import (
+from services.core.errors import NotAllowed, NotFound, UserError
+from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
+from services.core.ports import Clock
+from services.jobs.lifecycle import JobState, advance, finished_event
+from services.models import Actor, Approval, AuditEntry, Job, Vote
+from services.spend.gate import (
     Allowed,
     ApprovalPolicy,
     Assessment,
@@ -20,11 +23,7 @@ from services.gate import (
     Refused,
     SpendGate,
 )
-from services.models import Actor, Approval, AuditEntry, Job, Vote
-from services.ports import Clock
-from services.states import JobState
 from services.store import SqlStore
-from services.transitions import advance, finished_event
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
 __all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Outcome"]

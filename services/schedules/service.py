@@ -18,12 +18,12 @@ from typing import Protocol
 from zoneinfo import ZoneInfo, available_timezones
 
 from services.access import AccessPolicy
-from services.errors import BatchAIError, NotAllowed, NotFound, UserError
-from services.events import ScheduleFailed, ScheduleMissed
-from services.jobs import JobRequest, JobService
+from services.core.errors import BatchAIError, NotAllowed, NotFound, UserError
+from services.core.events import ScheduleFailed, ScheduleMissed
+from services.core.ports import Clock
+from services.jobs.service import JobRequest, JobService
 from services.models import Actor, Conversation, Job, Schedule, ScheduledJob, ScheduleRun
-from services.ports import Clock
-from services.scheduling import cron_trigger, next_runs
+from services.schedules.timer import cron_trigger, next_runs
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ Work = Callable[[], Awaitable[object]]
 
 
 class Timer(Protocol):
-    """One-off wake-ups by stable id (services.scheduling.Scheduler)."""
+    """One-off wake-ups by stable id (services.schedules.timer.Scheduler)."""
 
     def at(self, job_id: str, when: datetime, work: Work) -> None: ...
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from services.events import Event
+from services.core.events import Event
 from services.models import (
     Approval,
     Cluster,

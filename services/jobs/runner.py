@@ -8,21 +8,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from services import context
-from services.clusters import ClusterService
-from services.errors import BatchAIError, NotFound, TransientError
-from services.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
+from services.clusters.lifecycle import ClusterState
+from services.clusters.service import ClusterService
+from services.core import context
+from services.core.errors import BatchAIError, NotFound, TransientError
+from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
+from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
+from services.jobs.lifecycle import JobState, advance, finished_event
+from services.jobs.tailer import LogParser, LogTailer
 from services.jobspec import load_job_spec
-from services.logs import LogParser, LogTailer
 from services.models import Cluster, FileLocation, Job
-from services.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
-from services.states import ClusterState, JobState
 from services.store import SqlStore
-from services.transitions import advance, finished_event
 
 if TYPE_CHECKING:
-    from services.approvals import ApprovalService
-    from services.spend import SpendService
+    from services.spend.approvals import ApprovalService
+    from services.spend.ledger import SpendService
 
 log = logging.getLogger(__name__)
 

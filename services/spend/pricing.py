@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
-from services.errors import UserError
+from services.core.errors import UserError
 
 CENT: Final = Decimal("0.01")
 BUNDLED_PRICES: Final = resources.files("manifests") / "prices.json"  # the installed data package

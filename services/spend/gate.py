@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from services.errors import UserError
+from services.core.errors import UserError
 from services.models import Actor, Cluster, Job
-from services.pricing import Estimate, cost_so_far, format_usd, money
-from services.spend import SpendService
+from services.spend.ledger import SpendService
+from services.spend.pricing import Estimate, cost_so_far, format_usd, money
 
 # Without a policy nothing needs approval; above this the answer says so out loud.
 UNGUARDED_NOTICE_USD = Decimal("50")

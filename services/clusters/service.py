@@ -6,10 +6,14 @@ import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from services.configs import ConfigLoader
-from services.errors import Conflict, NotAllowed, NotFound, UserError
-from services.events import ClusterChanged, Event, idle_warning
-from services.gate import SpendGate, refusal
+from services.clusters.lifecycle import ClusterState, cluster_transition
+from services.core.errors import Conflict, NotAllowed, NotFound, UserError
+from services.core.events import ClusterChanged, Event, idle_warning
+from services.core.outcome import Outcome
+from services.core.ports import Clock, ComputeBackend
+from services.core.suggest import did_you_mean
+from services.jobs.lifecycle import JobState
+from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, load_cluster_spec
 from services.models import (
     NAME_RE,
@@ -22,12 +26,10 @@ from services.models import (
     NodeCounts,
     ShareMount,
 )
-from services.ports import Clock, ComputeBackend
-from services.pricing import Estimate, Price
-from services.spend import PriceBook
-from services.states import ClusterState, JobState, Outcome, cluster_transition
+from services.spend.gate import SpendGate, refusal
+from services.spend.ledger import PriceBook
+from services.spend.pricing import Estimate, Price
 from services.store import SqlStore
-from services.suggest import did_you_mean
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -265,7 +267,7 @@ class ClusterService:
 
     async def scale_for_demand(self, cluster: Cluster, needed: int) -> Cluster:
         """Auto-scale: grow toward `needed` nodes (within max) at once. Shrinking is the idle
-        flow's (services/idle.py): a warning first, then down to the minimum."""
+        flow's (services/clusters/idle.py): a warning first, then down to the minimum."""
         if not cluster.autoscale or cluster.state is not ClusterState.STEADY:
             return cluster
         target = max(cluster.min_nodes, min(needed, cluster.max_nodes))

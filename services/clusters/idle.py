@@ -15,14 +15,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from services.clusters import LIVE, ClusterService
-from services.errors import UserError
-from services.events import idle_warning
-from services.gate import SpendGate, refusal
+from services.clusters.lifecycle import ClusterState
+from services.clusters.service import LIVE, ClusterService
+from services.core.errors import UserError
+from services.core.events import idle_warning
+from services.core.ports import Clock
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
-from services.ports import Clock
-from services.spend import PriceBook
-from services.states import ClusterState
+from services.spend.gate import SpendGate, refusal
+from services.spend.ledger import PriceBook
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)

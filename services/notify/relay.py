@@ -8,9 +8,9 @@ import logging
 from dataclasses import replace
 from datetime import timedelta
 
-from services import context
-from services.errors import BatchAIError, TransientError
-from services.events import (
+from services.core import context
+from services.core.errors import BatchAIError, TransientError
+from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     Event,
@@ -18,8 +18,8 @@ from services.events import (
     JobStateChanged,
     LogSnippet,
 )
+from services.core.ports import Clock, Delivery, FileShare, Notifier, event_key
 from services.models import DownloadLink, FileLocation, Job
-from services.ports import Clock, Delivery, FileShare, Notifier, event_key
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from services.errors import NotAllowed, UserError
+from services.core.errors import NotAllowed, UserError
+from services.core.ports import Clock
+from services.jobs.lifecycle import JobState
 from services.models import Actor, Cluster, Job, LedgerEntry
-from services.ports import Clock
-from services.pricing import (
+from services.spend.pricing import (
     Estimate,
     Price,
     PriceTable,
@@ -20,7 +21,6 @@ from services.pricing import (
     money,
     to_hours,
 )
-from services.states import JobState
 from services.store import SqlStore
 
 RUNNING = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

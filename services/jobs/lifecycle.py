@@ -1,8 +1,18 @@
-"""The job and cluster lifecycles: one enum, one table and one pure transition() each."""
+"""The job lifecycle: JobState, its table, the pure job_transition() and `advance`, the one way a
+job changes state."""
 
 from __future__ import annotations
 
-from enum import Enum, StrEnum
+from dataclasses import replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from services.core.errors import Conflict
+from services.core.events import Event, JobFinished, JobStateChanged, OutputFile
+from services.core.outcome import Outcome
+
+if TYPE_CHECKING:
+    from services.models import Job
 
 
 class JobState(StrEnum):
@@ -44,12 +54,6 @@ _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class Outcome(Enum):
-    APPLIED = "applied"
-    ALREADY = "already"
-    INVALID = "invalid"
-
-
 def job_transition(current: JobState, target: JobState) -> Outcome:
     """Whether `current -> target` is allowed; a repeat of the current state is harmless."""
     if current == target:
@@ -59,34 +63,31 @@ def job_transition(current: JobState, target: JobState) -> Outcome:
     return Outcome.INVALID
 
 
-class ClusterState(StrEnum):
-    """Batch AI's allocationState, with the provisioning ends folded in."""
+def advance(
+    job: Job, target: JobState, *, detail: str | None = None, **changes: Any
+) -> tuple[Job, list[Event]] | None:
+    """The one place a job's state changes: the new job and its event, or None if already there.
 
-    CREATING = "creating"
-    STEADY = "steady"
-    RESIZING = "resizing"
-    DELETING = "deleting"
-    DELETED = "deleted"
-    FAILED = "failed"
-
-
-_CLUSTER_TRANSITIONS: dict[ClusterState, frozenset[ClusterState]] = {
-    ClusterState.CREATING: frozenset(
-        {ClusterState.STEADY, ClusterState.FAILED, ClusterState.DELETING}
-    ),
-    ClusterState.STEADY: frozenset({ClusterState.RESIZING, ClusterState.DELETING}),
-    ClusterState.RESIZING: frozenset(
-        {ClusterState.STEADY, ClusterState.FAILED, ClusterState.DELETING}
-    ),
-    ClusterState.FAILED: frozenset({ClusterState.RESIZING, ClusterState.DELETING}),
-    ClusterState.DELETING: frozenset({ClusterState.DELETED}),
-}
+    Raises Conflict for a transition the lifecycle does not allow.
+    """
+    outcome = job_transition(job.state, target)
+    if outcome is Outcome.ALREADY:
+        return None
+    if outcome is Outcome.INVALID:
+        raise Conflict(f"job {job.name} is {job.state.value}; it cannot become {target.value}")
+    moved = replace(job, state=target, **changes)
+    event = JobStateChanged(
+        job_id=job.id, cluster=job.cluster, old=job.state.value, new=target.value, detail=detail
+    )
+    return moved, [event]
 
 
-def cluster_transition(current: ClusterState, target: ClusterState) -> Outcome:
-    """Whether `current -> target` is allowed for a cluster's allocation state."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _CLUSTER_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+def finished_event(job: Job, outputs: tuple[OutputFile, ...]) -> JobFinished:
+    return JobFinished(
+        job_id=job.id,
+        cluster=job.cluster,
+        state=job.state.value,
+        exit_code=job.exit_code,
+        detail=job.error,
+        outputs=outputs,
+    )

@@ -8,8 +8,8 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from services.core.ports import FileShare
 from services.models import FileLocation, MetricPoint, Progress
-from services.ports import FileShare
 
 MAX_LINE = 65536
 _EOL = re.compile(rb"\r\n|\n|\r")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from services.errors import NotAllowed
+from services.core.errors import NotAllowed
 from services.models import FileLocation
 
 # No longer token can arrive: aiohttp refuses request lines over 8,190 bytes. Checked here as well

@@ -21,9 +21,9 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from services.clock import utcnow
-from services.errors import BackendError, TransientError, UserError
-from services.pricing import PriceOverride, PriceTable, normalize_region, sku_key
+from services.core.clock import utcnow
+from services.core.errors import BackendError, TransientError, UserError
+from services.spend.pricing import PriceOverride, PriceTable, normalize_region, sku_key
 
 API: Final = "Azure Retail Prices API"
 SKUS_PER_REQUEST: Final = 10

@@ -166,7 +166,7 @@ EVENT_TYPES.update({cls.kind: cls for cls in (ScheduleFired, ScheduleFailed, Sch
 
 @dataclass(frozen=True)
 class IdleWarning(Event):
-    """A cluster without work is about to be scaled to its minimum (services/idle.py)."""
+    """A cluster without work is about to be scaled to its minimum (services/clusters/idle.py)."""
 
     kind: ClassVar[str] = "idle_warning"
     warning_id: str = ""

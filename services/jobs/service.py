@@ -11,10 +11,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
-from services.configs import ConfigLoader
-from services.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
-from services.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
-from services.gate import NeedsApproval, Refused
+from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
+from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
+from services.core.ports import Clock, FileShare
+from services.core.suggest import did_you_mean
+from services.jobs.lifecycle import JobState, advance
+from services.jobs.sources import ConfigLoader
 from services.jobspec import (
     JobSpec,
     LaunchContext,
@@ -37,16 +39,13 @@ from services.models import (
     Job,
     ScheduleRun,
 )
-from services.ports import Clock, FileShare
-from services.states import JobState
+from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
-from services.suggest import did_you_mean
-from services.transitions import advance
 
 if TYPE_CHECKING:
-    from services.approvals import ApprovalService
-    from services.pricing import Estimate
-    from services.spend import SpendService
+    from services.spend.approvals import ApprovalService
+    from services.spend.ledger import SpendService
+    from services.spend.pricing import Estimate
 
 MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from services.errors import NotAllowed, NotFound, UserError
+from services.core.errors import NotAllowed, NotFound, UserError
 from services.models import ConfigSource
 
 MAX_CONFIG_BYTES = 1 << 20

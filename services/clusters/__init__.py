@@ -1,0 +1,1 @@
+"""Clusters: create, resize, auto-scale and delete (service), idle warnings and scale-down."""

@@ -1,0 +1,1 @@
+"""The shared kernel: errors, clocks, log context, domain events and the ports (Protocols)."""

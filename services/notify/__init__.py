@@ -1,0 +1,1 @@
+"""Delivery of stored domain events to the transports (relay)."""

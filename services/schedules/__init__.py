@@ -1,0 +1,1 @@
+"""Scheduled jobs (service) and the one module that drives APScheduler (timer)."""
