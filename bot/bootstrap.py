@@ -20,6 +20,7 @@ from handlers.commands import CommandHandler, Services
 from handlers.dashboard import Dashboard
 from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
+from handlers.views import fmt_span
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
@@ -312,7 +313,7 @@ def build(
         clock=clock.now,
         approvals_channel=policy.approvals_channel,
         approvers=approvals.approvers_text(),
-        extend_hours=f"{policy.extend_by.total_seconds() / 3600:g} h",
+        extend_hours=fmt_span(policy.extend_by),
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)
     guard = AccessGuard(

@@ -233,6 +233,25 @@ def fmt_duration(delta: timedelta | None) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
+def fmt_span(delta: timedelta) -> str:
+    """A length of time as people write it: `45 s`, `10 min`, `2 h 30 min`, `7 days`."""
+    seconds = max(0, round(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{days} day" + ("s" if days > 1 else "")] if days else []
+    parts += [f"{hours} h"] if hours else []
+    parts += [f"{minutes} min"] if minutes else []
+    return " ".join(parts)
+
+
+def span(text: str) -> Mrkdwn:
+    """Inline code: Slack shows `*` and `_` inside it as typed (a cron's `*`s are not bold)."""
+    return Mrkdwn("`" + esc(text).replace("`", "'") + "`")
+
+
 def fmt_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -717,11 +736,10 @@ def job_submitted(job: Job) -> Message:
         text += "; its status card follows"
     blocks = [section(text)]
     if job.estimate is not None and job.node_rate is not None:
-        hours = job.max_wall_clock.total_seconds() / 3600
         blocks.append(
             context(
                 f"estimate: {job.node_count} × {format_rate(job.node_rate)} × "
-                f"{hours:g} h max = {format_usd(job.estimate)}"
+                f"{fmt_span(job.max_wall_clock)} max = {format_usd(job.estimate)}"
             )
         )
     return Message(text, blocks)
@@ -1218,8 +1236,7 @@ def _idle_line(view: ClusterView) -> str:
     if view.idle_after is None:
         return "idle scale-down: off"
     line = (
-        f"idle scale-down: to {_count(c.min_nodes)} after "
-        f"{view.idle_after.total_seconds() / 60:g} min without jobs"
+        f"idle scale-down: to {_count(c.min_nodes)} after {fmt_span(view.idle_after)} without jobs"
     )
     if c.idle.warning is not None:
         line += f" · warned, scaling down at {c.idle.warning.deadline:%H:%M} UTC"
@@ -1236,9 +1253,17 @@ def _at(moment: datetime | None, zone: str) -> str:
 
 
 def _when(schedule: Schedule) -> str:
+    """When it runs, for a table: a code block shows a cron expression as typed."""
     if schedule.kind == "at":
         return f"at {schedule.expression} {schedule.timezone}"
     return f'cron "{schedule.expression}" ({schedule.timezone})'
+
+
+def _when_md(schedule: Schedule) -> Mrkdwn:
+    """When it runs, in a sentence: a cron expression in a code span, or Slack eats its `*`s."""
+    if schedule.kind == "at":
+        return md("at {} {}", schedule.expression, schedule.timezone)
+    return md("cron {} ({})", span(schedule.expression), schedule.timezone)
 
 
 def _delete_hint(schedule: Schedule) -> Mrkdwn:
@@ -1247,7 +1272,7 @@ def _delete_hint(schedule: Schedule) -> Mrkdwn:
 
 def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: Job) -> Message:
     """The answer to `job create --at/--cron`: id, next run(s), each run's estimate, delete."""
-    what = "once" if schedule.kind == "at" else md('on cron "{}"', schedule.expression)
+    what = "once" if schedule.kind == "at" else md("on cron {}", span(schedule.expression))
     text = md(
         "⏰ schedule `{}` will submit job *{}* to `{}` {} ({})",
         schedule.id,
@@ -1260,10 +1285,9 @@ def schedule_created(schedule: Schedule, upcoming: Sequence[datetime], preview: 
     label_ = "next run" if len(upcoming) == 1 else f"next {len(upcoming)} runs"
     blocks = [section(text), section(f"{label_}:\n{runs}")]
     if preview.estimate is not None and preview.node_rate is not None:
-        hours = preview.max_wall_clock.total_seconds() / 3600
         cost = (
             f"each run: {preview.node_count} × {format_rate(preview.node_rate)} × "
-            f"{hours:g} h max = {format_usd(preview.estimate)}"
+            f"{fmt_span(preview.max_wall_clock)} max = {format_usd(preview.estimate)}"
         )
         if preview.state is JobState.PENDING_APPROVAL:
             cost += " · at today's prices and limits it will wait for approval"
@@ -1344,7 +1368,7 @@ def schedule_detail(schedule: Schedule, upcoming: Sequence[datetime], *, output:
             _schedule_state(schedule),
             schedule.job.name,
             schedule.job.cluster or "the cluster in its job.json",
-            _when(schedule),
+            _when_md(schedule),
         ),
         md(
             "owner {}{}, config {}, {} run(s) so far",

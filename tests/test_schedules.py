@@ -326,3 +326,13 @@ async def test_wake_ups_racing_for_one_run_submit_one_job_and_tell_nothing_else(
     assert await rig.bot.store.count_events(kind="schedule_failed") == 0
     schedule = await rig.bot.store.get_schedule(sid)
     assert schedule is not None and schedule.runs == 1 and schedule.last_error is None
+
+
+async def test_a_cron_expression_is_shown_in_a_code_span_so_slack_keeps_its_stars(
+    rig: Rig,
+) -> None:
+    created = await rig.say(f'job create -n nightly -r c1 -c {CONFIG} --cron "0 2 * * *"')
+    assert "on cron `0 2 * * *` (UTC)" in created.message.blocks[0]["text"]["text"]
+    (schedule,) = await rig.bot.store.list_schedules()
+    shown = await rig.say(f"schedule show -n {schedule.id}")
+    assert "cron `0 2 * * *` (UTC)" in shown.message.blocks[0]["text"]["text"]

@@ -8,6 +8,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from handlers import views
 from services.jobs.lifecycle import JobState
 from services.models import Progress
@@ -171,3 +173,26 @@ def test_cutting_never_splits_an_entity_a_mention_or_a_fence() -> None:
         assert not re.search(r"&(?!(amp|lt|gt);)", cut)
     mention = views.section(views.md("{}{}", "a" * 2995, views.user("U0123456")))
     assert "<@" not in mention["text"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("delta", "written"),
+    [
+        (timedelta(seconds=45), "45 s"),
+        (timedelta(minutes=10), "10 min"),
+        (timedelta(hours=1), "1 h"),
+        (timedelta(hours=2, minutes=30), "2 h 30 min"),
+        (timedelta(days=7), "7 days"),
+        (timedelta(days=1, hours=2), "1 day 2 h"),
+    ],
+)
+def test_durations_read_as_people_write_them(delta: timedelta, written: str) -> None:
+    assert views.fmt_span(delta) == written
+
+
+def test_the_estimate_of_a_short_job_says_minutes_not_a_fraction_of_an_hour() -> None:
+    job = make_job(
+        max_wall_clock=timedelta(minutes=10), node_rate=Decimal("0.90"), estimate=Decimal("0.15")
+    )
+    text = all_text(views.job_submitted(job))
+    assert "× 10 min max = $0.15" in text and "0.166667" not in text
