@@ -125,6 +125,8 @@ class CommandHandler:
             ref = uuid.uuid4().hex[:8]
             log.exception("command crashed [%s]", ref)
             return Reply(views.error(f"something went wrong on our side (ref {ref})"), failed=True)
+        if command.output == "none" and not reply.failed:  # it ran; its answer is not shown
+            reply = Reply(views.no_output(console=source == "console"))
         if command.warnings:
             notes = [views.context(f":warning: {w}") for w in command.warnings]
             reply = Reply(
@@ -177,11 +179,11 @@ class CommandHandler:
         return Reply(message, public=not secret_typed)
 
     async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
-        return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.output))
+        return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.answer))
 
     async def _cluster_show(self, c: Any, actor: Actor, source: Source) -> Reply:
         view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
-        return Reply(views.cluster_detail(view, output=c.output))
+        return Reply(views.cluster_detail(view, output=c.answer))
 
     async def _cluster_resize(self, c: Any, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
@@ -223,7 +225,7 @@ class CommandHandler:
 
     async def _cluster_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
         nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
-        return Reply(views.node_table(nodes, output=c.output))
+        return Reply(views.node_table(nodes, output=c.answer))
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -252,11 +254,11 @@ class CommandHandler:
 
     async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)
-        return Reply(views.job_list(jobs, output=c.output, now=self._s.now()))
+        return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
 
     async def _job_show(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name, actor=actor)
-        return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
+        return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
     async def _job_terminate(self, c: Any, actor: Actor, source: Source) -> Reply:
         job, applied = await self._s.jobs.terminate_job(c.name, actor=actor)
@@ -282,7 +284,7 @@ class CommandHandler:
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         # The store is local and cheap to read: notice the end within a second, whatever --interval.
         job = await self._s.jobs.wait_job(c.name, actor=actor, poll=min(c.interval_seconds, 1))
-        return Reply(views.job_detail(job, output=c.output, now=self._s.now()))
+        return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
     async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job, actor=actor)
@@ -322,12 +324,12 @@ class CommandHandler:
             path=c.path,
             expiry_minutes=c.expiry_minutes,
         )
-        return Reply(views.file_listing(listing, output=c.output))
+        return Reply(views.file_listing(listing, output=c.answer))
 
     async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
-        return Reply(views.node_table(nodes, output=c.output))
+        return Reply(views.node_table(nodes, output=c.answer))
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -338,11 +340,11 @@ class CommandHandler:
 
     async def _schedule_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         found = await self._schedules().list_schedules(actor=actor, everywhere=c.all)
-        return Reply(views.schedule_list(found, output=c.output))
+        return Reply(views.schedule_list(found, output=c.answer))
 
     async def _schedule_show(self, c: Any, actor: Actor, source: Source) -> Reply:
         schedule, upcoming = await self._schedules().get_schedule(c.id)
-        return Reply(views.schedule_detail(schedule, upcoming, output=c.output))
+        return Reply(views.schedule_detail(schedule, upcoming, output=c.answer))
 
     async def _schedule_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
         schedule = await self._schedules().delete_schedule(c.id, actor=actor)
@@ -377,7 +379,7 @@ class CommandHandler:
     async def _approvals_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         found = await approvals.list_approvals(actor=actor, include_decided=c.all)
-        return Reply(views.approvals_table(found, output=c.output))
+        return Reply(views.approvals_table(found, output=c.answer))
 
     async def _approvals_approve(self, c: Any, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
@@ -393,14 +395,14 @@ class CommandHandler:
         _, spend = self._money()
         rows = await spend.report(by=c.by, month=c.month)
         month = c.month or f"{self._s.now():%Y-%m}"
-        return Reply(views.spend_table(rows, by=c.by, month=month, output=c.output))
+        return Reply(views.spend_table(rows, by=c.by, month=month, output=c.answer))
 
     async def _audit(self, c: Any, actor: Actor, source: Source) -> Reply:
         if self._s.audit is None:
             raise UserError("the audit log is not set up in this bot")
         job_id = (await self._s.jobs.get_job(c.job, actor=actor)).id if c.job else None
         entries = await self._s.audit.list_entries(actor=actor, job_id=job_id, limit=c.limit)
-        return Reply(views.audit_table(entries, output=c.output))
+        return Reply(views.audit_table(entries, output=c.answer))
 
 
 _HANDLERS: dict[str, Callable[..., Any]] = {

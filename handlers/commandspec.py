@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
+from handlers.outputs import FORMATS, Output, OutputFormat, Query
 from services.core.errors import UserError
 
-OutputFormat = Literal["text", "table", "json"]
 Source = Literal["slack", "console"]
 
 
@@ -42,9 +42,15 @@ class Command:
     slow: ClassVar[bool] = False
 
     output: OutputFormat = "text"
+    query: Query | None = None
     resource_group: str | None = None
     workspace: str | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def answer(self) -> Output:
+        """How the answer is shown: the -o format and the --query together."""
+        return Output(self.output, self.query)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,12 +360,20 @@ def _secret(raw: str, label: str, source: Source) -> SecretStr:
 
 
 def _output(raw: str, label: str, source: Source) -> str:
-    formats = {"table": "table", "json": "json", "jsonc": "json", "text": "text"}
-    if raw.lower() in formats:
-        return formats[raw.lower()]
-    if raw.lower() == "tsv":
-        raise UserError(f"{label} tsv is not supported here: use -o table or -o json")
-    raise UserError(f"{label} must be table or json, not {show(raw)}")
+    if raw.lower() in FORMATS:
+        return FORMATS[raw.lower()]
+    raise UserError(f"{label} must be json, jsonc, table, tsv, yaml or none, not {show(raw)}")
+
+
+def _query(raw: str, label: str, source: Source) -> Query:
+    if len(raw) > 1000 or not raw.isprintable():
+        raise UserError(
+            f"{label} must be a JMESPath expression of at most 1000 printable characters"
+        )
+    try:
+        return Query.compile(raw)
+    except ValueError as err:
+        raise UserError(f"{label} {show(raw)} is not a valid JMESPath expression: {err}") from None
 
 
 def _has_dotdot(raw: str) -> bool:
@@ -515,7 +529,8 @@ RESOURCE_GROUP = _pattern("GROUP", r"[-\w._]{1,90}", "use 1-90 letters, digits, 
 NODES = _int(0, 100)
 FLAG = Kind("", _flag_on, takes_value=False)
 SECRET = Kind("SECRET", _secret, secret=True)
-OUTPUT = Kind("FORMAT", _output, hint="table|json")
+OUTPUT = Kind("FORMAT", _output, hint="json|jsonc|table|tsv|yaml|none")
+QUERY = Kind("JMESPATH", _query)
 LOCATION = _pattern("REGION", r"[A-Za-z0-9]{1,40}", "use an Azure region name such as eastus")
 VM_SIZE = _pattern(
     "SIZE", r"[A-Za-z][A-Za-z0-9_]{1,63}", "use an Azure VM size such as Standard_NC6"
@@ -654,6 +669,7 @@ COMMON_FLAGS = (
     _f("-g --resource-group", "resource_group", RESOURCE_GROUP, "resource group"),
     _f("-w --workspace", "workspace", NAME, "workspace"),
     _f("-o --output", "output", OUTPUT, "answer format"),
+    _f("--query", "query", QUERY, "JMESPath query applied to the JSON answer"),
     HELP_FLAG,
 )
 _EXPERIMENT = _f("-e --experiment", "experiment", NAME, "experiment the job belongs to")

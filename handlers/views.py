@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from handlers.outputs import Output, query_rows
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.jobs.lifecycle import JobState
 from services.models import (
@@ -509,18 +509,18 @@ _JOBS_REST = (
 )
 
 
-def job_list(jobs: Sequence[Job], *, output: str, now: datetime) -> Message:
-    if output == "json":
-        return _json([job_json(j) for j in jobs], rest=_JOBS_REST)
+def job_list(jobs: Sequence[Job], *, output: Output | str, now: datetime) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [job_json(j) for j in jobs], rest=_JOBS_REST)
     if not jobs:
         return Message("no jobs", [section("No jobs. Submit one with `/batchai job create`.")])
     return _table_message(job_table(jobs), rest=_JOBS_REST)
 
 
-def job_detail(job: Job, *, output: str, now: datetime) -> Message:
-    if output == "json":
-        return _json(job_json(job))
-    if output == "table":
+def job_detail(job: Job, *, output: Output | str, now: datetime) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, job_json(job))
+    if out.format == "table":
         return _table_message(job_table([job]))
     return status_card(job, now=now)
 
@@ -552,10 +552,11 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-def file_listing(listing: FileListing, *, output: str) -> Message:
+def file_listing(listing: FileListing, *, output: Output | str) -> Message:
     entries = listing.entries
-    if output == "json":
-        return _json(
+    if (out := Output.of(output)).structured:
+        return _structured(
+            out,
             [
                 {
                     "name": e.name,
@@ -565,7 +566,7 @@ def file_listing(listing: FileListing, *, output: str) -> Message:
                     "lastModified": e.modified.isoformat() if e.modified else None,
                 }
                 for e in entries
-            ]
+            ],
         )
     if not entries:
         return Message(
@@ -627,9 +628,9 @@ def cluster_table(views: Sequence[ClusterView]) -> str:
     )
 
 
-def cluster_list(views: Sequence[ClusterView], *, output: str) -> Message:
-    if output == "json":
-        return _json([cluster_json(v) for v in views])
+def cluster_list(views: Sequence[ClusterView], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [cluster_json(v) for v in views])
     if not views:
         return Message(
             "no clusters", [section("No clusters. Create one with `/batchai cluster create`.")]
@@ -639,10 +640,10 @@ def cluster_list(views: Sequence[ClusterView], *, output: str) -> Message:
     )
 
 
-def cluster_detail(view: ClusterView, *, output: str) -> Message:
-    if output == "json":
-        return _json(cluster_json(view))
-    if output == "table":
+def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, cluster_json(view))
+    if out.format == "table":
         return _table_message(cluster_table([view]))
     c, n = view.cluster, view.counts
     scale = (
@@ -757,10 +758,11 @@ def unguarded_spend(message: Message, what: str) -> Message:
     return Message(message.text, [*message.blocks, note])
 
 
-def node_table(nodes: Sequence[Node], *, output: str) -> Message:
-    if output == "json":
-        return _json(
-            [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes]
+def node_table(nodes: Sequence[Node], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(
+            out,
+            [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes],
         )
     return _table_message(
         table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes]),
@@ -785,6 +787,14 @@ def error(text: str, usage: str | None = None) -> Message:
     return Message(body, blocks)
 
 
+def no_output(*, console: bool) -> Message:
+    """The answer to `-o none`: nothing in a terminal, as az; in Slack a short ack (a slash
+    command that answers nothing looks as if it failed)."""
+    if console:
+        return Message("")
+    return Message("done", [context("done (-o none: no answer shown)")])
+
+
 def monospace(text: str) -> Message:
     return _table_message(text)
 
@@ -801,14 +811,18 @@ def _table_message(text: str, *, rest: str | None = None) -> Message:
     return Message("\n".join(head + body[:shown]), blocks)
 
 
-def _json(data: Any, *, rest: str | None = None) -> Message:
-    """JSON in code-block sections split between lines, so that they read as one document; a
-    list too long for one message shows its first items as a complete array, and a count."""
+def _structured(output: Output, data: Any, *, rest: str | None = None) -> Message:
+    """The JSON answer after `--query`, printed as `-o` says, in code-block sections split
+    between lines so that they read as one document; a list too long for one message shows its
+    first items as a complete document, and a count."""
+    data = output.apply(data)
+    if output.format == "table":
+        return _table_message(table(*query_rows(data)), rest=rest)
     items = data if isinstance(data, list) else None
     shown = len(items) if items is not None else 0
     while True:
         part = items[:shown] if items is not None else data
-        lines = json.dumps(part, indent=2, default=str).split("\n")
+        lines = output.dump(part).rstrip("\n").split("\n")
         blocks, fitted = _code_sections(lines)
         if fitted == len(lines) or items is None or shown == 0:
             break
@@ -1045,9 +1059,10 @@ def deny_modal(approval_id: str) -> dict[str, Any]:
     }
 
 
-def approvals_table(approvals: Sequence[Approval], *, output: str) -> Message:
-    if output == "json":
-        return _json(
+def approvals_table(approvals: Sequence[Approval], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(
+            out,
             [
                 {
                     "id": a.id,
@@ -1061,7 +1076,7 @@ def approvals_table(approvals: Sequence[Approval], *, output: str) -> Message:
                     "expires": a.expires_at.isoformat(),
                 }
                 for a in approvals
-            ]
+            ],
         )
     if not approvals:
         return info("No approval requests waiting.")
@@ -1084,13 +1099,14 @@ def approvals_table(approvals: Sequence[Approval], *, output: str) -> Message:
     )
 
 
-def spend_table(rows: Sequence[Any], *, by: str, month: str, output: str) -> Message:
-    if output == "json":
-        return _json(
+def spend_table(rows: Sequence[Any], *, by: str, month: str, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(
+            out,
             [
                 {by: r.key, "jobs": r.jobs, "nodeHours": str(r.node_hours), "usd": str(r.usd)}
                 for r in rows
-            ]
+            ],
         )
     if not rows:
         return info(md("No spend in {}.", month))
@@ -1121,9 +1137,10 @@ def budget_view(channel_id: str, budget: Decimal | None, spent: Decimal) -> Mess
     )
 
 
-def audit_table(entries: Sequence[AuditEntry], *, output: str) -> Message:
-    if output == "json":
-        return _json(
+def audit_table(entries: Sequence[AuditEntry], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(
+            out,
             [
                 {
                     "at": e.at.isoformat(),
@@ -1135,7 +1152,7 @@ def audit_table(entries: Sequence[AuditEntry], *, output: str) -> Message:
                     "detail": e.detail,
                 }
                 for e in entries
-            ]
+            ],
         )
     if not entries:
         return info("The audit log is empty.")
@@ -1331,9 +1348,9 @@ def schedule_json(schedule: Schedule, upcoming: Sequence[datetime] = ()) -> dict
     }
 
 
-def schedule_list(schedules: Sequence[Schedule], *, output: str) -> Message:
-    if output == "json":
-        return _json([schedule_json(s) for s in schedules])
+def schedule_list(schedules: Sequence[Schedule], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [schedule_json(s) for s in schedules])
     if not schedules:
         return info("No scheduled jobs here. Schedule one with `job create ... --at` or `--cron`.")
     return _table_message(
@@ -1355,9 +1372,11 @@ def schedule_list(schedules: Sequence[Schedule], *, output: str) -> Message:
     )
 
 
-def schedule_detail(schedule: Schedule, upcoming: Sequence[datetime], *, output: str) -> Message:
-    if output == "json":
-        return _json(schedule_json(schedule, upcoming))
+def schedule_detail(
+    schedule: Schedule, upcoming: Sequence[datetime], *, output: Output | str
+) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, schedule_json(schedule, upcoming))
     config = schedule.job.config
     size = f"{config.kind} ({len(config.value)} chars)"
     source = config.value if config.kind == "manifest" else size

@@ -9,8 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import yaml
 
 from handlers import views
+from handlers.outputs import Output, Query
 from services.jobs.lifecycle import JobState
 from services.models import Progress
 from tests.conftest import NOW, make_job
@@ -163,6 +165,19 @@ def test_json_that_does_not_fit_is_a_complete_array_and_a_count() -> None:
     assert json.loads(_unescape(msg.text)) == shown  # the fallback text too
     small = views.job_list(jobs[:2], output="json", now=NOW)
     assert len(json.loads(_unescape("\n".join(_code_bodies(small))))) == 2 and _more(small) == 0
+
+
+def test_yaml_and_queried_tsv_that_do_not_fit_are_split_like_json() -> None:
+    jobs = _long_jobs(300)
+    msg = views.job_list(jobs, output="yaml", now=NOW)
+    shown = yaml.safe_load(_unescape("\n".join(_code_bodies(msg))))
+    assert 0 < len(shown) < 300 and len(shown) + _more(msg) == 300
+    assert sum(len(body) for body in _code_bodies(msg)) <= views.MESSAGE_TEXT_BUDGET
+    names = Output("tsv", Query.compile("[].[name, executionInfo.errors[0].message]"))
+    msg = views.job_list(jobs, output=names, now=NOW)
+    lines = _unescape("\n".join(_code_bodies(msg))).split("\n")
+    assert 0 < len(lines) < 300 and len(lines) + _more(msg) == 300
+    assert lines[0] == f"{jobs[0].name}\t{jobs[0].error}" and "&lt;bad&gt;" in str(msg.blocks)
 
 
 def test_cutting_never_splits_an_entity_a_mention_or_a_fence() -> None:
