@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from handlers import home, presenter, views
+from handlers.outputs import Output, Query
 from services.backends.links import LinkSigner
 from services.core.events import (
     ApprovalDecided,
@@ -205,6 +206,7 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Decimal": lambda: Decimal(5),
     "Decimal | None": lambda: Decimal(5),
     "bool": lambda: False,
+    "Output | str": lambda: "text",
     "Mapping[str, Decimal]": lambda: {HOSTILE: Decimal(1), "STANDARD_NC6": Decimal(2)},
 }
 BY_NAME: dict[str, Any] = {
@@ -240,8 +242,14 @@ def calls(fn: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         elif p.default is inspect.Parameter.empty:
             raise AssertionError(f"{fn.__name__}: no hostile value for {p.name}: {p.annotation}")
     if "output" in kwargs:
-        for output in ("json", "table", "default"):
+        for output in ("json", "table", "text", "tsv", "yaml"):
             yield output, {**kwargs, "output": output}
+        for query in ("@", "[].*", "*"):  # every value, flattened into tsv and a table
+            for fmt in ("tsv", "table"):
+                yield (
+                    f"{fmt} --query {query}",
+                    {**kwargs, "output": Output(fmt, Query.compile(query))},
+                )
     elif "event" in kwargs:
         for event in (IDLE, *(_idle_closed(o) for o in ("kept", "scaled", "cancelled"))):
             yield type(event).__name__, {**kwargs, "event": event}
