@@ -51,6 +51,25 @@ class AzureRig:
         return link
 
 
+def bot_azure_settings(rig: AzureRig) -> dict[str, Any]:
+    """The settings that point a whole bot (`running(...)`) at the rig's fake ARM and Files."""
+    cfg = rig.config
+    return {
+        "batchai_backend": "azure",
+        "azure_subscription_id": cfg.subscription_id,
+        "azure_resource_group": cfg.resource_group,
+        "azure_location": cfg.location,
+        "azure_subnet_id": cfg.subnet_id,
+        "azure_storage_account": cfg.storage_account,
+        "azure_storage_key": cfg.storage_key,
+        "azure_share": BOT_SHARE,
+        "azure_arm_endpoint": cfg.arm_endpoint,
+        "azure_storage_endpoint": cfg.storage_endpoint,
+        "azure_ca_bundle": cfg.connection_verify,
+        "azure_polling_interval": 0,
+    }
+
+
 def rig_config(arm: FakeArm, files: FakeAzureFiles, root: Path) -> AzureConfig:
     return AzureConfig(
         subscription_id=arm.subscription,

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from bot.lifecycle import running
-from tests.azure.rig import BOT_SHARE, AzureRig
+from tests.azure.rig import BOT_SHARE, AzureRig, bot_azure_settings
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import SlackRig, rig_settings
 
@@ -35,18 +35,7 @@ async def slack(
     settings = rig_settings(
         tmp_path,
         fake,
-        batchai_backend="azure",
-        azure_subscription_id=cfg.subscription_id,
-        azure_resource_group=cfg.resource_group,
-        azure_location=cfg.location,
-        azure_subnet_id=cfg.subnet_id,
-        azure_storage_account=cfg.storage_account,
-        azure_storage_key=cfg.storage_key,
-        azure_share=BOT_SHARE,
-        azure_arm_endpoint=cfg.arm_endpoint,
-        azure_storage_endpoint=cfg.storage_endpoint,
-        azure_ca_bundle=cfg.connection_verify,
-        azure_polling_interval=0,
+        **bot_azure_settings(rig),
         azure_mount_root=cfg.mount_root,
         azure_control_mount=cfg.control_mount,
         azure_job_temp_root=cfg.job_temp_root,
