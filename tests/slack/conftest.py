@@ -202,3 +202,21 @@ async def rig(
         for job in await bot.store.list_jobs(include_deleted=True):
             if not job.state.finished and job.layout is not None:
                 await bot.backend.terminate_job(job.id)
+
+
+async def job_finished(rig: SlackRig, name: str) -> bool:
+    """The job has finished and every event of it has been delivered."""
+    job = await rig.bot.store.find_job(name)
+    return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
+
+
+async def job_running_with_card(rig: SlackRig, name: str) -> bool:
+    """The job runs, its status card is posted and nothing of it waits for delivery."""
+    job = await rig.bot.store.find_job(name)
+    return (
+        job is not None
+        and job.state.value == "running"
+        and job.conversation is not None
+        and job.conversation.thread is not None
+        and not await rig.bot.store.pending_events(1)
+    )

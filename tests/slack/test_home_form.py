@@ -18,7 +18,16 @@ from handlers.views import Message, section
 from services.core.clock import utcnow
 from services.store import SqlStore
 from tests.fakes.slack import FakeSlack, interactive_body, view_submission_payload
-from tests.slack.conftest import CHANNEL, JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
+from tests.slack.conftest import (
+    CHANNEL,
+    JOB_SCRIPT,
+    USER,
+    SlackRig,
+    job_finished,
+    job_json,
+    job_running_with_card,
+    rig_settings,
+)
 
 CREATE = "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data --afs-mount-path afs"
 GATE = "home-gate"
@@ -60,7 +69,7 @@ async def test_a_job_from_the_home_form_is_told_in_the_dm_thread_through_a_resta
         status, ack = await rig.post(interactive_body(submission))
         assert status == 200 and not ack  # the form closes
         try:
-            await rig.until(lambda: _running_with_card(rig, "fromhome"), "the job to run")
+            await rig.until(lambda: job_running_with_card(rig, "fromhome"), "the job to run")
         except BaseException:
             rig.open_gate(GATE)  # let the job end rather than leave it waiting
             raise
@@ -75,7 +84,7 @@ async def test_a_job_from_the_home_form_is_told_in_the_dm_thread_through_a_resta
     async with running(settings, periodic=False) as bot, aiohttp.ClientSession() as http:
         rig = SlackRig(fake, bot, http, settings)
         rig.open_gate(GATE)
-        await rig.until(lambda: _finished(rig, "fromhome"), "the job to finish")
+        await rig.until(lambda: job_finished(rig, "fromhome"), "the job to finish")
         assert "succeeded" in fake.message(dm, card.ts).block_text()
         assert [m.ts for m in fake.messages_in(dm) if not m.is_reply] == [card.ts]
         thread = fake.replies(dm, card.ts)
@@ -86,22 +95,6 @@ async def test_a_job_from_the_home_form_is_told_in_the_dm_thread_through_a_resta
         assert upload.shares == [(dm, card.ts, upload.shares[0][2])]
     assert fake.calls_to("chat.update", ok=False) == []
     assert fake.calls_to("files.completeUploadExternal", ok=False) == []
-
-
-async def _finished(rig: SlackRig, name: str) -> bool:
-    job = await rig.bot.store.find_job(name)
-    return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
-
-
-async def _running_with_card(rig: SlackRig, name: str) -> bool:
-    job = await rig.bot.store.find_job(name)
-    return (
-        job is not None
-        and job.state.value == "running"
-        and job.conversation is not None
-        and job.conversation.thread is not None
-        and not await rig.bot.store.pending_events(1)
-    )
 
 
 async def test_a_dm_message_sent_just_before_a_crash_is_found_in_the_dm(store: SqlStore) -> None:

@@ -13,7 +13,7 @@ from bot.members import SlackChannelMembers
 from handlers.listeners import origin_of
 from services.access import AccessPolicy
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
-from tests.slack.conftest import JOB_SCRIPT, SECRET, SlackRig, job_json, rig_settings
+from tests.slack.conftest import JOB_SCRIPT, SECRET, SlackRig, job_finished, job_json, rig_settings
 
 ADMIN, MEMBER, OUTSIDER = "U0ADMIN", "U0MEMBER", "U0OUT"
 CREATE = "cluster create -n c1 -s STANDARD_NC6 -t 1 --afs-name data --afs-mount-path afs"
@@ -77,7 +77,7 @@ async def test_no_secret_reaches_slack(rig: SlackRig) -> None:
         '"secrets": [{"name": "API_KEY", "value": "sk-live-do-not-leak"}]',
     )
     await rig.answer(f"job create -n s1 -r c1 -c {secret_job}")
-    await rig.until(lambda: _finished(rig, "s1"), "s1 to finish")
+    await rig.until(lambda: job_finished(rig, "s1"), "s1 to finish")
     await rig.answer("job show -n s1 -o json")
     received = rig.fake.received_text()
     link_secret = rig.settings.link_secret.get_secret_value()  # type: ignore[union-attr]
@@ -85,11 +85,6 @@ async def test_no_secret_reaches_slack(rig: SlackRig) -> None:
         assert secret not in received, secret
     # the bot token is only ever in the Authorization header, never in a message body
     assert all(BOT_TOKEN not in call.raw_body.decode(errors="replace") for call in rig.fake.calls)
-
-
-async def _finished(rig: SlackRig, name: str) -> bool:
-    job = await rig.bot.store.find_job(name)
-    return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
 
 
 # -- workspaces and channel members ----------------------------------------------------------

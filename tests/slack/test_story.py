@@ -10,7 +10,14 @@ from tests.fakes.slack import (
     interactive_body,
     view_submission_payload,
 )
-from tests.slack.conftest import CHANNEL, USER, SlackRig, job_json
+from tests.slack.conftest import (
+    CHANNEL,
+    USER,
+    SlackRig,
+    job_finished,
+    job_json,
+    job_running_with_card,
+)
 
 CREATE = "cluster create -n c1 -s Standard_NC4as_T4_v3 -t 1 --afs-name data --afs-mount-path afs"
 
@@ -28,7 +35,7 @@ async def test_card_is_edited_in_place_and_the_thread_tells_the_story(rig: Slack
     await _run_job(rig, "story", job_json(3))
     job = await rig.bot.store.find_job("story")
     assert job is not None
-    await rig.until(lambda: _finished(rig, "story"), "story to finish")
+    await rig.until(lambda: job_finished(rig, "story"), "story to finish")
     (card,) = _top_level(rig)  # exactly one message in the channel itself: the status card
     assert card.edits >= 2  # queued -> running -> succeeded, edited in place
     assert "succeeded" in card.block_text() and "cost so far $" in card.block_text()
@@ -52,7 +59,7 @@ async def test_card_is_edited_in_place_and_the_thread_tells_the_story(rig: Slack
 
 async def test_card_buttons_logs_refresh_and_double_terminate(rig: SlackRig) -> None:
     await _run_job(rig, "btn", job_json(2, gate="never"))
-    await rig.until(lambda: _running_with_card(rig, "btn"), "btn to run")
+    await rig.until(lambda: job_running_with_card(rig, "btn"), "btn to run")
     await rig.until(
         lambda: any("Epoch 2/2" in m.block_text() for m in rig.fake.messages_in(CHANNEL)),
         "btn's log lines",
@@ -84,7 +91,7 @@ async def test_card_buttons_logs_refresh_and_double_terminate(rig: SlackRig) -> 
     answers = [rig.fake.responses_to(u)[-1].text or "" for u in (first, second)]
     assert sum("is terminating" in a for a in answers) == 1
     assert sum("already terminating" in a for a in answers) == 1
-    await rig.until(lambda: _finished(rig, "btn"), "btn to stop")
+    await rig.until(lambda: job_finished(rig, "btn"), "btn to stop")
     stored = await rig.bot.store.find_job("btn")
     assert stored is not None and stored.state.value == "terminated"
 
@@ -142,7 +149,7 @@ async def test_job_create_without_config_opens_the_form(rig: SlackRig) -> None:
     )
     status, body = await rig.post(interactive_body(good))
     assert status == 200 and not body  # an empty ack closes the modal
-    await rig.until(lambda: _finished(rig, "viaform"), "the form's job to finish")
+    await rig.until(lambda: job_finished(rig, "viaform"), "the form's job to finish")
     resubmit = view_submission_payload(
         modals.CALLBACK_JOB_CREATE, values, user_id=USER, private_metadata=meta, trigger_id="t2"
     )
@@ -153,7 +160,7 @@ async def test_job_create_without_config_opens_the_form(rig: SlackRig) -> None:
 
 async def test_app_home_is_published_on_open_and_on_refresh(rig: SlackRig) -> None:
     await _run_job(rig, "homejob", job_json(1, gate="never"))
-    await rig.until(lambda: _running_with_card(rig, "homejob"), "homejob to run")
+    await rig.until(lambda: job_running_with_card(rig, "homejob"), "homejob to run")
     status, _ = await rig.post(json.dumps(app_home_opened_event(USER)).encode())
     assert status == 200
     await rig.fake.wait_for(lambda: rig.fake.home_view(USER) is not None)
@@ -162,19 +169,3 @@ async def test_app_home_is_published_on_open_and_on_refresh(rig: SlackRig) -> No
     _, _ = await rig.click(home.ACTION_HOME_REFRESH, "", home=True)
     await rig.fake.wait_for(lambda: len(rig.fake.calls_to("views.publish")) >= 2)
     await rig.answer("job terminate -n homejob")
-
-
-async def _finished(rig: SlackRig, name: str) -> bool:
-    job = await rig.bot.store.find_job(name)
-    return job is not None and job.state.finished and not await rig.bot.store.pending_events(1)
-
-
-async def _running_with_card(rig: SlackRig, name: str) -> bool:
-    job = await rig.bot.store.find_job(name)
-    return (
-        job is not None
-        and job.state.value == "running"
-        and job.conversation is not None
-        and job.conversation.thread is not None
-        and not await rig.bot.store.pending_events(1)
-    )
