@@ -65,7 +65,7 @@ class ClusterCreate(Command):
     slow: ClassVar[bool] = True
 
     name: str
-    vm_size: str
+    vm_size: str | None = None  # required unless the cluster.json (-f/-c) holds vmSize
     image: str | None = None
     min_nodes: int | None = None
     max_nodes: int | None = None
@@ -618,6 +618,8 @@ class CommandSpec:
     section: str = ""
     # Required fields a Slack form asks for when they are missing (required in the console).
     asked_by_form: tuple[str, ...] = ()
+    # (field, other): the field is required unless the other is given (-s, or a cluster.json).
+    given_by: tuple[tuple[str, str], ...] = ()
 
     def lookup(self, name: str) -> Flag | None:
         for flag in self.flags:
@@ -646,13 +648,16 @@ class CommandSpec:
             fld.name
             for fld in dataclasses.fields(self.cls)
             if fld.name in self.asked_by_form
+            or any(fld.name == dest for dest, _ in self.given_by)
             or (fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING)
         )
 
     def missing(self, given: Iterable[str], source: Source) -> list[str]:
         """The required fields not given; in Slack, those a form asks for are not missing."""
         asked = self.asked_by_form if source == "slack" else ()
-        return [dest for dest in self.required if dest not in given and dest not in asked]
+        given = set(given)
+        covered = {dest for dest, other in self.given_by if other in given}
+        return [d for d in self.required if d not in given and d not in asked and d not in covered]
 
     def label(self, dest: str) -> str:
         """How a field is named in messages: the short and long name of its first flag."""
@@ -783,6 +788,7 @@ def _spec(
     checks: tuple[Check, ...] = (),
     section: str | None = None,
     asked_by_form: tuple[str, ...] = (),
+    given_by: tuple[tuple[str, str], ...] = (),
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
@@ -798,6 +804,7 @@ def _spec(
         checks=checks,
         section=section or words[0],
         asked_by_form=asked_by_form,
+        given_by=given_by,
     )
 
 
@@ -830,7 +837,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Create a cluster of nodes, fixed-size or auto-scaling, with a share mounted",
         (
             _CLUSTER_NAME,
-            _f("-s --vm-size", "vm_size", VM_SIZE, "VM size of every node, e.g. Standard_NC6"),
+            _f(
+                "-s --vm-size",
+                "vm_size",
+                VM_SIZE,
+                "VM size of every node, e.g. Standard_NC6",
+            ),
             _f(
                 "-i --image", "image", IMAGE, "UbuntuLTS, UbuntuDSVM or publisher:offer:sku:version"
             ),
@@ -879,6 +891,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "A password typed in a channel is visible to everyone in it: prefer -k/--ssh-key.",
         ),
         checks=(_check_scale, _check_setup_task),
+        given_by=(("vm_size", "config"),),
     ),
     _spec(
         "cluster list",

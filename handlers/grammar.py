@@ -466,7 +466,10 @@ def _flag_line(flag: Flag, spec: CommandSpec) -> tuple[str, str]:
         desc += f" [{flag.kind.hint}]"
     if flag.dest is not None:
         default = spec.default(flag.dest)
-        if flag.dest in spec.required:
+        instead = [spec.label(other) for dest, other in spec.given_by if dest == flag.dest]
+        if instead:
+            desc += f" (required without {instead[0]})"
+        elif flag.dest in spec.required:
             desc += " (required)"
         elif default not in (None, False, ()):
             desc += f" (default:\u00a0{default})"  # kept on one line by the wrapper

@@ -14,7 +14,7 @@ from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import JobState
 from services.jobs.sources import ConfigLoader
-from services.jobspec import ClusterSpec, load_cluster_spec
+from services.jobspec import ClusterSpec, cluster_parts_not_honoured, load_cluster_spec
 from services.models import (
     NAME_RE,
     Actor,
@@ -483,6 +483,8 @@ class _FromFile:
 
 
 def _from_spec(spec: ClusterSpec) -> _FromFile:
+    if dropped := cluster_parts_not_honoured(spec):  # refused, never silently left out
+        raise UserError(dropped[0] + (f" (and {len(dropped) - 1} more)" if dropped[1:] else ""))
     p = spec.properties
     scale: tuple[int, int, int, bool] | None = None
     if p.scale_settings is not None and p.scale_settings.manual is not None:

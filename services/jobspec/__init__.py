@@ -34,6 +34,7 @@ Layout. `jobOutputDirectoryPathSegment` is `<sub>/<rg>/workspaces/<ws>/experimen
 the job temp root, since the service creates and writes them.
 """
 
+from services.jobspec.infra import cluster_parts_not_honoured
 from services.jobspec.load import (
     MAX_DEPTH,
     MAX_SPEC_BYTES,
@@ -84,6 +85,7 @@ __all__ = [
     "NodeInfo",
     "OutputDir",
     "ProcessPlan",
+    "cluster_parts_not_honoured",
     "dump",
     "expand_vars",
     "format_duration",
