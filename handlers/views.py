@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from handlers import rest
 from handlers.outputs import Output, query_rows
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.jobs.lifecycle import JobState
@@ -526,30 +527,8 @@ def job_detail(job: Job, *, output: Output | str, now: datetime) -> Message:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    """`az batchai job show`-like JSON. The job's spec (which may hold secrets) is left out."""
-    return {
-        "name": job.name,
-        "id": job.id,
-        "cluster": job.cluster,
-        "resourceGroup": job.resource_group,
-        "workspace": job.workspace,
-        "experiment": job.experiment,
-        "executionState": job.state.value,
-        "toolType": job.toolkit,
-        "nodeCount": job.node_count,
-        "creationTime": job.created_at.isoformat(),
-        "executionInfo": {
-            "startTime": job.started_at.isoformat() if job.started_at else None,
-            "endTime": job.ended_at.isoformat() if job.ended_at else None,
-            "exitCode": job.exit_code,
-            "errors": [{"message": job.error}] if job.error else [],
-        },
-        "constraints": {"maxWallClockTime": str(job.max_wall_clock)},
-        "progress": None
-        if job.progress is None
-        else {"current": job.progress.current, "total": job.progress.total},
-        "metrics": job.last_metrics,
-    }
+    """`az batchai job show -o json`: the 2018-05-01 Job, secrets null (handlers/rest.py)."""
+    return rest.job_resource(job)
 
 
 def file_listing(listing: FileListing, *, output: Output | str) -> Message:
@@ -558,13 +537,13 @@ def file_listing(listing: FileListing, *, output: Output | str) -> Message:
         return _structured(
             out,
             [
-                {
-                    "name": e.name,
-                    "fileType": "directory" if e.is_directory else "file",
-                    "contentLength": e.size,
-                    "downloadUrl": listing.links[e.name].url if e.name in listing.links else None,
-                    "lastModified": e.modified.isoformat() if e.modified else None,
-                }
+                rest.file_resource(
+                    e.name,
+                    directory=e.is_directory,
+                    size=e.size,
+                    url=listing.links[e.name].url if e.name in listing.links else None,
+                    modified=e.modified,
+                )
                 for e in entries
             ],
         )
@@ -674,31 +653,8 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
 
 
 def cluster_json(view: ClusterView) -> dict[str, Any]:
-    c, n = view.cluster, view.counts
-    scale: dict[str, Any] = (
-        {"autoScale": {"minimumNodeCount": c.min_nodes, "maximumNodeCount": c.max_nodes}}
-        if c.autoscale
-        else {"manual": {"targetNodeCount": c.target_nodes}}
-    )
-    return {
-        "name": c.name,
-        "resourceGroup": c.resource_group,
-        "workspace": c.workspace,
-        "vmSize": c.vm_size,
-        "vmPriority": c.vm_priority,
-        "image": c.image,
-        "allocationState": c.state.value,
-        "currentNodeCount": c.target_nodes,
-        "scaleSettings": scale,
-        "nodeStateCounts": {
-            "idleNodeCount": n.idle,
-            "runningNodeCount": n.running,
-            "preparingNodeCount": n.preparing,
-            "unusableNodeCount": n.unusable,
-            "leavingNodeCount": n.leaving,
-        },
-        "mountVolumes": [{"share": m.share, "relativeMountPath": m.mount_path} for m in c.mounts],
-    }
+    """`az batchai cluster show -o json`: the 2018-05-01 Cluster (handlers/rest.py)."""
+    return rest.cluster_resource(view)
 
 
 def cluster_created(cluster: Cluster, price: Price | None = None) -> Message:

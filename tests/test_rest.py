@@ -1,0 +1,136 @@
+"""`-o json` answers carry the 2018-05-01 Batch AI REST model, flattened as the SDK printed it:
+keys checked against the swagger itself, secrets null, absent values null."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jmespath
+
+from bot.bootstrap import Bot
+from handlers import rest
+from services.jobs.lifecycle import JobState
+from services.models import ClusterView, NodeCounts, ShareMount
+from tests.conftest import NOW, make_cluster, make_job
+from tests.test_outputs import answer, bot, say
+
+__all__ = ["bot"]  # the fixture, shared with test_outputs
+
+DEFS: dict[str, Any] = {}
+
+
+def defs() -> dict[str, Any]:
+    if not DEFS:
+        path = Path(__file__).resolve().parents[2] / "shared" / "specs" / "batchai-2018-05-01.json"
+        DEFS.update(json.loads(path.read_text())["definitions"])
+    return DEFS
+
+
+def keys(name: str) -> set[str]:
+    """The keys of a definition as the SDK printed it: x-ms-client-flatten ones inlined."""
+    d = defs()[name]
+    out: set[str] = set()
+    for parent in d.get("allOf", []):
+        out |= keys(parent["$ref"].rsplit("/", 1)[-1])
+    for key, prop in d.get("properties", {}).items():
+        if prop.get("x-ms-client-flatten"):
+            out |= keys(prop["$ref"].rsplit("/", 1)[-1])
+        else:
+            out.add(key)
+    return out
+
+
+def inline(name: str, prop: str) -> set[str]:
+    return set(defs()[name]["properties"][prop]["properties"])
+
+
+def test_a_cluster_has_exactly_the_keys_of_the_spec() -> None:
+    cluster = make_cluster(
+        mounts=(ShareMount("data", "afs"),), setup_task="echo hi", admin_user="demo"
+    )
+    doc = rest.cluster_resource(ClusterView(cluster, NodeCounts(idle=1, running=1), 0))
+    assert set(doc) == keys("Cluster") | {"resourceGroup"}
+    assert set(doc["scaleSettings"]) == keys("ScaleSettings")
+    assert set(doc["scaleSettings"]["manual"]) == keys("ManualScaleSettings")
+    assert set(doc["nodeStateCounts"]) == keys("NodeStateCounts")
+    assert set(doc["userAccountSettings"]) == keys("UserAccountSettings")
+    assert set(doc["nodeSetup"]) == keys("NodeSetup")
+    assert set(doc["nodeSetup"]["setupTask"]) == keys("SetupTask")
+    assert set(doc["nodeSetup"]["mountVolumes"]) == keys("MountVolumes")
+    share = doc["nodeSetup"]["mountVolumes"]["azureFileShares"][0]
+    assert set(share) == keys("AzureFileShareReference")
+    assert set(share["credentials"]) == keys("AzureStorageCredentialsInfo")
+    assert share["credentials"]["accountKey"] is None
+    assert doc["userAccountSettings"]["adminUserPassword"] is None
+    assert (doc["currentNodeCount"], doc["nodeStateCounts"]["runningNodeCount"]) == (2, 1)
+    auto = make_cluster(autoscale=True, min_nodes=0, max_nodes=3, target_nodes=1)
+    scale = rest.cluster_resource(ClusterView(auto, NodeCounts(), 0))["scaleSettings"]
+    assert scale["manual"] is None and set(scale["autoScale"]) == keys("AutoScaleSettings")
+    assert rest.cluster_resource(ClusterView(make_cluster(), NodeCounts(), 0))["nodeSetup"] is None
+
+
+def test_a_job_echoes_its_properties_with_secrets_null() -> None:
+    spec = {
+        "properties": {
+            "nodeCount": 1,
+            "customToolkitSettings": {"commandLine": "python train.py"},
+            "containerSettings": {"imageSourceRegistry": {"image": "python:3.12"}},
+            "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}],
+            "secrets": [{"name": "TOKEN", "value": "s3cret"}],
+            "mountVolumes": {
+                "azureFileShares": [
+                    {
+                        "accountName": "acct",
+                        "azureFileUrl": "https://acct.file.core.windows.net/data",
+                        "credentials": {"accountKey": "a2V5"},
+                        "relativeMountPath": "afs",
+                    }
+                ]
+            },
+        }
+    }
+    job = make_job(
+        spec_json=json.dumps(spec),
+        state=JobState.SUCCEEDED,
+        started_at=NOW,
+        ended_at=NOW + timedelta(minutes=3),
+        exit_code=0,
+        max_wall_clock=timedelta(days=7),
+    )
+    doc = rest.job_resource(job)
+    assert set(doc) == keys("Job") | {"resourceGroup"}
+    assert set(doc["executionInfo"]) == inline("JobProperties", "executionInfo")
+    assert set(doc["constraints"]) == inline("JobProperties", "constraints")
+    assert "s3cret" not in json.dumps(doc) and "a2V5" not in json.dumps(doc)
+    assert jmespath.search("secrets[0].value", doc) is None
+    assert jmespath.search("mountVolumes.azureFileShares[0].credentials.accountKey", doc) is None
+    assert doc["customToolkitSettings"] == {"commandLine": "python train.py"}
+    assert doc["outputDirectories"][0]["id"] == "MODEL"
+    assert (doc["executionState"], doc["executionInfo"]["exitCode"]) == ("succeeded", 0)
+    assert doc["executionInfo"]["errors"] is None  # null, not [], when there were none
+    assert doc["constraints"]["maxWallClockTime"] == "7.00:00:00"
+    assert doc["cluster"]["id"].endswith("/workspaces/ws/clusters/c1")
+    failed = rest.job_resource(make_job(state=JobState.TERMINATED, error="stopped"))
+    assert failed["executionState"] == "failed"
+    assert failed["executionInfo"]["errors"][0]["message"] == "stopped"
+    assert failed["tensorFlowSettings"] is None
+
+
+def test_a_file_has_the_keys_of_the_spec() -> None:
+    doc = rest.file_resource("a.txt", directory=False, size=3, url=None, modified=NOW)
+    assert set(doc) == keys("File")
+    assert doc["fileType"] in defs()["File"]["properties"]["fileType"]["enum"]
+
+
+async def test_cluster_show_json_through_the_bot_is_the_rest_model(bot: Bot) -> None:
+    doc = json.loads(await answer(bot, "cluster show -n c2 -o json"))
+    assert set(doc) == keys("Cluster") | {"resourceGroup"}
+    assert jmespath.search("scaleSettings.manual.targetNodeCount", doc) == 1
+    share = jmespath.search("nodeSetup.mountVolumes.azureFileShares[0].relativeMountPath", doc)
+    assert share == "afs"
+    size = await answer(bot, "cluster show -n c2 --query vmSize -o tsv")
+    assert size == doc["vmSize"]
+    assert not (await say(bot, "job list -o json")).failed
