@@ -172,11 +172,17 @@ class CommandHandler:
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
         # A public reply shows the typed command to the channel: never when it held a secret.
         secret_typed = c.password is not None or c.storage_account_key is not None
+        if c.answer.structured:  # -o json: the created resource, as az printed it
+            return Reply(await self._cluster_answer(cluster.name, c), public=not secret_typed)
         price = self._s.clusters.price_of(cluster)
         message = views.cluster_created(cluster, price)
         if standing := self._s.clusters.unguarded_standing(cluster):
             message = views.unguarded_spend(message, f"standing capacity {standing.formula()}")
         return Reply(message, public=not secret_typed)
+
+    async def _cluster_answer(self, name: str, c: Any) -> Message:
+        view = await self._s.clusters.get_cluster(name, resource_group=c.resource_group)
+        return views.cluster_detail(view, output=c.answer)
 
     async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.answer))
@@ -189,6 +195,8 @@ class CommandHandler:
         cluster = await self._s.clusters.resize_cluster(
             c.name, target=c.target_nodes, actor=actor, resource_group=c.resource_group
         )
+        if c.answer.structured:
+            return Reply(await self._cluster_answer(cluster.name, c), public=True)
         return Reply(
             views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
             public=True,
@@ -203,6 +211,8 @@ class CommandHandler:
             resource_group=c.resource_group,
             idle_timeout_minutes=c.idle_timeout_minutes,
         )
+        if c.answer.structured:
+            return Reply(await self._cluster_answer(cluster.name, c), public=True)
         text = (
             f"cluster *{cluster.name}* auto-scales between {cluster.min_nodes} and "
             f"{cluster.max_nodes} nodes (now {cluster.target_nodes})"
@@ -247,6 +257,8 @@ class CommandHandler:
                 views.schedule_created(created.schedule, created.upcoming, created.preview)
             )
         job = await self._s.jobs.create_job(request, actor=actor)
+        if c.answer.structured:  # -o json: the submitted job, as az printed it
+            return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
         message = views.job_submitted(job)
         if (amount := self._s.jobs.unguarded_estimate(job)) is not None:
             message = views.unguarded_spend(message, format_usd(amount))

@@ -134,3 +134,27 @@ async def test_cluster_show_json_through_the_bot_is_the_rest_model(bot: Bot) -> 
     size = await answer(bot, "cluster show -n c2 --query vmSize -o tsv")
     assert size == doc["vmSize"]
     assert not (await say(bot, "job list -o json")).failed
+
+
+async def test_create_resize_and_auto_scale_answer_with_the_resource(bot: Bot) -> None:
+    made = json.loads(await answer(bot, "cluster create -n c3 -s Standard_NC6 -t 1 -o json"))
+    assert (made["name"], jmespath.search("scaleSettings.manual.targetNodeCount", made)) == (
+        "c3",
+        1,
+    )
+    resized = json.loads(await answer(bot, "cluster resize -n c3 -t 0 -o json"))
+    assert jmespath.search("scaleSettings.manual.targetNodeCount", resized) == 0
+    scaled = json.loads(await answer(bot, "cluster auto-scale -n c3 --min 0 --max 2 -o json"))
+    assert jmespath.search("scaleSettings.autoScale.maximumNodeCount", scaled) == 2
+    assert scaled["scaleSettings"]["manual"] is None
+
+
+async def test_job_create_answers_with_the_job_it_submitted(bot: Bot) -> None:
+    config = json.dumps(
+        {"properties": {"nodeCount": 1, "customToolkitSettings": {"commandLine": "echo hi"}}},
+        separators=(",", ":"),
+    )
+    job = json.loads(await answer(bot, f"job create -n jj -r c2 -c {config} -o json"))
+    assert set(job) == keys("Job") | {"resourceGroup"}
+    assert jmespath.search("customToolkitSettings.commandLine", job) == "echo hi"
+    assert (job["name"], job["nodeCount"], job["executionState"]) == ("jj", 1, "queued")
