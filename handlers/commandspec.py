@@ -70,7 +70,7 @@ class ClusterCreate(Command):
     min_nodes: int | None = None
     max_nodes: int | None = None
     target_nodes: int | None = None
-    vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
+    vm_priority: Literal["dedicated", "lowpriority"] | None = None  # None: the file's, or dedicated
     afs_name: str | None = None
     afs_mount_path: str = "afs"
     bfs_name: str | None = None
@@ -849,7 +849,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _f("-t --target", "target_nodes", NODES, "initial (or fixed) node count"),
             _MIN,
             _MAX,
-            _f("--vm-priority", "vm_priority", _choice("dedicated", "lowpriority"), "VM priority"),
+            _f(
+                "--vm-priority",
+                "vm_priority",
+                _choice("dedicated", "lowpriority"),
+                "VM priority (default: the cluster.json's, else dedicated)",
+            ),
             _f("-u --user-name", "user_name", USER_NAME, "admin user on the nodes (not admin)"),
             _f(
                 "-k --ssh-key",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.bootstrap import Bot
 from handlers.commandspec import ClusterCreate, ConfigRef, JobCreate
 from handlers.grammar import parse
 from services.backends.local import LocalBackend
@@ -18,8 +19,12 @@ from services.core.errors import UserError
 from services.jobs.sources import ConfigLoader
 from services.models import Actor, Cluster, ConfigSource
 from services.store import SqlStore
+from tests.test_outputs import bot, say
+
+__all__ = ["bot"]  # the fixture, shared with test_outputs
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "batchai-recipes"
+SPOT_SIZE = "Standard_NC24ads_A100_v4"  # one with a spot price in manifests/prices.json
 ACTOR = Actor(user="U1", may_read_paths=True)
 
 
@@ -54,7 +59,7 @@ async def _create(clusters: ClusterService, line: str) -> Cluster:
         min_nodes=c.min_nodes,
         max_nodes=c.max_nodes,
         target_nodes=c.target_nodes,
-        vm_priority=c.vm_priority if "--vm-priority" in line else None,
+        vm_priority=c.vm_priority,
         afs_name=c.afs_name,
         afs_mount_path=c.afs_mount_path,
         user_name=c.user_name,
@@ -63,6 +68,27 @@ async def _create(clusters: ClusterService, line: str) -> Cluster:
         config=ConfigSource(c.config.kind, c.config.value),
     )
     return await clusters.create_cluster(request, actor=ACTOR)
+
+
+async def test_the_bot_takes_the_file_s_values(bot: Bot) -> None:
+    """Through the real command handler: what the file says, the cluster is."""
+    text = json.dumps(
+        {
+            "properties": {
+                "vmSize": SPOT_SIZE,
+                "vmPriority": "lowpriority",
+                "scaleSettings": {"autoScale": {"minimumNodeCount": 0, "maximumNodeCount": 2}},
+                "userAccountSettings": {"adminUserName": "demo"},
+            }
+        },
+        separators=(",", ":"),
+    )
+    made = await say(bot, f"cluster create -n low -c {text} -o json")
+    assert not made.failed, made.message.text
+    doc = json.loads(made.message.text)
+    assert (doc["vmSize"], doc["vmPriority"]) == (SPOT_SIZE, "lowpriority")
+    assert doc["scaleSettings"]["autoScale"]["maximumNodeCount"] == 2
+    assert doc["userAccountSettings"]["adminUserName"] == "demo"
 
 
 def test_a_cluster_file_stands_in_for_the_vm_size_flag_in_both_eras() -> None:
