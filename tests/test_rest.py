@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
+import pytest
 
 from bot.bootstrap import Bot
 from handlers import rest
@@ -158,3 +159,36 @@ async def test_job_create_answers_with_the_job_it_submitted(bot: Bot) -> None:
     assert set(job) == keys("Job") | {"resourceGroup"}
     assert jmespath.search("customToolkitSettings.commandLine", job) == "echo hi"
     assert (job["name"], job["nodeCount"], job["executionState"]) == ("jj", 1, "queued")
+
+
+CLI_TESTS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "corpus"
+    / "batchai-recipes"
+    / "azure-cli-tests"
+)
+
+
+def _within(small: Any, big: Any) -> bool:
+    """Everything `small` says, `big` says too (objects may hold more keys)."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(_within(v, big.get(k)) for k, v in small.items())
+    if isinstance(small, list):
+        return isinstance(big, list) and len(small) == len(big) and all(map(_within, small, big))
+    return bool(small == big)
+
+
+async def test_the_cli_s_own_job_files_are_echoed_back(bot: Bot) -> None:
+    if not CLI_TESTS.is_dir():
+        pytest.skip("../shared corpus not present")
+    for i, name in enumerate(("custom_toolkit_job.json", "nop_job.json")):
+        props = json.loads((CLI_TESTS / name).read_text())
+        text = json.dumps(props, separators=(",", ":"))
+        doc = json.loads(await answer(bot, f"job create -n cli{i} -r c2 -c {text} -o json"))
+        assert _within(props["properties"], doc), (name, doc)
+        shown = json.loads(await answer(bot, f"job show -n cli{i} -o json"))
+        moving = ("executionState", "executionInfo")  # the job may have started meanwhile
+        assert {k: v for k, v in shown.items() if k not in moving} == {
+            k: v for k, v in doc.items() if k not in moving
+        }
