@@ -208,7 +208,19 @@ def _spec_properties(job: Job) -> dict[str, Any]:
         return {}
     # Batch AI answered a secret with null, so the change returns None where a str was.
     cleaned: dict[str, Any] = map_secrets(props, cast(Callable[[str], str], lambda _: None))
-    return cleaned
+    return _nulled(cleaned)
+
+
+def _nulled(value: dict[str, Any]) -> dict[str, Any]:
+    """Empty lists (the loader's defaults for what the file left out) as null, at every level."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _nulled(item)
+        elif isinstance(item, list):
+            item = [_nulled(x) if isinstance(x, dict) else x for x in item] or None
+        out[key] = item
+    return out
 
 
 def job_resource(job: Job) -> dict[str, Any]:

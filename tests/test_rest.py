@@ -187,6 +187,8 @@ async def test_the_cli_s_own_job_files_are_echoed_back(bot: Bot) -> None:
         text = json.dumps(props, separators=(",", ":"))
         doc = json.loads(await answer(bot, f"job create -n cli{i} -r c2 -c {text} -o json"))
         assert _within(props["properties"], doc), (name, doc)
+        for absent in ("inputDirectories", "environmentVariables", "secrets", "jobPreparation"):
+            assert doc[absent] is None, (name, absent)
         shown = json.loads(await answer(bot, f"job show -n cli{i} -o json"))
         moving = ("executionState", "executionInfo")  # the job may have started meanwhile
         assert {k: v for k, v in shown.items() if k not in moving} == {
