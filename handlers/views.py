@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from handlers import rest
 from handlers.outputs import Output, query_rows
+from handlers.rest import cluster_resource, file_resource, job_resource
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.jobs.lifecycle import JobState
 from services.models import (
@@ -528,7 +528,7 @@ def job_detail(job: Job, *, output: Output | str, now: datetime) -> Message:
 
 def job_json(job: Job) -> dict[str, Any]:
     """`az batchai job show -o json`: the 2018-05-01 Job, secrets null (handlers/rest.py)."""
-    return rest.job_resource(job)
+    return job_resource(job)
 
 
 def file_listing(listing: FileListing, *, output: Output | str) -> Message:
@@ -537,7 +537,7 @@ def file_listing(listing: FileListing, *, output: Output | str) -> Message:
         return _structured(
             out,
             [
-                rest.file_resource(
+                file_resource(
                     e.name,
                     directory=e.is_directory,
                     size=e.size,
@@ -654,7 +654,7 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
 
 def cluster_json(view: ClusterView) -> dict[str, Any]:
     """`az batchai cluster show -o json`: the 2018-05-01 Cluster (handlers/rest.py)."""
-    return rest.cluster_resource(view)
+    return cluster_resource(view)
 
 
 def cluster_created(cluster: Cluster, price: Price | None = None) -> Message:
