@@ -25,7 +25,7 @@ DEFS: dict[str, Any] = {}
 
 def defs() -> dict[str, Any]:
     if not DEFS:
-        path = Path(__file__).resolve().parents[2] / "shared" / "specs" / "batchai-2018-05-01.json"
+        path = Path(__file__).resolve().parent / "fixtures" / "batchai" / "batchai-2018-05-01.json"
         DEFS.update(json.loads(path.read_text())["definitions"])
     return DEFS
 
