@@ -399,8 +399,8 @@ class AzureBackend:
 
     # ---------------------------------------------------------------- clusters
 
-    def scale_set_model(self, cluster: Cluster) -> dict[str, Any]:
-        return scale_set_model(self._config, cluster)
+    def scale_set_model(self, cluster: Cluster, sku: SkuInfo | None = None) -> dict[str, Any]:
+        return scale_set_model(self._config, cluster, sku)
 
     async def create_cluster(self, cluster: Cluster) -> None:
         what = f"create cluster {cluster.name}"
@@ -418,8 +418,8 @@ class AzureBackend:
                 return  # idempotent: it exists
             except ResourceNotFoundError:
                 pass
-        await self.check_capacity(cluster.vm_size, cluster.target_nodes, spot=spot)
-        model = self.scale_set_model(cluster)
+        sku = await self.check_capacity(cluster.vm_size, cluster.target_nodes, spot=spot)
+        model = self.scale_set_model(cluster, sku)
         try:
             poller = await self._compute.virtual_machine_scale_sets.begin_create_or_update(
                 self._rg, cluster.name, VirtualMachineScaleSet(model)
