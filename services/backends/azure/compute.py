@@ -1075,7 +1075,10 @@ class AzureBackend:
             },
         }
         try:
-            async with azure_errors(f"stop job {job.job_id} on node {index}"):
+            async with (
+                asyncio.timeout(self._config.stop_timeout),
+                azure_errors(f"stop job {job.job_id} on node {index}"),
+            ):
                 poller = await self._compute.virtual_machine_scale_set_vm_run_commands.begin_create_or_update(  # noqa: E501
                     self._rg,
                     job.cluster,
@@ -1086,6 +1089,9 @@ class AzureBackend:
                 await poller.result()
         except NotFound:
             return  # the node is gone: nothing runs there
+        except TimeoutError:
+            log.warning("job %s: stop on node %d timed out; TERMINATE stops it", job.job_id, index)
+            return
         except BatchAIError as err:
             # The TERMINATE file still stops the runner within a second of its next look.
             log.warning("job %s: stop on node %d failed: %s", job.job_id, index, err)

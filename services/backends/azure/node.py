@@ -31,9 +31,26 @@ SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
 LAUNCH_DIR = "/var/lib/batchai/launch"  # root-only: a launch's verified runner and its spec
 SPEC_PARAMETER = "BATCHAI_NODE_SPEC"  # the protected parameter that carries a node's spec
+# apt on a fresh node races apt-daily and unattended-upgrades for the dpkg lock: wait for it
+# (up to 10 minutes) instead of failing at once, and retry a failed install a few times.
+APT = "apt-get -o DPkg::Lock::Timeout=600 -q"
+
+
+def apt_install(*packages: str) -> tuple[str, ...]:
+    """Shell lines installing `packages` with the lock wait, five tries, failing after the last."""
+    names = " ".join(packages)
+    return (
+        "for i in 1 2 3 4 5; do",
+        f"  {APT} update && {APT} install -y {names} && break",
+        f'  if [ "$i" = 5 ]; then echo "could not install {names}" >&2; exit 1; fi',
+        "  sleep 10",
+        "done",
+    )
+
+
 DOCKER_INSTALL = (
     "if ! command -v docker >/dev/null 2>&1; then",
-    "  apt-get update -q && apt-get install -y -q docker.io",
+    *(f"  {line}" for line in apt_install("docker.io")),
     "fi",
 )
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -115,7 +132,7 @@ def setup_script(
         "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null "
         "2>&1 || true; fi",
         "if ! command -v mount.cifs >/dev/null 2>&1; then",
-        "  for i in 1 2 3 4 5; do apt-get install -y -q cifs-utils && break; sleep 10; done",
+        *(f"  {line}" for line in apt_install("cifs-utils")),
         "fi",
         f"mkdir -p {ROOT}{CRED_DIR}",
         f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} > {cred}",
