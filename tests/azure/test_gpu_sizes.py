@@ -38,8 +38,10 @@ def image_sku(rig: AzureRig, name: str) -> str:
 async def test_disk_type_and_image_generation_follow_the_sku(
     rig: AzureRig, backend: AzureBackend
 ) -> None:
-    await backend.create_cluster(gpu_cluster("t4", T4, 1))
-    assert (os_disk(rig, "t4"), image_sku(rig, "t4")) == ("Premium_LRS", "22_04-lts-gen2")
+    await backend.create_cluster(gpu_cluster("d2", "Standard_D2s_v5", 1))
+    assert (os_disk(rig, "d2"), image_sku(rig, "d2")) == ("Premium_LRS", "22_04-lts-gen2")
+    await backend.create_cluster(gpu_cluster("t4", T4, 1))  # a GPU size: the HPC image (Gen2)
+    assert (os_disk(rig, "t4"), image_sku(rig, "t4")) == ("Premium_LRS", "2204")
     # The Batch AI recipes' STANDARD_D1 and D1_v2: no PremiumIO, HyperVGenerations V1 only.
     for name, size in (("d1", "Standard_D1"), ("d1v2", "Standard_D1_v2"), ("a1", "Standard_A1")):
         await backend.create_cluster(gpu_cluster(name, size, 1))

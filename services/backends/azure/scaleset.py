@@ -34,6 +34,31 @@ def _alias(image: str) -> str:
     return image.replace("-", "").replace("_", "").lower()
 
 
+# Images that ship the NVIDIA driver, CUDA and the InfiniBand (OFED) driver: on them no driver
+# route is added. UbuntuLTS (plain Ubuntu) has none, so on GPU and InfiniBand sizes it means
+# UbuntuHPC (a first-party image: no `plan` block); the NvidiaGpuDriverLinux extension's CUDA
+# route covers Ubuntu 20.04 only, and ubuntu-drivers would need a reboot the setup extension
+# must not do.
+DRIVER_IMAGES = frozenset({"ubuntuhpc", "ubuntudsvm"})
+_AMD = re.compile(r"MI\d{3}X", re.IGNORECASE)
+
+
+def node_image(image: str, sku: SkuInfo | None) -> str:
+    """The image a cluster's nodes boot: `image`, except that the driverless UbuntuLTS becomes
+    UbuntuHPC on GPU and InfiniBand sizes; AMD GPU sizes need an image given as a URN."""
+    if sku is None:
+        return image
+    alias = _alias(image)
+    if _AMD.search(sku.name) and alias in IMAGES:
+        raise UserError(
+            f"{sku.name} has AMD GPUs: {image} carries no ROCm driver; give an image with ROCm "
+            "as publisher:offer:sku:version"
+        )
+    if alias == "ubuntults" and (sku.gpus > 0 or sku.rdma):
+        return "UbuntuHPC"
+    return image
+
+
 def image_reference(image: str, sku: SkuInfo | None = None) -> dict[str, str]:
     """An alias (UbuntuLTS, UbuntuHPC) or a full URN publisher:offer:sku:version; for a size
     that boots only Gen1 (HyperVGenerations without V2) the alias's Gen1 image, or a one-line
@@ -142,7 +167,7 @@ def scale_set_model(
     profile: dict[str, Any] = {
         "osProfile": os_profile,
         "storageProfile": {
-            "imageReference": image_reference(cluster.image, sku),
+            "imageReference": image_reference(node_image(cluster.image, sku), sku),
             "osDisk": {
                 "createOption": "FromImage",
                 "caching": "ReadWrite",

@@ -75,6 +75,13 @@ DISALLOWED_ADMIN_NAMES = frozenset(
 VMSS_NAME = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,62}\w)?", re.ASCII)
 
 
+# Marketplace images sold with a purchase plan: a model without the matching `plan` is refused.
+# The first-party Ubuntu, Ubuntu-HPC and DSVM images have none.
+IMAGE_PLANS = {
+    ("nvidia", "ngc_azure_17_11", "ngc-base-version-24_03_4_gen2"): "ngc-base-version-24_03_4_gen2",
+}
+
+
 def image_generation(ref: Mapping[str, Any]) -> str | None:
     """The HyperVGeneration of a marketplace image, None when the fake does not know it."""
     key = tuple(str(ref.get(k, "")).lower() for k in ("publisher", "offer", "sku"))
@@ -87,6 +94,10 @@ def image_generation(ref: Mapping[str, Any]) -> str | None:
 def capability(sku: Mapping[str, Any], name: str, default: str = "") -> str:
     caps = {c["name"]: c["value"] for c in sku.get("capabilities", [])}
     return str(caps.get(name, default))
+
+
+# Sizes the catalog offers beyond manifests/prices.json: (vCPUs, GPUs).
+EXTRA_SIZES = {"Standard_ND96isr_MI300X_v5": (96, 8)}
 
 
 def family_of(size: str) -> str:
@@ -138,6 +149,30 @@ def catalog(location: str) -> list[dict[str, Any]]:
                 "locations": [location],
                 "locationInfo": [{"location": location, "zones": ["1", "2", "3"]}],
                 "capabilities": [{"name": k, "value": v} for k, v in caps.items()],
+                "restrictions": [],
+            }
+        )
+    for name, (cpus, gpus) in EXTRA_SIZES.items():
+        skus.append(
+            {
+                "resourceType": "virtualMachines",
+                "name": name,
+                "tier": "Standard",
+                "size": name.removeprefix("Standard_"),
+                "family": family_of(name),
+                "locations": [location],
+                "locationInfo": [{"location": location, "zones": ["1", "2", "3"]}],
+                "capabilities": [
+                    {"name": k, "value": v}
+                    for k, v in {
+                        "vCPUs": str(cpus),
+                        "GPUs": str(gpus),
+                        "LowPriorityCapable": "False",
+                        "HyperVGenerations": "V2",
+                        "PremiumIO": "True",
+                        "RdmaEnabled": "True",
+                    }.items()
+                ],
                 "restrictions": [],
             }
         )

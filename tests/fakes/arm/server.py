@@ -27,6 +27,7 @@ from tests.fakes.arm.catalog import (
     DEFAULT_FAMILY_LIMIT,
     DEFAULT_LIMITS,
     DISALLOWED_ADMIN_NAMES,
+    IMAGE_PLANS,
     QUOTA_HELP,
     VMSS_NAME,
     capability,
@@ -818,11 +819,13 @@ class FakeArm:
                     "length of 87380 characters.",
                 )
         sku = self._check_sku(str(sku_body["name"]))
-        self._check_fits(str(sku["name"]), sku, profile)
+        self._check_fits(str(sku["name"]), sku, profile, body.get("plan"))
         return sku, capacity
 
     @staticmethod
-    def _check_fits(size: str, sku: Mapping[str, Any], profile: Mapping[str, Any]) -> None:
+    def _check_fits(
+        size: str, sku: Mapping[str, Any], profile: Mapping[str, Any], body_plan: Any
+    ) -> None:
         """400 where real ARM refuses the model for this size: a Premium OS disk without the
         PremiumIO capability, a Gen2 image on a size whose HyperVGenerations lack V2, a
         disallowed admin user name."""
@@ -847,6 +850,16 @@ class FakeArm:
                 "the Image matches the Hypervisor Generation of the selected VM Size. If this "
                 f"was an Update operation please select a Hypervisor Generation '{number}' VM "
                 "Size. For more information, see https://aka.ms/azuregen2vm",
+            )
+        ref = storage.get("imageReference") or {}
+        key = tuple(str(ref.get(k, "")).lower() for k in ("publisher", "offer", "sku"))
+        plan_name = IMAGE_PLANS.get(key)  # type: ignore[arg-type]
+        if plan_name is not None and (body_plan or {}).get("name") != plan_name:
+            raise ArmError(
+                400,
+                "VMMarketplaceInvalidInput",
+                "Creating a virtual machine from Marketplace image or a custom image sourced "
+                "from a Marketplace image requires Plan information in the request.",
             )
         user = str((profile.get("osProfile") or {}).get("adminUsername") or "")
         if user.lower() in DISALLOWED_ADMIN_NAMES:
