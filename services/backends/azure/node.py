@@ -53,6 +53,25 @@ DOCKER_INSTALL = (
     *(f"  {line}" for line in apt_install("docker.io")),
     "fi",
 )
+# On a GPU node (a driver answers: nvidia-smi) docker's `--gpus all` needs the NVIDIA container
+# toolkit registered as a docker runtime. The Ubuntu-HPC image ships it; elsewhere it is
+# installed from NVIDIA's signed apt repository, as NVIDIA documents.
+_NV_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+_NV_REPO = "https://nvidia.github.io/libnvidia-container"
+GPU_CONTAINER_SETUP = (
+    "if command -v nvidia-smi >/dev/null 2>&1; then",
+    "  if ! command -v nvidia-ctk >/dev/null 2>&1; then",
+    f"    curl -fsSL {_NV_REPO}/gpgkey | gpg --batch --yes --dearmor -o {ROOT}{_NV_KEY}",
+    f"    curl -fsSL {_NV_REPO}/stable/deb/nvidia-container-toolkit.list"
+    f" | sed 's#deb https://#deb [signed-by={_NV_KEY}] https://#g'"
+    f" > {ROOT}/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+    *(f"    {line}" for line in apt_install("nvidia-container-toolkit")),
+    "  fi",
+    f"  if ! grep -qs nvidia {ROOT}/etc/docker/daemon.json; then",
+    "    nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
+    "  fi",
+    "fi",
+)
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 
@@ -184,7 +203,7 @@ def launch_script(
         f"if [ -e {status}/exit_code ] || [ -e {status}/pid ]; then",
         "  echo 'already started'; exit 0",
         "fi",
-        *(DOCKER_INSTALL if container else ()),
+        *((*DOCKER_INSTALL, *GPU_CONTAINER_SETUP) if container else ()),
         "umask 077",
         f"rm -rf -- {here}",
         f"mkdir -p -- {here}",
