@@ -371,13 +371,25 @@ async def check_azure(
     settings: Settings, *, credential: AsyncTokenCredential | None = None
 ) -> list[CheckResult]:
     """The azure backend's prerequisites, one line each: credential, resource group, subnet,
-    share, the size AZURE_CHECK_VM_SIZE in the region and its vCPU quota. Never raises."""
+    share, each size AZURE_CHECK_VM_SIZE names (the sizes in use, comma-separated) in the region
+    and its family's vCPU quota (the GPU families' quota is what runs out). Never raises."""
     from bot.bootstrap import azure_parts
 
     backend, share, cred = azure_parts(settings, credential)
     key = settings.azure_storage_key.get_secret_value() if settings.azure_storage_key else ""
+    sizes = list(dict.fromkeys(s.strip() for s in settings.azure_check_vm_size.split(",")))
+    sizes = [s for s in sizes if s] or ["Standard_NC4as_T4_v3"]
     try:
-        rows = await backend.check_setup(settings.azure_check_vm_size)
+        rows = await backend.check_setup(sizes[0])
+        for size in sizes[1:]:  # one vm size and one quota row more per further size
+            more = await backend.check_setup(size)
+            rows += [r for r in more if r[0] in ("vm size", "quota")]
+        if len(sizes) > 1:
+            names = iter([s for s in sizes for _ in (0, 1)])
+            rows = [
+                (f"{n} {next(names)}", ok, d) if n in ("vm size", "quota") else (n, ok, d)
+                for n, ok, d in rows
+            ]
     finally:
         await backend.aclose()
         await share.aclose()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from services.clusters.lifecycle import ClusterState, cluster_transition
+from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.outcome import Outcome
@@ -380,6 +381,7 @@ class ClusterService:
     def _build(self, r: ClusterRequest, spec: ClusterSpec | None, actor: Actor) -> Cluster:
         if not NAME_RE.match(r.name):
             raise UserError(f"cluster name {r.name!r} must be 1-64 letters, digits, - or _")
+        check_cluster_name(r.name)
         from_file = _from_spec(spec) if spec is not None else _FromFile()
         vm_size = r.vm_size or from_file.vm_size
         if not vm_size:
@@ -399,6 +401,8 @@ class ClusterService:
         if r.setup_task or from_file.setup_task:
             raise UserError(SETUP_TASK_REFUSED)
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
+        if r.user_name or from_file.admin_user:
+            check_admin_name(r.user_name or from_file.admin_user or "")
         return Cluster(
             name=r.name,
             resource_group=r.resource_group or self._rg,

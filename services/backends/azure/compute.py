@@ -399,8 +399,8 @@ class AzureBackend:
 
     # ---------------------------------------------------------------- clusters
 
-    def scale_set_model(self, cluster: Cluster) -> dict[str, Any]:
-        return scale_set_model(self._config, cluster)
+    def scale_set_model(self, cluster: Cluster, sku: SkuInfo | None = None) -> dict[str, Any]:
+        return scale_set_model(self._config, cluster, sku)
 
     async def create_cluster(self, cluster: Cluster) -> None:
         what = f"create cluster {cluster.name}"
@@ -418,8 +418,8 @@ class AzureBackend:
                 return  # idempotent: it exists
             except ResourceNotFoundError:
                 pass
-        await self.check_capacity(cluster.vm_size, cluster.target_nodes, spot=spot)
-        model = self.scale_set_model(cluster)
+        sku = await self.check_capacity(cluster.vm_size, cluster.target_nodes, spot=spot)
+        model = self.scale_set_model(cluster, sku)
         try:
             poller = await self._compute.virtual_machine_scale_sets.begin_create_or_update(
                 self._rg, cluster.name, VirtualMachineScaleSet(model)
@@ -1075,7 +1075,10 @@ class AzureBackend:
             },
         }
         try:
-            async with azure_errors(f"stop job {job.job_id} on node {index}"):
+            async with (
+                asyncio.timeout(self._config.stop_timeout),
+                azure_errors(f"stop job {job.job_id} on node {index}"),
+            ):
                 poller = await self._compute.virtual_machine_scale_set_vm_run_commands.begin_create_or_update(  # noqa: E501
                     self._rg,
                     job.cluster,
@@ -1086,6 +1089,9 @@ class AzureBackend:
                 await poller.result()
         except NotFound:
             return  # the node is gone: nothing runs there
+        except TimeoutError:
+            log.warning("job %s: stop on node %d timed out; TERMINATE stops it", job.job_id, index)
+            return
         except BatchAIError as err:
             # The TERMINATE file still stops the runner within a second of its next look.
             log.warning("job %s: stop on node %d failed: %s", job.job_id, index, err)

@@ -55,6 +55,9 @@ class AzureConfig:
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
     heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost
+    # A synchronous stop run command gets this long (ARM's own limit is 120 s); then the bot moves
+    # on and the TERMINATE file stops the runner, so the poll loop never waits on a stuck node.
+    stop_timeout: float = 150.0
     launch_grace: float = 300.0  # a started run command has this long to start its runner
     launch_check_seconds: float = 20.0  # ask a run command about its node only after this long
     # ARM reads of a cluster are shared by every status call within this window (a poll cycle,

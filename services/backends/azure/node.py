@@ -31,9 +31,45 @@ SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
 LAUNCH_DIR = "/var/lib/batchai/launch"  # root-only: a launch's verified runner and its spec
 SPEC_PARAMETER = "BATCHAI_NODE_SPEC"  # the protected parameter that carries a node's spec
+# apt on a fresh node races apt-daily and unattended-upgrades for the dpkg lock: wait for it
+# (up to 10 minutes) instead of failing at once, and retry a failed install a few times.
+APT = "apt-get -o DPkg::Lock::Timeout=600 -q"
+
+
+def apt_install(*packages: str) -> tuple[str, ...]:
+    """Shell lines installing `packages` with the lock wait, five tries, failing after the last."""
+    names = " ".join(packages)
+    return (
+        "for i in 1 2 3 4 5; do",
+        f"  {APT} update && {APT} install -y {names} && break",
+        f'  if [ "$i" = 5 ]; then echo "could not install {names}" >&2; exit 1; fi',
+        "  sleep 10",
+        "done",
+    )
+
+
 DOCKER_INSTALL = (
     "if ! command -v docker >/dev/null 2>&1; then",
-    "  apt-get update -q && apt-get install -y -q docker.io",
+    *(f"  {line}" for line in apt_install("docker.io")),
+    "fi",
+)
+# On a GPU node (a driver answers: nvidia-smi) docker's `--gpus all` needs the NVIDIA container
+# toolkit registered as a docker runtime. The Ubuntu-HPC image ships it; elsewhere it is
+# installed from NVIDIA's signed apt repository, as NVIDIA documents.
+_NV_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+_NV_REPO = "https://nvidia.github.io/libnvidia-container"
+GPU_CONTAINER_SETUP = (
+    "if command -v nvidia-smi >/dev/null 2>&1; then",
+    "  if ! command -v nvidia-ctk >/dev/null 2>&1; then",
+    f"    curl -fsSL {_NV_REPO}/gpgkey | gpg --batch --yes --dearmor -o {ROOT}{_NV_KEY}",
+    f"    curl -fsSL {_NV_REPO}/stable/deb/nvidia-container-toolkit.list"
+    f" | sed 's#deb https://#deb [signed-by={_NV_KEY}] https://#g'"
+    f" > {ROOT}/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+    *(f"    {line}" for line in apt_install("nvidia-container-toolkit")),
+    "  fi",
+    f"  if ! grep -qs nvidia {ROOT}/etc/docker/daemon.json; then",
+    "    nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
+    "  fi",
     "fi",
 )
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -115,7 +151,7 @@ def setup_script(
         "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null "
         "2>&1 || true; fi",
         "if ! command -v mount.cifs >/dev/null 2>&1; then",
-        "  for i in 1 2 3 4 5; do apt-get install -y -q cifs-utils && break; sleep 10; done",
+        *(f"  {line}" for line in apt_install("cifs-utils")),
         "fi",
         f"mkdir -p {ROOT}{CRED_DIR}",
         f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} > {cred}",
@@ -167,7 +203,7 @@ def launch_script(
         f"if [ -e {status}/exit_code ] || [ -e {status}/pid ]; then",
         "  echo 'already started'; exit 0",
         "fi",
-        *(DOCKER_INSTALL if container else ()),
+        *((*DOCKER_INSTALL, *GPU_CONTAINER_SETUP) if container else ()),
         "umask 077",
         f"rm -rf -- {here}",
         f"mkdir -p -- {here}",

@@ -10,6 +10,8 @@ from typing import Any
 
 from services.backends.azure import cloudinit, node
 from services.backends.azure.config import AzureConfig
+from services.backends.azure.sizes import SkuInfo
+from services.clusters.names import DISALLOWED_ADMIN_NAMES, check_cluster_name
 from services.core.errors import UserError
 from services.models import Cluster
 
@@ -19,12 +21,60 @@ IMAGES = {
     "ubuntuhpc": "microsoft-dsvm:ubuntu-hpc:2204:latest",
     "ubuntudsvm": "microsoft-dsvm:ubuntu-2204:2204-gen2:latest",
 }
-_RESERVED_USERS = {"admin", "administrator", "root", "user", "guest", "test", "sys", "adm"}
+# The Gen1 image of an alias, for sizes whose HyperVGenerations lack V2 (None: Gen2 only).
+GEN1_IMAGES: dict[str, str | None] = {
+    "ubuntults": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts:latest",
+    "ubuntuhpc": None,
+    "ubuntudsvm": "microsoft-dsvm:ubuntu-2204:2204:latest",
+}
+_RESERVED_USERS = DISALLOWED_ADMIN_NAMES
 
 
-def image_reference(image: str) -> dict[str, str]:
-    """An alias (UbuntuLTS, UbuntuHPC) or a full URN publisher:offer:sku:version."""
-    urn = IMAGES.get(image.replace("-", "").replace("_", "").lower(), image)
+def _alias(image: str) -> str:
+    return image.replace("-", "").replace("_", "").lower()
+
+
+# Images that ship the NVIDIA driver, CUDA and the InfiniBand (OFED) driver: on them no driver
+# route is added. UbuntuLTS (plain Ubuntu) has none, so on GPU and InfiniBand sizes it means
+# UbuntuHPC (a first-party image: no `plan` block); the NvidiaGpuDriverLinux extension's CUDA
+# route covers Ubuntu 20.04 only, and ubuntu-drivers would need a reboot the setup extension
+# must not do.
+DRIVER_IMAGES = frozenset({"ubuntuhpc", "ubuntudsvm"})
+_AMD = re.compile(r"MI\d{3}X", re.IGNORECASE)
+
+
+def node_image(image: str, sku: SkuInfo | None) -> str:
+    """The image a cluster's nodes boot: `image`, except that the driverless UbuntuLTS becomes
+    UbuntuHPC on GPU and InfiniBand sizes; AMD GPU sizes need an image given as a URN."""
+    if sku is None:
+        return image
+    alias = _alias(image)
+    if _AMD.search(sku.name) and alias in IMAGES:
+        raise UserError(
+            f"{sku.name} has AMD GPUs: {image} carries no ROCm driver; give an image with ROCm "
+            "as publisher:offer:sku:version"
+        )
+    if alias == "ubuntults" and (sku.gpus > 0 or sku.rdma):
+        return "UbuntuHPC"
+    return image
+
+
+def image_reference(image: str, sku: SkuInfo | None = None) -> dict[str, str]:
+    """An alias (UbuntuLTS, UbuntuHPC) or a full URN publisher:offer:sku:version; for a size
+    that boots only Gen1 (HyperVGenerations without V2) the alias's Gen1 image, or a one-line
+    refusal when there is none."""
+    urn = IMAGES.get(_alias(image), image)
+    if sku is not None and "V2" not in sku.generations:
+        if _alias(image) in GEN1_IMAGES:
+            gen1 = GEN1_IMAGES[_alias(image)]
+            if gen1 is None:
+                raise UserError(
+                    f"{sku.name} boots only Generation 1 images and {image} is Generation 2 "
+                    "only; use UbuntuLTS or a size with HyperVGenerations V2"
+                )
+            urn = gen1
+        elif "gen2" in urn.lower():
+            raise UserError(f"{sku.name} boots only Generation 1 images; {image} is a Gen2 image")
     parts = urn.split(":")
     if len(parts) != 4 or not all(parts):
         aliases = "UbuntuLTS, UbuntuHPC, UbuntuDSVM"
@@ -32,6 +82,11 @@ def image_reference(image: str) -> dict[str, str]:
             f"image {image!r} is neither an alias ({aliases}) nor a publisher:offer:sku:version URN"
         )
     return dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
+
+
+def os_disk_type(sku: SkuInfo | None) -> str:
+    """Premium SSD where the size has the PremiumIO capability, else Standard SSD."""
+    return "Premium_LRS" if sku is None or sku.premium_io else "StandardSSD_LRS"
 
 
 def admin_name(wanted: str | None, default: str) -> str:
@@ -73,8 +128,12 @@ def job_share_options(cfg: AzureConfig) -> str:
     return node.share_options(0 if cfg.job_gid is None else cfg.job_gid)
 
 
-def scale_set_model(cfg: AzureConfig, cluster: Cluster) -> dict[str, Any]:
-    """The scale set as ARM JSON. It holds no secret: the key goes in protectedSettings."""
+def scale_set_model(
+    cfg: AzureConfig, cluster: Cluster, sku: SkuInfo | None = None
+) -> dict[str, Any]:
+    """The scale set as ARM JSON, its disk type and image generation chosen from the size's
+    capabilities. It holds no secret: the key goes in protectedSettings."""
+    check_cluster_name(cluster.name)
     user = admin_name(cluster.admin_user, cfg.admin_user)
     mounts = node_mounts(cfg, cluster)
     setup = node.setup_script(
@@ -108,11 +167,11 @@ def scale_set_model(cfg: AzureConfig, cluster: Cluster) -> dict[str, Any]:
     profile: dict[str, Any] = {
         "osProfile": os_profile,
         "storageProfile": {
-            "imageReference": image_reference(cluster.image),
+            "imageReference": image_reference(node_image(cluster.image, sku), sku),
             "osDisk": {
                 "createOption": "FromImage",
                 "caching": "ReadWrite",
-                "managedDisk": {"storageAccountType": "Premium_LRS"},
+                "managedDisk": {"storageAccountType": os_disk_type(sku)},
             },
         },
         "networkProfile": {

@@ -26,6 +26,9 @@ class SkuInfo:
     gpus: int
     spot_capable: bool
     restriction: str | None  # why it cannot be used in the region, or None
+    premium_io: bool = True  # the `PremiumIO` capability: Premium SSD OS disks allowed
+    generations: frozenset[str] = frozenset({"V1", "V2"})  # `HyperVGenerations`
+    rdma: bool = False  # `RdmaEnabled`: InfiniBand
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ def sku_info(sku: Any, location: str) -> SkuInfo:
         gpus=int(float(caps.get("GPUs", "0"))),
         spot_capable=caps.get("LowPriorityCapable", "False").lower() == "true",
         restriction=reason,
+        premium_io=caps.get("PremiumIO", "False").lower() == "true",
+        generations=frozenset(
+            g.strip().upper() for g in caps.get("HyperVGenerations", "V1").split(",") if g.strip()
+        ),
+        rdma=caps.get("RdmaEnabled", "False").lower() == "true",
     )
 
 

@@ -23,7 +23,18 @@ import trustme
 from aiohttp import web
 from azure.core.credentials import AccessToken
 
-from tests.fakes.arm.catalog import DEFAULT_FAMILY_LIMIT, DEFAULT_LIMITS, QUOTA_HELP, catalog, vcpus
+from tests.fakes.arm.catalog import (
+    DEFAULT_FAMILY_LIMIT,
+    DEFAULT_LIMITS,
+    DISALLOWED_ADMIN_NAMES,
+    IMAGE_PLANS,
+    QUOTA_HELP,
+    VMSS_NAME,
+    capability,
+    catalog,
+    image_generation,
+    vcpus,
+)
 from tests.fakes.arm.clock import iso, now
 from tests.fakes.arm.node import (
     SHIM_DIR,
@@ -807,9 +818,62 @@ class FakeArm:
                     "Custom data in OSProfile must be in Base64 encoding and with a maximum "
                     "length of 87380 characters.",
                 )
-        return self._check_sku(str(sku_body["name"])), capacity
+        sku = self._check_sku(str(sku_body["name"]))
+        self._check_fits(str(sku["name"]), sku, profile, body.get("plan"))
+        return sku, capacity
+
+    @staticmethod
+    def _check_fits(
+        size: str, sku: Mapping[str, Any], profile: Mapping[str, Any], body_plan: Any
+    ) -> None:
+        """400 where real ARM refuses the model for this size: a Premium OS disk without the
+        PremiumIO capability, a Gen2 image on a size whose HyperVGenerations lack V2, a
+        disallowed admin user name."""
+        storage = profile.get("storageProfile") or {}
+        disk = ((storage.get("osDisk") or {}).get("managedDisk") or {}).get("storageAccountType")
+        if str(disk or "").startswith("Premium") and capability(sku, "PremiumIO") != "True":
+            raise ArmError(
+                400,
+                "InvalidParameter",
+                f"Requested operation cannot be performed because storage account type "
+                f"'{disk}' is not supported for VM size '{size}'.",
+            )
+        generations = capability(sku, "HyperVGenerations", "V1").split(",")
+        image = image_generation(storage.get("imageReference") or {})
+        if image is not None and image not in generations:
+            number = image.removeprefix("V")
+            raise ArmError(
+                400,
+                "BadRequest",
+                f"The selected VM size '{size}' cannot boot Hypervisor Generation '{number}'. "
+                "If this was a Create operation please check that the Hypervisor Generation of "
+                "the Image matches the Hypervisor Generation of the selected VM Size. If this "
+                f"was an Update operation please select a Hypervisor Generation '{number}' VM "
+                "Size. For more information, see https://aka.ms/azuregen2vm",
+            )
+        ref = storage.get("imageReference") or {}
+        key = tuple(str(ref.get(k, "")).lower() for k in ("publisher", "offer", "sku"))
+        plan_name = IMAGE_PLANS.get(key)  # type: ignore[arg-type]
+        if plan_name is not None and (body_plan or {}).get("name") != plan_name:
+            raise ArmError(
+                400,
+                "VMMarketplaceInvalidInput",
+                "Creating a virtual machine from Marketplace image or a custom image sourced "
+                "from a Marketplace image requires Plan information in the request.",
+            )
+        user = str((profile.get("osProfile") or {}).get("adminUsername") or "")
+        if user.lower() in DISALLOWED_ADMIN_NAMES:
+            raise ArmError(400, "InvalidParameter", "The Admin Username specified is not allowed.")
 
     async def _put_vmss(self, request: web.Request, rg: str, vmss: str) -> web.StreamResponse:
+        if not VMSS_NAME.fullmatch(vmss):
+            raise ArmError(
+                400,
+                "InvalidResourceName",
+                f"The resource name '{vmss}' is invalid. The name can be up to 64 characters "
+                "long. It must begin with a word character other than '_', and it must end "
+                "with a word character or with '_'.",
+            )
         body = await self._json(request)
         sku, capacity = self._validate_model(body)
         ss = self.scale_sets.get(vmss)
