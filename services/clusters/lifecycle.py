@@ -1,10 +1,16 @@
-"""The cluster lifecycle: ClusterState, its table and the pure cluster_transition()."""
+"""The cluster lifecycle: ClusterState, its table, the pure cluster_transition() and `move`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
+from services.core.errors import Conflict
 from services.core.outcome import Outcome
+
+if TYPE_CHECKING:
+    from services.models import Cluster
 
 
 class ClusterState(StrEnum):
@@ -38,3 +44,34 @@ def cluster_transition(current: ClusterState, target: ClusterState) -> Outcome:
     if target in _CLUSTER_TRANSITIONS.get(current, frozenset()):
         return Outcome.APPLIED
     return Outcome.INVALID
+
+
+_TOKEN = object()  # only this module holds it, so only this module builds a ClusterTransition
+
+
+@dataclass(frozen=True)
+class ClusterTransition:
+    """A move the table allowed: the store writes `new` only while the row still is `old`."""
+
+    old: ClusterState
+    new: ClusterState
+    token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.token is not _TOKEN:
+            raise TypeError("a ClusterTransition is built only by services.clusters.lifecycle")
+
+
+def move(
+    cluster: Cluster, target: ClusterState, **changes: Any
+) -> tuple[Cluster, ClusterTransition]:
+    """The one place a cluster's state changes: the moved copy and its guarded transition.
+
+    A repeat of the current state is allowed (the write still checks it); raises Conflict for
+    a move the table forbids."""
+    if cluster_transition(cluster.state, target) is Outcome.INVALID:
+        raise Conflict(f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}")
+    if "state" in changes:
+        raise TypeError("move() sets the state itself")
+    moved = replace(cluster, state=target, **changes)
+    return moved, ClusterTransition(cluster.state, target, _TOKEN)
