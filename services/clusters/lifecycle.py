@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from services.core.errors import Conflict
-from services.core.outcome import Outcome
+from services.core.outcome import Outcome, by_table
 
 if TYPE_CHECKING:
     from services.models import Cluster
@@ -39,11 +39,7 @@ _CLUSTER_TRANSITIONS: dict[ClusterState, frozenset[ClusterState]] = {
 
 def cluster_transition(current: ClusterState, target: ClusterState) -> Outcome:
     """Whether `current -> target` is allowed for a cluster's allocation state."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _CLUSTER_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+    return by_table(_CLUSTER_TRANSITIONS, current, target)
 
 
 _TOKEN = object()  # only this module holds it, so only this module builds a ClusterTransition

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.core.errors import Conflict
 from services.core.events import Event, JobFinished, JobStateChanged, OutputFile
-from services.core.outcome import Outcome
+from services.core.outcome import Outcome, by_table
 
 if TYPE_CHECKING:
     from services.models import Job
@@ -60,11 +60,7 @@ _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 def job_transition(current: JobState, target: JobState) -> Outcome:
     """Whether `current -> target` is allowed; a repeat of the current state is harmless."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _JOB_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+    return by_table(_JOB_TRANSITIONS, current, target)
 
 
 _TOKEN = object()  # only this module holds it, so only this module builds a JobTransition

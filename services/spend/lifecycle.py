@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from services.core.errors import Conflict
-from services.core.outcome import Outcome
+from services.core.outcome import Outcome, by_table
 
 if TYPE_CHECKING:
     from services.models import Approval
@@ -30,11 +30,7 @@ _APPROVAL_TRANSITIONS: dict[ApprovalState, frozenset[ApprovalState]] = {
 
 def approval_transition(current: ApprovalState, target: ApprovalState) -> Outcome:
     """Whether `current -> target` is allowed; a repeat of the current state is harmless."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _APPROVAL_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+    return by_table(_APPROVAL_TRANSITIONS, current, target)
 
 
 _TOKEN = object()  # only this module holds it, so only this module builds an ApprovalTransition
