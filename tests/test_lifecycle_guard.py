@@ -14,6 +14,7 @@ import pytest
 
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.core.errors import Conflict
+from services.core.outcome import seal
 from services.jobs.lifecycle import JobState, JobTransition, advance
 from services.models import Approval
 from services.spend.lifecycle import ApprovalState, ApprovalTransition, decide
@@ -53,6 +54,8 @@ def test_a_transition_cannot_be_forged(kind: Any, args: tuple[Any, Any]) -> None
         kind(*args)
     with pytest.raises(TypeError):
         kind(*args, object())
+    with pytest.raises(TypeError):  # its token was handed out once, to its lifecycle module
+        seal(kind)
 
 
 def test_the_tables_refuse_what_they_do_not_allow() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from services.core.errors import Conflict
-from services.core.outcome import Outcome, by_table
+from services.core.outcome import Outcome, Transition, by_table, seal
 
 if TYPE_CHECKING:
     from services.models import Cluster
@@ -42,20 +42,12 @@ def cluster_transition(current: ClusterState, target: ClusterState) -> Outcome:
     return by_table(_CLUSTER_TRANSITIONS, current, target)
 
 
-_TOKEN = object()  # only this module holds it, so only this module builds a ClusterTransition
-
-
 @dataclass(frozen=True)
-class ClusterTransition:
-    """A move the table allowed: the store writes `new` only while the row still is `old`."""
+class ClusterTransition(Transition[ClusterState]):
+    """A guarded state change of a cluster, built only here."""
 
-    old: ClusterState
-    new: ClusterState
-    token: object = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.token is not _TOKEN:
-            raise TypeError("a ClusterTransition is built only by services.clusters.lifecycle")
+_TOKEN = seal(ClusterTransition)
 
 
 def move(

@@ -3,13 +3,13 @@ job changes state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from services.core.errors import Conflict
 from services.core.events import Event, JobFinished, JobStateChanged, OutputFile
-from services.core.outcome import Outcome, by_table
+from services.core.outcome import Outcome, Transition, by_table, seal
 
 if TYPE_CHECKING:
     from services.models import Job
@@ -63,26 +63,18 @@ def job_transition(current: JobState, target: JobState) -> Outcome:
     return by_table(_JOB_TRANSITIONS, current, target)
 
 
-_TOKEN = object()  # only this module holds it, so only this module builds a JobTransition
-
-
 @dataclass(frozen=True)
-class JobTransition:
-    """A move the table allowed: the store writes `new` only while the row still is `old`."""
-
-    old: JobState
-    new: JobState
-    token: object = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.token is not _TOKEN:
-            raise TypeError("a JobTransition is built only by services.jobs.lifecycle.advance()")
+class JobTransition(Transition[JobState]):
+    """A guarded state change of a job, built only here."""
 
     def after(self, first: JobTransition) -> JobTransition:
         """`first` then this one, as one write (e.g. preparing -> running -> succeeded)."""
         if first.new is not self.old:
             raise Conflict(f"{first.new.value} then {self.old.value} is no chain")
         return JobTransition(first.old, self.new, _TOKEN)
+
+
+_TOKEN = seal(JobTransition)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from services.core.errors import Conflict
-from services.core.outcome import Outcome, by_table
+from services.core.outcome import Outcome, Transition, by_table, seal
 
 if TYPE_CHECKING:
     from services.models import Approval
@@ -33,20 +33,12 @@ def approval_transition(current: ApprovalState, target: ApprovalState) -> Outcom
     return by_table(_APPROVAL_TRANSITIONS, current, target)
 
 
-_TOKEN = object()  # only this module holds it, so only this module builds an ApprovalTransition
-
-
 @dataclass(frozen=True)
-class ApprovalTransition:
-    """A decision the table allowed: the store writes `new` only while the row still is `old`."""
+class ApprovalTransition(Transition[ApprovalState]):
+    """A guarded state change of an approval, built only here."""
 
-    old: ApprovalState
-    new: ApprovalState
-    token: object = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.token is not _TOKEN:
-            raise TypeError("an ApprovalTransition is built only by services.spend.lifecycle")
+_TOKEN = seal(ApprovalTransition)
 
 
 def decide(approval: Approval, target: ApprovalState) -> ApprovalTransition:
