@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from services.clusters.lifecycle import ClusterState
 from services.jobs.lifecycle import JobState
+from services.spend.lifecycle import ApprovalState
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"
@@ -267,7 +268,7 @@ class Approval:
     formula: str  # "4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54"
     reasons: tuple[str, ...]  # why approval is needed (over limit, over budget)
     required: int  # approvers needed (1 or 2)
-    state: str  # pending | approved | denied | expired
+    state: ApprovalState
     created_at: datetime
     expires_at: datetime
     decided_at: datetime | None = None

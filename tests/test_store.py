@@ -1,12 +1,10 @@
 """SqlStore on real SQLite: migrations, FIFO order, optimistic updates, the event outbox."""
 
-from dataclasses import replace
-
 import pytest
 
 from services.core.errors import Conflict
 from services.core.events import JobFinished, JobStateChanged, LogSnippet, OutputFile
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import JobState, advance
 from services.models import Conversation, FileLocation, JobLayout, MetricPoint, Progress
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
@@ -59,8 +57,12 @@ async def test_jobs_list_in_submission_order(store: SqlStore) -> None:
     for name in ("b", "a", "c"):
         await store.insert_job(make_job(name))
     assert [j.name for j in await store.list_jobs()] == ["b", "a", "c"]
-    running = replace(make_job("a"), state=JobState.RUNNING)
-    await store.update_job(running)
+    preparing = advance(make_job("a"), JobState.PREPARING, nodes=(0,))
+    assert preparing is not None
+    await store.update_job(preparing.job, transition=preparing.transition)
+    running = advance(preparing.job, JobState.RUNNING)
+    assert running is not None
+    await store.update_job(running.job, transition=running.transition)
     queued = await store.list_jobs(states=[JobState.QUEUED])
     assert [j.name for j in queued] == ["b", "c"]
 
@@ -68,12 +70,13 @@ async def test_jobs_list_in_submission_order(store: SqlStore) -> None:
 async def test_update_with_expect_refuses_a_moved_job(store: SqlStore) -> None:
     job = await store.insert_job(make_job())
     event = JobStateChanged(job_id=job.id, old="queued", new="preparing")
-    preparing = replace(job, state=JobState.PREPARING)
-    assert await store.update_job(preparing, [event], expect=JobState.QUEUED)
+    preparing = advance(job, JobState.PREPARING)
+    assert preparing is not None
+    assert await store.update_job(preparing.job, [event], transition=preparing.transition)
     # A second writer that still believes the job is queued changes nothing, not even events.
-    assert not await store.update_job(
-        replace(job, state=JobState.TERMINATING), [event], expect=JobState.QUEUED
-    )
+    terminating = advance(job, JobState.TERMINATING)
+    assert terminating is not None
+    assert not await store.update_job(terminating.job, [event], transition=terminating.transition)
     assert (await store.get_job(job.id)).state is JobState.PREPARING  # type: ignore[union-attr]
     assert await store.count_events(kind="job_state_changed") == 1
 

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from services.clusters.lifecycle import ClusterState
-from services.clusters.service import LIVE, ClusterService
+from services.clusters.service import ClusterService
 from services.core.errors import UserError
 from services.core.events import idle_warning
 from services.core.ports import Clock
+from services.jobs.lifecycle import LIVE_STATES
 from services.models import Actor, AuditEntry, Cluster, IdleNotice, IdleState
 from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
@@ -122,7 +123,9 @@ class IdleService:
             return  # creating, resizing, deleting, failed: nothing to warn about now
         idle = cluster.idle
         timeout = self._clusters.idle_timeout_of(cluster)
-        live = await self._store.list_jobs(cluster=cluster.name, states=LIVE, include_deleted=True)
+        live = await self._store.list_jobs(
+            cluster=cluster.name, states=LIVE_STATES, include_deleted=True
+        )
         why_not = _not_idle(cluster, timeout, [j.name for j in live])
         if why_not is not None or timeout is None:
             keep = idle.keep_until if idle.keep_until and idle.keep_until > now else None
@@ -185,7 +188,7 @@ class IdleService:
                 return "it was deleted"
             if fresh.state is not ClusterState.STEADY:
                 return f"it is {fresh.state.value}"
-            live = await self._store.list_jobs(cluster=fresh.name, states=LIVE)
+            live = await self._store.list_jobs(cluster=fresh.name, states=LIVE_STATES)
             await self._check(fresh, now, may_scale=False)
             timeout = self._clusters.idle_timeout_of(fresh)
             return _not_idle(fresh, timeout, [j.name for j in live]) or "it is busy"

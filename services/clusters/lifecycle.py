@@ -1,10 +1,16 @@
-"""The cluster lifecycle: ClusterState, its table and the pure cluster_transition()."""
+"""The cluster lifecycle: ClusterState, its table, the pure cluster_transition() and `move`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from services.core.outcome import Outcome
+from services.core.errors import Conflict
+from services.core.outcome import Outcome, Transition, by_table, seal
+
+if TYPE_CHECKING:
+    from services.models import Cluster
 
 
 class ClusterState(StrEnum):
@@ -33,8 +39,27 @@ _CLUSTER_TRANSITIONS: dict[ClusterState, frozenset[ClusterState]] = {
 
 def cluster_transition(current: ClusterState, target: ClusterState) -> Outcome:
     """Whether `current -> target` is allowed for a cluster's allocation state."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _CLUSTER_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+    return by_table(_CLUSTER_TRANSITIONS, current, target)
+
+
+@dataclass(frozen=True)
+class ClusterTransition(Transition[ClusterState]):
+    """A guarded state change of a cluster, built only here."""
+
+
+_TOKEN = seal(ClusterTransition)
+
+
+def move(
+    cluster: Cluster, target: ClusterState, **changes: Any
+) -> tuple[Cluster, ClusterTransition]:
+    """The one place a cluster's state changes: the moved copy and its guarded transition.
+
+    A repeat of the current state is allowed (the write still checks it); raises Conflict for
+    a move the table forbids."""
+    if cluster_transition(cluster.state, target) is Outcome.INVALID:
+        raise Conflict(f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}")
+    if "state" in changes:
+        raise TypeError("move() sets the state itself")
+    moved = replace(cluster, state=target, **changes)
+    return moved, ClusterTransition(cluster.state, target, _TOKEN)

@@ -6,14 +6,13 @@ import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from services.clusters.lifecycle import ClusterState, cluster_transition
+from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
-from services.core.outcome import Outcome
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, cluster_parts_not_honoured, load_cluster_spec
 from services.models import (
@@ -34,7 +33,6 @@ from services.store import SqlStore
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
-LIVE = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
@@ -120,12 +118,14 @@ class ClusterService:
         try:
             await self._backend.create_cluster(cluster)
         except Exception as err:
-            failed = replace(self._moved(cluster, ClusterState.FAILED), error=str(err))
-            await self._store.update_cluster(failed)
+            failed, to_failed = move(cluster, ClusterState.FAILED, error=str(err))
+            await self._store.update_cluster(failed, transition=to_failed)
             raise
-        ready = self._moved(cluster, ClusterState.STEADY)
+        ready, to_ready = move(cluster, ClusterState.STEADY)
         await self._store.update_cluster(
-            ready, [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")]
+            ready,
+            [ClusterChanged(cluster=cluster.name, text=f"cluster {cluster.name} is ready")],
+            transition=to_ready,
         )
         return ready
 
@@ -182,7 +182,8 @@ class ClusterService:
                 continue
             else:
                 continue
-            await self._store.update_cluster(self._moved(cluster, ClusterState.STEADY))
+            steady, to_steady = move(cluster, ClusterState.STEADY)
+            await self._store.update_cluster(steady, transition=to_steady)
             touched.append(cluster.name)
         return touched
 
@@ -286,19 +287,24 @@ class ClusterService:
         if cluster.target_nodes <= cluster.min_nodes:
             return None
         smaller = replace(cluster, target_nodes=cluster.min_nodes)
-        resizing = self._moved(smaller, ClusterState.RESIZING)
-        await self._store.update_cluster(resizing)  # the dispatcher leaves a resizing cluster be
-        if await self._store.list_jobs(cluster=name, states=LIVE, include_deleted=True):
-            await self._store.update_cluster(cluster)
+        resizing, to_resizing = move(smaller, ClusterState.RESIZING)
+        # the dispatcher leaves a resizing cluster be
+        await self._store.update_cluster(resizing, transition=to_resizing)
+        if await self._store.list_jobs(cluster=name, states=LIVE_STATES, include_deleted=True):
+            back, to_back = _reverted(resizing, cluster)
+            await self._store.update_cluster(back, transition=to_back)
             return None
         try:
             await self._backend.resize_cluster(resizing, smaller.target_nodes)
         except Exception as err:
-            await self._store.update_cluster(replace(cluster, error=str(err)))
+            back, to_back = _reverted(resizing, cluster, error=str(err))
+            await self._store.update_cluster(back, transition=to_back)
             raise
-        steady = self._moved(resizing, ClusterState.STEADY)
+        steady, to_steady = move(resizing, ClusterState.STEADY)
         what = f"cluster {name} scaled down to {steady.target_nodes} nodes after being idle"
-        await self._store.update_cluster(steady, [ClusterChanged(cluster=name, text=what)])
+        await self._store.update_cluster(
+            steady, [ClusterChanged(cluster=name, text=what)], transition=to_steady
+        )
         return steady
 
     async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> bool:
@@ -307,12 +313,12 @@ class ClusterService:
         if cluster is None:
             return False
         self._check_group(cluster, resource_group)
-        live = await self._store.list_jobs(cluster=name, states=LIVE)
+        live = await self._store.list_jobs(cluster=name, states=LIVE_STATES)
         if live:
             names = ", ".join(j.name for j in live[:5])
             raise Conflict(f"cluster {name} still has jobs ({names}); terminate them first")
-        deleting = self._moved(cluster, ClusterState.DELETING)
-        await self._store.update_cluster(deleting)
+        deleting, to_deleting = move(cluster, ClusterState.DELETING)
+        await self._store.update_cluster(deleting, transition=to_deleting)
         await self._backend.delete_cluster(cluster)
         done: list[Event] = [ClusterChanged(cluster=name, text=f"cluster {name} deleted")]
         if cluster.idle.warning is not None:  # its buttons must not outlive it
@@ -341,13 +347,15 @@ class ClusterService:
     async def _nodes_in_use(self, cluster: str) -> set[int]:
         active = await self._store.list_jobs(
             cluster=cluster,
-            states=[JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING],
+            states=ACTIVE_STATES,
             include_deleted=True,
         )
         return {n for j in active for n in j.nodes}
 
     async def _view(self, cluster: Cluster) -> ClusterView:
-        jobs = await self._store.list_jobs(cluster=cluster.name, states=LIVE, include_deleted=True)
+        jobs = await self._store.list_jobs(
+            cluster=cluster.name, states=LIVE_STATES, include_deleted=True
+        )
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
         idle = max(0, cluster.target_nodes - len(preparing) - len(running))
@@ -357,26 +365,21 @@ class ClusterService:
         return ClusterView(cluster, counts, queued, idle_after)
 
     async def _apply_size(self, old: Cluster, new: Cluster, what: str) -> Cluster:
-        resizing = self._moved(new, ClusterState.RESIZING)
-        await self._store.update_cluster(resizing)
+        resizing, to_resizing = move(new, ClusterState.RESIZING)
+        await self._store.update_cluster(resizing, transition=to_resizing)
         try:
             await self._backend.resize_cluster(resizing, new.target_nodes)
         except Exception as err:
-            await self._store.update_cluster(replace(old, error=str(err)))
+            back, to_back = _reverted(resizing, old, error=str(err))
+            await self._store.update_cluster(back, transition=to_back)
             raise
-        steady = self._moved(resizing, ClusterState.STEADY)
+        steady, to_steady = move(resizing, ClusterState.STEADY)
         await self._store.update_cluster(
-            steady, [ClusterChanged(cluster=new.name, text=f"cluster {new.name} {what}")]
+            steady,
+            [ClusterChanged(cluster=new.name, text=f"cluster {new.name} {what}")],
+            transition=to_steady,
         )
         return steady
-
-    @staticmethod
-    def _moved(cluster: Cluster, target: ClusterState) -> Cluster:
-        if cluster_transition(cluster.state, target) is Outcome.INVALID:
-            raise Conflict(
-                f"cluster {cluster.name} is {cluster.state.value}, cannot become {target}"
-            )
-        return replace(cluster, state=target)
 
     def _build(self, r: ClusterRequest, spec: ClusterSpec | None, actor: Actor) -> Cluster:
         if not NAME_RE.match(r.name):
@@ -517,4 +520,20 @@ def _from_spec(spec: ClusterSpec) -> _FromFile:
         admin_user=p.user_account_settings.admin_user_name if p.user_account_settings else None,
         setup_task=setup.setup_task.command_line if setup and setup.setup_task else None,
         mounts=mounts,
+    )
+
+
+def _reverted(
+    resizing: Cluster, old: Cluster, *, error: str | None = None
+) -> tuple[Cluster, ClusterTransition]:
+    """A resize that did not happen: back to `old`'s state and sizes (the error kept)."""
+    return move(
+        resizing,
+        old.state,
+        target_nodes=old.target_nodes,
+        autoscale=old.autoscale,
+        min_nodes=old.min_nodes,
+        max_nodes=old.max_nodes,
+        idle_timeout_s=old.idle_timeout_s,
+        error=old.error if error is None else error,
     )

@@ -3,13 +3,13 @@ job changes state."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from services.core.errors import Conflict
 from services.core.events import Event, JobFinished, JobStateChanged, OutputFile
-from services.core.outcome import Outcome
+from services.core.outcome import Outcome, Transition, by_table, seal
 
 if TYPE_CHECKING:
     from services.models import Job
@@ -34,12 +34,16 @@ class JobState(StrEnum):
     @property
     def active(self) -> bool:
         """Holds (or is about to hold) nodes on its cluster."""
-        return self in (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
+        return self in ACTIVE_STATES
 
 
 FINISHED = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.TERMINATED, JobState.DENIED, JobState.EXPIRED}
 )
+# Holding (or about to hold) nodes on its cluster.
+ACTIVE_STATES = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
+# Not finished and past approval: waiting for nodes or holding them.
+LIVE_STATES = (JobState.QUEUED, *ACTIVE_STATES)
 
 # DESIGN.md §3. `failed` is reachable from every live state: a launch error, a lost node or a
 # job whose backend disappeared must be recordable wherever the job was.
@@ -56,16 +60,35 @@ _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 def job_transition(current: JobState, target: JobState) -> Outcome:
     """Whether `current -> target` is allowed; a repeat of the current state is harmless."""
-    if current == target:
-        return Outcome.ALREADY
-    if target in _JOB_TRANSITIONS.get(current, frozenset()):
-        return Outcome.APPLIED
-    return Outcome.INVALID
+    return by_table(_JOB_TRANSITIONS, current, target)
+
+
+@dataclass(frozen=True)
+class JobTransition(Transition[JobState]):
+    """A guarded state change of a job, built only here."""
+
+    def after(self, first: JobTransition) -> JobTransition:
+        """`first` then this one, as one write (e.g. preparing -> running -> succeeded)."""
+        if first.new is not self.old:
+            raise Conflict(f"{first.new.value} then {self.old.value} is no chain")
+        return JobTransition(first.old, self.new, _TOKEN)
+
+
+_TOKEN = seal(JobTransition)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What advance() decided: the moved job, its events and the guarded transition."""
+
+    job: Job
+    events: list[Event]
+    transition: JobTransition
 
 
 def advance(
     job: Job, target: JobState, *, detail: str | None = None, **changes: Any
-) -> tuple[Job, list[Event]] | None:
+) -> Step | None:
     """The one place a job's state changes: the new job and its event, or None if already there.
 
     Raises Conflict for a transition the lifecycle does not allow.
@@ -75,11 +98,20 @@ def advance(
         return None
     if outcome is Outcome.INVALID:
         raise Conflict(f"job {job.name} is {job.state.value}; it cannot become {target.value}")
+    if "state" in changes:
+        raise TypeError("advance() sets the state itself")
     moved = replace(job, state=target, **changes)
     event = JobStateChanged(
         job_id=job.id, cluster=job.cluster, old=job.state.value, new=target.value, detail=detail
     )
-    return moved, [event]
+    return Step(moved, [event], JobTransition(job.state, target, _TOKEN))
+
+
+def held_for_approval(job: Job) -> Job:
+    """A new, not yet stored job that waits for an approval before it may queue."""
+    if job.state is not JobState.QUEUED:
+        raise Conflict(f"job {job.name} is {job.state.value}; only a new job waits for approval")
+    return replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
 
 
 def finished_event(job: Job, outputs: tuple[OutputFile, ...]) -> JobFinished:

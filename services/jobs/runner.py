@@ -14,7 +14,13 @@ from services.core import context
 from services.core.errors import BatchAIError, NotFound, TransientError
 from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
 from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
-from services.jobs.lifecycle import JobState, advance, finished_event
+from services.jobs.lifecycle import (
+    ACTIVE_STATES,
+    LIVE_STATES,
+    JobState,
+    advance,
+    finished_event,
+)
 from services.jobs.tailer import LogParser, LogTailer
 from services.jobspec import load_job_spec
 from services.models import Cluster, FileLocation, Job
@@ -26,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LIVE = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 MAX_OUTPUT_FILES = 200
 SNIPPET_LINES = 200
 MAX_POLL_FAILURES = 5  # per event; the presenter trims further for Slack's limits
@@ -110,10 +115,10 @@ class JobRunner:
 
     async def _dispatch_cluster(self, cluster: Cluster) -> None:
         jobs = await self._store.list_jobs(
-            cluster=cluster.name, states=(JobState.QUEUED, *LIVE), include_deleted=True
+            cluster=cluster.name, states=LIVE_STATES, include_deleted=True
         )
         queued = [j for j in jobs if j.state is JobState.QUEUED]
-        in_use = {n for j in jobs if j.state in LIVE for n in j.nodes}
+        in_use = {n for j in jobs if j.state in ACTIVE_STATES for n in j.nodes}
         if cluster.autoscale:
             # Batch AI never took a node from under a running job: keep every busy index.
             busy_span = max(in_use) + 1 if in_use else 0
@@ -127,8 +132,8 @@ class JobRunner:
             step = advance(job, JobState.PREPARING, nodes=nodes, detail=f"nodes {list(nodes)}")
             if step is None:
                 continue
-            preparing, events = step
-            if await self._store.update_job(preparing, events, expect=JobState.QUEUED):
+            preparing = step.job
+            if await self._store.update_job(preparing, step.events, transition=step.transition):
                 with context.bound(**context.for_job(job.id)):
                     await self._launch(preparing, cluster)
 
@@ -167,7 +172,7 @@ class JobRunner:
         """When the backend was busy for every job, the step rests (TransientError)."""
         busy: TransientError | None = None
         answered = False
-        for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
+        for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True):
             with context.bound(**context.for_job(job.id)):
                 try:
                     await self._poll_job(job)
@@ -225,9 +230,9 @@ class JobRunner:
                 # Times come from the bot's clock, the one every limit and cost is measured with.
                 step = advance(job, JobState.RUNNING, started_at=self._now())
                 if step is not None and await self._store.update_job(
-                    *step, expect=JobState.PREPARING
+                    step.job, step.events, transition=step.transition
                 ):
-                    job = step[0]
+                    job = step.job
             await self._sync_deadline(job)
             return
         if status.phase == "lost":
@@ -270,11 +275,12 @@ class JobRunner:
             self._final_reads.pop(job.id, None)
         events: list[Event] = []
         current = job
+        first = None
         if current.state is JobState.PREPARING and target is not JobState.FAILED:
-            step = advance(current, JobState.RUNNING, started_at=self._start_time(job, status))
-            if step is not None:
-                current, more = step
-                events += more
+            first = advance(current, JobState.RUNNING, started_at=self._start_time(job, status))
+            if first is not None:
+                current = first.job
+                events += first.events
         started = current.started_at or self._start_time(job, status)
         step = advance(
             current,
@@ -287,14 +293,15 @@ class JobRunner:
         )
         if step is None:
             return
-        done, more = step
-        events += more
+        done = step.job
+        events += step.events
+        transition = step.transition if first is None else step.transition.after(first.transition)
         events.append(finished_event(done, await self._outputs(done)))
         entry = None
         if self._spend is not None and done.node_rate is not None:
             cluster = await self._store.get_cluster(done.cluster)
             entry = self._spend.actual_entry(done, cluster.vm_size if cluster else "unknown")
-        if await self._store.update_job(done, events, expect=job.state, ledger_entry=entry):
+        if await self._store.update_job(done, events, transition=transition, ledger_entry=entry):
             self._deadlines.pop(job.id, None)
             self._logs.pop(job.id, None)
             for name in job.layout.log_files if job.layout else ():
@@ -367,7 +374,7 @@ class JobRunner:
     # -- logs --------------------------------------------------------------------------------
 
     async def tail_logs(self) -> None:
-        for job in await self._store.list_jobs(states=LIVE, include_deleted=True):
+        for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True):
             if job.layout is not None and job.layout.stdouterr is not None:
                 with context.bound(**context.for_job(job.id)):
                     try:

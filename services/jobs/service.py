@@ -15,7 +15,7 @@ from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, User
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare
 from services.core.suggest import did_you_mean
-from services.jobs.lifecycle import JobState, advance
+from services.jobs.lifecycle import JobState, advance, held_for_approval
 from services.jobs.sources import ConfigLoader
 from services.jobspec import (
     JobSpec,
@@ -218,7 +218,7 @@ class JobService:
             raise NotAllowed(verdict.reason)
         approval = None
         if isinstance(verdict, NeedsApproval):
-            job = replace(job, state=JobState.PENDING_APPROVAL, queued_at=None)
+            job = held_for_approval(job)
             approval = self._approvals.new_approval(
                 job=job,
                 kind="job",
@@ -287,8 +287,8 @@ class JobService:
             return await self._approvals.withdraw(job, actor=actor), True
         step = advance(job, JobState.TERMINATING, detail=f"terminate requested by {actor.user}")
         assert step is not None
-        moved, events = step
-        if not await self._store.update_job(moved, events, expect=job.state):
+        moved = step.job
+        if not await self._store.update_job(moved, step.events, transition=step.transition):
             return await self.terminate_job(actor=actor, job_id=job.id)  # it moved: decide again
         return moved, True
 

@@ -23,6 +23,7 @@ from services.spend.gate import (
     Refused,
     SpendGate,
 )
+from services.spend.lifecycle import ApprovalState, decide
 from services.store import SqlStore
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
@@ -82,7 +83,7 @@ class ApprovalService:
             formula=formula,
             reasons=assessment.reasons,
             required=assessment.required,
-            state="pending",
+            state=ApprovalState.PENDING,
             created_at=now,
             expires_at=now + self.policy.expiry,
             extra_hours=extra_hours,
@@ -174,7 +175,7 @@ class ApprovalService:
             )
         ]
         moved = None
-        expect = None
+        job_move = None
         if job is not None and approval.kind == "job" and job.state is JobState.PENDING_APPROVAL:
             target = {"approved": JobState.QUEUED, "denied": JobState.DENIED}.get(
                 state, JobState.EXPIRED
@@ -189,18 +190,18 @@ class ApprovalService:
                 ended_at=None if target is JobState.QUEUED else now,
             )
             if step is not None:
-                moved, more = step
-                events += more
+                moved, job_move = step.job, step.transition
+                events += step.events
                 if moved.state.finished:
                     events.append(finished_event(moved, ()))
-                expect = job.state
         extend_by = None
         if job is not None and approval.kind == "extend" and state == "approved":
             extend_by = timedelta(hours=float(approval.extra_hours or 0))
             note = f"limit extended by {_hours(extend_by)} (approved)"
             events.append(JobNote(job_id=job.id, cluster=job.cluster, text=note))
+        decision = decide(approval, ApprovalState(state))
         closed = await self._store.close_approval(
-            approval.id, state, now, moved, events, expect_job=expect, extend_by=extend_by
+            approval.id, decision, now, moved, events, job_transition=job_move, extend_by=extend_by
         )
         fresh = await self.get_approval(approval.id)
         if not closed:

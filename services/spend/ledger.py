@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from services.core.errors import NotAllowed, UserError
 from services.core.ports import Clock
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import ACTIVE_STATES
 from services.models import Actor, Cluster, Job, LedgerEntry
 from services.spend.pricing import (
     Estimate,
@@ -23,7 +23,7 @@ from services.spend.pricing import (
 )
 from services.store import SqlStore
 
-RUNNING = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
+RUNNING = ACTIVE_STATES
 
 
 class PriceBook:

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.models import Approval, LedgerEntry, Vote
+from services.spend.lifecycle import ApprovalState
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -48,7 +49,7 @@ def approval_from(r: Any, votes: tuple[Vote, ...]) -> Approval:
         formula=r["formula"],
         reasons=tuple(r["reasons"]),
         required=r["required"],
-        state=r["state"],
+        state=ApprovalState(r["state"]),
         created_at=aware(r["created_at"]) or r["created_at"],
         expires_at=aware(r["expires_at"]) or r["expires_at"],
         decided_at=aware(r["decided_at"]),

@@ -17,11 +17,11 @@ from sqlalchemy import Connection, and_, delete, event, func, insert, make_url, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from services.clusters.lifecycle import ClusterState
+from services.clusters.lifecycle import ClusterState, ClusterTransition
 from services.core.clock import utcnow
 from services.core.errors import Conflict
 from services.core.events import Event, event_from_payload
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import JobState, JobTransition
 from services.models import (
     Approval,
     AuditEntry,
@@ -42,6 +42,7 @@ from services.models import (
     ShareMount,
     Vote,
 )
+from services.spend.lifecycle import ApprovalState, ApprovalTransition
 from services.store.schema import (
     approvals,
     audit,
@@ -162,10 +163,29 @@ class SqlStore:
                 raise Conflict(f"cluster {cluster.name} already exists") from err
             await _add_events(conn, new_events, cluster.created_at)
 
-    async def update_cluster(self, cluster: Cluster, new_events: Sequence[Event] = ()) -> None:
+    async def update_cluster(
+        self,
+        cluster: Cluster,
+        new_events: Sequence[Event] = (),
+        *,
+        transition: ClusterTransition | None = None,
+    ) -> None:
+        """Write the cluster's settings; its state only with a `transition` from the lifecycle,
+        and then only while the stored state still is `transition.old` (else Conflict)."""
+        row = _cluster_row(cluster)
+        stmt = update(clusters).where(clusters.c.name == cluster.name)
+        if transition is None:
+            del row["state"]
+        else:
+            _check_moved(cluster.state, transition.new, transition)
+            stmt = stmt.where(clusters.c.state == transition.old.value)
         async with self._engine.begin() as conn:
-            row = _cluster_row(cluster)
-            await conn.execute(update(clusters).where(clusters.c.name == cluster.name).values(row))
+            result = await conn.execute(stmt.values(row))
+            if transition is not None and result.rowcount == 0:
+                raise Conflict(
+                    f"cluster {cluster.name} is no longer {transition.old.value}; "
+                    f"it did not become {transition.new.value}"
+                )
             await _add_events(conn, new_events, None)
 
     async def delete_cluster(self, name: str, new_events: Sequence[Event] = ()) -> None:
@@ -235,18 +255,18 @@ class SqlStore:
         job: Job,
         new_events: Sequence[Event] = (),
         *,
-        expect: JobState | None = None,
+        transition: JobTransition,
         ledger_entry: LedgerEntry | None = None,
     ) -> bool:
-        """Write the job's lifecycle columns (state, times, exit code, error, nodes); with
-        `expect`, only if the stored state still is `expect` (else nothing, and False).
+        """Write the job's lifecycle columns (state, times, exit code, error, nodes) for a
+        `transition` built by the lifecycle, only if the stored state still is its `old`
+        (else nothing, and False).
 
         Layout, conversation, progress and metrics have writers of their own, so a transition
         computed from an older snapshot never undoes them."""
+        _check_moved(job.state, transition.new, transition)
         async with self._engine.begin() as conn:
-            stmt = update(jobs).where(jobs.c.id == job.id)
-            if expect is not None:
-                stmt = stmt.where(jobs.c.state == expect.value)
+            stmt = update(jobs).where(jobs.c.id == job.id, jobs.c.state == transition.old.value)
             row = _job_row(job)
             result = await conn.execute(stmt.values({k: row[k] for k in _LIFECYCLE_COLUMNS}))
             if result.rowcount == 0:
@@ -562,29 +582,36 @@ class SqlStore:
     async def close_approval(
         self,
         approval_id: str,
-        state: str,
+        decision: ApprovalTransition,
         at: datetime,
         job: Job | None,
         new_events: Sequence[Event],
         *,
-        expect_job: JobState | None = None,
+        job_transition: JobTransition | None = None,
         extend_by: timedelta | None = None,
     ) -> bool:
-        """Decide a pending approval once (False if it was decided already), moving its job
-        (`job`, from `expect_job`) or lengthening its wall clock (`extend_by`) with it."""
+        """Decide an approval once by a `decision` from its lifecycle (False if it was decided
+        already), moving its job (`job` by `job_transition`) or lengthening its wall clock
+        (`extend_by`) with it."""
+        if not isinstance(decision, ApprovalTransition):
+            raise TypeError("close_approval takes an ApprovalTransition from the lifecycle")
+        if job is not None:
+            if job_transition is None:
+                raise TypeError("moving a job with its approval takes its JobTransition")
+            _check_moved(job.state, job_transition.new, job_transition)
         async with self._engine.begin() as conn:
             closed = await conn.execute(
                 update(approvals)
-                .where(approvals.c.id == approval_id, approvals.c.state == "pending")
-                .values(state=state, decided_at=at)
+                .where(approvals.c.id == approval_id, approvals.c.state == decision.old.value)
+                .values(state=decision.new.value, decided_at=at)
             )
             if closed.rowcount == 0:
                 await conn.rollback()
                 return False
-            if job is not None:
-                stmt = update(jobs).where(jobs.c.id == job.id)
-                if expect_job is not None:
-                    stmt = stmt.where(jobs.c.state == expect_job.value)
+            if job is not None and job_transition is not None:
+                stmt = update(jobs).where(
+                    jobs.c.id == job.id, jobs.c.state == job_transition.old.value
+                )
                 row = _job_row(job)
                 columns = ("state", "queued_at", "ended_at", "error")
                 moved = await conn.execute(stmt.values({k: row[k] for k in columns}))
@@ -703,7 +730,7 @@ class SqlStore:
                 select(approvals.c.id).where(
                     approvals.c.job_id == approval.job_id,
                     approvals.c.kind == "extend",
-                    approvals.c.state == "pending",
+                    approvals.c.state == ApprovalState.PENDING.value,
                 )
             )
             if waiting.first() is not None:
@@ -763,6 +790,15 @@ class SqlStore:
                 return False
             await _add_events(conn, new_events, run.at)
         return True
+
+
+def _check_moved(state: object, new: object, transition: object) -> None:
+    """Only a transition built by a lifecycle module, and the row it moves, may be written."""
+    kinds = (JobTransition, ClusterTransition, ApprovalTransition)
+    if not isinstance(transition, kinds):
+        raise TypeError("state changes take a transition built by a lifecycle module")
+    if state != new:
+        raise Conflict(f"the row is {state}, its transition says {new}")
 
 
 async def _claim_run(conn: AsyncConnection, run: ScheduleRun, **outcome: Any) -> bool:
