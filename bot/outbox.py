@@ -180,9 +180,9 @@ class SlackOutbox:
         key = (channel, message_id)
         if key in self._pending_edits:
             self.stats["coalesced_edits"] += 1
-            _, outcome = self._pending_edits[key]
-            self._pending_edits[key] = (message, outcome)
-            await asyncio.shield(outcome)
+            _, merged = self._pending_edits[key]
+            self._pending_edits[key] = (message, merged)
+            await asyncio.shield(merged)
             return
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         outcome.add_done_callback(_retrieve)
@@ -389,4 +389,4 @@ def _retry_after(headers: Any) -> float:
 
 
 def _backoff(attempt: int) -> float:
-    return min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+    return min(30.0, 0.5 * 2.0 ** (attempt - 1)) * (0.5 + random.random() / 2)

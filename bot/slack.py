@@ -88,11 +88,11 @@ class SocketMode:
         )
 
     async def start(self) -> None:
-        await self._handler.connect_async()
+        await self._handler.connect_async()  # type: ignore[no-untyped-call]  # slack_bolt: untyped
         log.info("connected to Slack over Socket Mode")
 
     async def close(self) -> None:
-        await self._handler.close_async()
+        await self._handler.close_async()  # type: ignore[no-untyped-call]  # slack_bolt: untyped
 
 
 def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: str) -> None:

@@ -5,13 +5,43 @@ from __future__ import annotations
 import codecs
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TypeVar, cast
 
 from handlers import grammar, views
-from handlers.commandspec import COMMANDS
+from handlers.commandspec import (
+    COMMANDS,
+    ApprovalsApprove,
+    ApprovalsDeny,
+    ApprovalsList,
+    Audit,
+    BudgetSet,
+    BudgetShow,
+    ClusterAutoScale,
+    ClusterCreate,
+    ClusterDelete,
+    ClusterList,
+    ClusterNodeList,
+    ClusterResize,
+    ClusterShow,
+    ClusterUpdate,
+    Help,
+    JobCreate,
+    JobDelete,
+    JobList,
+    JobListFiles,
+    JobNodeList,
+    JobShow,
+    JobStreamFile,
+    JobTerminate,
+    JobWait,
+    ScheduleDelete,
+    ScheduleList,
+    ScheduleShow,
+    Spend,
+)
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
 from services.access import AccessGuard, AuditLog, Caller
@@ -137,20 +167,19 @@ class CommandHandler:
         return reply
 
     async def _dispatch(self, c: Command, actor: Actor, source: Source) -> Reply:
-        handler = _HANDLERS.get(type(c).__name__)
+        handler = _HANDLERS.get(type(c))
         if handler is None:
             raise UserError(f"{type(c).__name__} is not available here")
-        result: Reply = await handler(self, c, actor, source)
-        return result
+        return await handler(self, c, actor, source)
 
     # -- help ---------------------------------------------------------------------------------
 
-    async def _help(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _help(self, c: Help, actor: Actor, source: Source) -> Reply:
         return Reply(views.monospace(grammar.help_text(*c.topic)))
 
     # -- clusters -----------------------------------------------------------------------------
 
-    async def _cluster_create(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_create(self, c: ClusterCreate, actor: Actor, source: Source) -> Reply:
         _refuse_unsupported(c, CLUSTER_FLAGS_NOT_YET)
         request = ClusterRequest(
             name=c.name,
@@ -180,18 +209,20 @@ class CommandHandler:
             message = views.unguarded_spend(message, f"standing capacity {standing.formula()}")
         return Reply(message, public=not secret_typed)
 
-    async def _cluster_answer(self, name: str, c: Any) -> Message:
+    async def _cluster_answer(
+        self, name: str, c: ClusterCreate | ClusterResize | ClusterAutoScale
+    ) -> Message:
         view = await self._s.clusters.get_cluster(name, resource_group=c.resource_group)
         return views.cluster_detail(view, output=c.answer)
 
-    async def _cluster_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_list(self, c: ClusterList, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.answer))
 
-    async def _cluster_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_show(self, c: ClusterShow, actor: Actor, source: Source) -> Reply:
         view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
         return Reply(views.cluster_detail(view, output=c.answer))
 
-    async def _cluster_resize(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_resize(self, c: ClusterResize, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
             c.name, target=c.target_nodes, actor=actor, resource_group=c.resource_group
         )
@@ -202,7 +233,7 @@ class CommandHandler:
             public=True,
         )
 
-    async def _cluster_auto_scale(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_auto_scale(self, c: ClusterAutoScale, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.auto_scale_cluster(
             c.name,
             min_nodes=c.min_nodes,
@@ -219,7 +250,7 @@ class CommandHandler:
         )
         return Reply(views.info(text), public=True)
 
-    async def _cluster_update(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_update(self, c: ClusterUpdate, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.update_cluster(
             c.name,
             idle_timeout_minutes=c.idle_timeout_minutes,
@@ -228,19 +259,21 @@ class CommandHandler:
         )
         return Reply(views.idle_setting(cluster, c.idle_timeout_minutes), public=True)
 
-    async def _cluster_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_delete(self, c: ClusterDelete, actor: Actor, source: Source) -> Reply:
         if not await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group):
             return Reply(views.info(f"cluster *{c.name}* does not exist (nothing to do)"))
         return Reply(views.info(f"cluster *{c.name}* deleted"), public=True)
 
-    async def _cluster_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _cluster_nodes(self, c: ClusterNodeList, actor: Actor, source: Source) -> Reply:
         nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
         return Reply(views.node_table(nodes, output=c.answer))
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def _job_create(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_create(self, c: JobCreate, actor: Actor, source: Source) -> Reply:
         _refuse_unsupported(c, JOB_FLAGS_NOT_YET)
+        if c.name is None:  # the grammar asks for it outside Slack; in Slack the form does
+            raise UserError("give the job a name with -n/--name")
         request = JobRequest(
             name=c.name,
             cluster=c.cluster,
@@ -264,28 +297,28 @@ class CommandHandler:
             message = views.unguarded_spend(message, format_usd(amount))
         return Reply(message)
 
-    async def _job_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_list(self, c: JobList, actor: Actor, source: Source) -> Reply:
         jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)
         return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
 
-    async def _job_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_show(self, c: JobShow, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name, actor=actor)
         return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
-    async def _job_terminate(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_terminate(self, c: JobTerminate, actor: Actor, source: Source) -> Reply:
         job, applied = await self._s.jobs.terminate_job(c.name, actor=actor)
         if not applied:
             return Reply(views.info(f"job *{job.name}* is already {job.state.value}"))
         return Reply(views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True)
 
-    async def _job_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_delete(self, c: JobDelete, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.delete_job(c.name, actor=actor)
         text = (
             f"job *{c.name}* deleted" if job else f"job *{c.name}* does not exist (nothing to do)"
         )
         return Reply(views.info(text))
 
-    async def _job_wait(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_wait(self, c: JobWait, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.name, actor=actor)
         if source == "slack" and not job.state.finished:
             note = views.md(
@@ -298,7 +331,7 @@ class CommandHandler:
         job = await self._s.jobs.wait_job(c.name, actor=actor, poll=min(c.interval_seconds, 1))
         return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
-    async def _job_stream(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_stream(self, c: JobStreamFile, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         if source == "slack":  # a slash command cannot hold a stream: show the tail
             return await self._tail_reply(job, c, actor)
@@ -312,7 +345,7 @@ class CommandHandler:
         head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
         return Reply(views.info(head), stream=_decode(chunks))
 
-    async def _tail_reply(self, job: Job, c: Any, actor: Actor) -> Reply:
+    async def _tail_reply(self, job: Job, c: JobStreamFile, actor: Actor) -> Reply:
         data, first_line = await self._s.jobs.tail_file(
             job,
             c.file_name,
@@ -328,7 +361,7 @@ class CommandHandler:
             message = Message(message.text, [*message.blocks, views.context(note)])
         return Reply(message)
 
-    async def _job_files(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_files(self, c: JobListFiles, actor: Actor, source: Source) -> Reply:
         listing = await self._s.jobs.list_files(
             c.job,
             actor=actor,
@@ -338,7 +371,7 @@ class CommandHandler:
         )
         return Reply(views.file_listing(listing, output=c.answer))
 
-    async def _job_nodes(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _job_nodes(self, c: JobNodeList, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.answer))
@@ -350,15 +383,15 @@ class CommandHandler:
             raise UserError("scheduled jobs are not set up in this bot")
         return self._s.schedules
 
-    async def _schedule_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _schedule_list(self, c: ScheduleList, actor: Actor, source: Source) -> Reply:
         found = await self._schedules().list_schedules(actor=actor, everywhere=c.all)
         return Reply(views.schedule_list(found, output=c.answer))
 
-    async def _schedule_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _schedule_show(self, c: ScheduleShow, actor: Actor, source: Source) -> Reply:
         schedule, upcoming = await self._schedules().get_schedule(c.id)
         return Reply(views.schedule_detail(schedule, upcoming, output=c.answer))
 
-    async def _schedule_delete(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _schedule_delete(self, c: ScheduleDelete, actor: Actor, source: Source) -> Reply:
         schedule = await self._schedules().delete_schedule(c.id, actor=actor)
         if schedule is None:
             return Reply(views.info(f"schedule `{c.id}` does not exist (nothing to do)"))
@@ -372,7 +405,7 @@ class CommandHandler:
             raise UserError("spend tracking is not set up in this bot")
         return self._s.approvals, self._s.spend
 
-    async def _budget_show(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _budget_show(self, c: BudgetShow, actor: Actor, source: Source) -> Reply:
         _, spend = self._money()
         channel = c.channel or _channel(actor)
         return Reply(
@@ -381,35 +414,35 @@ class CommandHandler:
             )
         )
 
-    async def _budget_set(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _budget_set(self, c: BudgetSet, actor: Actor, source: Source) -> Reply:
         _, spend = self._money()
         channel = c.channel or _channel(actor)
         amount = await spend.set_budget(channel, c.amount, actor=actor)
         text = f"<@{actor.user}> set the monthly budget of <#{channel}> to {format_usd(amount)}"
         return Reply(views.info(text), public=True)
 
-    async def _approvals_list(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _approvals_list(self, c: ApprovalsList, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         found = await approvals.list_approvals(actor=actor, include_decided=c.all)
         return Reply(views.approvals_table(found, output=c.answer))
 
-    async def _approvals_approve(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _approvals_approve(self, c: ApprovalsApprove, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         outcome = await approvals.approve(c.id, actor=actor)
         return Reply(views.info(outcome.message), failed=not outcome.applied)
 
-    async def _approvals_deny(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _approvals_deny(self, c: ApprovalsDeny, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         outcome = await approvals.deny(c.id, actor=actor, reason=c.reason)
         return Reply(views.info(outcome.message), failed=not outcome.applied)
 
-    async def _spend(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _spend(self, c: Spend, actor: Actor, source: Source) -> Reply:
         _, spend = self._money()
         rows = await spend.report(by=c.by, month=c.month)
         month = c.month or f"{self._s.now():%Y-%m}"
         return Reply(views.spend_table(rows, by=c.by, month=month, output=c.answer))
 
-    async def _audit(self, c: Any, actor: Actor, source: Source) -> Reply:
+    async def _audit(self, c: Audit, actor: Actor, source: Source) -> Reply:
         if self._s.audit is None:
             raise UserError("the audit log is not set up in this bot")
         job_id = (await self._s.jobs.get_job(c.job, actor=actor)).id if c.job else None
@@ -417,36 +450,57 @@ class CommandHandler:
         return Reply(views.audit_table(entries, output=c.answer))
 
 
-_HANDLERS: dict[str, Callable[..., Any]] = {
-    "BudgetShow": CommandHandler._budget_show,
-    "BudgetSet": CommandHandler._budget_set,
-    "ApprovalsList": CommandHandler._approvals_list,
-    "ApprovalsApprove": CommandHandler._approvals_approve,
-    "ApprovalsDeny": CommandHandler._approvals_deny,
-    "Spend": CommandHandler._spend,
-    "Audit": CommandHandler._audit,
-    "Help": CommandHandler._help,
-    "ScheduleList": CommandHandler._schedule_list,
-    "ScheduleShow": CommandHandler._schedule_show,
-    "ScheduleDelete": CommandHandler._schedule_delete,
-    "ClusterCreate": CommandHandler._cluster_create,
-    "ClusterList": CommandHandler._cluster_list,
-    "ClusterShow": CommandHandler._cluster_show,
-    "ClusterResize": CommandHandler._cluster_resize,
-    "ClusterAutoScale": CommandHandler._cluster_auto_scale,
-    "ClusterUpdate": CommandHandler._cluster_update,
-    "ClusterDelete": CommandHandler._cluster_delete,
-    "ClusterNodeList": CommandHandler._cluster_nodes,
-    "JobCreate": CommandHandler._job_create,
-    "JobList": CommandHandler._job_list,
-    "JobShow": CommandHandler._job_show,
-    "JobTerminate": CommandHandler._job_terminate,
-    "JobDelete": CommandHandler._job_delete,
-    "JobWait": CommandHandler._job_wait,
-    "JobStreamFile": CommandHandler._job_stream,
-    "JobListFiles": CommandHandler._job_files,
-    "JobNodeList": CommandHandler._job_nodes,
-}
+C = TypeVar("C", bound=Command)
+Handler = Callable[[CommandHandler, C, Actor, Source], Awaitable[Reply]]
+
+
+class _Handlers:
+    """The handler of each command type: `add` checks that a handler takes its command's type,
+    so `get` hands back one that fits the command it is looked up by."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[Command], object] = {}
+
+    def add(self, cls: type[C], handler: Handler[C]) -> None:
+        self._by_type[cls] = handler
+
+    def get(self, cls: type[C]) -> Handler[C] | None:
+        handler = self._by_type.get(cls)
+        return cast("Handler[C] | None", handler)  # added for exactly this type, see add()
+
+    def types(self) -> frozenset[type[Command]]:
+        return frozenset(self._by_type)
+
+
+_HANDLERS = _Handlers()
+_HANDLERS.add(BudgetShow, CommandHandler._budget_show)
+_HANDLERS.add(BudgetSet, CommandHandler._budget_set)
+_HANDLERS.add(ApprovalsList, CommandHandler._approvals_list)
+_HANDLERS.add(ApprovalsApprove, CommandHandler._approvals_approve)
+_HANDLERS.add(ApprovalsDeny, CommandHandler._approvals_deny)
+_HANDLERS.add(Spend, CommandHandler._spend)
+_HANDLERS.add(Audit, CommandHandler._audit)
+_HANDLERS.add(Help, CommandHandler._help)
+_HANDLERS.add(ScheduleList, CommandHandler._schedule_list)
+_HANDLERS.add(ScheduleShow, CommandHandler._schedule_show)
+_HANDLERS.add(ScheduleDelete, CommandHandler._schedule_delete)
+_HANDLERS.add(ClusterCreate, CommandHandler._cluster_create)
+_HANDLERS.add(ClusterList, CommandHandler._cluster_list)
+_HANDLERS.add(ClusterShow, CommandHandler._cluster_show)
+_HANDLERS.add(ClusterResize, CommandHandler._cluster_resize)
+_HANDLERS.add(ClusterAutoScale, CommandHandler._cluster_auto_scale)
+_HANDLERS.add(ClusterUpdate, CommandHandler._cluster_update)
+_HANDLERS.add(ClusterDelete, CommandHandler._cluster_delete)
+_HANDLERS.add(ClusterNodeList, CommandHandler._cluster_nodes)
+_HANDLERS.add(JobCreate, CommandHandler._job_create)
+_HANDLERS.add(JobList, CommandHandler._job_list)
+_HANDLERS.add(JobShow, CommandHandler._job_show)
+_HANDLERS.add(JobTerminate, CommandHandler._job_terminate)
+_HANDLERS.add(JobDelete, CommandHandler._job_delete)
+_HANDLERS.add(JobWait, CommandHandler._job_wait)
+_HANDLERS.add(JobStreamFile, CommandHandler._job_stream)
+_HANDLERS.add(JobListFiles, CommandHandler._job_files)
+_HANDLERS.add(JobNodeList, CommandHandler._job_nodes)
 
 
 # Flags the grammar accepts (az had them) that no backend honours yet: refused, never ignored.
@@ -467,7 +521,7 @@ JOB_FLAGS_NOT_YET = {
 }
 
 
-def _refuse_unsupported(c: Any, flags: dict[str, str]) -> None:
+def _refuse_unsupported(c: Command, flags: dict[str, str]) -> None:
     for field, flag in flags.items():
         if getattr(c, field, None) is not None:
             raise UserError(f"{flag} is not supported by this bot yet")

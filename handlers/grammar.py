@@ -47,7 +47,6 @@ from handlers.commandspec import (
     JobStreamFile,
     JobTerminate,
     JobWait,
-    OutputFormat,
     ScheduleDelete,
     ScheduleList,
     ScheduleShow,
@@ -55,6 +54,7 @@ from handlers.commandspec import (
     Spend,
     show,
 )
+from handlers.outputs import OutputFormat
 from services.core.errors import UserError
 
 __all__ = [

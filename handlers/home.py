@@ -144,7 +144,9 @@ def _jobs(
 def _active_line(
     job: Job, sizes: Mapping[str, str], rates: Mapping[str, Decimal], now: datetime
 ) -> Mrkdwn:
-    parts = [md("{} *{}* on `{}`", STATE_EMOJI.get(job.state, ""), job.name, job.cluster)]
+    parts: list[str] = [
+        md("{} *{}* on `{}`", STATE_EMOJI.get(job.state, ""), job.name, job.cluster)
+    ]
     parts.append(_nodes(job.node_count))
     if job.progress is not None:
         p = job.progress

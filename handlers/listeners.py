@@ -224,6 +224,7 @@ async def _bind_context(body: dict[str, Any], next_: Callable[[], Awaitable[Any]
 def request_context(body: dict[str, Any]) -> dict[str, str | None]:
     user = body.get("user_id") or (body.get("user") or {}).get("id")
     event = body.get("event") or {}
+    command: str | None
     if body.get("command"):
         command = str(body["command"])
     elif body.get("type") == "block_actions":

@@ -65,7 +65,7 @@ class Console:
 
 
 @pytest.fixture
-async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def console(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "BATCHAI_", "DATABASE"))
     }
@@ -76,6 +76,7 @@ async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
         LOG_LEVEL="WARNING",
         PRICE_REFRESH_HOURS="0",  # no test reaches the internet
     )
+    env.update(getattr(request, "param", {}))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -155,3 +156,15 @@ def test_console_echo_never_shows_a_secret(line: str, secret: str) -> None:
     echoed = redact(line)
     assert secret not in echoed and "****" in echoed
     assert echoed.startswith("cluster create -n x -s S")
+
+
+@pytest.mark.parametrize(
+    "console", [{"ALLOWED_USERS": "U0ADMIN", "ADMIN_USERS": "U0ADMIN"}], indirect=True
+)
+async def test_a_console_user_not_allowed_is_refused_and_audited(console: Console) -> None:
+    """The console goes through the same access guard and audit log as Slack."""
+    await console.send("as U0STRANGER /batchai cluster delete -n mycluster")
+    await console.expect(r"U0STRANGER|not allowed|may not")
+    await console.send("as U0ADMIN /batchai audit -o tsv")
+    await console.expect(r"U0STRANGER.*denied|denied.*U0STRANGER")
+    assert await console.close() == 0

@@ -66,7 +66,10 @@ class ComputeBackend(Protocol):
     """Clusters and jobs. Every method is idempotent by name / job id."""
 
     name: str
-    reserved_shares: frozenset[str]  # the backend's own shares: no cluster or job may mount them
+
+    @property
+    def reserved_shares(self) -> frozenset[str]:
+        """The backend's own shares: no cluster or job may mount them."""
 
     async def create_cluster(self, cluster: Cluster) -> None: ...
 
