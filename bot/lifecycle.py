@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from bot.bootstrap import Bot, build
 from bot.config import Settings
+from bot.leader import Leadership
 from bot.outbox import SlackOutbox
 from bot.web import CachedCheck, HealthCheck, create_probe_app, create_web_app
 from handlers.presenter import Transport
@@ -21,6 +23,14 @@ from services.core.errors import BatchAIError
 from services.core.ports import Clock
 from services.schedules.service import SWEEP_SECONDS as SCHEDULE_SWEEP_SECONDS
 from services.spend.price_refresh import RetailPrices, load_refreshed, refresh_prices
+from services.store.lease import (
+    AdvisoryLease,
+    FileLease,
+    Lease,
+    SoleLease,
+    is_postgres,
+    sqlite_path,
+)
 from services.store.sealing import SecretsKeyError
 
 if TYPE_CHECKING:
@@ -51,6 +61,9 @@ async def running(
     Without a transport the bot talks to Slack. Unfinished jobs need no special re-arming: their
     state, log offsets and undelivered events are in the store, and the first tick picks them up."""
     async with AsyncExitStack() as stack:
+        file_lease = await _one_process(settings.db_url)
+        if file_lease is not None:
+            stack.push_async_callback(file_lease.release)
         sock = stack.enter_context(_bind(settings.host, settings.port))
         port = sock.getsockname()[1]
         probe_sock = None
@@ -65,10 +78,7 @@ async def running(
             await bot.store.migrate()
         except SecretsKeyError as err:  # one line, never a traceback
             raise SystemExit(f"batchai-bot: {err}") from None
-        if touched := await bot.clusters.reconcile():
-            log.info("finished interrupted cluster changes: %s", ", ".join(touched))
-        if isinstance(bot.transport, SlackOutbox):
-            await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
+        leadership = _leadership(bot, settings, periodic, file_lease)
         await bot.seed_examples()
         # The backend's ping costs an ARM and a Files call on Azure: a probe every few seconds
         # must not become that (the Slack check below is cached for the same reason).
@@ -108,12 +118,19 @@ async def running(
                 socket_mode = slack.SocketMode(slack_app, settings)
         if probe_sock is None:
             create_probe_app(
-                checks=checks, metrics=bot.metrics.render, app=web_app, spend_notice=unguarded
+                checks=checks,
+                metrics=bot.metrics.render,
+                app=web_app,
+                spend_notice=unguarded,
+                role=lambda: leadership.role,
             )
             bot.probe_url = bot.web_url
         else:
             probe_app = create_probe_app(
-                checks=checks, metrics=bot.metrics.render, spend_notice=unguarded
+                checks=checks,
+                metrics=bot.metrics.render,
+                spend_notice=unguarded,
+                role=lambda: leadership.role,
             )
             host, probe_port = probe_sock.getsockname()[:2]
             await _serve(stack, probe_app, probe_sock)
@@ -125,25 +142,87 @@ async def running(
             await socket_mode.start()
             stack.push_async_callback(socket_mode.close)
         bot.prices.table = await load_refreshed(bot.prices.table, bot.store)
-        # Runs due while the bot was down fire now (within the grace) or are told as missed;
-        # the rest are armed again (the store holds them, APScheduler only in memory).
-        if fired := await bot.schedules.rearm():
-            log.info("schedules: %d run(s) due while the bot was down submitted", fired)
         if periodic and settings.price_refresh_hours > 0:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             client = RetailPrices(session, base_url=settings.prices_api_url)
             refresher = PriceRefresher(bot, client, settings.price_region)
             bot.scheduler.every(
-                "prices", settings.price_refresh_hours * 3600, refresher.run, now=True
+                "prices",
+                settings.price_refresh_hours * 3600,
+                leadership.fenced(refresher.run),
+                now=True,
             )
         if periodic:
-            bot.scheduler.every("jobs", settings.poll_seconds, bot.runner.tick)
-            bot.scheduler.every("deliver", settings.poll_seconds / 2, bot.relay.start_delivery)
-            bot.scheduler.every("idle", IDLE_CHECK_SECONDS, bot.idle.check)
-            bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, bot.schedules.run_due)
-            bot.scheduler.start()
+            fenced = leadership.fenced  # each round only after the lease was confirmed
+            bot.scheduler.every("jobs", settings.poll_seconds, fenced(bot.runner.tick))
+            bot.scheduler.every(
+                "deliver", settings.poll_seconds / 2, fenced(bot.relay.start_delivery)
+            )
+            bot.scheduler.every("idle", IDLE_CHECK_SECONDS, fenced(bot.idle.check))
+            bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, fenced(bot.schedules.run_due))
+            bot.scheduler.start(paused=True)  # the leader resumes it
             stack.push_async_callback(bot.scheduler.aclose)
+        stack.push_async_callback(leadership.aclose)
+        await leadership.step()  # the lease when free: the leader's recovery is done by now
+        if periodic:
+            leadership.start()
+        log.info("role: %s", leadership.role)
         yield bot
+
+
+async def _one_process(url: str) -> FileLease | None:
+    """SQLite serves one bot process: a second one on the same file stops here, in one line."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    lease = FileLease(path.with_name(path.name + ".lock"))
+    if not await lease.acquire():
+        raise SystemExit(
+            f"batchai-bot: another bot process is using {path.name} (locked: {lease.path.name});"
+            " SQLite serves one process, use PostgreSQL (DATABASE_URL) for two replicas"
+        )
+    return lease
+
+
+def _leadership(
+    bot: Bot, settings: Settings, periodic: bool, file_lease: FileLease | None
+) -> Leadership:
+    """PostgreSQL with periodic work: the advisory lease decides; otherwise this process is the
+    only one on its database and leads from the start."""
+    lease: Lease
+    if periodic and is_postgres(settings.db_url):
+        lease = AdvisoryLease(settings.db_url)
+    else:
+        lease = file_lease or SoleLease()
+    gauge = Gauge(
+        "batchai_leader",
+        "1 when this replica leads (runs the periodic work), 0 on a standby",
+        registry=bot.metrics.registry,
+    )
+
+    async def win() -> None:
+        if touched := await bot.clusters.reconcile():
+            log.info("finished interrupted cluster changes: %s", ", ".join(touched))
+        if isinstance(bot.transport, SlackOutbox):
+            await bot.transport.recover()  # messages a crash left unrecorded: sent or not?
+        # Runs due while no leader ran fire now (within the grace) or are told as missed;
+        # the rest are armed again (the store holds them, APScheduler only in memory).
+        if fired := await bot.schedules.rearm():
+            log.info("schedules: %d run(s) due while the bot was down submitted", fired)
+        if periodic:
+            bot.scheduler.resume()
+
+    async def lose() -> None:
+        await bot.scheduler.pause()
+        await bot.relay.aclose()  # deliveries under way stop; what is left stays pending
+
+    return Leadership(
+        lease,
+        retry=settings.leader_retry_seconds,
+        on_win=win,
+        on_lose=lose,
+        on_change=lambda leader: gauge.set(1 if leader else 0),
+    )
 
 
 class PriceRefresher:

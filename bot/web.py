@@ -114,11 +114,13 @@ def create_probe_app(
     metrics: RenderMetrics | None = None,
     app: web.Application | None = None,
     spend_notice: str | None = None,
+    role: Callable[[], str] | None = None,
 ) -> web.Application:
     """/healthz, /readyz (`checks`: database, slack, backend; each should be a CachedCheck when
     it costs an API call) and /metrics; added to `app` when given (probes on the public port,
     when PROBE_HOST:PROBE_PORT is HOST:PORT). `spend_notice`, when set, is said in every /readyz
-    body (e.g. that spend is unguarded)."""
+    body (e.g. that spend is unguarded); `role`, when given, says whether this replica leads
+    ("leader") or waits ("standby", still ready: it answers Slack)."""
     app = app if app is not None else web.Application()
     last: dict[str, str] = {}
 
@@ -131,6 +133,8 @@ def create_probe_app(
         body: dict[str, object] = {"status": "ready" if ready else "unready", "checks": results}
         if spend_notice:
             body["spend"] = spend_notice
+        if role is not None:
+            body["role"] = role()
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(_request: web.Request) -> web.Response:

@@ -78,9 +78,23 @@ class Scheduler:
         """When the one-off run of this id will happen, if one is armed."""
         return self._at.get(job_id)
 
-    def start(self) -> None:
-        """Must be called inside the running event loop (APScheduler binds to it)."""
-        self._scheduler.start()
+    def start(self, *, paused: bool = False) -> None:
+        """Must be called inside the running event loop (APScheduler binds to it). Paused, it
+        keeps what is armed but fires nothing until `resume` (a standby replica's)."""
+        self._scheduler.start(paused=paused)
+
+    def resume(self) -> None:
+        """Fire again; runs missed while paused coalesce into one."""
+        self._scheduler.resume()
+
+    async def pause(self, *, grace: float = 10.0) -> None:
+        """Fire nothing more and wait (up to `grace` seconds) for the rounds under way."""
+        if not self._scheduler.running:
+            return
+        self._scheduler.pause()
+        rounds = {task for task in self._rounds if task is not asyncio.current_task()}
+        if rounds:
+            await asyncio.wait(rounds, timeout=grace)
 
     async def aclose(self, *, grace: float = 10.0) -> None:
         """Stop firing, let the rounds under way finish, then stop APScheduler (it cancels the
