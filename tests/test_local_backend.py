@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.backends.launch import docker_argv, share_from_url
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.backends.noderun.launch import docker_argv, share_from_url
 from services.core.errors import NotAllowed, NotFound, UserError
 from services.jobspec import load_job_spec
 from services.models import FileLocation

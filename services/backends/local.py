@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from services.backends import noderunner
-from services.backends.launch import (
+from services.backends.links import LinkSigner
+from services.backends.noderun import runner as noderunner
+from services.backends.noderun.launch import (
     NodeRun,
     check_share_name,
     docker_argv,
@@ -30,8 +31,8 @@ from services.backends.launch import (
     share_from_url,
     share_layout,
 )
-from services.backends.links import LinkSigner
-from services.backends.noderunner import ProcessSpec, RunnerSpec, write_atomic
+from services.backends.noderun.runner import ProcessSpec, write_atomic
+from services.backends.noderun.specs import DEADLINE, TERMINATE, runner_spec
 from services.core.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
@@ -45,12 +46,10 @@ HOST_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 DOCKER_ENV_KEEP = ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH")
 BASE_PORT = 50000  # Batch AI's remote-login ports start here, one per node
 LOCAL_HOST = "127.0.0.1"
-_PROJECT_ROOT = Path(noderunner.__file__).resolve().parents[2]
-RUNNER_MODULE = "services.backends.noderunner"
+_PROJECT_ROOT = Path(noderunner.__file__).resolve().parents[3]
+RUNNER_MODULE = "services.backends.noderun.runner"
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
-TERMINATE = "terminate"  # marker in the run dir: the user asked to terminate the job
-DEADLINE = "deadline"  # in the run dir: a later wall-clock deadline (epoch seconds)
 
 
 # --------------------------------------------------------------------------- paths and names
@@ -339,7 +338,7 @@ class LocalBackend:
                                  that `mounts` dir is $AZ_BATCHAI_JOB_MOUNT_ROOT
     - node-local job temp     -> `<root>/clusters/<c>/jobs/<job>-<uuid>` ($AZ_BATCHAI_JOB_TEMP;
                                  one directory shared by the job's slots, as they share a disk)
-    - run command per node    -> a detached node runner (`services.backends.noderunner`) per
+    - run command per node    -> a detached node runner (`services.backends.noderun.runner`) per
                                  node, its files in `<root>/jobs/<job_id>/run/node-<i>/`
     - exit_code on the share  -> the runner's `exit_code` file (written last, atomically)
     - containerSettings       -> `docker run` when a docker engine answers, else the host
@@ -650,25 +649,16 @@ class LocalBackend:
         deadline = time.time() + plan.max_wall_clock.total_seconds()
         count = len(request.nodes)
         for i in range(count):
-            prep = [p for p in plan.preparation if p.node_index == i]
-            spec = RunnerSpec(
+            spec = runner_spec(
+                plan,
                 job_id=request.job_id,
-                node_index=i,
-                status_dir=str(run_dir / f"node-{i}"),
-                stdouterr_dir=plan.stdouterr_dir,
+                index=i,
+                count=count,
+                control_dir=str(run_dir),
+                process=lambda p: self._process_spec(p, plan, request, docker),
                 deadline=deadline,
-                max_wall_clock=str(plan.max_wall_clock),
-                processes=tuple(
-                    self._process_spec(p, plan, request, docker)
-                    for p in plan.processes
-                    if p.node_index == i
-                ),
-                preparation=self._process_spec(prep[0], plan, request, docker) if prep else None,
                 grace_seconds=self._grace,
                 heartbeat_seconds=self._heartbeat,
-                peers=tuple(str(run_dir / f"node-{j}") for j in range(count) if j != i),
-                terminate_file=str(run_dir / TERMINATE),
-                deadline_file=str(run_dir / DEADLINE),
             )
             # The spec holds the job's secrets: readable by the bot's user only.
             write_atomic(run_dir / f"node-{i}.json", json.dumps(spec.to_json()), mode=0o600)

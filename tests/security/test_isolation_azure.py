@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from services.backends import noderunner
 from services.backends.azure import node as node_scripts
 from services.backends.azure.compute import AzureBackend
 from services.backends.azure.files import AzureShare
+from services.backends.noderun import runner as noderunner
 from services.core.errors import UserError
 from services.jobspec import JobSpec, load_job_spec
 from services.models import Cluster, FileLocation, ShareMount

@@ -8,7 +8,7 @@ Each Batch AI concept and its Azure form:
                           extension whose protectedSettings carry the storage key and mount the
                           shares over SMB 3.1.1; it also runs the cluster's setup task
 - job on a node        -> a managed run command `job-<id>-<rank>` (async) that starts the node
-                          runner (`services.backends.noderunner`, stdlib only) under systemd-run;
+                          runner (`backends.noderun.runner`, stdlib only) under systemd-run;
                           the node's spec (secrets too) travels in its protected parameters, the
                           runner is run only when its sha256 is the bot's; job processes run as
                           a uid of their own (group `job_gid`), which cannot read the root-only
@@ -54,7 +54,6 @@ from azure.mgmt.compute.models import (
 )
 from azure.mgmt.network.aio import NetworkManagementClient
 
-from services.backends import noderunner
 from services.backends.azure import node
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code, translate
@@ -73,7 +72,8 @@ from services.backends.azure.sizes import (
     sku_info,
     wire_text,
 )
-from services.backends.launch import (
+from services.backends.noderun import runner as noderunner
+from services.backends.noderun.launch import (
     NodeRun,
     docker_argv,
     exited_status,
@@ -83,7 +83,8 @@ from services.backends.launch import (
     share_from_url,
     share_layout,
 )
-from services.backends.noderunner import ProcessSpec, RunnerSpec
+from services.backends.noderun.runner import ProcessSpec, RunnerSpec
+from services.backends.noderun.specs import runner_spec
 from services.core.errors import (
     BackendError,
     BatchAIError,
@@ -767,29 +768,17 @@ class AzureBackend:
     ) -> RunnerSpec:
         """Node `index`'s runner spec, made from the job's spec: it never sits on a share."""
         job_id = request.job_id
-        count = len(request.nodes)
         container = request.spec.properties.container_settings is not None
-        prep = [p for p in plan.preparation if p.node_index == index]
-        return RunnerSpec(
+        return runner_spec(
+            plan,
             job_id=job_id,
-            node_index=index,
-            status_dir=self._node_path("jobs", job_id, f"node-{index}"),
-            stdouterr_dir=plan.stdouterr_dir,
+            index=index,
+            count=len(request.nodes),
+            control_dir=self._node_path("jobs", job_id),
+            process=lambda p: self._process_spec(p, plan, request, container),
             deadline=deadline,
-            max_wall_clock=str(plan.max_wall_clock),
-            processes=tuple(
-                self._process_spec(p, plan, request, container)
-                for p in plan.processes
-                if p.node_index == index
-            ),
-            preparation=self._process_spec(prep[0], plan, request, container) if prep else None,
             grace_seconds=self._config.grace_seconds,
             heartbeat_seconds=self._config.heartbeat_seconds,
-            peers=tuple(
-                self._node_path("jobs", job_id, f"node-{j}") for j in range(count) if j != index
-            ),
-            terminate_file=self._node_path("jobs", job_id, "terminate"),
-            deadline_file=self._node_path("jobs", job_id, "deadline"),
             run_as=self._job_owner(job_id),
             job_dirs=_job_dirs(plan),
         )

@@ -1,4 +1,4 @@
-"""Per-node job runner: `python -m services.backends.noderunner SPEC.json` (a detached daemon).
+"""Per-node job runner: `python -m services.backends.noderun.runner SPEC.json` (a detached daemon).
 
 With `run_as` in its spec the runner (root) starts the job's processes as that uid/gid with no
 supplementary groups, and creates the job's share directories and opens its log files as that
