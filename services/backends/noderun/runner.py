@@ -571,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     if len(args) != 1:
         sys.stderr.write(
-            "usage: python -m services.backends.noderunner [--foreground] [--forget-spec] "
+            "usage: python -m services.backends.noderun.runner [--foreground] [--forget-spec] "
             "SPEC.json\n"
         )
         return 2
