@@ -3,14 +3,25 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv (pinned, from PyPI) lives in its own small venv: `uv sync` makes .venv exactly the lock.
+UV_VERSION := 0.9.30
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint format bench docs clean
+.PHONY: run test lint lock format bench docs clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(UV):
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PY)
 	touch $(STAMP)
+
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PY)
 
 run: $(STAMP)
 	$(BIN)/batchai-bot run
@@ -39,4 +50,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tailer_bench.py
 
 clean:
-	rm -rf $(VENV) .batchai .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .batchai .pytest_cache .mypy_cache .ruff_cache
