@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from services.backends.azure import node
-from services.backends.launch import docker_argv
+from services.backends.noderun.launch import docker_argv
 
 FAKE_APT = Path(__file__).resolve().parents[1] / "fakes" / "arm_node" / "apt-get"
 STUB = '#!/bin/sh\necho "${0##*/} $*" >> "$CALLS"\n'
