@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +36,7 @@ from tests.test_restart_sigkill import (
     Rig,
     _terminate_runners,
     approval_id,
+    assert_every_job_told_once,
     job_json,
 )
 
@@ -203,21 +203,7 @@ async def run_and_kill(rig: Rig, leader: Replica, db_url: str) -> None:
     assert sorted(cards) == sorted([*ALL_LINES, "a2"]), sorted(cards)
     for name, found in cards.items():
         assert len(found) == 1, f"{name} has {len(found)} status cards"
-    for name in ALL_LINES:
-        (receipt,) = rig.receipts(name)
-        assert "succeeded" in receipt.block_text(), receipt.block_text()
-    (receipt,) = rig.receipts("a2")
-    assert "denied" in receipt.block_text(), receipt.block_text()
-    for name, count in ALL_LINES.items():
-        seen = rig.lines_seen(name)
-        repeats = [n for n, k in Counter(seen).items() if k > 1]
-        assert not repeats, f"{name}: lines posted twice: {repeats}"
-        assert sorted(seen) == list(range(1, count + 1)), f"{name}: gap in {sorted(seen)}"
-    assert any(killed_at[n] < RUNNING[n] for n in RUNNING), killed_at
-    for name in (*ALL_LINES, "a2"):
-        bodies = Counter(json.dumps([m.text, m.blocks]) for m in rig.thread_of(name))
-        twice = [body[:200] for body, k in bodies.items() if k > 1]
-        assert not twice, f"{name}: replies posted twice: {twice}"
+    assert_every_job_told_once(rig, killed_at)
     requests = rig.approval_messages()
     for name, word in (("a0", "approved"), ("a1", "approved"), ("a2", "denied")):
         text = requests[name].block_text()

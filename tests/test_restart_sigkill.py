@@ -284,6 +284,30 @@ class Rig:
         return found
 
 
+def assert_every_job_told_once(rig: Rig, killed_at: dict[str, int]) -> None:
+    """One receipt per job saying how it ended, every line once, no reply twice."""
+    for name in ALL_LINES:
+        (receipt,) = rig.receipts(name)
+        assert "succeeded" in receipt.block_text(), receipt.block_text()
+    (receipt,) = rig.receipts("a2")
+    assert "denied" in receipt.block_text(), receipt.block_text()
+
+    # Every line of every job once: no gap, no repeat (stdout.txt has them all).
+    for name, count in ALL_LINES.items():
+        seen = rig.lines_seen(name)
+        repeats = [n for n, k in Counter(seen).items() if k > 1]
+        assert not repeats, f"{name}: lines posted twice: {repeats}"
+        assert sorted(seen) == list(range(1, count + 1)), f"{name}: gap in {sorted(seen)}"
+    # ... and the crash really was mid-stream for the jobs (lines came after the restart).
+    assert any(killed_at[n] < RUNNING[n] for n in RUNNING), killed_at
+
+    # No notification twice: within a thread no two replies are the same message.
+    for name in (*ALL_LINES, "a2"):
+        bodies = Counter(json.dumps([m.text, m.blocks]) for m in rig.thread_of(name))
+        twice = [body[:200] for body, k in bodies.items() if k > 1]
+        assert not twice, f"{name}: replies posted twice: {twice}"
+
+
 def approval_id(message: Message) -> str:
     for block in message.versions[0]["blocks"] or []:
         for element in block.get("elements", []):
@@ -400,27 +424,7 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(rig: Rig) -> None:
     for call in fake.calls_to("chat.update", ok=True):
         assert call.args["ts"] in card_ts | approval_ts, call.args
 
-    # Exactly one receipt per job, saying how it ended.
-    for name in ALL_LINES:
-        (receipt,) = rig.receipts(name)
-        assert "succeeded" in receipt.block_text(), receipt.block_text()
-    (receipt,) = rig.receipts("a2")
-    assert "denied" in receipt.block_text(), receipt.block_text()
-
-    # Every line of every job once: no gap, no repeat (stdout.txt has them all).
-    for name, count in ALL_LINES.items():
-        seen = rig.lines_seen(name)
-        repeats = [n for n, k in Counter(seen).items() if k > 1]
-        assert not repeats, f"{name}: lines posted twice: {repeats}"
-        assert sorted(seen) == list(range(1, count + 1)), f"{name}: gap in {sorted(seen)}"
-    # ... and the crash really was mid-stream for the jobs (lines came after the restart).
-    assert any(killed_at[n] < RUNNING[n] for n in RUNNING), killed_at
-
-    # No notification twice: within a thread no two replies are the same message.
-    for name in (*ALL_LINES, "a2"):
-        bodies = Counter(json.dumps([m.text, m.blocks]) for m in rig.thread_of(name))
-        twice = [body[:200] for body, k in bodies.items() if k > 1]
-        assert not twice, f"{name}: replies posted twice: {twice}"
+    assert_every_job_told_once(rig, killed_at)
 
     # Each approval decided once; the request message edited to say so, its buttons gone.
     requests = rig.approval_messages()
