@@ -181,23 +181,7 @@ class CommandHandler:
 
     async def _cluster_create(self, c: ClusterCreate, actor: Actor, source: Source) -> Reply:
         _refuse_unsupported(c, CLUSTER_FLAGS_NOT_YET)
-        request = ClusterRequest(
-            name=c.name,
-            vm_size=c.vm_size,
-            image=c.image,
-            min_nodes=c.min_nodes,
-            max_nodes=c.max_nodes,
-            target_nodes=c.target_nodes,
-            vm_priority=c.vm_priority,
-            afs_name=c.afs_name,
-            afs_mount_path=c.afs_mount_path,
-            user_name=c.user_name,
-            setup_task=c.setup_task,
-            resource_group=c.resource_group,
-            workspace=c.workspace,
-            config=_config(c.config),
-            idle_timeout_minutes=c.idle_timeout_minutes,
-        )
+        request = cluster_request(c)
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
         # A public reply shows the typed command to the channel: never when it held a secret.
         secret_typed = c.password is not None or c.storage_account_key is not None
@@ -470,6 +454,27 @@ class _Handlers:
 
     def types(self) -> frozenset[type[Command]]:
         return frozenset(self._by_type)
+
+
+def cluster_request(c: ClusterCreate) -> ClusterRequest:
+    """The service request a parsed `cluster create` makes (the service reads its file)."""
+    return ClusterRequest(
+        name=c.name,
+        vm_size=c.vm_size,
+        image=c.image,
+        min_nodes=c.min_nodes,
+        max_nodes=c.max_nodes,
+        target_nodes=c.target_nodes,
+        vm_priority=c.vm_priority,
+        afs_name=c.afs_name,
+        afs_mount_path=c.afs_mount_path,
+        user_name=c.user_name,
+        setup_task=c.setup_task,
+        resource_group=c.resource_group,
+        workspace=c.workspace,
+        config=_config(c.config),
+        idle_timeout_minutes=c.idle_timeout_minutes,
+    )
 
 
 _HANDLERS = _Handlers()

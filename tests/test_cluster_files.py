@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from bot.bootstrap import Bot
+from handlers.commands import cluster_request
 from handlers.commandspec import ClusterCreate, ConfigRef, JobCreate
 from handlers.grammar import parse
 from services.backends.local import LocalBackend
-from services.clusters.service import ClusterRequest, ClusterService
+from services.clusters.service import ClusterService
 from services.core.clock import FakeClock
 from services.core.errors import UserError
 from services.jobs.sources import ConfigLoader
-from services.models import Actor, Cluster, ConfigSource
+from services.models import Actor, Cluster
 from services.store import SqlStore
 from tests.test_outputs import bot, say
 
@@ -48,26 +49,11 @@ def clusters(store: SqlStore, tmp_path: Path) -> ClusterService:
 
 
 async def _create(clusters: ClusterService, line: str) -> Cluster:
-    """What `cluster create` does with the parsed command (handlers/commands.py)."""
+    """What `cluster create` does with the parsed command."""
     c = parse(line, source="console")
     assert isinstance(c, ClusterCreate)
     assert c.config is not None
-    request = ClusterRequest(
-        name=c.name,
-        vm_size=c.vm_size,
-        image=c.image,
-        min_nodes=c.min_nodes,
-        max_nodes=c.max_nodes,
-        target_nodes=c.target_nodes,
-        vm_priority=c.vm_priority,
-        afs_name=c.afs_name,
-        afs_mount_path=c.afs_mount_path,
-        user_name=c.user_name,
-        resource_group=c.resource_group,
-        workspace=c.workspace,
-        config=ConfigSource(c.config.kind, c.config.value),
-    )
-    return await clusters.create_cluster(request, actor=ACTOR)
+    return await clusters.create_cluster(cluster_request(c), actor=ACTOR)
 
 
 async def test_the_bot_takes_the_file_s_values(bot: Bot) -> None:
