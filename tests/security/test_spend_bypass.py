@@ -61,13 +61,17 @@ async def _rig(tmp_path: Path, fake: FakeSlack, **settings: Any) -> AsyncIterato
 async def guarded(tmp_path: Path, fake: FakeSlack) -> AsyncIterator[SlackRig]:
     policy = tmp_path / "approvals.json"
     policy.write_text(json.dumps(POLICY))
-    async for rig in _rig(tmp_path, fake, approvals_file=policy, admin_users=BOSS):
+    home = tmp_path / "guarded"  # a database of its own: SQLite serves one bot (a test may run two)
+    home.mkdir()
+    async for rig in _rig(home, fake, approvals_file=policy, admin_users=BOSS):
         yield rig
 
 
 @pytest.fixture
 async def open_bot(tmp_path: Path, fake: FakeSlack) -> AsyncIterator[SlackRig]:
-    async for rig in _rig(tmp_path, fake):
+    home = tmp_path / "open"
+    home.mkdir()
+    async for rig in _rig(home, fake):
         yield rig
 
 
