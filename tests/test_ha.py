@@ -23,21 +23,17 @@ from tests.pg import PostgresServer
 from tests.test_restart_sigkill import (
     ALICE,
     ALL_LINES,
-    BOB,
-    JOB_SCRIPT,
     POLICY,
     ROOT,
     RUNNING,
-    RUNNING_JOBS,
     SECRET,
     TIMEOUT,
-    WAITING,
     BotProcess,
     Rig,
     _terminate_runners,
     approval_id,
     assert_every_job_told_once,
-    job_json,
+    stream_every_job,
 )
 
 
@@ -142,29 +138,7 @@ async def test_the_standby_takes_over_when_the_leader_is_killed_mid_stream(
 async def run_and_kill(rig: Rig, leader: Replica, db_url: str) -> None:
     fake, standby = rig.fake, rig.bot
     assert isinstance(standby, Replica)
-    share = Path(standby.env["BATCHAI_DATA_DIR"]) / "shares" / "data"
-    share.mkdir(parents=True, exist_ok=True)
-    (share / "job.py").write_text(JOB_SCRIPT)
-    created = await rig.command(
-        f"cluster create -n c1 -s Standard_NC6 -t {RUNNING_JOBS + 3}"
-        " --afs-name data --afs-mount-path afs"
-    )
-    assert "c1" in created, created
-    for name, lines in RUNNING.items():
-        answer = await rig.command(f"job create -n {name} -r c1 -c {job_json(name, lines, 0.3)}")
-        assert "submitted" in answer, answer
-    for name, lines in WAITING.items():
-        answer = await rig.command(
-            f"job create -n {name} -r c1 -c {job_json(name, lines, 0.05)}", user=BOB
-        )
-        assert "approval" in answer, answer
-    await rig.until(
-        lambda: (
-            all(rig.cards().get(n) and rig.lines_seen(n) for n in RUNNING)
-            and len(rig.approval_messages()) == len(WAITING)
-        ),
-        "log lines from every job and the approval requests",
-    )
+    await stream_every_job(rig, Path(standby.env["BATCHAI_DATA_DIR"]) / "shares" / "data")
     assert not standby.leads(), "the standby ran the periodic work while the leader lived"
 
     posted = len(fake.calls_to("chat.postMessage"))

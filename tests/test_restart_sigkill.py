@@ -284,6 +284,34 @@ class Rig:
         return found
 
 
+async def stream_every_job(rig: Rig, share: Path) -> None:
+    """A cluster, the running jobs streaming and the waiting ones asking approval: mid-stream."""
+    share.mkdir(parents=True, exist_ok=True)
+    (share / "job.py").write_text(JOB_SCRIPT)
+    created = await rig.command(
+        f"cluster create -n c1 -s Standard_NC6 -t {RUNNING_JOBS + 3}"
+        " --afs-name data --afs-mount-path afs"
+    )
+    assert "c1" in created, created
+    for name, lines in RUNNING.items():
+        answer = await rig.command(f"job create -n {name} -r c1 -c {job_json(name, lines, 0.3)}")
+        assert "submitted" in answer, answer + rig.bot.log[-3000:]
+    for name, lines in WAITING.items():
+        answer = await rig.command(
+            f"job create -n {name} -r c1 -c {job_json(name, lines, 0.05)}", user=BOB
+        )
+        assert "approval" in answer, answer
+
+    # Mid-stream: every job has log lines in its thread, every approval request is out.
+    await rig.until(
+        lambda: (
+            all(rig.cards().get(n) and rig.lines_seen(n) for n in RUNNING)
+            and len(rig.approval_messages()) == len(WAITING)
+        ),
+        "log lines from every job and the approval requests",
+    )
+
+
 def assert_every_job_told_once(rig: Rig, killed_at: dict[str, int]) -> None:
     """One receipt per job saying how it ended, every line once, no reply twice."""
     for name in ALL_LINES:
@@ -365,31 +393,7 @@ def _terminate_runners(data: Path) -> None:
 async def test_sigkill_mid_stream_loses_and_repeats_nothing(rig: Rig) -> None:
     fake = rig.fake
     await rig.bot.start()
-    share = rig.db.parent / "shares" / "data"
-    share.mkdir(parents=True, exist_ok=True)
-    (share / "job.py").write_text(JOB_SCRIPT)
-    created = await rig.command(
-        f"cluster create -n c1 -s Standard_NC6 -t {RUNNING_JOBS + 3}"
-        " --afs-name data --afs-mount-path afs"
-    )
-    assert "c1" in created, created
-    for name, lines in RUNNING.items():
-        answer = await rig.command(f"job create -n {name} -r c1 -c {job_json(name, lines, 0.3)}")
-        assert "submitted" in answer, answer + rig.bot.log[-3000:]
-    for name, lines in WAITING.items():
-        answer = await rig.command(
-            f"job create -n {name} -r c1 -c {job_json(name, lines, 0.05)}", user=BOB
-        )
-        assert "approval" in answer, answer
-
-    # Mid-stream: every job has log lines in its thread, every approval request is out.
-    await rig.until(
-        lambda: (
-            all(rig.cards().get(n) and rig.lines_seen(n) for n in RUNNING)
-            and len(rig.approval_messages()) == len(WAITING)
-        ),
-        "log lines from every job and the approval requests",
-    )
+    await stream_every_job(rig, rig.db.parent / "shares" / "data")
     await rig.bot.kill()
     killed_at = {n: max(rig.lines_seen(n)) for n in RUNNING}
     await asyncio.sleep(2.0)  # the jobs keep writing while no bot is there
