@@ -216,13 +216,16 @@ def _leadership(
         await bot.scheduler.pause()
         await bot.relay.aclose()  # deliveries under way stop; what is left stays pending
 
-    return Leadership(
+    leadership = Leadership(
         lease,
         retry=settings.leader_retry_seconds,
         on_win=win,
         on_lose=lose,
         on_change=lambda leader: gauge.set(1 if leader else 0),
     )
+    if isinstance(lease, AdvisoryLease) and isinstance(bot.transport, SlackOutbox):
+        bot.transport.fence = leadership.confirm  # every message, not only every round
+    return leadership
 
 
 class PriceRefresher:

@@ -132,7 +132,10 @@ class SlackOutbox:
         self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
         self._max_attempts = max_attempts
         self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
-        self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0}
+        self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0, "fenced": 0}
+        # Asked before every Web API call when set (a replica on PostgreSQL: the leader lease):
+        # a leader that lost its lease mid-round sends nothing more, its events stay pending.
+        self.fence: Callable[[], Awaitable[bool]] | None = None
 
     # -- Transport ---------------------------------------------------------------------------
 
@@ -332,6 +335,9 @@ class SlackOutbox:
         args = {k: v for k, v in kwargs.items() if v is not None}
         name = _api_name(method)
         for attempt in range(1, self._max_attempts + 1):
+            if self.fence is not None and not await self.fence():
+                self.stats["fenced"] += 1
+                raise TransientError("this replica no longer leads: the new leader sends it")
             self.stats["calls"] += 1
             try:
                 response = await method(**args)
