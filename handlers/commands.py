@@ -37,6 +37,7 @@ from handlers.commandspec import (
     JobStreamFile,
     JobTerminate,
     JobWait,
+    ListUsages,
     ScheduleDelete,
     ScheduleList,
     ScheduleShow,
@@ -201,6 +202,9 @@ class CommandHandler:
 
     async def _cluster_list(self, c: ClusterList, actor: Actor, source: Source) -> Reply:
         return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.answer))
+
+    async def _list_usages(self, c: ListUsages, actor: Actor, source: Source) -> Reply:
+        return Reply(views.usage_list(await self._s.clusters.usages(c.location), output=c.answer))
 
     async def _cluster_show(self, c: ClusterShow, actor: Actor, source: Source) -> Reply:
         view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
@@ -492,6 +496,7 @@ _HANDLERS.add(ScheduleDelete, CommandHandler._schedule_delete)
 _HANDLERS.add(ClusterCreate, CommandHandler._cluster_create)
 _HANDLERS.add(ClusterList, CommandHandler._cluster_list)
 _HANDLERS.add(ClusterShow, CommandHandler._cluster_show)
+_HANDLERS.add(ListUsages, CommandHandler._list_usages)
 _HANDLERS.add(ClusterResize, CommandHandler._cluster_resize)
 _HANDLERS.add(ClusterAutoScale, CommandHandler._cluster_auto_scale)
 _HANDLERS.add(ClusterUpdate, CommandHandler._cluster_update)

@@ -285,6 +285,11 @@ class ScheduleDelete(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ListUsages(Command):
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Help(Command):
     topic: tuple[str, ...] = ()
 
@@ -1224,6 +1229,19 @@ COMMANDS: tuple[CommandSpec, ...] = (
         (_SCHEDULE_ID,),
         examples=("/batchai schedule delete -n 3f9c2a7e",),
     ),
+    _spec(
+        "list-usages",
+        ListUsages,
+        "Show clusters, nodes and the vCPU quota of a region: in use and limit",
+        (_f("-l --location", "location", LOCATION, "Azure region (default: the bot's)"),),
+        section="cluster",
+        examples=("/batchai list-usages -l eastus -o table",),
+        notes=(
+            "On Azure the quota rows come from the compute usages API: regional vCPUs, Spot "
+            "vCPUs, scale sets and each VM family in use or with quota; on the local backend, "
+            "the node slots the clusters hold on its machine.",
+        ),
+    ),
 )
 
 # az batchai commands a user may remember but the bot does not offer, with what to do instead.
@@ -1231,7 +1249,6 @@ UNSUPPORTED: dict[tuple[str, ...], str] = {
     ("workspace",): "workspaces are implicit here: pass -w/--workspace to cluster and job commands",
     ("experiment",): "experiments are implicit here: pass -e/--experiment to job commands",
     ("file-server",): "file servers are not managed by the bot: mount a share with --afs-name",
-    ("list-usages",): "list-usages is not available: the cost estimate shows what a job will use",
     (
         "cluster",
         "node",

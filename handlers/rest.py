@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, Final, cast
 
 from services.jobspec.values import map_secrets
-from services.models import Cluster, ClusterView, Job, ShareMount
+from services.models import Cluster, ClusterView, Job, ShareMount, Usage
 
 PROVIDER: Final = "providers/Microsoft.BatchAI"
 _JOB_PROPERTIES: Final = (
@@ -113,6 +113,16 @@ def _image(image: str) -> dict[str, Any] | None:
             "version": version,
             "virtualMachineImageId": None,
         }
+    }
+
+
+def usage_resource(usage: Usage) -> dict[str, Any]:
+    """A Usage of 2018-05-01 (`list-usages`), as the SDK serialised it."""
+    return {
+        "unit": "Count",
+        "currentValue": usage.current,
+        "limit": usage.limit,
+        "name": {"value": usage.name, "localizedValue": usage.localized_name},
     }
 
 

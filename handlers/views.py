@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from handlers.outputs import Output, query_rows
-from handlers.rest import cluster_resource, file_resource, job_resource
+from handlers.rest import cluster_resource, file_resource, job_resource, usage_resource
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.jobs.lifecycle import JobState
 from services.models import (
@@ -25,6 +25,7 @@ from services.models import (
     Job,
     Node,
     Schedule,
+    Usage,
 )
 from services.schedules.service import fmt_time, zone_of
 from services.spend import pricing
@@ -617,6 +618,14 @@ def cluster_list(views: Sequence[ClusterView], *, output: Output | str) -> Messa
     return _table_message(
         cluster_table(views), rest="`/batchai cluster show -n NAME` shows one cluster"
     )
+
+
+def usage_list(usages: Sequence[Usage], *, output: Output | str) -> Message:
+    """`az batchai list-usages`: what is in use of what limit; "-" where nothing caps it."""
+    if (out := Output.of(output)).structured:
+        return _structured(out, [usage_resource(u) for u in usages])
+    rows = [[u.localized_name, u.current, "-" if u.limit is None else u.limit] for u in usages]
+    return _table_message(table(["Name", "Current Value", "Limit"], rows))
 
 
 def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:

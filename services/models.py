@@ -102,6 +102,17 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """One row of `list-usages`: how much of something is in use, of how much (None: no limit
+    applies here)."""
+
+    name: str
+    localized_name: str
+    current: int
+    limit: int | None
+
+
+@dataclass(frozen=True)
 class FileLocation:
     """A file or directory on a share: `path` is relative to the share's root, POSIX style."""
 

@@ -36,7 +36,7 @@ from services.backends.noderun.specs import DEADLINE, TERMINATE, runner_spec
 from services.core.errors import BackendError, Conflict, NotAllowed, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileEntry, FileLocation, Node
+from services.models import Cluster, FileEntry, FileLocation, Node, Usage
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][-\w.]{0,63}$", re.ASCII)
 _READ_INLINE = 1 << 20  # a local pread this small takes microseconds: no thread hop needed
@@ -790,6 +790,13 @@ class LocalBackend:
             if run.alive and pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(pid), sig)
+
+    async def usages(self, location: str | None) -> list[Usage]:
+        """The node slots the clusters hold on this machine; nothing here caps them."""
+        clusters = self._root / "clusters"
+        names = [d.name for d in clusters.iterdir() if d.is_dir()] if clusters.is_dir() else []
+        held = sum(self._target(n) for n in names if (clusters / n / "cluster.json").is_file())
+        return [Usage("localNodes", "Node slots on this machine", held, None)]
 
     async def ping(self) -> None:
         """The local stand-in for "the service answers": its root is a writable directory."""

@@ -25,6 +25,7 @@ from services.models import (
     Node,
     NodeCounts,
     ShareMount,
+    Usage,
 )
 from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
@@ -195,6 +196,17 @@ class ClusterService:
 
     async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, resource_group))
+
+    async def usages(self, location: str | None = None) -> list[Usage]:
+        """`az batchai list-usages`: the bot's clusters and their nodes (nothing caps those
+        but the quotas), then the backend's quotas with their use and limits."""
+        clusters = await self._store.list_clusters()
+        nodes = sum(c.target_nodes for c in clusters)
+        return [
+            Usage("Clusters", "Clusters", len(clusters), None),
+            Usage("Nodes", "Cluster nodes (target counts)", nodes, None),
+            *await self._backend.usages(location),
+        ]
 
     async def list_job_nodes(self, job: Job) -> list[Node]:
         """The nodes a job holds (or held) on its cluster (`az batchai job node list`)."""

@@ -18,6 +18,7 @@ from services.models import (
     JobLayout,
     MetricPoint,
     Node,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -88,6 +89,11 @@ class ComputeBackend(Protocol):
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move a running job's wall-clock limit (an approved extension): it may run for
         `remaining` more from now. Relative, so the backend's clock and ours never mix."""
+        ...
+
+    async def usages(self, location: str | None) -> list[Usage]:
+        """The quotas that bound clusters: Azure's vCPU and scale-set quotas in `location`
+        (None: the backend's own region), the local backend's nodes on this machine."""
         ...
 
     async def ping(self) -> None:

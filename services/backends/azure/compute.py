@@ -67,6 +67,7 @@ from services.backends.azure.scaleset import (
 from services.backends.azure.sizes import (
     Quota,
     SkuInfo,
+    cluster_quotas,
     quota_problem,
     same_gpu,
     sku_info,
@@ -97,7 +98,7 @@ from services.core.errors import (
 )
 from services.core.ports import FileShare, LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileEntry, FileLocation, Node
+from services.models import Cluster, FileEntry, FileLocation, Node, Usage
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,20 @@ class AzureBackend:
                 name = str(u.name.value or "")
                 out[name.lower()] = Quota(name, int(u.current_value or 0), int(u.limit or 0))
         return out
+
+    async def usages(self, location: str | None) -> list[Usage]:
+        region = location or self._config.location
+        async with azure_errors(f"read vCPU quotas in {region}"):
+            found = [
+                Usage(
+                    str(u.name.value or ""),
+                    str(u.name.localized_value or u.name.value or ""),
+                    int(u.current_value or 0),
+                    int(u.limit or 0),
+                )
+                async for u in self._compute.usage.list(region)
+            ]
+        return cluster_quotas(found)
 
     async def _snapshot(self, cluster: str, *, fresh: bool = False) -> Snapshot:
         """The cluster's VMs; one ARM read shared by all callers within a poll cycle."""

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.models import Usage
+
 _GPU_TOKEN = re.compile(r"^(GB\d+|[A-Z]{1,2}\d{1,3}[A-Z]?)$")
 
 
@@ -133,3 +135,20 @@ def quota_problem(
             "Quotas → Compute."
         )
     return None
+
+
+# What bounds the bot's clusters, of the ~100 rows the compute usages API returns: the regional
+# vCPUs (dedicated and Spot), the scale-set count (a cluster is one), then every VM family the
+# subscription may use or uses (a family with no quota and nothing running is noise in chat).
+_REGIONAL = ("cores", "lowPriorityCores", "virtualMachineScaleSets")
+
+
+def cluster_quotas(rows: list[Usage]) -> list[Usage]:
+    """The rows of `list-usages` on Azure, regional first, then the families by name."""
+    by_name = {r.name: r for r in rows}
+    regional = [by_name[n] for n in _REGIONAL if n in by_name]
+    families = sorted(
+        (r for r in rows if r.name.endswith("Family") and (r.current or r.limit)),
+        key=lambda r: r.name.lower(),
+    )
+    return regional + families
