@@ -1,0 +1,69 @@
+"""The README's compatibility table stays true: each row's verdict is what the real command path
+does with what an old `az batchai` user typed (parsed and answered, or refused in one line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.bootstrap import Bot
+from tests.test_outputs import bot, say
+
+__all__ = ["bot"]  # the fixture, shared with test_outputs
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# (text that starts the row's first cell, verdict of its last cell, lines a user would type)
+ROWS: list[tuple[str, str, list[str]]] = [
+    ("`cluster create` (", "as az", ["cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1"]),
+    (
+        "`cluster create --bfs-name",
+        "differs",
+        [
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --bfs-name data",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --container-name data",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --nfs fs1",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --setup-task 'echo x' "
+            "--setup-task-output afs",
+        ],
+    ),
+    (
+        "`cluster create --use-auto-storage",
+        "differs",
+        [
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --use-auto-storage",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --generate-ssh-keys",
+        ],
+    ),
+    ("`cluster list` / `show`", "as az", ["cluster list", "cluster show -n c2"]),
+    ("`cluster resize -t`", "as az", ["cluster resize -n c2 -t 1"]),
+    ("`cluster node list -c`", "as az", ["cluster node list -c c2", "cluster list-nodes -n c2"]),
+    ("`cluster node exec`", "differs", ["cluster node exec -c c2 --exec ls", "cluster file list"]),
+    ("`job list` / `show`", "as az", ["job list", "job list -o table"]),
+    ("`job node exec`", "differs", ["job node exec -j j1 --exec nvidia-smi"]),
+    ("`workspace create", "differs", ["workspace list", "experiment list -w ws"]),
+    ("`file-server create", "differs", ["file-server list"]),
+    ("`list-usages -l`", "as az", ["list-usages -l eastus -o table"]),
+    ("`-o json", "as az", ["cluster show -n c2 -o tsv", "cluster list --query '[].name'"]),
+]
+
+
+def verdict(start: str) -> str:
+    rows = [line for line in README.read_text().splitlines() if line.startswith(f"| {start}")]
+    assert len(rows) == 1, f"one README compatibility row starts with {start!r}"
+    return rows[0].rstrip(" |").rsplit("|", 1)[1].strip()
+
+
+@pytest.mark.parametrize(("start", "expected", "lines"), ROWS, ids=[r[0] for r in ROWS])
+async def test_each_row_says_what_the_bot_does(
+    bot: Bot, start: str, expected: str, lines: list[str]
+) -> None:
+    assert verdict(start).startswith(expected)
+    for line in lines:
+        reply = await say(bot, line, source="console")
+        if expected == "as az":
+            assert not reply.failed, f"{line}: {reply.message.text}"
+        else:
+            assert reply.failed, line
+            assert "\n" not in reply.message.text.strip(), line
