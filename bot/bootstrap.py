@@ -37,7 +37,7 @@ from services.models import FileLocation
 from services.notify.relay import EventRelay
 from services.schedules.service import ScheduleService
 from services.schedules.timer import Scheduler
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.gate import ApprovalPolicy, SpendGate
 from services.spend.ledger import PriceBook, SpendService
 from services.spend.pricing import PriceTable, load_price_table

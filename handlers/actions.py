@@ -16,7 +16,7 @@ from services.core.errors import BatchAIError
 from services.jobs.service import JobService
 from services.jobs.tailer import split_lines
 from services.models import Actor
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 
 LOG_TAIL_BYTES = 16 * 1024
 

@@ -50,7 +50,7 @@ from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, U
 from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
 from services.schedules.service import ScheduleRequest, ScheduleService
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import SpendService
 from services.spend.pricing import format_usd
 

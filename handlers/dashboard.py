@@ -12,7 +12,7 @@ from services.jobs.lifecycle import JobState
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import PriceBook, SpendService
 
 LIVE = (

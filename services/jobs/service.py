@@ -43,7 +43,7 @@ from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
 
 if TYPE_CHECKING:
-    from services.spend.approvals import ApprovalService
+    from services.spend.approvals.service import ApprovalService
     from services.spend.ledger import SpendService
     from services.spend.pricing import Estimate
 

@@ -15,6 +15,7 @@ from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobN
 from services.core.ports import Clock
 from services.jobs.lifecycle import JobState, advance, finished_event
 from services.models import Actor, Approval, AuditEntry, Job, Vote
+from services.spend.approvals.lifecycle import ApprovalState, decide
 from services.spend.gate import (
     Allowed,
     ApprovalPolicy,
@@ -23,7 +24,6 @@ from services.spend.gate import (
     Refused,
     SpendGate,
 )
-from services.spend.lifecycle import ApprovalState, decide
 from services.store import SqlStore
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
