@@ -397,9 +397,11 @@ def submitted_reply(job: Job, warnings: Sequence[str], estimate: str | None = No
     return Message(text, blocks)
 
 
-def note_reply(text: str) -> Message:
-    """A note for a job's thread; its text comes from the job (image names, paths): escaped."""
-    return Message(text, [context(md(":information_source: {}", text))])
+def note_reply(text: str, by: str | None = None) -> Message:
+    """A note for a job's thread; its text comes from the job (image names, paths): escaped.
+    `by` is mentioned before it: whose click it tells of."""
+    line = md("{} {}", user(by), text) if by else md("{}", text)
+    return Message(line, [context(md(":information_source: {}", line))])
 
 
 def log_snippet(

@@ -287,7 +287,8 @@ class ApprovalService:
         note = JobNote(
             job_id=job.id,
             cluster=job.cluster,
-            text=f"<@{actor.user}> extended the limit by {_hours(extra)} (now {formula})",
+            text=f"extended the limit by {_hours(extra)} (now {formula})",
+            by=actor.user,
         )
         if not await self._store.extend_wall_clock(
             job.id, extra, [note], expect=job.max_wall_clock
