@@ -358,9 +358,11 @@ class ApprovalService:
 
 
 def _detail(state: str, actor: Actor | None, reason: str | None) -> str:
+    """The job's stored reason, plain text (views escape it; the decider is mentioned by the
+    approval's own message, from its votes)."""
     if state == "expired":
         return "approval request expired"
-    by = f" by <@{actor.user}>" if actor else ""
+    by = f" by {actor.user}" if actor else ""
     return f"{state}{by}" + (f": {reason}" if reason else "")
 
 
