@@ -15,12 +15,13 @@ from pydantic import ValidationError
 
 from bot.check import check_azure, check_settings, format_results
 from bot.config import Settings
-from bot.console import LIVE_STATES, Console, ConsoleTransport, console_caller
+from bot.console import Console, ConsoleTransport, console_caller
 from bot.lifecycle import running
 from bot.logs import configure as configure_logging
 from bot.manifest import render_manifest
 from bot.version import version_line
 from services.core.errors import NotFound, SpecError, UserError
+from services.jobs.lifecycle import LIVE_STATES
 from services.jobs.sources import ConfigLoader, Folder
 from services.jobspec import load_any
 from services.models import ConfigSource

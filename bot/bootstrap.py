@@ -18,9 +18,9 @@ from bot.slack import UserGroups, web_client
 from handlers.actions import ActionHandler
 from handlers.commands import CommandHandler, Services
 from handlers.dashboard import Dashboard
-from handlers.listeners import SlackHandlers
 from handlers.presenter import Presenter, Transport
-from handlers.views import fmt_span
+from handlers.slack import SlackHandlers
+from handlers.views import approvers, fmt_span
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
@@ -37,7 +37,7 @@ from services.models import FileLocation
 from services.notify.relay import EventRelay
 from services.schedules.service import ScheduleService
 from services.schedules.timer import Scheduler
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.gate import ApprovalPolicy, SpendGate
 from services.spend.ledger import PriceBook, SpendService
 from services.spend.pricing import PriceTable, load_price_table
@@ -312,7 +312,7 @@ def build(
         default_channel=settings.console_channel,
         clock=clock.now,
         approvals_channel=policy.approvals_channel,
-        approvers=approvals.approvers_text(),
+        approvers=approvers(approvals.approvers),
         extend_hours=fmt_span(policy.extend_by),
     )
     relay = EventRelay(store=store, share=files, notifier=presenter, clock=clock, link_ttl=ttl)

@@ -18,7 +18,6 @@ from handlers.presenter import MessageRef
 from handlers.views import Block, Message, to_text
 from services.access import Caller
 from services.core.errors import BatchAIError
-from services.jobs.lifecycle import JobState
 
 _SECRET = re.compile(
     r"""(?P<flag>(?<!\S)(?:--password|--storage-account-key|-p)(?:=|\s+)?)"""
@@ -220,6 +219,3 @@ class ConsoleMembers:
 
     async def is_member(self, channel: str, user: str) -> bool:
         return channel == self._channel
-
-
-LIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)

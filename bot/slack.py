@@ -25,7 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from handlers.listeners import SlackHandlers, register
+from handlers.slack import SlackHandlers, register
 from services.jobspec.load import MAX_DEPTH, nesting_depth
 
 log = logging.getLogger(__name__)

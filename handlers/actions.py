@@ -16,7 +16,7 @@ from services.core.errors import BatchAIError
 from services.jobs.service import JobService
 from services.jobs.tailer import split_lines
 from services.models import Actor
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -68,7 +68,7 @@ class ActionHandler:
                 job = await self._jobs.get_job_by_id(value, actor=actor)
                 return Reply(views.status_card(job, now=self._now()))
         except BatchAIError as err:
-            return Reply(views.error(str(err)), failed=True)
+            return Reply(views.error(views.refusal(err)), failed=True)
         return Reply(views.error(f"unknown action {action_id!r}"), failed=True)
 
     async def _spend_action(
@@ -77,19 +77,21 @@ class ActionHandler:
         if self._approvals is None:
             return Reply(views.error("approvals are not configured"), failed=True)
         if action_id == views.ACTION_EXTEND:
-            return Reply(views.info(await self._approvals.extend_job(value, actor=actor)))
+            return Reply(
+                views.extension_reply(await self._approvals.extend_job(value, actor=actor))
+            )
         if action_id == views.ACTION_APPROVE:
             outcome = await self._approvals.approve(value, actor=actor)
         else:
             outcome = await self._approvals.deny(value, actor=actor, reason=reason or "")
-        return Reply(views.info(outcome.message), failed=not outcome.applied)
+        return Reply(views.approval_outcome(outcome), failed=not outcome.applied)
 
     async def _idle_action(self, action_id: str, value: str, actor: Actor) -> Reply:
         if self._idle is None:
             return Reply(views.error("idle scale-down is not running"), failed=True)
         click = self._idle.keep if action_id == views.ACTION_IDLE_KEEP else self._idle.scale_now
         outcome = await click(value, actor=actor)
-        return Reply(views.info(outcome.message), failed=not outcome.applied)
+        return Reply(views.idle_click(outcome), failed=not outcome.applied)
 
     async def _logs(self, job_id: str, actor: Actor) -> Reply:
         """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),

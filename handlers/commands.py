@@ -51,7 +51,7 @@ from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, U
 from services.jobs.service import JobRequest, JobService
 from services.models import Actor, ConfigSource, Job
 from services.schedules.service import ScheduleRequest, ScheduleService
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import SpendService
 from services.spend.pricing import format_usd
 
@@ -147,7 +147,7 @@ class CommandHandler:
         except UserError as err:
             return Reply(views.error(str(err), err.usage or _usage_of(command)), failed=True)
         except (NotFound, Conflict, NotAllowed) as err:  # a service's sentence: mentions kept
-            return Reply(views.error(views.said(str(err))), failed=True)
+            return Reply(views.error(views.refusal(err)), failed=True)
         except BatchAIError as err:
             ref = uuid.uuid4().hex[:8]
             log.warning("command failed [%s]: %s", ref, err)
@@ -262,14 +262,7 @@ class CommandHandler:
         _refuse_unsupported(c, JOB_FLAGS_NOT_YET)
         if c.name is None:  # the grammar asks for it outside Slack; in Slack the form does
             raise UserError("give the job a name with -n/--name")
-        request = JobRequest(
-            name=c.name,
-            cluster=c.cluster,
-            config=_config(c.config),
-            resource_group=c.resource_group,
-            workspace=c.workspace,
-            experiment=c.experiment,
-        )
+        request = job_request(c)
         if c.at is not None or c.cron is not None:
             created = await self._schedules().create_schedule(
                 ScheduleRequest(request, at=c.at, cron=c.cron, timezone=c.timezone), actor=actor
@@ -417,12 +410,12 @@ class CommandHandler:
     async def _approvals_approve(self, c: ApprovalsApprove, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         outcome = await approvals.approve(c.id, actor=actor)
-        return Reply(views.info(outcome.message), failed=not outcome.applied)
+        return Reply(views.approval_outcome(outcome), failed=not outcome.applied)
 
     async def _approvals_deny(self, c: ApprovalsDeny, actor: Actor, source: Source) -> Reply:
         approvals, _ = self._money()
         outcome = await approvals.deny(c.id, actor=actor, reason=c.reason)
-        return Reply(views.info(outcome.message), failed=not outcome.applied)
+        return Reply(views.approval_outcome(outcome), failed=not outcome.applied)
 
     async def _spend(self, c: Spend, actor: Actor, source: Source) -> Reply:
         _, spend = self._money()
@@ -458,6 +451,19 @@ class _Handlers:
 
     def types(self) -> frozenset[type[Command]]:
         return frozenset(self._by_type)
+
+
+def job_request(c: JobCreate) -> JobRequest:
+    """The service request a parsed `job create` makes, for the slash command and the job form
+    alike (the service reads its config)."""
+    return JobRequest(
+        name=c.name or "",
+        cluster=c.cluster,
+        config=_config(c.config),
+        resource_group=c.resource_group,
+        workspace=c.workspace,
+        experiment=c.experiment,
+    )
 
 
 def cluster_request(c: ClusterCreate) -> ClusterRequest:

@@ -8,20 +8,15 @@ from typing import Any
 
 from handlers import home, modals, views
 from services.clusters.service import ClusterService
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import LIVE_STATES, JobState
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
 from services.models import Actor
-from services.spend.approvals import ApprovalService
+from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import PriceBook, SpendService
 
-LIVE = (
-    JobState.PENDING_APPROVAL,
-    JobState.QUEUED,
-    JobState.PREPARING,
-    JobState.RUNNING,
-    JobState.TERMINATING,
-)
+# The Home tab lists every job that is not finished: waiting for approval, or live.
+SHOWN_STATES = (JobState.PENDING_APPROVAL, *LIVE_STATES)
 
 
 class Dashboard:
@@ -48,7 +43,7 @@ class Dashboard:
         """What `actor` may read: the jobs of their channels (and their own), the approvals of
         those jobs; the whole month's spend only for an admin."""
         clusters = await self._clusters.list_clusters()
-        jobs = [j for j in await self._jobs.list_jobs(actor=actor) if j.state in LIVE]
+        jobs = [j for j in await self._jobs.list_jobs(actor=actor) if j.state in SHOWN_STATES]
         pending: list[str] = []
         if self._approvals is not None:
             pending = [

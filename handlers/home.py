@@ -27,7 +27,7 @@ from handlers.views import (
     section,
 )
 from services.clusters.lifecycle import ClusterState
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import ACTIVE_STATES, JobState
 from services.models import ClusterView, Job
 from services.spend.pricing import cost_so_far, format_rate, format_usd, sku_key
 
@@ -37,7 +37,6 @@ ACTION_HOME_REFRESH: Final = "home_refresh"
 HOME_BLOCK_LIMIT: Final = 100
 LINE_LIMIT: Final = 400  # one list entry; keeps a single odd entry from eating a section
 _MORE_ROOM: Final = 80  # reserved in the last section for the "…and N more" line
-_ACTIVE: Final = (JobState.PREPARING, JobState.RUNNING, JobState.TERMINATING)
 
 
 def home_view(
@@ -126,7 +125,7 @@ def _jobs(
     now: datetime,
 ) -> list[Block]:
     active = sorted(
-        (j for j in jobs if j.state in _ACTIVE), key=lambda j: (j.started_at or now, j.name)
+        (j for j in jobs if j.state in ACTIVE_STATES), key=lambda j: (j.started_at or now, j.name)
     )
     queued = sorted(
         (j for j in jobs if j.state is JobState.QUEUED),

@@ -2,7 +2,9 @@
 
 `job_create_modal()` is what `views.open` gets; `parse_job_create()` turns the submitted view into
 a `JobForm` or into `FieldErrors` keyed by block id, which is exactly what
-`ack(response_action="errors", errors=...)` needs. Every input's action id equals its block id, so
+`ack(response_action="errors", errors=...)` needs. A form is submitted as the `JobCreate` the slash
+command would have parsed (`JobForm.command`), and `error_block()` puts the service's refusal
+beside the input its typed `field` names. Every input's action id equals its block id, so
 a value is read as `view["state"]["values"][BLOCK_X][BLOCK_X]`.
 """
 
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from handlers.commandspec import JobCreate
+from handlers.commandspec import ConfigRef, JobCreate
+from services.core.errors import BatchAIError, Conflict, SpecError, UserError
 from services.jobspec.load import MAX_DEPTH, nesting_depth
 from services.models import NAME_RE, ClusterView
 from services.spend.pricing import sku_key
@@ -86,6 +89,34 @@ class JobForm:
     config_json: str | None
     manifest: str | None
     channel_id: str
+
+    @property
+    def command(self) -> JobCreate:
+        """The `job create` this form stands for: the handlers submit it as they do a typed one."""
+        if self.manifest:
+            config = ConfigRef("manifest", self.manifest)
+        else:
+            config = ConfigRef("inline", self.config_json or "")
+        return JobCreate(name=self.name, cluster=self.cluster, config=config)
+
+
+# The input a refusal's `UserError.field` is about (see services/jobs/service.py).
+_FIELD_BLOCKS: Final = {"name": BLOCK_NAME, "cluster": BLOCK_CLUSTER, "node_count": BLOCK_NODES}
+
+
+def error_block(err: BatchAIError, form: JobForm, view: Mapping[str, Any]) -> str:
+    """The form input a refused submission is about, so Slack shows the error beside it: the
+    name for a conflict, the manifest or job.json it came from for a bad spec, else the input
+    the error's `field` names (the cluster when it names none)."""
+    if isinstance(err, Conflict):
+        return BLOCK_NAME
+    if form.manifest:
+        return BLOCK_MANIFEST
+    if isinstance(err, SpecError):
+        pasted = _State(view).text(BLOCK_JSON)
+        return BLOCK_JSON if pasted else BLOCK_COMMAND
+    field = err.field if isinstance(err, UserError) else None
+    return _FIELD_BLOCKS.get(field or "", BLOCK_CLUSTER)
 
 
 # ----------------------------------------------------------------------------- the view

@@ -133,7 +133,7 @@ class Presenter:
             )
             await self._reply(conv, snippet, keys, low_priority=True)
         elif isinstance(event, JobNote):
-            await self._reply(conv, views.note_reply(event.text), keys)
+            await self._reply(conv, views.note_reply(event.text, event.by), keys)
         elif isinstance(event, ApprovalRequested) and delivery.approval is not None:
             approval = delivery.approval
             where = self._approvals_channel or conv.channel

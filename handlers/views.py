@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from handlers.outputs import Output, query_rows
 from handlers.rest import cluster_resource, file_resource, job_resource, usage_resource
+from services.clusters.idle import ClickOutcome
+from services.core.errors import BatchAIError, NotOwner
 from services.core.events import IdleWarning, IdleWarningClosed
 from services.jobs.lifecycle import JobState
 from services.models import (
@@ -29,11 +31,13 @@ from services.models import (
 )
 from services.schedules.service import fmt_time, zone_of
 from services.spend import pricing
+from services.spend.approvals.policy import Approvers, NotApprover
+from services.spend.approvals.service import Decision, Extended, Extension, Outcome
 from services.spend.pricing import Price, format_rate, format_usd
 
 Block = dict[str, Any]
 
-# action ids (buttons) — the listeners in handlers/actions.py dispatch on these
+# action ids (buttons) — handlers/slack/buttons.py listens for these, handlers/actions.py acts
 ACTION_LOGS = "job_logs"
 ACTION_TERMINATE = "job_terminate"
 ACTION_REFRESH = "job_refresh"
@@ -126,6 +130,7 @@ def esc(text: str) -> str:
 _FENCE = re.compile(r"`(?=``)")
 _USER_ID = re.compile(r"[UWB][A-Z0-9]{1,20}")
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{1,20}")
+_GROUP_ID = re.compile(r"S[A-Z0-9]{1,20}")
 _MENTION = re.compile(r"&lt;([@#])([A-Z0-9]{2,21})&gt;")
 
 
@@ -137,6 +142,27 @@ def user(user_id: str) -> Mrkdwn:
 def channel(channel_id: str) -> Mrkdwn:
     """A link to one channel; anything that is not a channel id is shown as text."""
     return Mrkdwn(f"<#{channel_id}>") if _CHANNEL_ID.fullmatch(channel_id) else trusted(channel_id)
+
+
+def group(group_id: str) -> Mrkdwn:
+    """A mention of one user group; anything that is not a group id is shown as text."""
+    return Mrkdwn(f"<!subteam^{group_id}>") if _GROUP_ID.fullmatch(group_id) else trusted(group_id)
+
+
+def approvers(named: Approvers) -> Mrkdwn:
+    """Who decides approvals, as mentions: the users, then the groups; else "an approver"."""
+    mentions = [*map(user, sorted(named.users)), *map(group, sorted(named.groups))]
+    return Mrkdwn(", ").join(mentions) or Mrkdwn("an approver")
+
+
+def refusal(err: BatchAIError) -> Mrkdwn:
+    """A service's refusal (not allowed, not found, a conflict): the owner or approvers it
+    names are mentioned; its own sentence keeps only user and channel mentions."""
+    if isinstance(err, NotOwner):
+        return md("only {} or an admin may {}", user(err.owner), err.action)
+    if isinstance(err, NotApprover):
+        return md("only {} may decide on this", approvers(err.approvers))
+    return said(str(err))
 
 
 def said(text: str) -> Mrkdwn:
@@ -372,9 +398,11 @@ def submitted_reply(job: Job, warnings: Sequence[str], estimate: str | None = No
     return Message(text, blocks)
 
 
-def note_reply(text: str) -> Message:
-    """A note for a job's thread; its text comes from the job (image names, paths): escaped."""
-    return Message(text, [context(md(":information_source: {}", text))])
+def note_reply(text: str, by: str | None = None) -> Message:
+    """A note for a job's thread; its text comes from the job (image names, paths): escaped.
+    `by` is mentioned before it: whose click it tells of."""
+    line = md("{} {}", user(by), text) if by else md("{}", text)
+    return Message(line, [context(md(":information_source: {}", line))])
 
 
 def log_snippet(
@@ -974,6 +1002,52 @@ def waiting_for_approval(approval: Approval, approvers: str) -> Message:
     return Message(text, [section(text)])
 
 
+def approval_outcome(outcome: Outcome) -> Message:
+    """What an Approve / Deny (button or command) did, for whoever clicked it."""
+    approval = outcome.approval
+    by = user(outcome.by) if outcome.by else None
+    if outcome.decision is Decision.COUNTED:
+        text = md("approved by {}; {} more needed", by, outcome.missing)
+    elif outcome.decision is Decision.REPEATED:
+        text = md("you have decided on this request already")
+    elif outcome.decision is Decision.EXPIRED or (
+        outcome.decision is Decision.ALREADY and approval.state == "expired"
+    ):
+        text = md("this request expired at {:%Y-%m-%d %H:%M} UTC", approval.expires_at)
+    elif outcome.decision is Decision.ALREADY:
+        decided = {"approved": "approve", "denied": "deny"}.get(approval.state)
+        who = Mrkdwn(", ").join(user(v.approver) for v in approval.votes if v.decision == decided)
+        text = md("already {}", approval.state) + (md(" by {}", who) if who else "")
+    elif approval.state == "expired":
+        text = md("approval request expired")
+    else:
+        text = md("{}", approval.state) + (md(" by {}", by) if by else "")
+        text += md(": {}", outcome.reason) if outcome.reason else ""
+    return info(text)
+
+
+def extension_reply(extension: Extension) -> Message:
+    """What an Extend click did: extended, waiting for approvers, or why not."""
+    result, job = extension.result, extension.job
+    if result is Extended.NOT_RUNNING or job is None:
+        text = md("the job is no longer running")
+    elif result is Extended.CLUSTER_GONE:
+        text = md("cluster {} is gone", job.cluster)
+    elif result is Extended.REFUSED:
+        text = said(extension.detail)
+    elif result is Extended.WAITING:
+        text = md("an extension is already waiting for approval")
+    elif result is Extended.ASKED and extension.approvers is not None:
+        text = md(
+            "the extension ({}) waits for {}", extension.detail, approvers(extension.approvers)
+        )
+    elif result is Extended.EXTENDED and extension.hours is not None:
+        text = md("extended by {:g} h", extension.hours.total_seconds() / 3600)
+    else:
+        text = md("the limit was extended already; the next warning offers another extension")
+    return info(text)
+
+
 def decision_note(approval: Approval) -> Message:
     """For the job's thread, when an extension is decided (job starts say so themselves)."""
     who = Mrkdwn(", ").join(user(v.approver) for v in approval.votes) or "nobody, in time"
@@ -1144,6 +1218,13 @@ def audit_table(entries: Sequence[AuditEntry], *, output: Output | str) -> Messa
 ACTION_IDLE_KEEP = "idle_keep"
 ACTION_IDLE_SCALE = "idle_scale_down"
 IDLE_ACTIONS = (ACTION_IDLE_KEEP, ACTION_IDLE_SCALE)  # only people who may resize may click
+
+
+def idle_click(outcome: ClickOutcome) -> Message:
+    """What a Keep / Scale down now click did, about its cluster."""
+    if outcome.cluster is None:
+        return info(outcome.detail)
+    return info(md("*{}* {}", outcome.cluster, outcome.detail))
 
 
 def idle_warning(event: IdleWarning) -> Message:

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from services.clusters.lifecycle import ClusterState
 from services.jobs.lifecycle import JobState
-from services.spend.lifecycle import ApprovalState
+from services.spend.approvals.lifecycle import ApprovalState
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"

@@ -17,7 +17,7 @@ from services.core.errors import Conflict
 from services.core.outcome import seal
 from services.jobs.lifecycle import JobState, JobTransition, advance
 from services.models import Approval
-from services.spend.lifecycle import ApprovalState, ApprovalTransition, decide
+from services.spend.approvals.lifecycle import ApprovalState, ApprovalTransition, decide
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from slack_sdk.models.views import View
 
+from handlers.commands import job_request
 from handlers.commandspec import ConfigRef, JobCreate
 from handlers.modals import (
     BLOCK_CLUSTER,
@@ -25,11 +26,13 @@ from handlers.modals import (
     STALE_FORM,
     JobForm,
     JobPrefill,
+    error_block,
     job_create_modal,
     mount_paths_of,
     parse_job_create,
     prefill_of,
 )
+from services.core.errors import Conflict, UserError
 from services.jobspec import LaunchContext, NodeInfo, load_job_spec, plan_launch
 from services.models import ClusterView, NodeCounts, ShareMount
 from tests.conftest import make_cluster
@@ -477,3 +480,25 @@ def test_mount_paths_of_takes_the_first_share() -> None:
     two = make_cluster("two", mounts=(ShareMount("a", "first"), ShareMount("b", "second")))
     views = [ClusterView(two, NodeCounts(), 0), view_of("bare", mount=None)]
     assert mount_paths_of(views) == {"two": "first"}
+
+
+def test_a_refusal_marks_the_input_its_typed_field_names() -> None:
+    """The service's refusal names its field (`UserError.field`), whatever its words: a node
+    count the cluster cannot hold marks the node count, one naming no field the cluster."""
+    form = form_of(**{BLOCK_NODES: "4"})
+    view = submit(**{**GOOD, BLOCK_NODES: "4"})
+    too_big = UserError("the cluster holds at most 2 of those", field="node_count")
+    assert error_block(too_big, form, view) == BLOCK_NODES
+    assert error_block(UserError("a node went away"), form, view) == BLOCK_CLUSTER
+    assert error_block(UserError("which one?", field="cluster"), form, view) == BLOCK_CLUSTER
+    assert error_block(Conflict("job mnist-1 already exists"), form, view) == BLOCK_NAME
+
+
+def test_the_form_submits_the_job_create_the_command_would_parse() -> None:
+    form = form_of()
+    assert form.command == JobCreate(
+        name=form.name, cluster=form.cluster, config=ConfigRef("inline", form.config_json or "")
+    )
+    assert job_request(form.command) == job_request(
+        JobCreate(name=form.name, cluster=form.cluster, config=form.command.config)
+    )

@@ -211,3 +211,11 @@ def test_the_estimate_of_a_short_job_says_minutes_not_a_fraction_of_an_hour() ->
     )
     text = all_text(views.job_submitted(job))
     assert "× 10 min max = $0.15" in text and "0.166667" not in text
+
+
+def test_a_note_names_whose_click_it_tells_of_and_escapes_its_text() -> None:
+    """The service gives the user id apart from the text (no markup in services): the view
+    mentions the user; the text stays inert."""
+    note = views.note_reply("extended the limit by 2 h (now <!here>)", "U0ALICE")
+    assert note.text == "<@U0ALICE> extended the limit by 2 h (now &lt;!here&gt;)"
+    assert views.note_reply("no container engine").text == "no container engine"

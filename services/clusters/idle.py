@@ -36,10 +36,13 @@ STALE = "that warning is no longer current"
 
 @dataclass(frozen=True)
 class ClickOutcome:
-    """What a Keep / Scale down now click did: `applied` is False when it changed nothing."""
+    """What a Keep / Scale down now click did: `applied` is False when it changed nothing.
+    `detail` is plain text about `cluster` (None when the click found no current warning or
+    was refused); handlers/views.py words it."""
 
     applied: bool
-    message: str
+    detail: str
+    cluster: str | None = None
 
 
 class IdleService:
@@ -90,7 +93,7 @@ class IdleService:
             await self._store.update_idle(cluster.name, kept, [closing])
             detail = f"kept at {cluster.target_nodes} nodes until {until:%Y-%m-%d %H:%M} UTC"
             await self._audit(actor.user, "idle keep", cluster, "allowed", detail, actor)
-            return ClickOutcome(True, f"*{cluster.name}* {detail}")
+            return ClickOutcome(True, detail, cluster.name)
 
     async def _keep_refusal(self, cluster: Cluster, actor: Actor) -> str | None:
         """Keep pays for the idle nodes another hour: the spend gate decides, like any spend."""
@@ -113,8 +116,8 @@ class IdleService:
                 return ClickOutcome(False, STALE)
             why_not = await self._scale_down(cluster, now, actor)
             if why_not is None:
-                return ClickOutcome(True, f"*{cluster.name}* is scaled down to {_nodes(cluster)}")
-            return ClickOutcome(False, f"*{cluster.name}* was not scaled down: {why_not}")
+                return ClickOutcome(True, f"is scaled down to {_nodes(cluster)}", cluster.name)
+            return ClickOutcome(False, f"was not scaled down: {why_not}", cluster.name)
 
     # -- deciding ------------------------------------------------------------------------------
 

@@ -10,12 +10,15 @@ class BatchAIError(Exception):
 class UserError(BatchAIError):
     """The request was wrong: bad flags, a bad job.json, a name that does not fit the rules.
 
-    `usage` optionally carries the usage text of the command that was misused.
+    `usage` optionally carries the usage text of the command that was misused; `field` names
+    the request's field that was wrong ("node_count", "cluster", ...), so a form marks that
+    input without reading the message.
     """
 
-    def __init__(self, message: str, *, usage: str | None = None) -> None:
+    def __init__(self, message: str, *, usage: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.usage = usage
+        self.field = field
 
 
 class SpecError(UserError):
@@ -24,6 +27,16 @@ class SpecError(UserError):
 
 class NotAllowed(BatchAIError):
     """The caller may not do this (not an admin, not the owner, not an approver)."""
+
+
+class NotOwner(NotAllowed):
+    """Only `owner` (a user id) or an admin may do `action` ("stop job train1"); the handler
+    names the owner as a mention, the message here stays plain text."""
+
+    def __init__(self, owner: str, action: str) -> None:
+        super().__init__(f"only {owner} or an admin may {action}")
+        self.owner = owner
+        self.action = action
 
 
 class NotFound(BatchAIError):

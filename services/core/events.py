@@ -43,6 +43,7 @@ class JobNote(Event):
 
     kind: ClassVar[str] = "job_note"
     text: str = ""
+    by: str | None = None  # the user whose click the note tells of, named before the text
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from services.models import Cluster, FileLocation, Job
 from services.store import SqlStore
 
 if TYPE_CHECKING:
-    from services.spend.approvals import ApprovalService
+    from services.spend.approvals.service import ApprovalService
     from services.spend.ledger import SpendService
 
 log = logging.getLogger(__name__)

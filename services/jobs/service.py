@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
-from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
+from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare
 from services.core.suggest import did_you_mean
@@ -43,7 +43,7 @@ from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
 
 if TYPE_CHECKING:
-    from services.spend.approvals import ApprovalService
+    from services.spend.approvals.service import ApprovalService
     from services.spend.ledger import SpendService
     from services.spend.pricing import Estimate
 
@@ -151,7 +151,10 @@ class JobService:
         self._refuse_reserved_shares(spec)
         cluster_name = request.cluster or _cluster_from_spec(spec)
         if cluster_name is None:
-            raise UserError("name the cluster with --cluster-name (or cluster.id in the job.json)")
+            raise UserError(
+                "name the cluster with --cluster-name (or cluster.id in the job.json)",
+                field="cluster",
+            )
         cluster = await self._store.get_cluster(cluster_name)
         if cluster is None:
             known = [c.name for c in await self._store.list_clusters()]
@@ -160,7 +163,8 @@ class JobService:
         if nodes > cluster.max_nodes:
             raise UserError(
                 f"the job needs {nodes} nodes; cluster {cluster.name} has at most "
-                f"{cluster.max_nodes}"
+                f"{cluster.max_nodes}",
+                field="node_count",
             )
         job_id = uuid.uuid4().hex
         experiment = request.experiment or self._experiment
@@ -415,7 +419,7 @@ class JobService:
 
 def _check_owner(job: Job, actor: Actor, verb: str) -> None:
     if actor.user != job.requester and not actor.is_admin:
-        raise NotAllowed(f"only <@{job.requester}> or an admin may {verb} job {job.name}")
+        raise NotOwner(job.requester, f"{verb} job {job.name}")
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

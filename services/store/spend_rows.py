@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.models import Approval, LedgerEntry, Vote
-from services.spend.lifecycle import ApprovalState
+from services.spend.approvals.lifecycle import ApprovalState
 
 
 def aware(value: datetime | None) -> datetime | None:

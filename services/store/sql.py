@@ -42,7 +42,7 @@ from services.models import (
     ShareMount,
     Vote,
 )
-from services.spend.lifecycle import ApprovalState, ApprovalTransition
+from services.spend.approvals.lifecycle import ApprovalState, ApprovalTransition
 from services.store.schema import (
     approvals,
     audit,

@@ -18,6 +18,7 @@ import pytest
 from handlers import home, presenter, views
 from handlers.outputs import Output, Query
 from services.backends.links import LinkSigner
+from services.clusters.idle import ClickOutcome
 from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
@@ -53,6 +54,8 @@ from services.models import (
     ShareMount,
     Vote,
 )
+from services.spend.approvals.policy import Approvers
+from services.spend.approvals.service import Decision, Extended, Extension, Outcome
 from services.spend.pricing import Price
 from tests.conftest import NOW, make_cluster, make_job
 
@@ -193,6 +196,11 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Schedule": lambda: SCHEDULE,
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,
+    "Outcome": lambda: Outcome(APPROVAL, True, Decision.DECIDED, by=HOSTILE, reason=HOSTILE),
+    "Extension": lambda: Extension(
+        Extended.ASKED, _job(), HOSTILE, approvers=Approvers(frozenset({HOSTILE}), frozenset())
+    ),
+    "ClickOutcome": lambda: ClickOutcome(True, HOSTILE, HOSTILE),
     "Price | None": lambda: Price(HOSTILE, Decimal(1), 1, HOSTILE, date(2026, 1, 1), HOSTILE, True),
     "Sequence[Any]": lambda: [SpendRow(HOSTILE, 1, Decimal(1), Decimal(2))],
     "Sequence[str]": lambda: [HOSTILE, HOSTILE],

@@ -179,3 +179,27 @@ async def test_a_conversation_stored_with_the_user_id_still_reaches_the_dm(
         assert [m.text for m in fake.replies(dm, card.ts)] == ["reply", ""]
         assert len(fake.calls_to("conversations.open")) == 1
         assert fake.calls_to("chat.update", ok=False) == []
+
+
+async def test_a_node_count_the_cluster_cannot_hold_marks_the_node_field(rig: SlackRig) -> None:
+    """The service refuses 4 nodes on a 1-node cluster with a UserError whose `field` is the
+    node count; the form shows the refusal beside that input, and nothing is submitted."""
+    await rig.answer(CREATE)
+    values = _form_values("toobig", "")
+    del values[modals.BLOCK_JSON]
+    values[modals.BLOCK_NODES] = {modals.BLOCK_NODES: {"type": "number_input", "value": "4"}}
+    values[modals.BLOCK_COMMAND] = {
+        modals.BLOCK_COMMAND: {"type": "plain_text_input", "value": "python job.py"}
+    }
+    submission = view_submission_payload(
+        modals.CALLBACK_JOB_CREATE,
+        values,
+        user_id=USER,
+        private_metadata=json.dumps({"channel_id": CHANNEL}),
+    )
+    status, body = await rig.post(interactive_body(submission))
+    assert status == 200
+    assert body["response_action"] == "errors"
+    assert list(body["errors"]) == [modals.BLOCK_NODES]
+    assert "the job needs 4 nodes" in body["errors"][modals.BLOCK_NODES]
+    assert await rig.bot.store.find_job("toobig") is None

@@ -10,7 +10,7 @@ import pytest
 
 from bot.lifecycle import running
 from bot.members import SlackChannelMembers
-from handlers.listeners import origin_of
+from handlers.slack.requests import origin_of
 from services.access import AccessPolicy
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 from tests.slack.conftest import JOB_SCRIPT, SECRET, SlackRig, job_finished, job_json, rig_settings

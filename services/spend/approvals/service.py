@@ -1,20 +1,23 @@
-"""GPU spend approvals: the workflow (idempotent decisions, expiry); the policy and the decision
-whether a request is needed live in services/spend/gate.py."""
+"""GPU spend approvals: the workflow (idempotent decisions, expiry, extensions). Whether a request
+is needed is decided in services/spend/gate.py, who may decide it in approvals/policy.py. Every
+answer is a typed outcome; handlers/views.py words it."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 
 from services.access.reads import JobReaders
-from services.core.errors import NotAllowed, NotFound, UserError
+from services.core.errors import NotAllowed, NotFound, NotOwner, UserError
 from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
 from services.core.ports import Clock
 from services.jobs.lifecycle import JobState, advance, finished_event
 from services.models import Actor, Approval, AuditEntry, Job, Vote
+from services.spend.approvals.lifecycle import ApprovalState, decide
+from services.spend.approvals.policy import Approvers, MembersOf, NotApprover
 from services.spend.gate import (
     Allowed,
     ApprovalPolicy,
@@ -23,20 +26,55 @@ from services.spend.gate import (
     Refused,
     SpendGate,
 )
-from services.spend.lifecycle import ApprovalState, decide
 from services.store import SqlStore
 
-MembersOf = Callable[[str], Awaitable[frozenset[str]]]
-__all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Outcome"]
+__all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Decision", "Outcome"]
+
+
+class Decision(StrEnum):
+    """What a vote came to."""
+
+    DECIDED = "decided"  # this vote (or the expiry, or a withdrawal) closed the request
+    COUNTED = "counted"  # an approval counted; `missing` more are needed
+    ALREADY = "already"  # decided before: see the approval's state and votes
+    EXPIRED = "expired"  # it expired before this vote
+    REPEATED = "repeated"  # this approver had voted on it already
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a click or a command did: `applied` is False when it changed nothing."""
+    """What a click or a command did: `applied` is False when it changed nothing. `by` and
+    `reason` say who closed or counted it, and why (a denial)."""
 
     approval: Approval
     applied: bool
-    message: str
+    decision: Decision
+    by: str | None = None
+    reason: str | None = None
+    missing: int = 0
+
+
+class Extended(StrEnum):
+    """What an Extend click came to."""
+
+    NOT_RUNNING = "not_running"
+    CLUSTER_GONE = "cluster_gone"
+    REFUSED = "refused"  # `detail` says why
+    WAITING = "waiting"  # a request is waiting already
+    ASKED = "asked"  # a request now waits for the approvers; `detail` is the estimate
+    EXTENDED = "extended"  # at once, by `hours`
+    RACED = "raced"  # extended already by another click
+
+
+@dataclass(frozen=True)
+class Extension:
+    """The outcome of extend_job(): `detail` is a refusal or the estimate's formula."""
+
+    result: Extended
+    job: Job | None = None
+    detail: str = ""
+    hours: timedelta | None = None
+    approvers: Approvers | None = None
 
 
 class ApprovalService:
@@ -53,8 +91,10 @@ class ApprovalService:
         self._readers = readers or JobReaders()
         self.gate = gate
         self.policy = gate.policy
+        self.approvers = Approvers(
+            frozenset(self.policy.approvers), frozenset(self.policy.approver_groups), members_of
+        )
         self._clock = clock
-        self._members_of = members_of
 
     # -- creating ----------------------------------------------------------------------------
 
@@ -126,24 +166,20 @@ class ApprovalService:
         approval = await self.get_approval(approval_id)
         await self._check_approver(approval, actor, decision)
         if approval.state != "pending":
-            return Outcome(approval, False, _already(approval))
+            return Outcome(approval, False, Decision.ALREADY)
         now = self._clock.now()
         if now >= approval.expires_at:
             await self._expire(approval)
-            return Outcome(
-                await self.get_approval(approval_id),
-                False,
-                f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC",
-            )
+            return Outcome(await self.get_approval(approval_id), False, Decision.EXPIRED)
         if not await self._store.add_vote(approval.id, Vote(actor.user, decision, now, reason)):
             fresh = await self.get_approval(approval_id)
             if fresh.state != "pending":
-                return Outcome(fresh, False, _already(fresh))
-            return Outcome(fresh, False, "you have decided on this request already")
+                return Outcome(fresh, False, Decision.ALREADY)
+            return Outcome(fresh, False, Decision.REPEATED)
         await self._audit(actor, f"{decision} {approval.kind}", approval, reason)
         fresh = await self.get_approval(approval_id)
         if fresh.state != "pending":  # decided while this vote was on its way
-            return Outcome(fresh, False, _already(fresh))
+            return Outcome(fresh, False, Decision.ALREADY)
         if decision == "deny":
             return await self._close(fresh, "denied", actor, reason)
         if len(fresh.approvers) < fresh.required:
@@ -156,7 +192,7 @@ class ApprovalService:
             )
             await self._store.add_events([event])
             missing = fresh.required - len(fresh.approvers)
-            return Outcome(fresh, True, f"approved by <@{actor.user}>; {missing} more needed")
+            return Outcome(fresh, True, Decision.COUNTED, by=actor.user, missing=missing)
         return await self._close(fresh, "approved", actor, None)
 
     async def _close(
@@ -205,31 +241,31 @@ class ApprovalService:
         )
         fresh = await self.get_approval(approval.id)
         if not closed:
-            return Outcome(fresh, False, _already(fresh))
-        return Outcome(fresh, True, _detail(state, actor, reason))
+            return Outcome(fresh, False, Decision.ALREADY)
+        by = actor.user if actor else None
+        return Outcome(fresh, True, Decision.DECIDED, by=by, reason=reason)
 
-    async def extend_job(self, job_id: str, *, actor: Actor) -> str:
+    async def extend_job(self, job_id: str, *, actor: Actor) -> Extension:
         """More wall-clock time for a running job, once per limit warning: at once when the
-        gate allows the job's whole estimate after it, else through a new approval request.
-        Returns what happened, for the user."""
+        gate allows the job's whole estimate after it, else through a new approval request."""
         job = await self._store.get_job(job_id)
         if job is None or job.state is not JobState.RUNNING:
-            return "the job is no longer running"
+            return Extension(Extended.NOT_RUNNING, job)
         if actor.user != job.requester and not actor.is_admin:
-            raise NotAllowed(f"only <@{job.requester}> or an admin may extend {job.name}")
+            raise NotOwner(job.requester, f"extend {job.name}")
         cluster = await self._store.get_cluster(job.cluster)
         if cluster is None:
-            return f"cluster {job.cluster} is gone"
+            return Extension(Extended.CLUSTER_GONE, job)
         commitment = self.gate.extension(job, cluster, now=self._clock.now())
         if isinstance(commitment, Refused):
-            return commitment.reason
+            return Extension(Extended.REFUSED, job, commitment.reason)
         if await self._store.list_approvals(state="pending", job_id=job.id):
-            return "an extension is already waiting for approval"
+            return Extension(Extended.WAITING, job)
         verdict = await self.gate.assess(commitment, actor=actor)
         extra = self.policy.extend_by
         formula = commitment.estimate.formula()
         if isinstance(verdict, Refused):
-            return verdict.reason
+            return Extension(Extended.REFUSED, job, verdict.reason)
         if isinstance(verdict, NeedsApproval):
             approval = self.new_approval(
                 job=job,
@@ -245,19 +281,20 @@ class ApprovalService:
             if not await self._store.add_extension_approval(
                 approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]
             ):
-                return "an extension is already waiting for approval"
-            return f"the extension ({formula}) waits for {self.approvers_text()}"
+                return Extension(Extended.WAITING, job)
+            return Extension(Extended.ASKED, job, formula, approvers=self.approvers)
         assert isinstance(verdict, Allowed)
         note = JobNote(
             job_id=job.id,
             cluster=job.cluster,
-            text=f"<@{actor.user}> extended the limit by {_hours(extra)} (now {formula})",
+            text=f"extended the limit by {_hours(extra)} (now {formula})",
+            by=actor.user,
         )
         if not await self._store.extend_wall_clock(
             job.id, extra, [note], expect=job.max_wall_clock
         ):
-            return "the limit was extended already; the next warning offers another extension"
-        return f"extended by {_hours(extra)}"
+            return Extension(Extended.RACED, job)
+        return Extension(Extended.EXTENDED, job, formula, hours=extra)
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:
         """The requester (or an admin) takes a waiting request back: the job ends denied."""
@@ -283,12 +320,13 @@ class ApprovalService:
         if actor.user in await self._parties(approval):
             verb = "approve" if decision == "approve" else "deny"
             refusal = f"you cannot {verb} your own request"
+            refused: NotAllowed = NotAllowed(refusal)
         elif await self._is_approver(actor.user):
             return
         else:
-            refusal = f"only {self.approvers_text()} may decide on this"
-        await self._audit(actor, f"{decision} {approval.kind}", approval, refusal, "denied")
-        raise NotAllowed(refusal)
+            refused = NotApprover(self.approvers)
+        await self._audit(actor, f"{decision} {approval.kind}", approval, str(refused), "denied")
+        raise refused
 
     async def _parties(self, approval: Approval) -> set[str]:
         """Who asked and whose job it is: neither may decide, whoever clicked Extend."""
@@ -296,12 +334,7 @@ class ApprovalService:
         return {approval.requester} | ({job.requester} if job is not None else set())
 
     async def _is_approver(self, user: str) -> bool:
-        if user in self.policy.approvers:
-            return True
-        for group in sorted(self.policy.approver_groups):
-            if self._members_of is not None and user in await self._members_of(group):
-                return True
-        return False
+        return await self.approvers.includes(user)
 
     async def _audit(
         self,
@@ -323,24 +356,13 @@ class ApprovalService:
             )
         )
 
-    def approvers_text(self) -> str:
-        users = [f"<@{u}>" for u in sorted(self.policy.approvers)]
-        groups = [f"<!subteam^{g}>" for g in sorted(self.policy.approver_groups)]
-        return ", ".join(users + groups) or "an approver"
-
-
-def _already(approval: Approval) -> str:
-    if approval.state == "expired":
-        return f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC"
-    decided = {"approved": "approve", "denied": "deny"}.get(approval.state)
-    who = ", ".join(f"<@{v.approver}>" for v in approval.votes if v.decision == decided)
-    return f"already {approval.state}" + (f" by {who}" if who else "")
-
 
 def _detail(state: str, actor: Actor | None, reason: str | None) -> str:
+    """The job's stored reason, plain text (views escape it; the decider is mentioned by the
+    approval's own message, from its votes)."""
     if state == "expired":
         return "approval request expired"
-    by = f" by <@{actor.user}>" if actor else ""
+    by = f" by {actor.user}" if actor else ""
     return f"{state}{by}" + (f": {reason}" if reason else "")
 
 
