@@ -18,7 +18,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo, available_timezones
 
 from services.access import AccessPolicy
-from services.core.errors import BatchAIError, NotAllowed, NotFound, UserError
+from services.core.errors import BatchAIError, NotAllowed, NotFound, NotOwner, UserError
 from services.core.events import ScheduleFailed, ScheduleMissed
 from services.core.ports import Clock
 from services.jobs.service import JobRequest, JobService
@@ -233,9 +233,7 @@ class ScheduleService:
         if schedule is None:
             return None
         if actor.user != schedule.requester and not actor.is_admin:
-            raise NotAllowed(
-                f"only <@{schedule.requester}> or an admin may delete schedule {schedule.id}"
-            )
+            raise NotOwner(schedule.requester, f"delete schedule {schedule.id}")
         await self._store.delete_schedule(schedule.id)
         if self._timer is not None:
             self._timer.cancel(_timer_id(schedule.id))
