@@ -30,6 +30,7 @@ from services.backends.noderun.launch import (
     check_share_name,
     exited_status,
     from_epoch,
+    launch_context,
     layout_from_json,
     layout_to_json,
     share_from_url,
@@ -152,25 +153,20 @@ class LocalBackend:
 
     def _context(self, request: LaunchRequest, python: str) -> LaunchContext:
         cdir = self._data.cluster_dir(request.cluster.name)
-        return LaunchContext(
+        return launch_context(
+            request,
             subscription=self._subscription,
-            resource_group=request.resource_group,
-            workspace=request.workspace,
-            experiment=request.experiment,
-            cluster_name=request.cluster.name,
-            job_name=request.job_name,
-            job_uuid=request.job_id,
             mount_root=str(cdir / "mounts"),
             job_mount_root=str(self._data.job_dir(request.job_id) / "mounts"),
             job_temp_root=str(cdir / "jobs"),
-            nodes=tuple(
+            nodes=[
                 NodeInfo(
                     index=i,
                     host=LOCAL_HOST,
                     node_id=f"{request.cluster.name}-node-{slot}",
                 )
                 for i, slot in enumerate(request.nodes)
-            ),
+            ],
             python=python,
         )
 
