@@ -171,11 +171,8 @@ class JobStatus:
     async def _end_node(self, job: JobInfo, index: int, code: int, reason: str) -> None:
         """Write a node's end as its runner would have (exit_code last)."""
         base = ("jobs", job.job_id, f"node-{index}")
-        await self._control.write(
-            self._control.loc(*base, noderunner.ENDED), f"{self._now():.3f}\n"
-        )
-        await self._control.write(self._control.loc(*base, noderunner.REASON), f"{reason}\n")
-        await self._control.write(self._control.loc(*base, noderunner.EXIT_CODE), f"{code}\n")
+        for name, text in noderunner.end_files(code, reason, self._now()):
+            await self._control.write(self._control.loc(*base, name), text)
 
     async def _finish(self, job: JobInfo, status: RunStatus) -> RunStatus:
         """Keep the end (on the share too, for a restarted bot) and delete the run commands."""

@@ -142,6 +142,6 @@ def end_unstarted(run_dir: Path, nodes: Sequence[int]) -> None:
     for i in nodes:
         status = run_dir / f"node-{i}"
         status.mkdir(parents=True, exist_ok=True)
-        noderunner.write_atomic(status / noderunner.ENDED, f"{time.time():.3f}\n")
-        noderunner.write_atomic(status / noderunner.REASON, "terminated by user\n")
-        noderunner.write_atomic(status / noderunner.EXIT_CODE, f"{noderunner.EXIT_TERMINATED}\n")
+        end = noderunner.end_files(noderunner.EXIT_TERMINATED, "terminated by user", time.time())
+        for name, text in end:
+            noderunner.write_atomic(status / name, text)
