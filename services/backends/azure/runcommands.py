@@ -31,8 +31,9 @@ from services.backends.azure.preflight import Preflight
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.azure.sizes import wire_text
 from services.backends.noderun import runner as noderunner
-from services.backends.noderun.launch import layout_to_json, share_layout
+from services.backends.noderun.launch import check_node_count, layout_to_json, share_layout
 from services.backends.noderun.runner import RunnerSpec
+from services.backends.noderun.specs import DEADLINE, TERMINATE
 from services.core.errors import BatchAIError, Conflict, NotFound, TransientError, UserError
 from services.core.ports import LaunchRequest, LaunchResult
 from services.jobspec import LaunchPlan
@@ -78,11 +79,7 @@ class RunCommands:
 
     async def _prepare(self, request: LaunchRequest) -> JobInfo:
         spec, c = request.spec, request.cluster
-        if len(request.nodes) != spec.properties.node_count:
-            raise Conflict(
-                f"job {request.job_name} needs {spec.properties.node_count} nodes, "
-                f"got {len(request.nodes)}"
-            )
+        check_node_count(request)
         links, mount_notes = self._planner.job_mounts(request.job_id, spec)
         snap = await self._scalesets.snapshot(c.name, fresh=True)
         if not snap.exists:
@@ -271,7 +268,7 @@ class RunCommands:
         job = await self._control.load(job_id)
         if job is None or job.final is not None or job.terminated:
             return
-        await self._control.write(self._control.loc("jobs", job_id, "terminate"), "")
+        await self._control.write(self._control.loc("jobs", job_id, TERMINATE), "")
         job.terminated = True
         await asyncio.gather(*(self._stop_node(job, i) for i in range(len(job.instances))))
 
@@ -315,5 +312,5 @@ class RunCommands:
         if job is not None and job.final is None:
             deadline = self._now() + remaining.total_seconds()
             await self._control.write(
-                self._control.loc("jobs", job_id, "deadline"), f"{deadline:.3f}\n"
+                self._control.loc("jobs", job_id, DEADLINE), f"{deadline:.3f}\n"
             )

@@ -18,6 +18,7 @@ from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import NodeRun, exited_status, from_epoch
+from services.backends.noderun.specs import TERMINATE
 from services.core.errors import BatchAIError, NotFound
 from services.core.ports import RunStatus
 from services.models import FileEntry
@@ -116,7 +117,7 @@ class JobStatus:
                 ended_at=from_epoch(self._now()),
             )
             await self._control.write(
-                self._control.loc("jobs", job_id, "terminate"), ""
+                self._control.loc("jobs", job_id, TERMINATE), ""
             )  # stop the others
             return await self._finish(job, status)
         waited = self._now() - job.launched_at
@@ -165,7 +166,7 @@ class JobStatus:
                 await self._end_node(job, run.index, noderunner.EXIT_LAUNCH_ERROR, reason)
                 ended = True
         if ended:
-            await self._control.write(self._control.loc("jobs", job.job_id, "terminate"), "")
+            await self._control.write(self._control.loc("jobs", job.job_id, TERMINATE), "")
         return ended
 
     async def _end_node(self, job: JobInfo, index: int, code: int, reason: str) -> None:

@@ -27,6 +27,7 @@ from services.backends.local.processes import (
 )
 from services.backends.noderun.launch import (
     NodeRun,
+    check_node_count,
     check_share_name,
     exited_status,
     from_epoch,
@@ -212,11 +213,7 @@ class LocalBackend:
 
     async def _prepare(self, request: LaunchRequest) -> tuple[LaunchResult, int]:
         spec = request.spec
-        if len(request.nodes) != spec.properties.node_count:
-            raise Conflict(
-                f"job {request.job_name} needs {spec.properties.node_count} nodes, "
-                f"got {len(request.nodes)}"
-            )
+        check_node_count(request)
         target = self._clusters.target(request.cluster.name)
         if any(slot < 0 or slot >= target for slot in request.nodes):
             raise Conflict(f"nodes {list(request.nodes)} are not all on {request.cluster.name}")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.core.errors import UserError
+from services.core.errors import Conflict, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import LaunchContext, LaunchPlan, NodeInfo
 from services.models import FileLocation, JobLayout
@@ -71,6 +71,13 @@ def docker_argv(
         out += ["-e", env_name]
     out += [image, *argv]
     return tuple(out)
+
+
+def check_node_count(request: LaunchRequest) -> None:
+    """A launch runs on exactly as many nodes as its job asks for: a Conflict otherwise."""
+    wanted = request.spec.properties.node_count
+    if len(request.nodes) != wanted:
+        raise Conflict(f"job {request.job_name} needs {wanted} nodes, got {len(request.nodes)}")
 
 
 def launch_context(
