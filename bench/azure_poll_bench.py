@@ -43,8 +43,8 @@ async def measure(clusters: int, jobs: int, cycles: int) -> dict[str, float]:
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(JOB_SCRIPT)
             share = rig.share()
-            backend = rig.backend(share, poll_cache_seconds=5.0)
-            backend._monotonic = lambda: ticks[0]  # one poll cycle = one tick, no sleeping
+            # One poll cycle = one tick, no sleeping.
+            backend = rig.backend(share, poll_cache_seconds=5.0, monotonic=lambda: ticks[0])
             started = []
             try:
                 for c in range(clusters):

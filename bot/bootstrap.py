@@ -46,7 +46,7 @@ from services.store import SqlStore
 if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure
     from azure.core.credentials_async import AsyncTokenCredential
 
-    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.backend import AzureBackend
     from services.backends.azure.files import AzureShare
 
 
@@ -179,7 +179,7 @@ def azure_parts(
     settings: Settings, credential: AsyncTokenCredential | None = None
 ) -> tuple[AzureBackend, AzureShare, AsyncTokenCredential]:
     """The azure backend, its share and the credential they use (made here unless given)."""
-    from services.backends.azure.compute import AzureBackend
+    from services.backends.azure.backend import AzureBackend
     from services.backends.azure.files import AzureShare
 
     config = azure_config(settings)

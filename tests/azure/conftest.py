@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.backends.azure.files import AzureShare
 from tests.azure.rig import JOB_SHARE, AzureRig, azure_rig
 from tests.contract import JOB_SCRIPT, SCRIPT_PATH

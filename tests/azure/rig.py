@@ -7,13 +7,14 @@ bot's control mount are links to the directories behind the fake Files shares.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.files import AzureShare, FilesRetry
 from tests.fakes.arm import FakeArm, FakeCredential
@@ -37,10 +38,16 @@ class AzureRig:
     def share(self) -> AzureShare:
         return AzureShare(self.config, retry_policy=FilesRetry(**NO_PAUSE))
 
-    def backend(self, files: AzureShare, **overrides: Any) -> AzureBackend:
-        """A backend over `files`; `overrides` replace AzureConfig fields."""
+    def backend(
+        self,
+        files: AzureShare,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        **overrides: Any,
+    ) -> AzureBackend:
+        """A backend over `files` on the `monotonic` clock; `overrides` replace config fields."""
         config = replace(self.config, **overrides) if overrides else self.config
-        return AzureBackend(config, credential=self.credential, share=files)
+        return AzureBackend(config, credential=self.credential, share=files, monotonic=monotonic)
 
     def mount(self, share: str, mount_path: str) -> Path:
         """Make `<mount_root>/<mount_path>` reach `share` on every fake node."""

@@ -17,9 +17,9 @@ import pytest
 from bot.bootstrap import azure_config
 from bot.check import check_azure, format_results
 from bot.config import Settings
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.backends.azure.files import AzureShare
-from services.backends.azure.scaleset import image_reference
+from services.backends.azure.scaleset_model import image_reference
 from services.backends.azure.sizes import gpu_model
 from services.core.errors import (
     BackendError,
@@ -273,8 +273,7 @@ async def test_a_status_poll_costs_one_arm_request_per_cluster(
     rig: AzureRig, share: AzureShare
 ) -> None:
     ticks = [0.0]
-    backend = rig.backend(share, poll_cache_seconds=5.0)
-    backend._monotonic = lambda: ticks[0]
+    backend = rig.backend(share, poll_cache_seconds=5.0, monotonic=lambda: ticks[0])
     try:
         jobs = []
         for name in ("p1", "p2"):

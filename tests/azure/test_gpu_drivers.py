@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.core.errors import BatchAIError, UserError
 from tests.azure.rig import AzureRig
 from tests.azure.test_compute import gpu_cluster

@@ -13,8 +13,8 @@ from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute.models import VirtualMachineScaleSet
 
 from bot.lifecycle import running
-from services.backends.azure.compute import AzureBackend
-from services.backends.azure.scaleset import scale_set_model
+from services.backends.azure.backend import AzureBackend
+from services.backends.azure.scaleset_model import scale_set_model
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import UserError
 from tests.azure.rig import AzureRig, bot_azure_settings

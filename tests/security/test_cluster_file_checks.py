@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import UserError
 from services.jobs.sources import ConfigLoader

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from services.backends.azure import node as node_scripts
-from services.backends.azure.compute import AzureBackend
+from services.backends.azure.backend import AzureBackend
 from services.backends.azure.files import AzureShare
 from services.backends.noderun import runner as noderunner
 from services.core.errors import UserError

@@ -1,5 +1,6 @@
-"""What both backends share about a launched job: share names, the `docker run` line, the node
-runner's status (NodeRun, exited_status), the job's layout on its shares and its JSON record.
+"""What both backends share about a launched job: its launch context, share names, the `docker run`
+line, the node runner's status (NodeRun, exited_status), the job's layout on its shares and its
+JSON record.
 
 The azure backend runs the same node runner on its VMs that the local backend runs here, so both
 read its files the same way; neither backend imports the other.
@@ -14,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.core.errors import UserError
-from services.core.ports import LaunchResult, RunStatus
-from services.jobspec import LaunchPlan
+from services.core.errors import Conflict, UserError
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.jobspec import LaunchContext, LaunchPlan, NodeInfo
 from services.models import FileLocation, JobLayout
 
 SHARE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,61}[a-z0-9]$|^[a-z0-9]$")
@@ -70,6 +71,40 @@ def docker_argv(
         out += ["-e", env_name]
     out += [image, *argv]
     return tuple(out)
+
+
+def check_node_count(request: LaunchRequest) -> None:
+    """A launch runs on exactly as many nodes as its job asks for: a Conflict otherwise."""
+    wanted = request.spec.properties.node_count
+    if len(request.nodes) != wanted:
+        raise Conflict(f"job {request.job_name} needs {wanted} nodes, got {len(request.nodes)}")
+
+
+def launch_context(
+    request: LaunchRequest,
+    *,
+    subscription: str,
+    mount_root: str,
+    job_mount_root: str,
+    job_temp_root: str,
+    nodes: Sequence[NodeInfo],
+    python: str,
+) -> LaunchContext:
+    """The plan's context: the request's names, and the backend's roots, nodes and interpreter."""
+    return LaunchContext(
+        subscription=subscription,
+        resource_group=request.resource_group,
+        workspace=request.workspace,
+        experiment=request.experiment,
+        cluster_name=request.cluster.name,
+        job_name=request.job_name,
+        job_uuid=request.job_id,
+        mount_root=mount_root,
+        job_mount_root=job_mount_root,
+        job_temp_root=job_temp_root,
+        nodes=tuple(nodes),
+        python=python,
+    )
 
 
 def from_epoch(ts: float | None) -> datetime | None:

@@ -40,6 +40,17 @@ PID, PHASE, HEARTBEAT, EXIT_CODE, REASON, STARTED, ENDED = (
 )
 
 
+def end_files(exit_code: int, reason: str, ended: float) -> tuple[tuple[str, str], ...]:
+    """A node's end as (status file, text) in the order they are written: `exit_code` last,
+    since it marks the end. The runner writes it, and so does a backend for a node whose runner
+    never started."""
+    return (
+        (ENDED, f"{ended:.3f}\n"),
+        (REASON, reason + "\n" if reason else ""),
+        (EXIT_CODE, f"{exit_code}\n"),
+    )
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     """One process to run: a literal argv (never a shell), its environment and log file names."""
@@ -430,9 +441,8 @@ class NodeRunner:
     def finish(self, outcome: _Outcome) -> None:
         # Stragglers (a daemon a job left behind) die with the job, as on a Batch AI node.
         self._kill_descendants()
-        write_atomic(self._status(ENDED), f"{time.time():.3f}\n")
-        write_atomic(self._status(REASON), outcome.reason + "\n" if outcome.reason else "")
-        write_atomic(self._status(EXIT_CODE), f"{outcome.exit_code}\n")
+        for name, text in end_files(outcome.exit_code, outcome.reason, time.time()):
+            write_atomic(self._status(name), text)
 
     # ---------------------------------------------------------------- reaping
 

@@ -1,9 +1,12 @@
-"""The one RunnerSpec builder: a job's launch plan -> each node's runner spec (both backends)."""
+"""The one RunnerSpec builder: a job's launch plan -> each node's runner spec, and each planned
+process -> what the runner runs (on the host or in the job's container), for both backends."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+from services.backends.noderun.launch import docker_argv
 from services.backends.noderun.runner import ProcessSpec, RunnerSpec
 from services.jobspec import LaunchPlan, ProcessPlan
 
@@ -48,4 +51,63 @@ def runner_spec(
         deadline_file=f"{control_dir}/{DEADLINE}",
         run_as=run_as,
         job_dirs=job_dirs,
+    )
+
+
+@dataclass(frozen=True)
+class Container:
+    """How a job's processes run in its image: the docker CLI, the image and what it mounts."""
+
+    docker: str
+    image: str
+    volumes: Sequence[str]
+    shm_size: str | None = None
+    gpus: bool = False  # pass the node's GPUs in when a process has any (AZ_BATCHAI_NUM_GPUS)
+    user: tuple[int, int] | None = None  # run as this uid:gid inside (see docker_argv)
+
+
+def process_spec(
+    proc: ProcessPlan,
+    *,
+    job_id: str,
+    cwd: str,
+    env: Mapping[str, str],
+    container: Container | None,
+) -> ProcessSpec:
+    """One planned process as the runner runs it: the node's `env` under the job's own variables,
+    on the host or under `docker run` in `container`. A container is named after the job and
+    process, and removed with `docker rm -f` when the process must stop: killing the docker CLI
+    does not stop its container."""
+    job_env = {"PYTHONUNBUFFERED": "1", **proc.env}  # live logs unless the job says otherwise
+    wrapper: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    if container is not None:
+        name = f"job-{job_id}-{proc.role}-{proc.rank}"
+        gpus = int(proc.env.get("AZ_BATCHAI_NUM_GPUS", "0") or 0) if container.gpus else 0
+        wrapper = docker_argv(
+            docker=container.docker,
+            name=name,
+            image=container.image,
+            argv=(),
+            env_names=list(job_env),
+            volumes=container.volumes,
+            workdir=cwd,
+            shm_size=container.shm_size,
+            gpus=gpus,
+            user=container.user,
+        )
+        stop = (container.docker, "rm", "-f", name)
+    return ProcessSpec(
+        rank=proc.rank,
+        role=proc.role,
+        argv=proc.argv,
+        env={**env, **job_env},
+        stdout=proc.stdout_name,
+        stderr=proc.stderr_name,
+        cwd=cwd,
+        wrapper=wrapper,
+        stop_argv=stop,
+        # A wrapper (the docker CLI) needs root and drops privileges itself (`--user`); the
+        # runner consults this only when it runs jobs as another user (`run_as`).
+        drop=not wrapper,
     )

@@ -1,11 +1,9 @@
-"""The scale set's model (images, admin user, Spot, custom data, the setup extension) and what
-ARM says about its VMs (node states)."""
+"""The scale set's model that ARM is sent: images (Gen1/Gen2, GPU and InfiniBand routes), admin
+user and SSH key, Spot, custom data (cloud-init) and the setup extension that mounts the shares."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from services.backends.azure import cloudinit, node
@@ -222,60 +220,3 @@ def scale_set_model(
             "virtualMachineProfile": profile,
         },
     }
-
-
-@dataclass(frozen=True)
-class VmState:
-    instance_id: str
-    name: str
-    state: str  # idle-capable base state: ready | preparing | unusable | leaving
-    detail: str
-    ip: str | None = None
-
-
-@dataclass
-class Snapshot:
-    """One ARM read of a cluster: its VMs (instance views) in node-index order."""
-
-    exists: bool
-    vms: list[VmState] = field(default_factory=list)
-    taken: float = 0.0  # the backend's monotonic clock
-
-    def by_instance(self) -> dict[str, VmState]:
-        return {vm.instance_id: vm for vm in self.vms}
-
-
-def _codes(statuses: Iterable[Any] | None) -> list[str]:
-    return [str(s.code or "") for s in statuses or []]
-
-
-def vm_state(vm: Any) -> VmState:
-    view = vm.instance_view
-    codes = _codes(view.statuses if view else None)
-    power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
-    provisioning = str(vm.provisioning_state or "").lower()
-    ext_codes = [
-        code
-        for ext in (view.extensions or [] if view else [])
-        if ext.name == SETUP_EXTENSION
-        for code in _codes(ext.statuses)
-    ]
-    state, detail = "ready", "running"
-    if provisioning == "deleting" or power == "deallocating":
-        state, detail = "leaving", provisioning or power
-    elif provisioning == "failed" or any("failed" in c.lower() for c in codes + ext_codes):
-        state, detail = "unusable", "provisioning or setup failed"
-    elif power in ("stopped", "deallocated", "stopping"):
-        state, detail = "unusable", f"VM is {power}"
-    elif provisioning in ("creating", "updating") or power in ("starting", ""):
-        state, detail = "preparing", provisioning or "starting"
-    elif ext_codes and not any("succeeded" in c.lower() for c in ext_codes):
-        state, detail = "preparing", "running the setup extension"
-    return VmState(str(vm.instance_id), str(vm.name), state, detail)
-
-
-def instance_of(resource_id: str | None) -> str | None:
-    if not resource_id:
-        return None
-    parts = resource_id.rstrip("/").split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2].lower() == "virtualmachines" else None

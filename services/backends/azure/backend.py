@@ -1,0 +1,166 @@
+"""AzureBackend: clusters as Uniform VM Scale Sets, jobs as node runners started by run command.
+
+Each Batch AI concept and its Azure form:
+
+- cluster              -> a Uniform scale set named like the cluster (capacity = node count,
+                          overprovisioning off, manual upgrades); `lowpriority` -> Spot, Delete
+- share mounts         -> cloud-init (cifs-utils, fstab entries, no secret) plus a CustomScript
+                          extension whose protectedSettings carry the storage key and mount the
+                          shares over SMB 3.1.1; it also runs the cluster's setup task
+- job on a node        -> a managed run command `job-<id>-<rank>` (async) that starts the node
+                          runner (`backends.noderun.runner`, stdlib only) under systemd-run;
+                          the node's spec (secrets too) travels in its protected parameters, the
+                          runner is run only when its sha256 is the bot's; job processes run as
+                          a uid of their own (group `job_gid`), which cannot read the root-only
+                          control mount
+- status, terminate,   -> the runner's files on the bot's share (`.batchai/jobs/<id>/`), read and
+  deadline                written over the Files REST API; the run command's instance view is
+                          only asked while a node has not started; the bot's own records there
+                          (`launch.json`, `final.json`) carry an HMAC and are refused if altered
+- node list            -> the scale set's VMs with their instance views, NICs for private IPs
+- job mountVolumes     -> shares of the bot's storage account, mounted once per node under
+                          `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
+
+The backend is composed of one part per concern, each its own module: `scalesets` (clusters
+and the per-poll VM snapshot, model in `scaleset_model`), `runcommands` (launch, stop, clean-up),
+`jobplan` (what each node runs), `status` (job status from the share), `control` (the bot's
+share and its sealed records), `preflight` (sizes, quotas, `batchai-bot check`); the node-side
+scripts are in `node` and `cloudinit`, the Files client in `files`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.network.aio import NetworkManagementClient
+
+from services.backends.azure.config import AzureConfig
+from services.backends.azure.control import ControlRecords, ControlShare
+from services.backends.azure.errors import azure_errors
+from services.backends.azure.jobplan import JobPlanner
+from services.backends.azure.preflight import Preflight
+from services.backends.azure.runcommands import RunCommands
+from services.backends.azure.scalesets import ScaleSets
+from services.backends.azure.status import JobStatus
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.models import Cluster, Node, Usage
+
+
+class AzureBackend:
+    """ComputeBackend on Azure (see the module docstring for the mapping)."""
+
+    name = "azure"
+
+    def __init__(
+        self,
+        config: AzureConfig,
+        *,
+        credential: AsyncTokenCredential,
+        share: ControlShare,
+        wall_time: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._share = share
+        options: dict[str, Any] = {
+            "base_url": config.arm_url,
+            "credential_scopes": [config.credential_scope],
+            "connection_verify": config.connection_verify,
+            "polling_interval": config.polling_interval,
+        }
+        self._compute = ComputeManagementClient(credential, config.subscription_id, **options)
+        self._network = NetworkManagementClient(credential, config.subscription_id, **options)
+        self._rg = config.resource_group
+        self._control = ControlRecords(config, share)
+        self._preflight = Preflight(
+            config, credential=credential, compute=self._compute, network=self._network, share=share
+        )
+        self._scalesets = ScaleSets(
+            config,
+            compute=self._compute,
+            network=self._network,
+            preflight=self._preflight,
+            monotonic=monotonic,
+        )
+        self._runcommands = RunCommands(
+            config,
+            compute=self._compute,
+            control=self._control,
+            scalesets=self._scalesets,
+            preflight=self._preflight,
+            planner=JobPlanner(config, self._control),
+            wall_time=wall_time,
+        )
+        self._status = JobStatus(
+            config,
+            control=self._control,
+            scalesets=self._scalesets,
+            runcommands=self._runcommands,
+            wall_time=wall_time,
+        )
+
+    @property
+    def reserved_shares(self) -> frozenset[str]:
+        """Shares no cluster or job may mount: the control share."""
+        return frozenset({self._config.share})
+
+    # ---------------------------------------------------------------- clusters (scalesets.py)
+
+    async def create_cluster(self, cluster: Cluster) -> None:
+        await self._scalesets.create(cluster)
+
+    async def resize_cluster(self, cluster: Cluster, target: int) -> None:
+        await self._scalesets.resize(cluster, target)
+
+    async def delete_cluster(self, cluster: Cluster) -> None:
+        await self._scalesets.delete(cluster)
+
+    async def list_nodes(self, cluster: Cluster) -> list[Node]:
+        busy = {
+            inst
+            for job in self._control.jobs.values()
+            if job.cluster == cluster.name and job.final is None
+            for inst in job.instances
+        }
+        return await self._scalesets.list_nodes(cluster, busy)
+
+    # ---------------------------------------------------------------- jobs (runcommands, status)
+
+    async def start_job(self, request: LaunchRequest) -> LaunchResult:
+        return await self._runcommands.start_job(request)
+
+    async def get_job_status(self, job_id: str) -> RunStatus:
+        return await self._status.get_job_status(job_id)
+
+    async def terminate_job(self, job_id: str) -> None:
+        await self._runcommands.terminate_job(job_id)
+
+    async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
+        await self._runcommands.set_time_left(job_id, remaining)
+
+    # ---------------------------------------------------------------- setup (preflight.py)
+
+    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
+        """One line per step of `batchai-bot check` (see Preflight.check_setup); never raises."""
+        return await self._preflight.check_setup(vm_size)
+
+    async def usages(self, location: str | None) -> list[Usage]:
+        return await self._preflight.quota_rows(location)
+
+    async def ping(self) -> None:
+        """One cheap ARM call and one Files call; raises a BatchAIError when either fails."""
+        async with azure_errors(f"reach resource group {self._rg}"):
+            pages = self._compute.virtual_machine_scale_sets.list(self._rg).by_page()
+            async for _ in pages:
+                break
+        await self._share.stat(self._control.loc())
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (the credential belongs to the composition root)."""
+        await self._compute.close()
+        await self._network.close()

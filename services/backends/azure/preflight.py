@@ -1,0 +1,224 @@
+"""Before money is spent: which VM sizes the region offers, the vCPU quotas they draw on, a
+quota refusal said in one line with alternatives, and `batchai-bot check` (credential, resource
+group, subnet, share, size, quota), each step a line that says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import HttpResponseError
+from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.network.aio import NetworkManagementClient
+
+from services.backends.azure.config import AzureConfig
+from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code, translate
+from services.backends.azure.sizes import (
+    Quota,
+    SkuInfo,
+    cluster_quotas,
+    quota_problem,
+    same_gpu,
+    sku_info,
+)
+from services.core.errors import BatchAIError, NotAllowed, NotFound, QuotaError, UserError
+from services.core.ports import FileShare
+from services.models import FileLocation, Usage
+
+
+class Preflight:
+    """Sizes and quotas of the region (sizes read once per backend), and the setup check."""
+
+    def __init__(
+        self,
+        config: AzureConfig,
+        *,
+        credential: AsyncTokenCredential,
+        compute: ComputeManagementClient,
+        network: NetworkManagementClient,
+        share: FileShare,
+    ) -> None:
+        self._config = config
+        self._credential = credential
+        self._compute = compute
+        self._network = network
+        self._share = share
+        self._rg = config.resource_group
+        self._skus: dict[str, SkuInfo] | None = None
+
+    async def skus_in_region(self) -> dict[str, SkuInfo]:
+        if self._skus is None:
+            found: dict[str, SkuInfo] = {}
+            location = self._config.location
+            async with azure_errors(f"list VM sizes in {location}"):
+                async for sku in self._compute.resource_skus.list(
+                    filter=f"location eq '{location}'"
+                ):
+                    if sku.resource_type == "virtualMachines" and sku.name:
+                        found[sku.name.lower()] = sku_info(sku, location)
+            self._skus = found
+        return self._skus
+
+    async def usages(self) -> dict[str, Quota]:
+        out: dict[str, Quota] = {}
+        async with azure_errors(f"read vCPU quotas in {self._config.location}"):
+            async for u in self._compute.usage.list(self._config.location):
+                name = str(u.name.value or "")
+                out[name.lower()] = Quota(name, int(u.current_value or 0), int(u.limit or 0))
+        return out
+
+    async def quota_rows(self, location: str | None) -> list[Usage]:
+        """`list-usages`: the compute usages of `location` (default: the bot's region) that
+        bound clusters, with their localized names."""
+        region = location or self._config.location
+        async with azure_errors(f"read vCPU quotas in {region}"):
+            found = [
+                Usage(
+                    str(u.name.value or ""),
+                    str(u.name.localized_value or u.name.value or ""),
+                    int(u.current_value or 0),
+                    int(u.limit or 0),
+                )
+                async for u in self._compute.usage.list(region)
+            ]
+        return cluster_quotas(found)
+
+    async def check_capacity(self, vm_size: str, nodes: int, *, spot: bool) -> SkuInfo:
+        """Raise a one-line QuotaError (with alternatives) when `nodes` more VMs cannot be had."""
+        skus = await self.skus_in_region()
+        location = self._config.location
+        sku = skus.get(vm_size.lower())
+        if sku is None or sku.restriction is not None:
+            why = "is not offered" if sku is None else f"is not available ({sku.restriction})"
+            alts = same_gpu(skus, vm_size, exclude_restricted=True)
+            hint = f"; sizes with the same GPU here: {', '.join(alts)}" if alts else ""
+            raise QuotaError(f"{vm_size} {why} in {location} for this subscription{hint}")
+        if spot and not sku.spot_capable:
+            raise UserError(f"{vm_size} cannot run as Spot (low priority); use dedicated")
+        if nodes <= 0:
+            return sku
+        usages = await self.usages()
+        message = quota_problem(self._config.location, skus, usages, sku, nodes, spot=spot)
+        if message is not None:
+            raise QuotaError(message)
+        return sku
+
+    async def explain_quota(
+        self, err: HttpResponseError, vm_size: str, nodes: int, spot: bool, what: str
+    ) -> BatchAIError:
+        """A quota 409 that got past the pre-flight check, said the same way."""
+        if error_code(err) in QUOTA_CODES or err.status_code == 409:
+            try:
+                await self.check_capacity(vm_size, nodes, spot=spot)
+            except QuotaError as quota:
+                return quota
+            except BatchAIError:
+                pass
+        return translate(err, what)
+
+    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
+        """(name, ok, one-line detail) for the credential, resource group, subnet, share, the
+        size's availability in the region and its family's vCPU quota; never raises."""
+        cfg = self._config
+        out: list[tuple[str, bool, str]] = []
+        try:
+            await self._credential.get_token(cfg.credential_scope)
+            out.append(("credential", True, f"token for {cfg.arm_url}"))
+        except Exception as err:  # any failure of the chain is one line with what to do
+            out.append(
+                (
+                    "credential",
+                    False,
+                    f"no Azure credential ({type(err).__name__}): run `az login`, give the bot a "
+                    "managed identity, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and "
+                    "AZURE_CLIENT_SECRET",
+                )
+            )
+            skipped = "not checked: needs a working credential"
+            out += [(n, False, skipped) for n in ("resource group", "subnet", "vm size", "quota")]
+            out.append(await self._check_share())
+            return out
+        out.append(await self._check_step("resource group", self._check_group()))
+        out.append(await self._check_step("subnet", self._check_subnet()))
+        out.append(await self._check_share())
+        sku_result = await self._check_step("vm size", self._check_sku(vm_size))
+        out.append(sku_result)
+        if sku_result[1]:
+            out.append(await self._check_step("quota", self._check_quota(vm_size)))
+        else:
+            out.append(("quota", False, f"not checked: {vm_size} is not usable"))
+        return out
+
+    async def _check_step(self, name: str, step: Awaitable[str]) -> tuple[str, bool, str]:
+        hints = {
+            "resource group": "give the bot's identity Virtual Machine Contributor on it",
+            "subnet": "give the bot's identity Network Contributor (or the subnets/join/action "
+            "permission) on the virtual network",
+        }
+        try:
+            return (name, True, await step)
+        except NotAllowed as err:
+            hint = hints.get(name, "check the bot identity's roles")
+            return (name, False, f"{err} — {hint}")
+        except BatchAIError as err:
+            return (name, False, str(err))
+
+    async def _check_group(self) -> str:
+        async with azure_errors(f"resource group {self._rg}"):
+            count = 0
+            async for _ in self._compute.virtual_machine_scale_sets.list(self._rg):
+                count += 1
+        return f"{self._rg}: readable, {count} scale set(s)"
+
+    async def _check_subnet(self) -> str:
+        parts = self._config.subnet_id.strip("/").split("/")
+        keys = {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
+        rg, vnet, subnet = (
+            keys.get("resourcegroups"),
+            keys.get("virtualnetworks"),
+            keys.get("subnets"),
+        )
+        if not (rg and vnet and subnet):
+            raise UserError(
+                "AZURE_SUBNET_ID must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
+                "Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>"
+            )
+        async with azure_errors(f"subnet {vnet}/{subnet}"):
+            found = await self._network.subnets.get(rg, vnet, subnet)
+        nat = found.nat_gateway is not None
+        note = (
+            "NAT gateway attached" if nat else "no NAT gateway: make sure nodes reach the internet"
+        )
+        return f"{vnet}/{subnet}: {found.address_prefix or 'found'}, {note}"
+
+    async def _check_share(self) -> tuple[str, bool, str]:
+        share = self._config.share
+        where = f"{share} on {self._config.storage_account}"
+        try:
+            await self._share.list_files(FileLocation(share, ""))
+        except NotFound:
+            return ("share", False, f"{where}: no such share — create it (az storage share create)")
+        except NotAllowed as err:
+            return ("share", False, f"{where}: {err} — check AZURE_STORAGE_KEY")
+        except BatchAIError as err:
+            return ("share", False, f"{where}: {err}")
+        return ("share", True, f"{where}: readable")
+
+    async def _check_sku(self, vm_size: str) -> str:
+        sku = await self.check_capacity(vm_size, 0, spot=False)
+        gpus = f", {sku.gpus} GPU(s)" if sku.gpus else ""
+        return f"{sku.name} in {self._config.location}: {sku.vcpus} vCPUs{gpus}"
+
+    async def _check_quota(self, vm_size: str) -> str:
+        sku = await self.check_capacity(vm_size, 1, spot=False)
+        usages = await self.usages()
+        family = usages.get(sku.family.lower())
+        regional = usages.get("cores")
+        parts = [
+            f"{q.name} {q.left} of {q.limit} vCPUs free"
+            for q in (family, regional)
+            if q is not None
+        ]
+        fit = min((q.left for q in (family, regional) if q is not None), default=0)
+        nodes = fit // sku.vcpus if sku.vcpus else 0
+        return f"{'; '.join(parts)} — room for {nodes} × {sku.name}"
