@@ -89,7 +89,7 @@ def _approval_row(a: Approval) -> dict[str, Any]:
         "formula": a.formula,
         "reasons": list(a.reasons),
         "required": a.required,
-        "state": a.state.value,
+        "state": str(a.state),
         "created_at": a.created_at,
         "expires_at": a.expires_at,
         "decided_at": a.decided_at,
