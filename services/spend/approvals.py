@@ -108,9 +108,10 @@ class ApprovalService:
         them), else those of the jobs `actor` may read (see JobReaders)."""
         async with self._store.unit() as uow:
             found = await uow.approvals.list(state=None if include_decided else "pending")
-            every_job = await uow.jobs.list()
         if actor.is_admin or await self._is_approver(actor.user):
             return found
+        async with self._store.unit() as uow:
+            every_job = await uow.jobs.list()
         jobs = await self._readers.visible(every_job, actor)
         readable = {job.id for job in jobs}
         return [a for a in found if a.job_id in readable]

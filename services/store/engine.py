@@ -44,6 +44,11 @@ async def migrate(engine: AsyncEngine, box: SecretBox) -> None:
         await _scrub(engine)
 
 
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(select(1))
+
+
 def _upgrade(sync_conn: Connection) -> None:
     # Imported here: Alembic costs start-up time, and only a migration needs it.
     from alembic import command
