@@ -106,14 +106,21 @@ async def test_clusters_take_only_a_table_transition(store: SqlStore) -> None:
 
 async def test_approvals_take_only_a_table_transition(store: SqlStore) -> None:
     approval = _approval()
-    await store.insert_job(make_job(state=JobState.PENDING_APPROVAL), approval=approval)
+    async with store.unit() as uow:
+        await uow.jobs.add(make_job(state=JobState.PENDING_APPROVAL))
+        await uow.approvals.add(approval)
+        await uow.commit()
     forged: Any = type("T", (), {"old": ApprovalState.PENDING, "new": ApprovalState.APPROVED})()
-    with pytest.raises(TypeError):
-        await store.close_approval(approval.id, forged, NOW, None, [])
+    async with store.unit() as uow:
+        with pytest.raises(TypeError):
+            await uow.approvals.decide(approval.id, forged, NOW)
     decision = decide(approval, ApprovalState.DENIED)
-    assert await store.close_approval(approval.id, decision, NOW, None, [])
+    async with store.unit() as uow:
+        assert await uow.approvals.decide(approval.id, decision, NOW)
+        await uow.commit()
     # stale: it is no longer pending, so a second decision changes nothing
-    assert not await store.close_approval(approval.id, decision, NOW, None, [])
+    async with store.unit() as uow:
+        assert not await uow.approvals.decide(approval.id, decision, NOW)
     stored = await store.get_approval(approval.id)
     assert stored is not None and stored.state is ApprovalState.DENIED
 

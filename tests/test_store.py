@@ -47,7 +47,9 @@ async def test_live_job_names_are_unique_until_deleted(store: SqlStore) -> None:
     await store.insert_job(make_job())
     with pytest.raises(Conflict):
         await store.insert_job(make_job(id="other"))
-    await store.delete_job("id-j1")
+    async with store.unit() as uow:
+        await uow.jobs.delete("id-j1")
+        await uow.commit()
     assert await store.find_job("j1") is None
     await store.insert_job(make_job(id="other"))
     assert (await store.find_job("j1")).id == "other"  # type: ignore[union-attr]
@@ -94,7 +96,7 @@ async def test_events_are_delivered_in_order_once(store: SqlStore) -> None:
     assert [type(e).__name__ for _, e in pending] == ["LogSnippet", "JobFinished"]
     assert pending[0][1].lines == ("a", "b")  # type: ignore[attr-defined]
     assert pending[1][1].outputs == outputs  # type: ignore[attr-defined]
-    await store.mark_delivered(pending[0][0], NOW)
+    await store.mark_all_delivered([pending[0][0]], NOW)
     assert [i for i, _ in await store.pending_events()] == [pending[1][0]]
 
 

@@ -29,6 +29,7 @@ from bot.lifecycle import running
 from services.core.errors import Conflict
 from services.core.events import LogSnippet
 from services.jobs.lifecycle import JobState
+from services.jobs.service import add_submission
 from services.models import (
     AuditEntry,
     ConfigSource,
@@ -40,8 +41,8 @@ from services.models import (
 )
 from services.spend.pricing import to_hours
 from services.store import SqlStore
+from services.store.engine import MIGRATIONS
 from services.store.schema import metadata
-from services.store.sql import MIGRATIONS
 from tests.conftest import NOW, make_cluster, make_job
 from tests.fakes.slack import FakeSlack
 from tests.pg import PostgresServer
@@ -139,13 +140,20 @@ async def test_a_schedule_run_is_claimed_once_whatever_zone_its_times_come_in(
         created_at=NOW,
         next_run_at=due,
     )
-    await store.insert_schedule(schedule)
+    async with store.unit() as uow:
+        await uow.schedules.add(schedule)
+        await uow.commit()
     assert await store.get_schedule("s1") == schedule
     run = ScheduleRun("s1", due=due.astimezone(UTC), following=None, at=due)
-    await store.insert_job(make_job("nightly"), run=run)
+    async with store.unit() as uow:
+        await add_submission(uow, make_job("nightly"), run)
+        await uow.commit()
     with pytest.raises(Conflict):  # the same run again: nothing stored
-        await store.insert_job(make_job("nightly-2"), run=run)
-    assert not await store.close_run(run, error="too late")
+        async with store.unit() as uow:
+            await add_submission(uow, make_job("nightly-2"), run)
+            await uow.commit()
+    async with store.unit() as uow:
+        assert not await uow.schedules.claim(run, error="too late")
     (stored,) = await store.list_schedules()
     assert (stored.runs, stored.active, stored.last_job_name) == (1, False, "nightly")
     assert stored.next_run_at is None and stored.last_run_at == due
@@ -185,7 +193,7 @@ async def test_event_and_audit_ids_go_past_32_bits(store: SqlStore) -> None:
     await store.add_events([LogSnippet(job_id=job.id, file="f", lines=("a",))])
     ((event_id, _),) = await store.pending_events()
     assert event_id > 2**31
-    await store.mark_delivered(event_id, NOW)
+    await store.mark_all_delivered([event_id], NOW)
     assert await store.pending_events() == []
     await store.add_audit(AuditEntry(at=NOW, actor="U1", action="a", outcome="allowed"))
     assert [e.actor for e in await store.list_audit()] == ["U1", "U0"]
@@ -199,8 +207,11 @@ async def test_exact_decimals_of_any_length_are_kept(store: SqlStore) -> None:
     rate = Decimal(1) / Decimal(7)
     job = await store.insert_job(make_job(node_rate=rate, estimate=rate * hours))
     entry = LedgerEntry(NOW, "actual", job.id, "U1", "C1", "c1", "NC6", 1, hours, rate * hours)
-    await store.add_ledger(entry)
-    assert await store.list_ledger() == [entry]
+    async with store.unit() as uow:
+        await uow.ledger.add(entry)
+        await uow.commit()
+    async with store.unit() as uow:
+        assert await uow.ledger.list() == [entry]
     stored = await store.get_job(job.id)
     assert stored is not None and (stored.node_rate, stored.estimate) == (rate, rate * hours)
 

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, Protocol
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
+from services.clusters.lifecycle import ClusterTransition
 from services.core.events import Event
+from services.jobs.lifecycle import JobState, JobTransition
 from services.models import (
     Approval,
+    AuditEntry,
     Cluster,
     Conversation,
     DownloadLink,
     FileEntry,
     FileLocation,
+    IdleState,
     Job,
     JobLayout,
+    LedgerEntry,
     MetricPoint,
     Node,
+    Progress,
+    Schedule,
+    ScheduleRun,
     Usage,
+    Vote,
 )
+from services.spend.approvals.lifecycle import ApprovalState, ApprovalTransition
 
 if TYPE_CHECKING:
     from services.jobspec import JobSpec
@@ -154,3 +167,264 @@ class Notifier(Protocol):
     created or moved it (e.g. the status card's ts), so the store can keep it."""
 
     async def deliver(self, delivery: Delivery) -> Conversation | None: ...
+
+
+# -- the store: one unit of work, one repository per aggregate ------------------------------
+# A repository's `list` comes last in its class: below it, `list[...]` would name the method.
+
+
+class JobRepository(Protocol):
+    async def add(self, job: Job) -> Job:
+        """A new job at the end of the queue (FIFO); Conflict when its name is taken."""
+        ...
+
+    async def move(self, job: Job, transition: JobTransition) -> bool:
+        """Write `job`'s lifecycle columns for a `transition` built by the lifecycle, only
+        while the stored state still is `transition.old` (False: it moved meanwhile)."""
+        ...
+
+    async def set_layout(self, job_id: str, layout: JobLayout) -> None: ...
+
+    async def set_conversation(self, job_id: str, conversation: Conversation) -> None: ...
+
+    async def set_wall_clock_warned(self, job_id: str, at: datetime | None) -> None: ...
+
+    async def extend_wall_clock(
+        self, job_id: str, extra: timedelta, *, expect: timedelta | None = None
+    ) -> bool:
+        """A running job's limit grows by `extra`; with `expect`, only while it is that."""
+        ...
+
+    async def delete(self, job_id: str) -> None:
+        """Frees the name; the job's events and metrics stay."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def find(self, name: str) -> Job | None:
+        """The job (not deleted) of that name."""
+        ...
+
+    async def count_by_state(self) -> dict[JobState, int]: ...
+
+    async def oldest_queued(self) -> datetime | None: ...
+
+    async def list(
+        self,
+        *,
+        cluster: str | None = None,
+        states: Iterable[JobState] | None = None,
+        include_deleted: bool = False,
+    ) -> list[Job]:
+        """In submission (FIFO) order."""
+        ...
+
+
+class LogRepository(Protocol):
+    async def get_offsets(self, job_id: str) -> dict[str, tuple[int, int]]:
+        """file -> (committed byte offset, lines delivered so far)."""
+        ...
+
+    async def advance(
+        self,
+        job_id: str,
+        offsets: dict[str, tuple[int, int]],
+        points: Sequence[MetricPoint],
+        progress: Progress | None,
+        last_metrics: dict[str, float] | None,
+    ) -> None: ...
+
+    async def list_metrics(self, job_id: str) -> list[MetricPoint]: ...
+
+
+class ClusterRepository(Protocol):
+    async def add(self, cluster: Cluster) -> None:
+        """Conflict when the name is taken."""
+        ...
+
+    async def update(
+        self, cluster: Cluster, *, transition: ClusterTransition | None = None
+    ) -> None:
+        """Its settings; its state only by a lifecycle `transition` from the stored state
+        (Conflict when the stored state is no longer `transition.old`)."""
+        ...
+
+    async def set_idle(self, name: str, idle: IdleState) -> None: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def get(self, name: str) -> Cluster | None: ...
+
+    async def list(self) -> list[Cluster]: ...
+
+
+class ApprovalRepository(Protocol):
+    async def add(self, approval: Approval) -> None: ...
+
+    async def get(self, approval_id: str) -> Approval | None: ...
+
+    async def add_vote(self, approval_id: str, vote: Vote) -> bool:
+        """False when this approver had voted already."""
+        ...
+
+    async def decide(self, approval_id: str, decision: ApprovalTransition, at: datetime) -> bool:
+        """Only while the approval still is `decision.old` (False: decided already)."""
+        ...
+
+    async def list(
+        self,
+        *,
+        state: ApprovalState | str | None = None,
+        job_id: str | None = None,
+        kind: str | None = None,
+    ) -> list[Approval]:
+        """Oldest first."""
+        ...
+
+
+class LedgerRepository(Protocol):
+    async def add(self, entry: LedgerEntry) -> None: ...
+
+    async def set_budget(self, channel: str, monthly: Decimal, by: str, at: datetime) -> None: ...
+
+    async def get_budget(self, channel: str) -> Decimal | None: ...
+
+    async def list(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kind: str | None = None,
+        job_id: str | None = None,
+    ) -> list[LedgerEntry]:
+        """In the order they were written."""
+        ...
+
+
+class OutboxRepository(Protocol):
+    """Stored events (written by the unit at commit) and the record of sent messages."""
+
+    async def add(self, new_events: Sequence[Event], at: datetime) -> None: ...
+
+    async def pending(
+        self, limit: int = 100, *, job_id: str | None = None, of_job: bool = False
+    ) -> list[tuple[int, Event]]: ...
+
+    async def pending_job_ids(self) -> list[str | None]: ...
+
+    async def mark_delivered(self, event_ids: Sequence[int], at: datetime) -> None: ...
+
+    async def count(self, *, kind: str | None = None, job_id: str | None = None) -> int: ...
+
+    async def backlog(self) -> tuple[int, datetime | None]: ...
+
+    async def recorded_keys(self, keys: Sequence[str]) -> set[str]: ...
+
+    async def get_delivery(self, keys: Sequence[str]) -> tuple[str, str] | None: ...
+
+    async def record_delivery(
+        self, keys: Sequence[str], channel: str, message_id: str, at: datetime
+    ) -> None: ...
+
+    async def add_intent(
+        self, keys: Sequence[str], channel: str, marker: str, at: datetime
+    ) -> None: ...
+
+    async def list_intents(self) -> list[tuple[str, str, str]]: ...
+
+    async def drop_intents(self, keys: Sequence[str]) -> None: ...
+
+
+class ScheduleRepository(Protocol):
+    async def add(self, schedule: Schedule) -> None: ...
+
+    async def get(self, schedule_id: str) -> Schedule | None: ...
+
+    async def delete(self, schedule_id: str) -> bool: ...
+
+    async def claim(
+        self,
+        run: ScheduleRun,
+        *,
+        job_id: str | None = None,
+        job_name: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Move the schedule past `run.due` with the run's outcome, only while it still waits
+        for exactly that run (False: claimed already, or the schedule is gone)."""
+        ...
+
+    async def list(
+        self, *, channel: str | None = None, active: bool | None = None
+    ) -> list[Schedule]: ...
+
+
+class AuditRepository(Protocol):
+    async def add(self, entry: AuditEntry) -> None: ...
+
+    async def list(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest first."""
+        ...
+
+
+class PriceRepository(Protocol):
+    async def replace(
+        self, rows: Sequence[tuple[str, str, bool, Decimal]], source: str, at: datetime
+    ) -> None: ...
+
+    async def list(self) -> list[tuple[str, str, bool, Decimal, datetime, str]]: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over the repositories (cosmicpython's unit of work): `emit` collects
+    events, `commit` writes them with the changes; leaving without commit rolls back."""
+
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    @property
+    def logs(self) -> LogRepository: ...
+
+    @property
+    def clusters(self) -> ClusterRepository: ...
+
+    @property
+    def approvals(self) -> ApprovalRepository: ...
+
+    @property
+    def ledger(self) -> LedgerRepository: ...
+
+    @property
+    def outbox(self) -> OutboxRepository: ...
+
+    @property
+    def schedules(self) -> ScheduleRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+    @property
+    def prices(self) -> PriceRepository: ...
+
+    def emit(self, *events: Event, at: datetime | None = None) -> None:
+        """Store `events` at commit, stamped `at` (default: the time of the commit)."""
+        ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Store(Protocol):
+    """Where services keep their state: `async with store.unit() as uow: ...`."""
+
+    def unit(self) -> UnitOfWork: ...

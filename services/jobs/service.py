@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from services.access.reads import JobReaders
 from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
-from services.core.ports import Clock, FileShare
+from services.core.ports import Clock, FileShare, Store, UnitOfWork
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import JobState, advance, held_for_approval
 from services.jobs.sources import ConfigLoader
@@ -40,7 +40,6 @@ from services.models import (
     ScheduleRun,
 )
 from services.spend.gate import NeedsApproval, Refused
-from services.store import SqlStore
 
 if TYPE_CHECKING:
     from services.spend.approvals.service import ApprovalService
@@ -64,7 +63,7 @@ class JobService:
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         share: FileShare,
         clock: Clock,
         configs: ConfigLoader,
@@ -105,7 +104,11 @@ class JobService:
             )
         if self._spend is None:  # no price book: nothing to estimate or approve
             event = JobSubmitted(job_id=job.id, cluster=cluster.name, warnings=tuple(warnings))
-            return await self._store.insert_job(job, [*first, event], run=run)
+            async with self._store.unit() as uow:
+                await add_submission(uow, job, run)
+                uow.emit(*first, event, at=job.created_at)
+                await uow.commit()
+            return job
         job, approval, estimate = await self._price(job, cluster, self._spend, actor)
         events: list[Event] = [
             *first,
@@ -118,13 +121,14 @@ class JobService:
         ]
         if approval is not None:
             events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
-        return await self._store.insert_job(
-            job,
-            events,
-            approval=approval,
-            ledger_entry=self._spend.estimate_entry(job, cluster, estimate),
-            run=run,
-        )
+        async with self._store.unit() as uow:
+            await add_submission(uow, job, run)
+            if approval is not None:
+                await uow.approvals.add(approval)
+            await uow.ledger.add(self._spend.estimate_entry(job, cluster, estimate))
+            uow.emit(*events, at=job.created_at)
+            await uow.commit()
+        return job
 
     async def check_job(self, request: JobRequest, *, actor: Actor) -> Job:
         """Everything a submit checks and prices, storing nothing: the job as it would be
@@ -144,7 +148,9 @@ class JobService:
                 "--config is required: a manifest name, inline JSON or (console) a job.json path;"
                 " in Slack, leave it out to fill in a form"
             )
-        if await self._store.find_job(request.name) is not None:
+        async with self._store.unit() as uow:
+            taken = await uow.jobs.find(request.name) is not None
+        if taken:
             raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
@@ -155,9 +161,10 @@ class JobService:
                 "name the cluster with --cluster-name (or cluster.id in the job.json)",
                 field="cluster",
             )
-        cluster = await self._store.get_cluster(cluster_name)
+        async with self._store.unit() as uow:
+            cluster = await uow.clusters.get(cluster_name)
+            known = [c.name for c in await uow.clusters.list()] if cluster is None else []
         if cluster is None:
-            known = [c.name for c in await self._store.list_clusters()]
             raise NotFound(f"cluster {cluster_name} not found{did_you_mean(cluster_name, known)}")
         nodes = spec.properties.node_count
         if nodes > cluster.max_nodes:
@@ -242,7 +249,9 @@ class JobService:
 
     async def list_jobs(self, *, actor: Actor, cluster: str | None = None) -> list[Job]:
         """The jobs `actor` may read (see JobReaders)."""
-        return await self._readers.visible(await self._store.list_jobs(cluster=cluster), actor)
+        async with self._store.unit() as uow:
+            jobs = await uow.jobs.list(cluster=cluster)
+        return await self._readers.visible(jobs, actor)
 
     async def get_job(self, name: str, *, actor: Actor) -> Job:
         job = await self._find(name)
@@ -267,13 +276,15 @@ class JobService:
         return job
 
     async def _find(self, name: str) -> Job:
-        job = await self._store.find_job(name)
+        async with self._store.unit() as uow:
+            job = await uow.jobs.find(name)
         if job is None:
             raise NotFound(f"job {name} not found")
         return job
 
     async def _find_by_id(self, job_id: str) -> Job:
-        job = await self._store.get_job(job_id)
+        async with self._store.unit() as uow:
+            job = await uow.jobs.get(job_id)
         if job is None:
             raise NotFound("that job no longer exists")
         return job
@@ -292,21 +303,28 @@ class JobService:
         step = advance(job, JobState.TERMINATING, detail=f"terminate requested by {actor.user}")
         assert step is not None
         moved = step.job
-        if not await self._store.update_job(moved, step.events, transition=step.transition):
-            return await self.terminate_job(actor=actor, job_id=job.id)  # it moved: decide again
+        async with self._store.unit() as uow:
+            if await uow.jobs.move(moved, step.transition):
+                uow.emit(*step.events)
+                await uow.commit()
+                return moved, True
+        return await self.terminate_job(actor=actor, job_id=job.id)  # it moved: decide again
         return moved, True
 
     async def delete_job(self, name: str, *, actor: Actor) -> Job | None:
         """Like az: a live job is terminated first. Deleting what is gone succeeds.
 
         The name is free at once; the runner still sees the job through to its end."""
-        job = await self._store.find_job(name)
+        async with self._store.unit() as uow:
+            job = await uow.jobs.find(name)
         if job is None:
             return None
         _check_owner(job, actor, "delete")
         if not job.state.finished:
             job, _ = await self.terminate_job(name, actor=actor)
-        await self._store.delete_job(job.id)
+        async with self._store.unit() as uow:
+            await uow.jobs.delete(job.id)
+            await uow.commit()
         return job
 
     async def list_files(
@@ -367,7 +385,8 @@ class JobService:
             job = await self._reload(job)
 
     async def _reload(self, job: Job) -> Job:
-        return await self._store.get_job(job.id) or job
+        async with self._store.unit() as uow:
+            return await uow.jobs.get(job.id) or job
 
     async def tail_file(
         self,
@@ -465,3 +484,13 @@ def _subdir(loc: FileLocation, path: str) -> FileLocation:
     if path in ("", "."):
         return loc
     return loc.child(_safe(path.strip("/")))
+
+
+async def add_submission(uow: UnitOfWork, job: Job, run: ScheduleRun | None) -> None:
+    """Store a new job; a schedule's run first claims that run, so of two firings of one run
+    only one submits (Conflict for the other, and its unit stores nothing)."""
+    if run is not None:
+        claimed = await uow.schedules.claim(run, job_id=job.id, job_name=job.name)
+        if not claimed:
+            raise Conflict(f"schedule {run.schedule_id} has run already")
+    await uow.jobs.add(job)

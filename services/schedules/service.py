@@ -19,12 +19,11 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from services.access import AccessPolicy
 from services.core.errors import BatchAIError, NotAllowed, NotFound, NotOwner, UserError
-from services.core.events import ScheduleFailed, ScheduleMissed
-from services.core.ports import Clock
+from services.core.events import Event, ScheduleFailed, ScheduleMissed
+from services.core.ports import Clock, Store
 from services.jobs.service import JobRequest, JobService
 from services.models import Actor, Conversation, Job, Schedule, ScheduledJob, ScheduleRun
 from services.schedules.timer import cron_trigger, next_runs
-from services.store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class ScheduleService:
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         jobs: JobService,
         clock: Clock,
         timer: Timer | None = None,
@@ -191,7 +190,9 @@ class ScheduleService:
             created_at=now,
             next_run_at=upcoming[0],
         )
-        await self._store.insert_schedule(schedule)
+        async with self._store.unit() as uow:
+            await uow.schedules.add(schedule)
+            await uow.commit()
         self._arm(schedule)
         return ScheduleCreated(schedule, tuple(upcoming), preview)
 
@@ -200,14 +201,14 @@ class ScheduleService:
         if everywhere:
             if not actor.is_admin:
                 raise NotAllowed("only an admin may list the schedules of every channel")
-            return await self._store.list_schedules()
+            return await self._list()
         if actor.conversation is None:
-            return await self._store.list_schedules()
-        return await self._store.list_schedules(channel=actor.conversation.channel)
+            return await self._list()
+        return await self._list(channel=actor.conversation.channel)
 
     async def get_schedule(self, schedule_id: str) -> tuple[Schedule, tuple[datetime, ...]]:
         """The schedule and its next runs (up to three)."""
-        schedule = await self._store.get_schedule(schedule_id)
+        schedule = await self._get(schedule_id)
         if schedule is None:
             raise NotFound(f"no schedule {schedule_id}; /batchai schedule list shows them")
         return schedule, self.upcoming(schedule)
@@ -229,12 +230,14 @@ class ScheduleService:
 
     async def delete_schedule(self, schedule_id: str, *, actor: Actor) -> Schedule | None:
         """Owner or admin; deleting what is gone succeeds (None)."""
-        schedule = await self._store.get_schedule(schedule_id)
+        schedule = await self._get(schedule_id)
         if schedule is None:
             return None
         if actor.user != schedule.requester and not actor.is_admin:
             raise NotOwner(schedule.requester, f"delete schedule {schedule.id}")
-        await self._store.delete_schedule(schedule.id)
+        async with self._store.unit() as uow:
+            await uow.schedules.delete(schedule.id)
+            await uow.commit()
         if self._timer is not None:
             self._timer.cancel(_timer_id(schedule.id))
         return schedule
@@ -245,7 +248,7 @@ class ScheduleService:
         """Run the schedule if its run is due: submit its job through the job service as its
         owner, in its channel (approval rules of today apply), or record why not. Returns the
         submitted job; None when nothing was due, the run was missed or failed."""
-        schedule = await self._store.get_schedule(schedule_id)
+        schedule = await self._get(schedule_id)
         if schedule is None or not schedule.active or schedule.next_run_at is None:
             return None
         now = self._clock.now()
@@ -272,7 +275,7 @@ class ScheduleService:
                 timezone=schedule.timezone,
             )
             # Only the first to claim the run records it: a run taken meanwhile says nothing.
-            await self._store.close_run(run, error=str(err), new_events=[event])
+            await self._close_run(run, str(err), event)
             job = None
         self._arm(replace(schedule, next_run_at=following, active=following is not None))
         return job
@@ -282,7 +285,7 @@ class ScheduleService:
         what a busy loop let slip). Returns how many jobs it submitted."""
         now = self._clock.now()
         fired = 0
-        for schedule in await self._store.list_schedules(active=True):
+        for schedule in await self._list(active=True):
             if schedule.next_run_at is None or schedule.next_run_at > now:
                 continue
             try:
@@ -295,11 +298,29 @@ class ScheduleService:
         """At start: runs that fell due while the bot was down fire now (within the grace) or
         are told as missed; every active schedule is armed again. Returns how many fired."""
         fired = await self.run_due()
-        for schedule in await self._store.list_schedules(active=True):
+        for schedule in await self._list(active=True):
             self._arm(schedule)
         return fired
 
     # -- internals ------------------------------------------------------------------------
+
+    async def _get(self, schedule_id: str) -> Schedule | None:
+        async with self._store.unit() as uow:
+            return await uow.schedules.get(schedule_id)
+
+    async def _list(
+        self, *, channel: str | None = None, active: bool | None = None
+    ) -> list[Schedule]:
+        async with self._store.unit() as uow:
+            return await uow.schedules.list(channel=channel, active=active)
+
+    async def _close_run(self, run: ScheduleRun, error: str, event: Event) -> None:
+        """A run that submitted nothing (failed, or missed): recorded with its event by the
+        first to claim it; a run claimed meanwhile says nothing."""
+        async with self._store.unit() as uow:
+            if await uow.schedules.claim(run, error=error):
+                uow.emit(event, at=run.at)
+                await uow.commit()
 
     def _check_access(self, schedule: Schedule) -> None:
         """The allow-lists of today apply at fire time, not those of when it was scheduled
@@ -352,7 +373,7 @@ class ScheduleService:
             timezone=schedule.timezone,
         )
         run = ScheduleRun(schedule.id, due=due, following=following, at=now)
-        await self._store.close_run(run, error=error, new_events=[event])
+        await self._close_run(run, error, event)
         self._arm(replace(schedule, next_run_at=following, active=following is not None))
 
     def _arm(self, schedule: Schedule) -> None:

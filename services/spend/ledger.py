@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from services.core.errors import NotAllowed, UserError
-from services.core.ports import Clock
+from services.core.ports import Clock, Store
 from services.jobs.lifecycle import ACTIVE_STATES
 from services.models import Actor, Cluster, Job, LedgerEntry
 from services.spend.pricing import (
@@ -21,7 +21,6 @@ from services.spend.pricing import (
     money,
     to_hours,
 )
-from services.store import SqlStore
 
 RUNNING = ACTIVE_STATES
 
@@ -62,7 +61,7 @@ class SpendService:
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         prices: PriceBook,
         clock: Clock,
         default_budgets: dict[str, Decimal] | None = None,
@@ -128,7 +127,9 @@ class SpendService:
     async def report(self, *, by: str, month: str | None = None) -> list[SpendRow]:
         now = self._clock.now()
         start, end = month_bounds(month, now)
-        entries = await self._store.list_ledger(since=start, until=end, kind="actual")
+        async with self._store.unit() as uow:
+            entries = await uow.ledger.list(since=start, until=end, kind="actual")
+            running = await uow.jobs.list(states=RUNNING, include_deleted=True)
         rows: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
 
         def add(key: str | None, node_hours: Decimal, usd: Decimal) -> None:
@@ -140,7 +141,7 @@ class SpendService:
         for e in entries:
             add(_key(by, e.user, e.channel, e.cluster), e.hours * e.nodes, e.usd)
         if start <= now < end:  # running jobs accrue into the current month
-            for job in await self._store.list_jobs(states=RUNNING, include_deleted=True):
+            for job in running:
                 if job.node_rate is None or job.started_at is None:
                     continue
                 elapsed = now - job.started_at
@@ -159,13 +160,16 @@ class SpendService:
     async def budget(self, channel: str | None) -> Decimal | None:
         if channel is None:
             return None
-        stored = await self._store.get_budget(channel)
+        async with self._store.unit() as uow:
+            stored = await uow.ledger.get_budget(channel)
         return stored if stored is not None else self._default_budgets.get(channel)
 
     async def set_budget(self, channel: str, amount: Decimal, *, actor: Actor) -> Decimal:
         if not actor.is_admin:
             raise NotAllowed("only an admin may set a budget")
-        await self._store.set_budget(channel, money(amount), actor.user, self._clock.now())
+        async with self._store.unit() as uow:
+            await uow.ledger.set_budget(channel, money(amount), actor.user, self._clock.now())
+            await uow.commit()
         return money(amount)
 
 

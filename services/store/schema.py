@@ -1,15 +1,13 @@
-"""The tables, as SQLAlchemy Core metadata; Alembic migrations create them."""
+"""The tables, as SQLAlchemy Core metadata with the column types of rows.py; Alembic
+migrations create them."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Float,
     Index,
     Integer,
@@ -17,51 +15,25 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    TypeDecorator,
     false,
     true,
 )
-from sqlalchemy.engine import Dialect
+
+from services.store.rows import (
+    ConversationJson,
+    DecimalText,
+    LayoutJson,
+    MountsJson,
+    ProgressJson,
+    SafeText,
+    UtcDateTime,
+)
 
 metadata = MetaData()
 
 # Ids of the ever-growing tables: BIGSERIAL on PostgreSQL (SERIAL ends at 2**31); on SQLite
 # INTEGER, which is 64-bit there and must stay INTEGER to be the autoincrementing rowid.
 ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A point in time, stored in UTC and read back timezone-aware on every database (SQLite
-    would keep the wall-clock digits of another zone and drop the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class SafeText(TypeDecorator[str]):
-    """Text that PostgreSQL can store: it refuses NUL in text, so NUL is kept as U+FFFD, the
-    same on every database (job output and typed text may hold one)."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        return None if value is None else safe_text(value)
-
-
-def safe_text(value: str) -> str:
-    """`value` as SafeText stores it (a value sealed before it is stored is made so first)."""
-    return value.replace("\x00", "\ufffd")
 
 
 clusters = Table(
@@ -78,12 +50,12 @@ clusters = Table(
     Column("target_nodes", Integer, nullable=False),
     Column("autoscale", Boolean, nullable=False),
     Column("state", String(16), nullable=False),
-    Column("mounts", JSON, nullable=False),
+    Column("mounts", MountsJson, nullable=False),
     Column("admin_user", String(64)),
     Column("setup_task", SafeText),
     Column("created_by", String(64)),
     Column("created_at", UtcDateTime()),
-    Column("conversation", JSON),
+    Column("conversation", ConversationJson),
     Column("error", SafeText),
     Column("idle_timeout_s", Integer),  # None: the bot's default idle timeout
     Column("idle_since", UtcDateTime()),
@@ -115,16 +87,15 @@ jobs = Table(
     Column("exit_code", Integer),
     Column("error", SafeText),
     Column("nodes", JSON, nullable=False),
-    Column("layout", JSON),
-    Column("progress", JSON),
+    Column("layout", LayoutJson),
+    Column("progress", ProgressJson),
     Column("last_metrics", JSON, nullable=False),
     Column("container_image", Text),  # digest-pinned references exceed 256
-    Column("conversation", JSON),
+    Column("conversation", ConversationJson),
     Column("deleted", Boolean, nullable=False, server_default=false()),
-    # Decimals as text, exact on SQLite and PostgreSQL; any length (hours have 28 digits).
-    Column("node_rate", Text),
+    Column("node_rate", DecimalText),
     Column("wall_clock_warned_at", UtcDateTime()),
-    Column("estimate", Text),
+    Column("estimate", DecimalText),
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(
@@ -198,7 +169,7 @@ approvals = Table(
     Column("kind", String(16), nullable=False),
     Column("requester", String(64), nullable=False),
     Column("channel", String(64)),
-    Column("estimate", Text, nullable=False),
+    Column("estimate", DecimalText, nullable=False),
     Column("formula", SafeText, nullable=False),
     Column("reasons", JSON, nullable=False),
     Column("required", Integer, nullable=False),
@@ -206,9 +177,9 @@ approvals = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("decided_at", UtcDateTime()),
-    Column("extra_hours", Text),
-    Column("month_spend", Text),
-    Column("budget", Text),
+    Column("extra_hours", DecimalText),
+    Column("month_spend", DecimalText),
+    Column("budget", DecimalText),
 )
 Index("ix_approvals_state", approvals.c.state, approvals.c.expires_at)
 
@@ -234,8 +205,8 @@ ledger = Table(
     Column("cluster", String(64), nullable=False),
     Column("vm_size", String(64), nullable=False),
     Column("nodes", Integer, nullable=False),
-    Column("hours", Text, nullable=False),
-    Column("usd", Text, nullable=False),
+    Column("hours", DecimalText, nullable=False),
+    Column("usd", DecimalText, nullable=False),
 )
 Index("ix_ledger_at", ledger.c.at)
 
@@ -243,7 +214,7 @@ budgets = Table(
     "budgets",
     metadata,
     Column("channel", String(64), primary_key=True),
-    Column("monthly_usd", Text, nullable=False),
+    Column("monthly_usd", DecimalText, nullable=False),
     Column("set_by", String(64), nullable=False),
     Column("set_at", UtcDateTime(), nullable=False),
 )
@@ -254,7 +225,7 @@ prices = Table(
     Column("sku", String(64), primary_key=True),
     Column("region", String(32), primary_key=True),
     Column("spot", Boolean, primary_key=True),
-    Column("usd_per_hour", Text, nullable=False),
+    Column("usd_per_hour", DecimalText, nullable=False),
     Column("fetched_at", UtcDateTime(), nullable=False),
     Column("source", String(256), nullable=False),
 )

@@ -41,8 +41,8 @@ from services.models import (
     ScheduledJob,
 )
 from services.store import SqlStore
+from services.store.engine import MIGRATIONS
 from services.store.sealing import SecretBox, SecretsKeyError
-from services.store.sql import MIGRATIONS
 from tests.conftest import NOW, make_cluster, make_job
 from tests.pg import PostgresServer
 
@@ -136,7 +136,9 @@ async def test_secret_fields_are_sealed_in_the_rows_and_opened_for_the_launch(ur
         document = json.dumps(spec())
         await store.insert_cluster(make_cluster())
         job = await store.insert_job(make_job(spec_json=document))
-        await store.insert_schedule(schedule(document))
+        async with store.unit() as uow:
+            await uow.schedules.add(schedule(document))
+            await uow.commit()
         typed = f"job create -n j1 -c {document}"
         await store.add_audit(AuditEntry(NOW, "U1", "job create", "allowed", detail=typed))
 

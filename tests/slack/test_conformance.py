@@ -80,7 +80,11 @@ async def _seed_jobs(rig: SlackRig, count: int, *, pending: bool = False) -> lis
             if pending
             else None
         )
-        await rig.bot.store.insert_job(job, approval=approval)
+        async with rig.bot.store.unit() as uow:
+            await uow.jobs.add(job)
+            if approval is not None:
+                await uow.approvals.add(approval)
+            await uow.commit()
         names.append(name)
     return names
 

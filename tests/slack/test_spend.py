@@ -102,7 +102,8 @@ async def test_estimate_is_shown_and_equals_the_ledger(spend: SlackRig) -> None:
     assert "4 × $3.673/h × 8 h max = $117.54" in str(reply["blocks"])
     job = await spend.bot.store.find_job("big1")
     assert job is not None and job.estimate == Decimal("117.54")
-    (entry,) = await spend.bot.store.list_ledger(kind="estimate")
+    async with spend.bot.store.unit() as uow:
+        (entry,) = await uow.ledger.list(kind="estimate")
     assert entry.usd == job.estimate
 
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from services.access.reads import JobReaders
 from services.core.errors import NotAllowed, NotFound, NotOwner, UserError
 from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
-from services.core.ports import Clock
+from services.core.ports import Clock, Store
 from services.jobs.lifecycle import JobState, advance, finished_event
 from services.models import Actor, Approval, AuditEntry, Job, Vote
 from services.spend.approvals.lifecycle import ApprovalState, decide
@@ -26,7 +26,6 @@ from services.spend.gate import (
     Refused,
     SpendGate,
 )
-from services.store import SqlStore
 
 __all__ = ["ApprovalPolicy", "ApprovalService", "Assessment", "Decision", "Outcome"]
 
@@ -81,7 +80,7 @@ class ApprovalService:
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         gate: SpendGate,
         clock: Clock,
         members_of: MembersOf | None = None,
@@ -147,15 +146,19 @@ class ApprovalService:
     ) -> list[Approval]:
         """The requests `actor` may see: all of them for admins and approvers (who decide
         them), else those of the jobs `actor` may read (see JobReaders)."""
-        found = await self._store.list_approvals(state=None if include_decided else "pending")
+        async with self._store.unit() as uow:
+            found = await uow.approvals.list(state=None if include_decided else "pending")
         if actor.is_admin or await self._is_approver(actor.user):
             return found
-        jobs = await self._readers.visible(await self._store.list_jobs(), actor)
+        async with self._store.unit() as uow:
+            every_job = await uow.jobs.list()
+        jobs = await self._readers.visible(every_job, actor)
         readable = {job.id for job in jobs}
         return [a for a in found if a.job_id in readable]
 
     async def get_approval(self, approval_id: str) -> Approval:
-        approval = await self._store.get_approval(approval_id)
+        async with self._store.unit() as uow:
+            approval = await uow.approvals.get(approval_id)
         if approval is None:
             raise NotFound(f"no approval request {approval_id}")
         return approval
@@ -171,7 +174,12 @@ class ApprovalService:
         if now >= approval.expires_at:
             await self._expire(approval)
             return Outcome(await self.get_approval(approval_id), False, Decision.EXPIRED)
-        if not await self._store.add_vote(approval.id, Vote(actor.user, decision, now, reason)):
+        async with self._store.unit() as uow:
+            voted = await uow.approvals.add_vote(
+                approval.id, Vote(actor.user, decision, now, reason)
+            )
+            await uow.commit()
+        if not voted:
             fresh = await self.get_approval(approval_id)
             if fresh.state != "pending":
                 return Outcome(fresh, False, Decision.ALREADY)
@@ -190,7 +198,9 @@ class ApprovalService:
                 by=actor.user,
                 reason=None,
             )
-            await self._store.add_events([event])
+            async with self._store.unit() as uow:
+                uow.emit(event)
+                await uow.commit()
             missing = fresh.required - len(fresh.approvers)
             return Outcome(fresh, True, Decision.COUNTED, by=actor.user, missing=missing)
         return await self._close(fresh, "approved", actor, None)
@@ -199,7 +209,7 @@ class ApprovalService:
         self, approval: Approval, state: str, actor: Actor | None, reason: str | None
     ) -> Outcome:
         """Decide once: a second closer finds the request decided and changes nothing."""
-        job = await self._store.get_job(approval.job_id)
+        job = await self._get_job(approval.job_id)
         now = self._clock.now()
         events: list[Event] = [
             ApprovalDecided(
@@ -236,9 +246,15 @@ class ApprovalService:
             note = f"limit extended by {_hours(extend_by)} (approved)"
             events.append(JobNote(job_id=job.id, cluster=job.cluster, text=note))
         decision = decide(approval, ApprovalState(state))
-        closed = await self._store.close_approval(
-            approval.id, decision, now, moved, events, job_transition=job_move, extend_by=extend_by
-        )
+        async with self._store.unit() as uow:
+            closed = await uow.approvals.decide(approval.id, decision, now)
+            if closed and moved is not None and job_move is not None:
+                closed = await uow.jobs.move(moved, job_move)  # it moved: decide nothing
+            if closed and extend_by is not None:
+                await uow.jobs.extend_wall_clock(approval.job_id, extend_by)
+            if closed:
+                uow.emit(*events, at=now)
+                await uow.commit()
         fresh = await self.get_approval(approval.id)
         if not closed:
             return Outcome(fresh, False, Decision.ALREADY)
@@ -248,18 +264,19 @@ class ApprovalService:
     async def extend_job(self, job_id: str, *, actor: Actor) -> Extension:
         """More wall-clock time for a running job, once per limit warning: at once when the
         gate allows the job's whole estimate after it, else through a new approval request."""
-        job = await self._store.get_job(job_id)
+        async with self._store.unit() as uow:
+            job = await uow.jobs.get(job_id)
+            cluster = None if job is None else await uow.clusters.get(job.cluster)
         if job is None or job.state is not JobState.RUNNING:
             return Extension(Extended.NOT_RUNNING, job)
         if actor.user != job.requester and not actor.is_admin:
             raise NotOwner(job.requester, f"extend {job.name}")
-        cluster = await self._store.get_cluster(job.cluster)
         if cluster is None:
             return Extension(Extended.CLUSTER_GONE, job)
         commitment = self.gate.extension(job, cluster, now=self._clock.now())
         if isinstance(commitment, Refused):
             return Extension(Extended.REFUSED, job, commitment.reason)
-        if await self._store.list_approvals(state="pending", job_id=job.id):
+        if await self._pending(job.id):
             return Extension(Extended.WAITING, job)
         verdict = await self.gate.assess(commitment, actor=actor)
         extra = self.policy.extend_by
@@ -278,10 +295,16 @@ class ApprovalService:
                 budget=verdict.budget,
                 requester=actor.user,  # whoever asked may not approve it (nor the job's owner)
             )
-            if not await self._store.add_extension_approval(
-                approval, [ApprovalRequested(job_id=job.id, approval_id=approval.id)]
-            ):
-                return Extension(Extended.WAITING, job)
+            async with self._store.unit() as uow:
+                # One pending extension per job: the check and the insert in one transaction.
+                if await uow.approvals.list(state="pending", job_id=job.id, kind="extend"):
+                    return Extension(Extended.WAITING, job)
+                await uow.approvals.add(approval)
+                uow.emit(
+                    ApprovalRequested(job_id=job.id, approval_id=approval.id),
+                    at=approval.created_at,
+                )
+                await uow.commit()
             return Extension(Extended.ASKED, job, formula, approvers=self.approvers)
         assert isinstance(verdict, Allowed)
         note = JobNote(
@@ -290,23 +313,26 @@ class ApprovalService:
             text=f"extended the limit by {_hours(extra)} (now {formula})",
             by=actor.user,
         )
-        if not await self._store.extend_wall_clock(
-            job.id, extra, [note], expect=job.max_wall_clock
-        ):
-            return Extension(Extended.RACED, job)
+        async with self._store.unit() as uow:
+            if not await uow.jobs.extend_wall_clock(job.id, extra, expect=job.max_wall_clock):
+                return Extension(Extended.RACED, job)
+            uow.emit(note)
+            await uow.commit()
         return Extension(Extended.EXTENDED, job, formula, hours=extra)
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:
         """The requester (or an admin) takes a waiting request back: the job ends denied."""
-        for approval in await self._store.list_approvals(state="pending", job_id=job.id):
+        for approval in await self._pending(job.id):
             await self._close(approval, "denied", actor, "withdrawn")
-        return await self._store.get_job(job.id) or job
+        return await self._get_job(job.id) or job
 
     async def expire_due(self) -> int:
         """Deny, with a message, every request nobody decided in time."""
         now = self._clock.now()
         count = 0
-        for approval in await self._store.list_approvals(state="pending"):
+        async with self._store.unit() as uow:
+            pending = await uow.approvals.list(state="pending")
+        for approval in pending:
             if now >= approval.expires_at:
                 count += await self._expire(approval)
         return count
@@ -330,7 +356,7 @@ class ApprovalService:
 
     async def _parties(self, approval: Approval) -> set[str]:
         """Who asked and whose job it is: neither may decide, whoever clicked Extend."""
-        job = await self._store.get_job(approval.job_id)
+        job = await self._get_job(approval.job_id)
         return {approval.requester} | ({job.requester} if job is not None else set())
 
     async def _is_approver(self, user: str) -> bool:
@@ -344,17 +370,26 @@ class ApprovalService:
         detail: str | None,
         outcome: str = "allowed",
     ) -> None:
-        await self._store.add_audit(
-            AuditEntry(
-                at=self._clock.now(),
-                actor=actor.user,
-                action=action,
-                outcome=outcome,
-                channel=actor.conversation.channel if actor.conversation else None,
-                target=approval.job_id,
-                detail=detail,
-            )
+        entry = AuditEntry(
+            at=self._clock.now(),
+            actor=actor.user,
+            action=action,
+            outcome=outcome,
+            channel=actor.conversation.channel if actor.conversation else None,
+            target=approval.job_id,
+            detail=detail,
         )
+        async with self._store.unit() as uow:
+            await uow.audit.add(entry)
+            await uow.commit()
+
+    async def _get_job(self, job_id: str) -> Job | None:
+        async with self._store.unit() as uow:
+            return await uow.jobs.get(job_id)
+
+    async def _pending(self, job_id: str) -> list[Approval]:
+        async with self._store.unit() as uow:
+            return await uow.approvals.list(state="pending", job_id=job_id)
 
 
 def _detail(state: str, actor: Actor | None, reason: str | None) -> str:

@@ -1,0 +1,59 @@
+"""The logs repository: how far each log file of a job was read, and the metrics parsed from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.models import MetricPoint, Progress
+from services.store.schema import jobs, log_offsets, metrics
+
+
+class SqlLogRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get_offsets(self, job_id: str) -> dict[str, tuple[int, int]]:
+        """file -> (committed byte offset, lines delivered so far)."""
+        stmt = select(log_offsets).where(log_offsets.c.job_id == job_id)
+        return {r.file: (r.offset, r.lines) for r in await self._conn.execute(stmt)}
+
+    async def advance(
+        self,
+        job_id: str,
+        offsets: dict[str, tuple[int, int]],
+        points: Sequence[MetricPoint],
+        progress: Progress | None,
+        last_metrics: dict[str, float] | None,
+    ) -> None:
+        """New offsets and the metrics parsed up to them (the snippets are the unit's events)."""
+        conn = self._conn
+        for file, (offset, lines) in offsets.items():
+            values = {"offset": offset, "lines": lines}
+            changed = await conn.execute(
+                update(log_offsets)
+                .where(log_offsets.c.job_id == job_id, log_offsets.c.file == file)
+                .values(values)
+            )
+            if changed.rowcount == 0:
+                await conn.execute(insert(log_offsets).values(job_id=job_id, file=file, **values))
+        for p in points:
+            key = (metrics.c.job_id == job_id, metrics.c.step == p.step, metrics.c.name == p.name)
+            changed = await conn.execute(update(metrics).where(*key).values(value=p.value))
+            if changed.rowcount == 0:
+                row = {"job_id": job_id, "step": p.step, "name": p.name, "value": p.value}
+                await conn.execute(insert(metrics).values(row))
+        job_values: dict[str, Any] = {}
+        if progress is not None:
+            job_values["progress"] = progress
+        if last_metrics:
+            job_values["last_metrics"] = last_metrics
+        if job_values:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(job_values))
+
+    async def list_metrics(self, job_id: str) -> list[MetricPoint]:
+        stmt = select(metrics).where(metrics.c.job_id == job_id).order_by(metrics.c.step)
+        return [MetricPoint(r.step, r.name, r.value) for r in await self._conn.execute(stmt)]
