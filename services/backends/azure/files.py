@@ -237,7 +237,7 @@ class AzureShare:
             except HttpResponseError as err:
                 if err.status_code != 416:
                     raise
-                headers = err.response.headers if err.response is not None else {}
+                headers = getattr(err.response, "headers", None) or {}
                 size = _content_range_size(headers.get("Content-Range"))
                 return b"", offset if size is None else size
         size = _content_range_size(stream.properties.content_range)
