@@ -30,7 +30,7 @@ def test_scale_bench_prints_its_figures_and_loses_no_line() -> None:
         "peak RSS",
         "database size",
     ):
-        assert re.search(rf"^{re.escape(label)}\s", out, re.M), f"{label!r} missing:\n{out}"
+        assert re.search(rf"^\s*{re.escape(label)}\s", out, re.M), f"{label!r} missing:\n{out}"
     assert re.search(r"^shape\s+4 clusters, 20 running jobs$", out, re.M), out
     assert re.search(r"HEAD 0\b", out), out  # the tail read is GET only
     written = int(re.search(r"^lines written\s+(\d+)$", out, re.M).group(1))  # type: ignore[union-attr]
