@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from datetime import timedelta
+from inspect import signature
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from services.backends.azure.files import AzureShare  # noqa: E402
 from services.clusters.service import ClusterRequest, ClusterService  # noqa: E402
 from services.core.clock import SystemClock  # noqa: E402
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus  # noqa: E402
-from services.jobs.runner import CONCURRENCY, JobRunner  # noqa: E402
+from services.jobs.runner import JobRunner  # noqa: E402
 from services.jobs.service import JobRequest, JobService  # noqa: E402
 from services.jobs.sources import ConfigLoader  # noqa: E402
 from services.models import (  # noqa: E402
@@ -69,18 +70,18 @@ def log_dir(job_id: str) -> str:
 # --------------------------------------------------------------------------- the child
 
 
-def files_main(conn: Connection, root: str, rate: float, every: float) -> None:
-    asyncio.run(_files(conn, Path(root), rate, every))
+def files_main(conn: Connection, root: str, rate: float, every: float, latency: float) -> None:
+    asyncio.run(_files(conn, Path(root), rate, every, latency))
 
 
-async def _files(conn: Connection, root: Path, rate: float, every: float) -> None:
+async def _files(conn: Connection, root: Path, rate: float, every: float, latency: float) -> None:
     """The fake Files server and the writers; answers the bench's questions on `conn`."""
     from tests.fakes.azure_files import FakeAzureFiles
 
     loop = asyncio.get_running_loop()
     written: dict[str, int] = {}
     writing = asyncio.Event()
-    async with FakeAzureFiles(root) as files:
+    async with FakeAzureFiles(root, latency=latency) as files:
         share = files.create_share(SHARE)
         conn.send({"url": files.account_url, "account": files.account, "key": files.key})
 
@@ -125,10 +126,11 @@ async def _files(conn: Connection, root: Path, rate: float, every: float) -> Non
 
 
 class FilesProcess:
-    def __init__(self, root: Path, rate: float, every: float) -> None:
+    def __init__(self, root: Path, rate: float, every: float, latency: float) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=files_main, args=(child, str(root), rate, every))
+        args = (child, str(root), rate, every, latency)
+        self.proc = ctx.Process(target=files_main, args=args)
         self.proc.start()
         self.info: dict[str, str] = self.conn.recv()
 
@@ -220,7 +222,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace, data: Path) -> None:
-    files = FilesProcess(data / "files", args.rate, args.write_every)
+    files = FilesProcess(data / "files", args.rate, args.write_every, args.latency_ms / 1000)
     try:
         await _run(args, data, files)
     finally:
@@ -261,13 +263,14 @@ async def _run(args: argparse.Namespace, data: Path, files: FilesProcess) -> Non
         resource_group="rg",
         workspace="ws",
     )
+    # An older runner (the "before" figures) has no `concurrency`: it walks jobs one by one.
+    extra = (
+        {"concurrency": args.concurrency}
+        if "concurrency" in signature(JobRunner).parameters
+        else {}
+    )
     runner = JobRunner(
-        store=store,
-        backend=compute,
-        share=share,
-        clusters=clusters,
-        clock=clock,
-        concurrency=args.concurrency,
+        store=store, backend=compute, share=share, clusters=clusters, clock=clock, **extra
     )
     try:
         setup = time.perf_counter()
@@ -344,6 +347,7 @@ async def _run(args: argparse.Namespace, data: Path, files: FilesProcess) -> Non
     db_bytes = sum(p.stat().st_size for p in data.glob("bot.db*"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"shape                 {args.clusters} clusters, {running} running jobs")
+    print(f"Files round trip      {args.latency_ms:g} ms a request (fake, like Azure's 5-15 ms)")
     print(
         f"run                   {wall:.0f} s real, {len(cycles)} poll cycles "
         f"(tick every {args.poll_seconds:g} s, {args.concurrency} jobs at once)"
@@ -377,7 +381,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="lines per second per job")
     parser.add_argument("--write-every", type=float, default=2.0, help="seconds between writes")
     parser.add_argument("--poll-seconds", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument(
+        "--latency-ms", type=float, default=10.0, help="each Files request's round trip"
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="POLL_CONCURRENCY")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     args = parser.parse_args()
     if args.jobs < 1 or args.clusters < 1 or args.clusters > args.jobs:

@@ -23,6 +23,8 @@ InvalidRange with `Content-Range: bytes */<size>`, as Blob storage answers), del
 
 Testing aids: `ops` (requests per REST operation), `bytes_served` (file bytes sent),
 `bytes_written`, `requests` (a log, never the signature), `fail_next` / `delay_next` faults,
+`delay_path` (one slow file), `latency` (every request's round trip), `in_flight` /
+`max_in_flight` (requests being handled at once),
 `share_dir` (the backing directory), a settable `clock` for SAS expiry, `replace_after_write`
 (the next write of a file is followed at once by other content, as when someone else with
 write access to the share replaces it right after the bot wrote it).
@@ -195,8 +197,10 @@ class FakeAzureFiles:
         page_size: int = 5000,
         clock: Callable[[], datetime] | None = None,
         host: str = "127.0.0.1",
+        latency: float = 0.0,
     ) -> None:
         self.root = Path(root)
+        self.latency = latency  # seconds every request waits first: a real service's round trip
         self.account = account
         self.key = key
         self.page_size = page_size  # the service's default maxresults
@@ -334,6 +338,7 @@ class FakeAzureFiles:
     ) -> web.StreamResponse:
         is_head = request.method == "HEAD"
         delay = self._delays.pop(0) if self._delays else self._path_delays.get((share, rel), 0.0)
+        delay = delay or self.latency
         if delay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
