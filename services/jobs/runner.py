@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -45,16 +45,19 @@ TAIL_IDLE_FIRST = 1.0  # seconds a log file that did not grow (or failed) rests;
 TAIL_IDLE_MAX = 8.0
 
 
-async def each(items: Iterable[Job], work: Callable[[Job], Awaitable[None]], limit: int) -> None:
+async def each(items: Sequence[Job], work: Callable[[Job], Awaitable[None]], limit: int) -> None:
     """`work` on every item, at most `limit` at a time: a fixed pool of workers sharing one
-    iterator, so 5,000 jobs cost `limit` tasks, not 5,000. `work` handles its own errors."""
+    iterator, so 5,000 jobs cost `limit` tasks, not 5,000. `work` handles its own errors; one
+    that escapes stops the other workers too (a TaskGroup), as it stopped the old loop."""
     pending = iter(items)
 
     async def worker() -> None:
         for item in pending:  # next() never awaits: each item goes to exactly one worker
             await work(item)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, limit))))
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(max(1, limit), len(items))):
+            group.create_task(worker())
 
 
 @dataclass
