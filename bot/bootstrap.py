@@ -306,6 +306,7 @@ def build(
         clock=clock,
         spend=spend,
         approvals=approvals,
+        concurrency=settings.poll_concurrency,
     )
     presenter = Presenter(
         transport,

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
 
     # Periodic work
     poll_seconds: float = Field(1.0, gt=0, le=60)
+    poll_concurrency: int = Field(32, ge=1, le=512)  # jobs polled, and jobs tailed, at once
     # PostgreSQL: how often a standby asks for the leader lease (and the leader confirms it)
     leader_retry_seconds: float = Field(5.0, gt=0, le=30)
     idle_timeout_minutes: int = Field(15, ge=0, le=10080)  # per cluster: --idle-timeout; 0 never

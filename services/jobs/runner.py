@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -37,6 +39,25 @@ SNIPPET_LINES = 200
 MAX_POLL_FAILURES = 5  # per event; the presenter trims further for Slack's limits
 BACKOFF_FIRST = 1.0  # seconds a step rests after the backend said "busy"; doubles each time
 BACKOFF_MAX = 120.0
+CONCURRENCY = 32  # jobs polled, and jobs tailed, at once (POLL_CONCURRENCY)
+TAIL_TIMEOUT = 5.0  # seconds one log read may take in a round before the round moves on
+TAIL_IDLE_FIRST = 1.0  # seconds a log file that did not grow (or failed) rests; doubles each time
+TAIL_IDLE_MAX = 8.0
+
+
+async def each(items: Sequence[Job], work: Callable[[Job], Awaitable[None]], limit: int) -> None:
+    """`work` on every item, at most `limit` at a time: a fixed pool of workers sharing one
+    iterator, so 5,000 jobs cost `limit` tasks, not 5,000. `work` handles its own errors; one
+    that escapes stops the other workers too (a TaskGroup), as it stopped the old loop."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:  # next() never awaits: each item goes to exactly one worker
+            await work(item)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(max(1, limit), len(items))):
+            group.create_task(worker())
 
 
 @dataclass
@@ -56,6 +77,9 @@ class JobRunner:
         clock: Clock,
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
+        concurrency: int = CONCURRENCY,
+        tail_timeout: float = TAIL_TIMEOUT,
+        tail_idle_max: float = TAIL_IDLE_MAX,
     ) -> None:
         self._store = store
         self._spend = spend
@@ -70,6 +94,12 @@ class JobRunner:
         self._failures: dict[str, int] = {}
         self._final_reads: dict[str, int] = {}  # job -> failed final log reads in a row
         self._resting: dict[str, tuple[int, datetime]] = {}  # step -> (busy answers, until)
+        self._concurrency = concurrency
+        self._tail_timeout = tail_timeout
+        self._tail_idle_max = tail_idle_max
+        # (job, file) -> (rounds in a row without growth or with a failed read, next read at)
+        self._tail_pace: dict[tuple[str, str], tuple[int, datetime]] = {}
+        self._tail_locks: dict[str, asyncio.Lock] = {}  # a round's read and the final read
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
     async def tick(self) -> None:
@@ -172,7 +202,9 @@ class JobRunner:
         """When the backend was busy for every job, the step rests (TransientError)."""
         busy: TransientError | None = None
         answered = False
-        for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True):
+
+        async def poll_one(job: Job) -> None:
+            nonlocal busy, answered
             with context.bound(**context.for_job(job.id)):
                 try:
                     await self._poll_job(job)
@@ -184,6 +216,9 @@ class JobRunner:
                 else:
                     answered = True
                     self._failures.pop(job.id, None)
+
+        jobs = await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True)
+        await each(jobs, poll_one, self._concurrency)  # one slow answer holds one worker
         if busy is not None and not answered:
             raise busy
 
@@ -304,8 +339,10 @@ class JobRunner:
         if await self._store.update_job(done, events, transition=transition, ledger_entry=entry):
             self._deadlines.pop(job.id, None)
             self._logs.pop(job.id, None)
+            self._tail_locks.pop(job.id, None)
             for name in job.layout.log_files if job.layout else ():
                 self._tailer.forget((job.id, name))
+                self._tail_pace.pop((job.id, name), None)
 
     def _start_time(self, job: Job, status: RunStatus | None) -> datetime:
         """A job that ran and ended between two polls still ran: take the backend's start time
@@ -374,36 +411,89 @@ class JobRunner:
     # -- logs --------------------------------------------------------------------------------
 
     async def tail_logs(self) -> None:
-        for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True):
-            if job.layout is not None and job.layout.stdouterr is not None:
-                with context.bound(**context.for_job(job.id)):
-                    try:
-                        await self._tail_job(job, final=False)
-                    except TransientError as err:
-                        log.info("job %s: logs unavailable for now: %s", job.name, err)
-                    except Exception:
-                        log.exception("job %s: reading its logs failed", job.name)
+        """New log lines of every active job, `concurrency` jobs at a time (a fixed worker
+        pool), so the round costs the slowest read, not the sum of all reads.
+
+        Per-file pacing keeps one slow or quiet share from holding up the rest: a read that
+        takes longer than `tail_timeout` is given up for this round (nothing was consumed; the
+        next read starts at the same offset), and a file that did not grow or whose read failed
+        or timed out rests 1 s, 2 s, 4 s ... up to `tail_idle_max` before it is read again. The
+        final read when a job ends is never paced and never cut short, so no line is lost."""
+        jobs = [
+            job
+            for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True)
+            if job.layout is not None and job.layout.stdouterr is not None
+        ]
+        await each(jobs, self._tail_round, self._concurrency)
+
+    async def _tail_round(self, job: Job) -> None:
+        with context.bound(**context.for_job(job.id)):
+            try:
+                await self._tail_job(job, final=False)
+            except TransientError as err:
+                log.info("job %s: logs unavailable for now: %s", job.name, err)
+            except Exception:
+                log.exception("job %s: reading its logs failed", job.name)
 
     async def _tail_job(self, job: Job, *, final: bool) -> None:
         layout = job.layout
         if layout is None or layout.stdouterr is None:
             return
-        state = self._logs.get(job.id)
-        if state is None:
-            state = self._logs[job.id] = _LogState(await self._store.get_log_offsets(job.id))
-        for name in layout.log_files:
-            await self._tail_file(job, state, name, layout.stdouterr.child(name), final=final)
+        # A round's read and the final read of the same job take turns: both move its offsets.
+        async with self._tail_locks.setdefault(job.id, asyncio.Lock()):
+            state = self._logs.get(job.id)
+            if state is None:
+                state = self._logs[job.id] = _LogState(await self._store.get_log_offsets(job.id))
+            for name in layout.log_files:
+                loc = layout.stdouterr.child(name)
+                if final:
+                    await self._tail_file(job, state, name, loc, final=True)
+                else:
+                    await self._paced(job, state, name, loc)
+
+    async def _paced(self, job: Job, state: _LogState, name: str, loc: FileLocation) -> None:
+        """One file's read in a round: skipped while it rests, bounded by `tail_timeout`."""
+        key = (job.id, name)
+        now = self._now()
+        quiet, due = self._tail_pace.get(key, (0, now))
+        if now < due:
+            return
+        grew = False
+        try:
+            grew = await self._tail_file(job, state, name, loc, final=False, timeout=True)
+        except TimeoutError:
+            log.info("job %s: reading %s took over %g s", job.name, name, self._tail_timeout)
+        finally:
+            if grew:
+                self._tail_pace.pop(key, None)
+            else:
+                rest = min(self._tail_idle_max, TAIL_IDLE_FIRST * 2**quiet)
+                self._tail_pace[key] = (quiet + 1, self._now() + timedelta(seconds=rest))
 
     async def _tail_file(
-        self, job: Job, state: _LogState, name: str, loc: FileLocation, *, final: bool
-    ) -> None:
+        self,
+        job: Job,
+        state: _LogState,
+        name: str,
+        loc: FileLocation,
+        *,
+        final: bool,
+        timeout: bool = False,
+    ) -> bool:
+        """Read and store the file's new lines; whether there were any new bytes.
+
+        With `timeout` each read may take `tail_timeout` (TimeoutError after): only the read is
+        cut short, which consumes nothing; a store commit under way is never interrupted."""
+        grew = False
         while True:
             offset, count = state.offsets.get(name, (0, 0))
-            result = await self._tailer.read((job.id, name), loc, offset, final=final)
+            read = self._tailer.read((job.id, name), loc, offset, final=final)
+            result = await asyncio.wait_for(read, self._tail_timeout if timeout else None)
+            grew = grew or result.bytes_read > 0 or result.restarted
             if result.restarted:
                 count = 0
             if not result.lines and result.committed_offset == offset:
-                return
+                return grew
             points = state.parser.feed_all(result.lines)
             events: list[Event] = [
                 LogSnippet(
@@ -426,7 +516,7 @@ class JobRunner:
             )
             state.offsets.update(new_offsets)
             if not result.more:
-                return
+                return grew
 
     def _now(self) -> datetime:
         return self._clock.now()

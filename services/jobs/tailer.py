@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 from services.core.ports import FileShare
@@ -90,17 +90,26 @@ class _TailState:
         return self.offset - len(self.pending)
 
 
+TailRead = Callable[[FileLocation, int, int], Awaitable[tuple[bytes, int] | None]]
+
+
 class LogTailer:
     """Reads only new bytes of growing log files; never reads a byte twice within a process.
 
     Keys are the caller's (job id, file name). The caller persists `committed_offset`; a new
     tailer (after a restart) starts from it and re-reads at most one partial line.
+
+    A share that offers `read_tail(loc, offset, length) -> (bytes, file size) | None` (Azure
+    Files: one ranged GET whose Content-Range gives the size) is read with one request per file
+    and call; any other share with `stat` + `read_range` (two calls, cheap on a local disk).
     """
 
     def __init__(self, share: FileShare, *, chunk: int = 1 << 20, max_line: int = MAX_LINE):
         self._share = share
         self._chunk = chunk
         self._max_line = max_line
+        # getattr, not isinstance: the bot hands over its metrics proxy, not the share itself.
+        self._read_tail: TailRead | None = getattr(share, "read_tail", None)
         self._states: dict[Hashable, _TailState] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
 
@@ -124,17 +133,31 @@ class LogTailer:
         self._states.pop(key, None)
         self._locks.pop(key, None)
 
-    async def _read(self, state: _TailState, loc: FileLocation, *, final: bool) -> TailResult:
+    async def _fetch(self, loc: FileLocation, offset: int) -> tuple[bytes, int] | None:
+        """(new bytes from `offset`, at most one chunk; the file's size), or None if missing."""
+        if self._read_tail is not None:
+            return await self._read_tail(loc, offset, self._chunk)
         entry = await self._share.stat(loc)
         if entry is None or entry.is_directory:
+            return None
+        length = min(self._chunk, entry.size - offset)
+        data = await self._share.read_range(loc, offset, length) if length > 0 else b""
+        return data, entry.size
+
+    async def _read(self, state: _TailState, loc: FileLocation, *, final: bool) -> TailResult:
+        got = await self._fetch(loc, state.offset)
+        if got is None:
             return TailResult([], state.committed, 0, missing=True)
+        data, size = got
         restarted = False
-        if entry.size < state.offset:
+        if size < state.offset:  # truncated or replaced: read it again from the start
             state.offset, state.pending, restarted = 0, b"", True
-        length = min(self._chunk, entry.size - state.offset)
-        data = await self._share.read_range(loc, state.offset, length) if length > 0 else b""
+            got = await self._fetch(loc, 0) if size > 0 else (b"", 0)
+            if got is None:
+                return TailResult([], state.committed, 0, missing=True, restarted=True)
+            data, size = got
         state.offset += len(data)
-        more = state.offset < entry.size
+        more = state.offset < size
         lines, used = split_lines(
             state.pending + data, final=final and not more, max_line=self._max_line
         )

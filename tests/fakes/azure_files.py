@@ -23,6 +23,8 @@ InvalidRange with `Content-Range: bytes */<size>`, as Blob storage answers), del
 
 Testing aids: `ops` (requests per REST operation), `bytes_served` (file bytes sent),
 `bytes_written`, `requests` (a log, never the signature), `fail_next` / `delay_next` faults,
+`delay_path` (one slow file), `latency` (every request's round trip), `in_flight` /
+`max_in_flight` (requests being handled at once),
 `share_dir` (the backing directory), a settable `clock` for SAS expiry, `replace_after_write`
 (the next write of a file is followed at once by other content, as when someone else with
 write access to the share replaces it right after the bot wrote it).
@@ -195,8 +197,10 @@ class FakeAzureFiles:
         page_size: int = 5000,
         clock: Callable[[], datetime] | None = None,
         host: str = "127.0.0.1",
+        latency: float = 0.0,
     ) -> None:
         self.root = Path(root)
+        self.latency = latency  # seconds every request waits first: a real service's round trip
         self.account = account
         self.key = key
         self.page_size = page_size  # the service's default maxresults
@@ -208,6 +212,9 @@ class FakeAzureFiles:
         self.requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
         self._delays: list[float] = []
+        self._path_delays: dict[tuple[str, str], float] = {}
+        self.in_flight = 0  # requests being handled now
+        self.max_in_flight = 0  # the most at once since the last reset_counters
         self._replacements: dict[Path, bytes] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -266,6 +273,14 @@ class FakeAzureFiles:
         """The next `n` requests wait `seconds` before they are handled (client timeouts)."""
         self._delays.extend([seconds] * n)
 
+    def delay_path(self, share: str, path: str, seconds: float = 3600.0) -> None:
+        """Every request for `path` on `share` waits `seconds` (or until the server closes)
+        before it is handled: one slow file among fast ones. 0 ends the delay."""
+        if seconds > 0:
+            self._path_delays[(share, path)] = seconds
+        else:
+            self._path_delays.pop((share, path), None)
+
     def replace_after_write(self, share: str, path: str, data: bytes) -> None:
         """Once the next Put Range to `path` on `share` is done, the file holds `data`."""
         self._replacements[self.share_dir(share) / path] = data
@@ -274,6 +289,7 @@ class FakeAzureFiles:
         self.ops.clear()
         self.requests.clear()
         self.bytes_served = self.bytes_written = 0
+        self.max_in_flight = self.in_flight
 
     def count(self, *ops: str) -> int:
         return sum(self.ops[op] for op in ops)
@@ -288,7 +304,6 @@ class FakeAzureFiles:
         rel = "/".join(p for p in parts[2:] if p)
         query = dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True))
         op = self._operation(request.method, query, bool(share))
-        is_head = request.method == "HEAD"
         auth = (
             "SAS"
             if "sig" in query
@@ -304,8 +319,27 @@ class FakeAzureFiles:
                 RecordedRequest(request.method, op, share, rel, status, auth, xrange)
             )
 
-        if self._delays:
-            delay = self._delays.pop(0)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._handle_counted(request, op, account, share, rel, query, record)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle_counted(
+        self,
+        request: web.Request,
+        op: str,
+        account: str,
+        share: str,
+        rel: str,
+        query: dict[str, str],
+        record: Callable[[int], None],
+    ) -> web.StreamResponse:
+        is_head = request.method == "HEAD"
+        delay = self._delays.pop(0) if self._delays else self._path_delays.get((share, rel), 0.0)
+        delay = delay or self.latency
+        if delay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
         if self._faults:

@@ -123,6 +123,12 @@ def _segments(loc: FileLocation, *, allow_root: bool = False) -> list[str]:
     return parts
 
 
+def _content_range_size(value: str | None) -> int | None:
+    """The complete length in `bytes a-b/size` or `bytes */size`; None when it is not given."""
+    _, slash, total = (value or "").rpartition("/")
+    return int(total) if slash and total.strip().isdigit() else None
+
+
 def _disposition(name: str) -> str:
     """`attachment; filename="<name>"`, with an RFC 6266 `filename*` for names that need it."""
     plain = name.isascii() and name.isprintable() and not any(c in name for c in '"\\')
@@ -209,6 +215,34 @@ class AzureShare:
                     return b""
                 raise
         return data[:length]
+
+    async def read_tail(
+        self, loc: FileLocation, offset: int, length: int
+    ) -> tuple[bytes, int] | None:
+        """Up to `length` bytes from `offset` and the file's size, in ONE ranged GET; None when
+        no file is there. What the log tailer uses instead of Get File Properties + Get File.
+
+        A 206 names the size in `Content-Range: bytes a-b/size`. An offset at or past the end
+        answers 416 with `Content-Range: bytes */size`: nothing new (or, with a size below
+        `offset`, the file shrank). A 416 that names no size is taken as "nothing new"."""
+        if offset < 0 or length <= 0:
+            raise UserError("offset must not be negative and length must be positive")
+        client = self._file(loc)
+        async with azure_errors(f"read {loc.share}/{loc.path}"):
+            try:
+                stream = await client.download_file(offset=offset, length=length)
+                data: bytes = await stream.readall()
+            except ResourceNotFoundError:
+                return None
+            except HttpResponseError as err:
+                if err.status_code != 416:
+                    raise
+                headers = getattr(err.response, "headers", None) or {}
+                size = _content_range_size(headers.get("Content-Range"))
+                return b"", offset if size is None else size
+        size = _content_range_size(stream.properties.content_range)
+        data = data[:length]
+        return data, offset + len(data) if size is None else max(size, offset + len(data))
 
     async def list_files(self, loc: FileLocation, *, recursive: bool = False) -> list[FileEntry]:
         top = _segments(loc, allow_root=True)
