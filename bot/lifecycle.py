@@ -124,7 +124,7 @@ async def running(
             if settings.slack_mode == "http":
                 assert settings.slack_signing_secret is not None  # build_app made sure
                 secret = settings.slack_signing_secret.get_secret_value()
-                slack.add_events_route(web_app, slack_app, secret)
+                slack.add_events_route(web_app, slack_app, secret, session=http)
             else:
                 socket_mode = slack.SocketMode(slack_app, settings)
         if probe_sock is None:

@@ -120,7 +120,9 @@ def build_app(
         name="batchai-bot",
         logger=logging.getLogger("slack_bolt"),
     )
-    if session is not None:
+    if session is not None and settings.slack_mode != "http":
+        # HTTP mode gives each request its respond in the events route (one middleware less
+        # per request: Bolt builds every middleware's arguments anew)
         app.middleware(_respond_over(session))
     register(app, handlers, command=settings.slack_command)
 
@@ -165,9 +167,16 @@ class SocketMode:
         await self._handler.close_async()  # type: ignore[no-untyped-call]  # slack_bolt: untyped
 
 
-def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: str) -> None:
+def add_events_route(
+    web_app: web.Application,
+    app: AsyncApp,
+    signing_secret: str,
+    *,
+    session: aiohttp.ClientSession | None = None,
+) -> None:
     """HTTP mode: POST /slack/events on the bot's own web app. Nothing of a request is parsed
-    before its signature and timestamp are verified; then replays and deep nesting are refused."""
+    before its signature and timestamp are verified; then replays and deep nesting are refused.
+    With `session`, the request's `respond` answers over it."""
     verifier = SignatureVerifier(signing_secret)
     seen: OrderedDict[str, float] = OrderedDict()
 
@@ -193,6 +202,9 @@ def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: st
         if bolt_request is None:
             log.warning("refused a signed Slack request whose body is not a JSON object or form")
             return web.json_response({"error": "malformed request"}, status=400)
+        url = bolt_request.context.response_url
+        if session is not None and url:
+            bolt_request.context["respond"] = SharedRespond(response_url=url, session=session)
         response = await app.async_dispatch(bolt_request)
         if response.status == 200:
             seen[signature] = now
