@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -118,6 +119,8 @@ async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
             log_level="WARNING",
             price_refresh_hours=0,  # no calls to the Azure Retail Prices API
         )
+        skips = _Skips()
+        logging.getLogger("apscheduler").addHandler(skips)
         async with running(settings) as bot:
             bot.share.create_share("data")
 
@@ -141,8 +144,8 @@ async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
                 elif request == "stalls":
                     conn.send(stalls.take())
                 elif request == "periodic":
-                    scheduler = bot.scheduler
-                    conn.send((sum(scheduler.skipped.values()), dict(scheduler.follow_ups)))
+                    follow_ups = getattr(bot.scheduler, "follow_ups", None)  # not before
+                    conn.send((skips.count, dict(follow_ups) if follow_ups is not None else "-"))
                 elif request == "profile-on":
                     if profile:
                         profiler.enable()
@@ -155,6 +158,20 @@ async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
                 elif request == "stop":
                     watch.cancel()
                     return
+
+
+class _Skips(logging.Handler):
+    """Counts the periodic runs APScheduler says it skipped or missed, from its own warnings
+    (so the figure means the same for any version of the bot's scheduler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "skipped: maximum number of running instances" in message or "was missed" in message:
+            self.count += 1
 
 
 class _Stalls:
