@@ -12,13 +12,19 @@ Latency = from sending the request to having read the whole HTTP response (the a
 gets a warm-up, then `--requests` requests at `--concurrency` in flight; the bot gets a mix of
 fast commands (`cluster list -o table`, `help`) and a slower one (`cluster show -n c1`).
 
-    .venv/bin/python bench/slack_ack_bench.py --requests 200 --concurrency 50
+Printed: p50/p99 of both targets in the same run, CPU per command (the whole process, every
+thread; the work after the ack included) and the bot's periodic runs skipped under the load.
+
+    .venv/bin/python bench/slack_ack_bench.py --requests 2000
+    .venv/bin/python bench/slack_ack_bench.py --requests 500 --profile ack.prof
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -88,16 +94,17 @@ async def _fake(conn: Connection, urls: int) -> None:
         )
 
 
-def target_main(conn: Connection, kind: str, slack_api: str) -> None:
+def target_main(conn: Connection, kind: str, slack_api: str, profile: str | None) -> None:
     for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
         os.environ.pop(name, None)
-    asyncio.run(_bot(conn, slack_api) if kind == "bot" else _bare(conn, slack_api))
+    asyncio.run(_bot(conn, slack_api, profile) if kind == "bot" else _bare(conn, slack_api))
 
 
-async def _bot(conn: Connection, slack_api: str) -> None:
+async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
     from bot.config import Settings
     from bot.lifecycle import running
 
+    profiler = cProfile.Profile(time.thread_time)  # CPU of the event loop, not waits
     with tempfile.TemporaryDirectory(prefix="ackbench-") as tmp:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -112,12 +119,16 @@ async def _bot(conn: Connection, slack_api: str) -> None:
             log_level="WARNING",
             price_refresh_hours=0,  # no calls to the Azure Retail Prices API
         )
+        skips = _Skips()
+        logging.getLogger("apscheduler").addHandler(skips)
         async with running(settings) as bot:
             bot.share.create_share("data")
 
             async def cluster_ready() -> bool:
                 return await bot.store.get_cluster("c1") is not None
 
+            stalls = _Stalls()
+            watch = asyncio.create_task(stalls.watch())
             conn.send(f"{bot.web_url}/slack/events")
             loop = asyncio.get_running_loop()
             # The parent creates c1 through Slack; "ready" waits for the cluster to exist.
@@ -129,9 +140,62 @@ async def _bot(conn: Connection, slack_api: str) -> None:
                         await asyncio.sleep(0.05)
                     conn.send(await cluster_ready())
                 elif request == "cpu":
-                    conn.send(time.process_time())
+                    conn.send(_cpu())
+                elif request == "stalls":
+                    conn.send(stalls.take())
+                elif request == "periodic":
+                    follow_ups = getattr(bot.scheduler, "follow_ups", None)  # not before
+                    conn.send((skips.count, dict(follow_ups) if follow_ups is not None else "-"))
+                elif request == "profile-on":
+                    if profile:
+                        profiler.enable()
+                    conn.send(True)
+                elif request == "profile-off":
+                    if profile:
+                        profiler.disable()
+                        profiler.dump_stats(profile)
+                    conn.send(True)
                 elif request == "stop":
+                    watch.cancel()
                     return
+
+
+class _Skips(logging.Handler):
+    """Counts the periodic runs APScheduler says it skipped or missed, from its own warnings
+    (so the figure means the same for any version of the bot's scheduler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "skipped: maximum number of running instances" in message or "was missed" in message:
+            self.count += 1
+
+
+class _Stalls:
+    """How late the event loop runs a 5 ms timer: the longest stalls, for the tail."""
+
+    def __init__(self) -> None:
+        self.worst: list[float] = []
+
+    async def watch(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.worst.append(time.perf_counter() - t0 - 0.005)
+            self.worst = sorted(self.worst)[-5:]
+
+    def take(self) -> list[float]:
+        worst, self.worst = self.worst, []
+        return worst
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of the whole process (every thread: aiosqlite runs one per connection) and
+    of this thread, the event loop's."""
+    return time.process_time(), time.thread_time()
 
 
 async def _bare(conn: Connection, slack_api: str) -> None:
@@ -160,7 +224,7 @@ async def _bare(conn: Connection, slack_api: str) -> None:
     port = runner.addresses[0][1]
     conn.send(f"http://127.0.0.1:{port}/slack/events")
     try:
-        await _serve_pipe(conn, {"ready": True, "cpu": time.process_time})
+        await _serve_pipe(conn, {"ready": True, "cpu": _cpu})
     finally:
         await runner.cleanup()
 
@@ -225,7 +289,11 @@ def ms(seconds: float) -> str:
 
 
 def summary(
-    name: str, results: list[tuple[str, float, int | str]], wall: float, cpu: float, client: float
+    name: str,
+    results: list[tuple[str, float, int | str]],
+    wall: float,
+    cpu: tuple[float, float],
+    client: float,
 ) -> dict[str, float]:
     lat = [r[1] for r in results]
     errors = [r for r in results if r[2] != 200]
@@ -233,12 +301,13 @@ def summary(
     print(
         f"{name:<10} n={len(results):<4} p50 {ms(p50)}  p99 {ms(p99)}  max {ms(max(lat))}"
         f"  {len(results) / wall:7.1f} req/s  errors {len(errors)}"
-        f"  target CPU {cpu * 1000 / len(results):.2f} ms/req"
+        f"  target CPU {cpu[0] * 1000 / len(results):.2f} ms/req"
+        f" (event loop thread {cpu[1] * 1000 / len(results):.2f})"
         f"  (load generator CPU {100 * client / wall:.0f}%)"
     )
     if errors:
         print(f"           non-200: {dict(Counter(str(r[2]) for r in errors))}")
-    return {"p50": p50, "p99": p99, "errors": len(errors)}
+    return {"p50": p50, "p99": p99, "errors": len(errors), "cpu": cpu[0] * 1000 / len(results)}
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -253,7 +322,9 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         for kind in ("bot", "bare"):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=target_main, args=(child, kind, slack_api), daemon=True)
+            proc = ctx.Process(
+                target=target_main, args=(child, kind, slack_api, args.profile), daemon=True
+            )
             proc.start()
             url = await loop.run_in_executor(None, parent.recv)
             targets[kind] = (proc, parent, url)
@@ -294,14 +365,25 @@ async def bench(args: argparse.Namespace) -> None:
             figures: dict[str, dict[str, float]] = {}
             for kind, texts in (("bot", mix), ("bare Bolt", ["help"] * args.requests)):
                 proc, conn, url = targets["bot" if kind == "bot" else "bare"]
+                if kind == "bot":
+                    skipped0, _ = await ask(conn, "periodic")
+                    await ask(conn, "stalls")
+                    await ask(conn, "profile-on")
                 cpu0 = await ask(conn, "cpu")
                 client0 = time.process_time()
                 results, wall = await load.run(url, texts, args.concurrency)
                 client = time.process_time() - client0
                 if kind == "bot":
                     sent_to_bot += len(texts)
+                    drain0 = time.perf_counter()
                     await settle()  # the work after the ack is the bot's cost too
-                cpu = await ask(conn, "cpu") - cpu0
+                    drain = time.perf_counter() - drain0
+                cpu1 = await ask(conn, "cpu")
+                cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+                if kind == "bot":
+                    await ask(conn, "profile-off")
+                    skipped, follow_ups = await ask(conn, "periodic")
+                    stalls = await ask(conn, "stalls")
                 figures[kind] = summary(kind, results, wall, cpu, client)
                 if kind == "bot":
                     by_text: dict[str, list[float]] = defaultdict(list)
@@ -318,6 +400,18 @@ async def bench(args: argparse.Namespace) -> None:
                 f"  p99 x{bot['p99'] / bare['p99']:.2f}"
             )
             print(f"errors (non-200): bot {int(bot['errors'])}, bare Bolt {int(bare['errors'])}")
+            print(
+                f"bot's periodic work during its load: {skipped - skipped0} runs skipped;"
+                f" rounds run late, right after the one before (since start): {follow_ups or 0}"
+            )
+            print(f"bot's last answers reached Slack {drain:.2f} s after its last ack")
+            print("bot's event loop, longest stalls: " + ", ".join(ms(s) for s in stalls))
+            goals = (
+                f"p99 x{bot['p99'] / bare['p99']:.2f} (goal <= x1.5),"
+                f" CPU {bot['cpu']:.2f} ms/command (goal <= 1),"
+                f" skipped {skipped - skipped0} (goal 0)"
+            )
+            print(f"goals: {goals}")
             stats = await ask(fake_conn, "stats")
             print(
                 f"fake Slack: {stats['responses']} response_url answers"
@@ -341,6 +435,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write a cProfile of the bot's event loop under the load to FILE (pstats format)",
+    )
     args = parser.parse_args()
     asyncio.run(bench(args))
 

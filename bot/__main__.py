@@ -4,27 +4,16 @@ manifest; --version."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from bot.check import check_azure, check_settings, format_results
-from bot.config import Settings
-from bot.console import Console, ConsoleTransport, console_caller
-from bot.lifecycle import running
-from bot.logs import configure as configure_logging
-from bot.manifest import render_manifest
-from bot.version import version_line
-from services.core.errors import NotFound, SpecError, UserError
-from services.jobs.lifecycle import LIVE_STATES
-from services.jobs.sources import ConfigLoader, Folder
-from services.jobspec import load_any
-from services.models import ConfigSource
+# Only argparse at import: each subcommand imports what it needs when it runs, so `--help`,
+# `--version`, `manifest` and `validate` never load SQLAlchemy, alembic, Bolt, aiohttp or the
+# Azure SDKs (tests/test_startup.py checks it).
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from services.jobs.sources import ConfigLoader, Folder
 
 MANIFEST_FOLDERS: tuple[Folder, ...] = ("jobs", "clusters")
 
@@ -65,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings()
     if args.command == "manifest":
         return print_manifest(settings, args)
+    import asyncio
+
     if args.command == "check":
         return asyncio.run(run_check(settings, args.channel))
+    from bot.logs import configure as configure_logging
+
     configure_logging(settings)
     wait = getattr(args, "wait_timeout", 900.0)
     try:
@@ -84,11 +77,17 @@ class PrintVersion(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from bot.version import version_line
+
         print(version_line())
         parser.exit(0)
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from bot.config import Settings
+
     try:
         return Settings()
     except ValidationError as err:  # name each setting, no traceback (never its value)
@@ -103,6 +102,12 @@ def _setting_error(error: Any) -> str:
 
 async def run_slack(settings: Settings) -> int:
     """Serve Slack until SIGINT / SIGTERM."""
+    import asyncio
+    import logging
+    import signal
+
+    from bot.lifecycle import running
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,6 +119,10 @@ async def run_slack(settings: Settings) -> int:
 
 
 async def run_console(settings: Settings, *, wait_timeout: float) -> int:
+    from bot.console import Console, ConsoleTransport, console_caller
+    from bot.lifecycle import running
+    from services.jobs.lifecycle import LIVE_STATES
+
     interactive = sys.stdin.isatty()
     transport = ConsoleTransport(settings.batchai_data_dir / "console-files")
     async with running(settings, transport=transport) as bot:
@@ -139,6 +148,8 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
 
 
 def print_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.manifest import render_manifest
+
     url = args.request_url
     if url is None and settings.slack_mode == "http" and settings.public_url:
         url = f"{settings.public_url.rstrip('/')}/slack/events"
@@ -156,6 +167,8 @@ def print_manifest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_check(settings: Settings, channels: list[str]) -> int:
+    from bot.check import check_azure, check_settings, format_results
+
     azure = await check_azure(settings) if settings.batchai_backend == "azure" else []
     if not settings.slack_configured:
         if azure:
@@ -171,6 +184,10 @@ async def run_check(settings: Settings, channels: list[str]) -> int:
 
 def validate_files(files: list[str]) -> int:
     """One line per file: OK with what it is, or the error; non-zero if any failed."""
+    from services.core.errors import SpecError
+    from services.jobs.sources import ConfigLoader
+    from services.jobspec import load_any
+
     failed = 0
     names = [name for name in files if not Path(name).exists()]  # settings only if needed
     manifests = ConfigLoader(_settings().manifest_dir) if names else None
@@ -192,6 +209,9 @@ def validate_files(files: list[str]) -> int:
 def _spec_text(name: str, manifests: ConfigLoader | None) -> tuple[str | bytes, str]:
     """The file `name`; else the job or cluster manifest of that name in MANIFEST_DIR (the
     bundled ones by default), so that an installed bot validates them from anywhere."""
+    from services.core.errors import NotFound, UserError
+    from services.models import ConfigSource
+
     path = Path(name)
     if manifests is not None and not path.exists():
         for folder in MANIFEST_FOLDERS:

@@ -44,6 +44,7 @@ from services.spend.pricing import PriceTable, load_price_table
 from services.store import SqlStore
 
 if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure
+    import aiohttp
     from azure.core.credentials_async import AsyncTokenCredential
 
     from services.backends.azure.backend import AzureBackend
@@ -77,6 +78,7 @@ class Bot:
     schedules: ScheduleService
     guard: AccessGuard
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
+    http: aiohttp.ClientSession | None = None  # Slack's Web API and response_url answers
     probe_url: str | None = None  # where /readyz and /metrics answer, once serving
 
     def resolve_file(self, loc: FileLocation) -> Path:
@@ -213,9 +215,11 @@ def build(
     clock: Clock | None = None,
     port: int | None = None,
     credential: AsyncTokenCredential | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> Bot:
     """Without a transport, Slack is used (its tokens must be set); the console passes its own.
-    The azure backend uses `credential`, or else a DefaultAzureCredential made here."""
+    The azure backend uses `credential`, or else a DefaultAzureCredential made here. Every
+    Slack client shares `http` (the caller owns and closes it), so calls reuse connections."""
     clock = clock or SystemClock()
     data = settings.batchai_data_dir
     private_dir(data)
@@ -223,7 +227,7 @@ def build(
     metrics = BotMetrics()
     if transport is None:
         transport = SlackOutbox(
-            web_client(settings, for_listeners=False),
+            web_client(settings, for_listeners=False, session=http),
             store,
             now=clock.now,
             post_interval=settings.slack_post_interval,
@@ -251,8 +255,10 @@ def build(
     members_of = None
     channel_members: SlackChannelMembers | ConsoleMembers = ConsoleMembers(settings.console_channel)
     if isinstance(transport, SlackOutbox):
-        members_of = UserGroups(web_client(settings, for_listeners=True)).members
-        channel_members = SlackChannelMembers(web_client(settings, for_listeners=True))
+        members_of = UserGroups(web_client(settings, for_listeners=True, session=http)).members
+        channel_members = SlackChannelMembers(
+            web_client(settings, for_listeners=True, session=http)
+        )
     gate = SpendGate(policy=policy, spend=spend)  # the one place money is decided
     readers = JobReaders(channel_members)  # who may read a job: one rule for jobs and approvals
     approvals = ApprovalService(
@@ -390,4 +396,5 @@ def build(
         schedules=schedules,
         guard=guard,
         credential=credential,
+        http=http,
     )

@@ -6,15 +6,18 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -23,6 +26,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+from slack_sdk.webhook.webhook_response import WebhookResponse
 
 from bot.config import Settings
 from handlers.slack import SlackHandlers, register
@@ -37,8 +42,13 @@ REPLAY_WINDOW = 300  # seconds: Slack's own freshness window for signed requests
 MAX_EVENT_BYTES = 1024 * 1024
 
 
-def web_client(settings: Settings, *, for_listeners: bool) -> AsyncWebClient:
-    """The outbox retries on its own budget; listener calls (views.*) retry one 429 here."""
+def web_client(
+    settings: Settings, *, for_listeners: bool, session: aiohttp.ClientSession | None = None
+) -> AsyncWebClient:
+    """The outbox retries on its own budget; listener calls (views.*) retry one 429 here.
+
+    With `session` every call reuses its kept-alive connections; without one slack-sdk opens
+    (and closes) a session, so a TCP connection, per call: fine for `check`, not for a bot."""
     assert settings.slack_bot_token is not None
     handlers: list[Any] = [AsyncConnectionErrorRetryHandler()]
     if for_listeners:
@@ -48,10 +58,54 @@ def web_client(settings: Settings, *, for_listeners: bool) -> AsyncWebClient:
         base_url=settings.slack_api_url,
         retry_handlers=handlers,
         timeout=15,
+        session=session,
     )
 
 
-def build_app(settings: Settings, handlers: SlackHandlers) -> AsyncApp:
+class SharedRespond(AsyncRespond):
+    """Bolt's `respond` over the bot's one HTTP session. Bolt's own opens a session (a new TCP
+    connection and TLS handshake to Slack) for every answer on a response_url: under load that
+    was most of the bot's CPU per command (slack-bolt context/respond/async_respond.py)."""
+
+    def __init__(self, *, response_url: str, session: aiohttp.ClientSession) -> None:
+        super().__init__(response_url=response_url)
+        self._client = AsyncWebhookClient(url=response_url, session=session, timeout=15)
+
+    async def __call__(
+        self,
+        text: str | dict[str, Any] = "",
+        blocks: Sequence[Any] | None = None,
+        attachments: Sequence[Any] | None = None,
+        response_type: str | None = None,
+        replace_original: bool | None = None,
+        delete_original: bool | None = None,
+        unfurl_links: bool | None = None,
+        unfurl_media: bool | None = None,
+        thread_ts: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> WebhookResponse:
+        if isinstance(text, dict):  # a whole message, as Bolt's respond also takes
+            return await self._client.send_dict(text)
+        fields = {
+            "text": text,
+            "blocks": blocks,
+            "attachments": attachments,
+            "response_type": response_type,
+            "replace_original": replace_original,
+            "delete_original": delete_original,
+            "unfurl_links": unfurl_links,
+            "unfurl_media": unfurl_media,
+            "thread_ts": thread_ts,
+            "metadata": metadata,
+        }
+        return await self._client.send_dict({k: v for k, v in fields.items() if v is not None})
+
+
+def build_app(
+    settings: Settings, handlers: SlackHandlers, *, session: aiohttp.ClientSession | None = None
+) -> AsyncApp:
+    """The Bolt app with every listener; with `session`, listeners' Web API calls and
+    response_url answers go over it."""
     if os.environ.get("SLACK_CLIENT_ID") and os.environ.get("SLACK_CLIENT_SECRET"):
         # Bolt would silently switch to OAuth and drop the bot token (slack-bolt AsyncApp init).
         raise SystemExit(
@@ -61,11 +115,15 @@ def build_app(settings: Settings, handlers: SlackHandlers) -> AsyncApp:
     if settings.slack_mode == "http" and secret is None:
         raise SystemExit("SLACK_SIGNING_SECRET is required when SLACK_MODE=http")
     app = AsyncApp(
-        client=web_client(settings, for_listeners=True),
+        client=web_client(settings, for_listeners=True, session=session),
         signing_secret=secret.get_secret_value() if secret else "socket-mode-unused",
         name="batchai-bot",
         logger=logging.getLogger("slack_bolt"),
     )
+    if session is not None and settings.slack_mode != "http":
+        # HTTP mode gives each request its respond in the events route (one middleware less
+        # per request: Bolt builds every middleware's arguments anew)
+        app.middleware(_respond_over(session))
     register(app, handlers, command=settings.slack_command)
 
     @app.error
@@ -73,6 +131,20 @@ def build_app(settings: Settings, handlers: SlackHandlers) -> AsyncApp:
         log.exception("listener failed for a %s request", body.get("type", "slash"), exc_info=error)
 
     return app
+
+
+def _respond_over(
+    session: aiohttp.ClientSession,
+) -> Callable[[AsyncBoltContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]:
+    """A middleware giving every request with a response_url a `respond` over `session`
+    (Bolt builds its own only when the context has none)."""
+
+    async def shared_respond(context: AsyncBoltContext, next_: Callable[[], Awaitable[Any]]) -> Any:
+        if context.response_url:
+            context["respond"] = SharedRespond(response_url=context.response_url, session=session)
+        return await next_()
+
+    return shared_respond
 
 
 class SocketMode:
@@ -95,9 +167,16 @@ class SocketMode:
         await self._handler.close_async()  # type: ignore[no-untyped-call]  # slack_bolt: untyped
 
 
-def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: str) -> None:
+def add_events_route(
+    web_app: web.Application,
+    app: AsyncApp,
+    signing_secret: str,
+    *,
+    session: aiohttp.ClientSession | None = None,
+) -> None:
     """HTTP mode: POST /slack/events on the bot's own web app. Nothing of a request is parsed
-    before its signature and timestamp are verified; then replays and deep nesting are refused."""
+    before its signature and timestamp are verified; then replays and deep nesting are refused.
+    With `session`, the request's `respond` answers over it."""
     verifier = SignatureVerifier(signing_secret)
     seen: OrderedDict[str, float] = OrderedDict()
 
@@ -123,6 +202,9 @@ def add_events_route(web_app: web.Application, app: AsyncApp, signing_secret: st
         if bolt_request is None:
             log.warning("refused a signed Slack request whose body is not a JSON object or form")
             return web.json_response({"error": "malformed request"}, status=400)
+        url = bolt_request.context.response_url
+        if session is not None and url:
+            bolt_request.context["respond"] = SharedRespond(response_url=url, session=session)
         response = await app.async_dispatch(bolt_request)
         if response.status == 200:
             seen[signature] = now
@@ -166,6 +248,8 @@ def _too_deep(body: str) -> bool:
     if body.lstrip().startswith(("{", "[")):
         return nesting_depth(body) > MAX_DEPTH
     # A slash command's text is not parsed as JSON here (the grammar refuses deep JSON itself).
+    if "payload=" not in body:  # no field of that name: a form encodes `=` inside values
+        return False
     payloads = [value for key, value in parse_qsl(body) if key == "payload"]
     return any(nesting_depth(text) > MAX_DEPTH for text in payloads)
 

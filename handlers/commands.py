@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -176,7 +177,7 @@ class CommandHandler:
     # -- help ---------------------------------------------------------------------------------
 
     async def _help(self, c: Help, actor: Actor, source: Source) -> Reply:
-        return Reply(views.monospace(grammar.help_text(*c.topic)))
+        return Reply(_help_message(c.topic))
 
     # -- clusters -----------------------------------------------------------------------------
 
@@ -517,6 +518,13 @@ _HANDLERS.add(JobWait, CommandHandler._job_wait)
 _HANDLERS.add(JobStreamFile, CommandHandler._job_stream)
 _HANDLERS.add(JobListFiles, CommandHandler._job_files)
 _HANDLERS.add(JobNodeList, CommandHandler._job_nodes)
+
+
+@functools.lru_cache(maxsize=256)
+def _help_message(topic: tuple[str, ...]) -> Message:
+    """Help is the same until the bot is upgraded: laid out into blocks once per topic (the
+    layout cost more CPU than the rest of the command). Messages are never changed once made."""
+    return views.monospace(grammar.help_text(*topic))
 
 
 # Flags the grammar accepts (az had them) that no backend honours yet: refused, never ignored.

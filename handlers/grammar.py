@@ -565,8 +565,12 @@ def usage(*path: str) -> str:
     raise KeyError(f"no such command: {' '.join(path)}")
 
 
+@functools.lru_cache(maxsize=512)
 def help_text(*topic: str) -> str:
-    """The overview, or the help of one group or command: plain text laid out for monospace."""
+    """The overview, or the help of one group or command: plain text laid out for monospace.
+
+    Cached like `usage`: laying out the overview (textwrap over every command) cost more CPU
+    than the rest of a `help` command."""
     words = tuple(word.lower() for word in topic)
     if not words or words == ("help",):
         return _overview()

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -23,22 +24,37 @@ Work = Callable[[], Awaitable[object]]
 
 
 class Scheduler:
-    """Interval jobs that never overlap themselves and coalesce missed runs."""
+    """Interval jobs that never overlap themselves and never drop a tick: a tick that comes due
+    while its round is still under way is run right after it (any number coalesce into one).
+
+    APScheduler alone would skip such a tick ("maximum number of running instances reached")
+    and leave the work to the next one, a whole interval later: under a burst of commands the
+    delivery and poll rounds took longer than their interval and lost every other tick."""
 
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._work: dict[str, Work] = {}
         self.failures: Counter[str] = Counter()  # rounds that raised, by job id (for /metrics)
+        self.skipped: Counter[str] = Counter()  # ticks APScheduler dropped, by job id
+        self.follow_ups: Counter[str] = Counter()  # rounds run late, right after the previous
         self._at: dict[str, datetime] = {}
         self._rounds: set[asyncio.Task[object]] = set()  # work under way, awaited by aclose
+        self._busy: set[str] = set()  # interval jobs with a round under way
+        self._again: set[str] = set()  # ... and a tick that came due meanwhile
+        self._paused = False
         self._closing = False
+
+    def _skipped(self, event: JobEvent) -> None:
+        """Counted for the bench and /metrics; APScheduler logs the warning itself."""
+        self.skipped[event.job_id] += 1
 
     def every(self, job_id: str, seconds: float, work: Work, *, now: bool = False) -> None:
         """Run `work` every `seconds` (and once at start when `now`)."""
         self._work[job_id] = work
         extra = {"next_run_time": datetime.now(UTC)} if now else {}
         self._scheduler.add_job(
-            _run,
+            _fire,
             "interval",
             seconds=seconds,
             args=[self, job_id],
@@ -81,16 +97,19 @@ class Scheduler:
     def start(self, *, paused: bool = False) -> None:
         """Must be called inside the running event loop (APScheduler binds to it). Paused, it
         keeps what is armed but fires nothing until `resume` (a standby replica's)."""
+        self._paused = paused
         self._scheduler.start(paused=paused)
 
     def resume(self) -> None:
         """Fire again; runs missed while paused coalesce into one."""
+        self._paused = False
         self._scheduler.resume()
 
     async def pause(self, *, grace: float = 10.0) -> None:
         """Fire nothing more and wait (up to `grace` seconds) for the rounds under way."""
         if not self._scheduler.running:
             return
+        self._paused = True
         self._scheduler.pause()
         rounds = {task for task in self._rounds if task is not asyncio.current_task()}
         if rounds:
@@ -117,11 +136,10 @@ class Scheduler:
 
 
 async def _guarded(scheduler: Scheduler, job_id: str, work: Work, failures: str) -> None:
-    """One round of `work`: counted and logged when it raises, awaited by Scheduler.aclose."""
+    """One round of `work`, counted and logged when it raises."""
     task = asyncio.current_task()
     if task is not None:
         task.set_name(f"scheduled work {job_id}")
-        scheduler._rounds.add(task)
     try:
         await work()
     except asyncio.CancelledError:
@@ -131,16 +149,38 @@ async def _guarded(scheduler: Scheduler, job_id: str, work: Work, failures: str)
     except Exception:  # a periodic loop must never die of one bad round
         scheduler.failures[failures] += 1
         log.exception("scheduled work %s failed", job_id)
-    finally:
-        scheduler._rounds.discard(task)
+
+
+async def _fire(scheduler: Scheduler, job_id: str) -> None:
+    """APScheduler's callback for interval jobs: it starts the round and returns at once, so
+    APScheduler never finds an instance still running, and never drops a tick. (A coroutine:
+    APScheduler's asyncio executor runs a plain function in a thread.)"""
+    task = asyncio.ensure_future(_run(scheduler, job_id))
+    scheduler._rounds.add(task)  # from now on: aclose waits for it, pause too
+    task.add_done_callback(scheduler._rounds.discard)
 
 
 async def _run(scheduler: Scheduler, job_id: str) -> None:
-    """Module-level callback taking an id, so the scheduler never pickles bound methods."""
-    work = scheduler._work.get(job_id)
-    if work is None or scheduler._closing:
+    """A round of an interval job; with one under way, a note that another is due, which that
+    round runs when it ends. Module-level, taking an id, so nothing pickles bound methods."""
+    if job_id in scheduler._busy:
+        scheduler._again.add(job_id)
         return
-    await _guarded(scheduler, job_id, work, job_id)
+    scheduler._busy.add(job_id)
+    task = _tracked(scheduler)
+    try:
+        while (work := scheduler._work.get(job_id)) is not None:
+            if scheduler._closing or scheduler._paused:
+                return
+            await _guarded(scheduler, job_id, work, job_id)
+            if job_id not in scheduler._again:
+                return
+            scheduler._again.discard(job_id)
+            scheduler.follow_ups[job_id] += 1
+    finally:
+        scheduler._busy.discard(job_id)
+        scheduler._again.discard(job_id)
+        scheduler._rounds.discard(task)
 
 
 async def _run_once(scheduler: Scheduler, job_id: str) -> None:
@@ -149,7 +189,19 @@ async def _run_once(scheduler: Scheduler, job_id: str) -> None:
     scheduler._at.pop(job_id, None)
     if work is None or scheduler._closing:
         return
-    await _guarded(scheduler, job_id, work, "one-off")
+    task = _tracked(scheduler)
+    try:
+        await _guarded(scheduler, job_id, work, "one-off")
+    finally:
+        scheduler._rounds.discard(task)
+
+
+def _tracked(scheduler: Scheduler) -> asyncio.Task[object]:
+    """The task running a round, among those Scheduler.pause and aclose wait for."""
+    task: asyncio.Task[object] | None = asyncio.current_task()
+    assert task is not None  # rounds run in tasks: APScheduler's, _fire's or a test's
+    scheduler._rounds.add(task)
+    return task
 
 
 # -- cron arithmetic ------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class Call:
     http_method: str = "POST"
     status: int = 200
     response: dict[str, Any] = field(default_factory=dict)
+    connection: str = ""  # the client's address and port: one per TCP connection
 
     @property
     def ok(self) -> bool:
@@ -343,6 +344,7 @@ class ResponsePost:
     raw_body: bytes
     status: int
     at: float
+    connection: str = ""  # the client's address and port: one per TCP connection
 
     @property
     def ok(self) -> bool:
@@ -370,6 +372,13 @@ class ResponsePost:
     @property
     def blocks(self) -> list[dict[str, Any]] | None:
         return self._get("blocks")
+
+
+def _connection(request: web.Request) -> str:
+    """The client end of the request's TCP connection: a client that keeps its connections
+    alive sends many requests from one address and port."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 @dataclass
@@ -966,6 +975,7 @@ class FakeSlack:
             headers=dict(request.headers),
             at=self.clock(),
             http_method=request.method,
+            connection=_connection(request),
         )
         self.calls.append(call)
         status, body, headers = await self._dispatch(method, args, token)
@@ -1582,7 +1592,15 @@ class FakeSlack:
         with contextlib.suppress(ValueError):
             parsed = json.loads(raw) if raw else None
             body = parsed if isinstance(parsed, dict) else None
-        record = ResponsePost(id=rid, url=url, body=body, raw_body=raw, status=200, at=self.clock())
+        record = ResponsePost(
+            id=rid,
+            url=url,
+            body=body,
+            raw_body=raw,
+            status=200,
+            at=self.clock(),
+            connection=_connection(request),
+        )
         self.responses.append(record)
         failed = await self._fault("response_url")
         if failed is not None:
