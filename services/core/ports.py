@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from services.core.events import Event
+from services.core.events import Event, JobStateChanged
 from services.models import (
     Approval,
     Cluster,
@@ -133,6 +133,8 @@ class Delivery:
     log_url: str | None = None  # the full log, for "N lines skipped"
     metrics: tuple[MetricPoint, ...] = ()  # for the completion receipt's loss curve
     approval: Approval | None = None  # for approval events
+    # Quiet lifecycle steps this post carries too (a crowded channel: no post of their own).
+    prelude: JobStateChanged | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:

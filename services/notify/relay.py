@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Set
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 from services.core import context
 from services.core.errors import BatchAIError, TransientError
@@ -19,6 +22,7 @@ from services.core.events import (
     LogSnippet,
 )
 from services.core.ports import Clock, Delivery, FileShare, Notifier, event_key
+from services.jobs.lifecycle import JobState
 from services.models import DownloadLink, FileLocation, Job
 from services.store import SqlStore
 
@@ -27,6 +31,20 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 5000  # events of one job read at a time
 MAX_MERGED_LINES = 100_000  # a merged snippet beyond this starts a new delivery
 MAX_ATTEMPTS = 3  # drains a permanently refused event is tried in
+CROWDED = 3  # a channel with more live jobs than this gets no post per quiet lifecycle step
+QUIET_HOLD = timedelta(seconds=60)  # how long a quiet step waits for a post to ride on
+LIVE_REFRESH = timedelta(seconds=5)  # how often the live jobs per channel are counted
+# Lifecycle steps the card shows anyway: in a crowded channel they ride on the next post.
+QUIET = frozenset({JobState.QUEUED.value, JobState.PREPARING.value, JobState.RUNNING.value})
+
+Unit = tuple[tuple[int, ...], Event, JobStateChanged | None]  # ids, event, quiet steps carried
+
+
+@runtime_checkable
+class CardEdits(Protocol):
+    """A notifier whose card edits outlive `deliver` (they wait for a budget of their own)."""
+
+    def card_edit(self, event_ids: tuple[int, ...]) -> Awaitable[None] | None: ...
 
 
 class EventRelay:
@@ -38,7 +56,13 @@ class EventRelay:
     lines, plus "N lines skipped" with a link to the full log — a slow channel gets one message
     per job instead of a queue of many. An event is marked delivered after the notifier took
     it; one whose key the transport already recorded (sent just before a crash) is marked
-    without being sent again."""
+    without being sent again.
+
+    Card edits leave the job's path: a notifier that edits cards in the background (CardEdits)
+    hands the edit back, the job's next events go out at once, and the event is marked only
+    when the edit is done — after a crash it is delivered again: its post is recorded (not
+    repeated), its edit is made. In a crowded channel (more than `crowded` live jobs) quiet
+    lifecycle steps wait, up to `quiet_hold`, for the job's next log snippet and ride on it."""
 
     def __init__(
         self,
@@ -48,6 +72,8 @@ class EventRelay:
         notifier: Notifier,
         clock: Clock,
         link_ttl: timedelta = timedelta(hours=1),
+        crowded: int = CROWDED,
+        quiet_hold: timedelta = QUIET_HOLD,
     ) -> None:
         self._store = store
         self._share = share
@@ -56,16 +82,35 @@ class EventRelay:
         self._link_ttl = link_ttl
         self._failures: dict[int, int] = {}
         self._tasks: dict[str | None, asyncio.Task[int]] = {}
+        self._crowded = crowded
+        self._quiet_hold = quiet_hold
+        self._live: Counter[str | None] = Counter()  # live jobs per channel (None: default)
+        self._live_at: datetime | None = None
+        self._held_since: dict[int, datetime] = {}  # quiet steps waiting for a post to ride on
+        self._in_flight: set[int] = set()  # posted, their card edit not yet made
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def drain(self, *, wait: bool = True) -> int:
         """Start delivering for every job with pending events. With `wait`, return when all of
         it went out (or was deferred) and say how many events that was; without, return at once
         (the scheduler's way: a slow channel must not hold up the other jobs' deliveries)."""
+        await self._count_live()
         tasks = [self._task_for(job_id) for job_id in await self._store.pending_job_ids()]
-        if not wait or not tasks:
+        if not wait:
             return 0
         results = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        if self._settling:  # the card edits those deliveries started
+            await asyncio.gather(*map(asyncio.shield, list(self._settling)), return_exceptions=True)
         return sum(r for r in results if isinstance(r, int))
+
+    async def _count_live(self) -> None:
+        """Live jobs per channel, counted every few seconds: is a channel crowded?"""
+        now = self._clock.now()
+        if self._live_at is not None and now - self._live_at < LIVE_REFRESH:
+            return
+        self._live_at = now
+        live = await self._store.list_jobs(states=[s for s in JobState if not s.finished])
+        self._live = Counter(j.conversation.channel if j.conversation else None for j in live)
 
     async def start_delivery(self) -> None:
         """The periodic entry point: start what is pending, do not wait for slow channels."""
@@ -73,9 +118,10 @@ class EventRelay:
 
     async def aclose(self) -> None:
         """Stop the delivery tasks; what they did not send stays pending for the next start."""
-        for task in self._tasks.values():
+        running = [*self._tasks.values(), *self._settling]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         self._tasks.clear()
 
     def _task_for(self, job_id: str | None) -> asyncio.Task[int]:
@@ -100,33 +146,47 @@ class EventRelay:
     async def _deliver_all(self, job_id: str | None) -> int:
         delivered = 0
         while True:
-            pending = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+            pending = [
+                (i, e)
+                for i, e in await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+                if i not in self._in_flight
+            ]
             if not pending:
                 return delivered
             # A snippet sent just before a crash is marked, not re-merged with newer lines; other
             # events are delivered again and the transport's keys keep it from posting twice
             # (that is how a card's ts recorded before the crash gets stored after it).
             sent = await self._store.recorded_keys(
-                [event_key(i) for i, e in pending if isinstance(e, LogSnippet)]
+                [event_key(i) for i, e in pending if isinstance(e, LogSnippet | JobStateChanged)]
             )
-            done = [i for i, _ in pending if event_key(i) in sent]
+            done = [i for i, e in pending if isinstance(e, LogSnippet) and event_key(i) in sent]
             if done:
                 await self._store.mark_all_delivered(done, self._clock.now())
-            todo = [(i, e) for i, e in pending if event_key(i) not in sent]
-            count, finished = await self._deliver_job(job_id, todo)
+            todo = [(i, e) for i, e in pending if i not in done]
+            # A step already posted (its card edit was cut short) must not carry lines: its key
+            # would make the transport answer "sent" and the lines would never go out.
+            posted = {i for i, e in todo if event_key(i) in sent}
+            count, finished = await self._deliver_job(job_id, todo, posted)
             delivered += len(done) + count
             if not finished:
-                return delivered  # deferred: the next drain tries again
+                return delivered  # deferred (or held): the next drain tries again
 
     async def _deliver_job(
-        self, job_id: str | None, events: list[tuple[int, Event]]
+        self, job_id: str | None, events: list[tuple[int, Event]], posted: set[int]
     ) -> tuple[int, bool]:
         """Send in order; returns how many went out and whether all of them did."""
         job = await self._store.get_job(job_id) if job_id else None
+        channel = job.conversation.channel if job and job.conversation else None
+        crowded = job is not None and self._live[channel] > self._crowded
+        units = _merge_snippets(events, carry_quiet=crowded, posted=posted)
+        held = crowded and self._hold(units, posted)
+        if held:
+            units = units[:-1]  # the quiet step waits for the next post (or its time is up)
         delivered = 0
-        for ids, event in _merge_snippets(events):
+        for ids, event, prelude in units:
             try:
-                conversation = await self._notifier.deliver(await self._enrich(ids, event, job))
+                delivery = replace(await self._enrich(ids, event, job), prelude=prelude)
+                conversation = await self._notifier.deliver(delivery)
             except TransientError as err:
                 log.warning("delivery of events %s deferred: %s", list(ids), err)
                 return delivered, False  # keep this job's order: the rest waits
@@ -139,14 +199,50 @@ class EventRelay:
                 log.error("giving up on events %s after %d attempts", list(ids), failures)
                 conversation = None
             self._failures.pop(ids[0], None)
+            for i in ids:
+                self._held_since.pop(i, None)
             if job is not None and conversation is not None and conversation != job.conversation:
                 await self._store.set_conversation(job.id, conversation)
                 job = replace(job, conversation=conversation)
-            await self._store.mark_all_delivered(ids, self._clock.now())
+            edit = self._notifier.card_edit(ids) if isinstance(self._notifier, CardEdits) else None
+            if edit is None:
+                await self._store.mark_all_delivered(ids, self._clock.now())
+            else:
+                self._settle_later(ids, edit)
             delivered += len(ids)
             if job is not None and isinstance(event, JobStateChanged | JobFinished):
                 job = await self._store.get_job(job.id) or job  # cards show the newest state
-        return delivered, True
+        return delivered, not held
+
+    def _hold(self, units: list[Unit], posted: set[int]) -> bool:
+        """Whether the last unit is a quiet step that may still wait for a post to ride on."""
+        ids, event, _ = units[-1]
+        if not (isinstance(event, JobStateChanged) and event.new in QUIET) or posted & set(ids):
+            return False
+        now = self._clock.now()
+        since = min(self._held_since.setdefault(i, now) for i in ids)
+        return now - since < self._quiet_hold
+
+    def _settle_later(self, ids: tuple[int, ...], edit: Awaitable[None]) -> None:
+        self._in_flight.update(ids)
+        task = asyncio.ensure_future(self._settle(ids, edit))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, ids: tuple[int, ...], edit: Awaitable[None]) -> None:
+        """Mark the events once the card shows them; a transient failure leaves them pending
+        (the next drain delivers them again: the post is recorded, the edit is made)."""
+        try:
+            try:
+                await edit
+            except TransientError as err:
+                log.info("card edit for events %s deferred: %s", list(ids), err)
+                return
+            except Exception:
+                log.exception("card edit for events %s refused; not tried again", list(ids))
+            await self._store.mark_all_delivered(ids, self._clock.now())
+        finally:
+            self._in_flight.difference_update(ids)
 
     async def _enrich(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:
         delivery = Delivery(ids, event, job)
@@ -182,10 +278,13 @@ class EventRelay:
         return tuple(links)
 
 
-def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ...], Event]]:
+def _merge_snippets(
+    events: list[tuple[int, Event]], *, carry_quiet: bool = False, posted: Set[int] = frozenset()
+) -> list[Unit]:
     """Between two other events, the snippets of each file become one snippet with all their
     lines (files interleave freely: stdout and stderr have no order between them); state
-    changes waiting back to back become one."""
+    changes waiting back to back become one. With `carry_quiet` (a crowded channel), quiet
+    steps followed by a snippet ride on it: one post says "preparing → running" and the lines."""
     units: list[tuple[tuple[int, ...], Event]] = []
     run: dict[str, tuple[tuple[int, ...], LogSnippet]] = {}
 
@@ -225,4 +324,17 @@ def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ..
                 units.append(run.pop(event.file))
             run[event.file] = ((event_id,), event)
     flush()
-    return units
+    out: list[Unit] = []
+    for ids, event in units:
+        if out and carry_quiet and isinstance(event, LogSnippet):
+            last_ids, last, prelude = out[-1]
+            if (
+                isinstance(last, JobStateChanged)
+                and last.new in QUIET
+                and prelude is None
+                and not any(i in posted for i in last_ids)
+            ):
+                out[-1] = ((*last_ids, *ids), event, last)
+                continue
+        out.append((ids, event, None))
+    return out
