@@ -15,6 +15,7 @@ from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     ClusterChanged,
+    Event,
     IdleWarning,
     IdleWarningClosed,
     JobFinished,
@@ -134,8 +135,9 @@ class Presenter:
             return None
         if isinstance(event, JobSubmitted):
             conv = await self._ensure_card(job, conv, f"{keys[0]}-card")
-            submitted = views.submitted_reply(job, event.warnings, event.estimate)
-            await self._reply(conv, submitted, keys, low_priority=True)  # the card says it
+            if not delivery.card_only:  # else its reply rides on a later post
+                submitted = views.submitted_reply(job, event.warnings, event.estimate)
+                await self._reply(conv, submitted, keys, low_priority=True)  # the card says it
             return conv
         if isinstance(event, JobStateChanged):
             ended = event.new in FINISHED_NAMES
@@ -149,10 +151,10 @@ class Presenter:
             snippet = views.log_snippet(
                 event.file, event.first_line, event.lines, full_log_url=delivery.log_url
             )
-            step = delivery.prelude  # a crowded channel: the quiet steps ride on the lines
-            edit = self._refresh_card(job, conv, priority=1) if step is not None else None
-            if step is not None:
-                said = views.state_reply(job, step.new, step.detail, passed=step.passed)
+            # A crowded channel: the quiet steps ride on the lines, the card shows the state.
+            edit = self._refresh_card(job, conv, priority=1) if delivery.prelude else None
+            for step in reversed(delivery.prelude):
+                said = _quiet_reply(job, step)
                 snippet = Message(f"{said.text}\n{snippet.text}", [*said.blocks, *snippet.blocks])
             await self._reply(conv, snippet, keys, low_priority=True)
             if edit is not None:
@@ -253,6 +255,15 @@ class Presenter:
         )
         edit.add_done_callback(_seen)
         return edit
+
+
+def _quiet_reply(job: Job, step: Event) -> Message:
+    """The thread reply a quiet step would have had of its own."""
+    if isinstance(step, JobSubmitted):
+        return views.submitted_reply(job, step.warnings, step.estimate)
+    if isinstance(step, JobStateChanged):
+        return views.state_reply(job, step.new, step.detail, passed=step.passed)
+    raise TypeError(f"not a quiet step: {step.kind}")
 
 
 def _seen(edit: asyncio.Future[None]) -> None:

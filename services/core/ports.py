@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from services.core.events import Event, JobStateChanged
+from services.core.events import Event
 from services.models import (
     Approval,
     Cluster,
@@ -133,8 +133,10 @@ class Delivery:
     log_url: str | None = None  # the full log, for "N lines skipped"
     metrics: tuple[MetricPoint, ...] = ()  # for the completion receipt's loss curve
     approval: Approval | None = None  # for approval events
-    # Quiet lifecycle steps this post carries too (a crowded channel: no post of their own).
-    prelude: JobStateChanged | None = None
+    # A crowded channel: the quiet steps (a submission, queued → preparing → running) this post
+    # carries instead of posts of their own; `card_only`: post the job's card, not its reply.
+    prelude: tuple[Event, ...] = ()
+    card_only: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from services.core.events import (
     Event,
     JobFinished,
     JobStateChanged,
+    JobSubmitted,
     LogSnippet,
 )
 from services.core.ports import Clock, Delivery, FileShare, Notifier, event_key
@@ -28,8 +29,10 @@ from services.store import SqlStore
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 5000  # events of one job read at a time
-MAX_MERGED_LINES = 100_000  # a merged snippet beyond this starts a new delivery
+# Events of one job read at a time: a page, not the whole backlog — a hundred jobs behind a
+# busy channel each held every pending snippet (all their lines) in memory.
+MAX_BATCH = 200
+MAX_MERGED_LINES = 20_000  # a merged snippet beyond this starts a new delivery
 MAX_ATTEMPTS = 3  # drains a permanently refused event is tried in
 CROWDED = 3  # a channel with more live jobs than this gets no post per quiet lifecycle step
 QUIET_HOLD = timedelta(seconds=60)  # how long a quiet step waits for a post to ride on
@@ -37,7 +40,23 @@ LIVE_REFRESH = timedelta(seconds=5)  # how often the live jobs per channel are c
 # Lifecycle steps the card shows anyway: in a crowded channel they ride on the next post.
 QUIET = frozenset({JobState.QUEUED.value, JobState.PREPARING.value, JobState.RUNNING.value})
 
-Unit = tuple[tuple[int, ...], Event, JobStateChanged | None]  # ids, event, quiet steps carried
+Unit = tuple[tuple[int, ...], Event, tuple[Event, ...]]  # ids, event, the quiet steps it carries
+
+
+def _quiet(event: Event) -> bool:
+    """A step the card shows anyway: in a crowded channel it needs no post of its own."""
+    return isinstance(event, JobSubmitted) or (
+        isinstance(event, JobStateChanged) and event.new in QUIET
+    )
+
+
+def _submission(units: list[Unit]) -> tuple[tuple[int, ...], Event] | None:
+    """A submission carried by (or waiting in) these units: a job's first event, so first."""
+    if not units:
+        return None
+    ids, event, prelude = units[0]
+    first = prelude[0] if prelude else event
+    return ((ids[0],), first) if isinstance(first, JobSubmitted) else None
 
 
 @runtime_checkable
@@ -146,11 +165,8 @@ class EventRelay:
     async def _deliver_all(self, job_id: str | None) -> int:
         delivered = 0
         while True:
-            pending = [
-                (i, e)
-                for i, e in await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
-                if i not in self._in_flight
-            ]
+            page = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+            pending = [(i, e) for i, e in page if i not in self._in_flight]
             if not pending:
                 return delivered
             # A snippet sent just before a crash is marked, not re-merged with newer lines; other
@@ -166,25 +182,33 @@ class EventRelay:
             # A step already posted (its card edit was cut short) must not carry lines: its key
             # would make the transport answer "sent" and the lines would never go out.
             posted = {i for i, e in todo if event_key(i) in sent}
-            count, finished = await self._deliver_job(job_id, todo, posted)
+            count, finished = await self._deliver_job(
+                job_id, todo, posted, more=len(page) == MAX_BATCH
+            )
             delivered += len(done) + count
             if not finished:
                 return delivered  # deferred (or held): the next drain tries again
 
     async def _deliver_job(
-        self, job_id: str | None, events: list[tuple[int, Event]], posted: set[int]
+        self,
+        job_id: str | None,
+        events: list[tuple[int, Event]],
+        posted: set[int],
+        *,
+        more: bool = False,
     ) -> tuple[int, bool]:
         """Send in order; returns how many went out and whether all of them did."""
         job = await self._store.get_job(job_id) if job_id else None
         channel = job.conversation.channel if job and job.conversation else None
         crowded = job is not None and self._live[channel] > self._crowded
         units = _merge_snippets(events, carry_quiet=crowded, posted=posted)
-        held = crowded and self._hold(units, posted)
-        if held:
-            units = units[:-1]  # the quiet step waits for the next post (or its time is up)
+        held = self._held_tail(units, posted) if crowded and not more else 0
+        waiting, units = units[len(units) - held :], units[: len(units) - held]
         delivered = 0
         for ids, event, prelude in units:
             try:
+                if prelude and (carried := _submission([(ids, event, prelude)])) is not None:
+                    job = await self._card_of(job, *carried)  # the thread hangs from it
                 delivery = replace(await self._enrich(ids, event, job), prelude=prelude)
                 conversation = await self._notifier.deliver(delivery)
             except TransientError as err:
@@ -212,16 +236,36 @@ class EventRelay:
             delivered += len(ids)
             if job is not None and isinstance(event, JobStateChanged | JobFinished):
                 job = await self._store.get_job(job.id) or job  # cards show the newest state
-        return delivered, not held
+        if not waiting:
+            return delivered, True
+        try:  # a waiting submission still gets its card now: the card shows the job
+            if (pending := _submission(waiting)) is not None:
+                await self._card_of(job, *pending)
+        except Exception as err:
+            log.warning("card of events %s deferred: %s", [u[0] for u in waiting], err)
+        return delivered, False
 
-    def _hold(self, units: list[Unit], posted: set[int]) -> bool:
-        """Whether the last unit is a quiet step that may still wait for a post to ride on."""
-        ids, event, _ = units[-1]
-        if not (isinstance(event, JobStateChanged) and event.new in QUIET) or posted & set(ids):
-            return False
+    async def _card_of(self, job: Job | None, ids: tuple[int, ...], event: Event) -> Job | None:
+        """Post a submission's card alone (its reply rides on a later post); keyed, so once."""
+        conversation = await self._notifier.deliver(Delivery(ids, event, job, card_only=True))
+        if job is not None and conversation is not None and conversation != job.conversation:
+            await self._store.set_conversation(job.id, conversation)
+            job = replace(job, conversation=conversation)
+        return job
+
+    def _held_tail(self, units: list[Unit], posted: set[int]) -> int:
+        """How many trailing units are quiet steps that may still wait for a post to ride on
+        (all of them, or none once the oldest waited `quiet_hold`)."""
+        tail = 0
+        for ids, event, prelude in reversed(units):
+            if prelude or not _quiet(event) or any(i in posted for i in ids):
+                break
+            tail += 1
+        if not tail:
+            return 0
         now = self._clock.now()
-        since = min(self._held_since.setdefault(i, now) for i in ids)
-        return now - since < self._quiet_hold
+        since = min(self._held_since.setdefault(i, now) for u in units[-tail:] for i in u[0])
+        return tail if now - since < self._quiet_hold else 0
 
     def _settle_later(self, ids: tuple[int, ...], edit: Awaitable[None]) -> None:
         self._in_flight.update(ids)
@@ -286,11 +330,16 @@ def _merge_snippets(
     changes waiting back to back become one. With `carry_quiet` (a crowded channel), quiet
     steps followed by a snippet ride on it: one post says "preparing → running" and the lines."""
     units: list[tuple[tuple[int, ...], Event]] = []
-    run: dict[str, tuple[tuple[int, ...], LogSnippet]] = {}
+    # file -> (ids, first snippet, its lines so far): lists, so a long run is not copied per merge
+    run: dict[str, tuple[list[int], LogSnippet, list[str]]] = {}
+
+    def close(file: str) -> None:
+        ids, first, lines = run.pop(file)
+        units.append((tuple(ids), replace(first, lines=tuple(lines))))
 
     def flush() -> None:
-        units.extend(run.values())
-        run.clear()
+        for file in list(run):
+            close(file)
 
     for event_id, event in events:
         if isinstance(event, JobStateChanged) and units and not run:
@@ -312,29 +361,27 @@ def _merge_snippets(
         held = run.get(event.file)
         if (
             held is not None
-            and held[1].first_line + len(held[1].lines) == event.first_line
-            and len(held[1].lines) + len(event.lines) <= MAX_MERGED_LINES
+            and held[1].first_line + len(held[2]) == event.first_line
+            and len(held[2]) + len(event.lines) <= MAX_MERGED_LINES
         ):
-            run[event.file] = (
-                (*held[0], event_id),
-                replace(held[1], lines=held[1].lines + event.lines),
-            )
+            held[0].append(event_id)
+            held[2].extend(event.lines)
         else:
             if held is not None:  # not contiguous: send what is held, start again
-                units.append(run.pop(event.file))
-            run[event.file] = ((event_id,), event)
+                close(event.file)
+            run[event.file] = ([event_id], event, list(event.lines))
     flush()
     out: list[Unit] = []
     for ids, event in units:
-        if out and carry_quiet and isinstance(event, LogSnippet):
-            last_ids, last, prelude = out[-1]
-            if (
-                isinstance(last, JobStateChanged)
-                and last.new in QUIET
-                and prelude is None
-                and not any(i in posted for i in last_ids)
-            ):
-                out[-1] = ((*last_ids, *ids), event, last)
+        if carry_quiet and isinstance(event, LogSnippet):
+            steps: list[Unit] = []  # the quiet steps just before: this snippet carries them
+            while out and _quiet(out[-1][1]) and not out[-1][2]:
+                if any(i in posted for i in out[-1][0]):
+                    break
+                steps.insert(0, out.pop())
+            if steps:
+                carried = tuple(i for unit in steps for i in unit[0])
+                out.append(((*carried, *ids), event, tuple(unit[1] for unit in steps)))
                 continue
-        out.append((ids, event, None))
+        out.append((ids, event, ()))
     return out

@@ -17,7 +17,13 @@ from handlers.views import Message, section
 from services.backends.links import LinkSigner
 from services.backends.local import LocalShare
 from services.core.clock import FakeClock, utcnow
-from services.core.events import Event, JobFinished, JobStateChanged, LogSnippet
+from services.core.events import (
+    Event,
+    JobFinished,
+    JobStateChanged,
+    JobSubmitted,
+    LogSnippet,
+)
 from services.jobs.lifecycle import JobState
 from services.models import Conversation, Job
 from services.notify.relay import EventRelay
@@ -139,7 +145,8 @@ async def test_quiet_steps_ride_on_the_next_snippet_in_a_crowded_channel(
 ) -> None:
     async with FakeSlack() as fake:
         outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
-        job, ts = await job_with_card(store, outbox, "busy")
+        job = make_job("busy", state=JobState.RUNNING, conversation=Conversation(CHANNEL))
+        await store.insert_job(job)
         await job_with_card(store, outbox, "other")  # two live jobs: crowded at 1
         clock = FakeClock()
         presenter = Presenter(outbox, default_channel=CHANNEL, clock=utcnow)
@@ -154,17 +161,22 @@ async def test_quiet_steps_ride_on_the_next_snippet_in_a_crowded_channel(
         )
         await store.add_events(
             [
+                JobSubmitted(job_id=job.id),
                 JobStateChanged(job_id=job.id, old="queued", new="preparing"),
                 JobStateChanged(job_id=job.id, old="preparing", new="running"),
             ]
         )
         await relay.drain()
-        assert replies(fake, ts) == []  # held: no post of their own
+        stored = await store.get_job(job.id)
+        assert stored is not None and stored.conversation is not None
+        ts = stored.conversation.thread
+        assert ts is not None  # the card is there: the thread hangs from it
+        assert replies(fake, ts) == []  # the steps are held: no post of their own
         await store.add_events([snippet(job, 1, 2)])
         await relay.drain()
 
-        (reply,) = replies(fake, ts)  # one post: the steps and the lines
-        assert "preparing → " in reply and "running" in reply and "busy line 2" in reply
+        (reply,) = replies(fake, ts)  # one post: the submission, the steps and the lines
+        assert "queued on" in reply and "preparing → " in reply and "busy line 2" in reply
         assert "running" in fake.message(CHANNEL, ts).block_text()  # the card shows it
         assert await store.pending_events() == []
 
