@@ -411,7 +411,6 @@ class MemoryTrace:
                     for f in stat.traceback
                     if "site-packages" not in f.filename and "/lib/python" not in f.filename
                 ][-4:] or [f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback][-2:]
-                print(
-                    f"    {stat.size / 2**20:7.1f} MB {stat.count:>8} blocks  {' < '.join(reversed(frames))}"
-                )
+                where = " < ".join(reversed(frames))
+                print(f"    {stat.size / 2**20:7.1f} MB {stat.count:>8} blocks  {where}")
         self._tm.stop()
