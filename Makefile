@@ -8,6 +8,8 @@ UV_VERSION := 0.9.30
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
+# glibc gives every thread (SQLite, file reads) its own malloc arena; two keep RSS flat.
+export MALLOC_ARENA_MAX ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: run test lint lock format bench docs clean

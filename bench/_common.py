@@ -323,3 +323,94 @@ def print_slack_stats(stats: dict[str, Any]) -> None:
     )
     if stats["not_ok"]:
         print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
+
+
+def proc_status(pid: int | str = "self") -> dict[str, str]:
+    """The fields of /proc/<pid>/status (VmRSS, VmHWM, Threads ...), as text."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = row.partition(":")
+            fields[name] = value.strip()
+    return fields
+
+
+def _kb(value: str) -> float:
+    return float(value.split()[0]) / 1024 if value else 0.0
+
+
+class MemoryTrace:
+    """`--trace-memory`: RSS and thread count sampled from /proc/self/status every `every`
+    seconds, and tracemalloc's allocations by traceback at the highest traced peak seen.
+
+    tracemalloc counts Python allocations only; the gap between it and RSS is C memory (SQLite
+    page caches, thread stacks, malloc arenas kept by freed-but-fragmented heaps)."""
+
+    def __init__(self, *, every: float = 2.0, frames: int = 12) -> None:
+        import tracemalloc
+
+        self._tm = tracemalloc
+        self._every = every
+        self._frames = frames
+        self.samples: list[tuple[float, float, float, int]] = []  # (t, rss MB, traced MB, threads)
+        self._best = 0
+        self._snapshot: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._tm.start(self._frames)
+        self._t0 = time.time()
+        self._task = asyncio.ensure_future(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            status = proc_status()
+            current, _ = self._tm.get_traced_memory()
+            threads = int(status.get("Threads", "0") or 0)
+            self.samples.append(
+                (time.time() - self._t0, _kb(status.get("VmRSS", "")), current / 2**20, threads)
+            )
+            if current > self._best * 1.05:  # a snapshot costs: only on a new high
+                self._best = current
+                self._snapshot = self._tm.take_snapshot()
+            await asyncio.sleep(self._every)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def print(self, *, top: int = 8, points: int = 16) -> None:
+        if not self.samples:
+            return
+        _, peak_traced = self._tm.get_traced_memory()
+        status = proc_status()
+        print(
+            f"memory: peak RSS {_kb(status.get('VmHWM', '')):.1f} MB, traced peak"
+            f" {peak_traced / 2**20:.1f} MB (Python objects), threads now {status.get('Threads')}"
+        )
+        step = max(1, len(self.samples) // points)
+        print("  RSS timeline (t s: RSS MB / traced MB / threads):")
+        shown = self.samples[::step]
+        for i in range(0, len(shown), 4):
+            print(
+                "   "
+                + "   ".join(
+                    f"{t:6.0f}: {rss:5.0f}/{tr:4.0f}/{th:<3d}"
+                    for t, rss, tr, th in shown[i : i + 4]
+                )
+            )
+        if self._snapshot is not None:
+            stats = self._snapshot.statistics("traceback")
+            total = sum(s.size for s in stats) / 2**20
+            print(f"  top allocations at the traced high ({total:.1f} MB), by traceback:")
+            for stat in stats[:top]:
+                frames = [
+                    f"{Path(f.filename).name}:{f.lineno}"
+                    for f in stat.traceback
+                    if "site-packages" not in f.filename and "/lib/python" not in f.filename
+                ][-4:] or [f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback][-2:]
+                where = " < ".join(reversed(frames))
+                print(f"    {stat.size / 2**20:7.1f} MB {stat.count:>8} blocks  {where}")
+        self._tm.stop()

@@ -45,6 +45,7 @@ from bench._common import (  # noqa: E402
     JOB_SCRIPT,
     LINE_RE,
     FakeSlackProcess,
+    MemoryTrace,
     account,
     job_config,
     open_gate,
@@ -180,6 +181,9 @@ class Stream:
 
     async def run(self, counting: CountingHandler) -> None:
         args, bot = self.args, self.bot
+        trace = MemoryTrace() if args.trace_memory else None
+        if trace is not None:
+            trace.start()
         await self.setup()
         start = time.time() + 1.0
         share = bot.share.share_dir("data")
@@ -250,6 +254,9 @@ class Stream:
             warnings=warnings,
             stderr_bytes=stderr_bytes,
         )
+        if trace is not None:
+            await trace.stop()
+            trace.print()
 
     def report(
         self,
@@ -356,6 +363,11 @@ def main() -> None:
         " to drain",
     )
     parser.add_argument("--setup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="print RSS over time and tracemalloc's top allocations at the peak (slows the bot)",
+    )
     args = parser.parse_args()
     asyncio.run(bench(args))
 

@@ -75,7 +75,9 @@ class ConsoleTransport:
     async def lookup(self, key: str) -> MessageRef | None:
         return self._sent.get(key)
 
-    async def update(self, channel: str, message_id: str, message: Message) -> None:
+    async def update(
+        self, channel: str, message_id: str, message: Message, *, priority: int = 1
+    ) -> None:
         self.show(message, header=f"#{channel} (status card updated)")
 
     async def upload(

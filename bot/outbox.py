@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -94,13 +95,27 @@ class _Pace:
         self._next = max(self._next, self._monotonic() + seconds)
 
 
+@dataclass
+class _Edit:
+    """An edit waiting for the workspace budget: the newest message for one Slack message."""
+
+    message: Message
+    priority: int
+    order: int
+    outcome: asyncio.Future[None]
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (self.priority, self.order)
+
+
 class SlackOutbox:
     """Implements the presenter's Transport on the Slack Web API.
 
     - pacing: ~1 message/s per channel (chat.postMessage), ~50 edits/min per workspace
       (chat.update); a 429 pushes the whole lane back by its Retry-After;
     - coalescing: edits of the same message that wait for their turn collapse into the newest
-      one (log snippets are merged upstream, by the relay);
+      one, and edits are spent by priority (log snippets are merged upstream, by the relay);
     - retries: 429 after Retry-After, 5xx / timeouts / connection errors with backoff, within a
       budget; then TransientError, and the relay tries again later;
     - records: every message is stored with its idempotency keys and the channel Slack put it
@@ -129,7 +144,9 @@ class SlackOutbox:
         self._post_interval = post_interval
         self._channels: dict[str, _Pace] = {}
         self._updates = _Pace(60.0 / updates_per_minute, monotonic, sleep)
-        self._pending_edits: dict[tuple[str, str], tuple[Message, asyncio.Future[None]]] = {}
+        self._edits: dict[tuple[str, str], _Edit] = {}  # (channel, ts) -> the newest edit
+        self._edit_order = itertools.count()
+        self._editor: asyncio.Task[None] | None = None
         self._max_attempts = max_attempts
         self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
         self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0, "fenced": 0}
@@ -176,40 +193,55 @@ class SlackOutbox:
             await self._store.record_delivery(keys, sent_ref.channel, sent_ref.ts, self._now())
         return sent_ref
 
-    async def update(self, channel: str, message_id: str, message: Message) -> None:
-        """Edits wait for the workspace budget; while waiting, a newer edit replaces this one.
-        Whoever's edit was merged learns how the sent one fared (so a failure is not hidden)."""
+    async def update(
+        self, channel: str, message_id: str, message: Message, *, priority: int = 1
+    ) -> None:
+        """Edits wait for the workspace budget in a queue of their own, spent by priority (0
+        first: a finished job's card before a running one's), then oldest first; while waiting,
+        a newer edit of the same message replaces it and keeps the better priority. No post
+        ever waits for an edit. Whoever's edit was merged learns how the sent one fared (so a
+        failure is not hidden)."""
         channel = await self._conversation_of(channel)
         key = (channel, message_id)
-        if key in self._pending_edits:
+        edit = self._edits.get(key)
+        if edit is not None:
             self.stats["coalesced_edits"] += 1
-            _, merged = self._pending_edits[key]
-            self._pending_edits[key] = (message, merged)
-            await asyncio.shield(merged)
-            return
-        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        outcome.add_done_callback(_retrieve)
-        self._pending_edits[key] = (message, outcome)
-        taken = False
+            edit.message = message
+            edit.priority = min(edit.priority, priority)
+        else:
+            outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            outcome.add_done_callback(_retrieve)
+            edit = self._edits[key] = _Edit(message, priority, next(self._edit_order), outcome)
+        if self._editor is None or self._editor.done():
+            self._editor = asyncio.ensure_future(self._edit_loop())
+        await asyncio.shield(edit.outcome)
+
+    async def _edit_loop(self) -> None:
+        """Sends the waiting edits one budget slot at a time, choosing when the slot is there."""
         try:
-            async with self._updates.slot():
-                (latest, _), taken = self._pending_edits.pop(key), True
-                await self._send(
-                    self._updates,
-                    self._client.chat_update,
-                    channel=channel,
-                    ts=message_id,
-                    text=latest.text[:3000],
-                    blocks=latest.blocks,
-                )
-        except BaseException as err:
-            if not taken:
-                self._pending_edits.pop(key, None)
-            if not outcome.done():
-                failure = err if isinstance(err, Exception) else TransientError("edit interrupted")
-                outcome.set_exception(failure)
-            raise
-        outcome.set_result(None)
+            while self._edits:
+                async with self._updates.slot():
+                    key = min(self._edits, key=lambda k: self._edits[k].rank)
+                    edit = self._edits.pop(key)
+                    try:
+                        await self._send(
+                            self._updates,
+                            self._client.chat_update,
+                            channel=key[0],
+                            ts=key[1],
+                            text=edit.message.text[:3000],
+                            blocks=edit.message.blocks,
+                        )
+                    except Exception as err:
+                        edit.outcome.set_exception(err)
+                    else:
+                        edit.outcome.set_result(None)
+        finally:
+            # Cancelled (the loop is closing): nobody waits in vain.
+            for edit in self._edits.values():
+                if not edit.outcome.done():
+                    edit.outcome.set_exception(TransientError("edit interrupted"))
+            self._edits.clear()
 
     async def lookup(self, key: str) -> MessageRef | None:
         sent = await self._store.get_delivery([key])

@@ -32,41 +32,41 @@ def loss_curve_png(points: Sequence[MetricPoint], *, title: str) -> bytes | None
         return None
     accuracies = _series(points, _ACC_RE)
 
-    import matplotlib
-
-    matplotlib.use("Agg")  # before pyplot: never look for a display
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: pyplot keeps every figure in a global registry until it is
+    # closed, and a long-running bot must not hold one per receipt.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
-    try:
-        # One colour cycle across both axes, so that acc does not reuse loss's colour.
-        colours = (f"C{i}" for i in range(2 * MAX_SERIES))
-        lines = []
-        for name, xy in losses.items():
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
+    FigureCanvasAgg(fig)  # never looks for a display
+    ax = fig.add_subplot()
+    # One colour cycle across both axes, so that acc does not reuse loss's colour.
+    colours = (f"C{i}" for i in range(2 * MAX_SERIES))
+    lines = []
+    for name, xy in losses.items():
+        steps, values = zip(*xy, strict=True)
+        lines += ax.plot(steps, values, marker=_marker(xy), color=next(colours), label=name)
+    ax.set_xlabel("epoch / step")
+    ax.set_ylabel("loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    top = ax
+    if accuracies:
+        top = ax.twinx()
+        for name, xy in accuracies.items():
             steps, values = zip(*xy, strict=True)
-            lines += ax.plot(steps, values, marker=_marker(xy), color=next(colours), label=name)
-        ax.set_xlabel("epoch / step")
-        ax.set_ylabel("loss")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        top = ax
-        if accuracies:
-            top = ax.twinx()
-            for name, xy in accuracies.items():
-                steps, values = zip(*xy, strict=True)
-                colour = next(colours)
-                lines += top.plot(steps, values, "--", marker=_marker(xy), color=colour, label=name)
-            top.set_ylabel("accuracy")
-        # On the top-most axes, or the second axis's lines would be drawn over the legend.
-        top.legend(lines, [str(line.get_label()) for line in lines], loc="best", fontsize="small")
-        ax.set_title(title[:80])
-        fig.tight_layout()
-        out = io.BytesIO()
-        fig.savefig(out, format="png", dpi=DPI)
-        return out.getvalue()
-    finally:
-        plt.close(fig)
+            colour = next(colours)
+            lines += top.plot(steps, values, "--", marker=_marker(xy), color=colour, label=name)
+        top.set_ylabel("accuracy")
+    # On the top-most axes, or the second axis's lines would be drawn over the legend.
+    top.legend(lines, [str(line.get_label()) for line in lines], loc="best", fontsize="small")
+    ax.set_title(title[:80])
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=DPI)
+    fig.clear()  # drop the artists now, not when the collector gets round to the cycle
+    return out.getvalue()
 
 
 def _series(points: Sequence[MetricPoint], pattern: re.Pattern[str]) -> dict[str, list[StepValue]]:

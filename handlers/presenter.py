@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
     ClusterChanged,
+    Event,
     IdleWarning,
     IdleWarningClosed,
     JobFinished,
@@ -27,10 +29,12 @@ from services.core.events import (
     WallClockWarning,
 )
 from services.core.ports import Delivery
-from services.jobs.lifecycle import FINISHED
+from services.jobs.lifecycle import FINISHED, JobState
 from services.models import Conversation, Job
 
 FINISHED_NAMES = frozenset(state.value for state in FINISHED)
+# Lifecycle steps the card already shows: their thread replies queue behind nothing.
+QUIET = frozenset({JobState.QUEUED.value, JobState.PREPARING.value, JobState.RUNNING.value})
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,11 @@ class Transport(Protocol):
         low_priority: bool = False,
     ) -> MessageRef: ...
 
-    async def update(self, channel: str, message_id: str, message: Message) -> None: ...
+    async def update(
+        self, channel: str, message_id: str, message: Message, *, priority: int = 1
+    ) -> None:
+        """Edit a message; `priority` 0 goes before 1 when edits queue for a budget."""
+        ...
 
     async def lookup(self, key: str) -> MessageRef | None:
         """The message sent with this key, if any."""
@@ -81,7 +89,11 @@ class Transport(Protocol):
 
 
 class Presenter:
-    """One status card per job, edited in place, and a thread under it for the story."""
+    """One status card per job, edited in place, and a thread under it for the story.
+
+    A card edit is off the thread's path: `deliver` starts it and returns once the thread post
+    went out, so no post waits for the (scarce, workspace-wide) edit budget. The relay takes the
+    running edit with `card_edit` and marks the event delivered only when the card shows it."""
 
     def __init__(
         self,
@@ -99,6 +111,11 @@ class Presenter:
         self._approvals_channel = approvals_channel
         self._approvers = approvers
         self._extend_hours = extend_hours
+        self._card_edits: dict[tuple[int, ...], asyncio.Future[None]] = {}
+
+    def card_edit(self, event_ids: tuple[int, ...]) -> asyncio.Future[None] | None:
+        """The card edit the delivery of these events started and that may still be waiting."""
+        return self._card_edits.pop(event_ids, None)
 
     async def deliver(self, delivery: Delivery) -> Conversation | None:
         event, job = delivery.event, delivery.job
@@ -118,20 +135,30 @@ class Presenter:
             return None
         if isinstance(event, JobSubmitted):
             conv = await self._ensure_card(job, conv, f"{keys[0]}-card")
-            await self._reply(
-                conv, views.submitted_reply(job, event.warnings, event.estimate), keys
-            )
+            if not delivery.card_only:  # else its reply rides on a later post
+                submitted = views.submitted_reply(job, event.warnings, event.estimate)
+                await self._reply(conv, submitted, keys, low_priority=True)  # the card says it
             return conv
         if isinstance(event, JobStateChanged):
-            await self._refresh_card(job, conv)
-            if event.new not in FINISHED_NAMES:  # the receipt tells the end
+            ended = event.new in FINISHED_NAMES
+            edit = self._refresh_card(job, conv, priority=0 if ended else 1)
+            if not ended:  # the receipt tells the end
                 reply = views.state_reply(job, event.new, event.detail, passed=event.passed)
-                await self._reply(conv, reply, keys)
+                await self._reply(conv, reply, keys, low_priority=event.new in QUIET)
+            if edit is not None:
+                self._card_edits[delivery.event_ids] = edit
         elif isinstance(event, LogSnippet):
             snippet = views.log_snippet(
                 event.file, event.first_line, event.lines, full_log_url=delivery.log_url
             )
+            # A crowded channel: the quiet steps ride on the lines, the card shows the state.
+            edit = self._refresh_card(job, conv, priority=1) if delivery.prelude else None
+            for step in reversed(delivery.prelude):
+                said = _quiet_reply(job, step)
+                snippet = Message(f"{said.text}\n{snippet.text}", [*said.blocks, *snippet.blocks])
             await self._reply(conv, snippet, keys, low_priority=True)
+            if edit is not None:
+                self._card_edits[delivery.event_ids] = edit
         elif isinstance(event, JobNote):
             await self._reply(conv, views.note_reply(event.text, event.by), keys)
         elif isinstance(event, ApprovalRequested) and delivery.approval is not None:
@@ -216,10 +243,33 @@ class Presenter:
             low_priority=low_priority,
         )
 
-    async def _refresh_card(self, job: Job, conv: Conversation) -> None:
-        if conv.thread is not None:
-            card = views.status_card(job, now=self._now())
-            await self._transport.update(conv.channel, conv.thread, card)
+    def _refresh_card(
+        self, job: Job, conv: Conversation, *, priority: int
+    ) -> asyncio.Future[None] | None:
+        """Start the card's edit; the transport coalesces it with any edit still waiting."""
+        if conv.thread is None:
+            return None
+        card = views.status_card(job, now=self._now())
+        edit = asyncio.ensure_future(
+            self._transport.update(conv.channel, conv.thread, card, priority=priority)
+        )
+        edit.add_done_callback(_seen)
+        return edit
+
+
+def _quiet_reply(job: Job, step: Event) -> Message:
+    """The thread reply a quiet step would have had of its own."""
+    if isinstance(step, JobSubmitted):
+        return views.submitted_reply(job, step.warnings, step.estimate)
+    if isinstance(step, JobStateChanged):
+        return views.state_reply(job, step.new, step.detail, passed=step.passed)
+    raise TypeError(f"not a quiet step: {step.kind}")
+
+
+def _seen(edit: asyncio.Future[None]) -> None:
+    """An edit nobody took (its thread post failed): its outcome is not an unhandled error."""
+    if not edit.cancelled():
+        edit.exception()
 
 
 def _approval_key(approval_id: str) -> str:

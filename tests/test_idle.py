@@ -84,7 +84,9 @@ class Chat:
         self.sent.update(dict.fromkeys(keys, MessageRef(channel, post.id)))
         return MessageRef(channel, post.id)
 
-    async def update(self, channel: str, message_id: str, message: Message) -> None:
+    async def update(
+        self, channel: str, message_id: str, message: Message, *, priority: int = 1
+    ) -> None:
         next(p for p in self.posts if p.id == message_id).edits.append(message)
 
     async def lookup(self, key: str) -> MessageRef | None:

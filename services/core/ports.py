@@ -152,6 +152,10 @@ class Delivery:
     log_url: str | None = None  # the full log, for "N lines skipped"
     metrics: tuple[MetricPoint, ...] = ()  # for the completion receipt's loss curve
     approval: Approval | None = None  # for approval events
+    # A crowded channel: the quiet steps (a submission, queued → preparing → running) this post
+    # carries instead of posts of their own; `card_only`: post the job's card, not its reply.
+    prelude: tuple[Event, ...] = ()
+    card_only: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:

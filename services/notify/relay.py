@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Set
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 from services.core import context
 from services.core.errors import BatchAIError, TransientError
@@ -16,17 +19,51 @@ from services.core.events import (
     Event,
     JobFinished,
     JobStateChanged,
+    JobSubmitted,
     LogSnippet,
 )
 from services.core.ports import Clock, Delivery, FileShare, Notifier, event_key
+from services.jobs.lifecycle import JobState
 from services.models import DownloadLink, FileLocation, Job
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 5000  # events of one job read at a time
-MAX_MERGED_LINES = 100_000  # a merged snippet beyond this starts a new delivery
+# Events of one job read at a time: a page, not the whole backlog — a hundred jobs behind a
+# busy channel each held every pending snippet (all their lines) in memory.
+MAX_BATCH = 200
+MAX_MERGED_LINES = 20_000  # a merged snippet beyond this starts a new delivery
 MAX_ATTEMPTS = 3  # drains a permanently refused event is tried in
+CROWDED = 3  # a channel with more live jobs than this gets no post per quiet lifecycle step
+QUIET_HOLD = timedelta(seconds=60)  # how long a quiet step waits for a post to ride on
+LIVE_REFRESH = timedelta(seconds=5)  # how often the live jobs per channel are counted
+# Lifecycle steps the card shows anyway: in a crowded channel they ride on the next post.
+QUIET = frozenset({JobState.QUEUED.value, JobState.PREPARING.value, JobState.RUNNING.value})
+
+Unit = tuple[tuple[int, ...], Event, tuple[Event, ...]]  # ids, event, the quiet steps it carries
+
+
+def _quiet(event: Event) -> bool:
+    """A step the card shows anyway: in a crowded channel it needs no post of its own."""
+    return isinstance(event, JobSubmitted) or (
+        isinstance(event, JobStateChanged) and event.new in QUIET
+    )
+
+
+def _submission(units: list[Unit]) -> tuple[tuple[int, ...], Event] | None:
+    """A submission carried by (or waiting in) these units: a job's first event, so first."""
+    if not units:
+        return None
+    ids, event, prelude = units[0]
+    first = prelude[0] if prelude else event
+    return ((ids[0],), first) if isinstance(first, JobSubmitted) else None
+
+
+@runtime_checkable
+class CardEdits(Protocol):
+    """A notifier whose card edits outlive `deliver` (they wait for a budget of their own)."""
+
+    def card_edit(self, event_ids: tuple[int, ...]) -> Awaitable[None] | None: ...
 
 
 class EventRelay:
@@ -38,7 +75,13 @@ class EventRelay:
     lines, plus "N lines skipped" with a link to the full log — a slow channel gets one message
     per job instead of a queue of many. An event is marked delivered after the notifier took
     it; one whose key the transport already recorded (sent just before a crash) is marked
-    without being sent again."""
+    without being sent again.
+
+    Card edits leave the job's path: a notifier that edits cards in the background (CardEdits)
+    hands the edit back, the job's next events go out at once, and the event is marked only
+    when the edit is done — after a crash it is delivered again: its post is recorded (not
+    repeated), its edit is made. In a crowded channel (more than `crowded` live jobs) quiet
+    lifecycle steps wait, up to `quiet_hold`, for the job's next log snippet and ride on it."""
 
     def __init__(
         self,
@@ -48,6 +91,8 @@ class EventRelay:
         notifier: Notifier,
         clock: Clock,
         link_ttl: timedelta = timedelta(hours=1),
+        crowded: int = CROWDED,
+        quiet_hold: timedelta = QUIET_HOLD,
     ) -> None:
         self._store = store
         self._share = share
@@ -56,16 +101,35 @@ class EventRelay:
         self._link_ttl = link_ttl
         self._failures: dict[int, int] = {}
         self._tasks: dict[str | None, asyncio.Task[int]] = {}
+        self._crowded = crowded
+        self._quiet_hold = quiet_hold
+        self._live: Counter[str | None] = Counter()  # live jobs per channel (None: default)
+        self._live_at: datetime | None = None
+        self._held_since: dict[int, datetime] = {}  # quiet steps waiting for a post to ride on
+        self._in_flight: set[int] = set()  # posted, their card edit not yet made
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def drain(self, *, wait: bool = True) -> int:
         """Start delivering for every job with pending events. With `wait`, return when all of
         it went out (or was deferred) and say how many events that was; without, return at once
         (the scheduler's way: a slow channel must not hold up the other jobs' deliveries)."""
+        await self._count_live()
         tasks = [self._task_for(job_id) for job_id in await self._store.pending_job_ids()]
-        if not wait or not tasks:
+        if not wait:
             return 0
         results = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        if self._settling:  # the card edits those deliveries started
+            await asyncio.gather(*map(asyncio.shield, list(self._settling)), return_exceptions=True)
         return sum(r for r in results if isinstance(r, int))
+
+    async def _count_live(self) -> None:
+        """Live jobs per channel, counted every few seconds: is a channel crowded?"""
+        now = self._clock.now()
+        if self._live_at is not None and now - self._live_at < LIVE_REFRESH:
+            return
+        self._live_at = now
+        live = await self._store.list_jobs(states=[s for s in JobState if not s.finished])
+        self._live = Counter(j.conversation.channel if j.conversation else None for j in live)
 
     async def start_delivery(self) -> None:
         """The periodic entry point: start what is pending, do not wait for slow channels."""
@@ -73,9 +137,10 @@ class EventRelay:
 
     async def aclose(self) -> None:
         """Stop the delivery tasks; what they did not send stays pending for the next start."""
-        for task in self._tasks.values():
+        running = [*self._tasks.values(), *self._settling]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         self._tasks.clear()
 
     def _task_for(self, job_id: str | None) -> asyncio.Task[int]:
@@ -100,33 +165,52 @@ class EventRelay:
     async def _deliver_all(self, job_id: str | None) -> int:
         delivered = 0
         while True:
-            pending = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+            page = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+            pending = [(i, e) for i, e in page if i not in self._in_flight]
             if not pending:
                 return delivered
             # A snippet sent just before a crash is marked, not re-merged with newer lines; other
             # events are delivered again and the transport's keys keep it from posting twice
             # (that is how a card's ts recorded before the crash gets stored after it).
             sent = await self._store.recorded_keys(
-                [event_key(i) for i, e in pending if isinstance(e, LogSnippet)]
+                [event_key(i) for i, e in pending if isinstance(e, LogSnippet | JobStateChanged)]
             )
-            done = [i for i, _ in pending if event_key(i) in sent]
+            done = [i for i, e in pending if isinstance(e, LogSnippet) and event_key(i) in sent]
             if done:
                 await self._store.mark_all_delivered(done, self._clock.now())
-            todo = [(i, e) for i, e in pending if event_key(i) not in sent]
-            count, finished = await self._deliver_job(job_id, todo)
+            todo = [(i, e) for i, e in pending if i not in done]
+            # A step already posted (its card edit was cut short) must not carry lines: its key
+            # would make the transport answer "sent" and the lines would never go out.
+            posted = {i for i, e in todo if event_key(i) in sent}
+            count, finished = await self._deliver_job(
+                job_id, todo, posted, more=len(page) == MAX_BATCH
+            )
             delivered += len(done) + count
             if not finished:
-                return delivered  # deferred: the next drain tries again
+                return delivered  # deferred (or held): the next drain tries again
 
     async def _deliver_job(
-        self, job_id: str | None, events: list[tuple[int, Event]]
+        self,
+        job_id: str | None,
+        events: list[tuple[int, Event]],
+        posted: set[int],
+        *,
+        more: bool = False,
     ) -> tuple[int, bool]:
         """Send in order; returns how many went out and whether all of them did."""
         job = await self._store.get_job(job_id) if job_id else None
+        channel = job.conversation.channel if job and job.conversation else None
+        crowded = job is not None and self._live[channel] > self._crowded
+        units = _merge_snippets(events, carry_quiet=crowded, posted=posted)
+        held = self._held_tail(units, posted) if crowded and not more else 0
+        waiting, units = units[len(units) - held :], units[: len(units) - held]
         delivered = 0
-        for ids, event in _merge_snippets(events):
+        for ids, event, prelude in units:
             try:
-                conversation = await self._notifier.deliver(await self._enrich(ids, event, job))
+                if prelude and (carried := _submission([(ids, event, prelude)])) is not None:
+                    job = await self._card_of(job, *carried)  # the thread hangs from it
+                delivery = replace(await self._enrich(ids, event, job), prelude=prelude)
+                conversation = await self._notifier.deliver(delivery)
             except TransientError as err:
                 log.warning("delivery of events %s deferred: %s", list(ids), err)
                 return delivered, False  # keep this job's order: the rest waits
@@ -139,14 +223,70 @@ class EventRelay:
                 log.error("giving up on events %s after %d attempts", list(ids), failures)
                 conversation = None
             self._failures.pop(ids[0], None)
+            for i in ids:
+                self._held_since.pop(i, None)
             if job is not None and conversation is not None and conversation != job.conversation:
                 await self._store.set_conversation(job.id, conversation)
                 job = replace(job, conversation=conversation)
-            await self._store.mark_all_delivered(ids, self._clock.now())
+            edit = self._notifier.card_edit(ids) if isinstance(self._notifier, CardEdits) else None
+            if edit is None:
+                await self._store.mark_all_delivered(ids, self._clock.now())
+            else:
+                self._settle_later(ids, edit)
             delivered += len(ids)
             if job is not None and isinstance(event, JobStateChanged | JobFinished):
                 job = await self._store.get_job(job.id) or job  # cards show the newest state
-        return delivered, True
+        if not waiting:
+            return delivered, True
+        try:  # a waiting submission still gets its card now: the card shows the job
+            if (pending := _submission(waiting)) is not None:
+                await self._card_of(job, *pending)
+        except Exception as err:
+            log.warning("card of events %s deferred: %s", [u[0] for u in waiting], err)
+        return delivered, False
+
+    async def _card_of(self, job: Job | None, ids: tuple[int, ...], event: Event) -> Job | None:
+        """Post a submission's card alone (its reply rides on a later post); keyed, so once."""
+        conversation = await self._notifier.deliver(Delivery(ids, event, job, card_only=True))
+        if job is not None and conversation is not None and conversation != job.conversation:
+            await self._store.set_conversation(job.id, conversation)
+            job = replace(job, conversation=conversation)
+        return job
+
+    def _held_tail(self, units: list[Unit], posted: set[int]) -> int:
+        """How many trailing units are quiet steps that may still wait for a post to ride on
+        (all of them, or none once the oldest waited `quiet_hold`)."""
+        tail = 0
+        for ids, event, prelude in reversed(units):
+            if prelude or not _quiet(event) or any(i in posted for i in ids):
+                break
+            tail += 1
+        if not tail:
+            return 0
+        now = self._clock.now()
+        since = min(self._held_since.setdefault(i, now) for u in units[-tail:] for i in u[0])
+        return tail if now - since < self._quiet_hold else 0
+
+    def _settle_later(self, ids: tuple[int, ...], edit: Awaitable[None]) -> None:
+        self._in_flight.update(ids)
+        task = asyncio.ensure_future(self._settle(ids, edit))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, ids: tuple[int, ...], edit: Awaitable[None]) -> None:
+        """Mark the events once the card shows them; a transient failure leaves them pending
+        (the next drain delivers them again: the post is recorded, the edit is made)."""
+        try:
+            try:
+                await edit
+            except TransientError as err:
+                log.info("card edit for events %s deferred: %s", list(ids), err)
+                return
+            except Exception:
+                log.exception("card edit for events %s refused; not tried again", list(ids))
+            await self._store.mark_all_delivered(ids, self._clock.now())
+        finally:
+            self._in_flight.difference_update(ids)
 
     async def _enrich(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:
         delivery = Delivery(ids, event, job)
@@ -182,16 +322,24 @@ class EventRelay:
         return tuple(links)
 
 
-def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ...], Event]]:
+def _merge_snippets(
+    events: list[tuple[int, Event]], *, carry_quiet: bool = False, posted: Set[int] = frozenset()
+) -> list[Unit]:
     """Between two other events, the snippets of each file become one snippet with all their
     lines (files interleave freely: stdout and stderr have no order between them); state
-    changes waiting back to back become one."""
+    changes waiting back to back become one. With `carry_quiet` (a crowded channel), quiet
+    steps followed by a snippet ride on it: one post says "preparing → running" and the lines."""
     units: list[tuple[tuple[int, ...], Event]] = []
-    run: dict[str, tuple[tuple[int, ...], LogSnippet]] = {}
+    # file -> (ids, first snippet, its lines so far): lists, so a long run is not copied per merge
+    run: dict[str, tuple[list[int], LogSnippet, list[str]]] = {}
+
+    def close(file: str) -> None:
+        ids, first, lines = run.pop(file)
+        units.append((tuple(ids), replace(first, lines=tuple(lines))))
 
     def flush() -> None:
-        units.extend(run.values())
-        run.clear()
+        for file in list(run):
+            close(file)
 
     for event_id, event in events:
         if isinstance(event, JobStateChanged) and units and not run:
@@ -213,16 +361,27 @@ def _merge_snippets(events: list[tuple[int, Event]]) -> list[tuple[tuple[int, ..
         held = run.get(event.file)
         if (
             held is not None
-            and held[1].first_line + len(held[1].lines) == event.first_line
-            and len(held[1].lines) + len(event.lines) <= MAX_MERGED_LINES
+            and held[1].first_line + len(held[2]) == event.first_line
+            and len(held[2]) + len(event.lines) <= MAX_MERGED_LINES
         ):
-            run[event.file] = (
-                (*held[0], event_id),
-                replace(held[1], lines=held[1].lines + event.lines),
-            )
+            held[0].append(event_id)
+            held[2].extend(event.lines)
         else:
             if held is not None:  # not contiguous: send what is held, start again
-                units.append(run.pop(event.file))
-            run[event.file] = ((event_id,), event)
+                close(event.file)
+            run[event.file] = ([event_id], event, list(event.lines))
     flush()
-    return units
+    out: list[Unit] = []
+    for ids, event in units:
+        if carry_quiet and isinstance(event, LogSnippet):
+            steps: list[Unit] = []  # the quiet steps just before: this snippet carries them
+            while out and _quiet(out[-1][1]) and not out[-1][2]:
+                if any(i in posted for i in out[-1][0]):
+                    break
+                steps.insert(0, out.pop())
+            if steps:
+                carried = tuple(i for unit in steps for i in unit[0])
+                out.append(((*carried, *ids), event, tuple(unit[1] for unit in steps)))
+                continue
+        out.append((ids, event, ()))
+    return out

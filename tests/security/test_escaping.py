@@ -347,7 +347,9 @@ class Recorder:
         self.sent.append(message)
         return presenter.MessageRef(channel, "1.000001")
 
-    async def update(self, channel: str, message_id: str, message: views.Message) -> None:
+    async def update(
+        self, channel: str, message_id: str, message: views.Message, *, priority: int = 1
+    ) -> None:
         self.sent.append(message)
 
     async def lookup(self, key: str) -> presenter.MessageRef | None:
