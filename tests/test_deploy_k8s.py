@@ -87,11 +87,11 @@ ALL = [m for name in ("common", *VARIANTS) for m in load(K8S / name)]
 def test_the_two_variants_and_their_files_are_there() -> None:
     kinds = {name: sorted(m.kind for m in variant(name)) for name in VARIANTS}
     assert kinds["sqlite"] == sorted(
-        ["Namespace", "Service", "ServiceAccount", "ConfigMap"]
+        ["Namespace", "Service", "NetworkPolicy", "ServiceAccount", "ConfigMap"]
         + ["Deployment", "PersistentVolumeClaim", "Secret"]
     )
     assert kinds["postgres"] == sorted(
-        ["Namespace", "Service", "ServiceAccount", "ConfigMap"]
+        ["Namespace", "Service", "NetworkPolicy", "ServiceAccount", "ConfigMap"]
         + ["Deployment", "PodDisruptionBudget", "Secret"]
     )
 
@@ -248,6 +248,10 @@ def test_labels_selectors_and_references_match(name: str) -> None:
 
     assert selects(deployment["spec"]["selector"]["matchLabels"])
     assert selects(one(manifests, "Service")["spec"]["selector"])
+    policy = one(manifests, "NetworkPolicy")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"])
+    ports = {p["name"] for p in container(manifests)["ports"]}
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == ports
     for spread in pod["spec"].get("topologySpreadConstraints", []):
         assert selects(spread["labelSelector"]["matchLabels"])
     assert pod["spec"]["serviceAccountName"] == one(manifests, "ServiceAccount")["metadata"]["name"]
