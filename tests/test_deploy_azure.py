@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -379,3 +382,70 @@ def test_the_evaluator_refuses_a_misspelt_name(
     template[path[0]][path[1]] = value
     with pytest.raises((KeyError, AssertionError), match=error):
         Arm(template, {})
+
+
+FAKE_AZ = """#!{python}
+# The az CLI as bot-env.sh uses it, answering from files (a real subprocess, no Azure).
+import sys
+from pathlib import Path
+
+here = Path(__file__).parent
+args = sys.argv[1:]
+with open(here / "calls", "a") as log:
+    log.write(" ".join(args) + "\\n")
+if args[:3] == ["deployment", "group", "show"] and args[args.index("-n") + 1] == "azuredeploy":
+    print((here / "outputs.json").read_text())
+elif args[:4] == ["storage", "account", "keys", "list"]:
+    print((here / "key").read_text())
+else:
+    sys.exit(f"ERROR: unexpected az {{args}}")
+"""
+
+
+def run_bot_env(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    return subprocess.run(
+        ["sh", str(ROOT / "deploy" / "azure" / "bot-env.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_bot_env_turns_a_deployment_into_the_bots_environment(
+    deployed: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    az = tmp_path / "az"
+    az.write_text(FAKE_AZ.format(python=sys.executable))
+    az.chmod(0o755)
+    outputs = {k: {"type": "String", "value": v} for k, v in deployed.outputs.items()}
+    outputs["AZURE_SHARE"]["value"] = "it's $(quoted)"  # a value the shell must not run
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    (tmp_path / "key").write_text("c2VjcmV0+a2V5/w==\n")
+    done = run_bot_env(tmp_path, GROUP)
+    assert done.returncode == 0, done.stderr
+    account = deployed.outputs["AZURE_STORAGE_ACCOUNT"]
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"deployment group show -g {GROUP} -n azuredeploy --query properties.outputs -o json",
+        f"storage account keys list -g {GROUP} -n {account} --query [0].value -o tsv",
+    ]
+    shown = subprocess.run(
+        ["sh", "-c", done.stdout + "\nenv"], capture_output=True, text=True, check=True, env={}
+    ).stdout
+    env = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    assert env["AZURE_STORAGE_KEY"] == "c2VjcmV0+a2V5/w=="
+    assert env["AZURE_SHARE"] == "it's $(quoted)"
+    for var in {n.upper() for n in Settings.model_fields}:
+        monkeypatch.delenv(var, raising=False)
+    for var in set(deployed.outputs) | {"BATCHAI_BACKEND", "AZURE_STORAGE_KEY"}:
+        monkeypatch.setenv(var, env[var])
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.batchai_backend == "azure"
+    assert settings.azure_subnet_id == deployed.outputs["AZURE_SUBNET_ID"]
+
+
+def test_bot_env_without_a_resource_group_says_how_and_prints_nothing(tmp_path: Path) -> None:
+    done = run_bot_env(tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("usage: ") and done.stderr.count("\n") == 1
