@@ -5,6 +5,7 @@ keys the Secret has, selectors that select the pods, the settings a pod would st
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +293,26 @@ def test_the_pod_is_locked_down_and_sized(name: str) -> None:
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert set(bot["resources"]["requests"]) == set(bot["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_the_readme_commands_set_every_variable_the_templates_name() -> None:
+    """README, Deploy / Kubernetes: its exports plus deploy/azure/bot-env.sh (the template's
+    outputs and the storage key) fill every placeholder of the sqlite variant; the postgres one
+    needs DATABASE_URL, which the text after the commands asks for."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Kubernetes\n") : readme.index("### Azure template\n")]
+    commands = section[section.index("```sh\n") : section.index("```\n\n")]
+    assert 'eval "$(deploy/azure/bot-env.sh' in commands
+    exported = set(re.findall(r"\b([A-Z][A-Z0-9_]*)=", commands))
+    template = json.loads((ROOT / "deploy" / "azure" / "azuredeploy.json").read_text())
+    from_bot_env = set(template["outputs"]) | {"AZURE_STORAGE_KEY", "BATCHAI_BACKEND"}
+    for name in VARIANTS:
+        text = "".join(
+            p.read_text()
+            for p in [K8S / "common" / "config.yaml.in", K8S / name / "secret.yaml.in"]
+        )
+        needed = set(PLACEHOLDER.findall(text)) - exported - from_bot_env
+        assert needed == ({"DATABASE_URL"} if name == "postgres" else set()), name
+    assert "export `DATABASE_URL` too" in section
+    for path in re.findall(r"deploy/k8s/[\w/.]+", commands):
+        assert (ROOT / path).exists(), path
