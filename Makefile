@@ -11,12 +11,21 @@ export UV_PYTHON_DOWNLOADS := never
 # glibc gives every thread (SQLite, file reads) its own malloc arena; two keep RSS flat.
 export MALLOC_ARENA_MAX ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# checkov (pinned, from PyPI) scans deploy/ offline: its own venv, its dependencies kept out of
+# the lock. --skip-download: no API key, no policy download; the checks are the bundled ones.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+CHECKOV_RUN := LOG_LEVEL=ERROR CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -d deploy --skip-download --compact --quiet
 
 .PHONY: run test lint lock format bench docs clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(CHECKOV):
+	$(PY) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PY)
@@ -28,18 +37,20 @@ lock: | $(UV)
 run: $(STAMP)
 	$(BIN)/batchai-bot run
 
-test: $(STAMP)
+test: $(STAMP) | $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(CHECKOV_RUN)
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(STAMP) | $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(CHECKOV_RUN)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
