@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Local jobs run with JOB_PYTHON, by default this environment with the examples' extra (sklearn)
+JOBS := .venv-jobs
+JOBS_STAMP := $(JOBS)/.installed
 # uv (pinned, from PyPI) lives in its own small venv: `uv sync` makes .venv exactly the lock.
 UV_VERSION := 0.9.30
 TOOLS := .tools
@@ -20,10 +23,14 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PY)
 	touch $(STAMP)
 
+$(JOBS_STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(JOBS) $(UV) sync --frozen --extra examples --no-install-project --python $(PY)
+	touch $(JOBS_STAMP)
+
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PY)
 
-run: $(STAMP)
+run: $(STAMP) $(JOBS_STAMP)
 	$(BIN)/batchai-bot run
 
 test: $(STAMP)
@@ -31,6 +38,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -38,6 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -50,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tailer_bench.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .batchai .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JOBS) $(TOOLS) .batchai .pytest_cache .mypy_cache .ruff_cache

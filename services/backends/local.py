@@ -683,8 +683,9 @@ class LocalBackend:
         env = _host_env(HOST_ENV_KEEP)
         env["PYTHONPATH"] = str(_PROJECT_ROOT)
         env["PYTHONSAFEPATH"] = "1"  # the job's working dir must not shadow our modules
+        # The runner is ours and runs with our interpreter; `python` is the jobs' (JOB_PYTHON).
         proc = await asyncio.create_subprocess_exec(
-            self._python,
+            sys.executable,
             "-m",
             RUNNER_MODULE,
             str(run_dir / f"node-{index}.json"),
