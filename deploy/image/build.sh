@@ -20,7 +20,7 @@ CA_BUNDLE=${CA_BUNDLE:-}
 # podman without a container runtime setup: vfs storage and chroot isolation work almost anywhere
 if [ "$ENGINE" = podman ]; then
     run() { podman --storage-driver vfs "$@"; }
-    BUILD_OPTS="--isolation chroot"
+    BUILD_OPTS="--isolation chroot --format docker"  # OCI images drop HEALTHCHECK
 else
     run() { "$ENGINE" "$@"; }
     BUILD_OPTS=""
