@@ -39,7 +39,7 @@ class Stage:
 
 
 def _stages(text: str) -> list[Stage]:
-    """Instructions per stage, continuation lines joined, comments and parser directives left out."""
+    """Instructions per stage: continuation lines joined, comments and directives left out."""
     logical = re.sub(
         r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
     )
