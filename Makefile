@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Local jobs run with JOB_PYTHON, by default this environment with the examples' extra (sklearn)
+JOBS := .venv-jobs
+JOBS_STAMP := $(JOBS)/.installed
 # uv (pinned, from PyPI) lives in its own small venv: `uv sync` makes .venv exactly the lock.
 UV_VERSION := 0.9.30
 TOOLS := .tools
@@ -31,10 +34,14 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PY)
 	touch $(STAMP)
 
+$(JOBS_STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(JOBS) $(UV) sync --frozen --extra examples --no-install-project --python $(PY)
+	touch $(JOBS_STAMP)
+
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PY)
 
-run: $(STAMP)
+run: $(STAMP) $(JOBS_STAMP)
 	$(BIN)/batchai-bot run
 
 test: $(STAMP) | $(CHECKOV)
@@ -43,6 +50,7 @@ test: $(STAMP) | $(CHECKOV)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(CHECKOV_RUN)
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest
 
 lint: $(STAMP) | $(CHECKOV)
@@ -51,6 +59,7 @@ lint: $(STAMP) | $(CHECKOV)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(CHECKOV_RUN)
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -63,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tailer_bench.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .batchai .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JOBS) $(TOOLS) .batchai .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
 """`batchai-bot`: run (Slack when tokens are set, else the console), console, validate, check,
-manifest; --version."""
+manifest, completion; --version."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from services.jobs.sources import ConfigLoader, Folder
 
 MANIFEST_FOLDERS: tuple[Folder, ...] = ("jobs", "clusters")
+SHELLS = ("bash", "zsh")
+# shtab.FILE, spelled out so that building the parser needs no shtab (tests check they agree)
+COMPLETE_FILES = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with piped input: seconds to wait for started jobs (default 900)",
     )
     validate = sub.add_parser("validate", help="check Batch AI job/cluster JSON files")
-    validate.add_argument(
+    files = validate.add_argument(
         "files",
         nargs="+",
         metavar="FILE",
         help="a JSON file, or a bundled manifest's name (mnist, manifests/jobs/mnist.json)",
     )
+    setattr(files, "complete", COMPLETE_FILES)  # noqa: B010 - shtab reads this attribute
     check = sub.add_parser("check", help="verify the Slack tokens, scopes and channel membership")
     check.add_argument("--channel", action="append", default=[], help="also check this channel")
     manifest = sub.add_parser("manifest", help="print the Slack app manifest to paste into Slack")
@@ -47,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         "--command", dest="slash_command", help="slash command (default: SLACK_COMMAND)"
     )
     manifest.add_argument("--name", help="app name shown in Slack")
+    completion = sub.add_parser("completion", help="print the bash or zsh completion script")
+    completion.add_argument("shell", choices=SHELLS)
     args = parser.parse_args(argv)
 
+    if args.command == "completion":
+        return print_completion(parser, args.shell)
     if args.command == "validate":
         return validate_files(args.files)
     settings = _settings()
@@ -145,6 +153,15 @@ async def run_console(settings: Settings, *, wait_timeout: float) -> int:
                 "a [number] to press a button, or `exit`."
             )
         return await console.run(sys.stdin, wait_timeout=wait_timeout)
+
+
+def print_completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """The script that completes `batchai-bot`'s subcommands and options in `shell`; generated
+    from the parser itself, so it cannot drift from it, and needing nothing at completion time."""
+    import shtab  # only here: every other command starts without it
+
+    print(shtab.complete(parser, shell=shell).rstrip("\n"))
+    return 0
 
 
 def print_manifest(settings: Settings, args: argparse.Namespace) -> int:

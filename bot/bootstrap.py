@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -242,7 +241,7 @@ def build(
     else:
         credential = None
         share = LocalShare(data, signer)
-        backend = LocalBackend(data, python=sys.executable)
+        backend = LocalBackend(data, python=settings.job_interpreter)
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PROBE_PORT = 9090
+# The examples' environment `make run` prepares (numpy, scikit-learn): the default JOB_PYTHON
+JOBS_ENV_PYTHON = Path(".venv-jobs", "bin", "python")
 
 
 def bundled(package: str) -> Path:
@@ -60,6 +65,9 @@ class Settings(BaseSettings):
     secrets_key_previous: SecretStr | None = None  # the key being rotated out
     manifest_dir: Path = Field(default_factory=lambda: bundled("manifests"))
     examples_dir: Path = Field(default_factory=lambda: bundled("examples"))
+    # The interpreter of local jobs' Python scripts, so that the bot's own install need not carry
+    # what the jobs import; default: .venv-jobs/bin/python when it exists, else the bot's own
+    job_python: str | None = None
 
     # Batch AI defaults for commands that omit -g / -w / -e
     resource_group: str = "batchai"
@@ -140,8 +148,23 @@ class Settings(BaseSettings):
             "or sqlite+aiosqlite:///"
         )
 
+    @field_validator("job_python")
+    @classmethod
+    def _interpreter(cls, value: str | None) -> str | None:
+        """A name on PATH or a path; made absolute, as jobs start in their own directories (not
+        resolved: a venv's python is a symlink whose target would leave the venv)."""
+        if value is None:
+            return None
+        found = shutil.which(value)
+        if found is None:
+            raise ValueError(f"{value} is not an executable file or a program on PATH")
+        return os.path.abspath(found)
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        if self.job_python is None:
+            jobs_env = JOBS_ENV_PYTHON.is_file() and os.access(JOBS_ENV_PYTHON, os.X_OK)
+            self.job_python = str(JOBS_ENV_PYTHON.absolute()) if jobs_env else sys.executable
         if self.database_url is None:
             self.database_url = f"sqlite+aiosqlite:///{self.batchai_data_dir / 'batchai.db'}"
         if self.probe_port is None:
@@ -176,6 +199,11 @@ class Settings(BaseSettings):
     def probes_apart(self) -> bool:
         """Probes get their own listener unless PROBE_HOST:PROBE_PORT is HOST:PORT itself."""
         return (self.probe_host, self.probe_port) != (self.host, self.port) or self.port == 0
+
+    @property
+    def job_interpreter(self) -> str:
+        assert self.job_python is not None
+        return self.job_python
 
     @property
     def db_url(self) -> str:

@@ -133,8 +133,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         POLL_SECONDS="0.2",
         LOG_LEVEL="WARNING",
         PRICE_REFRESH_HOURS="0",  # no test reaches the internet
+        JOB_PYTHON=sys.executable,  # the examples' environment: this one has the examples extra
     )
     return Installed(venv, cwd, commit, env)
+
+
+def test_the_science_stack_is_only_in_the_examples_extra(installed: Installed) -> None:
+    code = "from importlib.metadata import requires; print('\\n'.join(requires('batchai-bot')))"
+    out = _run(installed.venv / "bin" / "python", "-c", code, cwd=installed.cwd, env=installed.env)
+    science = [r for r in out.stdout.splitlines() if r.startswith(("numpy", "scikit-learn"))]
+    assert len(science) == 2, out.stdout
+    assert all(r.endswith('; extra == "examples"') for r in science), science
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installed) -> None:

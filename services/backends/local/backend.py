@@ -138,10 +138,11 @@ class LocalBackend:
             if stored is not None:
                 launch = json.loads(stored)
                 # A launch cut short (bot killed mid-way) is completed, never repeated.
-                await spawn_missing(self._python, run_dir, len(launch["nodes"]))
+                # The runner is ours and runs with our interpreter; `python` is the jobs'.
+                await spawn_missing(sys.executable, run_dir, len(launch["nodes"]))
                 return layout_from_json(launch["result"])
             result, node_count = await self._prepare(request)
-            await spawn_missing(self._python, run_dir, node_count)
+            await spawn_missing(sys.executable, run_dir, node_count)
             return result
 
     async def _engine(self) -> str | None:
