@@ -131,7 +131,8 @@ class Scheduler:
             log.warning(
                 "stopping %s: still running %.0fs after shutdown began", task.get_name(), grace
             )
-        self._scheduler.shutdown(wait=False)  # cancels what is still running
+            task.cancel()  # rounds run in tasks of their own (_fire): APScheduler cannot
+        self._scheduler.shutdown(wait=False)
         await asyncio.gather(*late, return_exceptions=True)
 
 
