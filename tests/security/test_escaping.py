@@ -52,6 +52,7 @@ from services.models import (
     Schedule,
     ScheduledJob,
     ShareMount,
+    Usage,
     Vote,
 )
 from services.spend.approvals.policy import Approvers
@@ -193,6 +194,7 @@ ARGS: dict[str, Callable[[], Any]] = {
         AuditEntry(NOW, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE)
     ],
     "Sequence[Node]": lambda: [Node(HOSTILE, 0, HOSTILE, 22, HOSTILE)],
+    "Sequence[Usage]": lambda: [Usage(HOSTILE, HOSTILE, 1, None), Usage(HOSTILE, HOSTILE, 2, 3)],
     "Schedule": lambda: SCHEDULE,
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,
