@@ -108,6 +108,12 @@ async def test_a_thread_post_goes_out_while_its_cards_edit_waits_for_the_budget(
         assert any("running" in r for r in replies(fake, ts))  # the state's thread reply too
         assert fake.message(CHANNEL, ts).text == "spent"  # the card edit still waits
         assert gate.waits >= 1 and not drain.done()
+        # The snippet's post is in Slack before its reply reaches the relay, which then marks it;
+        # the state change stays pending: its card edit waits.
+        for _ in range(int(GUARD / 0.01)):
+            if len(await store.pending_events(job_id=job.id, of_job=True)) == 1:
+                break
+            await asyncio.sleep(0.01)
         assert len(await store.pending_events(job_id=job.id, of_job=True)) == 1  # not marked
 
         gate.open.set()
