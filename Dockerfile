@@ -11,7 +11,7 @@ FROM ${BASE} AS build
 ARG UV_VERSION=0.9.30
 ARG UV_EXTRAS=""
 ENV UV_PROJECT_ENVIRONMENT=/opt/bot \
-    UV_PYTHON=/usr/bin/python3 \
+    UV_PYTHON=python3 \
     UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
