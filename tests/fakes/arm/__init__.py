@@ -60,10 +60,11 @@ an unknown resource group 404 ResourceGroupNotFound):
 Nodes: instance `i` of scale set `s` is the directory `node_root/s/i/`. A script (run command or
 extension) runs as `bash <file>` in its own session with cwd = HOME = TMPDIR = that directory,
 FAKE_NODE_DIR and BATCHAI_NODE_ROOT = that directory, named parameters as environment variables
-(nameless ones as arguments) and PATH = `tests/fakes/arm_node` (stand-ins for systemd-run,
-systemctl, docker, mount, mountpoint, umount, mount.cifs, apt-get; each says what it supports)
-+ this PATH. A systemd-run unit is a supervisor process (a child subreaper, so nothing it starts
-escapes it, even into a new session: the unit's "cgroup") recorded in
+(nameless ones as arguments) and PATH = `<node>/bin` (a fake GPU driver, when given) +
+`tests/fakes/arm_node` (stand-ins for systemd-run, systemctl, docker, mount, mountpoint, umount,
+mount.cifs, apt-get; each says what it supports) + this PATH. A systemd-run unit is a
+supervisor process (a child subreaper, so nothing it starts escapes it, even into a new session:
+the unit's "cgroup") recorded in
 `<node>/run/fake-systemd/<unit>.pgid`; a docker container is a process group recorded in
 `<node>/run/fake-docker/<name>.pgid` (it runs its command on the node itself; the image is not
 used); mount command lines go to
@@ -73,7 +74,9 @@ stopping the fake kills its scripts', units' and containers' process groups.
 Testing aids on `FakeArm`:
 - `scale_sets[name]` (`ScaleSet`: `.model` = the stored request, secrets included, as ARM holds it;
   `.view()` = what GET returns; `.instances[id]` -> `Instance` with `.dir`, `.run_commands`),
-  `node_dir(vmss, id)`, `evict(vmss, id)` (Spot only; as the model's evictionPolicy says: Delete
+  `node_dir(vmss, id)`, `give_gpus(scale_set=None, mode=, count=, series=…)` (new instances of GPU
+  sizes boot with a fake NVIDIA driver in `<node>/bin`, first on PATH: tests.fakes.gpu),
+  `gpu_bin(vmss, id)`, `evict(vmss, id)` (Spot only; as the model's evictionPolicy says: Delete
   -> the instance is gone; Deallocate, Azure's default -> PowerState/deallocated, still counted in
   quota, run commands refused with 409).
 - `requests` (`Request(method, path, query, status)`), `mark()` / `since(mark)` /

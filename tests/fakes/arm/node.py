@@ -46,7 +46,7 @@ def node_environment(node_dir: Path, extra: Mapping[str, str]) -> dict[str, str]
     """The environment of a script on a simulated node."""
     node = str(node_dir)
     return {
-        "PATH": f"{SHIM_DIR}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+        "PATH": f"{node}/bin:{SHIM_DIR}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
         "HOME": node,
         "TMPDIR": node,
         "LANG": "C.UTF-8",

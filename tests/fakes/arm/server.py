@@ -23,6 +23,7 @@ import trustme
 from aiohttp import web
 from azure.core.credentials import AccessToken
 
+from tests.fakes import gpu
 from tests.fakes.arm.catalog import (
     DEFAULT_FAMILY_LIMIT,
     DEFAULT_LIMITS,
@@ -132,6 +133,7 @@ class FakeArm:
         self.instance_delay_polls = instance_delay_polls
         self.instance_delay_seconds = instance_delay_seconds
         self.node_env = dict(node_env or {})
+        self.gpu_rules: list[tuple[str | None, dict[str, Any]]] = []
         self.page_size = page_size
         self.lro_retry_after = lro_retry_after
         self.resource_groups: dict[str, str] = {resource_group.lower(): resource_group}
@@ -326,6 +328,24 @@ class FakeArm:
 
     def node_dir(self, vmss: str, instance_id: str) -> Path:
         return self.node_root / vmss / instance_id
+
+    def give_gpus(self, scale_set: str | None = None, **state: Any) -> None:
+        """From now on, new instances of GPU sizes (of `scale_set`, or of any) boot with a fake
+        NVIDIA driver in `<node>/bin` (see tests.fakes.gpu.install: mode, count — default the
+        SKU's `GPUs` —, name, memory_mib, series). Without a rule a node has no driver."""
+        self.gpu_rules.append((scale_set, state))
+
+    def gpu_bin(self, vmss: str, instance_id: str) -> Path:
+        """The node's fake driver directory, for tests.fakes.gpu.set_state/queries."""
+        return self.node_dir(vmss, instance_id) / "bin"
+
+    def _install_gpus(self, ss: ScaleSet, inst: Instance) -> None:
+        sku = self._sku(str(ss.model.get("sku", {}).get("name", "")))
+        gpus = int(capability(sku, "GPUs", "0")) if sku is not None else 0
+        rule = next((st for name, st in reversed(self.gpu_rules) if name in (None, ss.name)), None)
+        if rule is None or gpus == 0:
+            return
+        gpu.install(inst.dir / "bin", **{"count": gpus, **rule})
 
     def evict(self, vmss: str, instance_id: str) -> None:
         """Spot eviction as the model's evictionPolicy says: Delete -> the VM is gone;
@@ -977,6 +997,7 @@ class FakeArm:
         )
         inst.dir.mkdir(parents=True, exist_ok=True)
         (inst.dir / "tmp").mkdir(exist_ok=True)
+        self._install_gpus(ss, inst)
         for ext in ss.profile.get("extensionProfile", {}).get("extensions", []) or []:
             props = ext.get("properties", {})
             inst.extensions.append(
