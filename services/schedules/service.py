@@ -331,7 +331,7 @@ class ScheduleService:
             user=schedule.requester, channel=schedule.channel, destructive=False
         )
         if not decision.allowed:
-            raise NotAllowed(f"<@{schedule.requester}>'s run was refused: {decision.reason}")
+            raise NotAllowed(f"the requester's run was refused: {decision.reason}")
 
     def _slot(
         self, schedule: Schedule, zone: tzinfo, now: datetime

@@ -71,7 +71,7 @@ class ApprovalPolicy:
         limit = self.limit_for(requester)
         if estimate > limit:
             reasons.append(
-                f"{format_usd(estimate)} is above <@{requester}>'s limit of {format_usd(limit)}"
+                f"{format_usd(estimate)} is above the requester's limit of {format_usd(limit)}"
             )
         added = estimate if adds is None else adds
         if budget is not None and month_spend + added > budget:
