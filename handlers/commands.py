@@ -218,7 +218,10 @@ class CommandHandler:
         if c.answer.structured:
             return Reply(await self._cluster_answer(cluster.name, c), public=True)
         return Reply(
-            views.info(f"cluster *{cluster.name}* now has {cluster.target_nodes} nodes"),
+            views.info(
+                f"cluster *{cluster.name}* now has {cluster.target_nodes} "
+                + ("node" if cluster.target_nodes == 1 else "nodes")
+            ),
             public=True,
         )
 

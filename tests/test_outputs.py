@@ -112,3 +112,8 @@ async def test_output_none_runs_the_command_and_answers_nothing(bot: Bot) -> Non
     acked = await say(bot, "cluster show -n c3 -o none")
     assert not acked.failed and "-o none" in str(acked.message.blocks)
     assert "c3" not in str(acked.message.blocks)
+
+
+async def test_resize_answers_in_words_a_person_would_write(bot: Bot) -> None:
+    assert (await answer(bot, "cluster resize -n c2 -t 1")).endswith("now has 1 node")
+    assert (await answer(bot, "cluster resize -n c2 -t 2")).endswith("now has 2 nodes")
