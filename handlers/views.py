@@ -16,6 +16,7 @@ from handlers.rest import cluster_resource, file_resource, job_resource, usage_r
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
 from services.core.events import IdleWarning, IdleWarningClosed
+from services.core.spans import say_span
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
@@ -263,16 +264,7 @@ def fmt_duration(delta: timedelta | None) -> str:
 
 def fmt_span(delta: timedelta) -> str:
     """A length of time as people write it: `45 s`, `10 min`, `2 h 30 min`, `7 days`."""
-    seconds = max(0, round(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    parts = [f"{days} day" + ("s" if days > 1 else "")] if days else []
-    parts += [f"{hours} h"] if hours else []
-    parts += [f"{minutes} min"] if minutes else []
-    return " ".join(parts)
+    return say_span(delta)
 
 
 def span(text: str) -> Mrkdwn:
@@ -330,7 +322,7 @@ def status_card(job: Job, *, now: datetime) -> Message:
         f"{job.node_count} node{'s' if job.node_count != 1 else ''}",
         md("toolkit {}", job.toolkit),
         f"elapsed {fmt_duration(elapsed(job, now))}",
-        f"limit {fmt_duration(job.max_wall_clock)}",
+        f"limit {fmt_span(job.max_wall_clock)}",
     ]
     if job.exit_code is not None:
         facts.append(f"exit code {job.exit_code}")
@@ -389,7 +381,7 @@ def submitted_reply(job: Job, warnings: Sequence[str], estimate: str | None = No
         job.cluster,
         job.node_count,
         "s" if job.node_count != 1 else "",
-        fmt_duration(job.max_wall_clock),
+        fmt_span(job.max_wall_clock),
     )
     blocks = [section(text)]
     if estimate:
@@ -1042,7 +1034,7 @@ def extension_reply(extension: Extension) -> Message:
             "the extension ({}) waits for {}", extension.detail, approvers(extension.approvers)
         )
     elif result is Extended.EXTENDED and extension.hours is not None:
-        text = md("extended by {:g} h", extension.hours.total_seconds() / 3600)
+        text = md("extended by {}", fmt_span(extension.hours))
     else:
         text = md("the limit was extended already; the next warning offers another extension")
     return info(text)

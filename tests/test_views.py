@@ -219,3 +219,10 @@ def test_a_note_names_whose_click_it_tells_of_and_escapes_its_text() -> None:
     note = views.note_reply("extended the limit by 2 h (now <!here>)", "U0ALICE")
     assert note.text == "<@U0ALICE> extended the limit by 2 h (now &lt;!here&gt;)"
     assert views.note_reply("no container engine").text == "no container engine"
+
+
+def test_the_card_and_the_queued_note_say_the_limit_as_people_write_it() -> None:
+    job = make_job(max_wall_clock=timedelta(minutes=10))
+    assert "limit 10 min" in views.to_text(views.status_card(job, now=NOW))[0]
+    long = make_job(max_wall_clock=timedelta(days=7))
+    assert "limit 7 days" in views.to_text(views.status_card(long, now=NOW))[0]

@@ -14,6 +14,7 @@ from services.access.reads import JobReaders
 from services.core.errors import NotAllowed, NotFound, NotOwner, UserError
 from services.core.events import ApprovalDecided, ApprovalRequested, Event, JobNote
 from services.core.ports import Clock, Store
+from services.core.spans import say_span
 from services.jobs.lifecycle import JobState, advance, finished_event
 from services.models import Actor, Approval, AuditEntry, Job, Vote
 from services.spend.approvals.lifecycle import ApprovalState, decide
@@ -402,5 +403,4 @@ def _detail(state: str, actor: Actor | None, reason: str | None) -> str:
 
 
 def _hours(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours:g} h"
+    return say_span(delta)
