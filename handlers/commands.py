@@ -382,7 +382,7 @@ class CommandHandler:
 
     async def _workspace_create(self, c: WorkspaceCreate, actor: Actor, source: Source) -> Reply:
         view, created = await self._workspaces().create_workspace(
-            c.name, actor=actor, resource_group=c.resource_group, location=c.location
+            c.workspace, actor=actor, resource_group=c.resource_group, location=c.location
         )
         if c.answer.structured:
             return Reply(views.workspace_detail(view, output=c.answer), public=created)
@@ -393,13 +393,13 @@ class CommandHandler:
         return Reply(views.workspace_list(found, output=c.answer))
 
     async def _workspace_show(self, c: WorkspaceShow, actor: Actor, source: Source) -> Reply:
-        view = await self._workspaces().get_workspace(c.name, resource_group=c.resource_group)
+        view = await self._workspaces().get_workspace(c.workspace, resource_group=c.resource_group)
         return Reply(views.workspace_detail(view, output=c.answer))
 
     async def _workspace_delete(self, c: WorkspaceDelete, actor: Actor, source: Source) -> Reply:
-        if not await self._workspaces().delete_workspace(c.name, resource_group=c.resource_group):
-            return Reply(views.info(f"workspace *{c.name}* does not exist (nothing to do)"))
-        return Reply(views.info(f"workspace *{c.name}* deleted"), public=True)
+        if not await self._workspaces().delete_workspace(c.workspace, resource_group=c.resource_group):
+            return Reply(views.info(f"workspace *{c.workspace}* does not exist (nothing to do)"))
+        return Reply(views.info(f"workspace *{c.workspace}* deleted"), public=True)
 
     async def _experiment_create(self, c: ExperimentCreate, actor: Actor, source: Source) -> Reply:
         view, created = await self._workspaces().create_experiment(

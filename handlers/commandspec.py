@@ -150,7 +150,7 @@ class ClusterNodeList(Command):
 class WorkspaceCreate(Command):
     audited: ClassVar[bool] = True
 
-    name: str
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
     location: str | None = None
 
 
@@ -161,7 +161,7 @@ class WorkspaceList(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class WorkspaceShow(Command):
-    name: str
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +169,7 @@ class WorkspaceDelete(Command):
     destructive: ClassVar[bool] = True
     audited: ClassVar[bool] = True
 
-    name: str
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
     yes: bool = False
 
 
@@ -855,8 +855,9 @@ def _spec(
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
-    # A workspace command names its workspace with -n: -w would be a second name for it.
-    common = tuple(f for f in COMMON_FLAGS if words[0] != "workspace" or f.dest != "workspace")
+    common = COMMON_FLAGS
+    if words[0] == "workspace":  # az's workspace group names its workspace -n/--workspace
+        common = tuple(flag for flag in COMMON_FLAGS if flag.dest != "workspace")
     return CommandSpec(
         path=words,
         cls=cls,
@@ -874,7 +875,7 @@ def _spec(
 
 
 _CLUSTER_NAME = _f("-n --name", "name", NAME, "cluster name")
-_WORKSPACE_NAME = _f("-n --name", "name", NAME, "workspace name")
+_WORKSPACE_NAME = _f("-n --workspace --name", "workspace", NAME, "workspace name")
 _EXPERIMENT_NAME = _f("-n --name", "name", NAME, "experiment name")
 _JOB_NAME = _f("-n --name", "name", NAME, "job name")
 _JOB_BY_J = _f("-j --job --job-name", "job", NAME, "job name")
@@ -1039,7 +1040,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     _spec(
         "workspace create",
         WorkspaceCreate,
-        "Create a workspace: the home of clusters and experiments (2018-03-01 on)",
+        "Create a workspace: the home of clusters and experiments (2018-05-01 on)",
         (_WORKSPACE_NAME, _f("-l --location", "location", LOCATION, "Azure region")),
         examples=(
             "/batchai workspace create -g myBatchAIGroup -n myworkspace -l eastus",

@@ -236,7 +236,7 @@ class ClusterView:
 
 @dataclass(frozen=True)
 class Workspace:
-    """A Batch AI workspace (2018-03-01 on): a named home for clusters and experiments."""
+    """A Batch AI workspace (2018-05-01 on): a named home for clusters and experiments."""
 
     name: str
     resource_group: str

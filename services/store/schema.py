@@ -64,7 +64,7 @@ clusters = Table(
     Column("idle_warning", JSON),  # the pending warning: id, deadline, sizes, saving
 )
 
-# Workspaces and experiments (2018-03-01 on): names are unique within their parent; the
+# Workspaces and experiments (2018-05-01 on): names are unique within their parent; the
 # resource group is compared without case, as ARM does, by the repository.
 workspaces = Table(
     "workspaces",

@@ -1,4 +1,4 @@
-"""Workspaces and experiments (2018-03-01 on) as stored resources. The workspaces and
+"""Workspaces and experiments (2018-05-01 on) as stored resources. The workspaces and
 experiments the clusters and jobs of an older version already name are recorded too, so
 `workspace list` shows every one in use.
 
