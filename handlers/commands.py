@@ -397,7 +397,9 @@ class CommandHandler:
         return Reply(views.workspace_detail(view, output=c.answer))
 
     async def _workspace_delete(self, c: WorkspaceDelete, actor: Actor, source: Source) -> Reply:
-        if not await self._workspaces().delete_workspace(c.workspace, resource_group=c.resource_group):
+        if not await self._workspaces().delete_workspace(
+            c.workspace, resource_group=c.resource_group
+        ):
             return Reply(views.info(f"workspace *{c.workspace}* does not exist (nothing to do)"))
         return Reply(views.info(f"workspace *{c.workspace}* deleted"), public=True)
 

@@ -855,7 +855,7 @@ def _spec(
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
-    common = COMMON_FLAGS
+    common: tuple[Flag, ...] = COMMON_FLAGS
     if words[0] == "workspace":  # az's workspace group names its workspace -n/--workspace
         common = tuple(flag for flag in COMMON_FLAGS if flag.dest != "workspace")
     return CommandSpec(
