@@ -96,10 +96,6 @@ class WorkspaceService:
         self._clock = clock
         self._homes = homes
 
-    @property
-    def homes(self) -> Homes:
-        return self._homes
-
     def _group(self, resource_group: str | None) -> str:
         return resource_group or self._homes.resource_group
 
