@@ -5,6 +5,7 @@ also on PostgreSQL and the in-memory fake."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,14 +14,15 @@ from typing import Any
 
 import jmespath
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.core.clock import FakeClock
-from services.core.errors import Conflict
 from services.core.ports import Store
 from services.jobs.lifecycle import JobState
 from services.models import Experiment, Workspace
 from services.store import SqlStore
+from services.workspaces.service import Homes, claim_workspace
 from tests.conftest import NOW, make_cluster, make_job
 from tests.test_rest import keys
 from tests.test_schedules import ADMIN, ALICE, CONFIG, START, Rig, started
@@ -295,15 +297,18 @@ async def test_repositories_key_names_by_parent_and_groups_without_case(
         await uow.experiments.add(Experiment("e1", "ws", "RG", NOW, "U1"))
         await uow.experiments.add(Experiment("e1", "ws", "other", NOW))
         await uow.commit()
-    async with any_store.unit() as uow:
-        with pytest.raises(Conflict):
-            await uow.workspaces.add(Workspace("ws", "rg", None, NOW))
-    async with any_store.unit() as uow:
-        with pytest.raises(Conflict):
-            await uow.experiments.add(Experiment("e1", "ws", "rg", NOW))
+    async with any_store.unit() as uow:  # taken, whatever the case of the group
+        assert not await uow.workspaces.add(Workspace("ws", "rg", None, NOW))
+        assert not await uow.experiments.add(Experiment("e1", "ws", "rg", NOW))
+        assert await uow.workspaces.add(Workspace("ws2", "rg", None, NOW))
+        await uow.commit()
     async with any_store.unit() as uow:
         assert await uow.workspaces.get("rg", "ws") == Workspace("ws", "RG", "eastus", NOW, "U1")
-        assert [w.resource_group for w in await uow.workspaces.list()] == ["RG", "other"]
+        assert sorted((w.resource_group.lower(), w.name) for w in await uow.workspaces.list()) == [
+            ("other", "ws"),
+            ("rg", "ws"),
+            ("rg", "ws2"),
+        ]
         assert [w.location for w in await uow.workspaces.list("Other")] == [None]
         assert [e.name for e in await uow.experiments.list("rg", "ws")] == ["e1"]
         await uow.workspaces.delete("rg", "ws")  # its experiments go with it
@@ -317,6 +322,42 @@ async def test_repositories_key_names_by_parent_and_groups_without_case(
         await uow.commit()
     async with any_store.unit() as uow:
         assert await uow.experiments.list("other", "ws") == []
+
+
+async def test_two_first_uses_at_once_make_one_default_and_both_succeed(store: SqlStore) -> None:
+    """The second looks before the first commits, then inserts too: its insert skips the row."""
+    loop = asyncio.get_running_loop()
+    first_added, second_looked = asyncio.Event(), asyncio.Event()
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # After the first unit has added its row, the next read of workspaces is the second's.
+        read = statement.lstrip().upper().startswith("SELECT") and "workspaces" in statement
+        if first_added.is_set() and read:
+            loop.call_soon_threadsafe(second_looked.set)
+
+    engine = store._engine.sync_engine
+    event.listen(engine, "after_cursor_execute", seen)
+    homes = Homes("rg")
+
+    async def first() -> None:
+        async with store.unit() as uow:
+            await claim_workspace(uow, homes, resource_group="rg", name="default", by="U1", at=NOW)
+            first_added.set()
+            await second_looked.wait()
+            await uow.commit()
+
+    async def second() -> None:
+        await first_added.wait()
+        async with store.unit() as uow:
+            await claim_workspace(uow, homes, resource_group="rg", name="default", by="U2", at=NOW)
+            await uow.commit()
+
+    try:
+        await asyncio.gather(first(), second())
+    finally:
+        event.remove(engine, "after_cursor_execute", seen)
+    async with store.unit() as uow:
+        assert [w.created_by for w in await uow.workspaces.list()] == ["U1"]
 
 
 async def test_a_workspace_left_without_commit_is_not_stored(any_store: Store) -> None:

@@ -384,8 +384,8 @@ class PriceRepository(Protocol):
 class WorkspaceRepository(Protocol):
     """Workspaces by (resource group, name); the resource group compared without case."""
 
-    async def add(self, workspace: Workspace) -> None:
-        """Conflict when the name is taken in its resource group."""
+    async def add(self, workspace: Workspace) -> bool:
+        """False (nothing written) when the name is taken in its resource group."""
         ...
 
     async def get(self, resource_group: str, name: str) -> Workspace | None: ...
@@ -400,8 +400,8 @@ class WorkspaceRepository(Protocol):
 
 
 class ExperimentRepository(Protocol):
-    async def add(self, experiment: Experiment) -> None:
-        """Conflict when the name is taken in its workspace."""
+    async def add(self, experiment: Experiment) -> bool:
+        """False (nothing written) when the name is taken in its workspace."""
         ...
 
     async def get(self, resource_group: str, workspace: str, name: str) -> Experiment | None: ...

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Table, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.core.errors import Conflict
 from services.models import Experiment, Workspace
 from services.store.schema import experiments, workspaces
 
@@ -18,14 +17,22 @@ def _in_group(column: Any, resource_group: str) -> ColumnElement[bool]:
     return func.lower(column) == resource_group.lower()
 
 
+async def _insert_new(conn: AsyncConnection, table: Table, row: dict[str, Any]) -> bool:
+    """Insert unless the key is taken (False). Two first uses of the implicit default may race:
+    the loser skips the row instead of failing, so its unit's transaction stays usable."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(row).on_conflict_do_nothing()
+    return bool((await conn.execute(stmt)).rowcount)
+
+
 class SqlWorkspaceRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(self, workspace: Workspace) -> None:
-        """Conflict when the resource group already has a workspace of that name."""
+    async def add(self, workspace: Workspace) -> bool:
+        """False when the resource group already has a workspace of that name."""
         if await self.get(workspace.resource_group, workspace.name) is not None:
-            raise Conflict(f"workspace {workspace.name} already exists")
+            return False
         row = {
             "resource_group": workspace.resource_group,
             "name": workspace.name,
@@ -33,10 +40,7 @@ class SqlWorkspaceRepository:
             "created_by": workspace.created_by,
             "created_at": workspace.created_at,
         }
-        try:
-            await self._conn.execute(insert(workspaces).values(row))
-        except IntegrityError as err:
-            raise Conflict(f"workspace {workspace.name} already exists") from err
+        return await _insert_new(self._conn, workspaces, row)
 
     def _where(self, resource_group: str, name: str) -> ColumnElement[bool]:
         return _in_group(workspaces.c.resource_group, resource_group) & (workspaces.c.name == name)
@@ -67,11 +71,11 @@ class SqlExperimentRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(self, experiment: Experiment) -> None:
-        """Conflict when the workspace already has an experiment of that name."""
+    async def add(self, experiment: Experiment) -> bool:
+        """False when the workspace already has an experiment of that name."""
         e = experiment
         if await self.get(e.resource_group, e.workspace, e.name) is not None:
-            raise Conflict(f"experiment {e.name} already exists")
+            return False
         row = {
             "resource_group": e.resource_group,
             "workspace": e.workspace,
@@ -79,10 +83,7 @@ class SqlExperimentRepository:
             "created_by": e.created_by,
             "created_at": e.created_at,
         }
-        try:
-            await self._conn.execute(insert(experiments).values(row))
-        except IntegrityError as err:
-            raise Conflict(f"experiment {e.name} already exists") from err
+        return await _insert_new(self._conn, experiments, row)
 
     def _in(self, resource_group: str, workspace: str) -> ColumnElement[bool]:
         return _in_group(experiments.c.resource_group, resource_group) & (

@@ -49,7 +49,8 @@ async def claim_workspace(
             f"{did_you_mean(name, known)}; create it with workspace create -n {name}"
         )
     made = Workspace(name, resource_group, homes.location, at, by)
-    await uow.workspaces.add(made)
+    if not await uow.workspaces.add(made):  # a concurrent first use made it: theirs stands
+        return await uow.workspaces.get(resource_group, name) or made
     return made
 
 
@@ -76,7 +77,8 @@ async def claim_experiment(
             f"create it with experiment create -w {workspace} -n {name}"
         )
     made = Experiment(name, workspace, resource_group, at, by)
-    await uow.experiments.add(made)
+    if not await uow.experiments.add(made):  # a concurrent first use made it: theirs stands
+        return await uow.experiments.get(resource_group, workspace, name) or made
     return made
 
 
@@ -116,12 +118,13 @@ class WorkspaceService:
         async with self._store.unit() as uow:
             found = await uow.workspaces.get(group, name)
             if found is None:
-                found = Workspace(
+                made = Workspace(
                     name, group, location or self._homes.location, self._clock.now(), actor.user
                 )
-                await uow.workspaces.add(found)
-                await uow.commit()
-                return WorkspaceView(found), True
+                if await uow.workspaces.add(made):
+                    await uow.commit()
+                    return WorkspaceView(made), True
+                found = await self._workspace(uow, group=group, name=name)  # made meanwhile
             view = await self._workspace_view(uow, found)
         if location and found.location and location.lower() != found.location.lower():
             raise Conflict(
@@ -188,7 +191,9 @@ class WorkspaceService:
                 at=self._clock.now(),
             )
             made = Experiment(name, workspace, group, self._clock.now(), actor.user)
-            await uow.experiments.add(made)
+            if not await uow.experiments.add(made):  # made meanwhile: answer with theirs
+                found = await self._experiment(uow, group=group, workspace=workspace, name=name)
+                return await self._experiment_view(uow, found), False
             await uow.commit()
         return ExperimentView(made), True
 

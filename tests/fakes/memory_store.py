@@ -505,11 +505,12 @@ class _Workspaces:
     def __init__(self, s: _State) -> None:
         self._s = s
 
-    async def add(self, workspace: Workspace) -> None:
+    async def add(self, workspace: Workspace) -> bool:
         key = (workspace.resource_group.lower(), workspace.name)
         if key in self._s.workspaces:
-            raise Conflict(f"workspace {workspace.name} already exists")
+            return False
         self._s.workspaces[key] = workspace
+        return True
 
     async def get(self, resource_group: str, name: str) -> Workspace | None:
         return self._s.workspaces.get((resource_group.lower(), name))
@@ -533,12 +534,13 @@ class _Experiments:
     def __init__(self, s: _State) -> None:
         self._s = s
 
-    async def add(self, experiment: Experiment) -> None:
+    async def add(self, experiment: Experiment) -> bool:
         e = experiment
         key = (e.resource_group.lower(), e.workspace, e.name)
         if key in self._s.experiments:
-            raise Conflict(f"experiment {e.name} already exists")
+            return False
         self._s.experiments[key] = e
+        return True
 
     async def get(self, resource_group: str, workspace: str, name: str) -> Experiment | None:
         return self._s.experiments.get((resource_group.lower(), workspace, name))
