@@ -384,7 +384,7 @@ class CommandHandler:
         view, created = await self._workspaces().create_workspace(
             c.workspace, actor=actor, resource_group=c.resource_group, location=c.location
         )
-        if c.answer.structured:
+        if c.answer.structured or c.output == "table":  # the resource, as az printed it
             return Reply(views.workspace_detail(view, output=c.answer), public=created)
         return Reply(views.workspace_created(view, created), public=created)
 
@@ -407,7 +407,7 @@ class CommandHandler:
         view, created = await self._workspaces().create_experiment(
             c.name, workspace=c.workspace, actor=actor, resource_group=c.resource_group
         )
-        if c.answer.structured:
+        if c.answer.structured or c.output == "table":  # the resource, as az printed it
             return Reply(views.experiment_detail(view, output=c.answer), public=created)
         return Reply(views.experiment_created(view, created), public=created)
 

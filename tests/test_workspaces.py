@@ -118,8 +118,13 @@ async def test_text_and_table_answers_in_the_house_style(rig: Rig) -> None:
     shown = await rig.say("workspace show -n ws")
     body = shown.message.blocks[0]["text"]["text"]
     assert "clusters: c1" in body and "experiments: e_1" in body
+    made = await ok(rig, "experiment create -w ws -n e_2 -o table")
+    assert made.split("\n")[2].split()[:3] == ["e_2", "ws", "batchai"]
     listing = await ok(rig, "experiment list -w ws -o table")
-    assert listing.split("\n")[2].split()[:5] == ["e_1", "ws", "batchai", "0", "0"]
+    assert [row.split()[:5] for row in listing.split("\n")[2:]] == [
+        ["e_1", "ws", "batchai", "0", "0"],
+        ["e_2", "ws", "batchai", "0", "0"],
+    ]
     empty = await rig.say("experiment list -w default")
     assert "No experiments in workspace default" in empty.message.blocks[0]["text"]["text"]
 
