@@ -41,6 +41,7 @@ from services.spend.gate import ApprovalPolicy, SpendGate
 from services.spend.ledger import PriceBook, SpendService
 from services.spend.pricing import PriceTable, load_price_table
 from services.store import SqlStore
+from services.workspaces.service import Homes, WorkspaceService
 
 if TYPE_CHECKING:  # the Azure SDKs load only when BATCHAI_BACKEND=azure
     import aiohttp
@@ -269,7 +270,15 @@ def build(
         admins=settings.admin_users,
         teams=settings.allowed_teams,
     )
+    # Where -w/-e-less commands put things, and the region a new workspace gets.
+    homes = Homes(
+        resource_group=settings.resource_group,
+        workspace=settings.workspace,
+        experiment=settings.experiment,
+        location=settings.azure_location or settings.price_region,
+    )
     clusters = ClusterService(
+        homes=homes,
         store=store,
         backend=compute,
         clock=clock,
@@ -290,6 +299,7 @@ def build(
     )
     ttl = timedelta(minutes=settings.link_ttl_minutes)
     jobs = JobService(
+        homes=homes,
         store=store,
         share=files,
         clock=clock,
@@ -339,6 +349,7 @@ def build(
             spend=spend,
             audit=AuditLog(store),
             schedules=schedules,
+            workspaces=WorkspaceService(store=store, clock=clock, homes=homes),
         )
     )
     actions = ActionHandler(jobs, clock.now, guard, approvals, idle)

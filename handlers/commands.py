@@ -28,6 +28,10 @@ from handlers.commandspec import (
     ClusterResize,
     ClusterShow,
     ClusterUpdate,
+    ExperimentCreate,
+    ExperimentDelete,
+    ExperimentList,
+    ExperimentShow,
     Help,
     JobCreate,
     JobDelete,
@@ -43,6 +47,10 @@ from handlers.commandspec import (
     ScheduleList,
     ScheduleShow,
     Spend,
+    WorkspaceCreate,
+    WorkspaceDelete,
+    WorkspaceList,
+    WorkspaceShow,
 )
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
@@ -55,6 +63,7 @@ from services.schedules.service import ScheduleRequest, ScheduleService
 from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import SpendService
 from services.spend.pricing import format_usd
+from services.workspaces.service import WorkspaceService
 
 TAIL_BYTES = 16 * 1024
 
@@ -93,6 +102,7 @@ class Services:
     spend: SpendService | None = None
     audit: AuditLog | None = None
     schedules: ScheduleService | None = None
+    workspaces: WorkspaceService | None = None
 
 
 class CommandHandler:
@@ -202,7 +212,10 @@ class CommandHandler:
         return views.cluster_detail(view, output=c.answer)
 
     async def _cluster_list(self, c: ClusterList, actor: Actor, source: Source) -> Reply:
-        return Reply(views.cluster_list(await self._s.clusters.list_clusters(), output=c.answer))
+        found = await self._s.clusters.list_clusters(
+            resource_group=c.resource_group, workspace=c.workspace
+        )
+        return Reply(views.cluster_list(found, output=c.answer))
 
     async def _list_usages(self, c: ListUsages, actor: Actor, source: Source) -> Reply:
         return Reply(views.usage_list(await self._s.clusters.usages(c.location), output=c.answer))
@@ -283,7 +296,9 @@ class CommandHandler:
         return Reply(message)
 
     async def _job_list(self, c: JobList, actor: Actor, source: Source) -> Reply:
-        jobs = await self._s.jobs.list_jobs(actor=actor, cluster=c.cluster)
+        jobs = await self._s.jobs.list_jobs(
+            actor=actor, cluster=c.cluster, workspace=c.workspace, experiment=c.experiment
+        )
         return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
 
     async def _job_show(self, c: JobShow, actor: Actor, source: Source) -> Reply:
@@ -360,6 +375,64 @@ class CommandHandler:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.answer))
+
+    # -- workspaces and experiments -------------------------------------------------------------
+
+    def _workspaces(self) -> WorkspaceService:
+        if self._s.workspaces is None:
+            raise UserError("workspaces are not set up in this bot")
+        return self._s.workspaces
+
+    async def _workspace_create(self, c: WorkspaceCreate, actor: Actor, source: Source) -> Reply:
+        view, created = await self._workspaces().create_workspace(
+            c.workspace, actor=actor, resource_group=c.resource_group, location=c.location
+        )
+        if c.answer.structured or c.output == "table":  # the resource, as az printed it
+            return Reply(views.workspace_detail(view, output=c.answer), public=created)
+        return Reply(views.workspace_created(view, created), public=created)
+
+    async def _workspace_list(self, c: WorkspaceList, actor: Actor, source: Source) -> Reply:
+        found = await self._workspaces().list_workspaces(resource_group=c.resource_group)
+        return Reply(views.workspace_list(found, output=c.answer))
+
+    async def _workspace_show(self, c: WorkspaceShow, actor: Actor, source: Source) -> Reply:
+        view = await self._workspaces().get_workspace(c.workspace, resource_group=c.resource_group)
+        return Reply(views.workspace_detail(view, output=c.answer))
+
+    async def _workspace_delete(self, c: WorkspaceDelete, actor: Actor, source: Source) -> Reply:
+        if not await self._workspaces().delete_workspace(
+            c.workspace, resource_group=c.resource_group
+        ):
+            return Reply(views.info(f"workspace *{c.workspace}* does not exist (nothing to do)"))
+        return Reply(views.info(f"workspace *{c.workspace}* deleted"), public=True)
+
+    async def _experiment_create(self, c: ExperimentCreate, actor: Actor, source: Source) -> Reply:
+        view, created = await self._workspaces().create_experiment(
+            c.name, workspace=c.workspace, actor=actor, resource_group=c.resource_group
+        )
+        if c.answer.structured or c.output == "table":  # the resource, as az printed it
+            return Reply(views.experiment_detail(view, output=c.answer), public=created)
+        return Reply(views.experiment_created(view, created), public=created)
+
+    async def _experiment_list(self, c: ExperimentList, actor: Actor, source: Source) -> Reply:
+        found = await self._workspaces().list_experiments(
+            workspace=c.workspace, resource_group=c.resource_group
+        )
+        return Reply(views.experiment_list(found, workspace=c.workspace, output=c.answer))
+
+    async def _experiment_show(self, c: ExperimentShow, actor: Actor, source: Source) -> Reply:
+        view = await self._workspaces().get_experiment(
+            c.name, workspace=c.workspace, resource_group=c.resource_group
+        )
+        return Reply(views.experiment_detail(view, output=c.answer))
+
+    async def _experiment_delete(self, c: ExperimentDelete, actor: Actor, source: Source) -> Reply:
+        deleted = await self._workspaces().delete_experiment(
+            c.name, workspace=c.workspace, resource_group=c.resource_group
+        )
+        if not deleted:
+            return Reply(views.info(f"experiment *{c.name}* does not exist (nothing to do)"))
+        return Reply(views.info(f"experiment *{c.name}* deleted"), public=True)
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -512,6 +585,14 @@ _HANDLERS.add(ClusterAutoScale, CommandHandler._cluster_auto_scale)
 _HANDLERS.add(ClusterUpdate, CommandHandler._cluster_update)
 _HANDLERS.add(ClusterDelete, CommandHandler._cluster_delete)
 _HANDLERS.add(ClusterNodeList, CommandHandler._cluster_nodes)
+_HANDLERS.add(WorkspaceCreate, CommandHandler._workspace_create)
+_HANDLERS.add(WorkspaceList, CommandHandler._workspace_list)
+_HANDLERS.add(WorkspaceShow, CommandHandler._workspace_show)
+_HANDLERS.add(WorkspaceDelete, CommandHandler._workspace_delete)
+_HANDLERS.add(ExperimentCreate, CommandHandler._experiment_create)
+_HANDLERS.add(ExperimentList, CommandHandler._experiment_list)
+_HANDLERS.add(ExperimentShow, CommandHandler._experiment_show)
+_HANDLERS.add(ExperimentDelete, CommandHandler._experiment_delete)
 _HANDLERS.add(JobCreate, CommandHandler._job_create)
 _HANDLERS.add(JobList, CommandHandler._job_list)
 _HANDLERS.add(JobShow, CommandHandler._job_show)

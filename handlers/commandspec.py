@@ -147,6 +147,64 @@ class ClusterNodeList(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkspaceCreate(Command):
+    audited: ClassVar[bool] = True
+
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceList(Command):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceShow(Command):
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceDelete(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+
+    workspace: str = dataclasses.field()  # -n/--workspace, as az named it
+    yes: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentCreate(Command):
+    audited: ClassVar[bool] = True
+
+    # Required, as in az: an experiment lives in a named workspace. (A bare annotation would
+    # inherit the base class's default; field() without one makes it required.)
+    workspace: str = dataclasses.field()
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentList(Command):
+    workspace: str = dataclasses.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentShow(Command):
+    workspace: str = dataclasses.field()
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentDelete(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+
+    workspace: str = dataclasses.field()
+    name: str
+    yes: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobCreate(JobCommand):
     slow: ClassVar[bool] = True
 
@@ -797,11 +855,14 @@ def _spec(
 ) -> CommandSpec:
     words = tuple(path.split())
     extra = (_EXPERIMENT,) if words[0] == "job" else ()
+    common: tuple[Flag, ...] = COMMON_FLAGS
+    if words[0] == "workspace":  # az's workspace group names its workspace -n/--workspace
+        common = tuple(flag for flag in COMMON_FLAGS if flag.dest != "workspace")
     return CommandSpec(
         path=words,
         cls=cls,
         summary=summary,
-        flags=flags + extra + COMMON_FLAGS,
+        flags=flags + extra + common,
         aliases=tuple(tuple(alias.split()) for alias in aliases),
         legacy_of=tuple(legacy_of.split()) if legacy_of else None,
         examples=examples,
@@ -814,6 +875,8 @@ def _spec(
 
 
 _CLUSTER_NAME = _f("-n --name", "name", NAME, "cluster name")
+_WORKSPACE_NAME = _f("-n --workspace --name", "workspace", NAME, "workspace name")
+_EXPERIMENT_NAME = _f("-n --name", "name", NAME, "experiment name")
 _JOB_NAME = _f("-n --name", "name", NAME, "job name")
 _JOB_BY_J = _f("-j --job --job-name", "job", NAME, "job name")
 _JOB_BY_N = _f("-n --name", "job", NAME, "job name (2018-03 spelling of -j)")
@@ -906,9 +969,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
     _spec(
         "cluster list",
         ClusterList,
-        "List clusters with VM size, node counts and state",
+        "List clusters with VM size, node counts and state (of one workspace with -w)",
         (),
-        examples=("/batchai cluster list -o table",),
+        examples=("/batchai cluster list -o table", "/batchai cluster list -w myworkspace"),
     ),
     _spec(
         "cluster show",
@@ -975,6 +1038,79 @@ COMMANDS: tuple[CommandSpec, ...] = (
         examples=("/batchai cluster list-nodes -n mycluster -o table",),
     ),
     _spec(
+        "workspace create",
+        WorkspaceCreate,
+        "Create a workspace: the home of clusters and experiments (2018-05-01 on)",
+        (_WORKSPACE_NAME, _f("-l --location", "location", LOCATION, "Azure region")),
+        examples=(
+            "/batchai workspace create -g myBatchAIGroup -n myworkspace -l eastus",
+            "/batchai workspace create -n myworkspace",
+        ),
+        notes=(
+            "Without -g the bot's resource group; without -l the bot's region. Creating a "
+            "workspace that exists answers with it, as az did.",
+            "Clusters and jobs created without -w live in the implicit workspace "
+            "`default`, which workspace list shows once something uses it.",
+        ),
+    ),
+    _spec(
+        "workspace list",
+        WorkspaceList,
+        "List the workspaces of a resource group (every group's without -g)",
+        (),
+        examples=("/batchai workspace list -g myBatchAIGroup -o table",),
+    ),
+    _spec(
+        "workspace show",
+        WorkspaceShow,
+        "Show one workspace with its clusters and experiments",
+        (_WORKSPACE_NAME,),
+        examples=("/batchai workspace show -n myworkspace",),
+    ),
+    _spec(
+        "workspace delete",
+        WorkspaceDelete,
+        "Delete a workspace and its experiments (refused while it has clusters)",
+        (_WORKSPACE_NAME, _YES, _NO_WAIT),
+        examples=("/batchai workspace delete -g myBatchAIGroup -n myworkspace -y",),
+        notes=(
+            "A workspace that still has clusters, or jobs that have not finished, is not "
+            "deleted: the answer names them. Finished jobs keep their records.",
+        ),
+    ),
+    _spec(
+        "experiment create",
+        ExperimentCreate,
+        "Create an experiment in a workspace: a named group of jobs",
+        (_EXPERIMENT_NAME,),
+        examples=("/batchai experiment create -g myBatchAIGroup -w myworkspace -n myexperiment",),
+        notes=(
+            "Jobs created without -e go to the implicit experiment `default` of their "
+            "workspace, which experiment list shows once a job uses it.",
+        ),
+    ),
+    _spec(
+        "experiment list",
+        ExperimentList,
+        "List the experiments of a workspace",
+        (),
+        examples=("/batchai experiment list -w myworkspace -o table",),
+    ),
+    _spec(
+        "experiment show",
+        ExperimentShow,
+        "Show one experiment with its job counts",
+        (_EXPERIMENT_NAME,),
+        examples=("/batchai experiment show -w myworkspace -n myexperiment",),
+    ),
+    _spec(
+        "experiment delete",
+        ExperimentDelete,
+        "Delete an experiment (refused while it has jobs that have not finished)",
+        (_EXPERIMENT_NAME, _YES, _NO_WAIT),
+        examples=("/batchai experiment delete -w myworkspace -n myexperiment -y",),
+    ),
+    _spec(
         "job create",
         JobCreate,
         "Submit a job from a job.json: manifest name, inline JSON, or a form",
@@ -1036,9 +1172,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
     _spec(
         "job list",
         JobList,
-        "List jobs, optionally of one cluster",
+        "List jobs, optionally of one cluster, workspace or experiment",
         (_f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),),
-        examples=("/batchai job list -o table",),
+        examples=("/batchai job list -o table", "/batchai job list -w myworkspace -e myexperiment"),
     ),
     _spec(
         "job show", JobShow, "Show one job", (_JOB_NAME,), examples=("/batchai job show -n myjob",)
@@ -1246,8 +1382,6 @@ COMMANDS: tuple[CommandSpec, ...] = (
 
 # az batchai commands a user may remember but the bot does not offer, with what to do instead.
 UNSUPPORTED: dict[tuple[str, ...], str] = {
-    ("workspace",): "workspaces are implicit here: pass -w/--workspace to cluster and job commands",
-    ("experiment",): "experiments are implicit here: pass -e/--experiment to job commands",
     ("file-server",): "file servers are not managed by the bot: mount a share with --afs-name",
     (
         "cluster",

@@ -504,7 +504,7 @@ def _synopsis(spec: CommandSpec, typed: tuple[str, ...]) -> str:
 def _command_usage(spec: CommandSpec, typed: tuple[str, ...]) -> str:
     own = [flag for flag in spec.flags if flag not in COMMON_FLAGS]
     rows = [_flag_line(flag, spec) for flag in own]
-    common = [_flag_line(flag, spec) for flag in COMMON_FLAGS]
+    common = [_flag_line(flag, spec) for flag in COMMON_FLAGS if flag in spec.flags]
     width = min(max(len(left) for left, _ in rows + common), 34)
     lines = [_synopsis(spec, typed), ""]
     if rows:

@@ -14,7 +14,15 @@ from datetime import timedelta
 from typing import Any, Final, cast
 
 from services.jobspec.values import map_secrets
-from services.models import Cluster, ClusterView, Job, ShareMount, Usage
+from services.models import (
+    Cluster,
+    ClusterView,
+    ExperimentView,
+    Job,
+    ShareMount,
+    Usage,
+    WorkspaceView,
+)
 
 PROVIDER: Final = "providers/Microsoft.BatchAI"
 _JOB_PROPERTIES: Final = (
@@ -83,6 +91,38 @@ def _workspace_path(resource_group: str, workspace: str) -> str:
 def cluster_id(cluster: Cluster) -> str:
     """The cluster's ARM path (below the subscription)."""
     return f"{_workspace_path(cluster.resource_group, cluster.workspace)}/clusters/{cluster.name}"
+
+
+def workspace_resource(view: WorkspaceView) -> dict[str, Any]:
+    """A workspace as `az batchai workspace show -o json` printed it (2018-05-01 Workspace).
+    It entered its one provisioning state, succeeded, when it was created."""
+    w = view.workspace
+    return {
+        "id": _workspace_path(w.resource_group, w.name),
+        "name": w.name,
+        "type": "Microsoft.BatchAI/workspaces",
+        "location": w.location,
+        "tags": None,
+        "resourceGroup": w.resource_group,
+        "creationTime": _iso(w.created_at),
+        "provisioningState": "succeeded",
+        "provisioningStateTransitionTime": _iso(w.created_at),
+    }
+
+
+def experiment_resource(view: ExperimentView) -> dict[str, Any]:
+    """An experiment as `az batchai experiment show -o json` printed it (2018-05-01 Experiment,
+    a proxy resource: no location or tags)."""
+    e = view.experiment
+    return {
+        "id": f"{_workspace_path(e.resource_group, e.workspace)}/experiments/{e.name}",
+        "name": e.name,
+        "type": "Microsoft.BatchAI/workspaces/experiments",
+        "resourceGroup": e.resource_group,
+        "creationTime": _iso(e.created_at),
+        "provisioningState": "succeeded",
+        "provisioningStateTransitionTime": _iso(e.created_at),
+    }
 
 
 def _errors(message: str | None) -> list[dict[str, Any]] | None:

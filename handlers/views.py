@@ -12,7 +12,14 @@ from typing import Any
 from urllib.parse import quote
 
 from handlers.outputs import Output, query_rows
-from handlers.rest import cluster_resource, file_resource, job_resource, usage_resource
+from handlers.rest import (
+    cluster_resource,
+    experiment_resource,
+    file_resource,
+    job_resource,
+    usage_resource,
+    workspace_resource,
+)
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
 from services.core.events import IdleWarning, IdleWarningClosed
@@ -24,11 +31,13 @@ from services.models import (
     Cluster,
     ClusterView,
     DownloadLink,
+    ExperimentView,
     FileListing,
     Job,
     Node,
     Schedule,
     Usage,
+    WorkspaceView,
 )
 from services.schedules.service import fmt_time, zone_of
 from services.spend import pricing
@@ -752,6 +761,121 @@ def node_table(nodes: Sequence[Node], *, output: Output | str) -> Message:
     return _table_message(
         table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes]),
     )
+
+
+# -- workspaces and experiments --------------------------------------------------------------
+
+
+def _names_or_none(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def workspace_table(views: Sequence[WorkspaceView]) -> str:
+    return table(
+        ["Name", "Resource Group", "Location", "Clusters", "Experiments", "Created (UTC)"],
+        [
+            [
+                v.workspace.name,
+                v.workspace.resource_group,
+                v.workspace.location or "-",
+                len(v.clusters),
+                len(v.experiments),
+                f"{v.workspace.created_at:%Y-%m-%d %H:%M}",
+            ]
+            for v in views
+        ],
+    )
+
+
+def workspace_list(views: Sequence[WorkspaceView], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [workspace_resource(v) for v in views])
+    if not views:
+        return Message(
+            "no workspaces",
+            [section("No workspaces. Create one with `/batchai workspace create -n NAME`.")],
+        )
+    return _table_message(
+        workspace_table(views), rest="`/batchai workspace show -n NAME` shows one workspace"
+    )
+
+
+def workspace_detail(view: WorkspaceView, *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, workspace_resource(view))
+    if out.format == "table":
+        return _table_message(workspace_table([view]))
+    w = view.workspace
+    lines = [
+        md("*{}* (resource group {}, {})", w.name, w.resource_group, w.location or "no region"),
+        md("clusters: {}", _names_or_none(view.clusters)),
+        md("experiments: {}", _names_or_none(view.experiments)),
+        md("created {:%Y-%m-%d %H:%M} UTC", w.created_at),
+    ]
+    return Message(md("workspace {}", w.name), [section(Mrkdwn("\n").join(lines))])
+
+
+def workspace_created(view: WorkspaceView, created: bool) -> Message:
+    w = view.workspace
+    if created:
+        return info(md("workspace *{}* created in resource group {}", w.name, w.resource_group))
+    return info(md("workspace *{}* already exists in resource group {}", w.name, w.resource_group))
+
+
+def experiment_table(views: Sequence[ExperimentView]) -> str:
+    return table(
+        ["Name", "Workspace", "Resource Group", "Jobs", "Unfinished", "Created (UTC)"],
+        [
+            [
+                v.experiment.name,
+                v.experiment.workspace,
+                v.experiment.resource_group,
+                v.jobs,
+                len(v.live_jobs),
+                f"{v.experiment.created_at:%Y-%m-%d %H:%M}",
+            ]
+            for v in views
+        ],
+    )
+
+
+def experiment_list(
+    views: Sequence[ExperimentView], *, workspace: str, output: Output | str
+) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [experiment_resource(v) for v in views])
+    if not views:
+        hint = md(
+            "No experiments in workspace {}. Create one with "
+            "`/batchai experiment create -w {} -n NAME`.",
+            workspace,
+            workspace,
+        )
+        return Message("no experiments", [section(hint)])
+    return _table_message(
+        experiment_table(views),
+        rest="`/batchai experiment show -w WORKSPACE -n NAME` shows one experiment",
+    )
+
+
+def experiment_detail(view: ExperimentView, *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, experiment_resource(view))
+    if out.format == "table":
+        return _table_message(experiment_table([view]))
+    e = view.experiment
+    lines = [
+        md("*{}* (workspace {}, resource group {})", e.name, e.workspace, e.resource_group),
+        md("jobs: {} · not finished: {}", view.jobs, _names_or_none(view.live_jobs)),
+        md("created {:%Y-%m-%d %H:%M} UTC", e.created_at),
+    ]
+    return Message(md("experiment {}", e.name), [section(Mrkdwn("\n").join(lines))])
+
+
+def experiment_created(view: ExperimentView, created: bool) -> Message:
+    e = view.experiment
+    verb = "created in" if created else "already exists in"
+    return info(md("experiment *{}* {} workspace {}", e.name, Mrkdwn(verb), e.workspace))
 
 
 # -- generic ---------------------------------------------------------------------------------

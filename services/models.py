@@ -235,6 +235,46 @@ class ClusterView:
 
 
 @dataclass(frozen=True)
+class Workspace:
+    """A Batch AI workspace (2018-05-01 on): a named home for clusters and experiments."""
+
+    name: str
+    resource_group: str
+    location: str | None
+    created_at: datetime
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A Batch AI experiment: a named group of jobs inside a workspace."""
+
+    name: str
+    workspace: str
+    resource_group: str
+    created_at: datetime
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceView:
+    """A workspace with what belongs to it, as `workspace list/show` report it."""
+
+    workspace: Workspace
+    clusters: tuple[str, ...] = ()
+    experiments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    """An experiment with its jobs, as `experiment list/show` report it."""
+
+    experiment: Experiment
+    jobs: int = 0
+    live_jobs: tuple[str, ...] = ()  # names of those not yet finished
+
+
+@dataclass(frozen=True)
 class FileListing:
     """`job list-files`: entries of one directory and a download link per file."""
 

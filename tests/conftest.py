@@ -23,6 +23,7 @@ BOTH_DATABASES = frozenset(
     {
         "test_store",
         "test_store_postgres",
+        "test_workspaces",
         "test_lifecycle_guard",
         "test_outbox",
         "test_price_refresh",

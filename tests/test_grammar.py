@@ -421,7 +421,9 @@ def test_every_flag_fills_a_field_and_every_field_has_a_flag() -> None:
         assert fields - {"warnings"} <= dests | base, spec.path
         names = [name for flag in spec.flags for name in flag.names]
         assert len(names) == len(set(names)), spec.path
-        assert set(COMMON_FLAGS) <= set(spec.flags)
+        # az's workspace group names its workspace -n/--workspace: there -w is no flag
+        common = {f for f in COMMON_FLAGS if spec.path[0] != "workspace" or f.dest != "workspace"}
+        assert common <= set(spec.flags)
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -472,7 +474,9 @@ BAD_INPUTS = [
     ("cluster create -n c -s Standard_NC6 --setup-task 'echo hi'", "needs --setup-task-output"),
     ('job create -n x -r c --config {"a": 1', "inline JSON is not closed"),
     ('job create -n x -r c --config {"a": 1}x', "followed by a space"),
-    ("workspace create -n ws", "workspaces are implicit"),
+    ("experiment create -n e1", "missing required flag -w/--workspace"),
+    ("workspace show", "missing required flag -n/--workspace"),
+    ("workspace create -w ws", 'unknown flag -w for "workspace create"'),
     ("cluster node exec -c c", "not available from chat"),
     ("cluster -n x", '"cluster" needs a command'),
     ("help job fly", 'unknown help topic "job fly"'),
@@ -751,7 +755,9 @@ def test_there_are_at_least_12_distinct_bad_spend_inputs() -> None:
 
 def test_unknown_group_names_the_new_commands() -> None:
     message = str(_error("foo"))
-    assert message.startswith('unknown command group "foo": use cluster, job, budget, approvals')
+    assert message.startswith(
+        'unknown command group "foo": use cluster, workspace, experiment, job, budget, approvals'
+    )
     assert "spend, audit, schedule, list-usages or help" in message
 
 

@@ -31,6 +31,7 @@ from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
 from services.spend.pricing import Estimate, Price
 from services.store import SqlStore
+from services.workspaces.service import Homes, claim_workspace
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -92,7 +93,9 @@ class ClusterService:
         prices: PriceBook | None = None,
         idle_timeout: timedelta = timedelta(minutes=15),
         gate: SpendGate | None = None,
+        homes: Homes | None = None,
     ) -> None:
+        self._homes = homes or Homes(resource_group, workspace)
         self._prices = prices
         self._gate = gate
         self._idle_timeout = idle_timeout
@@ -115,7 +118,17 @@ class ClusterService:
         if await self._store.get_cluster(cluster.name) is not None:
             raise Conflict(f"cluster {cluster.name} already exists")
         await self._check_spend(actor, None, cluster)
-        await self._store.insert_cluster(cluster)
+        async with self._store.unit() as uow:  # the cluster and its workspace, together
+            await claim_workspace(
+                uow,
+                self._homes,
+                resource_group=cluster.resource_group,
+                name=cluster.workspace,
+                by=actor.user,
+                at=self._clock.now(),
+            )
+            await uow.clusters.add(cluster)
+            await uow.commit()
         try:
             await self._backend.create_cluster(cluster)
         except Exception as err:
@@ -188,8 +201,16 @@ class ClusterService:
             touched.append(cluster.name)
         return touched
 
-    async def list_clusters(self) -> list[ClusterView]:
-        return [await self._view(c) for c in await self._store.list_clusters()]
+    async def list_clusters(
+        self, *, resource_group: str | None = None, workspace: str | None = None
+    ) -> list[ClusterView]:
+        """Every cluster, or those of one resource group and/or workspace (`-g`, `-w`)."""
+        return [
+            await self._view(c)
+            for c in await self._store.list_clusters()
+            if (resource_group is None or c.resource_group.lower() == resource_group.lower())
+            and (workspace is None or c.workspace == workspace)
+        ]
 
     async def get_cluster(self, name: str, *, resource_group: str | None = None) -> ClusterView:
         return await self._view(await self._get(name, resource_group))

@@ -18,6 +18,7 @@ from services.models import (
     Cluster,
     Conversation,
     DownloadLink,
+    Experiment,
     FileEntry,
     FileLocation,
     IdleState,
@@ -31,6 +32,7 @@ from services.models import (
     ScheduleRun,
     Usage,
     Vote,
+    Workspace,
 )
 from services.spend.approvals.lifecycle import ApprovalState, ApprovalTransition
 
@@ -379,6 +381,36 @@ class PriceRepository(Protocol):
     async def list(self) -> list[tuple[str, str, bool, Decimal, datetime, str]]: ...
 
 
+class WorkspaceRepository(Protocol):
+    """Workspaces by (resource group, name); the resource group compared without case."""
+
+    async def add(self, workspace: Workspace) -> bool:
+        """False (nothing written) when the name is taken in its resource group."""
+        ...
+
+    async def get(self, resource_group: str, name: str) -> Workspace | None: ...
+
+    async def list(self, resource_group: str | None = None) -> list[Workspace]:
+        """By resource group, then name; None: every resource group."""
+        ...
+
+    async def delete(self, resource_group: str, name: str) -> None:
+        """The workspace and its experiments; deleting what is gone does nothing."""
+        ...
+
+
+class ExperimentRepository(Protocol):
+    async def add(self, experiment: Experiment) -> bool:
+        """False (nothing written) when the name is taken in its workspace."""
+        ...
+
+    async def get(self, resource_group: str, workspace: str, name: str) -> Experiment | None: ...
+
+    async def list(self, resource_group: str, workspace: str) -> list[Experiment]: ...
+
+    async def delete(self, resource_group: str, workspace: str, name: str) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories (cosmicpython's unit of work): `emit` collects
     events, `commit` writes them with the changes; leaving without commit rolls back."""
@@ -409,6 +441,12 @@ class UnitOfWork(Protocol):
 
     @property
     def prices(self) -> PriceRepository: ...
+
+    @property
+    def workspaces(self) -> WorkspaceRepository: ...
+
+    @property
+    def experiments(self) -> ExperimentRepository: ...
 
     def emit(self, *events: Event, at: datetime | None = None) -> None:
         """Store `events` at commit, stamped `at` (default: the time of the commit)."""

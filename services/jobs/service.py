@@ -40,6 +40,7 @@ from services.models import (
     ScheduleRun,
 )
 from services.spend.gate import NeedsApproval, Refused
+from services.workspaces.service import Homes, claim_experiment
 
 if TYPE_CHECKING:
     from services.spend.approvals.service import ApprovalService
@@ -75,7 +76,9 @@ class JobService:
         approvals: ApprovalService | None = None,
         readers: JobReaders | None = None,
         reserved_shares: frozenset[str] = frozenset(),
+        homes: Homes | None = None,
     ) -> None:
+        self._homes = homes or Homes(resource_group, workspace, experiment)
         self._store = store
         self._reserved_shares = reserved_shares  # the backend's own: no job may mount them
         self._readers = readers or JobReaders()
@@ -105,6 +108,7 @@ class JobService:
         if self._spend is None:  # no price book: nothing to estimate or approve
             event = JobSubmitted(job_id=job.id, cluster=cluster.name, warnings=tuple(warnings))
             async with self._store.unit() as uow:
+                await self._claim_home(uow, job)
                 await add_submission(uow, job, run)
                 uow.emit(*first, event, at=job.created_at)
                 await uow.commit()
@@ -122,6 +126,7 @@ class JobService:
         if approval is not None:
             events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
         async with self._store.unit() as uow:
+            await self._claim_home(uow, job)
             await add_submission(uow, job, run)
             if approval is not None:
                 await uow.approvals.add(approval)
@@ -195,7 +200,22 @@ class JobService:
             conversation=actor.conversation,
             container_image=plan.container_image,
         )
+        async with self._store.unit() as uow:  # refused now if missing; claimed at commit
+            await self._claim_home(uow, job)
         return job, cluster, plan.warnings
+
+    async def _claim_home(self, uow: UnitOfWork, job: Job) -> None:
+        """The job's workspace and experiment: the implicit defaults are made on first use,
+        any other must exist (`experiment create`)."""
+        await claim_experiment(
+            uow,
+            self._homes,
+            resource_group=job.resource_group,
+            workspace=job.workspace,
+            name=job.experiment,
+            by=job.requester,
+            at=job.created_at,
+        )
 
     def _refuse_reserved_shares(self, spec: JobSpec) -> None:
         """A job.json never mounts the bot's control share: refused at submit, in one line
@@ -247,10 +267,24 @@ class JobService:
             return None
         return job.estimate
 
-    async def list_jobs(self, *, actor: Actor, cluster: str | None = None) -> list[Job]:
-        """The jobs `actor` may read (see JobReaders)."""
+    async def list_jobs(
+        self,
+        *,
+        actor: Actor,
+        cluster: str | None = None,
+        workspace: str | None = None,
+        experiment: str | None = None,
+    ) -> list[Job]:
+        """The jobs `actor` may read (see JobReaders), of one cluster, workspace or
+        experiment when those are given (`job list -c`, `-w`, `-e`)."""
         async with self._store.unit() as uow:
             jobs = await uow.jobs.list(cluster=cluster)
+        jobs = [
+            j
+            for j in jobs
+            if (workspace is None or j.workspace == workspace)
+            and (experiment is None or j.experiment == experiment)
+        ]
         return await self._readers.visible(jobs, actor)
 
     async def get_job(self, name: str, *, actor: Actor) -> Job:

@@ -297,7 +297,7 @@ class MountVolumes(SpecModel):
 
 class EnvironmentVariable(SpecModel):
     name: EnvName
-    value: Str = ""  # required from 2018-03-01 on; the 2017 schema let it default to empty
+    value: Str = ""  # required from 2018-05-01 on; the 2017 schema let it default to empty
 
 
 class SecretVariable(SpecModel):

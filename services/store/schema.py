@@ -64,6 +64,28 @@ clusters = Table(
     Column("idle_warning", JSON),  # the pending warning: id, deadline, sizes, saving
 )
 
+# Workspaces and experiments (2018-05-01 on): names are unique within their parent; the
+# resource group is compared without case, as ARM does, by the repository.
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("resource_group", String(90), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("location", String(40)),
+    Column("created_by", String(64)),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("resource_group", String(90), primary_key=True),
+    Column("workspace", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("created_by", String(64)),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
 jobs = Table(
     "jobs",
     metadata,

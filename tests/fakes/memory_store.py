@@ -22,6 +22,7 @@ from services.models import (
     AuditEntry,
     Cluster,
     Conversation,
+    Experiment,
     IdleState,
     Job,
     JobLayout,
@@ -31,6 +32,7 @@ from services.models import (
     Schedule,
     ScheduleRun,
     Vote,
+    Workspace,
 )
 from services.spend.approvals.lifecycle import ApprovalState, ApprovalTransition
 from services.store.guard import check_moved
@@ -54,6 +56,9 @@ class _State:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     prices: list[tuple[str, str, bool, Decimal, datetime, str]] = field(default_factory=list)
+    # keyed by (resource group in lower case, name) and (group, workspace, name)
+    workspaces: dict[tuple[str, str], Workspace] = field(default_factory=dict)
+    experiments: dict[tuple[str, str, str], Experiment] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -83,6 +88,8 @@ class MemoryUnitOfWork:
         self.schedules = _Schedules(s)
         self.audit = _Audit(s)
         self.prices = _Prices(s)
+        self.workspaces = _Workspaces(s)
+        self.experiments = _Experiments(s)
 
     async def __aenter__(self) -> Self:
         return self
@@ -492,3 +499,57 @@ class _Prices:
 
     async def list(self) -> list[tuple[str, str, bool, Decimal, datetime, str]]:
         return list(self._s.prices)
+
+
+class _Workspaces:
+    def __init__(self, s: _State) -> None:
+        self._s = s
+
+    async def add(self, workspace: Workspace) -> bool:
+        key = (workspace.resource_group.lower(), workspace.name)
+        if key in self._s.workspaces:
+            return False
+        self._s.workspaces[key] = workspace
+        return True
+
+    async def get(self, resource_group: str, name: str) -> Workspace | None:
+        return self._s.workspaces.get((resource_group.lower(), name))
+
+    async def list(self, resource_group: str | None = None) -> list[Workspace]:
+        found = [
+            w
+            for (group, _), w in self._s.workspaces.items()
+            if resource_group is None or group == resource_group.lower()
+        ]
+        return sorted(found, key=lambda w: (w.resource_group, w.name))
+
+    async def delete(self, resource_group: str, name: str) -> None:
+        group = resource_group.lower()
+        self._s.workspaces.pop((group, name), None)
+        for key in [k for k in self._s.experiments if k[:2] == (group, name)]:
+            del self._s.experiments[key]
+
+
+class _Experiments:
+    def __init__(self, s: _State) -> None:
+        self._s = s
+
+    async def add(self, experiment: Experiment) -> bool:
+        e = experiment
+        key = (e.resource_group.lower(), e.workspace, e.name)
+        if key in self._s.experiments:
+            return False
+        self._s.experiments[key] = e
+        return True
+
+    async def get(self, resource_group: str, workspace: str, name: str) -> Experiment | None:
+        return self._s.experiments.get((resource_group.lower(), workspace, name))
+
+    async def list(self, resource_group: str, workspace: str) -> list[Experiment]:
+        where = (resource_group.lower(), workspace)
+        return sorted(
+            (e for k, e in self._s.experiments.items() if k[:2] == where), key=lambda e: e.name
+        )
+
+    async def delete(self, resource_group: str, workspace: str, name: str) -> None:
+        self._s.experiments.pop((resource_group.lower(), workspace, name), None)
