@@ -29,6 +29,7 @@ from services.jobspec import (
 from services.models import (
     NAME_RE,
     STDOUTERR,
+    is_log_name,
     Actor,
     Approval,
     Cluster,
@@ -339,8 +340,12 @@ class JobService:
         if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
             raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
         job = await self.get_job(name, actor=actor)
-        directory = _subdir(self._directory(job, directory_id), path)
+        directory = self._located(job, directory_id, path)
         entries = await self._share.list_files(directory, recursive=False)
+        if directory_id.lower() == STDOUTERR:
+            # Batch AI's stdouterr holds the job's logs only; with the 2017 layout (logs in the
+            # job directory) or one mount for logs and outputs, outputs/ sits beside them.
+            entries = [e for e in entries if not e.is_directory and is_log_name(e.name)]
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
         links = {
             e.name: DownloadLink(
@@ -370,7 +375,7 @@ class JobService:
         while job.layout is None and not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
-        loc = _subdir(self._directory(job, directory_id), path).child(_safe(file_name))
+        loc = self._located(job, directory_id, path, file_name)
         offset = 0
         while True:
             finished = job.state.finished
@@ -401,7 +406,7 @@ class JobService:
         """The last `max_bytes` of one of the job's files, starting at a line, and that line's
         number (0 when unknown because the start was cut)."""
         await self._readers.check(job, actor)
-        loc = _subdir(self._directory(job, directory_id), path).child(_safe(name))
+        loc = self._located(job, directory_id, path, name)
         entry = await self._share.stat(loc)
         if entry is None:
             return b"", 1
@@ -411,6 +416,21 @@ class JobService:
             data = data[data.index(b"\n") + 1 :]
             return data, 0
         return data, 1
+
+    def _located(
+        self, job: Job, directory_id: str, path: str, name: str | None = None
+    ) -> FileLocation:
+        """A folder (or a file in it) of one of the job's directories; stdouterr has no folders,
+        so nothing of a neighbouring outputs/ is reached through it."""
+        if directory_id.lower() == STDOUTERR and (
+            path.strip() not in ("", ".") or (name is not None and "/" in name.strip("/"))
+        ):
+            raise UserError(
+                "stdouterr holds the job's logs only and has no folders: give a file name from "
+                "job file list -d stdouterr, and -d <output id> for the job's outputs"
+            )
+        directory = _subdir(self._directory(job, directory_id), path)
+        return directory if name is None else directory.child(_safe(name))
 
     def _directory(self, job: Job, directory_id: str) -> FileLocation:
         layout = job.layout
