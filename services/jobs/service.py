@@ -29,7 +29,6 @@ from services.jobspec import (
 from services.models import (
     NAME_RE,
     STDOUTERR,
-    is_log_name,
     Actor,
     Approval,
     Cluster,
@@ -39,6 +38,7 @@ from services.models import (
     FileLocation,
     Job,
     ScheduleRun,
+    is_log_name,
 )
 from services.spend.gate import NeedsApproval, Refused
 
