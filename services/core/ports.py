@@ -76,6 +76,20 @@ class RunStatus:
     ended_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class NodeOutput:
+    """What one command run on a node (`node exec`) answered: its exit code (None when it was
+    stopped at its time limit), its output (stdout and stderr as they interleaved; the end of it
+    when `truncated`), and why the output may be short (`limit`, e.g. Azure's 4 KB)."""
+
+    node_id: str
+    exit_code: int | None
+    output: str
+    truncated: bool = False
+    timed_out: bool = False
+    limit: str = ""
+
+
 class ComputeBackend(Protocol):
     """Clusters and jobs. Every method is idempotent by name / job id."""
 
@@ -102,6 +116,15 @@ class ComputeBackend(Protocol):
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move a running job's wall-clock limit (an approved extension): it may run for
         `remaining` more from now. Relative, so the backend's clock and ours never mix."""
+        ...
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        """Run `command` (a bash command line, the node's own business) on one node of `cluster`
+        and wait for it, at most `timeout` seconds; NotFound for a node id it does not have.
+        As the job's user when `job_id` is given, never as one that can read the bot's secrets;
+        in the node's $AZ_BATCHAI_MOUNT_ROOT, with none of the bot's environment."""
         ...
 
     async def usages(self, location: str | None) -> list[Usage]:

@@ -10,8 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from services.access.owners import check_job_owner
 from services.access.reads import JobReaders
-from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
+from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare, Store, UnitOfWork
 from services.core.suggest import did_you_mean
@@ -296,7 +297,7 @@ class JobService:
         """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
         (False when it had already ended or was already terminating)."""
         job = await (self._find_by_id(job_id) if job_id else self._find(name or ""))
-        _check_owner(job, actor, "stop")
+        check_job_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
         if job.state is JobState.PENDING_APPROVAL and self._approvals is not None:
@@ -320,7 +321,7 @@ class JobService:
             job = await uow.jobs.find(name)
         if job is None:
             return None
-        _check_owner(job, actor, "delete")
+        check_job_owner(job, actor, "delete")
         if not job.state.finished:
             job, _ = await self.terminate_job(name, actor=actor)
         async with self._store.unit() as uow:
@@ -454,11 +455,6 @@ class JobService:
         if missing:
             raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
         return substitute(spec, self._placeholders)
-
-
-def _check_owner(job: Job, actor: Actor, verb: str) -> None:
-    if actor.user != job.requester and not actor.is_admin:
-        raise NotOwner(job.requester, f"{verb} job {job.name}")
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:
