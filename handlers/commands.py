@@ -24,6 +24,7 @@ from handlers.commandspec import (
     ClusterCreate,
     ClusterDelete,
     ClusterList,
+    ClusterNodeExec,
     ClusterNodeList,
     ClusterResize,
     ClusterShow,
@@ -33,6 +34,7 @@ from handlers.commandspec import (
     JobDelete,
     JobList,
     JobListFiles,
+    JobNodeExec,
     JobNodeList,
     JobShow,
     JobStreamFile,
@@ -257,6 +259,16 @@ class CommandHandler:
         nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
         return Reply(views.node_table(nodes, output=c.answer))
 
+    async def _cluster_node_exec(self, c: ClusterNodeExec, actor: Actor, source: Source) -> Reply:
+        out = await self._s.clusters.exec_on_node(
+            c.cluster,
+            node_id=c.node_id,
+            command=c.command,
+            actor=actor,
+            resource_group=c.resource_group,
+        )
+        return Reply(views.node_output(out, c.command, output=c.answer))
+
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _job_create(self, c: JobCreate, actor: Actor, source: Source) -> Reply:
@@ -357,6 +369,13 @@ class CommandHandler:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.answer))
+
+    async def _job_node_exec(self, c: JobNodeExec, actor: Actor, source: Source) -> Reply:
+        job = await self._s.jobs.get_job(c.job, actor=actor)
+        out = await self._s.clusters.exec_on_job_node(
+            job, node_id=c.node_id, command=c.command, actor=actor
+        )
+        return Reply(views.node_output(out, c.command, output=c.answer))
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -509,6 +528,7 @@ _HANDLERS.add(ClusterAutoScale, CommandHandler._cluster_auto_scale)
 _HANDLERS.add(ClusterUpdate, CommandHandler._cluster_update)
 _HANDLERS.add(ClusterDelete, CommandHandler._cluster_delete)
 _HANDLERS.add(ClusterNodeList, CommandHandler._cluster_nodes)
+_HANDLERS.add(ClusterNodeExec, CommandHandler._cluster_node_exec)
 _HANDLERS.add(JobCreate, CommandHandler._job_create)
 _HANDLERS.add(JobList, CommandHandler._job_list)
 _HANDLERS.add(JobShow, CommandHandler._job_show)
@@ -518,6 +538,7 @@ _HANDLERS.add(JobWait, CommandHandler._job_wait)
 _HANDLERS.add(JobStreamFile, CommandHandler._job_stream)
 _HANDLERS.add(JobListFiles, CommandHandler._job_files)
 _HANDLERS.add(JobNodeList, CommandHandler._job_nodes)
+_HANDLERS.add(JobNodeExec, CommandHandler._job_node_exec)
 
 
 @functools.lru_cache(maxsize=256)

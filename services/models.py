@@ -68,6 +68,20 @@ class Node:
 
 
 @dataclass(frozen=True)
+class NodeOutput:
+    """What one command run on a node (`node exec`) answered: its exit code (None when it was
+    stopped at its time limit), its output (stdout and stderr as they interleaved; the end of it
+    when `truncated`), and why the output may be short (`limit`, e.g. Azure's 4 KB)."""
+
+    node_id: str
+    exit_code: int | None
+    output: str
+    truncated: bool = False
+    timed_out: bool = False
+    limit: str = ""
+
+
+@dataclass(frozen=True)
 class IdleNotice:
     """An idle warning as announced: its buttons carry `id`; unanswered, it scales at `deadline`."""
 

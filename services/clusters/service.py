@@ -11,7 +11,7 @@ from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
-from services.core.ports import Clock, ComputeBackend, NodeOutput
+from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
@@ -25,6 +25,7 @@ from services.models import (
     Job,
     Node,
     NodeCounts,
+    NodeOutput,
     ShareMount,
     Usage,
 )

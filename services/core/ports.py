@@ -26,6 +26,7 @@ from services.models import (
     LedgerEntry,
     MetricPoint,
     Node,
+    NodeOutput,
     Progress,
     Schedule,
     ScheduleRun,
@@ -74,20 +75,6 @@ class RunStatus:
     detail: str | None = None  # why it ended, when not a plain exit (wall clock, terminated, lost)
     started_at: datetime | None = None
     ended_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class NodeOutput:
-    """What one command run on a node (`node exec`) answered: its exit code (None when it was
-    stopped at its time limit), its output (stdout and stderr as they interleaved; the end of it
-    when `truncated`), and why the output may be short (`limit`, e.g. Azure's 4 KB)."""
-
-    node_id: str
-    exit_code: int | None
-    output: str
-    truncated: bool = False
-    timed_out: bool = False
-    limit: str = ""
 
 
 class ComputeBackend(Protocol):

@@ -50,8 +50,8 @@ from services.backends.azure.preflight import Preflight
 from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.azure.status import JobStatus
-from services.core.ports import LaunchRequest, LaunchResult, NodeOutput, RunStatus
-from services.models import Cluster, Node, Usage
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.models import Cluster, Node, NodeOutput, Usage
 
 
 class AzureBackend:

@@ -37,8 +37,9 @@ from services.backends.noderun.launch import check_node_count, layout_to_json, s
 from services.backends.noderun.runner import RunnerSpec
 from services.backends.noderun.specs import DEADLINE, TERMINATE
 from services.core.errors import BatchAIError, Conflict, NotFound, TransientError, UserError
-from services.core.ports import LaunchRequest, LaunchResult, NodeOutput
+from services.core.ports import LaunchRequest, LaunchResult
 from services.jobspec import LaunchPlan
+from services.models import NodeOutput
 
 log = logging.getLogger(__name__)
 

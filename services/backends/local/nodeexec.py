@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 from services.backends.local.processes import HOST_ENV_KEEP, host_env
-from services.core.ports import NodeOutput
+from services.models import NodeOutput
 
 OUTPUT_KEEP = 64 * 1024  # bytes of a command's output kept (its end); the answer shows less
 DRAIN_SECONDS = 1.0  # after the command exits, what its leftovers still write is read this long
