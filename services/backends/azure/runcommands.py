@@ -362,7 +362,9 @@ class RunCommands:
         state = wire_text(view.execution_state if view else None)
         output = (view.output or "") if view else ""
         error = (view.error or "") if view else ""
-        text = output + (("\n" if output and not output.endswith("\n") else "") + error)
+        if error and output and not output.endswith("\n"):
+            output += "\n"
+        text = output + error  # the script's own errors (stderr of the command is in output)
         truncated = max(len(output.encode()), len(error.encode())) >= RUN_COMMAND_OUTPUT_LIMIT
         return NodeOutput(
             node_id=node_id,
