@@ -157,6 +157,23 @@ async def test_job_runs_to_exit_zero_in_the_batch_ai_layout(backend: BackendKit)
     assert url.startswith("http")
 
 
+async def test_each_node_writes_its_execution_log_beside_stdout(backend: BackendKit) -> None:
+    c = cluster(nodes=2)
+    await backend.compute.create_cluster(c)
+    nodes = await backend.compute.list_nodes(c)
+    request = launch_request(job_spec("ok", node_count=2, process_count=2), c, (0, 1))
+    result = await backend.start(request)
+    assert (await wait_for(backend.compute, request.job_id)).exit_code == 0
+    assert result.layout.stdouterr is not None
+    names = {e.name for e in await backend.share.list_files(result.layout.stdouterr)}
+    for rank, n in enumerate(nodes):
+        log = await read_text(backend.share, log_loc(result, f"execution-{n.id}.log"))
+        assert f"execution-{n.id}.log" in names
+        assert f"job job1 (id {request.job_id}) on cluster c1, node {n.id} ({rank + 1} of 2)" in log
+        assert f"rank {rank} started, pid " in log and f"rank {rank} exited with code 0" in log
+        assert log.rstrip().endswith("job ended on this node: exit code 0")
+
+
 async def test_non_zero_exit_is_reported(backend: BackendKit) -> None:
     c = cluster()
     await backend.compute.create_cluster(c)

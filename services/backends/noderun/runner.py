@@ -548,7 +548,9 @@ class NodeRunner:
 
 
 def _what(proc: ProcessSpec) -> str:
-    return "job preparation" if proc.role == "prep" else f"rank {proc.rank} ({proc.role})"
+    if proc.role == "prep":
+        return "job preparation"
+    return f"rank {proc.rank}" if proc.role == "rank" else f"rank {proc.rank} ({proc.role})"
 
 
 def _printable(text: str, limit: int = 500) -> str:
