@@ -870,14 +870,15 @@ _IDLE_TIMEOUT = _f(
 _NODE_ID = _f("-n --node-id", "node_id", NODE_ID, "node to run on (default: the first)")
 _EXEC = _f("--exec", "command", EXEC_LINE, 'command line to run on the node, e.g. "nvidia-smi"')
 _SSH_ONLY = (
-    _f("-L --address", "address", COMMAND_LINE, "SSH port forwarding (not from chat)"),
-    _f("-p --password", "password", SECRET, "SSH password (not needed)"),
-    _f("-k --ssh-private-key", "ssh_private_key", COMMAND_LINE, "SSH key (not needed)"),
+    _f("-L --address", "address", Kind("ADDRESS", _text(200)), "SSH port forwarding (refused)"),
+    _f("-p --password", "password", SECRET, "SSH password (refused: not needed)"),
+    _f("-k --ssh-private-key", "ssh_private_key", Kind("KEY", _text(4096)), "SSH key (not needed)"),
 )
 _EXEC_NOTES = (
-    "The command runs in the node's bash, in $AZ_BATCHAI_MOUNT_ROOT, with a plain environment and "
-    "never as root, for at most 2 minutes; the answer shows its exit code and the end of its "
-    "output (on Azure a run command keeps only the last 4 KB).",
+    "The command runs in the node's bash, in $AZ_BATCHAI_MOUNT_ROOT, with a plain environment "
+    "(none of the bot's variables), for at most 2 minutes; on Azure as a managed run command, "
+    "as the job's user, never root. The answer shows its exit code and the end of its output (Azure "
+    "keeps only the last 4 KB of a run command's output).",
     "Allowed to whoever may terminate the jobs running on that node; on a node no job holds, "
     "to admins. Every exec is in the audit log.",
 )
