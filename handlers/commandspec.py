@@ -877,8 +877,8 @@ _SSH_ONLY = (
 _EXEC_NOTES = (
     "The command runs in the node's bash, in $AZ_BATCHAI_MOUNT_ROOT, with a plain environment "
     "(none of the bot's variables), for at most 2 minutes; on Azure as a managed run command, "
-    "as the job's user, never root. The answer shows its exit code and the end of its output (Azure "
-    "keeps only the last 4 KB of a run command's output).",
+    "as the job's user, never root. The answer shows its exit code and the end of its output "
+    "(Azure keeps only the last 4 KB of a run command's output).",
     "Allowed to whoever may terminate the jobs running on that node; on a node no job holds, "
     "to admins. Every exec is in the audit log.",
 )
