@@ -801,12 +801,12 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
 
 def _refuse_ssh_only(values: dict[str, Any], source: Source) -> None:
     """node exec's SSH options: the bot runs the command itself, no session is held open."""
-    if "address" in values:
+    if "ssh_address" in values:
         raise UserError(
             "-L/--address forwards ports over SSH, which a chat command cannot hold open: "
             "use --exec to run a command, or SSH to the address cluster node list shows"
         )
-    if "password" in values or "ssh_private_key" in values:
+    if "ssh_password" in values or "ssh_private_key" in values:
         raise UserError(
             "the bot runs the command on the node itself: leave -p/--password and "
             "-k/--ssh-private-key out"
@@ -870,8 +870,8 @@ _IDLE_TIMEOUT = _f(
 _NODE_ID = _f("-n --node-id", "node_id", NODE_ID, "node to run on (default: the first)")
 _EXEC = _f("--exec", "command", EXEC_LINE, 'command line to run on the node, e.g. "nvidia-smi"')
 _SSH_ONLY = (
-    _f("-L --address", "address", Kind("ADDRESS", _text(200)), "SSH port forwarding (refused)"),
-    _f("-p --password", "password", SECRET, "SSH password (refused: not needed)"),
+    _f("-L --address", "ssh_address", Kind("ADDRESS", _text(200)), "SSH port forwarding (refused)"),
+    _f("-p --password", "ssh_password", SECRET, "SSH password (refused: not needed)"),
     _f("-k --ssh-private-key", "ssh_private_key", Kind("KEY", _text(4096)), "SSH key (not needed)"),
 )
 _EXEC_NOTES = (
@@ -1333,4 +1333,5 @@ UNSUPPORTED: dict[tuple[str, ...], str] = {
 }
 
 # Ignored dests: accepted for compatibility, or consumed by a check before the dataclass is built.
-NOT_STORED = frozenset({"cluster_or_config"})
+# (The SSH-only flags of node exec are refused by its check; none reaches a dataclass.)
+NOT_STORED = frozenset({"cluster_or_config", "ssh_address", "ssh_password", "ssh_private_key"})
