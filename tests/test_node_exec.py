@@ -8,15 +8,16 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from handlers.commands import Reply
-from services.core.clock import FakeClock
 from tests.fakes import gpu
-from tests.test_schedules import ADMIN, ALICE, BOB, Rig, started
+from tests.test_schedules import ADMIN, ALICE, BOB, Rig
+from tests.test_stdouterr import rig
+
+__all__ = ["rig"]  # the fixture, shared with test_stdouterr
 
 TIMEOUT = 60.0
 GATE = "go"
@@ -34,14 +35,6 @@ HOLD = json.dumps(
     },
     separators=(",", ":"),
 )
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with started(
-        tmp_path, FakeClock(datetime(2026, 1, 1, 12, 0, tzinfo=UTC)), first=True
-    ) as r:
-        yield r
 
 
 async def until_running(rig: Rig, name: str) -> None:
