@@ -171,6 +171,7 @@ async def test_each_node_writes_its_execution_log_beside_stdout(backend: Backend
         assert f"execution-{n.id}.log" in names
         assert f"job job1 (id {request.job_id}) on cluster c1, node {n.id} ({rank + 1} of 2)" in log
         assert f"rank {rank} started, pid " in log and f"rank {rank} exited with code 0" in log
+        assert f"the job's nodes: {nodes[0].id}, {nodes[1].id}" in log
         assert log.rstrip().endswith("job ended on this node: exit code 0")
 
 

@@ -126,6 +126,7 @@ class RunnerSpec:
     cluster: str = ""
     node_id: str = ""
     node_count: int = 1
+    job_nodes: tuple[str, ...] = ()  # the ids of all the job's nodes, in rank order
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +148,7 @@ class RunnerSpec:
             "cluster": self.cluster,
             "node_id": self.node_id,
             "node_count": self.node_count,
+            "job_nodes": list(self.job_nodes),
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -174,6 +176,7 @@ class RunnerSpec:
             cluster=str(raw.get("cluster", "")),
             node_id=str(raw.get("node_id", "")),
             node_count=int(raw.get("node_count", 1)),
+            job_nodes=tuple(str(n) for n in raw.get("job_nodes", ())),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -470,6 +473,8 @@ class NodeRunner:
             f"{spec.node_id} ({spec.node_index + 1} of {spec.node_count}): node runner started, "
             f"pid {os.getpid()}, {len(spec.processes)} process(es) to run"
         )
+        if spec.node_count > 1:
+            self._note(f"the job's nodes: {', '.join(spec.job_nodes)}")
         outcome = self._prepare()
         if outcome is not None:
             return outcome

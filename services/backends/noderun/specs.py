@@ -56,6 +56,7 @@ def runner_spec(
         cluster=plan.env.get("AZ_BATCHAI_CLUSTER_NAME", ""),
         node_id=plan.node_ids[index] if plan.node_ids else f"node-{index}",
         node_count=count,
+        job_nodes=plan.node_ids,
     )
 
 
