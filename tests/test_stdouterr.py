@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -142,3 +144,46 @@ async def test_stdouterr_has_no_folders_to_walk_into(rig: Rig) -> None:
         reply = await rig.say(command)
         assert reply.failed, reply.message.text
         assert "stdouterr" in reply.message.text and "weights" not in reply.message.text
+
+
+def test_a_planted_link_does_not_turn_the_execution_log_into_a_write_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A job (or whoever can write the share) links execution-<node>.log to a file of its choice:
+    the runner does not follow it, and the run itself is not harmed."""
+    from services.backends.noderun.runner import ProcessSpec, RunnerSpec
+
+    logs, status = tmp_path / "stdouterr", tmp_path / "status"
+    logs.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    (logs / "execution-n0.log").symlink_to(victim)
+    spec = RunnerSpec(
+        job_id="j1",
+        node_index=0,
+        status_dir=str(status),
+        stdouterr_dir=str(logs),
+        deadline=time.time() + 60,
+        max_wall_clock="0:01:00",
+        processes=(
+            ProcessSpec(0, "master", ("sh", "-c", "echo hi"), {}, "stdout.txt", "stderr.txt"),
+        ),
+        execution_log="execution-n0.log",
+        job_name="j",
+        cluster="c",
+        node_id="n0",
+    )
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec.to_json()))
+    module = "services.backends.noderun.runner"
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--foreground", str(path)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (status / "exit_code").read_text().strip() == "0"
+    assert (logs / "stdout.txt").read_text() == "hi\n"
+    assert victim.read_text() == "untouched\n"
