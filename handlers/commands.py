@@ -24,6 +24,7 @@ from handlers.commandspec import (
     ClusterCreate,
     ClusterDelete,
     ClusterList,
+    ClusterNodeExec,
     ClusterNodeList,
     ClusterResize,
     ClusterShow,
@@ -37,6 +38,7 @@ from handlers.commandspec import (
     JobDelete,
     JobList,
     JobListFiles,
+    JobNodeExec,
     JobNodeList,
     JobShow,
     JobStreamFile,
@@ -273,6 +275,16 @@ class CommandHandler:
         nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
         return Reply(views.node_table(nodes, output=c.answer))
 
+    async def _cluster_node_exec(self, c: ClusterNodeExec, actor: Actor, source: Source) -> Reply:
+        out = await self._s.clusters.exec_on_node(
+            c.cluster,
+            node_id=c.node_id,
+            command=c.command,
+            actor=actor,
+            resource_group=c.resource_group,
+        )
+        return Reply(views.node_output(out, c.command, output=c.answer))
+
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _job_create(self, c: JobCreate, actor: Actor, source: Source) -> Reply:
@@ -434,6 +446,14 @@ class CommandHandler:
             return Reply(views.info(f"experiment *{c.name}* does not exist (nothing to do)"))
         return Reply(views.info(f"experiment *{c.name}* deleted"), public=True)
 
+
+    async def _job_node_exec(self, c: JobNodeExec, actor: Actor, source: Source) -> Reply:
+        job = await self._s.jobs.get_job(c.job, actor=actor)
+        out = await self._s.clusters.exec_on_job_node(
+            job, node_id=c.node_id, command=c.command, actor=actor
+        )
+        return Reply(views.node_output(out, c.command, output=c.answer))
+
     # -- schedules ------------------------------------------------------------------------------
 
     def _schedules(self) -> ScheduleService:
@@ -593,6 +613,7 @@ _HANDLERS.add(ExperimentCreate, CommandHandler._experiment_create)
 _HANDLERS.add(ExperimentList, CommandHandler._experiment_list)
 _HANDLERS.add(ExperimentShow, CommandHandler._experiment_show)
 _HANDLERS.add(ExperimentDelete, CommandHandler._experiment_delete)
+_HANDLERS.add(ClusterNodeExec, CommandHandler._cluster_node_exec)
 _HANDLERS.add(JobCreate, CommandHandler._job_create)
 _HANDLERS.add(JobList, CommandHandler._job_list)
 _HANDLERS.add(JobShow, CommandHandler._job_show)
@@ -602,6 +623,7 @@ _HANDLERS.add(JobWait, CommandHandler._job_wait)
 _HANDLERS.add(JobStreamFile, CommandHandler._job_stream)
 _HANDLERS.add(JobListFiles, CommandHandler._job_files)
 _HANDLERS.add(JobNodeList, CommandHandler._job_nodes)
+_HANDLERS.add(JobNodeExec, CommandHandler._job_node_exec)
 
 
 @functools.lru_cache(maxsize=256)

@@ -205,6 +205,16 @@ class ExperimentDelete(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterNodeExec(Command):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
+    cluster: str
+    node_id: str | None = None  # None: the first node, as az did
+    command: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobCreate(JobCommand):
     slow: ClassVar[bool] = True
 
@@ -282,6 +292,16 @@ class JobListFiles(JobCommand):
 @dataclass(frozen=True, kw_only=True)
 class JobNodeList(JobCommand):
     job: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobNodeExec(JobCommand):
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
+    job: str
+    node_id: str | None = None  # None: the job's first node
+    command: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -614,6 +634,8 @@ MOUNT_PATH = Kind("PATH", _mount_path)
 RELATIVE_PATH = Kind("PATH", _relative_path)
 FILE_NAME = Kind("FILE", _relative_path)
 COMMAND_LINE = Kind("CMD", _text(4096))
+EXEC_LINE = Kind("CMD", _prose(4096), hint="a bash command line, quoted", prose=True)
+NODE_ID = _pattern("NODE_ID", r"[-\w.]{1,80}", "use a node id as node list shows it")
 LOG_DIR = Kind("DIR", _log_dir)
 SSH_KEY = Kind("KEY", _ssh_key)
 USER_NAME = Kind("USER", _user_name)
@@ -835,6 +857,20 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
         raise UserError("a scheduled job needs its name: give -n/--name (no form)")
 
 
+def _refuse_ssh_only(values: dict[str, Any], source: Source) -> None:
+    """node exec's SSH options: the bot runs the command itself, no session is held open."""
+    if "ssh_address" in values:
+        raise UserError(
+            "-L/--address forwards ports over SSH, which a chat command cannot hold open: "
+            "use --exec to run a command, or SSH to the address cluster node list shows"
+        )
+    if "ssh_password" in values or "ssh_private_key" in values:
+        raise UserError(
+            "the bot runs the command on the node itself: leave -p/--password and "
+            "-k/--ssh-private-key out"
+        )
+
+
 # -- the table
 
 
@@ -893,6 +929,21 @@ _IDLE_TIMEOUT = _f(
     "idle_timeout_minutes",
     _int(0, 10080, "MINUTES"),
     "minutes idle above --min before scaling down (0: never; default: the bot's, 15)",
+)
+_NODE_ID = _f("-n --node-id", "node_id", NODE_ID, "node to run on (default: the first)")
+_EXEC = _f("--exec", "command", EXEC_LINE, 'command line to run on the node, e.g. "nvidia-smi"')
+_SSH_ONLY = (
+    _f("-L --address", "ssh_address", Kind("ADDRESS", _text(200)), "SSH port forwarding (refused)"),
+    _f("-p --password", "ssh_password", SECRET, "SSH password (refused: not needed)"),
+    _f("-k --ssh-private-key", "ssh_private_key", Kind("KEY", _text(4096)), "SSH key (not needed)"),
+)
+_EXEC_NOTES = (
+    "The command runs in the node's bash, in $AZ_BATCHAI_MOUNT_ROOT, with a plain environment "
+    "(none of the bot's variables), for at most 2 minutes; on Azure as a managed run command, "
+    "as the job's user, never root. The answer shows its exit code and the end of its output "
+    "(Azure keeps only the last 4 KB of a run command's output).",
+    "Allowed to whoever may terminate the jobs running on that node; on a node no job holds, "
+    "to admins. Every exec is in the audit log.",
 )
 _CHANNEL = _f("--channel", "channel", CHANNEL, "id, #name or mention (default: this channel)")
 _SCHEDULE_ID = _f("-n --name --id", "id", SCHEDULE_ID, "schedule id, as schedule list shows it")
@@ -1028,6 +1079,23 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _f("-n --name", "cluster", NAME, "cluster name (2017 spelling of -c)"),
         ),
         examples=("/batchai cluster node list -c mycluster -o table",),
+    ),
+    _spec(
+        "cluster node exec",
+        ClusterNodeExec,
+        "Run one command on a cluster's node and show its output",
+        (
+            _f("-c --cluster --cluster-name", "cluster", NAME, "cluster name"),
+            _NODE_ID,
+            _EXEC,
+            *_SSH_ONLY,
+        ),
+        examples=(
+            '/batchai cluster node exec -c mycluster -n mycluster-node-0 --exec "nvidia-smi"',
+            '/batchai cluster node exec -g myrg -w ws -c mycluster --exec "nvidia-smi -L"',
+        ),
+        notes=_EXEC_NOTES,
+        checks=(_refuse_ssh_only,),
     ),
     _spec(
         "cluster list-nodes",
@@ -1234,6 +1302,18 @@ COMMANDS: tuple[CommandSpec, ...] = (
         examples=("/batchai job node list -j myjob -o table",),
     ),
     _spec(
+        "job node exec",
+        JobNodeExec,
+        "Run one command on a node of a running job and show its output",
+        (_JOB_BY_J, _NODE_ID, _EXEC, *_SSH_ONLY),
+        examples=(
+            '/batchai job node exec -j mnist --exec "nvidia-smi"',
+            '/batchai job node exec -w ws -e exp -j mnist -n mycluster-node-0 --exec "ps aux"',
+        ),
+        notes=_EXEC_NOTES,
+        checks=(_refuse_ssh_only,),
+    ),
+    _spec(
         "job stream-file",
         JobStreamFile,
         "Stream a job's output file (2017 name of job file stream)",
@@ -1383,14 +1463,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
 # az batchai commands a user may remember but the bot does not offer, with what to do instead.
 UNSUPPORTED: dict[tuple[str, ...], str] = {
     ("file-server",): "file servers are not managed by the bot: mount a share with --afs-name",
-    (
-        "cluster",
-        "node",
-        "exec",
-    ): "node exec (SSH) is not available from chat: use cluster node list",
-    ("job", "node", "exec"): "node exec (SSH) is not available from chat: use job node list",
     ("cluster", "file"): "cluster file list is not available: setup task logs go to the thread",
 }
 
 # Ignored dests: accepted for compatibility, or consumed by a check before the dataclass is built.
-NOT_STORED = frozenset({"cluster_or_config"})
+# (The SSH-only flags of node exec are refused by its check; none reaches a dataclass.)
+NOT_STORED = frozenset({"cluster_or_config", "ssh_address", "ssh_password", "ssh_private_key"})

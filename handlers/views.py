@@ -35,6 +35,7 @@ from services.models import (
     FileListing,
     Job,
     Node,
+    NodeOutput,
     Schedule,
     Usage,
     WorkspaceView,
@@ -876,6 +877,42 @@ def experiment_created(view: ExperimentView, created: bool) -> Message:
     e = view.experiment
     verb = "created in" if created else "already exists in"
     return info(md("experiment *{}* {} workspace {}", e.name, Mrkdwn(verb), e.workspace))
+
+
+
+def node_output(out: NodeOutput, command: str, *, output: Output | str) -> Message:
+    """What `node exec` answered: the exit code, and the end of the output in a code block
+    (escaped: a node's output is outside text), saying when and why it was cut."""
+    if (fmt := Output.of(output)).structured:
+        return _structured(
+            fmt,
+            {
+                "nodeId": out.node_id,
+                "exitCode": out.exit_code,
+                "timedOut": out.timed_out,
+                "truncated": out.truncated,
+                "output": out.output,
+            },
+        )
+    typed = _head_within(command.replace("\n", " "), 200)
+    if out.timed_out:
+        head = md("`{}` on *{}* was stopped at its time limit", typed, out.node_id)
+    else:
+        head = md("`{}` on *{}* exited with code {}", typed, out.node_id, out.exit_code)
+    text = out.output.rstrip("\n")
+    shown = _tail_within(text, SNIPPET_CHARS)
+    if len(shown) < len(text) and "\n" in shown:
+        shown = shown[shown.index("\n") + 1 :]  # start at a line
+    blocks = [context(head), section(code(shown))]
+    notes = []
+    if len(shown) < len(text):
+        notes.append(md("showing the last {} of {} characters", len(shown), len(text)))
+    if out.truncated:
+        notes.append(md("output truncated: {}", out.limit or "the start was not kept"))
+    if notes:
+        blocks.append(context(Mrkdwn("; ".join(notes))))
+    fallback = md("{}: exit code {}", out.node_id, out.exit_code)
+    return Message("stopped at its time limit" if out.timed_out else fallback, blocks)
 
 
 # -- generic ---------------------------------------------------------------------------------

@@ -13,6 +13,17 @@ from services.spend.approvals.lifecycle import ApprovalState
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"
+# What Batch AI wrote into stdouterr: stdout/stderr (per rank, task or job-preparation node:
+# `stdout-wk-0.txt`, `stderr-job_prep-<node>.txt`) and the per-node `execution-<node>.log`.
+_LOG_NAME_RE = re.compile(
+    r"^(?:(?:stdout|stderr)(?:-[-\w.]+)?\.txt|execution(?:-[-\w.]+)?\.log)$",
+    re.ASCII,
+)
+
+
+def is_log_name(name: str) -> bool:
+    """Whether `name` is one of the log files Batch AI kept in a job's stdouterr directory."""
+    return _LOG_NAME_RE.match(name) is not None
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,20 @@ class Node:
     ip: str
     port: int
     state: str  # idle | running | preparing | unusable | leaving
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    """What one command run on a node (`node exec`) answered: its exit code (None when it was
+    stopped at its time limit), its output (stdout and stderr as they interleaved; the end of it
+    when `truncated`), and why the output may be short (`limit`, e.g. Azure's 4 KB)."""
+
+    node_id: str
+    exit_code: int | None
+    output: str
+    truncated: bool = False
+    timed_out: bool = False
+    limit: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,13 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("`cluster list` / `show`", "as az", ["cluster list", "cluster show -n c2"]),
     ("`cluster resize -t`", "as az", ["cluster resize -n c2 -t 1"]),
     ("`cluster node list -c`", "as az", ["cluster node list -c c2", "cluster list-nodes -n c2"]),
-    ("`cluster node exec`", "differs", ["cluster node exec -c c2 --exec ls", "cluster file list"]),
+    (
+        "`cluster node exec -c",
+        "as az",
+        ["cluster node exec -c c2 --exec ls", 'cluster node exec -c c2 -n c2-node-0 --exec "pwd"'],
+    ),
+    ("`cluster file list`", "differs", ["cluster file list"]),
     ("`job list` / `show`", "as az", ["job list", "job list -o table"]),
-    ("`job node exec`", "differs", ["job node exec -j j1 --exec nvidia-smi"]),
     (
         "`workspace create",
         "as az",
@@ -61,6 +65,11 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "differs",
         ["workspace delete -n default -y", "workspace delete -g batchai -n default --no-wait"],
     ),
+    (
+        "`job node exec -j",
+        "as az",
+        ["job node exec -h"],
+    ),  # a running job's: tests/test_node_exec.py
     ("`file-server create", "differs", ["file-server list"]),
     ("`list-usages -l`", "as az", ["list-usages -l eastus -o table"]),
     ("`-o json", "as az", ["cluster show -n c2 -o tsv", "cluster list --query '[].name'"]),

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from services.access.owners import check_job_owner, check_node_exec
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
@@ -24,6 +25,7 @@ from services.models import (
     Job,
     Node,
     NodeCounts,
+    NodeOutput,
     ShareMount,
     Usage,
 )
@@ -39,10 +41,39 @@ _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
 DEFAULT_IMAGE = "UbuntuLTS"
+EXEC_TIMEOUT_S = 120.0  # a node exec waits this long for its command, then stops it
+MAX_EXEC_CHARS = 4096
 # A setup task runs as root on every node, where the storage key is: not run, wherever it is given.
 SETUP_TASK_REFUSED = (
     "--setup-task (nodeSetup.setupTask in a cluster file) is not supported by this bot"
 )
+
+
+def check_exec_command(command: str) -> str:
+    """A `node exec --exec` command line: given, one bash line of printable text, not huge."""
+    text = command.strip()
+    if not text:
+        raise UserError('give the command to run on the node with --exec, e.g. --exec "nvidia-smi"')
+    if len(text) > MAX_EXEC_CHARS:
+        raise UserError(f"--exec is {len(text)} characters; at most {MAX_EXEC_CHARS} are run")
+    if any(not (c.isprintable() or c in "\t\n") for c in text):
+        raise UserError("--exec holds control characters; type the command as text")
+    return text
+
+
+def _pick_node(nodes: list[Node], node_id: str | None, where: str) -> Node:
+    """The node of that id (case as typed or not), or the first one when none is named."""
+    if not nodes:
+        raise Conflict(f"{where} has no nodes now; resize the cluster first")
+    if node_id is None:
+        return nodes[0]
+    for n in nodes:
+        if n.id == node_id or n.id.lower() == node_id.lower():
+            return n
+    known = [n.id for n in nodes]
+    raise NotFound(
+        f"{where} has no node {node_id}{did_you_mean(node_id, known)} (nodes: {', '.join(known)})"
+    )
 
 
 def check_mount(mount: ShareMount, reserved: frozenset[str]) -> None:
@@ -233,6 +264,52 @@ class ClusterService:
         """The nodes a job holds (or held) on its cluster (`az batchai job node list`)."""
         cluster = await self._get(job.cluster, None)
         return [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
+
+    async def exec_on_node(
+        self,
+        name: str,
+        *,
+        node_id: str | None,
+        command: str,
+        actor: Actor,
+        resource_group: str | None = None,
+    ) -> NodeOutput:
+        """`az batchai cluster node exec --exec`: one command on one node (default: the first),
+        for whoever may terminate every job running there (an admin on an idle node)."""
+        cluster = await self._get(name, resource_group)
+        command = check_exec_command(command)
+        node = _pick_node(await self._backend.list_nodes(cluster), node_id, f"cluster {name}")
+        jobs = await self._jobs_on_node(cluster.name, node.index)
+        check_node_exec(node.id, jobs, actor)
+        owner = jobs[0].id if len(jobs) == 1 else None
+        return await self._backend.run_on_node(
+            cluster, node.id, command, timeout=EXEC_TIMEOUT_S, job_id=owner
+        )
+
+    async def exec_on_job_node(
+        self, job: Job, *, node_id: str | None, command: str, actor: Actor
+    ) -> NodeOutput:
+        """`az batchai job node exec --exec`: one command on a node the job holds (default: its
+        first), as the job's user, for its requester or an admin."""
+        check_job_owner(job, actor, "run a command on the nodes of")
+        command = check_exec_command(command)
+        if not job.state.active or not job.nodes:
+            raise Conflict(
+                f"job {job.name} is {job.state.value}: it holds no nodes to run a command on"
+            )
+        cluster = await self._get(job.cluster, None)
+        held = [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
+        node = _pick_node(held, node_id, f"job {job.name}")
+        check_node_exec(node.id, await self._jobs_on_node(cluster.name, node.index), actor)
+        return await self._backend.run_on_node(
+            cluster, node.id, command, timeout=EXEC_TIMEOUT_S, job_id=job.id
+        )
+
+    async def _jobs_on_node(self, cluster: str, index: int) -> list[Job]:
+        active = await self._store.list_jobs(
+            cluster=cluster, states=ACTIVE_STATES, include_deleted=True
+        )
+        return [j for j in active if index in j.nodes]
 
     async def resize_cluster(
         self, name: str, *, target: int, actor: Actor, resource_group: str | None = None

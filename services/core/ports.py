@@ -27,6 +27,7 @@ from services.models import (
     LedgerEntry,
     MetricPoint,
     Node,
+    NodeOutput,
     Progress,
     Schedule,
     ScheduleRun,
@@ -104,6 +105,15 @@ class ComputeBackend(Protocol):
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move a running job's wall-clock limit (an approved extension): it may run for
         `remaining` more from now. Relative, so the backend's clock and ours never mix."""
+        ...
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        """Run `command` (a bash command line, the node's own business) on one node of `cluster`
+        and wait for it, at most `timeout` seconds; NotFound for a node id it does not have.
+        As the job's user when `job_id` is given, never as one that can read the bot's secrets;
+        in the node's $AZ_BATCHAI_MOUNT_ROOT, with none of the bot's environment."""
         ...
 
     async def usages(self, location: str | None) -> list[Usage]:

@@ -10,8 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from services.access.owners import check_job_owner
 from services.access.reads import JobReaders
-from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
+from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare, Store, UnitOfWork
 from services.core.suggest import did_you_mean
@@ -38,6 +39,7 @@ from services.models import (
     FileLocation,
     Job,
     ScheduleRun,
+    is_log_name,
 )
 from services.spend.gate import NeedsApproval, Refused
 from services.workspaces.service import Homes, claim_experiment
@@ -329,7 +331,7 @@ class JobService:
         """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
         (False when it had already ended or was already terminating)."""
         job = await (self._find_by_id(job_id) if job_id else self._find(name or ""))
-        _check_owner(job, actor, "stop")
+        check_job_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
         if job.state is JobState.PENDING_APPROVAL and self._approvals is not None:
@@ -353,7 +355,7 @@ class JobService:
             job = await uow.jobs.find(name)
         if job is None:
             return None
-        _check_owner(job, actor, "delete")
+        check_job_owner(job, actor, "delete")
         if not job.state.finished:
             job, _ = await self.terminate_job(name, actor=actor)
         async with self._store.unit() as uow:
@@ -373,8 +375,12 @@ class JobService:
         if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
             raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
         job = await self.get_job(name, actor=actor)
-        directory = _subdir(self._directory(job, directory_id), path)
+        directory = self._located(job, directory_id, path)
         entries = await self._share.list_files(directory, recursive=False)
+        if directory_id.lower() == STDOUTERR:
+            # Batch AI's stdouterr holds the job's logs only; with the 2017 layout (logs in the
+            # job directory) or one mount for logs and outputs, outputs/ sits beside them.
+            entries = [e for e in entries if not e.is_directory and is_log_name(e.name)]
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
         links = {
             e.name: DownloadLink(
@@ -404,7 +410,7 @@ class JobService:
         while job.layout is None and not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
-        loc = _subdir(self._directory(job, directory_id), path).child(_safe(file_name))
+        loc = self._located(job, directory_id, path, file_name)
         offset = 0
         while True:
             finished = job.state.finished
@@ -435,7 +441,7 @@ class JobService:
         """The last `max_bytes` of one of the job's files, starting at a line, and that line's
         number (0 when unknown because the start was cut)."""
         await self._readers.check(job, actor)
-        loc = _subdir(self._directory(job, directory_id), path).child(_safe(name))
+        loc = self._located(job, directory_id, path, name)
         entry = await self._share.stat(loc)
         if entry is None:
             return b"", 1
@@ -445,6 +451,21 @@ class JobService:
             data = data[data.index(b"\n") + 1 :]
             return data, 0
         return data, 1
+
+    def _located(
+        self, job: Job, directory_id: str, path: str, name: str | None = None
+    ) -> FileLocation:
+        """A folder (or a file in it) of one of the job's directories; stdouterr has no folders,
+        so nothing of a neighbouring outputs/ is reached through it."""
+        if directory_id.lower() == STDOUTERR and (
+            path.strip() not in ("", ".") or (name is not None and "/" in name.strip("/"))
+        ):
+            raise UserError(
+                "stdouterr holds the job's logs only and has no folders: give a file name from "
+                "job file list -d stdouterr, and -d <output id> for the job's outputs"
+            )
+        directory = _subdir(self._directory(job, directory_id), path)
+        return directory if name is None else directory.child(_safe(name))
 
     def _directory(self, job: Job, directory_id: str) -> FileLocation:
         layout = job.layout
@@ -468,11 +489,6 @@ class JobService:
         if missing:
             raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
         return substitute(spec, self._placeholders)
-
-
-def _check_owner(job: Job, actor: Actor, verb: str) -> None:
-    if actor.user != job.requester and not actor.is_admin:
-        raise NotOwner(job.requester, f"{verb} job {job.name}")
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

@@ -106,6 +106,9 @@ class LaunchPlan:
     secret_names: frozenset[str]
     mpi_host_file_lines: tuple[str, ...]
     warnings: tuple[str, ...]
+    node_ids: tuple[str, ...] = ()  # per node index: the id in its log names
+    # Per node index: its `execution-<node id>.log` in stdouterr (2018-03-01 on; none before).
+    execution_logs: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -537,7 +540,16 @@ def plan_launch(spec: JobSpec, ctx: LaunchContext) -> LaunchPlan:
         secret_names=frozenset(s.name for s in props.secrets),
         mpi_host_file_lines=_host_file(toolkit, procs, ctx),
         warnings=tuple(warnings),
+        node_ids=tuple(n.log_id for n in ctx.nodes),
+        execution_logs=_execution_logs(spec, ctx),
     )
+
+
+def _execution_logs(spec: JobSpec, ctx: LaunchContext) -> tuple[str, ...]:
+    """Batch AI's per-node execution logs, kept in stdouterr from 2018-03-01 on."""
+    if spec.api_version == "2017-09-01-preview":
+        return ()
+    return tuple(f"execution-{n.log_id}.log" for n in ctx.nodes)
 
 
 def _undefined_references(spec: JobSpec, processes: tuple[ProcessPlan, ...]) -> Iterator[str]:

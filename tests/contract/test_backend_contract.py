@@ -67,6 +67,59 @@ async def test_cluster_create_resize_delete_are_idempotent(backend: BackendKit) 
         await backend.compute.list_nodes(c)
 
 
+# --------------------------------------------------------------------------- node exec
+
+
+async def test_run_on_node_answers_output_and_exit_code(backend: BackendKit) -> None:
+    c = cluster(nodes=2)
+    await backend.compute.create_cluster(c)
+    second = (await backend.compute.list_nodes(c))[1].id
+    out = await backend.compute.run_on_node(
+        c,
+        second,
+        'echo "on $AZ_BATCHAI_MOUNT_ROOT"; echo oops >&2; exit 7',
+        timeout=60,
+        job_id=None,
+    )
+    assert (out.node_id, out.exit_code, out.timed_out, out.truncated) == (second, 7, False, False)
+    lines = out.output.splitlines()
+    assert lines[0].startswith("on /") and lines[0].rstrip("/").endswith("mounts")
+    assert "oops" in lines
+    # the command line reaches the node's bash as one argument, quotes and all
+    quoted = await backend.compute.run_on_node(
+        c, second, "printf '%s|' \"a b\" 'it''s' $((6*7))", timeout=60, job_id=None
+    )
+    assert quoted.output == "a b|its|42|"
+
+
+async def test_run_on_node_keeps_the_end_of_long_output_and_says_why(backend: BackendKit) -> None:
+    c = cluster()
+    await backend.compute.create_cluster(c)
+    node = (await backend.compute.list_nodes(c))[0].id
+    out = await backend.compute.run_on_node(c, node, "seq 1 100000", timeout=60, job_id=None)
+    assert out.exit_code == 0 and out.output.endswith("99999\n100000\n")
+    assert out.truncated and out.limit  # the local backend keeps 64 KB, Azure 4 KB
+    assert not out.output.startswith("1\n")
+
+
+async def test_run_on_node_stops_a_command_at_its_time_limit(backend: BackendKit) -> None:
+    c = cluster()
+    await backend.compute.create_cluster(c)
+    node = (await backend.compute.list_nodes(c))[0].id
+    out = await backend.compute.run_on_node(
+        c, node, "echo started; sleep 30; echo never", timeout=1, job_id=None
+    )
+    assert out.timed_out and out.exit_code is None
+    assert "started" in out.output and "never" not in out.output
+
+
+async def test_run_on_node_refuses_a_node_it_does_not_have(backend: BackendKit) -> None:
+    c = cluster()
+    await backend.compute.create_cluster(c)
+    with pytest.raises(NotFound):
+        await backend.compute.run_on_node(c, "no-such-node", "true", timeout=5, job_id=None)
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -102,6 +155,24 @@ async def test_job_runs_to_exit_zero_in_the_batch_ai_layout(backend: BackendKit)
         model.child("model.txt"), expires_at=datetime.now(UTC) + timedelta(minutes=5)
     )
     assert url.startswith("http")
+
+
+async def test_each_node_writes_its_execution_log_beside_stdout(backend: BackendKit) -> None:
+    c = cluster(nodes=2)
+    await backend.compute.create_cluster(c)
+    nodes = await backend.compute.list_nodes(c)
+    request = launch_request(job_spec("ok", node_count=2, process_count=2), c, (0, 1))
+    result = await backend.start(request)
+    assert (await wait_for(backend.compute, request.job_id)).exit_code == 0
+    assert result.layout.stdouterr is not None
+    names = {e.name for e in await backend.share.list_files(result.layout.stdouterr)}
+    for rank, n in enumerate(nodes):
+        log = await read_text(backend.share, log_loc(result, f"execution-{n.id}.log"))
+        assert f"execution-{n.id}.log" in names
+        assert f"job job1 (id {request.job_id}) on cluster c1, node {n.id} ({rank + 1} of 2)" in log
+        assert f"rank {rank} started, pid " in log and f"rank {rank} exited with code 0" in log
+        assert f"the job's nodes: {nodes[0].id}, {nodes[1].id}" in log
+        assert log.rstrip().endswith("job ended on this node: exit code 0")
 
 
 async def test_non_zero_exit_is_reported(backend: BackendKit) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from services.backends.local import LocalBackend, LocalShare
 from services.core.errors import NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, FileEntry, FileLocation, Node
+from services.models import Cluster, FileEntry, FileLocation, Node, NodeOutput
 
 
 class _Faults:
@@ -78,6 +78,14 @@ class FaultyBackend(_Faults):
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         self._enter("set_time_left")
         await self.inner.set_time_left(job_id, remaining)
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        self._enter("run_on_node")
+        return await self.inner.run_on_node(
+            cluster, node_id, command, timeout=timeout, job_id=job_id
+        )
 
     async def ping(self) -> None:
         self._enter("ping")

@@ -17,6 +17,9 @@ Each Batch AI concept and its Azure form:
   deadline                written over the Files REST API; the run command's instance view is
                           only asked while a node has not started; the bot's own records there
                           (`launch.json`, `final.json`) carry an HMAC and are refused if altered
+- node exec            -> a synchronous managed run command `exec-<uuid>` on the instance (the
+                          command line in a parameter, run as a job's uid, never root), read
+                          back (the last 4 KB of output) and deleted
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
@@ -48,7 +51,7 @@ from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.azure.status import JobStatus
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, Node, Usage
+from services.models import Cluster, Node, NodeOutput, Usage
 
 
 class AzureBackend:
@@ -142,6 +145,13 @@ class AzureBackend:
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         await self._runcommands.set_time_left(job_id, remaining)
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        return await self._runcommands.run_on_node(
+            cluster.name, node_id, command, timeout=timeout, job_id=job_id
+        )
 
     # ---------------------------------------------------------------- setup (preflight.py)
 

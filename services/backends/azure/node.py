@@ -96,6 +96,11 @@ def job_uid(job_id: str) -> int:
     return JOB_UID_BASE + int.from_bytes(digest[:3], "big") % JOB_UID_SPAN
 
 
+# `node exec` on a node no job holds runs as this uid (the jobs' group): not root, no job's own.
+EXEC_UID = JOB_UID_BASE - 1
+EXEC_PARAMETER = "BATCHAI_EXEC_COMMAND"  # the parameter that carries a `node exec` command line
+
+
 def share_options(gid: int) -> str:
     """A job share: root's, writable by the jobs' group; no setuid programs, no device files."""
     return f"{SMB_BASE},uid=0,gid={gid},dir_mode=0770,file_mode=0660,nosuid,nodev,mfsymlinks"
@@ -229,6 +234,31 @@ def launch_script(
         f"{q(python)} {here}/noderunner.py --foreground --forget-spec {here}/spec.json",
     ]
     return "\n".join(lines) + "\n"
+
+
+def exec_script(*, mount_root: str, owner: tuple[int, int] | None) -> str:
+    """The run command of `node exec`: the user's command line, which comes in a parameter (an
+    environment variable of this script, never part of its text), run by the node's bash in the
+    mount root, stdout and stderr interleaved, with a clean environment, as `owner` (not root:
+    the storage key and the control share stay out of its reach)."""
+    q = shlex.quote
+    run = (
+        'env -i PATH="$PATH" LANG=C.UTF-8 HOME=/tmp '
+        f'AZ_BATCHAI_MOUNT_ROOT={q(mount_root)} bash -c "$command" 2>&1'
+    )
+    if owner is not None:
+        run = f"setpriv --reuid={owner[0]} --regid={owner[1]} --clear-groups -- {run}"
+    return (
+        "\n".join(
+            [
+                f'command="${{{EXEC_PARAMETER}:-}}"',
+                f"unset {EXEC_PARAMETER}",
+                f"cd -- {q(mount_root)} 2>/dev/null || cd /",
+                f"exec {run}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def stop_script(job_id: str, node_index: int) -> str:

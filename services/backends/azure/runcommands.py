@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -37,9 +39,11 @@ from services.backends.noderun.specs import DEADLINE, TERMINATE
 from services.core.errors import BatchAIError, Conflict, NotFound, TransientError, UserError
 from services.core.ports import LaunchRequest, LaunchResult
 from services.jobspec import LaunchPlan
+from services.models import NodeOutput
 
 log = logging.getLogger(__name__)
 
+RUN_COMMAND_OUTPUT_LIMIT = 4096  # Azure keeps the last 4 KB of a run command's output and error
 MAX_SPEC_BYTES = 96 * 1024  # a node spec rides in one environment variable (128 KiB on Linux)
 _TERMINAL_RC = {"Failed", "TimedOut", "Canceled"}
 
@@ -305,6 +309,71 @@ class RunCommands:
             log.warning("job %s: stop on node %d failed: %s", job.job_id, index, err)
             return
         await self.delete_run_command(job, index, name)
+
+    async def run_on_node(
+        self, cluster: str, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        """`node exec`: a synchronous run command with a unique name on the node's instance,
+        read back (Azure keeps the last 4 KB of its output) and deleted."""
+        snap = await self._scalesets.snapshot(cluster, fresh=True)
+        vm = next((v for v in snap.vms if v.name == node_id), None)
+        if not snap.exists or vm is None:
+            raise NotFound(f"cluster {cluster} has no node {node_id}")
+        if job_id is not None:
+            owner = self._planner.job_owner(job_id)
+        else:
+            gid = self._config.job_gid
+            owner = None if gid is None else (node.EXEC_UID, gid)
+        name = f"exec-{uuid.uuid4().hex[:12]}"
+        body: dict[str, Any] = {
+            "location": self._config.location,
+            "properties": {
+                "source": {
+                    "script": node.exec_script(
+                        mount_root=self._config.mount_root.rstrip("/"), owner=owner
+                    )
+                },
+                "parameters": [{"name": node.EXEC_PARAMETER, "value": command}],
+                "asyncExecution": False,
+                "timeoutInSeconds": max(1, int(timeout)),
+            },
+        }
+        ops = self._compute.virtual_machine_scale_set_vm_run_commands
+        try:
+            async with (
+                asyncio.timeout(timeout + self._config.stop_timeout),
+                azure_errors(f"run a command on node {node_id}"),
+            ):
+                poller = await ops.begin_create_or_update(
+                    self._rg, cluster, vm.instance_id, name, VirtualMachineRunCommand(body)
+                )
+                await poller.result()
+                rc = await ops.get(self._rg, cluster, vm.instance_id, name, expand="instanceView")
+        except TimeoutError:
+            raise TransientError(
+                f"node {node_id} did not answer within {int(timeout)} s; try again"
+            ) from None
+        finally:
+            with contextlib.suppress(BatchAIError):
+                async with azure_errors(f"delete run command {name}"):
+                    deleting = await ops.begin_delete(self._rg, cluster, vm.instance_id, name)
+                    await deleting.result()
+        view = rc.instance_view
+        state = wire_text(view.execution_state if view else None)
+        output = (view.output or "") if view else ""
+        error = (view.error or "") if view else ""
+        if error and output and not output.endswith("\n"):
+            output += "\n"
+        text = output + error  # the script's own errors (stderr of the command is in output)
+        truncated = max(len(output.encode()), len(error.encode())) >= RUN_COMMAND_OUTPUT_LIMIT
+        return NodeOutput(
+            node_id=node_id,
+            exit_code=None if state == "TimedOut" else (view.exit_code if view else None),
+            output=text,
+            truncated=truncated,
+            timed_out=state == "TimedOut",
+            limit="Azure returns only the last 4 KB of a run command's output" if truncated else "",
+        )
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         """Move the wall-clock limit (an approved extension); the node runners re-read it."""

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.backends.local import processes
+from services.backends.local import nodeexec, processes
 from services.backends.local.nodes import LOCAL_HOST, ClusterDirs
 from services.backends.local.paths import DataDir, clean_rel, inside, link, read
 from services.backends.local.processes import (
@@ -48,7 +48,7 @@ from services.backends.noderun.specs import (
 from services.core.errors import BackendError, Conflict, NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileLocation, Node, Usage
+from services.models import Cluster, FileLocation, Node, NodeOutput, Usage
 
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
@@ -77,6 +77,7 @@ class LocalBackend:
                                  node, its files in `<root>/jobs/<job_id>/run/node-<i>/`
     - exit_code on the share  -> the runner's `exit_code` file (written last, atomically)
     - containerSettings       -> `docker run` when a docker engine answers, else the host
+    - node exec (run command) -> `bash -c` here, in the cluster's mount root, time-limited
     - node busy / idle        -> a marker `<root>/clusters/<c>/nodes/<slot>/<job_id>` plus a
                                  live runner for that node
 
@@ -383,6 +384,22 @@ class LocalBackend:
         if not self._spawning_here(job_id):
             # Nodes whose runner never started (a launch cut short) end here, as the runner would.
             end_unstarted(run_dir, [r.index for r in self._runs(job_id) if r.pending])
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        """A subprocess in the node's mount root: every slot is this machine, so `job_id` only
+        says which job's variables the command sees (none of the job's secrets)."""
+        if node_id not in {n.id for n in await self._clusters.list_nodes(cluster)}:
+            raise NotFound(f"cluster {cluster.name} has no node {node_id}")
+        mounts = self._data.cluster_dir(cluster.name) / "mounts"
+        mounts.mkdir(parents=True, exist_ok=True)
+        env = {"AZ_BATCHAI_MOUNT_ROOT": str(mounts), "AZ_BATCHAI_CLUSTER_NAME": cluster.name}
+        if job_id is not None:
+            env["AZ_BATCHAI_JOB_MOUNT_ROOT"] = str(self._data.job_dir(job_id) / "mounts")
+        return await nodeexec.run_command(
+            command, node_id=node_id, cwd=mounts, env=env, timeout=timeout
+        )
 
     async def usages(self, location: str | None) -> list[Usage]:
         """The node slots the clusters hold on this machine; nothing here caps them."""

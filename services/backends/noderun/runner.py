@@ -119,6 +119,14 @@ class RunnerSpec:
     deadline_file: str | None = None
     run_as: tuple[int, int] | None = None  # (uid, gid) of the job's processes; None: ours
     job_dirs: tuple[str, ...] = ()  # created as `run_as` before anything runs (logs, outputs)
+    # Batch AI's `execution-<node>.log` in stdouterr: what was started on this node, when, and
+    # how it ended. None: the job's API version had none (2017-09-01-preview).
+    execution_log: str | None = None
+    job_name: str = ""
+    cluster: str = ""
+    node_id: str = ""
+    node_count: int = 1
+    job_nodes: tuple[str, ...] = ()  # the ids of all the job's nodes, in rank order
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +143,12 @@ class RunnerSpec:
             "deadline_file": self.deadline_file,
             "run_as": None if self.run_as is None else list(self.run_as),
             "job_dirs": list(self.job_dirs),
+            "execution_log": self.execution_log,
+            "job_name": self.job_name,
+            "cluster": self.cluster,
+            "node_id": self.node_id,
+            "node_count": self.node_count,
+            "job_nodes": list(self.job_nodes),
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -157,6 +171,12 @@ class RunnerSpec:
             deadline_file=raw.get("deadline_file"),
             run_as=None if run_as is None else (int(run_as[0]), int(run_as[1])),
             job_dirs=tuple(str(d) for d in raw.get("job_dirs", ())),
+            execution_log=None if raw.get("execution_log") is None else str(raw["execution_log"]),
+            job_name=str(raw.get("job_name", "")),
+            cluster=str(raw.get("cluster", "")),
+            node_id=str(raw.get("node_id", "")),
+            node_count=int(raw.get("node_count", 1)),
+            job_nodes=tuple(str(n) for n in raw.get("job_nodes", ())),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -220,6 +240,7 @@ class NodeRunner:
     _last_beat: float = 0.0
     _last_peer_check: float = 0.0
     _children: list[_Running] = field(default_factory=list)
+    _dirs_made: bool = False
 
     # ---------------------------------------------------------------- status files
 
@@ -231,6 +252,37 @@ class NodeRunner:
         if force or now - self._last_beat >= self.spec.heartbeat_seconds:
             self._last_beat = now
             self._status(HEARTBEAT).touch()
+
+    # ---------------------------------------------------------------- execution log
+
+    def _note(self, text: str) -> None:
+        """One line of the node's execution log: UTC time and what the runner did or saw.
+
+        Only the runner's own words and the names the bot gave (job, cluster, node, ranks): never
+        an argv, a variable or a byte the job wrote, so it holds no secret and nothing of the
+        job's that a reader could take for an instruction. Appended (a re-run node adds to it),
+        as the job's user like the logs beside it; a failure to write it never stops the job."""
+        name = self.spec.execution_log
+        if not name or not self._dirs_made:
+            return
+        now = time.time()
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        )
+        line = f"{stamp} {_printable(text)}\n".encode()
+        with contextlib.suppress(OSError), acting_as(self.spec.run_as):
+            fd = os.open(
+                Path(self.spec.stdouterr_dir) / name,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                0o644,
+            )
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def _exited(self, r: _Running) -> None:
+        self._note(f"{_what(r.spec)} exited with code {r.exit_code}")
 
     # ---------------------------------------------------------------- processes
 
@@ -277,6 +329,7 @@ class NodeRunner:
         except OSError as exc:
             program = (proc.wrapper or proc.argv or ("",))[0]
             err.write(f"batchai: cannot start {program!r}: {exc.strerror or exc}\n".encode())
+            self._note(f"{_what(proc)} could not start: {exc.strerror or type(exc).__name__}")
             return EXIT_LAUNCH_ERROR if not isinstance(exc, PermissionError) else 126
         finally:
             out.close()
@@ -284,6 +337,7 @@ class NodeRunner:
                 err.close()
         running = _Running(proc, popen)
         self._children.append(running)
+        self._note(f"{_what(proc)} started, pid {popen.pid}")
         return running
 
     def _signal_groups(self, procs: Iterable[_Running], sig: signal.Signals) -> None:
@@ -308,6 +362,7 @@ class NodeRunner:
             code = r.popen.wait()
             if r.exit_code is None:
                 r.exit_code = returncode_to_exit(code)
+                self._exited(r)
 
     def _run_stop_command(self, proc: ProcessSpec) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -370,6 +425,7 @@ class NodeRunner:
                     pending = True
                     continue
                 r.exit_code = returncode_to_exit(code)
+                self._exited(r)
                 if r.exit_code != 0 and len(procs) > 1:
                     # Gang semantics: one failed rank fails the job; do not let the rest hang.
                     return _Outcome(
@@ -410,6 +466,15 @@ class NodeRunner:
             self.make_job_dirs()
         except OSError as exc:
             return _Outcome(EXIT_LAUNCH_ERROR, f"cannot create the job's directories: {exc}")
+        self._dirs_made = True
+        spec = self.spec
+        self._note(
+            f"job {spec.job_name} (id {spec.job_id}) on cluster {spec.cluster}, node "
+            f"{spec.node_id} ({spec.node_index + 1} of {spec.node_count}): node runner started, "
+            f"pid {os.getpid()}, {len(spec.processes)} process(es) to run"
+        )
+        if spec.node_count > 1:
+            self._note(f"the job's nodes: {', '.join(spec.job_nodes)}")
         outcome = self._prepare()
         if outcome is not None:
             return outcome
@@ -441,6 +506,8 @@ class NodeRunner:
     def finish(self, outcome: _Outcome) -> None:
         # Stragglers (a daemon a job left behind) die with the job, as on a Batch AI node.
         self._kill_descendants()
+        why = f" ({outcome.reason})" if outcome.reason else ""
+        self._note(f"job ended on this node: exit code {outcome.exit_code}{why}")
         for name, text in end_files(outcome.exit_code, outcome.reason, time.time()):
             write_atomic(self._status(name), text)
 
@@ -483,6 +550,17 @@ class NodeRunner:
             if not kids:
                 return
             time.sleep(0.02)
+
+
+def _what(proc: ProcessSpec) -> str:
+    if proc.role == "prep":
+        return "job preparation"
+    return f"rank {proc.rank}" if proc.role == "rank" else f"rank {proc.rank} ({proc.role})"
+
+
+def _printable(text: str, limit: int = 500) -> str:
+    """One line of printable characters: names come from the bot, but a log line stays a line."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
 def _children_of(parent: int) -> list[int]:

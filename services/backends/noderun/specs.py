@@ -51,6 +51,12 @@ def runner_spec(
         deadline_file=f"{control_dir}/{DEADLINE}",
         run_as=run_as,
         job_dirs=job_dirs,
+        execution_log=plan.execution_logs[index] if plan.execution_logs else None,
+        job_name=plan.env.get("AZ_BATCHAI_JOB_NAME", ""),
+        cluster=plan.env.get("AZ_BATCHAI_CLUSTER_NAME", ""),
+        node_id=plan.node_ids[index] if plan.node_ids else f"node-{index}",
+        node_count=count,
+        job_nodes=plan.node_ids,
     )
 
 
