@@ -367,6 +367,7 @@ class ScheduledJob:
     workspace: str | None = None
     experiment: str | None = None
     may_read_paths: bool = False  # the console scheduled it with a job.json path
+    max_retries: int | None = None  # --max-retries; None: the job.json's or the cluster's
 
 
 @dataclass(frozen=True)
