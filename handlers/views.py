@@ -524,8 +524,7 @@ def attempt_lines(job: Job) -> Mrkdwn:
         cost = f", {format_usd(a.usd)}" if a.usd is not None else ""
         where = md(" · logs {}", span(f"{a.logs.share}/{a.logs.path}")) if a.logs else ""
         lines.append(
-            md("attempt {}: {}{} — {}", a.number, fmt_duration(a.duration), cost, a.reason)
-            + where
+            md("attempt {}: {}{} — {}", a.number, fmt_duration(a.duration), cost, a.reason) + where
         )
     last = ""
     if job.ended_at is not None and job.started_at is not None and job.node_rate is not None:
