@@ -26,7 +26,7 @@ from services.backends.local import LocalBackend, LocalShare
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
 from services.core.events import JobFinished, JobRequeued, JobStateChanged, LogSnippet
-from services.core.ports import Delivery
+from services.core.ports import Delivery, FileShare
 from services.jobs.lifecycle import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobRequest, JobService
@@ -92,11 +92,16 @@ class Recorder:
 
 @dataclass
 class Rig:
+    """The services and runner over one store; `make_backend` gives the backend (local here,
+    azure-on-fakes in tests/azure/test_spot.py) and `share_dir` is the job share's directory."""
+
     root: Path
     store: SqlStore
-    share: LocalShare
+    share: FileShare
+    share_dir: Path
     clock: FakeClock
     policy: ApprovalPolicy
+    make_backend: Callable[[], Any]
     recorder: Recorder = field(default_factory=Recorder)
     actor: Actor = Actor(USER, Conversation("C1"))
 
@@ -109,7 +114,7 @@ class Rig:
         self.spend = SpendService(store=self.store, prices=prices, clock=self.clock)
         gate = SpendGate(policy=self.policy, spend=self.spend)
         self.approvals = ApprovalService(store=self.store, gate=gate, clock=self.clock)
-        self.backend = LocalBackend(self.root, python=sys.executable, heartbeat_seconds=0.5)
+        self.backend = self.make_backend()
         self.clusters = ClusterService(
             store=self.store,
             backend=self.backend,
@@ -195,7 +200,7 @@ class Rig:
         os.killpg(pid, signal.SIGKILL)
 
     def open_gate(self, step: int) -> None:
-        (self.share.share_dir(SHARE) / f"go{step}").write_text("go")
+        (self.share_dir / f"go{step}").write_text("go")
 
     def node_cost(self, minutes: int) -> Decimal:
         return cost_so_far(Decimal("0.7345"), nodes=1, elapsed=timedelta(minutes=minutes))
@@ -213,13 +218,16 @@ def open_policy() -> ApprovalPolicy:
 @pytest.fixture
 async def make_rig(tmp_path: Path, store: SqlStore) -> AsyncIterator[Callable[..., Rig]]:
     share = LocalShare(tmp_path, LinkSigner(b"s" * 32, "http://127.0.0.1:1/files"))
-    share.create_share(SHARE)
-    (share.share_dir(SHARE) / "ckpt.py").write_text(SCRIPT)
+    share_dir = share.create_share(SHARE)
+    (share_dir / "ckpt.py").write_text(SCRIPT)
     made: list[Rig] = []
+
+    def local() -> LocalBackend:
+        return LocalBackend(tmp_path, python=sys.executable, heartbeat_seconds=0.5)
 
     def build(policy: ApprovalPolicy | None = None) -> Rig:
         clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
-        rig = Rig(tmp_path, store, share, clock, policy or open_policy())
+        rig = Rig(tmp_path, store, share, share_dir, clock, policy or open_policy(), local)
         made.append(rig)
         return rig
 
