@@ -539,20 +539,20 @@ def attempt_lines(job: Job) -> Mrkdwn:
     return text
 
 
-def requeued_reply(job: Job, event: JobRequeued) -> Message:
+def requeued_reply(job: Job, requeued: JobRequeued) -> Message:
     """The thread's word on a lost attempt: why, what it cost, what all attempts cost so far,
     and that the job goes round again (or waits for approval to)."""
     cost = ""
-    if event.attempt_usd is not None:
-        cost = md(" · that attempt cost {}", format_usd(Decimal(event.attempt_usd)))
-        if event.spent_usd is not None and event.spent_usd != event.attempt_usd:
-            cost += md(", {} so far", format_usd(Decimal(event.spent_usd)))
-    step = md("attempt {}/{}", event.attempt, event.of)
-    if event.waits_for_approval:
+    if requeued.attempt_usd is not None:
+        cost = md(" · that attempt cost {}", format_usd(Decimal(requeued.attempt_usd)))
+        if requeued.spent_usd is not None and requeued.spent_usd != requeued.attempt_usd:
+            cost += md(", {} so far", format_usd(Decimal(requeued.spent_usd)))
+    step = md("attempt {}/{}", requeued.attempt, requeued.of)
+    if requeued.waits_for_approval:
         then = md("{} would pass what was approved for this job: it waits for approval", step)
     else:
         then = md("back in the queue for {}; its output directories are kept", step)
-    text = md(":recycle: {} lost its node: {}{}\n{}", job.name, event.reason, cost, then)
+    text = md(":recycle: {} lost its node: {}{}\n{}", job.name, requeued.reason, cost, then)
     return Message(text, [section(text)])
 
 
