@@ -560,6 +560,7 @@ def job_request(c: JobCreate) -> JobRequest:
         resource_group=c.resource_group,
         workspace=c.workspace,
         experiment=c.experiment,
+        max_retries=c.max_retries,
     )
 
 

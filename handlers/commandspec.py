@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from handlers.outputs import FORMATS, Output, OutputFormat, Query
 from services.core.errors import UserError
+from services.jobspec import MAX_RETRIES
 
 Source = Literal["slack", "console"]
 
@@ -233,6 +234,7 @@ class JobCreate(JobCommand):
     at: str | None = None
     cron: str | None = None
     timezone: str | None = None
+    max_retries: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1207,6 +1209,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _f("--at", "at", WHEN, "submit once at this time instead of now (quote it)"),
             _f("--cron", "cron", CRON, "submit on this crontab schedule (quote it)"),
             _f("--tz", "timezone", ZONE, "time zone of --at/--cron (default UTC)"),
+            _f(
+                "--max-retries",
+                "max_retries",
+                _int(0, MAX_RETRIES),
+                "retries after lost nodes (default: 3 on Spot clusters, 0 on dedicated)",
+            ),
             _LOCATION,
             _NO_WAIT,
         ),
@@ -1222,6 +1230,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             '/batchai job create -n nightly -r mycluster -c mnist --cron "0 2 * * *" '
             "--tz Europe/Berlin",
             '/batchai job create -n mnist -r mycluster -c mnist --at "2026-12-01 02:00"',
+            "/batchai job create -n resnet -r spotcluster -c resnet --max-retries 5",
         ),
         notes=(
             "-c is the config (2017 style: -r CLUSTER -c CONFIG) unless -f/--config-file or "
@@ -1233,6 +1242,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--at or --cron schedules the submission (see schedule list); times are UTC unless "
             "--tz names a zone. --cron takes 5 crontab fields or @hourly, @daily, @weekly; "
             "each cron run's job is named NAME-YYYYMMDD-HHMM.",
+            "A job whose node is lost (a Spot eviction, a deleted node) goes back to the queue "
+            "up to --max-retries times (the job.json's constraints.maxTaskRetryCount otherwise), "
+            "keeping its output directories, so a job that checkpoints there resumes.",
         ),
         checks=(_resolve_dash_c, _check_schedule),
         asked_by_form=("name",),

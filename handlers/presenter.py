@@ -20,6 +20,7 @@ from services.core.events import (
     IdleWarningClosed,
     JobFinished,
     JobNote,
+    JobRequeued,
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
@@ -142,7 +143,7 @@ class Presenter:
         if isinstance(event, JobStateChanged):
             ended = event.new in FINISHED_NAMES
             edit = self._refresh_card(job, conv, priority=0 if ended else 1)
-            if not ended:  # the receipt tells the end
+            if not ended and not _requeue(event):  # the receipt (or the requeue) tells it
                 reply = views.state_reply(job, event.new, event.detail, passed=event.passed)
                 await self._reply(conv, reply, keys, low_priority=event.new in QUIET)
             if edit is not None:
@@ -159,6 +160,8 @@ class Presenter:
             await self._reply(conv, snippet, keys, low_priority=True)
             if edit is not None:
                 self._card_edits[delivery.event_ids] = edit
+        elif isinstance(event, JobRequeued):
+            await self._reply(conv, views.requeued_reply(job, event), keys)
         elif isinstance(event, JobNote):
             await self._reply(conv, views.note_reply(event.text, event.by), keys)
         elif isinstance(event, ApprovalRequested) and delivery.approval is not None:
@@ -255,6 +258,13 @@ class Presenter:
         )
         edit.add_done_callback(_seen)
         return edit
+
+
+def _requeue(event: JobStateChanged) -> bool:
+    """A lost attempt going back to the queue: its JobRequeued event says why and at what cost."""
+    back = (JobState.QUEUED.value, JobState.PENDING_APPROVAL.value)
+    lost = (JobState.PREPARING.value, JobState.RUNNING.value)
+    return event.new in back and event.old in lost and not event.passed
 
 
 def _quiet_reply(job: Job, step: Event) -> Message:

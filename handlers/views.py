@@ -22,7 +22,7 @@ from handlers.rest import (
 )
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
-from services.core.events import IdleWarning, IdleWarningClosed
+from services.core.events import IdleWarning, IdleWarningClosed, JobRequeued
 from services.core.spans import say_span
 from services.jobs.lifecycle import JobState
 from services.models import (
@@ -297,11 +297,21 @@ def progress_bar(fraction: float, width: int = 20) -> str:
 
 
 def cost_so_far(job: Job, now: datetime) -> Decimal | None:
-    """Node-hours so far × the job's node rate (None when the VM size has no price)."""
+    """Node-hours so far × the job's node rate, every attempt's (None when the VM size has no
+    price)."""
+    earlier = job.spent_before
     spent = elapsed(job, now)
     if job.node_rate is None or spent is None:
-        return None
-    return pricing.cost_so_far(job.node_rate, nodes=job.node_count, elapsed=spent)
+        return earlier
+    this = pricing.cost_so_far(job.node_rate, nodes=job.node_count, elapsed=spent)
+    return this + (earlier or Decimal(0))
+
+
+def attempt_label(job: Job) -> str:
+    """`attempt 2/4` for a job that may retry after lost nodes (or did); "" otherwise."""
+    if job.max_retries == 0 and not job.attempts:
+        return ""
+    return f"attempt {job.attempt}/{max(job.max_retries, len(job.attempts)) + 1}"
 
 
 def elapsed(job: Job, now: datetime) -> timedelta | None:
@@ -339,6 +349,8 @@ def status_card(job: Job, *, now: datetime) -> Message:
     cost = cost_so_far(job, now)
     if cost is not None:
         facts.append(f"cost so far {format_usd(cost)}")
+    if job.attempts:
+        facts.append(attempt_label(job))
     requested = md(" · requested by {}", user(job.requester))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts) + requested)]
     if job.progress is not None:
@@ -471,12 +483,16 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
         f"exit code {job.exit_code if job.exit_code is not None else '-'}",
         f"duration {fmt_duration(job.duration)}",
     ]
-    if job.ended_at is not None and (cost := cost_so_far(job, job.ended_at)) is not None:
+    end = job.ended_at
+    if end is not None and (cost := cost_so_far(job, end)) is not None:
         estimated = f" (estimate {format_usd(job.estimate)})" if job.estimate is not None else ""
-        facts.append(f"cost {format_usd(cost)}{estimated}")
+        over = f" over {job.attempt} attempts" if job.attempts else ""
+        facts.append(f"cost {format_usd(cost)}{over}{estimated}")
     if job.error and job.state is not JobState.SUCCEEDED:
         facts.append(md("reason: {}", job.error))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts))]
+    if job.attempts:
+        blocks.append(context(attempt_lines(job)))
     if job.last_metrics:
         blocks.append(
             context(
@@ -500,6 +516,46 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
         blocks.append(context("no output files"))
     summary = md("{} {} (exit {})", job.name, job.state.value, job.exit_code)
     return Message(summary, blocks[:MESSAGE_BLOCK_LIMIT])
+
+
+def attempt_lines(job: Job) -> Mrkdwn:
+    """Every attempt of a job that lost nodes: how long, what it cost, how it ended, where its
+    logs are (each attempt has its own stdouterr directory)."""
+    lines = []
+    for a in job.attempts:
+        cost = f", {format_usd(a.usd)}" if a.usd is not None else ""
+        where = md(" · logs {}", span(f"{a.logs.share}/{a.logs.path}")) if a.logs else ""
+        lines.append(
+            md("attempt {}: {}{} — {}", a.number, fmt_duration(a.duration), cost, a.reason) + where
+        )
+    last = ""
+    if job.ended_at is not None and job.started_at is not None and job.node_rate is not None:
+        used = job.ended_at - job.started_at
+        last_cost = pricing.cost_so_far(job.node_rate, nodes=job.node_count, elapsed=used)
+        last = f", {format_usd(last_cost)}"
+    ran = fmt_duration(job.duration) if job.started_at is not None else "did not run"
+    lines.append(md("attempt {}: {}{} — {}", job.attempt, ran, last, job.state.value))
+    text, count = _fit_lines(lines, SECTION_LIMIT - 100)
+    if count < len(lines):
+        text += md("\n…and {} more attempts", len(lines) - count)
+    return text
+
+
+def requeued_reply(job: Job, requeued: JobRequeued) -> Message:
+    """The thread's word on a lost attempt: why, what it cost, what all attempts cost so far,
+    and that the job goes round again (or waits for approval to)."""
+    cost = ""
+    if requeued.attempt_usd is not None:
+        cost = md(" · that attempt cost {}", format_usd(Decimal(requeued.attempt_usd)))
+        if requeued.spent_usd is not None and requeued.spent_usd != requeued.attempt_usd:
+            cost += md(", {} so far", format_usd(Decimal(requeued.spent_usd)))
+    step = md("attempt {}/{}", requeued.attempt, requeued.of)
+    if requeued.waits_for_approval:
+        then = md("{} would pass what was approved for this job: it waits for approval", step)
+    else:
+        then = md("back in the queue for {}; its output directories are kept", step)
+    text = md(":recycle: {} lost its node: {}{}\n{}", job.name, requeued.reason, cost, then)
+    return Message(text, [section(text)])
 
 
 def _fit_lines(lines: Sequence[Mrkdwn], limit: int) -> tuple[Mrkdwn, int]:
@@ -1090,7 +1146,9 @@ def approval_request(
     approval: Approval, job: Job | None, *, approvers: str, decided: bool = False
 ) -> Message:
     """The approvals-channel message: the breakdown, who asks, why, and Approve / Deny."""
-    what = "an extension of" if approval.kind == "extend" else "GPU time for"
+    what = {"extend": "an extension of", "retry": "another attempt of"}.get(
+        approval.kind, "GPU time for"
+    )
     name = job.name if job else approval.job_id
     lines = [
         md(":moneybag: {} asks for {} *{}*", user(approval.requester), what, name),

@@ -194,6 +194,25 @@ class JobLayout:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One earlier run of a job that ended because its nodes were lost (a Spot eviction, a
+    deleted or unusable node, a killed node runner): what the receipt lists and the ledger
+    charged."""
+
+    number: int  # 1-based
+    started_at: datetime | None  # None: lost before it ran
+    ended_at: datetime
+    nodes: tuple[int, ...]
+    reason: str
+    usd: Decimal | None = None  # None: the VM size had no price
+    logs: FileLocation | None = None  # its stdouterr directory (each attempt has its own)
+
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(0) if self.started_at is None else self.ended_at - self.started_at
+
+
+@dataclass(frozen=True)
 class Job:
     id: str  # uuid hex, also Batch AI's job uuid in the output path
     name: str
@@ -222,6 +241,30 @@ class Job:
     node_rate: Decimal | None = None  # USD per node-hour of its cluster's VM size at submit time
     estimate: Decimal | None = None  # USD: nodes × rate × max wall clock, as shown at submit
     wall_clock_warned_at: datetime | None = None
+    max_retries: int = 0  # lost-node retries allowed (--max-retries, maxTaskRetryCount)
+    attempts: tuple[Attempt, ...] = ()  # the earlier attempts, oldest first
+
+    @property
+    def attempt(self) -> int:
+        """The number of the current (or last) attempt, 1-based."""
+        return len(self.attempts) + 1
+
+    @property
+    def run_id(self) -> str:
+        """The backend's key for the current attempt: the job's id, then `<id>-<attempt>`, so
+        each attempt has launch records, run commands and status files of its own, while the
+        job's id (Batch AI's uuid in its output paths) stays the same."""
+        return self.id if not self.attempts else f"{self.id}-{self.attempt}"
+
+    @property
+    def retries_left(self) -> int:
+        return max(0, self.max_retries - len(self.attempts))
+
+    @property
+    def spent_before(self) -> Decimal | None:
+        """USD the earlier attempts cost (None when none of them had a price)."""
+        known = [a.usd for a in self.attempts if a.usd is not None]
+        return sum(known, Decimal(0)) if known else None
 
     @property
     def duration(self) -> timedelta | None:
@@ -337,7 +380,7 @@ class Approval:
 
     id: str
     job_id: str
-    kind: str  # "job" (start it) | "extend" (more wall-clock time)
+    kind: str  # "job" (start it) | "extend" (more wall-clock time) | "retry" (lost nodes)
     requester: str
     channel: str | None
     estimate: Decimal  # USD
@@ -389,6 +432,7 @@ class ScheduledJob:
     workspace: str | None = None
     experiment: str | None = None
     may_read_paths: bool = False  # the console scheduled it with a job.json path
+    max_retries: int | None = None  # --max-retries; None: the job.json's or the cluster's
 
 
 @dataclass(frozen=True)

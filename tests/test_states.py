@@ -26,6 +26,13 @@ ALLOWED_JOB = {
     (J.TERMINATING, J.TERMINATED),
     (J.TERMINATING, J.FAILED),
     (J.TERMINATING, J.SUCCEEDED),
+    # A lost attempt (Spot eviction) requeues, or waits for approval of its retry, which
+    # ends the job failed when it is denied or expires.
+    (J.PREPARING, J.QUEUED),
+    (J.RUNNING, J.QUEUED),
+    (J.PREPARING, J.PENDING_APPROVAL),
+    (J.RUNNING, J.PENDING_APPROVAL),
+    (J.PENDING_APPROVAL, J.FAILED),
 }
 
 

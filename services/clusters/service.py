@@ -388,6 +388,14 @@ class ClusterService:
         changed = replace(cluster, target_nodes=target)
         return await self._apply_size(cluster, changed, f"auto-scaled to {target} nodes")
 
+    async def restore_nodes(self, cluster: Cluster) -> None:
+        """Grow the backend's nodes back to the cluster's size after some were lost (Azure
+        deletes an evicted Spot VM, which shrinks its scale set). The size is the stored one,
+        so the cluster stays within its limits and nothing is committed that was not before;
+        a backend already at that size changes nothing."""
+        if cluster.state is ClusterState.STEADY and cluster.target_nodes > 0:
+            await self._backend.resize_cluster(cluster, cluster.target_nodes)
+
     async def shrink_idle(self, name: str) -> Cluster | None:
         """Scale an idle cluster to its minimum; None (nothing changed) when it is not steady,
         already there, or a job turned up while it was being marked resizing."""

@@ -75,6 +75,20 @@ class JobFinished(Event):
 
 
 @dataclass(frozen=True)
+class JobRequeued(Event):
+    """A job's nodes were lost and it goes round again: attempt `attempt` of `of`, and what
+    the lost attempt and all attempts so far cost (USD as text; None: no price)."""
+
+    kind: ClassVar[str] = "job_requeued"
+    attempt: int = 2
+    of: int = 2
+    reason: str = ""
+    attempt_usd: str | None = None
+    spent_usd: str | None = None
+    waits_for_approval: bool = False  # this attempt passes the approved amount: asked again
+
+
+@dataclass(frozen=True)
 class ClusterChanged(Event):
     kind: ClassVar[str] = "cluster_changed"
     text: str = ""
@@ -82,7 +96,15 @@ class ClusterChanged(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (JobSubmitted, JobStateChanged, JobNote, LogSnippet, JobFinished, ClusterChanged)
+    for cls in (
+        JobSubmitted,
+        JobStateChanged,
+        JobNote,
+        LogSnippet,
+        JobFinished,
+        JobRequeued,
+        ClusterChanged,
+    )
 }
 
 

@@ -59,6 +59,15 @@ class LaunchRequest:
     cluster: Cluster
     spec: JobSpec  # placeholders already substituted
     nodes: tuple[int, ...]  # node indices on the cluster, len == nodeCount
+    # `job_id` is the backend's key for this launch (Job.run_id: the job's id, `<id>-<n>` for
+    # attempt n > 1); `job_uuid` the job's own id, Batch AI's uuid in its output paths, the
+    # same for every attempt so a retry finds its checkpoints.
+    job_uuid: str | None = None
+    attempt: int = 1
+
+    @property
+    def uuid(self) -> str:
+        return self.job_uuid or self.job_id
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class RunStatus:
     detail: str | None = None  # why it ended, when not a plain exit (wall clock, terminated, lost)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # `lost` because a node went (Spot eviction, a deleted or unusable VM, a node runner that
+    # died or stopped beating): another attempt on other nodes may succeed. A deleted cluster
+    # or a job the backend forgot is lost for good.
+    retryable: bool = False
 
 
 class ComputeBackend(Protocol):
@@ -239,6 +252,10 @@ class JobRepository(Protocol):
 class LogRepository(Protocol):
     async def get_offsets(self, job_id: str) -> dict[str, tuple[int, int]]:
         """file -> (committed byte offset, lines delivered so far)."""
+        ...
+
+    async def reset_offsets(self, job_id: str) -> None:
+        """Forget how far the job's logs were read (a new attempt writes new files)."""
         ...
 
     async def advance(

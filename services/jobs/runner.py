@@ -8,13 +8,21 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from services.clusters.lifecycle import ClusterState
 from services.clusters.service import ClusterService
 from services.core import context
 from services.core.errors import BatchAIError, NotFound, TransientError
-from services.core.events import Event, JobNote, LogSnippet, OutputFile, WallClockWarning
+from services.core.events import (
+    ApprovalRequested,
+    Event,
+    JobNote,
+    LogSnippet,
+    OutputFile,
+    WallClockWarning,
+)
 from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
 from services.jobs.lifecycle import (
     ACTIVE_STATES,
@@ -22,10 +30,12 @@ from services.jobs.lifecycle import (
     JobState,
     advance,
     finished_event,
+    requeue,
 )
 from services.jobs.tailer import LogParser, LogTailer
 from services.jobspec import load_job_spec
-from services.models import Cluster, FileLocation, Job
+from services.models import Actor, Attempt, Cluster, FileLocation, Job
+from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
 
 if TYPE_CHECKING:
@@ -100,6 +110,7 @@ class JobRunner:
         # (job, file) -> (rounds in a row without growth or with a failed read, next read at)
         self._tail_pace: dict[tuple[str, str], tuple[int, datetime]] = {}
         self._tail_locks: dict[str, asyncio.Lock] = {}  # a round's read and the final read
+        self._regrown: set[str] = set()  # run ids whose cluster was grown back before they ran
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
     async def tick(self) -> None:
@@ -149,6 +160,12 @@ class JobRunner:
         )
         queued = [j for j in jobs if j.state is JobState.QUEUED]
         in_use = {n for j in jobs if j.state in ACTIVE_STATES for n in j.nodes}
+        retries = [j.run_id for j in queued if j.attempts and j.run_id not in self._regrown]
+        if retries:
+            # Lost nodes may have shrunk the cluster (an evicted Spot VM is deleted): it grows
+            # back to its size, within its limits, before the retry is placed on it.
+            await self._clusters.restore_nodes(cluster)
+            self._regrown.update(retries)
         if cluster.autoscale:
             # Batch AI never took a node from under a running job: keep every busy index.
             busy_span = max(in_use) + 1 if in_use else 0
@@ -170,7 +187,9 @@ class JobRunner:
     async def _launch(self, job: Job, cluster: Cluster) -> None:
         """Start (or finish starting) a job on its reserved nodes; start_job is idempotent."""
         request = LaunchRequest(
-            job_id=job.id,
+            job_id=job.run_id,
+            job_uuid=job.id,
+            attempt=job.attempt,
             job_name=job.name,
             experiment=job.experiment,
             resource_group=job.resource_group,
@@ -186,7 +205,7 @@ class JobRunner:
         except Exception as err:
             log.warning("job %s failed to start: %s", job.name, err)
             try:
-                await self._backend.terminate_job(job.id)  # what a half-done start left running
+                await self._backend.terminate_job(job.run_id)  # what a half-done start left
             except Exception as stop_err:  # the failure must be recorded all the same
                 log.warning("job %s: cleaning up the failed start failed: %s", job.name, stop_err)
             await self._finish(job, JobState.FAILED, exit_code=None, detail=str(err))
@@ -233,14 +252,14 @@ class JobRunner:
                 await self._finish(fresh, JobState.FAILED, None, detail[:500], retry_logs=False)
                 # A job the bot no longer follows must not keep its nodes (and their bill).
                 try:
-                    await self._backend.terminate_job(job.id)
+                    await self._backend.terminate_job(fresh.run_id)
                 except Exception:
                     log.warning("job %s: could not stop it after giving up", job.name)
 
     async def _poll_job(self, job: Job) -> None:
         if job.layout is None:
             if job.state is JobState.TERMINATING:
-                await self._backend.terminate_job(job.id)  # a half-done start leaves nothing
+                await self._backend.terminate_job(job.run_id)  # a half-done start leaves nothing
                 await self._finish(job, JobState.TERMINATED, None, "terminated before it ran")
                 return
             cluster = await self._store.get_cluster(job.cluster)
@@ -250,9 +269,9 @@ class JobRunner:
             await self._launch(job, cluster)  # reserved, but the start did not complete
             return
         if job.state is JobState.TERMINATING:
-            await self._backend.terminate_job(job.id)
+            await self._backend.terminate_job(job.run_id)
         try:
-            status = await self._backend.get_job_status(job.id)
+            status = await self._backend.get_job_status(job.run_id)
         except NotFound:
             status = RunStatus("lost", detail="the backend no longer knows this job")
         await self._apply(job, status)
@@ -271,7 +290,14 @@ class JobRunner:
             await self._sync_deadline(job)
             return
         if status.phase == "lost":
-            await self._finish(job, JobState.FAILED, None, status.detail or "node runner lost")
+            reason = status.detail or "node runner lost"
+            retry = status.retryable and job.state is not JobState.TERMINATING
+            if retry and job.retries_left > 0:
+                await self._requeue(job, status, reason)
+                return
+            if retry and job.attempts:
+                reason = f"{reason}; no retry left ({len(job.attempts)} of {job.max_retries} used)"
+            await self._finish(job, JobState.FAILED, None, reason)
             return
         terminated = job.state is JobState.TERMINATING or (status.detail or "").startswith(
             "terminated"
@@ -337,12 +363,97 @@ class JobRunner:
             cluster = await self._store.get_cluster(done.cluster)
             entry = self._spend.actual_entry(done, cluster.vm_size if cluster else "unknown")
         if await self._store.update_job(done, events, transition=transition, ledger_entry=entry):
-            self._deadlines.pop(job.id, None)
-            self._logs.pop(job.id, None)
-            self._tail_locks.pop(job.id, None)
-            for name in job.layout.log_files if job.layout else ():
-                self._tailer.forget((job.id, name))
-                self._tail_pace.pop((job.id, name), None)
+            self._forget_attempt(job)
+
+    async def _requeue(self, job: Job, status: RunStatus, reason: str) -> None:
+        """The job's nodes were lost and it has retries left: its last log lines, then in one
+        transaction the lost attempt (and its cost in the ledger), the job back in the queue
+        and the thread's message. A retry whose cost would pass what was approved for the job
+        waits for approval again (the gate decides); a refused one ends the job."""
+        if job.layout is not None:
+            try:
+                await self._tail_job(job, final=True)
+            except Exception as err:
+                tries = self._final_reads[job.id] = self._final_reads.get(job.id, 0) + 1
+                if tries < MAX_POLL_FAILURES:
+                    raise TransientError(f"its last log lines could not be read: {err}") from err
+                log.exception("job %s: final log read of attempt %d failed", job.name, job.attempt)
+            self._final_reads.pop(job.id, None)
+        now = self._now()
+        started = job.started_at or (
+            status.started_at if status.started_at and status.started_at <= now else None
+        )
+        usd = None
+        if self._spend is not None:
+            usd = self._spend.attempt_cost(job, started=started, ended=now)
+        layout = job.layout
+        lost = Attempt(
+            number=job.attempt,
+            started_at=started,
+            ended_at=now,
+            nodes=job.nodes,
+            reason=reason,
+            usd=usd,
+            logs=layout.stdouterr if layout is not None else None,
+        )
+        spent = None if usd is None else (job.spent_before or Decimal(0)) + usd
+        cluster = await self._store.get_cluster(job.cluster)
+        if cluster is None:
+            await self._finish(
+                job, JobState.FAILED, None, f"{reason}; cluster {job.cluster} is gone"
+            )
+            return
+        commitment = None
+        if self._approvals is not None and spent is not None:
+            commitment = self._approvals.gate.retry(job, cluster, spent=spent)
+        approval = None
+        if commitment is not None and self._approvals is not None:
+            owner = Actor(job.requester, job.conversation)
+            verdict = await self._approvals.gate.assess(commitment, actor=owner)
+            if isinstance(verdict, Refused):
+                why = f"{reason}; the retry was refused: {verdict.reason}"
+                await self._finish(job, JobState.FAILED, None, why[:500], retry_logs=False)
+                return
+            if isinstance(verdict, NeedsApproval):
+                approval = self._approvals.new_approval(
+                    job=job,
+                    kind="retry",
+                    estimate=commitment.estimate.total,
+                    formula=commitment.formula(),
+                    assessment=verdict.assessment,
+                    month_spend=verdict.month_spend,
+                    budget=verdict.budget,
+                )
+        step = requeue(job, lost, now=now, spent=spent, approval=approval is not None)
+        events = list(step.events)
+        entry = None
+        if self._spend is not None:
+            entry = self._spend.attempt_entry(job, lost, cluster.vm_size)
+        async with self._store.unit() as uow:
+            if not await uow.jobs.move(step.job, step.transition):
+                return  # it moved meanwhile (terminated): the next poll decides again
+            await uow.logs.reset_offsets(job.id)
+            if entry is not None:
+                await uow.ledger.add(entry)
+            if approval is not None:
+                await uow.approvals.add(approval)
+                events.append(ApprovalRequested(job_id=job.id, approval_id=approval.id))
+            uow.emit(*events, at=now)
+            await uow.commit()
+        self._forget_attempt(job)
+        try:  # the backend told the other nodes already; this makes sure of it
+            await self._backend.terminate_job(job.run_id)
+        except Exception:
+            log.warning("job %s: could not stop what is left of attempt %d", job.name, job.attempt)
+
+    def _forget_attempt(self, job: Job) -> None:
+        """What this runner kept about an attempt's logs and deadline."""
+        self._deadlines.pop(job.id, None)
+        self._logs.pop(job.id, None)
+        self._tail_locks.pop(job.id, None)
+        for name in job.layout.log_files if job.layout else ():
+            self._tailer.forget((job.id, name))
+            self._tail_pace.pop((job.id, name), None)
 
     def _start_time(self, job: Job, status: RunStatus | None) -> datetime:
         """A job that ran and ended between two polls still ran: take the backend's start time
@@ -380,7 +491,7 @@ class JobRunner:
         deadline = job.started_at + job.max_wall_clock
         if self._deadlines.get(job.id) != deadline:
             try:
-                await self._backend.set_time_left(job.id, deadline - self._now())
+                await self._backend.set_time_left(job.run_id, deadline - self._now())
             except Exception:  # the limit in force still holds; try again next tick
                 log.exception("job %s: could not move its deadline", job.name)
                 return

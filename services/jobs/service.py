@@ -19,6 +19,7 @@ from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import JobState, advance, held_for_approval
 from services.jobs.sources import ConfigLoader
 from services.jobspec import (
+    MAX_RETRIES,
     JobSpec,
     LaunchContext,
     NodeInfo,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from services.spend.pricing import Estimate
 
 MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # Batch AI's linkexpiryinminutes range
+SPOT_RETRIES = 3  # lost-node retries of a job on a Spot (lowpriority) cluster unless it says
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class JobRequest:
     resource_group: str | None = None
     workspace: str | None = None
     experiment: str | None = None
+    max_retries: int | None = None  # lost-node retries; None: the job.json's, else the cluster's
 
 
 class JobService:
@@ -201,6 +204,7 @@ class JobService:
             queued_at=now,
             conversation=actor.conversation,
             container_image=plan.container_image,
+            max_retries=_max_retries(request.max_retries, spec, cluster),
         )
         async with self._store.unit() as uow:  # refused now if missing; claimed at commit
             await self._claim_home(uow, job)
@@ -489,6 +493,19 @@ class JobService:
         if missing:
             raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
         return substitute(spec, self._placeholders)
+
+
+def _max_retries(asked: int | None, spec: JobSpec, cluster: Cluster) -> int:
+    """--max-retries, else the job.json's `constraints.maxTaskRetryCount` (Batch AI 2017), else
+    the cluster's: Spot nodes may be evicted any time, dedicated ones are not."""
+    constraints = spec.properties.constraints
+    from_spec = constraints.max_task_retry_count if constraints is not None else None
+    chosen = asked if asked is not None else from_spec
+    if chosen is None:
+        return SPOT_RETRIES if cluster.vm_priority == "lowpriority" else 0
+    if not 0 <= chosen <= MAX_RETRIES:
+        raise UserError(f"--max-retries must be a whole number from 0 to {MAX_RETRIES}")
+    return chosen
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

@@ -6,10 +6,12 @@ Pure: no file, network, process or event-loop access. Callers read the text and 
   (1 MiB, 64 levels) and raise `SpecError` with one line naming line:column or the JSON path.
   Unknown keys are errors (with a did-you-mean); the known legacy keys are read silently:
   `toolType`, `outputDirectories[].type/createNew`, `priority`, `location`, `experimentName`,
-  `constraints.maxTaskRetryCount`, `credentialsInfo` (read as `credentials`) and
+  `credentialsInfo` (read as `credentials`) and
   `chainerSettings.masterCommandLineArgs` (read as `commandLineArgs`). The snake_case spelling of
   a key is accepted as well, which is how the early recipes' `cntkSettings.process_count` is read
   as `processCount` (the upstream fix commit confirms it was meant).
+- `constraints.maxTaskRetryCount` (2017-09-01-preview, 0-10) is honoured in every version: it is
+  the job's number of retries after lost nodes (a Spot eviction), as `job create --max-retries`.
 - `spec.api_version` comes from `$schema` (…/schemas/<api>/job.json) or, without one, from the
   features used; a feature newer than the declared version is an error.
 - `plan_launch(spec, ctx)` turns a spec into processes: argv, the full `AZ_BATCHAI_*` environment
@@ -35,6 +37,7 @@ the job temp root, since the service creates and writes them.
 """
 
 from services.jobspec.infra import cluster_parts_not_honoured
+from services.jobspec.job import MAX_RETRIES
 from services.jobspec.load import (
     MAX_DEPTH,
     MAX_SPEC_BYTES,
@@ -74,6 +77,7 @@ __all__ = [
     "API_VERSIONS",
     "DEFAULT_MAX_WALL_CLOCK",
     "MAX_DEPTH",
+    "MAX_RETRIES",
     "MAX_SPEC_BYTES",
     "AnySpec",
     "ApiVersion",

@@ -202,9 +202,13 @@ class JobPreparation(SpecModel):
     command_line: NonEmpty
 
 
+MAX_RETRIES = 10  # lost-node retries a job may ask for (each may cost a whole attempt)
+
+
 class JobConstraints(SpecModel):
     max_wall_clock_time: WallClock | None = None
-    max_task_retry_count: Annotated[int, Strict(), Field(ge=0)] | None = None  # 2017, ignored
+    # 2017-09-01-preview's retry count, read as the job's lost-node retries (--max-retries)
+    max_task_retry_count: Annotated[int, Strict(), Field(ge=0, le=MAX_RETRIES)] | None = None
 
 
 class JobProperties(SpecModel):

@@ -69,6 +69,7 @@ class LaunchContext:
     extra_env: Mapping[str, str] = field(default_factory=dict)  # never secrets of the bot
     port_base: int = TF_PORT_BASE  # first TensorFlow port per host; vary it for concurrent jobs
     master_port: int = TORCH_MASTER_PORT  # PyTorch MASTER_PORT
+    attempt: int = 1  # a retry after lost nodes: its logs go to a directory of their own
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,10 @@ def _layout(spec: JobSpec, ctx: LaunchContext, segment: str, env: dict[str, str]
     )
     # 2017-09-01-preview wrote the logs straight into the job directory (reference §6.1).
     stdouterr = posixpath.join(prefix, segment)
+    if ctx.attempt > 1:
+        # A retry (lost nodes) logs beside the first attempt, never into its files; the
+        # outputs below stay where they were, so the retry resumes from its checkpoints.
+        stdouterr = posixpath.join(stdouterr, f"attempt-{ctx.attempt}")
     if spec.api_version != "2017-09-01-preview":
         stdouterr = posixpath.join(stdouterr, "stdouterr")
     inputs = {d.id: expand_vars(d.path, env) for d in props.input_directories}

@@ -421,6 +421,7 @@ def _scheduled_job(request: JobRequest, actor: Actor) -> ScheduledJob:
         workspace=request.workspace,
         experiment=request.experiment,
         may_read_paths=actor.may_read_paths,
+        max_retries=request.max_retries,
     )
 
 
@@ -433,6 +434,7 @@ def _job_request(schedule: Schedule, name: str) -> JobRequest:
         resource_group=job.resource_group,
         workspace=job.workspace,
         experiment=job.experiment,
+        max_retries=job.max_retries,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -137,12 +137,23 @@ def _hours(value: Any) -> timedelta:
 class Commitment:
     """Money about to be committed: what is judged, whose limit and which budget apply."""
 
-    kind: str  # job (submit, scheduled run) | extend | capacity (cluster, idle keep)
+    kind: str  # job (submit, scheduled run) | extend | retry (lost nodes) | capacity
     requester: str  # whose limit applies: the job's owner, or who changes the cluster
     channel: str | None
     estimate: Estimate  # the whole amount judged (a job's estimate after an extension)
     adds: Decimal  # what it adds to this month's spend (the budget check)
-    before: Decimal = Decimal(0)  # capacity: the standing cost before the change
+    before: Decimal = Decimal(0)  # capacity: the standing cost before; retry: spent so far
+
+    def formula(self) -> str:
+        """What an approval request shows: the estimate's formula, and for a retry what the
+        earlier attempts cost before it."""
+        if self.kind != "retry":
+            return self.estimate.formula()
+        attempt = replace(self.estimate, total=self.adds)
+        return (
+            f"{format_usd(self.before)} spent + {attempt.formula()} "
+            f"= {format_usd(self.estimate.total)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -242,6 +253,18 @@ class SpendGate:
             spent = cost_so_far(job.node_rate, nodes=job.node_count, elapsed=now - job.started_at)
         adds = money(max(Decimal(0), estimate.total - spent))  # the month has the rest already
         return Commitment("extend", job.requester, _channel(job), estimate, adds)
+
+    def retry(self, job: Job, cluster: Cluster, *, spent: Decimal) -> Commitment | None:
+        """Another attempt after the job's nodes were lost. The approval (or the allowance) at
+        submit covers the job, every attempt included, up to its estimate: None while what was
+        spent plus one whole new attempt stays within it. Past it, the whole (spent + the new
+        attempt) is judged again, and the new attempt is what it adds to the month."""
+        attempt = self.spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
+        total = money(spent + attempt.total)
+        if job.estimate is not None and total <= job.estimate:
+            return None
+        whole = replace(attempt, total=total)
+        return Commitment("retry", job.requester, _channel(job), whole, attempt.total, spent)
 
     def capacity(
         self,

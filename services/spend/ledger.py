@@ -10,7 +10,7 @@ from decimal import Decimal
 from services.core.errors import NotAllowed, UserError
 from services.core.ports import Clock, Store
 from services.jobs.lifecycle import ACTIVE_STATES
-from services.models import Actor, Cluster, Job, LedgerEntry
+from services.models import Actor, Attempt, Cluster, Job, LedgerEntry
 from services.spend.pricing import (
     Estimate,
     Price,
@@ -112,6 +112,33 @@ class SpendService:
             usd=cost_so_far(job.node_rate, nodes=job.node_count, elapsed=elapsed),
         )
 
+    def attempt_cost(
+        self, job: Job, *, started: datetime | None, ended: datetime
+    ) -> Decimal | None:
+        """What one attempt cost: its node-hours × the rate the job was priced at."""
+        if job.node_rate is None:
+            return None
+        elapsed = timedelta(0) if started is None else max(timedelta(0), ended - started)
+        return cost_so_far(job.node_rate, nodes=job.node_count, elapsed=elapsed)
+
+    def attempt_entry(self, job: Job, attempt: Attempt, vm_size: str) -> LedgerEntry | None:
+        """The actual cost of an attempt whose nodes were lost; the last attempt's comes with
+        the job's end (actual_entry), so every attempt is charged once."""
+        if attempt.usd is None:
+            return None
+        return LedgerEntry(
+            at=attempt.ended_at,
+            kind="actual",
+            job_id=job.id,
+            user=job.requester,
+            channel=job.conversation.channel if job.conversation else None,
+            cluster=job.cluster,
+            vm_size=vm_size,
+            nodes=job.node_count,
+            hours=to_hours(attempt.duration),
+            usd=attempt.usd,
+        )
+
     async def month_spend(self, channel: str | None, *, month: str | None = None) -> Decimal:
         """Actual cost of jobs that ended this month, plus what running jobs have cost so far."""
         total = sum(
@@ -130,16 +157,17 @@ class SpendService:
         async with self._store.unit() as uow:
             entries = await uow.ledger.list(since=start, until=end, kind="actual")
             running = await uow.jobs.list(states=RUNNING, include_deleted=True)
-        rows: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
+        rows: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        counted: dict[str, set[str]] = defaultdict(set)  # a retried job has an entry per attempt
 
-        def add(key: str | None, node_hours: Decimal, usd: Decimal) -> None:
+        def add(key: str | None, job_id: str, node_hours: Decimal, usd: Decimal) -> None:
             row = rows[key or "(none)"]
-            row[0] += 1
-            row[1] += node_hours
-            row[2] += usd
+            counted[key or "(none)"].add(job_id)
+            row[0] += node_hours
+            row[1] += usd
 
         for e in entries:
-            add(_key(by, e.user, e.channel, e.cluster), e.hours * e.nodes, e.usd)
+            add(_key(by, e.user, e.channel, e.cluster), e.job_id, e.hours * e.nodes, e.usd)
         if start <= now < end:  # running jobs accrue into the current month
             for job in running:
                 if job.node_rate is None or job.started_at is None:
@@ -149,11 +177,12 @@ class SpendService:
                 usd = cost_so_far(job.node_rate, nodes=job.node_count, elapsed=elapsed)
                 add(
                     _key(by, job.requester, channel, job.cluster),
+                    job.id,
                     to_hours(elapsed) * job.node_count,
                     usd,
                 )
         return sorted(
-            (SpendRow(k, int(v[0]), v[1], money(v[2])) for k, v in rows.items()),
+            (SpendRow(k, len(counted[k]), v[0], money(v[1])) for k, v in rows.items()),
             key=lambda r: (-r.usd, r.key),
         )
 

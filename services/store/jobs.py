@@ -18,7 +18,18 @@ from services.store.schema import jobs
 from services.store.sealing import SecretBox
 
 _SEQ_LOCK = 0x6A6F6273  # the PostgreSQL advisory lock that orders job submissions ("jobs")
-_LIFECYCLE_COLUMNS = ("state", "queued_at", "started_at", "ended_at", "exit_code", "error", "nodes")
+_LIFECYCLE_COLUMNS = (
+    "state",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "exit_code",
+    "error",
+    "nodes",
+    "attempts",
+)
+# A requeue (a lost attempt) also clears what belonged to that attempt.
+_REQUEUE_COLUMNS = ("layout", "wall_clock_warned_at")
 
 
 class SqlJobRepository:
@@ -51,8 +62,9 @@ class SqlJobRepository:
         (else nothing, and False: the caller decides again or lets the unit roll back)."""
         check_moved(job.state, transition.new, transition)
         row = _job_row(job)
+        columns = _LIFECYCLE_COLUMNS + (_REQUEUE_COLUMNS if transition.requeues else ())
         stmt = update(jobs).where(jobs.c.id == job.id, jobs.c.state == transition.old.value)
-        result = await self._conn.execute(stmt.values({k: row[k] for k in _LIFECYCLE_COLUMNS}))
+        result = await self._conn.execute(stmt.values({k: row[k] for k in columns}))
         return bool(result.rowcount)
 
     async def set_layout(self, job_id: str, layout: JobLayout) -> None:
@@ -153,6 +165,8 @@ def _job_row(j: Job) -> dict[str, Any]:
         "node_rate": j.node_rate,
         "estimate": j.estimate,
         "wall_clock_warned_at": j.wall_clock_warned_at,
+        "max_retries": j.max_retries,
+        "attempts": j.attempts,
     }
 
 
@@ -185,4 +199,6 @@ def _job_from(r: Any) -> Job:
         node_rate=r["node_rate"],
         estimate=r["estimate"],
         wall_clock_warned_at=r["wall_clock_warned_at"],
+        max_retries=r["max_retries"] or 0,
+        attempts=tuple(r["attempts"] or ()),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.models import MetricPoint, Progress
@@ -20,6 +20,10 @@ class SqlLogRepository:
         """file -> (committed byte offset, lines delivered so far)."""
         stmt = select(log_offsets).where(log_offsets.c.job_id == job_id)
         return {r.file: (r.offset, r.lines) for r in await self._conn.execute(stmt)}
+
+    async def reset_offsets(self, job_id: str) -> None:
+        """A new attempt writes new log files (its own stdouterr): they are read from the start."""
+        await self._conn.execute(delete(log_offsets).where(log_offsets.c.job_id == job_id))
 
     async def advance(
         self,

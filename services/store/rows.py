@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 
-from services.models import Conversation, FileLocation, JobLayout, Progress, ShareMount
+from services.models import (
+    Attempt,
+    Conversation,
+    FileLocation,
+    JobLayout,
+    Progress,
+    ShareMount,
+)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -142,3 +149,50 @@ class MountsJson(TypeDecorator[tuple[ShareMount, ...]]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> tuple[ShareMount, ...]:
         return tuple(ShareMount(m["share"], m["mount_path"]) for m in value or ())
+
+
+class AttemptsJson(TypeDecorator[tuple[Attempt, ...]]):
+    """A job's earlier attempts (lost nodes), oldest first; NULL for a job that had none."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[Attempt, ...] | None, dialect: Dialect) -> Any:
+        if not value:
+            return None
+        return [
+            {
+                "number": a.number,
+                "started_at": None if a.started_at is None else _iso(a.started_at),
+                "ended_at": _iso(a.ended_at),
+                "nodes": list(a.nodes),
+                "reason": safe_text(a.reason),
+                "usd": None if a.usd is None else str(a.usd),
+                "logs": _location_row(a.logs),
+            }
+            for a in value
+        ]
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[Attempt, ...]:
+        return tuple(
+            Attempt(
+                number=int(a["number"]),
+                started_at=_when(a.get("started_at")),
+                ended_at=_when(a["ended_at"]) or datetime.now(UTC),
+                nodes=tuple(a.get("nodes") or ()),
+                reason=str(a.get("reason") or ""),
+                usd=None if a.get("usd") is None else Decimal(a["usd"]),
+                logs=_location(a.get("logs")),
+            )
+            for a in value or ()
+        )
+
+
+def _iso(value: datetime) -> str:
+    return (
+        value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    ).isoformat()
+
+
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else _utc(datetime.fromisoformat(text))

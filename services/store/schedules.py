@@ -93,6 +93,7 @@ def _schedule_row(s: Schedule, box: SecretBox) -> dict[str, Any]:
             "workspace": job.workspace,
             "experiment": job.experiment,
             "may_read_paths": job.may_read_paths,
+            "max_retries": job.max_retries,
         },
         "requester": s.requester,
         "channel": s.channel,

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 
 from services.store.rows import (
+    AttemptsJson,
     ConversationJson,
     DecimalText,
     LayoutJson,
@@ -118,6 +119,8 @@ jobs = Table(
     Column("node_rate", DecimalText),
     Column("wall_clock_warned_at", UtcDateTime()),
     Column("estimate", DecimalText),
+    Column("max_retries", Integer),  # lost-node retries allowed; NULL: none (older rows)
+    Column("attempts", AttemptsJson),  # the earlier attempts; NULL: none
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(

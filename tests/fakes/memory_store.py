@@ -146,7 +146,10 @@ class _Jobs:
             exit_code=job.exit_code,
             error=job.error,
             nodes=job.nodes,
+            attempts=job.attempts,
         )
+        if transition.requeues:
+            self._set(job.id, layout=None, wall_clock_warned_at=None)
         return True
 
     def _set(self, job_id: str, **values: object) -> None:
@@ -216,6 +219,9 @@ class _Logs:
 
     async def get_offsets(self, job_id: str) -> dict[str, tuple[int, int]]:
         return dict(self._s.offsets.get(job_id, {}))
+
+    async def reset_offsets(self, job_id: str) -> None:
+        self._s.offsets.pop(job_id, None)
 
     async def advance(
         self,

@@ -26,6 +26,7 @@ from services.core.events import (
     IdleWarningClosed,
     JobFinished,
     JobNote,
+    JobRequeued,
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
@@ -38,6 +39,7 @@ from services.core.ports import Delivery
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
+    Attempt,
     AuditEntry,
     ClusterView,
     ConfigSource,
@@ -64,7 +66,17 @@ HOSTILE = "<!channel> <@U0EVIL> <#C0EVIL> <https://evil.example/x|sign in> a&lt;
 BASE = "https://bot.example/files/tok/"
 APPROVERS = "<@U0BOSS>"  # the bot's configured approvers: the only mention allowed through
 # Fields read as data, not shown: times the views parse, a zone, a decimal, the bot's own URLs.
-NOT_TEXT = {"since", "deadline", "at", "until", "timezone", "saves_per_hour", "url"}
+NOT_TEXT = {
+    "since",
+    "deadline",
+    "at",
+    "until",
+    "timezone",
+    "saves_per_hour",
+    "url",
+    "attempt_usd",
+    "spent_usd",
+}
 
 
 def hostile(obj: Any) -> Any:
@@ -85,6 +97,9 @@ def hostile(obj: Any) -> Any:
     return obj
 
 
+REQUEUED = hostile(JobRequeued(attempt=2, of=4, reason="x", attempt_usd="1.5", spent_usd="3"))
+
+
 def _job(state: JobState = JobState.FAILED) -> Any:
     return hostile(
         make_job(
@@ -100,6 +115,12 @@ def _job(state: JobState = JobState.FAILED) -> Any:
             nodes=(0, 1),
             conversation=Conversation("C0JOBS", "1.000001", "U1"),
             container_image="img",
+            max_retries=3,
+            attempts=(
+                Attempt(
+                    1, NOW - timedelta(hours=2), NOW, (0,), "x", Decimal(2), FileLocation("s", "p")
+                ),
+            ),
         )
     )
 
@@ -198,6 +219,7 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Schedule": lambda: SCHEDULE,
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,
+    "JobRequeued": lambda: REQUEUED,
     "Outcome": lambda: Outcome(APPROVAL, True, Decision.DECIDED, by=HOSTILE, reason=HOSTILE),
     "Extension": lambda: Extension(
         Extended.ASKED, _job(), HOSTILE, approvers=Approvers(frozenset({HOSTILE}), frozenset())
@@ -369,6 +391,8 @@ async def test_hostile_events_through_the_presenter() -> None:
         JobStateChanged(old="queued", new="running", detail=HOSTILE),
         LogSnippet(file=HOSTILE, first_line=1, lines=(HOSTILE,) * 50),
         JobNote(text=HOSTILE),
+        REQUEUED,
+        JobStateChanged(old="running", new="queued", detail=HOSTILE),
         ApprovalRequested(),
         ApprovalDecided(),
         WallClockWarning(deadline=NOW.isoformat()),

@@ -68,6 +68,7 @@ def status_json(status: RunStatus, cleaned: bool) -> dict[str, Any]:
         "started": ts(status.started_at),
         "ended": ts(status.ended_at),
         "cleaned": cleaned,
+        "retryable": status.retryable,
     }
 
 
@@ -78,6 +79,7 @@ def status_from_json(raw: Mapping[str, Any]) -> RunStatus:
         detail=raw["detail"],
         started_at=from_epoch(raw["started"]),
         ended_at=from_epoch(raw["ended"]),
+        retryable=bool(raw.get("retryable")),
     )
 
 

@@ -156,7 +156,7 @@ class JobPlanner:
                 ],
                 shm_size=settings.shm_size if settings else None,
                 gpus=True,
-                user=self.job_owner(request.job_id),
+                user=self.job_owner(request.uuid),
             )
         env = {"PATH": cfg.node_path, **NODE_ENV, **home}
         return process_spec(proc, job_id=request.job_id, cwd=wd, env=env, container=docker)
@@ -182,6 +182,6 @@ class JobPlanner:
             deadline=deadline,
             grace_seconds=self._config.grace_seconds,
             heartbeat_seconds=self._config.heartbeat_seconds,
-            run_as=self.job_owner(job_id),
+            run_as=self.job_owner(request.uuid),  # every attempt the same uid: its outputs
             job_dirs=job_dirs(plan),
         )

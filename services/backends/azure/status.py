@@ -110,11 +110,13 @@ class JobStatus:
             return await self._finish(job, exited_status(runs))
         lost = await self._lost(job, runs, listings)
         if lost is not None:
+            detail, retryable = lost
             status = RunStatus(
                 phase="lost",
-                detail=lost,
+                detail=detail,
                 started_at=from_epoch(started),
                 ended_at=from_epoch(self._now()),
+                retryable=retryable,
             )
             await self._control.write(
                 self._control.loc("jobs", job_id, TERMINATE), ""
@@ -133,11 +135,12 @@ class JobStatus:
 
     async def _lost(
         self, job: JobInfo, runs: Sequence[NodeRun], listings: Sequence[Mapping[str, FileEntry]]
-    ) -> str | None:
-        """Why the job cannot finish (its cluster or a node is gone), or None."""
+    ) -> tuple[str, bool] | None:
+        """Why the job cannot finish (its cluster or a node is gone) and whether another
+        attempt on other nodes could (a node went, the cluster did not), or None."""
         snap = await self._scalesets.snapshot(job.cluster)
         if not snap.exists:
-            return f"cluster {job.cluster} was deleted while the job ran"
+            return f"cluster {job.cluster} was deleted while the job ran", False
         vms = snap.by_instance()
         for run in runs:
             if run.exit_code is not None:
@@ -145,14 +148,14 @@ class JobStatus:
             vm = vms.get(job.instances[run.index])
             if vm is None:
                 how = "evicted (Spot capacity reclaimed)" if job.spot else "deleted"
-                return f"node {run.index} (instance {job.instances[run.index]}) was {how}"
+                return f"node {run.index} (instance {job.instances[run.index]}) was {how}", True
             if vm.state in ("unusable", "leaving"):
-                return f"node {run.index} ({vm.name}) became unusable: {vm.detail}"
+                return f"node {run.index} ({vm.name}) became unusable: {vm.detail}", True
             beat = listings[run.index].get(noderunner.HEARTBEAT)
             if run.alive and beat is not None and beat.modified is not None:
                 silent = self._now() - beat.modified.timestamp()
                 if silent > self._config.heartbeat_timeout:
-                    return f"node {run.index} ({vm.name}) stopped sending heartbeats"
+                    return f"node {run.index} ({vm.name}) stopped sending heartbeats", True
         return None
 
     async def _failed_launch(self, job: JobInfo, runs: Sequence[NodeRun]) -> bool:

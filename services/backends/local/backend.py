@@ -21,6 +21,7 @@ from services.backends.local.processes import (
     HOST_ENV_KEEP,
     end_unstarted,
     host_env,
+    kill_orphans,
     node_run,
     signal_runners,
     spawn_missing,
@@ -356,9 +357,20 @@ class LocalBackend:
         live = [r for r in runs if r.alive]
         if any(r.pending for r in runs) and self._still_spawning(job_id):
             return RunStatus(phase="preparing", started_at=from_epoch(started))
-        if not live:
+        # A runner that died without an exit code: its node is gone (its process group killed
+        # from outside, the machine's slot lost). What it left running goes, as on a lost node,
+        # and the other nodes are told to stop; another attempt may succeed.
+        dead = [r for r in runs if not r.alive and not r.pending and r.exit_code is None]
+        if dead or not live:
+            await asyncio.to_thread(kill_orphans, self._data.run_dir(job_id), len(runs))
+            if live:
+                await self.terminate_job(job_id)
+            which = f"node {dead[0].index} runner" if dead and len(runs) > 1 else "node runner"
             return RunStatus(
-                phase="lost", detail="node runner disappeared", started_at=from_epoch(started)
+                phase="lost",
+                detail=f"{which} disappeared",
+                started_at=from_epoch(started),
+                retryable=True,
             )
         preparing = any(r.phase in (None, "prep") for r in live)
         return RunStatus(

@@ -145,3 +145,26 @@ def end_unstarted(run_dir: Path, nodes: Sequence[int]) -> None:
         end = noderunner.end_files(noderunner.EXIT_TERMINATED, "terminated by user", time.time())
         for name, text in end:
             noderunner.write_atomic(status / name, text)
+
+
+def kill_orphans(run_dir: Path, count: int) -> None:
+    """SIGKILL what the dead runners of a job left running: the process groups they recorded
+    that still belong to this launch (their environment names its directory), as the node's
+    loss would have taken them. A live runner's groups are its own to stop."""
+    marker = f"/jobs/{run_dir.parent.name}/".encode()
+    for i in range(count):
+        sdir = run_dir / f"node-{i}"
+        if node_run(run_dir, i).alive:
+            continue
+        for line in (read(sdir / noderunner.PGIDS) or "").split():
+            if line.isdigit() and _of_launch(int(line), marker):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(line), signal.SIGKILL)
+
+
+def _of_launch(pgid: int, marker: bytes) -> bool:
+    """Whether `pgid` still leads a group of this launch, not a recycled pid of another."""
+    try:
+        return marker in Path(f"/proc/{pgid}/environ").read_bytes()
+    except OSError:
+        return False

@@ -98,12 +98,13 @@ def launch_context(
         experiment=request.experiment,
         cluster_name=request.cluster.name,
         job_name=request.job_name,
-        job_uuid=request.job_id,
+        job_uuid=request.uuid,
         mount_root=mount_root,
         job_mount_root=job_mount_root,
         job_temp_root=job_temp_root,
         nodes=tuple(nodes),
         python=python,
+        attempt=request.attempt,
     )
 
 

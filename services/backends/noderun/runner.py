@@ -38,6 +38,9 @@ PID, PHASE, HEARTBEAT, EXIT_CODE, REASON, STARTED, ENDED = (
     "started_at",
     "ended_at",
 )
+# The process groups the runner started, one per line: a node runner killed from outside leaves
+# them behind, and the backend ends them as a lost node would (local backend).
+PGIDS = "pgids"
 
 
 def end_files(exit_code: int, reason: str, ended: float) -> tuple[tuple[str, str], ...]:
@@ -338,6 +341,8 @@ class NodeRunner:
         running = _Running(proc, popen)
         self._children.append(running)
         self._note(f"{_what(proc)} started, pid {popen.pid}")
+        with contextlib.suppress(OSError), open(self._status(PGIDS), "a") as f:
+            f.write(f"{popen.pid}\n")
         return running
 
     def _signal_groups(self, procs: Iterable[_Running], sig: signal.Signals) -> None:

@@ -223,11 +223,16 @@ class ApprovalService:
         ]
         moved = None
         job_move = None
-        if job is not None and approval.kind == "job" and job.state is JobState.PENDING_APPROVAL:
+        starts = approval.kind in ("job", "retry")
+        if job is not None and starts and job.state is JobState.PENDING_APPROVAL:
             target = {"approved": JobState.QUEUED, "denied": JobState.DENIED}.get(
                 state, JobState.EXPIRED
             )
             detail = _detail(state, actor, reason)
+            if approval.kind == "retry" and target is not JobState.QUEUED:
+                # The job ran (and was charged) before its nodes were lost: it failed.
+                target = JobState.FAILED
+                detail = f"its nodes were lost and the retry was {detail}"
             step = advance(
                 job,
                 target,

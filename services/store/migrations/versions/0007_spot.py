@@ -1,0 +1,23 @@
+"""Spot jobs that survive eviction: a job's lost-node retries and its earlier attempts.
+
+Revision ID: 0007_spot
+Revises: 0006_encrypt_secrets
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007_spot"
+down_revision = "0006_encrypt_secrets"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("max_retries", sa.Integer))  # NULL: no retries (older jobs)
+        batch.add_column(sa.Column("attempts", sa.JSON))  # NULL: no earlier attempt
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("attempts")
+        batch.drop_column("max_retries")

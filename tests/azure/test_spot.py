@@ -1,0 +1,116 @@
+"""Spot eviction on the azure backend (real SDK clients, fake ARM and Files): the fake deletes the
+job's instance mid-job, the job requeues, the scale set grows back to the cluster's size, the
+next attempt resumes from its checkpoint on a new VM; one receipt with every attempt and cost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from handlers import views
+from handlers.views import to_text
+from services.backends.azure.backend import AzureBackend
+from services.backends.azure.files import AzureShare
+from services.core.clock import FakeClock
+from services.core.events import JobFinished, JobRequeued
+from services.jobs.lifecycle import JobState
+from services.models import Job
+from services.spend.pricing import format_usd
+from services.store import SqlStore
+from tests.azure.rig import JOB_SHARE, AzureRig
+from tests.test_spot import SCRIPT, Rig, job_config, open_policy
+
+
+@pytest.fixture
+async def spot(rig: AzureRig, store: SqlStore) -> AsyncIterator[Rig]:
+    rig.arm.give_gpus()  # the A100 nodes boot with a (fake) NVIDIA driver
+    share_dir = rig.files.create_share(JOB_SHARE)
+    (share_dir / "ckpt.py").write_text(SCRIPT)
+    files: list[AzureShare] = []
+    backends: list[AzureBackend] = []
+
+    def azure() -> AzureBackend:
+        share = rig.share()
+        files.append(share)
+        backend = rig.backend(share)
+        backends.append(backend)
+        return backend
+
+    job_files = rig.share()
+    clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
+    made = Rig(rig.root, store, job_files, share_dir, clock, open_policy(), azure)
+    yield made
+    for job in await store.list_jobs(include_deleted=True):
+        if not job.state.finished and job.layout is not None:
+            await made.backend.terminate_job(job.run_id)
+    for backend in backends:
+        await backend.aclose()
+    for share in [*files, job_files]:
+        await share.aclose()
+
+
+def instance_of(rig: AzureRig) -> str:
+    (instance,) = rig.arm.scale_sets["c1"].instances
+    return str(instance)
+
+
+async def test_an_evicted_spot_vm_requeues_the_job_and_the_scale_set_grows_back(
+    spot: Rig, rig: AzureRig
+) -> None:
+    await spot.cluster()
+    job = await spot.submit(job_config())
+    assert job.max_retries == 3
+    await spot.running(job, "fresh start")
+    first_vm = instance_of(rig)
+    spot.clock.advance(timedelta(minutes=40))
+    rig.arm.evict("c1", first_vm)  # Spot capacity reclaimed: the VM is deleted
+
+    async def requeued() -> bool:
+        return (await spot.job(job)).attempts != ()
+
+    await spot.until(requeued, "the evicted attempt to requeue")
+    lost = (await spot.job(job)).attempts[0]
+    assert lost.reason == f"node 0 (instance {first_vm}) was evicted (Spot capacity reclaimed)"
+    assert lost.usd == spot.node_cost(40)
+
+    await spot.running(job, "resumed from 1")  # on a new VM: the scale set grew back
+    second_vm = instance_of(rig)
+    assert second_vm != first_vm
+    assert rig.arm.scale_sets["c1"].model["sku"]["capacity"] == 1
+    spot.clock.advance(timedelta(minutes=5))
+    spot.open_gate(1)
+
+    async def done() -> bool:
+        return (await spot.job(job)).state.finished
+
+    await spot.until(done, "the second attempt to finish")
+    finished: Job = await spot.job(job)
+    assert finished.state is JobState.SUCCEEDED
+    (told,) = spot.recorder.of(job, JobRequeued)
+    assert (told.event.attempt, told.event.of) == (2, 4)
+    (receipt,) = spot.recorder.of(job, JobFinished)
+    text, _ = to_text(views.receipt(finished, receipt.links))
+    total = spot.node_cost(40) + spot.node_cost(5)
+    assert f"cost {format_usd(total)} over 2 attempts" in text
+    assert "was evicted (Spot capacity reclaimed)" in text
+    assert sorted(await spot.actual_entries(job)) == sorted([spot.node_cost(40), spot.node_cost(5)])
+    ckpts = [p.read_text() for p in spot.share_dir.rglob("ckpt") if p.is_file()]
+    assert ckpts == ["2"]  # one output directory, written by both attempts
+
+
+async def test_an_evicted_job_without_retries_fails_as_before(spot: Rig, rig: AzureRig) -> None:
+    await spot.cluster()
+    job = await spot.submit(job_config(), retries=0)
+    await spot.running(job, "fresh start")
+    rig.arm.evict("c1", instance_of(rig))
+
+    async def failed() -> bool:
+        return (await spot.job(job)).state.finished
+
+    await spot.until(failed, "the job to fail")
+    ended = await spot.job(job)
+    assert ended.state is JobState.FAILED and ended.attempts == ()
+    assert ended.error is not None and "evicted (Spot capacity reclaimed)" in ended.error
+    assert spot.recorder.of(job, JobRequeued) == []
