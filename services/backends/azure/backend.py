@@ -18,6 +18,9 @@ Each Batch AI concept and its Azure form:
                           only asked while a node has not started; the bot's own records there
                           (`launch.json`, `final.json`) carry an HMAC and are refused if altered
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
+- registry credentials -> `docker login --password-stdin` in the launch, fed from a root-only file
+  (imageSourceRegistry)   written from a protected parameter and removed; a Key Vault reference
+                          is read with the bot's credential first (`keyvault`)
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
@@ -43,6 +46,7 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, ControlShare
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner
+from services.backends.azure.keyvault import KeyVaultSecrets
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
@@ -64,8 +68,10 @@ class AzureBackend:
         share: ControlShare,
         wall_time: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        key_vault: KeyVaultSecrets | None = None,
     ) -> None:
         self._config = config
+        self._key_vault = key_vault or KeyVaultSecrets(config, credential)
         self._share = share
         options: dict[str, Any] = {
             "base_url": config.arm_url,
@@ -94,6 +100,7 @@ class AzureBackend:
             scalesets=self._scalesets,
             preflight=self._preflight,
             planner=JobPlanner(config, self._control),
+            key_vault=self._key_vault,
             wall_time=wall_time,
         )
         self._status = JobStatus(
@@ -164,3 +171,4 @@ class AzureBackend:
         """Close the SDK clients (the credential belongs to the composition root)."""
         await self._compute.close()
         await self._network.close()
+        await self._key_vault.aclose()

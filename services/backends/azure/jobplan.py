@@ -17,6 +17,7 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, refuse_control_share
 from services.backends.azure.scaleset_model import job_share_options
 from services.backends.noderun.launch import launch_context, share_from_url
+from services.backends.noderun.registry import registry_login
 from services.backends.noderun.runner import ProcessSpec, RunnerSpec
 from services.backends.noderun.specs import Container, process_spec, runner_spec
 from services.core.ports import LaunchRequest
@@ -157,6 +158,9 @@ class JobPlanner:
                 shm_size=settings.shm_size if settings else None,
                 gpus=True,
                 user=self.job_owner(request.job_id),
+                config_dir=node.docker_config(request.job_id, proc.node_index)
+                if registry_login(request) is not None
+                else None,
             )
         env = {"PATH": cfg.node_path, **NODE_ENV, **home}
         return process_spec(proc, job_id=request.job_id, cwd=wd, env=env, container=docker)
