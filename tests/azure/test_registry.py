@@ -68,9 +68,13 @@ def files_holding(root: Path, needle: str) -> list[str]:
     """Every file below `root` whose bytes contain `needle`, but the fake registry's record."""
     found = []
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.name != "logins.jsonl":
-            if needle.encode() in path.read_bytes():
-                found.append(str(path.relative_to(root)))
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and path.name != "logins.jsonl"
+            and needle.encode() in path.read_bytes()
+        ):
+            found.append(str(path.relative_to(root)))
     return found
 
 
@@ -119,9 +123,7 @@ async def test_a_key_vault_reference_is_read_with_the_bots_credential(
     ref = {"sourceVault": {"id": vault.vault_id("teamvault")}, "secretUrl": url}
     c = gpu_cluster("kvreg", "Standard_NC4as_T4_v3", 1)
     await kv_backend.create_cluster(c)
-    request = launch_request(
-        job_spec("ok", extra=registry({"passwordSecretReference": ref})), c
-    )
+    request = launch_request(job_spec("ok", extra=registry({"passwordSecretReference": ref})), c)
     result = await kv_backend.start_job(request)
     assert (await wait_for(kv_backend, request.job_id)).exit_code == 0
     assert [login["password"] for login in logins(rig)] == [PASSWORD]
@@ -144,9 +146,7 @@ async def test_a_wrong_secret_refuses_the_job_in_one_line_with_nothing_started(
     c = gpu_cluster("kvbad", "Standard_NC4as_T4_v3", 1)
     await kv_backend.create_cluster(c)
     mark = rig.arm.mark()
-    request = launch_request(
-        job_spec("ok", extra=registry({"passwordSecretReference": ref})), c
-    )
+    request = launch_request(job_spec("ok", extra=registry({"passwordSecretReference": ref})), c)
     with pytest.raises(UserError) as caught:
         await kv_backend.start_job(request)
     assert str(caught.value) == (
@@ -171,9 +171,7 @@ async def test_a_secret_url_outside_the_clouds_vaults_gets_no_token(
 ) -> None:  # fmt: skip
     ref = {"sourceVault": {"id": vault.vault_id(vault_name)}, "secretUrl": secret_url}
     c = gpu_cluster("kvevil", "Standard_NC4as_T4_v3", 1)
-    request = launch_request(
-        job_spec("ok", extra=registry({"passwordSecretReference": ref})), c
-    )
+    request = launch_request(job_spec("ok", extra=registry({"passwordSecretReference": ref})), c)
     with pytest.raises(UserError, match=why):
         await kv_backend.start_job(request)
     assert vault.calls == [] and rig.credential.calls == 0

@@ -120,7 +120,9 @@ class FakeKeyVault:
         connector = aiohttp.TCPConnector(resolver=_VaultDns(self.port))
         session = aiohttp.ClientSession(connector=connector)
         self._sessions.append(session)
-        return AioHttpTransport(session=session, session_owner=False, connection_verify=self.ca_path)
+        return AioHttpTransport(
+            session=session, session_owner=False, connection_verify=self.ca_path
+        )
 
     async def stop(self) -> None:
         for session in self._sessions:
@@ -161,7 +163,8 @@ class FakeKeyVault:
                           "secrets get permission on key vault.")  # fmt: skip
         parts = [p for p in request.path.split("/") if p]
         if request.method != "GET" or len(parts) not in (2, 3) or parts[0] != "secrets":
-            return _error(400, "BadParameter", f"unsupported request {request.method} {request.path}")
+            what = f"unsupported request {request.method} {request.path}"
+            return _error(400, "BadParameter", what)
         vault = host.removesuffix("." + ZONE)
         versions = self.secrets.get((vault, parts[1].lower()), {})
         version = parts[2] if len(parts) == 3 else next(reversed(versions), None)

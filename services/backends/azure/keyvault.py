@@ -27,7 +27,9 @@ from services.backends.azure.errors import one_line
 from services.core.errors import NotAllowed, TransientError, UserError
 from services.jobspec.schema import KeyVaultSecretReference
 
-_PATH = re.compile(r"^/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[0-9A-Za-z]{1,64}))?/?$")
+_PATH = re.compile(
+    r"^/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[0-9A-Za-z]{1,64}))?/?$"
+)
 _VAULT_ID = re.compile(r"/providers/Microsoft\.KeyVault/vaults/(?P<name>[^/]+)/?$", re.IGNORECASE)
 
 
@@ -87,7 +89,9 @@ class KeyVaultSecrets:
                 f"User role on the vault ({one_line(err, 160)})"
             ) from None
         except (ServiceRequestError, ServiceResponseError) as err:
-            raise TransientError(f"{where}: the vault did not answer ({one_line(err, 160)})") from None
+            raise TransientError(
+                f"{where}: the vault did not answer ({one_line(err, 160)})"
+            ) from None
         except HttpResponseError as err:
             if err.status_code == 403:
                 raise NotAllowed(
