@@ -119,8 +119,9 @@ class RunCommands:
             raise Conflict(f"no private IP yet for {', '.join(missing)}; try again shortly")
         sku = (await self._preflight.skus_in_region()).get(c.vm_size.lower())
         gpus = sku.gpus if sku else 0
+        rdma = sku.rdma if sku else False
         hosts = [(vm.name, ips[vm.instance_id]) for vm in vms]
-        plan = self._planner.plan(request, hosts, gpus)
+        plan = self._planner.plan(request, hosts, gpus, rdma=rdma)
         notes = [*plan.warnings, *mount_notes]
         layout = share_layout(plan, lambda path: self._planner.on_share(c, path, links), notes)
         result = LaunchResult(layout=layout, notes=tuple(notes))
@@ -142,6 +143,7 @@ class RunCommands:
             "spot": job.spot,
             "hosts": [list(h) for h in hosts],
             "gpus": gpus,
+            "rdma": rdma,
             "deadline": self._now() + plan.max_wall_clock.total_seconds(),
             "result": layout_to_json(result),
         }
@@ -178,7 +180,9 @@ class RunCommands:
             raise NotFound(f"job {job.job_id} has no launch record")
         record = self._control.unseal(raw, f"the launch record of job {job.job_id}")
         hosts = [(str(name), str(ip)) for name, ip in record["hosts"]]
-        plan = self._planner.plan(request, hosts, int(record["gpus"]))
+        plan = self._planner.plan(
+            request, hosts, int(record["gpus"]), rdma=bool(record.get("rdma", False))
+        )
         statuses = await asyncio.gather(
             *(self._control.node_files(job.job_id, i) for i in range(len(job.instances)))
         )
