@@ -53,9 +53,7 @@ def test_topology_files_only_where_azure_ships_one() -> None:
     assert topology_file("Standard_ND96amsr_A100_v4") == "/opt/microsoft/ndv4-topo.xml"
     assert topology_file("Standard_ND40rs_v2") == "/opt/microsoft/ndv2-topo.xml"
     assert topology_file("Standard_NC24ads_A100_v4") is None
-    amd = rdma_env(
-        size="Standard_ND96isr_MI300X_v5", rdma=True, nodes=2, gpus=8, toolkit="pytorch"
-    )
+    amd = rdma_env(size="Standard_ND96isr_MI300X_v5", rdma=True, nodes=2, gpus=8, toolkit="pytorch")
     assert "NCCL_TOPO_FILE" not in amd and amd["UCX_TLS"] == "rc"
 
 
