@@ -34,7 +34,7 @@ scripts are in `node` and `cloudinit`, the Files client in `files`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -152,9 +152,10 @@ class AzureBackend:
 
     # ---------------------------------------------------------------- setup (preflight.py)
 
-    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
-        """One line per step of `batchai-bot check` (see Preflight.check_setup); never raises."""
-        return await self._preflight.check_setup(vm_size)
+    async def check_setup(self, uses: Sequence[tuple[str, str]]) -> list[tuple[str, bool, str]]:
+        """One line per step of `batchai-bot check` for the (VM size, image) pairs in use (see
+        Preflight.check_setup); never raises."""
+        return await self._preflight.check_setup(uses)
 
     async def usages(self, location: str | None) -> list[Usage]:
         return await self._preflight.quota_rows(location)

@@ -37,6 +37,7 @@ from tests.fakes.arm.catalog import (
     vcpus,
 )
 from tests.fakes.arm.clock import iso, now
+from tests.fakes.arm.images import FakeImages
 from tests.fakes.arm.node import (
     SHIM_DIR,
     Script,
@@ -197,6 +198,8 @@ class FakeArm:
             "any",
             self._op_result,
         )
+        self.images = FakeImages(self.location)  # marketplace images and their terms
+        self.images.register(self._route)
 
     # ------------------------------------------------------------------ lifecycle
 
