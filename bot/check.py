@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -375,13 +376,16 @@ async def sizes_in_use(settings: Settings) -> list[tuple[str, str]]:
     from services.store.sql import SqlStore
 
     uses: list[tuple[str, str]] = []
-    store = SqlStore(settings.db_url)  # reads cluster rows only: no secret is opened
-    try:
-        uses += [(c.vm_size, c.image) for c in await store.list_clusters()]
-    except Exception:  # no database yet (check before the first run): the configured sizes
-        pass
-    finally:
-        await store.aclose()
+    url = settings.db_url
+    sqlite_file = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else None
+    if sqlite_file is None or Path(sqlite_file).is_file():  # never make an empty database
+        store = SqlStore(url)  # reads cluster rows only: no secret is opened
+        try:
+            uses += [(c.vm_size, c.image) for c in await store.list_clusters()]
+        except Exception:  # not migrated or not reachable: the configured sizes still count
+            pass
+        finally:
+            await store.aclose()
     configured = [s.strip() for s in settings.azure_check_vm_size.split(",") if s.strip()]
     uses += [(size, DEFAULT_IMAGE) for size in configured]
     return list(dict.fromkeys(uses)) or [("Standard_NC4as_T4_v3", DEFAULT_IMAGE)]
