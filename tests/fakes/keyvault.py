@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import ssl
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -24,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from azure.core.pipeline.transport import AioHttpTransport
 
 from tests.fakes.arm.server import TOKEN
+from tests.fakes.tls import serve_tls
 
 ZONE = "vault.azure.net"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -97,22 +96,8 @@ class FakeKeyVault:
 
     async def start(self) -> FakeKeyVault:
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-kv-"))
-        ca = trustme.CA()
-        cert = ca.issue_cert(f"*.{ZONE}")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(ctx)
-        ca_file = self._tmp / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        self.ca_path = str(ca_file)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        served = await serve_tls(self._handle, self._tmp, f"*.{ZONE}")
+        self._runner, self.port, self.ca_path = served
         return self
 
     def transport(self) -> AioHttpTransport:
