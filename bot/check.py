@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -367,29 +368,46 @@ async def check_settings(settings: Settings, *, channels: Sequence[str] = ()) ->
     )
 
 
+async def sizes_in_use(settings: Settings) -> list[tuple[str, str]]:
+    """(VM size, image) of every cluster the bot's database holds, then each size
+    AZURE_CHECK_VM_SIZE names (comma-separated) with the default image; a database that does not
+    exist yet holds none."""
+    from services.clusters.service import DEFAULT_IMAGE
+    from services.store.sql import SqlStore
+
+    uses: list[tuple[str, str]] = []
+    url = settings.db_url
+    sqlite_file = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else None
+    if sqlite_file is None or Path(sqlite_file).is_file():  # never make an empty database
+        store = SqlStore(url)  # reads cluster rows only: no secret is opened
+        try:
+            uses += [(c.vm_size, c.image) for c in await store.list_clusters()]
+        except Exception:  # not migrated or not reachable: the configured sizes still count
+            pass
+        finally:
+            await store.aclose()
+    configured = [s.strip() for s in settings.azure_check_vm_size.split(",") if s.strip()]
+    uses += [(size, DEFAULT_IMAGE) for size in configured]
+    return list(dict.fromkeys(uses)) or [("Standard_NC4as_T4_v3", DEFAULT_IMAGE)]
+
+
 async def check_azure(
-    settings: Settings, *, credential: AsyncTokenCredential | None = None
+    settings: Settings,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    uses: Sequence[tuple[str, str]] | None = None,
 ) -> list[CheckResult]:
     """The azure backend's prerequisites, one line each: credential, resource group, subnet,
-    share, each size AZURE_CHECK_VM_SIZE names (the sizes in use, comma-separated) in the region
-    and its family's vCPU quota (the GPU families' quota is what runs out). Never raises."""
+    share, then for the sizes in use (the clusters' and AZURE_CHECK_VM_SIZE's): each size in the
+    region, each quota family's vCPUs (the GPU families' quota is what runs out), and each image
+    they boot by its driver route (offered in the region, marketplace terms). Never raises."""
     from bot.bootstrap import azure_parts
 
+    pairs = list(uses) if uses is not None else await sizes_in_use(settings)
     backend, share, cred = azure_parts(settings, credential)
     key = settings.azure_storage_key.get_secret_value() if settings.azure_storage_key else ""
-    sizes = list(dict.fromkeys(s.strip() for s in settings.azure_check_vm_size.split(",")))
-    sizes = [s for s in sizes if s] or ["Standard_NC4as_T4_v3"]
     try:
-        rows = await backend.check_setup(sizes[0])
-        for size in sizes[1:]:  # one vm size and one quota row more per further size
-            more = await backend.check_setup(size)
-            rows += [r for r in more if r[0] in ("vm size", "quota")]
-        if len(sizes) > 1:
-            names = iter([s for s in sizes for _ in (0, 1)])
-            rows = [
-                (f"{n} {next(names)}", ok, d) if n in ("vm size", "quota") else (n, ok, d)
-                for n, ok, d in rows
-            ]
+        rows = await backend.check_setup(pairs)
     finally:
         await backend.aclose()
         await share.aclose()

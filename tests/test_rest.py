@@ -78,7 +78,13 @@ def test_a_job_echoes_its_properties_with_secrets_null() -> None:
         "properties": {
             "nodeCount": 1,
             "customToolkitSettings": {"commandLine": "python train.py"},
-            "containerSettings": {"imageSourceRegistry": {"image": "python:3.12"}},
+            "containerSettings": {
+                "imageSourceRegistry": {
+                    "image": "myreg.azurecr.io/train:1",
+                    "serverUrl": "myreg.azurecr.io",
+                    "credentials": {"username": "puller", "password": "Reg-pw-1"},
+                }
+            },
             "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}],
             "secrets": [{"name": "TOKEN", "value": "s3cret"}],
             "mountVolumes": {
@@ -106,6 +112,9 @@ def test_a_job_echoes_its_properties_with_secrets_null() -> None:
     assert set(doc["executionInfo"]) == inline("JobProperties", "executionInfo")
     assert set(doc["constraints"]) == inline("JobProperties", "constraints")
     assert "s3cret" not in json.dumps(doc) and "a2V5" not in json.dumps(doc)
+    assert "Reg-pw-1" not in json.dumps(doc)
+    registry = doc["containerSettings"]["imageSourceRegistry"]
+    assert registry["credentials"] == {"username": "puller", "password": None}
     assert jmespath.search("secrets[0].value", doc) is None
     assert jmespath.search("mountVolumes.azureFileShares[0].credentials.accountKey", doc) is None
     assert doc["customToolkitSettings"] == {"commandLine": "python train.py"}

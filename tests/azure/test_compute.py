@@ -305,16 +305,20 @@ async def test_a_status_poll_costs_one_arm_request_per_cluster(
 async def test_check_setup_reports_each_prerequisite(rig: AzureRig, share: AzureShare) -> None:
     backend = rig.backend(share)
     try:
-        rows = {name: (ok, detail) for name, ok, detail in await backend.check_setup(A100)}
+        uses = [(A100, "UbuntuLTS")]
+        rows = {name: (ok, detail) for name, ok, detail in await backend.check_setup(uses)}
         assert all(ok for ok, _ in rows.values()), rows
-        assert "room for 4 × Standard_NC24ads_A100_v4" in rows["quota"][1]
+        assert "room for 4 × Standard_NC24ads_A100_v4" in rows["quota standardNCADSA100v4Family"][1]
     finally:
         await backend.aclose()
     missing = rig.backend(
         share, share="nosuchshare", subnet_id=rig.config.subnet_id.replace("default", "other")
     )
     try:
-        rows = {name: (ok, detail) for name, ok, detail in await missing.check_setup(A100)}
+        rows = {
+            name: (ok, detail)
+            for name, ok, detail in await missing.check_setup([(A100, "UbuntuLTS")])
+        }
     finally:
         await missing.aclose()
     assert not rows["share"][0] and "az storage share create" in rows["share"][1]
@@ -348,7 +352,7 @@ async def test_no_key_or_password_in_any_log_line(
         rig.arm.set_quota("lowPriorityCores", 0)
         with pytest.raises(QuotaError):
             await backend.resize_cluster(c, 2)
-        await backend.check_setup(A100)
+        await backend.check_setup([(A100, "UbuntuLTS")])
     finally:
         await backend.aclose()
     text = caplog.text
@@ -395,8 +399,9 @@ async def test_batchai_bot_check_prints_one_line_per_azure_prerequisite(rig: Azu
         "azure resource group",
         "azure subnet",
         "azure share",
-        "azure vm size",
-        "azure quota",
+        "azure vm size Standard_NC4as_T4_v3",
+        "azure quota standardNCASv3_T4Family",
+        "azure image UbuntuHPC",
     ]
     assert [r.name for r in results if not r.ok] == ["azure share"]
     text = format_results(results)

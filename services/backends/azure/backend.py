@@ -21,6 +21,9 @@ Each Batch AI concept and its Azure form:
                           command line in a parameter, run as a job's uid, never root), read
                           back (the last 4 KB of output) and deleted
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
+- registry credentials -> `docker login --password-stdin` in the launch, fed from a root-only file
+  (imageSourceRegistry)   written from a protected parameter and removed; a Key Vault reference
+                          is read with the bot's credential first (`keyvault`)
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
@@ -34,7 +37,7 @@ scripts are in `node` and `cloudinit`, the Files client in `files`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +49,7 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, ControlShare
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner
+from services.backends.azure.keyvault import KeyVaultSecrets
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
@@ -67,8 +71,10 @@ class AzureBackend:
         share: ControlShare,
         wall_time: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        key_vault: KeyVaultSecrets | None = None,
     ) -> None:
         self._config = config
+        self._key_vault = key_vault or KeyVaultSecrets(config, credential)
         self._share = share
         options: dict[str, Any] = {
             "base_url": config.arm_url,
@@ -97,6 +103,7 @@ class AzureBackend:
             scalesets=self._scalesets,
             preflight=self._preflight,
             planner=JobPlanner(config, self._control),
+            key_vault=self._key_vault,
             wall_time=wall_time,
         )
         self._status = JobStatus(
@@ -155,9 +162,10 @@ class AzureBackend:
 
     # ---------------------------------------------------------------- setup (preflight.py)
 
-    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
-        """One line per step of `batchai-bot check` (see Preflight.check_setup); never raises."""
-        return await self._preflight.check_setup(vm_size)
+    async def check_setup(self, uses: Sequence[tuple[str, str]]) -> list[tuple[str, bool, str]]:
+        """One line per step of `batchai-bot check` for the (VM size, image) pairs in use (see
+        Preflight.check_setup); never raises."""
+        return await self._preflight.check_setup(uses)
 
     async def usages(self, location: str | None) -> list[Usage]:
         return await self._preflight.quota_rows(location)
@@ -174,3 +182,4 @@ class AzureBackend:
         """Close the SDK clients (the credential belongs to the composition root)."""
         await self._compute.close()
         await self._network.close()
+        await self._key_vault.aclose()

@@ -7,11 +7,16 @@ from typing import Literal
 
 Cloud = Literal["public", "china", "usgov"]
 
-# ARM endpoint and storage suffix of each cloud (azure-identity knows the matching authorities).
-CLOUDS: dict[str, tuple[str, str]] = {
-    "public": ("https://management.azure.com", "core.windows.net"),
-    "china": ("https://management.chinacloudapi.cn", "core.chinacloudapi.cn"),
-    "usgov": ("https://management.usgovcloudapi.net", "core.usgovcloudapi.net"),
+# ARM endpoint, storage suffix and Key Vault DNS zone of each cloud (azure-identity knows the
+# matching authorities).
+CLOUDS: dict[str, tuple[str, str, str]] = {
+    "public": ("https://management.azure.com", "core.windows.net", "vault.azure.net"),
+    "china": ("https://management.chinacloudapi.cn", "core.chinacloudapi.cn", "vault.azure.cn"),
+    "usgov": (
+        "https://management.usgovcloudapi.net",
+        "core.usgovcloudapi.net",
+        "vault.usgovcloudapi.net",
+    ),
 }
 
 # Where Batch AI mounted shares on a node; jobs see it as $AZ_BATCHAI_MOUNT_ROOT.
@@ -34,6 +39,7 @@ class AzureConfig:
     cloud: Cloud = "public"
     arm_endpoint: str | None = None  # overrides the cloud's
     storage_endpoint_suffix: str | None = None  # overrides the cloud's
+    key_vault_suffix: str | None = None  # overrides the cloud's Key Vault DNS zone
     storage_scheme: str = "https"  # tests use http against the fake Files server
     storage_endpoint: str | None = (
         None  # full account URL override (tests: http://127.0.0.1:PORT/acct)
@@ -75,6 +81,11 @@ class AzureConfig:
     @property
     def storage_suffix(self) -> str:
         return self.storage_endpoint_suffix or CLOUDS[self.cloud][1]
+
+    @property
+    def key_vault_dns_suffix(self) -> str:
+        """The DNS zone of this cloud's vaults: the only hosts a job's secretUrl may name."""
+        return (self.key_vault_suffix or CLOUDS[self.cloud][2]).strip(".").lower()
 
     @property
     def smb_host(self) -> str:

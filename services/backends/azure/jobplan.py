@@ -15,12 +15,22 @@ from urllib.parse import urlsplit
 from services.backends.azure import node
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, refuse_control_share
+from services.backends.azure.fabric import rdma_env
 from services.backends.azure.scaleset_model import job_share_options
 from services.backends.noderun.launch import launch_context, share_from_url
+from services.backends.noderun.registry import registry_login
 from services.backends.noderun.runner import ProcessSpec, RunnerSpec
 from services.backends.noderun.specs import Container, process_spec, runner_spec
 from services.core.ports import LaunchRequest
-from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
+from services.jobspec import (
+    JobSpec,
+    LaunchContext,
+    LaunchPlan,
+    NodeInfo,
+    ProcessPlan,
+    plan_launch,
+    toolkit_name,
+)
 from services.models import Cluster, FileLocation
 
 # A clean environment, like a systemd unit's (plus the node's PATH): nothing of the bot's.
@@ -46,9 +56,21 @@ class JobPlanner:
         self._control = control
 
     def context(
-        self, request: LaunchRequest, hosts: Sequence[tuple[str, str]], gpus: int, python: str
+        self,
+        request: LaunchRequest,
+        hosts: Sequence[tuple[str, str]],
+        gpus: int,
+        python: str,
+        rdma: bool = False,
     ) -> LaunchContext:
         cfg = self._config
+        fabric = rdma_env(
+            size=request.cluster.vm_size,
+            rdma=rdma,
+            nodes=len(hosts),
+            gpus=gpus,
+            toolkit=toolkit_name(request.spec),
+        )
         return launch_context(
             request,
             subscription=cfg.subscription_id,
@@ -60,6 +82,7 @@ class JobPlanner:
                 for i, (name, ip) in enumerate(hosts)
             ],
             python=python,
+            extra_env=fabric,
         )
 
     def on_share(
@@ -129,11 +152,18 @@ class JobPlanner:
         return lines
 
     def plan(
-        self, request: LaunchRequest, hosts: Sequence[tuple[str, str]], gpus: int
+        self,
+        request: LaunchRequest,
+        hosts: Sequence[tuple[str, str]],
+        gpus: int,
+        *,
+        rdma: bool = False,
     ) -> LaunchPlan:
+        """The job's plan; on an InfiniBand size (`rdma`) a multi-node job gets the fabric's
+        environment (see `fabric`)."""
         container = request.spec.properties.container_settings
         python = "python" if container is not None else self._config.node_python
-        return plan_launch(request.spec, self.context(request, hosts, gpus, python))
+        return plan_launch(request.spec, self.context(request, hosts, gpus, python, rdma))
 
     def process_spec(
         self, proc: ProcessPlan, plan: LaunchPlan, request: LaunchRequest, container: bool
@@ -157,6 +187,9 @@ class JobPlanner:
                 shm_size=settings.shm_size if settings else None,
                 gpus=True,
                 user=self.job_owner(request.uuid),
+                config_dir=node.docker_config(request.job_id, proc.node_index)
+                if registry_login(request) is not None
+                else None,
             )
         env = {"PATH": cfg.node_path, **NODE_ENV, **home}
         return process_spec(proc, job_id=request.job_id, cwd=wd, env=env, container=docker)

@@ -31,6 +31,9 @@ SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
 LAUNCH_DIR = "/var/lib/batchai/launch"  # root-only: a launch's verified runner and its spec
 SPEC_PARAMETER = "BATCHAI_NODE_SPEC"  # the protected parameter that carries a node's spec
+# The protected parameter that carries a container registry's password (job.json's
+# imageSourceRegistry.credentials): written to a root-only file, fed to `docker login`, removed.
+REGISTRY_PARAMETER = "BATCHAI_REGISTRY_PASSWORD"
 # apt on a fresh node races apt-daily and unattended-upgrades for the dpkg lock: wait for it
 # (up to 10 minutes) instead of failing at once, and retry a failed install a few times.
 APT = "apt-get -o DPkg::Lock::Timeout=600 -q"
@@ -180,6 +183,32 @@ def launch_dir(job_id: str, node_index: int) -> str:
     return f"{LAUNCH_DIR}/{job_id}-{node_index}"
 
 
+def docker_config(job_id: str, node_index: int) -> str:
+    """The docker CLI's config directory of one launch (its registry login): root-only, the
+    job's own, so another job on the node cannot pull with this job's credentials."""
+    return f"{launch_dir(job_id, node_index)}/docker"
+
+
+def registry_login_lines(here: str, config: str, server: str | None, username: str) -> list[str]:
+    """`docker login` fed on stdin from a 0600 file (umask 077) written from the protected
+    parameter, the file removed whatever the outcome; the password is in no argv and no line."""
+    q = shlex.quote
+    pw = f"{here}/registry-password"
+    where = server or "Docker Hub"
+    login = f"DOCKER_CONFIG={config} docker login --username {q(username)} --password-stdin"
+    return [
+        f'printf %s "${{{REGISTRY_PARAMETER}}}" > {pw}',
+        f"unset {REGISTRY_PARAMETER}",
+        f"if ! {login}{' ' + q(server) if server else ''} < {pw} > /dev/null; then",
+        f"  rm -f -- {pw}",
+        f"  printf 'batchai: docker login to %s as %s failed; nothing was started\\n' "
+        f"{q(where)} {q(username)} >&2",
+        "  exit 4",
+        "fi",
+        f"rm -f -- {pw}",
+    ]
+
+
 def launch_script(
     *,
     job_id: str,
@@ -194,12 +223,14 @@ def launch_script(
     owner: tuple[int, int] | None,
     container: bool = False,
     prelude: Sequence[str] = (),
+    registry: tuple[str | None, str] | None = None,
 ) -> str:
     """The managed run command of one node: copy the node runner off the control share and run
     it only if its sha256 is the bot's; write the spec from the protected parameter into a
     root-only directory; prepare the job's local directories (owned by the jobs' uid) and its
     share mounts; start the runner detached under systemd. A repeated run (same job, same node)
-    starts nothing."""
+    starts nothing. With `registry` (server or None for Docker Hub, user name) the node logs in
+    to the container registry first, the password coming from REGISTRY_PARAMETER."""
     q = shlex.quote
     status = q(status_dir)
     here = f"{ROOT}{q(launch_dir(job_id, node_index))}"
@@ -220,6 +251,11 @@ def launch_script(
         f"  rm -rf -- {here}; exit 3",
         "fi",
         f'printf %s "${{{SPEC_PARAMETER}}}" | base64 -d > {here}/spec.json',
+    ]
+    if registry is not None:
+        config = f"{ROOT}{q(docker_config(job_id, node_index))}"
+        lines += registry_login_lines(here, config, *registry)
+    lines += [
         "umask 022",
         "mkdir -p -- " + " ".join(q(d) for d in dirs),
         "printf '%s\\n' " + " ".join(q(line) for line in host_lines) + f" > {q(host_file)}",

@@ -1,10 +1,11 @@
 """Before money is spent: which VM sizes the region offers, the vCPU quotas they draw on, a
 quota refusal said in one line with alternatives, and `batchai-bot check` (credential, resource
-group, subnet, share, size, quota), each step a line that says what to do."""
+group, subnet, share, then per size in use: the size, its quota family, the image it boots and
+its terms), each step a line that says what to do."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError
@@ -13,6 +14,8 @@ from azure.mgmt.network.aio import NetworkManagementClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code, translate
+from services.backends.azure.imagecheck import check_image, route_text
+from services.backends.azure.scaleset_model import image_reference, node_image
 from services.backends.azure.sizes import (
     Quota,
     SkuInfo,
@@ -116,10 +119,13 @@ class Preflight:
                 pass
         return translate(err, what)
 
-    async def check_setup(self, vm_size: str) -> list[tuple[str, bool, str]]:
-        """(name, ok, one-line detail) for the credential, resource group, subnet, share, the
-        size's availability in the region and its family's vCPU quota; never raises."""
+    async def check_setup(self, uses: Sequence[tuple[str, str]]) -> list[tuple[str, bool, str]]:
+        """(name, ok, one-line detail) for the credential, resource group, subnet, share, then
+        for the (VM size, image) pairs in use: each size in the region, each quota family's
+        vCPUs (the GPU families are what runs out) and each image the sizes boot (their driver
+        route) offered in the region with its terms; never raises."""
         cfg = self._config
+        sizes = list(dict.fromkeys(size for size, _ in uses))
         out: list[tuple[str, bool, str]] = []
         try:
             await self._credential.get_token(cfg.credential_scope)
@@ -135,19 +141,83 @@ class Preflight:
                 )
             )
             skipped = "not checked: needs a working credential"
-            out += [(n, False, skipped) for n in ("resource group", "subnet", "vm size", "quota")]
+            out += [(n, False, skipped) for n in ("resource group", "subnet")]
             out.append(await self._check_share())
+            out += [(f"vm size {s}", False, skipped) for s in sizes]
             return out
         out.append(await self._check_step("resource group", self._check_group()))
         out.append(await self._check_step("subnet", self._check_subnet()))
         out.append(await self._check_share())
-        sku_result = await self._check_step("vm size", self._check_sku(vm_size))
-        out.append(sku_result)
-        if sku_result[1]:
-            out.append(await self._check_step("quota", self._check_quota(vm_size)))
-        else:
-            out.append(("quota", False, f"not checked: {vm_size} is not usable"))
+        usable: list[SkuInfo] = []
+        for size in sizes:
+            row = await self._check_step(f"vm size {size}", self._check_sku(size))
+            out.append(row)
+            if row[1]:
+                usable.append((await self.skus_in_region())[size.lower()])
+        out += await self._check_quotas(usable)
+        out += await self._check_images(uses, {s.name.lower(): s for s in usable})
         return out
+
+    async def _check_quotas(self, skus: Sequence[SkuInfo]) -> list[tuple[str, bool, str]]:
+        """One line per quota family of the usable sizes: room for how many nodes of each, or
+        the refusal a cluster would meet, with what would fit and where to ask for more."""
+        families: dict[str, list[SkuInfo]] = {}
+        for sku in skus:
+            families.setdefault(sku.family, []).append(sku)
+        if not families:
+            return []
+        try:
+            usages = await self.usages()
+        except BatchAIError as err:
+            return [(f"quota {f}", False, str(err)) for f in families]
+        rows: list[tuple[str, bool, str]] = []
+        for family, members in families.items():
+            quotas = [q for q in (usages.get(family.lower()), usages.get("cores")) if q]
+            free = "; ".join(f"{q.name} {q.left} of {q.limit} vCPUs free" for q in quotas)
+            fit = min((q.left for q in quotas), default=0)
+            short = [s for s in members if s.vcpus > fit]
+            if short:
+                rows.append((f"quota {family}", False, _no_room(free, short, usages)))
+                continue
+            room = ", ".join(f"{fit // s.vcpus if s.vcpus else 0} × {s.name}" for s in members)
+            rows.append((f"quota {family}", True, f"{free} — room for {room}"))
+        return rows
+
+    async def _check_images(
+        self, uses: Sequence[tuple[str, str]], skus: dict[str, SkuInfo]
+    ) -> list[tuple[str, bool, str]]:
+        """One line per image the usable sizes boot: its driver route, the image in the region
+        and, when it is sold with a plan, its terms."""
+        booted: dict[str, list[SkuInfo]] = {}
+        refused: list[tuple[str, bool, str]] = []
+        for size, image in dict.fromkeys(uses):
+            sku = skus.get(size.lower())
+            if sku is None:
+                continue
+            try:
+                node = node_image(image, sku)
+                image_reference(node, sku)
+            except UserError as err:
+                refused.append((f"image {image} on {sku.name}", False, str(err)))
+                continue
+            booted.setdefault(node, []).append(sku)
+        rows: list[tuple[str, bool, str]] = []
+        for image, members in booted.items():
+            names = ", ".join(dict.fromkeys(s.name for s in members))
+            route = f"{names}: {route_text(image, members)}"
+            ref = image_reference(image, members[0])
+            try:
+                found = await check_image(
+                    self._compute,
+                    subscription=self._config.subscription_id,
+                    location=self._config.location,
+                    ref=ref,
+                )
+            except BatchAIError as err:
+                rows.append((f"image {image}", False, f"{route}; {err}"))
+                continue
+            rows.append((f"image {image}", True, f"{route}; {found}"))
+        return rows + refused
 
     async def _check_step(self, name: str, step: Awaitable[str]) -> tuple[str, bool, str]:
         hints = {
@@ -209,16 +279,12 @@ class Preflight:
         gpus = f", {sku.gpus} GPU(s)" if sku.gpus else ""
         return f"{sku.name} in {self._config.location}: {sku.vcpus} vCPUs{gpus}"
 
-    async def _check_quota(self, vm_size: str) -> str:
-        sku = await self.check_capacity(vm_size, 1, spot=False)
-        usages = await self.usages()
-        family = usages.get(sku.family.lower())
-        regional = usages.get("cores")
-        parts = [
-            f"{q.name} {q.left} of {q.limit} vCPUs free"
-            for q in (family, regional)
-            if q is not None
-        ]
-        fit = min((q.left for q in (family, regional) if q is not None), default=0)
-        nodes = fit // sku.vcpus if sku.vcpus else 0
-        return f"{'; '.join(parts)} — room for {nodes} × {sku.name}"
+
+def _no_room(free: str, short: Sequence[SkuInfo], usages: dict[str, Quota]) -> str:
+    """The check's line for a family without room for one node: the fix first (a quota line is
+    cut at 300 characters), then Spot when its quota would take the node."""
+    need = ", ".join(f"1 × {s.name} needs {s.vcpus}" for s in short)
+    low = usages.get("lowprioritycores")
+    spot = [s for s in short if s.spot_capable and low is not None and s.vcpus <= low.left]
+    alt = f"; or --vm-priority lowpriority ({low.left} Spot vCPUs free)" if spot and low else ""
+    return f"{free}, {need} — ask for more in the Azure portal under Quotas → Compute{alt}"

@@ -29,11 +29,13 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, JobInfo
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner, node_dirs
+from services.backends.azure.keyvault import KeyVaultSecrets
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.azure.sizes import wire_text
 from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import check_node_count, layout_to_json, share_layout
+from services.backends.noderun.registry import RegistryLogin, registry_login, with_password
 from services.backends.noderun.runner import RunnerSpec
 from services.backends.noderun.specs import DEADLINE, TERMINATE
 from services.core.errors import BatchAIError, Conflict, NotFound, TransientError, UserError
@@ -60,6 +62,7 @@ class RunCommands:
         scalesets: ScaleSets,
         preflight: Preflight,
         planner: JobPlanner,
+        key_vault: KeyVaultSecrets,
         wall_time: Callable[[], float],
     ) -> None:
         self._config = config
@@ -68,6 +71,7 @@ class RunCommands:
         self._scalesets = scalesets
         self._preflight = preflight
         self._planner = planner
+        self._key_vault = key_vault
         self._now = wall_time
         self._rg = config.resource_group
         self._locks: dict[str, asyncio.Lock] = {}
@@ -76,10 +80,26 @@ class RunCommands:
         lock = self._locks.setdefault(request.job_id, asyncio.Lock())
         async with lock:
             job = await self._control.load(request.job_id)
+            if job is not None and job.final is not None:
+                return job.result
+            # Before anything is written or started: a registry password that cannot be read
+            # (a wrong Key Vault reference) refuses the job in one line with nothing running.
+            request, login = await self._registry(request)
             if job is None:
                 job = await self._prepare(request)
-            await self._launch_missing(job, request)
+            await self._launch_missing(job, request, login)
             return job.result
+
+    async def _registry(self, request: LaunchRequest) -> tuple[LaunchRequest, RegistryLogin | None]:
+        """The container registry login of the job, its password read from Key Vault (with the
+        bot's credential) when the job.json gives a reference."""
+        login = registry_login(request)
+        if login is None or login.secret is None:
+            return request, login
+        password = await self._key_vault.get(login.secret, "the registry password")
+        return with_password(request, password), RegistryLogin(
+            login.server, login.username, password
+        )
 
     async def _prepare(self, request: LaunchRequest) -> JobInfo:
         spec, c = request.spec, request.cluster
@@ -103,8 +123,9 @@ class RunCommands:
             raise Conflict(f"no private IP yet for {', '.join(missing)}; try again shortly")
         sku = (await self._preflight.skus_in_region()).get(c.vm_size.lower())
         gpus = sku.gpus if sku else 0
+        rdma = sku.rdma if sku else False
         hosts = [(vm.name, ips[vm.instance_id]) for vm in vms]
-        plan = self._planner.plan(request, hosts, gpus)
+        plan = self._planner.plan(request, hosts, gpus, rdma=rdma)
         notes = [*plan.warnings, *mount_notes]
         layout = share_layout(plan, lambda path: self._planner.on_share(c, path, links), notes)
         result = LaunchResult(layout=layout, notes=tuple(notes))
@@ -126,6 +147,7 @@ class RunCommands:
             "spot": job.spot,
             "hosts": [list(h) for h in hosts],
             "gpus": gpus,
+            "rdma": rdma,
             "deadline": self._now() + plan.max_wall_clock.total_seconds(),
             "result": layout_to_json(result),
         }
@@ -149,7 +171,9 @@ class RunCommands:
             await self._control.share.write_file(loc, source)
         return hashlib.sha256(source).hexdigest()
 
-    async def _launch_missing(self, job: JobInfo, request: LaunchRequest) -> None:
+    async def _launch_missing(
+        self, job: JobInfo, request: LaunchRequest, login: RegistryLogin | None
+    ) -> None:
         """Create the run command of every node that has not started (the script skips a node
         whose runner already began, and systemd refuses a second unit of the same name). The
         scripts are made from the job's spec and the sealed launch record, nothing else."""
@@ -160,7 +184,9 @@ class RunCommands:
             raise NotFound(f"job {job.job_id} has no launch record")
         record = self._control.unseal(raw, f"the launch record of job {job.job_id}")
         hosts = [(str(name), str(ip)) for name, ip in record["hosts"]]
-        plan = self._planner.plan(request, hosts, int(record["gpus"]))
+        plan = self._planner.plan(
+            request, hosts, int(record["gpus"]), rdma=bool(record.get("rdma", False))
+        )
         statuses = await asyncio.gather(
             *(self._control.node_files(job.job_id, i) for i in range(len(job.instances)))
         )
@@ -183,6 +209,7 @@ class RunCommands:
                     self._planner.node_spec(request, plan, deadline, i),
                     runner_sha,
                     self._planner.mount_prelude(links),
+                    login,
                 )
                 for i in todo
             )
@@ -196,6 +223,7 @@ class RunCommands:
         spec: RunnerSpec,
         runner_sha: str,
         prelude: Sequence[str],
+        login: RegistryLogin | None,
     ) -> None:
         encoded = base64.b64encode(json.dumps(spec.to_json()).encode()).decode()
         if len(encoded) > MAX_SPEC_BYTES:
@@ -216,14 +244,18 @@ class RunCommands:
             owner=self._planner.job_owner(job.job_id),
             container=plan.container_image is not None,
             prelude=prelude,
+            registry=(login.server, login.username) if login else None,
         )
+        # The spec, secrets included, and the registry password: write-only in ARM, environment
+        # variables of the script on the node, then root-only files removed once read.
+        protected = [{"name": node.SPEC_PARAMETER, "value": encoded}]
+        if login is not None and login.password is not None:
+            protected.append({"name": node.REGISTRY_PARAMETER, "value": login.password})
         body: dict[str, Any] = {
             "location": self._config.location,
             "properties": {
                 "source": {"script": script},
-                # The spec, secrets included: write-only in ARM, an environment variable of
-                # the script on the node, then a root-only file the runner deletes once read.
-                "protectedParameters": [{"name": node.SPEC_PARAMETER, "value": encoded}],
+                "protectedParameters": protected,
                 "asyncExecution": True,
                 "timeoutInSeconds": 600,
             },

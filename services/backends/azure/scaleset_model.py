@@ -41,6 +41,11 @@ DRIVER_IMAGES = frozenset({"ubuntuhpc", "ubuntudsvm"})
 _AMD = re.compile(r"MI\d{3}X", re.IGNORECASE)
 
 
+def ships_drivers(image: str) -> bool:
+    """The image brings the GPU and InfiniBand drivers itself (no driver route is added)."""
+    return _alias(image) in DRIVER_IMAGES
+
+
 def node_image(image: str, sku: SkuInfo | None) -> str:
     """The image a cluster's nodes boot: `image`, except that the driverless UbuntuLTS becomes
     UbuntuHPC on GPU and InfiniBand sizes; AMD GPU sizes need an image given as a URN."""

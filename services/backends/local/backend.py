@@ -38,6 +38,7 @@ from services.backends.noderun.launch import (
     share_from_url,
     share_layout,
 )
+from services.backends.noderun.registry import RegistryLogin, registry_login
 from services.backends.noderun.runner import ProcessSpec, write_atomic
 from services.backends.noderun.specs import (
     DEADLINE,
@@ -46,7 +47,7 @@ from services.backends.noderun.specs import (
     process_spec,
     runner_spec,
 )
-from services.core.errors import BackendError, Conflict, NotFound
+from services.core.errors import BackendError, Conflict, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileLocation, Node, NodeOutput, Usage
@@ -79,6 +80,8 @@ class LocalBackend:
     - exit_code on the share  -> the runner's `exit_code` file (written last, atomically)
     - containerSettings       -> `docker run` when a docker engine answers, else the host
     - node exec (run command) -> `bash -c` here, in the cluster's mount root, time-limited
+    - registry credentials    -> `docker login --password-stdin` into the job's own DOCKER_CONFIG
+                                 (`run/docker`), from a 0600 file removed after
     - node busy / idle        -> a marker `<root>/clusters/<c>/nodes/<slot>/<job_id>` plus a
                                  live runner for that node
 
@@ -228,6 +231,9 @@ class LocalBackend:
                 f"container image {image.image_source_registry.image} requested; no container "
                 "engine on this machine, so the job runs on the host"
             )
+        login = registry_login(request)
+        if login is not None:
+            notes.extend(await self._registry_login(request, login, docker))
         # In a container the image's own python runs the scripts, not the bot's interpreter.
         plan = plan_launch(spec, self._context(request, "python" if docker else self._python))
         notes.extend(plan.warnings)
@@ -265,6 +271,30 @@ class LocalBackend:
         write_atomic(run_dir / "launch.json", json.dumps(launch, indent=1))
         return result, len(request.nodes)
 
+    async def _registry_login(
+        self, request: LaunchRequest, login: RegistryLogin, docker: str | None
+    ) -> list[str]:
+        """Log the job's docker config in to its registry; a note when that cannot be."""
+        where = login.server or "Docker Hub"
+        if docker is None:
+            return [f"registry credentials for {where} need the docker runtime; not used here"]
+        if login.password is None:
+            return []  # from Key Vault: the plan's own warning says it cannot be read here
+        problem = await processes.docker_login(
+            docker,
+            server=login.server,
+            username=login.username,
+            password=login.password,
+            config_dir=self._docker_config(request.job_id),
+        )
+        if problem is not None:
+            raise UserError(f"docker login to {where} as {login.username} failed: {problem}")
+        return []
+
+    def _docker_config(self, job_id: str) -> Path:
+        """The job's own docker config (its registry login), beside its runner files."""
+        return self._data.run_dir(job_id) / "docker"
+
     def _process_spec(
         self,
         proc: ProcessPlan,
@@ -276,11 +306,15 @@ class LocalBackend:
         keep: tuple[str, ...] = HOST_ENV_KEEP
         if docker is not None and plan.container_image is not None:
             settings = request.spec.properties.container_settings
+            login = registry_login(request)
             container = Container(
                 docker=docker,
                 image=plan.container_image,
                 volumes=self._container_volumes(request, plan),
                 shm_size=settings.shm_size if settings else None,
+                config_dir=str(self._docker_config(request.job_id))
+                if login is not None and login.password is not None
+                else None,
             )
             keep = HOST_ENV_KEEP + DOCKER_ENV_KEEP
         return process_spec(

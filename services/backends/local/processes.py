@@ -47,6 +47,34 @@ def docker_socket_reachable() -> bool:
     return True
 
 
+async def docker_login(
+    docker: str, *, server: str | None, username: str, password: str, config_dir: Path
+) -> str | None:
+    """`docker login --password-stdin` into `config_dir` (the job's own DOCKER_CONFIG), fed from
+    a 0600 file removed right after; None on success, else docker's last line of complaint."""
+    config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = config_dir / "registry-password"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+        env = {**host_env(("PATH", "HOME", *DOCKER_ENV_KEEP)), "DOCKER_CONFIG": str(config_dir)}
+        argv = [docker, "login", "--username", username, "--password-stdin"]
+        with secret.open("rb") as stdin:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, *([server] if server else []),
+                stdin=stdin, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env=env, cwd=config_dir,
+            )  # fmt: skip
+            _, err = await proc.communicate()
+    finally:
+        secret.unlink(missing_ok=True)
+    if proc.returncode == 0:
+        return None
+    lines = err.decode(errors="replace").strip().splitlines()
+    return (lines[-1] if lines else f"exit {proc.returncode}")[:300]
+
+
 def pid_alive(pid: int, job_id: str) -> bool:
     """Alive and still our runner: /proc shows the runner's command line naming this job, so a
     recycled pid is not mistaken for it (however the root directory was spelled)."""

@@ -89,8 +89,10 @@ def launch_context(
     job_temp_root: str,
     nodes: Sequence[NodeInfo],
     python: str,
+    extra_env: Mapping[str, str] | None = None,
 ) -> LaunchContext:
-    """The plan's context: the request's names, and the backend's roots, nodes and interpreter."""
+    """The plan's context: the request's names, and the backend's roots, nodes and interpreter;
+    `extra_env` under the job's own variables (the fabric's, say)."""
     return LaunchContext(
         subscription=subscription,
         resource_group=request.resource_group,
@@ -105,6 +107,7 @@ def launch_context(
         nodes=tuple(nodes),
         python=python,
         attempt=request.attempt,
+        extra_env=dict(extra_env or {}),
     )
 
 

@@ -70,6 +70,8 @@ class Container:
     shm_size: str | None = None
     gpus: bool = False  # pass the node's GPUs in when a process has any (AZ_BATCHAI_NUM_GPUS)
     user: tuple[int, int] | None = None  # run as this uid:gid inside (see docker_argv)
+    # The docker CLI's DOCKER_CONFIG: the job's own registry login; not passed into the container.
+    config_dir: str | None = None
 
 
 def process_spec(
@@ -87,7 +89,10 @@ def process_spec(
     job_env = {"PYTHONUNBUFFERED": "1", **proc.env}  # live logs unless the job says otherwise
     wrapper: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
+    cli_env: dict[str, str] = {}
     if container is not None:
+        if container.config_dir is not None:
+            cli_env["DOCKER_CONFIG"] = container.config_dir
         name = f"job-{job_id}-{proc.role}-{proc.rank}"
         gpus = int(proc.env.get("AZ_BATCHAI_NUM_GPUS", "0") or 0) if container.gpus else 0
         wrapper = docker_argv(
@@ -107,7 +112,7 @@ def process_spec(
         rank=proc.rank,
         role=proc.role,
         argv=proc.argv,
-        env={**env, **job_env},
+        env={**env, **job_env, **cli_env},
         stdout=proc.stdout_name,
         stderr=proc.stderr_name,
         cwd=cwd,

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import re
 import shutil
-import ssl
 import tempfile
 import time
 import uuid
@@ -19,7 +18,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import trustme
 from aiohttp import web
 from azure.core.credentials import AccessToken
 
@@ -37,6 +35,7 @@ from tests.fakes.arm.catalog import (
     vcpus,
 )
 from tests.fakes.arm.clock import iso, now
+from tests.fakes.arm.images import FakeImages
 from tests.fakes.arm.node import (
     SHIM_DIR,
     Script,
@@ -72,6 +71,7 @@ from tests.fakes.arm.resources import (
     request_ids,
     status,
 )
+from tests.fakes.tls import serve_tls
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
 _VMSS = _RG + r"/providers/Microsoft\.Compute/virtualMachineScaleSets"
@@ -197,6 +197,8 @@ class FakeArm:
             "any",
             self._op_result,
         )
+        self.images = FakeImages(self.location)  # marketplace images and their terms
+        self.images.register(self._route)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,22 +207,9 @@ class FakeArm:
             shim.chmod(0o755)
         self.node_root.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-arm-"))
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(ctx)
-        ca_file = self._tmp / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        self.ca_path = str(ca_file)
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port, self.ca_path = await serve_tls(
+            self._dispatch, self._tmp, "127.0.0.1", "localhost", client_max_size=8 * 1024 * 1024
+        )
         self.base_url = f"https://127.0.0.1:{self.port}"
         return self
 
