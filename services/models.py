@@ -54,6 +54,7 @@ class Node:
     ip: str
     port: int
     state: str  # idle | running | preparing | unusable | leaving
+    detail: str = ""  # why it is unusable (its health check's reason) or what it waits for
 
 
 @dataclass(frozen=True)

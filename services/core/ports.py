@@ -76,6 +76,15 @@ class RunStatus:
     ended_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class NodeProblem:
+    """A node that failed its health check: no job is ever placed on it."""
+
+    cluster: str
+    node: str  # its name (the VM's computer name; the local slot's id)
+    reason: str
+
+
 class ComputeBackend(Protocol):
     """Clusters and jobs. Every method is idempotent by name / job id."""
 
@@ -92,6 +101,16 @@ class ComputeBackend(Protocol):
     async def delete_cluster(self, cluster: Cluster) -> None: ...
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]: ...
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        """Node index -> why no job may be placed there now: it failed its health check, is
+        unusable or leaving, or has not proved itself yet. From reads the poll cycle shares."""
+        ...
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        """Every node of every cluster that failed its health check (for the one announcement
+        per node); one cheap read for all clusters."""
+        ...
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult: ...
 

@@ -155,6 +155,12 @@ class JobRunner:
             demand = max(busy_span, len(in_use) + sum(j.node_count for j in queued))
             cluster = await self._clusters.scale_for_demand(cluster, demand)
         free = sorted(set(range(cluster.target_nodes)) - in_use)
+        if not queued or queued[0].node_count > len(free):
+            return  # nothing to place: the backend is not asked about its nodes
+        # Only nodes that passed their health check take a job (never an unusable one, nor one
+        # whose check has not reported yet).
+        unusable = await self._backend.unusable_nodes(cluster)
+        free = [n for n in free if n not in unusable]
         for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
             if job.node_count > len(free):
                 return

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from services.backends.azure.control import ControlRecords, JobInfo
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner, node_dirs
 from services.backends.azure.preflight import Preflight
-from services.backends.azure.scalesets import ScaleSets
+from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.sizes import wire_text
 from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import check_node_count, layout_to_json, share_layout
@@ -57,7 +57,9 @@ class RunCommands:
         preflight: Preflight,
         planner: JobPlanner,
         wall_time: Callable[[], float],
+        node_states: Callable[[str, Snapshot], Awaitable[list[tuple[str, str]]]],
     ) -> None:
+        self._node_states = node_states
         self._config = config
         self._compute = compute
         self._control = control
@@ -87,10 +89,14 @@ class RunCommands:
         if any(i < 0 or i >= len(snap.vms) for i in request.nodes):
             raise Conflict(f"nodes {list(request.nodes)} are not all on {c.name}")
         vms = [snap.vms[i] for i in request.nodes]
-        broken = [f"{vm.name} ({vm.detail})" for vm in vms if vm.state in ("unusable", "leaving")]
+        # A job is never started on a node that failed its health check (nor on one whose
+        # check has not reported yet: it waits, as for a node still booting).
+        states = await self._node_states(c.name, snap)
+        picked = [(vm, *states[i]) for vm, i in zip(vms, request.nodes, strict=True)]
+        broken = [f"{vm.name} ({why})" for vm, st, why in picked if st in ("unusable", "leaving")]
         if broken:
             raise Conflict(f"cannot start on {', '.join(broken)}")
-        waiting = [vm.name for vm in vms if vm.state == "preparing"]
+        waiting = [vm.name for vm, st, _ in picked if st == "preparing"]
         if waiting:
             raise TransientError(f"{', '.join(waiting)} still preparing; the job starts when ready")
         ips = await self._scalesets.private_ips(c.name)

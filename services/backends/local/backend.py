@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,7 +47,7 @@ from services.backends.noderun.specs import (
     runner_spec,
 )
 from services.core.errors import BackendError, Conflict, NotFound
-from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.core.ports import LaunchRequest, LaunchResult, NodeProblem, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
 from services.models import Cluster, FileLocation, Node, Usage
 
@@ -79,6 +80,8 @@ class LocalBackend:
     - containerSettings       -> `docker run` when a docker engine answers, else the host
     - node busy / idle        -> a marker `<root>/clusters/<c>/nodes/<slot>/<job_id>` plus a
                                  live runner for that node
+    - node setup health check -> `noderun.health` run once per slot against this machine's
+                                 `nvidia-smi` (GPU sizes) and mounts: `nodes/<slot>/health`
 
     Nothing is held in memory: a restarted bot (or a second instance) reads the same files.
     """
@@ -94,10 +97,12 @@ class LocalBackend:
         grace_seconds: float = 10.0,
         heartbeat_seconds: float = 5.0,
         containers: bool = True,
+        gpus_of: Callable[[str], int] = lambda size: 0,
+        gpu_check: str = "auto",
     ) -> None:
         self._data = DataDir(root)
         self._root = self._data.root
-        self._clusters = ClusterDirs(self._data)
+        self._clusters = ClusterDirs(self._data, gpus_of=gpus_of, gpu_check=gpu_check)
         self._python = python
         self._subscription = subscription
         self._grace = grace_seconds
@@ -127,6 +132,12 @@ class LocalBackend:
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         return await self._clusters.list_nodes(cluster)
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        return await self._clusters.unusable(cluster)
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        return [NodeProblem(c, n, r) for c, n, r in self._clusters.failed()]
 
     # ---------------------------------------------------------------- jobs: start
 
