@@ -24,6 +24,7 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.clusters.health import NodeHealthService
 from services.clusters.idle import IdleService
 from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
@@ -76,6 +77,7 @@ class Bot:
     metrics: BotMetrics
     schedules: ScheduleService
     guard: AccessGuard
+    node_health: NodeHealthService
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
     http: aiohttp.ClientSession | None = None  # Slack's Web API and response_url answers
     probe_url: str | None = None  # where /readyz and /metrics answer, once serving
@@ -236,17 +238,22 @@ def build(
     signer = LinkSigner(link_secret(settings), settings.files_base_url(port))
     share: LocalShare | AzureShare
     backend: LocalBackend | AzureBackend
+    prices = PriceBook(price_table(settings))
     if settings.batchai_backend == "azure":
         backend, share, credential = azure_parts(settings, credential)
     else:
         credential = None
         share = LocalShare(data, signer)
-        backend = LocalBackend(data, python=settings.job_interpreter)
+        backend = LocalBackend(
+            data,
+            python=settings.job_interpreter,
+            gpus_of=prices.gpus_of,
+            gpu_check=settings.local_gpu_check,
+        )
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)
     configs = ConfigLoader(settings.manifest_dir)
-    prices = PriceBook(price_table(settings))
     policy = approval_policy(settings)
     spend = SpendService(
         store=store, prices=prices, clock=clock, default_budgets=dict(policy.budgets)
@@ -394,6 +401,7 @@ def build(
         metrics=metrics,
         schedules=schedules,
         guard=guard,
+        node_health=NodeHealthService(store=store, backend=compute),
         credential=credential,
         http=http,
     )

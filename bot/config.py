@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Where things live
     batchai_backend: Literal["local", "azure"] = "local"
     batchai_data_dir: Path = Path(".batchai")
+    # Local GPU sizes: auto checks them against the nvidia-smi on PATH when there is one (a
+    # machine without one runs them on its CPU); require also fails them without; off: never.
+    local_gpu_check: Literal["auto", "require", "off"] = "auto"
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
     secrets_key: SecretStr | None = None  # seals secrets in the store; default: <data dir> file
     secrets_key_previous: SecretStr | None = None  # the key being rotated out

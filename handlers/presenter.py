@@ -23,6 +23,7 @@ from services.core.events import (
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
+    NodeUnusable,
     ScheduleFailed,
     ScheduleFired,
     ScheduleMissed,
@@ -124,6 +125,10 @@ class Presenter:
             return None
         if isinstance(event, ScheduleFailed | ScheduleMissed):
             await self._schedule_notice(event, delivery.keys)
+            return None
+        if isinstance(event, NodeUnusable):
+            channel = event.channel or self._default_channel
+            await self._transport.post(channel, views.node_unusable(event), keys=delivery.keys)
             return None
         if isinstance(event, ClusterChanged) or job is None:
             return None  # cluster changes are answered by the command that caused them

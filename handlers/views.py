@@ -15,7 +15,7 @@ from handlers.outputs import Output, query_rows
 from handlers.rest import cluster_resource, file_resource, job_resource, usage_resource
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
-from services.core.events import IdleWarning, IdleWarningClosed
+from services.core.events import IdleWarning, IdleWarningClosed, NodeUnusable
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
@@ -682,6 +682,10 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
     ]
     if mounts:
         lines.append(md("mounts: {}", mounts))
+    for problem in c.unusable[:10]:
+        lines.append(md(":warning: node {} is unusable: {}", problem.node, problem.reason))
+    if len(c.unusable) > 10:
+        lines.append(md("… and {} more unusable nodes", len(c.unusable) - 10))
     if c.autoscale or view.idle_after is not None:
         lines.append(trusted(_idle_line(view)))
     if c.error:
@@ -757,9 +761,25 @@ def node_table(nodes: Sequence[Node], *, output: Output | str) -> Message:
             out,
             [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes],
         )
+    if any(n.detail for n in nodes):  # why a node is unusable (or what it waits for)
+        rows = [[n.id, n.ip, n.port, n.state, n.detail] for n in nodes]
+        return _table_message(table(["ID", "IP", "Port", "State", "Detail"], rows))
     return _table_message(
         table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes]),
     )
+
+
+def node_unusable(event: NodeUnusable) -> Message:
+    """A node failed its health check: said once, in the cluster's channel."""
+    text = md(
+        ":warning: node {} of cluster *{}* ({}) is unusable: {}",
+        event.node,
+        event.cluster or "",
+        event.vm_size,
+        event.reason,
+    )
+    note = "no job is placed on it; resize the cluster to replace it, or check its image"
+    return Message(text, [section(text), context(note)])
 
 
 # -- generic ---------------------------------------------------------------------------------

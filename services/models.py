@@ -58,6 +58,15 @@ class Node:
 
 
 @dataclass(frozen=True)
+class NodeProblem:
+    """A node that failed its health check: no job is ever placed on it."""
+
+    cluster: str
+    node: str  # its name (the VM's computer name; the local slot's id)
+    reason: str
+
+
+@dataclass(frozen=True)
 class IdleNotice:
     """An idle warning as announced: its buttons carry `id`; unanswered, it scales at `deadline`."""
 
@@ -100,6 +109,8 @@ class Cluster:
     error: str | None = None
     idle_timeout_s: int | None = None  # None: the bot's default; 0: never scale down when idle
     idle: IdleState = field(default_factory=IdleState)
+    # Nodes that failed their health check, each announced once (services/clusters/health.py).
+    unusable: tuple[NodeProblem, ...] = ()
 
 
 @dataclass(frozen=True)

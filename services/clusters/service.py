@@ -370,8 +370,11 @@ class ClusterService:
         )
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
-        idle = max(0, cluster.target_nodes - len(preparing) - len(running))
-        counts = NodeCounts(idle=idle, running=len(running), preparing=len(preparing))
+        unusable = min(len(cluster.unusable), cluster.target_nodes)
+        idle = max(0, cluster.target_nodes - len(preparing) - len(running) - unusable)
+        counts = NodeCounts(
+            idle=idle, running=len(running), preparing=len(preparing), unusable=unusable
+        )
         queued = sum(1 for j in jobs if j.state is JobState.QUEUED)
         idle_after = self.idle_timeout_of(cluster) if _can_shrink(cluster) else None
         return ClusterView(cluster, counts, queued, idle_after)

@@ -209,3 +209,17 @@ def idle_warning(cluster: Cluster, **closed: Any) -> IdleWarning:
 
 
 EVENT_TYPES.update({cls.kind: cls for cls in (IdleWarning, IdleWarningClosed)})
+
+
+@dataclass(frozen=True)
+class NodeUnusable(Event):
+    """A node failed its health check: told once in the cluster's channel (clusters/health.py)."""
+
+    kind: ClassVar[str] = "node_unusable"
+    channel: str | None = None  # the cluster's conversation; None: the bot's default channel
+    node: str = ""
+    reason: str = ""
+    vm_size: str = ""
+
+
+EVENT_TYPES.update({NodeUnusable.kind: NodeUnusable})

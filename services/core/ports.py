@@ -26,6 +26,7 @@ from services.models import (
     LedgerEntry,
     MetricPoint,
     Node,
+    NodeProblem,
     Progress,
     Schedule,
     ScheduleRun,
@@ -74,15 +75,6 @@ class RunStatus:
     detail: str | None = None  # why it ended, when not a plain exit (wall clock, terminated, lost)
     started_at: datetime | None = None
     ended_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class NodeProblem:
-    """A node that failed its health check: no job is ever placed on it."""
-
-    cluster: str
-    node: str  # its name (the VM's computer name; the local slot's id)
-    reason: str
 
 
 class ComputeBackend(Protocol):
@@ -273,6 +265,10 @@ class ClusterRepository(Protocol):
         ...
 
     async def set_idle(self, name: str, idle: IdleState) -> None: ...
+
+    async def set_unusable(self, name: str, nodes: Sequence[NodeProblem]) -> None:
+        """The nodes known to have failed their health check (update never writes them)."""
+        ...
 
     async def delete(self, name: str) -> None: ...
 

@@ -62,6 +62,7 @@ clusters = Table(
     Column("idle_warned_at", UtcDateTime()),
     Column("idle_keep_until", UtcDateTime()),
     Column("idle_warning", JSON),  # the pending warning: id, deadline, sizes, saving
+    Column("unusable_nodes", JSON),  # [[node, reason], ...] failed health checks, announced
 )
 
 jobs = Table(
@@ -96,6 +97,7 @@ jobs = Table(
     Column("node_rate", DecimalText),
     Column("wall_clock_warned_at", UtcDateTime()),
     Column("estimate", DecimalText),
+    Column("gpu", JSON),  # GPU use while it runs: services/jobs/gpu.py GpuUse.to_json()
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(

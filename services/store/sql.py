@@ -20,6 +20,7 @@ from services.models import (
     JobLayout,
     LedgerEntry,
     MetricPoint,
+    NodeProblem,
     Progress,
     Schedule,
 )
@@ -91,6 +92,14 @@ class SqlStore:
     ) -> None:
         async with self.unit() as uow:
             await uow.clusters.set_idle(name, idle)
+            uow.emit(*new_events)
+            await uow.commit()
+
+    async def update_unusable(
+        self, name: str, nodes: Sequence[NodeProblem], new_events: Sequence[Event] = ()
+    ) -> None:
+        async with self.unit() as uow:
+            await uow.clusters.set_unusable(name, nodes)
             uow.emit(*new_events)
             await uow.commit()
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from services.backends.local import LocalBackend, LocalShare
 from services.core.errors import NotFound
-from services.core.ports import LaunchRequest, LaunchResult, NodeProblem, RunStatus
-from services.models import Cluster, FileEntry, FileLocation, Node
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.models import Cluster, FileEntry, FileLocation, Node, NodeProblem
 
 
 class _Faults:

@@ -27,6 +27,7 @@ from services.models import (
     JobLayout,
     LedgerEntry,
     MetricPoint,
+    NodeProblem,
     Progress,
     Schedule,
     ScheduleRun,
@@ -250,16 +251,24 @@ class _Clusters:
         if stored is None:
             return
         if transition is None:
-            self._s.clusters[cluster.name] = replace(cluster, state=stored.state, idle=stored.idle)
+            self._s.clusters[cluster.name] = replace(
+                cluster, state=stored.state, idle=stored.idle, unusable=stored.unusable
+            )
             return
         check_moved(cluster.state, transition.new, transition)
         if stored.state is not transition.old:
             raise Conflict(f"cluster {cluster.name} is no longer {transition.old.value}")
-        self._s.clusters[cluster.name] = replace(cluster, idle=stored.idle)
+        self._s.clusters[cluster.name] = replace(
+            cluster, idle=stored.idle, unusable=stored.unusable
+        )
 
     async def set_idle(self, name: str, idle: IdleState) -> None:
         if name in self._s.clusters:
             self._s.clusters[name] = replace(self._s.clusters[name], idle=idle)
+
+    async def set_unusable(self, name: str, nodes: Sequence[NodeProblem]) -> None:
+        if name in self._s.clusters:
+            self._s.clusters[name] = replace(self._s.clusters[name], unusable=tuple(nodes))
 
     async def delete(self, name: str) -> None:
         self._s.clusters.pop(name, None)

@@ -53,8 +53,8 @@ from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.status import JobStatus
 from services.core.errors import NotFound
-from services.core.ports import LaunchRequest, LaunchResult, NodeProblem, RunStatus
-from services.models import Cluster, Node, Usage
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
+from services.models import Cluster, Node, NodeProblem, Usage
 
 
 class AzureBackend:

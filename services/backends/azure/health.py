@@ -19,8 +19,7 @@ from services.backends.azure.node import NODES_DIR
 from services.backends.azure.scalesets import VmState
 from services.backends.noderun.health import Health, parse
 from services.core.errors import NotFound
-from services.core.ports import NodeProblem
-from services.models import FileLocation
+from services.models import FileLocation, NodeProblem
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,7 @@ class NodeHealthRecords:
         self._max_age = max_age
         self._seen: dict[str, _Seen] = {}  # file name -> what it said
         self._listed = -math.inf
+        self._looked: dict[str, float] = {}  # `<cluster>.<host>` -> when last looked for
 
     def _dir(self) -> FileLocation:
         return self._control.loc(NODES_DIR)
@@ -85,9 +85,12 @@ class NodeHealthRecords:
         """Host name (lower case) -> result for `cluster`'s nodes; listed again when one of
         `want` has none yet (at most once per `max_age`)."""
         results = self._of(cluster)
-        stale = self._monotonic() - self._listed >= self._max_age
-        if stale and any(w.lower() not in results for w in want):
+        now = self._monotonic()
+        missing = [f"{cluster}.{w.lower()}" for w in want if w.lower() not in results]
+        # A node still without a result is looked for again once per `max_age`, not per call.
+        if any(now - self._looked.get(m, -math.inf) >= self._max_age for m in missing):
             await self._refresh()
+            self._looked.update(dict.fromkeys(missing, now))
             results = self._of(cluster)
         return results
 

@@ -193,7 +193,7 @@ def health_lines(*, cluster: str, gpus: int, mounts: Sequence[str], control: str
             mounts=mounts,
             out=[
                 f"{ROOT}{HEALTH_RESULT}",
-                f"{shlex.quote(host + '/' + cluster)}.\"$batchai_host\"",
+                f'{shlex.quote(host + "/" + cluster)}."$batchai_host"',
             ],
         ),
     ]
@@ -236,7 +236,7 @@ def launch_script(
         # this holds even if it did).
         f"if [ -f {ROOT}{HEALTH_RESULT} ] && ! grep -qx 'status=ok' {ROOT}{HEALTH_RESULT}; then",
         f"  echo \"batchai: this node failed its health check: $(sed -n 's/^reason=//p' "
-        f"{ROOT}{HEALTH_RESULT})\" >&2",
+        f'{ROOT}{HEALTH_RESULT})" >&2',
         "  exit 4",
         "fi",
         *((*DOCKER_INSTALL, *GPU_CONTAINER_SETUP) if container else ()),

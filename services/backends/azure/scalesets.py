@@ -260,7 +260,9 @@ class ScaleSets:
             raise NotFound(f"cluster {cluster.name} does not exist")
         ips = await self.private_ips(cluster.name) if snap.vms else {}
         nodes = []
-        for index, (vm, (state, detail)) in enumerate(zip(snap.vms, await states(snap), strict=True)):
+        for index, (vm, (state, detail)) in enumerate(
+            zip(snap.vms, await states(snap), strict=True)
+        ):
             if state == "ready":
                 state = "running" if vm.instance_id in busy else "idle"
             nodes.append(

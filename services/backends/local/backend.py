@@ -47,9 +47,9 @@ from services.backends.noderun.specs import (
     runner_spec,
 )
 from services.core.errors import BackendError, Conflict, NotFound
-from services.core.ports import LaunchRequest, LaunchResult, NodeProblem, RunStatus
+from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileLocation, Node, Usage
+from services.models import Cluster, FileLocation, Node, NodeProblem, Usage
 
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0

@@ -127,7 +127,9 @@ class ClusterDirs:
         await proc.wait()
 
     def slot_health(self, name: str, slot: int) -> health.Health | None:
-        return health.parse(read(self._data.cluster_dir(name) / "nodes" / str(slot) / health.HEALTH_FILE))
+        return health.parse(
+            read(self._data.cluster_dir(name) / "nodes" / str(slot) / health.HEALTH_FILE)
+        )
 
     async def unusable(self, cluster: Cluster) -> dict[int, str]:
         """Slot -> why no job may be placed there (its health check failed)."""

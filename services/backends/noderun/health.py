@@ -48,7 +48,9 @@ def check_lines(*, gpus: int, mounts: Sequence[str], out: Sequence[str]) -> tupl
     ]
     for path in mounts:
         said = q(f"share mount {path} does not answer")
-        body.append(f"  if ! timeout {t} ls -A -- {q(path.rstrip('/') + '/')} >/dev/null 2>&1; then")
+        body.append(
+            f"  if ! timeout {t} ls -A -- {q(path.rstrip('/') + '/')} >/dev/null 2>&1; then"
+        )
         body.append(f"    echo {said}; return")
         body.append("  fi")
     body += [
