@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
-from services.core.errors import Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
@@ -31,6 +32,8 @@ from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
 from services.spend.pricing import Estimate, Price
 from services.store import SqlStore
+
+log = logging.getLogger(__name__)
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -192,7 +195,16 @@ class ClusterService:
         return [await self._view(c) for c in await self._store.list_clusters()]
 
     async def get_cluster(self, name: str, *, resource_group: str | None = None) -> ClusterView:
-        return await self._view(await self._get(name, resource_group))
+        """With the nodes that failed their health check as the backend knows them now (the
+        stored list is the sweep's, which may lag by its interval)."""
+        cluster = await self._get(name, resource_group)
+        try:
+            failed = [p for p in await self._backend.failed_nodes() if p.cluster == cluster.name]
+        except BatchAIError as err:
+            log.info("cluster %s: node health unavailable: %s", name, err)
+        else:
+            cluster = replace(cluster, unusable=tuple(failed))
+        return await self._view(cluster)
 
     async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, resource_group))
