@@ -30,6 +30,7 @@ from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
 from services.core.errors import NotFound
 from services.core.ports import Clock
+from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
@@ -78,6 +79,7 @@ class Bot:
     schedules: ScheduleService
     guard: AccessGuard
     node_health: NodeHealthService
+    gpu_idle: GpuIdleService
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
     http: aiohttp.ClientSession | None = None  # Slack's Web API and response_url answers
     probe_url: str | None = None  # where /readyz and /metrics answer, once serving
@@ -310,6 +312,7 @@ def build(
         readers=readers,
         reserved_shares=compute.reserved_shares,
     )
+    gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
     runner = JobRunner(
         store=store,
         backend=compute,
@@ -318,6 +321,7 @@ def build(
         clock=clock,
         spend=spend,
         approvals=approvals,
+        gpu_idle=gpu_idle,
         concurrency=settings.poll_concurrency,
     )
     presenter = Presenter(
@@ -348,7 +352,7 @@ def build(
             schedules=schedules,
         )
     )
-    actions = ActionHandler(jobs, clock.now, guard, approvals, idle)
+    actions = ActionHandler(jobs, clock.now, guard, approvals, idle, gpu_idle=gpu_idle)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -402,6 +406,7 @@ def build(
         schedules=schedules,
         guard=guard,
         node_health=NodeHealthService(store=store, backend=compute),
+        gpu_idle=gpu_idle,
         credential=credential,
         http=http,
     )

@@ -16,6 +16,8 @@ from services.core.events import (
     ApprovalRequested,
     ClusterChanged,
     Event,
+    GpuIdleWarning,
+    GpuIdleWarningClosed,
     IdleWarning,
     IdleWarningClosed,
     JobFinished,
@@ -180,6 +182,13 @@ class Presenter:
                 await self._transport.update(sent.channel, sent.ts, request)
             if approval.kind == "extend" and approval.state != "pending":
                 await self._reply(conv, views.decision_note(approval), keys)
+        elif isinstance(event, GpuIdleWarningClosed):
+            sent = await self._transport.lookup(_gpu_key(event))
+            if sent is not None:
+                await self._transport.update(sent.channel, sent.ts, views.gpu_idle_warning(event))
+        elif isinstance(event, GpuIdleWarning):
+            message = views.gpu_idle_warning(event)
+            await self._reply(conv, message, [*keys, _gpu_key(event)])
         elif isinstance(event, WallClockWarning):
             deadline = datetime.fromisoformat(event.deadline)
             warning = views.wall_clock_warning(job, deadline, extend_hours=self._extend_hours)
@@ -275,6 +284,10 @@ def _seen(edit: asyncio.Future[None]) -> None:
     """An edit nobody took (its thread post failed): its outcome is not an unhandled error."""
     if not edit.cancelled():
         edit.exception()
+
+
+def _gpu_key(event: GpuIdleWarning) -> str:
+    return f"gpu-idle-{event.job_id}-{event.warning_id}"
 
 
 def _approval_key(approval_id: str) -> str:

@@ -15,7 +15,14 @@ from handlers.outputs import Output, query_rows
 from handlers.rest import cluster_resource, file_resource, job_resource, usage_resource
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
-from services.core.events import IdleWarning, IdleWarningClosed, NodeUnusable
+from services.core.events import (
+    GpuIdleWarning,
+    GpuIdleWarningClosed,
+    IdleWarning,
+    IdleWarningClosed,
+    NodeUnusable,
+)
+from services.jobs.gpu_idle import GpuClick
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
@@ -24,6 +31,7 @@ from services.models import (
     ClusterView,
     DownloadLink,
     FileListing,
+    GpuUse,
     Job,
     Node,
     Schedule,
@@ -337,6 +345,8 @@ def status_card(job: Job, *, now: datetime) -> Message:
     cost = cost_so_far(job, now)
     if cost is not None:
         facts.append(f"cost so far {format_usd(cost)}")
+    if job.gpu is not None and job.gpu.use is not None and not job.state.finished:
+        facts.append(gpu_use(job.gpu.use, nodes=job.node_count))
     requested = md(" · requested by {}", user(job.requester))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts) + requested)]
     if job.progress is not None:
@@ -472,6 +482,9 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
     if job.ended_at is not None and (cost := cost_so_far(job, job.ended_at)) is not None:
         estimated = f" (estimate {format_usd(job.estimate)})" if job.estimate is not None else ""
         facts.append(f"cost {format_usd(cost)}{estimated}")
+    use = job.gpu.use if job.gpu is not None else None
+    if use is not None and use.run_avg is not None:
+        facts.append(f"GPU use avg {use.run_avg:.0f} %")
     if job.error and job.state is not JobState.SUCCEEDED:
         facts.append(md("reason: {}", job.error))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts))]
@@ -1238,6 +1251,54 @@ def audit_table(entries: Sequence[AuditEntry], *, output: Output | str) -> Messa
 ACTION_IDLE_KEEP = "idle_keep"
 ACTION_IDLE_SCALE = "idle_scale_down"
 IDLE_ACTIONS = (ACTION_IDLE_KEEP, ACTION_IDLE_SCALE)  # only people who may resize may click
+
+
+def gpu_use(use: GpuUse, *, nodes: int) -> str:
+    """`GPU 87 % · 14.2/16 GiB` (memory per GPU); across nodes `GPU min 12 % / avg 50 % · …`."""
+    memory = f"{_gib(use.used_mib)}/{_gib(use.total_mib)} GiB"
+    if nodes > 1:
+        return f"GPU min {use.util_min:.0f} % / avg {use.util_avg:.0f} % · {memory}"
+    return f"GPU {use.util_avg:.0f} % · {memory}"
+
+
+def _gib(mib: float) -> str:
+    return f"{mib / 1024:.1f}".removesuffix(".0")
+
+
+ACTION_GPU_KEEP = "gpu_idle_keep"
+ACTION_GPU_STOP = "gpu_idle_stop"
+GPU_IDLE_ACTIONS = (ACTION_GPU_KEEP, ACTION_GPU_STOP)
+
+
+def gpu_idle_warning(event: GpuIdleWarning) -> Message:
+    """`4 × A100 idle for 15 min, $14.69/h` with Keep / Stop; once answered, who did what."""
+    what = f"{event.gpus} × {event.gpu_model}" if event.gpu_model else f"{event.gpus} GPU(s)"
+    cost = f", {format_usd(Decimal(event.per_hour))}/h" if event.per_hour else ""
+    text = md(":zzz: {} idle for {} min{}", what, event.minutes, cost)
+    blocks = [section(text)]
+    if not isinstance(event, GpuIdleWarningClosed):
+        value = f"{event.job_id}:{event.warning_id}"
+        blocks.append(context(f"every GPU of this job stayed under {event.threshold} % since"))
+        blocks.append(
+            actions(
+                button("Keep", ACTION_GPU_KEEP, value, style="primary"),
+                button("Stop", ACTION_GPU_STOP, value, style="danger"),
+            )
+        )
+        return Message(text, blocks)
+    if event.outcome == "kept":
+        outcome = md(":raised_hand: kept running by {}", user(event.by or ""))
+    else:
+        outcome = md(":octagonal_sign: stopped by {}", user(event.by or ""))
+    blocks.append(context(outcome))
+    return Message(md("{} — {}", text, _plain(outcome)), blocks)
+
+
+def gpu_click(outcome: GpuClick) -> Message:
+    """What a Keep / Stop click on an idle-GPU warning did, about its job."""
+    if outcome.job is None or not outcome.applied:
+        return info(outcome.detail)
+    return info(md("*{}* {}", outcome.job, outcome.detail))
 
 
 def idle_click(outcome: ClickOutcome) -> Message:

@@ -181,6 +181,33 @@ class JobLayout:
 
 
 @dataclass(frozen=True)
+class GpuUse:
+    """A running job's GPUs as nvidia-smi last said (services/backends/noderun/gpu.py): a node's
+    utilisation is the mean of its GPUs; min and mean are across nodes; memory is per GPU."""
+
+    util_min: float
+    util_avg: float
+    util_max: float  # the busiest single GPU: under the idle threshold means every one is idle
+    used_mib: float  # mean per GPU
+    total_mib: float
+    gpus: int  # GPUs that answered, all nodes together
+    run_avg: float | None  # mean utilisation over the run so far
+    at: float  # epoch seconds of the newest sample
+
+
+@dataclass(frozen=True)
+class GpuWatch:
+    """What the bot keeps of a job's GPU use: the last reading and the idle-GPU warning
+    (services/jobs/gpu_idle.py decides, the store keeps it)."""
+
+    use: GpuUse | None = None
+    idle_since: datetime | None = None  # every GPU under the threshold since then
+    warning_id: str | None = None  # the one warning, once given (never a second)
+    warned_at: datetime | None = None
+    closed: str | None = None  # kept | stopped: the warning was answered
+
+
+@dataclass(frozen=True)
 class Job:
     id: str  # uuid hex, also Batch AI's job uuid in the output path
     name: str
@@ -209,6 +236,7 @@ class Job:
     node_rate: Decimal | None = None  # USD per node-hour of its cluster's VM size at submit time
     estimate: Decimal | None = None  # USD: nodes × rate × max wall clock, as shown at submit
     wall_clock_warned_at: datetime | None = None
+    gpu: GpuWatch | None = None
 
     @property
     def duration(self) -> timedelta | None:

@@ -2,6 +2,7 @@
 
 from services.access.audit import AuditLog
 from services.access.guard import AccessGuard, Caller
+from services.access.owners import check_owner, may_act_on
 from services.access.policy import FOREIGN_TEAM, AccessPolicy, Decision, Origin
 from services.access.reads import ChannelMembers, JobReaders
 
@@ -15,4 +16,6 @@ __all__ = [
     "Decision",
     "JobReaders",
     "Origin",
+    "check_owner",
+    "may_act_on",
 ]

@@ -20,6 +20,7 @@ from services.models import (
     DownloadLink,
     FileEntry,
     FileLocation,
+    GpuUse,
     IdleState,
     Job,
     JobLayout,
@@ -75,6 +76,7 @@ class RunStatus:
     detail: str | None = None  # why it ended, when not a plain exit (wall clock, terminated, lost)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    gpu: GpuUse | None = None  # while it runs: its nodes' last GPU samples together
 
 
 class ComputeBackend(Protocol):
@@ -208,6 +210,18 @@ class JobRepository(Protocol):
         self, job_id: str, extra: timedelta, *, expect: timedelta | None = None
     ) -> bool:
         """A running job's limit grows by `extra`; with `expect`, only while it is that."""
+        ...
+
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None: ...
+
+    async def give_gpu_warning(self, job_id: str, warning_id: str, at: datetime) -> bool:
+        """The one idle-GPU warning: False when the job had one already."""
+        ...
+
+    async def close_gpu_warning(self, job_id: str, warning_id: str, outcome: str) -> bool:
+        """Only while that warning is still open (False: answered already, or another)."""
         ...
 
     async def delete(self, job_id: str) -> None:

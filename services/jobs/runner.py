@@ -29,6 +29,7 @@ from services.models import Cluster, FileLocation, Job
 from services.store import SqlStore
 
 if TYPE_CHECKING:
+    from services.jobs.gpu_idle import GpuIdleService
     from services.spend.approvals.service import ApprovalService
     from services.spend.ledger import SpendService
 
@@ -77,6 +78,7 @@ class JobRunner:
         clock: Clock,
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
+        gpu_idle: GpuIdleService | None = None,
         concurrency: int = CONCURRENCY,
         tail_timeout: float = TAIL_TIMEOUT,
         tail_idle_max: float = TAIL_IDLE_MAX,
@@ -84,6 +86,7 @@ class JobRunner:
         self._store = store
         self._spend = spend
         self._approvals = approvals
+        self._gpu_idle = gpu_idle
         self._deadlines: dict[str, datetime] = {}
         self._backend = backend
         self._share = share
@@ -275,6 +278,8 @@ class JobRunner:
                 ):
                     job = step.job
             await self._sync_deadline(job)
+            if self._gpu_idle is not None and job.state is JobState.RUNNING:
+                await self._gpu_idle.observe(job, status.gpu)
             return
         if status.phase == "lost":
             await self._finish(job, JobState.FAILED, None, status.detail or "node runner lost")

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
+from services.access.owners import check_owner
 from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare, Store, UnitOfWork
@@ -437,8 +438,7 @@ class JobService:
 
 
 def _check_owner(job: Job, actor: Actor, verb: str) -> None:
-    if actor.user != job.requester and not actor.is_admin:
-        raise NotOwner(job.requester, f"{verb} job {job.name}")
+    check_owner(job, actor, verb)  # one rule, in services/access
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

@@ -97,7 +97,10 @@ jobs = Table(
     Column("node_rate", DecimalText),
     Column("wall_clock_warned_at", UtcDateTime()),
     Column("estimate", DecimalText),
-    Column("gpu", JSON),  # GPU use while it runs: services/jobs/gpu.py GpuUse.to_json()
+    Column("gpu", JSON),  # the last GPU reading and since when every GPU idles
+    Column("gpu_warning_id", String(32)),  # the one idle-GPU warning, once given
+    Column("gpu_warned_at", UtcDateTime()),
+    Column("gpu_warning_closed", String(16)),  # kept | stopped: how it was answered
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(

@@ -1,6 +1,7 @@
 """Node health on Azure, against the fake ARM's nodes with a fake NVIDIA driver: the setup
 extension's check leaves its result on the node and the control share; a node that fails is
-unusable with the reason, no job is placed or started on it, and reading health costs no ARM call."""
+unusable with the reason, no job is placed or started on it, and reading health costs no ARM
+call."""
 
 from __future__ import annotations
 

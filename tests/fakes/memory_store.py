@@ -22,6 +22,8 @@ from services.models import (
     AuditEntry,
     Cluster,
     Conversation,
+    GpuUse,
+    GpuWatch,
     IdleState,
     Job,
     JobLayout,
@@ -155,6 +157,26 @@ class _Jobs:
 
     async def set_wall_clock_warned(self, job_id: str, at: datetime | None) -> None:
         self._set(job_id, wall_clock_warned_at=at)
+
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        self._set(job_id, gpu=replace(old, use=use, idle_since=idle_since))
+
+    async def give_gpu_warning(self, job_id: str, warning_id: str, at: datetime) -> bool:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        if old.warning_id is not None:
+            return False
+        self._set(job_id, gpu=replace(old, warning_id=warning_id, warned_at=at))
+        return True
+
+    async def close_gpu_warning(self, job_id: str, warning_id: str, outcome: str) -> bool:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        if old.warning_id != warning_id or old.closed is not None:
+            return False
+        self._set(job_id, gpu=replace(old, closed=outcome))
+        return True
 
     async def extend_wall_clock(
         self, job_id: str, extra: timedelta, *, expect: timedelta | None = None

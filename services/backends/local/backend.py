@@ -26,6 +26,8 @@ from services.backends.local.processes import (
     signal_runners,
     spawn_missing,
 )
+from services.backends.noderun import gpu
+from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import (
     NodeRun,
     check_node_count,
@@ -99,7 +101,9 @@ class LocalBackend:
         containers: bool = True,
         gpus_of: Callable[[str], int] = lambda size: 0,
         gpu_check: str = "auto",
+        gpu_sample_seconds: float = 30.0,
     ) -> None:
+        self._gpu_seconds = gpu_sample_seconds
         self._data = DataDir(root)
         self._root = self._data.root
         self._clusters = ClusterDirs(self._data, gpus_of=gpus_of, gpu_check=gpu_check)
@@ -327,6 +331,7 @@ class LocalBackend:
                 deadline=deadline,
                 grace_seconds=self._grace,
                 heartbeat_seconds=self._heartbeat,
+                gpu_seconds=self._gpu_seconds,
             )
             # The spec holds the job's secrets: readable by the bot's user only.
             write_atomic(run_dir / f"node-{i}.json", json.dumps(spec.to_json()), mode=0o600)
@@ -371,8 +376,18 @@ class LocalBackend:
                 phase="lost", detail="node runner disappeared", started_at=from_epoch(started)
             )
         preparing = any(r.phase in (None, "prep") for r in live)
+        if preparing:
+            return RunStatus(phase="preparing", started_at=from_epoch(started))
+        run_dir = self._data.run_dir(job_id)
+        samples = [
+            gpu.parse(read(run_dir / f"node-{r.index}" / noderunner.GPU))
+            for r in runs
+            if r.exit_code is None
+        ]
         return RunStatus(
-            phase="preparing" if preparing else "running", started_at=from_epoch(started)
+            phase="running",
+            started_at=from_epoch(started),
+            gpu=gpu.combine([s for s in samples if s is not None]),
         )
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:

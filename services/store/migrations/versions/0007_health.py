@@ -17,10 +17,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("unusable_nodes", sa.JSON))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("gpu", sa.JSON))
+        batch.add_column(sa.Column("gpu_warning_id", sa.String(32)))
+        batch.add_column(sa.Column("gpu_warned_at", sa.DateTime(timezone=True)))
+        batch.add_column(sa.Column("gpu_warning_closed", sa.String(16)))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("gpu")
+        for column in ("gpu_warning_closed", "gpu_warned_at", "gpu_warning_id", "gpu"):
+            batch.drop_column(column)
     with op.batch_alter_table("clusters") as batch:
         batch.drop_column("unusable_nodes")
