@@ -163,6 +163,7 @@ def azure_config(settings: Settings) -> AzureConfig:
         ssh_public_key=ssh_key.get_secret_value() if ssh_key else None,
         admin_user=settings.azure_admin_user,
         admin_password=password.get_secret_value() if password else None,
+        gpu_sample_seconds=settings.gpu_sample_seconds,
     )
 
 
@@ -251,6 +252,7 @@ def build(
             python=settings.job_interpreter,
             gpus_of=prices.gpus_of,
             gpu_check=settings.local_gpu_check,
+            gpu_sample_seconds=settings.gpu_sample_seconds,
         )
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)

@@ -1296,6 +1296,8 @@ def gpu_idle_warning(event: GpuIdleWarning) -> Message:
 
 def gpu_click(outcome: GpuClick) -> Message:
     """What a Keep / Stop click on an idle-GPU warning did, about its job."""
+    if outcome.refused is not None:
+        return info(refusal(outcome.refused))
     if outcome.job is None or not outcome.applied:
         return info(outcome.detail)
     return info(md("*{}* {}", outcome.job, outcome.detail))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.access.owners import check_owner
-from services.core.errors import NotAllowed, UserError
+from services.core.errors import BatchAIError, NotAllowed, UserError
 from services.core.events import GpuIdleWarning, GpuIdleWarningClosed
 from services.core.ports import Clock
 from services.jobs.service import JobService
@@ -37,6 +37,7 @@ class GpuClick:
     applied: bool
     detail: str
     job: str | None = None
+    refused: BatchAIError | None = None  # why not (NotOwner: the handler names the owner)
 
 
 class GpuIdleService:
@@ -108,13 +109,13 @@ class GpuIdleService:
                 check_owner(job, actor, "keep" if outcome == "kept" else "stop")
             except NotAllowed as err:
                 await self._audit(actor, action, job, "denied", str(err))
-                return GpuClick(False, str(err), job.name)
+                return GpuClick(False, str(err), job.name, refused=err)
             if outcome == "stopped":
                 try:
                     job, _ = await self._jobs.terminate_job(actor=actor, job_id=job.id)
-                except UserError as err:
+                except BatchAIError as err:
                     await self._audit(actor, action, job, "failed", str(err))
-                    return GpuClick(False, str(err), job.name)
+                    return GpuClick(False, str(err), job.name, refused=err)
             closing = GpuIdleWarningClosed(
                 job_id=job.id,
                 cluster=job.cluster,

@@ -26,9 +26,7 @@ def parse(text: str | bytes | None) -> NodeGpu | None:
         return None
     try:
         raw = json.loads(text)
-        gpus = tuple(
-            (float(u), float(m), float(t)) for u, m, t in raw["gpus"] if float(t) >= 0
-        )
+        gpus = tuple((float(u), float(m), float(t)) for u, m, t in raw["gpus"] if float(t) >= 0)
         node = NodeGpu(float(raw["at"]), gpus, int(raw["samples"]), float(raw["util_sum"]))
     except (ValueError, TypeError, KeyError):
         return None
