@@ -12,8 +12,8 @@ from handlers import views
 from handlers.commands import Reply
 from services.access import AccessGuard, Caller
 from services.clusters.idle import IdleService
-from services.jobs.gpu_idle import GpuIdleService
 from services.core.errors import BatchAIError
+from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.service import JobService
 from services.jobs.tailer import split_lines
 from services.models import Actor

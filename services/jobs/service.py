@@ -10,9 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from services.access.reads import JobReaders
 from services.access.owners import check_owner
-from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
+from services.access.reads import JobReaders
+from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare, Store, UnitOfWork
 from services.core.suggest import did_you_mean
