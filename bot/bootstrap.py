@@ -24,11 +24,13 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.clusters.health import NodeHealthService
 from services.clusters.idle import IdleService
 from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
 from services.core.errors import NotFound
 from services.core.ports import Clock
+from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
@@ -77,6 +79,8 @@ class Bot:
     metrics: BotMetrics
     schedules: ScheduleService
     guard: AccessGuard
+    node_health: NodeHealthService
+    gpu_idle: GpuIdleService
     credential: AsyncTokenCredential | None = None  # azure: one for every client, closed last
     http: aiohttp.ClientSession | None = None  # Slack's Web API and response_url answers
     probe_url: str | None = None  # where /readyz and /metrics answer, once serving
@@ -160,6 +164,7 @@ def azure_config(settings: Settings) -> AzureConfig:
         ssh_public_key=ssh_key.get_secret_value() if ssh_key else None,
         admin_user=settings.azure_admin_user,
         admin_password=password.get_secret_value() if password else None,
+        gpu_sample_seconds=settings.gpu_sample_seconds,
     )
 
 
@@ -237,17 +242,23 @@ def build(
     signer = LinkSigner(link_secret(settings), settings.files_base_url(port))
     share: LocalShare | AzureShare
     backend: LocalBackend | AzureBackend
+    prices = PriceBook(price_table(settings))
     if settings.batchai_backend == "azure":
         backend, share, credential = azure_parts(settings, credential)
     else:
         credential = None
         share = LocalShare(data, signer)
-        backend = LocalBackend(data, python=settings.job_interpreter)
+        backend = LocalBackend(
+            data,
+            python=settings.job_interpreter,
+            gpus_of=prices.gpus_of,
+            gpu_check=settings.local_gpu_check,
+            gpu_sample_seconds=settings.gpu_sample_seconds,
+        )
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)
     configs = ConfigLoader(settings.manifest_dir)
-    prices = PriceBook(price_table(settings))
     policy = approval_policy(settings)
     spend = SpendService(
         store=store, prices=prices, clock=clock, default_budgets=dict(policy.budgets)
@@ -313,6 +324,7 @@ def build(
         readers=readers,
         reserved_shares=compute.reserved_shares,
     )
+    gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
     runner = JobRunner(
         store=store,
         backend=compute,
@@ -321,6 +333,7 @@ def build(
         clock=clock,
         spend=spend,
         approvals=approvals,
+        gpu_idle=gpu_idle,
         concurrency=settings.poll_concurrency,
     )
     presenter = Presenter(
@@ -352,7 +365,7 @@ def build(
             workspaces=WorkspaceService(store=store, clock=clock, homes=homes),
         )
     )
-    actions = ActionHandler(jobs, clock.now, guard, approvals, idle)
+    actions = ActionHandler(jobs, clock.now, guard, approvals, idle, gpu_idle=gpu_idle)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -405,6 +418,8 @@ def build(
         metrics=metrics,
         schedules=schedules,
         guard=guard,
+        node_health=NodeHealthService(store=store, backend=compute),
+        gpu_idle=gpu_idle,
         credential=credential,
         http=http,
     )

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # Where things live
     batchai_backend: Literal["local", "azure"] = "local"
     batchai_data_dir: Path = Path(".batchai")
+    # Local GPU sizes: auto checks them against the nvidia-smi on PATH when there is one (a
+    # machine without one runs them on its CPU); require also fails them without; off: never.
+    local_gpu_check: Literal["auto", "require", "off"] = "auto"
+    # How often each node runner samples nvidia-smi while a job runs (0: never)
+    gpu_sample_seconds: float = Field(30.0, ge=0, le=3600)
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data dir>/batchai.db
     secrets_key: SecretStr | None = None  # seals secrets in the store; default: <data dir> file
     secrets_key_previous: SecretStr | None = None  # the key being rotated out

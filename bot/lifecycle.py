@@ -19,6 +19,7 @@ from bot.leader import Leadership
 from bot.outbox import SlackOutbox
 from bot.web import CachedCheck, HealthCheck, create_probe_app, create_web_app
 from handlers.presenter import Transport
+from services.clusters.health import CHECK_SECONDS as HEALTH_CHECK_SECONDS
 from services.clusters.idle import CHECK_SECONDS as IDLE_CHECK_SECONDS
 from services.core.errors import BatchAIError
 from services.core.ports import Clock
@@ -169,6 +170,7 @@ async def running(
                 "deliver", settings.poll_seconds / 2, fenced(bot.relay.start_delivery)
             )
             bot.scheduler.every("idle", IDLE_CHECK_SECONDS, fenced(bot.idle.check))
+            bot.scheduler.every("health", HEALTH_CHECK_SECONDS, fenced(bot.node_health.check))
             bot.scheduler.every("schedules", SCHEDULE_SWEEP_SECONDS, fenced(bot.schedules.run_due))
             bot.scheduler.start(paused=True)  # the leader resumes it
             stack.push_async_callback(bot.scheduler.aclose)

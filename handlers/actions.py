@@ -1,5 +1,5 @@
 """Button handlers: Logs, Terminate, Refresh, Approve, Deny, Extend, Stop now, Keep 1 h, Scale
-down now.
+down now, and Keep / Stop on an idle-GPU warning.
 
 Parse the payload, call one service, render; the same for Slack and the console."""
 
@@ -13,6 +13,7 @@ from handlers.commands import Reply
 from services.access import AccessGuard, Caller
 from services.clusters.idle import IdleService
 from services.core.errors import BatchAIError
+from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.service import JobService
 from services.jobs.tailer import split_lines
 from services.models import Actor
@@ -29,7 +30,10 @@ class ActionHandler:
         guard: AccessGuard,
         approvals: ApprovalService | None = None,
         idle: IdleService | None = None,
+        *,
+        gpu_idle: GpuIdleService | None = None,
     ) -> None:
+        self._gpu_idle = gpu_idle
         self._guard = guard
         self._jobs = jobs
         self._now = now
@@ -53,6 +57,8 @@ class ActionHandler:
                 return await self._spend_action(action_id, value, actor, reason)
             if action_id in views.IDLE_ACTIONS:
                 return await self._idle_action(action_id, value, actor)
+            if action_id in views.GPU_IDLE_ACTIONS:
+                return await self._gpu_action(action_id, value, actor)
             if action_id == views.ACTION_STOP:
                 action_id = views.ACTION_TERMINATE
             if action_id == views.ACTION_LOGS:
@@ -92,6 +98,14 @@ class ActionHandler:
         click = self._idle.keep if action_id == views.ACTION_IDLE_KEEP else self._idle.scale_now
         outcome = await click(value, actor=actor)
         return Reply(views.idle_click(outcome), failed=not outcome.applied)
+
+    async def _gpu_action(self, action_id: str, value: str, actor: Actor) -> Reply:
+        if self._gpu_idle is None:
+            return Reply(views.error("GPU watching is not running"), failed=True)
+        keep = action_id == views.ACTION_GPU_KEEP
+        click = self._gpu_idle.keep if keep else self._gpu_idle.stop
+        outcome = await click(value, actor=actor)
+        return Reply(views.gpu_click(outcome), failed=not outcome.applied, public=outcome.applied)
 
     async def _logs(self, job_id: str, actor: Actor) -> Reply:
         """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),

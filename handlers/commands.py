@@ -446,7 +446,6 @@ class CommandHandler:
             return Reply(views.info(f"experiment *{c.name}* does not exist (nothing to do)"))
         return Reply(views.info(f"experiment *{c.name}* deleted"), public=True)
 
-
     async def _job_node_exec(self, c: JobNodeExec, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.get_job(c.job, actor=actor)
         out = await self._s.clusters.exec_on_job_node(

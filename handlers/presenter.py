@@ -16,6 +16,8 @@ from services.core.events import (
     ApprovalRequested,
     ClusterChanged,
     Event,
+    GpuIdleWarning,
+    GpuIdleWarningClosed,
     IdleWarning,
     IdleWarningClosed,
     JobFinished,
@@ -24,6 +26,7 @@ from services.core.events import (
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
+    NodeUnusable,
     ScheduleFailed,
     ScheduleFired,
     ScheduleMissed,
@@ -126,6 +129,10 @@ class Presenter:
         if isinstance(event, ScheduleFailed | ScheduleMissed):
             await self._schedule_notice(event, delivery.keys)
             return None
+        if isinstance(event, NodeUnusable):
+            channel = event.channel or self._default_channel
+            await self._transport.post(channel, views.node_unusable(event), keys=delivery.keys)
+            return None
         if isinstance(event, ClusterChanged) or job is None:
             return None  # cluster changes are answered by the command that caused them
         conv = job.conversation or Conversation(self._default_channel, None, job.requester)
@@ -178,6 +185,13 @@ class Presenter:
                 await self._transport.update(sent.channel, sent.ts, request)
             if approval.kind == "extend" and approval.state != "pending":
                 await self._reply(conv, views.decision_note(approval), keys)
+        elif isinstance(event, GpuIdleWarningClosed):
+            sent = await self._transport.lookup(_gpu_key(event))
+            if sent is not None:
+                await self._transport.update(sent.channel, sent.ts, views.gpu_idle_warning(event))
+        elif isinstance(event, GpuIdleWarning):
+            message = views.gpu_idle_warning(event)
+            await self._reply(conv, message, [*keys, _gpu_key(event)])
         elif isinstance(event, WallClockWarning):
             deadline = datetime.fromisoformat(event.deadline)
             warning = views.wall_clock_warning(job, deadline, extend_hours=self._extend_hours)
@@ -280,6 +294,10 @@ def _seen(edit: asyncio.Future[None]) -> None:
     """An edit nobody took (its thread post failed): its outcome is not an unhandled error."""
     if not edit.cancelled():
         edit.exception()
+
+
+def _gpu_key(event: GpuIdleWarning) -> str:
+    return f"gpu-idle-{event.job_id}-{event.warning_id}"
 
 
 def _approval_key(approval_id: str) -> str:

@@ -22,8 +22,16 @@ from handlers.rest import (
 )
 from services.clusters.idle import ClickOutcome
 from services.core.errors import BatchAIError, NotOwner
-from services.core.events import IdleWarning, IdleWarningClosed, JobRequeued
+from services.core.events import (
+    GpuIdleWarning,
+    GpuIdleWarningClosed,
+    IdleWarning,
+    IdleWarningClosed,
+    JobRequeued,
+    NodeUnusable,
+)
 from services.core.spans import say_span
+from services.jobs.gpu_idle import GpuClick
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
@@ -33,6 +41,7 @@ from services.models import (
     DownloadLink,
     ExperimentView,
     FileListing,
+    GpuUse,
     Job,
     Node,
     NodeOutput,
@@ -351,6 +360,8 @@ def status_card(job: Job, *, now: datetime) -> Message:
         facts.append(f"cost so far {format_usd(cost)}")
     if job.attempts:
         facts.append(attempt_label(job))
+    if job.gpu is not None and job.gpu.use is not None and not job.state.finished:
+        facts.append(gpu_use(job.gpu.use, nodes=job.node_count))
     requested = md(" · requested by {}", user(job.requester))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts) + requested)]
     if job.progress is not None:
@@ -488,6 +499,9 @@ def receipt(job: Job, links: Sequence[DownloadLink]) -> Message:
         estimated = f" (estimate {format_usd(job.estimate)})" if job.estimate is not None else ""
         over = f" over {job.attempt} attempts" if job.attempts else ""
         facts.append(f"cost {format_usd(cost)}{over}{estimated}")
+    use = job.gpu.use if job.gpu is not None else None
+    if use is not None and use.run_avg is not None:
+        facts.append(f"GPU use avg {use.run_avg:.0f} %")
     if job.error and job.state is not JobState.SUCCEEDED:
         facts.append(md("reason: {}", job.error))
     blocks = [section(head), context(Mrkdwn(" · ").join(facts))]
@@ -740,6 +754,10 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
     ]
     if mounts:
         lines.append(md("mounts: {}", mounts))
+    for problem in c.unusable[:10]:
+        lines.append(md(":warning: node {} is unusable: {}", problem.node, problem.reason))
+    if len(c.unusable) > 10:
+        lines.append(md("… and {} more unusable nodes", len(c.unusable) - 10))
     if c.autoscale or view.idle_after is not None:
         lines.append(trusted(_idle_line(view)))
     if c.error:
@@ -815,6 +833,9 @@ def node_table(nodes: Sequence[Node], *, output: Output | str) -> Message:
             out,
             [{"nodeId": n.id, "ipAddress": n.ip, "port": n.port, "state": n.state} for n in nodes],
         )
+    if any(n.detail for n in nodes):  # why a node is unusable (or what it waits for)
+        rows = [[n.id, n.ip, n.port, n.state, n.detail] for n in nodes]
+        return _table_message(table(["ID", "IP", "Port", "State", "Detail"], rows))
     return _table_message(
         table(["ID", "IP", "Port", "State"], [[n.id, n.ip, n.port, n.state] for n in nodes]),
     )
@@ -935,7 +956,6 @@ def experiment_created(view: ExperimentView, created: bool) -> Message:
     return info(md("experiment *{}* {} workspace {}", e.name, Mrkdwn(verb), e.workspace))
 
 
-
 def node_output(out: NodeOutput, command: str, *, output: Output | str) -> Message:
     """What `node exec` answered: the exit code, and the end of the output in a code block
     (escaped: a node's output is outside text), saying when and why it was cut."""
@@ -969,6 +989,19 @@ def node_output(out: NodeOutput, command: str, *, output: Output | str) -> Messa
         blocks.append(context(Mrkdwn("; ".join(notes))))
     fallback = md("{}: exit code {}", out.node_id, out.exit_code)
     return Message("stopped at its time limit" if out.timed_out else fallback, blocks)
+
+
+def node_unusable(event: NodeUnusable) -> Message:
+    """A node failed its health check: said once, in the cluster's channel."""
+    text = md(
+        ":warning: node {} of cluster *{}* ({}) is unusable: {}",
+        event.node,
+        event.cluster or "",
+        event.vm_size,
+        event.reason,
+    )
+    note = "no job is placed on it; resize the cluster to replace it, or check its image"
+    return Message(text, [section(text), context(note)])
 
 
 # -- generic ---------------------------------------------------------------------------------
@@ -1429,6 +1462,56 @@ def audit_table(entries: Sequence[AuditEntry], *, output: Output | str) -> Messa
 ACTION_IDLE_KEEP = "idle_keep"
 ACTION_IDLE_SCALE = "idle_scale_down"
 IDLE_ACTIONS = (ACTION_IDLE_KEEP, ACTION_IDLE_SCALE)  # only people who may resize may click
+
+
+def gpu_use(use: GpuUse, *, nodes: int) -> str:
+    """`GPU 87 % · 14.2/16 GiB` (memory per GPU); across nodes `GPU min 12 % / avg 50 % · …`."""
+    memory = f"{_gib(use.used_mib)}/{_gib(use.total_mib)} GiB"
+    if nodes > 1:
+        return f"GPU min {use.util_min:.0f} % / avg {use.util_avg:.0f} % · {memory}"
+    return f"GPU {use.util_avg:.0f} % · {memory}"
+
+
+def _gib(mib: float) -> str:
+    return f"{mib / 1024:.1f}".removesuffix(".0")
+
+
+ACTION_GPU_KEEP = "gpu_idle_keep"
+ACTION_GPU_STOP = "gpu_idle_stop"
+GPU_IDLE_ACTIONS = (ACTION_GPU_KEEP, ACTION_GPU_STOP)
+
+
+def gpu_idle_warning(event: GpuIdleWarning) -> Message:
+    """`4 × A100 idle for 15 min, $14.69/h` with Keep / Stop; once answered, who did what."""
+    what = f"{event.gpus} × {event.gpu_model}" if event.gpu_model else f"{event.gpus} GPU(s)"
+    cost = f", {format_usd(Decimal(event.per_hour))}/h" if event.per_hour else ""
+    text = md(":zzz: {} idle for {} min{}", what, event.minutes, cost)
+    blocks = [section(text)]
+    if not isinstance(event, GpuIdleWarningClosed):
+        value = f"{event.job_id}:{event.warning_id}"
+        blocks.append(context(f"every GPU of this job stayed under {event.threshold} % since"))
+        blocks.append(
+            actions(
+                button("Keep", ACTION_GPU_KEEP, value, style="primary"),
+                button("Stop", ACTION_GPU_STOP, value, style="danger"),
+            )
+        )
+        return Message(text, blocks)
+    if event.outcome == "kept":
+        outcome = md(":raised_hand: kept running by {}", user(event.by or ""))
+    else:
+        outcome = md(":octagonal_sign: stopped by {}", user(event.by or ""))
+    blocks.append(context(outcome))
+    return Message(md("{} — {}", text, _plain(outcome)), blocks)
+
+
+def gpu_click(outcome: GpuClick) -> Message:
+    """What a Keep / Stop click on an idle-GPU warning did, about its job."""
+    if outcome.refused is not None:
+        return info(refusal(outcome.refused))
+    if outcome.job is None or not outcome.applied:
+        return info(outcome.detail)
+    return info(md("*{}* {}", outcome.job, outcome.detail))
 
 
 def idle_click(outcome: ClickOutcome) -> Message:

@@ -65,6 +65,16 @@ class Node:
     ip: str
     port: int
     state: str  # idle | running | preparing | unusable | leaving
+    detail: str = ""  # why it is unusable (its health check's reason) or what it waits for
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """A node that failed its health check: no job is ever placed on it."""
+
+    cluster: str
+    node: str  # its name (the VM's computer name; the local slot's id)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ class Cluster:
     error: str | None = None
     idle_timeout_s: int | None = None  # None: the bot's default; 0: never scale down when idle
     idle: IdleState = field(default_factory=IdleState)
+    # Nodes that failed their health check, each announced once (services/clusters/health.py).
+    unusable: tuple[NodeProblem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,6 +225,33 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class GpuUse:
+    """A running job's GPUs as nvidia-smi last said (services/backends/noderun/gpu.py): a node's
+    utilisation is the mean of its GPUs; min and mean are across nodes; memory is per GPU."""
+
+    util_min: float
+    util_avg: float
+    util_max: float  # the busiest single GPU: under the idle threshold means every one is idle
+    used_mib: float  # mean per GPU
+    total_mib: float
+    gpus: int  # GPUs that answered, all nodes together
+    run_avg: float | None  # mean utilisation over the run so far
+    at: float  # epoch seconds of the newest sample
+
+
+@dataclass(frozen=True)
+class GpuWatch:
+    """What the bot keeps of a job's GPU use: the last reading and the idle-GPU warning
+    (services/jobs/gpu_idle.py decides, the store keeps it)."""
+
+    use: GpuUse | None = None
+    idle_since: datetime | None = None  # every GPU under the threshold since then
+    warning_id: str | None = None  # the one warning, once given (never a second)
+    warned_at: datetime | None = None
+    closed: str | None = None  # kept | stopped: the warning was answered
+
+
+@dataclass(frozen=True)
 class Job:
     id: str  # uuid hex, also Batch AI's job uuid in the output path
     name: str
@@ -265,6 +304,8 @@ class Job:
         """USD the earlier attempts cost (None when none of them had a price)."""
         known = [a.usd for a in self.attempts if a.usd is not None]
         return sum(known, Decimal(0)) if known else None
+
+    gpu: GpuWatch | None = None
 
     @property
     def duration(self) -> timedelta | None:

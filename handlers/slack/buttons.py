@@ -42,6 +42,7 @@ def register(app: AsyncApp, h: SlackHandlers) -> None:
         views.ACTION_EXTEND,
         views.ACTION_STOP,
         *views.IDLE_ACTIONS,
+        *views.GPU_IDLE_ACTIONS,
     ):
         app.action(action_id)(on_button)
 

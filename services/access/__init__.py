@@ -2,7 +2,7 @@
 
 from services.access.audit import AuditLog
 from services.access.guard import AccessGuard, Caller
-from services.access.owners import check_job_owner, check_node_exec
+from services.access.owners import check_job_owner, check_node_exec, check_owner, may_act_on
 from services.access.policy import FOREIGN_TEAM, AccessPolicy, Decision, Origin
 from services.access.reads import ChannelMembers, JobReaders
 
@@ -18,4 +18,6 @@ __all__ = [
     "Origin",
     "check_job_owner",
     "check_node_exec",
+    "check_owner",
+    "may_act_on",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -9,7 +10,7 @@ from datetime import timedelta
 from services.access.owners import check_job_owner, check_node_exec
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
-from services.core.errors import Conflict, NotAllowed, NotFound, UserError
+from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.ports import Clock, ComputeBackend
 from services.core.suggest import did_you_mean
@@ -34,6 +35,8 @@ from services.spend.ledger import PriceBook
 from services.spend.pricing import Estimate, Price
 from services.store import SqlStore
 from services.workspaces.service import Homes, claim_workspace
+
+log = logging.getLogger(__name__)
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
@@ -244,7 +247,16 @@ class ClusterService:
         ]
 
     async def get_cluster(self, name: str, *, resource_group: str | None = None) -> ClusterView:
-        return await self._view(await self._get(name, resource_group))
+        """With the nodes that failed their health check as the backend knows them now (the
+        stored list is the sweep's, which may lag by its interval)."""
+        cluster = await self._get(name, resource_group)
+        try:
+            failed = [p for p in await self._backend.failed_nodes() if p.cluster == cluster.name]
+        except BatchAIError as err:
+            log.info("cluster %s: node health unavailable: %s", name, err)
+        else:
+            cluster = replace(cluster, unusable=tuple(failed))
+        return await self._view(cluster)
 
     async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, resource_group))
@@ -476,8 +488,11 @@ class ClusterService:
         )
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
-        idle = max(0, cluster.target_nodes - len(preparing) - len(running))
-        counts = NodeCounts(idle=idle, running=len(running), preparing=len(preparing))
+        unusable = min(len(cluster.unusable), cluster.target_nodes)
+        idle = max(0, cluster.target_nodes - len(preparing) - len(running) - unusable)
+        counts = NodeCounts(
+            idle=idle, running=len(running), preparing=len(preparing), unusable=unusable
+        )
         queued = sum(1 for j in jobs if j.state is JobState.QUEUED)
         idle_after = self.idle_timeout_of(cluster) if _can_shrink(cluster) else None
         return ClusterView(cluster, counts, queued, idle_after)

@@ -231,3 +231,43 @@ def idle_warning(cluster: Cluster, **closed: Any) -> IdleWarning:
 
 
 EVENT_TYPES.update({cls.kind: cls for cls in (IdleWarning, IdleWarningClosed)})
+
+
+@dataclass(frozen=True)
+class NodeUnusable(Event):
+    """A node failed its health check: told once in the cluster's channel (clusters/health.py)."""
+
+    kind: ClassVar[str] = "node_unusable"
+    channel: str | None = None  # the cluster's conversation; None: the bot's default channel
+    node: str = ""
+    reason: str = ""
+    vm_size: str = ""
+
+
+EVENT_TYPES.update({NodeUnusable.kind: NodeUnusable})
+
+
+@dataclass(frozen=True)
+class GpuIdleWarning(Event):
+    """A running job kept its GPUs idle too long (services/jobs/gpu_idle.py): told once in its
+    thread with Keep / Stop."""
+
+    kind: ClassVar[str] = "gpu_idle_warning"
+    warning_id: str = ""
+    gpus: int = 0
+    gpu_model: str | None = None  # "A100"
+    per_hour: str | None = None  # USD the job's nodes cost per hour, a decimal as text
+    minutes: int = 15
+    threshold: int = 5  # % utilisation
+
+
+@dataclass(frozen=True)
+class GpuIdleWarningClosed(GpuIdleWarning):
+    """The warning's answer: kept (silenced for this job) or stopped (terminated)."""
+
+    kind: ClassVar[str] = "gpu_idle_warning_closed"
+    outcome: str = ""  # kept | stopped
+    by: str | None = None
+
+
+EVENT_TYPES.update({cls.kind: cls for cls in (GpuIdleWarning, GpuIdleWarningClosed)})

@@ -21,6 +21,7 @@ from services.models import (
     Experiment,
     FileEntry,
     FileLocation,
+    GpuUse,
     IdleState,
     Job,
     JobLayout,
@@ -28,6 +29,7 @@ from services.models import (
     MetricPoint,
     Node,
     NodeOutput,
+    NodeProblem,
     Progress,
     Schedule,
     ScheduleRun,
@@ -90,6 +92,7 @@ class RunStatus:
     # died or stopped beating): another attempt on other nodes may succeed. A deleted cluster
     # or a job the backend forgot is lost for good.
     retryable: bool = False
+    gpu: GpuUse | None = None  # while it runs: its nodes' last GPU samples together
 
 
 class ComputeBackend(Protocol):
@@ -108,6 +111,16 @@ class ComputeBackend(Protocol):
     async def delete_cluster(self, cluster: Cluster) -> None: ...
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]: ...
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        """Node index -> why no job may be placed there now: it failed its health check, is
+        unusable or leaving, or has not proved itself yet. From reads the poll cycle shares."""
+        ...
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        """Every node of every cluster that failed its health check (for the one announcement
+        per node); one cheap read for all clusters."""
+        ...
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult: ...
 
@@ -224,6 +237,18 @@ class JobRepository(Protocol):
         """A running job's limit grows by `extra`; with `expect`, only while it is that."""
         ...
 
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None: ...
+
+    async def give_gpu_warning(self, job_id: str, warning_id: str, at: datetime) -> bool:
+        """The one idle-GPU warning: False when the job had one already."""
+        ...
+
+    async def close_gpu_warning(self, job_id: str, warning_id: str, outcome: str) -> bool:
+        """Only while that warning is still open (False: answered already, or another)."""
+        ...
+
     async def delete(self, job_id: str) -> None:
         """Frees the name; the job's events and metrics stay."""
         ...
@@ -283,6 +308,10 @@ class ClusterRepository(Protocol):
         ...
 
     async def set_idle(self, name: str, idle: IdleState) -> None: ...
+
+    async def set_unusable(self, name: str, nodes: Sequence[NodeProblem]) -> None:
+        """The nodes known to have failed their health check (update never writes them)."""
+        ...
 
     async def delete(self, name: str) -> None: ...
 

@@ -39,6 +39,7 @@ from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
 
 if TYPE_CHECKING:
+    from services.jobs.gpu_idle import GpuIdleService
     from services.spend.approvals.service import ApprovalService
     from services.spend.ledger import SpendService
 
@@ -87,6 +88,7 @@ class JobRunner:
         clock: Clock,
         spend: SpendService | None = None,
         approvals: ApprovalService | None = None,
+        gpu_idle: GpuIdleService | None = None,
         concurrency: int = CONCURRENCY,
         tail_timeout: float = TAIL_TIMEOUT,
         tail_idle_max: float = TAIL_IDLE_MAX,
@@ -94,6 +96,7 @@ class JobRunner:
         self._store = store
         self._spend = spend
         self._approvals = approvals
+        self._gpu_idle = gpu_idle
         self._deadlines: dict[str, datetime] = {}
         self._backend = backend
         self._share = share
@@ -172,6 +175,12 @@ class JobRunner:
             demand = max(busy_span, len(in_use) + sum(j.node_count for j in queued))
             cluster = await self._clusters.scale_for_demand(cluster, demand)
         free = sorted(set(range(cluster.target_nodes)) - in_use)
+        if not queued or queued[0].node_count > len(free):
+            return  # nothing to place: the backend is not asked about its nodes
+        # Only nodes that passed their health check take a job (never an unusable one, nor one
+        # whose check has not reported yet).
+        unusable = await self._backend.unusable_nodes(cluster)
+        free = [n for n in free if n not in unusable]
         for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
             if job.node_count > len(free):
                 return
@@ -288,6 +297,8 @@ class JobRunner:
                 ):
                     job = step.job
             await self._sync_deadline(job)
+            if self._gpu_idle is not None and job.state is JobState.RUNNING:
+                await self._gpu_idle.observe(job, status.gpu)
             return
         if status.phase == "lost":
             reason = status.detail or "node runner lost"

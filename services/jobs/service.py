@@ -10,7 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from services.access.owners import check_job_owner
+from services.access.owners import check_job_owner, check_owner
 from services.access.reads import JobReaders
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
@@ -506,6 +506,10 @@ def _max_retries(asked: int | None, spec: JobSpec, cluster: Cluster) -> int:
     if not 0 <= chosen <= MAX_RETRIES:
         raise UserError(f"--max-retries must be a whole number from 0 to {MAX_RETRIES}")
     return chosen
+
+
+def _check_owner(job: Job, actor: Actor, verb: str) -> None:
+    check_owner(job, actor, verb)  # one rule, in services/access
 
 
 def _cluster_from_spec(spec: JobSpec) -> str | None:

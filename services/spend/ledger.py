@@ -35,6 +35,13 @@ class PriceBook:
         """Unknown VM sizes raise a UserError naming close matches: never a $0 estimate."""
         return self.table.get_price(cluster.vm_size, spot=cluster.vm_priority == "lowpriority")
 
+    def gpus_of(self, vm_size: str) -> int:
+        """The GPUs one node of `vm_size` has (0 for a size the table does not know)."""
+        try:
+            return self.table.get_price(vm_size).gpus
+        except UserError:
+            return 0
+
 
 @dataclass(frozen=True)
 class SpendRow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.clusters.lifecycle import ClusterState, ClusterTransition
 from services.core.errors import Conflict
-from services.models import Cluster, IdleNotice, IdleState
+from services.models import Cluster, IdleNotice, IdleState, NodeProblem
 from services.store.guard import check_moved
 from services.store.schema import clusters
 
@@ -50,6 +51,12 @@ class SqlClusterRepository:
         """Only the idle bookkeeping (update never writes it: a stale copy of a cluster must
         not bring back a warning that was answered)."""
         stmt = update(clusters).where(clusters.c.name == name).values(_idle_row(idle))
+        await self._conn.execute(stmt)
+
+    async def set_unusable(self, name: str, nodes: Sequence[NodeProblem]) -> None:
+        """Only the failed health checks (update never writes them, as for the idle state)."""
+        value = [[n.node, n.reason] for n in nodes] or None
+        stmt = update(clusters).where(clusters.c.name == name).values(unusable_nodes=value)
         await self._conn.execute(stmt)
 
     async def delete(self, name: str) -> None:
@@ -144,4 +151,8 @@ def _cluster_from(r: Any) -> Cluster:
         error=r["error"],
         idle_timeout_s=r["idle_timeout_s"],
         idle=_idle_from(r),
+        unusable=tuple(
+            NodeProblem(r["name"], str(node), str(reason))
+            for node, reason in r["unusable_nodes"] or ()
+        ),
     )

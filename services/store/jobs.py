@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.core.errors import Conflict
 from services.jobs.lifecycle import JobState, JobTransition
-from services.models import Conversation, Job, JobLayout
+from services.models import Conversation, GpuUse, GpuWatch, Job, JobLayout
 from services.store.guard import check_moved
 from services.store.schema import jobs
 from services.store.sealing import SecretBox
@@ -77,6 +78,37 @@ class SqlJobRepository:
     async def set_wall_clock_warned(self, job_id: str, at: datetime | None) -> None:
         stmt = update(jobs).where(jobs.c.id == job_id).values(wall_clock_warned_at=at)
         await self._conn.execute(stmt)
+
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None:
+        """The last GPU reading (the warning has a writer of its own: a click is never undone
+        by a poll that read the job before it)."""
+        stmt = update(jobs).where(jobs.c.id == job_id).values(gpu=_gpu_row(use, idle_since))
+        await self._conn.execute(stmt)
+
+    async def give_gpu_warning(self, job_id: str, warning_id: str, at: datetime) -> bool:
+        """The one idle-GPU warning of a job: False when it was given already."""
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.gpu_warning_id.is_(None))
+            .values(gpu_warning_id=warning_id, gpu_warned_at=at)
+        )
+        return bool((await self._conn.execute(stmt)).rowcount)
+
+    async def close_gpu_warning(self, job_id: str, warning_id: str, outcome: str) -> bool:
+        """Answer the warning (kept | stopped), only while it is that one and still open: of
+        two clicks, one decides."""
+        stmt = (
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.gpu_warning_id == warning_id,
+                jobs.c.gpu_warning_closed.is_(None),
+            )
+            .values(gpu_warning_closed=outcome)
+        )
+        return bool((await self._conn.execute(stmt)).rowcount)
 
     async def extend_wall_clock(
         self, job_id: str, extra: timedelta, *, expect: timedelta | None = None
@@ -201,4 +233,28 @@ def _job_from(r: Any) -> Job:
         wall_clock_warned_at=r["wall_clock_warned_at"],
         max_retries=r["max_retries"] or 0,
         attempts=tuple(r["attempts"] or ()),
+        gpu=_gpu_from(r),
+    )
+
+
+def _gpu_row(use: GpuUse | None, idle_since: datetime | None) -> dict[str, Any] | None:
+    if use is None and idle_since is None:
+        return None
+    return {
+        "use": None if use is None else asdict(use),
+        "idle_since": None if idle_since is None else idle_since.isoformat(),
+    }
+
+
+def _gpu_from(r: Any) -> GpuWatch | None:
+    raw = r["gpu"] or {}
+    if not raw and r["gpu_warning_id"] is None:
+        return None
+    since = raw.get("idle_since")
+    return GpuWatch(
+        use=GpuUse(**raw["use"]) if raw.get("use") else None,
+        idle_since=datetime.fromisoformat(since) if since else None,
+        warning_id=r["gpu_warning_id"],
+        warned_at=r["gpu_warned_at"],
+        closed=r["gpu_warning_closed"],
     )

@@ -63,6 +63,7 @@ clusters = Table(
     Column("idle_warned_at", UtcDateTime()),
     Column("idle_keep_until", UtcDateTime()),
     Column("idle_warning", JSON),  # the pending warning: id, deadline, sizes, saving
+    Column("unusable_nodes", JSON),  # [[node, reason], ...] failed health checks, announced
 )
 
 # Workspaces and experiments (2018-05-01 on): names are unique within their parent; the
@@ -121,6 +122,10 @@ jobs = Table(
     Column("estimate", DecimalText),
     Column("max_retries", Integer),  # lost-node retries allowed; NULL: none (older rows)
     Column("attempts", AttemptsJson),  # the earlier attempts; NULL: none
+    Column("gpu", JSON),  # the last GPU reading and since when every GPU idles
+    Column("gpu_warning_id", String(32)),  # the one idle-GPU warning, once given
+    Column("gpu_warned_at", UtcDateTime()),
+    Column("gpu_warning_closed", String(16)),  # kept | stopped: how it was answered
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(

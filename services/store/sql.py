@@ -15,11 +15,13 @@ from services.models import (
     AuditEntry,
     Cluster,
     Conversation,
+    GpuUse,
     IdleState,
     Job,
     JobLayout,
     LedgerEntry,
     MetricPoint,
+    NodeProblem,
     Progress,
     Schedule,
 )
@@ -94,6 +96,14 @@ class SqlStore:
             uow.emit(*new_events)
             await uow.commit()
 
+    async def update_unusable(
+        self, name: str, nodes: Sequence[NodeProblem], new_events: Sequence[Event] = ()
+    ) -> None:
+        async with self.unit() as uow:
+            await uow.clusters.set_unusable(name, nodes)
+            uow.emit(*new_events)
+            await uow.commit()
+
     async def get_cluster(self, name: str) -> Cluster | None:
         async with self.unit() as uow:
             return await uow.clusters.get(name)
@@ -149,6 +159,34 @@ class SqlStore:
             await uow.jobs.set_wall_clock_warned(job_id, at)
             uow.emit(*new_events, at=at)
             await uow.commit()
+
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None:
+        async with self.unit() as uow:
+            await uow.jobs.set_gpu_use(job_id, use, idle_since)
+            await uow.commit()
+
+    async def give_gpu_warning(
+        self, job_id: str, warning_id: str, at: datetime, new_events: Sequence[Event] = ()
+    ) -> bool:
+        """Stored with its announcement, or not at all (it was given already)."""
+        async with self.unit() as uow:
+            if not await uow.jobs.give_gpu_warning(job_id, warning_id, at):
+                return False
+            uow.emit(*new_events, at=at)
+            await uow.commit()
+        return True
+
+    async def close_gpu_warning(
+        self, job_id: str, warning_id: str, outcome: str, new_events: Sequence[Event] = ()
+    ) -> bool:
+        async with self.unit() as uow:
+            if not await uow.jobs.close_gpu_warning(job_id, warning_id, outcome):
+                return False
+            uow.emit(*new_events)
+            await uow.commit()
+        return True
 
     async def get_job(self, job_id: str) -> Job | None:
         async with self.unit() as uow:

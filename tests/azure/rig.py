@@ -115,6 +115,9 @@ async def azure_rig(tmp_path: Path) -> AsyncIterator[AzureRig]:
         control = Path(config.control_mount)
         control.parent.mkdir(parents=True, exist_ok=True)
         control.symlink_to(files.create_share(BOT_SHARE), target_is_directory=True)
+        # Azure's GPU sizes come with working GPUs: the fake nodes get a healthy driver (a test
+        # gives another with `arm.give_gpus(mode=...)`, the newest rule wins).
+        arm.give_gpus()
         rig = AzureRig(arm, files, config, FakeCredential(), root)
         rig.mount(JOB_SHARE, MOUNT_PATH)
         shares = Path(config.share_mount_root)  # where nodes mount shares of job mountVolumes

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from services.backends.local import LocalBackend, LocalShare
 from services.core.errors import NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, FileEntry, FileLocation, Node, NodeOutput
+from services.models import Cluster, FileEntry, FileLocation, Node, NodeOutput, NodeProblem
 
 
 class _Faults:
@@ -59,6 +59,14 @@ class FaultyBackend(_Faults):
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         self._enter("list_nodes")
         return await self.inner.list_nodes(cluster)
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        self._enter("unusable_nodes")
+        return await self.inner.unusable_nodes(cluster)
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        self._enter("failed_nodes")
+        return await self.inner.failed_nodes()
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult:
         self._enter("start_job")

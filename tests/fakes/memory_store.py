@@ -23,11 +23,14 @@ from services.models import (
     Cluster,
     Conversation,
     Experiment,
+    GpuUse,
+    GpuWatch,
     IdleState,
     Job,
     JobLayout,
     LedgerEntry,
     MetricPoint,
+    NodeProblem,
     Progress,
     Schedule,
     ScheduleRun,
@@ -165,6 +168,26 @@ class _Jobs:
     async def set_wall_clock_warned(self, job_id: str, at: datetime | None) -> None:
         self._set(job_id, wall_clock_warned_at=at)
 
+    async def set_gpu_use(
+        self, job_id: str, use: GpuUse | None, idle_since: datetime | None
+    ) -> None:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        self._set(job_id, gpu=replace(old, use=use, idle_since=idle_since))
+
+    async def give_gpu_warning(self, job_id: str, warning_id: str, at: datetime) -> bool:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        if old.warning_id is not None:
+            return False
+        self._set(job_id, gpu=replace(old, warning_id=warning_id, warned_at=at))
+        return True
+
+    async def close_gpu_warning(self, job_id: str, warning_id: str, outcome: str) -> bool:
+        old = self._s.jobs[job_id].gpu or GpuWatch()
+        if old.warning_id != warning_id or old.closed is not None:
+            return False
+        self._set(job_id, gpu=replace(old, closed=outcome))
+        return True
+
     async def extend_wall_clock(
         self, job_id: str, extra: timedelta, *, expect: timedelta | None = None
     ) -> bool:
@@ -263,16 +286,24 @@ class _Clusters:
         if stored is None:
             return
         if transition is None:
-            self._s.clusters[cluster.name] = replace(cluster, state=stored.state, idle=stored.idle)
+            self._s.clusters[cluster.name] = replace(
+                cluster, state=stored.state, idle=stored.idle, unusable=stored.unusable
+            )
             return
         check_moved(cluster.state, transition.new, transition)
         if stored.state is not transition.old:
             raise Conflict(f"cluster {cluster.name} is no longer {transition.old.value}")
-        self._s.clusters[cluster.name] = replace(cluster, idle=stored.idle)
+        self._s.clusters[cluster.name] = replace(
+            cluster, idle=stored.idle, unusable=stored.unusable
+        )
 
     async def set_idle(self, name: str, idle: IdleState) -> None:
         if name in self._s.clusters:
             self._s.clusters[name] = replace(self._s.clusters[name], idle=idle)
+
+    async def set_unusable(self, name: str, nodes: Sequence[NodeProblem]) -> None:
+        if name in self._s.clusters:
+            self._s.clusters[name] = replace(self._s.clusters[name], unusable=tuple(nodes))
 
     async def delete(self, name: str) -> None:
         self._s.clusters.pop(name, None)

@@ -22,6 +22,8 @@ from services.clusters.idle import ClickOutcome
 from services.core.events import (
     ApprovalDecided,
     ApprovalRequested,
+    GpuIdleWarning,
+    GpuIdleWarningClosed,
     IdleWarning,
     IdleWarningClosed,
     JobFinished,
@@ -30,12 +32,14 @@ from services.core.events import (
     JobStateChanged,
     JobSubmitted,
     LogSnippet,
+    NodeUnusable,
     ScheduleFailed,
     ScheduleFired,
     ScheduleMissed,
     WallClockWarning,
 )
 from services.core.ports import Delivery
+from services.jobs.gpu_idle import GpuClick
 from services.jobs.lifecycle import JobState
 from services.models import (
     Approval,
@@ -48,8 +52,10 @@ from services.models import (
     FileEntry,
     FileListing,
     FileLocation,
+    GpuUse,
     Node,
     NodeCounts,
+    NodeProblem,
     Progress,
     Schedule,
     ScheduledJob,
@@ -130,7 +136,13 @@ def _link(name: str) -> DownloadLink:
 
 
 CLUSTER = hostile(
-    make_cluster(mounts=(ShareMount("data", "afs"),), error="x", autoscale=True, setup_task="x")
+    make_cluster(
+        mounts=(ShareMount("data", "afs"),),
+        error="x",
+        autoscale=True,
+        setup_task="x",
+        unusable=(NodeProblem("c1", "n", "r"),),
+    )
 )
 VIEW = ClusterView(CLUSTER, NodeCounts(1, 1, 1, 1, 1), 2, idle_after=timedelta(minutes=30))
 APPROVAL = hostile(
@@ -181,6 +193,13 @@ IDLE = hostile(
 )
 
 
+NODE = hostile(NodeUnusable(cluster="c1", channel="C1", node="n", reason="r", vm_size="v"))
+GPU_IDLE = dataclasses.replace(
+    hostile(GpuIdleWarning(job_id="j", cluster="c", warning_id="w", gpus=4, gpu_model="A100")),
+    per_hour="14.692",
+)
+
+
 def _idle_closed(outcome: str) -> IdleWarning:
     closed = IdleWarningClosed(**{**dataclasses.asdict(IDLE), "outcome": outcome})
     return dataclasses.replace(closed, at=NOW.isoformat(), until=NOW.isoformat(), by=HOSTILE)
@@ -225,6 +244,10 @@ ARGS: dict[str, Callable[[], Any]] = {
         Extended.ASKED, _job(), HOSTILE, approvers=Approvers(frozenset({HOSTILE}), frozenset())
     ),
     "ClickOutcome": lambda: ClickOutcome(True, HOSTILE, HOSTILE),
+    "NodeUnusable": lambda: NODE,
+    "GpuIdleWarning": lambda: GPU_IDLE,
+    "GpuClick": lambda: GpuClick(True, HOSTILE, HOSTILE),
+    "GpuUse": lambda: GpuUse(1, 2, 3, 4, 5, 6, 7, 8),
     "Price | None": lambda: Price(HOSTILE, Decimal(1), 1, HOSTILE, date(2026, 1, 1), HOSTILE, True),
     "Sequence[Any]": lambda: [SpendRow(HOSTILE, 1, Decimal(1), Decimal(2))],
     "Sequence[str]": lambda: [HOSTILE, HOSTILE],
@@ -282,7 +305,14 @@ def calls(fn: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                     f"{fmt} --query {query}",
                     {**kwargs, "output": Output(fmt, Query.compile(query))},
                 )
-    elif "event" in kwargs:
+    elif isinstance(kwargs.get("event"), GpuIdleWarning):
+        closed = [
+            GpuIdleWarningClosed(**{**dataclasses.asdict(GPU_IDLE), "outcome": o, "by": HOSTILE})
+            for o in ("kept", "stopped")
+        ]
+        for event in (GPU_IDLE, *closed):
+            yield type(event).__name__, {**kwargs, "event": event}
+    elif isinstance(kwargs.get("event"), IdleWarning):
         for event in (IDLE, *(_idle_closed(o) for o in ("kept", "scaled", "cancelled"))):
             yield type(event).__name__, {**kwargs, "event": event}
     else:

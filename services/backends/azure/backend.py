@@ -24,6 +24,10 @@ Each Batch AI concept and its Azure form:
 - registry credentials -> `docker login --password-stdin` in the launch, fed from a root-only file
   (imageSourceRegistry)   written from a protected parameter and removed; a Key Vault reference
                           is read with the bot's credential first (`keyvault`)
+- node health check    -> the setup extension ends with `noderun.health` (nvidia-smi lists the
+                          size's GPUs, the mounts answer) and leaves its result on the node and
+                          at `.batchai/nodes/<cluster>.<hostname>`; a ready VM is idle only once
+                          that says ok (one Files listing for all clusters, no ARM call)
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
@@ -48,14 +52,16 @@ from azure.mgmt.network.aio import NetworkManagementClient
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, ControlShare
 from services.backends.azure.errors import azure_errors
+from services.backends.azure.health import NodeHealthRecords, node_state
 from services.backends.azure.jobplan import JobPlanner
 from services.backends.azure.keyvault import KeyVaultSecrets
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.runcommands import RunCommands
-from services.backends.azure.scalesets import ScaleSets
+from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.status import JobStatus
+from services.core.errors import NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, Node, NodeOutput, Usage
+from services.models import Cluster, Node, NodeOutput, NodeProblem, Usage
 
 
 class AzureBackend:
@@ -96,6 +102,9 @@ class AzureBackend:
             preflight=self._preflight,
             monotonic=monotonic,
         )
+        self._health = NodeHealthRecords(
+            self._control, monotonic=monotonic, max_age=config.poll_cache_seconds
+        )
         self._runcommands = RunCommands(
             config,
             compute=self._compute,
@@ -105,6 +114,7 @@ class AzureBackend:
             planner=JobPlanner(config, self._control),
             key_vault=self._key_vault,
             wall_time=wall_time,
+            node_states=self._node_states,
         )
         self._status = JobStatus(
             config,
@@ -129,6 +139,7 @@ class AzureBackend:
 
     async def delete_cluster(self, cluster: Cluster) -> None:
         await self._scalesets.delete(cluster)
+        await self._health.forget(cluster.name)
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         busy = {
@@ -137,7 +148,27 @@ class AzureBackend:
             if job.cluster == cluster.name and job.final is None
             for inst in job.instances
         }
-        return await self._scalesets.list_nodes(cluster, busy)
+        return await self._scalesets.list_nodes(
+            cluster, busy, lambda snap: self._node_states(cluster.name, snap)
+        )
+
+    async def _node_states(self, cluster: str, snap: Snapshot) -> list[tuple[str, str]]:
+        """Each VM's (state, detail), its health result taken into account (health.py)."""
+        ready = [vm.computer_name for vm in snap.vms if vm.state == "ready"]
+        results = await self._health.of_cluster(cluster, ready)
+        return [node_state(vm, results.get(vm.computer_name.lower())) for vm in snap.vms]
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        snap = await self._scalesets.snapshot(cluster.name)  # shared with the cycle's polls
+        if not snap.exists:
+            raise NotFound(f"cluster {cluster.name} does not exist")
+        states = await self._node_states(cluster.name, snap)
+        found = {i: detail for i, (state, detail) in enumerate(states) if state != "ready"}
+        found.update({i: "not created yet" for i in range(len(snap.vms), cluster.target_nodes)})
+        return found
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        return await self._health.failed()
 
     # ---------------------------------------------------------------- jobs (runcommands, status)
 

@@ -60,6 +60,7 @@ class AzureConfig:
     job_gid: int | None = 7000
     grace_seconds: float = 10.0  # SIGTERM -> SIGKILL on terminate
     heartbeat_seconds: float = 15.0  # how often a node runner touches its heartbeat file
+    gpu_sample_seconds: float = 30.0  # how often a node runner samples nvidia-smi (0: never)
     heartbeat_timeout: float = 600.0  # a node silent this long (and not ended) is lost
     # A synchronous stop run command gets this long (ARM's own limit is 120 s); then the bot moves
     # on and the TERMINATE file stops the runner, so the poll loop never waits on a stuck node.

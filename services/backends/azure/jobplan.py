@@ -215,6 +215,7 @@ class JobPlanner:
             deadline=deadline,
             grace_seconds=self._config.grace_seconds,
             heartbeat_seconds=self._config.heartbeat_seconds,
+            gpu_seconds=self._config.gpu_sample_seconds,
             run_as=self.job_owner(request.uuid),  # every attempt the same uid: its outputs
             job_dirs=job_dirs(plan),
         )

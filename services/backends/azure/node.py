@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from services.backends.noderun import health
 
 # Node-side system paths sit below $BATCHAI_NODE_ROOT: unset on a real node (so "/"), a
 # directory per simulated node in the tests.
@@ -30,6 +33,8 @@ SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 # The bot's own share: root only, nothing on it runs as a program of its own.
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
 LAUNCH_DIR = "/var/lib/batchai/launch"  # root-only: a launch's verified runner and its spec
+HEALTH_RESULT = "/var/lib/batchai/health"  # the node's own copy of its health check's result
+NODES_DIR = "nodes"  # on the control share: `<cluster>.<hostname>`, one health result per node
 SPEC_PARAMETER = "BATCHAI_NODE_SPEC"  # the protected parameter that carries a node's spec
 # The protected parameter that carries a container registry's password (job.json's
 # imageSourceRegistry.credentials): written to a root-only file, fed to `docker login`, removed.
@@ -147,10 +152,12 @@ def setup_script(
     mounts: Sequence[NodeMount],
     mount_root: str,
     setup_task: str | None,
+    health_check: Sequence[str] = (),
 ) -> str:
     """Run once per new node by the CustomScript extension (its protectedSettings: the storage
     key is in here and nowhere in the scale-set model). Waits for cloud-init, writes the
-    credentials file (mode 600), mounts the shares, then runs the cluster's setup task."""
+    credentials file (mode 600), mounts the shares, runs the cluster's setup task, then the
+    node health check (`health_check`, see `health_lines`)."""
     q = shlex.quote
     cred = f"{ROOT}{CRED_DIR}/{_account(account)}.cred"
     lines = [
@@ -175,7 +182,29 @@ def setup_script(
             f"export AZ_BATCHAI_MOUNT_ROOT={q(mount_root)}",
             f"bash {task} >> {ROOT}{SETUP_LOG} 2>&1",
         ]
+    lines += health_check
     return "\n".join(lines) + "\n"
+
+
+def health_lines(*, cluster: str, gpus: int, mounts: Sequence[str], control: str) -> list[str]:
+    """The node health check at the end of setup: its result goes to the node itself (the
+    launch script refuses a job on a node that failed) and to the control share as
+    `.batchai/nodes/<cluster>.<hostname>`, which the bot lists with the reads it already does.
+    The hostname is the VM's computer name (Azure writes it to /etc/hostname)."""
+    host = f"{control.rstrip('/')}/.batchai/{NODES_DIR}"
+    return [
+        f"mkdir -p {ROOT}{os.path.dirname(HEALTH_RESULT)} {shlex.quote(host)}",
+        f"batchai_host=$(cat {ROOT}/etc/hostname 2>/dev/null || hostname)",
+        "batchai_host=$(printf '%s' \"$batchai_host\" | head -n 1 | tr -cd 'A-Za-z0-9-')",
+        *health.check_lines(
+            gpus=gpus,
+            mounts=mounts,
+            out=[
+                f"{ROOT}{HEALTH_RESULT}",
+                f'{shlex.quote(host + "/" + cluster)}."$batchai_host"',
+            ],
+        ),
+    ]
 
 
 def launch_dir(job_id: str, node_index: int) -> str:
@@ -238,6 +267,13 @@ def launch_script(
         "set -eu",
         f"if [ -e {status}/exit_code ] || [ -e {status}/pid ]; then",
         "  echo 'already started'; exit 0",
+        "fi",
+        # Never a job on a node that failed its health check (the bot does not place one there;
+        # this holds even if it did).
+        f"if [ -f {ROOT}{HEALTH_RESULT} ] && ! grep -qx 'status=ok' {ROOT}{HEALTH_RESULT}; then",
+        f"  echo \"batchai: this node failed its health check: $(sed -n 's/^reason=//p' "
+        f'{ROOT}{HEALTH_RESULT})" >&2',
+        "  exit 4",
         "fi",
         *((*DOCKER_INSTALL, *GPU_CONTAINER_SETUP) if container else ()),
         "umask 077",

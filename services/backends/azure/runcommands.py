@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner, node_dirs
 from services.backends.azure.keyvault import KeyVaultSecrets
 from services.backends.azure.preflight import Preflight
-from services.backends.azure.scalesets import ScaleSets
+from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.sizes import wire_text
 from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import check_node_count, layout_to_json, share_layout
@@ -64,7 +64,9 @@ class RunCommands:
         planner: JobPlanner,
         key_vault: KeyVaultSecrets,
         wall_time: Callable[[], float],
+        node_states: Callable[[str, Snapshot], Awaitable[list[tuple[str, str]]]],
     ) -> None:
+        self._node_states = node_states
         self._config = config
         self._compute = compute
         self._control = control
@@ -111,10 +113,14 @@ class RunCommands:
         if any(i < 0 or i >= len(snap.vms) for i in request.nodes):
             raise Conflict(f"nodes {list(request.nodes)} are not all on {c.name}")
         vms = [snap.vms[i] for i in request.nodes]
-        broken = [f"{vm.name} ({vm.detail})" for vm in vms if vm.state in ("unusable", "leaving")]
+        # A job is never started on a node that failed its health check (nor on one whose
+        # check has not reported yet: it waits, as for a node still booting).
+        states = await self._node_states(c.name, snap)
+        picked = [(vm, *states[i]) for vm, i in zip(vms, request.nodes, strict=True)]
+        broken = [f"{vm.name} ({why})" for vm, st, why in picked if st in ("unusable", "leaving")]
         if broken:
             raise Conflict(f"cannot start on {', '.join(broken)}")
-        waiting = [vm.name for vm in vms if vm.state == "preparing"]
+        waiting = [vm.name for vm, st, _ in picked if st == "preparing"]
         if waiting:
             raise TransientError(f"{', '.join(waiting)} still preparing; the job starts when ready")
         ips = await self._scalesets.private_ips(c.name)

@@ -146,6 +146,12 @@ def scale_set_model(
         mounts=mounts,
         mount_root=cfg.mount_root,
         setup_task=cluster.setup_task,
+        health_check=node.health_lines(
+            cluster=cluster.name,
+            gpus=sku.gpus if sku is not None else 0,
+            mounts=[m.path for m in mounts],
+            control=cfg.control_mount,
+        ),
     )
     linux: dict[str, Any] = {
         "disablePasswordAuthentication": cfg.admin_password is None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ class VmState:
     state: str  # idle-capable base state: ready | preparing | unusable | leaving
     detail: str
     ip: str | None = None
+    computer_name: str = ""  # the node's hostname, which names its health result
 
 
 @dataclass
@@ -79,7 +80,10 @@ def vm_state(vm: Any) -> VmState:
         state, detail = "preparing", provisioning or "starting"
     elif ext_codes and not any("succeeded" in c.lower() for c in ext_codes):
         state, detail = "preparing", "running the setup extension"
-    return VmState(str(vm.instance_id), str(vm.name), state, detail)
+    computer = (vm.os_profile.computer_name if vm.os_profile else None) or (
+        view.computer_name if view else None
+    )
+    return VmState(str(vm.instance_id), str(vm.name), state, detail, computer_name=computer or "")
 
 
 def instance_of(resource_id: str | None) -> str | None:
@@ -243,15 +247,22 @@ class ScaleSets:
         finally:
             self.forget(cluster.name)
 
-    async def list_nodes(self, cluster: Cluster, busy: Collection[str]) -> list[Node]:
-        """The cluster's nodes; a ready one is running when its instance id is in `busy`."""
+    async def list_nodes(
+        self,
+        cluster: Cluster,
+        busy: Collection[str],
+        states: Callable[[Snapshot], Awaitable[list[tuple[str, str]]]],
+    ) -> list[Node]:
+        """The cluster's nodes; `states` gives each VM's (state, detail) with its health check
+        taken into account; a ready one is running when its instance id is in `busy`."""
         snap = await self.snapshot(cluster.name, fresh=True)
         if not snap.exists:
             raise NotFound(f"cluster {cluster.name} does not exist")
         ips = await self.private_ips(cluster.name) if snap.vms else {}
         nodes = []
-        for index, vm in enumerate(snap.vms):
-            state = vm.state
+        for index, (vm, (state, detail)) in enumerate(
+            zip(snap.vms, await states(snap), strict=True)
+        ):
             if state == "ready":
                 state = "running" if vm.instance_id in busy else "idle"
             nodes.append(
@@ -261,6 +272,7 @@ class ScaleSets:
                     ip=ips.get(vm.instance_id, ""),
                     port=SSH_PORT,
                     state=state,
+                    detail=detail if state in ("unusable", "preparing", "leaving") else "",
                 )
             )
         return nodes

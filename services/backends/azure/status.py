@@ -16,12 +16,13 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, JobInfo, status_json
 from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
+from services.backends.noderun import gpu
 from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import NodeRun, exited_status, from_epoch
 from services.backends.noderun.specs import TERMINATE
 from services.core.errors import BatchAIError, NotFound
 from services.core.ports import RunStatus
-from services.models import FileEntry
+from services.models import FileEntry, GpuUse
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,32 @@ class JobStatus:
                 return await self.get_job_status(job_id)
             return RunStatus(phase="preparing", started_at=from_epoch(started))
         preparing = any(r.phase in (None, "prep") for r in runs if r.exit_code is None)
+        if preparing:
+            return RunStatus(phase="preparing", started_at=from_epoch(started))
         return RunStatus(
-            phase="preparing" if preparing else "running", started_at=from_epoch(started)
+            phase="running",
+            started_at=from_epoch(started),
+            gpu=await self._gpu_use(job, runs, listings),
         )
+
+    async def _gpu_use(
+        self, job: JobInfo, runs: Sequence[NodeRun], listings: Sequence[Mapping[str, FileEntry]]
+    ) -> GpuUse | None:
+        """The running nodes' GPU samples: the listing the poll made already gives each file's
+        size, so a sample costs one ranged read per node and no ARM call."""
+
+        async def sample(index: int) -> gpu.NodeGpu | None:
+            entry = listings[index].get(noderunner.GPU)
+            if entry is None or entry.size <= 0 or entry.size > gpu.MAX_BYTES:
+                return None
+            loc = self._control.loc("jobs", job.job_id, f"node-{index}", noderunner.GPU)
+            try:
+                return gpu.parse(await self._control.share.read_range(loc, 0, entry.size))
+            except NotFound:
+                return None
+
+        found = await asyncio.gather(*(sample(r.index) for r in runs if r.exit_code is None))
+        return gpu.combine([s for s in found if s is not None])
 
     async def _lost(
         self, job: JobInfo, runs: Sequence[NodeRun], listings: Sequence[Mapping[str, FileEntry]]

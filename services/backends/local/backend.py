@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from services.backends.local.processes import (
     signal_runners,
     spawn_missing,
 )
+from services.backends.noderun import gpu
+from services.backends.noderun import runner as noderunner
 from services.backends.noderun.launch import (
     NodeRun,
     check_node_count,
@@ -50,7 +53,7 @@ from services.backends.noderun.specs import (
 from services.core.errors import BackendError, Conflict, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileLocation, Node, NodeOutput, Usage
+from services.models import Cluster, FileLocation, Node, NodeOutput, NodeProblem, Usage
 
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
@@ -84,6 +87,8 @@ class LocalBackend:
                                  (`run/docker`), from a 0600 file removed after
     - node busy / idle        -> a marker `<root>/clusters/<c>/nodes/<slot>/<job_id>` plus a
                                  live runner for that node
+    - node setup health check -> `noderun.health` run once per slot against this machine's
+                                 `nvidia-smi` (GPU sizes) and mounts: `nodes/<slot>/health`
 
     Nothing is held in memory: a restarted bot (or a second instance) reads the same files.
     """
@@ -99,10 +104,14 @@ class LocalBackend:
         grace_seconds: float = 10.0,
         heartbeat_seconds: float = 5.0,
         containers: bool = True,
+        gpus_of: Callable[[str], int] = lambda size: 0,
+        gpu_check: str = "auto",
+        gpu_sample_seconds: float = 30.0,
     ) -> None:
+        self._gpu_seconds = gpu_sample_seconds
         self._data = DataDir(root)
         self._root = self._data.root
-        self._clusters = ClusterDirs(self._data)
+        self._clusters = ClusterDirs(self._data, gpus_of=gpus_of, gpu_check=gpu_check)
         self._python = python
         self._subscription = subscription
         self._grace = grace_seconds
@@ -132,6 +141,12 @@ class LocalBackend:
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         return await self._clusters.list_nodes(cluster)
+
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        return await self._clusters.unusable(cluster)
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        return [NodeProblem(c, n, r) for c, n, r in self._clusters.failed()]
 
     # ---------------------------------------------------------------- jobs: start
 
@@ -352,6 +367,7 @@ class LocalBackend:
                 deadline=deadline,
                 grace_seconds=self._grace,
                 heartbeat_seconds=self._heartbeat,
+                gpu_seconds=self._gpu_seconds,
             )
             # The spec holds the job's secrets: readable by the bot's user only.
             write_atomic(run_dir / f"node-{i}.json", json.dumps(spec.to_json()), mode=0o600)
@@ -407,8 +423,18 @@ class LocalBackend:
                 retryable=True,
             )
         preparing = any(r.phase in (None, "prep") for r in live)
+        if preparing:
+            return RunStatus(phase="preparing", started_at=from_epoch(started))
+        run_dir = self._data.run_dir(job_id)
+        samples = [
+            gpu.parse(read(run_dir / f"node-{r.index}" / noderunner.GPU))
+            for r in runs
+            if r.exit_code is None
+        ]
         return RunStatus(
-            phase="preparing" if preparing else "running", started_at=from_epoch(started)
+            phase="running",
+            started_at=from_epoch(started),
+            gpu=gpu.combine([s for s in samples if s is not None]),
         )
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:

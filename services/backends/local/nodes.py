@@ -2,7 +2,9 @@
 its mount links and one slot per node, all on 127.0.0.1 (remote-login port 50000 + slot).
 
 A node is busy while a job's marker `nodes/<slot>/<job_id>` names it and that job's runner for
-the node is alive; nothing is held in memory.
+the node is alive; nothing is held in memory. A slot is checked once when it is made (the node
+health check of `noderun.health`, against the `nvidia-smi` on PATH for a GPU size): its result is
+`nodes/<slot>/health`, and a slot that failed it is unusable, with the reason.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import shutil
+from collections.abc import Callable
 
 from services.backends.local import processes
 from services.backends.local.paths import SEGMENT_RE, DataDir, clean_rel, link, read
+from services.backends.noderun import health
 from services.backends.noderun.launch import check_share_name
 from services.backends.noderun.runner import write_atomic
 from services.core.errors import NotFound, UserError
@@ -21,13 +26,27 @@ from services.models import Cluster, Node
 
 BASE_PORT = 50000  # Batch AI's remote-login ports start here, one per node
 LOCAL_HOST = "127.0.0.1"
+# How a GPU size's slots are checked: "auto" against the nvidia-smi on PATH when there is one
+# (a machine without one runs GPU sizes on its CPU), "require" also fails them without one,
+# "off" checks the share mounts only.
+GPU_CHECKS = ("auto", "require", "off")
 
 
 class ClusterDirs:
     """Create, resize, delete and list the clusters under a data directory."""
 
-    def __init__(self, data: DataDir) -> None:
+    def __init__(
+        self,
+        data: DataDir,
+        *,
+        gpus_of: Callable[[str], int] = lambda size: 0,
+        gpu_check: str = "auto",
+    ) -> None:
+        if gpu_check not in GPU_CHECKS:
+            raise ValueError(f"gpu_check must be one of {', '.join(GPU_CHECKS)}")
         self._data = data
+        self._gpus_of = gpus_of
+        self._gpu_check = gpu_check
 
     async def create(self, cluster: Cluster) -> None:
         cdir = self._data.cluster_dir(cluster.name)
@@ -40,6 +59,7 @@ class ClusterDirs:
         meta = cdir / "cluster.json"
         if not meta.exists():
             self._write_meta(cluster.name, cluster.target_nodes)
+        await self.check_slots(cluster)
 
     def _write_meta(self, name: str, target: int) -> None:
         cdir = self._data.cluster_dir(name)
@@ -53,6 +73,7 @@ class ClusterDirs:
         if not (self._data.cluster_dir(cluster.name) / "cluster.json").exists():
             raise NotFound(f"cluster {cluster.name} does not exist")
         self._write_meta(cluster.name, target)
+        await self.check_slots(cluster)
 
     async def delete(self, cluster: Cluster) -> None:
         # rmtree removes the mount links themselves, never what they point at (the shares).
@@ -71,11 +92,86 @@ class ClusterDirs:
             return 0
         return sum(self.target(d.name) for d in root.iterdir() if (d / "cluster.json").is_file())
 
+    def expected_gpus(self, vm_size: str) -> int:
+        """The GPUs a slot of `vm_size` must show (0: the GPU part is skipped)."""
+        if self._gpu_check == "off":
+            return 0
+        if self._gpu_check == "auto" and shutil.which("nvidia-smi") is None:
+            return 0
+        return self._gpus_of(vm_size)
+
+    async def check_slots(self, cluster: Cluster) -> None:
+        """Run the health check for every slot that has no result yet (one run serves them
+        all: they share this machine's GPUs and mounts)."""
+        cdir = self._data.cluster_dir(cluster.name)
+        todo = [
+            cdir / "nodes" / str(slot)
+            for slot in range(self.target(cluster.name))
+            if not (cdir / "nodes" / str(slot) / health.HEALTH_FILE).exists()
+        ]
+        if not todo:
+            return
+        mounts = [str(cdir / "mounts" / clean_rel(m.mount_path)) for m in cluster.mounts]
+        out = [shlex.quote(str(d / health.HEALTH_FILE)) for d in todo]
+        lines = health.check_lines(gpus=self.expected_gpus(cluster.vm_size), mounts=mounts, out=out)
+        for d in todo:
+            d.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            "\n".join(lines),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+
+    def slot_health(self, name: str, slot: int) -> health.Health | None:
+        return health.parse(
+            read(self._data.cluster_dir(name) / "nodes" / str(slot) / health.HEALTH_FILE)
+        )
+
+    async def unusable(self, cluster: Cluster) -> dict[int, str]:
+        """Slot -> why no job may be placed there (its health check failed)."""
+        await self.check_slots(cluster)
+        found = {}
+        for slot in range(self.target(cluster.name)):
+            result = self.slot_health(cluster.name, slot)
+            if result is None or not result.ok:
+                found[slot] = result.reason if result else "its health check left no result"
+        return found
+
+    def failed(self) -> list[tuple[str, str, str]]:
+        """(cluster, node, reason) of every slot here that failed its health check."""
+        root = self._data.root / "clusters"
+        found: list[tuple[str, str, str]] = []
+        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
+            if not (cdir / "cluster.json").is_file():
+                continue
+            for slot in range(self.target(cdir.name)):
+                result = self.slot_health(cdir.name, slot)
+                if result is not None and not result.ok:
+                    found.append((cdir.name, f"{cdir.name}-node-{slot}", result.reason))
+        return found
+
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         target = self.target(cluster.name)
         nodes_dir = self._data.cluster_dir(cluster.name) / "nodes"
+        problems = await self.unusable(cluster)
         nodes = []
         for slot in range(target):
+            if slot in problems:
+                nodes.append(
+                    Node(
+                        id=f"{cluster.name}-node-{slot}",
+                        index=slot,
+                        ip=LOCAL_HOST,
+                        port=BASE_PORT + slot,
+                        state="unusable",
+                        detail=problems[slot],
+                    )
+                )
+                continue
             busy = False
             with contextlib.suppress(FileNotFoundError):
                 for marker in (nodes_dir / str(slot)).iterdir():

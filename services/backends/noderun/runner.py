@@ -41,6 +41,14 @@ PID, PHASE, HEARTBEAT, EXIT_CODE, REASON, STARTED, ENDED = (
 # The process groups the runner started, one per line: a node runner killed from outside leaves
 # them behind, and the backend ends them as a lost node would (local backend).
 PGIDS = "pgids"
+# GPU use while the job runs, beside the heartbeat: one JSON object (noderun/gpu.py reads it).
+GPU = "gpu"
+GPU_QUERY = (
+    "nvidia-smi",
+    "--query-gpu=utilization.gpu,memory.used,memory.total",
+    "--format=csv,noheader,nounits",
+)
+GPU_QUERY_TIMEOUT = 10.0  # a hung driver costs one sample, never the job
 
 
 def end_files(exit_code: int, reason: str, ended: float) -> tuple[tuple[str, str], ...]:
@@ -115,6 +123,7 @@ class RunnerSpec:
     preparation: ProcessSpec | None = None
     grace_seconds: float = 10.0
     heartbeat_seconds: float = 5.0
+    gpu_seconds: float = 30.0  # how often GPU use is sampled while the job runs; 0: never
     peers: tuple[str, ...] = ()  # status dirs of the job's other nodes (gang semantics)
     # Its existence means "terminate": covers a runner started after the SIGTERMs went out.
     terminate_file: str | None = None
@@ -141,6 +150,7 @@ class RunnerSpec:
             "max_wall_clock": self.max_wall_clock,
             "grace_seconds": self.grace_seconds,
             "heartbeat_seconds": self.heartbeat_seconds,
+            "gpu_seconds": self.gpu_seconds,
             "peers": list(self.peers),
             "terminate_file": self.terminate_file,
             "deadline_file": self.deadline_file,
@@ -169,6 +179,7 @@ class RunnerSpec:
             max_wall_clock=str(raw["max_wall_clock"]),
             grace_seconds=float(raw.get("grace_seconds", 10.0)),
             heartbeat_seconds=float(raw.get("heartbeat_seconds", 5.0)),
+            gpu_seconds=float(raw.get("gpu_seconds", 30.0)),
             peers=tuple(str(p) for p in raw.get("peers", ())),
             terminate_file=raw.get("terminate_file"),
             deadline_file=raw.get("deadline_file"),
@@ -244,6 +255,10 @@ class NodeRunner:
     _last_peer_check: float = 0.0
     _children: list[_Running] = field(default_factory=list)
     _dirs_made: bool = False
+    _last_gpu: float | None = None  # None: not sampled yet; GPUs absent: sampling stops
+    _gpu_samples: int = 0
+    _gpu_util_sum: float = 0.0
+    _sampling: bool = True
 
     # ---------------------------------------------------------------- status files
 
@@ -286,6 +301,48 @@ class NodeRunner:
 
     def _exited(self, r: _Running) -> None:
         self._note(f"{_what(r.spec)} exited with code {r.exit_code}")
+
+    def _sample_gpus(self) -> None:
+        """Every `gpu_seconds` while the job runs: what nvidia-smi says of each GPU, with the
+        run's sample count and utilisation sum (the receipt's average) -> the `gpu` file."""
+        now = time.monotonic()
+        if not self._sampling or self.spec.gpu_seconds <= 0:
+            return
+        if self._last_gpu is not None and now - self._last_gpu < self.spec.gpu_seconds:
+            return
+        self._last_gpu = now
+        try:
+            done = subprocess.run(
+                GPU_QUERY,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GPU_QUERY_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError:
+            self._sampling = False  # no driver on this node: nothing to sample, ever
+            return
+        except (OSError, subprocess.SubprocessError):
+            return
+        gpus = []
+        for line in done.stdout.decode(errors="replace").splitlines():
+            try:
+                util, used, total = (float(v) for v in line.split(","))
+            except ValueError:
+                continue  # "[N/A]" or a warning line
+            gpus.append([util, used, total])
+        if done.returncode != 0 or not gpus:
+            return
+        self._gpu_samples += 1
+        self._gpu_util_sum += sum(g[0] for g in gpus) / len(gpus)
+        record = {
+            "at": round(time.time(), 3),
+            "gpus": gpus,
+            "samples": self._gpu_samples,
+            "util_sum": round(self._gpu_util_sum, 3),
+        }
+        with contextlib.suppress(OSError):
+            write_atomic(self._status(GPU), json.dumps(record) + "\n")
 
     # ---------------------------------------------------------------- processes
 
@@ -407,10 +464,13 @@ class NodeRunner:
                 pass
         return self.spec.deadline
 
-    def _wait(self, procs: list[_Running]) -> _Outcome | None:
-        """Wait for all to end. A non-None outcome means the run was cut short (stop them)."""
+    def _wait(self, procs: list[_Running], *, sample: bool = False) -> _Outcome | None:
+        """Wait for all to end. A non-None outcome means the run was cut short (stop them).
+        With `sample` (the job's own processes) GPU use is sampled meanwhile."""
         while True:
             self._beat()
+            if sample:
+                self._sample_gpus()
             if self.terminate_requested:
                 return _Outcome(EXIT_TERMINATED, "terminated by user")
             peer = self._failed_peer()
@@ -493,7 +553,7 @@ class NodeRunner:
                 self._stop(procs)
                 return _Outcome(started, f"rank {proc.rank} ({proc.role}) could not start")
             procs.append(started)
-        cut = self._wait(procs)
+        cut = self._wait(procs, sample=True)
         if cut is not None:
             self._stop(procs)
             return cut

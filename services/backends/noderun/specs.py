@@ -32,6 +32,7 @@ def runner_spec(
     heartbeat_seconds: float,
     run_as: tuple[int, int] | None = None,
     job_dirs: tuple[str, ...] = (),
+    gpu_seconds: float = 30.0,
 ) -> RunnerSpec:
     """Node `index`'s runner spec; `process` turns one planned process into what the runner runs."""
     prep = [p for p in plan.preparation if p.node_index == index]
@@ -46,6 +47,7 @@ def runner_spec(
         preparation=process(prep[0]) if prep else None,
         grace_seconds=grace_seconds,
         heartbeat_seconds=heartbeat_seconds,
+        gpu_seconds=gpu_seconds,
         peers=tuple(node_dir(control_dir, j) for j in range(count) if j != index),
         terminate_file=f"{control_dir}/{TERMINATE}",
         deadline_file=f"{control_dir}/{DEADLINE}",

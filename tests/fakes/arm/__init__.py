@@ -57,7 +57,8 @@ an unknown resource group 404 ResourceGroupNotFound):
   `$filter=location eq '...'`; catalog = tests/fixtures/azure/ListAvailableResourceSkusForARegion
   .json moved to `location`, plus every non-retired size in manifests/prices.json).
 
-Nodes: instance `i` of scale set `s` is the directory `node_root/s/i/`. A script (run command or
+Nodes: instance `i` of scale set `s` is the directory `node_root/s/i/` (its `etc/hostname`
+holds the computer name, as Azure's provisioning writes it). A script (run command or
 extension) runs as `bash <file>` in its own session with cwd = HOME = TMPDIR = that directory,
 FAKE_NODE_DIR and BATCHAI_NODE_ROOT = that directory, named parameters as environment variables
 (nameless ones as arguments) and PATH = `<node>/bin` (a fake GPU driver, when given) +

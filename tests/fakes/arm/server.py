@@ -986,6 +986,9 @@ class FakeArm:
         )
         inst.dir.mkdir(parents=True, exist_ok=True)
         (inst.dir / "tmp").mkdir(exist_ok=True)
+        # As Azure's provisioning does: the VM's hostname is its computer name.
+        (inst.dir / "etc").mkdir(exist_ok=True)
+        (inst.dir / "etc" / "hostname").write_text(inst.computer_name + "\n")
         self._install_gpus(ss, inst)
         for ext in ss.profile.get("extensionProfile", {}).get("extensions", []) or []:
             props = ext.get("properties", {})

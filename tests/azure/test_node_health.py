@@ -1,0 +1,89 @@
+"""Node health on Azure, against the fake ARM's nodes with a fake NVIDIA driver: the setup
+extension's check leaves its result on the node and the control share; a node that fails is
+unusable with the reason, no job is placed or started on it, and reading health costs no ARM
+call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.backends.azure.files import AzureShare
+from services.core.errors import Conflict
+from tests.azure.rig import AzureRig
+from tests.azure.test_compute import gpu_cluster
+from tests.contract import job_spec, launch_request
+
+T4 = "Standard_NC4as_T4_v3"  # 1 GPU
+
+
+async def test_a_healthy_gpu_node_is_idle_and_its_result_is_on_the_share(
+    rig: AzureRig, share: AzureShare
+) -> None:
+    backend = rig.backend(share)
+    try:
+        c = gpu_cluster("fine", T4, 2)
+        await backend.create_cluster(c)
+        nodes = await backend.list_nodes(c)
+        assert [n.state for n in nodes] == ["idle", "idle"]
+        assert await backend.unusable_nodes(c) == {}
+        assert await backend.failed_nodes() == []
+        results = sorted((rig.files.share_dir("batchai") / ".batchai" / "nodes").iterdir())
+        assert [p.name for p in results] == [
+            f"fine.{i.computer_name}" for i in rig.arm.scale_sets["fine"].instances.values()
+        ]
+        assert "status=ok" in results[0].read_text()
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        ({"mode": "failed"}, "the NVIDIA driver does not answer: NVIDIA-SMI has failed"),
+        ({"mode": "missing"}, "no NVIDIA driver: nvidia-smi is not installed"),
+        ({"count": 2}, "nvidia-smi lists 2 GPU(s); the size has 1"),
+    ],
+    ids=["driver-does-not-answer", "no-driver", "wrong-gpu-count"],
+)
+async def test_a_node_that_fails_is_unusable_and_no_job_starts_on_it(
+    rig: AzureRig, share: AzureShare, state: dict[str, Any], reason: str
+) -> None:
+    backend = rig.backend(share)
+    try:
+        rig.arm.give_gpus("bad", **state)
+        c = gpu_cluster("bad", T4, 1)
+        await backend.create_cluster(c)
+        (node,) = await backend.list_nodes(c)
+        assert node.state == "unusable" and node.detail.startswith(reason)
+        mark = rig.arm.mark()
+        assert (await backend.unusable_nodes(c))[0].startswith(reason)
+        (problem,) = await backend.failed_nodes()
+        assert problem.cluster == "bad" and problem.reason.startswith(reason)
+        inst = rig.arm.scale_sets["bad"].instances["0"]
+        assert problem.node == inst.computer_name
+        assert rig.arm.count(mark, match="/virtualMachines") <= 1  # health itself: no ARM call
+        with pytest.raises(Conflict, match="cannot start on"):
+            await backend.start_job(launch_request(job_spec("ok"), c))
+        assert inst.run_commands == {}  # nothing was sent to the node
+        # and the node itself refuses a job, should one ever be sent
+        assert "status=failed" in (inst.dir / "var" / "lib" / "batchai" / "health").read_text()
+    finally:
+        await backend.aclose()
+
+
+async def test_a_deleted_cluster_takes_its_health_results_along(
+    rig: AzureRig, share: AzureShare
+) -> None:
+    backend = rig.backend(share)
+    try:
+        rig.arm.give_gpus("gone", mode="failed")
+        c = gpu_cluster("gone", T4, 1)
+        await backend.create_cluster(c)
+        assert len(await backend.failed_nodes()) == 1
+        await backend.delete_cluster(c)
+        assert await backend.failed_nodes() == []
+        assert list((rig.files.share_dir("batchai") / ".batchai" / "nodes").iterdir()) == []
+    finally:
+        await backend.aclose()
