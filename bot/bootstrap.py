@@ -24,6 +24,7 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.clusters.fileservers import FileServerService
 from services.clusters.idle import IdleService
 from services.clusters.service import ClusterService
 from services.core.clock import SystemClock
@@ -241,7 +242,9 @@ def build(
     else:
         credential = None
         share = LocalShare(data, signer)
-        backend = LocalBackend(data, python=settings.job_interpreter)
+        backend = LocalBackend(
+            data, python=settings.job_interpreter, storage_account=settings.storage_account
+        )
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)
@@ -279,6 +282,16 @@ def build(
         prices=prices,
         idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
         gate=gate,
+        storage=backend,
+        storage_account=settings.storage_account,
+    )
+    file_servers = FileServerService(
+        store=store,
+        backend=backend,
+        clock=clock,
+        configs=configs,
+        resource_group=settings.resource_group,
+        workspace=settings.workspace,
     )
     idle = IdleService(
         store=store,
@@ -302,6 +315,7 @@ def build(
         approvals=approvals,
         readers=readers,
         reserved_shares=compute.reserved_shares,
+        storage=backend,
     )
     runner = JobRunner(
         store=store,
@@ -339,6 +353,7 @@ def build(
             spend=spend,
             audit=AuditLog(store),
             schedules=schedules,
+            file_servers=file_servers,
         )
     )
     actions = ActionHandler(jobs, clock.now, guard, approvals, idle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -11,9 +12,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.access.reads import JobReaders
+from services.clusters.mounts import ACCOUNT_PLACEHOLDER, check_mounts, job_volumes
 from services.core.errors import Conflict, NotAllowed, NotFound, NotOwner, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
-from services.core.ports import Clock, FileShare, Store, UnitOfWork
+from services.core.ports import Clock, FileShare, StorageBackend, Store, UnitOfWork
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import JobState, advance, held_for_approval
 from services.jobs.sources import ConfigLoader
@@ -27,6 +29,8 @@ from services.jobspec import (
     substitute,
 )
 from services.models import (
+    AUTO_CONTAINER,
+    AUTO_SHARE,
     NAME_RE,
     STDOUTERR,
     Actor,
@@ -38,6 +42,7 @@ from services.models import (
     FileLocation,
     Job,
     ScheduleRun,
+    ShareMount,
 )
 from services.spend.gate import NeedsApproval, Refused
 
@@ -57,6 +62,9 @@ class JobRequest:
     resource_group: str | None = None
     workspace: str | None = None
     experiment: str | None = None
+    # Job-level mounts of `job create --afs-name/--bfs-name/--nfs/--use-auto-storage`: written
+    # into the job.json's mountVolumes, as az did.
+    mounts: tuple[ShareMount, ...] = ()
 
 
 class JobService:
@@ -75,7 +83,9 @@ class JobService:
         approvals: ApprovalService | None = None,
         readers: JobReaders | None = None,
         reserved_shares: frozenset[str] = frozenset(),
+        storage: StorageBackend | None = None,
     ) -> None:
+        self._storage = storage
         self._store = store
         self._reserved_shares = reserved_shares  # the backend's own: no job may mount them
         self._readers = readers or JobReaders()
@@ -154,6 +164,8 @@ class JobService:
             raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        if request.mounts:
+            spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
         cluster_name = request.cluster or _cluster_from_spec(spec)
         if cluster_name is None:
@@ -196,6 +208,29 @@ class JobService:
             container_image=plan.container_image,
         )
         return job, cluster, plan.warnings
+
+    async def _with_mounts(self, spec: JobSpec, request: JobRequest, label: str) -> JobSpec:
+        """The job.json with the mount flags' volumes added (a flag's path replaces the file's)."""
+        check_mounts(request.mounts, self._reserved_shares)
+        own = self._placeholders.get(ACCOUNT_PLACEHOLDER, "")
+        rg, ws = request.resource_group or self._rg, request.workspace or self._ws
+
+        def server_id(name: str) -> str:
+            return f"/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}/fileServers/{name}"
+
+        added = job_volumes(request.mounts, own_account=own, file_server_id=server_id)
+        data = json.loads(spec.model_dump_json(by_alias=True, exclude_none=True))
+        props = data.setdefault("properties", {})
+        volumes = props.setdefault("mountVolumes", {})
+        paths = {m.mount_path for m in request.mounts}
+        for key in list(volumes):
+            volumes[key] = [v for v in volumes[key] if v.get("relativeMountPath") not in paths]
+        for key, entries in added.items():
+            volumes[key] = [*volumes.get(key, []), *entries]
+        names = {(m.kind, m.share) for m in request.mounts if m.account is None}
+        if self._storage is not None and {("afs", AUTO_SHARE), ("bfs", AUTO_CONTAINER)} & names:
+            await self._storage.ensure_auto_storage(AUTO_SHARE, AUTO_CONTAINER)
+        return load_job_spec(json.dumps(data), source=label)
 
     def _refuse_reserved_shares(self, spec: JobSpec) -> None:
         """A job.json never mounts the bot's control share: refused at submit, in one line

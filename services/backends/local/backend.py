@@ -48,10 +48,17 @@ from services.backends.noderun.specs import (
 from services.core.errors import BackendError, Conflict, NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileLocation, Node, Usage
+from services.models import Cluster, FileLocation, FileServer, Node, Usage
 
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
+
+
+def _other(account: str | None, own: str | None) -> str | None:
+    """A job.json's account name; None for the bot's own (or a placeholder left unfilled)."""
+    if account is None or account == own or account.startswith("<"):
+        return None
+    return account
 
 
 class _Mounted(Protocol):
@@ -68,8 +75,11 @@ class LocalBackend:
     - Azure File share        -> the directory `<root>/shares/<share>` (see LocalShare)
     - cluster mount           -> symlink `<root>/clusters/<c>/mounts/<mount_path>` ->
                                  `shares/<share>`; that `mounts` dir is $AZ_BATCHAI_MOUNT_ROOT
+    - blob container (bfs)    -> the directory `<root>/shares/<container>` (the bot's account;
+                                 another account's: `<root>/accounts/<account>/containers/..`)
+    - NFS file server         -> the directory `<root>/file-servers/<name>/data`
     - job mountVolumes        -> symlinks `<root>/jobs/<job_id>/mounts/<relativeMountPath>` ->
-                                 `shares/<last segment of azureFileUrl | containerName>`;
+                                 the share, container or file server directory above;
                                  that `mounts` dir is $AZ_BATCHAI_JOB_MOUNT_ROOT
     - node-local job temp     -> `<root>/clusters/<c>/jobs/<job>-<uuid>` ($AZ_BATCHAI_JOB_TEMP;
                                  one directory shared by the job's slots, as they share a disk)
@@ -94,7 +104,9 @@ class LocalBackend:
         grace_seconds: float = 10.0,
         heartbeat_seconds: float = 5.0,
         containers: bool = True,
+        storage_account: str | None = None,
     ) -> None:
+        self._storage_account = storage_account  # the bot's: its shares are shares/<name>
         self._data = DataDir(root)
         self._root = self._data.root
         self._clusters = ClusterDirs(self._data)
@@ -118,6 +130,21 @@ class LocalBackend:
 
     async def create_cluster(self, cluster: Cluster) -> None:
         await self._clusters.create(cluster)
+
+    # ---------------------------------------------------------------- storage (StorageBackend)
+
+    async def ensure_auto_storage(self, share: str, container: str) -> None:
+        for name in (share, container):  # one storage account here: both are shares/<name>
+            self._data.volume("afs", name, None).mkdir(parents=True, exist_ok=True)
+
+    async def create_file_server(self, server: FileServer) -> str:
+        """A file server here is a directory; its data disks are this machine's disk."""
+        export = self._data.file_server(server.name)
+        export.mkdir(parents=True, exist_ok=True)
+        return str(export)
+
+    async def delete_file_server(self, server: FileServer) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._data.file_server(server.name).parent, True)
 
     async def resize_cluster(self, cluster: Cluster, target: int) -> None:
         await self._clusters.resize(cluster, target)
@@ -178,28 +205,41 @@ class LocalBackend:
         if volumes is None:
             return []
         root = self._data.job_dir(job_id) / "mounts"
+        own = self._storage_account
         links = [
-            (share_from_url(v.azure_file_url), v.relative_mount_path)
+            (
+                self._data.volume("afs", share_from_url(v.azure_file_url), _other(v.account_name, own)),
+                v.relative_mount_path,
+            )
             for v in volumes.azure_file_shares
         ]
         links += [
-            (check_share_name(v.container_name), v.relative_mount_path)
+            (
+                self._data.volume(
+                    "bfs", check_share_name(v.container_name), _other(v.account_name, own)
+                ),
+                v.relative_mount_path,
+            )
             for v in volumes.azure_blob_file_systems
         ]
-        for share, rel in links:
-            target = self._data.shares() / share
+        notes = []
+        for v in volumes.file_servers:
+            server = self._data.file_server(v.file_server.id.rstrip("/").rsplit("/", 1)[-1])
+            if not server.is_dir():
+                notes.append(
+                    f"{v.relative_mount_path}: file server {server.parent.name} does not exist "
+                    "(file-server create makes it); the job sees an empty directory"
+                )
+            links.append((server, v.relative_mount_path))
+        for target, rel in links:
             target.mkdir(parents=True, exist_ok=True)
             link(root / clean_rel(rel), target)
-        notes = []
-        others: list[_Mounted] = [
-            *volumes.file_servers,
-            *volumes.unmanaged_file_systems,
-        ]
+        others: list[_Mounted] = [*volumes.unmanaged_file_systems]
         for other in others:
             Path(root, clean_rel(other.relative_mount_path)).mkdir(parents=True, exist_ok=True)
             notes.append(
-                f"{other.relative_mount_path}: NFS file servers and custom mounts are not "
-                "available on the local backend; it is an empty directory"
+                f"{other.relative_mount_path}: a custom mount command is not run on the local "
+                "backend (it would run on the bot's own machine); it is an empty directory"
             )
         return notes
 

@@ -72,6 +72,21 @@ class DataDir:
     def shares(self) -> Path:
         return self.root / "shares"
 
+    def file_server(self, name: str) -> Path:
+        """An NFS file server's export: `<root>/file-servers/<name>/data`."""
+        return self.root / "file-servers" / segment("file server name", name) / "data"
+
+    def volume(self, kind: str, name: str, account: str | None) -> Path:
+        """What a mount points at: the bot's shares and containers are `shares/<name>` (its
+        one storage account); another account's are `accounts/<account>/<kind>/<name>`; a
+        file server is its export."""
+        if kind == "nfs":
+            return self.file_server(name)
+        if account is None:
+            return self.shares() / segment("share name", name)
+        folder = "containers" if kind == "bfs" else "shares"
+        return self.root / "accounts" / segment("storage account", account) / folder / name
+
     def cluster_dir(self, name: str) -> Path:
         return self.root / "clusters" / segment("cluster name", name)
 
