@@ -242,9 +242,7 @@ def build(
     else:
         credential = None
         share = LocalShare(data, signer)
-        backend = LocalBackend(
-            data, python=settings.job_interpreter, storage_account=settings.storage_account
-        )
+        backend = LocalBackend(data, python=settings.job_interpreter)
     # the services get the measured ones: every call timed, every failure counted
     compute = measured(backend, "compute", metrics)
     files = measured(share, "share", metrics)

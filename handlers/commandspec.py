@@ -941,6 +941,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--user-name mytestbatchai --password PP@@ddee5 --resource-group myBatchAIGroup",
             "/batchai cluster create -n mycluster -s Standard_NC4as_T4_v3 --min 0 --max 4 "
             "--afs-name data --afs-mount-path afs",
+            "/batchai cluster create -n mycluster -s Standard_NC6 -t 1 --bfs-name data "
+            "--nfs nfs --use-auto-storage",
         ),
         notes=(
             "--min N --max N with equal values (or -t N) makes a fixed-size cluster; different "
@@ -1335,8 +1337,6 @@ COMMANDS: tuple[CommandSpec, ...] = (
         examples=(
             "/batchai file-server create -n nfs -s Standard_D2s_v3 --disk-count 2 "
             "--disk-size 128 -u demo",
-            "/batchai cluster create -n mycluster -s Standard_NC6 -t 1 --nfs nfs "
-            "--nfs-mount-path nfs",
         ),
         notes=(
             "Clusters and jobs mount it with --nfs NAME at $AZ_BATCHAI_MOUNT_ROOT/<--nfs-mount-path>"

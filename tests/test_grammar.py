@@ -752,7 +752,7 @@ def test_there_are_at_least_12_distinct_bad_spend_inputs() -> None:
 def test_unknown_group_names_the_new_commands() -> None:
     message = str(_error("foo"))
     assert message.startswith('unknown command group "foo": use cluster, job, budget, approvals')
-    assert "spend, audit, schedule, list-usages or help" in message
+    assert "spend, audit, schedule, list-usages, file-server or help" in message
 
 
 # --------------------------------------------------------------------------- secrets

@@ -439,6 +439,9 @@ class ClusterService:
             raise UserError("--vm-size is required (or give it in the cluster config file)")
         if not _VM_SIZE_RE.match(vm_size):
             raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_NC6)")
+        if r.subnet or from_file.subnet:
+            where = "--subnet" if r.subnet else "properties.subnet"
+            raise UserError(f"{where}: {self._subnet_refusal()}")
         min_nodes, max_nodes, target, autoscale = _scale(r, from_file)
         idle_s = None
         if r.idle_timeout_minutes is not None:
@@ -466,9 +469,7 @@ class ClusterService:
         volumes.check_mounts(mounts, self._backend.reserved_shares)
         if r.setup_task or from_file.setup_task:
             raise UserError(SETUP_TASK_REFUSED)
-        if r.subnet or from_file.subnet:
-            where = "--subnet" if r.subnet else "properties.subnet"
-            raise UserError(f"{where}: {self._subnet_refusal()}")
+
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
         if r.user_name or from_file.admin_user:
             check_admin_name(r.user_name or from_file.admin_user or "")

@@ -18,6 +18,11 @@ Each Batch AI concept and its Azure form:
                           only asked while a node has not started; the bot's own records there
                           (`launch.json`, `final.json`) carry an HMAC and are refused if altered
 - node list            -> the scale set's VMs with their instance views, NICs for private IPs
+- blob containers      -> blobfuse2, its config (account key included) written by the setup
+                          extension into a root-only file; never on a command line
+- NFS file servers     -> a VM with RAID-0 data disks exporting /mnt/data (`fileservers`),
+                          mounted by its host name; `--use-auto-storage` makes the share and
+                          container when missing (Files and Blob SDKs, the bot's account key)
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
@@ -38,17 +43,19 @@ from typing import Any
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.network.aio import NetworkManagementClient
+from azure.storage.blob.aio import BlobServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, ControlShare
 from services.backends.azure.errors import azure_errors
+from services.backends.azure.fileservers import AzureFileServers
 from services.backends.azure.jobplan import JobPlanner
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.runcommands import RunCommands
 from services.backends.azure.scalesets import ScaleSets
 from services.backends.azure.status import JobStatus
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, Node, Usage
+from services.models import Cluster, FileServer, Node, Usage
 
 
 class AzureBackend:
@@ -96,6 +103,13 @@ class AzureBackend:
             planner=JobPlanner(config, self._control),
             wall_time=wall_time,
         )
+        self._blobs = BlobServiceClient(
+            config.blob_url,
+            credential={"account_name": config.storage_account, "account_key": config.storage_key},
+        )
+        self._file_servers = AzureFileServers(
+            config, compute=self._compute, network=self._network, blobs=self._blobs, files=share
+        )
         self._status = JobStatus(
             config,
             control=self._control,
@@ -128,6 +142,17 @@ class AzureBackend:
             for inst in job.instances
         }
         return await self._scalesets.list_nodes(cluster, busy)
+
+    # ---------------------------------------------------------------- storage (fileservers.py)
+
+    async def ensure_auto_storage(self, share: str, container: str) -> None:
+        await self._file_servers.ensure_auto_storage(share, container)
+
+    async def create_file_server(self, server: FileServer) -> str:
+        return await self._file_servers.create_file_server(server)
+
+    async def delete_file_server(self, server: FileServer) -> None:
+        await self._file_servers.delete_file_server(server)
 
     # ---------------------------------------------------------------- jobs (runcommands, status)
 
@@ -164,3 +189,4 @@ class AzureBackend:
         """Close the SDK clients (the credential belongs to the composition root)."""
         await self._compute.close()
         await self._network.close()
+        await self._blobs.close()

@@ -30,6 +30,8 @@ class ControlShare(FileShare, Protocol):
 
     async def write_file(self, loc: FileLocation, data: bytes) -> None: ...
 
+    async def ensure_share(self, share: str | None = None) -> None: ...
+
 
 def refuse_control_share(share: str, control: str, where: str) -> None:
     """The bot's own share is never a job's: one line that says so."""

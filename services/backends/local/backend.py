@@ -54,13 +54,6 @@ from services.models import Cluster, FileLocation, FileServer, Node, Usage
 SPAWN_GRACE_SECONDS = 60.0
 
 
-def _other(account: str | None, own: str | None) -> str | None:
-    """A job.json's account name; None for the bot's own (or a placeholder left unfilled)."""
-    if account is None or account == own or account.startswith("<"):
-        return None
-    return account
-
-
 class _Mounted(Protocol):
     @property
     def relative_mount_path(self) -> str: ...
@@ -75,8 +68,8 @@ class LocalBackend:
     - Azure File share        -> the directory `<root>/shares/<share>` (see LocalShare)
     - cluster mount           -> symlink `<root>/clusters/<c>/mounts/<mount_path>` ->
                                  `shares/<share>`; that `mounts` dir is $AZ_BATCHAI_MOUNT_ROOT
-    - blob container (bfs)    -> the directory `<root>/shares/<container>` (the bot's account;
-                                 another account's: `<root>/accounts/<account>/containers/..`)
+    - blob container (bfs)    -> the directory `<root>/shares/<container>` (one storage
+                                 namespace here, whatever the account)
     - NFS file server         -> the directory `<root>/file-servers/<name>/data`
     - job mountVolumes        -> symlinks `<root>/jobs/<job_id>/mounts/<relativeMountPath>` ->
                                  the share, container or file server directory above;
@@ -104,9 +97,7 @@ class LocalBackend:
         grace_seconds: float = 10.0,
         heartbeat_seconds: float = 5.0,
         containers: bool = True,
-        storage_account: str | None = None,
     ) -> None:
-        self._storage_account = storage_account  # the bot's: its shares are shares/<name>
         self._data = DataDir(root)
         self._root = self._data.root
         self._clusters = ClusterDirs(self._data)
@@ -135,7 +126,7 @@ class LocalBackend:
 
     async def ensure_auto_storage(self, share: str, container: str) -> None:
         for name in (share, container):  # one storage account here: both are shares/<name>
-            self._data.volume("afs", name, None).mkdir(parents=True, exist_ok=True)
+            self._data.volume("afs", name).mkdir(parents=True, exist_ok=True)
 
     async def create_file_server(self, server: FileServer) -> str:
         """A file server here is a directory; its data disks are this machine's disk."""
@@ -205,21 +196,12 @@ class LocalBackend:
         if volumes is None:
             return []
         root = self._data.job_dir(job_id) / "mounts"
-        own = self._storage_account
         links = [
-            (
-                self._data.volume("afs", share_from_url(v.azure_file_url), _other(v.account_name, own)),
-                v.relative_mount_path,
-            )
+            (self._data.volume("afs", share_from_url(v.azure_file_url)), v.relative_mount_path)
             for v in volumes.azure_file_shares
         ]
         links += [
-            (
-                self._data.volume(
-                    "bfs", check_share_name(v.container_name), _other(v.account_name, own)
-                ),
-                v.relative_mount_path,
-            )
+            (self._data.volume("bfs", check_share_name(v.container_name)), v.relative_mount_path)
             for v in volumes.azure_blob_file_systems
         ]
         notes = []

@@ -36,7 +36,7 @@ class ClusterDirs:
         for mount in cluster.mounts:
             if mount.kind != "nfs":
                 check_share_name(mount.share)
-            target = self._data.volume(mount.kind, mount.share, mount.account)
+            target = self._data.volume(mount.kind, mount.share)
             target.mkdir(parents=True, exist_ok=True)
             link(cdir / "mounts" / clean_rel(mount.mount_path), target)
         meta = cdir / "cluster.json"

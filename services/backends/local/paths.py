@@ -76,16 +76,13 @@ class DataDir:
         """An NFS file server's export: `<root>/file-servers/<name>/data`."""
         return self.root / "file-servers" / segment("file server name", name) / "data"
 
-    def volume(self, kind: str, name: str, account: str | None) -> Path:
-        """What a mount points at: the bot's shares and containers are `shares/<name>` (its
-        one storage account); another account's are `accounts/<account>/<kind>/<name>`; a
-        file server is its export."""
+    def volume(self, kind: str, name: str) -> Path:
+        """What a mount points at: a share or blob container is `shares/<name>` whatever its
+        account (this machine is one storage namespace, so the job's files on it are listed
+        and streamed like any share's); a file server is its export."""
         if kind == "nfs":
             return self.file_server(name)
-        if account is None:
-            return self.shares() / segment("share name", name)
-        folder = "containers" if kind == "bfs" else "shares"
-        return self.root / "accounts" / segment("storage account", account) / folder / name
+        return self.shares() / segment("share name", name)
 
     def cluster_dir(self, name: str) -> Path:
         return self.root / "clusters" / segment("cluster name", name)
