@@ -370,9 +370,7 @@ class CommandHandler:
             raise UserError("file servers are not set up in this bot")
         return self._s.file_servers
 
-    async def _file_server_create(
-        self, c: FileServerCreate, actor: Actor, source: Source
-    ) -> Reply:
+    async def _file_server_create(self, c: FileServerCreate, actor: Actor, source: Source) -> Reply:
         request = FileServerRequest(
             name=c.name,
             vm_size=c.vm_size,
@@ -400,14 +398,10 @@ class CommandHandler:
         return Reply(views.file_server_list(servers, output=c.answer))
 
     async def _file_server_show(self, c: FileServerShow, actor: Actor, source: Source) -> Reply:
-        server = await self._file_servers().get_file_server(
-            c.name, resource_group=c.resource_group
-        )
+        server = await self._file_servers().get_file_server(c.name, resource_group=c.resource_group)
         return Reply(views.file_server_detail(server, output=c.answer))
 
-    async def _file_server_delete(
-        self, c: FileServerDelete, actor: Actor, source: Source
-    ) -> Reply:
+    async def _file_server_delete(self, c: FileServerDelete, actor: Actor, source: Source) -> Reply:
         gone = await self._file_servers().delete_file_server(
             c.name, resource_group=c.resource_group
         )

@@ -1303,9 +1303,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _f(
                 "--storage-sku",
                 "storage_sku",
-                _pattern(
-                    "SKU", r"Standard_LRS|Premium_LRS", "use Standard_LRS or Premium_LRS"
-                ),
+                _pattern("SKU", r"Standard_LRS|Premium_LRS", "use Standard_LRS or Premium_LRS"),
                 "data disk type (default Premium_LRS)",
             ),
             _f(
@@ -1315,7 +1313,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "data disk caching (default none)",
             ),
             _f("-u --user-name", "user_name", USER_NAME, "admin user on the server (not admin)"),
-            _f("-k --ssh-key", "ssh_key", SSH_KEY, "public key text (a key file path: console only)"),
+            _f(
+                "-k --ssh-key",
+                "ssh_key",
+                SSH_KEY,
+                "public key text (a key file path: console only)",
+            ),
             _f(
                 "-p --password",
                 "password",
@@ -1339,8 +1342,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--disk-size 128 -u demo",
         ),
         notes=(
-            "Clusters and jobs mount it with --nfs NAME at $AZ_BATCHAI_MOUNT_ROOT/<--nfs-mount-path>"
-            " (default nfs); the data disks are exported from /mnt/data.",
+            "Clusters and jobs mount it with --nfs NAME at "
+            "$AZ_BATCHAI_MOUNT_ROOT/<--nfs-mount-path> (default nfs); the data disks are "
+            "exported from /mnt/data.",
             "On the local backend a file server is a directory on the bot's machine.",
         ),
         given_by=(("vm_size", "config"), ("disk_count", "config"), ("disk_size_gb", "config")),

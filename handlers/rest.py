@@ -97,7 +97,9 @@ def _share(mount: ShareMount, account: str | None) -> dict[str, Any]:
     name = mount.account or account
     return {
         "accountName": name,
-        "azureFileUrl": None if name is None else f"https://{name}.file.core.windows.net/{mount.share}",
+        "azureFileUrl": None
+        if name is None
+        else f"https://{name}.file.core.windows.net/{mount.share}",
         "credentials": _credentials(),
         "relativeMountPath": mount.mount_path,
         "fileMode": "0777",
@@ -122,7 +124,9 @@ def file_server_id(resource_group: str, workspace: str, name: str) -> str:
 
 def _file_server_ref(mount: ShareMount, cluster: Cluster) -> dict[str, Any]:
     return {
-        "fileServer": {"id": file_server_id(cluster.resource_group, cluster.workspace, mount.share)},
+        "fileServer": {
+            "id": file_server_id(cluster.resource_group, cluster.workspace, mount.share)
+        },
         "sourceDirectory": None,
         "relativeMountPath": mount.mount_path,
         "mountOptions": None,

@@ -69,7 +69,8 @@ async def run_to_end(bot: Bot, name: str) -> None:
 
 async def make_server(bot: Bot, name: str = "fs1") -> Any:
     return await as_json(
-        bot, f"file-server create -n {name} -s Standard_D2s_v3 --disk-count 2 --disk-size 10 -u demo"
+        bot,
+        f"file-server create -n {name} -s Standard_D2s_v3 --disk-count 2 --disk-size 10 -u demo",
     )
 
 
@@ -83,7 +84,9 @@ async def test_cluster_flags_mount_container_file_server_and_auto_storage(bot: B
         "--nfs fs1 --nfs-mount-path nfs --use-auto-storage",
     )
     volumes = doc["nodeSetup"]["mountVolumes"]
-    assert jmespath.search("azureBlobFileSystems[].[containerName, relativeMountPath]", volumes) == [
+    assert jmespath.search(
+        "azureBlobFileSystems[].[containerName, relativeMountPath]", volumes
+    ) == [
         ["blobs", "bfs"],
         ["batchaicontainer", "autobfs"],
     ]

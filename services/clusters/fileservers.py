@@ -121,7 +121,9 @@ class FileServerService:
         if r.subnet is not None:
             raise UserError("--subnet: " + self._subnet_refusal())
         if not vm_size or count is None or size is None:
-            raise UserError("give -s/--vm-size, --disk-count and --disk-size (or a file-server JSON)")
+            raise UserError(
+                "give -s/--vm-size, --disk-count and --disk-size (or a file-server JSON)"
+            )
         if not _VM_SIZE_RE.match(vm_size):
             raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_D2s_v3)")
         if not 1 <= count <= MAX_DISKS:

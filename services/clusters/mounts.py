@@ -186,7 +186,10 @@ def job_volumes(
             }
             key = "azureBlobFileSystems"
         else:
-            entry = {"fileServer": {"id": file_server_id(m.share)}, "relativeMountPath": m.mount_path}
+            entry = {
+                "fileServer": {"id": file_server_id(m.share)},
+                "relativeMountPath": m.mount_path,
+            }
             key = "fileServers"
             creds = None
         if creds:

@@ -216,7 +216,8 @@ class JobService:
         rg, ws = request.resource_group or self._rg, request.workspace or self._ws
 
         def server_id(name: str) -> str:
-            return f"/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}/fileServers/{name}"
+            workspace = f"/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}"
+            return f"{workspace}/fileServers/{name}"
 
         added = job_volumes(request.mounts, own_account=own, file_server_id=server_id)
         data = json.loads(spec.model_dump_json(by_alias=True, exclude_none=True))

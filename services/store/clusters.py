@@ -48,9 +48,7 @@ class SqlClusterRepository:
 
     async def add(self, cluster: Cluster) -> None:
         try:
-            await self._conn.execute(
-                insert(clusters).values(**_cluster_row(self._sealed(cluster)))
-            )
+            await self._conn.execute(insert(clusters).values(**_cluster_row(self._sealed(cluster))))
         except IntegrityError as err:
             raise Conflict(f"cluster {cluster.name} already exists") from err
 

@@ -101,8 +101,7 @@ async def _reseal(
     for name, mounts in (await conn.execute(select(clusters.c.name, clusters.c.mounts))).all():
         if any(m.account_key for m in mounts):  # another account's storage key
             keyed = tuple(
-                replace(m, account_key=value(m.account_key)) if m.account_key else m
-                for m in mounts
+                replace(m, account_key=value(m.account_key)) if m.account_key else m for m in mounts
             )
             change = update(clusters).where(clusters.c.name == name).values(mounts=keyed)
             await conn.execute(change)

@@ -42,4 +42,5 @@ class SqlFileServerRepository:
 
 
 def _from(r: Any) -> FileServer:
-    return FileServer(**{k: r[k] for k in file_servers.c.keys()})
+    names = [column.name for column in file_servers.columns]
+    return FileServer(**{name: r[name] for name in names})

@@ -12,6 +12,7 @@ virtual network, so no address is needed where the mount is written.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from typing import Any
@@ -25,19 +26,14 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import azure_errors
+from services.backends.azure.node import server_host
 from services.backends.azure.scaleset_model import admin_name, image_reference, ssh_key
 from services.core.errors import NotFound
 from services.models import FileServer
 
 log = logging.getLogger(__name__)
 
-EXPORT = "/mnt/data"  # Batch AI's mount point of a file server's array
 RAID_DEVICE = "/dev/md0"
-
-
-def server_host(name: str) -> str:
-    """The file server VM's name, which is also its host name inside the virtual network."""
-    return f"batchai-fs-{name}"[:64]
 
 
 def nfs_cloud_config(*, disks: int, export: str, client_range: str) -> str:
@@ -55,7 +51,7 @@ def nfs_cloud_config(*, disks: int, export: str, client_range: str) -> str:
         [
             "set -eu",
             f"for d in {luns}; do while [ ! -e $d ]; do sleep 2; done; done",
-            f"if ! blkid -L batchai-nfs >/dev/null 2>&1; then",
+            "if ! blkid -L batchai-nfs >/dev/null 2>&1; then",
             *make,
             f"  mkfs.ext4 -F -L batchai-nfs {device}",
             "fi",
@@ -161,10 +157,8 @@ class AzureFileServers:
     async def ensure_auto_storage(self, share: str, container: str) -> None:
         await self._files.ensure_share(share)
         async with azure_errors(f"create blob container {container}"):
-            try:
+            with contextlib.suppress(ResourceExistsError):  # made before: nothing to do
                 await self._blobs.get_container_client(container).create_container()
-            except ResourceExistsError:
-                pass  # made before: nothing to do
 
     async def create_file_server(self, server: FileServer) -> str:
         host = server_host(server.name)
