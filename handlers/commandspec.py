@@ -1297,7 +1297,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Create an NFS file server: one VM with its data disks striped as RAID 0",
         (
             _f("-n --name", "name", NAME, "file server name"),
-            _f("-s --vm-size", "vm_size", VM_SIZE, "VM size of the server, e.g. Standard_D2s_v3"),
+            _f("-s --vm-size", "vm_size", VM_SIZE, "VM size of the server, e.g. Standard_D4s_v5"),
             _f("--disk-count", "disk_count", _int(1, 63), "data disks (striped as RAID 0)"),
             _f("--disk-size", "disk_size_gb", _int(1, 32767, "GB"), "size of each data disk"),
             _f(
@@ -1338,7 +1338,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _NO_WAIT,
         ),
         examples=(
-            "/batchai file-server create -n nfs -s Standard_D2s_v3 --disk-count 2 "
+            "/batchai file-server create -n nfs -s Standard_D4s_v5 --disk-count 2 "
             "--disk-size 128 -u demo",
         ),
         notes=(

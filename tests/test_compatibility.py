@@ -57,7 +57,7 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "`file-server create",
         "as az",
         [
-            "file-server create -n fs1 -s Standard_D2s_v3 --disk-count 2 --disk-size 10 -u demo",
+            "file-server create -n fs1 -s Standard_D4s_v5 --disk-count 2 --disk-size 10 -u demo",
             "file-server list",
             "file-server show -n fs1 -o json",
         ],

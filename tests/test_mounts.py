@@ -70,7 +70,7 @@ async def run_to_end(bot: Bot, name: str) -> None:
 async def make_server(bot: Bot, name: str = "fs1") -> Any:
     return await as_json(
         bot,
-        f"file-server create -n {name} -s Standard_D2s_v3 --disk-count 2 --disk-size 10 -u demo",
+        f"file-server create -n {name} -s Standard_D4s_v5 --disk-count 2 --disk-size 10 -u demo",
     )
 
 
@@ -252,7 +252,7 @@ async def test_deleting_a_file_server_a_cluster_mounts_is_refused_with_the_reaso
             "--afs-mount-path bfs",
             "two file systems are mounted at 'bfs'",
         ),
-        ("file-server create -n f2 -s Standard_D2s_v3 --disk-count 2", "--disk-size"),
+        ("file-server create -n f2 -s Standard_D4s_v5 --disk-count 2", "--disk-size"),
     ],
 )
 async def test_what_cannot_be_mounted_is_one_line_and_nothing_is_made(

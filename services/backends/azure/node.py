@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Node-side system paths sit below $BATCHAI_NODE_ROOT: unset on a real node (so "/"), a
 # directory per simulated node in the tests.
@@ -205,6 +205,37 @@ def blob_lines(blobs: Sequence[BlobMount]) -> list[str]:
             f"--config-file={ROOT}{q(m.config_file)}",
         ]
     return lines
+
+
+def job_blob_lines(m: BlobMount) -> list[str]:
+    """A job's container of the bot's account: its blobfuse2 config is made on the node with
+    the key read from the credentials file (a shell variable, never an argument), then it is
+    mounted like a cluster's."""
+    q = shlex.quote
+    template = blob_config(replace(m, key="@KEY@"))
+    head, tail = template.split('"@KEY@"')
+    cred = f"{ROOT}{CRED_DIR}/{_account(m.account)}.cred"
+    config = f"{ROOT}{q(m.config_file)}"
+    head64 = base64.b64encode(head.encode()).decode()
+    tail64 = base64.b64encode(tail.encode()).decode()
+    return [
+        "if ! command -v blobfuse2 >/dev/null 2>&1; then",
+        "  . /etc/os-release",
+        f'  curl -fsSL "{_MS_PACKAGES}/$VERSION_ID/packages-microsoft-prod.deb" '
+        "-o /tmp/packages-microsoft-prod.deb",
+        "  dpkg -i /tmp/packages-microsoft-prod.deb",
+        *(f"  {line}" for line in apt_install("blobfuse2", "fuse3")),
+        "fi",
+        f"if [ ! -s {config} ]; then",
+        "  ( umask 077",
+        f"    mkdir -p {ROOT}{BLOBFUSE_DIR}",
+        f"    key=$(sed -n 's/^password=//p' {cred})",
+        f'    {{ echo {head64} | base64 -d; printf \'"%s"\' "$key"; '
+        f"echo {tail64} | base64 -d; }} > {config} )",
+        "fi",
+        f"mkdir -p -- {ROOT}{q(m.cache_dir)} {q(m.path)}",
+        f"mountpoint -q {q(m.path)} || blobfuse2 mount {q(m.path)} --config-file={config}",
+    ]
 
 
 def nfs_lines(servers: Sequence[NfsMount]) -> list[str]:
