@@ -675,7 +675,7 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
         else f"manual, {c.target_nodes} nodes"
     )
     mounts = ", ".join(
-        f"{_MOUNT_KIND[m.kind]} {m.share}{f' ({m.account})' if m.account else ''} at "
+        f"{_MOUNT_KIND.get(m.kind, m.kind)} {m.share}{f' ({m.account})' if m.account else ''} at "
         f"$AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}"
         for m in c.mounts
     )

@@ -157,7 +157,7 @@ def check_mounts(mounts: Sequence[ShareMount], reserved: frozenset[str]) -> None
         if m.mount_path in seen:
             raise UserError(f"two file systems are mounted at {m.mount_path!r}: give each its own")
         seen.add(m.mount_path)
-        if m.kind == "afs" and m.account is None and m.share in reserved:
+        if m.kind == "afs" and m.share in reserved:  # whichever account a file names
             raise UserError(
                 f"share {m.share} is the bot's control share (AZURE_SHARE); mount another share"
             )

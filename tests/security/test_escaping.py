@@ -46,6 +46,7 @@ from services.models import (
     FileEntry,
     FileListing,
     FileLocation,
+    FileServer,
     Node,
     NodeCounts,
     Progress,
@@ -178,6 +179,23 @@ def _listing() -> FileListing:
     return FileListing(_job(), HOSTILE, HOSTILE, entries, {HOSTILE: _link(HOSTILE)})
 
 
+SERVER = FileServer(
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    2,
+    10,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    NOW,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+)
+
 # What each annotation of a view's parameter gets: hostile models, hostile text.
 ARGS: dict[str, Callable[[], Any]] = {
     "Job": _job,
@@ -196,6 +214,8 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Sequence[Node]": lambda: [Node(HOSTILE, 0, HOSTILE, 22, HOSTILE)],
     "Sequence[Usage]": lambda: [Usage(HOSTILE, HOSTILE, 1, None), Usage(HOSTILE, HOSTILE, 2, 3)],
     "Schedule": lambda: SCHEDULE,
+    "FileServer": lambda: SERVER,
+    "Sequence[FileServer]": lambda: [SERVER],
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,
     "Outcome": lambda: Outcome(APPROVAL, True, Decision.DECIDED, by=HOSTILE, reason=HOSTILE),
