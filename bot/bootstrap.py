@@ -24,6 +24,7 @@ from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
+from services.clusters.fileservers import FileServerService
 from services.clusters.health import NodeHealthService
 from services.clusters.idle import IdleService
 from services.clusters.service import ClusterService
@@ -299,6 +300,16 @@ def build(
         prices=prices,
         idle_timeout=timedelta(minutes=settings.idle_timeout_minutes),
         gate=gate,
+        storage=backend,
+        storage_account=settings.storage_account,
+    )
+    file_servers = FileServerService(
+        store=store,
+        backend=backend,
+        clock=clock,
+        configs=configs,
+        resource_group=settings.resource_group,
+        workspace=settings.workspace,
     )
     idle = IdleService(
         store=store,
@@ -323,6 +334,7 @@ def build(
         approvals=approvals,
         readers=readers,
         reserved_shares=compute.reserved_shares,
+        storage=backend,
     )
     gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
     runner = JobRunner(
@@ -363,6 +375,7 @@ def build(
             audit=AuditLog(store),
             schedules=schedules,
             workspaces=WorkspaceService(store=store, clock=clock, homes=homes),
+            file_servers=file_servers,
         )
     )
     actions = ActionHandler(jobs, clock.now, guard, approvals, idle, gpu_idle=gpu_idle)

@@ -33,6 +33,10 @@ from handlers.commandspec import (
     ExperimentDelete,
     ExperimentList,
     ExperimentShow,
+    FileServerCreate,
+    FileServerDelete,
+    FileServerList,
+    FileServerShow,
     Help,
     JobCreate,
     JobDelete,
@@ -57,6 +61,8 @@ from handlers.commandspec import (
 from handlers.grammar import Command, ConfigRef, Source
 from handlers.views import Message
 from services.access import AccessGuard, AuditLog, Caller
+from services.clusters.fileservers import FileServerRequest, FileServerService
+from services.clusters.mounts import MountFlags, from_flags
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs.service import JobRequest, JobService
@@ -105,6 +111,7 @@ class Services:
     audit: AuditLog | None = None
     schedules: ScheduleService | None = None
     workspaces: WorkspaceService | None = None
+    file_servers: FileServerService | None = None
 
 
 class CommandHandler:
@@ -194,7 +201,6 @@ class CommandHandler:
     # -- clusters -----------------------------------------------------------------------------
 
     async def _cluster_create(self, c: ClusterCreate, actor: Actor, source: Source) -> Reply:
-        _refuse_unsupported(c, CLUSTER_FLAGS_NOT_YET)
         request = cluster_request(c)
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
         # A public reply shows the typed command to the channel: never when it held a secret.
@@ -288,7 +294,6 @@ class CommandHandler:
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _job_create(self, c: JobCreate, actor: Actor, source: Source) -> Reply:
-        _refuse_unsupported(c, JOB_FLAGS_NOT_YET)
         if c.name is None:  # the grammar asks for it outside Slack; in Slack the form does
             raise UserError("give the job a name with -n/--name")
         request = job_request(c)
@@ -453,6 +458,52 @@ class CommandHandler:
         )
         return Reply(views.node_output(out, c.command, output=c.answer))
 
+    # -- file servers -------------------------------------------------------------------------
+
+    def _file_servers(self) -> FileServerService:
+        if self._s.file_servers is None:
+            raise UserError("file servers are not set up in this bot")
+        return self._s.file_servers
+
+    async def _file_server_create(self, c: FileServerCreate, actor: Actor, source: Source) -> Reply:
+        request = FileServerRequest(
+            name=c.name,
+            vm_size=c.vm_size,
+            disk_count=c.disk_count,
+            disk_size_gb=c.disk_size_gb,
+            storage_sku=c.storage_sku,
+            user_name=c.user_name,
+            subnet=c.subnet,
+            resource_group=c.resource_group,
+            workspace=c.workspace,
+            config=_config(c.config),
+        )
+        server = await self._file_servers().create_file_server(request, actor=actor)
+        public = c.password is None  # never show the channel a typed password
+        if c.answer.structured:
+            return Reply(views.file_server_detail(server, output=c.answer), public=public)
+        text = (
+            f"file server *{server.name}* is ready: {server.disk_count} × "
+            f"{server.disk_size_gb} GB disks; mount it with `--nfs {server.name}`"
+        )
+        return Reply(views.info(text), public=public)
+
+    async def _file_server_list(self, c: FileServerList, actor: Actor, source: Source) -> Reply:
+        servers = await self._file_servers().list_file_servers()
+        return Reply(views.file_server_list(servers, output=c.answer))
+
+    async def _file_server_show(self, c: FileServerShow, actor: Actor, source: Source) -> Reply:
+        server = await self._file_servers().get_file_server(c.name, resource_group=c.resource_group)
+        return Reply(views.file_server_detail(server, output=c.answer))
+
+    async def _file_server_delete(self, c: FileServerDelete, actor: Actor, source: Source) -> Reply:
+        gone = await self._file_servers().delete_file_server(
+            c.name, resource_group=c.resource_group
+        )
+        if not gone:
+            return Reply(views.info(f"file server *{c.name}* does not exist (nothing to do)"))
+        return Reply(views.info(f"file server *{c.name}* deleted"), public=True)
+
     # -- schedules ------------------------------------------------------------------------------
 
     def _schedules(self) -> ScheduleService:
@@ -560,6 +611,22 @@ def job_request(c: JobCreate) -> JobRequest:
         workspace=c.workspace,
         experiment=c.experiment,
         max_retries=c.max_retries,
+        mounts=tuple(from_flags(_mount_flags(c))),
+    )
+
+
+def _mount_flags(c: JobCreate | ClusterCreate) -> MountFlags:
+    key = c.storage_account_key
+    return MountFlags(
+        afs_name=c.afs_name,
+        afs_mount_path=c.afs_mount_path,
+        bfs_name=c.bfs_name,
+        bfs_mount_path=c.bfs_mount_path,
+        nfs=c.nfs,
+        nfs_mount_path=c.nfs_mount_path,
+        use_auto_storage=c.use_auto_storage,
+        storage_account_name=c.storage_account_name,
+        storage_account_key=None if key is None else key.get_secret_value(),
     )
 
 
@@ -575,6 +642,16 @@ def cluster_request(c: ClusterCreate) -> ClusterRequest:
         vm_priority=c.vm_priority,
         afs_name=c.afs_name,
         afs_mount_path=c.afs_mount_path,
+        bfs_name=c.bfs_name,
+        bfs_mount_path=c.bfs_mount_path,
+        nfs=c.nfs,
+        nfs_mount_path=c.nfs_mount_path,
+        use_auto_storage=c.use_auto_storage,
+        storage_account_name=c.storage_account_name,
+        storage_account_key=(
+            None if c.storage_account_key is None else c.storage_account_key.get_secret_value()
+        ),
+        subnet=c.subnet,
         user_name=c.user_name,
         setup_task=c.setup_task,
         resource_group=c.resource_group,
@@ -624,6 +701,10 @@ _HANDLERS.add(JobStreamFile, CommandHandler._job_stream)
 _HANDLERS.add(JobListFiles, CommandHandler._job_files)
 _HANDLERS.add(JobNodeList, CommandHandler._job_nodes)
 _HANDLERS.add(JobNodeExec, CommandHandler._job_node_exec)
+_HANDLERS.add(FileServerCreate, CommandHandler._file_server_create)
+_HANDLERS.add(FileServerList, CommandHandler._file_server_list)
+_HANDLERS.add(FileServerShow, CommandHandler._file_server_show)
+_HANDLERS.add(FileServerDelete, CommandHandler._file_server_delete)
 
 
 @functools.lru_cache(maxsize=256)
@@ -631,30 +712,6 @@ def _help_message(topic: tuple[str, ...]) -> Message:
     """Help is the same until the bot is upgraded: laid out into blocks once per topic (the
     layout cost more CPU than the rest of the command). Messages are never changed once made."""
     return views.monospace(grammar.help_text(*topic))
-
-
-# Flags the grammar accepts (az had them) that no backend honours yet: refused, never ignored.
-CLUSTER_FLAGS_NOT_YET = {
-    "bfs_name": "--bfs-name (blob containers)",
-    "nfs": "--nfs (file servers)",
-    "subnet": "--subnet",
-    "setup_task": "--setup-task",
-    "storage_account_name": "--storage-account-name",
-    "storage_account_key": "--storage-account-key",
-}
-JOB_FLAGS_NOT_YET = {
-    "afs_name": "--afs-name on job create (mount it in the job.json's mountVolumes)",
-    "bfs_name": "--bfs-name",
-    "nfs": "--nfs",
-    "storage_account_name": "--storage-account-name",
-    "storage_account_key": "--storage-account-key",
-}
-
-
-def _refuse_unsupported(c: Command, flags: dict[str, str]) -> None:
-    for field, flag in flags.items():
-        if getattr(c, field, None) is not None:
-            raise UserError(f"{flag} is not supported by this bot yet")
 
 
 def _channel(actor: Actor) -> str:

@@ -78,6 +78,7 @@ class ClusterCreate(Command):
     bfs_mount_path: str = "bfs"
     nfs: str | None = None
     nfs_mount_path: str = "nfs"
+    use_auto_storage: bool = False
     user_name: str | None = None
     ssh_key: str | None = None
     password: SecretStr | None = None
@@ -230,6 +231,7 @@ class JobCreate(JobCommand):
     bfs_mount_path: str = "bfs"
     nfs: str | None = None
     nfs_mount_path: str = "nfs"
+    use_auto_storage: bool = False
     location: str | None = None
     at: str | None = None
     cron: str | None = None
@@ -304,6 +306,44 @@ class JobNodeExec(JobCommand):
     job: str
     node_id: str | None = None  # None: the job's first node
     command: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileServerCreate(Command):
+    slow: ClassVar[bool] = True
+
+    name: str
+    vm_size: str | None = None  # these three are required unless the file-server JSON has them
+    disk_count: int | None = None
+    disk_size_gb: int | None = None
+    user_name: str | None = None
+    ssh_key: str | None = None
+    password: SecretStr | None = None
+    storage_sku: str | None = None  # None: the file's, else Premium_LRS
+    caching_type: str | None = None
+    subnet: str | None = None
+    config: ConfigRef | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileServerList(Command):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileServerShow(Command):
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileServerDelete(Command):
+    destructive: ClassVar[bool] = True
+    audited: ClassVar[bool] = True
+    slow: ClassVar[bool] = True
+
+    name: str
+    yes: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -800,6 +840,13 @@ _STORAGE_FLAGS = (
     ),
     _f("--nfs", "nfs", NAME_OR_ARM_ID, "file server to mount"),
     _f("--nfs-mount-path", "nfs_mount_path", MOUNT_PATH, "where the file server is mounted"),
+    _f(
+        "--use-auto-storage",
+        "use_auto_storage",
+        FLAG,
+        "mount the bot's storage: share batchaishare at autoafs, container batchaicontainer "
+        "at autobfs (created when missing)",
+    ),
 )
 _PASSWORD_WARNING = (
     "A password typed in a channel is visible to everyone in it: change it, and use "
@@ -1010,6 +1057,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--user-name mytestbatchai --password PP@@ddee5 --resource-group myBatchAIGroup",
             "/batchai cluster create -n mycluster -s Standard_NC4as_T4_v3 --min 0 --max 4 "
             "--afs-name data --afs-mount-path afs",
+            "/batchai cluster create -n mycluster -s Standard_NC6 -t 1 --bfs-name data "
+            "--nfs nfs --use-auto-storage",
         ),
         notes=(
             "--min N --max N with equal values (or -t N) makes a fixed-size cluster; different "
@@ -1470,11 +1519,89 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "the node slots the clusters hold on its machine.",
         ),
     ),
+    _spec(
+        "file-server create",
+        FileServerCreate,
+        "Create an NFS file server: one VM with its data disks striped as RAID 0",
+        (
+            _f("-n --name", "name", NAME, "file server name"),
+            _f("-s --vm-size", "vm_size", VM_SIZE, "VM size of the server, e.g. Standard_D4s_v5"),
+            _f("--disk-count", "disk_count", _int(1, 63), "data disks (striped as RAID 0)"),
+            _f("--disk-size", "disk_size_gb", _int(1, 32767, "GB"), "size of each data disk"),
+            _f(
+                "--storage-sku",
+                "storage_sku",
+                _pattern("SKU", r"Standard_LRS|Premium_LRS", "use Standard_LRS or Premium_LRS"),
+                "data disk type (default Premium_LRS)",
+            ),
+            _f(
+                "--caching-type",
+                "caching_type",
+                _choice("none", "readonly", "readwrite"),
+                "data disk caching (default none)",
+            ),
+            _f("-u --user-name", "user_name", USER_NAME, "admin user on the server (not admin)"),
+            _f(
+                "-k --ssh-key",
+                "ssh_key",
+                SSH_KEY,
+                "public key text (a key file path: console only)",
+            ),
+            _f(
+                "-p --password",
+                "password",
+                SECRET,
+                "admin password (the channel sees it: prefer -k)",
+                metavar="PASSWORD",
+                warning=_PASSWORD_WARNING,
+            ),
+            _f("--subnet", "subnet", ARM_ID, "virtual network subnet to place the server in"),
+            _f(
+                "-f --config-file -c --config",
+                "config",
+                _config("fileservers"),
+                "file-server JSON (nfs.json): manifest name or inline JSON (a path: console only)",
+            ),
+            _LOCATION,
+            _NO_WAIT,
+        ),
+        examples=(
+            "/batchai file-server create -n nfs -s Standard_D4s_v5 --disk-count 2 "
+            "--disk-size 128 -u demo",
+        ),
+        notes=(
+            "Clusters and jobs mount it with --nfs NAME at "
+            "$AZ_BATCHAI_MOUNT_ROOT/<--nfs-mount-path> (default nfs); the data disks are "
+            "exported from /mnt/data.",
+            "On the local backend a file server is a directory on the bot's machine.",
+        ),
+        given_by=(("vm_size", "config"), ("disk_count", "config"), ("disk_size_gb", "config")),
+    ),
+    _spec(
+        "file-server list",
+        FileServerList,
+        "List NFS file servers with their size, disks and state",
+        (),
+        examples=("/batchai file-server list -o table",),
+    ),
+    _spec(
+        "file-server show",
+        FileServerShow,
+        "Show one NFS file server",
+        (_f("-n --name", "name", NAME, "file server name"),),
+        examples=("/batchai file-server show -n nfs -o json",),
+    ),
+    _spec(
+        "file-server delete",
+        FileServerDelete,
+        "Delete an NFS file server (refused while a cluster mounts it)",
+        (_f("-n --name", "name", NAME, "file server name"), _YES, _NO_WAIT),
+        examples=("/batchai file-server delete -n nfs -y",),
+    ),
 )
 
 # az batchai commands a user may remember but the bot does not offer, with what to do instead.
 UNSUPPORTED: dict[tuple[str, ...], str] = {
-    ("file-server",): "file servers are not managed by the bot: mount a share with --afs-name",
     ("cluster", "file"): "cluster file list is not available: setup task logs go to the thread",
 }
 

@@ -18,6 +18,7 @@ from services.models import (
     Cluster,
     ClusterView,
     ExperimentView,
+    FileServer,
     Job,
     ShareMount,
     Usage,
@@ -129,14 +130,97 @@ def _errors(message: str | None) -> list[dict[str, Any]] | None:
     return None if not message else [{"code": None, "message": message, "details": None}]
 
 
-def _share(mount: ShareMount) -> dict[str, Any]:
+def _credentials() -> dict[str, Any]:
+    return {"accountKey": None, "accountKeySecretReference": None}
+
+
+def _share(mount: ShareMount, account: str | None) -> dict[str, Any]:
+    name = mount.account or account
     return {
-        "accountName": None,
-        "azureFileUrl": None,
-        "credentials": {"accountKey": None, "accountKeySecretReference": None},
+        "accountName": name,
+        "azureFileUrl": None
+        if name is None
+        else f"https://{name}.file.core.windows.net/{mount.share}",
+        "credentials": _credentials(),
         "relativeMountPath": mount.mount_path,
         "fileMode": "0777",
         "directoryMode": "0777",
+    }
+
+
+def _container(mount: ShareMount, account: str | None) -> dict[str, Any]:
+    return {
+        "accountName": mount.account or account,
+        "containerName": mount.share,
+        "credentials": _credentials(),
+        "relativeMountPath": mount.mount_path,
+        "mountOptions": None,
+    }
+
+
+def file_server_id(resource_group: str, workspace: str, name: str) -> str:
+    """A file server's ARM path (below the subscription)."""
+    return f"{_workspace_path(resource_group, workspace)}/fileServers/{name}"
+
+
+def _file_server_ref(mount: ShareMount, cluster: Cluster) -> dict[str, Any]:
+    return {
+        "fileServer": {
+            "id": file_server_id(cluster.resource_group, cluster.workspace, mount.share)
+        },
+        "sourceDirectory": None,
+        "relativeMountPath": mount.mount_path,
+        "mountOptions": None,
+    }
+
+
+def _mount_volumes(c: Cluster, account: str | None) -> dict[str, Any] | None:
+    """The cluster's nodeSetup.mountVolumes: each list null when empty, as the SDK printed it."""
+    if not c.mounts:
+        return None
+    shares = [_share(m, account) for m in c.mounts if m.kind == "afs"]
+    blobs = [_container(m, account) for m in c.mounts if m.kind == "bfs"]
+    servers = [_file_server_ref(m, c) for m in c.mounts if m.kind == "nfs"]
+    return {
+        "azureFileShares": shares or None,
+        "azureBlobFileSystems": blobs or None,
+        "fileServers": servers or None,
+        "unmanagedFileSystems": None,
+    }
+
+
+def file_server_resource(fs: FileServer) -> dict[str, Any]:
+    """A file server as `az batchai file-server show -o json` printed it (2018-05-01)."""
+    local = fs.address is not None and fs.address.startswith("/")
+    return {
+        "id": file_server_id(fs.resource_group, fs.workspace, fs.name),
+        "name": fs.name,
+        "type": "Microsoft.BatchAI/workspaces/fileservers",
+        "resourceGroup": fs.resource_group,
+        "vmSize": fs.vm_size,
+        "sshConfiguration": {
+            "publicIPsToAllow": None,
+            "userAccountSettings": {
+                "adminUserName": fs.admin_user,
+                "adminUserSshPublicKey": None,
+                "adminUserPassword": None,
+            },
+        },
+        "dataDisks": {
+            "diskSizeInGB": fs.disk_size_gb,
+            "cachingType": "none",
+            "diskCount": fs.disk_count,
+            "storageAccountType": fs.storage_sku,
+        },
+        "subnet": None,
+        "mountSettings": {
+            "mountPoint": fs.export,
+            "fileServerPublicIP": None,
+            "fileServerInternalIP": None if local else fs.address,
+        },
+        "provisioningStateTransitionTime": None,
+        "creationTime": _iso(fs.created_at),
+        "provisioningState": fs.state,
     }
 
 
@@ -184,19 +268,7 @@ def cluster_resource(view: ClusterView, *, account: str | None = None) -> dict[s
             "autoScale": None,
         }
     )
-    shares = [_share(m) for m in c.mounts]
-    if account is not None:
-        for share, mount in zip(shares, c.mounts, strict=True):
-            share["accountName"] = account
-            share["azureFileUrl"] = f"https://{account}.file.core.windows.net/{mount.share}"
-    mounts = None
-    if shares:
-        mounts = {
-            "azureFileShares": shares,
-            "azureBlobFileSystems": None,
-            "fileServers": None,
-            "unmanagedFileSystems": None,
-        }
+    mounts = _mount_volumes(c, account)
     setup_task = None
     if c.setup_task:
         setup_task = {

@@ -16,6 +16,7 @@ from handlers.rest import (
     cluster_resource,
     experiment_resource,
     file_resource,
+    file_server_resource,
     job_resource,
     usage_resource,
     workspace_resource,
@@ -41,6 +42,7 @@ from services.models import (
     DownloadLink,
     ExperimentView,
     FileListing,
+    FileServer,
     GpuUse,
     Job,
     Node,
@@ -739,7 +741,11 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
         if c.autoscale
         else f"manual, {c.target_nodes} nodes"
     )
-    mounts = ", ".join(f"{m.share} at $AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}" for m in c.mounts)
+    mounts = ", ".join(
+        f"{_MOUNT_KIND.get(m.kind, m.kind)} {m.share}{f' ({m.account})' if m.account else ''} at "
+        f"$AZ_BATCHAI_MOUNT_ROOT/{m.mount_path}"
+        for m in c.mounts
+    )
     lines = [
         md("*{}* ({}, {}) — {}", c.name, c.vm_size, c.vm_priority, c.state.value),
         md("{}; image {}", scale, c.image),
@@ -1767,3 +1773,51 @@ def schedule_missed(
     )
     tail = f"next run: {_at(next_run, zone)}" if next_run else "it has ended"
     return Message(text, [section(text), context(tail)])
+
+
+# -- file servers (az batchai file-server)
+
+_MOUNT_KIND = {"afs": "share", "bfs": "container", "nfs": "file server"}
+
+
+def _file_server_row(fs: FileServer) -> list[object]:
+    return [fs.name, fs.vm_size, fs.disk_count, fs.disk_size_gb, fs.storage_sku, fs.state]
+
+
+_FILE_SERVER_HEADERS = ["Name", "VM size", "Disks", "Disk GB", "Disk type", "State"]
+
+
+def file_server_list(servers: Sequence[FileServer], *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, [file_server_resource(fs) for fs in servers])
+    if not servers:
+        return Message(
+            "no file servers",
+            [section("No file servers. Create one with `/batchai file-server create`.")],
+        )
+    rows = [_file_server_row(fs) for fs in servers]
+    return _table_message(
+        table(_FILE_SERVER_HEADERS, rows),
+        rest="`/batchai file-server show -n NAME` shows one file server",
+    )
+
+
+def file_server_detail(fs: FileServer, *, output: Output | str) -> Message:
+    if (out := Output.of(output)).structured:
+        return _structured(out, file_server_resource(fs))
+    if out.format == "table":
+        return _table_message(table(_FILE_SERVER_HEADERS, [_file_server_row(fs)]))
+    lines = [
+        md("*{}* ({}) — {}", fs.name, fs.vm_size, fs.state),
+        md(
+            "{} × {} GB {} data disks, RAID 0, exported from {}",
+            fs.disk_count,
+            fs.disk_size_gb,
+            fs.storage_sku,
+            fs.export,
+        ),
+        md("admin user {}; mount it with `--nfs {}`", fs.admin_user, fs.name),
+    ]
+    if fs.error:
+        lines.append(md("error: {}", fs.error))
+    return Message(md("file server {}", fs.name), [section(Mrkdwn("\n").join(lines))])

@@ -37,10 +37,45 @@ class Conversation:
 
 @dataclass(frozen=True)
 class ShareMount:
-    """An Azure File share mounted on every node at $AZ_BATCHAI_MOUNT_ROOT/<mount_path>."""
+    """A file system mounted on every node at $AZ_BATCHAI_MOUNT_ROOT/<mount_path>: an Azure
+    File share (afs), a blob container (bfs) or one of the bot's NFS file servers (nfs).
+
+    `share` names the share, the container or the file server; `account` is the storage
+    account of a share or container, None for the bot's own. `account_key` is given only for
+    another account's storage (sealed at rest, never shown)."""
 
     share: str
     mount_path: str
+    kind: str = "afs"  # afs | bfs | nfs
+    account: str | None = None
+    account_key: str | None = field(default=None, repr=False)
+
+
+AUTO_SHARE = "batchaishare"  # --use-auto-storage: az batchai's share and container names
+AUTO_CONTAINER = "batchaicontainer"
+AUTO_SHARE_PATH = "autoafs"  # and where they are mounted
+AUTO_CONTAINER_PATH = "autobfs"
+
+
+@dataclass(frozen=True)
+class FileServer:
+    """An NFS file server (`az batchai file-server create`): one VM exporting its data disks,
+    striped as RAID 0, at `export`; clusters and jobs mount it with --nfs NAME."""
+
+    name: str
+    resource_group: str
+    workspace: str
+    vm_size: str
+    disk_count: int
+    disk_size_gb: int
+    storage_sku: str  # Standard_LRS | Premium_LRS
+    admin_user: str
+    state: str  # creating | succeeded | failed | deleting
+    created_by: str | None = None
+    created_at: datetime | None = None
+    address: str | None = None  # the server's private IP (azure) or its directory (local)
+    export: str = "/mnt/data"  # where the RAID-0 array is mounted and exported (Batch AI's)
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -185,23 +185,9 @@ async def test_flags_override_the_file(clusters: ClusterService, tmp_path: Path)
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [
-        ({"subnet": {"id": "/subscriptions/s/x"}}, "properties.subnet: nodes are not placed"),
         (
-            {
-                "nodeSetup": {
-                    "mountVolumes": {
-                        "azureBlobFileSystems": [
-                            {
-                                "accountName": "acct",
-                                "containerName": "data",
-                                "relativeMountPath": "bfs",
-                                "credentials": {"accountKey": "k"},
-                            }
-                        ]
-                    }
-                }
-            },
-            "azureBlobFileSystems: blob containers are not mounted",
+            {"subnet": {"id": "/subscriptions/s/x"}},
+            "properties.subnet: the local backend runs every node on this machine",
         ),
         (
             {
@@ -213,7 +199,7 @@ async def test_flags_override_the_file(clusters: ClusterService, tmp_path: Path)
                     }
                 }
             },
-            "unmanagedFileSystems: mount commands are not run",
+            "unmanagedFileSystems: mount commands from a file would run as root",
         ),
     ],
 )

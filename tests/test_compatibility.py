@@ -19,22 +19,32 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("`cluster create` (", "as az", ["cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1"]),
     (
         "`cluster create --bfs-name",
-        "differs",
+        "as az",
         [
             "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --bfs-name data",
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --container-name data",
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --nfs fs1",
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --setup-task 'echo x' "
-            "--setup-task-output afs",
+            "cluster create -n c10 -s Standard_NC4as_T4_v3 -t 1 --container-name data "
+            "--container-mount-path blobs --storage-account-name other --storage-account-key k",
         ],
     ),
     (
         "`cluster create --use-auto-storage",
+        "as az",
+        ["cluster create -n c11 -s Standard_NC4as_T4_v3 -t 1 --use-auto-storage"],
+    ),
+    (
+        "`cluster create --subnet",
         "differs",
         [
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --use-auto-storage",
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --generate-ssh-keys",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --subnet /subscriptions/s/x",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --setup-task 'echo x' "
+            "--setup-task-output afs",
+            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --nfs fs1",
         ],
+    ),
+    (
+        "`cluster create --custom-image",
+        "differs",
+        ["cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --generate-ssh-keys"],
     ),
     ("`cluster list` / `show`", "as az", ["cluster list", "cluster show -n c2"]),
     ("`cluster resize -t`", "as az", ["cluster resize -n c2 -t 1"]),
@@ -70,7 +80,15 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "as az",
         ["job node exec -h"],
     ),  # a running job's: tests/test_node_exec.py
-    ("`file-server create", "differs", ["file-server list"]),
+    (
+        "`file-server create",
+        "as az",
+        [
+            "file-server create -n fs1 -s Standard_D4s_v5 --disk-count 2 --disk-size 10 -u demo",
+            "file-server list",
+            "file-server show -n fs1 -o json",
+        ],
+    ),
     ("`list-usages -l`", "as az", ["list-usages -l eastus -o table"]),
     ("`-o json", "as az", ["cluster show -n c2 -o tsv", "cluster list --query '[].name'"]),
 ]

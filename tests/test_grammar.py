@@ -760,7 +760,7 @@ def test_unknown_group_names_the_new_commands() -> None:
     assert message.startswith(
         'unknown command group "foo": use cluster, workspace, experiment, job, budget, approvals'
     )
-    assert "spend, audit, schedule, list-usages or help" in message
+    assert "spend, audit, schedule, list-usages, file-server or help" in message
 
 
 # --------------------------------------------------------------------------- secrets

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from services.access.owners import check_job_owner, check_node_exec
+from services.clusters import mounts as volumes
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
-from services.core.ports import Clock, ComputeBackend
+from services.core.ports import Clock, ComputeBackend, StorageBackend
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, cluster_parts_not_honoured, load_cluster_spec
 from services.models import (
+    AUTO_CONTAINER,
+    AUTO_SHARE,
     NAME_RE,
     Actor,
     Cluster,
@@ -41,8 +44,6 @@ log = logging.getLogger(__name__)
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
 _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
-_SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
-_MOUNT_RE = re.compile(r"^[-\w.]{1,64}$", re.ASCII)
 DEFAULT_IMAGE = "UbuntuLTS"
 EXEC_TIMEOUT_S = 120.0  # a node exec waits this long for its command, then stops it
 MAX_EXEC_CHARS = 4096
@@ -79,20 +80,6 @@ def _pick_node(nodes: list[Node], node_id: str | None, where: str) -> Node:
     )
 
 
-def check_mount(mount: ShareMount, reserved: frozenset[str]) -> None:
-    """A cluster's share mount, from `--afs-name`/`--afs-mount-path` or a cluster file."""
-    if not _SHARE_RE.match(mount.share):
-        raise UserError(f"{mount.share!r} is not an Azure File share name")
-    if not _MOUNT_RE.match(mount.mount_path) or mount.mount_path in (".", ".."):
-        raise UserError(
-            f"{mount.mount_path!r} is not a mount path (1-64 letters, digits, '-', '_', '.')"
-        )
-    if mount.share in reserved:
-        raise UserError(
-            f"share {mount.share} is the bot's control share (AZURE_SHARE); mount another share"
-        )
-
-
 @dataclass(frozen=True)
 class ClusterRequest:
     """A `cluster create` after parsing; None means "not given" (file or defaults decide)."""
@@ -106,6 +93,14 @@ class ClusterRequest:
     vm_priority: str | None = None
     afs_name: str | None = None
     afs_mount_path: str = "afs"
+    bfs_name: str | None = None
+    bfs_mount_path: str = "bfs"
+    nfs: str | None = None
+    nfs_mount_path: str = "nfs"
+    use_auto_storage: bool = False
+    storage_account_name: str | None = None
+    storage_account_key: str | None = field(default=None, repr=False)
+    subnet: str | None = None
     user_name: str | None = None
     setup_task: str | None = None
     resource_group: str | None = None
@@ -128,8 +123,12 @@ class ClusterService:
         idle_timeout: timedelta = timedelta(minutes=15),
         gate: SpendGate | None = None,
         homes: Homes | None = None,
+        storage: StorageBackend | None = None,
+        storage_account: str | None = None,
     ) -> None:
         self._homes = homes or Homes(resource_group, workspace)
+        self._storage = storage
+        self._account = storage_account  # the bot's own: mounts of it name no account
         self._prices = prices
         self._gate = gate
         self._idle_timeout = idle_timeout
@@ -151,6 +150,7 @@ class ClusterService:
         self.price_of(cluster)  # an unknown VM size is refused now, not when money is at stake
         if await self._store.get_cluster(cluster.name) is not None:
             raise Conflict(f"cluster {cluster.name} already exists")
+        await self.check_servers(cluster.mounts)
         await self._check_spend(actor, None, cluster)
         async with self._store.unit() as uow:  # the cluster and its workspace, together
             await claim_workspace(
@@ -164,6 +164,7 @@ class ClusterService:
             await uow.clusters.add(cluster)
             await uow.commit()
         try:
+            await self.ensure_storage(cluster.mounts)
             await self._backend.create_cluster(cluster)
         except Exception as err:
             failed, to_failed = move(cluster, ClusterState.FAILED, error=str(err))
@@ -176,6 +177,27 @@ class ClusterService:
             transition=to_ready,
         )
         return ready
+
+    async def check_servers(self, mounts: tuple[ShareMount, ...]) -> None:
+        """Every file server a mount names exists and is ready (`file-server create` first)."""
+        for m in mounts:
+            if m.kind != "nfs":
+                continue
+            server = await self._store.get_file_server(m.share)
+            if server is None:
+                known = [s.name for s in await self._store.list_file_servers()]
+                raise NotFound(
+                    f"file server {m.share} not found{did_you_mean(m.share, known)}: "
+                    "create it with file-server create"
+                )
+            if server.state != "succeeded":
+                raise Conflict(f"file server {m.share} is {server.state}, not ready to mount")
+
+    async def ensure_storage(self, mounts: tuple[ShareMount, ...]) -> None:
+        """--use-auto-storage: the bot's share and container are created when missing."""
+        names = {(m.kind, m.share) for m in mounts if m.account is None}
+        if self._storage is not None and {("afs", AUTO_SHARE), ("bfs", AUTO_CONTAINER)} & names:
+            await self._storage.ensure_auto_storage(AUTO_SHARE, AUTO_CONTAINER)
 
     def standing_nodes(self, cluster: Cluster) -> int:
         """Nodes the cluster pays for with no job on it: its minimum when idle nodes are scaled
@@ -461,6 +483,20 @@ class ClusterService:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _own(self, mount: ShareMount) -> ShareMount:
+        """A mount of the bot's own account names none (the bot holds that key)."""
+        if mount.account is not None and mount.account == self._account:
+            return replace(mount, account=None, account_key=None)
+        return mount
+
+    def _subnet_refusal(self) -> str:
+        if self._backend.name == "local":
+            return "the local backend runs every node on this machine, which is in no subnet"
+        return (
+            f"the {self._backend.name} backend places every node in the bot's own subnet "
+            "(AZURE_SUBNET_ID), which its network rules are made for"
+        )
+
     async def _get(self, name: str, resource_group: str | None) -> Cluster:
         cluster = await self._store.get_cluster(name)
         if cluster is None:
@@ -524,18 +560,37 @@ class ClusterService:
             raise UserError("--vm-size is required (or give it in the cluster config file)")
         if not _VM_SIZE_RE.match(vm_size):
             raise UserError(f"{vm_size!r} is not a VM size (e.g. Standard_NC6)")
+        if r.subnet or from_file.subnet:
+            where = "--subnet" if r.subnet else "properties.subnet"
+            raise UserError(f"{where}: {self._subnet_refusal()}")
         min_nodes, max_nodes, target, autoscale = _scale(r, from_file)
         idle_s = None
         if r.idle_timeout_minutes is not None:
             idle_s = _idle_timeout_s(r.idle_timeout_minutes, can_shrink=min_nodes < max_nodes)
-        mounts = list(from_file.mounts)
-        if r.afs_name:
-            mounts = [m for m in mounts if m.mount_path != r.afs_mount_path]
-            mounts.append(ShareMount(r.afs_name, r.afs_mount_path))
-        for mount in mounts:  # one check for the flags and the file alike
-            check_mount(mount, self._backend.reserved_shares)
+        flags = volumes.MountFlags(
+            afs_name=r.afs_name,
+            afs_mount_path=r.afs_mount_path,
+            bfs_name=r.bfs_name,
+            bfs_mount_path=r.bfs_mount_path,
+            nfs=r.nfs,
+            nfs_mount_path=r.nfs_mount_path,
+            use_auto_storage=r.use_auto_storage,
+            storage_account_name=r.storage_account_name,
+            storage_account_key=r.storage_account_key,
+        )
+        from_volumes = volumes.from_volumes(
+            spec.properties.node_setup.mount_volumes
+            if spec is not None and spec.properties.node_setup is not None
+            else None,
+            flags,
+            own_account=self._account,
+        )
+        mounts = volumes.merged(from_volumes, volumes.from_flags(flags))
+        mounts = [self._own(m) for m in mounts]
+        volumes.check_mounts(mounts, self._backend.reserved_shares)
         if r.setup_task or from_file.setup_task:
             raise UserError(SETUP_TASK_REFUSED)
+
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
         if r.user_name or from_file.admin_user:
             check_admin_name(r.user_name or from_file.admin_user or "")
@@ -619,7 +674,7 @@ class _FromFile:
     image: str | None = None
     admin_user: str | None = None
     setup_task: str | None = None
-    mounts: tuple[ShareMount, ...] = ()
+    subnet: str | None = None
 
 
 def _from_spec(spec: ClusterSpec) -> _FromFile:
@@ -640,11 +695,6 @@ def _from_spec(spec: ClusterSpec) -> _FromFile:
         ref = vmc.image_reference
         image = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
     setup = p.node_setup
-    volumes = setup.mount_volumes if setup is not None else None
-    mounts = tuple(
-        ShareMount(share.azure_file_url.rstrip("/").rsplit("/", 1)[-1], share.relative_mount_path)
-        for share in (volumes.azure_file_shares if volumes is not None else ())
-    )
     return _FromFile(
         vm_size=p.vm_size,
         vm_priority=p.vm_priority,
@@ -652,7 +702,7 @@ def _from_spec(spec: ClusterSpec) -> _FromFile:
         image=image,
         admin_user=p.user_account_settings.admin_user_name if p.user_account_settings else None,
         setup_task=setup.setup_task.command_line if setup and setup.setup_task else None,
-        mounts=mounts,
+        subnet=p.subnet.id if p.subnet is not None else None,
     )
 
 

@@ -21,6 +21,7 @@ from services.models import (
     Experiment,
     FileEntry,
     FileLocation,
+    FileServer,
     GpuUse,
     IdleState,
     Job,
@@ -152,6 +153,23 @@ class ComputeBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class StorageBackend(Protocol):
+    """What clusters and jobs mount besides the shares: the auto-storage share and container,
+    NFS file servers. Idempotent by name, like the compute backend."""
+
+    name: str
+
+    async def ensure_auto_storage(self, share: str, container: str) -> None:
+        """Create the bot's share and blob container when missing."""
+        ...
+
+    async def create_file_server(self, server: FileServer) -> str:
+        """Build the server (VM, RAID-0 data disks, NFS export); returns its address."""
+        ...
+
+    async def delete_file_server(self, server: FileServer) -> None: ...
 
 
 class FileShare(Protocol):

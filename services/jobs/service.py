@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -12,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from services.access.owners import check_job_owner, check_owner
 from services.access.reads import JobReaders
+from services.clusters.mounts import ACCOUNT_PLACEHOLDER, check_mounts, job_volumes
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
-from services.core.ports import Clock, FileShare, Store, UnitOfWork
+from services.core.ports import Clock, FileShare, StorageBackend, Store, UnitOfWork
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import JobState, advance, held_for_approval
 from services.jobs.sources import ConfigLoader
@@ -29,6 +31,8 @@ from services.jobspec import (
     substitute,
 )
 from services.models import (
+    AUTO_CONTAINER,
+    AUTO_SHARE,
     NAME_RE,
     STDOUTERR,
     Actor,
@@ -40,6 +44,7 @@ from services.models import (
     FileLocation,
     Job,
     ScheduleRun,
+    ShareMount,
     is_log_name,
 )
 from services.spend.gate import NeedsApproval, Refused
@@ -63,6 +68,9 @@ class JobRequest:
     workspace: str | None = None
     experiment: str | None = None
     max_retries: int | None = None  # lost-node retries; None: the job.json's, else the cluster's
+    # Job-level mounts of `job create --afs-name/--bfs-name/--nfs/--use-auto-storage`: written
+    # into the job.json's mountVolumes, as az did.
+    mounts: tuple[ShareMount, ...] = ()
 
 
 class JobService:
@@ -82,8 +90,10 @@ class JobService:
         readers: JobReaders | None = None,
         reserved_shares: frozenset[str] = frozenset(),
         homes: Homes | None = None,
+        storage: StorageBackend | None = None,
     ) -> None:
         self._homes = homes or Homes(resource_group, workspace, experiment)
+        self._storage = storage
         self._store = store
         self._reserved_shares = reserved_shares  # the backend's own: no job may mount them
         self._readers = readers or JobReaders()
@@ -164,6 +174,8 @@ class JobService:
             raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        if request.mounts:
+            spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
         cluster_name = request.cluster or _cluster_from_spec(spec)
         if cluster_name is None:
@@ -222,6 +234,30 @@ class JobService:
             by=job.requester,
             at=job.created_at,
         )
+
+    async def _with_mounts(self, spec: JobSpec, request: JobRequest, label: str) -> JobSpec:
+        """The job.json with the mount flags' volumes added (a flag's path replaces the file's)."""
+        check_mounts(request.mounts, self._reserved_shares)
+        own = self._placeholders.get(ACCOUNT_PLACEHOLDER, "")
+        rg, ws = request.resource_group or self._rg, request.workspace or self._ws
+
+        def server_id(name: str) -> str:
+            workspace = f"/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}"
+            return f"{workspace}/fileServers/{name}"
+
+        added = job_volumes(request.mounts, own_account=own, file_server_id=server_id)
+        data = json.loads(spec.model_dump_json(by_alias=True, exclude_none=True))
+        props = data.setdefault("properties", {})
+        volumes = props.setdefault("mountVolumes", {})
+        paths = {m.mount_path for m in request.mounts}
+        for key in list(volumes):
+            volumes[key] = [v for v in volumes[key] if v.get("relativeMountPath") not in paths]
+        for key, entries in added.items():
+            volumes[key] = [*volumes.get(key, []), *entries]
+        names = {(m.kind, m.share) for m in request.mounts if m.account is None}
+        if self._storage is not None and {("afs", AUTO_SHARE), ("bfs", AUTO_CONTAINER)} & names:
+            await self._storage.ensure_auto_storage(AUTO_SHARE, AUTO_CONTAINER)
+        return load_job_spec(json.dumps(data), source=label)
 
     def _refuse_reserved_shares(self, spec: JobSpec) -> None:
         """A job.json never mounts the bot's control share: refused at submit, in one line

@@ -11,7 +11,7 @@ from services.models import ConfigSource
 
 MAX_CONFIG_BYTES = 1 << 20
 _MANIFEST_RE = re.compile(r"^(?:manifests/(?:jobs|clusters)/)?([-\w]{1,64})(?:\.json)?$", re.ASCII)
-Folder = Literal["jobs", "clusters"]
+Folder = Literal["jobs", "clusters", "fileservers"]
 _SHOWN = 80  # characters of a typed name quoted back
 
 

@@ -163,13 +163,13 @@ class FileServerSpec(SpecDocument):
 
 # ----------------------------------------------------------------------------- what is honoured
 
-# Parts of a cluster.json that no backend builds yet, with why; each refuses the whole file.
+# Parts of a cluster.json the bot does not honour, with why; each refuses the whole file.
 _NOT_BUILT: Final = (
-    ("nodeSetup.mountVolumes.azureBlobFileSystems", "blob containers are not mounted on clusters"),
-    ("nodeSetup.mountVolumes.fileServers", "file servers are not mounted on clusters"),
-    ("nodeSetup.mountVolumes.unmanagedFileSystems", "mount commands are not run on nodes"),
+    (
+        "nodeSetup.mountVolumes.unmanagedFileSystems",
+        "mount commands from a file would run as root on every node, where the storage key is",
+    ),
     ("nodeSetup.performanceCountersSettings", "App Insights counters are not collected"),
-    ("subnet", "nodes are not placed in a virtual network subnet"),
 )
 
 
@@ -179,16 +179,11 @@ def cluster_parts_not_honoured(spec: ClusterSpec) -> list[str]:
     setup = p.node_setup
     volumes = setup.mount_volumes if setup is not None else None
     present = {
-        "nodeSetup.mountVolumes.azureBlobFileSystems": bool(
-            volumes and volumes.azure_blob_file_systems
-        ),
-        "nodeSetup.mountVolumes.fileServers": bool(volumes and volumes.file_servers),
         "nodeSetup.mountVolumes.unmanagedFileSystems": bool(
             volumes and volumes.unmanaged_file_systems
         ),
         "nodeSetup.performanceCountersSettings": bool(
             setup and setup.performance_counters_settings
         ),
-        "subnet": p.subnet is not None,
     }
     return [f"properties.{path}: {why}" for path, why in _NOT_BUILT if present[path]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -16,15 +17,39 @@ from services.core.errors import Conflict
 from services.models import Cluster, IdleNotice, IdleState, NodeProblem
 from services.store.guard import check_moved
 from services.store.schema import clusters
+from services.store.sealing import SecretBox
 
 
 class SqlClusterRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    """Clusters; the storage keys of their mounts (another account's) are sealed at rest."""
+
+    def __init__(self, conn: AsyncConnection, box: SecretBox | None = None) -> None:
         self._conn = conn
+        self._box = box
+
+    def _sealed(self, cluster: Cluster) -> Cluster:
+        if self._box is None or not any(m.account_key for m in cluster.mounts):
+            return cluster
+        box = self._box
+        mounts = tuple(
+            replace(m, account_key=box.seal(box.open(m.account_key))) if m.account_key else m
+            for m in cluster.mounts
+        )
+        return replace(cluster, mounts=mounts)
+
+    def _opened(self, cluster: Cluster) -> Cluster:
+        if self._box is None or not any(m.account_key for m in cluster.mounts):
+            return cluster
+        box = self._box
+        mounts = tuple(
+            replace(m, account_key=box.open(m.account_key)) if m.account_key else m
+            for m in cluster.mounts
+        )
+        return replace(cluster, mounts=mounts)
 
     async def add(self, cluster: Cluster) -> None:
         try:
-            await self._conn.execute(insert(clusters).values(**_cluster_row(cluster)))
+            await self._conn.execute(insert(clusters).values(**_cluster_row(self._sealed(cluster))))
         except IntegrityError as err:
             raise Conflict(f"cluster {cluster.name} already exists") from err
 
@@ -33,7 +58,7 @@ class SqlClusterRepository:
     ) -> None:
         """Write the cluster's settings; its state only with a `transition` from the lifecycle,
         and then only while the stored state still is `transition.old` (else Conflict)."""
-        row = _cluster_row(cluster)
+        row = _cluster_row(self._sealed(cluster))
         stmt = update(clusters).where(clusters.c.name == cluster.name)
         if transition is None:
             del row["state"]
@@ -64,11 +89,11 @@ class SqlClusterRepository:
 
     async def get(self, name: str) -> Cluster | None:
         row = (await self._conn.execute(select(clusters).where(clusters.c.name == name))).first()
-        return None if row is None else _cluster_from(row._mapping)
+        return None if row is None else self._opened(_cluster_from(row._mapping))
 
     async def list(self) -> list[Cluster]:
         rows = await self._conn.execute(select(clusters).order_by(clusters.c.name))
-        return [_cluster_from(r._mapping) for r in rows]
+        return [self._opened(_cluster_from(r._mapping)) for r in rows]
 
 
 def _cluster_row(c: Cluster) -> dict[str, Any]:

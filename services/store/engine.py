@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from services.models import ConfigSource
 from services.store.schedules import config_row
-from services.store.schema import audit, jobs, schedules, secrets_check
+from services.store.schema import audit, clusters, jobs, schedules, secrets_check
 from services.store.sealing import SecretBox
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -96,6 +97,14 @@ async def _reseal(
             sealed = {**request, "config": config_row(config, value)}
             change = update(schedules).where(schedules.c.id == schedule_id)
             await conn.execute(change.values(request=sealed))
+            count += 1
+    for name, mounts in (await conn.execute(select(clusters.c.name, clusters.c.mounts))).all():
+        if any(m.account_key for m in mounts):  # another account's storage key
+            keyed = tuple(
+                replace(m, account_key=value(m.account_key)) if m.account_key else m for m in mounts
+            )
+            change = update(clusters).where(clusters.c.name == name).values(mounts=keyed)
+            await conn.execute(change)
             count += 1
     stmt = select(audit.c.id, audit.c.detail).where(audit.c.detail.is_not(None))
     for audit_id, detail in (await conn.execute(stmt)).all():

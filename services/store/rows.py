@@ -137,7 +137,7 @@ class ProgressJson(TypeDecorator[Progress]):
 
 
 class MountsJson(TypeDecorator[tuple[ShareMount, ...]]):
-    """A cluster's file shares, as a list of {"share", "mount_path"}."""
+    """A cluster's mounts, as a list of {"share", "mount_path", "kind"?, "account"?, "key"?}."""
 
     impl = JSON
     cache_ok = True
@@ -145,10 +145,25 @@ class MountsJson(TypeDecorator[tuple[ShareMount, ...]]):
     def process_bind_param(self, value: tuple[ShareMount, ...] | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return [{"share": m.share, "mount_path": m.mount_path} for m in value]
+        rows = []
+        for m in value:  # the afs defaults are left out: rows of older versions read the same
+            row: dict[str, Any] = {"share": m.share, "mount_path": m.mount_path}
+            if m.kind != "afs":
+                row["kind"] = m.kind
+            if m.account is not None:
+                row["account"] = m.account
+            if m.account_key is not None:  # sealed by the clusters repository before this
+                row["key"] = m.account_key
+            rows.append(row)
+        return rows
 
     def process_result_value(self, value: Any, dialect: Dialect) -> tuple[ShareMount, ...]:
-        return tuple(ShareMount(m["share"], m["mount_path"]) for m in value or ())
+        return tuple(
+            ShareMount(
+                m["share"], m["mount_path"], m.get("kind", "afs"), m.get("account"), m.get("key")
+            )
+            for m in value or ()
+        )
 
 
 class AttemptsJson(TypeDecorator[tuple[Attempt, ...]]):

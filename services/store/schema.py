@@ -289,3 +289,23 @@ secrets_check = Table(
     Column("id", Integer, primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+
+file_servers = Table(
+    "file_servers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("resource_group", String(90), nullable=False),
+    Column("workspace", String(64), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("disk_count", Integer, nullable=False),
+    Column("disk_size_gb", Integer, nullable=False),
+    Column("storage_sku", String(16), nullable=False),
+    Column("admin_user", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # creating | succeeded | failed | deleting
+    Column("created_by", String(64)),
+    Column("created_at", UtcDateTime()),
+    Column("address", Text),  # private IP (azure) or directory (local)
+    Column("export", Text, nullable=False),
+    Column("error", SafeText),
+)

@@ -15,6 +15,7 @@ from services.models import (
     AuditEntry,
     Cluster,
     Conversation,
+    FileServer,
     GpuUse,
     IdleState,
     Job,
@@ -111,6 +112,31 @@ class SqlStore:
     async def list_clusters(self) -> list[Cluster]:
         async with self.unit() as uow:
             return await uow.clusters.list()
+
+    # -- file servers -----------------------------------------------------------------------
+
+    async def insert_file_server(self, server: FileServer) -> None:
+        async with self.unit() as uow:
+            await uow.file_servers.add(server)
+            await uow.commit()
+
+    async def update_file_server(self, server: FileServer) -> None:
+        async with self.unit() as uow:
+            await uow.file_servers.update(server)
+            await uow.commit()
+
+    async def delete_file_server(self, name: str) -> None:
+        async with self.unit() as uow:
+            await uow.file_servers.delete(name)
+            await uow.commit()
+
+    async def get_file_server(self, name: str) -> FileServer | None:
+        async with self.unit() as uow:
+            return await uow.file_servers.get(name)
+
+    async def list_file_servers(self) -> list[FileServer]:
+        async with self.unit() as uow:
+            return await uow.file_servers.list()
 
     # -- jobs -------------------------------------------------------------------------------
 

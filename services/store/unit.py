@@ -13,6 +13,7 @@ from services.core.events import Event
 from services.store.approvals import SqlApprovalRepository
 from services.store.audit import SqlAuditRepository
 from services.store.clusters import SqlClusterRepository
+from services.store.fileservers import SqlFileServerRepository
 from services.store.jobs import SqlJobRepository
 from services.store.ledger import SqlLedgerRepository
 from services.store.logs import SqlLogRepository
@@ -32,6 +33,7 @@ class SqlUnitOfWork:
     jobs: SqlJobRepository
     logs: SqlLogRepository
     clusters: SqlClusterRepository
+    file_servers: SqlFileServerRepository
     approvals: SqlApprovalRepository
     ledger: SqlLedgerRepository
     outbox: SqlOutboxRepository
@@ -53,7 +55,8 @@ class SqlUnitOfWork:
         conn = self._conn = await self._engine.connect()
         self.jobs = SqlJobRepository(conn, self._box)
         self.logs = SqlLogRepository(conn)
-        self.clusters = SqlClusterRepository(conn)
+        self.clusters = SqlClusterRepository(conn, self._box)
+        self.file_servers = SqlFileServerRepository(conn)
         self.approvals = SqlApprovalRepository(conn)
         self.ledger = SqlLedgerRepository(conn)
         self.outbox = SqlOutboxRepository(conn)

@@ -15,7 +15,8 @@ exactly the file it names (`sr=f`, `sp` with `r`, `st`/`se`, `spr`, the signatur
 13-field string). Anything else is 403 AuthenticationFailed (AuthorizationProtocolMismatch for
 an https-only SAS over http), without a body for HEAD, as the service answers.
 
-Operations: share create/properties; directory create/properties/delete/list (XML
+Operations: share create/properties; blob container create/properties (`restype=container`,
+names only: the container holds nothing here); directory create/properties/delete/list (XML
 EnumerationResults, `prefix`, `marker`/`maxresults` paging, `include=Timestamps`); file
 create (`x-ms-content-length`), put range (`x-ms-write: update|clear`), properties (HEAD), get
 (full, or `x-ms-range`/`Range` -> 206 + Content-Range; an offset at or past the end -> 416
@@ -87,6 +88,8 @@ _MESSAGES = {
     "ParentNotFound": "The specified parent path does not exist.",
     "ShareNotFound": "The specified share does not exist.",
     "ShareAlreadyExists": "The specified share already exists.",
+    "ContainerAlreadyExists": "The specified container already exists.",
+    "ContainerNotFound": "The specified container does not exist.",
     "ResourceAlreadyExists": "The specified resource already exists.",
     "ResourceTypeMismatch": "The specified resource type does not match the type of the "
     "existing resource.",
@@ -216,6 +219,7 @@ class FakeAzureFiles:
         self.in_flight = 0  # requests being handled now
         self.max_in_flight = 0  # the most at once since the last reset_counters
         self._replacements: dict[Path, bytes] = {}
+        self.containers: set[str] = set()  # blob containers of the account (no blobs in them)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closing = asyncio.Event()
@@ -366,6 +370,8 @@ class FakeAzureFiles:
             return "Service"
         if restype == "share":
             return {"PUT": "CreateShare", "DELETE": "DeleteShare"}.get(method, "GetShareProperties")
+        if restype == "container":  # the Blob service on the same account (auto-storage)
+            return {"PUT": "CreateContainer"}.get(method, "GetContainerProperties")
         if restype == "directory":
             if comp == "list":
                 return "ListDirectoriesAndFiles"
@@ -394,6 +400,12 @@ class FakeAzureFiles:
     ) -> web.StreamResponse:
         if op == "CreateShare":
             return self._create_share(share)
+        if op == "CreateContainer":
+            return self._create_container(share)
+        if op == "GetContainerProperties":
+            if share not in self.containers:
+                raise _Reject(404, "ContainerNotFound")
+            return web.Response(status=200, headers=self._common())
         share_dir = self.share_dir(share)
         if not share or not share_dir.is_dir():
             raise _Reject(404, "ShareNotFound")
@@ -608,6 +620,14 @@ class FakeAzureFiles:
             status=201,
             headers={**self._common(), "ETag": _etag(st), "Last-Modified": _http_date(st.st_mtime)},
         )
+
+    def _create_container(self, name: str) -> web.Response:
+        if not name or not name.replace("-", "").isalnum() or name.lower() != name:
+            raise _Reject(400, "InvalidResourceName")
+        if name in self.containers:
+            raise _Reject(409, "ContainerAlreadyExists")
+        self.containers.add(name)
+        return web.Response(status=201, headers=self._common())
 
     def _create_directory(self, target: Path) -> web.Response:
         if not target.parent.is_dir():

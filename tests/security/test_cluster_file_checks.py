@@ -20,7 +20,7 @@ from services.models import Actor, ConfigSource
 from services.store import SqlStore
 from tests.azure.rig import BOT_SHARE, AzureRig, azure_rig
 
-ACCOUNT_URL = "https://acct.file.core.windows.net"
+ACCOUNT_URL = "https://devacct.file.core.windows.net"  # the rig's account: the bot's own
 
 
 class _Clock:
@@ -48,6 +48,7 @@ async def service(
             configs=ConfigLoader(tmp_path),
             resource_group="rg",
             workspace="ws",
+            storage_account=rig.config.storage_account,
         ),
         backend,
     )

@@ -52,6 +52,7 @@ from services.models import (
     FileEntry,
     FileListing,
     FileLocation,
+    FileServer,
     GpuUse,
     Node,
     NodeCounts,
@@ -218,6 +219,23 @@ def _listing() -> FileListing:
     return FileListing(_job(), HOSTILE, HOSTILE, entries, {HOSTILE: _link(HOSTILE)})
 
 
+SERVER = FileServer(
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    2,
+    10,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+    NOW,
+    HOSTILE,
+    HOSTILE,
+    HOSTILE,
+)
+
 # What each annotation of a view's parameter gets: hostile models, hostile text.
 ARGS: dict[str, Callable[[], Any]] = {
     "Job": _job,
@@ -236,6 +254,8 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Sequence[Node]": lambda: [Node(HOSTILE, 0, HOSTILE, 22, HOSTILE)],
     "Sequence[Usage]": lambda: [Usage(HOSTILE, HOSTILE, 1, None), Usage(HOSTILE, HOSTILE, 2, 3)],
     "Schedule": lambda: SCHEDULE,
+    "FileServer": lambda: SERVER,
+    "Sequence[FileServer]": lambda: [SERVER],
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,
     "JobRequeued": lambda: REQUEUED,

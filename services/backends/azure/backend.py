@@ -28,6 +28,11 @@ Each Batch AI concept and its Azure form:
                           size's GPUs, the mounts answer) and leaves its result on the node and
                           at `.batchai/nodes/<cluster>.<hostname>`; a ready VM is idle only once
                           that says ok (one Files listing for all clusters, no ARM call)
+- blob containers      -> blobfuse2, its config (account key included) written by the setup
+                          extension into a root-only file; never on a command line
+- NFS file servers     -> a VM with RAID-0 data disks exporting /mnt/data (`fileservers`),
+                          mounted by its host name; `--use-auto-storage` makes the share and
+                          container when missing (Files and Blob SDKs, the bot's account key)
 - job mountVolumes     -> shares of the bot's storage account, mounted once per node under
                           `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
 
@@ -48,10 +53,12 @@ from typing import Any
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.network.aio import NetworkManagementClient
+from azure.storage.blob.aio import BlobServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, ControlShare
 from services.backends.azure.errors import azure_errors
+from services.backends.azure.fileservers import AzureFileServers
 from services.backends.azure.health import NodeHealthRecords, node_state
 from services.backends.azure.jobplan import JobPlanner
 from services.backends.azure.keyvault import KeyVaultSecrets
@@ -61,7 +68,7 @@ from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.status import JobStatus
 from services.core.errors import NotFound
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
-from services.models import Cluster, Node, NodeOutput, NodeProblem, Usage
+from services.models import Cluster, FileServer, Node, NodeOutput, NodeProblem, Usage
 
 
 class AzureBackend:
@@ -115,6 +122,13 @@ class AzureBackend:
             key_vault=self._key_vault,
             wall_time=wall_time,
             node_states=self._node_states,
+        )
+        self._blobs = BlobServiceClient(
+            config.blob_url,
+            credential={"account_name": config.storage_account, "account_key": config.storage_key},
+        )
+        self._file_servers = AzureFileServers(
+            config, compute=self._compute, network=self._network, blobs=self._blobs, files=share
         )
         self._status = JobStatus(
             config,
@@ -170,6 +184,17 @@ class AzureBackend:
     async def failed_nodes(self) -> list[NodeProblem]:
         return await self._health.failed()
 
+    # ---------------------------------------------------------------- storage (fileservers.py)
+
+    async def ensure_auto_storage(self, share: str, container: str) -> None:
+        await self._file_servers.ensure_auto_storage(share, container)
+
+    async def create_file_server(self, server: FileServer) -> str:
+        return await self._file_servers.create_file_server(server)
+
+    async def delete_file_server(self, server: FileServer) -> None:
+        await self._file_servers.delete_file_server(server)
+
     # ---------------------------------------------------------------- jobs (runcommands, status)
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult:
@@ -214,3 +239,4 @@ class AzureBackend:
         await self._compute.close()
         await self._network.close()
         await self._key_vault.aclose()
+        await self._blobs.close()

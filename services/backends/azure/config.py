@@ -94,6 +94,13 @@ class AzureConfig:
         return f"{self.storage_account}.file.{self.storage_suffix}"
 
     @property
+    def blob_url(self) -> str:
+        """The account's Blob endpoint (the tests' fake serves blobs at the Files URL)."""
+        if self.storage_endpoint:
+            return self.storage_endpoint.rstrip("/")
+        return f"{self.storage_scheme}://{self.storage_account}.blob.{self.storage_suffix}"
+
+    @property
     def account_url(self) -> str:
         if self.storage_endpoint:
             return self.storage_endpoint.rstrip("/")

@@ -123,17 +123,57 @@ class JobPlanner:
                 )
                 continue
             links.append((f"{root}/{v.relative_mount_path.strip('/')}", share))
-        others: list[Any] = [
-            *volumes.azure_blob_file_systems,
-            *volumes.file_servers,
-            *volumes.unmanaged_file_systems,
-        ]
+        for b in volumes.azure_blob_file_systems:
+            if b.account_name.lower() != account:
+                notes.append(
+                    f"{b.relative_mount_path}: container {b.container_name} of storage account "
+                    f"{b.account_name} is not mounted; a job mounts containers of {account} "
+                    "only (mount another account's on the cluster, with its key)"
+                )
+        others: list[Any] = [*volumes.unmanaged_file_systems]
         notes += [
-            f"{o.relative_mount_path}: blob containers, NFS file servers and custom mounts are "
-            "not mounted by the azure backend; it is an empty directory"
+            f"{o.relative_mount_path}: a custom mount command is not run by the azure backend "
+            "(it would run as root where the storage key is); it is an empty directory"
             for o in others
         ]
         return links, notes
+
+    def extra_prelude(self, job_id: str, spec: JobSpec) -> list[str]:
+        """Shell lines for the launch script: the job's blob containers of the bot's account
+        (blobfuse2; its config is made on the node from the credentials file the setup
+        extension wrote, so the key is in no script text and no argv) and its file servers
+        (NFS), each mounted once per node and linked at the job's mount path."""
+        volumes = spec.properties.mount_volumes
+        if volumes is None:
+            return []
+        cfg = self._config
+        root = self.job_mount_root(job_id)
+        base = cfg.share_mount_root.rstrip("/")
+        lines: list[str] = []
+        account = cfg.storage_account.lower()
+        blobs = [b for b in volumes.azure_blob_file_systems if b.account_name.lower() == account]
+        mounts: list[tuple[str, str]] = []
+        for b in blobs:
+            mount = node.BlobMount(
+                account=cfg.storage_account,
+                container=b.container_name,
+                path=f"{base}/blob-{b.container_name}",
+                endpoint=f"https://{cfg.storage_account}.blob.{cfg.storage_suffix}",
+                key="",
+            )
+            lines += node.job_blob_lines(mount)
+            mounts.append((mount.path, f"{root}/{b.relative_mount_path.strip('/')}"))
+        for f in volumes.file_servers:
+            name = f.file_server.id.rstrip("/").rsplit("/", 1)[-1]
+            server = node.NfsMount(node.server_host(name), node.NFS_EXPORT, f"{base}/nfs-{name}")
+            lines += node.nfs_lines([server])
+            mounts.append((server.path, f"{root}/{f.relative_mount_path.strip('/')}"))
+        for mounted, link in mounts:
+            lines += [
+                f"mkdir -p -- {shlex.quote(link.rsplit('/', 1)[0])}",
+                f"ln -sfn -- {shlex.quote(mounted)} {shlex.quote(link)}",
+            ]
+        return lines
 
     def mount_prelude(self, links: Sequence[tuple[str, str]]) -> list[str]:
         """Shell lines for the launch script: mount each share once per node (the credentials

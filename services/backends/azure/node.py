@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from services.backends.noderun import health
 
@@ -85,11 +86,182 @@ _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 @dataclass(frozen=True)
 class NodeMount:
-    """One Azure Files share mounted on the node at `path` with `options` (see `share_options`)."""
+    """One Azure Files share mounted on the node at `path` with `options` (see `share_options`);
+    `account`/`host`: another storage account's share (None: the bot's)."""
 
     share: str
     path: str
     options: str = CONTROL_OPTIONS
+    account: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class BlobMount:
+    """A blob container mounted with blobfuse2 at `path`; `key` goes only into the root-only
+    config file the setup script writes (`blob_config`), never on a command line."""
+
+    account: str
+    container: str
+    path: str
+    endpoint: str  # https://<account>.blob.<suffix>
+    key: str = field(repr=False)
+
+    @property
+    def config_file(self) -> str:
+        return f"{BLOBFUSE_DIR}/{self.account}-{self.container}.yaml"
+
+    @property
+    def cache_dir(self) -> str:
+        return f"{BLOBFUSE_CACHE}/{self.account}-{self.container}"
+
+
+@dataclass(frozen=True)
+class NfsMount:
+    """An NFS file server's export mounted at `path` (the server by its host name)."""
+
+    host: str
+    export: str
+    path: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.host}:{self.export}"
+
+
+NFS_EXPORT = "/mnt/data"  # Batch AI's mount point of a file server's array, exported
+
+
+def server_host(name: str) -> str:
+    """A file server VM's name, which is also its host name inside the virtual network."""
+    return f"batchai-fs-{name}"[:64]
+
+
+BLOBFUSE_DIR = "/etc/batchai/blobfuse2"  # root-only: the configs hold the account keys
+BLOBFUSE_CACHE = "/mnt/blobfusetmp"  # blobfuse2's file cache, on the resource disk
+NFS_OPTIONS = "vers=4.1,hard,_netdev,nofail"
+# Microsoft's package repository, where blobfuse2 is published for Ubuntu.
+_MS_PACKAGES = "https://packages.microsoft.com/config/ubuntu"
+
+
+def blob_config(m: BlobMount) -> str:
+    """blobfuse2's YAML for one container: block blobs, key mode, a file cache, other users
+    (the jobs' uids) allowed; JSON strings are valid YAML, so no value needs quoting rules."""
+    q = json.dumps
+    return "\n".join(
+        [
+            "allow-other: true",
+            "logging:",
+            "  type: syslog",
+            "  level: log_warning",
+            "components:",
+            "  - libfuse",
+            "  - file_cache",
+            "  - attr_cache",
+            "  - azstorage",
+            "libfuse:",
+            "  default-permission: 0777",
+            "  attribute-expiration-sec: 120",
+            "  entry-expiration-sec: 120",
+            "file_cache:",
+            f"  path: {q(m.cache_dir)}",
+            "  timeout-sec: 120",
+            "attr_cache:",
+            "  timeout-sec: 7200",
+            "azstorage:",
+            "  type: block",
+            "  mode: key",
+            f"  account-name: {q(m.account)}",
+            f"  account-key: {q(m.key)}",
+            f"  endpoint: {q(m.endpoint)}",
+            f"  container: {q(m.container)}",
+            "",
+        ]
+    )
+
+
+def blob_lines(blobs: Sequence[BlobMount]) -> list[str]:
+    """Install blobfuse2 when missing, write each container's config (0600, root) and mount it
+    with `--config-file`: the key is in the file, not in the command line or its log."""
+    if not blobs:
+        return []
+    q = shlex.quote
+    lines = [
+        "if ! command -v blobfuse2 >/dev/null 2>&1; then",
+        "  . /etc/os-release",
+        f'  curl -fsSL "{_MS_PACKAGES}/$VERSION_ID/packages-microsoft-prod.deb" '
+        "-o /tmp/packages-microsoft-prod.deb",
+        "  dpkg -i /tmp/packages-microsoft-prod.deb",
+        *(f"  {line}" for line in apt_install("blobfuse2", "fuse3")),
+        "fi",
+        "umask 077",
+        f"mkdir -p {ROOT}{BLOBFUSE_DIR}",
+    ]
+    for m in blobs:
+        encoded = base64.b64encode(blob_config(m).encode()).decode()
+        config = f"{ROOT}{q(m.config_file)}"
+        lines += [
+            f"echo {encoded} | base64 -d > {config}",
+            f"mkdir -p -- {ROOT}{q(m.cache_dir)}",
+        ]
+    lines.append("umask 022")
+    for m in blobs:
+        path = q(m.path)
+        lines += [
+            f"mkdir -p -- {path}",
+            f"mountpoint -q {path} || blobfuse2 mount {path} "
+            f"--config-file={ROOT}{q(m.config_file)}",
+        ]
+    return lines
+
+
+def job_blob_lines(m: BlobMount) -> list[str]:
+    """A job's container of the bot's account: its blobfuse2 config is made on the node with
+    the key read from the credentials file (a shell variable, never an argument), then it is
+    mounted like a cluster's."""
+    q = shlex.quote
+    template = blob_config(replace(m, key="@KEY@"))
+    head, tail = template.split('"@KEY@"')
+    cred = f"{ROOT}{CRED_DIR}/{_account(m.account)}.cred"
+    config = f"{ROOT}{q(m.config_file)}"
+    head64 = base64.b64encode(head.encode()).decode()
+    tail64 = base64.b64encode(tail.encode()).decode()
+    return [
+        "if ! command -v blobfuse2 >/dev/null 2>&1; then",
+        "  . /etc/os-release",
+        f'  curl -fsSL "{_MS_PACKAGES}/$VERSION_ID/packages-microsoft-prod.deb" '
+        "-o /tmp/packages-microsoft-prod.deb",
+        "  dpkg -i /tmp/packages-microsoft-prod.deb",
+        *(f"  {line}" for line in apt_install("blobfuse2", "fuse3")),
+        "fi",
+        f"if [ ! -s {config} ]; then",
+        "  ( umask 077",
+        f"    mkdir -p {ROOT}{BLOBFUSE_DIR}",
+        f"    key=$(sed -n 's/^password=//p' {cred})",
+        f'    {{ echo {head64} | base64 -d; printf \'"%s"\' "$key"; '
+        f"echo {tail64} | base64 -d; }} > {config} )",
+        "fi",
+        f"mkdir -p -- {ROOT}{q(m.cache_dir)} {q(m.path)}",
+        f"mountpoint -q {q(m.path)} || blobfuse2 mount {q(m.path)} --config-file={config}",
+    ]
+
+
+def nfs_lines(servers: Sequence[NfsMount]) -> list[str]:
+    """Install the NFS client when missing and mount each file server's export."""
+    if not servers:
+        return []
+    lines = [
+        "if ! command -v mount.nfs >/dev/null 2>&1; then",
+        *(f"  {line}" for line in apt_install("nfs-common")),
+        "fi",
+    ]
+    for m in servers:
+        path = shlex.quote(m.path)
+        lines += [
+            f"mkdir -p -- {path}",
+            f"mountpoint -q {path} || mount -t nfs {shlex.quote(m.source)} {path} -o {NFS_OPTIONS}",
+        ]
+    return lines
 
 
 JOB_UID_BASE = 1_000_000  # above every account of the images; 2^24 uids above it
@@ -132,13 +304,14 @@ def _account(account: str) -> str:
 
 
 def mount_lines(host: str, account: str, mounts: Sequence[NodeMount]) -> list[str]:
-    """Mount each share once (SMB 3.1.1, the credentials file), skipping what is mounted."""
-    cred = f"{CRED_DIR}/{_account(account)}.cred"
+    """Mount each share once (SMB 3.1.1, its account's credentials file), skipping what is
+    mounted."""
     lines = []
     for m in mounts:
+        cred = f"{CRED_DIR}/{_account(m.account or account)}.cred"
         options = f'"{m.options},credentials=${{BATCHAI_NODE_ROOT:-}}{cred}"'
         path = shlex.quote(m.path)
-        source = shlex.quote(f"//{host}/{m.share}")
+        source = shlex.quote(f"//{m.host or host}/{m.share}")
         lines.append(f"mkdir -p -- {path}")
         lines.append(f"mountpoint -q {path} || mount -t cifs {source} {path} -o {options}")
     return lines
@@ -153,6 +326,9 @@ def setup_script(
     mount_root: str,
     setup_task: str | None,
     health_check: Sequence[str] = (),
+    other_keys: Mapping[str, str] | None = None,
+    blobs: Sequence[BlobMount] = (),
+    servers: Sequence[NfsMount] = (),
 ) -> str:
     """Run once per new node by the CustomScript extension (its protectedSettings: the storage
     key is in here and nowhere in the scale-set model). Waits for cloud-init, writes the
@@ -170,8 +346,15 @@ def setup_script(
         "fi",
         f"mkdir -p {ROOT}{CRED_DIR}",
         f"printf 'username=%s\\npassword=%s\\n' {q(account)} {q(key)} > {cred}",
+        *(
+            f"printf 'username=%s\\npassword=%s\\n' {q(other)} {q(other_key)} > "
+            f"{ROOT}{CRED_DIR}/{_account(other)}.cred"
+            for other, other_key in sorted((other_keys or {}).items())
+        ),
         "umask 022",
         *mount_lines(host, account, mounts),
+        *blob_lines(blobs),
+        *nfs_lines(servers),
     ]
     if setup_task:
         encoded = base64.b64encode(setup_task.encode()).decode()

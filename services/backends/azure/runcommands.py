@@ -214,7 +214,10 @@ class RunCommands:
                     plan,
                     self._planner.node_spec(request, plan, deadline, i),
                     runner_sha,
-                    self._planner.mount_prelude(links),
+                    [
+                        *self._planner.mount_prelude(links),
+                        *self._planner.extra_prelude(job.job_id, request.spec),
+                    ],
                     login,
                 )
                 for i in todo

@@ -119,12 +119,56 @@ def node_mounts(cfg: AzureConfig, cluster: Cluster) -> list[node.NodeMount]:
     root = cfg.mount_root.rstrip("/")
     options = job_share_options(cfg)
     mounts = [node.NodeMount(cfg.share, cfg.control_mount)]
-    mounts += [
-        node.NodeMount(m.share, f"{root}/{m.mount_path}", options)
-        for m in cluster.mounts
-        if m.share != cfg.share
-    ]
+    for m in cluster.mounts:
+        if m.kind != "afs" or (m.account is None and m.share == cfg.share):
+            continue
+        host = None if m.account is None else f"{m.account}.file.{cfg.storage_suffix}"
+        mounts.append(node.NodeMount(m.share, f"{root}/{m.mount_path}", options, m.account, host))
     return mounts
+
+
+def other_keys(cfg: AzureConfig, cluster: Cluster) -> dict[str, str]:
+    """The keys of the other storage accounts the cluster mounts; refused without one (the
+    bot holds the key of its own account only)."""
+    keys: dict[str, str] = {}
+    for m in cluster.mounts:
+        if m.kind == "nfs" or m.account is None or m.account == cfg.storage_account:
+            continue
+        if not m.account_key:
+            raise UserError(
+                f"{m.share} of storage account {m.account}: the azure backend needs its key "
+                "(--storage-account-key, or credentials.accountKey in the file); it holds the "
+                "key of its own account only"
+            )
+        keys[m.account] = m.account_key
+    return keys
+
+
+def blob_mounts(cfg: AzureConfig, cluster: Cluster) -> list[node.BlobMount]:
+    """The cluster's blob containers below the mount root (blobfuse2)."""
+    root = cfg.mount_root.rstrip("/")
+    keys = other_keys(cfg, cluster)
+    return [
+        node.BlobMount(
+            account=m.account or cfg.storage_account,
+            container=m.share,
+            path=f"{root}/{m.mount_path}",
+            endpoint=f"https://{m.account or cfg.storage_account}.blob.{cfg.storage_suffix}",
+            key=keys.get(m.account, "") if m.account else cfg.storage_key,
+        )
+        for m in cluster.mounts
+        if m.kind == "bfs"
+    ]
+
+
+def nfs_mounts(cfg: AzureConfig, cluster: Cluster) -> list[node.NfsMount]:
+    """The cluster's file servers below the mount root, by their VMs' host names."""
+    root = cfg.mount_root.rstrip("/")
+    return [
+        node.NfsMount(node.server_host(m.share), node.NFS_EXPORT, f"{root}/{m.mount_path}")
+        for m in cluster.mounts
+        if m.kind == "nfs"
+    ]
 
 
 def job_share_options(cfg: AzureConfig) -> str:
@@ -139,6 +183,7 @@ def scale_set_model(
     check_cluster_name(cluster.name)
     user = admin_name(cluster.admin_user, cfg.admin_user)
     mounts = node_mounts(cfg, cluster)
+    blobs, servers = blob_mounts(cfg, cluster), nfs_mounts(cfg, cluster)
     setup = node.setup_script(
         host=cfg.smb_host,
         account=cfg.storage_account,
@@ -152,6 +197,9 @@ def scale_set_model(
             mounts=[m.path for m in mounts],
             control=cfg.control_mount,
         ),
+        other_keys=other_keys(cfg, cluster),
+        blobs=blobs,
+        servers=servers,
     )
     linux: dict[str, Any] = {
         "disablePasswordAuthentication": cfg.admin_password is None,
@@ -169,6 +217,8 @@ def scale_set_model(
             account=cfg.storage_account,
             mounts=mounts,
             dirs=[cfg.job_temp_root],
+            blobs=blobs,
+            servers=servers,
         ),
     }
     if cfg.admin_password is not None:

@@ -53,7 +53,15 @@ from services.backends.noderun.specs import (
 from services.core.errors import BackendError, Conflict, NotFound, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import JobSpec, LaunchContext, LaunchPlan, NodeInfo, ProcessPlan, plan_launch
-from services.models import Cluster, FileLocation, Node, NodeOutput, NodeProblem, Usage
+from services.models import (
+    Cluster,
+    FileLocation,
+    FileServer,
+    Node,
+    NodeOutput,
+    NodeProblem,
+    Usage,
+)
 
 # A node whose runner has not written its pid this long after the launch began is lost.
 SPAWN_GRACE_SECONDS = 60.0
@@ -73,8 +81,11 @@ class LocalBackend:
     - Azure File share        -> the directory `<root>/shares/<share>` (see LocalShare)
     - cluster mount           -> symlink `<root>/clusters/<c>/mounts/<mount_path>` ->
                                  `shares/<share>`; that `mounts` dir is $AZ_BATCHAI_MOUNT_ROOT
+    - blob container (bfs)    -> the directory `<root>/shares/<container>` (one storage
+                                 namespace here, whatever the account)
+    - NFS file server         -> the directory `<root>/file-servers/<name>/data`
     - job mountVolumes        -> symlinks `<root>/jobs/<job_id>/mounts/<relativeMountPath>` ->
-                                 `shares/<last segment of azureFileUrl | containerName>`;
+                                 the share, container or file server directory above;
                                  that `mounts` dir is $AZ_BATCHAI_JOB_MOUNT_ROOT
     - node-local job temp     -> `<root>/clusters/<c>/jobs/<job>-<uuid>` ($AZ_BATCHAI_JOB_TEMP;
                                  one directory shared by the job's slots, as they share a disk)
@@ -132,6 +143,21 @@ class LocalBackend:
 
     async def create_cluster(self, cluster: Cluster) -> None:
         await self._clusters.create(cluster)
+
+    # ---------------------------------------------------------------- storage (StorageBackend)
+
+    async def ensure_auto_storage(self, share: str, container: str) -> None:
+        for name in (share, container):  # one storage account here: both are shares/<name>
+            self._data.volume("afs", name).mkdir(parents=True, exist_ok=True)
+
+    async def create_file_server(self, server: FileServer) -> str:
+        """A file server here is a directory; its data disks are this machine's disk."""
+        export = self._data.file_server(server.name)
+        export.mkdir(parents=True, exist_ok=True)
+        return str(export)
+
+    async def delete_file_server(self, server: FileServer) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._data.file_server(server.name).parent, True)
 
     async def resize_cluster(self, cluster: Cluster, target: int) -> None:
         await self._clusters.resize(cluster, target)
@@ -199,27 +225,31 @@ class LocalBackend:
             return []
         root = self._data.job_dir(job_id) / "mounts"
         links = [
-            (share_from_url(v.azure_file_url), v.relative_mount_path)
+            (self._data.volume("afs", share_from_url(v.azure_file_url)), v.relative_mount_path)
             for v in volumes.azure_file_shares
         ]
         links += [
-            (check_share_name(v.container_name), v.relative_mount_path)
+            (self._data.volume("bfs", check_share_name(v.container_name)), v.relative_mount_path)
             for v in volumes.azure_blob_file_systems
         ]
-        for share, rel in links:
-            target = self._data.shares() / share
+        notes = []
+        for v in volumes.file_servers:
+            server = self._data.file_server(v.file_server.id.rstrip("/").rsplit("/", 1)[-1])
+            if not server.is_dir():
+                notes.append(
+                    f"{v.relative_mount_path}: file server {server.parent.name} does not exist "
+                    "(file-server create makes it); the job sees an empty directory"
+                )
+            links.append((server, v.relative_mount_path))
+        for target, rel in links:
             target.mkdir(parents=True, exist_ok=True)
             link(root / clean_rel(rel), target)
-        notes = []
-        others: list[_Mounted] = [
-            *volumes.file_servers,
-            *volumes.unmanaged_file_systems,
-        ]
+        others: list[_Mounted] = [*volumes.unmanaged_file_systems]
         for other in others:
             Path(root, clean_rel(other.relative_mount_path)).mkdir(parents=True, exist_ok=True)
             notes.append(
-                f"{other.relative_mount_path}: NFS file servers and custom mounts are not "
-                "available on the local backend; it is an empty directory"
+                f"{other.relative_mount_path}: a custom mount command is not run on the local "
+                "backend (it would run on the bot's own machine); it is an empty directory"
             )
         return notes
 

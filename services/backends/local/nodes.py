@@ -53,9 +53,11 @@ class ClusterDirs:
         for sub in ("mounts", "nodes", "jobs"):
             (cdir / sub).mkdir(parents=True, exist_ok=True)
         for mount in cluster.mounts:
-            share = self._data.shares() / check_share_name(mount.share)
-            share.mkdir(parents=True, exist_ok=True)
-            link(cdir / "mounts" / clean_rel(mount.mount_path), share)
+            if mount.kind != "nfs":
+                check_share_name(mount.share)
+            target = self._data.volume(mount.kind, mount.share)
+            target.mkdir(parents=True, exist_ok=True)
+            link(cdir / "mounts" / clean_rel(mount.mount_path), target)
         meta = cdir / "cluster.json"
         if not meta.exists():
             self._write_meta(cluster.name, cluster.target_nodes)

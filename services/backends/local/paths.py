@@ -72,6 +72,18 @@ class DataDir:
     def shares(self) -> Path:
         return self.root / "shares"
 
+    def file_server(self, name: str) -> Path:
+        """An NFS file server's export: `<root>/file-servers/<name>/data`."""
+        return self.root / "file-servers" / segment("file server name", name) / "data"
+
+    def volume(self, kind: str, name: str) -> Path:
+        """What a mount points at: a share or blob container is `shares/<name>` whatever its
+        account (this machine is one storage namespace, so the job's files on it are listed
+        and streamed like any share's); a file server is its export."""
+        if kind == "nfs":
+            return self.file_server(name)
+        return self.shares() / segment("share name", name)
+
     def cluster_dir(self, name: str) -> Path:
         return self.root / "clusters" / segment("cluster name", name)
 

@@ -36,6 +36,7 @@ from tests.fakes.arm.catalog import (
 )
 from tests.fakes.arm.clock import iso, now
 from tests.fakes.arm.images import FakeImages
+from tests.fakes.arm.machines import Machines
 from tests.fakes.arm.node import (
     SHIM_DIR,
     Script,
@@ -143,6 +144,7 @@ class FakeArm:
         )
         self.subnets: dict[str, str] = {self.subnet_id.lower(): "10.0.0.0/16"}
         self.scale_sets: dict[str, ScaleSet] = {}
+        self.machines = Machines(subscription)  # standalone VMs (file servers), disks, NICs
         self.limits: dict[str, int] = {k.lower(): v for k, v in DEFAULT_LIMITS.items()}
         self.default_family_limit = DEFAULT_FAMILY_LIMIT
         self.skus: list[dict[str, Any]] = catalog(self.location)
@@ -185,6 +187,14 @@ class FakeArm:
             "network",
             self._get_subnet,
         )
+        _STANDALONE = _RG + r"/providers/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)"
+        _NIC = _RG + r"/providers/Microsoft\.Network/networkInterfaces/(?P<name>[^/]+)"
+        self._route("PUT", _STANDALONE, "compute", self._put_machine)
+        self._route("GET", _STANDALONE, "compute", self._get_machine)
+        self._route("DELETE", _STANDALONE, "compute", self._delete_machine)
+        self._route("PUT", _NIC, "network", self._put_nic)
+        self._route("GET", _NIC, "network", self._get_nic)
+        self._route("DELETE", _NIC, "network", self._delete_nic)
         self._route("GET", _SUBP + r"/locations/(?P<loc>[^/]+)/usages", "compute", self._usages)
         self._route("GET", _SUBP + "/skus", "skus", self._list_skus)
         self._route("GET", _SUBP + "/virtualMachineScaleSets", "compute", self._list_vmss)
@@ -660,6 +670,50 @@ class FakeArm:
                 }
             )
         return self._page(request, nics)
+
+    # ------------------------------------------------------------------ standalone VMs, NICs
+
+    async def _put_machine(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        body = await self._json(request)
+        size = str(((body.get("properties") or {}).get("hardwareProfile") or {}).get("vmSize"))
+        vm = self.machines.put_vm(self.resource_groups[rg.lower()], name, body, self._sku(size))
+        vm.state = "Creating"
+
+        def finish() -> None:
+            vm.state = "Succeeded"
+
+        op = self._operation(lambda: True, finish)
+        return web.json_response(
+            vm.view(self.subscription), status=201, headers=self._lro_headers(op, location=False)
+        )
+
+    async def _get_machine(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        vm = self.machines.vms.get(name)
+        if vm is None:
+            raise ArmError(404, "ResourceNotFound", f"The Resource '{name}' was not found.")
+        return web.json_response(vm.view(self.subscription), headers=request_ids())
+
+    async def _delete_machine(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        if name not in self.machines.vms:
+            return web.Response(status=204, headers=request_ids())
+        self.machines.vms[name].state = "Deleting"
+        op = self._operation(lambda: True, lambda: self.machines.delete_vm(name))
+        return web.Response(status=202, headers=self._lro_headers(op, location=True))
+
+    async def _put_nic(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        body = await self._json(request)
+        nic = self.machines.put_nic(rg, name, body, self.subnets)
+        return web.json_response(nic, status=201, headers=request_ids())
+
+    async def _get_nic(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        nic = self.machines.nics.get(name)
+        if nic is None:
+            raise ArmError(404, "NotFound", f"Resource {name} not found.")
+        return web.json_response(nic, headers=request_ids())
+
+    async def _delete_nic(self, request: web.Request, rg: str, name: str) -> web.StreamResponse:
+        self.machines.nics.pop(name, None)
+        return web.Response(status=200, headers=request_ids())
 
     # ------------------------------------------------------------------ SKUs and usage
 
