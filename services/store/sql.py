@@ -19,6 +19,7 @@ from services.models import (
     Job,
     JobLayout,
     LedgerEntry,
+    LogAdvance,
     MetricPoint,
     Progress,
     Schedule,
@@ -197,6 +198,16 @@ class SqlStore:
         async with self.unit() as uow:
             await uow.logs.advance(job_id, offsets, points, progress, last_metrics)
             uow.emit(*new_events)
+            await uow.commit()
+
+    async def commit_logs(self, advances: Sequence[LogAdvance]) -> None:
+        """Several jobs' log news in one transaction (a tail round's batch), all or nothing."""
+        if not advances:
+            return
+        async with self.unit() as uow:
+            for a in advances:
+                await uow.logs.advance(a.job_id, a.offsets, a.points, a.progress, a.last_metrics)
+                uow.emit(*a.events)
             await uow.commit()
 
     async def list_metrics(self, job_id: str) -> list[MetricPoint]:

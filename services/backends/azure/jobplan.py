@@ -184,4 +184,5 @@ class JobPlanner:
             heartbeat_seconds=self._config.heartbeat_seconds,
             run_as=self.job_owner(job_id),
             job_dirs=job_dirs(plan),
+            journal=True,  # over Files, one read a round per node instead of one per log
         )

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 EXIT_LAUNCH_ERROR = 127
 EXIT_WALL_CLOCK = 124  # what timeout(1) reports
@@ -38,6 +39,78 @@ PID, PHASE, HEARTBEAT, EXIT_CODE, REASON, STARTED, ENDED = (
     "started_at",
     "ended_at",
 )
+
+
+# The log journal (`<status_dir>/logs.journal`): what the job wrote to each of its logs, copied by
+# the runner into ONE append-only file, so the bot learns every log's news from one ranged read
+# a round instead of one per log. Records: `D <name> <offset> <length> <size>\n` followed by
+# `length` bytes of log `name` from `offset` (`size`: the log's size then), and `H <epoch>\n`
+# every heartbeat while nothing was written. The logs stay the truth: a record that starts past
+# what the bot has read (a gap) makes it read the log itself.
+JOURNAL = "logs.journal"
+JOURNAL_CHUNK = 1 << 20  # bytes of one log copied per pass; further behind, the copy skips ahead
+
+
+def journal_data(name: str, offset: int, data: bytes, size: int) -> bytes:
+    """One data record of the log journal."""
+    return f"D {quote(name, safe='')} {offset} {len(data)} {size}\n".encode() + data
+
+
+def journal_beat(at: float) -> bytes:
+    return f"H {at:.3f}\n".encode()
+
+
+class _Journal:
+    """Copies the new bytes of the job's logs into the journal every pass (see JOURNAL)."""
+
+    def __init__(self, path: Path, heartbeat_seconds: float) -> None:
+        self._out = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._logs: dict[str, list[int]] = {}  # name -> [read fd, bytes copied up to]
+        self._every = heartbeat_seconds
+        self._last = time.monotonic()
+        self._out.write(journal_beat(time.time()))
+        self._out.flush()
+
+    def watch(self, name: str, path: Path) -> None:
+        """Follow log `name` from its current end (an earlier run's part is the bot's to read).
+        The read descriptor is opened while the file is surely ours, before the job runs, so a
+        link the job puts in its place later is never followed."""
+        if name in self._logs:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._logs[name] = [fd, os.fstat(fd).st_size]
+
+    def pump(self) -> None:
+        wrote = False
+        for name, entry in self._logs.items():
+            fd, done = entry
+            size = os.fstat(fd).st_size
+            if size < done:  # truncated: say so with an empty record at its new size
+                self._out.write(journal_data(name, size, b"", size))
+                entry[1], wrote = size, True
+                continue
+            if size == done:
+                continue
+            start = max(done, size - JOURNAL_CHUNK)
+            data = os.pread(fd, size - start, start)
+            self._out.write(journal_data(name, start, data, size))
+            entry[1], wrote = start + len(data), True
+        now = time.monotonic()
+        if not wrote and now - self._last >= self._every:
+            self._out.write(journal_beat(time.time()))
+            wrote = True
+        if wrote:
+            self._last = now
+            self._out.flush()
+            os.fsync(self._out.fileno())  # on a share, visible to the bot's next read
+
+    def close(self) -> None:
+        for fd, _ in self._logs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._logs.clear()
+        with contextlib.suppress(OSError):
+            self._out.close()
 
 
 def end_files(exit_code: int, reason: str, ended: float) -> tuple[tuple[str, str], ...]:
@@ -119,6 +192,7 @@ class RunnerSpec:
     deadline_file: str | None = None
     run_as: tuple[int, int] | None = None  # (uid, gid) of the job's processes; None: ours
     job_dirs: tuple[str, ...] = ()  # created as `run_as` before anything runs (logs, outputs)
+    journal: bool = False  # keep `<status_dir>/logs.journal` (see JOURNAL)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +209,7 @@ class RunnerSpec:
             "deadline_file": self.deadline_file,
             "run_as": None if self.run_as is None else list(self.run_as),
             "job_dirs": list(self.job_dirs),
+            "journal": self.journal,
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -157,6 +232,7 @@ class RunnerSpec:
             deadline_file=raw.get("deadline_file"),
             run_as=None if run_as is None else (int(run_as[0]), int(run_as[1])),
             job_dirs=tuple(str(d) for d in raw.get("job_dirs", ())),
+            journal=bool(raw.get("journal", False)),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -220,6 +296,7 @@ class NodeRunner:
     _last_beat: float = 0.0
     _last_peer_check: float = 0.0
     _children: list[_Running] = field(default_factory=list)
+    _journal: _Journal | None = None
 
     # ---------------------------------------------------------------- status files
 
@@ -232,6 +309,21 @@ class NodeRunner:
             self._last_beat = now
             self._status(HEARTBEAT).touch()
 
+    def _open_journal(self) -> None:
+        if self.spec.journal:
+            try:
+                self._journal = _Journal(self._status(JOURNAL), self.spec.heartbeat_seconds)
+            except OSError:  # the bot then reads the logs themselves
+                self._journal = None
+
+    def _pump(self) -> None:
+        if self._journal is not None:
+            try:
+                self._journal.pump()
+            except OSError:  # a journal that cannot be kept stops; the logs are still there
+                self._journal.close()
+                self._journal = None
+
     # ---------------------------------------------------------------- processes
 
     def _open_logs(self, proc: ProcessSpec) -> tuple[IO[bytes], IO[bytes]]:
@@ -240,6 +332,13 @@ class NodeRunner:
         with acting_as(self.spec.run_as):
             out = open(out_dir / proc.stdout, "ab")  # noqa: SIM115 - closed by the caller
             err = out if proc.stderr == proc.stdout else open(out_dir / proc.stderr, "ab")  # noqa: SIM115
+            if self._journal is not None:
+                try:
+                    for name in dict.fromkeys((proc.stdout, proc.stderr)):
+                        self._journal.watch(name, out_dir / name)
+                except OSError:
+                    self._journal.close()
+                    self._journal = None
         return out, err
 
     def _identity(self, proc: ProcessSpec) -> dict[str, Any]:
@@ -351,6 +450,7 @@ class NodeRunner:
         """Wait for all to end. A non-None outcome means the run was cut short (stop them)."""
         while True:
             self._beat()
+            self._pump()
             if self.terminate_requested:
                 return _Outcome(EXIT_TERMINATED, "terminated by user")
             peer = self._failed_peer()
@@ -404,6 +504,7 @@ class NodeRunner:
 
     def run(self) -> _Outcome:
         self._beat(force=True)
+        self._open_journal()
         if self.spec.terminate_file and os.path.exists(self.spec.terminate_file):
             return _Outcome(EXIT_TERMINATED, "terminated by user")
         try:
@@ -441,6 +542,9 @@ class NodeRunner:
     def finish(self, outcome: _Outcome) -> None:
         # Stragglers (a daemon a job left behind) die with the job, as on a Batch AI node.
         self._kill_descendants()
+        self._pump()  # the last lines, before exit_code says the logs are complete
+        if self._journal is not None:
+            self._journal.close()
         for name, text in end_files(outcome.exit_code, outcome.reason, time.time()):
             write_atomic(self._status(name), text)
 

@@ -32,6 +32,7 @@ def runner_spec(
     heartbeat_seconds: float,
     run_as: tuple[int, int] | None = None,
     job_dirs: tuple[str, ...] = (),
+    journal: bool = False,
 ) -> RunnerSpec:
     """Node `index`'s runner spec; `process` turns one planned process into what the runner runs."""
     prep = [p for p in plan.preparation if p.node_index == index]
@@ -51,6 +52,7 @@ def runner_spec(
         deadline_file=f"{control_dir}/{DEADLINE}",
         run_as=run_as,
         job_dirs=job_dirs,
+        journal=journal,
     )
 
 
