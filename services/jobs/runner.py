@@ -523,7 +523,11 @@ class JobRunner:
                 log.exception("job %s: reading its logs failed", job.name)
 
     async def _flush(self, *, everything: bool) -> None:
-        """Store the round's news COMMIT_BATCH jobs at a time (all of it with `everything`)."""
+        """Store the round's news COMMIT_BATCH jobs at a time (all of it with `everything`).
+        A worker that finds a batch being stored goes back to reading: the one storing takes
+        whatever has piled up meanwhile."""
+        if not everything and (self._commit_lock.locked() or len(self._news) < COMMIT_BATCH):
+            return
         async with self._commit_lock:
             while self._news and (everything or len(self._news) >= COMMIT_BATCH):
                 batch, self._news = self._news[:COMMIT_BATCH], self._news[COMMIT_BATCH:]

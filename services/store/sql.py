@@ -205,9 +205,8 @@ class SqlStore:
         if not advances:
             return
         async with self.unit() as uow:
-            for a in advances:
-                await uow.logs.advance(a.job_id, a.offsets, a.points, a.progress, a.last_metrics)
-                uow.emit(*a.events)
+            await uow.logs.advance_all(advances)
+            uow.emit(*(e for a in advances for e in a.events))
             await uow.commit()
 
     async def list_metrics(self, job_id: str) -> list[MetricPoint]:
