@@ -10,10 +10,15 @@ delivered when the store holds them (the outbox to Slack is `slack_stream_bench.
 
 A child process runs the fake Files server and the jobs' writers: every `--write-every` seconds
 each job appends `--rate × write-every` lines (`<job> <seq> <time>`) to its stdout.txt; stderr.txt
-stays empty, as a quiet second log. The child's CPU is not the bot's. The bot ticks every
+stays empty, as a quiet second log. The writer also does what the node runner does on an azure
+node: it copies what it wrote into the job's log journal (`node-0/logs.journal`, the runner's own
+record format), which the bot reads instead of the logs; `--no-journal` measures the bot reading
+each log by itself (what a runner without a journal, or the local backend, gets). The child's CPU
+is not the bot's. The bot ticks every
 `--poll-seconds` (a tick that runs longer starts the next one late, as the scheduler does).
 At the end the writers stop, the bot reads what is left, and every written line must be in the
-store (`log_offsets` line counts): lines lost = written - stored.
+store (`log_offsets` line counts): lines lost = written - stored. Then `--idle-seconds` of ticks
+with nothing written measure the requests an idle job costs.
 
     .venv/bin/python bench/scale_bench.py --jobs 5000 --clusters 200 --minutes 10
     .venv/bin/python bench/scale_bench.py --jobs 20 --clusters 4 --minutes 0.1   # a smoke run
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.backends.azure.config import AzureConfig  # noqa: E402
 from services.backends.azure.files import AzureShare  # noqa: E402
+from services.backends.noderun.runner import JOURNAL, journal_data  # noqa: E402
 from services.clusters.service import ClusterRequest, ClusterService  # noqa: E402
 from services.core.clock import SystemClock  # noqa: E402
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus  # noqa: E402
@@ -67,14 +73,22 @@ def log_dir(job_id: str) -> str:
     return f"jobs/{job_id}/stdouterr"
 
 
+def journal_path(job_id: str) -> str:
+    return f"jobs/{job_id}/node-0/{JOURNAL}"
+
+
 # --------------------------------------------------------------------------- the child
 
 
-def files_main(conn: Connection, root: str, rate: float, every: float, latency: float) -> None:
-    asyncio.run(_files(conn, Path(root), rate, every, latency))
+def files_main(
+    conn: Connection, root: str, rate: float, every: float, latency: float, journal: bool
+) -> None:
+    asyncio.run(_files(conn, Path(root), rate, every, latency, journal))
 
 
-async def _files(conn: Connection, root: Path, rate: float, every: float, latency: float) -> None:
+async def _files(
+    conn: Connection, root: Path, rate: float, every: float, latency: float, journal: bool
+) -> None:
     """The fake Files server and the writers; answers the bench's questions on `conn`."""
     from tests.fakes.azure_files import FakeAzureFiles
 
@@ -95,9 +109,14 @@ async def _files(conn: Connection, root: Path, rate: float, every: float, latenc
                 n, carry = int(carry), carry - int(carry)
                 now = time.time()
                 for job in written:
-                    with (share / log_dir(job) / "stdout.txt").open("a") as f:
-                        seq = written[job]
-                        f.write("".join(f"{job} {seq + i + 1} {now:.3f}\n" for i in range(n)))
+                    seq = written[job]
+                    data = "".join(f"{job} {seq + i + 1} {now:.3f}\n" for i in range(n)).encode()
+                    with (share / log_dir(job) / "stdout.txt").open("ab") as f:
+                        f.write(data)
+                        size = f.tell()
+                    if journal and data:
+                        with (share / journal_path(job)).open("ab") as f:
+                            f.write(journal_data("stdout.txt", size - len(data), data, size))
                     written[job] += n
 
         writer = asyncio.create_task(write())
@@ -109,6 +128,9 @@ async def _files(conn: Connection, root: Path, rate: float, every: float, latenc
                     (share / log_dir(job)).mkdir(parents=True, exist_ok=True)
                     for name in LOGS:
                         (share / log_dir(job) / name).touch()
+                    if journal:
+                        (share / journal_path(job)).parent.mkdir(parents=True, exist_ok=True)
+                        (share / journal_path(job)).touch()
                     written[job] = 0
                 conn.send(len(written))
             elif what == "write":
@@ -126,10 +148,12 @@ async def _files(conn: Connection, root: Path, rate: float, every: float, latenc
 
 
 class FilesProcess:
-    def __init__(self, root: Path, rate: float, every: float, latency: float) -> None:
+    def __init__(
+        self, root: Path, rate: float, every: float, latency: float, journal: bool
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        args = (child, str(root), rate, every, latency)
+        args = (child, str(root), rate, every, latency, journal)
         self.proc = ctx.Process(target=files_main, args=args)
         self.proc.start()
         self.info: dict[str, str] = self.conn.recv()
@@ -159,7 +183,8 @@ class SyntheticCompute:
 
     name = "synthetic"
 
-    def __init__(self) -> None:
+    def __init__(self, *, journal: bool) -> None:
+        self.journal = journal
         self.started: dict[str, str] = {}  # job id -> cluster
         self.ended: set[str] = set()
         self.status_calls = 0
@@ -183,7 +208,9 @@ class SyntheticCompute:
     async def start_job(self, request: LaunchRequest) -> LaunchResult:
         self.started[request.job_id] = request.cluster.name
         stdouterr = FileLocation(SHARE, log_dir(request.job_id))
-        return LaunchResult(JobLayout(stdouterr, log_files=LOGS, primary_log="stdout.txt"))
+        journals = (FileLocation(SHARE, journal_path(request.job_id)),) if self.journal else ()
+        layout = JobLayout(stdouterr, log_files=LOGS, primary_log="stdout.txt", journals=journals)
+        return LaunchResult(layout)
 
     async def get_job_status(self, job_id: str) -> RunStatus:
         self.status_calls += 1
@@ -222,7 +249,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace, data: Path) -> None:
-    files = FilesProcess(data / "files", args.rate, args.write_every, args.latency_ms / 1000)
+    files = FilesProcess(
+        data / "files", args.rate, args.write_every, args.latency_ms / 1000, args.journal
+    )
     try:
         await _run(args, data, files)
     finally:
@@ -234,7 +263,7 @@ async def _run(args: argparse.Namespace, data: Path, files: FilesProcess) -> Non
     store = SqlStore(f"sqlite+aiosqlite:///{db}")
     await store.migrate()
     clock = SystemClock()
-    compute = SyntheticCompute()
+    compute = SyntheticCompute(journal=args.journal)
     cfg = AzureConfig(
         subscription_id="sub",
         resource_group="rg",
@@ -332,12 +361,23 @@ async def _run(args: argparse.Namespace, data: Path, files: FilesProcess) -> Non
             if all(stored[j] >= written[j] for j in written):
                 break
             await asyncio.sleep(args.poll_seconds)
+        idle_before = await files.ask("counters")
+        idle_cycles = 0
+        idle_end = time.perf_counter() + args.idle_seconds
+        while time.perf_counter() < idle_end:
+            begin = time.perf_counter()
+            await runner.tick()
+            idle_cycles += 1
+            await asyncio.sleep(max(0.0, args.poll_seconds - (time.perf_counter() - begin)))
+        idle_after = await files.ask("counters")
     finally:
         await share.aclose()
         await store.aclose()
 
     ops = Counter(after["ops"])
     ops.subtract(before["ops"])
+    idle = Counter(idle_after["ops"])
+    idle.subtract(idle_before["ops"])
     n = max(len(cycles), 1)
     running = max(len(compute.started), 1)
     files_per_cycle = sum(ops.values()) / n
@@ -358,11 +398,16 @@ async def _run(args: argparse.Namespace, data: Path, files: FilesProcess) -> Non
     )
     print("ARM requests/cycle    n/a: synthetic compute (see azure_poll_bench.py)")
     print(f"Files requests/cycle  {files_per_cycle:.0f}  ({breakdown})")
+    how = "one log journal" if args.journal else "no journal: each of 2 logs"
     print(
         f"  per running job     {files_per_cycle / running:.2f}  "
-        f"(2 log files each; goal <= 1: GET only, no HEAD)"
+        f"(writing; {how}; goal <= 1: GET only, no HEAD)"
     )
-    print(f"  per log file        {files_per_cycle / (running * len(LOGS)):.2f}")
+    idle_per_job = sum(idle.values()) / max(idle_cycles, 1) / running
+    print(
+        f"  per idle job        {idle_per_job:.2f}  "
+        f"({idle_cycles} cycles in {args.idle_seconds:g} s with nothing written; quiet reads rest)"
+    )
     print(f"bot CPU               {cpu / max(wall, 1e-9):.2f} cores  (goal <= 1)")
     print(f"peak RSS              {rss_mb:.0f} MB  (goal <= 500 MB)")
     print(f"database size         {db_bytes / 1e6:.1f} MB")
@@ -386,6 +431,13 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="POLL_CONCURRENCY")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="no log journal: the bot reads stdout.txt and stderr.txt each",
+    )
     args = parser.parse_args()
     if args.jobs < 1 or args.clusters < 1 or args.clusters > args.jobs:
         parser.error("need 1 <= --clusters <= --jobs")

@@ -6,10 +6,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from services.clusters.lifecycle import ClusterState
 from services.jobs.lifecycle import JobState
 from services.spend.approvals.lifecycle import ApprovalState
+
+if TYPE_CHECKING:
+    from services.core.events import Event
 
 NAME_RE = re.compile(r"^[-\w]{1,64}$", re.ASCII)
 STDOUTERR = "stdouterr"
@@ -238,6 +242,9 @@ class JobLayout:
     outputs: dict[str, FileLocation] = field(default_factory=dict)
     log_files: tuple[str, ...] = ()  # names in stdouterr, in the order they should be tailed
     primary_log: str = "stderr.txt"
+    # One log journal per node (noderun.runner.JOURNAL): when given, the tailer reads these,
+    # and a log itself only to fill a gap or at the end.
+    journals: tuple[FileLocation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -541,3 +548,16 @@ class ScheduleRun:
     due: datetime  # the stored next_run_at this run consumes
     following: datetime | None  # the next run after it; None ends the schedule
     at: datetime  # when it ran
+
+
+@dataclass(frozen=True)
+class LogAdvance:
+    """One job's log news, stored all or nothing: the new (offset, lines) per file, the
+    snippets they produced (events) and the metrics and progress parsed from them."""
+
+    job_id: str
+    offsets: dict[str, tuple[int, int]]
+    events: tuple[Event, ...]
+    points: tuple[MetricPoint, ...]
+    progress: Progress | None
+    last_metrics: dict[str, float] | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -259,3 +260,39 @@ async def test_a_truncated_file_is_seen_in_the_ranged_get_and_read_again(tmp_pat
             again = await tailer.read("k", where, idle.committed_offset, final=False)
     assert first.lines == ["one", "two"]
     assert again.restarted and again.lines == ["new"] and again.committed_offset == 4
+
+
+async def test_a_round_is_stored_in_one_batch_and_a_failed_batch_is_read_again(
+    rig: Rig, tmp_path: Path
+) -> None:
+    runner = rig.runner()
+    jobs = await rig.start(runner, 3, lines=4)
+    rig.ready()
+    for _ in range(200):  # every job has written its lines (the gate file holds them running)
+        if all(
+            (rig.local.share_dir(SHARE) / log_path(j)).read_text().count("\n") == 4 for j in jobs
+        ):
+            break
+        await asyncio.sleep(0.05)
+    # The database refuses the offsets of the LAST job: the round's one transaction fails,
+    # so the other jobs' lines are not stored (nor announced) either.
+    db = sqlite3.connect(tmp_path / "test.db")
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON log_offsets WHEN NEW.job_id = ? "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END".replace("?", f"'{jobs[-1].id}'")
+    )
+    db.commit()
+    await tick(runner, rig.clock)
+    assert [await rig.lines(j) for j in jobs] == [0, 0, 0]
+    assert await rig.store.count_events(kind="log_snippet") == 0
+    db.execute("DROP TRIGGER refuse")
+    db.commit()
+    db.close()
+    # A new process (the same store, nothing in memory) reads them once, from the offsets.
+    again = rig.runner()
+    await tick(again, rig.clock)
+    assert [await rig.lines(j) for j in jobs] == [4, 4, 4]
+    await tick(again, rig.clock)
+    snippets = [e for _, e in await rig.store.pending_events(1000) if e.kind == "log_snippet"]
+    lines = sorted((s.job_id, line) for s in snippets for line in s.lines)  # type: ignore[attr-defined]
+    assert lines == sorted((j.id, f"line {i}") for j in jobs for i in range(1, 5))

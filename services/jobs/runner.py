@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,9 +33,9 @@ from services.jobs.lifecycle import (
     finished_event,
     requeue,
 )
-from services.jobs.tailer import LogParser, LogTailer
+from services.jobs.tailer import LogParser, LogTailer, TailResult
 from services.jobspec import load_job_spec
-from services.models import Actor, Attempt, Cluster, FileLocation, Job
+from services.models import Actor, Attempt, Cluster, FileLocation, Job, LogAdvance, MetricPoint
 from services.spend.gate import NeedsApproval, Refused
 from services.store import SqlStore
 
@@ -54,6 +55,9 @@ CONCURRENCY = 32  # jobs polled, and jobs tailed, at once (POLL_CONCURRENCY)
 TAIL_TIMEOUT = 5.0  # seconds one log read may take in a round before the round moves on
 TAIL_IDLE_FIRST = 1.0  # seconds a log file that did not grow (or failed) rests; doubles each time
 TAIL_IDLE_MAX = 8.0
+COMMIT_BATCH = 200  # jobs whose new log lines are stored in one transaction
+ROUND_BYTES = 4 << 20  # bytes of one log read in a round; a longer backlog continues next round
+JOURNAL_STALE = 90.0  # seconds a journal may say nothing (it beats every 15 s) before logs are read
 
 
 async def each(items: Sequence[Job], work: Callable[[Job], Awaitable[None]], limit: int) -> None:
@@ -71,10 +75,52 @@ async def each(items: Sequence[Job], work: Callable[[Job], Awaitable[None]], lim
             group.create_task(worker())
 
 
+def journal_key(index: int) -> str:
+    """Node `index`'s journal among a job's log offsets (a log's name has no slash)."""
+    return f"journal/node-{index}"
+
+
 @dataclass
 class _LogState:
-    offsets: dict[str, tuple[int, int]]
+    offsets: dict[str, tuple[int, int]]  # as stored
     parser: LogParser = field(default_factory=LogParser)
+    heard: datetime | None = None  # when one of the job's journals last said anything
+    no_journal: bool = False  # its journal is not one: the logs are read directly
+
+
+@dataclass
+class _LogNews:
+    """What one read of a job's logs found, to be stored in one go: the new offsets, the
+    snippets they produced and the metrics parsed from them."""
+
+    job: Job
+    state: _LogState
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    points: list[MetricPoint] = field(default_factory=list)
+    read: int = 0  # reads that found new bytes
+
+    def offset(self, name: str) -> tuple[int, int]:
+        """(committed byte offset, lines) of `name` with this news applied."""
+        return self.offsets.get(name) or self.state.offsets.get(name, (0, 0))
+
+    def add(self, name: str, result: TailResult) -> None:
+        offset, count = self.offset(name)
+        if result.restarted:
+            count = 0
+        lines = result.lines
+        self.points += self.state.parser.feed_all(lines)
+        self.events += [
+            LogSnippet(
+                job_id=self.job.id,
+                cluster=self.job.cluster,
+                file=name,
+                first_line=count + 1 + i,
+                lines=tuple(lines[i : i + SNIPPET_LINES]),
+            )
+            for i in range(0, len(lines), SNIPPET_LINES)
+        ]
+        self.offsets[name] = (result.committed_offset, count + len(lines))
 
 
 class JobRunner:
@@ -114,11 +160,23 @@ class JobRunner:
         self._tail_pace: dict[tuple[str, str], tuple[int, datetime]] = {}
         self._tail_locks: dict[str, asyncio.Lock] = {}  # a round's read and the final read
         self._regrown: set[str] = set()  # run ids whose cluster was grown back before they ran
+        self._news: list[_LogNews] = []  # read this round, not stored yet
+        self._commit_lock = asyncio.Lock()  # one batch at a time, in order
+        # The active jobs as this tick's poll listed (and moved) them: tail and warn reuse it.
+        self._tick_jobs: dict[str, Job] | None = None
+        self._ticking = False
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
     async def tick(self) -> None:
         """One round of everything; each part survives the failure of another. A step the
         backend called busy rests, twice as long each time in a row (or as long as it asked)."""
+        self._ticking, self._tick_jobs = True, None
+        try:
+            await self._tick()
+        finally:
+            self._ticking, self._tick_jobs = False, None
+
+    async def _tick(self) -> None:
         for step in (
             self.expire_approvals,
             self.dispatch,
@@ -147,20 +205,21 @@ class JobRunner:
     # -- dispatch: FIFO per cluster, gang-scheduled -----------------------------------------
 
     async def dispatch(self) -> None:
-        for cluster in await self._store.list_clusters():
+        clusters = await self._store.list_clusters()
+        live: dict[str, list[Job]] = {}  # one listing for every cluster, in FIFO order
+        for job in await self._store.list_jobs(states=LIVE_STATES, include_deleted=True):
+            live.setdefault(job.cluster, []).append(job)
+        for cluster in clusters:
             if cluster.state not in (ClusterState.STEADY, ClusterState.FAILED):
                 continue
             try:
-                await self._dispatch_cluster(cluster)
+                await self._dispatch_cluster(cluster, live.get(cluster.name, []))
             except TransientError:
                 raise
             except Exception:  # one broken cluster must not stop the others' queues
                 log.exception("dispatch on cluster %s failed", cluster.name)
 
-    async def _dispatch_cluster(self, cluster: Cluster) -> None:
-        jobs = await self._store.list_jobs(
-            cluster=cluster.name, states=LIVE_STATES, include_deleted=True
-        )
+    async def _dispatch_cluster(self, cluster: Cluster, jobs: list[Job]) -> None:
         queued = [j for j in jobs if j.state is JobState.QUEUED]
         in_use = {n for j in jobs if j.state in ACTIVE_STATES for n in j.nodes}
         retries = [j.run_id for j in queued if j.attempts and j.run_id not in self._regrown]
@@ -246,6 +305,8 @@ class JobRunner:
                     self._failures.pop(job.id, None)
 
         jobs = await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True)
+        if self._ticking:  # the rest of this tick works from this listing
+            self._tick_jobs = {j.id: j for j in jobs}
         await each(jobs, poll_one, self._concurrency)  # one slow answer holds one worker
         if busy is not None and not answered:
             raise busy
@@ -296,6 +357,8 @@ class JobRunner:
                     step.job, step.events, transition=step.transition
                 ):
                     job = step.job
+                    if self._tick_jobs is not None:
+                        self._tick_jobs[job.id] = job
             await self._sync_deadline(job)
             if self._gpu_idle is not None and job.state is JobState.RUNNING:
                 await self._gpu_idle.observe(job, status.gpu)
@@ -462,7 +525,11 @@ class JobRunner:
         self._deadlines.pop(job.id, None)
         self._logs.pop(job.id, None)
         self._tail_locks.pop(job.id, None)
-        for name in job.layout.log_files if job.layout else ():
+        if self._tick_jobs is not None:
+            self._tick_jobs.pop(job.id, None)
+        layout = job.layout
+        journals = map(journal_key, range(len(layout.journals))) if layout else ()
+        for name in [*(layout.log_files if layout else ()), *journals]:
             self._tailer.forget((job.id, name))
             self._tail_pace.pop((job.id, name), None)
 
@@ -514,7 +581,11 @@ class JobRunner:
             return
         warn_before = self._approvals.policy.warn_before
         now = self._now()
-        for job in await self._store.list_jobs(states=(JobState.RUNNING,), include_deleted=True):
+        if self._tick_jobs is not None:
+            running = [j for j in self._tick_jobs.values() if j.state is JobState.RUNNING]
+        else:
+            running = await self._store.list_jobs(states=(JobState.RUNNING,), include_deleted=True)
+        for job in running:
             if (
                 job.started_at is None
                 or job.estimate is None
@@ -536,109 +607,221 @@ class JobRunner:
         """New log lines of every active job, `concurrency` jobs at a time (a fixed worker
         pool), so the round costs the slowest read, not the sum of all reads.
 
+        A job with log journals (one per node, kept by the node runner) costs one read per
+        node: the journal carries what was written to every log of that node; a log itself is
+        read only to fill a gap the journal left (it started late, or skipped ahead), and when
+        the journal has said nothing, not even its heartbeat, for JOURNAL_STALE seconds.
+
         Per-file pacing keeps one slow or quiet share from holding up the rest: a read that
         takes longer than `tail_timeout` is given up for this round (nothing was consumed; the
         next read starts at the same offset), and a file that did not grow or whose read failed
         or timed out rests 1 s, 2 s, 4 s ... up to `tail_idle_max` before it is read again. The
-        final read when a job ends is never paced and never cut short, so no line is lost."""
-        jobs = [
-            job
-            for job in await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True)
-            if job.layout is not None and job.layout.stdouterr is not None
-        ]
-        await each(jobs, self._tail_round, self._concurrency)
+        final read when a job ends is never paced and never cut short, so no line is lost.
+
+        What the round read is stored COMMIT_BATCH jobs to a transaction, each job's offsets
+        with the snippets and metrics they produced: a crash before a commit loses nothing
+        (the next process reads those bytes again from the stored offsets) and repeats nothing
+        (no snippet was stored without its offsets)."""
+        if self._tick_jobs is not None:
+            listed = list(self._tick_jobs.values())
+        else:
+            listed = await self._store.list_jobs(states=ACTIVE_STATES, include_deleted=True)
+        jobs = [j for j in listed if j.layout is not None and j.layout.stdouterr is not None]
+        try:
+            await each(jobs, self._tail_round, self._concurrency)
+        finally:
+            await self._flush(everything=True)
 
     async def _tail_round(self, job: Job) -> None:
         with context.bound(**context.for_job(job.id)):
             try:
-                await self._tail_job(job, final=False)
+                news = await self._tail_job(job, final=False)
+                if news is not None and news.offsets:
+                    self._news.append(news)
+                    await self._flush(everything=False)
             except TransientError as err:
                 log.info("job %s: logs unavailable for now: %s", job.name, err)
             except Exception:
                 log.exception("job %s: reading its logs failed", job.name)
 
-    async def _tail_job(self, job: Job, *, final: bool) -> None:
+    async def _flush(self, *, everything: bool) -> None:
+        """Store the round's news COMMIT_BATCH jobs at a time (all of it with `everything`).
+        A worker that finds a batch being stored goes back to reading: the one storing takes
+        whatever has piled up meanwhile."""
+        if not everything and (self._commit_lock.locked() or len(self._news) < COMMIT_BATCH):
+            return
+        async with self._commit_lock:
+            while self._news and (everything or len(self._news) >= COMMIT_BATCH):
+                batch, self._news = self._news[:COMMIT_BATCH], self._news[COMMIT_BATCH:]
+                await self._store_news(batch)
+
+    async def _store_news(self, batch: Sequence[_LogNews]) -> None:
+        await self._store.commit_logs(
+            [
+                LogAdvance(
+                    job_id=n.job.id,
+                    offsets=n.offsets,
+                    events=tuple(n.events),
+                    points=tuple(n.points),
+                    progress=n.state.parser.progress,
+                    last_metrics=n.state.parser.last_metrics or None,
+                )
+                for n in batch
+                if n.offsets
+            ]
+        )
+        for n in batch:  # only once stored: a failed commit leaves them to be read again
+            n.state.offsets.update(n.offsets)
+
+    async def _tail_job(self, job: Job, *, final: bool) -> _LogNews | None:
+        """Read the job's new log lines; the final read stores them itself, a round's read
+        returns them for the round's batch."""
         layout = job.layout
         if layout is None or layout.stdouterr is None:
-            return
+            return None
+        if final:
+            await self._flush(everything=True)  # this job's news of the round go first
         # A round's read and the final read of the same job take turns: both move its offsets.
         async with self._tail_locks.setdefault(job.id, asyncio.Lock()):
             state = self._logs.get(job.id)
             if state is None:
                 state = self._logs[job.id] = _LogState(await self._store.get_log_offsets(job.id))
+            news = _LogNews(job, state)
+            if final:
+                for name in layout.log_files:
+                    loc = layout.stdouterr.child(name)
+                    news = await self._tail_file(news, name, loc, final=True)
+                async with self._commit_lock:
+                    await self._store_news([news])
+                return None
+            direct = await self._tail_journals(news)
             for name in layout.log_files:
                 loc = layout.stdouterr.child(name)
-                if final:
-                    await self._tail_file(job, state, name, loc, final=True)
-                else:
-                    await self._paced(job, state, name, loc)
+                if direct is None:
+                    await self._paced(news, name, loc)
+                elif name in direct:  # a gap in the journal: now, unpaced
+                    with contextlib.suppress(TimeoutError):
+                        await self._tail_file(news, name, loc, final=False, timeout=True)
+            return news
 
-    async def _paced(self, job: Job, state: _LogState, name: str, loc: FileLocation) -> None:
+    async def _tail_journals(self, news: _LogNews) -> set[str] | None:
+        """Read the job's journals; the logs to read directly for their gaps, or None: read
+        every log directly (no journal, or one that is missing, broken or silent)."""
+        job, state = news.job, news.state
+        journals = job.layout.journals if job.layout else ()
+        if not journals or state.no_journal:
+            return None
+        now = self._now()
+        if state.heard is None:
+            state.heard = now
+        direct: set[str] = set()
+        for index, loc in enumerate(journals):
+            key = (job.id, journal_key(index))
+            quiet, due = self._tail_pace.get(key, (0, now))
+            if now < due:
+                continue
+            grew = False
+            try:
+                grew = await self._read_journal(news, journal_key(index), loc, direct)
+            except TimeoutError:
+                log.info("job %s: reading its journal took over %g s", job.name, self._tail_timeout)
+            except ValueError as err:  # not a journal: do without
+                log.warning("job %s: log journal %s unusable: %s", job.name, loc.path, err)
+                state.no_journal = True
+                return None
+            finally:
+                self._pace(key, quiet, grew)
+        if (now - state.heard).total_seconds() > JOURNAL_STALE:
+            return None
+        return direct
+
+    async def _read_journal(
+        self, news: _LogNews, name: str, loc: FileLocation, direct: set[str]
+    ) -> bool:
+        """Apply one journal's new records; whether they carried new log bytes."""
+        job = news.job
+        logs = set(job.layout.log_files) if job.layout else set()
+        grew = False
+        while True:
+            offset = news.offset(name)[0]
+            read = self._tailer.read_journal((job.id, name), loc, offset)
+            result = await asyncio.wait_for(read, self._tail_timeout)
+            if result.missing:  # not written yet (or an older runner): the logs tell
+                direct.update(logs)
+                return grew
+            if result.records:
+                news.state.heard = self._now()
+            for record in result.records:
+                if record.name is None or record.name not in logs or record.name in direct:
+                    continue
+                key = (job.id, record.name)
+                got = self._tailer.accept(key, news.offset(record.name)[0], record)
+                if got is None:
+                    direct.add(record.name)
+                    continue
+                grew = grew or got.bytes_read > 0
+                news.add(record.name, got)
+            if result.committed_offset != offset:
+                news.offsets[name] = (result.committed_offset, 0)
+            if not result.more:
+                return grew
+
+    def _pace(self, key: tuple[str, str], quiet: int, grew: bool) -> None:
+        if grew:
+            self._tail_pace.pop(key, None)
+        else:
+            rest = min(self._tail_idle_max, TAIL_IDLE_FIRST * 2**quiet)
+            self._tail_pace[key] = (quiet + 1, self._now() + timedelta(seconds=rest))
+
+    async def _paced(self, news: _LogNews, name: str, loc: FileLocation) -> None:
         """One file's read in a round: skipped while it rests, bounded by `tail_timeout`."""
-        key = (job.id, name)
+        key = (news.job.id, name)
         now = self._now()
         quiet, due = self._tail_pace.get(key, (0, now))
         if now < due:
             return
-        grew = False
+        before = news.read
         try:
-            grew = await self._tail_file(job, state, name, loc, final=False, timeout=True)
+            await self._tail_file(news, name, loc, final=False, timeout=True)
         except TimeoutError:
-            log.info("job %s: reading %s took over %g s", job.name, name, self._tail_timeout)
+            log.info("job %s: reading %s took over %g s", news.job.name, name, self._tail_timeout)
         finally:
-            if grew:
-                self._tail_pace.pop(key, None)
-            else:
-                rest = min(self._tail_idle_max, TAIL_IDLE_FIRST * 2**quiet)
-                self._tail_pace[key] = (quiet + 1, self._now() + timedelta(seconds=rest))
+            self._pace(key, quiet, news.read > before)
 
     async def _tail_file(
         self,
-        job: Job,
-        state: _LogState,
+        news: _LogNews,
         name: str,
         loc: FileLocation,
         *,
         final: bool,
         timeout: bool = False,
-    ) -> bool:
-        """Read and store the file's new lines; whether there were any new bytes.
+    ) -> _LogNews:
+        """Read the file's new lines into `news` (the final read stores each chunk as it goes,
+        and returns what is left to store).
 
         With `timeout` each read may take `tail_timeout` (TimeoutError after): only the read is
         cut short, which consumes nothing; a store commit under way is never interrupted."""
-        grew = False
+        job = news.job
+        budget = ROUND_BYTES
         while True:
-            offset, count = state.offsets.get(name, (0, 0))
+            offset = news.offset(name)[0]
             read = self._tailer.read((job.id, name), loc, offset, final=final)
             result = await asyncio.wait_for(read, self._tail_timeout if timeout else None)
-            grew = grew or result.bytes_read > 0 or result.restarted
-            if result.restarted:
-                count = 0
-            if not result.lines and result.committed_offset == offset:
-                return grew
-            points = state.parser.feed_all(result.lines)
-            events: list[Event] = [
-                LogSnippet(
-                    job_id=job.id,
-                    cluster=job.cluster,
-                    file=name,
-                    first_line=count + 1 + i,
-                    lines=tuple(result.lines[i : i + SNIPPET_LINES]),
-                )
-                for i in range(0, len(result.lines), SNIPPET_LINES)
-            ]
-            new_offsets = {name: (result.committed_offset, count + len(result.lines))}
-            await self._store.commit_log(
-                job.id,
-                new_offsets,
-                events,
-                points,
-                state.parser.progress,
-                state.parser.last_metrics or None,
-            )
-            state.offsets.update(new_offsets)
+            if result.bytes_read > 0 or result.restarted:
+                news.read += 1
+            if not result.lines and result.committed_offset == offset and not result.restarted:
+                return news
+            news.add(name, result)
+            budget -= result.bytes_read
             if not result.more:
-                return grew
+                return news
+            if final:  # a long backlog is stored chunk by chunk, not held in memory
+                async with self._commit_lock:
+                    await self._store_news([news])
+                news = _LogNews(job, news.state)
+            elif budget <= 0:
+                return news  # the rest next round: one job's backlog must not hold the round
 
     def _now(self) -> datetime:
         return self._clock.now()

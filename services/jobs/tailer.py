@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from services.core.ports import FileShare
 from services.models import FileLocation, MetricPoint, Progress
@@ -65,6 +66,57 @@ def split_lines(data: bytes, *, final: bool, max_line: int = MAX_LINE) -> tuple[
             rest = rest[cut:]
             pos += cut
     return [line.decode("utf-8", errors="replace") for line in raw], pos
+
+
+# --------------------------------------------------------------------------- log journal
+
+MAX_JOURNAL_HEADER = 1024  # a record header is short; a longer line means the file is not one
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """`length` bytes of log `name` from `offset`, copied by the node runner; `size` was the
+    log's size then. A heartbeat record has no name."""
+
+    name: str | None
+    offset: int = 0
+    data: bytes = b""
+    size: int = 0
+
+
+def split_records(data: bytes) -> tuple[list[JournalRecord], int]:
+    """Complete records of a log journal (noderun.runner.JOURNAL) and the bytes they used up;
+    a record not yet complete is held back. ValueError when `data` is not a journal."""
+    records: list[JournalRecord] = []
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos, pos + MAX_JOURNAL_HEADER)
+        if end < 0:
+            if len(data) - pos >= MAX_JOURNAL_HEADER:
+                raise ValueError("not a log journal: a header line that does not end")
+            return records, pos
+        head = data[pos:end].split(b" ")
+        if head[0] == b"H" and len(head) == 2:
+            records.append(JournalRecord(None))
+            pos = end + 1
+            continue
+        if head[0] != b"D" or len(head) != 5 or not all(h.isdigit() for h in head[2:]):
+            raise ValueError(f"not a log journal record: {data[pos:end][:80]!r}")
+        offset, length, size = (int(h) for h in head[2:])
+        if end + 1 + length > len(data):
+            return records, pos
+        name = unquote(head[1].decode("ascii", errors="replace"))
+        records.append(JournalRecord(name, offset, data[end + 1 : end + 1 + length], size))
+        pos = end + 1 + length
+
+
+@dataclass(frozen=True)
+class JournalRead:
+    records: list[JournalRecord]
+    committed_offset: int  # just past the last complete record returned
+    bytes_read: int
+    more: bool = False
+    missing: bool = False
 
 
 # --------------------------------------------------------------------------- tailer
@@ -128,6 +180,47 @@ class LogTailer:
                 # First sight, or the caller rewound: trust the caller's committed offset.
                 state = self._states[key] = _TailState(offset=committed_offset)
             return await self._read(state, loc, final=final)
+
+    async def read_journal(
+        self, key: Hashable, loc: FileLocation, committed_offset: int
+    ) -> JournalRead:
+        """New complete records of a log journal since the last call (one read, one chunk)."""
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            state = self._states.get(key)
+            if state is None or state.committed != committed_offset:
+                state = self._states[key] = _TailState(offset=committed_offset)
+            got = await self._fetch(loc, state.offset)
+            if got is None:
+                return JournalRead([], state.committed, 0, missing=True)
+            data, size = got
+            if size < state.offset:  # replaced: its records are read again, the seen ones skipped
+                state.offset, state.pending = 0, b""
+                return JournalRead([], 0, 0, more=size > 0)
+            state.offset += len(data)
+            records, used = split_records(state.pending + data)
+            state.pending = (state.pending + data)[used:]
+            return JournalRead(records, state.committed, len(data), more=state.offset < size)
+
+    def accept(
+        self, key: Hashable, committed_offset: int, record: JournalRecord
+    ) -> TailResult | None:
+        """The new complete lines a journal record adds to log `key`, as `read` would give them;
+        None when the record cannot be used (it starts past what was read: a gap; or the log
+        shrank): then `read` the log itself. The caller serialises calls per key with `read`."""
+        state = self._states.get(key)
+        if state is None or state.committed != committed_offset:
+            state = self._states[key] = _TailState(offset=committed_offset)
+        end = record.offset + len(record.data)
+        if record.size < state.offset or record.offset > state.offset:
+            return None
+        if end <= state.offset:
+            return TailResult([], state.committed, 0)
+        fresh = end - state.offset
+        data = state.pending + record.data[state.offset - record.offset :]
+        state.offset = end
+        lines, used = split_lines(data, final=False, max_line=self._max_line)
+        state.pending = data[used:]
+        return TailResult(lines, state.committed, fresh)
 
     def forget(self, key: Hashable) -> None:
         self._states.pop(key, None)

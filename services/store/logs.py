@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.models import MetricPoint, Progress
+from services.models import LogAdvance, MetricPoint, Progress
 from services.store.schema import jobs, log_offsets, metrics
+
+_UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 class SqlLogRepository:
@@ -57,6 +60,56 @@ class SqlLogRepository:
             job_values["last_metrics"] = last_metrics
         if job_values:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(job_values))
+
+    async def advance_all(self, advances: Sequence[LogAdvance]) -> None:
+        """`advance` for many jobs in a few statements (a tail round's batch): one upsert of
+        every offset, one of every metric point, one update of the jobs' progress per shape."""
+        upsert = _UPSERT.get(self._conn.dialect.name)
+        if upsert is None:
+            for a in advances:
+                await self.advance(a.job_id, a.offsets, a.points, a.progress, a.last_metrics)
+            return
+        offsets = [
+            {"job_id": a.job_id, "file": f, "offset": o, "lines": n}
+            for a in advances
+            for f, (o, n) in a.offsets.items()
+        ]
+        await self._upsert(upsert, log_offsets, offsets, ("job_id", "file"), ("offset", "lines"))
+        latest: dict[tuple[str, int, str], float] = {}  # a point seen twice: the last one wins
+        for a in advances:
+            for p in a.points:
+                latest[(a.job_id, p.step, p.name)] = p.value
+        points = [
+            {"job_id": job, "step": step, "name": name, "value": value}
+            for (job, step, name), value in latest.items()
+        ]
+        await self._upsert(upsert, metrics, points, ("job_id", "step", "name"), ("value",))
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for a in advances:
+            values: dict[str, Any] = {}
+            if a.progress is not None:
+                values["progress"] = a.progress
+            if a.last_metrics:
+                values["last_metrics"] = a.last_metrics
+            if values:
+                shapes.setdefault(tuple(sorted(values)), []).append({"_id": a.job_id, **values})
+        for rows in shapes.values():  # SET takes the rows' keys: one statement per shape
+            await self._conn.execute(update(jobs).where(jobs.c.id == bindparam("_id")), rows)
+
+    async def _upsert(
+        self,
+        upsert: Any,
+        table: Table,
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...],
+        changed: tuple[str, ...],
+    ) -> None:
+        if rows:
+            stmt = upsert(table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys), set_={c: stmt.excluded[c] for c in changed}
+            )
+            await self._conn.execute(stmt, rows)
 
     async def list_metrics(self, job_id: str) -> list[MetricPoint]:
         stmt = select(metrics).where(metrics.c.job_id == job_id).order_by(metrics.c.step)

@@ -101,6 +101,7 @@ class LayoutJson(TypeDecorator[JobLayout]):
             "outputs": {k: _location_row(v) for k, v in value.outputs.items()},
             "log_files": list(value.log_files),
             "primary_log": value.primary_log,
+            "journals": [_location_row(j) for j in value.journals],
         }
 
     def process_result_value(self, value: Any, dialect: Dialect) -> JobLayout | None:
@@ -112,6 +113,7 @@ class LayoutJson(TypeDecorator[JobLayout]):
             outputs=outputs,
             log_files=tuple(value["log_files"]),
             primary_log=value["primary_log"],
+            journals=tuple(j for raw in value.get("journals", ()) if (j := _location(raw))),
         )
 
 

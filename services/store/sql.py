@@ -21,6 +21,7 @@ from services.models import (
     Job,
     JobLayout,
     LedgerEntry,
+    LogAdvance,
     MetricPoint,
     NodeProblem,
     Progress,
@@ -261,6 +262,15 @@ class SqlStore:
         async with self.unit() as uow:
             await uow.logs.advance(job_id, offsets, points, progress, last_metrics)
             uow.emit(*new_events)
+            await uow.commit()
+
+    async def commit_logs(self, advances: Sequence[LogAdvance]) -> None:
+        """Several jobs' log news in one transaction (a tail round's batch), all or nothing."""
+        if not advances:
+            return
+        async with self.unit() as uow:
+            await uow.logs.advance_all(advances)
+            uow.emit(*(e for a in advances for e in a.events))
             await uow.commit()
 
     async def list_metrics(self, job_id: str) -> list[MetricPoint]:

@@ -90,8 +90,15 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         conn = self._live()
         now = utcnow()
+        runs: list[tuple[list[Event], datetime]] = []  # one insert per run of the same time
         for batch, at in self._events:
-            await self.outbox.add(batch, at or now)
+            when = at or now
+            if runs and runs[-1][1] == when:
+                runs[-1][0].extend(batch)
+            else:
+                runs.append((list(batch), when))
+        for batch_events, when in runs:
+            await self.outbox.add(batch_events, when)
         self._events.clear()
         await conn.commit()
 

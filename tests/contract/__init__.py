@@ -40,6 +40,12 @@ if mode == "ok":
         with open(os.path.join(out, "model.txt"), "w") as f:
             f.write("weights of task %s\n" % os.environ.get("AZ_BATCHAI_TASK_INDEX"))
     print("Epoch 1/1 - loss: 0.5", file=sys.stderr)
+elif mode == "stream":
+    # argv: stream LINES GATE: LINES lines on stdout, then wait for the file GATE to exist.
+    for i in range(int(sys.argv[2])):
+        print(f"line {i + 1}", flush=True)
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.05)
 elif mode == "argv":
     print(json.dumps(sys.argv[2:]))
 elif mode == "fail":

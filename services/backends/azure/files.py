@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 MAX_RANGE = 4 * 1024 * 1024  # Put Range takes at most 4 MiB per request
 PRIMARY = "primary"  # the storage SDK's LocationMode.PRIMARY
 _STORAGE_OPTIONS = ("location_mode", "hosts", "retry_to_secondary", "retry_hook")
+MAX_FILE_CLIENTS = 20_000  # file clients kept for reuse (a log tailed every round is one)
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 MAX_RETRY_AFTER = 60.0  # seconds; a longer Retry-After is the runner's business, not a pause here
 
 
@@ -110,6 +113,10 @@ class FilesRetry(AsyncRetryPolicy[Any, Any]):
         return response
 
 
+def _proxy_in_env() -> bool:
+    return any(os.environ.get(n) for v in PROXY_VARIABLES for n in (v, v.upper()))
+
+
 def _segments(loc: FileLocation, *, allow_root: bool = False) -> list[str]:
     """The path's segments; "", "." and "/" name the share's root. Refuses `..`, NUL, `\\`."""
     if "\x00" in loc.path or "\\" in loc.path:
@@ -149,11 +156,16 @@ class AzureShare:
         self._config = config
         self._account_url = config.account_url
         client_kwargs.setdefault("retry_policy", FilesRetry(**client_kwargs))
+        # With env settings on, aiohttp reads ~/.netrc in a worker thread for EVERY request
+        # (a thread hop per log read); a shared-key request has no use for it. Proxies from
+        # the environment are honoured whenever one is set.
+        client_kwargs.setdefault("use_env_settings", _proxy_in_env())
         credential = {"account_name": config.storage_account, "account_key": config.storage_key}
         self._service = ShareServiceClient(
             self._account_url, credential=credential, **client_kwargs
         )
         self._shares: dict[str, ShareClient] = {}
+        self._files: dict[FileLocation, ShareFileClient] = {}  # the tailer reads the same ones
         # https-only links, unless the account itself is plain http (the tests' fake).
         https = urlsplit(self._account_url).scheme == "https"
         self.link_protocol = "https" if https else "https,http"
@@ -176,7 +188,13 @@ class AzureShare:
         return client
 
     def _file(self, loc: FileLocation) -> ShareFileClient:
-        return self._share(loc.share).get_file_client("/".join(_segments(loc)))
+        client = self._files.get(loc)
+        if client is None:
+            if len(self._files) >= MAX_FILE_CLIENTS:
+                self._files.clear()  # a bound, not a cache policy: rebuilding one is cheap
+            client = self._share(loc.share).get_file_client("/".join(_segments(loc)))
+            self._files[loc] = client
+        return client
 
     def _directory(self, share: str, parts: list[str]) -> ShareDirectoryClient:
         return self._share(share).get_directory_client("/".join(parts))

@@ -258,4 +258,5 @@ class JobPlanner:
             gpu_seconds=self._config.gpu_sample_seconds,
             run_as=self.job_owner(request.uuid),  # every attempt the same uid: its outputs
             job_dirs=job_dirs(plan),
+            journal=True,  # over Files, one read a round per node instead of one per log
         )

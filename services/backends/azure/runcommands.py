@@ -17,6 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,11 @@ class RunCommands:
         plan = self._planner.plan(request, hosts, gpus, rdma=rdma)
         notes = [*plan.warnings, *mount_notes]
         layout = share_layout(plan, lambda path: self._planner.on_share(c, path, links), notes)
+        journals = tuple(
+            self._control.loc("jobs", request.job_id, f"node-{i}", noderunner.JOURNAL)
+            for i in range(len(vms))
+        )
+        layout = replace(layout, journals=journals) if layout.stdouterr is not None else layout
         result = LaunchResult(layout=layout, notes=tuple(notes))
         job = JobInfo(
             job_id=request.job_id,

@@ -158,6 +158,7 @@ def layout_to_json(result: LaunchResult) -> dict[str, Any]:
         "outputs": {k: loc(v) for k, v in lay.outputs.items()},
         "log_files": list(lay.log_files),
         "primary_log": lay.primary_log,
+        "journals": [loc(j) for j in lay.journals],
         "notes": list(result.notes),
     }
 
@@ -172,6 +173,7 @@ def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
         outputs={k: v for k, v in outputs.items() if v is not None},
         log_files=tuple(raw["log_files"]),
         primary_log=raw["primary_log"],
+        journals=tuple(FileLocation(j["share"], j["path"]) for j in raw.get("journals", ())),
     )
     return LaunchResult(layout=layout, notes=tuple(raw["notes"]))
 

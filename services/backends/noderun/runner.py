@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 EXIT_LAUNCH_ERROR = 127
 EXIT_WALL_CLOCK = 124  # what timeout(1) reports
@@ -49,6 +50,78 @@ GPU_QUERY = (
     "--format=csv,noheader,nounits",
 )
 GPU_QUERY_TIMEOUT = 10.0  # a hung driver costs one sample, never the job
+
+
+# The log journal (`<status_dir>/logs.journal`): what the job wrote to each of its logs, copied by
+# the runner into ONE append-only file, so the bot learns every log's news from one ranged read
+# a round instead of one per log. Records: `D <name> <offset> <length> <size>\n` followed by
+# `length` bytes of log `name` from `offset` (`size`: the log's size then), and `H <epoch>\n`
+# every heartbeat while nothing was written. The logs stay the truth: a record that starts past
+# what the bot has read (a gap) makes it read the log itself.
+JOURNAL = "logs.journal"
+JOURNAL_CHUNK = 1 << 20  # bytes of one log copied per pass; further behind, the copy skips ahead
+
+
+def journal_data(name: str, offset: int, data: bytes, size: int) -> bytes:
+    """One data record of the log journal."""
+    return f"D {quote(name, safe='')} {offset} {len(data)} {size}\n".encode() + data
+
+
+def journal_beat(at: float) -> bytes:
+    return f"H {at:.3f}\n".encode()
+
+
+class _Journal:
+    """Copies the new bytes of the job's logs into the journal every pass (see JOURNAL)."""
+
+    def __init__(self, path: Path, heartbeat_seconds: float) -> None:
+        self._out = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._logs: dict[str, list[int]] = {}  # name -> [read fd, bytes copied up to]
+        self._every = heartbeat_seconds
+        self._last = time.monotonic()
+        self._out.write(journal_beat(time.time()))
+        self._out.flush()
+
+    def watch(self, name: str, path: Path) -> None:
+        """Follow log `name` from its current end (an earlier run's part is the bot's to read).
+        The read descriptor is opened while the file is surely ours, before the job runs, so a
+        link the job puts in its place later is never followed."""
+        if name in self._logs:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._logs[name] = [fd, os.fstat(fd).st_size]
+
+    def pump(self) -> None:
+        wrote = False
+        for name, entry in self._logs.items():
+            fd, done = entry
+            size = os.fstat(fd).st_size
+            if size < done:  # truncated: say so with an empty record at its new size
+                self._out.write(journal_data(name, size, b"", size))
+                entry[1], wrote = size, True
+                continue
+            if size == done:
+                continue
+            start = max(done, size - JOURNAL_CHUNK)
+            data = os.pread(fd, size - start, start)
+            self._out.write(journal_data(name, start, data, size))
+            entry[1], wrote = start + len(data), True
+        now = time.monotonic()
+        if not wrote and now - self._last >= self._every:
+            self._out.write(journal_beat(time.time()))
+            wrote = True
+        if wrote:
+            self._last = now
+            self._out.flush()
+            os.fsync(self._out.fileno())  # on a share, visible to the bot's next read
+
+    def close(self) -> None:
+        for fd, _ in self._logs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._logs.clear()
+        with contextlib.suppress(OSError):
+            self._out.close()
 
 
 def end_files(exit_code: int, reason: str, ended: float) -> tuple[tuple[str, str], ...]:
@@ -139,6 +212,7 @@ class RunnerSpec:
     node_id: str = ""
     node_count: int = 1
     job_nodes: tuple[str, ...] = ()  # the ids of all the job's nodes, in rank order
+    journal: bool = False  # keep `<status_dir>/logs.journal` (see JOURNAL)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +236,7 @@ class RunnerSpec:
             "node_id": self.node_id,
             "node_count": self.node_count,
             "job_nodes": list(self.job_nodes),
+            "journal": self.journal,
             "preparation": None if self.preparation is None else self.preparation.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -191,6 +266,7 @@ class RunnerSpec:
             node_id=str(raw.get("node_id", "")),
             node_count=int(raw.get("node_count", 1)),
             job_nodes=tuple(str(n) for n in raw.get("job_nodes", ())),
+            journal=bool(raw.get("journal", False)),
             preparation=None if prep is None else ProcessSpec.from_json(prep),
             processes=tuple(ProcessSpec.from_json(p) for p in raw["processes"]),
         )
@@ -259,6 +335,7 @@ class NodeRunner:
     _gpu_samples: int = 0
     _gpu_util_sum: float = 0.0
     _sampling: bool = True
+    _journal: _Journal | None = None
 
     # ---------------------------------------------------------------- status files
 
@@ -344,6 +421,21 @@ class NodeRunner:
         with contextlib.suppress(OSError):
             write_atomic(self._status(GPU), json.dumps(record) + "\n")
 
+    def _open_journal(self) -> None:
+        if self.spec.journal:
+            try:
+                self._journal = _Journal(self._status(JOURNAL), self.spec.heartbeat_seconds)
+            except OSError:  # the bot then reads the logs themselves
+                self._journal = None
+
+    def _pump(self) -> None:
+        if self._journal is not None:
+            try:
+                self._journal.pump()
+            except OSError:  # a journal that cannot be kept stops; the logs are still there
+                self._journal.close()
+                self._journal = None
+
     # ---------------------------------------------------------------- processes
 
     def _open_logs(self, proc: ProcessSpec) -> tuple[IO[bytes], IO[bytes]]:
@@ -352,6 +444,13 @@ class NodeRunner:
         with acting_as(self.spec.run_as):
             out = open(out_dir / proc.stdout, "ab")  # noqa: SIM115 - closed by the caller
             err = out if proc.stderr == proc.stdout else open(out_dir / proc.stderr, "ab")  # noqa: SIM115
+            if self._journal is not None:
+                try:
+                    for name in dict.fromkeys((proc.stdout, proc.stderr)):
+                        self._journal.watch(name, out_dir / name)
+                except OSError:
+                    self._journal.close()
+                    self._journal = None
         return out, err
 
     def _identity(self, proc: ProcessSpec) -> dict[str, Any]:
@@ -471,6 +570,7 @@ class NodeRunner:
             self._beat()
             if sample:
                 self._sample_gpus()
+            self._pump()
             if self.terminate_requested:
                 return _Outcome(EXIT_TERMINATED, "terminated by user")
             peer = self._failed_peer()
@@ -525,6 +625,7 @@ class NodeRunner:
 
     def run(self) -> _Outcome:
         self._beat(force=True)
+        self._open_journal()
         if self.spec.terminate_file and os.path.exists(self.spec.terminate_file):
             return _Outcome(EXIT_TERMINATED, "terminated by user")
         try:
@@ -573,6 +674,9 @@ class NodeRunner:
         self._kill_descendants()
         why = f" ({outcome.reason})" if outcome.reason else ""
         self._note(f"job ended on this node: exit code {outcome.exit_code}{why}")
+        self._pump()  # the last lines, before exit_code says the logs are complete
+        if self._journal is not None:
+            self._journal.close()
         for name, text in end_files(outcome.exit_code, outcome.reason, time.time()):
             write_atomic(self._status(name), text)
 

@@ -33,6 +33,7 @@ def runner_spec(
     run_as: tuple[int, int] | None = None,
     job_dirs: tuple[str, ...] = (),
     gpu_seconds: float = 30.0,
+    journal: bool = False,
 ) -> RunnerSpec:
     """Node `index`'s runner spec; `process` turns one planned process into what the runner runs."""
     prep = [p for p in plan.preparation if p.node_index == index]
@@ -59,6 +60,7 @@ def runner_spec(
         node_id=plan.node_ids[index] if plan.node_ids else f"node-{index}",
         node_count=count,
         job_nodes=plan.node_ids,
+        journal=journal,
     )
 
 
