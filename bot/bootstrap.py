@@ -32,6 +32,7 @@ from services.core.ports import Clock
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
+from services.jobs.sweeps import SweepService
 from services.models import FileLocation
 from services.notify.relay import EventRelay
 from services.schedules.service import ScheduleService
@@ -303,6 +304,9 @@ def build(
         readers=readers,
         reserved_shares=compute.reserved_shares,
     )
+    sweeps = SweepService(
+        store=store, jobs=jobs, clock=clock, spend=spend, approvals=approvals, readers=readers
+    )
     runner = JobRunner(
         store=store,
         backend=compute,
@@ -339,9 +343,10 @@ def build(
             spend=spend,
             audit=AuditLog(store),
             schedules=schedules,
+            sweeps=sweeps,
         )
     )
-    actions = ActionHandler(jobs, clock.now, guard, approvals, idle)
+    actions = ActionHandler(jobs, clock.now, guard, approvals, idle, sweeps)
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,

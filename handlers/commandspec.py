@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from handlers.outputs import FORMATS, Output, OutputFormat, Query
 from services.core.errors import UserError
+from services.jobspec import sweep
 
 Source = Literal["slack", "console"]
 
@@ -165,11 +166,14 @@ class JobCreate(JobCommand):
     at: str | None = None
     cron: str | None = None
     timezone: str | None = None
+    sweep: tuple[str, ...] = ()  # --sweep NAME=V1,V2, repeated: the grid of a sweep
+    sweep_metric: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobList(JobCommand):
     cluster: str | None = None
+    sweep: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +422,27 @@ def _text(max_len: int) -> Convert:
     return convert
 
 
+def _sweep_parameter(raw: str, label: str, source: Source) -> str:
+    try:
+        sweep.parse_parameter(raw)
+    except ValueError as err:
+        raise _labelled(label, err) from None
+    return raw
+
+
+def _sweep_metric(raw: str, label: str, source: Source) -> str:
+    try:
+        sweep.parse_metric(raw)
+    except ValueError as err:
+        raise _labelled(label, err) from None
+    return raw
+
+
+def _labelled(label: str, err: ValueError) -> UserError:
+    text = str(err)
+    return UserError(text if text.startswith(label) else f"{label}: {text}")
+
+
 def _prose(max_len: int) -> Convert:
     def convert(raw: str, label: str, source: Source) -> str:
         text = raw.strip()
@@ -571,6 +596,8 @@ WHEN = Kind("WHEN", _prose(40), hint='"YYYY-MM-DD HH:MM"', prose=True)
 CRON = Kind("CRON", _prose(100), hint='"MIN HOUR DAY MONTH WEEKDAY"', prose=True)
 ZONE = _pattern("ZONE", r"[A-Za-z][-\w+/]{0,63}", "use an IANA time zone such as Europe/Berlin")
 SCHEDULE_ID = _pattern("ID", r"[0-9a-f]{8}", "use the 8 hex characters schedule list shows")
+SWEEP_PARAMETER = Kind("NAME=V1,V2", _sweep_parameter, hint="e.g. lr=0.1,0.01")
+SWEEP_METRIC = Kind("METRIC[:max|min]", _sweep_metric, hint="e.g. val_acc or loss:min")
 MONTH = _pattern("YYYY-MM", r"[0-9]{4}-(?:0[1-9]|1[0-2])", "use a month as YYYY-MM, e.g. 2026-05")
 
 
@@ -587,6 +614,7 @@ class Flag:
     help: str
     metavar: str | None = None
     warning: str | None = None
+    repeatable: bool = False  # given again, it adds a value (--sweep lr=… --sweep batch=…)
 
     @property
     def key(self) -> str:
@@ -775,6 +803,19 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
         raise UserError("a scheduled job needs its job.json: give -f/--config (no form)")
     if ("at" in values or "cron" in values) and "name" not in values:
         raise UserError("a scheduled job needs its name: give -n/--name (no form)")
+
+
+def _check_sweep(values: dict[str, Any], source: Source) -> None:
+    """The whole grid is checked at once (its size, a name given twice), before any job."""
+    flags = values.get("sweep", ())
+    if not flags:
+        return
+    if "at" in values or "cron" in values:
+        raise UserError("a sweep is submitted now: --sweep does not go with --at or --cron")
+    try:
+        sweep.sweep_of(flags, values.get("sweep_metric"))
+    except ValueError as err:
+        raise _labelled("--sweep", err) from None
 
 
 # -- the table
@@ -1003,6 +1044,19 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _f("--at", "at", WHEN, "submit once at this time instead of now (quote it)"),
             _f("--cron", "cron", CRON, "submit on this crontab schedule (quote it)"),
             _f("--tz", "timezone", ZONE, "time zone of --at/--cron (default UTC)"),
+            _f(
+                "--sweep",
+                "sweep",
+                SWEEP_PARAMETER,
+                "one parameter of a sweep and its values; repeat it for a grid",
+                repeatable=True,
+            ),
+            _f(
+                "--sweep-metric",
+                "sweep_metric",
+                SWEEP_METRIC,
+                "the logged metric that ranks the sweep's jobs (default: val_acc up, loss down)",
+            ),
             _LOCATION,
             _NO_WAIT,
         ),
@@ -1018,6 +1072,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
             '/batchai job create -n nightly -r mycluster -c mnist --cron "0 2 * * *" '
             "--tz Europe/Berlin",
             '/batchai job create -n mnist -r mycluster -c mnist --at "2026-12-01 02:00"',
+            '/batchai job create -n lr -r gpu -c mnist --sweep "lr=0.1,0.03,0.01" '
+            '--sweep "batch=32,64" --sweep-metric val_acc',
         ),
         notes=(
             "-c is the config (2017 style: -r CLUSTER -c CONFIG) unless -f/--config-file or "
@@ -1029,26 +1085,38 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--at or --cron schedules the submission (see schedule list); times are UTC unless "
             "--tz names a zone. --cron takes 5 crontab fields or @hourly, @daily, @weekly; "
             "each cron run's job is named NAME-YYYYMMDD-HHMM.",
+            "--sweep NAME=V1,V2 (repeated: the cartesian product, at most 100 jobs) submits a "
+            "sweep of jobs NAME-1 … NAME-N under one approval and one sweep card; each job gets "
+            "its values as environment variables and in its command line ($lr or ${lr}). A "
+            'job.json can hold the grid instead: "sweep": {"parameters": {"lr": [0.1, 0.01]}}. '
+            "job list/show/terminate take the sweep's name too.",
         ),
-        checks=(_resolve_dash_c, _check_schedule),
+        checks=(_resolve_dash_c, _check_schedule, _check_sweep),
         asked_by_form=("name",),
     ),
     _spec(
         "job list",
         JobList,
-        "List jobs, optionally of one cluster",
-        (_f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),),
-        examples=("/batchai job list -o table",),
+        "List jobs, optionally of one cluster or one sweep",
+        (
+            _f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),
+            _f("-n --name --sweep", "sweep", NAME, "only the jobs of this sweep"),
+        ),
+        examples=("/batchai job list -o table", "/batchai job list --sweep lr"),
     ),
     _spec(
-        "job show", JobShow, "Show one job", (_JOB_NAME,), examples=("/batchai job show -n myjob",)
+        "job show",
+        JobShow,
+        "Show one job, or a sweep and its jobs ranked",
+        (_JOB_NAME,),
+        examples=("/batchai job show -n myjob", "/batchai job show -n lr"),
     ),
     _spec(
         "job terminate",
         JobTerminate,
-        "Stop a running job",
+        "Stop a running job, or every live job of a sweep",
         (_JOB_NAME, _YES, _NO_WAIT),
-        examples=("/batchai job terminate -n myjob",),
+        examples=("/batchai job terminate -n myjob", "/batchai job terminate -n lr"),
     ),
     _spec(
         "job delete",

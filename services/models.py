@@ -197,6 +197,7 @@ class Job:
     node_rate: Decimal | None = None  # USD per node-hour of its cluster's VM size at submit time
     estimate: Decimal | None = None  # USD: nodes × rate × max wall clock, as shown at submit
     wall_clock_warned_at: datetime | None = None
+    sweep_id: str | None = None  # the sweep it is one point of (JobSweep.id)
 
     @property
     def duration(self) -> timedelta | None:
@@ -356,3 +357,38 @@ class ScheduleRun:
     due: datetime  # the stored next_run_at this run consumes
     following: datetime | None  # the next run after it; None ends the schedule
     at: datetime  # when it ran
+
+
+@dataclass(frozen=True)
+class JobSweep:
+    """A sweep: one job.json submitted once per point of a grid of values (jobs `NAME-1`…).
+
+    `metric` is `NAME:max` / `NAME:min` when the user named it; None: the logs' usual names
+    (val_acc up, loss down) rank the jobs."""
+
+    id: str
+    name: str
+    requester: str
+    created_at: datetime
+    parameters: tuple[tuple[str, tuple[str, ...]], ...]
+    metric: str | None = None
+    channel: str | None = None
+    cluster: str = ""
+
+    def label(self, job_name: str) -> str:
+        """`lr=0.1 batch=32`: the values of the job `NAME-i` (the grid, first name slowest)."""
+        index = int(job_name.rsplit("-", 1)[-1]) - 1
+        sizes = [len(values) for _, values in self.parameters]
+        picked = []
+        for (name, values), size in zip(reversed(self.parameters), reversed(sizes), strict=True):
+            index, at = divmod(index, size)
+            picked.append(f"{name}={values[at]}")
+        return " ".join(reversed(picked))
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """A sweep with its jobs (in grid order), as the card, `job show` and the receipt show it."""
+
+    sweep: JobSweep
+    jobs: tuple[Job, ...]

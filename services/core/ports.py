@@ -23,12 +23,14 @@ from services.models import (
     IdleState,
     Job,
     JobLayout,
+    JobSweep,
     LedgerEntry,
     MetricPoint,
     Node,
     Progress,
     Schedule,
     ScheduleRun,
+    SweepView,
     Usage,
     Vote,
 )
@@ -156,6 +158,10 @@ class Delivery:
     # carries instead of posts of their own; `card_only`: post the job's card, not its reply.
     prelude: tuple[Event, ...] = ()
     card_only: bool = False
+    sweep: SweepView | None = None  # the job's sweep, all its jobs as they are now
+    # The sweep's end (its last receipt): every job's curves and the best job's download links.
+    sweep_metrics: tuple[tuple[str, tuple[MetricPoint, ...]], ...] = ()
+    best_links: tuple[DownloadLink, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -219,6 +225,7 @@ class JobRepository(Protocol):
         cluster: str | None = None,
         states: Iterable[JobState] | None = None,
         include_deleted: bool = False,
+        sweep_id: str | None = None,
     ) -> list[Job]:
         """In submission (FIFO) order."""
         ...
@@ -379,6 +386,16 @@ class PriceRepository(Protocol):
     async def list(self) -> list[tuple[str, str, bool, Decimal, datetime, str]]: ...
 
 
+class SweepRepository(Protocol):
+    async def add(self, sweep: JobSweep) -> None:
+        """Conflict when the name was used before."""
+        ...
+
+    async def get(self, sweep_id: str) -> JobSweep | None: ...
+
+    async def find(self, name: str) -> JobSweep | None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories (cosmicpython's unit of work): `emit` collects
     events, `commit` writes them with the changes; leaving without commit rolls back."""
@@ -409,6 +426,9 @@ class UnitOfWork(Protocol):
 
     @property
     def prices(self) -> PriceRepository: ...
+
+    @property
+    def sweeps(self) -> SweepRepository: ...
 
     def emit(self, *events: Event, at: datetime | None = None) -> None:
         """Store `events` at commit, stamped `at` (default: the time of the commit)."""

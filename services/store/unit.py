@@ -20,6 +20,7 @@ from services.store.outbox import SqlOutboxRepository
 from services.store.prices import SqlPriceRepository
 from services.store.schedules import SqlScheduleRepository
 from services.store.sealing import SecretBox
+from services.store.sweeps import SqlSweepRepository
 
 
 class SqlUnitOfWork:
@@ -37,6 +38,7 @@ class SqlUnitOfWork:
     schedules: SqlScheduleRepository
     audit: SqlAuditRepository
     prices: SqlPriceRepository
+    sweeps: SqlSweepRepository
 
     def __init__(self, engine: AsyncEngine, box: SecretBox) -> None:
         self._engine = engine
@@ -57,6 +59,7 @@ class SqlUnitOfWork:
         self.schedules = SqlScheduleRepository(conn, self._box)
         self.audit = SqlAuditRepository(conn, self._box)
         self.prices = SqlPriceRepository(conn)
+        self.sweeps = SqlSweepRepository(conn)
         return self
 
     async def __aexit__(
