@@ -67,7 +67,9 @@ async def started(tmp_path: Path, **extra: Any) -> AsyncIterator[Rig]:
         **extra,
     )
     transport = ConsoleTransport(tmp_path / "files", out=out)
-    async with running(settings, transport=transport, clock=FakeClock(START), periodic=False) as bot:
+    async with running(
+        settings, transport=transport, clock=FakeClock(START), periodic=False
+    ) as bot:
         rig = Rig(bot, FakeClock(START), out)
         bot.share.create_share("data")
         assert not (await rig.say(CLUSTER, user=ADMIN)).failed
