@@ -364,6 +364,7 @@ def build(
         submit_form=dashboard.submit_form,
         mount_paths=dashboard.mount_paths,
         guard=guard,
+        sweeps=sweeps,
     )
     metrics.watch(
         StateCollector(

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from bot.lifecycle import running
-from handlers import sweepviews
+from handlers import modals, sweepviews
 from services.jobs.lifecycle import JobState
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import FakeSlack, interactive_body, view_submission_payload
 from tests.slack.conftest import CHANNEL, USER, SlackRig, rig_settings
 
 ADMIN, MALLORY = "U0ADMIN", "U0MALLORY"
@@ -189,3 +189,47 @@ async def test_buttons_obey_terminate_s_rule_and_stop_losing_half_stops_the_wors
 async def _states(rig: SlackRig, wanted: dict[str, JobState]) -> bool:
     jobs = {j.name: j.state for j in await rig.bot.store.list_jobs()}
     return all(jobs.get(n) is s for n, s in wanted.items())
+
+
+async def test_the_job_form_s_sweep_field_submits_a_sweep_and_marks_its_errors(
+    rig: SlackRig,
+) -> None:
+    status, _, _ = await rig.command('job create -n formlr --sweep "lr=0.1,0.2"')
+    assert status == 200
+    view = (await rig.fake.wait_for_call("views.open")).json_arg("view")
+    field = next(b for b in view["blocks"] if b.get("block_id") == modals.BLOCK_SWEEP)
+    assert field["element"]["initial_value"] == "lr=0.1,0.2"  # prefilled from the flag
+
+    def submit(sweep: str, trigger: str) -> bytes:
+        def text(value: str) -> dict[str, Any]:
+            return {"type": "plain_text_input", "value": value}
+
+        values = {
+            modals.BLOCK_NAME: {modals.BLOCK_NAME: text("formlr")},
+            modals.BLOCK_CLUSTER: {
+                modals.BLOCK_CLUSTER: {"type": "static_select", "selected_option": {"value": "c1"}}
+            },
+            modals.BLOCK_NODES: {modals.BLOCK_NODES: {"type": "number_input", "value": "1"}},
+            modals.BLOCK_HOURS: {modals.BLOCK_HOURS: {"type": "number_input", "value": "1"}},
+            modals.BLOCK_COMMAND: {modals.BLOCK_COMMAND: text("echo lr is $lr")},
+            modals.BLOCK_SWEEP: {modals.BLOCK_SWEEP: text(sweep)},
+        }
+        payload = view_submission_payload(
+            modals.CALLBACK_JOB_CREATE,
+            values,
+            user_id=USER,
+            private_metadata=view["private_metadata"],
+            trigger_id=trigger,
+        )
+        return interactive_body(payload)
+
+    status, body = await rig.post(submit("lr=0.1,0.2\nlr=0.3", "t1"))
+    assert status == 200 and body["response_action"] == "errors"
+    assert body["errors"] == {modals.BLOCK_SWEEP: "each sweep parameter is named once"}
+    status, body = await rig.post(submit("lr=0.1,0.2\nseed=1,2", "t2"))
+    assert status == 200 and not body, body
+    jobs = await rig.bot.store.list_jobs()
+    assert [j.name for j in jobs] == ["formlr-1", "formlr-2", "formlr-3", "formlr-4"]
+    assert len({j.sweep_id for j in jobs}) == 1
+    await rig.until(lambda: _all_done(rig), "the form's sweep to finish")
+    assert len(_top_level(rig)) == 1
