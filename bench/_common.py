@@ -46,8 +46,9 @@ for seq in range(1, int(rate * seconds) + 1):
 """
 
 
-def job_config(name: str, *, rate: float, seconds: float, index: int, jobs: int) -> str:
-    """The job.json of one writer (the share is mounted at `afs`, job.py is on it)."""
+def job_config(name: str, *, rate: float, seconds: float, index: int | str, jobs: int) -> str:
+    """The job.json of one writer (the share is mounted at `afs`, job.py is on it); a sweep's
+    gives `$i` for the name's number and the index (each job its own value)."""
     command = (
         f"{sys.executable} $AZ_BATCHAI_MOUNT_ROOT/afs/job.py {name} {rate} {seconds} {index} {jobs}"
     )
@@ -149,6 +150,8 @@ async def _fake(conn: Connection, urls: int) -> None:
                 )
             elif request == "snippets":
                 conn.send(_snippets(fake))
+            elif request == "cards":
+                conn.send(_card_versions(fake))
 
 
 class FakeSlackProcess:
@@ -213,6 +216,21 @@ def _snippets(fake: FakeSlack) -> dict[str, Any]:
         "orphan_skips": notes_without_job,
         "replies": replies,
     }
+
+
+def _card_versions(fake: FakeSlack) -> list[tuple[float, str, str]]:
+    """Every version of every top-level message Slack accepted: (arrival, ts, its text)."""
+    versions = []
+    for call in fake.calls:
+        if not call.ok or call.method not in ("chat.postMessage", "chat.update"):
+            continue
+        if call.method == "chat.postMessage" and call.args.get("thread_ts"):
+            continue
+        ts = str(call.args.get("ts") or (call.response or {}).get("ts") or "")
+        texts: list[str] = []
+        _collect(call.json_arg("blocks") or [], texts)
+        versions.append((call.at, ts, "\n".join(texts)))
+    return versions
 
 
 def _collect(node: Any, out: list[str]) -> None:

@@ -19,21 +19,30 @@ accounts for every written line (read back from the jobs' stdout.txt files):
 
 Latency of a posted line = fake's receive time - job's write time (same machine, same clock).
 
+With `--sweep` the N jobs are one sweep (`job create -n s --sweep "i=0,…,N-1"`): one sweep card
+and one thread in the channel. The bench then also measures how stale the card is: for every
+state change of every job (stored at time t), the arrival time of the first version of the
+sweep card that shows the job in that state or a later one, minus t.
+
     .venv/bin/python bench/slack_stream_bench.py --jobs 100 --rate 20 --seconds 60
+    .venv/bin/python bench/slack_stream_bench.py --jobs 100 --rate 20 --seconds 60 --sweep
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
 import resource
+import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,7 @@ from bench._common import (  # noqa: E402
     account,
     job_config,
     open_gate,
+    pct,
     pending_by_kind,
     print_accounting,
     print_slack_stats,
@@ -66,6 +76,9 @@ from tests.fakes.slack import (  # noqa: E402
     slash_command_form,
 )
 
+# A row of the sweep card: the job's name, then its state after the values (sweepviews._row).
+CARD_ROW_RE = re.compile(r"^(?::trophy: )?[`*](s-\d+)[`*][^·\n]* · (?::\w+: )?(\w+)", re.M)
+STATE_ORDER = ["pending_approval", "queued", "preparing", "running", "terminating", "ended"]
 SECRET = "bench-signing-secret"
 CHANNEL = "C0STREAM"
 USER = "U0BENCH"
@@ -150,19 +163,16 @@ class Stream:
             if time.monotonic() > deadline:
                 raise SystemExit(f"cluster {CLUSTER} not steady: {cluster}")
             await asyncio.sleep(0.2)
-        gate = asyncio.Semaphore(10)
-
-        async def create_job(i: int) -> int:
-            async with gate:
-                name = f"s{i:03d}"
-                return await self.command(
-                    f"job create -n {name} -r {CLUSTER} -c "
-                    + job_config(
-                        name, rate=args.rate, seconds=args.seconds, index=i, jobs=args.jobs
-                    )
-                )
-
-        acks = await asyncio.gather(*(create_job(i) for i in range(args.jobs)))
+        if args.sweep:
+            values = ",".join(str(i) for i in range(args.jobs))
+            config = job_config(
+                "s$i", rate=args.rate, seconds=args.seconds, index="$i", jobs=args.jobs
+            )
+            acks = [
+                await self.command(f'job create -n s -r {CLUSTER} -c {config} --sweep "i={values}"')
+            ]
+        else:
+            acks = await self.create_jobs()
         if bad := [s for s in acks if s != 200]:
             raise SystemExit(f"{len(bad)} job create commands were answered {Counter(bad)}")
         deadline = time.monotonic() + args.setup_timeout
@@ -176,8 +186,26 @@ class Stream:
             await asyncio.sleep(0.5)
         print(
             f"setup: cluster of {args.jobs} nodes + {args.jobs} jobs running in"
-            f" {time.time() - t0:.1f} s (all through signed /slack/events commands)"
+            f" {time.time() - t0:.1f} s (all through signed /slack/events commands"
+            + (", one --sweep" if args.sweep else "")
+            + ")"
         )
+
+    async def create_jobs(self) -> list[int]:
+        args = self.args
+        gate = asyncio.Semaphore(10)
+
+        async def create_job(i: int) -> int:
+            async with gate:
+                name = f"s{i:03d}"
+                return await self.command(
+                    f"job create -n {name} -r {CLUSTER} -c "
+                    + job_config(
+                        name, rate=args.rate, seconds=args.seconds, index=i, jobs=args.jobs
+                    )
+                )
+
+        return list(await asyncio.gather(*(create_job(i) for i in range(args.jobs))))
 
     async def run(self, counting: CountingHandler) -> None:
         args, bot = self.args, self.bot
@@ -254,9 +282,47 @@ class Stream:
             warnings=warnings,
             stderr_bytes=stderr_bytes,
         )
+        if self.args.sweep:
+            await self.report_sweep_card(jobs)
         if trace is not None:
             await trace.stop()
             trace.print()
+
+    async def report_sweep_card(self, jobs: list[Any]) -> None:
+        """How stale the sweep card was: per state change, until a card version showed it."""
+        names = {j.id: j.name for j in jobs}
+        changes = await asyncio.get_running_loop().run_in_executor(
+            None, state_changes, self.db, names
+        )
+        versions = await self.ask("cards")
+        card = [(at, text) for at, _, text in versions if ":bar_chart: sweep *s*" in text]
+        shown = [(at, dict(CARD_ROW_RE.findall(text))) for at, text in card]
+        stale, never = [], 0
+        for name, state, at in changes:
+            wanted = STATE_ORDER.index(_rank(state))
+            seen = next(
+                (
+                    t
+                    for t, rows in shown
+                    if t >= at and name in rows and STATE_ORDER.index(_rank(rows[name])) >= wanted
+                ),
+                None,
+            )
+            if seen is None:
+                never += 1
+            else:
+                stale.append(seen - at)
+        if not stale:
+            print("sweep card               no state change was shown")
+            return
+        print(
+            f"every job's state visible in the sweep card: staleness p50 {pct(stale, 50):.1f} s /"
+            f" p95 {pct(stale, 95):.1f} s / max {max(stale):.1f} s over {len(stale)} state"
+            f" changes of {len(jobs)} jobs (goal: p95 <= 15 s); {never} never shown;"
+            f" {len(card)} card versions accepted (1 post + {len(card) - 1} edits)"
+        )
+        tops = sum(1 for _, ts, text in versions if ":bar_chart: sweep" not in text)
+        print(f"top-level messages other than the sweep card: {tops}")
 
     def report(
         self,
@@ -302,6 +368,26 @@ class Stream:
             print("bot warnings/errors logged:")
             for shape, n in warnings.most_common(8):
                 print(f"  {n:>6} x {shape}")
+
+
+def _rank(state: str) -> str:
+    return state if state in STATE_ORDER else "ended"
+
+
+def state_changes(db: Path, names: dict[str, str]) -> list[tuple[str, str, float]]:
+    """(job, new state, stored at) of every state change and submission, from the events."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT kind, job_id, payload, created_at FROM events"
+            " WHERE kind IN ('job_state_changed', 'job_submitted')"
+        ).fetchall()
+    changes = []
+    for kind, job_id, payload, created in rows:
+        state = "queued" if kind == "job_submitted" else json.loads(payload).get("new", "")
+        at = datetime.fromisoformat(str(created)).replace(tzinfo=UTC).timestamp()
+        if job_id in names:
+            changes.append((names[job_id], state, at))
+    return changes
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -363,6 +449,11 @@ def main() -> None:
         " to drain",
     )
     parser.add_argument("--setup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="submit the jobs as one sweep (one card, one thread) and measure the card's staleness",
+    )
     parser.add_argument(
         "--trace-memory",
         action="store_true",

@@ -35,6 +35,7 @@ from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobService
 from services.jobs.sources import ConfigLoader
+from services.jobs.sweeps import SweepService
 from services.models import FileLocation
 from services.notify.relay import EventRelay
 from services.schedules.service import ScheduleService
@@ -337,6 +338,9 @@ def build(
         storage=backend,
     )
     gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
+    sweeps = SweepService(
+        store=store, jobs=jobs, clock=clock, spend=spend, approvals=approvals, readers=readers
+    )
     runner = JobRunner(
         store=store,
         backend=compute,
@@ -376,9 +380,12 @@ def build(
             schedules=schedules,
             workspaces=WorkspaceService(store=store, clock=clock, homes=homes),
             file_servers=file_servers,
+            sweeps=sweeps,
         )
     )
-    actions = ActionHandler(jobs, clock.now, guard, approvals, idle, gpu_idle=gpu_idle)
+    actions = ActionHandler(
+        jobs, clock.now, guard, approvals, idle, gpu_idle=gpu_idle, sweeps=sweeps
+    )
     dashboard = Dashboard(
         clusters=clusters,
         jobs=jobs,
@@ -396,6 +403,7 @@ def build(
         submit_form=dashboard.submit_form,
         mount_paths=dashboard.mount_paths,
         guard=guard,
+        sweeps=sweeps,
     )
     metrics.watch(
         StateCollector(

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from handlers import views
+from handlers import sweepviews, views
 from handlers.commands import Reply
 from services.access import AccessGuard, Caller
 from services.clusters.idle import IdleService
 from services.core.errors import BatchAIError
 from services.jobs.gpu_idle import GpuIdleService
 from services.jobs.service import JobService
+from services.jobs.sweeps import SweepService
 from services.jobs.tailer import split_lines
 from services.models import Actor
 from services.spend.approvals.service import ApprovalService
@@ -32,8 +33,10 @@ class ActionHandler:
         idle: IdleService | None = None,
         *,
         gpu_idle: GpuIdleService | None = None,
+        sweeps: SweepService | None = None,
     ) -> None:
         self._gpu_idle = gpu_idle
+        self._sweeps = sweeps
         self._guard = guard
         self._jobs = jobs
         self._now = now
@@ -59,6 +62,8 @@ class ActionHandler:
                 return await self._idle_action(action_id, value, actor)
             if action_id in views.GPU_IDLE_ACTIONS:
                 return await self._gpu_action(action_id, value, actor)
+            if action_id in sweepviews.SWEEP_ACTIONS:
+                return await self._sweep_action(action_id, value, actor)
             if action_id == views.ACTION_STOP:
                 action_id = views.ACTION_TERMINATE
             if action_id == views.ACTION_LOGS:
@@ -106,6 +111,32 @@ class ActionHandler:
         click = self._gpu_idle.keep if keep else self._gpu_idle.stop
         outcome = await click(value, actor=actor)
         return Reply(views.gpu_click(outcome), failed=not outcome.applied, public=outcome.applied)
+
+    async def _sweep_action(self, action_id: str, sweep_id: str, actor: Actor) -> Reply:
+        """Logs of best, Stop all, Stop losing half. Stopping is `job terminate`'s right (the
+        sweep's requester or an admin) and is audited, allowed or refused."""
+        if self._sweeps is None:
+            return Reply(views.error("sweeps are not available here"), failed=True)
+        view = await self._sweeps.get_sweep_by_id(sweep_id, actor=actor)
+        if action_id == sweepviews.ACTION_SWEEP_BEST:
+            best = self._sweeps.best(view)
+            if best is None:
+                return Reply(views.info(f"no job of *{view.sweep.name}* reports a metric yet"))
+            return await self._logs(best.id, actor)
+        half = action_id == sweepviews.ACTION_SWEEP_HALF
+        caller = Caller(actor.user, actor.conversation.channel if actor.conversation else None)
+        try:
+            stopped = await self._sweeps.stop_sweep(view, actor=actor, losing_half=half)
+        except BatchAIError as err:
+            await self._guard.record(
+                caller, action=action_id, outcome="denied", detail=str(err), target=view.sweep.name
+            )
+            raise
+        detail = f"stopped {', '.join(stopped.stopped) or 'nothing'}"
+        await self._guard.record(
+            caller, action=action_id, outcome="allowed", detail=detail, target=view.sweep.name
+        )
+        return Reply(sweepviews.sweep_stopped(stopped, by=actor.user, half=half), public=True)
 
     async def _logs(self, job_id: str, actor: Actor) -> Reply:
         """The last lines of the job's main log (stderr of rank 0, like Batch AI users watched),

@@ -81,3 +81,45 @@ def _series(points: Sequence[MetricPoint], pattern: re.Pattern[str]) -> dict[str
 
 def _marker(xy: Sequence[StepValue]) -> str:
     return "o" if len(xy) <= 30 else ""
+
+
+MAX_RUNS: Final = 20  # lines on a sweep's chart: the best runs, the rest would be a blur
+
+
+def sweep_curves_png(
+    runs: Sequence[tuple[str, Sequence[MetricPoint]]], *, metric: str, title: str
+) -> bytes | None:
+    """One line per run of `metric` by step (the runs best first, at most MAX_RUNS).
+
+    None when no run has two steps of it."""
+    series = []
+    for name, points in runs:
+        by_step = {p.step: p.value for p in points if p.name == metric}
+        if len(by_step) >= 2:
+            series.append((name, sorted(by_step.items())))
+    if not series:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (name, xy) in enumerate(series[:MAX_RUNS]):
+        steps, values = zip(*xy, strict=True)
+        # The best run (first) is drawn thick, on top.
+        ax.plot(
+            steps, values, label=name, linewidth=2.5 if i == 0 else 1.0, zorder=3 if i == 0 else 2
+        )
+    ax.set_xlabel("epoch / step")
+    ax.set_ylabel(metric[:40])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small", ncol=2 if len(series) > 10 else 1)
+    ax.set_title(title[:80])
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=DPI)
+    fig.clear()
+    return out.getvalue()

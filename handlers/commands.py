@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar, cast
 
-from handlers import grammar, views
+from handlers import grammar, sweepviews, views
 from handlers.commandspec import (
     COMMANDS,
     ApprovalsApprove,
@@ -66,7 +66,8 @@ from services.clusters.mounts import MountFlags, from_flags
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.jobs.service import JobRequest, JobService
-from services.models import Actor, ConfigSource, Job
+from services.jobs.sweeps import SweepService
+from services.models import Actor, ConfigSource, Job, SweepView
 from services.schedules.service import ScheduleRequest, ScheduleService
 from services.spend.approvals.service import ApprovalService
 from services.spend.ledger import SpendService
@@ -112,6 +113,7 @@ class Services:
     schedules: ScheduleService | None = None
     workspaces: WorkspaceService | None = None
     file_servers: FileServerService | None = None
+    sweeps: SweepService | None = None
 
 
 class CommandHandler:
@@ -304,6 +306,17 @@ class CommandHandler:
             return Reply(
                 views.schedule_created(created.schedule, created.upcoming, created.preview)
             )
+        if self._s.sweeps is not None and c.at is None and c.cron is None:
+            swept = await self._s.sweeps.create_sweep(
+                request, actor=actor, flags=c.sweep, metric=c.sweep_metric
+            )
+            if swept is not None:
+                if c.answer.structured:
+                    jobs = list(swept.view.jobs)
+                    return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
+                return Reply(sweepviews.sweep_submitted(swept))
+        elif c.sweep:
+            raise UserError("sweeps are not available here")
         job = await self._s.jobs.create_job(request, actor=actor)
         if c.answer.structured:  # -o json: the submitted job, as az printed it
             return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
@@ -313,20 +326,46 @@ class CommandHandler:
         return Reply(message)
 
     async def _job_list(self, c: JobList, actor: Actor, source: Source) -> Reply:
+        if c.sweep is not None:
+            view = await self._sweep(c.sweep, actor)
+            if view is None:
+                raise NotFound(f"sweep {c.sweep} not found")
+            jobs = [j for j in view.jobs if c.cluster is None or j.cluster == c.cluster]
+            return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
         jobs = await self._s.jobs.list_jobs(
             actor=actor, cluster=c.cluster, workspace=c.workspace, experiment=c.experiment
         )
         return Reply(views.job_list(jobs, output=c.answer, now=self._s.now()))
 
     async def _job_show(self, c: JobShow, actor: Actor, source: Source) -> Reply:
+        view = await self._sweep_unless_job(c.name, actor)
+        if view is not None:
+            return Reply(sweepviews.sweep_detail(view, output=c.answer, now=self._s.now()))
         job = await self._s.jobs.get_job(c.name, actor=actor)
         return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
     async def _job_terminate(self, c: JobTerminate, actor: Actor, source: Source) -> Reply:
+        view = await self._sweep_unless_job(c.name, actor)
+        if view is not None and self._s.sweeps is not None:
+            stopped = await self._s.sweeps.stop_sweep(view, actor=actor)
+            return Reply(sweepviews.sweep_stopped(stopped, by=actor.user), public=True)
         job, applied = await self._s.jobs.terminate_job(c.name, actor=actor)
         if not applied:
             return Reply(views.info(f"job *{job.name}* is already {job.state.value}"))
         return Reply(views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True)
+
+    async def _sweep(self, name: str, actor: Actor) -> SweepView | None:
+        if self._s.sweeps is None:
+            return None
+        return await self._s.sweeps.find_sweep(name, actor=actor)
+
+    async def _sweep_unless_job(self, name: str, actor: Actor) -> SweepView | None:
+        """The sweep of that name, unless a job has the name (a job's name wins)."""
+        try:
+            await self._s.jobs.get_job(name, actor=actor)
+        except NotFound:
+            return await self._sweep(name, actor)
+        return None
 
     async def _job_delete(self, c: JobDelete, actor: Actor, source: Source) -> Reply:
         job = await self._s.jobs.delete_job(c.name, actor=actor)

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from handlers.outputs import FORMATS, Output, OutputFormat, Query
 from services.core.errors import UserError
-from services.jobspec import MAX_RETRIES
+from services.jobspec import MAX_RETRIES, sweep
 
 Source = Literal["slack", "console"]
 
@@ -237,11 +237,14 @@ class JobCreate(JobCommand):
     cron: str | None = None
     timezone: str | None = None
     max_retries: int | None = None
+    sweep: tuple[str, ...] = ()  # --sweep NAME=V1,V2, repeated: the grid of a sweep
+    sweep_metric: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobList(JobCommand):
     cluster: str | None = None
+    sweep: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -538,6 +541,27 @@ def _text(max_len: int) -> Convert:
     return convert
 
 
+def _sweep_parameter(raw: str, label: str, source: Source) -> str:
+    try:
+        sweep.parse_parameter(raw)
+    except ValueError as err:
+        raise _labelled(label, err) from None
+    return raw
+
+
+def _sweep_metric(raw: str, label: str, source: Source) -> str:
+    try:
+        sweep.parse_metric(raw)
+    except ValueError as err:
+        raise _labelled(label, err) from None
+    return raw
+
+
+def _labelled(label: str, err: ValueError) -> UserError:
+    text = str(err)
+    return UserError(text if text.startswith(label) else f"{label}: {text}")
+
+
 def _prose(max_len: int) -> Convert:
     def convert(raw: str, label: str, source: Source) -> str:
         text = raw.strip()
@@ -693,6 +717,8 @@ WHEN = Kind("WHEN", _prose(40), hint='"YYYY-MM-DD HH:MM"', prose=True)
 CRON = Kind("CRON", _prose(100), hint='"MIN HOUR DAY MONTH WEEKDAY"', prose=True)
 ZONE = _pattern("ZONE", r"[A-Za-z][-\w+/]{0,63}", "use an IANA time zone such as Europe/Berlin")
 SCHEDULE_ID = _pattern("ID", r"[0-9a-f]{8}", "use the 8 hex characters schedule list shows")
+SWEEP_PARAMETER = Kind("NAME=V1,V2", _sweep_parameter, hint="e.g. lr=0.1,0.01")
+SWEEP_METRIC = Kind("METRIC[:max|min]", _sweep_metric, hint="e.g. val_acc or loss:min")
 MONTH = _pattern("YYYY-MM", r"[0-9]{4}-(?:0[1-9]|1[0-2])", "use a month as YYYY-MM, e.g. 2026-05")
 
 
@@ -709,6 +735,7 @@ class Flag:
     help: str
     metavar: str | None = None
     warning: str | None = None
+    repeatable: bool = False  # given again, it adds a value (--sweep lr=… --sweep batch=…)
 
     @property
     def key(self) -> str:
@@ -918,6 +945,19 @@ def _refuse_ssh_only(values: dict[str, Any], source: Source) -> None:
             "the bot runs the command on the node itself: leave -p/--password and "
             "-k/--ssh-private-key out"
         )
+
+
+def _check_sweep(values: dict[str, Any], source: Source) -> None:
+    """The whole grid is checked at once (its size, a name given twice), before any job."""
+    flags = values.get("sweep", ())
+    if not flags:
+        return
+    if "at" in values or "cron" in values:
+        raise UserError("a sweep is submitted now: --sweep does not go with --at or --cron")
+    try:
+        sweep.sweep_of(flags, values.get("sweep_metric"))
+    except ValueError as err:
+        raise _labelled("--sweep", err) from None
 
 
 # -- the table
@@ -1264,6 +1304,19 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 _int(0, MAX_RETRIES),
                 "retries after lost nodes (default: 3 on Spot clusters, 0 on dedicated)",
             ),
+            _f(
+                "--sweep",
+                "sweep",
+                SWEEP_PARAMETER,
+                "one parameter of a sweep and its values; repeat it for a grid",
+                repeatable=True,
+            ),
+            _f(
+                "--sweep-metric",
+                "sweep_metric",
+                SWEEP_METRIC,
+                "the logged metric that ranks the sweep's jobs (default: val_acc up, loss down)",
+            ),
             _LOCATION,
             _NO_WAIT,
         ),
@@ -1280,6 +1333,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "--tz Europe/Berlin",
             '/batchai job create -n mnist -r mycluster -c mnist --at "2026-12-01 02:00"',
             "/batchai job create -n resnet -r spotcluster -c resnet --max-retries 5",
+            '/batchai job create -n lr -r gpu -c mnist --sweep "lr=0.1,0.03,0.01" '
+            '--sweep "batch=32,64" --sweep-metric val_acc',
         ),
         notes=(
             "-c is the config (2017 style: -r CLUSTER -c CONFIG) unless -f/--config-file or "
@@ -1294,26 +1349,42 @@ COMMANDS: tuple[CommandSpec, ...] = (
             "A job whose node is lost (a Spot eviction, a deleted node) goes back to the queue "
             "up to --max-retries times (the job.json's constraints.maxTaskRetryCount otherwise), "
             "keeping its output directories, so a job that checkpoints there resumes.",
+            "--sweep NAME=V1,V2 (repeated: the cartesian product, at most 100 jobs) submits a "
+            "sweep of jobs NAME-1 … NAME-N under one approval and one sweep card; each job gets "
+            "its values as environment variables and in its command line ($lr or ${lr}). A "
+            'job.json can hold the grid instead: "sweep": {"parameters": {"lr": [0.1, 0.01]}}. '
+            "job list/show/terminate take the sweep's name too.",
         ),
-        checks=(_resolve_dash_c, _check_schedule),
+        checks=(_resolve_dash_c, _check_schedule, _check_sweep),
         asked_by_form=("name",),
     ),
     _spec(
         "job list",
         JobList,
-        "List jobs, optionally of one cluster, workspace or experiment",
-        (_f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),),
-        examples=("/batchai job list -o table", "/batchai job list -w myworkspace -e myexperiment"),
+        "List jobs, optionally of one cluster, workspace, experiment or sweep",
+        (
+            _f("-c --cluster --cluster-name -r", "cluster", NAME, "only jobs of this cluster"),
+            _f("-n --name --sweep", "sweep", NAME, "only the jobs of this sweep"),
+        ),
+        examples=(
+            "/batchai job list -o table",
+            "/batchai job list -w myworkspace -e myexperiment",
+            "/batchai job list --sweep lr",
+        ),
     ),
     _spec(
-        "job show", JobShow, "Show one job", (_JOB_NAME,), examples=("/batchai job show -n myjob",)
+        "job show",
+        JobShow,
+        "Show one job, or a sweep and its jobs ranked",
+        (_JOB_NAME,),
+        examples=("/batchai job show -n myjob", "/batchai job show -n lr"),
     ),
     _spec(
         "job terminate",
         JobTerminate,
-        "Stop a running job",
+        "Stop a running job, or every live job of a sweep",
         (_JOB_NAME, _YES, _NO_WAIT),
-        examples=("/batchai job terminate -n myjob",),
+        examples=("/batchai job terminate -n myjob", "/batchai job terminate -n lr"),
     ),
     _spec(
         "job delete",

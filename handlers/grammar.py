@@ -374,6 +374,10 @@ def _build(
     for flag, name, raw in given.values():
         if isinstance(raw, bool):
             value: Any = raw
+        elif isinstance(raw, list):  # a repeatable flag: each value, in the order given
+            if "" in raw:
+                raise UserError(f"{name} needs a value")
+            value = tuple(flag.kind.convert(one, name, source) for one in raw)
         elif raw == "":
             raise UserError(f"{name} needs a value")
         else:
@@ -395,9 +399,9 @@ def _build(
 
 def _collect(
     spec: CommandSpec, typed: tuple[str, ...], tokens: list[_Token]
-) -> dict[str, tuple[Flag, str, str | bool]]:
+) -> dict[str, tuple[Flag, str, str | bool | list[str]]]:
     """Pair flags with their raw values, left to right; values are converted afterwards."""
-    given: dict[str, tuple[Flag, str, str | bool]] = {}
+    given: dict[str, tuple[Flag, str, str | bool | list[str]]] = {}
     last: Flag | None = None
     index = 0
     while index < len(tokens):
@@ -419,6 +423,12 @@ def _collect(
             index += 1
         elif not flag.kind.takes_value and value is not None:
             raise UserError(f"{name} takes no value")
+        if flag.repeatable:
+            held = given.get(flag.key)
+            values = held[2] if held is not None and isinstance(held[2], list) else []
+            given[flag.key] = (flag, name, [*values, value or ""])
+            last = flag
+            continue
         if flag.key in given:
             first = given[flag.key][1]
             also = f" (first as {first})" if first != name else ""

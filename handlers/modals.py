@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from handlers.commandspec import ConfigRef, JobCreate
 from services.core.errors import BatchAIError, Conflict, SpecError, UserError
+from services.jobspec import sweep
 from services.jobspec.load import MAX_DEPTH, nesting_depth
 from services.models import NAME_RE, ClusterView
 from services.spend.pricing import sku_key
@@ -38,6 +39,8 @@ BLOCK_INPUT_DIR: Final = "job_input_dir"
 BLOCK_OUTPUT_DIR: Final = "job_output_dir"
 BLOCK_MANIFEST: Final = "job_manifest"
 BLOCK_JSON: Final = "job_json"
+BLOCK_SWEEP: Final = "job_sweep"
+BLOCK_SWEEP_METRIC: Final = "job_sweep_metric"
 
 SCHEMA_URL: Final = (
     "https://raw.githubusercontent.com/Azure/BatchAI/master/schemas/2018-05-01/job.json"
@@ -67,6 +70,8 @@ class JobPrefill:
     cluster: str | None = None
     manifest: str | None = None  # a manifest name (mnist or manifests/jobs/mnist.json)
     pasted: str | None = None  # inline job.json
+    sweep: tuple[str, ...] = ()  # --sweep NAME=V1,V2 flags, one line each in the form
+    sweep_metric: str | None = None
 
 
 def prefill_of(command: JobCreate) -> JobPrefill:
@@ -77,6 +82,8 @@ def prefill_of(command: JobCreate) -> JobPrefill:
         cluster=command.cluster,
         manifest=config.value if config is not None and config.kind == "manifest" else None,
         pasted=config.value if config is not None and config.kind == "inline" else None,
+        sweep=command.sweep,
+        sweep_metric=command.sweep_metric,
     )
 
 
@@ -89,6 +96,8 @@ class JobForm:
     config_json: str | None
     manifest: str | None
     channel_id: str
+    sweep: tuple[str, ...] = ()
+    sweep_metric: str | None = None
 
     @property
     def command(self) -> JobCreate:
@@ -97,11 +106,22 @@ class JobForm:
             config = ConfigRef("manifest", self.manifest)
         else:
             config = ConfigRef("inline", self.config_json or "")
-        return JobCreate(name=self.name, cluster=self.cluster, config=config)
+        return JobCreate(
+            name=self.name,
+            cluster=self.cluster,
+            config=config,
+            sweep=self.sweep,
+            sweep_metric=self.sweep_metric,
+        )
 
 
 # The input a refusal's `UserError.field` is about (see services/jobs/service.py).
-_FIELD_BLOCKS: Final = {"name": BLOCK_NAME, "cluster": BLOCK_CLUSTER, "node_count": BLOCK_NODES}
+_FIELD_BLOCKS: Final = {
+    "name": BLOCK_NAME,
+    "cluster": BLOCK_CLUSTER,
+    "node_count": BLOCK_NODES,
+    "sweep": BLOCK_SWEEP,
+}
 
 
 def error_block(err: BatchAIError, form: JobForm, view: Mapping[str, Any]) -> str:
@@ -110,6 +130,8 @@ def error_block(err: BatchAIError, form: JobForm, view: Mapping[str, Any]) -> st
     the error's `field` names (the cluster when it names none)."""
     if isinstance(err, Conflict):
         return BLOCK_NAME
+    if isinstance(err, UserError) and err.field == "sweep":
+        return BLOCK_SWEEP
     if form.manifest:
         return BLOCK_MANIFEST
     if isinstance(err, SpecError):
@@ -237,6 +259,32 @@ def job_create_modal(
             optional=True,
             hint="On the cluster's share; the job writes to $AZ_BATCHAI_OUTPUT_MODEL.",
         ),
+        _input(
+            BLOCK_SWEEP,
+            "Sweep",
+            _text_input(
+                BLOCK_SWEEP,
+                placeholder="lr=0.1,0.03,0.01 (a line per parameter)",
+                multiline=True,
+                max_length=2000,
+                initial="\n".join(given.sweep) or None,
+            ),
+            optional=True,
+            hint="One parameter per line, NAME=V1,V2: every combination runs as one job "
+            "(NAME-1, NAME-2 …) with $NAME set and in the command line; at most 100 jobs.",
+        ),
+        _input(
+            BLOCK_SWEEP_METRIC,
+            "Rank the sweep by",
+            _text_input(
+                BLOCK_SWEEP_METRIC,
+                placeholder="val_acc (or loss:min)",
+                max_length=72,
+                initial=given.sweep_metric,
+            ),
+            optional=True,
+            hint="A metric the logs print; by default val_acc up, loss down.",
+        ),
         {"type": "divider"},
         _section("*…or a job.json*"),
     ]
@@ -359,6 +407,7 @@ def parse_job_create(
                 errors=errors,
             )
 
+    flags, metric = _sweep_fields(state, errors)
     if errors:
         return errors
     assert cluster is not None  # for mypy: an unset cluster is an error above
@@ -368,7 +417,30 @@ def parse_job_create(
         config_json=config_json,
         manifest=manifest if given == [BLOCK_MANIFEST] else None,
         channel_id=channel_id,
+        sweep=flags,
+        sweep_metric=metric,
     )
+
+
+def _sweep_fields(state: _State, errors: FieldErrors) -> tuple[tuple[str, ...], str | None]:
+    """The sweep's lines, read as `--sweep` flags are (the same parse), and its metric."""
+    text = state.text(BLOCK_SWEEP) or ""
+    flags = tuple(line.strip() for line in text.splitlines() if line.strip())
+    metric = state.text(BLOCK_SWEEP_METRIC)
+    try:
+        metric_of = sweep.parse_metric(metric) if metric else None
+    except ValueError as err:
+        errors[BLOCK_SWEEP_METRIC] = str(err)
+        return (), None
+    if not flags:
+        if metric_of is not None:
+            errors[BLOCK_SWEEP_METRIC] = "Give the sweep's parameters too (or leave this empty)."
+        return (), None
+    try:
+        sweep.sweep_of(flags, metric)
+    except ValueError as err:
+        errors[BLOCK_SWEEP] = str(err).removeprefix("--sweep: ")
+    return flags, metric
 
 
 class _State:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from handlers import views
-from handlers.charts import loss_curve_png
+from handlers import sweepviews, views
+from handlers.charts import loss_curve_png, sweep_curves_png
 from handlers.views import Message
 from services.core.events import (
     ApprovalDecided,
@@ -34,7 +34,8 @@ from services.core.events import (
 )
 from services.core.ports import Delivery
 from services.jobs.lifecycle import FINISHED, JobState
-from services.models import Conversation, Job
+from services.jobs.sweeps import ranking_metric
+from services.models import Conversation, Job, SweepView
 
 FINISHED_NAMES = frozenset(state.value for state in FINISHED)
 # Lifecycle steps the card already shows: their thread replies queue behind nothing.
@@ -116,6 +117,8 @@ class Presenter:
         self._approvers = approvers
         self._extend_hours = extend_hours
         self._card_edits: dict[tuple[int, ...], asyncio.Future[None]] = {}
+        # A sweep's card and summary are posted once whichever of its jobs gets there first.
+        self._sweep_locks: dict[str, asyncio.Lock] = {}
 
     def card_edit(self, event_ids: tuple[int, ...]) -> asyncio.Future[None] | None:
         """The card edit the delivery of these events started and that may still be waiting."""
@@ -137,6 +140,10 @@ class Presenter:
             return None  # cluster changes are answered by the command that caused them
         conv = job.conversation or Conversation(self._default_channel, None, job.requester)
         keys = delivery.keys
+        if delivery.sweep is not None and isinstance(
+            event, JobSubmitted | JobStateChanged | LogSnippet | JobFinished
+        ):
+            return await self._sweep_step(delivery, delivery.sweep, job, conv)
         if isinstance(event, ScheduleFired):  # in the channel, just before the job's card
             message = views.schedule_fired(event.schedule_id, event.job_name)
             await self._transport.post(conv.channel, message, keys=keys)
@@ -210,6 +217,96 @@ class Presenter:
             receipt = views.receipt(job, delivery.links)
             await self._reply(conv, receipt, keys, broadcast=True)
         return None
+
+    async def _sweep_step(
+        self, delivery: Delivery, view: SweepView, job: Job, conv: Conversation
+    ) -> Conversation:
+        """A job of a sweep: no card of its own. Its thread is the sweep card's; its state shows
+        in the card's row; its snippets and receipt go in the thread, named; the last receipt
+        of the sweep is followed by the sweep's summary."""
+        event, keys = delivery.event, delivery.keys
+        conv = await self._sweep_card(view, conv)
+        if delivery.card_only:
+            return conv
+        ended = isinstance(event, JobFinished) or (
+            isinstance(event, JobStateChanged) and event.new in FINISHED_NAMES
+        )
+        edit = self._refresh_sweep_card(view, conv, priority=0 if ended else 1)
+        if isinstance(event, JobStateChanged) and event.new not in QUIET and not ended:
+            reply = views.state_reply(job, event.new, event.detail, passed=event.passed)
+            await self._reply(conv, sweepviews.thread_line(job, reply), keys)
+        elif isinstance(event, LogSnippet):
+            snippet = views.log_snippet(
+                event.file, event.first_line, event.lines, full_log_url=delivery.log_url
+            )
+            await self._reply(conv, sweepviews.thread_line(job, snippet), keys, low_priority=True)
+        elif isinstance(event, JobFinished):
+            receipt = sweepviews.thread_line(job, views.receipt(job, delivery.links))
+            await self._reply(conv, receipt, keys)
+            if all(j.state.finished for j in view.jobs):
+                await self._sweep_summary(delivery, view, conv)
+        self._card_edits[delivery.event_ids] = edit
+        return conv
+
+    async def _sweep_card(self, view: SweepView, conv: Conversation) -> Conversation:
+        """The sweep's card (posted by the first of its jobs to get here, keyed: once)."""
+        if conv.thread is not None:  # a sweep's job only ever hangs from its sweep's card
+            return conv
+        sweep = view.sweep
+        lock = self._sweep_locks.setdefault(sweep.id, asyncio.Lock())
+        async with lock:
+            sent = await self._transport.lookup(_sweep_key(sweep.id, "card"))
+            if sent is None:
+                card = sweepviews.sweep_card(view, now=self._now())
+                sent = await self._transport.post(
+                    conv.channel, card, keys=[_sweep_key(sweep.id, "card")]
+                )
+        return Conversation(sent.channel, sent.ts, conv.user)
+
+    def _refresh_sweep_card(
+        self, view: SweepView, conv: Conversation, *, priority: int
+    ) -> asyncio.Future[None]:
+        """One edit of the one card; the outbox coalesces the edits its jobs start."""
+        assert conv.thread is not None
+        card = sweepviews.sweep_card(view, now=self._now())
+        edit = asyncio.ensure_future(
+            self._transport.update(conv.channel, conv.thread, card, priority=priority)
+        )
+        edit.add_done_callback(_seen)
+        return edit
+
+    async def _sweep_summary(self, delivery: Delivery, view: SweepView, conv: Conversation) -> None:
+        """The sweep's one receipt: the chart of every run's curve, then the ranking."""
+        sweep = view.sweep
+        async with self._sweep_locks.setdefault(sweep.id, asyncio.Lock()):
+            if await self._transport.lookup(_sweep_key(sweep.id, "summary")) is not None:
+                return
+            metric = ranking_metric(view)
+            if metric is not None:
+                order = sweepviews.ranked_names(view, metric)
+                runs = dict(delivery.sweep_metrics)
+                png = sweep_curves_png(
+                    [(name, runs.get(name, ())) for name in order],
+                    metric=metric.name,
+                    title=f"sweep {sweep.name}: {metric.name}",
+                )
+                if png is not None:
+                    await self._transport.upload(
+                        conv.channel,
+                        thread=conv.thread,
+                        filename=f"{sweep.name}-{metric.name}.png",
+                        content=png,
+                        title=f"sweep {sweep.name}: {metric.name} of every run",
+                        keys=[_sweep_key(sweep.id, "chart")],
+                    )
+            summary = sweepviews.sweep_summary(view, delivery.best_links, now=self._now())
+            await self._transport.post(
+                conv.channel,
+                summary,
+                thread=conv.thread,
+                broadcast=True,
+                keys=[_sweep_key(sweep.id, "summary")],
+            )
 
     async def _idle(self, event: IdleWarning, keys: Sequence[str]) -> None:
         """One warning message per warning id, edited in place when it is answered."""
@@ -298,6 +395,10 @@ def _seen(edit: asyncio.Future[None]) -> None:
 
 def _gpu_key(event: GpuIdleWarning) -> str:
     return f"gpu-idle-{event.job_id}-{event.warning_id}"
+
+
+def _sweep_key(sweep_id: str, what: str) -> str:
+    return f"sweep-{sweep_id}-{what}"
 
 
 def _approval_key(approval_id: str) -> str:

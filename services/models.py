@@ -348,6 +348,7 @@ class Job:
         return sum(known, Decimal(0)) if known else None
 
     gpu: GpuWatch | None = None
+    sweep_id: str | None = None  # the sweep it is one point of (JobSweep.id)
 
     @property
     def duration(self) -> timedelta | None:
@@ -561,3 +562,38 @@ class LogAdvance:
     points: tuple[MetricPoint, ...]
     progress: Progress | None
     last_metrics: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class JobSweep:
+    """A sweep: one job.json submitted once per point of a grid of values (jobs `NAME-1`…).
+
+    `metric` is `NAME:max` / `NAME:min` when the user named it; None: the logs' usual names
+    (val_acc up, loss down) rank the jobs."""
+
+    id: str
+    name: str
+    requester: str
+    created_at: datetime
+    parameters: tuple[tuple[str, tuple[str, ...]], ...]
+    metric: str | None = None
+    channel: str | None = None
+    cluster: str = ""
+
+    def label(self, job_name: str) -> str:
+        """`lr=0.1 batch=32`: the values of the job `NAME-i` (the grid, first name slowest)."""
+        index = int(job_name.rsplit("-", 1)[-1]) - 1
+        sizes = [len(values) for _, values in self.parameters]
+        picked = []
+        for (name, values), size in zip(reversed(self.parameters), reversed(sizes), strict=True):
+            index, at = divmod(index, size)
+            picked.append(f"{name}={values[at]}")
+        return " ".join(reversed(picked))
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """A sweep with its jobs (in grid order), as the card, `job show` and the receipt show it."""
+
+    sweep: JobSweep
+    jobs: tuple[Job, ...]

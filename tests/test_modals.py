@@ -22,6 +22,8 @@ from handlers.modals import (
     BLOCK_NAME,
     BLOCK_NODES,
     BLOCK_OUTPUT_DIR,
+    BLOCK_SWEEP,
+    BLOCK_SWEEP_METRIC,
     CALLBACK_JOB_CREATE,
     STALE_FORM,
     JobForm,
@@ -130,6 +132,8 @@ def test_modal_has_every_field_with_the_right_element() -> None:
         BLOCK_OUTPUT_DIR: "plain_text_input",
         BLOCK_MANIFEST: "static_select",
         BLOCK_JSON: "plain_text_input",
+        BLOCK_SWEEP: "plain_text_input",
+        BLOCK_SWEEP_METRIC: "plain_text_input",
     }
     optional = {block_id for block_id, block in inputs.items() if block["optional"]}
     assert optional == {
@@ -139,6 +143,8 @@ def test_modal_has_every_field_with_the_right_element() -> None:
         BLOCK_OUTPUT_DIR,
         BLOCK_MANIFEST,
         BLOCK_JSON,
+        BLOCK_SWEEP,
+        BLOCK_SWEEP_METRIC,
     }
     nodes, hours = inputs[BLOCK_NODES]["element"], inputs[BLOCK_HOURS]["element"]
     assert (nodes["is_decimal_allowed"], nodes["min_value"], nodes["initial_value"]) == (

@@ -1,11 +1,12 @@
-"""Crash recovery: `kill -9` the real bot in the middle of 20 streaming jobs and 3 pending
-approvals, start it again on the same data dir, and check what Slack received.
+"""Crash recovery: `kill -9` the real bot in the middle of 20 streaming jobs, a sweep of 3 and
+3 pending approvals, start it again on the same data dir, and check what Slack received.
 
 The bot is `python -m bot run` in HTTP mode, a real subprocess; Slack is the fake Web API in this
 process; commands and clicks are signed requests to the bot's /slack/events. After the restart:
 exactly one completion receipt per job, every log line 1..N of every job in its thread exactly
 once (shown, or counted in an "N lines skipped" note), one status card per job that was edited,
-never posted again, and every approval that was pending at the crash decided by a click, once.
+never posted again, and every approval that was pending at the crash decided by a click, once;
+the sweep has one card, every line of its jobs once in its one thread, one summary receipt.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def job_json(name: str, lines: int, pause: float) -> str:
 RUNNING = {f"r{i:02d}": 48 + i for i in range(RUNNING_JOBS)}
 WAITING = {"a0": 12, "a1": 12, "a2": 12}  # a0, a1 approved after the restart; a2 denied
 ALL_LINES = {**RUNNING, "a0": 12, "a1": 12}
+SWEEP = {f"sw-{k}": 40 for k in (1, 2, 3)}  # one sweep, `--sweep k=1,2,3`: its jobs print swK
 
 
 class BotProcess:
@@ -240,6 +242,8 @@ class Rig:
         """Job name -> the top-level messages in the jobs channel that are its status card."""
         found: dict[str, list[Message]] = {}
         for m in self.fake.messages_in(CHANNEL, include_replies=False):
+            if ":bar_chart: sweep" in m.block_text():
+                continue  # the sweep's card: see sweep_cards()
             name = re.search(r"\*([ra]\d+)\*", m.block_text())
             found.setdefault(name.group(1) if name else "?", []).append(m)
         return found
@@ -251,11 +255,27 @@ class Rig:
     def receipts(self, name: str) -> list[Message]:
         return [m for m in self.thread_of(name) if m.reply_broadcast]
 
-    def lines_seen(self, name: str) -> list[int]:
+    def sweep_cards(self) -> list[Message]:
+        return [
+            m
+            for m in self.fake.messages_in(CHANNEL, include_replies=False)
+            if ":bar_chart: sweep *sw*" in m.block_text()
+        ]
+
+    def sweep_thread(self) -> list[Message]:
+        cards = self.sweep_cards()
+        return self.fake.replies(CHANNEL, cards[0].ts) if cards else []
+
+    def sweep_lines_seen(self, job: str) -> list[int]:
+        """lines_seen() for a job of the sweep: its snippets in the sweep's thread, named."""
+        mine = [m for m in self.sweep_thread() if _tag(m) == f"*{job}*"]
+        return self.lines_seen(job.replace("-", ""), replies=mine)
+
+    def lines_seen(self, name: str, *, replies: list[Message] | None = None) -> list[int]:
         """Every line number the thread accounts for (shown, or counted as skipped), in order
         of arrival, with repeats; also checks each snippet's numbering against its header."""
         seen: list[int] = []
-        for reply in self.thread_of(name):
+        for reply in self.thread_of(name) if replies is None else replies:
             text = reply.block_text()
             header = HEADER_RE.search(text)
             if header is None:
@@ -289,7 +309,7 @@ async def stream_every_job(rig: Rig, share: Path) -> None:
     share.mkdir(parents=True, exist_ok=True)
     (share / "job.py").write_text(JOB_SCRIPT)
     created = await rig.command(
-        f"cluster create -n c1 -s Standard_NC6 -t {RUNNING_JOBS + 3}"
+        f"cluster create -n c1 -s Standard_NC6 -t {RUNNING_JOBS + 6}"
         " --afs-name data --afs-mount-path afs"
     )
     assert "c1" in created, created
@@ -302,10 +322,15 @@ async def stream_every_job(rig: Rig, share: Path) -> None:
         )
         assert "approval" in answer, answer
 
+    sweep = job_json("sw$k", 40, 0.3)
+    answer = await rig.command(f'job create -n sw -r c1 -c {sweep} --sweep "k=1,2,3"')
+    assert "sweep *sw* submitted" in answer, answer
+
     # Mid-stream: every job has log lines in its thread, every approval request is out.
     await rig.until(
         lambda: (
             all(rig.cards().get(n) and rig.lines_seen(n) for n in RUNNING)
+            and all(rig.sweep_lines_seen(n) for n in SWEEP)
             and len(rig.approval_messages()) == len(WAITING)
         ),
         "log lines from every job and the approval requests",
@@ -329,11 +354,28 @@ def assert_every_job_told_once(rig: Rig, killed_at: dict[str, int]) -> None:
     # ... and the crash really was mid-stream for the jobs (lines came after the restart).
     assert any(killed_at[n] < RUNNING[n] for n in RUNNING), killed_at
 
+    # The sweep: one card, each job's lines once and its receipt once, one summary receipt.
+    (card,) = rig.sweep_cards()
+    assert "3 jobs: 3 succeeded" in card.block_text(), card.block_text()
+    thread = rig.sweep_thread()
+    for name, count in SWEEP.items():
+        seen = rig.sweep_lines_seen(name)
+        assert sorted(seen) == list(range(1, count + 1)), f"{name}: {sorted(seen)}"
+        receipts = [m for m in thread if _tag(m) == f"*{name}*" and "exit code" in m.block_text()]
+        assert len(receipts) == 1, f"{name} has {len(receipts)} receipts"
+    assert sum("sweep *sw* finished" in m.block_text() for m in thread) == 1
+
     # No notification twice: within a thread no two replies are the same message.
-    for name in (*ALL_LINES, "a2"):
-        bodies = Counter(json.dumps([m.text, m.blocks]) for m in rig.thread_of(name))
+    for thread in [*(rig.thread_of(n) for n in (*ALL_LINES, "a2")), rig.sweep_thread()]:
+        bodies = Counter(json.dumps([m.text, m.blocks]) for m in thread)
         twice = [body[:200] for body, k in bodies.items() if k > 1]
-        assert not twice, f"{name}: replies posted twice: {twice}"
+        assert not twice, f"replies posted twice: {twice}"
+
+
+def _tag(message: Message) -> str:
+    """The job a message in a sweep's thread is about: its first block names it."""
+    first = (message.blocks or [{}])[0]
+    return str((first.get("elements") or [{}])[0].get("text", "")) if first else ""
 
 
 def approval_id(message: Message) -> str:
@@ -396,6 +438,7 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(rig: Rig) -> None:
     await stream_every_job(rig, rig.db.parent / "shares" / "data")
     await rig.bot.kill()
     killed_at = {n: max(rig.lines_seen(n)) for n in RUNNING}
+    killed_at.update({n: max(rig.sweep_lines_seen(n)) for n in SWEEP})
     await asyncio.sleep(2.0)  # the jobs keep writing while no bot is there
     await rig.bot.start()
 
@@ -412,6 +455,7 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(rig: Rig) -> None:
     await rig.until(
         lambda: (
             all(rig.cards().get(n) and rig.receipts(n) for n in (*ALL_LINES, "a2"))
+            and any("sweep *sw* finished" in m.block_text() for m in rig.sweep_thread())
             and rig.pending_events() == 0
         ),
         "every receipt, and nothing left to deliver",
@@ -423,7 +467,7 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(rig: Rig) -> None:
     for name, found in cards.items():
         assert len(found) == 1, f"{name} has {len(found)} status cards"
         assert found[0].edits >= 1, f"{name}'s card was never edited"
-    card_ts = {m.ts for found in cards.values() for m in found}
+    card_ts = {m.ts for found in cards.values() for m in found} | {rig.sweep_cards()[0].ts}
     approval_ts = {m.ts for m in rig.approval_messages().values()}
     for call in fake.calls_to("chat.update", ok=True):
         assert call.args["ts"] in card_ts | approval_ts, call.args

@@ -5,7 +5,14 @@ import pytest
 from services.core.errors import Conflict
 from services.core.events import JobFinished, JobStateChanged, LogSnippet, OutputFile
 from services.jobs.lifecycle import JobState, advance
-from services.models import Conversation, FileLocation, JobLayout, MetricPoint, Progress
+from services.models import (
+    Conversation,
+    FileLocation,
+    JobLayout,
+    JobSweep,
+    MetricPoint,
+    Progress,
+)
 from services.store import SqlStore
 from tests.conftest import NOW, make_cluster, make_job
 
@@ -118,3 +125,34 @@ async def test_commit_log_is_all_or_nothing_and_upserts(store: SqlStore) -> None
     stored = await store.get_job(job.id)
     assert stored is not None and stored.progress == Progress(2, 3)
     assert stored.last_metrics == {"loss": 0.8}
+
+
+async def test_a_sweep_round_trips_its_name_is_never_reused_and_names_its_jobs(
+    store: SqlStore,
+) -> None:
+    sweep = JobSweep(
+        id="s1",
+        name="lr",
+        requester="U1",
+        created_at=NOW,
+        parameters=(("lr", ("0.1", "0.01")), ("batch", ("32", "64"))),
+        metric="val_acc:max",
+        channel="C1",
+        cluster="c1",
+    )
+    async with store.unit() as uow:
+        await uow.sweeps.add(sweep)
+        for i in (1, 2):
+            await uow.jobs.add(make_job(f"lr-{i}", sweep_id="s1"))
+        await uow.jobs.add(make_job("alone"))
+        await uow.commit()
+    assert await store.get_sweep("s1") == sweep
+    assert [j.name for j in await store.list_jobs(sweep_id="s1")] == ["lr-1", "lr-2"]
+    assert (await store.find_job("alone")) is not None and (
+        await store.find_job("alone")
+    ).sweep_id is None  # type: ignore[union-attr]
+    assert sweep.label("lr-3") == "lr=0.01 batch=32"
+    with pytest.raises(Conflict):
+        async with store.unit() as uow:
+            await uow.sweeps.add(sweep)
+            await uow.commit()

@@ -9,7 +9,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from handlers import views
+from handlers import sweepviews, views
 from handlers.slack.surface import SlackHandlers, outcome, payload
 from services.access import Caller
 
@@ -43,6 +43,7 @@ def register(app: AsyncApp, h: SlackHandlers) -> None:
         views.ACTION_STOP,
         *views.IDLE_ACTIONS,
         *views.GPU_IDLE_ACTIONS,
+        *sweepviews.SWEEP_ACTIONS,
     ):
         app.action(action_id)(on_button)
 

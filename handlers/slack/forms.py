@@ -14,6 +14,7 @@ from handlers.commands import job_request
 from handlers.slack.surface import SlackHandlers
 from services.access import Caller
 from services.core.errors import BatchAIError, Conflict, NotFound, UserError
+from services.models import Actor
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,7 @@ def register(app: AsyncApp, h: SlackHandlers) -> None:
         if not decision.allowed:
             await ack(response_action="errors", errors={modals.BLOCK_NAME: decision.reason})
             return
-        request = job_request(parsed.command)
-        creating = asyncio.ensure_future(h.jobs.create_job(request, actor=h.guard.actor(caller)))
+        creating = asyncio.ensure_future(_submit(h, parsed, h.guard.actor(caller)))
         try:
             # shield: a slow store must not cancel a submission halfway through its commit
             await asyncio.wait_for(asyncio.shield(creating), MODAL_DEADLINE)
@@ -73,6 +73,18 @@ def register(app: AsyncApp, h: SlackHandlers) -> None:
             )
             return
         await ack()  # closes the modal; the status card appears in the channel
+
+
+async def _submit(h: SlackHandlers, form: modals.JobForm, actor: Actor) -> object:
+    """The form's job, or its sweep (the sweep field, or a sweep section in its job.json)."""
+    request = job_request(form.command)
+    if h.sweeps is not None:
+        swept = await h.sweeps.create_sweep(
+            request, actor=actor, flags=form.sweep, metric=form.sweep_metric
+        )
+        if swept is not None:
+            return swept
+    return await h.jobs.create_job(request, actor=actor)
 
 
 def _follow_up(creating: asyncio.Future[Any], client: Any, *, channel: str, user: str) -> None:

@@ -11,6 +11,7 @@ from handlers.commands import CommandHandler, Reply
 from handlers.commandspec import Command
 from services.access import AccessGuard
 from services.jobs.service import JobService
+from services.jobs.sweeps import SweepService
 from services.models import Actor
 
 
@@ -25,6 +26,7 @@ class SlackHandlers:
     submit_form: Callable[..., Awaitable[dict[str, Any]]]  # channel id[, prefill] -> job modal
     mount_paths: Callable[[], Awaitable[dict[str, str]]]  # cluster -> first share mount path
     guard: AccessGuard
+    sweeps: SweepService | None = None
 
 
 def payload(reply: Reply, *, ephemeral: bool) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from services.models import (
     IdleState,
     Job,
     JobLayout,
+    JobSweep,
     LedgerEntry,
     MetricPoint,
     Node,
@@ -34,6 +35,7 @@ from services.models import (
     Progress,
     Schedule,
     ScheduleRun,
+    SweepView,
     Usage,
     Vote,
     Workspace,
@@ -212,6 +214,10 @@ class Delivery:
     # carries instead of posts of their own; `card_only`: post the job's card, not its reply.
     prelude: tuple[Event, ...] = ()
     card_only: bool = False
+    sweep: SweepView | None = None  # the job's sweep, all its jobs as they are now
+    # The sweep's end (its last receipt): every job's curves and the best job's download links.
+    sweep_metrics: tuple[tuple[str, tuple[MetricPoint, ...]], ...] = ()
+    best_links: tuple[DownloadLink, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -287,6 +293,7 @@ class JobRepository(Protocol):
         cluster: str | None = None,
         states: Iterable[JobState] | None = None,
         include_deleted: bool = False,
+        sweep_id: str | None = None,
     ) -> list[Job]:
         """In submission (FIFO) order."""
         ...
@@ -485,6 +492,16 @@ class ExperimentRepository(Protocol):
     async def delete(self, resource_group: str, workspace: str, name: str) -> None: ...
 
 
+class SweepRepository(Protocol):
+    async def add(self, sweep: JobSweep) -> None:
+        """Conflict when the name was used before."""
+        ...
+
+    async def get(self, sweep_id: str) -> JobSweep | None: ...
+
+    async def find(self, name: str) -> JobSweep | None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories (cosmicpython's unit of work): `emit` collects
     events, `commit` writes them with the changes; leaving without commit rolls back."""
@@ -521,6 +538,9 @@ class UnitOfWork(Protocol):
 
     @property
     def experiments(self) -> ExperimentRepository: ...
+
+    @property
+    def sweeps(self) -> SweepRepository: ...
 
     def emit(self, *events: Event, at: datetime | None = None) -> None:
         """Store `events` at commit, stamped `at` (default: the time of the commit)."""

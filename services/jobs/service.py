@@ -30,6 +30,7 @@ from services.jobspec import (
     plan_launch,
     substitute,
 )
+from services.jobspec.sweep import split_sweep
 from services.models import (
     AUTO_CONTAINER,
     AUTO_SHARE,
@@ -161,22 +162,54 @@ class JobService:
     async def _prepare(
         self, request: JobRequest, actor: Actor
     ) -> tuple[Job, Cluster, Sequence[str]]:
-        if not NAME_RE.match(request.name):
-            raise UserError(f"job name {request.name!r} must be 1-64 letters, digits, - or _")
+        spec, label = await self.load_spec(request, actor=actor)
+        return await self.build_job(request, spec, label, actor=actor)
+
+    async def load_spec(self, request: JobRequest, *, actor: Actor) -> tuple[JobSpec, str]:
+        """The request's job.json, checked and with its placeholders filled, and its label."""
+        spec, label, _ = await self.load_spec_and_sweep(request, actor=actor, sweep_allowed=False)
+        return spec, label
+
+    async def load_spec_and_sweep(
+        self, request: JobRequest, *, actor: Actor, sweep_allowed: bool = True
+    ) -> tuple[JobSpec, str, Any]:
+        """The job.json and its `sweep` section (None without one; a sweep section in a plain
+        submit makes it a sweep, so the caller decides)."""
+        self._check_name(request.name)
         if request.config is None:
             raise UserError(
                 "--config is required: a manifest name, inline JSON or (console) a job.json path;"
                 " in Slack, leave it out to fill in a form"
             )
-        async with self._store.unit() as uow:
-            taken = await uow.jobs.find(request.name) is not None
-        if taken:
-            raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         text, label = self._configs.load(request.config, may_read_paths=actor.may_read_paths)
+        text, section = split_sweep(text, label)
+        if section is not None and not sweep_allowed:
+            raise UserError(f"{label}: a sweep section makes a sweep (submit it with job create)")
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
         if request.mounts:
             spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
+        return spec, label, section
+
+    def _check_name(self, name: str) -> None:
+        if not NAME_RE.match(name):
+            raise UserError(f"job name {name!r} must be 1-64 letters, digits, - or _")
+
+    async def build_job(
+        self,
+        request: JobRequest,
+        spec: JobSpec,
+        label: str,
+        *,
+        actor: Actor,
+        sweep_id: str | None = None,
+    ) -> tuple[Job, Cluster, Sequence[str]]:
+        """The job `request` would store (not stored): its cluster checked, its launch planned."""
+        self._check_name(request.name)
+        async with self._store.unit() as uow:
+            taken = await uow.jobs.find(request.name) is not None
+        if taken:
+            raise Conflict(f"job {request.name} already exists; delete it or choose another name")
         cluster_name = request.cluster or _cluster_from_spec(spec)
         if cluster_name is None:
             raise UserError(
@@ -217,6 +250,7 @@ class JobService:
             conversation=actor.conversation,
             container_image=plan.container_image,
             max_retries=_max_retries(request.max_retries, spec, cluster),
+            sweep_id=sweep_id,
         )
         async with self._store.unit() as uow:  # refused now if missing; claimed at commit
             await self._claim_home(uow, job)

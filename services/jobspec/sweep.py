@@ -14,6 +14,7 @@ goal is known for the usual names (accuracy up, loss down) or given as `NAME:max
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 from services.jobspec.base import RESERVED_ENV_PREFIX, EnvironmentVariable
 from services.jobspec.job import TOOLKITS, JobProperties, JobSpec
+from services.jobspec.load import parse_json
 
 MAX_JOBS: Final = 100  # one approval, one card: more than this is a different tool's job
 MAX_VALUES: Final = 100  # per parameter
@@ -207,6 +209,31 @@ def _sweep(params: list[Parameter], metric: Metric | None) -> Sweep:
     if sweep.size > MAX_JOBS:
         raise ValueError(f"the sweep would submit {sweep.size} jobs, at most {MAX_JOBS}")
     return sweep
+
+
+def split_sweep(text: str, label: str) -> tuple[str, Any]:
+    """A job.json's text without its top-level `sweep` section, and the section (None: the
+    file has none, and the text is returned as it was, so errors keep their line numbers)."""
+    if '"sweep"' not in text:
+        return text, None
+    data = parse_json(text, source=label)
+    if "sweep" not in data:
+        return text, None
+    section = data.pop("sweep")
+    return json.dumps(data, indent=2), section
+
+
+def metric_of(given: str | None, reported: Iterable[str]) -> Metric | None:
+    """The metric that ranks a sweep: the one it names, else what the logs report, an
+    accuracy-like name before a loss-like one, validation before training."""
+    if given:
+        return parse_metric(given)
+    names = sorted(set(reported))
+    for goal in ("max", "min"):
+        fitting = [n for n in names if goal_of(n) == goal]
+        for name in sorted(fitting, key=lambda n: (not n.lower().startswith("val"), len(n), n)):
+            return Metric(name, goal)
+    return None
 
 
 # ----------------------------------------------------------------------------- one job

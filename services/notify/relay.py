@@ -24,7 +24,8 @@ from services.core.events import (
 )
 from services.core.ports import Clock, Delivery, FileShare, Notifier, event_key
 from services.jobs.lifecycle import JobState
-from services.models import DownloadLink, FileLocation, Job
+from services.jobs.sweeps import best_job
+from services.models import DownloadLink, FileLocation, Job, SweepView
 from services.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 200
 MAX_MERGED_LINES = 20_000  # a merged snippet beyond this starts a new delivery
 MAX_ATTEMPTS = 3  # drains a permanently refused event is tried in
+MAX_LINKS = 20  # download links of a sweep's best job in its summary
 CROWDED = 3  # a channel with more live jobs than this gets no post per quiet lifecycle step
 QUIET_HOLD = timedelta(seconds=60)  # how long a quiet step waits for a post to ride on
 LIVE_REFRESH = timedelta(seconds=5)  # how often the live jobs per channel are counted
@@ -200,7 +202,8 @@ class EventRelay:
         """Send in order; returns how many went out and whether all of them did."""
         job = await self._store.get_job(job_id) if job_id else None
         channel = job.conversation.channel if job and job.conversation else None
-        crowded = job is not None and self._live[channel] > self._crowded
+        # A sweep's jobs post no quiet steps at all (their card shows them): nothing to hold.
+        crowded = job is not None and job.sweep_id is None and self._live[channel] > self._crowded
         units = _merge_snippets(events, carry_quiet=crowded, posted=posted)
         held = self._held_tail(units, posted) if crowded and not more else 0
         waiting, units = units[len(units) - held :], units[: len(units) - held]
@@ -247,7 +250,8 @@ class EventRelay:
 
     async def _card_of(self, job: Job | None, ids: tuple[int, ...], event: Event) -> Job | None:
         """Post a submission's card alone (its reply rides on a later post); keyed, so once."""
-        conversation = await self._notifier.deliver(Delivery(ids, event, job, card_only=True))
+        delivery = await self._with_sweep(Delivery(ids, event, job, card_only=True))
+        conversation = await self._notifier.deliver(delivery)
         if job is not None and conversation is not None and conversation != job.conversation:
             await self._store.set_conversation(job.id, conversation)
             job = replace(job, conversation=conversation)
@@ -289,6 +293,49 @@ class EventRelay:
             self._in_flight.difference_update(ids)
 
     async def _enrich(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:
+        return await self._with_sweep(await self._enrich_event(ids, event, job))
+
+    async def _with_sweep(self, delivery: Delivery) -> Delivery:
+        """A sweep's job: the sweep and all its jobs as they are now (for the card); at the
+        sweep's last receipt, every run's metrics and the best job's output links too."""
+        job = delivery.job
+        if job is None or job.sweep_id is None:
+            return delivery
+        sweep = await self._store.get_sweep(job.sweep_id)
+        if sweep is None:
+            return delivery
+        jobs = await self._store.list_jobs(sweep_id=sweep.id, include_deleted=True)
+        view = SweepView(sweep, tuple(jobs))
+        if not isinstance(delivery.event, JobFinished) or not all(j.state.finished for j in jobs):
+            return replace(delivery, sweep=view)
+        runs = tuple([(j.name, tuple(await self._store.list_metrics(j.id))) for j in jobs])
+        best = best_job(view)
+        links = () if best is None else await self._output_links(best)
+        return replace(delivery, sweep=view, sweep_metrics=runs, best_links=links)
+
+    async def _output_links(self, job: Job) -> tuple[DownloadLink, ...]:
+        """Links to the files of a job's output directories (the best of a sweep), fresh."""
+        if job.layout is None:
+            return ()
+        expires = self._clock.now() + self._link_ttl
+        links: list[DownloadLink] = []
+        for directory_id, loc in sorted(job.layout.outputs.items()):
+            try:
+                entries = await self._share.list_files(loc, recursive=True)
+                for entry in entries:
+                    if entry.is_directory or len(links) >= MAX_LINKS:
+                        continue
+                    url = await self._share.get_download_url(
+                        loc.child(entry.name), expires_at=expires
+                    )
+                    links.append(
+                        DownloadLink(f"{directory_id}/{entry.name}", entry.size, url, expires)
+                    )
+            except BatchAIError as err:
+                log.info("no links for %s of %s: %s", directory_id, job.name, err)
+        return tuple(links)
+
+    async def _enrich_event(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:
         delivery = Delivery(ids, event, job)
         if isinstance(event, ApprovalRequested | ApprovalDecided):
             return replace(delivery, approval=await self._store.get_approval(event.approval_id))

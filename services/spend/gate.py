@@ -7,7 +7,7 @@ capacity and keeping idle nodes all describe what they would commit as a `Commit
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -234,6 +234,14 @@ class SpendGate:
         """A submit: nodes × rate × the job's wall-clock limit."""
         estimate = self.spend.estimate(cluster, nodes=job.node_count, hours=job.max_wall_clock)
         return Commitment("job", job.requester, _channel(job), estimate, estimate.total)
+
+    def sweep(self, jobs: Sequence[Job], cluster: Cluster) -> Commitment:
+        """A sweep's submit: N jobs × each job's estimate, judged as one amount (one approval
+        covers the sweep)."""
+        first = jobs[0]
+        one = self.spend.estimate(cluster, nodes=first.node_count, hours=first.max_wall_clock)
+        estimate = one.times(len(jobs))
+        return Commitment("job", first.requester, _channel(first), estimate, estimate.total)
 
     def extension(self, job: Job, cluster: Cluster, *, now: datetime) -> Commitment | Refused:
         """An extension is judged on the job's whole estimate after it, and only once the job

@@ -58,13 +58,24 @@ class Estimate:
     hours: Decimal
     total: Decimal
     sku: str = ""
+    jobs: int = 1  # a sweep: that many jobs of this estimate each
 
     def formula(self) -> str:
-        """`4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54`"""
-        return (
+        """`4 × Standard_NC24ads_A100_v4 × $3.673/h × 8 h max = $117.54`; a sweep's:
+        `6 jobs × (1 × Standard_NC6 × $0.90/h × 8 h max = $7.20) = $43.20`"""
+        one = (
             f"{self.nodes} × {self.sku} × {format_rate(self.usd_per_hour)} × "
-            f"{format_hours(self.hours)} h max = {format_usd(self.total)}"
+            f"{format_hours(self.hours)} h max = {format_usd(self.per_job)}"
         )
+        return one if self.jobs == 1 else f"{self.jobs} jobs × ({one}) = {format_usd(self.total)}"
+
+    @property
+    def per_job(self) -> Decimal:
+        return self.total if self.jobs == 1 else money(self.total / self.jobs)
+
+    def times(self, jobs: int) -> Estimate:
+        """The estimate of `jobs` jobs like this one (a sweep: one approval for all of them)."""
+        return replace(self, jobs=jobs, total=money(self.per_job * jobs))
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class SqlJobRepository:
         cluster: str | None = None,
         states: Iterable[JobState] | None = None,
         include_deleted: bool = False,
+        sweep_id: str | None = None,
     ) -> list[Job]:
         """Jobs in submission (FIFO) order; deleted ones only when asked (the runner asks)."""
         stmt = select(jobs).order_by(jobs.c.seq, jobs.c.created_at, jobs.c.id)
@@ -148,6 +149,8 @@ class SqlJobRepository:
             stmt = stmt.where(jobs.c.deleted.is_(False))
         if cluster is not None:
             stmt = stmt.where(jobs.c.cluster == cluster)
+        if sweep_id is not None:
+            stmt = stmt.where(jobs.c.sweep_id == sweep_id)
         if states is not None:
             stmt = stmt.where(jobs.c.state.in_([s.value for s in states]))
         return [_job_from(r._mapping) for r in await self._conn.execute(stmt)]
@@ -199,6 +202,7 @@ def _job_row(j: Job) -> dict[str, Any]:
         "wall_clock_warned_at": j.wall_clock_warned_at,
         "max_retries": j.max_retries,
         "attempts": j.attempts,
+        "sweep_id": j.sweep_id,
     }
 
 
@@ -233,6 +237,7 @@ def _job_from(r: Any) -> Job:
         wall_clock_warned_at=r["wall_clock_warned_at"],
         max_retries=r["max_retries"] or 0,
         attempts=tuple(r["attempts"] or ()),
+        sweep_id=r["sweep_id"],
         gpu=_gpu_from(r),
     )
 

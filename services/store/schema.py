@@ -126,6 +126,7 @@ jobs = Table(
     Column("gpu_warning_id", String(32)),  # the one idle-GPU warning, once given
     Column("gpu_warned_at", UtcDateTime()),
     Column("gpu_warning_closed", String(16)),  # kept | stopped: how it was answered
+    Column("sweep_id", String(32)),  # the sweep it is one point of; None: a job of its own
 )
 # A name is taken while a job of that name exists (Batch AI refused duplicates); delete frees it.
 Index(
@@ -136,6 +137,21 @@ Index(
     postgresql_where=jobs.c.deleted.is_(False),
 )
 Index("ix_jobs_cluster_state", jobs.c.cluster, jobs.c.state)
+Index("ix_jobs_sweep", jobs.c.sweep_id)
+
+# A sweep: its grid and metric; its jobs name it (jobs.sweep_id). Names are never reused.
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("requester", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("parameters", JSON, nullable=False),  # [[name, [values…]], …] in grid order
+    Column("metric", String(72)),  # NAME:max | NAME:min; None: the logs' usual names
+    Column("channel", String(64)),
+    Column("cluster", String(64), nullable=False),
+)
 
 log_offsets = Table(
     "log_offsets",

@@ -20,6 +20,7 @@ from services.models import (
     IdleState,
     Job,
     JobLayout,
+    JobSweep,
     LedgerEntry,
     LogAdvance,
     MetricPoint,
@@ -229,11 +230,16 @@ class SqlStore:
         cluster: str | None = None,
         states: Iterable[JobState] | None = None,
         include_deleted: bool = False,
+        sweep_id: str | None = None,
     ) -> list[Job]:
         async with self.unit() as uow:
             return await uow.jobs.list(
-                cluster=cluster, states=states, include_deleted=include_deleted
+                cluster=cluster, states=states, include_deleted=include_deleted, sweep_id=sweep_id
             )
+
+    async def get_sweep(self, sweep_id: str) -> JobSweep | None:
+        async with self.unit() as uow:
+            return await uow.sweeps.get(sweep_id)
 
     async def count_jobs_by_state(self) -> dict[JobState, int]:
         async with self.unit() as uow:

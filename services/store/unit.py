@@ -21,6 +21,7 @@ from services.store.outbox import SqlOutboxRepository
 from services.store.prices import SqlPriceRepository
 from services.store.schedules import SqlScheduleRepository
 from services.store.sealing import SecretBox
+from services.store.sweeps import SqlSweepRepository
 from services.store.workspaces import SqlExperimentRepository, SqlWorkspaceRepository
 
 
@@ -42,6 +43,7 @@ class SqlUnitOfWork:
     prices: SqlPriceRepository
     workspaces: SqlWorkspaceRepository
     experiments: SqlExperimentRepository
+    sweeps: SqlSweepRepository
 
     def __init__(self, engine: AsyncEngine, box: SecretBox) -> None:
         self._engine = engine
@@ -65,6 +67,7 @@ class SqlUnitOfWork:
         self.prices = SqlPriceRepository(conn)
         self.workspaces = SqlWorkspaceRepository(conn)
         self.experiments = SqlExperimentRepository(conn)
+        self.sweeps = SqlSweepRepository(conn)
         return self
 
     async def __aexit__(

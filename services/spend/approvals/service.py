@@ -221,10 +221,14 @@ class ApprovalService:
                 reason=reason,
             )
         ]
-        moved = None
-        job_move = None
-        starts = approval.kind in ("job", "retry")
-        if job is not None and starts and job.state is JobState.PENDING_APPROVAL:
+        moves = []  # a sweep's approval moves all of its jobs that wait for it
+        held = [job] if job is not None else []
+        if job is not None and approval.kind == "sweep" and job.sweep_id is not None:
+            async with self._store.unit() as uow:
+                held = await uow.jobs.list(sweep_id=job.sweep_id)
+        for waiting in held if approval.kind in ("job", "sweep", "retry") else ():
+            if waiting.state is not JobState.PENDING_APPROVAL:
+                continue
             target = {"approved": JobState.QUEUED, "denied": JobState.DENIED}.get(
                 state, JobState.EXPIRED
             )
@@ -234,7 +238,7 @@ class ApprovalService:
                 target = JobState.FAILED
                 detail = f"its nodes were lost and the retry was {detail}"
             step = advance(
-                job,
+                waiting,
                 target,
                 detail=detail,
                 queued_at=now if target is JobState.QUEUED else None,
@@ -242,10 +246,10 @@ class ApprovalService:
                 ended_at=None if target is JobState.QUEUED else now,
             )
             if step is not None:
-                moved, job_move = step.job, step.transition
+                moves.append((step.job, step.transition))
                 events += step.events
-                if moved.state.finished:
-                    events.append(finished_event(moved, ()))
+                if step.job.state.finished:
+                    events.append(finished_event(step.job, ()))
         extend_by = None
         if job is not None and approval.kind == "extend" and state == "approved":
             extend_by = timedelta(hours=float(approval.extra_hours or 0))
@@ -254,8 +258,9 @@ class ApprovalService:
         decision = decide(approval, ApprovalState(state))
         async with self._store.unit() as uow:
             closed = await uow.approvals.decide(approval.id, decision, now)
-            if closed and moved is not None and job_move is not None:
-                closed = await uow.jobs.move(moved, job_move)  # it moved: decide nothing
+            for moved, job_move in moves:
+                if closed:
+                    closed = await uow.jobs.move(moved, job_move)  # it moved: decide nothing
             if closed and extend_by is not None:
                 await uow.jobs.extend_wall_clock(approval.job_id, extend_by)
             if closed:
@@ -327,8 +332,13 @@ class ApprovalService:
         return Extension(Extended.EXTENDED, job, formula, hours=extra)
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:
-        """The requester (or an admin) takes a waiting request back: the job ends denied."""
-        for approval in await self._pending(job.id):
+        """The requester (or an admin) takes a waiting request back: the job ends denied (a
+        sweep's request is its first job's, and withdrawing it ends all of its jobs)."""
+        asked_for = job.id
+        if job.sweep_id is not None:
+            async with self._store.unit() as uow:
+                asked_for = (await uow.jobs.list(sweep_id=job.sweep_id))[0].id
+        for approval in await self._pending(asked_for):
             await self._close(approval, "denied", actor, "withdrawn")
         return await self._get_job(job.id) or job
 

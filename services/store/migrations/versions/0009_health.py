@@ -1,15 +1,15 @@
 """Node health and GPU use: the nodes of a cluster that failed their health check (announced
 once) and a job's GPU use (the card, the idle-GPU warning, the receipt's average).
 
-Revision ID: 0007_health
-Revises: 0006_encrypt_secrets
+Revision ID: 0009_health
+Revises: 0008_mounts
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_health"
-down_revision = "0006_encrypt_secrets"
+revision = "0009_health"
+down_revision = "0008_mounts"
 
 
 def upgrade() -> None:

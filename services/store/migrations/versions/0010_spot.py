@@ -1,14 +1,14 @@
 """Spot jobs that survive eviction: a job's lost-node retries and its earlier attempts.
 
-Revision ID: 0007_spot
-Revises: 0006_encrypt_secrets
+Revision ID: 0010_spot
+Revises: 0009_health
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_spot"
-down_revision = "0006_encrypt_secrets"
+revision = "0010_spot"
+down_revision = "0009_health"
 
 
 def upgrade() -> None:

@@ -1,14 +1,14 @@
 """File servers: `az batchai file-server create` NFS servers, which clusters and jobs mount.
 
-Revision ID: 0007_mounts
-Revises: 0006_encrypt_secrets
+Revision ID: 0008_mounts
+Revises: 0007_workspace
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_mounts"
-down_revision = "0006_encrypt_secrets"
+revision = "0008_mounts"
+down_revision = "0007_workspace"
 
 
 def upgrade() -> None:
