@@ -49,6 +49,7 @@ from services.backends.azure.files import AzureShare  # noqa: E402
 from services.backends.noderun.runner import JOURNAL, journal_data  # noqa: E402
 from services.clusters.service import ClusterRequest, ClusterService  # noqa: E402
 from services.core.clock import SystemClock  # noqa: E402
+from services.core.errors import UserError  # noqa: E402
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus  # noqa: E402
 from services.jobs.runner import JobRunner  # noqa: E402
 from services.jobs.service import JobRequest, JobService  # noqa: E402
@@ -61,6 +62,9 @@ from services.models import (  # noqa: E402
     FileLocation,
     JobLayout,
     Node,
+    NodeOutput,
+    NodeProblem,
+    Usage,
 )
 from services.store import SqlStore  # noqa: E402
 
@@ -205,6 +209,12 @@ class SyntheticCompute:
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
         return []
 
+    async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
+        return {}  # every node passed its health check
+
+    async def failed_nodes(self) -> list[NodeProblem]:
+        return []
+
     async def start_job(self, request: LaunchRequest) -> LaunchResult:
         self.started[request.job_id] = request.cluster.name
         stdouterr = FileLocation(SHARE, log_dir(request.job_id))
@@ -223,6 +233,14 @@ class SyntheticCompute:
 
     async def set_time_left(self, job_id: str, remaining: timedelta) -> None:
         return None
+
+    async def run_on_node(
+        self, cluster: Cluster, node_id: str, command: str, *, timeout: float, job_id: str | None
+    ) -> NodeOutput:
+        raise UserError("the synthetic backend has no nodes to run a command on")
+
+    async def usages(self, location: str | None) -> list[Usage]:
+        return []
 
     async def ping(self) -> None:
         return None

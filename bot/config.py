@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PROBE_PORT = 9090
@@ -78,7 +78,10 @@ class Settings(BaseSettings):
     resource_group: str = "batchai"
     workspace: str = "default"
     experiment: str = "default"
-    storage_account: str = "local"  # fills <AZURE_BATCHAI_STORAGE_ACCOUNT> in job files
+    # fills <AZURE_BATCHAI_STORAGE_ACCOUNT> in job files; az's own variable name works too
+    storage_account: str = Field(
+        "local", validation_alias=AliasChoices("storage_account", "azure_batchai_storage_account")
+    )
     share_name: str = "batchaiquickstart"  # the local share the examples are copied into
 
     # Azure backend (BATCHAI_BACKEND=azure); the credential is whatever DefaultAzureCredential finds

@@ -268,7 +268,7 @@ def cluster_resource(view: ClusterView, *, account: str | None = None) -> dict[s
             "autoScale": None,
         }
     )
-    mounts = _mount_volumes(c, account)
+    mounts = _mount_volumes(c, account or view.storage_account)
     setup_task = None
     if c.setup_task:
         setup_task = {

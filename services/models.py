@@ -384,6 +384,7 @@ class ClusterView:
     counts: NodeCounts
     queued_jobs: int
     idle_after: timedelta | None = None  # scales down after this long idle; None: never
+    storage_account: str | None = None  # the bot's own: what a mount naming no account is of
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from services.clusters.lifecycle import FileServerState, move_file_server
 from services.clusters.names import check_admin_name
 from services.core.errors import Conflict, NotFound, UserError
 from services.core.ports import Clock, StorageBackend
@@ -61,9 +62,11 @@ class FileServerService:
         try:
             address = await self._backend.create_file_server(server)
         except Exception as err:
-            await self._store.update_file_server(replace(server, state="failed", error=str(err)))
+            await self._store.update_file_server(
+                move_file_server(server, FileServerState.FAILED, error=str(err))
+            )
             raise
-        ready = replace(server, state="succeeded", address=address)
+        ready = move_file_server(server, FileServerState.SUCCEEDED, address=address)
         await self._store.update_file_server(ready)
         return ready
 
@@ -95,7 +98,7 @@ class FileServerService:
                 f"file server {name} is mounted by cluster {', '.join(users[:5])}; "
                 "delete the cluster first"
             )
-        await self._store.update_file_server(replace(server, state="deleting"))
+        await self._store.update_file_server(move_file_server(server, FileServerState.DELETING))
         await self._backend.delete_file_server(server)
         await self._store.delete_file_server(name)
         return True
@@ -141,7 +144,7 @@ class FileServerService:
             disk_size_gb=size,
             storage_sku=r.storage_sku or sku or "Premium_LRS",
             admin_user=admin,
-            state="creating",
+            state=FileServerState.CREATING.value,
             created_by=actor.user,
             created_at=self._clock.now(),
         )

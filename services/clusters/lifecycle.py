@@ -1,4 +1,5 @@
-"""The cluster lifecycle: ClusterState, its table, the pure cluster_transition() and `move`."""
+"""The cluster lifecycle: ClusterState, its table, the pure cluster_transition() and `move`;
+the file servers' FileServerState and `move_file_server`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from services.core.errors import Conflict
 from services.core.outcome import Outcome, Transition, by_table, seal
 
 if TYPE_CHECKING:
-    from services.models import Cluster
+    from services.models import Cluster, FileServer
 
 
 class ClusterState(StrEnum):
@@ -63,3 +64,33 @@ def move(
         raise TypeError("move() sets the state itself")
     moved = replace(cluster, state=target, **changes)
     return moved, ClusterTransition(cluster.state, target, _TOKEN)
+
+
+class FileServerState(StrEnum):
+    """A file server's provisioning state, as Batch AI named it."""
+
+    CREATING = "creating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+_FILE_SERVER_TRANSITIONS: dict[FileServerState, frozenset[FileServerState]] = {
+    FileServerState.CREATING: frozenset(
+        {FileServerState.SUCCEEDED, FileServerState.FAILED, FileServerState.DELETING}
+    ),
+    FileServerState.SUCCEEDED: frozenset({FileServerState.DELETING}),
+    FileServerState.FAILED: frozenset({FileServerState.DELETING}),
+    FileServerState.DELETING: frozenset(),
+}
+
+
+def move_file_server(server: FileServer, target: FileServerState, **changes: Any) -> FileServer:
+    """The one place a file server's state changes; raises Conflict for a move the table
+    forbids (a repeat of the current state is allowed)."""
+    current = FileServerState(server.state)
+    if by_table(_FILE_SERVER_TRANSITIONS, current, target) is Outcome.INVALID:
+        raise Conflict(f"file server {server.name} is {current}, cannot become {target}")
+    if "state" in changes:
+        raise TypeError("move_file_server() sets the state itself")
+    return replace(server, state=target.value, **changes)

@@ -531,7 +531,7 @@ class ClusterService:
         )
         queued = sum(1 for j in jobs if j.state is JobState.QUEUED)
         idle_after = self.idle_timeout_of(cluster) if _can_shrink(cluster) else None
-        return ClusterView(cluster, counts, queued, idle_after)
+        return ClusterView(cluster, counts, queued, idle_after, self._account)
 
     async def _apply_size(self, old: Cluster, new: Cluster, what: str) -> Cluster:
         resizing, to_resizing = move(new, ClusterState.RESIZING)

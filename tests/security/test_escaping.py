@@ -49,6 +49,8 @@ from services.models import (
     ConfigSource,
     Conversation,
     DownloadLink,
+    Experiment,
+    ExperimentView,
     FileEntry,
     FileListing,
     FileLocation,
@@ -56,6 +58,7 @@ from services.models import (
     GpuUse,
     Node,
     NodeCounts,
+    NodeOutput,
     NodeProblem,
     Progress,
     Schedule,
@@ -63,6 +66,8 @@ from services.models import (
     ShareMount,
     Usage,
     Vote,
+    Workspace,
+    WorkspaceView,
 )
 from services.spend.approvals.policy import Approvers
 from services.spend.approvals.service import Decision, Extended, Extension, Outcome
@@ -236,6 +241,11 @@ SERVER = FileServer(
     HOSTILE,
 )
 
+WORKSPACE = WorkspaceView(
+    Workspace(HOSTILE, HOSTILE, HOSTILE, NOW, HOSTILE), (HOSTILE,), (HOSTILE, HOSTILE)
+)
+EXPERIMENT = ExperimentView(Experiment(HOSTILE, HOSTILE, HOSTILE, NOW, HOSTILE), 3, (HOSTILE,))
+
 # What each annotation of a view's parameter gets: hostile models, hostile text.
 ARGS: dict[str, Callable[[], Any]] = {
     "Job": _job,
@@ -255,6 +265,11 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Sequence[Usage]": lambda: [Usage(HOSTILE, HOSTILE, 1, None), Usage(HOSTILE, HOSTILE, 2, 3)],
     "Schedule": lambda: SCHEDULE,
     "FileServer": lambda: SERVER,
+    "WorkspaceView": lambda: WORKSPACE,
+    "Sequence[WorkspaceView]": lambda: [WORKSPACE],
+    "ExperimentView": lambda: EXPERIMENT,
+    "Sequence[ExperimentView]": lambda: [EXPERIMENT],
+    "NodeOutput": lambda: NodeOutput(HOSTILE, 1, HOSTILE, True, False, HOSTILE),
     "Sequence[FileServer]": lambda: [SERVER],
     "Sequence[Schedule]": lambda: [SCHEDULE],
     "IdleWarning": lambda: IDLE,

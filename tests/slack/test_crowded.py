@@ -186,13 +186,14 @@ async def test_quiet_steps_ride_on_the_next_snippet_in_a_crowded_channel(
         assert "running" in fake.message(CHANNEL, ts).block_text()  # the card shows it
         assert await store.pending_events() == []
 
-        # A step with nothing to ride on goes out alone once its hold is over.
-        await store.add_events([JobStateChanged(job_id=job.id, old="running", new="queued")])
+        # A step with nothing to ride on goes out alone once its hold is over (a restart of a
+        # stopped run, not a lost attempt: those have a JobRequeued post of their own).
+        await store.add_events([JobStateChanged(job_id=job.id, old="running", new="preparing")])
         await relay.drain()
         assert len(replies(fake, ts)) == 1
         clock.advance(timedelta(seconds=61))
         await relay.drain()
-        assert len(replies(fake, ts)) == 2 and "queued" in replies(fake, ts)[-1]
+        assert len(replies(fake, ts)) == 2 and "preparing" in replies(fake, ts)[-1]
 
 
 async def test_in_a_quiet_channel_each_step_has_its_own_post(
