@@ -218,7 +218,7 @@ class CommandHandler:
     async def _cluster_answer(
         self, name: str, c: ClusterCreate | ClusterResize | ClusterAutoScale
     ) -> Message:
-        view = await self._s.clusters.get_cluster(name, resource_group=c.resource_group)
+        view = await self._s.clusters.get_cluster(name, where=c.where)
         return views.cluster_detail(view, output=c.answer)
 
     async def _cluster_list(self, c: ClusterList, actor: Actor, source: Source) -> Reply:
@@ -231,12 +231,12 @@ class CommandHandler:
         return Reply(views.usage_list(await self._s.clusters.usages(c.location), output=c.answer))
 
     async def _cluster_show(self, c: ClusterShow, actor: Actor, source: Source) -> Reply:
-        view = await self._s.clusters.get_cluster(c.name, resource_group=c.resource_group)
+        view = await self._s.clusters.get_cluster(c.name, where=c.where)
         return Reply(views.cluster_detail(view, output=c.answer))
 
     async def _cluster_resize(self, c: ClusterResize, actor: Actor, source: Source) -> Reply:
         cluster = await self._s.clusters.resize_cluster(
-            c.name, target=c.target_nodes, actor=actor, resource_group=c.resource_group
+            c.name, target=c.target_nodes, actor=actor, where=c.where
         )
         if c.answer.structured:
             return Reply(await self._cluster_answer(cluster.name, c), public=True)
@@ -254,7 +254,7 @@ class CommandHandler:
             min_nodes=c.min_nodes,
             max_nodes=c.max_nodes,
             actor=actor,
-            resource_group=c.resource_group,
+            where=c.where,
             idle_timeout_minutes=c.idle_timeout_minutes,
         )
         if c.answer.structured:
@@ -270,17 +270,17 @@ class CommandHandler:
             c.name,
             idle_timeout_minutes=c.idle_timeout_minutes,
             actor=actor,
-            resource_group=c.resource_group,
+            where=c.where,
         )
         return Reply(views.idle_setting(cluster, c.idle_timeout_minutes), public=True)
 
     async def _cluster_delete(self, c: ClusterDelete, actor: Actor, source: Source) -> Reply:
-        if not await self._s.clusters.delete_cluster(c.name, resource_group=c.resource_group):
+        if not await self._s.clusters.delete_cluster(c.name, where=c.where):
             return Reply(views.info(f"cluster *{c.name}* does not exist (nothing to do)"))
         return Reply(views.info(f"cluster *{c.name}* deleted"), public=True)
 
     async def _cluster_nodes(self, c: ClusterNodeList, actor: Actor, source: Source) -> Reply:
-        nodes = await self._s.clusters.list_nodes(c.cluster, resource_group=c.resource_group)
+        nodes = await self._s.clusters.list_nodes(c.cluster, where=c.where)
         return Reply(views.node_table(nodes, output=c.answer))
 
     async def _cluster_node_exec(self, c: ClusterNodeExec, actor: Actor, source: Source) -> Reply:
@@ -289,7 +289,7 @@ class CommandHandler:
             node_id=c.node_id,
             command=c.command,
             actor=actor,
-            resource_group=c.resource_group,
+            where=c.where,
         )
         return Reply(views.node_output(out, c.command, output=c.answer))
 
@@ -341,7 +341,7 @@ class CommandHandler:
         view = await self._sweep_unless_job(c.name, actor)
         if view is not None:
             return Reply(sweepviews.sweep_detail(view, output=c.answer, now=self._s.now()))
-        job = await self._s.jobs.get_job(c.name, actor=actor)
+        job = await self._s.jobs.get_job(c.name, actor=actor, where=c.where)
         return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
     async def _job_terminate(self, c: JobTerminate, actor: Actor, source: Source) -> Reply:
@@ -349,7 +349,7 @@ class CommandHandler:
         if view is not None and self._s.sweeps is not None:
             stopped = await self._s.sweeps.stop_sweep(view, actor=actor)
             return Reply(sweepviews.sweep_stopped(stopped, by=actor.user), public=True)
-        job, applied = await self._s.jobs.terminate_job(c.name, actor=actor)
+        job, applied = await self._s.jobs.terminate_job(c.name, actor=actor, where=c.where)
         if not applied:
             return Reply(views.info(f"job *{job.name}* is already {job.state.value}"))
         return Reply(views.info(f"<@{actor.user}> is terminating *{job.name}*…"), public=True)
@@ -368,14 +368,14 @@ class CommandHandler:
         return None
 
     async def _job_delete(self, c: JobDelete, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.delete_job(c.name, actor=actor)
+        job = await self._s.jobs.delete_job(c.name, actor=actor, where=c.where)
         text = (
             f"job *{c.name}* deleted" if job else f"job *{c.name}* does not exist (nothing to do)"
         )
         return Reply(views.info(text))
 
     async def _job_wait(self, c: JobWait, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.name, actor=actor)
+        job = await self._s.jobs.get_job(c.name, actor=actor, where=c.where)
         if source == "slack" and not job.state.finished:
             note = views.md(
                 "the receipt in the job's thread will mention {} when it ends",
@@ -384,11 +384,13 @@ class CommandHandler:
             card = views.status_card(job, now=self._s.now())
             return Reply(Message(card.text, [*card.blocks, views.context(note)]))
         # The store is local and cheap to read: notice the end within a second, whatever --interval.
-        job = await self._s.jobs.wait_job(c.name, actor=actor, poll=min(c.interval_seconds, 1))
+        job = await self._s.jobs.wait_job(
+            c.name, actor=actor, poll=min(c.interval_seconds, 1), where=c.where
+        )
         return Reply(views.job_detail(job, output=c.answer, now=self._s.now()))
 
     async def _job_stream(self, c: JobStreamFile, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job, actor=actor)
+        job = await self._s.jobs.get_job(c.job, actor=actor, where=c.where)
         if source == "slack":  # a slash command cannot hold a stream: show the tail
             return await self._tail_reply(job, c, actor)
         chunks = self._s.jobs.follow_file(
@@ -397,6 +399,7 @@ class CommandHandler:
             directory_id=c.output_directory_id,
             file_name=c.file_name,
             path=c.path,
+            where=c.where,
         )
         head = f"streaming `{c.file_name}` of *{job.name}* until it ends"
         return Reply(views.info(head), stream=_decode(chunks))
@@ -424,11 +427,12 @@ class CommandHandler:
             directory_id=c.output_directory_id,
             path=c.path,
             expiry_minutes=c.expiry_minutes,
+            where=c.where,
         )
         return Reply(views.file_listing(listing, output=c.answer))
 
     async def _job_nodes(self, c: JobNodeList, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job, actor=actor)
+        job = await self._s.jobs.get_job(c.job, actor=actor, where=c.where)
         nodes = await self._s.clusters.list_job_nodes(job)
         return Reply(views.node_table(nodes, output=c.answer))
 
@@ -491,7 +495,7 @@ class CommandHandler:
         return Reply(views.info(f"experiment *{c.name}* deleted"), public=True)
 
     async def _job_node_exec(self, c: JobNodeExec, actor: Actor, source: Source) -> Reply:
-        job = await self._s.jobs.get_job(c.job, actor=actor)
+        job = await self._s.jobs.get_job(c.job, actor=actor, where=c.where)
         out = await self._s.clusters.exec_on_job_node(
             job, node_id=c.node_id, command=c.command, actor=actor
         )

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from handlers.outputs import FORMATS, Output, OutputFormat, Query
 from services.core.errors import UserError
 from services.jobspec import MAX_RETRIES, sweep
+from services.models import Where
 
 Source = Literal["slack", "console"]
 
@@ -52,6 +53,11 @@ class Command:
     def answer(self) -> Output:
         """How the answer is shown: the -o format and the --query together."""
         return Output(self.output, self.query)
+
+    @property
+    def where(self) -> Where:
+        """Where the command says its resource lives: -g, -w (and -e on job commands)."""
+        return Where(self.resource_group, self.workspace, getattr(self, "experiment", None))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -377,6 +377,34 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class Where:
+    """Where a command says a resource lives (`-g`, `-w`, `-e`); a None field matches any."""
+
+    resource_group: str | None = None
+    workspace: str | None = None
+    experiment: str | None = None
+
+    def misses(
+        self, resource_group: str, workspace: str, experiment: str | None = None
+    ) -> str | None:
+        """Why a resource of (resource_group, workspace, experiment) is not here: the
+        " in …" of its NotFound, or None when it is."""
+        if (
+            self.resource_group is not None
+            and self.resource_group.lower() != resource_group.lower()
+        ):
+            return f" in resource group {self.resource_group}"
+        if self.workspace is not None and self.workspace != workspace:
+            return f" in workspace {self.workspace}"
+        if self.experiment is not None and experiment is not None and self.experiment != experiment:
+            return f" in experiment {self.experiment} of workspace {workspace}"
+        return None
+
+
+ANYWHERE = Where()
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """A cluster with its node counts, as `cluster list/show` report it."""
 

@@ -167,6 +167,32 @@ async def test_clusters_and_jobs_record_and_filter_by_workspace_and_experiment(r
     assert "jobs: 1 · not finished: j1" in shown.message.blocks[0]["text"]["text"]
 
 
+async def test_a_cluster_or_job_named_elsewhere_than_it_lives_is_not_found(rig: Rig) -> None:
+    await ok(rig, "workspace create -n ws")
+    await ok(rig, "workspace create -n other")
+    await ok(rig, "experiment create -w ws -n e1")
+    await ok(rig, f"cluster create -n c1 -s {SIZE} -t 1 -w ws")
+    await ok(rig, f"job create -n j1 -c c1 -f {CONFIG} -w ws -e e1")
+    before = await state(rig)
+    for text, where in [
+        ("cluster show -w other -n c1", "in workspace other"),
+        ("cluster show -g elsewhere -n c1", "in resource group elsewhere"),
+        ("cluster resize -w other -n c1 -t 0", "in workspace other"),
+        ("cluster delete -w other -n c1", "in workspace other"),
+        ("job show -w other -e e1 -n j1", "in workspace other"),
+        ("job show -w ws -e default -n j1", "in experiment default of workspace ws"),
+        ("job terminate -w ws -e default -n j1", "in experiment default of workspace ws"),
+        ("job file list -w ws -e default -j j1", "in experiment default of workspace ws"),
+    ]:
+        line = await refused(rig, text)
+        assert where in line, (text, line)
+    deleted = await ok(rig, "job delete -w other -e e1 -n j1")
+    assert "does not exist" in deleted
+    assert await state(rig) == before
+    assert (await doc(rig, "cluster show -w ws -n c1"))["name"] == "c1"
+    assert (await doc(rig, "job show -w ws -e e1 -n j1"))["name"] == "j1"
+
+
 async def test_a_missing_workspace_or_experiment_is_refused_and_nothing_is_made(rig: Rig) -> None:
     await ok(rig, f"cluster create -n c1 -s {SIZE} -t 1")
     before = await state(rig)

@@ -19,6 +19,7 @@ from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
 from services.jobspec import ClusterSpec, cluster_parts_not_honoured, load_cluster_spec
 from services.models import (
+    ANYWHERE,
     AUTO_CONTAINER,
     AUTO_SHARE,
     NAME_RE,
@@ -32,6 +33,7 @@ from services.models import (
     NodeOutput,
     ShareMount,
     Usage,
+    Where,
 )
 from services.spend.gate import SpendGate, refusal
 from services.spend.ledger import PriceBook
@@ -268,10 +270,10 @@ class ClusterService:
             and (workspace is None or c.workspace == workspace)
         ]
 
-    async def get_cluster(self, name: str, *, resource_group: str | None = None) -> ClusterView:
+    async def get_cluster(self, name: str, *, where: Where = ANYWHERE) -> ClusterView:
         """With the nodes that failed their health check as the backend knows them now (the
         stored list is the sweep's, which may lag by its interval)."""
-        cluster = await self._get(name, resource_group)
+        cluster = await self._get(name, where)
         try:
             failed = [p for p in await self._backend.failed_nodes() if p.cluster == cluster.name]
         except BatchAIError as err:
@@ -280,8 +282,8 @@ class ClusterService:
             cluster = replace(cluster, unusable=tuple(failed))
         return await self._view(cluster)
 
-    async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
-        return await self._backend.list_nodes(await self._get(name, resource_group))
+    async def list_nodes(self, name: str, *, where: Where = ANYWHERE) -> list[Node]:
+        return await self._backend.list_nodes(await self._get(name, where))
 
     async def usages(self, location: str | None = None) -> list[Usage]:
         """`az batchai list-usages`: the bot's clusters and their nodes (nothing caps those
@@ -296,7 +298,7 @@ class ClusterService:
 
     async def list_job_nodes(self, job: Job) -> list[Node]:
         """The nodes a job holds (or held) on its cluster (`az batchai job node list`)."""
-        cluster = await self._get(job.cluster, None)
+        cluster = await self._get(job.cluster, ANYWHERE)
         return [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
 
     async def exec_on_node(
@@ -306,11 +308,11 @@ class ClusterService:
         node_id: str | None,
         command: str,
         actor: Actor,
-        resource_group: str | None = None,
+        where: Where = ANYWHERE,
     ) -> NodeOutput:
         """`az batchai cluster node exec --exec`: one command on one node (default: the first),
         for whoever may terminate every job running there (an admin on an idle node)."""
-        cluster = await self._get(name, resource_group)
+        cluster = await self._get(name, where)
         command = check_exec_command(command)
         node = _pick_node(await self._backend.list_nodes(cluster), node_id, f"cluster {name}")
         jobs = await self._jobs_on_node(cluster.name, node.index)
@@ -331,7 +333,7 @@ class ClusterService:
             raise Conflict(
                 f"job {job.name} is {job.state.value}: it holds no nodes to run a command on"
             )
-        cluster = await self._get(job.cluster, None)
+        cluster = await self._get(job.cluster, ANYWHERE)
         held = [n for n in await self._backend.list_nodes(cluster) if n.index in job.nodes]
         node = _pick_node(held, node_id, f"job {job.name}")
         check_node_exec(node.id, await self._jobs_on_node(cluster.name, node.index), actor)
@@ -346,10 +348,10 @@ class ClusterService:
         return [j for j in active if index in j.nodes]
 
     async def resize_cluster(
-        self, name: str, *, target: int, actor: Actor, resource_group: str | None = None
+        self, name: str, *, target: int, actor: Actor, where: Where = ANYWHERE
     ) -> Cluster:
         """Manual scale to `target` nodes; like az, this also ends auto-scaling."""
-        cluster = await self._get(name, resource_group)
+        cluster = await self._get(name, where)
         _check_count("--target", target)
         in_use = await self._nodes_in_use(cluster.name)
         if in_use and target <= max(in_use):
@@ -370,10 +372,10 @@ class ClusterService:
         min_nodes: int,
         max_nodes: int,
         actor: Actor,
-        resource_group: str | None = None,
+        where: Where = ANYWHERE,
         idle_timeout_minutes: int | None = None,
     ) -> Cluster:
-        cluster = await self._get(name, resource_group)
+        cluster = await self._get(name, where)
         _check_range(min_nodes, max_nodes)
         target = max(min_nodes, min(cluster.target_nodes, max_nodes))
         in_use = await self._nodes_in_use(cluster.name)
@@ -395,10 +397,10 @@ class ClusterService:
         *,
         idle_timeout_minutes: int,
         actor: Actor,
-        resource_group: str | None = None,
+        where: Where = ANYWHERE,
     ) -> Cluster:
         """`cluster update --idle-timeout`: how long it may sit idle above its minimum."""
-        cluster = await self._get(name, resource_group)
+        cluster = await self._get(name, where)
         idle_s = _idle_timeout_s(idle_timeout_minutes, can_shrink=_can_shrink(cluster))
         changed = replace(cluster, idle_timeout_s=idle_s)
         await self._check_spend(actor, cluster, changed)
@@ -459,12 +461,12 @@ class ClusterService:
         )
         return steady
 
-    async def delete_cluster(self, name: str, *, resource_group: str | None = None) -> bool:
+    async def delete_cluster(self, name: str, *, where: Where = ANYWHERE) -> bool:
         """Deleting what is gone succeeds (False); a cluster with live jobs is refused."""
         cluster = await self._store.get_cluster(name)
         if cluster is None:
             return False
-        self._check_group(cluster, resource_group)
+        self._check_where(cluster, where)
         live = await self._store.list_jobs(cluster=name, states=LIVE_STATES)
         if live:
             names = ", ".join(j.name for j in live[:5])
@@ -497,18 +499,18 @@ class ClusterService:
             "(AZURE_SUBNET_ID), which its network rules are made for"
         )
 
-    async def _get(self, name: str, resource_group: str | None) -> Cluster:
+    async def _get(self, name: str, where: Where) -> Cluster:
         cluster = await self._store.get_cluster(name)
         if cluster is None:
             known = [c.name for c in await self._store.list_clusters()]
             raise NotFound(f"cluster {name} not found{did_you_mean(name, known)}")
-        self._check_group(cluster, resource_group)
+        self._check_where(cluster, where)
         return cluster
 
     @staticmethod
-    def _check_group(cluster: Cluster, resource_group: str | None) -> None:
-        if resource_group is not None and resource_group.lower() != cluster.resource_group.lower():
-            raise NotFound(f"cluster {cluster.name} not found in resource group {resource_group}")
+    def _check_where(cluster: Cluster, where: Where) -> None:
+        if (miss := where.misses(cluster.resource_group, cluster.workspace)) is not None:
+            raise NotFound(f"cluster {cluster.name} not found{miss}")
 
     async def _nodes_in_use(self, cluster: str) -> set[int]:
         active = await self._store.list_jobs(

@@ -32,6 +32,7 @@ from services.jobspec import (
 )
 from services.jobspec.sweep import split_sweep
 from services.models import (
+    ANYWHERE,
     AUTO_CONTAINER,
     AUTO_SHARE,
     NAME_RE,
@@ -46,6 +47,7 @@ from services.models import (
     Job,
     ScheduleRun,
     ShareMount,
+    Where,
     is_log_name,
 )
 from services.spend.gate import NeedsApproval, Refused
@@ -363,17 +365,19 @@ class JobService:
         ]
         return await self._readers.visible(jobs, actor)
 
-    async def get_job(self, name: str, *, actor: Actor) -> Job:
-        job = await self._find(name)
+    async def get_job(self, name: str, *, actor: Actor, where: Where = ANYWHERE) -> Job:
+        job = await self._find(name, where)
         await self._readers.check(job, actor)
         return job
 
     async def may_read(self, job: Job, *, actor: Actor) -> bool:
         return await self._readers.may_read(job, actor)
 
-    async def wait_job(self, name: str, *, actor: Actor, poll: float) -> Job:
+    async def wait_job(
+        self, name: str, *, actor: Actor, poll: float, where: Where = ANYWHERE
+    ) -> Job:
         """The job once it has finished (`az batchai job wait`)."""
-        job = await self.get_job(name, actor=actor)
+        job = await self.get_job(name, actor=actor, where=where)
         while not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
@@ -385,11 +389,13 @@ class JobService:
         await self._readers.check(job, actor)
         return job
 
-    async def _find(self, name: str) -> Job:
+    async def _find(self, name: str, where: Where = ANYWHERE) -> Job:
         async with self._store.unit() as uow:
             job = await uow.jobs.find(name)
         if job is None:
             raise NotFound(f"job {name} not found")
+        if (miss := where.misses(job.resource_group, job.workspace, job.experiment)) is not None:
+            raise NotFound(f"job {name} not found{miss}")
         return job
 
     async def _find_by_id(self, job_id: str) -> Job:
@@ -400,11 +406,16 @@ class JobService:
         return job
 
     async def terminate_job(
-        self, name: str | None = None, *, actor: Actor, job_id: str | None = None
+        self,
+        name: str | None = None,
+        *,
+        actor: Actor,
+        job_id: str | None = None,
+        where: Where = ANYWHERE,
     ) -> tuple[Job, bool]:
         """Ask the job to stop. Idempotent: returns the job and whether this call stopped it
         (False when it had already ended or was already terminating)."""
-        job = await (self._find_by_id(job_id) if job_id else self._find(name or ""))
+        job = await (self._find_by_id(job_id) if job_id else self._find(name or "", where))
         check_job_owner(job, actor, "stop")
         if job.state.finished or job.state is JobState.TERMINATING:
             return job, False
@@ -419,15 +430,15 @@ class JobService:
                 await uow.commit()
                 return moved, True
         return await self.terminate_job(actor=actor, job_id=job.id)  # it moved: decide again
-        return moved, True
 
-    async def delete_job(self, name: str, *, actor: Actor) -> Job | None:
-        """Like az: a live job is terminated first. Deleting what is gone succeeds.
+    async def delete_job(self, name: str, *, actor: Actor, where: Where = ANYWHERE) -> Job | None:
+        """Like az: a live job is terminated first. Deleting what is gone (or is elsewhere
+        than `where` says) succeeds, changing nothing.
 
         The name is free at once; the runner still sees the job through to its end."""
         async with self._store.unit() as uow:
             job = await uow.jobs.find(name)
-        if job is None:
+        if job is None or where.misses(job.resource_group, job.workspace, job.experiment):
             return None
         check_job_owner(job, actor, "delete")
         if not job.state.finished:
@@ -445,10 +456,11 @@ class JobService:
         directory_id: str = STDOUTERR,
         path: str = ".",
         expiry_minutes: int = 60,
+        where: Where = ANYWHERE,
     ) -> FileListing:
         if not MIN_LINK_MINUTES <= expiry_minutes <= MAX_LINK_MINUTES:
             raise UserError(f"--expiry must be {MIN_LINK_MINUTES}-{MAX_LINK_MINUTES} minutes")
-        job = await self.get_job(name, actor=actor)
+        job = await self.get_job(name, actor=actor, where=where)
         directory = self._located(job, directory_id, path)
         entries = await self._share.list_files(directory, recursive=False)
         if directory_id.lower() == STDOUTERR:
@@ -477,10 +489,11 @@ class JobService:
         file_name: str,
         path: str = ".",
         poll: float = 0.5,
+        where: Where = ANYWHERE,
     ) -> AsyncIterator[bytes]:
         """`tail -f` like `az batchai job stream-file`: waits for the job to start and the file
         to appear, then yields new bytes as they are written, until the job has ended."""
-        job = await self.get_job(name, actor=actor)
+        job = await self.get_job(name, actor=actor, where=where)
         while job.layout is None and not job.state.finished:
             await asyncio.sleep(poll)
             job = await self._reload(job)
