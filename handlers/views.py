@@ -1505,6 +1505,8 @@ def gpu_idle_warning(event: GpuIdleWarning) -> Message:
         return Message(text, blocks)
     if event.outcome == "kept":
         outcome = md(":raised_hand: kept running by {}", user(event.by or ""))
+    elif event.outcome == "ended":
+        outcome = md(":information_source: the job ended with it open")
     else:
         outcome = md(":octagonal_sign: stopped by {}", user(event.by or ""))
     blocks.append(context(outcome))

@@ -290,7 +290,7 @@ class GpuWatch:
     idle_since: datetime | None = None  # every GPU under the threshold since then
     warning_id: str | None = None  # the one warning, once given (never a second)
     warned_at: datetime | None = None
-    closed: str | None = None  # kept | stopped: the warning was answered
+    closed: str | None = None  # kept | stopped | ended: the warning was answered or its job ended
 
 
 @dataclass(frozen=True)

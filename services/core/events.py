@@ -263,10 +263,11 @@ class GpuIdleWarning(Event):
 
 @dataclass(frozen=True)
 class GpuIdleWarningClosed(GpuIdleWarning):
-    """The warning's answer: kept (silenced for this job) or stopped (terminated)."""
+    """The warning's answer: kept (silenced for this job) or stopped (terminated); or ended:
+    the job ended with the warning open (its buttons go)."""
 
     kind: ClassVar[str] = "gpu_idle_warning_closed"
-    outcome: str = ""  # kept | stopped
+    outcome: str = ""  # kept | stopped | ended
     by: str | None = None
 
 

@@ -40,6 +40,43 @@ class GpuClick:
     refused: BatchAIError | None = None  # why not (NotOwner: the handler names the owner)
 
 
+async def gpu_model(store: SqlStore, prices: PriceBook | None, job: Job) -> str | None:
+    """The GPU's short name ("A100") from the price table, for the warning's line."""
+    cluster = await store.get_cluster(job.cluster)
+    if prices is None or cluster is None:
+        return None
+    try:
+        model = prices.table.get_price(cluster.vm_size).gpu_model
+    except UserError:
+        return None
+    return model.split()[0] if model else None
+
+
+def closed_warning(
+    job: Job,
+    warning_id: str,
+    outcome: str,
+    *,
+    by: str | None = None,
+    gpu_model: str | None = None,
+    idle_after: timedelta = IDLE_AFTER,
+) -> GpuIdleWarningClosed:
+    """The close of a job's warning (kept | stopped | ended), saying what the warning said."""
+    use = job.gpu.use if job.gpu is not None else None
+    return GpuIdleWarningClosed(
+        job_id=job.id,
+        cluster=job.cluster,
+        warning_id=warning_id,
+        gpus=use.gpus if use is not None else 0,
+        gpu_model=gpu_model,
+        per_hour=None if job.node_rate is None else str(job.node_rate * job.node_count),
+        minutes=int(idle_after.total_seconds() // 60),
+        threshold=int(IDLE_UTIL),
+        outcome=outcome,
+        by=by,
+    )
+
+
 class GpuIdleService:
     def __init__(
         self,
@@ -116,12 +153,13 @@ class GpuIdleService:
                 except BatchAIError as err:
                     await self._audit(actor, action, job, "failed", str(err))
                     return GpuClick(False, str(err), job.name, refused=err)
-            closing = GpuIdleWarningClosed(
-                job_id=job.id,
-                cluster=job.cluster,
-                warning_id=warning_id,
-                outcome=outcome,
+            closing = closed_warning(
+                job,
+                warning_id,
+                outcome,
                 by=actor.user,
+                gpu_model=await self._model(job),
+                idle_after=self._idle_after,
             )
             if not await self._store.close_gpu_warning(job.id, warning_id, outcome, [closing]):
                 return GpuClick(False, STALE, job.name)
@@ -134,15 +172,7 @@ class GpuIdleService:
             return GpuClick(True, detail, job.name)
 
     async def _model(self, job: Job) -> str | None:
-        """The GPU's short name ("A100") from the price table, for the warning's line."""
-        cluster = await self._store.get_cluster(job.cluster)
-        if self._prices is None or cluster is None:
-            return None
-        try:
-            model = self._prices.table.get_price(cluster.vm_size).gpu_model
-        except UserError:
-            return None
-        return model.split()[0] if model else None
+        return await gpu_model(self._store, self._prices, job)
 
     async def _audit(
         self,

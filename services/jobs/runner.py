@@ -19,12 +19,14 @@ from services.core.errors import BatchAIError, NotFound, TransientError
 from services.core.events import (
     ApprovalRequested,
     Event,
+    GpuIdleWarningClosed,
     JobNote,
     LogSnippet,
     OutputFile,
     WallClockWarning,
 )
 from services.core.ports import Clock, ComputeBackend, FileShare, LaunchRequest, RunStatus
+from services.jobs.gpu_idle import closed_warning, gpu_model
 from services.jobs.lifecycle import (
     ACTIVE_STATES,
     LIVE_STATES,
@@ -436,8 +438,23 @@ class JobRunner:
         if self._spend is not None and done.node_rate is not None:
             cluster = await self._store.get_cluster(done.cluster)
             entry = self._spend.actual_entry(done, cluster.vm_size if cluster else "unknown")
-        if await self._store.update_job(done, events, transition=transition, ledger_entry=entry):
+        if await self._store.update_job(
+            done,
+            events,
+            transition=transition,
+            ledger_entry=entry,
+            gpu_closed=await self._gpu(done),
+        ):
             self._forget_attempt(job)
+
+    async def _gpu(self, job: Job) -> GpuIdleWarningClosed | None:
+        """An idle-GPU warning still open when its job ends: closed, its buttons gone."""
+        watch = job.gpu
+        if watch is None or watch.warning_id is None or watch.closed is not None:
+            return None
+        prices = self._spend.prices if self._spend is not None else None
+        model = await gpu_model(self._store, prices, job)
+        return closed_warning(job, watch.warning_id, "ended", gpu_model=model)
 
     async def _requeue(self, job: Job, status: RunStatus, reason: str) -> None:
         """The job's nodes were lost and it has retries left: its last log lines, then in one

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from services.clusters.lifecycle import ClusterTransition
-from services.core.events import Event
+from services.core.events import Event, GpuIdleWarningClosed
 from services.jobs.lifecycle import JobState, JobTransition
 from services.models import (
     Approval,
@@ -156,14 +156,20 @@ class SqlStore:
         *,
         transition: JobTransition,
         ledger_entry: LedgerEntry | None = None,
+        gpu_closed: GpuIdleWarningClosed | None = None,
     ) -> bool:
-        """Move a job (uow.jobs.move) with its events and, when it ends, its actual cost."""
+        """Move a job (uow.jobs.move) with its events and, when it ends, its actual cost and
+        the close of its idle-GPU warning (`gpu_closed`, said only if it was still open)."""
         async with self.unit() as uow:
             if not await uow.jobs.move(job, transition):
                 return False
             if ledger_entry is not None:
                 await uow.ledger.add(ledger_entry)
             uow.emit(*new_events)
+            if gpu_closed is not None and await uow.jobs.close_gpu_warning(
+                job.id, gpu_closed.warning_id, gpu_closed.outcome
+            ):
+                uow.emit(gpu_closed)
             await uow.commit()
         return True
 

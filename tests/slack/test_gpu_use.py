@@ -5,6 +5,7 @@ requester or an admin may press, and a restart neither loses nor repeats the war
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -157,6 +158,7 @@ async def test_idle_gpus_warn_once_keep_obeys_only_the_owner_and_silences_it(
         assert warning.edits == 0
         kept = await press(rig, views.ACTION_GPU_KEEP, warning, ALICE)
         assert kept == "*train* keeps running; no more idle-GPU warnings for it"
+        assert warning.text.startswith(":zzz: 4 × A100 idle for 15 min, $14.69/h")  # as it was
         assert "kept running by <@U0ALICE>" in warning.block_text()
         assert await press(rig, views.ACTION_GPU_STOP, warning, ALICE) == STALE
         await idle_for(rig, clock, 60)
@@ -191,3 +193,20 @@ async def test_stop_terminates_and_a_restart_neither_loses_nor_repeats_the_warni
         job = await again.bot.store.find_job("train")
         assert job is not None and job.state.value == "terminated"
         assert "stopped by <@U0BOSS>" in warning.block_text()
+
+
+async def test_a_warning_still_open_when_its_job_ends_loses_its_buttons(
+    tmp_path: Path, fake: FakeSlack, gpu_bin: Path, clock: FakeClock
+) -> None:
+    gpu.install(gpu_bin, count=4, memory_mib=81920, series=[(0, 0)])
+    async with bot(tmp_path, fake, clock) as rig:
+        await running_job(rig)
+        await idle_for(rig, clock, 16)
+        (warning,) = warnings(fake)
+        assert "Keep" in json.dumps(warning.blocks)
+        rig.open_gate("go")
+        await rig.until(lambda: _done(rig), "the end")
+        assert warning.text.startswith(":zzz: 4 × A100 idle for 15 min")
+        assert "the job ended with it open" in warning.block_text()
+        assert "Keep" not in json.dumps(warning.blocks)
+        assert await press(rig, views.ACTION_GPU_KEEP, warning, ALICE) == STALE
