@@ -311,6 +311,7 @@ def build(
         configs=configs,
         resource_group=settings.resource_group,
         workspace=settings.workspace,
+        gate=gate,
     )
     idle = IdleService(
         store=store,

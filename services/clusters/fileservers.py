@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from services.clusters.lifecycle import FileServerState, move_file_server
 from services.clusters.names import check_admin_name
-from services.core.errors import Conflict, NotFound, UserError
+from services.core.errors import Conflict, NotAllowed, NotFound, UserError
 from services.core.ports import Clock, StorageBackend
 from services.core.suggest import did_you_mean
 from services.jobs.sources import ConfigLoader
 from services.jobspec import load_file_server_spec
 from services.models import NAME_RE, Actor, FileServer
+from services.spend.gate import SpendGate, refusal
 from services.store import SqlStore
 
 _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
@@ -46,7 +47,9 @@ class FileServerService:
         configs: ConfigLoader,
         resource_group: str,
         workspace: str,
+        gate: SpendGate | None = None,
     ) -> None:
+        self._gate = gate
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -58,6 +61,11 @@ class FileServerService:
         server = self._build(request, actor)
         if await self._store.get_file_server(server.name) is not None:
             raise Conflict(f"file server {server.name} already exists")
+        if self._gate is not None:  # a VM that runs until deleted: standing capacity
+            commitment = self._gate.server(actor=actor, vm_size=server.vm_size)
+            why_not = refusal(await self._gate.assess(commitment, actor=actor))
+            if why_not is not None:
+                raise NotAllowed(why_not)
         await self._store.insert_file_server(server)  # stored before the VM is asked for
         try:
             address = await self._backend.create_file_server(server)

@@ -16,7 +16,7 @@ from typing import Any
 from services.core.errors import UserError
 from services.models import Actor, Cluster, Job
 from services.spend.ledger import SpendService
-from services.spend.pricing import Estimate, cost_so_far, format_usd, money
+from services.spend.pricing import Estimate, cost_so_far, estimate_capacity, format_usd, money
 
 # Without a policy nothing needs approval; above this the answer says so out loud.
 UNGUARDED_NOTICE_USD = Decimal("50")
@@ -137,7 +137,7 @@ def _hours(value: Any) -> timedelta:
 class Commitment:
     """Money about to be committed: what is judged, whose limit and which budget apply."""
 
-    kind: str  # job (submit, scheduled run) | extend | retry (lost nodes) | capacity
+    kind: str  # job (submit, scheduled run) | extend | retry (lost nodes) | capacity | server
     requester: str  # whose limit applies: the job's owner, or who changes the cluster
     channel: str | None
     estimate: Estimate  # the whole amount judged (a job's estimate after an extension)
@@ -222,7 +222,7 @@ class SpendGate:
         )
         if not assessment.needs_approval:
             return Allowed(commitment)
-        if commitment.kind == "capacity":
+        if commitment.kind in ("capacity", "server"):  # nothing to hold: asked now or refused
             if actor.is_admin:
                 return Allowed(commitment)
             return Refused(commitment, _capacity_refusal(commitment, assessment))
@@ -292,12 +292,24 @@ class SpendGate:
         adds = max(Decimal(0), estimate.total - before)
         return Commitment("capacity", actor.user, channel, estimate, adds, before)
 
+    def server(self, *, actor: Actor, vm_size: str) -> Commitment:
+        """A file server: one VM paid for from its create to its delete, × the policy's
+        horizon (its data disks are not in the price table: the estimate is the VM's)."""
+        price = self.spend.prices.table.get_price(vm_size)
+        estimate = estimate_capacity(price, nodes=1, hours=self.policy.capacity_horizon)
+        channel = actor.conversation.channel if actor.conversation else None
+        return Commitment("server", actor.user, channel, estimate, estimate.total)
+
 
 def _capacity_refusal(commitment: Commitment, assessment: Assessment) -> str:
+    hint = (
+        " (an auto-scaled cluster with --min 0 costs nothing idle)"
+        if commitment.kind == "capacity"
+        else " (a file server's VM is paid for until it is deleted)"
+    )
     return (
         f"only an admin may commit standing capacity of {commitment.estimate.formula()}: "
-        f"{'; '.join(assessment.reasons)} (an auto-scaled cluster with --min 0 costs nothing "
-        "idle)"
+        f"{'; '.join(assessment.reasons)}{hint}"
     )
 
 

@@ -124,6 +124,18 @@ async def test_a_member_cannot_create_a_fixed_gpu_fleet(guarded: SlackRig) -> No
     assert "is ready" in by_admin["text"]
 
 
+async def test_a_file_server_is_standing_capacity_a_member_cannot_commit(guarded: SlackRig) -> None:
+    big = "-s Standard_NC96ads_A100_v4 --disk-count 2 --disk-size 10"
+    refused = await guarded.answer(f"file-server create -n nfs {big}")
+    assert "only an admin may commit standing capacity" in refused["text"]
+    assert "1 × Standard_NC96ads_A100_v4" in refused["text"]
+    assert "file server's VM is paid for until it is deleted" in refused["text"]
+    assert await guarded.bot.store.list_file_servers() == []
+    made = await guarded.answer(f"file-server create -n nfs {big}", user=BOSS)
+    assert "nfs" in made["text"] and "only an admin" not in made["text"]
+    assert [s.name for s in await guarded.bot.store.list_file_servers()] == ["nfs"]
+
+
 async def test_resize_auto_scale_and_update_are_priced_too(guarded: SlackRig) -> None:
     await guarded.answer(f"cluster create -n pool {A100} --min 0 --max 8", user=BOSS)
     for command in (
