@@ -101,7 +101,8 @@ async def test_a_file_server_is_a_vm_with_raid0_data_disks_deleted_with_it(
     subnet = rig.arm.machines.nics[nic]["properties"]["ipConfigurations"][0]["properties"]
     assert subnet["subnet"]["id"] == rig.config.subnet_id
     cloud = base64.b64decode(props["osProfile"]["customData"]).decode()
-    assert "--level=0 --raid-devices=3" in cloud and "/mnt/data *(rw" in cloud
+    assert "--level=0 --raid-devices=3" in cloud
+    assert "/mnt/data 10.0.0.0/16(rw," in cloud and "*(rw" not in cloud  # the subnet only
     assert "nfs-kernel-server" in cloud
 
     await backend.delete_file_server(server)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from services.core.errors import UserError
+
 Cloud = Literal["public", "china", "usgov"]
 
 # ARM endpoint, storage suffix and Key Vault DNS zone of each cloud (azure-identity knows the
@@ -25,6 +27,23 @@ DEFAULT_MOUNT_ROOT = "/mnt/batch/tasks/shared/LS_root/mounts"
 DEFAULT_CONTROL_MOUNT = "/mnt/batchai-bot"
 # Node-local per-job temp directories ($AZ_BATCHAI_JOB_TEMP_DIR), on the VM's resource disk.
 DEFAULT_JOB_TEMP_ROOT = "/mnt/batch/tasks/shared/LS_root/jobs"
+
+
+SUBNET_SHAPE = (
+    "AZURE_SUBNET_ID must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
+    "Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>"
+)
+
+
+def subnet_parts(subnet_id: str) -> tuple[str, str, str]:
+    """(resource group, virtual network, subnet) of a subnet's resource id; a UserError
+    saying the shape when it is not one."""
+    parts = subnet_id.strip("/").split("/")
+    keys = {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
+    rg, vnet, subnet = keys.get("resourcegroups"), keys.get("virtualnetworks"), keys.get("subnets")
+    if not (rg and vnet and subnet):
+        raise UserError(SUBNET_SHAPE)
+    return rg, vnet, subnet
 
 
 @dataclass(frozen=True)

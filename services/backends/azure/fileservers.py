@@ -15,6 +15,8 @@ import base64
 import contextlib
 import json
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -24,21 +26,26 @@ from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterface
 from azure.storage.blob.aio import BlobServiceClient
 
-from services.backends.azure.config import AzureConfig
+from services.backends.azure.config import AzureConfig, subnet_parts
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.node import server_host
 from services.backends.azure.scaleset_model import admin_name, image_reference, ssh_key
-from services.core.errors import NotFound
+from services.core.errors import BackendError, NotFound
 from services.models import FileServer
 
 log = logging.getLogger(__name__)
 
 RAID_DEVICE = "/dev/md0"
+CIDR_RE = re.compile(r"[0-9a-fA-F:.]+/[0-9]{1,3}")  # what may go into /etc/exports
 
 
-def nfs_cloud_config(*, disks: int, export: str, client_range: str) -> str:
-    """cloud-init of the server: RAID 0 over the data disks (LUNs 0..disks-1), ext4, NFS export.
-    Idempotent on reboot: an array or file system that exists is kept."""
+def nfs_cloud_config(*, disks: int, export: str, client_ranges: Sequence[str]) -> str:
+    """cloud-init of the server: RAID 0 over the data disks (LUNs 0..disks-1), ext4, NFS export
+    to the address ranges of the bot's subnet only. Idempotent on reboot: an array or file
+    system that exists is kept."""
+    if not client_ranges or not all(CIDR_RE.fullmatch(r) for r in client_ranges):
+        raise BackendError(f"the subnet's address ranges {list(client_ranges)} are not CIDRs")
+    clients = " ".join(f"{r}(rw,sync,no_subtree_check,no_root_squash)" for r in client_ranges)
     luns = " ".join(f"/dev/disk/azure/scsi1/lun{i}" for i in range(disks))
     # One disk needs no array: it is formatted as it is.
     device = RAID_DEVICE if disks > 1 else luns
@@ -60,8 +67,7 @@ def nfs_cloud_config(*, disks: int, export: str, client_range: str) -> str:
             "defaults,nofail 0 2' >> /etc/fstab",
             f"mountpoint -q {export} || mount {export}",
             f"chmod 0777 {export}",
-            f"grep -qs '^{export} ' /etc/exports || echo '{export} {client_range}"
-            "(rw,sync,no_subtree_check,no_root_squash)' >> /etc/exports",
+            f"grep -qs '^{export} ' /etc/exports || echo '{export} {clients}' >> /etc/exports",
             "exportfs -ra",
             "systemctl enable --now nfs-kernel-server",
         ]
@@ -77,12 +83,16 @@ def nfs_cloud_config(*, disks: int, export: str, client_range: str) -> str:
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
 
 
-def server_model(cfg: AzureConfig, server: FileServer, nic_id: str) -> dict[str, Any]:
+def server_model(
+    cfg: AzureConfig, server: FileServer, nic_id: str, client_ranges: Sequence[str]
+) -> dict[str, Any]:
     """The file server VM as ARM JSON: no secret in it (SSH key only, or the configured
-    password, as for the cluster nodes)."""
+    password, as for the cluster nodes); it exports to `client_ranges` (the subnet's)."""
     host = server_host(server.name)
     user = admin_name(server.admin_user, cfg.admin_user)
-    custom = nfs_cloud_config(disks=server.disk_count, export=server.export, client_range="*")
+    custom = nfs_cloud_config(
+        disks=server.disk_count, export=server.export, client_ranges=client_ranges
+    )
     os_profile: dict[str, Any] = {
         "computerName": host,
         "adminUsername": user,
@@ -177,11 +187,12 @@ class AzureFileServers:
             },
         }
         async with azure_errors(f"create file server {server.name}"):
+            ranges = await self._subnet_ranges()
             poller = await self._network.network_interfaces.begin_create_or_update(
                 self._rg, f"{host}-nic", NetworkInterface(nic_body)
             )
             nic = await poller.result()
-            model = server_model(self._config, server, str(nic.id))
+            model = server_model(self._config, server, str(nic.id), ranges)
             vm_poller = await self._compute.virtual_machines.begin_create_or_update(
                 self._rg, host, VirtualMachine(model)
             )
@@ -191,6 +202,14 @@ class AzureFileServers:
         address = str(first.private_ip_address or "") if first is not None else ""
         log.info("file server %s: VM %s with %d data disks", server.name, host, server.disk_count)
         return address or host
+
+    async def _subnet_ranges(self) -> list[str]:
+        """The address ranges of the bot's subnet: where the nodes mounting a server are."""
+        rg, vnet, name = subnet_parts(self._config.subnet_id)
+        subnet = await self._network.subnets.get(rg, vnet, name)
+        return list(subnet.address_prefixes or []) or (
+            [subnet.address_prefix] if subnet.address_prefix else []
+        )
 
     async def delete_file_server(self, server: FileServer) -> None:
         host = server_host(server.name)

@@ -12,7 +12,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.network.aio import NetworkManagementClient
 
-from services.backends.azure.config import AzureConfig
+from services.backends.azure.config import AzureConfig, subnet_parts
 from services.backends.azure.errors import QUOTA_CODES, azure_errors, error_code, translate
 from services.backends.azure.imagecheck import check_image, route_text
 from services.backends.azure.scaleset_model import image_reference, node_image
@@ -241,18 +241,7 @@ class Preflight:
         return f"{self._rg}: readable, {count} scale set(s)"
 
     async def _check_subnet(self) -> str:
-        parts = self._config.subnet_id.strip("/").split("/")
-        keys = {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
-        rg, vnet, subnet = (
-            keys.get("resourcegroups"),
-            keys.get("virtualnetworks"),
-            keys.get("subnets"),
-        )
-        if not (rg and vnet and subnet):
-            raise UserError(
-                "AZURE_SUBNET_ID must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
-                "Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>"
-            )
+        rg, vnet, subnet = subnet_parts(self._config.subnet_id)
         async with azure_errors(f"subnet {vnet}/{subnet}"):
             found = await self._network.subnets.get(rg, vnet, subnet)
         nat = found.nat_gateway is not None
