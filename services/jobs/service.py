@@ -618,6 +618,7 @@ def _check_plan(
         job_mount_root=f"/mnt/batch/tasks/shared/LS_root/jobs/{name}/mounts",
         job_temp_root="/mnt/batch/tasks/shared/LS_root/jobs",
         nodes=tuple(NodeInfo(i, f"10.0.0.{i + 4}") for i in range(spec.properties.node_count)),
+        submitting=True,
     )
     try:
         return plan_launch(spec, ctx)

@@ -70,6 +70,9 @@ class LaunchContext:
     port_base: int = TF_PORT_BASE  # first TensorFlow port per host; vary it for concurrent jobs
     master_port: int = TORCH_MASTER_PORT  # PyTorch MASTER_PORT
     attempt: int = 1  # a retry after lost nodes: its logs go to a directory of their own
+    # Planned at submit, before the backend reads any Key Vault reference (the azure backend
+    # reads them when the job starts): say nothing yet about references not resolved.
+    submitting: bool = False
 
 
 @dataclass(frozen=True)
@@ -458,10 +461,13 @@ def _layout(spec: JobSpec, ctx: LaunchContext, segment: str, env: dict[str, str]
     return _Layout(stdouterr, inputs, tuple(outputs))
 
 
-def _user_env(spec: JobSpec, env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def _user_env(
+    spec: JobSpec, env: dict[str, str], *, notes: bool = True
+) -> tuple[dict[str, str], list[str]]:
     """Adds environmentVariables (expanded, in order) and secrets (literal) to `env`.
 
-    Returns the job's own variables and the warnings about secrets that cannot be resolved.
+    Returns the job's own variables and (with `notes`) the warnings about Key Vault references
+    still unresolved at launch (a backend that reads them replaces them by values first).
     """
     props = spec.properties
     for var in props.environment_variables:
@@ -476,6 +482,8 @@ def _user_env(spec: JobSpec, env: dict[str, str]) -> tuple[dict[str, str], list[
             )
         elif secret.value is not None:
             env[secret.name] = secret.value  # data, not a template: never expanded
+    if not notes:
+        return own, []
     return own, [*warnings, *_credential_warnings(spec)]
 
 
@@ -517,7 +525,7 @@ def plan_launch(spec: JobSpec, ctx: LaunchContext) -> LaunchPlan:
     )
     env = _base_env(ctx, job_temp)
     layout = _layout(spec, ctx, segment, env)
-    own, warnings = _user_env(spec, env)
+    own, warnings = _user_env(spec, env, notes=not ctx.submitting)
     procs = _toolkit_processes(spec, ctx, env)
     common = MappingProxyType(dict(env))
     processes = tuple(_finish(p, common, ctx) for p in procs)

@@ -4,6 +4,7 @@ bot's credential from a (fake, TLS) vault; the password is in no script, argv, f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -19,9 +20,10 @@ from services.backends.azure.backend import AzureBackend
 from services.backends.azure.files import AzureShare
 from services.backends.azure.keyvault import KeyVaultSecrets
 from services.core.errors import UserError
+from services.jobspec import load_job_spec
 from tests.azure.rig import AzureRig
 from tests.azure.test_compute import gpu_cluster
-from tests.contract import job_spec, launch_request, wait_for
+from tests.contract import cluster, job_json, job_spec, launch_request, log_loc, read_text, wait_for
 from tests.fakes.keyvault import FakeKeyVault
 
 PASSWORD = "Reg1stry-Pa55word-x9Q"
@@ -223,3 +225,48 @@ def test_a_failed_login_removes_the_password_file_and_starts_nothing(tmp_path: P
     assert (bin_dir / "docker.mode").read_text().strip() == "600"
     assert list(here.iterdir()) == []  # the password file is gone
     assert PASSWORD not in "\n".join(lines)
+
+
+async def test_a_job_secret_from_key_vault_reaches_the_job_and_nothing_else(
+    rig: AzureRig, kv_backend: AzureBackend, vault: FakeKeyVault, share: AzureShare
+) -> None:
+    url = vault.put("teamvault", "team-token", PASSWORD)
+    ref = {"sourceVault": {"id": vault.vault_id("teamvault")}, "secretUrl": url}
+    raw = job_json()
+    del raw["properties"]["pyTorchSettings"]
+    raw["properties"].update(
+        {
+            "customToolkitSettings": {"commandLine": 'printf %s "$TEAM_TOKEN" | sha256sum'},
+            "secrets": [{"name": "TEAM_TOKEN", "valueSecretReference": ref}],
+        }
+    )
+    c = cluster("kvsecret", nodes=1)
+    await kv_backend.create_cluster(c)
+    request = launch_request(load_job_spec(json.dumps(raw)), c)
+    result = await kv_backend.start_job(request)
+    assert not any("Key Vault" in n for n in result.notes)  # resolved: no "cannot resolve" note
+    assert (await wait_for(kv_backend, request.job_id)).exit_code == 0
+    out = await read_text(share, log_loc(result, "stdout.txt"))
+    assert hashlib.sha256(PASSWORD.encode()).hexdigest() in out
+    assert PASSWORD not in out
+    assert all(PASSWORD not in b for b in run_command_bodies(rig))
+    assert all(PASSWORD not in s for s in scripts_run(rig))
+    assert files_holding(rig.root, PASSWORD) == []
+
+
+async def test_a_job_secret_that_cannot_be_read_refuses_the_job_with_nothing_started(
+    rig: AzureRig, kv_backend: AzureBackend, vault: FakeKeyVault
+) -> None:
+    ref = {
+        "sourceVault": {"id": vault.vault_id("teamvault")},
+        "secretUrl": "https://teamvault.vault.azure.net/secrets/missing",
+    }
+    c = cluster("kvsecret2", nodes=1)
+    await kv_backend.create_cluster(c)
+    mark = rig.arm.mark()
+    request = launch_request(
+        job_spec("ok", extra={"secrets": [{"name": "TOKEN", "valueSecretReference": ref}]}), c
+    )
+    with pytest.raises(UserError, match="secret 'TOKEN': Key Vault secret .* was not found"):
+        await kv_backend.start_job(request)
+    assert not [r for r in rig.arm.since(mark) if "runCommands" in r.path and r.method == "PUT"]

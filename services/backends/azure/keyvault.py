@@ -9,6 +9,7 @@ at a server of its choosing.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from azure.keyvault.secrets.aio import SecretClient
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import one_line
 from services.core.errors import NotAllowed, TransientError, UserError
+from services.core.ports import LaunchRequest
 from services.jobspec.schema import KeyVaultSecretReference
 
 _PATH = re.compile(
@@ -109,3 +111,21 @@ class KeyVaultSecrets:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+async def with_vault_secrets(request: LaunchRequest, vault: KeyVaultSecrets) -> LaunchRequest:
+    """The request with each secret given as a Key Vault reference (`valueSecretReference`)
+    read with the bot's credential and put in its place; a UserError (one line, no value)
+    when one cannot be read, before anything starts."""
+    props = request.spec.properties
+    if not any(s.value_secret_reference is not None for s in props.secrets):
+        return request
+    secrets = []
+    for secret in props.secrets:
+        ref = secret.value_secret_reference
+        if ref is not None:
+            value = await vault.get(ref, f"secret {secret.name!r}")
+            secret = secret.model_copy(update={"value": value, "value_secret_reference": None})
+        secrets.append(secret)
+    props = props.model_copy(update={"secrets": secrets})
+    return replace(request, spec=request.spec.model_copy(update={"properties": props}))

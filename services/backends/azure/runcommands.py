@@ -30,7 +30,7 @@ from services.backends.azure.config import AzureConfig
 from services.backends.azure.control import ControlRecords, JobInfo
 from services.backends.azure.errors import azure_errors
 from services.backends.azure.jobplan import JobPlanner, node_dirs
-from services.backends.azure.keyvault import KeyVaultSecrets
+from services.backends.azure.keyvault import KeyVaultSecrets, with_vault_secrets
 from services.backends.azure.preflight import Preflight
 from services.backends.azure.scalesets import ScaleSets, Snapshot
 from services.backends.azure.sizes import wire_text
@@ -88,6 +88,7 @@ class RunCommands:
             # Before anything is written or started: a registry password that cannot be read
             # (a wrong Key Vault reference) refuses the job in one line with nothing running.
             request, login = await self._registry(request)
+            request = await with_vault_secrets(request, self._key_vault)
             if job is None:
                 job = await self._prepare(request)
             await self._launch_missing(job, request, login)
