@@ -303,6 +303,11 @@ def build(
         gate=gate,
         storage=backend,
         storage_account=settings.storage_account,
+        subscription=(
+            settings.azure_subscription_id or "local"
+            if settings.batchai_backend == "azure"
+            else "local"
+        ),
     )
     file_servers = FileServerService(
         store=store,

@@ -693,6 +693,7 @@ def cluster_request(c: ClusterCreate) -> ClusterRequest:
         subnet=c.subnet,
         user_name=c.user_name,
         setup_task=c.setup_task,
+        setup_task_output=c.setup_task_output,
         resource_group=c.resource_group,
         workspace=c.workspace,
         config=_config(c.config),

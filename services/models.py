@@ -166,7 +166,15 @@ class Cluster:
     state: ClusterState
     mounts: tuple[ShareMount, ...] = ()
     admin_user: str | None = None
-    setup_task: str | None = None
+    setup_task: str | None = None  # nodeSetup.setupTask.commandLine (bash, as root, per node)
+    # stdOutErrPathPrefix as given ($AZ_BATCHAI_MOUNT_ROOT/<afs mount>[/...]) and the suffix
+    # the bot appends (<sub>/<rg>/workspaces/<ws>/clusters/<name>/<uuid>): where its logs go.
+    setup_task_output: str | None = None
+    setup_task_suffix: str | None = None
+    setup_task_env: tuple[tuple[str, str], ...] = ()
+    setup_task_secrets: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False
+    )  # sealed at rest
     created_by: str | None = None
     created_at: datetime | None = None
     conversation: Conversation | None = None

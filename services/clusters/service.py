@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from services.access.owners import check_job_owner, check_node_exec
 from services.clusters import mounts as volumes
+from services.clusters import setuptask
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
@@ -47,10 +48,6 @@ _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 DEFAULT_IMAGE = "UbuntuLTS"
 EXEC_TIMEOUT_S = 120.0  # a node exec waits this long for its command, then stops it
 MAX_EXEC_CHARS = 4096
-# A setup task runs as root on every node, where the storage key is: not run, wherever it is given.
-SETUP_TASK_REFUSED = (
-    "--setup-task (nodeSetup.setupTask in a cluster file) is not supported by this bot"
-)
 
 
 def check_exec_command(command: str) -> str:
@@ -103,6 +100,7 @@ class ClusterRequest:
     subnet: str | None = None
     user_name: str | None = None
     setup_task: str | None = None
+    setup_task_output: str | None = None
     resource_group: str | None = None
     workspace: str | None = None
     config: ConfigSource | None = None
@@ -125,7 +123,9 @@ class ClusterService:
         homes: Homes | None = None,
         storage: StorageBackend | None = None,
         storage_account: str | None = None,
+        subscription: str = "local",
     ) -> None:
+        self._subscription = subscription  # the first segment of a setup task's log suffix
         self._homes = homes or Homes(resource_group, workspace)
         self._storage = storage
         self._account = storage_account  # the bot's own: mounts of it name no account
@@ -588,13 +588,22 @@ class ClusterService:
         mounts = volumes.merged(from_volumes, volumes.from_flags(flags))
         mounts = [self._own(m) for m in mounts]
         volumes.check_mounts(mounts, self._backend.reserved_shares)
-        if r.setup_task or from_file.setup_task:
-            raise UserError(SETUP_TASK_REFUSED)
-
+        command = r.setup_task or from_file.setup_task
+        output = r.setup_task_output or from_file.setup_task_output
+        if command or output:
+            setuptask.check_may_give(actor)  # root on every node: an admin's decision alone
+            if not command or not output:
+                raise UserError("--setup-task and --setup-task-output are given together")
+            command = setuptask.check_command(command)
+            setuptask.locate(output, mounts)
+        env = from_file.setup_task_env if command else ()
+        secrets = from_file.setup_task_secrets if command else ()
+        setuptask.check_env(env, "environmentVariables")
+        setuptask.check_env(secrets, "secrets")
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
         if r.user_name or from_file.admin_user:
             check_admin_name(r.user_name or from_file.admin_user or "")
-        return Cluster(
+        cluster = Cluster(
             name=r.name,
             resource_group=r.resource_group or self._rg,
             workspace=r.workspace or self._ws,
@@ -608,12 +617,20 @@ class ClusterService:
             state=ClusterState.CREATING,
             mounts=tuple(mounts),
             admin_user=r.user_name or from_file.admin_user or actor.user,
-            setup_task=r.setup_task or from_file.setup_task,
+            setup_task=command,
+            setup_task_output=output if command else None,
+            setup_task_env=env,
+            setup_task_secrets=secrets,
             created_by=actor.user,
             created_at=self._clock.now(),
             conversation=actor.conversation,
             idle_timeout_s=idle_s,
         )
+        if command:
+            cluster = replace(
+                cluster, setup_task_suffix=setuptask.suffix(cluster, self._subscription)
+            )
+        return cluster
 
 
 def _check_count(flag: str, value: int) -> None:
@@ -674,6 +691,9 @@ class _FromFile:
     image: str | None = None
     admin_user: str | None = None
     setup_task: str | None = None
+    setup_task_output: str | None = None
+    setup_task_env: tuple[tuple[str, str], ...] = ()
+    setup_task_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     subnet: str | None = None
 
 
@@ -695,13 +715,25 @@ def _from_spec(spec: ClusterSpec) -> _FromFile:
         ref = vmc.image_reference
         image = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
     setup = p.node_setup
+    task = setup.setup_task if setup is not None else None
+    secrets: list[tuple[str, str]] = []
+    for i, secret in enumerate(task.secrets if task is not None else ()):
+        if secret.value is None:  # a Key Vault reference: nothing here reads the vault for a node
+            raise UserError(
+                f"nodeSetup.setupTask.secrets[{i}] ({secret.name}): a Key Vault reference is not "
+                "resolved for a setup task; give its value"
+            )
+        secrets.append((secret.name, secret.value))
     return _FromFile(
         vm_size=p.vm_size,
         vm_priority=p.vm_priority,
         scale=scale,
         image=image,
         admin_user=p.user_account_settings.admin_user_name if p.user_account_settings else None,
-        setup_task=setup.setup_task.command_line if setup and setup.setup_task else None,
+        setup_task=task.command_line if task is not None else None,
+        setup_task_output=task.std_out_err_path_prefix if task is not None else None,
+        setup_task_env=tuple((v.name, v.value) for v in task.environment_variables) if task else (),
+        setup_task_secrets=tuple(secrets),
         subnet=p.subnet.id if p.subnet is not None else None,
     )
 
