@@ -447,6 +447,16 @@ class FileListing:
 
 
 @dataclass(frozen=True)
+class ClusterFileListing:
+    """`cluster file list`: the setup-task logs of a cluster (one directory of them)."""
+
+    cluster: Cluster
+    path: str
+    entries: tuple[FileEntry, ...]
+    links: dict[str, DownloadLink]  # by entry name; files only
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """Who did (or was refused) what, when, and where."""
 

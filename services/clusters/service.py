@@ -14,7 +14,7 @@ from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
-from services.core.ports import Clock, ComputeBackend, StorageBackend
+from services.core.ports import Clock, ComputeBackend, FileShare, StorageBackend
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
@@ -25,8 +25,10 @@ from services.models import (
     NAME_RE,
     Actor,
     Cluster,
+    ClusterFileListing,
     ClusterView,
     ConfigSource,
+    DownloadLink,
     Job,
     Node,
     NodeCounts,
@@ -124,7 +126,9 @@ class ClusterService:
         storage: StorageBackend | None = None,
         storage_account: str | None = None,
         subscription: str = "local",
+        share: FileShare | None = None,
     ) -> None:
+        self._share = share  # where setup-task logs are listed (cluster file list)
         self._subscription = subscription  # the first segment of a setup task's log suffix
         self._homes = homes or Homes(resource_group, workspace)
         self._storage = storage
@@ -279,6 +283,45 @@ class ClusterService:
         else:
             cluster = replace(cluster, unusable=tuple(failed))
         return await self._view(cluster)
+
+    async def list_setup_files(
+        self,
+        name: str,
+        *,
+        resource_group: str | None = None,
+        path: str = ".",
+        expiry_minutes: int = 60,
+    ) -> ClusterFileListing:
+        """`cluster file list`: the setup-task logs (stdout-<node>.txt, stderr-<node>.txt) with
+        expiring download links."""
+        low, high = setuptask.MIN_LINK_MINUTES, setuptask.MAX_LINK_MINUTES
+        if not low <= expiry_minutes <= high:
+            raise UserError(f"--expiry must be {low}-{high} minutes")
+        cluster = await self._get(name, resource_group)
+        logs = setuptask.logs_of(cluster)
+        if logs is None:
+            raise NotFound(f"cluster {cluster.name} has no setup task, so no setup-task logs")
+        if self._share is None:
+            raise Conflict("this bot was started without a file share to list logs from")
+        where = logs.location
+        rel = path.strip().strip("/")
+        if rel not in ("", "."):
+            if ".." in rel.split("/") or "\\" in rel:
+                raise UserError(f"--path {path!r} must be a folder below the setup-task logs")
+            where = where.child(rel)
+        entries = await self._share.list_files(where, recursive=False)
+        expires = self._clock.now() + timedelta(minutes=expiry_minutes)
+        links = {
+            e.name: DownloadLink(
+                e.name,
+                e.size,
+                await self._share.get_download_url(where.child(e.name), expires_at=expires),
+                expires,
+            )
+            for e in entries
+            if not e.is_directory
+        }
+        return ClusterFileListing(cluster, path, tuple(entries), links)
 
     async def list_nodes(self, name: str, *, resource_group: str | None = None) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, resource_group))

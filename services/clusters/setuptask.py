@@ -25,6 +25,7 @@ _ROOT_RE = re.compile(r"^\$(?:AZ_BATCHAI_MOUNT_ROOT|\{AZ_BATCHAI_MOUNT_ROOT\})(?
 _NAMESPACE = uuid.UUID("7d9f5c1e-3a52-4f0e-9f43-51b7c2a1d0b4")  # the bot's own, for the suffix
 _RESERVED = frozenset({MOUNT_ROOT, "AZ_BATCHAI_STDOUTERR_DIR"})
 MAX_COMMAND_CHARS = 16_000
+MIN_LINK_MINUTES, MAX_LINK_MINUTES = 5, 600  # as job file list's --expiry
 
 
 @dataclass(frozen=True)
