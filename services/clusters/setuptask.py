@@ -114,11 +114,17 @@ def failed_reason(exit_code: int, node_id: str) -> str:
     return f"setup task failed (exit {exit_code}), see {log_names(node_id)[0]}"
 
 
+def task_env(cluster: Cluster) -> list[tuple[str, str]]:
+    """The task's own variables, then its secrets (a secret wins over a variable of its name)."""
+    secret_names = {n for n, _ in cluster.setup_task_secrets}
+    own = [(n, v) for n, v in cluster.setup_task_env if n not in secret_names]
+    return own + list(cluster.setup_task_secrets)
+
+
 def environment(cluster: Cluster, *, mount_root: str, stdouterr: str) -> dict[str, str]:
     """The task's environment on top of a minimal base: its variables, its secrets, then the
     two Batch AI gives it (nothing of the bot's own environment)."""
-    env = dict(cluster.setup_task_env)
-    env.update(cluster.setup_task_secrets)
+    env = dict(task_env(cluster))
     env[MOUNT_ROOT] = mount_root
     env["AZ_BATCHAI_STDOUTERR_DIR"] = stdouterr
     return env
