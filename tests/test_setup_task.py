@@ -18,7 +18,7 @@ import pytest
 
 from bot.lifecycle import running
 from tests.fakes.slack import FakeSlack
-from tests.slack.conftest import USER, JOB_SCRIPT, SlackRig, job_json, rig_settings
+from tests.slack.conftest import JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
 from tests.test_node_health import said
 
 CPU = "Standard_DS3_v2"  # no GPU: the health check looks at the mounts only
