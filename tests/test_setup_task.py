@@ -6,10 +6,13 @@ only an admin may give one, and its secrets are never shown, logged or stored in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,9 @@ import aiohttp
 import pytest
 
 from bot.lifecycle import running
+from services.backends.local.backend import LocalBackend
+from services.models import ShareMount
+from tests.contract import cluster
 from tests.fakes.slack import FakeSlack
 from tests.slack.conftest import JOB_SCRIPT, USER, SlackRig, job_json, rig_settings
 from tests.test_node_health import said
@@ -196,3 +202,43 @@ async def test_setup_task_output_must_be_on_an_azure_file_share_of_the_cluster(
         assert await rig.bot.store.list_clusters() == []
         nothing = await rig.answer("cluster file list -c off")
         assert "not found" in nothing["text"]
+
+
+async def test_a_slot_is_preparing_while_its_task_runs_and_a_new_slot_runs_it_too(
+    tmp_path: Path,
+) -> None:
+    backend = LocalBackend(tmp_path / "local", containers=False)
+    gate = tmp_path / "local" / "shares" / "data" / "go"
+    c = replace(
+        cluster("grow", nodes=1, mounts=(ShareMount("data", "afs"),)),
+        vm_size=CPU,
+        setup_task='until [ -e "$AZ_BATCHAI_MOUNT_ROOT/afs/go" ]; do sleep 0.05; done; '
+        'echo up; echo ran >> "$AZ_BATCHAI_MOUNT_ROOT/afs/runs"',
+        setup_task_output="$AZ_BATCHAI_MOUNT_ROOT/afs/logs",
+        setup_task_suffix="local/rg/workspaces/ws/clusters/grow/0a1b",
+    )
+    creating = asyncio.create_task(backend.create_cluster(c))
+    mark = tmp_path / "local" / "clusters" / "grow" / "nodes" / "0" / "setup-running"
+    while not (mark.exists() and mark.read_text() != str(os.getpid())):
+        await asyncio.sleep(0.02)  # until the task's own process is named: it runs
+    (node,) = await backend.list_nodes(c)
+    assert (node.state, node.detail) == ("preparing", "its setup task is still running")
+    assert 0 in await backend.unusable_nodes(c)  # the dispatcher places nothing there
+    assert await backend.failed_nodes() == []  # preparing is not a failure
+    gate.parent.mkdir(parents=True, exist_ok=True)
+    gate.touch()
+    await creating
+    assert [n.state for n in await backend.list_nodes(c)] == ["idle"]
+    assert not mark.exists()
+
+    await backend.resize_cluster(c, 2)  # the new slot runs the task; the old one does not again
+    logs = tmp_path / "local" / "shares" / "data" / "logs" / c.setup_task_suffix
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "stderr-grow-node-0.txt",
+        "stderr-grow-node-1.txt",
+        "stdout-grow-node-0.txt",
+        "stdout-grow-node-1.txt",
+    ]
+    assert (logs / "stdout-grow-node-1.txt").read_text() == "up\n"
+    assert [n.state for n in await backend.list_nodes(c)] == ["idle", "idle"]
+    assert (gate.parent / "runs").read_text() == "ran\nran\n"  # once per slot
