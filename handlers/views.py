@@ -779,6 +779,13 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
     ]
     if mounts:
         lines.append(md("mounts: {}", mounts))
+    if c.setup_task:
+        task = c.setup_task.strip()
+        shown = task.splitlines()[0][:80] if task else ""
+        more = "…" if len(shown) < len(task) else ""
+        lines.append(
+            md("setup task: `{}{}` (its logs: `cluster file list -c {}`)", shown, more, c.name)
+        )
     for problem in c.unusable[:10]:
         lines.append(md(":warning: node {} is unusable: {}", problem.node, problem.reason))
     if len(c.unusable) > 10:

@@ -100,6 +100,8 @@ async def test_a_failing_setup_task_leaves_its_node_unusable_and_gets_no_job(
         shown = await rig.answer("cluster show -n boot")
         assert "0 idle" in said(shown) and "1 unusable" in said(shown)
         assert f"node boot-node-0 is unusable: {reason}" in said(shown)
+        assert "setup task: `echo preparing; echo oops &gt;&amp;2; exit 3`" in said(shown)
+        assert "cluster file list -c boot" in said(shown)
         listed = await rig.answer("cluster node list -n boot")
         assert "unusable" in said(listed) and reason in said(listed)
 
