@@ -25,7 +25,7 @@ from tests.contract import job_spec, launch_request
 
 CPU = "Standard_DS3_v2"
 OUT = "$AZ_BATCHAI_MOUNT_ROOT/afs/setup-logs"
-SECRET_VALUE = "azure-task-s3cret-41f"
+SECRET_VALUE = "azure-task s3cret'41f $HOME `id`"  # quoting: taken as it is
 ADMIN = Actor(user="U0LEAD", is_admin=True)
 
 
@@ -108,6 +108,11 @@ async def test_a_setup_task_runs_after_the_mounts_with_its_logs_on_the_share(
     assert "BATCHAI_NODE_ROOT" not in env and "FAKE_NODE_DIR" not in env  # a clean environment
     assert "mounted" in out.splitlines()
     assert rig.config.storage_key not in out
+
+    inst = rig.arm.scale_sets["env"].instances["0"]
+    env_file = inst.dir / "etc" / "batchai" / "setup-task.env"
+    assert env_file.stat().st_mode & 0o077 == 0  # the secrets' file on the node: root only
+    assert (inst.dir / "etc" / "batchai").stat().st_mode & 0o077 == 0
 
     # The secret is in the extension's protected settings only: not in what ARM shows.
     shown = json.dumps(rig.arm.scale_sets["env"].view())

@@ -371,21 +371,26 @@ def setup_task_lines(
     env: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """The cluster's setup task as root, after the mounts: its text base64-decoded into a
-    root-only file (never spliced into a line), run by bash in a clean environment (the node's
-    PATH, its variables and secrets, AZ_BATCHAI_MOUNT_ROOT and AZ_BATCHAI_STDOUTERR_DIR), its
-    output in `logs` (on the share) as stdout-<host>.txt / stderr-<host>.txt. A failure does
-    not stop the script: it sets `batchai_setup_failed`, which the health check reports as the
-    node's reason (the node is unusable, the cluster still made)."""
+    root-only file (never spliced into a line), its variables and secrets written by the shell's
+    own printf (no process, so no argv shows them) to a root-only file it sources; run by bash in
+    a clean environment (the node's PATH, those variables, AZ_BATCHAI_MOUNT_ROOT and
+    AZ_BATCHAI_STDOUTERR_DIR), its output in `logs` (on the share) as stdout-<host>.txt and
+    stderr-<host>.txt. A failure does not stop the script: it sets `batchai_setup_failed`,
+    which the health check reports as the node's reason (the node is unusable, the cluster
+    still made)."""
     q = shlex.quote
     encoded = base64.b64encode(command.encode()).decode()
     task = f"{ROOT}{SETUP_DIR}/setup-task.sh"
+    env_file = f"{ROOT}{SETUP_DIR}/setup-task.env"
     where = q(logs) if logs else f"{ROOT}/var/log/batchai-setup"
-    assigned = " ".join(f"{q(name + '=' + value)}" for name, value in env)
+    exports = [q(f"export {name}={q(value)}") for name, value in env]
+    run = '. "$1" && exec bash "$2"'
     return [
         f"mkdir -p {ROOT}{SETUP_DIR}",
         f"chmod 700 {ROOT}{SETUP_DIR}",
         "umask 077",
         f"echo {encoded} | base64 -d > {task}",
+        f"printf '%s\\n' {' '.join(exports)} > {env_file}" if exports else f": > {env_file}",
         "umask 022",
         f"batchai_setup_dir={where}",
         'mkdir -p -- "$batchai_setup_dir"',
@@ -393,12 +398,11 @@ def setup_task_lines(
         "batchai_node=$(printf '%s' \"$batchai_node\" | head -n 1 | tr -cd 'A-Za-z0-9-')",
         "set +e",
         f'(cd {q(mount_root)} && exec env -i PATH="$PATH" HOME=/root LANG=C.UTF-8 '
-        + (assigned + " " if assigned else "")
-        + f"AZ_BATCHAI_MOUNT_ROOT={q(mount_root)} "
-        + 'AZ_BATCHAI_STDOUTERR_DIR="$batchai_setup_dir" '
-        + f"bash {task}) "
-        + '> "$batchai_setup_dir/stdout-$batchai_node.txt" '
-        + '2> "$batchai_setup_dir/stderr-$batchai_node.txt" < /dev/null',
+        f"AZ_BATCHAI_MOUNT_ROOT={q(mount_root)} "
+        'AZ_BATCHAI_STDOUTERR_DIR="$batchai_setup_dir" '
+        f"bash -c {q(run)} batchai-setup {env_file} {task}) "
+        '> "$batchai_setup_dir/stdout-$batchai_node.txt" '
+        '2> "$batchai_setup_dir/stderr-$batchai_node.txt" < /dev/null',
         "batchai_setup_rc=$?",
         "set -e",
         'if [ "$batchai_setup_rc" -ne 0 ]; then',
