@@ -303,6 +303,12 @@ def build(
         gate=gate,
         storage=backend,
         storage_account=settings.storage_account,
+        share=files,
+        subscription=(
+            settings.azure_subscription_id or "local"
+            if settings.batchai_backend == "azure"
+            else "local"
+        ),
     )
     file_servers = FileServerService(
         store=store,

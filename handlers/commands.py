@@ -23,6 +23,7 @@ from handlers.commandspec import (
     ClusterAutoScale,
     ClusterCreate,
     ClusterDelete,
+    ClusterFileList,
     ClusterList,
     ClusterNodeExec,
     ClusterNodeList,
@@ -282,6 +283,15 @@ class CommandHandler:
     async def _cluster_nodes(self, c: ClusterNodeList, actor: Actor, source: Source) -> Reply:
         nodes = await self._s.clusters.list_nodes(c.cluster, where=c.where)
         return Reply(views.node_table(nodes, output=c.answer))
+
+    async def _cluster_files(self, c: ClusterFileList, actor: Actor, source: Source) -> Reply:
+        listing = await self._s.clusters.list_setup_files(
+            c.cluster,
+            where=c.where,
+            path=c.path,
+            expiry_minutes=c.expiry_minutes,
+        )
+        return Reply(views.cluster_file_listing(listing, output=c.answer))
 
     async def _cluster_node_exec(self, c: ClusterNodeExec, actor: Actor, source: Source) -> Reply:
         out = await self._s.clusters.exec_on_node(
@@ -697,6 +707,7 @@ def cluster_request(c: ClusterCreate) -> ClusterRequest:
         subnet=c.subnet,
         user_name=c.user_name,
         setup_task=c.setup_task,
+        setup_task_output=c.setup_task_output,
         resource_group=c.resource_group,
         workspace=c.workspace,
         config=_config(c.config),
@@ -725,6 +736,7 @@ _HANDLERS.add(ClusterAutoScale, CommandHandler._cluster_auto_scale)
 _HANDLERS.add(ClusterUpdate, CommandHandler._cluster_update)
 _HANDLERS.add(ClusterDelete, CommandHandler._cluster_delete)
 _HANDLERS.add(ClusterNodeList, CommandHandler._cluster_nodes)
+_HANDLERS.add(ClusterFileList, CommandHandler._cluster_files)
 _HANDLERS.add(WorkspaceCreate, CommandHandler._workspace_create)
 _HANDLERS.add(WorkspaceList, CommandHandler._workspace_list)
 _HANDLERS.add(WorkspaceShow, CommandHandler._workspace_show)

@@ -155,6 +155,15 @@ class ClusterNodeList(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterFileList(Command):
+    slow: ClassVar[bool] = True
+
+    cluster: str
+    path: str = "."
+    expiry_minutes: int = 60
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkspaceCreate(Command):
     audited: ClassVar[bool] = True
 
@@ -1085,8 +1094,18 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 warning=_PASSWORD_WARNING,
             ),
             *_STORAGE_FLAGS,
-            _f("--setup-task", "setup_task", COMMAND_LINE, "command run on every node at start"),
-            _f("--setup-task-output", "setup_task_output", LOG_DIR, "where the setup log goes"),
+            _f(
+                "--setup-task",
+                "setup_task",
+                COMMAND_LINE,
+                "bash command run as root on every node once it is up (admins only)",
+            ),
+            _f(
+                "--setup-task-output",
+                "setup_task_output",
+                LOG_DIR,
+                "where its logs go: $AZ_BATCHAI_MOUNT_ROOT/<afs mount path>[/dir]",
+            ),
             _f("--subnet", "subnet", ARM_ID, "virtual network subnet to place the nodes in"),
             _f(
                 "-f --config-file -c --config",
@@ -1193,6 +1212,21 @@ COMMANDS: tuple[CommandSpec, ...] = (
         ),
         notes=_EXEC_NOTES,
         checks=(_refuse_ssh_only,),
+    ),
+    _spec(
+        "cluster file list",
+        ClusterFileList,
+        "List a cluster's setup-task logs with expiring download links",
+        (
+            _f("-c --cluster --cluster-name", "cluster", NAME, "cluster name"),
+            _f("-p --path", "path", RELATIVE_PATH, "folder inside the setup-task log directory"),
+            _EXPIRY,
+        ),
+        examples=("/batchai cluster file list -c mycluster",),
+        notes=(
+            "The setup task's stdout-<node>.txt and stderr-<node>.txt, from "
+            "<--setup-task-output>/<stdOutErrPathSuffix> on the cluster's share.",
+        ),
     ),
     _spec(
         "cluster list-nodes",
@@ -1678,9 +1712,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
 )
 
 # az batchai commands a user may remember but the bot does not offer, with what to do instead.
-UNSUPPORTED: dict[tuple[str, ...], str] = {
-    ("cluster", "file"): "cluster file list is not available: setup task logs go to the thread",
-}
+UNSUPPORTED: dict[tuple[str, ...], str] = {}
 
 # Ignored dests: accepted for compatibility, or consumed by a check before the dataclass is built.
 # (The SSH-only flags of node exec are refused by its check; none reaches a dataclass.)

@@ -273,10 +273,15 @@ def cluster_resource(view: ClusterView, *, account: str | None = None) -> dict[s
     if c.setup_task:
         setup_task = {
             "commandLine": c.setup_task,
-            "environmentVariables": None,
-            "secrets": None,
-            "stdOutErrPathPrefix": None,
-            "stdOutErrPathSuffix": None,
+            "environmentVariables": [{"name": n, "value": v} for n, v in c.setup_task_env] or None,
+            # A secret's value is never shown: its name, and null (as Batch AI answered).
+            "secrets": [
+                {"name": n, "value": None, "valueSecretReference": None}
+                for n, _ in c.setup_task_secrets
+            ]
+            or None,
+            "stdOutErrPathPrefix": c.setup_task_output,
+            "stdOutErrPathSuffix": c.setup_task_suffix,
         }
     node_setup = None
     if mounts is not None or setup_task is not None:

@@ -38,9 +38,11 @@ from services.models import (
     Approval,
     AuditEntry,
     Cluster,
+    ClusterFileListing,
     ClusterView,
     DownloadLink,
     ExperimentView,
+    FileEntry,
     FileListing,
     FileServer,
     GpuUse,
@@ -635,7 +637,27 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def file_listing(listing: FileListing, *, output: Output | str) -> Message:
-    entries = listing.entries
+    where = f"{listing.directory_id}/{listing.path}".replace("/.", "")
+    empty = md("`{}` of *{}* is empty", listing.directory_id, listing.job.name)
+    return _files(listing.entries, listing.links, listing.job.name, where, empty, output)
+
+
+def cluster_file_listing(listing: ClusterFileListing, *, output: Output | str) -> Message:
+    """`cluster file list`: the setup-task logs, with links."""
+    name = listing.cluster.name
+    where = f"setup task logs/{listing.path}".replace("/.", "").rstrip("/")
+    empty = md("*{}* has no setup-task logs yet: they appear when its nodes run the task", name)
+    return _files(listing.entries, listing.links, name, where, empty, output)
+
+
+def _files(
+    entries: Sequence[FileEntry],
+    links: dict[str, DownloadLink],
+    name: str,
+    where: str,
+    empty: str,
+    output: Output | str,
+) -> Message:
     if (out := Output.of(output)).structured:
         return _structured(
             out,
@@ -644,19 +666,17 @@ def file_listing(listing: FileListing, *, output: Output | str) -> Message:
                     e.name,
                     directory=e.is_directory,
                     size=e.size,
-                    url=listing.links[e.name].url if e.name in listing.links else None,
+                    url=links[e.name].url if e.name in links else None,
                     modified=e.modified,
                 )
                 for e in entries
             ],
         )
     if not entries:
-        return Message(
-            "empty", [section(md("`{}` of *{}* is empty", listing.directory_id, listing.job.name))]
-        )
+        return Message("empty", [section(empty)])
     rows = []
     for e in entries:
-        url = listing.links.get(e.name)
+        url = links.get(e.name)
         rows.append(
             md("• {} ({})", link(url.url, e.name), fmt_size(e.size))
             if url
@@ -665,9 +685,8 @@ def file_listing(listing: FileListing, *, output: Output | str) -> Message:
     text, count = _fit_lines(rows, SECTION_LIMIT - 200)
     if count < len(rows):
         text += md("\n…and {} more", len(rows) - count)
-    expiry = next(iter(listing.links.values())).expires_at if listing.links else None
-    where = f"{listing.directory_id}/{listing.path}".replace("/.", "")
-    head = md("*{}* `{}`", listing.job.name, where)
+    expiry = next(iter(links.values())).expires_at if links else None
+    head = md("*{}* `{}`", name, where)
     if expiry:
         head += md(" (links expire {:%Y-%m-%d %H:%M} UTC)", expiry)
     return Message(f"{len(entries)} files", [section(head + "\n" + text)])
@@ -760,6 +779,13 @@ def cluster_detail(view: ClusterView, *, output: Output | str) -> Message:
     ]
     if mounts:
         lines.append(md("mounts: {}", mounts))
+    if c.setup_task:
+        task = c.setup_task.strip()
+        shown = task.splitlines()[0][:80] if task else ""
+        more = "…" if len(shown) < len(task) else ""
+        lines.append(
+            md("setup task: `{}{}` (its logs: `cluster file list -c {}`)", shown, more, c.name)
+        )
     for problem in c.unusable[:10]:
         lines.append(md(":warning: node {} is unusable: {}", problem.node, problem.reason))
     if len(c.unusable) > 10:

@@ -166,7 +166,15 @@ class Cluster:
     state: ClusterState
     mounts: tuple[ShareMount, ...] = ()
     admin_user: str | None = None
-    setup_task: str | None = None
+    setup_task: str | None = None  # nodeSetup.setupTask.commandLine (bash, as root, per node)
+    # stdOutErrPathPrefix as given ($AZ_BATCHAI_MOUNT_ROOT/<afs mount>[/...]) and the suffix
+    # the bot appends (<sub>/<rg>/workspaces/<ws>/clusters/<name>/<uuid>): where its logs go.
+    setup_task_output: str | None = None
+    setup_task_suffix: str | None = None
+    setup_task_env: tuple[tuple[str, str], ...] = ()
+    setup_task_secrets: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False
+    )  # sealed at rest
     created_by: str | None = None
     created_at: datetime | None = None
     conversation: Conversation | None = None
@@ -461,6 +469,16 @@ class FileListing:
 
     job: Job
     directory_id: str
+    path: str
+    entries: tuple[FileEntry, ...]
+    links: dict[str, DownloadLink]  # by entry name; files only
+
+
+@dataclass(frozen=True)
+class ClusterFileListing:
+    """`cluster file list`: the setup-task logs of a cluster (one directory of them)."""
+
+    cluster: Cluster
     path: str
     entries: tuple[FileEntry, ...]
     links: dict[str, DownloadLink]  # by entry name; files only

@@ -36,9 +36,15 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "differs",
         [
             "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --subnet /subscriptions/s/x",
-            "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --setup-task 'echo x' "
-            "--setup-task-output afs",
             "cluster create -n c9 -s Standard_NC4as_T4_v3 -t 1 --nfs fs1",
+        ],
+    ),
+    (
+        "`cluster create --setup-task",
+        "as az",
+        [
+            "cluster create -n c12 -s Standard_NC4as_T4_v3 -t 1 --use-auto-storage "
+            "--setup-task 'echo x' --setup-task-output $AZ_BATCHAI_MOUNT_ROOT/autoafs",
         ],
     ),
     (
@@ -54,7 +60,16 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "as az",
         ["cluster node exec -c c2 --exec ls", 'cluster node exec -c c2 -n c2-node-0 --exec "pwd"'],
     ),
-    ("`cluster file list`", "differs", ["cluster file list"]),
+    (
+        "`cluster file list`",
+        "as az",
+        [
+            "cluster create -n c12 -s Standard_NC4as_T4_v3 -t 1 --afs-name data "
+            "--setup-task 'echo x' --setup-task-output $AZ_BATCHAI_MOUNT_ROOT/afs",
+            "cluster file list -c c12",
+            "cluster file list -c c12 -o json --expiry 5",
+        ],
+    ),
     ("`job list` / `show`", "as az", ["job list", "job list -o table"]),
     (
         "`workspace create",

@@ -192,9 +192,6 @@ EXECUTION_LOG = pytest.mark.xfail(
     "check); the bot writes execution-<node>.log, and only for job files that declare "
     "2018-03-01 or later",
 )
-SETUP_TASK = pytest.mark.xfail(
-    strict=True, reason="issue 13: --setup-task / nodeSetup.setupTask are not run yet"
-)
 
 
 # --------------------------------------------------------------------------- 2017-09-01-preview
@@ -440,7 +437,6 @@ async def test_2018_config_less_cluster_with_file_systems(az: Replay) -> None:
     )
 
 
-@SETUP_TASK
 async def test_2018_cluster_with_auto_storage_and_a_setup_task(az: Replay) -> None:
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.check(

@@ -73,6 +73,26 @@ def test_a_cluster_has_exactly_the_keys_of_the_spec() -> None:
     assert rest.cluster_resource(ClusterView(make_cluster(), NodeCounts(), 0))["nodeSetup"] is None
 
 
+def test_a_setup_task_shows_its_prefix_suffix_and_variables_and_never_a_secret_value() -> None:
+    cluster = make_cluster(
+        mounts=(ShareMount("data", "afs"),),
+        setup_task="apt-get install -y jq",
+        setup_task_output="$AZ_BATCHAI_MOUNT_ROOT/afs",
+        setup_task_suffix="sub/rg/workspaces/ws/clusters/c1/0f1e",
+        setup_task_env=(("GREETING", "hi"),),
+        setup_task_secrets=(("TOKEN", "never-shown-7a"),),
+    )
+    doc = rest.cluster_resource(ClusterView(cluster, NodeCounts(idle=1), 0))
+    task = doc["nodeSetup"]["setupTask"]
+    assert task["commandLine"] == "apt-get install -y jq"
+    assert task["stdOutErrPathPrefix"] == "$AZ_BATCHAI_MOUNT_ROOT/afs"
+    assert task["stdOutErrPathSuffix"] == "sub/rg/workspaces/ws/clusters/c1/0f1e"
+    assert task["environmentVariables"] == [{"name": "GREETING", "value": "hi"}]
+    assert task["secrets"] == [{"name": "TOKEN", "value": None, "valueSecretReference": None}]
+    assert set(task["secrets"][0]) == keys("EnvironmentVariableWithSecretValue")
+    assert "never-shown-7a" not in repr(doc)
+
+
 def test_a_job_echoes_its_properties_with_secrets_null() -> None:
     spec = {
         "properties": {

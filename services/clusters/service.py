@@ -9,11 +9,12 @@ from datetime import timedelta
 
 from services.access.owners import check_job_owner, check_node_exec
 from services.clusters import mounts as volumes
+from services.clusters import setuptask
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
-from services.core.ports import Clock, ComputeBackend, StorageBackend
+from services.core.ports import Clock, ComputeBackend, FileShare, StorageBackend
 from services.core.suggest import did_you_mean
 from services.jobs.lifecycle import ACTIVE_STATES, LIVE_STATES, JobState
 from services.jobs.sources import ConfigLoader
@@ -25,8 +26,10 @@ from services.models import (
     NAME_RE,
     Actor,
     Cluster,
+    ClusterFileListing,
     ClusterView,
     ConfigSource,
+    DownloadLink,
     Job,
     Node,
     NodeCounts,
@@ -49,10 +52,6 @@ _VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 DEFAULT_IMAGE = "UbuntuLTS"
 EXEC_TIMEOUT_S = 120.0  # a node exec waits this long for its command, then stops it
 MAX_EXEC_CHARS = 4096
-# A setup task runs as root on every node, where the storage key is: not run, wherever it is given.
-SETUP_TASK_REFUSED = (
-    "--setup-task (nodeSetup.setupTask in a cluster file) is not supported by this bot"
-)
 
 
 def check_exec_command(command: str) -> str:
@@ -105,6 +104,7 @@ class ClusterRequest:
     subnet: str | None = None
     user_name: str | None = None
     setup_task: str | None = None
+    setup_task_output: str | None = None
     resource_group: str | None = None
     workspace: str | None = None
     config: ConfigSource | None = None
@@ -127,7 +127,11 @@ class ClusterService:
         homes: Homes | None = None,
         storage: StorageBackend | None = None,
         storage_account: str | None = None,
+        subscription: str = "local",
+        share: FileShare | None = None,
     ) -> None:
+        self._share = share  # where setup-task logs are listed (cluster file list)
+        self._subscription = subscription  # the first segment of a setup task's log suffix
         self._homes = homes or Homes(resource_group, workspace)
         self._storage = storage
         self._account = storage_account  # the bot's own: mounts of it name no account
@@ -281,6 +285,45 @@ class ClusterService:
         else:
             cluster = replace(cluster, unusable=tuple(failed))
         return await self._view(cluster)
+
+    async def list_setup_files(
+        self,
+        name: str,
+        *,
+        where: Where = ANYWHERE,
+        path: str = ".",
+        expiry_minutes: int = 60,
+    ) -> ClusterFileListing:
+        """`cluster file list`: the setup-task logs (stdout-<node>.txt, stderr-<node>.txt) with
+        expiring download links."""
+        low, high = setuptask.MIN_LINK_MINUTES, setuptask.MAX_LINK_MINUTES
+        if not low <= expiry_minutes <= high:
+            raise UserError(f"--expiry must be {low}-{high} minutes")
+        cluster = await self._get(name, where)
+        logs = setuptask.logs_of(cluster)
+        if logs is None:
+            raise NotFound(f"cluster {cluster.name} has no setup task, so no setup-task logs")
+        if self._share is None:
+            raise Conflict("this bot was started without a file share to list logs from")
+        folder = logs.location
+        rel = path.strip().strip("/")
+        if rel not in ("", "."):
+            if ".." in rel.split("/") or "\\" in rel:
+                raise UserError(f"--path {path!r} must be a folder below the setup-task logs")
+            folder = folder.child(rel)
+        entries = await self._share.list_files(folder, recursive=False)
+        expires = self._clock.now() + timedelta(minutes=expiry_minutes)
+        links = {
+            e.name: DownloadLink(
+                e.name,
+                e.size,
+                await self._share.get_download_url(folder.child(e.name), expires_at=expires),
+                expires,
+            )
+            for e in entries
+            if not e.is_directory
+        }
+        return ClusterFileListing(cluster, path, tuple(entries), links)
 
     async def list_nodes(self, name: str, *, where: Where = ANYWHERE) -> list[Node]:
         return await self._backend.list_nodes(await self._get(name, where))
@@ -590,13 +633,22 @@ class ClusterService:
         mounts = volumes.merged(from_volumes, volumes.from_flags(flags))
         mounts = [self._own(m) for m in mounts]
         volumes.check_mounts(mounts, self._backend.reserved_shares)
-        if r.setup_task or from_file.setup_task:
-            raise UserError(SETUP_TASK_REFUSED)
-
+        command = r.setup_task or from_file.setup_task
+        output = r.setup_task_output or from_file.setup_task_output
+        if command or output:
+            setuptask.check_may_give(actor)  # root on every node: an admin's decision alone
+            if not command or not output:
+                raise UserError("--setup-task and --setup-task-output are given together")
+            command = setuptask.check_command(command)
+            setuptask.locate(output, mounts)
+        env = from_file.setup_task_env if command else ()
+        secrets = from_file.setup_task_secrets if command else ()
+        setuptask.check_env(env, "environmentVariables")
+        setuptask.check_env(secrets, "secrets")
         priority = r.vm_priority or from_file.vm_priority or "dedicated"
         if r.user_name or from_file.admin_user:
             check_admin_name(r.user_name or from_file.admin_user or "")
-        return Cluster(
+        cluster = Cluster(
             name=r.name,
             resource_group=r.resource_group or self._rg,
             workspace=r.workspace or self._ws,
@@ -610,12 +662,20 @@ class ClusterService:
             state=ClusterState.CREATING,
             mounts=tuple(mounts),
             admin_user=r.user_name or from_file.admin_user or actor.user,
-            setup_task=r.setup_task or from_file.setup_task,
+            setup_task=command,
+            setup_task_output=output if command else None,
+            setup_task_env=env,
+            setup_task_secrets=secrets,
             created_by=actor.user,
             created_at=self._clock.now(),
             conversation=actor.conversation,
             idle_timeout_s=idle_s,
         )
+        if command:
+            cluster = replace(
+                cluster, setup_task_suffix=setuptask.suffix(cluster, self._subscription)
+            )
+        return cluster
 
 
 def _check_count(flag: str, value: int) -> None:
@@ -676,6 +736,9 @@ class _FromFile:
     image: str | None = None
     admin_user: str | None = None
     setup_task: str | None = None
+    setup_task_output: str | None = None
+    setup_task_env: tuple[tuple[str, str], ...] = ()
+    setup_task_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     subnet: str | None = None
 
 
@@ -697,13 +760,25 @@ def _from_spec(spec: ClusterSpec) -> _FromFile:
         ref = vmc.image_reference
         image = ":".join(x for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
     setup = p.node_setup
+    task = setup.setup_task if setup is not None else None
+    secrets: list[tuple[str, str]] = []
+    for i, secret in enumerate(task.secrets if task is not None else ()):
+        if secret.value is None:  # a Key Vault reference: nothing here reads the vault for a node
+            raise UserError(
+                f"nodeSetup.setupTask.secrets[{i}] ({secret.name}): a Key Vault reference is not "
+                "resolved for a setup task; give its value"
+            )
+        secrets.append((secret.name, secret.value))
     return _FromFile(
         vm_size=p.vm_size,
         vm_priority=p.vm_priority,
         scale=scale,
         image=image,
         admin_user=p.user_account_settings.admin_user_name if p.user_account_settings else None,
-        setup_task=setup.setup_task.command_line if setup and setup.setup_task else None,
+        setup_task=task.command_line if task is not None else None,
+        setup_task_output=task.std_out_err_path_prefix if task is not None else None,
+        setup_task_env=tuple((v.name, v.value) for v in task.environment_variables) if task else (),
+        setup_task_secrets=tuple(secrets),
         subnet=p.subnet.id if p.subnet is not None else None,
     )
 

@@ -28,6 +28,10 @@ class SqlClusterRepository:
         self._box = box
 
     def _sealed(self, cluster: Cluster) -> Cluster:
+        if self._box is not None and cluster.setup_task_secrets:
+            box = self._box
+            sealed = tuple((n, box.seal(box.open(v))) for n, v in cluster.setup_task_secrets)
+            cluster = replace(cluster, setup_task_secrets=sealed)
         if self._box is None or not any(m.account_key for m in cluster.mounts):
             return cluster
         box = self._box
@@ -38,6 +42,10 @@ class SqlClusterRepository:
         return replace(cluster, mounts=mounts)
 
     def _opened(self, cluster: Cluster) -> Cluster:
+        if self._box is not None and cluster.setup_task_secrets:
+            box = self._box
+            opened = tuple((n, box.open(v)) for n, v in cluster.setup_task_secrets)
+            cluster = replace(cluster, setup_task_secrets=opened)
         if self._box is None or not any(m.account_key for m in cluster.mounts):
             return cluster
         box = self._box
@@ -112,6 +120,7 @@ def _cluster_row(c: Cluster) -> dict[str, Any]:
         "mounts": c.mounts,
         "admin_user": c.admin_user,
         "setup_task": c.setup_task,
+        "setup_task_spec": setup_spec_row(c),
         "created_by": c.created_by,
         "created_at": c.created_at,
         "conversation": c.conversation,
@@ -170,6 +179,7 @@ def _cluster_from(r: Any) -> Cluster:
         mounts=r["mounts"],
         admin_user=r["admin_user"],
         setup_task=r["setup_task"],
+        **_setup_from(r["setup_task_spec"]),
         created_by=r["created_by"],
         created_at=r["created_at"],
         conversation=r["conversation"],
@@ -181,3 +191,26 @@ def _cluster_from(r: Any) -> Cluster:
             for node, reason in r["unusable_nodes"] or ()
         ),
     )
+
+
+def setup_spec_row(c: Cluster) -> dict[str, Any] | None:
+    """The setup task's other parts as stored (its secrets as the caller sealed them)."""
+    if not c.setup_task:
+        return None
+    return {
+        "output": c.setup_task_output,
+        "suffix": c.setup_task_suffix,
+        "env": [list(p) for p in c.setup_task_env],
+        "secrets": [list(p) for p in c.setup_task_secrets],
+    }
+
+
+def _setup_from(data: Any) -> dict[str, Any]:
+    if not data:
+        return {}
+    return {
+        "setup_task_output": data.get("output"),
+        "setup_task_suffix": data.get("suffix"),
+        "setup_task_env": tuple((str(n), str(v)) for n, v in data.get("env") or ()),
+        "setup_task_secrets": tuple((str(n), str(v)) for n, v in data.get("secrets") or ()),
+    }

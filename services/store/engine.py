@@ -106,6 +106,13 @@ async def _reseal(
             change = update(clusters).where(clusters.c.name == name).values(mounts=keyed)
             await conn.execute(change)
             count += 1
+    found = await conn.execute(select(clusters.c.name, clusters.c.setup_task_spec))
+    for name, setup in found.all():
+        if setup and setup.get("secrets"):  # a setup task's secrets
+            resealed = [[n, value(v)] for n, v in setup["secrets"]]
+            change = update(clusters).where(clusters.c.name == name)
+            await conn.execute(change.values(setup_task_spec={**setup, "secrets": resealed}))
+            count += 1
     stmt = select(audit.c.id, audit.c.detail).where(audit.c.detail.is_not(None))
     for audit_id, detail in (await conn.execute(stmt)).all():
         await conn.execute(update(audit).where(audit.c.id == audit_id).values(detail=value(detail)))

@@ -54,6 +54,8 @@ clusters = Table(
     Column("mounts", MountsJson, nullable=False),
     Column("admin_user", String(64)),
     Column("setup_task", SafeText),
+    # {"output", "suffix", "env": [[name, value]], "secrets": [[name, sealed value]]}
+    Column("setup_task_spec", JSON),
     Column("created_by", String(64)),
     Column("created_at", UtcDateTime()),
     Column("conversation", ConversationJson),

@@ -22,7 +22,6 @@ from services.backends.azure.files import AzureShare
 from services.backends.azure.scaleset_model import image_reference
 from services.backends.azure.sizes import gpu_model
 from services.core.errors import (
-    BackendError,
     BatchAIError,
     NotFound,
     QuotaError,
@@ -422,16 +421,18 @@ def test_settings_name_what_the_azure_backend_misses() -> None:
         )
 
 
-async def test_a_failing_setup_task_fails_the_create_without_leaking_the_key(
+async def test_a_failing_setup_task_leaves_the_node_unusable_without_leaking_the_key(
     rig: AzureRig, backend: AzureBackend
 ) -> None:
-    c = replace(gpu_cluster("broken", "Standard_NC4as_T4_v3", 1), setup_task="exit 3")
-    with pytest.raises(BackendError) as err:
-        await backend.create_cluster(c)
-    assert "VMExtensionProvisioningError" in str(err.value)
-    assert rig.config.storage_key not in str(err.value)
-    with pytest.raises(BackendError, match="exists but failed to provision"):
-        await backend.create_cluster(c)
+    c = replace(gpu_cluster("broken", "Standard_NC4as_T4_v3", 1), setup_task="env; exit 3")
+    await backend.create_cluster(c)  # the cluster is made; its node says why it cannot work
+    inst = rig.arm.scale_sets["broken"].instances["0"]
+    (node,) = await backend.list_nodes(c)
+    assert node.state == "unusable"
+    assert node.detail == f"setup task failed (exit 3), see stdout-{inst.computer_name}.txt"
+    logs = inst.dir / "var" / "log" / "batchai-setup"  # no --setup-task-output: node-local
+    out = (logs / f"stdout-{inst.computer_name}.txt").read_text()
+    assert "AZ_BATCHAI_MOUNT_ROOT=" in out and rig.config.storage_key not in out
     await backend.delete_cluster(c)
 
 

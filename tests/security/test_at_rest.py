@@ -50,7 +50,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-3f9a-never-at-rest"
 REGISTRY_PASSWORD = "reg-pw-7c1e-never-at-rest"
 ACCOUNT_KEY = "acct-key-51d0-never-at-rest"
-SECRETS = (TOKEN, REGISTRY_PASSWORD, ACCOUNT_KEY)
+SETUP_SECRET = "setup-task-secret-82ab-never-at-rest"
+SECRETS = (TOKEN, REGISTRY_PASSWORD, ACCOUNT_KEY, SETUP_SECRET)
+
+
+def setup_cluster() -> Any:
+    """A cluster whose setup task carries a secret (cluster.json nodeSetup.setupTask.secrets)."""
+    return make_cluster(
+        name="setup",
+        setup_task="true",
+        setup_task_output="$AZ_BATCHAI_MOUNT_ROOT/afs",
+        setup_task_secrets=(("TASK_TOKEN", SETUP_SECRET),),
+    )
+
+
 TIMEOUT = 60.0
 
 
@@ -135,6 +148,7 @@ async def test_secret_fields_are_sealed_in_the_rows_and_opened_for_the_launch(ur
     try:
         document = json.dumps(spec())
         await store.insert_cluster(make_cluster())
+        await store.insert_cluster(setup_cluster())
         job = await store.insert_job(make_job(spec_json=document))
         async with store.unit() as uow:
             await uow.schedules.add(schedule(document))
@@ -152,6 +166,8 @@ async def test_secret_fields_are_sealed_in_the_rows_and_opened_for_the_launch(ur
         assert (await store.list_audit())[0].detail == typed
         again = await store.get_schedule("s1")
         assert again is not None and again.job.config.value == document
+        cluster = await store.get_cluster("setup")
+        assert cluster is not None and cluster.setup_task_secrets == (("TASK_TOKEN", SETUP_SECRET),)
     finally:
         await store.aclose()
 
@@ -217,6 +233,7 @@ async def test_a_wrong_key_is_refused_and_a_previous_key_is_rotated_out(url: str
     store = SqlStore(url, secrets=SecretBox.from_keys(first))
     await store.migrate()
     await store.insert_cluster(make_cluster())
+    await store.insert_cluster(setup_cluster())
     await store.insert_job(make_job(spec_json=json.dumps(spec())))
     await store.aclose()
 
@@ -234,6 +251,8 @@ async def test_a_wrong_key_is_refused_and_a_previous_key_is_rotated_out(url: str
     try:
         (job,) = await only_new.list_jobs()
         assert json.loads(only_new.open_spec(job.spec_json)) == spec()
+        cluster = await only_new.get_cluster("setup")
+        assert cluster is not None and cluster.setup_task_secrets == (("TASK_TOKEN", SETUP_SECRET),)
     finally:
         await only_new.aclose()
 

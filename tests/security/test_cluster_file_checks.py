@@ -14,7 +14,7 @@ import pytest
 
 from services.backends.azure.backend import AzureBackend
 from services.clusters.service import ClusterRequest, ClusterService
-from services.core.errors import UserError
+from services.core.errors import NotAllowed, UserError
 from services.jobs.sources import ConfigLoader
 from services.models import Actor, ConfigSource
 from services.store import SqlStore
@@ -84,7 +84,7 @@ async def refused(
     service: tuple[ClusterService, AzureBackend], rig: AzureRig, request: ClusterRequest
 ) -> str:
     clusters, _ = service
-    with pytest.raises(UserError) as err:
+    with pytest.raises((UserError, NotAllowed)) as err:
         await clusters.create_cluster(request, actor=Actor(user="U1"))
     assert "\n" not in str(err.value)
     assert await clusters.list_clusters() == []
@@ -142,15 +142,23 @@ async def test_a_bad_share_name_in_a_cluster_file_is_refused_like_the_flag(
     assert "share" in message
 
 
-async def test_a_setup_task_in_a_cluster_file_is_refused_like_the_flag(
+async def test_a_setup_task_from_a_non_admin_is_refused_from_the_file_like_the_flag(
     service: tuple[ClusterService, AzureBackend], rig: AzureRig
 ) -> None:
     text = cluster_file(setup="cat /etc/smbcredentials/* > $AZ_BATCHAI_MOUNT_ROOT/afs/key")
-    assert "--setup-task" in await refused(service, rig, from_file(text))
+    from_json = await refused(service, rig, from_file(text))
     flag = ClusterRequest(
-        name="c1", vm_size="Standard_NC4as_T4_v3", target_nodes=1, setup_task="true"
+        name="c1",
+        vm_size="Standard_NC4as_T4_v3",
+        target_nodes=1,
+        afs_name="data",
+        setup_task="true",
+        setup_task_output="$AZ_BATCHAI_MOUNT_ROOT/afs",
     )
-    assert "--setup-task" in await refused(service, rig, flag)
+    from_flag = await refused(service, rig, flag)
+    assert from_json == from_flag
+    assert "only an admin" in from_flag and "ADMIN_USERS" in from_flag
+    assert "not supported" not in from_flag
 
 
 async def test_a_good_cluster_file_still_creates_its_mount(

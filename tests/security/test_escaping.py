@@ -45,6 +45,7 @@ from services.models import (
     Approval,
     Attempt,
     AuditEntry,
+    ClusterFileListing,
     ClusterView,
     ConfigSource,
     Conversation,
@@ -147,6 +148,10 @@ CLUSTER = hostile(
         error="x",
         autoscale=True,
         setup_task="x",
+        setup_task_output="x",
+        setup_task_suffix="x",
+        setup_task_env=(("A", "b"),),
+        setup_task_secrets=(("S", "v"),),
         unusable=(NodeProblem("c1", "n", "r"),),
     )
 )
@@ -224,6 +229,11 @@ def _listing() -> FileListing:
     return FileListing(_job(), HOSTILE, HOSTILE, entries, {HOSTILE: _link(HOSTILE)})
 
 
+def _cluster_listing() -> ClusterFileListing:
+    entries = (FileEntry(HOSTILE, False, 5, NOW), FileEntry(HOSTILE + "dir", True, 0))
+    return ClusterFileListing(VIEW.cluster, HOSTILE, entries, {HOSTILE: _link(HOSTILE)})
+
+
 SERVER = FileServer(
     HOSTILE,
     HOSTILE,
@@ -256,6 +266,7 @@ ARGS: dict[str, Callable[[], Any]] = {
     "Sequence[ClusterView]": lambda: [VIEW],
     "Sequence[DownloadLink]": lambda: [_link(HOSTILE), _link("model.bin")],
     "FileListing": _listing,
+    "ClusterFileListing": _cluster_listing,
     "Approval": lambda: APPROVAL,
     "Sequence[Approval]": lambda: [APPROVAL],
     "Sequence[AuditEntry]": lambda: [

@@ -29,7 +29,6 @@ from services.backends.noderun import health
 ROOT = '"${BATCHAI_NODE_ROOT:-}"'
 CRED_DIR = "/etc/smbcredentials"
 SETUP_DIR = "/etc/batchai"
-SETUP_LOG = "/var/log/batchai-setup-task.log"
 SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 # The bot's own share: root only, nothing on it runs as a program of its own.
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
@@ -329,11 +328,13 @@ def setup_script(
     other_keys: Mapping[str, str] | None = None,
     blobs: Sequence[BlobMount] = (),
     servers: Sequence[NfsMount] = (),
+    setup_logs: str | None = None,
+    setup_env: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Run once per new node by the CustomScript extension (its protectedSettings: the storage
     key is in here and nowhere in the scale-set model). Waits for cloud-init, writes the
-    credentials file (mode 600), mounts the shares, runs the cluster's setup task, then the
-    node health check (`health_check`, see `health_lines`)."""
+    credentials file (mode 600), mounts the shares, runs the cluster's setup task (see
+    `setup_task_lines`), then the node health check (`health_check`, see `health_lines`)."""
     q = shlex.quote
     cred = f"{ROOT}{CRED_DIR}/{_account(account)}.cred"
     lines = [
@@ -357,16 +358,58 @@ def setup_script(
         *nfs_lines(servers),
     ]
     if setup_task:
-        encoded = base64.b64encode(setup_task.encode()).decode()
-        task = f"{ROOT}{SETUP_DIR}/setup-task.sh"
-        lines += [
-            f"mkdir -p {ROOT}{SETUP_DIR} {ROOT}/var/log",
-            f"echo {encoded} | base64 -d > {task}",
-            f"export AZ_BATCHAI_MOUNT_ROOT={q(mount_root)}",
-            f"bash {task} >> {ROOT}{SETUP_LOG} 2>&1",
-        ]
+        lines += setup_task_lines(setup_task, mount_root=mount_root, logs=setup_logs, env=setup_env)
     lines += health_check
     return "\n".join(lines) + "\n"
+
+
+def setup_task_lines(
+    command: str,
+    *,
+    mount_root: str,
+    logs: str | None,
+    env: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """The cluster's setup task as root, after the mounts: its text base64-decoded into a
+    root-only file (never spliced into a line), its variables and secrets written by the shell's
+    own printf (no process, so no argv shows them) to a root-only file it sources; run by bash in
+    a clean environment (the node's PATH, those variables, AZ_BATCHAI_MOUNT_ROOT and
+    AZ_BATCHAI_STDOUTERR_DIR), its output in `logs` (on the share) as stdout-<host>.txt and
+    stderr-<host>.txt. A failure does not stop the script: it sets `batchai_setup_failed`,
+    which the health check reports as the node's reason (the node is unusable, the cluster
+    still made)."""
+    q = shlex.quote
+    encoded = base64.b64encode(command.encode()).decode()
+    task = f"{ROOT}{SETUP_DIR}/setup-task.sh"
+    env_file = f"{ROOT}{SETUP_DIR}/setup-task.env"
+    where = q(logs) if logs else f"{ROOT}/var/log/batchai-setup"
+    exports = [q(f"export {name}={q(value)}") for name, value in env]
+    run = '. "$1" && exec bash "$2"'
+    return [
+        f"mkdir -p {ROOT}{SETUP_DIR}",
+        f"chmod 700 {ROOT}{SETUP_DIR}",
+        "umask 077",
+        f"echo {encoded} | base64 -d > {task}",
+        f"printf '%s\\n' {' '.join(exports)} > {env_file}" if exports else f": > {env_file}",
+        "umask 022",
+        f"batchai_setup_dir={where}",
+        'mkdir -p -- "$batchai_setup_dir"',
+        f"batchai_node=$(cat {ROOT}/etc/hostname 2>/dev/null || hostname)",
+        "batchai_node=$(printf '%s' \"$batchai_node\" | head -n 1 | tr -cd 'A-Za-z0-9-')",
+        "set +e",
+        f'(cd {q(mount_root)} && exec env -i PATH="$PATH" HOME=/root LANG=C.UTF-8 '
+        f"AZ_BATCHAI_MOUNT_ROOT={q(mount_root)} "
+        'AZ_BATCHAI_STDOUTERR_DIR="$batchai_setup_dir" '
+        f"bash -c {q(run)} batchai-setup {env_file} {task}) "
+        '> "$batchai_setup_dir/stdout-$batchai_node.txt" '
+        '2> "$batchai_setup_dir/stderr-$batchai_node.txt" < /dev/null',
+        "batchai_setup_rc=$?",
+        "set -e",
+        'if [ "$batchai_setup_rc" -ne 0 ]; then',
+        '  batchai_setup_failed="setup task failed (exit $batchai_setup_rc), '
+        'see stdout-$batchai_node.txt"',
+        "fi",
+    ]
 
 
 def health_lines(*, cluster: str, gpus: int, mounts: Sequence[str], control: str) -> list[str]:

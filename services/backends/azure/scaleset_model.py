@@ -9,6 +9,7 @@ from typing import Any
 from services.backends.azure import cloudinit, node
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.sizes import SkuInfo
+from services.clusters import setuptask
 from services.clusters.names import DISALLOWED_ADMIN_NAMES, check_cluster_name
 from services.core.errors import UserError
 from services.models import Cluster
@@ -184,6 +185,7 @@ def scale_set_model(
     user = admin_name(cluster.admin_user, cfg.admin_user)
     mounts = node_mounts(cfg, cluster)
     blobs, servers = blob_mounts(cfg, cluster), nfs_mounts(cfg, cluster)
+    logs = setuptask.logs_of(cluster)  # on one of the cluster's shares
     setup = node.setup_script(
         host=cfg.smb_host,
         account=cfg.storage_account,
@@ -191,6 +193,8 @@ def scale_set_model(
         mounts=mounts,
         mount_root=cfg.mount_root,
         setup_task=cluster.setup_task,
+        setup_logs=logs.node_dir(cfg.mount_root) if logs is not None else None,
+        setup_env=setuptask.task_env(cluster),
         health_check=node.health_lines(
             cluster=cluster.name,
             gpus=sku.gpus if sku is not None else 0,

@@ -55,7 +55,9 @@ def check_lines(*, gpus: int, mounts: Sequence[str], out: Sequence[str]) -> tupl
         body.append("  fi")
     body += [
         "}",
-        "batchai_reason=$(batchai_health | head -n 1)",
+        # A setup task that failed (the azure setup script's) is the node's reason: not checked.
+        'if [ -n "${batchai_setup_failed:-}" ]; then batchai_reason=$batchai_setup_failed; '
+        "else batchai_reason=$(batchai_health | head -n 1); fi",
         'if [ -z "$batchai_reason" ]; then batchai_status=ok; else batchai_status=failed; fi',
     ]
     for target in out:
