@@ -343,6 +343,7 @@ def build(
         readers=readers,
         reserved_shares=compute.reserved_shares,
         storage=backend,
+        file_servers=store,
     )
     gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
     sweeps = SweepService(

@@ -262,3 +262,29 @@ async def test_what_cannot_be_mounted_is_one_line_and_nothing_is_made(
     assert reply.failed and reason in reply.message.text, reply.message.text
     assert "not supported by this bot yet" not in reply.message.text
     assert await bot.store.get_cluster("m5") is None
+
+
+@pytest.mark.parametrize(
+    ("server_id", "reason"),
+    [
+        ("x.evil.example", "does not name a file server"),
+        ("/subscriptions/s/resourceGroups/rg/fileServers/a;b", "does not name a file server"),
+        ("/subscriptions/s/resourceGroups/rg/fileServers/nope", "file server nope not found"),
+    ],
+)
+async def test_a_job_json_mounts_only_a_ready_file_server_of_the_bots(
+    bot: Bot, server_id: str, reason: str
+) -> None:
+    await ok(bot, f"cluster create -n j5 -s {SIZE} -t 1")
+    spec = {
+        "properties": {
+            "nodeCount": 1,
+            "customToolkitSettings": {"commandLine": "true"},
+            "mountVolumes": {
+                "fileServers": [{"fileServer": {"id": server_id}, "relativeMountPath": "d"}]
+            },
+        }
+    }
+    reply = await say(bot, f"job create -n j5job -r j5 -c '{json.dumps(spec)}'", source="console")
+    assert reply.failed and reason in reply.message.text, reply.message.text
+    assert await bot.store.find_job("j5job") is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.clusters.lifecycle import FileServerState, move_file_server
 from services.clusters.names import check_admin_name
@@ -35,6 +37,26 @@ class FileServerRequest:
     resource_group: str | None = None
     workspace: str | None = None
     config: object | None = None  # a ConfigSource
+
+
+class FileServerLookup(Protocol):
+    async def get_file_server(self, name: str) -> FileServer | None: ...
+
+    async def list_file_servers(self) -> list[FileServer]: ...
+
+
+async def check_ready(store: FileServerLookup, names: Iterable[str]) -> None:
+    """Every file server named exists and is ready to mount (`file-server create` first)."""
+    for name in names:
+        server = await store.get_file_server(name)
+        if server is None:
+            known = [s.name for s in await store.list_file_servers()]
+            raise NotFound(
+                f"file server {name} not found{did_you_mean(name, known)}: "
+                "create it with file-server create"
+            )
+        if server.state != FileServerState.SUCCEEDED:
+            raise Conflict(f"file server {name} is {server.state}, not ready to mount")
 
 
 class FileServerService:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from services.access.owners import check_job_owner, check_node_exec
 from services.clusters import mounts as volumes
 from services.clusters import setuptask
+from services.clusters.fileservers import check_ready
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
@@ -186,18 +187,7 @@ class ClusterService:
 
     async def check_servers(self, mounts: tuple[ShareMount, ...]) -> None:
         """Every file server a mount names exists and is ready (`file-server create` first)."""
-        for m in mounts:
-            if m.kind != "nfs":
-                continue
-            server = await self._store.get_file_server(m.share)
-            if server is None:
-                known = [s.name for s in await self._store.list_file_servers()]
-                raise NotFound(
-                    f"file server {m.share} not found{did_you_mean(m.share, known)}: "
-                    "create it with file-server create"
-                )
-            if server.state != "succeeded":
-                raise Conflict(f"file server {m.share} is {server.state}, not ready to mount")
+        await check_ready(self._store, [m.share for m in mounts if m.kind == "nfs"])
 
     async def ensure_storage(self, mounts: tuple[ShareMount, ...]) -> None:
         """--use-auto-storage: the bot's share and container are created when missing."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.access.owners import check_job_owner, check_owner
 from services.access.reads import JobReaders
+from services.clusters.fileservers import FileServerLookup, check_ready
 from services.clusters.mounts import ACCOUNT_PLACEHOLDER, check_mounts, job_volumes
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
@@ -94,7 +95,9 @@ class JobService:
         reserved_shares: frozenset[str] = frozenset(),
         homes: Homes | None = None,
         storage: StorageBackend | None = None,
+        file_servers: FileServerLookup | None = None,
     ) -> None:
+        self._file_servers = file_servers
         self._homes = homes or Homes(resource_group, workspace, experiment)
         self._storage = storage
         self._store = store
@@ -191,6 +194,9 @@ class JobService:
         if request.mounts:
             spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
+        volumes = spec.properties.mount_volumes
+        if volumes is not None and self._file_servers is not None:  # only ready ones of ours
+            await check_ready(self._file_servers, [f.server_name for f in volumes.file_servers])
         return spec, label, section
 
     def _check_name(self, name: str) -> None:

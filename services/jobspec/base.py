@@ -253,11 +253,29 @@ class AzureBlobFileSystem(SpecModel):
         return fold_legacy(data, "credentialsInfo", "credentials")
 
 
+_FILE_SERVER_NAME = re.compile(r"[-\w]{1,64}", re.ASCII)
+
+
 class FileServerReference(SpecModel):
     file_server: ResourceId
     source_directory: Str | None = None
     relative_mount_path: MountPath
     mount_options: Str | None = None
+
+    @model_validator(mode="after")
+    def _names_a_server(self) -> FileServerReference:
+        # The node mounts `batchai-fs-<name>`: a dotted or odd name could be any host.
+        if not _FILE_SERVER_NAME.fullmatch(self.server_name):
+            raise ValueError(
+                f"fileServer.id {self.file_server.id!r} does not name a file server "
+                "(…/fileServers/<1-64 letters, digits, - or _>)"
+            )
+        return self
+
+    @property
+    def server_name(self) -> str:
+        """The file server's name: the last segment of its resource id."""
+        return self.file_server.id.rstrip("/").rsplit("/", 1)[-1]
 
 
 class UnmanagedFileSystem(SpecModel):

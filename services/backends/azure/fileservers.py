@@ -45,7 +45,7 @@ def nfs_cloud_config(*, disks: int, export: str, client_ranges: Sequence[str]) -
     system that exists is kept."""
     if not client_ranges or not all(CIDR_RE.fullmatch(r) for r in client_ranges):
         raise BackendError(f"the subnet's address ranges {list(client_ranges)} are not CIDRs")
-    clients = " ".join(f"{r}(rw,sync,no_subtree_check,no_root_squash)" for r in client_ranges)
+    clients = " ".join(f"{r}(rw,sync,no_subtree_check,root_squash)" for r in client_ranges)
     luns = " ".join(f"/dev/disk/azure/scsi1/lun{i}" for i in range(disks))
     # One disk needs no array: it is formatted as it is.
     device = RAID_DEVICE if disks > 1 else luns

@@ -164,7 +164,7 @@ class JobPlanner:
             lines += node.job_blob_lines(mount)
             mounts.append((mount.path, f"{root}/{b.relative_mount_path.strip('/')}"))
         for f in volumes.file_servers:
-            name = f.file_server.id.rstrip("/").rsplit("/", 1)[-1]
+            name = f.server_name
             server = node.NfsMount(node.server_host(name), node.NFS_EXPORT, f"{base}/nfs-{name}")
             lines += node.nfs_lines([server])
             mounts.append((server.path, f"{root}/{f.relative_mount_path.strip('/')}"))

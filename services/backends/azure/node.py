@@ -138,7 +138,7 @@ def server_host(name: str) -> str:
 
 BLOBFUSE_DIR = "/etc/batchai/blobfuse2"  # root-only: the configs hold the account keys
 BLOBFUSE_CACHE = "/mnt/blobfusetmp"  # blobfuse2's file cache, on the resource disk
-NFS_OPTIONS = "vers=4.1,hard,_netdev,nofail"
+NFS_OPTIONS = "vers=4.1,hard,nosuid,nodev,_netdev,nofail"  # no setuid file acts on a node
 # Microsoft's package repository, where blobfuse2 is published for Ubuntu.
 _MS_PACKAGES = "https://packages.microsoft.com/config/ubuntu"
 

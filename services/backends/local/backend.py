@@ -234,7 +234,7 @@ class LocalBackend:
         ]
         notes = []
         for v in volumes.file_servers:
-            server = self._data.file_server(v.file_server.id.rstrip("/").rsplit("/", 1)[-1])
+            server = self._data.file_server(v.server_name)
             if not server.is_dir():
                 notes.append(
                     f"{v.relative_mount_path}: file server {server.parent.name} does not exist "
