@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fakes.slack import FakeSlack  # noqa: E402
 
 LINE_RE = re.compile(r"^(s\d+) (\d+) (\d+\.\d+)$")
+# A row of a sweep card: the job's name, then its state after the values (sweepviews._row).
+CARD_ROW_RE = re.compile(r"^(?::trophy: )?[`*]([a-z]\w*-\d+)[`*][^·\n]* · (?::\w+: )?(\w+)", re.M)
+CARD_HEAD_RE = re.compile(r":bar_chart: sweep \*([^*]+)\*")
+STATE_ORDER = ["pending_approval", "queued", "preparing", "running", "terminating", "ended"]
 HEADER_RE = re.compile(r"`([^`]+)` lines (\d+)-(\d+)")
 SKIPPED_RE = re.compile(r"(\d+) lines skipped")
 
@@ -105,6 +110,86 @@ def written_lines(stdout_files: Iterator[Path]) -> dict[tuple[str, int], float]:
             if (m := LINE_RE.match(line)) is not None:
                 written[(m.group(1), int(m.group(2)))] = float(m.group(3))
     return written
+
+
+def state_changes(db: Path) -> list[tuple[str, str, float]]:
+    """(job name, new state, stored at) of every submission and state change of a sweep's
+    jobs, from the events table (read on a separate SQLite connection)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        names = dict(conn.execute("SELECT id, name FROM jobs WHERE sweep_id IS NOT NULL"))
+        rows = conn.execute(
+            "SELECT kind, job_id, payload, created_at FROM events"
+            " WHERE kind IN ('job_state_changed', 'job_submitted')"
+        ).fetchall()
+    changes = []
+    for kind, job_id, payload, created in rows:
+        state = "queued" if kind == "job_submitted" else json.loads(payload).get("new", "")
+        at = datetime.fromisoformat(str(created)).replace(tzinfo=UTC).timestamp()
+        if job_id in names:
+            changes.append((str(names[job_id]), state, at))
+    return changes
+
+
+def _rank(state: str) -> int:
+    return STATE_ORDER.index(state if state in STATE_ORDER else "ended")
+
+
+@dataclass
+class CardStaleness:
+    """How stale the sweep cards were: per state change of a sweep's job (stored at t), the
+    arrival of the first version of its sweep's card that shows the job in that state or a later
+    one, minus t."""
+
+    stale: list[float]
+    never: int  # state changes no accepted card version ever showed
+    changes: int
+    jobs: int
+    cards: int  # sweep cards (first posts)
+    versions: int  # accepted versions of them (posts + edits)
+    other_tops: int  # top-level messages that are not a sweep card
+
+
+def card_staleness(
+    changes: list[tuple[str, str, float]], versions: list[tuple[float, str, str]]
+) -> CardStaleness:
+    cards = [(at, ts, text) for at, ts, text in versions if CARD_HEAD_RE.search(text)]
+    shown: dict[str, list[tuple[float, int]]] = {}  # job -> (arrival, rank shown), in order
+    for at, _, text in sorted(cards):
+        for name, state in CARD_ROW_RE.findall(text):
+            shown.setdefault(name, []).append((at, _rank(state)))
+    stale, never = [], 0
+    for name, state, at in changes:
+        wanted = _rank(state)
+        seen = next((t for t, rank in shown.get(name, ()) if t >= at and rank >= wanted), None)
+        if seen is None:
+            never += 1
+        else:
+            stale.append(seen - at)
+    return CardStaleness(
+        stale=stale,
+        never=never,
+        changes=len(changes),
+        jobs=len({name for name, _, _ in changes}),
+        cards=len({ts for _, ts, _ in cards}),
+        versions=len(cards),
+        other_tops=len(versions) - len(cards),
+    )
+
+
+def print_card_staleness(s: CardStaleness) -> None:
+    if not s.stale:
+        print(f"sweep card staleness     no state change was shown ({s.never} never shown)")
+        return
+    print(
+        f"sweep card staleness p95 {pct(s.stale, 95):7.2f} s   p50 {pct(s.stale, 50):7.2f} s"
+        f"   max {max(s.stale):7.2f} s   over {len(s.stale)} state changes of {s.jobs} jobs"
+        f" (goal: p95 <= 15 s); {s.never} never shown"
+    )
+    print(
+        f"sweep cards              {s.cards} card(s), {s.versions} versions accepted"
+        f" ({s.cards} posts + {s.versions - s.cards} edits); {s.other_tops} other top-level"
+        " messages"
+    )
 
 
 # --------------------------------------------------------------------------------------------
