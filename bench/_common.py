@@ -80,8 +80,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def pending_by_kind(db: Path) -> dict[str, int]:
-    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking).
+
+    Every connection here is closed explicitly: `with sqlite3.connect(...)` only commits, and on
+    Python 3.11 a connection and its statement cache form a cycle, so an unclosed one (and its
+    page cache, up to 2 MB, in the executor thread's malloc arena) waits for a full collection.
+    slack_stream_bench.py runs the bot in this process and asks this twice a second while
+    draining: that was the 780-846 MB "bot" peak, the bench measuring itself."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute(
             "SELECT kind, count(*) FROM events WHERE delivered_at IS NULL GROUP BY kind"
         ).fetchall()
@@ -90,7 +96,7 @@ def pending_by_kind(db: Path) -> dict[str, int]:
 
 def pending_lines(db: Path) -> set[tuple[str, int]]:
     """(job, seq) of every line still in an undelivered log snippet."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute(
             "SELECT payload FROM events WHERE delivered_at IS NULL AND kind = 'log_snippet'"
         ).fetchall()
@@ -115,7 +121,7 @@ def written_lines(stdout_files: Iterator[Path]) -> dict[tuple[str, int], float]:
 def state_changes(db: Path) -> list[tuple[str, str, float]]:
     """(job name, new state, stored at) of every submission and state change of a sweep's
     jobs, from the events table (read on a separate SQLite connection)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         names = dict(conn.execute("SELECT id, name FROM jobs WHERE sweep_id IS NOT NULL"))
         rows = conn.execute(
             "SELECT kind, job_id, payload, created_at FROM events"
@@ -449,33 +455,40 @@ class MemoryTrace:
     tracemalloc counts Python allocations only; the gap between it and RSS is C memory (SQLite
     page caches, thread stacks, malloc arenas kept by freed-but-fragmented heaps)."""
 
-    def __init__(self, *, every: float = 2.0, frames: int = 12) -> None:
+    def __init__(self, *, every: float = 2.0, frames: int = 12, after: float = 0.0) -> None:
         import tracemalloc
 
         self._tm = tracemalloc
         self._every = every
         self._frames = frames
+        self._after = after  # seconds of RSS sampling before tracemalloc starts (it slows)
+        self._rss_high = 0.0
         self.samples: list[tuple[float, float, float, int]] = []  # (t, rss MB, traced MB, threads)
         self._best = 0
         self._snapshot: Any = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._tm.start(self._frames)
+        if not self._after:
+            self._tm.start(self._frames)
         self._t0 = time.time()
         self._task = asyncio.ensure_future(self._sample())
 
     async def _sample(self) -> None:
         while True:
+            if not self._tm.is_tracing() and time.time() - self._t0 >= self._after:
+                self._tm.start(self._frames)
             status = proc_status()
             current, _ = self._tm.get_traced_memory()
             threads = int(status.get("Threads", "0") or 0)
-            self.samples.append(
-                (time.time() - self._t0, _kb(status.get("VmRSS", "")), current / 2**20, threads)
-            )
-            if current > self._best * 1.05:  # a snapshot costs: only on a new high
-                self._best = current
+            rss = _kb(status.get("VmRSS", ""))
+            self.samples.append((time.time() - self._t0, rss, current / 2**20, threads))
+            # a snapshot costs: only on a new high of the traced heap or of RSS
+            if self._tm.is_tracing() and (current > self._best * 1.05 or rss > self._rss_high):
+                self._best = max(self._best, current)
+                self._rss_high = rss * 1.05
                 self._snapshot = self._tm.take_snapshot()
+                self._snapshot_at = (time.time() - self._t0, rss, current / 2**20)
             await asyncio.sleep(self._every)
 
     async def stop(self) -> None:
@@ -484,7 +497,7 @@ class MemoryTrace:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def print(self, *, top: int = 8, points: int = 16) -> None:
+    def print(self, *, top: int = 12, points: int = 24) -> None:
         if not self.samples:
             return
         _, peak_traced = self._tm.get_traced_memory()
@@ -507,7 +520,11 @@ class MemoryTrace:
         if self._snapshot is not None:
             stats = self._snapshot.statistics("traceback")
             total = sum(s.size for s in stats) / 2**20
-            print(f"  top allocations at the traced high ({total:.1f} MB), by traceback:")
+            t, rss, traced = self._snapshot_at
+            print(
+                f"  top allocations at the last high (t={t:.0f} s: RSS {rss:.0f} MB, traced"
+                f" {traced:.0f} MB; {total:.1f} MB live), by traceback:"
+            )
             for stat in stats[:top]:
                 frames = [
                     f"{Path(f.filename).name}:{f.lineno}"

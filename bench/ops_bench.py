@@ -174,7 +174,7 @@ class BotProcess:
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
         return list(conn.execute(sql).fetchall())
 
 

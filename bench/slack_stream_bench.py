@@ -205,7 +205,7 @@ class Stream:
 
     async def run(self, counting: CountingHandler) -> None:
         args, bot = self.args, self.bot
-        trace = MemoryTrace() if args.trace_memory else None
+        trace = MemoryTrace(after=args.trace_after) if args.trace_memory else None
         if trace is not None:
             trace.start()
         await self.setup()
@@ -403,6 +403,13 @@ def main() -> None:
         "--trace-memory",
         action="store_true",
         help="print RSS over time and tracemalloc's top allocations at the peak (slows the bot)",
+    )
+    parser.add_argument(
+        "--trace-after",
+        type=float,
+        default=0.0,
+        help="with --trace-memory: sample RSS from the start, trace allocations only after this"
+        " many seconds (tracing slows the bot; start it where the growth is)",
     )
     args = parser.parse_args()
     asyncio.run(bench(args))
