@@ -243,6 +243,8 @@ async def _fake(conn: Connection, urls: int) -> None:
                 conn.send(_snippets(fake))
             elif request == "cards":
                 conn.send(_card_versions(fake))
+            elif request == "posts":  # arrival of every post Slack accepted
+                conn.send([c.at for c in fake.calls_to("chat.postMessage", ok=True)])
 
 
 class FakeSlackProcess:
@@ -432,6 +434,27 @@ def print_slack_stats(stats: dict[str, Any]) -> None:
     )
     if stats["not_ok"]:
         print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
+
+
+def print_post_rate(posts: list[float], *, start: float, channels: int) -> None:
+    """How many posts a second Slack accepted, from the gate to the last post, and in the
+    busiest minute; the fake allows ~1 post/s per channel."""
+    after = sorted(t for t in posts if t >= start)
+    if not after:
+        print("Slack posts per second   no post after the gate")
+        return
+    span = max(after[-1] - start, 1.0)
+    busiest, lo = 0, 0
+    for hi, t in enumerate(after):
+        while after[lo] < t - 60:
+            lo += 1
+        busiest = max(busiest, hi - lo + 1)
+    window = min(60.0, span)
+    print(
+        f"Slack posts per second   {len(after) / span:.2f} ({len(after)} posts from the gate to the"
+        f" last post, {span:.0f} s); busiest minute {busiest / window:.2f}; {channels} channel(s)"
+        f" allow ~{channels}/s"
+    )
 
 
 def proc_status(pid: int | str = "self") -> dict[str, str]:

@@ -59,6 +59,7 @@ from bench._common import (  # noqa: E402
     pending_lines,
     print_accounting,
     print_card_staleness,
+    print_post_rate,
     print_slack_stats,
     state_changes,
     written_lines,
@@ -414,6 +415,7 @@ class Bench:
             received = await self.fake.ask("snippets")
             stats = await self.fake.ask("stats")
             cards = await self.fake.ask("cards") if args.sweep else []
+            posts = await self.fake.ask("posts")
             written = written_lines(self.share.glob("**/stdout.txt"))
             await self.bot.kill(signal.SIGTERM)
         acc = account(written, received, waiting)
@@ -421,6 +423,7 @@ class Bench:
         print_accounting(acc, expected=int(args.jobs * args.rate * args.seconds), start=start)
         print("  (latency includes the lines written while the bot was down)")
         print_slack_stats(stats)
+        print_post_rate(posts, start=start, channels=args.channels)
         cpu = cpu_first + second.cpu
         print(
             f"bot process CPU          {100 * cpu / wall:.1f}% of one core ({cpu:.1f} s CPU over"

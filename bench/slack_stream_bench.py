@@ -59,6 +59,7 @@ from bench._common import (  # noqa: E402
     pending_by_kind,
     print_accounting,
     print_card_staleness,
+    print_post_rate,
     print_slack_stats,
     state_changes,
 )
@@ -250,6 +251,7 @@ class Stream:
                         pending_lines.add((m.group(1), int(m.group(2))))
         received = await self.ask("snippets")
         stats = await self.ask("stats")
+        posts = await self.ask("posts")
         jobs = await bot.store.list_jobs(include_deleted=True)
         written: dict[tuple[str, int], float] = {}
         stderr_bytes = 0
@@ -267,6 +269,7 @@ class Stream:
             written=written,
             received=received,
             stats=stats,
+            posts=posts,
             pending_lines=pending_lines,
             jobs=jobs,
             start=start,
@@ -295,6 +298,7 @@ class Stream:
         written: dict[tuple[str, int], float],
         received: dict[str, Any],
         stats: dict[str, Any],
+        posts: list[float],
         pending_lines: set[tuple[str, int]],
         jobs: list[Any],
         start: float,
@@ -311,6 +315,7 @@ class Stream:
         print()
         print_accounting(acc, expected=int(args.jobs * args.rate * args.seconds), start=start)
         print_slack_stats(stats)
+        print_post_rate(posts, start=start, channels=1)
         outbox = getattr(self.bot.transport, "stats", None)
         if outbox:
             print(f"bot outbox stats         {outbox}")

@@ -36,6 +36,7 @@ def test_bench_with_sweep_prints_card_staleness_and_loses_no_line(bench: str) ->
         "lines posted",
         "line-to-Slack latency",
         "429s received",
+        "Slack posts per second",
         "bot peak RSS",
         "sweep card staleness p95",
         "sweep cards",
