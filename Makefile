@@ -11,7 +11,8 @@ UV_VERSION := 0.9.30
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
-# glibc gives every thread (SQLite, file reads) its own malloc arena; two keep RSS flat.
+# glibc gives every thread (SQLite, file reads) its own malloc arena; two bound them (they held
+# ~26 MB in the 100-job stream bench). Not what the 846 MB peak was: README, Performance, Memory.
 export MALLOC_ARENA_MAX ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 # checkov (pinned, from PyPI) scans deploy/ offline: its own venv, its dependencies kept out of

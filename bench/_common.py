@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fakes.slack import FakeSlack  # noqa: E402
 
 LINE_RE = re.compile(r"^(s\d+) (\d+) (\d+\.\d+)$")
+# A row of a sweep card: the job's name, then its state after the values (sweepviews._row).
+CARD_ROW_RE = re.compile(r"^(?::trophy: )?[`*]([a-z]\w*-\d+)[`*][^·\n]* · (?::\w+: )?(\w+)", re.M)
+CARD_HEAD_RE = re.compile(r":bar_chart: sweep \*([^*]+)\*")
+STATE_ORDER = ["pending_approval", "queued", "preparing", "running", "terminating", "ended"]
 HEADER_RE = re.compile(r"`([^`]+)` lines (\d+)-(\d+)")
 SKIPPED_RE = re.compile(r"(\d+) lines skipped")
 
@@ -75,8 +80,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def pending_by_kind(db: Path) -> dict[str, int]:
-    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    """Undelivered events by kind, read on a separate SQLite connection (WAL: no blocking).
+
+    Every connection here is closed explicitly: `with sqlite3.connect(...)` only commits, and on
+    Python 3.11 a connection and its statement cache form a cycle, so an unclosed one (and its
+    page cache, up to 2 MB, in the executor thread's malloc arena) waits for a full collection.
+    slack_stream_bench.py runs the bot in this process and asks this twice a second while
+    draining: that was the 780-846 MB "bot" peak, the bench measuring itself."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute(
             "SELECT kind, count(*) FROM events WHERE delivered_at IS NULL GROUP BY kind"
         ).fetchall()
@@ -85,7 +96,7 @@ def pending_by_kind(db: Path) -> dict[str, int]:
 
 def pending_lines(db: Path) -> set[tuple[str, int]]:
     """(job, seq) of every line still in an undelivered log snippet."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute(
             "SELECT payload FROM events WHERE delivered_at IS NULL AND kind = 'log_snippet'"
         ).fetchall()
@@ -105,6 +116,86 @@ def written_lines(stdout_files: Iterator[Path]) -> dict[tuple[str, int], float]:
             if (m := LINE_RE.match(line)) is not None:
                 written[(m.group(1), int(m.group(2)))] = float(m.group(3))
     return written
+
+
+def state_changes(db: Path) -> list[tuple[str, str, float]]:
+    """(job name, new state, stored at) of every submission and state change of a sweep's
+    jobs, from the events table (read on a separate SQLite connection)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        names = dict(conn.execute("SELECT id, name FROM jobs WHERE sweep_id IS NOT NULL"))
+        rows = conn.execute(
+            "SELECT kind, job_id, payload, created_at FROM events"
+            " WHERE kind IN ('job_state_changed', 'job_submitted')"
+        ).fetchall()
+    changes = []
+    for kind, job_id, payload, created in rows:
+        state = "queued" if kind == "job_submitted" else json.loads(payload).get("new", "")
+        at = datetime.fromisoformat(str(created)).replace(tzinfo=UTC).timestamp()
+        if job_id in names:
+            changes.append((str(names[job_id]), state, at))
+    return changes
+
+
+def _rank(state: str) -> int:
+    return STATE_ORDER.index(state if state in STATE_ORDER else "ended")
+
+
+@dataclass
+class CardStaleness:
+    """How stale the sweep cards were: per state change of a sweep's job (stored at t), the
+    arrival of the first version of its sweep's card that shows the job in that state or a later
+    one, minus t."""
+
+    stale: list[float]
+    never: int  # state changes no accepted card version ever showed
+    changes: int
+    jobs: int
+    cards: int  # sweep cards (first posts)
+    versions: int  # accepted versions of them (posts + edits)
+    other_tops: int  # top-level messages that are not a sweep card
+
+
+def card_staleness(
+    changes: list[tuple[str, str, float]], versions: list[tuple[float, str, str]]
+) -> CardStaleness:
+    cards = [(at, ts, text) for at, ts, text in versions if CARD_HEAD_RE.search(text)]
+    shown: dict[str, list[tuple[float, int]]] = {}  # job -> (arrival, rank shown), in order
+    for at, _, text in sorted(cards):
+        for name, state in CARD_ROW_RE.findall(text):
+            shown.setdefault(name, []).append((at, _rank(state)))
+    stale, never = [], 0
+    for name, state, at in changes:
+        wanted = _rank(state)
+        seen = next((t for t, rank in shown.get(name, ()) if t >= at and rank >= wanted), None)
+        if seen is None:
+            never += 1
+        else:
+            stale.append(seen - at)
+    return CardStaleness(
+        stale=stale,
+        never=never,
+        changes=len(changes),
+        jobs=len({name for name, _, _ in changes}),
+        cards=len({ts for _, ts, _ in cards}),
+        versions=len(cards),
+        other_tops=len(versions) - len(cards),
+    )
+
+
+def print_card_staleness(s: CardStaleness) -> None:
+    if not s.stale:
+        print(f"sweep card staleness     no state change was shown ({s.never} never shown)")
+        return
+    print(
+        f"sweep card staleness p95 {pct(s.stale, 95):7.2f} s   p50 {pct(s.stale, 50):7.2f} s"
+        f"   max {max(s.stale):7.2f} s   over {len(s.stale)} state changes of {s.jobs} jobs"
+        f" (goal: p95 <= 15 s); {s.never} never shown"
+    )
+    print(
+        f"sweep cards              {s.cards} card(s), {s.versions} versions accepted"
+        f" ({s.cards} posts + {s.versions - s.cards} edits); {s.other_tops} other top-level"
+        " messages"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +243,8 @@ async def _fake(conn: Connection, urls: int) -> None:
                 conn.send(_snippets(fake))
             elif request == "cards":
                 conn.send(_card_versions(fake))
+            elif request == "posts":  # arrival of every post Slack accepted
+                conn.send([c.at for c in fake.calls_to("chat.postMessage", ok=True)])
 
 
 class FakeSlackProcess:
@@ -343,6 +436,27 @@ def print_slack_stats(stats: dict[str, Any]) -> None:
         print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
 
 
+def print_post_rate(posts: list[float], *, start: float, channels: int) -> None:
+    """How many posts a second Slack accepted, from the gate to the last post, and in the
+    busiest minute; the fake allows ~1 post/s per channel."""
+    after = sorted(t for t in posts if t >= start)
+    if not after:
+        print("Slack posts per second   no post after the gate")
+        return
+    span = max(after[-1] - start, 1.0)
+    busiest, lo = 0, 0
+    for hi, t in enumerate(after):
+        while after[lo] < t - 60:
+            lo += 1
+        busiest = max(busiest, hi - lo + 1)
+    window = min(60.0, span)
+    print(
+        f"Slack posts per second   {len(after) / span:.2f} ({len(after)} posts from the gate to the"
+        f" last post, {span:.0f} s); busiest minute {busiest / window:.2f}; {channels} channel(s)"
+        f" allow ~{channels}/s"
+    )
+
+
 def proc_status(pid: int | str = "self") -> dict[str, str]:
     """The fields of /proc/<pid>/status (VmRSS, VmHWM, Threads ...), as text."""
     fields: dict[str, str] = {}
@@ -364,33 +478,40 @@ class MemoryTrace:
     tracemalloc counts Python allocations only; the gap between it and RSS is C memory (SQLite
     page caches, thread stacks, malloc arenas kept by freed-but-fragmented heaps)."""
 
-    def __init__(self, *, every: float = 2.0, frames: int = 12) -> None:
+    def __init__(self, *, every: float = 2.0, frames: int = 12, after: float = 0.0) -> None:
         import tracemalloc
 
         self._tm = tracemalloc
         self._every = every
         self._frames = frames
+        self._after = after  # seconds of RSS sampling before tracemalloc starts (it slows)
+        self._rss_high = 0.0
         self.samples: list[tuple[float, float, float, int]] = []  # (t, rss MB, traced MB, threads)
         self._best = 0
         self._snapshot: Any = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._tm.start(self._frames)
+        if not self._after:
+            self._tm.start(self._frames)
         self._t0 = time.time()
         self._task = asyncio.ensure_future(self._sample())
 
     async def _sample(self) -> None:
         while True:
+            if not self._tm.is_tracing() and time.time() - self._t0 >= self._after:
+                self._tm.start(self._frames)
             status = proc_status()
             current, _ = self._tm.get_traced_memory()
             threads = int(status.get("Threads", "0") or 0)
-            self.samples.append(
-                (time.time() - self._t0, _kb(status.get("VmRSS", "")), current / 2**20, threads)
-            )
-            if current > self._best * 1.05:  # a snapshot costs: only on a new high
-                self._best = current
+            rss = _kb(status.get("VmRSS", ""))
+            self.samples.append((time.time() - self._t0, rss, current / 2**20, threads))
+            # a snapshot costs: only on a new high of the traced heap or of RSS
+            if self._tm.is_tracing() and (current > self._best * 1.05 or rss > self._rss_high):
+                self._best = max(self._best, current)
+                self._rss_high = rss * 1.05
                 self._snapshot = self._tm.take_snapshot()
+                self._snapshot_at = (time.time() - self._t0, rss, current / 2**20)
             await asyncio.sleep(self._every)
 
     async def stop(self) -> None:
@@ -399,7 +520,7 @@ class MemoryTrace:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def print(self, *, top: int = 8, points: int = 16) -> None:
+    def print(self, *, top: int = 12, points: int = 24) -> None:
         if not self.samples:
             return
         _, peak_traced = self._tm.get_traced_memory()
@@ -422,7 +543,11 @@ class MemoryTrace:
         if self._snapshot is not None:
             stats = self._snapshot.statistics("traceback")
             total = sum(s.size for s in stats) / 2**20
-            print(f"  top allocations at the traced high ({total:.1f} MB), by traceback:")
+            t, rss, traced = self._snapshot_at
+            print(
+                f"  top allocations at the last high (t={t:.0f} s: RSS {rss:.0f} MB, traced"
+                f" {traced:.0f} MB; {total:.1f} MB live), by traceback:"
+            )
             for stat in stats[:top]:
                 frames = [
                     f"{Path(f.filename).name}:{f.lineno}"

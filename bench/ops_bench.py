@@ -21,6 +21,10 @@ twice); lost and twice must be 0. CPU % and peak RSS are the bot process's own, 
 
     .venv/bin/python bench/ops_bench.py --jobs 300 --rate 10 --seconds 120 --channels 10
     .venv/bin/python bench/ops_bench.py --jobs 20 --rate 10 --seconds 15 --channels 4  # a look
+
+With `--sweep` each channel's jobs are one sweep (`job create -n wKK --sweep "i=…"`, one
+approval and one sweep card per channel, a sweep on one cluster); the bench then also prints how
+stale the sweep cards were (per job state change, until a card version Slack accepted shows it).
 """
 
 from __future__ import annotations
@@ -48,12 +52,16 @@ from bench._common import (  # noqa: E402
     JOB_SCRIPT,
     FakeSlackProcess,
     account,
+    card_staleness,
     job_config,
     open_gate,
     pending_by_kind,
     pending_lines,
     print_accounting,
+    print_card_staleness,
+    print_post_rate,
     print_slack_stats,
+    state_changes,
     written_lines,
 )
 from tests.fakes.slack import (  # noqa: E402
@@ -167,7 +175,7 @@ class BotProcess:
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
         return list(conn.execute(sql).fetchall())
 
 
@@ -238,9 +246,9 @@ class Bench:
         self.share.mkdir(parents=True, exist_ok=True)
         (self.share / "job.py").write_text(JOB_SCRIPT)
         t0 = time.time()
-        clusters = [f"c{k + 1}" for k in range(-(-args.jobs // CLUSTER_NODES))]
-        for k, name in enumerate(clusters):
-            nodes = min(CLUSTER_NODES, args.jobs - k * CLUSTER_NODES)
+        sizes = self.cluster_sizes()
+        clusters = [f"c{k + 1}" for k in range(len(sizes))]
+        for name, nodes in zip(clusters, sizes, strict=True):
             create = (
                 f"cluster create -n {name} -s STANDARD_NC6 -t {nodes}"
                 " --afs-name data --afs-mount-path afs"
@@ -252,6 +260,47 @@ class Bench:
             lambda: query(self.db, "SELECT state FROM clusters") == [("steady",)] * len(clusters),
             60,
         )
+        if args.sweep:
+            acks = await self.create_sweeps(http, clusters)
+        else:
+            acks = await self.create_jobs(http, clusters)
+        if bad := [s for s in acks if s != 200]:
+            raise SystemExit(f"{len(bad)} job create commands were answered {Counter(bad)}")
+        await self.until(
+            "every job running", lambda: job_states(self.db)["running"] == args.jobs, 600
+        )
+        print(
+            f"setup: {len(clusters)} cluster(s), {args.jobs} nodes + {args.jobs} jobs running in"
+            f" {time.time() - t0:.1f} s (signed /slack/events commands"
+            + (f", one --sweep per channel: {len(self.sweeps())} sweeps" if args.sweep else "")
+            + ")",
+            flush=True,
+        )
+
+    def sweeps(self) -> list[list[int]]:
+        """With --sweep: the jobs of each channel's sweep (job i goes to channel i % channels)."""
+        args = self.args
+        return [list(range(k, args.jobs, args.channels)) for k in range(args.channels)]
+
+    def cluster_sizes(self) -> list[int]:
+        """Nodes per cluster: blocks of CLUSTER_NODES jobs, or with --sweep whole sweeps packed
+        into clusters of at most CLUSTER_NODES nodes (a sweep runs on one cluster)."""
+        args = self.args
+        if not args.sweep:
+            return [
+                min(CLUSTER_NODES, args.jobs - k * CLUSTER_NODES)
+                for k in range(-(-args.jobs // CLUSTER_NODES))
+            ]
+        sizes: list[int] = []
+        for group in self.sweeps():
+            if sizes and sizes[-1] + len(group) <= CLUSTER_NODES:
+                sizes[-1] += len(group)
+            else:
+                sizes.append(len(group))
+        return sizes
+
+    async def create_jobs(self, http: aiohttp.ClientSession, clusters: list[str]) -> list[int]:
+        args = self.args
         gate = asyncio.Semaphore(10)
 
         async def create_job(i: int) -> int:
@@ -263,17 +312,21 @@ class Bench:
                 text = f"job create -n {name} -r {clusters[i // CLUSTER_NODES]} -c {config}"
                 return await self.command(http, text, channel=i % args.channels)
 
-        acks = await asyncio.gather(*(create_job(i) for i in range(args.jobs)))
-        if bad := [s for s in acks if s != 200]:
-            raise SystemExit(f"{len(bad)} job create commands were answered {Counter(bad)}")
-        await self.until(
-            "every job running", lambda: job_states(self.db)["running"] == args.jobs, 600
-        )
-        print(
-            f"setup: {len(clusters)} cluster(s), {args.jobs} nodes + {args.jobs} jobs running in"
-            f" {time.time() - t0:.1f} s (signed /slack/events commands)",
-            flush=True,
-        )
+        return list(await asyncio.gather(*(create_job(i) for i in range(args.jobs))))
+
+    async def create_sweeps(self, http: aiohttp.ClientSession, clusters: list[str]) -> list[int]:
+        """One `job create --sweep` per channel: its jobs write as `s<i>` (i: the job's index)."""
+        args = self.args
+        config = job_config("s$i", rate=args.rate, seconds=args.seconds, index="$i", jobs=args.jobs)
+        acks, cluster, used = [], 0, 0
+        for k, group in enumerate(self.sweeps()):
+            if used + len(group) > self.cluster_sizes()[cluster]:
+                cluster, used = cluster + 1, 0
+            used += len(group)
+            values = ",".join(map(str, group))
+            text = f'job create -n w{k:02d} -r {clusters[cluster]} -c {config} --sweep "i={values}"'
+            acks.append(await self.command(http, text, channel=k))
+        return acks
 
     async def progress(self, start: float, label: str) -> None:
         posts, updates, limited = await self.fake.ask("progress")
@@ -361,6 +414,8 @@ class Bench:
             waiting = pending_lines(self.db)  # the store first: a line sent meanwhile is posted
             received = await self.fake.ask("snippets")
             stats = await self.fake.ask("stats")
+            cards = await self.fake.ask("cards") if args.sweep else []
+            posts = await self.fake.ask("posts")
             written = written_lines(self.share.glob("**/stdout.txt"))
             await self.bot.kill(signal.SIGTERM)
         acc = account(written, received, waiting)
@@ -368,6 +423,7 @@ class Bench:
         print_accounting(acc, expected=int(args.jobs * args.rate * args.seconds), start=start)
         print("  (latency includes the lines written while the bot was down)")
         print_slack_stats(stats)
+        print_post_rate(posts, start=start, channels=args.channels)
         cpu = cpu_first + second.cpu
         print(
             f"bot process CPU          {100 * cpu / wall:.1f}% of one core ({cpu:.1f} s CPU over"
@@ -388,6 +444,8 @@ class Bench:
             f" first Slack post {fmt(timings.get('first_post'))} (from process start;"
             f" {args.jobs} jobs, down {args.down:g} s)"
         )
+        if args.sweep:
+            print_card_staleness(card_staleness(state_changes(self.db), cards))
         states = job_states(self.db)
         drained = f"{drained_at - start:.1f} s" if drained_at else "NOT drained in time"
         print(f"jobs                     {dict(states)}; relay drained at {drained}")
@@ -409,6 +467,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f" {args.channels} channels; bot as a"
         f" process, SIGKILLed at {100 * args.kill_at:.0f}% of the writing, down {args.down:g} s;"
         f" fake Slack rate limits on"
+        + ("; one sweep per channel" if args.sweep else "")
         + (f"; MALLOC_ARENA_MAX={args.malloc_arena_max}" if args.malloc_arena_max else ""),
         flush=True,
     )
@@ -448,7 +507,18 @@ def main() -> None:
         help="after writing, wait at most this long for the relay (Slack allows ~50 edits/min)",
     )
     parser.add_argument("--malloc-arena-max", type=int, default=0, help="set for the bot")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="submit each channel's jobs as one sweep (one approval, one sweep card per channel)"
+        " and measure how stale the sweep cards are",
+    )
     args = parser.parse_args()
+    if args.sweep and -(-args.jobs // args.channels) > CLUSTER_NODES:
+        parser.error(
+            f"--sweep puts each channel's jobs in one sweep on one cluster of at most"
+            f" {CLUSTER_NODES} nodes: use more --channels"
+        )
     if not 0 < args.kill_at < 0.9:
         parser.error("--kill-at must be between 0 and 0.9 (the jobs must still be writing)")
     asyncio.run(main_async(args))

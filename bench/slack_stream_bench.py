@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
 import resource
-import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +53,15 @@ from bench._common import (  # noqa: E402
     FakeSlackProcess,
     MemoryTrace,
     account,
+    card_staleness,
     job_config,
     open_gate,
-    pct,
     pending_by_kind,
     print_accounting,
+    print_card_staleness,
+    print_post_rate,
     print_slack_stats,
+    state_changes,
 )
 from bot.bootstrap import Bot  # noqa: E402
 from bot.config import Settings  # noqa: E402
@@ -76,9 +76,6 @@ from tests.fakes.slack import (  # noqa: E402
     slash_command_form,
 )
 
-# A row of the sweep card: the job's name, then its state after the values (sweepviews._row).
-CARD_ROW_RE = re.compile(r"^(?::trophy: )?[`*](s-\d+)[`*][^·\n]* · (?::\w+: )?(\w+)", re.M)
-STATE_ORDER = ["pending_approval", "queued", "preparing", "running", "terminating", "ended"]
 SECRET = "bench-signing-secret"
 CHANNEL = "C0STREAM"
 USER = "U0BENCH"
@@ -209,7 +206,7 @@ class Stream:
 
     async def run(self, counting: CountingHandler) -> None:
         args, bot = self.args, self.bot
-        trace = MemoryTrace() if args.trace_memory else None
+        trace = MemoryTrace(after=args.trace_after) if args.trace_memory else None
         if trace is not None:
             trace.start()
         await self.setup()
@@ -254,6 +251,7 @@ class Stream:
                         pending_lines.add((m.group(1), int(m.group(2))))
         received = await self.ask("snippets")
         stats = await self.ask("stats")
+        posts = await self.ask("posts")
         jobs = await bot.store.list_jobs(include_deleted=True)
         written: dict[tuple[str, int], float] = {}
         stderr_bytes = 0
@@ -271,6 +269,7 @@ class Stream:
             written=written,
             received=received,
             stats=stats,
+            posts=posts,
             pending_lines=pending_lines,
             jobs=jobs,
             start=start,
@@ -283,46 +282,15 @@ class Stream:
             stderr_bytes=stderr_bytes,
         )
         if self.args.sweep:
-            await self.report_sweep_card(jobs)
+            await self.report_sweep_card()
         if trace is not None:
             await trace.stop()
             trace.print()
 
-    async def report_sweep_card(self, jobs: list[Any]) -> None:
+    async def report_sweep_card(self) -> None:
         """How stale the sweep card was: per state change, until a card version showed it."""
-        names = {j.id: j.name for j in jobs}
-        changes = await asyncio.get_running_loop().run_in_executor(
-            None, state_changes, self.db, names
-        )
-        versions = await self.ask("cards")
-        card = [(at, text) for at, _, text in versions if ":bar_chart: sweep *s*" in text]
-        shown = [(at, dict(CARD_ROW_RE.findall(text))) for at, text in card]
-        stale, never = [], 0
-        for name, state, at in changes:
-            wanted = STATE_ORDER.index(_rank(state))
-            seen = next(
-                (
-                    t
-                    for t, rows in shown
-                    if t >= at and name in rows and STATE_ORDER.index(_rank(rows[name])) >= wanted
-                ),
-                None,
-            )
-            if seen is None:
-                never += 1
-            else:
-                stale.append(seen - at)
-        if not stale:
-            print("sweep card               no state change was shown")
-            return
-        print(
-            f"every job's state visible in the sweep card: staleness p50 {pct(stale, 50):.1f} s /"
-            f" p95 {pct(stale, 95):.1f} s / max {max(stale):.1f} s over {len(stale)} state"
-            f" changes of {len(jobs)} jobs (goal: p95 <= 15 s); {never} never shown;"
-            f" {len(card)} card versions accepted (1 post + {len(card) - 1} edits)"
-        )
-        tops = sum(1 for _, ts, text in versions if ":bar_chart: sweep" not in text)
-        print(f"top-level messages other than the sweep card: {tops}")
+        changes = await asyncio.get_running_loop().run_in_executor(None, state_changes, self.db)
+        print_card_staleness(card_staleness(changes, await self.ask("cards")))
 
     def report(
         self,
@@ -330,6 +298,7 @@ class Stream:
         written: dict[tuple[str, int], float],
         received: dict[str, Any],
         stats: dict[str, Any],
+        posts: list[float],
         pending_lines: set[tuple[str, int]],
         jobs: list[Any],
         start: float,
@@ -346,6 +315,7 @@ class Stream:
         print()
         print_accounting(acc, expected=int(args.jobs * args.rate * args.seconds), start=start)
         print_slack_stats(stats)
+        print_post_rate(posts, start=start, channels=1)
         outbox = getattr(self.bot.transport, "stats", None)
         if outbox:
             print(f"bot outbox stats         {outbox}")
@@ -368,26 +338,6 @@ class Stream:
             print("bot warnings/errors logged:")
             for shape, n in warnings.most_common(8):
                 print(f"  {n:>6} x {shape}")
-
-
-def _rank(state: str) -> str:
-    return state if state in STATE_ORDER else "ended"
-
-
-def state_changes(db: Path, names: dict[str, str]) -> list[tuple[str, str, float]]:
-    """(job, new state, stored at) of every state change and submission, from the events."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT kind, job_id, payload, created_at FROM events"
-            " WHERE kind IN ('job_state_changed', 'job_submitted')"
-        ).fetchall()
-    changes = []
-    for kind, job_id, payload, created in rows:
-        state = "queued" if kind == "job_submitted" else json.loads(payload).get("new", "")
-        at = datetime.fromisoformat(str(created)).replace(tzinfo=UTC).timestamp()
-        if job_id in names:
-            changes.append((names[job_id], state, at))
-    return changes
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -458,6 +408,13 @@ def main() -> None:
         "--trace-memory",
         action="store_true",
         help="print RSS over time and tracemalloc's top allocations at the peak (slows the bot)",
+    )
+    parser.add_argument(
+        "--trace-after",
+        type=float,
+        default=0.0,
+        help="with --trace-memory: sample RSS from the start, trace allocations only after this"
+        " many seconds (tracing slows the bot; start it where the growth is)",
     )
     args = parser.parse_args()
     asyncio.run(bench(args))
