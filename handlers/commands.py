@@ -206,8 +206,10 @@ class CommandHandler:
     async def _cluster_create(self, c: ClusterCreate, actor: Actor, source: Source) -> Reply:
         request = cluster_request(c)
         cluster = await self._s.clusters.create_cluster(request, actor=actor)
-        # A public reply shows the typed command to the channel: never when it held a secret.
+        # A public reply shows the typed command to the channel: never when it held a secret
+        # (a flag's, or one an inline cluster.json may hold: an account key, a password).
         secret_typed = c.password is not None or c.storage_account_key is not None
+        secret_typed = secret_typed or _inline(c.config)
         if c.answer.structured:  # -o json: the created resource, as az printed it
             return Reply(await self._cluster_answer(cluster.name, c), public=not secret_typed)
         price = self._s.clusters.price_of(cluster)
@@ -532,7 +534,8 @@ class CommandHandler:
             config=_config(c.config),
         )
         server = await self._file_servers().create_file_server(request, actor=actor)
-        public = c.password is None  # never show the channel a typed password
+        # Never show the channel a typed password (a flag's or an inline file's).
+        public = c.password is None and not _inline(c.config)
         if c.answer.structured:
             return Reply(views.file_server_detail(server, output=c.answer), public=public)
         text = (
@@ -773,6 +776,11 @@ def _channel(actor: Actor) -> str:
     if actor.conversation is None:
         raise UserError("name the channel with --channel")
     return actor.conversation.channel
+
+
+def _inline(config: ConfigRef | None) -> bool:
+    """Whether the command holds its JSON file typed inline (which may hold a secret)."""
+    return config is not None and config.kind == "inline"
 
 
 def _config(ref: ConfigRef | None) -> ConfigSource | None:

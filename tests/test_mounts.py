@@ -220,6 +220,43 @@ async def test_another_account_s_key_is_sealed_never_echoed_and_shown_null(bot: 
         assert SECRET_KEY.encode() not in db.read_bytes()
 
 
+async def test_an_inline_cluster_or_file_server_file_is_never_echoed_to_the_channel(
+    bot: Bot,
+) -> None:
+    blob = {
+        "accountName": "other",
+        "containerName": "theirs",
+        "relativeMountPath": "bfs",
+        "credentials": {"accountKey": SECRET_KEY},
+    }
+    cluster = {
+        "properties": {
+            "vmSize": SIZE,
+            "scaleSettings": {"manual": {"targetNodeCount": 1}},
+            "nodeSetup": {"mountVolumes": {"azureBlobFileSystems": [blob]}},
+        }
+    }
+    for output in ("", " -o json"):
+        name = f"m6{len(output)}"
+        reply = await say(bot, f"cluster create -n {name} -c '{json.dumps(cluster)}'{output}")
+        assert not reply.failed, reply.message.text
+        assert not reply.public  # the typed file held a key: the channel does not see it
+    server = {
+        "properties": {
+            "vmSize": "Standard_D4s_v5",
+            "dataDisks": {"diskSizeInGB": 10, "diskCount": 2, "storageAccountType": "Premium_LRS"},
+            "sshConfiguration": {
+                "userAccountSettings": {"adminUserName": "demo", "adminUserPassword": "Secr3t-Pa55"}
+            },
+        }
+    }
+    reply = await say(bot, f"file-server create -n fs6 -c '{json.dumps(server)}'")
+    assert not reply.failed, reply.message.text
+    assert not reply.public
+    made = await say(bot, f"cluster create -n m7 -s {SIZE} -t 1")
+    assert made.public  # nothing typed that is secret: the channel sees it
+
+
 async def test_deleting_a_file_server_a_cluster_mounts_is_refused_with_the_reason(
     bot: Bot,
 ) -> None:
