@@ -84,7 +84,13 @@ class FileServerService:
         if await self._store.get_file_server(server.name) is not None:
             raise Conflict(f"file server {server.name} already exists")
         if self._gate is not None:  # a VM that runs until deleted: standing capacity
-            commitment = self._gate.server(actor=actor, vm_size=server.vm_size)
+            commitment = self._gate.server(
+                actor=actor,
+                vm_size=server.vm_size,
+                disks=server.disk_count,
+                disk_gb=server.disk_size_gb,
+                disk_sku=server.storage_sku,
+            )
             why_not = refusal(await self._gate.assess(commitment, actor=actor))
             if why_not is not None:
                 raise NotAllowed(why_not)

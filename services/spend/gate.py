@@ -16,7 +16,14 @@ from typing import Any
 from services.core.errors import UserError
 from services.models import Actor, Cluster, Job
 from services.spend.ledger import SpendService
-from services.spend.pricing import Estimate, cost_so_far, estimate_capacity, format_usd, money
+from services.spend.pricing import (
+    Estimate,
+    cost_so_far,
+    disks_usd_per_hour,
+    estimate_capacity,
+    format_usd,
+    money,
+)
 
 # Without a policy nothing needs approval; above this the answer says so out loud.
 UNGUARDED_NOTICE_USD = Decimal("50")
@@ -292,11 +299,19 @@ class SpendGate:
         adds = max(Decimal(0), estimate.total - before)
         return Commitment("capacity", actor.user, channel, estimate, adds, before)
 
-    def server(self, *, actor: Actor, vm_size: str) -> Commitment:
-        """A file server: one VM paid for from its create to its delete, × the policy's
-        horizon (its data disks are not in the price table: the estimate is the VM's)."""
+    def server(
+        self, *, actor: Actor, vm_size: str, disks: int, disk_gb: int, disk_sku: str
+    ) -> Commitment:
+        """A file server: one VM and its data disks, paid for from its create to its delete,
+        × the policy's horizon."""
         price = self.spend.prices.table.get_price(vm_size)
-        estimate = estimate_capacity(price, nodes=1, hours=self.policy.capacity_horizon)
+        rate = price.usd_per_hour + disks_usd_per_hour(disks, disk_gb, disk_sku)
+        what = f"{vm_size} + {disks} × {disk_gb} GB {disk_sku} disks"
+        estimate = estimate_capacity(
+            replace(price, usd_per_hour=rate, sku=what),
+            nodes=1,
+            hours=self.policy.capacity_horizon,
+        )
         channel = actor.conversation.channel if actor.conversation else None
         return Commitment("server", actor.user, channel, estimate, estimate.total)
 

@@ -246,6 +246,23 @@ def estimate_job(price: Price, *, nodes: int, hours: Decimal | int | float | tim
     return estimate_capacity(price, nodes=nodes, hours=hours)
 
 
+# Managed data disks are billed per provisioned GiB-month whether used or not: list prices of
+# the 1 TiB tiers (P30 $135.17, E30 $76.80, S30 $40.96 a month), per GiB. An unknown SKU is
+# priced as Premium: an estimate must never be lower than the bill.
+DISK_USD_PER_GB_MONTH: dict[str, Decimal] = {
+    "premium_lrs": Decimal("0.132"),
+    "standardssd_lrs": Decimal("0.075"),
+    "standard_lrs": Decimal("0.040"),
+}
+HOURS_PER_MONTH = Decimal(730)
+
+
+def disks_usd_per_hour(count: int, size_gb: int, sku: str) -> Decimal:
+    """What `count` managed disks of `size_gb` GiB cost an hour."""
+    rate = DISK_USD_PER_GB_MONTH.get(sku.lower(), DISK_USD_PER_GB_MONTH["premium_lrs"])
+    return rate * count * size_gb / HOURS_PER_MONTH
+
+
 def estimate_capacity(
     price: Price, *, nodes: int, hours: Decimal | int | float | timedelta
 ) -> Estimate:

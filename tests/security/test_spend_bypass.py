@@ -128,12 +128,24 @@ async def test_a_file_server_is_standing_capacity_a_member_cannot_commit(guarded
     big = "-s Standard_NC96ads_A100_v4 --disk-count 2 --disk-size 10"
     refused = await guarded.answer(f"file-server create -n nfs {big}")
     assert "only an admin may commit standing capacity" in refused["text"]
-    assert "1 × Standard_NC96ads_A100_v4" in refused["text"]
+    assert "1 × Standard_NC96ads_A100_v4 + 2 × 10 GB Premium_LRS disks" in refused["text"]
     assert "file server's VM is paid for until it is deleted" in refused["text"]
     assert await guarded.bot.store.list_file_servers() == []
     made = await guarded.answer(f"file-server create -n nfs {big}", user=BOSS)
     assert "nfs" in made["text"] and "only an admin" not in made["text"]
     assert [s.name for s in await guarded.bot.store.list_file_servers()] == ["nfs"]
+
+
+async def test_a_file_server_s_data_disks_are_priced_with_its_vm(guarded: SlackRig) -> None:
+    # A small VM with four 32 TiB Premium disks: the disks cost ~$24/h, far over the $50 limit.
+    big = "-s Standard_D4s_v5 --disk-count 4 --disk-size 32767 --storage-sku Premium_LRS"
+    refused = await guarded.answer(f"file-server create -n disks {big}")
+    assert "only an admin may commit standing capacity" in refused["text"]
+    assert "4 × 32767 GB Premium_LRS disks" in refused["text"]
+    assert await guarded.bot.store.list_file_servers() == []
+    small = "-s Standard_D4s_v5 --disk-count 1 --disk-size 64 --storage-sku Standard_LRS"
+    made = await guarded.answer(f"file-server create -n small {small}")
+    assert "only an admin" not in made["text"], made["text"]
 
 
 async def test_resize_auto_scale_and_update_are_priced_too(guarded: SlackRig) -> None:
