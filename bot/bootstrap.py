@@ -21,6 +21,7 @@ from handlers.presenter import Presenter, Transport
 from handlers.slack import SlackHandlers
 from handlers.views import approvers, fmt_span
 from services.access import AccessGuard, AccessPolicy, AuditLog, JobReaders
+from services.access.vaults import VaultPolicy, parse_vaults
 from services.backends.azure.config import AzureConfig
 from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
@@ -344,6 +345,7 @@ def build(
         reserved_shares=compute.reserved_shares,
         storage=backend,
         file_servers=store,
+        vaults=VaultPolicy(parse_vaults(settings.key_vaults)),
     )
     gpu_idle = GpuIdleService(store=store, jobs=jobs, clock=clock, prices=prices)
     sweeps = SweepService(

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     admin_users: Annotated[frozenset[str], NoDecode] = frozenset()
     # Slack workspaces (T…) or Grid orgs (E…) served; empty: the bot token's own (auth.test)
     allowed_teams: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Key Vaults a job.json may reference (read with the bot's identity): `vault` for every
+    # channel, `vault:C1|C2` for those channels' jobs; empty: no job may name a vault
+    key_vaults: str = ""
 
     # GPU spend: the approval policy file (none: nobody needs approval) and where requests go
     approvals_file: Path | None = None

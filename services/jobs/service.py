@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.access.owners import check_job_owner, check_owner
 from services.access.reads import JobReaders
+from services.access.vaults import VaultPolicy
 from services.clusters.fileservers import FileServerLookup, check_ready
 from services.clusters.mounts import ACCOUNT_PLACEHOLDER, check_mounts, job_volumes
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
@@ -26,6 +27,7 @@ from services.jobspec import (
     JobSpec,
     LaunchContext,
     NodeInfo,
+    key_vault_refs,
     load_job_spec,
     placeholders,
     plan_launch,
@@ -96,8 +98,10 @@ class JobService:
         homes: Homes | None = None,
         storage: StorageBackend | None = None,
         file_servers: FileServerLookup | None = None,
+        vaults: VaultPolicy | None = None,
     ) -> None:
         self._file_servers = file_servers
+        self._vaults = vaults or VaultPolicy()
         self._homes = homes or Homes(resource_group, workspace, experiment)
         self._storage = storage
         self._store = store
@@ -194,6 +198,8 @@ class JobService:
         if request.mounts:
             spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
+        channel = actor.conversation.channel if actor.conversation else None
+        self._vaults.check(key_vault_refs(spec), channel=channel, is_admin=actor.is_admin)
         volumes = spec.properties.mount_volumes
         if volumes is not None and self._file_servers is not None:  # only ready ones of ours
             await check_ready(self._file_servers, [f.server_name for f in volumes.file_servers])

@@ -198,13 +198,18 @@ def _keyvault_warning(what: str, ref: KeyVaultSecretReference) -> str:
     return f"{what} comes from Key Vault ({ref.secret_url}), which cannot be resolved here"
 
 
-def _credential_warnings(spec: JobSpec) -> Iterator[str]:
+def key_vault_refs(
+    spec: JobSpec, *, secrets: bool = True
+) -> Iterator[tuple[str, KeyVaultSecretReference]]:
+    """Every Key Vault reference of a job.json (without `secrets`: but the secrets'), with what
+    it stands for."""
     props = spec.properties
+    for secret in props.secrets if secrets else ():
+        if secret.value_secret_reference is not None:
+            yield f"secret {secret.name!r}", secret.value_secret_reference
     registry = props.container_settings.image_source_registry if props.container_settings else None
     if registry and registry.credentials and registry.credentials.password_secret_reference:
-        yield _keyvault_warning(
-            "the registry password", registry.credentials.password_secret_reference
-        )
+        yield "the registry password", registry.credentials.password_secret_reference
     volumes = props.mount_volumes
     if volumes is not None:
         mounts: tuple[AzureFileShare | AzureBlobFileSystem, ...] = (
@@ -214,10 +219,13 @@ def _credential_warnings(spec: JobSpec) -> Iterator[str]:
         for volume in mounts:
             creds = volume.credentials
             if creds and creds.account_key_secret_reference:
-                yield _keyvault_warning(
-                    f"the storage key for {volume.relative_mount_path!r}",
-                    creds.account_key_secret_reference,
-                )
+                what = f"the storage key for {volume.relative_mount_path!r}"
+                yield what, creds.account_key_secret_reference
+
+
+def _credential_warnings(spec: JobSpec) -> Iterator[str]:
+    for what, ref in key_vault_refs(spec, secrets=False):
+        yield _keyvault_warning(what, ref)
 
 
 # ----------------------------------------------------------------------------- processes
