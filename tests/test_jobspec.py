@@ -819,3 +819,17 @@ def test_dump_round_trips(name: str) -> None:
     assert again == spec
     if isinstance(spec, JobSpec):
         assert isinstance(again, JobSpec) and again.api_version == spec.api_version
+
+
+@pytest.mark.parametrize("name", ["../etc", "Data", "a", "a--b", "x/y", "-data"])
+def test_a_blob_container_name_azure_would_refuse_is_refused_at_load(name: str) -> None:
+    blob = {"accountName": "acct", "containerName": name, "relativeMountPath": "bfs"}
+    spec = {
+        "properties": {
+            "nodeCount": 1,
+            "customToolkitSettings": {"commandLine": "true"},
+            "mountVolumes": {"azureBlobFileSystems": [blob]},
+        }
+    }
+    with pytest.raises(SpecError, match="is not a blob container name"):
+        load_job_spec(json.dumps(spec))

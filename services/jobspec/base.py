@@ -240,9 +240,20 @@ class AzureFileShare(SpecModel):
         return fold_legacy(data, "credentialsInfo", "credentials")
 
 
+# Azure's container names: 3-63 lower-case letters, digits and single hyphens. The name becomes
+# a directory and a file name on the node: nothing else may pass.
+_CONTAINER_RE = re.compile(r"[a-z0-9](?:-?[a-z0-9]){2,62}")
+
+
+def _container_name(value: str) -> str:
+    if not _CONTAINER_RE.fullmatch(value):
+        raise ValueError("is not a blob container name (3-63 lower-case letters, digits, single -)")
+    return value
+
+
 class AzureBlobFileSystem(SpecModel):
     account_name: NonEmpty
-    container_name: NonEmpty
+    container_name: Annotated[NonEmpty, AfterValidator(_container_name)]
     credentials: AzureStorageCredentials | None = None
     relative_mount_path: MountPath
     mount_options: Str | None = None
