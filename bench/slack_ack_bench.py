@@ -351,8 +351,9 @@ async def bench(args: argparse.Namespace) -> None:
                         return
                     await asyncio.sleep(0.05)
 
-            mix = [COMMANDS[i % len(COMMANDS)] for i in range(args.requests)]
-            warm = [COMMANDS[i % len(COMMANDS)] for i in range(WARMUP)]
+            commands = tuple(args.commands) or COMMANDS
+            mix = [commands[i % len(commands)] for i in range(args.requests)]
+            warm = [commands[i % len(commands)] for i in range(WARMUP)]
             await load.run(bot_url, warm, min(WARMUP, args.concurrency))
             await load.run(bare_url, ["help"] * WARMUP, min(WARMUP, args.concurrency))
             sent_to_bot += WARMUP
@@ -435,6 +436,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--command",
+        dest="commands",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="send the bot only these commands, in turn (repeatable; default: the mix above)",
+    )
     parser.add_argument(
         "--profile",
         metavar="FILE",
