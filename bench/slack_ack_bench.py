@@ -17,6 +17,7 @@ thread; the work after the ack included) and the bot's periodic runs skipped und
 
     .venv/bin/python bench/slack_ack_bench.py --requests 2000
     .venv/bin/python bench/slack_ack_bench.py --requests 500 --profile ack.prof
+    .venv/bin/python bench/slack_ack_bench.py --requests 500 --calls   # work per command
 """
 
 from __future__ import annotations
@@ -94,17 +95,43 @@ async def _fake(conn: Connection, urls: int) -> None:
         )
 
 
-def target_main(conn: Connection, kind: str, slack_api: str, profile: str | None) -> None:
+def target_main(
+    conn: Connection, kind: str, slack_api: str, profile: str | None, calls: bool
+) -> None:
     for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
         os.environ.pop(name, None)
-    asyncio.run(_bot(conn, slack_api, profile) if kind == "bot" else _bare(conn, slack_api))
+    if kind == "bot":
+        asyncio.run(_bot(conn, slack_api, profile, calls))
+    else:
+        asyncio.run(_bare(conn, slack_api))
 
 
-async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
+class _Calls:
+    """Python function calls (and calls into C) on the event loop's thread: a measure of the
+    work per command that, unlike CPU time, does not grow when other processes share the
+    machine's cores. The hook slows the bot down: the latencies of such a run mean nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _hook(self, frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            self.count += 1
+
+    def start(self) -> None:
+        self.count = 0
+        sys.setprofile(self._hook)
+
+    def stop(self) -> None:
+        sys.setprofile(None)
+
+
+async def _bot(conn: Connection, slack_api: str, profile: str | None, calls: bool) -> None:
     from bot.config import Settings
     from bot.lifecycle import running
 
     profiler = cProfile.Profile(time.thread_time)  # CPU of the event loop, not waits
+    counter = _Calls()
     with tempfile.TemporaryDirectory(prefix="ackbench-") as tmp:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -149,12 +176,18 @@ async def _bot(conn: Connection, slack_api: str, profile: str | None) -> None:
                 elif request == "profile-on":
                     if profile:
                         profiler.enable()
+                    if calls:
+                        counter.start()
                     conn.send(True)
                 elif request == "profile-off":
+                    if calls:
+                        counter.stop()
                     if profile:
                         profiler.disable()
                         profiler.dump_stats(profile)
                     conn.send(True)
+                elif request == "calls":
+                    conn.send(counter.count)
                 elif request == "stop":
                     watch.cancel()
                     return
@@ -323,7 +356,9 @@ async def bench(args: argparse.Namespace) -> None:
         for kind in ("bot", "bare"):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=target_main, args=(child, kind, slack_api, args.profile), daemon=True
+                target=target_main,
+                args=(child, kind, slack_api, args.profile, args.calls),
+                daemon=True,
             )
             proc.start()
             url = await loop.run_in_executor(None, parent.recv)
@@ -351,8 +386,9 @@ async def bench(args: argparse.Namespace) -> None:
                         return
                     await asyncio.sleep(0.05)
 
-            mix = [COMMANDS[i % len(COMMANDS)] for i in range(args.requests)]
-            warm = [COMMANDS[i % len(COMMANDS)] for i in range(WARMUP)]
+            commands = tuple(args.commands) or COMMANDS
+            mix = [commands[i % len(commands)] for i in range(args.requests)]
+            warm = [commands[i % len(commands)] for i in range(WARMUP)]
             await load.run(bot_url, warm, min(WARMUP, args.concurrency))
             await load.run(bare_url, ["help"] * WARMUP, min(WARMUP, args.concurrency))
             sent_to_bot += WARMUP
@@ -382,6 +418,8 @@ async def bench(args: argparse.Namespace) -> None:
                 cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
                 if kind == "bot":
                     await ask(conn, "profile-off")
+                    if args.calls:
+                        calls = await ask(conn, "calls")
                     skipped, follow_ups = await ask(conn, "periodic")
                     stalls = await ask(conn, "stalls")
                 figures[kind] = summary(kind, results, wall, cpu, client)
@@ -394,6 +432,12 @@ async def bench(args: argparse.Namespace) -> None:
                             f"  {text:<24} n={len(lats):<4} p50 {ms(pct(lats, 50))}"
                             f"  p99 {ms(pct(lats, 99))}"
                         )
+            if args.calls:
+                print(
+                    f"Python calls on the bot's event loop: {calls / args.requests:.0f} per"
+                    " command (the work after the ack included; with --calls the latencies"
+                    " above mean nothing)"
+                )
             bot, bare = figures["bot"], figures["bare Bolt"]
             print(
                 f"ratio bot/bare: p50 x{bot['p50'] / bare['p50']:.2f}"
@@ -436,9 +480,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument(
+        "--command",
+        dest="commands",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="send the bot only these commands, in turn (repeatable; default: the mix above)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="write a cProfile of the bot's event loop under the load to FILE (pstats format)",
+    )
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="count the Python calls on the bot's event loop per command (load-independent)",
     )
     args = parser.parse_args()
     asyncio.run(bench(args))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,11 +67,15 @@ def web_client(
 class SharedRespond(AsyncRespond):
     """Bolt's `respond` over the bot's one HTTP session. Bolt's own opens a session (a new TCP
     connection and TLS handshake to Slack) for every answer on a response_url: under load that
-    was most of the bot's CPU per command (slack-bolt context/respond/async_respond.py)."""
+    was most of the bot's CPU per command (slack-bolt context/respond/async_respond.py).
+
+    The webhook client is a copy of one built per session: its constructor works out the
+    User-Agent (platform calls) and reads the proxy variables, the same for every answer."""
 
     def __init__(self, *, response_url: str, session: aiohttp.ClientSession) -> None:
         super().__init__(response_url=response_url)
-        self._client = AsyncWebhookClient(url=response_url, session=session, timeout=15)
+        self._client = copy.copy(_webhook_template(session))
+        self._client.url = response_url
 
     async def __call__(
         self,
@@ -101,6 +107,25 @@ class SharedRespond(AsyncRespond):
         return await self._client.send_dict({k: v for k, v in fields.items() if v is not None})
 
 
+_TEMPLATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, AsyncWebhookClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _webhook_template(session: aiohttp.ClientSession) -> AsyncWebhookClient:
+    template = _TEMPLATES.get(session)
+    if template is None:
+        # slack-sdk formats the whole body into a debug line unless its logger's own level (not
+        # the effective one) is above DEBUG; a logger of our own says which, once.
+        logger = logging.getLogger("bot.slack.respond")
+        if logger.level == logging.NOTSET:
+            wanted = logging.getLogger("slack_sdk").isEnabledFor(logging.DEBUG)
+            logger.setLevel(logging.DEBUG if wanted else logging.INFO)
+        template = AsyncWebhookClient(url="", session=session, timeout=15, logger=logger)
+        _TEMPLATES[session] = template
+    return template
+
+
 def build_app(
     settings: Settings, handlers: SlackHandlers, *, session: aiohttp.ClientSession | None = None
 ) -> AsyncApp:
@@ -119,6 +144,10 @@ def build_app(
         signing_secret=secret.get_secret_value() if secret else "socket-mode-unused",
         name="batchai-bot",
         logger=logging.getLogger("slack_bolt"),
+        # HTTP mode: the events route checks the signature and freshness of every request
+        # before Bolt sees it (add_events_route); Bolt's own check would do it a second time.
+        # Socket Mode requests are not signed (Bolt skips them).
+        request_verification_enabled=False,
     )
     if session is not None and settings.slack_mode != "http":
         # HTTP mode gives each request its respond in the events route (one middleware less

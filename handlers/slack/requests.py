@@ -16,16 +16,21 @@ from services.core import context
 
 
 def register(app: AsyncApp, h: SlackHandlers) -> None:
-    """The global middleware, in the order Bolt runs it."""
-    app.middleware(_bind_context)
+    """The global middleware: one function, as Bolt builds every middleware's arguments anew
+    for each request."""
 
     @app.middleware
-    async def only_allowed_teams(
+    async def every_request(
         body: dict[str, Any], respond: Any, client: Any, next_: Callable[[], Awaitable[Any]]
     ) -> Any:
-        """Every request (command, button, view, event; HTTP or Socket Mode) names the
-        workspaces it comes from: one not on ALLOWED_TEAMS is answered with one line."""
+        """A correlation id (Slack's trigger_id, else a fresh one) and who asked what, for
+        every log line written while the request is handled; then the workspaces the request
+        comes from (command, button, view, event; HTTP or Socket Mode): one not on
+        ALLOWED_TEAMS is answered with one line. Each request has its own task in HTTP and in
+        Socket Mode, so the fields hold for the rest of it."""
         fields = request_context(body)
+        for name, value in fields.items():
+            context.set_field(name, value)
         caller = Caller(fields["user"] or "unknown", channel_of(body))
         decision = await h.guard.admit_origin(
             caller, origin_of(body), action=fields["command"] or "request"
@@ -33,16 +38,6 @@ def register(app: AsyncApp, h: SlackHandlers) -> None:
         if decision.allowed:
             return await next_()
         return await _refuse_foreign(body, decision.reason, respond, client)
-
-
-async def _bind_context(body: dict[str, Any], next_: Callable[[], Awaitable[Any]]) -> Any:
-    """Every request gets a correlation id (Slack's trigger_id, else a fresh one) and says who
-    asked what, for every log line written while it is handled. Bolt runs global middleware
-    one after another, not nested, so the fields are set for the rest of the request's task
-    (each request has its own task, in HTTP and in Socket Mode)."""
-    for name, value in request_context(body).items():
-        context.set_field(name, value)
-    return await next_()
 
 
 def request_context(body: dict[str, Any]) -> dict[str, str | None]:

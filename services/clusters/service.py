@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -257,9 +258,15 @@ class ClusterService:
         self, *, resource_group: str | None = None, workspace: str | None = None
     ) -> list[ClusterView]:
         """Every cluster, or those of one resource group and/or workspace (`-g`, `-w`)."""
+        async with self._store.unit() as uow:  # two reads, however many clusters
+            clusters = await uow.clusters.list()
+            live = await uow.jobs.list(states=LIVE_STATES, include_deleted=True)
+        by_cluster: dict[str, list[Job]] = {}
+        for job in live:
+            by_cluster.setdefault(job.cluster, []).append(job)
         return [
-            await self._view(c)
-            for c in await self._store.list_clusters()
+            self._view_of(c, by_cluster.get(c.name, []))
+            for c in clusters
             if (resource_group is None or c.resource_group.lower() == resource_group.lower())
             and (workspace is None or c.workspace == workspace)
         ]
@@ -267,14 +274,26 @@ class ClusterService:
     async def get_cluster(self, name: str, *, where: Where = ANYWHERE) -> ClusterView:
         """With the nodes that failed their health check as the backend knows them now (the
         stored list is the sweep's, which may lag by its interval)."""
-        cluster = await self._get(name, where)
+        async with self._store.unit() as uow:  # the cluster and its jobs: one connection
+            found = await uow.clusters.get(name)
+            live = (
+                []
+                if found is None
+                else await uow.jobs.list(
+                    cluster=found.name, states=LIVE_STATES, include_deleted=True
+                )
+            )
+        # Not found: _get answers with the names that come close (a cluster made since has
+        # no live jobs yet)
+        cluster = await self._get(name, where) if found is None else found
+        self._check_where(cluster, where)
         try:
             failed = [p for p in await self._backend.failed_nodes() if p.cluster == cluster.name]
         except BatchAIError as err:
             log.info("cluster %s: node health unavailable: %s", name, err)
         else:
             cluster = replace(cluster, unusable=tuple(failed))
-        return await self._view(cluster)
+        return self._view_of(cluster, live)
 
     async def list_setup_files(
         self,
@@ -553,10 +572,8 @@ class ClusterService:
         )
         return {n for j in active for n in j.nodes}
 
-    async def _view(self, cluster: Cluster) -> ClusterView:
-        jobs = await self._store.list_jobs(
-            cluster=cluster.name, states=LIVE_STATES, include_deleted=True
-        )
+    def _view_of(self, cluster: Cluster, jobs: Sequence[Job]) -> ClusterView:
+        """The cluster with its node counts, from its live jobs."""
         preparing = {n for j in jobs if j.state is JobState.PREPARING for n in j.nodes}
         running = {n for j in jobs if j.state.active for n in j.nodes} - preparing
         unusable = min(len(cluster.unusable), cluster.target_nodes)

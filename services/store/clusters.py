@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -96,12 +96,17 @@ class SqlClusterRepository:
         await self._conn.execute(clusters.delete().where(clusters.c.name == name))
 
     async def get(self, name: str) -> Cluster | None:
-        row = (await self._conn.execute(select(clusters).where(clusters.c.name == name))).first()
+        row = (await self._conn.execute(_GET, {"name": name})).first()
         return None if row is None else self._opened(_cluster_from(row._mapping))
 
     async def list(self) -> list[Cluster]:
-        rows = await self._conn.execute(select(clusters).order_by(clusters.c.name))
+        rows = await self._conn.execute(_LIST)
         return [self._opened(_cluster_from(r._mapping)) for r in rows]
+
+
+# Built once (the commands' reads): SQLAlchemy then skips building them and their cache key
+_GET = select(clusters).where(clusters.c.name == bindparam("name"))
+_LIST = select(clusters).order_by(clusters.c.name)
 
 
 def _cluster_row(c: Cluster) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from services.models import ConfigSource
 from services.store.schedules import config_row
 from services.store.schema import audit, clusters, jobs, schedules, secrets_check
 from services.store.sealing import SecretBox
+from services.store.sqlite_driver import OneHopDBAPI
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_FILES = ("", "-wal", "-shm", "-journal")  # the database and the files SQLite keeps beside it
@@ -27,7 +28,10 @@ def open_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine for `url`; SQLite waits up to 30 s for a lock and runs in WAL mode."""
     sqlite = url.startswith("sqlite")
     connect_args: dict[str, Any] = {"timeout": 30} if sqlite else {}
-    engine = create_async_engine(url, echo=echo, connect_args=connect_args)
+    options: dict[str, Any] = {}
+    if make_url(url).drivername == "sqlite+aiosqlite":
+        options["module"] = OneHopDBAPI()  # one thread hop per statement (see its module)
+    engine = create_async_engine(url, echo=echo, connect_args=connect_args, **options)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

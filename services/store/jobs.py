@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -144,16 +145,10 @@ class SqlJobRepository:
         sweep_id: str | None = None,
     ) -> list[Job]:
         """Jobs in submission (FIFO) order; deleted ones only when asked (the runner asks)."""
-        stmt = select(jobs).order_by(jobs.c.seq, jobs.c.created_at, jobs.c.id)
-        if not include_deleted:
-            stmt = stmt.where(jobs.c.deleted.is_(False))
-        if cluster is not None:
-            stmt = stmt.where(jobs.c.cluster == cluster)
-        if sweep_id is not None:
-            stmt = stmt.where(jobs.c.sweep_id == sweep_id)
-        if states is not None:
-            stmt = stmt.where(jobs.c.state.in_([s.value for s in states]))
-        return [_job_from(r._mapping) for r in await self._conn.execute(stmt)]
+        wanted = None if states is None else tuple(sorted({s.value for s in states}))
+        stmt = _list_statement(include_deleted, cluster is not None, sweep_id is not None, wanted)
+        rows = await self._conn.execute(stmt, {"cluster": cluster, "sweep_id": sweep_id})
+        return [_job_from(r._mapping) for r in rows]
 
     async def count_by_state(self) -> dict[JobState, int]:
         """How many jobs (not deleted) are in each state; one aggregate query, for /metrics."""
@@ -169,6 +164,24 @@ class SqlJobRepository:
         stmt = select(func.min(jobs.c.queued_at)).where(jobs.c.state == JobState.QUEUED.value)
         value: datetime | None = (await self._conn.execute(stmt)).scalar_one()
         return value
+
+
+@functools.lru_cache(maxsize=64)
+def _list_statement(
+    include_deleted: bool, by_cluster: bool, by_sweep: bool, states: tuple[str, ...] | None
+) -> Select[Any]:
+    """One statement per shape of `list`, built once: SQLAlchemy then skips building the
+    clauses and their cache key on every call (the values are bound parameters)."""
+    stmt = select(jobs).order_by(jobs.c.seq, jobs.c.created_at, jobs.c.id)
+    if not include_deleted:
+        stmt = stmt.where(jobs.c.deleted.is_(False))
+    if by_cluster:
+        stmt = stmt.where(jobs.c.cluster == bindparam("cluster"))
+    if by_sweep:
+        stmt = stmt.where(jobs.c.sweep_id == bindparam("sweep_id"))
+    if states is not None:
+        stmt = stmt.where(jobs.c.state.in_(states))
+    return stmt
 
 
 def _job_row(j: Job) -> dict[str, Any]:
