@@ -186,14 +186,6 @@ async def _job_ran(az: Replay, where: str, job: str, *, era: str) -> None:
     assert jmespath.search("[0].downloadUrl", outputs)
 
 
-EXECUTION_LOG = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: a 2018 job lists Batch AI's `execution.log` in stdouterr (the old CLI's "
-    "check); the bot writes execution-<node>.log, and only for job files that declare "
-    "2018-03-01 or later",
-)
-
-
 # --------------------------------------------------------------------------- 2017-09-01-preview
 
 
@@ -324,7 +316,6 @@ WS = "-g rg -w workspace"
 EXP = "-g rg -w workspace -e experiment"
 
 
-@EXECUTION_LOG
 async def test_2018_manual_scale_scenario(az: Replay) -> None:
     await az.check("batchai workspace create -g rg -n workspace -o json", name="workspace")
     await az.check("batchai workspace list -g rg -o json", **{"length(@)": 1})
@@ -374,7 +365,6 @@ async def test_2018_manual_scale_scenario(az: Replay) -> None:
     await az.check("batchai workspace list -g rg -o json", **{"length(@)": 0})
 
 
-@EXECUTION_LOG
 async def test_2018_auto_scale_scenario(az: Replay) -> None:
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.check(
@@ -459,7 +449,6 @@ async def test_2018_cluster_with_auto_storage_and_a_setup_task(az: Replay) -> No
     )
 
 
-@EXECUTION_LOG
 async def test_2018_job_level_mounting_scenario(az: Replay) -> None:
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.az(

@@ -188,6 +188,8 @@ class JobService:
         if section is not None and not sweep_allowed:
             raise UserError(f"{label}: a sweep section makes a sweep (submit it with job create)")
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        if request.workspace is not None or request.experiment is not None:
+            spec = spec.in_workspace()  # `-w/-e`: the 2018-05-01 way, and its layout
         if request.mounts:
             spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
