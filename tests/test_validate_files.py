@@ -67,6 +67,12 @@ def cluster_2018() -> dict[str, Any]:
                 "adminUserSshPublicKey": "ssh-ed25519 AAAA alex@host",
             },
             "nodeSetup": {
+                "setupTask": {
+                    "commandLine": "apt-get install -y jq",
+                    "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+                    "environmentVariables": [{"name": "STAGE", "value": "1"}],
+                    "secrets": [{"name": "TOKEN", "value": "s3cr3t"}],
+                },
                 "mountVolumes": {
                     "azureFileShares": [
                         {
@@ -95,7 +101,7 @@ def cluster_2018() -> dict[str, Any]:
                             "mountOptions": "rw",
                         }
                     ],
-                }
+                },
             },
         },
     }
@@ -260,6 +266,22 @@ BAD_CLUSTERS = [
         "nodeSetup.performanceCountersSettings",
         {"appInsightsReference": {"component": {"id": "/x"}, "instrumentationKey": "k"}},
         "properties.nodeSetup.performanceCountersSettings: App Insights counters are not collected",
+    ),
+    (
+        "nodeSetup.setupTask.stdOutErrPathPrefix",
+        None,
+        "properties.nodeSetup.setupTask.stdOutErrPathPrefix: Field required",
+    ),
+    (
+        "nodeSetup.setupTask.environmentVariables",
+        [{"name": "AZ_BATCHAI_MOUNT_ROOT", "value": "/x"}],
+        "properties.nodeSetup.setupTask.environmentVariables[0].name: names starting with "
+        "AZ_BATCHAI_ are set by the service",
+    ),
+    (
+        "nodeSetup.setupTask.secrets",
+        [{"name": "K", "valueSecretReference": {"sourceVault": {"id": "/v"}, "secretUrl": "u"}}],
+        "properties.nodeSetup.setupTask.secrets[0] (K): a Key Vault reference is not resolved",
     ),
     (
         "subnet",

@@ -11,11 +11,12 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from services.clusters import mounts
+from services.clusters import mounts, setuptask
 from services.clusters.names import check_admin_name
 from services.core.errors import UserError
 from services.jobspec import ClusterSpec, FileServerSpec, cluster_parts_not_honoured
 from services.jobspec.base import MountVolumes
+from services.jobspec.infra import SetupTask
 
 VM_SIZE_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 MAX_DISKS: Final = 63  # what az batchai allowed (one LUN short of the 64 a VM takes)
@@ -44,7 +45,35 @@ def cluster_file_problems(spec: ClusterSpec) -> list[str]:
     volumes = p.node_setup.mount_volumes if p.node_setup is not None else None
     if volumes is not None:
         problems += _volume_problems(volumes)
+    task = p.node_setup.setup_task if p.node_setup is not None else None
+    if task is not None:
+        problems += _setup_task_problems(task)
     return problems
+
+
+def _setup_task_problems(task: SetupTask) -> list[str]:
+    """What `cluster create` refuses in nodeSetup.setupTask, whoever gives it (only an admin
+    may, and its stdOutErrPathPrefix must be on one of the cluster's Azure File shares, which
+    flags may add: both are decided at create)."""
+    where = "properties.nodeSetup.setupTask"
+    problems = _refused(f"{where}.commandLine", lambda: setuptask.check_command(task.command_line))
+    env = [(v.name, v.value) for v in task.environment_variables]
+    for pairs, what in ((env, "environmentVariables"), (_names(task), "secrets")):
+        try:
+            setuptask.check_env(pairs, what)
+        except UserError as err:  # it names its path below properties
+            problems.append(f"properties.{err}")
+    for i, secret in enumerate(task.secrets):
+        if secret.value is None:
+            problems.append(
+                f"{where}.secrets[{i}] ({secret.name}): a Key Vault reference is not resolved "
+                "for a setup task; give its value"
+            )
+    return problems
+
+
+def _names(task: SetupTask) -> list[tuple[str, str]]:
+    return [(s.name, "") for s in task.secrets]
 
 
 def file_server_file_problems(spec: FileServerSpec) -> list[str]:

@@ -77,18 +77,11 @@ async def az(tmp_path: Path, rig: AzureRig) -> AsyncIterator[Replay]:
 
 
 Flow = Callable[[Replay], Awaitable[None]]
-PUBLIC_IP = pytest.mark.xfail(
-    strict=True,
-    reason="as on the local backend: the flow reads mountSettings.fileServerPublicIp (az's "
-    "spelling); the FileServer view answers fileServerPublicIP (the swagger's), null",
-)
 FLOWS = [
     pytest.param(flows.test_2017_manual_scale_scenario, id="2017 manual scale"),
     pytest.param(flows.test_2017_auto_scale_scenario, id="2017 auto scale"),
     pytest.param(
-        flows.test_2017_file_server_and_share_from_files,
-        id="2017 file server and share from files",
-        marks=PUBLIC_IP,
+        flows.test_2017_file_server_and_share_from_files, id="2017 file server and share from files"
     ),
     pytest.param(flows.test_2017_configless_cluster_and_file_server, id="2017 config-less nfs"),
     pytest.param(flows.test_2018_manual_scale_scenario, id="2018 manual scale"),
@@ -103,7 +96,6 @@ FLOWS = [
     pytest.param(
         flows.test_2018_cluster_with_auto_storage_and_a_setup_task,
         id="2018 auto storage and a setup task",
-        marks=flows.SETUP_TASK,  # the local replay's marker: one change lifts both
     ),
     pytest.param(
         flows.test_2018_job_level_mounting_scenario,
