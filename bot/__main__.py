@@ -200,10 +200,11 @@ async def run_check(settings: Settings, channels: list[str]) -> int:
 
 
 def validate_files(files: list[str]) -> int:
-    """One line per file: OK with what it is, or the error; non-zero if any failed."""
+    """`OK` with what each file is, or one `FAIL` line per problem with its JSON path (the shape,
+    then what `cluster create` / `file-server create` would refuse in it); non-zero if any
+    failed."""
     from services.core.errors import SpecError
     from services.jobs.sources import ConfigLoader
-    from services.jobspec import load_any
 
     failed = 0
     names = [name for name in files if not Path(name).exists()]  # settings only if needed
@@ -211,16 +212,31 @@ def validate_files(files: list[str]) -> int:
     for name in files:
         try:
             text, label = _spec_text(name, manifests)
-            spec = load_any(text, source=label)
+            spec, problems = _problems(text, label)
         except SpecError as err:
-            print(f"FAIL {err}")
-            failed += 1
+            spec, problems = None, [str(err)]
         except OSError as err:
-            print(f"FAIL {name}: {err.strerror}")
+            spec, problems = None, [f"{name}: {err.strerror}"]
+        if problems:
             failed += 1
+            for line in problems:
+                print(f"FAIL {line}")
         else:
             print(f"OK   {label}: {describe(spec)}")
     return 1 if failed else 0
+
+
+def _problems(text: str | bytes, label: str) -> tuple[object, list[str]]:
+    """The spec and every problem of it, each `<label>: <JSON path>: <what is wrong>`."""
+    from services.clusters.files import cluster_file_problems, file_server_file_problems
+    from services.jobspec import ClusterSpec, FileServerSpec, check_any
+
+    spec, problems = check_any(text, source=label)
+    if isinstance(spec, ClusterSpec):
+        problems = [f"{label}: {p}" for p in cluster_file_problems(spec)]
+    elif isinstance(spec, FileServerSpec):
+        problems = [f"{label}: {p}" for p in file_server_file_problems(spec)]
+    return spec, problems
 
 
 def _spec_text(name: str, manifests: ConfigLoader | None) -> tuple[str | bytes, str]:

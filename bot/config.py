@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     azure_mount_root: str = "/mnt/batch/tasks/shared/LS_root/mounts"  # $AZ_BATCHAI_MOUNT_ROOT
     azure_control_mount: str = "/mnt/batchai-bot"  # where nodes mount AZURE_SHARE
     azure_job_temp_root: str = "/mnt/batch/tasks/shared/LS_root/jobs"  # node-local job temp
+    azure_share_mount_root: str = "/mnt/batchai-shares"  # where nodes mount job-level shares
+    # The nodes' image: the interpreter of the node runner and python jobs, and the jobs' PATH.
+    azure_node_python: str = "python3"
+    azure_node_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     azure_polling_interval: float = Field(15.0, ge=0, le=300)  # between long-operation polls
     azure_check_vm_size: str = "Standard_NC4as_T4_v3"  # the size `batchai-bot check` looks at
 

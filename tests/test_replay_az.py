@@ -16,7 +16,8 @@ import os
 import shutil
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ pytestmark = pytest.mark.skipif(not CLI_FILES.is_dir(), reason="../shared/corpus
 class Replay:
     """One console process; `az(line)` sends a command and returns its `-o json` answer."""
 
-    def __init__(self, console: Console, files: Path) -> None:
+    def __init__(self, console: Console, files: Path, account: str = ACCOUNT) -> None:
         self.console = console
         self.files = files
+        self.account = account  # the bot's storage account, which the files' placeholders name
         self._marks = count(1)
 
     async def az(self, line: str) -> Any:
@@ -103,21 +105,28 @@ def _json_tail(block: str) -> Any:
     return _NONE
 
 
-@pytest.fixture
-async def az(tmp_path: Path) -> AsyncIterator[Replay]:
+@asynccontextmanager
+async def replaying(
+    tmp_path: Path, env: Mapping[str, str] | None = None, *, account: str = ACCOUNT
+) -> AsyncIterator[Replay]:
+    """A `batchai-bot console` process over a copy of the CLI's files; `env` adds to (or
+    replaces) its environment, e.g. the azure backend's settings."""
     files = tmp_path / "files"
     shutil.copytree(CLI_FILES, files)
     (files / "key.txt").write_text(KEY + "\n")
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "BATCHAI_", "DATABASE"))
+    own = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "BATCHAI_", "DATABASE", "AZURE_", "IDENTITY_"))
     }
-    env.update(
+    own.update(
         BATCHAI_DATA_DIR=str(tmp_path / "data"),
         PORT="0",
         POLL_SECONDS="0.2",
         LOG_LEVEL="WARNING",
         PRICE_REFRESH_HOURS="0",
-        AZURE_BATCHAI_STORAGE_ACCOUNT=ACCOUNT,
+        AZURE_BATCHAI_STORAGE_ACCOUNT=account,
+        **(env or {}),
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -127,27 +136,34 @@ async def az(tmp_path: Path) -> AsyncIterator[Replay]:
         "--wait-timeout",
         "60",
         cwd=ROOT,
-        env=env,
+        env=own,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    yield Replay(Console(proc), files)
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    try:
+        yield Replay(Console(proc), files, account)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
-SHARE_URL = f"https://{ACCOUNT}.file.core.windows.net/share"
+@pytest.fixture
+async def az(tmp_path: Path) -> AsyncIterator[Replay]:
+    async with replaying(tmp_path) as replay:
+        yield replay
+
+
 COMMAND_LINE = "echo hi | tee $AZ_BATCHAI_OUTPUT_OUTPUT/result.txt"
 AFS = "nodeSetup.mountVolumes.azureFileShares[0]"
 BFS = "nodeSetup.mountVolumes.azureBlobFileSystems[0]"
 
 
-def _share_checks(relative: str | None = None) -> dict[str, Any]:
+def _share_checks(az: Replay, relative: str | None = None) -> dict[str, Any]:
     checks = {
-        f"{AFS}.accountName": ACCOUNT,
-        f"{AFS}.azureFileUrl": SHARE_URL,
+        f"{AFS}.accountName": az.account,
+        f"{AFS}.azureFileUrl": f"https://{az.account}.file.core.windows.net/share",
         f"{AFS}.credentialsInfo.accountKey": None,
         f"{AFS}.credentials.accountKey": None,
     }
@@ -186,14 +202,6 @@ async def _job_ran(az: Replay, where: str, job: str, *, era: str) -> None:
     assert jmespath.search("[0].downloadUrl", outputs)
 
 
-EXECUTION_LOG = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: a 2018 job lists Batch AI's `execution.log` in stdouterr (the old CLI's "
-    "check); the bot writes execution-<node>.log, and only for job files that declare "
-    "2018-03-01 or later",
-)
-
-
 # --------------------------------------------------------------------------- 2017-09-01-preview
 
 
@@ -207,7 +215,7 @@ async def test_2017_manual_scale_scenario(az: Replay) -> None:
             "vmSize": "STANDARD_D1",
             "userAccountSettings.adminUserName": "DemoUser",
             "userAccountSettings.adminUserPassword": None,
-            **_share_checks(),
+            **_share_checks(az),
         },
     )
     await az.check(
@@ -247,7 +255,7 @@ async def test_2017_auto_scale_scenario(az: Replay) -> None:
         **{
             "scaleSettings.autoScale.minimumNodeCount": 0,
             "scaleSettings.autoScale.maximumNodeCount": 1,
-            **_share_checks(),
+            **_share_checks(az),
         },
     )
     await az.check(
@@ -285,7 +293,7 @@ async def test_2017_file_server_and_share_from_files(az: Replay) -> None:
             "userAccountSettings.adminUserName": "alex",
             "userAccountSettings.adminUserPassword": None,
             "nodeSetup.mountVolumes.fileServers[0].relativeMountPath": "nfs",
-            **_share_checks("afs"),
+            **_share_checks(az, "afs"),
         },
     )
     await _eventually(
@@ -309,7 +317,7 @@ async def test_2017_configless_cluster_and_file_server(az: Replay) -> None:
             "userAccountSettings.adminUserName": "alex",
             "userAccountSettings.adminUserPassword": None,
             "nodeSetup.mountVolumes.fileServers[0].relativeMountPath": "nfs",
-            **_share_checks("afs"),
+            **_share_checks(az, "afs"),
         },
     )
     assert "Password_123" not in az.console.out  # the console echoes the command masked
@@ -324,7 +332,6 @@ WS = "-g rg -w workspace"
 EXP = "-g rg -w workspace -e experiment"
 
 
-@EXECUTION_LOG
 async def test_2018_manual_scale_scenario(az: Replay) -> None:
     await az.check("batchai workspace create -g rg -n workspace -o json", name="workspace")
     await az.check("batchai workspace list -g rg -o json", **{"length(@)": 1})
@@ -337,7 +344,7 @@ async def test_2018_manual_scale_scenario(az: Replay) -> None:
             "scaleSettings.manual.targetNodeCount": 1,
             "userAccountSettings.adminUserName": "DemoUser",
             "userAccountSettings.adminUserPassword": None,
-            **_share_checks(),
+            **_share_checks(az),
         },
     )
     await az.check(f"batchai experiment create {WS} -n experiment -o json", name="experiment")
@@ -374,7 +381,6 @@ async def test_2018_manual_scale_scenario(az: Replay) -> None:
     await az.check("batchai workspace list -g rg -o json", **{"length(@)": 0})
 
 
-@EXECUTION_LOG
 async def test_2018_auto_scale_scenario(az: Replay) -> None:
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.check(
@@ -383,7 +389,7 @@ async def test_2018_auto_scale_scenario(az: Replay) -> None:
         **{
             "scaleSettings.autoScale.minimumNodeCount": 0,
             "scaleSettings.autoScale.maximumNodeCount": 1,
-            **_share_checks(),
+            **_share_checks(az),
         },
     )
     await az.az(f"batchai experiment create {WS} -n experiment -o json")
@@ -395,13 +401,15 @@ async def test_2018_auto_scale_scenario(az: Replay) -> None:
     await _job_ran(az, EXP, "job", era="2018")
 
 
-def _fs_checks(afs: str, bfs: str, container: str, share: str = "share") -> dict[str, Any]:
+def _fs_checks(
+    az: Replay, afs: str, bfs: str, container: str, share: str = "share"
+) -> dict[str, Any]:
     return {
-        f"{AFS}.accountName": ACCOUNT,
-        f"{AFS}.azureFileUrl": f"https://{ACCOUNT}.file.core.windows.net/{share}",
+        f"{AFS}.accountName": az.account,
+        f"{AFS}.azureFileUrl": f"https://{az.account}.file.core.windows.net/{share}",
         f"{AFS}.relativeMountPath": afs,
         f"{AFS}.credentialsInfo.accountKey": None,
-        f"{BFS}.accountName": ACCOUNT,
+        f"{BFS}.accountName": az.account,
         f"{BFS}.containerName": container,
         f"{BFS}.relativeMountPath": bfs,
         f"{BFS}.credentialsInfo.accountKey": None,
@@ -416,7 +424,7 @@ async def test_2018_cluster_with_file_systems_from_a_file_and_flags(az: Replay) 
         **{
             "userAccountSettings.adminUserName": "DemoUser",
             "userAccountSettings.adminUserPassword": None,
-            **_fs_checks("afs", "bfs", "container"),
+            **_fs_checks(az, "afs", "bfs", "container"),
         },
     )
     await _eventually(
@@ -430,7 +438,7 @@ async def test_2018_config_less_cluster_with_file_systems(az: Replay) -> None:
         f"batchai cluster create {WS} -n cluster -i UbuntuLTS --vm-size STANDARD_D1 --min 1 "
         f"--max 1 -u DemoUser -k {az.file('key.txt')} --afs-name share --bfs-name container "
         "-o json",
-        **_fs_checks("afs", "bfs", "container"),
+        **_fs_checks(az, "afs", "bfs", "container"),
     )
     await _eventually(
         az, f"batchai cluster show {WS} -n cluster -o json", **{"nodeStateCounts.idleNodeCount": 1}
@@ -442,7 +450,7 @@ async def test_2018_cluster_with_auto_storage_and_a_setup_task(az: Replay) -> No
     await az.check(
         f"batchai cluster create {WS} -n cluster -i UbuntuLTS --vm-size STANDARD_D1 -t 0 "
         f"-u DemoUser -k {az.file('key.txt')} --use-auto-storage -o json",
-        **_fs_checks("autoafs", "autobfs", "batchaicontainer", share="batchaishare"),
+        **_fs_checks(az, "autoafs", "autobfs", "batchaicontainer", share="batchaishare"),
     )
     await az.check(
         f"batchai cluster create -n cluster2 {WS} -s STANDARD_D1 -t 1 -u DemoUser "
@@ -451,7 +459,7 @@ async def test_2018_cluster_with_auto_storage_and_a_setup_task(az: Replay) -> No
         **{
             "nodeSetup.setupTask.commandLine": "echo hi",
             "nodeSetup.setupTask.stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/autoafs",
-            **_fs_checks("autoafs", "autobfs", "batchaicontainer", share="batchaishare"),
+            **_fs_checks(az, "autoafs", "autobfs", "batchaicontainer", share="batchaishare"),
         },
     )
     await _eventually(
@@ -459,7 +467,6 @@ async def test_2018_cluster_with_auto_storage_and_a_setup_task(az: Replay) -> No
     )
 
 
-@EXECUTION_LOG
 async def test_2018_job_level_mounting_scenario(az: Replay) -> None:
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.az(

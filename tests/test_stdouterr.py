@@ -1,5 +1,7 @@
 """`job file list -d stdouterr` lists the job's own logs: stdout/stderr, job preparation and the
-per-node execution logs Batch AI wrote from 2018-03-01 on; never its output folder. Through the
+execution log Batch AI wrote from 2018-03-01 on (`execution.log` for a one-node job, as the old
+CLI's scenario tests list it; `execution-<node>.log` per node for more, see the backend contract
+tests); never its output folder. Through the
 real bot (console transport, fake clock) and the local backend running real node runners."""
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def job_json(api: str | None, command: str, *, prep: str | None = None, **extra:
 async def run_job(rig: Rig, name: str, config: str, *, user: str = ADMIN) -> Job:
     reply = await rig.say(f"job create -n {name} -r c1 -c {config}", user=user)
     assert not reply.failed, reply.message.text
+    return await _finished(rig, name)
+
+
+async def _finished(rig: Rig, name: str) -> Job:
     deadline = time.monotonic() + TIMEOUT
     while True:
         await rig.bot.runner.tick()
@@ -91,8 +97,32 @@ async def test_a_2018_job_lists_stdout_stderr_and_its_execution_log(rig: Rig, ap
     assert job.state is JobState.SUCCEEDED, job.error
     entries = await listed(rig, "new")
     names = [e["name"] for e in entries]
-    assert names == ["execution-c1-node-0.log", "stderr.txt", "stdout.txt"]
+    assert names == ["execution.log", "stderr.txt", "stdout.txt"]
     assert all(e["fileType"] == "file" and e["downloadUrl"] for e in entries)
+
+
+async def test_a_job_created_in_a_workspace_gets_the_2018_layout_whatever_its_file_says(
+    rig: Rig,
+) -> None:
+    # The 2018-05-01 CLI sent every job.json given with -w/-e to the 2018-05-01 API: the old
+    # CLI tests' custom_toolkit_job.json has no $schema and lists execution.log there.
+    for line in ("workspace create -g rg -n ws", "experiment create -g rg -w ws -n exp"):
+        assert not (await rig.say(line)).failed
+    for name, api in (("plain", None), ("declared", "2017-09-01-preview")):
+        config = job_json(api, WRITE_MODEL)
+        reply = await rig.say(f"job create -n {name} -r c1 -g rg -w ws -e exp -c {config}")
+        assert not reply.failed, reply.message.text
+        job = await _finished(rig, name)
+        assert job.state is JobState.SUCCEEDED, job.error
+        assert job.layout is not None and job.layout.stdouterr is not None
+        assert job.layout.stdouterr.path.endswith(
+            f"/rg/workspaces/ws/experiments/exp/jobs/{name}/{job.id}/stdouterr"
+        ), job.layout.stdouterr.path
+        names = [e["name"] for e in await listed(rig, name, "-g rg -w ws -e exp")]
+        assert names == ["execution.log", "stderr.txt", "stdout.txt"]
+    # without -w/-e the same file keeps the 2017 layout: no execution log
+    job = await run_job(rig, "old", job_json(None, WRITE_MODEL))
+    assert [e["name"] for e in await listed(rig, "old")] == ["stderr.txt", "stdout.txt"]
 
 
 async def test_the_execution_log_tells_start_nodes_and_end_without_the_jobs_words(
@@ -111,13 +141,13 @@ async def test_the_execution_log_tells_start_nodes_and_end_without_the_jobs_word
     assert job.layout is not None and job.layout.stdouterr is not None
     names = [e["name"] for e in await listed(rig, "story")]
     assert names == [
-        "execution-c1-node-0.log",
+        "execution.log",
         "stderr-job_prep-c1-node-0.txt",
         "stderr.txt",
         "stdout-job_prep-c1-node-0.txt",
         "stdout.txt",
     ]
-    path = rig.bot.resolve_file(job.layout.stdouterr.child("execution-c1-node-0.log"))
+    path = rig.bot.resolve_file(job.layout.stdouterr.child("execution.log"))
     log = path.read_text(encoding="utf-8")
     assert "s3cr3t-value-1234" not in log and hostile not in log and "ignore" not in log
     lines = log.splitlines()
@@ -129,7 +159,7 @@ async def test_the_execution_log_tells_start_nodes_and_end_without_the_jobs_word
     assert "rank 0 (master) exited with code 3" in text
     assert text.rstrip().endswith("job ended on this node: exit code 3")
     # the stream command reads it by the name Batch AI gave it
-    tail = await rig.say("job file stream -j story -f execution-c1-node-0.log")
+    tail = await rig.say("job file stream -j story -f execution.log")
     assert not tail.failed and "job ended on this node: exit code 3" in json.dumps(
         tail.message.blocks
     )

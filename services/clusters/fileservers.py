@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.clusters.files import MAX_DISK_GB, MAX_DISKS
+from services.clusters.files import VM_SIZE_RE as _VM_SIZE_RE
 from services.clusters.lifecycle import FileServerState, move_file_server
 from services.clusters.names import check_admin_name
 from services.core.errors import Conflict, NotAllowed, NotFound, UserError
@@ -17,10 +18,6 @@ from services.jobspec import load_file_server_spec
 from services.models import NAME_RE, Actor, FileServer
 from services.spend.gate import SpendGate, refusal
 from services.store import SqlStore
-
-_VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
-MAX_DISKS = 63  # what az batchai allowed (one LUN short of the 64 a VM takes)
-MAX_DISK_GB = 32767
 
 
 @dataclass(frozen=True)

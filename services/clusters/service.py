@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -11,6 +10,7 @@ from datetime import timedelta
 from services.access.owners import check_job_owner, check_node_exec
 from services.clusters import mounts as volumes
 from services.clusters import setuptask
+from services.clusters.files import VM_SIZE_RE as _VM_SIZE_RE
 from services.clusters.fileservers import check_ready
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 MAX_NODES = 100  # Batch AI's hard limit per cluster
 MAX_IDLE_MINUTES = 7 * 24 * 60
-_VM_SIZE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,63}$")
 DEFAULT_IMAGE = "UbuntuLTS"
 EXEC_TIMEOUT_S = 120.0  # a node exec waits this long for its command, then stops it
 MAX_EXEC_CHARS = 4096

@@ -195,6 +195,8 @@ class JobService:
         if section is not None and not sweep_allowed:
             raise UserError(f"{label}: a sweep section makes a sweep (submit it with job create)")
         spec = self._fill_placeholders(load_job_spec(text, source=label), label)
+        if request.workspace is not None or request.experiment is not None:
+            spec = spec.in_workspace()  # `-w/-e`: the 2018-05-01 way, and its layout
         if request.mounts:
             spec = await self._with_mounts(spec, request, label)
         self._refuse_reserved_shares(spec)
@@ -578,6 +580,12 @@ class JobService:
             if key.lower() == directory_id.lower():
                 return loc
         known = ", ".join([STDOUTERR, *layout.outputs]) or STDOUTERR
+        if directory_id.lower() in _declared_outputs(job):
+            raise NotFound(
+                f"job {job.name}'s output directory {directory_id} is not on a file share the "
+                f"bot can list (on Azure: an Azure Files share, not a blob container) (has: "
+                f"{known})"
+            )
         raise NotFound(f"job {job.name} has no output directory {directory_id!r} (has: {known})")
 
     def _fill_placeholders(self, spec: JobSpec, label: str) -> JobSpec:
@@ -588,6 +596,15 @@ class JobService:
         if missing:
             raise SpecError(f"{label}: no value configured for {', '.join(missing)}")
         return substitute(spec, self._placeholders)
+
+
+def _declared_outputs(job: Job) -> set[str]:
+    """The (lower-cased) ids of the job.json's outputDirectories."""
+    try:
+        props = json.loads(job.spec_json).get("properties", {})
+        return {str(o.get("id", "")).lower() for o in props.get("outputDirectories", ())}
+    except (ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _max_retries(asked: int | None, spec: JobSpec, cluster: Cluster) -> int:

@@ -41,6 +41,7 @@ from services.jobspec.job import MAX_RETRIES
 from services.jobspec.load import (
     MAX_DEPTH,
     MAX_SPEC_BYTES,
+    check_any,
     load_any,
     load_cluster_spec,
     load_file_server_spec,
@@ -90,6 +91,7 @@ __all__ = [
     "NodeInfo",
     "OutputDir",
     "ProcessPlan",
+    "check_any",
     "cluster_parts_not_honoured",
     "dump",
     "expand_vars",

@@ -307,6 +307,11 @@ def required_features(props: JobProperties) -> list[tuple[str, ApiVersion]]:
     return found
 
 
+SCHEMA_2018_05_01: Final = (
+    "https://raw.githubusercontent.com/Azure/BatchAI/master/schemas/2018-05-01/job.json"
+)
+
+
 class JobSpec(SpecDocument):
     """A Batch AI job.json: `{"$schema"?: url, "properties": {...}}`."""
 
@@ -345,6 +350,15 @@ class JobSpec(SpecDocument):
         if "$AZ_BATCHAI_JOB_MOUNT_ROOT" in self.properties.model_dump_json():
             needed.append("2018-03-01")  # job-level mounts (and their root) came with 2018-03-01
         return max(needed, key=api_rank, default=OLDEST_API)
+
+    def in_workspace(self) -> JobSpec:
+        """The job as the 2018-05-01 CLI sent it: `job create -w/-e` put every job.json, with or
+        without (or with an older) `$schema`, into a workspace and experiment of the 2018-05-01
+        API, so the service gave it that version's layout (workspaces/…/stdouterr/ and the
+        execution log). Every feature is in 2018-05-01, so nothing that loaded is refused."""
+        if self.declared_api_version == "2018-05-01":
+            return self
+        return self.model_copy(update={"schema_url": SCHEMA_2018_05_01})
 
     @property
     def toolkit(self) -> str:

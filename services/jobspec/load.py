@@ -231,19 +231,30 @@ _FRIENDLY: Final = {
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel], source: str) -> str:
     """One line: the first error (unknown keys first: they explain the rest) plus a count."""
+    lines = validation_lines(exc, root, source)
+    text = lines[0]
+    if len(lines) > 1:
+        text += f" (and {len(lines) - 1} more)"
+    return one_line(text)
+
+
+def validation_lines(exc: ValidationError, root: type[BaseModel], source: str) -> list[str]:
+    """Every error, one line each with its JSON path (unknown keys first: they explain the
+    rest), for `batchai-bot validate`."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    loc = tuple(first["loc"])
-    if first["type"] == "extra_forbidden":
-        message = _unknown_key_message(root, loc)
-    else:
-        message = _FRIENDLY.get(first["type"], first["msg"]).removeprefix("Value error, ")
-    path = json_path(loc)
-    text = f"{source}: {path}: {message}" if path else f"{source}: {message}"
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more)"
-    return one_line(text)
+    lines = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = _unknown_key_message(root, loc)
+        else:
+            message = _FRIENDLY.get(error["type"], error["msg"]).removeprefix("Value error, ")
+        path = json_path(loc)
+        line = one_line(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+        if line not in lines:
+            lines.append(line)
+    return lines
 
 
 # ----------------------------------------------------------------------------- loading
@@ -314,6 +325,22 @@ def spec_kind(data: dict[str, Any]) -> SpecKind:
     if keys & _CLUSTER_KEYS:
         return "cluster"
     return "job"  # so that the errors speak about the most common document
+
+
+def check_any(text: str | bytes, source: str = "<inline>") -> tuple[AnySpec | None, list[str]]:
+    """`load_any` for `batchai-bot validate`: the spec, or None and every problem of the file,
+    one line each with its JSON path (a JSON syntax error is one line with line:column)."""
+    data = parse_json(text, source=source)
+    kind = spec_kind(data)
+    model: type[JobSpec] | type[ClusterSpec] | type[FileServerSpec] = JobSpec
+    if kind == "cluster":
+        model = ClusterSpec
+    elif kind == "file_server":
+        model = FileServerSpec
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, validation_lines(exc, model, source)
 
 
 def load_any(text: str | bytes, source: str = "<inline>") -> AnySpec:

@@ -111,7 +111,8 @@ class LaunchPlan:
     mpi_host_file_lines: tuple[str, ...]
     warnings: tuple[str, ...]
     node_ids: tuple[str, ...] = ()  # per node index: the id in its log names
-    # Per node index: its `execution-<node id>.log` in stdouterr (2018-03-01 on; none before).
+    # Per node index: its execution log in stdouterr (2018-03-01 on; none before): `execution.log`
+    # for a one-node job, `execution-<node id>.log` per node for more, as Batch AI named them.
     execution_logs: tuple[str, ...] = ()
 
 
@@ -567,9 +568,14 @@ def plan_launch(spec: JobSpec, ctx: LaunchContext) -> LaunchPlan:
 
 
 def _execution_logs(spec: JobSpec, ctx: LaunchContext) -> tuple[str, ...]:
-    """Batch AI's per-node execution logs, kept in stdouterr from 2018-03-01 on."""
+    """Batch AI's execution logs, kept in stdouterr from 2018-03-01 on: one `execution.log` for a
+    one-node job (the old CLI's scenario tests list it beside stdout.txt and stderr.txt), one
+    `execution-<node id>.log` per node for a multi-node job (the service's own listings of
+    distributed jobs show only those)."""
     if spec.api_version == "2017-09-01-preview":
         return ()
+    if len(ctx.nodes) == 1:
+        return ("execution.log",)
     return tuple(f"execution-{n.log_id}.log" for n in ctx.nodes)
 
 
