@@ -254,8 +254,8 @@ BAD_CLUSTERS = [
     (
         "nodeSetup.mountVolumes.fileServers[0].fileServer.id",
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/fileServers/a b",
-        f"{V}.fileServers[0]: '/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/"
-        "fileServers/a b' does not name a file server",
+        f"{V}.fileServers[0]: fileServer.id '/subscriptions/s/resourceGroups/rg/providers/"
+        "Microsoft.BatchAI/fileServers/a b' does not name a file server",
     ),
     (
         "nodeSetup.mountVolumes.unmanagedFileSystems",
