@@ -103,6 +103,26 @@ async def test_log_read_across_three_growing_chunks_reads_no_byte_twice(
     assert starts == ["0", "27", "51", "56"]
 
 
+async def test_a_tail_read_is_one_signed_get_and_says_what_failed_in_one_line(
+    files: FakeAzureFiles, share: AzureShare
+) -> None:
+    put(files, "t.txt", b"0123456789")
+    assert await share.read_tail(loc("t.txt"), 4, 3) == (b"456", 10)
+    assert await share.read_tail(loc("t.txt"), 10, 3) == (b"", 10)  # nothing new: 416
+    assert await share.read_tail(loc("gone.txt"), 0, 3) is None
+    assert [(r.op, r.status) for r in files.requests] == [
+        ("GetFile", 206),
+        ("GetFile", 416),
+        ("GetFile", 404),
+    ]
+    files.fail_next(1, status=503, retry_after=4)
+    with pytest.raises(TransientError) as busy:
+        await share.read_tail(loc("t.txt"), 0, 3)
+    assert busy.value.retry_after == 4.0 and "\n" not in str(busy.value)
+    assert "sig=" not in str(busy.value) and files.key not in str(busy.value)
+    assert await share.read_tail(loc("t.txt"), 0, 3) == (b"012", 10)  # the next round reads
+
+
 async def test_read_at_the_end_and_on_an_empty_file_is_empty(
     files: FakeAzureFiles, share: AzureShare
 ) -> None:
