@@ -520,7 +520,13 @@ class JobRunner:
         entry = None
         if self._spend is not None:
             entry = self._spend.attempt_entry(job, lost, cluster.vm_size)
+        gpu_closed = await self._gpu(job)  # the attempt's open idle warning ends with it
         async with self._store.unit() as uow:
+            # Closed before the move clears the watch; both roll back together.
+            if gpu_closed is not None and await uow.jobs.close_gpu_warning(
+                job.id, gpu_closed.warning_id, gpu_closed.outcome
+            ):
+                events.append(gpu_closed)
             if not await uow.jobs.move(step.job, step.transition):
                 return  # it moved meanwhile (terminated): the next poll decides again
             await uow.logs.reset_offsets(job.id)
