@@ -154,12 +154,12 @@ class Rig:
             store=self.store, share=self.share, notifier=self.recorder, clock=self.clock
         )
 
-    async def cluster(self, *, spot: bool = True) -> None:
+    async def cluster(self, *, spot: bool = True, nodes: int = 1) -> None:
         request = ClusterRequest(
             name="c1",
             vm_size=A100,
             vm_priority="lowpriority" if spot else "dedicated",
-            target_nodes=1,
+            target_nodes=nodes,
             afs_name=SHARE,
             afs_mount_path="afs",
         )

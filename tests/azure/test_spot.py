@@ -121,6 +121,44 @@ async def test_an_evicted_job_without_retries_fails_as_before(spot: Rig, rig: Az
     assert spot.recorder.of(job, JobRequeued) == []
 
 
+async def test_a_cluster_that_cannot_grow_back_runs_the_retry_on_the_nodes_it_has(
+    spot: Rig, rig: AzureRig
+) -> None:
+    await spot.cluster(nodes=2)
+    job = await spot.submit(job_config())
+    await spot.running(job, "fresh start")
+    (held,) = (await spot.job(job)).nodes
+    evicted = sorted(rig.arm.scale_sets["c1"].instances)[held]
+    # No Spot capacity: every grow-back of the scale set is refused.
+    rig.arm.fail_next(
+        1000,
+        status=409,
+        code="AllocationFailed",
+        match="/virtualMachineScaleSets/c1",
+        method="PATCH",
+    )
+    mark = rig.arm.mark()
+    rig.arm.evict("c1", evicted)
+
+    async def requeued() -> bool:
+        return (await spot.job(job)).attempts != ()
+
+    await spot.until(requeued, "the evicted attempt to requeue")
+    await spot.running(job, "resumed from 1")  # on the node that is left
+    assert len(rig.arm.scale_sets["c1"].instances) == 1
+    for _ in range(5):
+        await spot.runner.tick()
+    # Asked once for the retry, not again at every tick.
+    assert rig.arm.count(mark, method="PATCH", match="/virtualMachineScaleSets/c1") == 1
+    spot.open_gate(1)
+
+    async def done() -> bool:
+        return (await spot.job(job)).state.finished
+
+    await spot.until(done, "the second attempt to finish")
+    assert (await spot.job(job)).state is JobState.SUCCEEDED
+
+
 JOB_GID = 7000  # the production default: each job runs as a uid of its own
 as_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="dropping to another uid needs root (the nodes' runner is root)"
