@@ -330,7 +330,9 @@ async def test_a_requeue_closes_the_attempt_s_idle_gpu_warning_and_clears_its_wa
     again = await rig.job(job)
     assert again.gpu is None  # attempt 2 is watched from its own first reading
     (closed,) = rig.recorder.of(job, GpuIdleWarningClosed)
-    assert (closed.event.warning_id, closed.event.outcome) == ("w-1", "ended")
+    assert (closed.event.warning_id, closed.event.outcome) == ("w-1", "requeued")
+    text, _ = to_text(views.gpu_idle_warning(closed.event))
+    assert "that attempt lost its nodes" in text and "stopped by" not in text
     async with rig.store.unit() as uow:  # attempt 2 can be warned once of its own
         assert await uow.jobs.give_gpu_warning(job.id, "w-2", rig.clock.now())
 

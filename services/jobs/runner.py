@@ -468,14 +468,15 @@ class JobRunner:
         ):
             self._forget_attempt(job)
 
-    async def _gpu(self, job: Job) -> GpuIdleWarningClosed | None:
-        """An idle-GPU warning still open when its job ends: closed, its buttons gone."""
+    async def _gpu(self, job: Job, outcome: str = "ended") -> GpuIdleWarningClosed | None:
+        """An idle-GPU warning still open when its job (or, `requeued`, its attempt) ends:
+        closed, its buttons gone."""
         watch = job.gpu
         if watch is None or watch.warning_id is None or watch.closed is not None:
             return None
         prices = self._spend.prices if self._spend is not None else None
         model = await gpu_model(self._store, prices, job)
-        return closed_warning(job, watch.warning_id, "ended", gpu_model=model)
+        return closed_warning(job, watch.warning_id, outcome, gpu_model=model)
 
     async def _requeue(self, job: Job, status: RunStatus, reason: str) -> None:
         """The job's nodes were lost and it has retries left: its last log lines, then in one
@@ -541,7 +542,7 @@ class JobRunner:
         entry = None
         if self._spend is not None:
             entry = self._spend.attempt_entry(job, lost, cluster.vm_size)
-        gpu_closed = await self._gpu(job)  # the attempt's open idle warning ends with it
+        gpu_closed = await self._gpu(job, "requeued")  # the attempt's open warning ends with it
         async with self._store.unit() as uow:
             # Closed before the move clears the watch; both roll back together.
             if gpu_closed is not None and await uow.jobs.close_gpu_warning(
