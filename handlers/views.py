@@ -1533,6 +1533,10 @@ def gpu_idle_warning(event: GpuIdleWarning) -> Message:
         outcome = md(":raised_hand: kept running by {}", user(event.by or ""))
     elif event.outcome == "ended":
         outcome = md(":information_source: the job ended with it open")
+    elif event.outcome == "requeued":
+        outcome = md(
+            ":information_source: that attempt lost its nodes; the next one is watched anew"
+        )
     else:
         outcome = md(":octagonal_sign: stopped by {}", user(event.by or ""))
     blocks.append(context(outcome))

@@ -112,6 +112,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         ('--cron "0 2 * * *" --at "2026-06-01 02:00"', "do not go together"),
         ("--tz Europe/Berlin", "give one of them too"),
         ("--at 2026-06-01 02:00", "quote a value"),
+        ('--cron "0 2 * * *" --afs-name data', "--afs-name does not go with --at or --cron"),
+        (
+            '--at "2026-06-01 02:00" --bfs-name c --bfs-mount-path b',
+            "--bfs-name, --bfs-mount-path does not go with",
+        ),
+        ('--cron "@daily" --nfs fs1', "--nfs does not go with"),
+        ('--cron "@daily" --use-auto-storage', "--use-auto-storage does not go with"),
     ],
 )
 async def test_bad_times_are_refused_in_one_line_with_usage_and_nothing_is_stored(

@@ -25,14 +25,20 @@ from services.backends.links import LinkSigner
 from services.backends.local import LocalBackend, LocalShare
 from services.clusters.service import ClusterRequest, ClusterService
 from services.core.clock import FakeClock
-from services.core.events import JobFinished, JobRequeued, JobStateChanged, LogSnippet
+from services.core.events import (
+    GpuIdleWarningClosed,
+    JobFinished,
+    JobRequeued,
+    JobStateChanged,
+    LogSnippet,
+)
 from services.core.ports import Delivery, FileShare
 from services.jobs.lifecycle import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobRequest, JobService
 from services.jobs.sources import ConfigLoader
 from services.jobspec import LaunchContext, NodeInfo, load_job_spec, plan_launch
-from services.models import Actor, ConfigSource, Conversation, Job
+from services.models import Actor, ConfigSource, Conversation, GpuUse, Job
 from services.notify.relay import EventRelay
 from services.spend.approvals.service import ApprovalService
 from services.spend.gate import ApprovalPolicy, SpendGate
@@ -148,12 +154,12 @@ class Rig:
             store=self.store, share=self.share, notifier=self.recorder, clock=self.clock
         )
 
-    async def cluster(self, *, spot: bool = True) -> None:
+    async def cluster(self, *, spot: bool = True, nodes: int = 1) -> None:
         request = ClusterRequest(
             name="c1",
             vm_size=A100,
             vm_priority="lowpriority" if spot else "dedicated",
-            target_nodes=1,
+            target_nodes=nodes,
             afs_name=SHARE,
             afs_mount_path="afs",
         )
@@ -300,6 +306,35 @@ async def test_an_evicted_attempt_requeues_and_resumes_with_one_receipt_and_the_
     assert (1, ("fresh start",)) in lines and (1, ("resumed from 1",)) in lines
     moves = [(d.event.old, d.event.new) for d in rig.recorder.of(job, JobStateChanged)]
     assert ("running", "queued") in moves and moves[-1][1] == "succeeded"
+
+
+async def test_a_requeue_closes_the_attempt_s_idle_gpu_warning_and_clears_its_watch(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    await rig.cluster()
+    job = await rig.submit(job_config())
+    await rig.running(job, "fresh start")
+    # Attempt 1 was warned: its GPUs idle since an hour ago, the warning still open.
+    idle = GpuUse(0.0, 0.0, 0.0, 100.0, 40960.0, 1, 0.0, rig.clock.now().timestamp())
+    async with rig.store.unit() as uow:
+        await uow.jobs.set_gpu_use(job.id, idle, rig.clock.now() - timedelta(hours=1))
+        assert await uow.jobs.give_gpu_warning(job.id, "w-1", rig.clock.now())
+        await uow.commit()
+    await rig.lose_node(job)
+
+    async def requeued() -> bool:
+        return (await rig.job(job)).attempts != ()
+
+    await rig.until(requeued, "the lost attempt to requeue")
+    again = await rig.job(job)
+    assert again.gpu is None  # attempt 2 is watched from its own first reading
+    (closed,) = rig.recorder.of(job, GpuIdleWarningClosed)
+    assert (closed.event.warning_id, closed.event.outcome) == ("w-1", "requeued")
+    text, _ = to_text(views.gpu_idle_warning(closed.event))
+    assert "that attempt lost its nodes" in text and "stopped by" not in text
+    async with rig.store.unit() as uow:  # attempt 2 can be warned once of its own
+        assert await uow.jobs.give_gpu_warning(job.id, "w-2", rig.clock.now())
 
 
 async def test_retries_exhausted_fail_the_job_with_every_attempt_listed(

@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,8 +23,9 @@ from bot.lifecycle import running
 from handlers.commands import Reply
 from services.access import Caller
 from services.core.clock import FakeClock
-from services.jobs.lifecycle import JobState
+from services.jobs.lifecycle import JobState, advance, requeue
 from services.jobspec.load import load_job_spec
+from services.models import Attempt
 
 ALICE, BOB, ADMIN = "U0ALICE", "U0BOB", "U0ADMIN"
 CHANNEL = "C0JOBS"
@@ -148,6 +149,39 @@ async def test_one_approval_covers_the_sweep_s_total(tmp_path: Path) -> None:
         jobs = await rig.bot.store.list_jobs()
         assert {j.state for j in jobs} == {JobState.QUEUED}
         assert await rig.bot.store.list_approvals(state="pending") == []
+
+
+async def test_stop_all_ends_a_job_that_waits_for_its_retry_approval(tmp_path: Path) -> None:
+    policy = tmp_path / "approvals.json"
+    policy.write_text(json.dumps({"default_limit_usd": 1, "approvers": [BOB]}))
+    async with started(tmp_path, approvals_file=policy) as rig:
+        assert not (await rig.say(f"{SWEEP} --max-retries 1")).failed
+        (sweep_ask,) = await rig.bot.store.list_approvals()
+        assert not (await rig.say(f"approvals approve --id {sweep_ask.id}", user=BOB)).failed
+        store = rig.bot.store
+        lost = next(j for j in await store.list_jobs() if j.name == "lr-3")
+        # lr-3 ran, lost its node, and its retry waits for an approval of its own (what the
+        # runner does on a retry past the approved amount).
+        step = advance(lost, JobState.PREPARING, nodes=(0,))
+        assert step is not None and await store.update_job(step.job, transition=step.transition)
+        now = rig.clock.now()
+        attempt = Attempt(number=1, started_at=now, ended_at=now, nodes=(0,), reason="evicted")
+        back = requeue(step.job, attempt, now=now, spent=Decimal(2), approval=True)
+        retry = replace(
+            sweep_ask, id="retry-lr-3", job_id=lost.id, kind="retry", state="pending", votes=()
+        )
+        async with store.unit() as uow:
+            assert await uow.jobs.move(back.job, back.transition)
+            await uow.approvals.add(retry)
+            await uow.commit()
+
+        stopped = await rig.say("job terminate -n lr")
+        assert not stopped.failed and "is stopping 6 of sweep *lr*" in stopped.message.text
+        ended = await store.get_job(lost.id)
+        assert ended is not None and ended.state.finished
+        (withdrawn,) = [a for a in await store.list_approvals() if a.id == "retry-lr-3"]
+        assert withdrawn.state == "denied"
+        assert await store.list_approvals(state="pending") == []
 
 
 async def test_list_show_and_terminate_take_the_sweep_s_name(rig: Rig) -> None:

@@ -267,7 +267,7 @@ class GpuIdleWarningClosed(GpuIdleWarning):
     the job ended with the warning open (its buttons go)."""
 
     kind: ClassVar[str] = "gpu_idle_warning_closed"
-    outcome: str = ""  # kept | stopped | ended
+    outcome: str = ""  # kept | stopped | ended | requeued (its attempt lost its nodes)
     by: str | None = None
 
 

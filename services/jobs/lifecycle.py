@@ -166,6 +166,7 @@ def requeue(
         nodes=(),
         layout=None,
         wall_clock_warned_at=None,
+        gpu=None,  # the next attempt is watched (and warned) from its own first reading
     )
     events: list[Event] = [
         JobStateChanged(

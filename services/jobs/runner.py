@@ -53,6 +53,9 @@ SNIPPET_LINES = 200
 MAX_POLL_FAILURES = 5  # per event; the presenter trims further for Slack's limits
 BACKOFF_FIRST = 1.0  # seconds a step rests after the backend said "busy"; doubles each time
 BACKOFF_MAX = 120.0
+# A cluster that could not grow back after lost nodes (e.g. no Spot capacity) is not asked
+# again for this long; its queue goes on over the nodes it has meanwhile.
+RESTORE_BACKOFF = timedelta(minutes=5)
 CONCURRENCY = 32  # jobs polled, and jobs tailed, at once (POLL_CONCURRENCY)
 TAIL_TIMEOUT = 5.0  # seconds one log read may take in a round before the round moves on
 TAIL_IDLE_FIRST = 1.0  # seconds a log file that did not grow (or failed) rests; doubles each time
@@ -162,6 +165,8 @@ class JobRunner:
         self._tail_pace: dict[tuple[str, str], tuple[int, datetime]] = {}
         self._tail_locks: dict[str, asyncio.Lock] = {}  # a round's read and the final read
         self._regrown: set[str] = set()  # run ids whose cluster was grown back before they ran
+        # Clusters whose grow-back failed: not before this time again (see RESTORE_BACKOFF).
+        self._restore_after: dict[str, datetime] = {}
         self._news: list[_LogNews] = []  # read this round, not stored yet
         self._commit_lock = asyncio.Lock()  # one batch at a time, in order
         # The active jobs as this tick's poll listed (and moved) them: tail and warn reuse it.
@@ -225,11 +230,24 @@ class JobRunner:
         queued = [j for j in jobs if j.state is JobState.QUEUED]
         in_use = {n for j in jobs if j.state in ACTIVE_STATES for n in j.nodes}
         retries = [j.run_id for j in queued if j.attempts and j.run_id not in self._regrown]
-        if retries:
+        after = self._restore_after.get(cluster.name)
+        if retries and (after is None or self._now() >= after):
             # Lost nodes may have shrunk the cluster (an evicted Spot VM is deleted): it grows
-            # back to its size, within its limits, before the retry is placed on it.
-            await self._clusters.restore_nodes(cluster)
+            # back to its size, within its limits, before the retry is placed on it. Once per
+            # retry: a failure is told once, rests, and never holds up the cluster's queue.
             self._regrown.update(retries)
+            try:
+                await self._clusters.restore_nodes(cluster)
+                self._restore_after.pop(cluster.name, None)
+            except BatchAIError as err:
+                self._restore_after[cluster.name] = self._now() + RESTORE_BACKOFF
+                log.warning(
+                    "cluster %s could not grow back to %d nodes (%s); its queue goes on over the "
+                    "nodes it has",
+                    cluster.name,
+                    cluster.target_nodes,
+                    err,
+                )
         if cluster.autoscale:
             # Batch AI never took a node from under a running job: keep every busy index.
             busy_span = max(in_use) + 1 if in_use else 0
@@ -242,6 +260,9 @@ class JobRunner:
         # whose check has not reported yet).
         unusable = await self._backend.unusable_nodes(cluster)
         free = [n for n in free if n not in unusable]
+        if cluster.name in self._restore_after:  # short of nodes: only those that exist
+            present = {n.index for n in await self._backend.list_nodes(cluster)}
+            free = [n for n in free if n in present]
         for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
             if job.node_count > len(free):
                 return
@@ -447,14 +468,15 @@ class JobRunner:
         ):
             self._forget_attempt(job)
 
-    async def _gpu(self, job: Job) -> GpuIdleWarningClosed | None:
-        """An idle-GPU warning still open when its job ends: closed, its buttons gone."""
+    async def _gpu(self, job: Job, outcome: str = "ended") -> GpuIdleWarningClosed | None:
+        """An idle-GPU warning still open when its job (or, `requeued`, its attempt) ends:
+        closed, its buttons gone."""
         watch = job.gpu
         if watch is None or watch.warning_id is None or watch.closed is not None:
             return None
         prices = self._spend.prices if self._spend is not None else None
         model = await gpu_model(self._store, prices, job)
-        return closed_warning(job, watch.warning_id, "ended", gpu_model=model)
+        return closed_warning(job, watch.warning_id, outcome, gpu_model=model)
 
     async def _requeue(self, job: Job, status: RunStatus, reason: str) -> None:
         """The job's nodes were lost and it has retries left: its last log lines, then in one
@@ -520,7 +542,13 @@ class JobRunner:
         entry = None
         if self._spend is not None:
             entry = self._spend.attempt_entry(job, lost, cluster.vm_size)
+        gpu_closed = await self._gpu(job, "requeued")  # the attempt's open warning ends with it
         async with self._store.unit() as uow:
+            # Closed before the move clears the watch; both roll back together.
+            if gpu_closed is not None and await uow.jobs.close_gpu_warning(
+                job.id, gpu_closed.warning_id, gpu_closed.outcome
+            ):
+                events.append(gpu_closed)
             if not await uow.jobs.move(step.job, step.transition):
                 return  # it moved meanwhile (terminated): the next poll decides again
             await uow.logs.reset_offsets(job.id)

@@ -30,8 +30,15 @@ _LIFECYCLE_COLUMNS = (
     "nodes",
     "attempts",
 )
-# A requeue (a lost attempt) also clears what belonged to that attempt.
+# A requeue (a lost attempt) also clears what belonged to that attempt: its layout, its
+# wall-clock warning and its GPU watch (last reading, idle-since, idle warning).
 _REQUEUE_COLUMNS = ("layout", "wall_clock_warned_at")
+_REQUEUE_CLEARED: dict[str, Any] = {
+    "gpu": None,
+    "gpu_warning_id": None,
+    "gpu_warned_at": None,
+    "gpu_warning_closed": None,
+}
 
 
 class SqlJobRepository:
@@ -65,8 +72,11 @@ class SqlJobRepository:
         check_moved(job.state, transition.new, transition)
         row = _job_row(job)
         columns = _LIFECYCLE_COLUMNS + (_REQUEUE_COLUMNS if transition.requeues else ())
+        values = {k: row[k] for k in columns}
+        if transition.requeues:
+            values.update(_REQUEUE_CLEARED)
         stmt = update(jobs).where(jobs.c.id == job.id, jobs.c.state == transition.old.value)
-        result = await self._conn.execute(stmt.values({k: row[k] for k in columns}))
+        result = await self._conn.execute(stmt.values(values))
         return bool(result.rowcount)
 
     async def set_layout(self, job_id: str, layout: JobLayout) -> None:

@@ -87,3 +87,27 @@ async def test_a_deleted_cluster_takes_its_health_results_along(
         assert list((rig.files.share_dir("batchai") / ".batchai" / "nodes").iterdir()) == []
     finally:
         await backend.aclose()
+
+
+async def test_a_failed_node_that_is_scaled_in_or_deleted_is_no_longer_listed(
+    rig: AzureRig, share: AzureShare
+) -> None:
+    now = [0.0]
+    backend = rig.backend(share, monotonic=lambda: now[0])
+    results = rig.files.share_dir("batchai") / ".batchai" / "nodes"
+    try:
+        rig.arm.give_gpus("bad", mode="failed")
+        c = gpu_cluster("bad", T4, 2)
+        await backend.create_cluster(c)
+        assert len(await backend.failed_nodes()) == 2
+        await backend.resize_cluster(c, 1)  # scale-in: Azure picks the VM that goes
+        (left,) = rig.arm.scale_sets["bad"].instances.values()
+        (problem,) = await backend.failed_nodes()
+        assert problem.node == left.computer_name
+        assert [p.name for p in results.iterdir()] == [f"bad.{left.computer_name}"]
+        # The last VM deleted behind the bot's back (as an eviction does): not listed either.
+        rig.arm.scale_sets["bad"].instances.pop(left.id).kill()
+        now[0] += 3600.0  # past every cache
+        assert await backend.failed_nodes() == []
+    finally:
+        await backend.aclose()

@@ -4,8 +4,13 @@ next attempt resumes from its checkpoint on a new VM; one receipt with every att
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +21,10 @@ from services.backends.azure.files import AzureShare
 from services.core.clock import FakeClock
 from services.core.events import JobFinished, JobRequeued
 from services.jobs.lifecycle import JobState
-from services.models import Job
+from services.models import ConfigSource, Job
 from services.spend.pricing import format_usd
 from services.store import SqlStore
-from tests.azure.rig import JOB_SHARE, AzureRig
+from tests.azure.rig import JOB_SHARE, AzureRig, azure_rig
 from tests.test_spot import SCRIPT, Rig, job_config, open_policy
 
 
@@ -114,3 +119,120 @@ async def test_an_evicted_job_without_retries_fails_as_before(spot: Rig, rig: Az
     assert ended.state is JobState.FAILED and ended.attempts == ()
     assert ended.error is not None and "evicted (Spot capacity reclaimed)" in ended.error
     assert spot.recorder.of(job, JobRequeued) == []
+
+
+async def test_a_cluster_that_cannot_grow_back_runs_the_retry_on_the_nodes_it_has(
+    spot: Rig, rig: AzureRig
+) -> None:
+    await spot.cluster(nodes=2)
+    job = await spot.submit(job_config())
+    await spot.running(job, "fresh start")
+    (held,) = (await spot.job(job)).nodes
+    evicted = sorted(rig.arm.scale_sets["c1"].instances)[held]
+    # No Spot capacity: every grow-back of the scale set is refused.
+    rig.arm.fail_next(
+        1000,
+        status=409,
+        code="AllocationFailed",
+        match="/virtualMachineScaleSets/c1",
+        method="PATCH",
+    )
+    mark = rig.arm.mark()
+    rig.arm.evict("c1", evicted)
+
+    async def requeued() -> bool:
+        return (await spot.job(job)).attempts != ()
+
+    await spot.until(requeued, "the evicted attempt to requeue")
+    await spot.running(job, "resumed from 1")  # on the node that is left
+    assert len(rig.arm.scale_sets["c1"].instances) == 1
+    for _ in range(5):
+        await spot.runner.tick()
+    # Asked once for the retry, not again at every tick.
+    assert rig.arm.count(mark, method="PATCH", match="/virtualMachineScaleSets/c1") == 1
+    spot.open_gate(1)
+
+    async def done() -> bool:
+        return (await spot.job(job)).state.finished
+
+    await spot.until(done, "the second attempt to finish")
+    assert (await spot.job(job)).state is JobState.SUCCEEDED
+
+
+JOB_GID = 7000  # the production default: each job runs as a uid of its own
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="dropping to another uid needs root (the nodes' runner is root)"
+)
+# Bash, not Python: the job's uid may not reach the test's interpreter.
+GATED = (
+    'echo "$AZ_BATCHAI_JOB_TEMP" > "$AZ_BATCHAI_JOB_TEMP/mine" && echo "attempt up" && '
+    'while [ ! -e "$AZ_BATCHAI_MOUNT_ROOT/afs/go1" ]; do sleep 0.05; done'
+)
+
+
+@pytest.fixture
+async def spot_as_users(store: SqlStore) -> AsyncIterator[tuple[Rig, AzureRig]]:
+    """As `spot`, with the production `job_gid`: the job's processes drop to its own uid."""
+    # Not below pytest's temp root (0700): the job's uid must reach the node's job temp.
+    base = Path(tempfile.mkdtemp(prefix="batchai-spot-"))
+    base.chmod(0o711)
+    try:
+        async with azure_rig(base) as rig:
+            share_dir = rig.files.create_share(JOB_SHARE)
+            files: list[AzureShare] = []
+            backends: list[AzureBackend] = []
+
+            def azure() -> AzureBackend:
+                share = rig.share()
+                files.append(share)
+                backend = rig.backend(share, job_gid=JOB_GID)
+                backends.append(backend)
+                return backend
+
+            job_files = rig.share()
+            clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
+            made = Rig(rig.root, store, job_files, share_dir, clock, open_policy(), azure)
+            yield made, rig
+            for job in await store.list_jobs(include_deleted=True):
+                if not job.state.finished and job.layout is not None:
+                    await made.backend.terminate_job(job.run_id)
+            for backend in backends:
+                await backend.aclose()
+            for share in [*files, job_files]:
+                await share.aclose()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@as_root
+async def test_the_attempt_after_an_eviction_starts_under_the_job_s_own_uid(
+    spot_as_users: tuple[Rig, AzureRig],
+) -> None:
+    spot, rig = spot_as_users
+    await spot.cluster()
+    props = {
+        "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+        "customToolkitSettings": {"commandLine": GATED},
+        "constraints": {"maxWallClockTime": "1:00:00"},
+    }
+    job = await spot.submit(ConfigSource("inline", json.dumps({"properties": props})))
+    await spot.running(job, "attempt up")
+    first_vm = instance_of(rig)
+    rig.arm.evict("c1", first_vm)
+
+    async def requeued() -> bool:
+        return (await spot.job(job)).attempts != ()
+
+    await spot.until(requeued, "the evicted attempt to requeue")
+    # Attempt 2 (run id `<id>-2`): its 0700 temp dir belongs to the uid its processes run as,
+    # so the job can write there.
+    spot.open_gate(1)
+
+    async def done() -> bool:
+        return (await spot.job(job)).state.finished
+
+    await spot.until(done, "the second attempt to finish")
+    finished = await spot.job(job)
+    assert finished.run_id == f"{job.id}-2"
+    assert finished.state is JobState.SUCCEEDED, finished.error

@@ -152,7 +152,7 @@ class _Jobs:
             attempts=job.attempts,
         )
         if transition.requeues:
-            self._set(job.id, layout=None, wall_clock_warned_at=None)
+            self._set(job.id, layout=None, wall_clock_warned_at=None, gpu=None)
         return True
 
     def _set(self, job_id: str, **values: object) -> None:

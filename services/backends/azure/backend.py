@@ -150,6 +150,11 @@ class AzureBackend:
 
     async def resize_cluster(self, cluster: Cluster, target: int) -> None:
         await self._scalesets.resize(cluster, target)
+        # The VMs it has now (after a scale-in, or a grow-back after evictions): the health
+        # results of the others go. A fresh read: a VM made since has its result kept.
+        snap = await self._scalesets.snapshot(cluster.name, fresh=True)
+        if snap.exists:
+            await self._health.prune(cluster.name, [vm.computer_name for vm in snap.vms])
 
     async def delete_cluster(self, cluster: Cluster) -> None:
         await self._scalesets.delete(cluster)
@@ -182,7 +187,14 @@ class AzureBackend:
         return found
 
     async def failed_nodes(self) -> list[NodeProblem]:
-        return await self._health.failed()
+        """Failed health results of VMs that exist: one left by a VM deleted since (evicted,
+        scaled in) is not listed, and goes at the cluster's next resize."""
+        problems = await self._health.failed()
+        hosts: dict[str, set[str]] = {}
+        for cluster in sorted({p.cluster for p in problems}):
+            snap = await self._scalesets.snapshot(cluster)
+            hosts[cluster] = {vm.computer_name.lower() for vm in snap.vms} if snap.exists else set()
+        return [p for p in problems if p.node.lower() in hosts[p.cluster]]
 
     # ---------------------------------------------------------------- storage (fileservers.py)
 

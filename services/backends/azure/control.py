@@ -52,6 +52,9 @@ class JobInfo:
     instances: list[str]
     result: LaunchResult
     launched_at: float
+    # The job's own id (LaunchRequest.uuid), the same for every attempt while `job_id` is the
+    # attempt's run id: the uid its processes run as and its temp dir's owner derive from it.
+    uuid: str
     spot: bool = False
     started: dict[int, float] = field(default_factory=dict)
     running: set[int] = field(default_factory=set)
@@ -151,6 +154,7 @@ class ControlRecords:
             result=layout_from_json(data["result"]),
             launched_at=float(data["launched_at"]),
             spot=bool(data.get("spot")),
+            uuid=str(data.get("uuid") or job_id),
         )
         final = await self.read(self.loc("jobs", job_id, "final.json"))
         if final is not None:

@@ -113,6 +113,17 @@ class NodeHealthRecords:
                 found.append(NodeProblem(cluster, host, seen.result.reason))
         return found
 
+    async def prune(self, cluster: str, hosts: Collection[str]) -> None:
+        """Delete `cluster`'s results of hosts that are not among `hosts` (its VMs now): a VM
+        scaled in or evicted takes its result along, so a failed one is not listed forever."""
+        await self._refresh()
+        keep = {h.lower() for h in hosts if h}
+        prefix = f"{cluster}."
+        for name in [n for n in self._seen if n.startswith(prefix)]:
+            if name[len(prefix) :].lower() not in keep:
+                await self._control.share.delete_tree(self._dir().child(name))
+                self._seen.pop(name, None)
+
     async def forget(self, cluster: str) -> None:
         """A deleted cluster's results go with it (a new one of that name reuses host names)."""
         await self._refresh()

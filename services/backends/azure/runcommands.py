@@ -149,6 +149,7 @@ class RunCommands:
             result=result,
             launched_at=self._now(),
             spot=c.vm_priority == "lowpriority",
+            uuid=request.uuid,
         )
         # What a relaunch needs besides the job's own spec (which comes from the store): no
         # script text and no secret; sealed, so an altered record is refused, never used.
@@ -158,6 +159,7 @@ class RunCommands:
             "instances": job.instances,
             "launched_at": job.launched_at,
             "spot": job.spot,
+            "uuid": job.uuid,
             "hosts": [list(h) for h in hosts],
             "gpus": gpus,
             "rdma": rdma,
@@ -257,7 +259,7 @@ class RunCommands:
             dirs=node_dirs(plan),
             host_file=plan.env["AZ_BATCHAI_MPI_HOST_FILE"],
             host_lines=plan.mpi_host_file_lines,
-            owner=self._planner.job_owner(job.job_id),
+            owner=self._planner.job_owner(job.uuid),  # as node_spec's run_as: every attempt
             container=plan.container_image is not None,
             prelude=prelude,
             registry=(login.server, login.username) if login else None,

@@ -332,13 +332,15 @@ class ApprovalService:
         return Extension(Extended.EXTENDED, job, formula, hours=extra)
 
     async def withdraw(self, job: Job, *, actor: Actor) -> Job:
-        """The requester (or an admin) takes a waiting request back: the job ends denied (a
-        sweep's request is its first job's, and withdrawing it ends all of its jobs)."""
-        asked_for = job.id
-        if job.sweep_id is not None:
+        """The requester (or an admin) takes a waiting request back: the job ends denied. The
+        job's own request first (a retry's, say); a sweep job without one waits for the sweep's
+        request, which is its first job's, and withdrawing that ends all of the sweep's jobs."""
+        pending = await self._pending(job.id)
+        if not pending and job.sweep_id is not None:
             async with self._store.unit() as uow:
-                asked_for = (await uow.jobs.list(sweep_id=job.sweep_id))[0].id
-        for approval in await self._pending(asked_for):
+                first = (await uow.jobs.list(sweep_id=job.sweep_id))[0].id
+            pending = [a for a in await self._pending(first) if a.kind == "sweep"]
+        for approval in pending:
             await self._close(approval, "denied", actor, "withdrawn")
         return await self._get_job(job.id) or job
 
