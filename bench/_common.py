@@ -245,6 +245,8 @@ async def _fake(conn: Connection, urls: int) -> None:
                 conn.send(_card_versions(fake))
             elif request == "posts":  # arrival of every post Slack accepted
                 conn.send([c.at for c in fake.calls_to("chat.postMessage", ok=True)])
+            elif request == "order":  # every post Slack accepted, in order: what it was
+                conn.send(_post_order(fake))
 
 
 class FakeSlackProcess:
@@ -309,6 +311,30 @@ def _snippets(fake: FakeSlack) -> dict[str, Any]:
         "orphan_skips": notes_without_job,
         "replies": replies,
     }
+
+
+def post_kind(thread: bool, text: str) -> str:
+    """What a post was, from its text: the bench's view of the channel's order."""
+    if not thread:
+        return "card"
+    if HEADER_RE.search(text) or SKIPPED_RE.search(text):
+        return "snippet"
+    for word in ("submitted", "queued", "preparing", "running", "receipt", "succeeded", "failed"):
+        if word in text.lower():
+            return word
+    return "other"
+
+
+def _post_order(fake: FakeSlack) -> list[tuple[float, str, str]]:
+    """(arrival, kind, first words) of every post Slack accepted, in arrival order."""
+    out = []
+    for call in fake.calls_to("chat.postMessage", ok=True):
+        texts: list[str] = []
+        _collect(call.json_arg("blocks") or [], texts)
+        text = " ".join(texts) or str(call.args.get("text") or "")
+        kind = post_kind(bool(call.args.get("thread_ts")), text)
+        out.append((call.at, kind, " ".join(text.split())[:90]))
+    return out
 
 
 def _card_versions(fake: FakeSlack) -> list[tuple[float, str, str]]:
@@ -434,6 +460,18 @@ def print_slack_stats(stats: dict[str, Any]) -> None:
     )
     if stats["not_ok"]:
         print(f"Slack errors (HTTP 200, ok=false) {stats['not_ok']}")
+
+
+def print_order(order: list[tuple[float, str, str]], *, start: float, first: int) -> None:
+    """What went out before the first log snippet (by kind), then the first posts in order."""
+    before = Counter()
+    for _, kind, _ in order:
+        if kind == "snippet":
+            break
+        before[kind] += 1
+    print(f"posts before the first snippet: {sum(before.values())} {dict(before)}")
+    for at, kind, text in order[:first]:
+        print(f"  {at - start:7.1f}s {kind:<9} {text[:70]}")
 
 
 def print_post_rate(posts: list[float], *, start: float, channels: int) -> None:

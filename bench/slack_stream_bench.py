@@ -59,6 +59,7 @@ from bench._common import (  # noqa: E402
     pending_by_kind,
     print_accounting,
     print_card_staleness,
+    print_order,
     print_post_rate,
     print_slack_stats,
     state_changes,
@@ -252,6 +253,7 @@ class Stream:
         received = await self.ask("snippets")
         stats = await self.ask("stats")
         posts = await self.ask("posts")
+        order = await self.ask("order") if args.show_order else []
         jobs = await bot.store.list_jobs(include_deleted=True)
         written: dict[tuple[str, int], float] = {}
         stderr_bytes = 0
@@ -281,6 +283,8 @@ class Stream:
             warnings=warnings,
             stderr_bytes=stderr_bytes,
         )
+        if order:
+            print_order(order, start=start, first=args.show_order)
         if self.args.sweep:
             await self.report_sweep_card()
         if trace is not None:
@@ -403,6 +407,13 @@ def main() -> None:
         "--sweep",
         action="store_true",
         help="submit the jobs as one sweep (one card, one thread) and measure the card's staleness",
+    )
+    parser.add_argument(
+        "--show-order",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print what Slack accepted before the first log snippet, and the first N posts",
     )
     parser.add_argument(
         "--trace-memory",

@@ -171,7 +171,9 @@ class Presenter:
             for step in reversed(delivery.prelude):
                 said = _quiet_reply(job, step)
                 snippet = Message(f"{said.text}\n{snippet.text}", [*said.blocks, *snippet.blocks])
-            await self._reply(conv, snippet, keys, low_priority=True)
+            # A job's first lines go with cards and receipts, in turn: in a crowded channel no
+            # job shows nothing while others' receipts go out; later lines yield to receipts.
+            await self._reply(conv, snippet, keys, low_priority=event.first_line > 1)
             if edit is not None:
                 self._card_edits[delivery.event_ids] = edit
         elif isinstance(event, JobRequeued):

@@ -107,6 +107,7 @@ class EventRelay:
         self._quiet_hold = quiet_hold
         self._live: Counter[str | None] = Counter()  # live jobs per channel (None: default)
         self._live_at: datetime | None = None
+        self._counted: set[str | None] = {None}  # the jobs the live count has seen
         self._held_since: dict[int, datetime] = {}  # quiet steps waiting for a post to ride on
         self._in_flight: set[int] = set()  # posted, their card edit not yet made
         self._settling: set[asyncio.Task[None]] = set()
@@ -115,8 +116,12 @@ class EventRelay:
         """Start delivering for every job with pending events. With `wait`, return when all of
         it went out (or was deferred) and say how many events that was; without, return at once
         (the scheduler's way: a slow channel must not hold up the other jobs' deliveries)."""
-        await self._count_live()
-        tasks = [self._task_for(job_id) for job_id in await self._store.pending_job_ids()]
+        pending = await self._store.pending_job_ids()
+        # A job the last count did not see (just submitted) makes it stale: a batch of jobs
+        # submitted within LIVE_REFRESH would all be judged by a count taken before them.
+        await self._count_live(force=any(j not in self._counted for j in pending))
+        self._counted.update(pending)
+        tasks = [self._task_for(job_id) for job_id in pending]
         if not wait:
             return 0
         results = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
@@ -124,14 +129,16 @@ class EventRelay:
             await asyncio.gather(*map(asyncio.shield, list(self._settling)), return_exceptions=True)
         return sum(r for r in results if isinstance(r, int))
 
-    async def _count_live(self) -> None:
-        """Live jobs per channel, counted every few seconds: is a channel crowded?"""
+    async def _count_live(self, *, force: bool = False) -> None:
+        """Live jobs per channel, counted every few seconds (or now, when `force`): is a
+        channel crowded?"""
         now = self._clock.now()
-        if self._live_at is not None and now - self._live_at < LIVE_REFRESH:
+        if not force and self._live_at is not None and now - self._live_at < LIVE_REFRESH:
             return
         self._live_at = now
         live = await self._store.list_jobs(states=[s for s in JobState if not s.finished])
         self._live = Counter(j.conversation.channel if j.conversation else None for j in live)
+        self._counted = {None, *(j.id for j in live)}
 
     async def start_delivery(self) -> None:
         """The periodic entry point: start what is pending, do not wait for slow channels."""

@@ -234,3 +234,36 @@ async def test_snippets_take_turns_across_jobs_and_a_receipt_goes_first(
         assert order[: order.index("b")].count("a") <= 1  # B is not behind all of A's backlog
         assert order[: order.index("c")].count("a") <= 1  # the receipt overtakes waiting snippets
         assert fake.ratelimited["chat.postMessage"] == 0
+
+
+async def test_a_batch_submitted_between_two_counts_is_crowded_at_once(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """The live count is taken every few seconds; jobs it has not seen yet make it stale. A
+    sweep-sized batch submitted just after a count must not each post their quiet steps."""
+    async with FakeSlack() as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        relay = relay_for(store, outbox, tmp_path, crowded=2)
+        await relay.drain()  # the count: nobody is live (the clock does not move after it)
+        jobs = [make_job(f"b{i}", conversation=Conversation(CHANNEL)) for i in range(4)]
+        for job in jobs:
+            await store.insert_job(job)
+            await store.add_events(
+                [
+                    JobSubmitted(job_id=job.id),
+                    JobStateChanged(job_id=job.id, old="queued", new="running"),
+                ]
+            )
+        await relay.drain()
+        for job in jobs:
+            stored = await store.get_job(job.id)
+            assert stored is not None and stored.conversation is not None
+            ts = stored.conversation.thread
+            assert ts is not None  # the card is there
+            assert replies(fake, ts) == []  # the steps wait for lines to ride on
+        await store.add_events([snippet(jobs[0], 1, 2)])
+        await relay.drain()
+        stored = await store.get_job(jobs[0].id)
+        assert stored is not None and stored.conversation is not None
+        (reply,) = replies(fake, str(stored.conversation.thread))
+        assert "queued on" in reply and "b0 line 2" in reply
