@@ -2,7 +2,9 @@
 
 One `ShareServiceClient` (shared key) per `AzureShare`; share, directory and file clients are
 derived from it, so they all use its transport and connection pool. Every azure-core error is
-translated by `errors.azure_errors` into the project's error tree.
+translated by `errors.azure_errors` into the project's error tree. The one exception is the log
+tailer's `read_tail`, the hottest request the bot makes (every log, every round): a plain GET of
+the file's read-only SAS URL over an aiohttp session of its own (see its docstring).
 
 Notes on the service that shape this module (see reference/azure-sdk.md §3):
 - `download_file(offset, length)` at or past the end answers 416 InvalidRange, also at offset 0
