@@ -14,6 +14,7 @@ from services.clusters.files import VM_SIZE_RE as _VM_SIZE_RE
 from services.clusters.fileservers import check_ready
 from services.clusters.lifecycle import ClusterState, ClusterTransition, move
 from services.clusters.names import check_admin_name, check_cluster_name
+from services.core.downloads import download_links
 from services.core.errors import BatchAIError, Conflict, NotAllowed, NotFound, UserError
 from services.core.events import ClusterChanged, Event, idle_warning
 from services.core.ports import Clock, ComputeBackend, FileShare, StorageBackend
@@ -31,7 +32,6 @@ from services.models import (
     ClusterFileListing,
     ClusterView,
     ConfigSource,
-    DownloadLink,
     Job,
     Node,
     NodeCounts,
@@ -321,16 +321,7 @@ class ClusterService:
             folder = folder.child(rel)
         entries = await self._share.list_files(folder, recursive=False)
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
-        links = {
-            e.name: DownloadLink(
-                e.name,
-                e.size,
-                await self._share.get_download_url(folder.child(e.name), expires_at=expires),
-                expires,
-            )
-            for e in entries
-            if not e.is_directory
-        }
+        links = await download_links(self._share, folder, entries, expires_at=expires)
         return ClusterFileListing(cluster, path, tuple(entries), links)
 
     async def list_nodes(self, name: str, *, where: Where = ANYWHERE) -> list[Node]:

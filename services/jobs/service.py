@@ -16,6 +16,7 @@ from services.access.reads import JobReaders
 from services.access.vaults import VaultPolicy
 from services.clusters.fileservers import FileServerLookup, check_ready
 from services.clusters.mounts import ACCOUNT_PLACEHOLDER, check_mounts, job_volumes
+from services.core.downloads import download_links
 from services.core.errors import Conflict, NotAllowed, NotFound, SpecError, UserError
 from services.core.events import ApprovalRequested, Event, JobSubmitted, ScheduleFired
 from services.core.ports import Clock, FileShare, StorageBackend, Store, UnitOfWork
@@ -44,7 +45,6 @@ from services.models import (
     Approval,
     Cluster,
     ConfigSource,
-    DownloadLink,
     FileListing,
     FileLocation,
     Job,
@@ -482,16 +482,7 @@ class JobService:
             # job directory) or one mount for logs and outputs, outputs/ sits beside them.
             entries = [e for e in entries if not e.is_directory and is_log_name(e.name)]
         expires = self._clock.now() + timedelta(minutes=expiry_minutes)
-        links = {
-            e.name: DownloadLink(
-                e.name,
-                e.size,
-                await self._share.get_download_url(directory.child(e.name), expires_at=expires),
-                expires,
-            )
-            for e in entries
-            if not e.is_directory
-        }
+        links = await download_links(self._share, directory, entries, expires_at=expires)
         return FileListing(job, directory_id, path, tuple(entries), links)
 
     async def follow_file(
