@@ -275,7 +275,7 @@ class AzureShare:
                 status = resp.status
                 size = _content_range_size(resp.headers.get("Content-Range"))
                 retry_after = resp.headers.get("Retry-After")
-                data = await resp.content.read(length) if status in (200, 206) else b""
+                data = (await resp.read())[:length] if status in (200, 206) else b""
         except (aiohttp.ClientError, TimeoutError) as err:
             raise TransientError(f"{what}: {type(err).__name__}") from None
         if status == 404:
