@@ -43,7 +43,10 @@ TRANSIENT_ERRORS = {
 
 class _Pace:
     """At most one call per `interval` seconds. Waiters go in priority order (0 first), then in
-    arrival order: receipts and state changes overtake log snippets in a busy channel."""
+    arrival order: receipts and state changes overtake log snippets in a busy channel.
+
+    A task that holds the lane (a `SlackOutbox.turn`) makes its own calls in it without
+    queueing again, still paced; a turn in which nothing was sent does not use up the interval."""
 
     def __init__(
         self, interval: float, monotonic: Callable[[], float], sleep: Sleep = asyncio.sleep
@@ -53,19 +56,42 @@ class _Pace:
         self._sleep = sleep
         self._next = 0.0
         self._busy = False
+        self._holder: asyncio.Task[Any] | None = None
+        self._used = False  # a call was made in the current holder's turn
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     @contextlib.asynccontextmanager
     async def slot(self, priority: int = 0) -> AsyncIterator[None]:
+        """A call's turn: paced after the lane's previous call."""
+        if self._holder is not None and self._holder is asyncio.current_task():
+            await self._paced()
+            try:
+                yield
+            finally:
+                self._used = True
+                self._next = max(self._next, self._monotonic() + self._interval)
+            return
+        async with self.hold(priority):
+            self._used = True
+            yield
+
+    @contextlib.asynccontextmanager
+    async def hold(self, priority: int = 0) -> AsyncIterator[None]:
+        """The lane, for the calling task's calls to come (`slot` inside it does not queue)."""
         await self._acquire(priority)
+        self._holder, self._used = asyncio.current_task(), False
         try:
-            wait = self._next - self._monotonic()
-            if wait > 0:
-                await self._sleep(wait)
+            await self._paced()
             yield
         finally:
+            self._holder = None
             self._release()
+
+    async def _paced(self) -> None:
+        wait = self._next - self._monotonic()
+        if wait > 0:
+            await self._sleep(wait)
 
     async def _acquire(self, priority: int) -> None:
         if not self._busy and not self._waiters:
@@ -82,7 +108,9 @@ class _Pace:
 
     def _release(self) -> None:
         # max: a Retry-After pushed by the call just made outlives the lane's own pacing
-        self._next = max(self._next, self._monotonic() + self._interval)
+        if self._used:
+            self._next = max(self._next, self._monotonic() + self._interval)
+        self._used = True
         while self._waiters:
             _, _, turn = heapq.heappop(self._waiters)
             if not turn.done():
@@ -192,6 +220,15 @@ class SlackOutbox:
         if keys:
             await self._store.record_delivery(keys, sent_ref.channel, sent_ref.ts, self._now())
         return sent_ref
+
+    @contextlib.asynccontextmanager
+    async def turn(self, channel: str, *, low_priority: bool = False) -> AsyncIterator[None]:
+        """The channel's next post slot, held for the calling task: the caller decides what to
+        post once its turn came (a log snippet put together then carries every line written
+        while it waited, instead of a stale one and a second post for the rest)."""
+        channel = await self._conversation_of(channel)
+        async with self._lane(channel).hold(1 if low_priority else 0):
+            yield
 
     async def update(
         self, channel: str, message_id: str, message: Message, *, priority: int = 1

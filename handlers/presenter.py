@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from handlers import sweepviews, views
 from handlers.charts import loss_curve_png, sweep_curves_png
@@ -93,6 +95,15 @@ class Transport(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class TakesTurns(Protocol):
+    """A transport that paces posts per channel and lets a caller hold the next slot."""
+
+    def turn(
+        self, channel: str, *, low_priority: bool = False
+    ) -> AbstractAsyncContextManager[None]: ...
+
+
 class Presenter:
     """One status card per job, edited in place, and a thread under it for the story.
 
@@ -123,6 +134,15 @@ class Presenter:
     def card_edit(self, event_ids: tuple[int, ...]) -> asyncio.Future[None] | None:
         """The card edit the delivery of these events started and that may still be waiting."""
         return self._card_edits.pop(event_ids, None)
+
+    def turn(self, job: Job, snippet: LogSnippet) -> AbstractAsyncContextManager[None]:
+        """The post slot a snippet of this job will take in its thread (its priority as
+        `deliver` gives it), held while the relay puts the snippet together: in a busy
+        channel it then carries every line written while it waited for the slot."""
+        conv = job.conversation
+        if conv is None or conv.thread is None or not isinstance(self._transport, TakesTurns):
+            return contextlib.nullcontext()  # no thread yet: its card goes first, untimed
+        return self._transport.turn(conv.channel, low_priority=_yields(job, snippet))
 
     async def deliver(self, delivery: Delivery) -> Conversation | None:
         event, job = delivery.event, delivery.job
@@ -163,9 +183,7 @@ class Presenter:
             if edit is not None:
                 self._card_edits[delivery.event_ids] = edit
         elif isinstance(event, LogSnippet):
-            snippet = views.log_snippet(
-                event.file, event.first_line, event.lines, full_log_url=delivery.log_url
-            )
+            snippet = _snippets(delivery, event)
             # A crowded channel: the quiet steps ride on the lines, the card shows the state.
             edit = self._refresh_card(job, conv, priority=1) if delivery.prelude else None
             for step in reversed(delivery.prelude):
@@ -173,7 +191,7 @@ class Presenter:
                 snippet = Message(f"{said.text}\n{snippet.text}", [*said.blocks, *snippet.blocks])
             # A job's first lines go with cards and receipts, in turn: in a crowded channel no
             # job shows nothing while others' receipts go out; later lines yield to receipts.
-            await self._reply(conv, snippet, keys, low_priority=event.first_line > 1)
+            await self._reply(conv, snippet, keys, low_priority=_yields(job, event))
             if edit is not None:
                 self._card_edits[delivery.event_ids] = edit
         elif isinstance(event, JobRequeued):
@@ -238,10 +256,9 @@ class Presenter:
             reply = views.state_reply(job, event.new, event.detail, passed=event.passed)
             await self._reply(conv, sweepviews.thread_line(job, reply), keys)
         elif isinstance(event, LogSnippet):
-            snippet = views.log_snippet(
-                event.file, event.first_line, event.lines, full_log_url=delivery.log_url
-            )
-            await self._reply(conv, sweepviews.thread_line(job, snippet), keys, low_priority=True)
+            snippet = _snippets(delivery, event)
+            line = sweepviews.thread_line(job, snippet)
+            await self._reply(conv, line, keys, low_priority=_yields(job, event))
         elif isinstance(event, JobFinished):
             receipt = sweepviews.thread_line(job, views.receipt(job, delivery.links))
             await self._reply(conv, receipt, keys)
@@ -371,6 +388,23 @@ class Presenter:
         )
         edit.add_done_callback(_seen)
         return edit
+
+
+def _snippets(delivery: Delivery, first: LogSnippet) -> Message:
+    """A delivery's log lines: its snippet, then the other logs' it carries, one after another."""
+    message = views.log_snippet(
+        first.file, first.first_line, first.lines, full_log_url=delivery.log_url
+    )
+    for snippet, url in delivery.also:
+        more = views.log_snippet(snippet.file, snippet.first_line, snippet.lines, full_log_url=url)
+        message = Message(f"{message.text}\n{more.text}", [*message.blocks, *more.blocks])
+    return message
+
+
+def _yields(job: Job, snippet: LogSnippet) -> bool:
+    """Whether a snippet's post lets receipts and cards go first: a sweep's always (its card
+    shows every job), another job's once its first lines are out."""
+    return job.sweep_id is not None or snippet.first_line > 1
 
 
 def _requeue(event: JobStateChanged) -> bool:

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from services.clusters.lifecycle import ClusterTransition
-from services.core.events import Event
+from services.core.events import Event, LogSnippet
 from services.jobs.lifecycle import JobState, JobTransition
 from services.models import (
     Approval,
@@ -214,6 +214,9 @@ class Delivery:
     # carries instead of posts of their own; `card_only`: post the job's card, not its reply.
     prelude: tuple[Event, ...] = ()
     card_only: bool = False
+    # A busy channel: the other logs' snippets of the same moment, with their full logs' links,
+    # in the same post (stdout and stderr in one message, not one each).
+    also: tuple[tuple[LogSnippet, str | None], ...] = ()
     sweep: SweepView | None = None  # the job's sweep, all its jobs as they are now
     # The sweep's end (its last receipt): every job's curves and the best job's download links.
     sweep_metrics: tuple[tuple[str, tuple[MetricPoint, ...]], ...] = ()

@@ -7,7 +7,8 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Set
-from dataclasses import replace
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -68,6 +69,35 @@ class CardEdits(Protocol):
     def card_edit(self, event_ids: tuple[int, ...]) -> Awaitable[None] | None: ...
 
 
+@runtime_checkable
+class Turns(Protocol):
+    """A notifier that can hold a snippet's post slot while the relay puts the snippet together."""
+
+    def turn(self, job: Job, snippet: LogSnippet) -> AbstractAsyncContextManager[None]: ...
+
+
+@dataclass
+class _Page:
+    """A job's pending events as read: what to send, which were already posted, whether more
+    wait beyond this page, how many were marked without sending."""
+
+    todo: list[tuple[int, Event]]
+    posted: set[int]
+    more: bool
+    marked: int
+
+
+@dataclass
+class _Sent:
+    """How a round of a job's deliveries went: how many events went out, whether all of them
+    did (else the job waits for the next drain), and a snippet turn to wait for before the
+    next round (a busy channel)."""
+
+    count: int
+    finished: bool
+    turn: AbstractAsyncContextManager[None] | None = None
+
+
 class EventRelay:
     """The transactional outbox's reader.
 
@@ -82,8 +112,16 @@ class EventRelay:
     Card edits leave the job's path: a notifier that edits cards in the background (CardEdits)
     hands the edit back, the job's next events go out at once, and the event is marked only
     when the edit is done — after a crash it is delivered again: its post is recorded (not
-    repeated), its edit is made. In a crowded channel (more than `crowded` live jobs) quiet
-    lifecycle steps wait, up to `quiet_hold`, for the job's next log snippet and ride on it."""
+    repeated), its edit is made. In a busy channel (more than `crowded` live jobs) quiet
+    lifecycle steps wait, up to `quiet_hold`, for the job's next log snippet and ride on it;
+    a channel with more jobs than that waiting for their posts is busy too (its jobs ended,
+    their posts still queue).
+
+    In a busy channel a snippet is put together when its post slot comes (a notifier that
+    can hold one, Turns): the job waits for the slot first, then reads its pending events, so
+    the post carries every line written while it waited, and every log's lines (stdout and
+    stderr) go in that one post. Read earlier, a hundred jobs' snippets were a hundred posts
+    old when they went out, and each job needed a second post for the rest."""
 
     def __init__(
         self,
@@ -108,6 +146,10 @@ class EventRelay:
         self._live: Counter[str | None] = Counter()  # live jobs per channel (None: default)
         self._live_at: datetime | None = None
         self._counted: set[str | None] = {None}  # the jobs the live count has seen
+        # Jobs with events still to deliver, per channel, and the channel each was last seen in:
+        # a channel whose jobs ended is still busy while their posts queue.
+        self._backlog: Counter[str | None] = Counter()
+        self._channel_of: dict[str | None, str | None] = {}
         self._held_since: dict[int, datetime] = {}  # quiet steps waiting for a post to ride on
         self._in_flight: set[int] = set()  # posted, their card edit not yet made
         self._settling: set[asyncio.Task[None]] = set()
@@ -121,6 +163,8 @@ class EventRelay:
         # submitted within LIVE_REFRESH would all be judged by a count taken before them.
         await self._count_live(force=any(j not in self._counted for j in pending))
         self._counted.update(pending)
+        self._channel_of = {j: self._channel_of[j] for j in pending if j in self._channel_of}
+        self._backlog = Counter(self._channel_of.values())
         tasks = [self._task_for(job_id) for job_id in pending]
         if not wait:
             return 0
@@ -173,62 +217,82 @@ class EventRelay:
 
     async def _deliver_all(self, job_id: str | None) -> int:
         delivered = 0
+        turn: AbstractAsyncContextManager[None] | None = None
         while True:
-            page = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
-            pending = [(i, e) for i, e in page if i not in self._in_flight]
-            if not pending:
+            if turn is None:
+                page = await self._read(job_id)
+                sent = _Sent(0, True) if page is None else await self._deliver_job(job_id, page)
+            else:
+                async with turn:  # the snippet's slot came: read now, every line so far in it
+                    page = await self._read(job_id)
+                    sent = _Sent(0, True)
+                    if page is not None:
+                        sent = await self._deliver_job(job_id, page, in_turn=True)
+            if page is None:
                 return delivered
-            # A snippet sent just before a crash is marked, not re-merged with newer lines; other
-            # events are delivered again and the transport's keys keep it from posting twice
-            # (that is how a card's ts recorded before the crash gets stored after it).
-            sent = await self._store.recorded_keys(
-                [event_key(i) for i, e in pending if isinstance(e, LogSnippet | JobStateChanged)]
-            )
-            done = [i for i, e in pending if isinstance(e, LogSnippet) and event_key(i) in sent]
-            if done:
-                await self._store.mark_all_delivered(done, self._clock.now())
-            todo = [(i, e) for i, e in pending if i not in done]
-            # A step already posted (its card edit was cut short) must not carry lines: its key
-            # would make the transport answer "sent" and the lines would never go out.
-            posted = {i for i, e in todo if event_key(i) in sent}
-            count, finished = await self._deliver_job(
-                job_id, todo, posted, more=len(page) == MAX_BATCH
-            )
-            delivered += len(done) + count
-            if not finished:
+            delivered += page.marked + sent.count
+            turn = sent.turn
+            if not sent.finished:
                 return delivered  # deferred (or held): the next drain tries again
 
+    async def _read(self, job_id: str | None) -> _Page | None:
+        """The job's next page of pending events, or None when nothing is pending."""
+        page = await self._store.pending_events(MAX_BATCH, job_id=job_id, of_job=True)
+        pending = [(i, e) for i, e in page if i not in self._in_flight]
+        if not pending:
+            return None
+        # A snippet sent just before a crash is marked, not re-merged with newer lines; other
+        # events are delivered again and the transport's keys keep it from posting twice
+        # (that is how a card's ts recorded before the crash gets stored after it).
+        sent = await self._store.recorded_keys(
+            [event_key(i) for i, e in pending if isinstance(e, LogSnippet | JobStateChanged)]
+        )
+        done = [i for i, e in pending if isinstance(e, LogSnippet) and event_key(i) in sent]
+        if done:
+            await self._store.mark_all_delivered(done, self._clock.now())
+        todo = [(i, e) for i, e in pending if i not in done]
+        # A step already posted (its card edit was cut short) must not carry lines: its key
+        # would make the transport answer "sent" and the lines would never go out.
+        posted = {i for i, e in todo if event_key(i) in sent}
+        return _Page(todo, posted, len(page) == MAX_BATCH, len(done))
+
     async def _deliver_job(
-        self,
-        job_id: str | None,
-        events: list[tuple[int, Event]],
-        posted: set[int],
-        *,
-        more: bool = False,
-    ) -> tuple[int, bool]:
-        """Send in order; returns how many went out and whether all of them did."""
+        self, job_id: str | None, page: _Page, *, in_turn: bool = False
+    ) -> _Sent:
+        """Send in order. In a busy channel a log snippet first waits for its post slot and is
+        read again when it comes (`in_turn`: this round was read in that slot, so it sends its
+        first unit only, and the next round waits for a slot of its own)."""
         job = await self._store.get_job(job_id) if job_id else None
         channel = job.conversation.channel if job and job.conversation else None
+        self._channel_of[job_id] = channel
+        busy = job is not None and max(self._live[channel], self._backlog[channel]) > self._crowded
         # A sweep's jobs post no quiet steps at all (their card shows them): nothing to hold.
-        crowded = job is not None and job.sweep_id is None and self._live[channel] > self._crowded
-        units = _merge_snippets(events, carry_quiet=crowded, posted=posted)
-        held = self._held_tail(units, posted) if crowded and not more else 0
+        crowded = busy and job is not None and job.sweep_id is None
+        units = _merge_snippets(page.todo, carry_quiet=crowded, posted=page.posted)
+        held = self._held_tail(units, page.posted) if crowded and not page.more else 0
         waiting, units = units[len(units) - held :], units[: len(units) - held]
         delivered = 0
-        for ids, event, prelude in units:
+        for n, (ids, event, prelude) in enumerate(units):
+            if in_turn and n:
+                return _Sent(delivered, True)
+            if not in_turn and busy and (turn := self._turn(job, event)) is not None:
+                return _Sent(delivered, True, turn)
             try:
                 if prelude and (carried := _submission([(ids, event, prelude)])) is not None:
                     job = await self._card_of(job, *carried)  # the thread hangs from it
                 delivery = replace(await self._enrich(ids, event, job), prelude=prelude)
+                if in_turn and isinstance(event, LogSnippet):  # one post for every log's lines
+                    delivery = await self._with_other_logs(delivery, units[1:])
+                    ids = delivery.event_ids
                 conversation = await self._notifier.deliver(delivery)
             except TransientError as err:
                 log.warning("delivery of events %s deferred: %s", list(ids), err)
-                return delivered, False  # keep this job's order: the rest waits
+                return _Sent(delivered, False)  # keep this job's order: the rest waits
             except Exception:
                 failures = self._failures[ids[0]] = self._failures.get(ids[0], 0) + 1
                 if failures < MAX_ATTEMPTS:
                     log.exception("delivery of events %s failed (%d)", list(ids), failures)
-                    return delivered, False
+                    return _Sent(delivered, False)
                 # Refused for good (e.g. an archived channel): it must not block the story.
                 log.error("giving up on events %s after %d attempts", list(ids), failures)
                 conversation = None
@@ -247,13 +311,30 @@ class EventRelay:
             if job is not None and isinstance(event, JobStateChanged | JobFinished):
                 job = await self._store.get_job(job.id) or job  # cards show the newest state
         if not waiting:
-            return delivered, True
+            return _Sent(delivered, True)
         try:  # a waiting submission still gets its card now: the card shows the job
             if (pending := _submission(waiting)) is not None:
                 await self._card_of(job, *pending)
         except Exception as err:
             log.warning("card of events %s deferred: %s", [u[0] for u in waiting], err)
-        return delivered, False
+        return _Sent(delivered, False)
+
+    async def _with_other_logs(self, delivery: Delivery, units: list[Unit]) -> Delivery:
+        """The snippets of the job's other logs right after this one (nothing between them)."""
+        also: list[tuple[LogSnippet, str | None]] = []
+        ids = list(delivery.event_ids)
+        for unit_ids, event, prelude in units:
+            if prelude or not isinstance(event, LogSnippet):
+                break
+            also.append((event, await self._log_url(event, delivery.job)))
+            ids += unit_ids
+        return replace(delivery, event_ids=tuple(ids), also=tuple(also))
+
+    def _turn(self, job: Job | None, event: Event) -> AbstractAsyncContextManager[None] | None:
+        """The post slot a job's snippet waits for in a busy channel (None: post it now)."""
+        if job is None or not isinstance(event, LogSnippet):
+            return None
+        return self._notifier.turn(job, event) if isinstance(self._notifier, Turns) else None
 
     async def _card_of(self, job: Job | None, ids: tuple[int, ...], event: Event) -> Job | None:
         """Post a submission's card alone (its reply rides on a later post); keyed, so once."""
@@ -349,14 +430,17 @@ class EventRelay:
         if isinstance(event, JobFinished):
             metrics = tuple(await self._store.list_metrics(job.id)) if job else ()
             return replace(delivery, links=await self._links(event), metrics=metrics)
-        if isinstance(event, LogSnippet) and job is not None and job.layout is not None:
-            stdouterr = job.layout.stdouterr
-            if stdouterr is not None:
-                url = await self._share.get_download_url(
-                    stdouterr.child(event.file), expires_at=self._clock.now() + self._link_ttl
-                )
-                return replace(delivery, log_url=url)
+        if isinstance(event, LogSnippet):
+            return replace(delivery, log_url=await self._log_url(event, job))
         return delivery
+
+    async def _log_url(self, snippet: LogSnippet, job: Job | None) -> str | None:
+        """A fresh link to the whole log a snippet is from (for "N lines skipped")."""
+        stdouterr = job.layout.stdouterr if job is not None and job.layout is not None else None
+        if stdouterr is None:
+            return None
+        expires = self._clock.now() + self._link_ttl
+        return await self._share.get_download_url(stdouterr.child(snippet.file), expires_at=expires)
 
     async def _links(self, event: JobFinished) -> tuple[DownloadLink, ...]:
         """Links are made at delivery time, fresh even after a long outage, for the files that

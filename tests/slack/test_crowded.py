@@ -267,3 +267,53 @@ async def test_a_batch_submitted_between_two_counts_is_crowded_at_once(
         assert stored is not None and stored.conversation is not None
         (reply,) = replies(fake, str(stored.conversation.thread))
         assert "queued on" in reply and "b0 line 2" in reply
+
+
+async def test_a_snippet_waiting_for_its_slot_takes_the_lines_written_meanwhile(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """In a busy channel a snippet is put together when its post slot comes, not when it
+    started waiting: the lines stored while it waited go in the same post, not a second one."""
+    gate, now = Gate(), [0.0]
+    async with FakeSlack() as fake:
+        outbox = SlackOutbox(
+            fake.client(),
+            store,
+            now=utcnow,
+            post_interval=1.0,
+            monotonic=lambda: now[0],
+            sleep=gate,
+        )
+        await job_with_card(store, outbox, "b")
+        now[0] += 10.0
+        a, a_ts = await job_with_card(store, outbox, "a")  # the lane's last post: a wait next
+        await store.add_events([snippet(a, 1, 2)])
+        relay = relay_for(store, outbox, tmp_path, crowded=1)
+        drain = asyncio.create_task(relay.drain())
+        await until(lambda: gate.waits >= 1, "the snippet waits for its slot")
+        await store.add_events([snippet(a, 3, 2)])  # written while it waited
+
+        gate.open.set()
+        await asyncio.wait_for(drain, GUARD)
+        (reply,) = replies(fake, a_ts)
+        assert "a line 1" in reply and "a line 4" in reply
+        assert await store.pending_events() == []
+        assert fake.ratelimited["chat.postMessage"] == 0
+
+
+async def test_in_a_busy_channel_stdout_and_stderr_share_one_post(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    async with FakeSlack() as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        a, a_ts = await job_with_card(store, outbox, "a")
+        await job_with_card(store, outbox, "b")
+        errors = LogSnippet(job_id=a.id, file="stderr.txt", first_line=1, lines=("a warning",))
+        await store.add_events([snippet(a, 1, 2), errors, snippet(a, 3, 1)])
+        relay = relay_for(store, outbox, tmp_path, crowded=1)
+        await asyncio.wait_for(relay.drain(), GUARD)
+
+        (reply,) = replies(fake, a_ts)
+        assert "a line 3" in reply and "a warning" in reply
+        assert "stdout.txt" in reply and "stderr.txt" in reply
+        assert await store.pending_events() == []
