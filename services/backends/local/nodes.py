@@ -226,17 +226,25 @@ class ClusterDirs:
                 found[slot] = result.reason if result else "its health check left no result"
         return found
 
-    def failed(self) -> list[tuple[str, str, str]]:
-        """(cluster, node, reason) of every slot here that failed its health check."""
+    def failed(self, cluster: str | None = None) -> list[tuple[str, str, str]]:
+        """(cluster, node, reason) of every slot here (of `cluster`'s only, when named) that
+        failed its health check. Each path is joined once: `cluster show` asks for its own."""
         root = self._data.root / "clusters"
+        if cluster is not None:
+            names = [cluster]
+        else:
+            names = sorted(d.name for d in root.iterdir()) if root.is_dir() else []
         found: list[tuple[str, str, str]] = []
-        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
-            if not (cdir / "cluster.json").is_file():
+        for name in names:
+            cdir = self._data.cluster_dir(name)
+            meta = read(cdir / "cluster.json")
+            if meta is None:
                 continue
-            for slot in range(self.target(cdir.name)):
-                result = self.slot_health(cdir.name, slot)
+            nodes = cdir / "nodes"
+            for slot in range(int(json.loads(meta)["target_nodes"])):
+                result = health.parse(read(nodes / str(slot) / health.HEALTH_FILE))
                 if result is not None and not result.ok:
-                    found.append((cdir.name, f"{cdir.name}-node-{slot}", result.reason))
+                    found.append((name, f"{name}-node-{slot}", result.reason))
         return found
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]:
