@@ -228,7 +228,8 @@ class ClusterDirs:
 
     def failed(self, cluster: str | None = None) -> list[tuple[str, str, str]]:
         """(cluster, node, reason) of every slot here (of `cluster`'s only, when named) that
-        failed its health check. Each path is joined once: `cluster show` asks for its own."""
+        failed its health check (`cluster show` asks for its own cluster's). Paths are joined as
+        text: pathlib's joins were most of the work."""
         root = self._data.root / "clusters"
         if cluster is not None:
             names = [cluster]
@@ -236,13 +237,12 @@ class ClusterDirs:
             names = sorted(d.name for d in root.iterdir()) if root.is_dir() else []
         found: list[tuple[str, str, str]] = []
         for name in names:
-            cdir = self._data.cluster_dir(name)
-            meta = read(cdir / "cluster.json")
+            cdir = os.fspath(self._data.cluster_dir(name))
+            meta = read(f"{cdir}/cluster.json")
             if meta is None:
                 continue
-            nodes = cdir / "nodes"
             for slot in range(int(json.loads(meta)["target_nodes"])):
-                result = health.parse(read(nodes / str(slot) / health.HEALTH_FILE))
+                result = health.parse(read(f"{cdir}/nodes/{slot}/{health.HEALTH_FILE}"))
                 if result is not None and not result.ok:
                     found.append((name, f"{name}-node-{slot}", result.reason))
         return found
