@@ -212,7 +212,7 @@ class SyntheticCompute:
     async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
         return {}  # every node passed its health check
 
-    async def failed_nodes(self) -> list[NodeProblem]:
+    async def failed_nodes(self, *, cluster: str | None = None) -> list[NodeProblem]:
         return []
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult:

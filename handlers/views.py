@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,20 +122,27 @@ class Mrkdwn(str):
         return Mrkdwn(str.join(self, (trusted(p) for p in parts)))
 
 
-class _Escaping(string.Formatter):
-    def format_field(self, value: object, format_spec: str) -> str:
-        if isinstance(value, Mrkdwn):
-            return value
-        return esc(format(value, format_spec))
+class _Hole:
+    """One value of an md() template, escaped as str.format formats it (unless it is Mrkdwn):
+    str.format in C, where string.Formatter parsed each template in Python (a dozen calls a
+    hole). Templates use `{}` and `{:spec}` only: a conversion or an attribute would apply
+    to the hole."""
 
+    __slots__ = ("value",)
 
-_FORMATTER = _Escaping()
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        value = self.value
+        return value if isinstance(value, Mrkdwn) else esc(format(value, spec))
 
 
 def md(template: str, *args: object, **kwargs: object) -> Mrkdwn:
     """The view's own markup `template` (a literal, never an f-string of outside text) with
     `{}` holes; each value is escaped unless it is already Mrkdwn."""
-    return Mrkdwn(_FORMATTER.vformat(template, args, kwargs))
+    holes = {name: _Hole(value) for name, value in kwargs.items()}
+    return Mrkdwn(template.format(*map(_Hole, args), **holes))
 
 
 def trusted(text: str) -> Mrkdwn:

@@ -170,3 +170,18 @@ async def test_no_nvidia_smi_fails_a_gpu_size_when_required_and_a_cpu_size_never
         await rig.answer(CREATE)
         shown = await rig.answer("cluster show -n gpu")
         assert "1 idle" in said(shown), said(shown)
+
+
+async def test_cluster_show_names_its_own_failed_nodes_only(
+    tmp_path: Path, fake: FakeSlack, gpu_bin: Path
+) -> None:
+    gpu.install(gpu_bin, count=1, mode="failed")
+    async with bot(tmp_path, fake) as rig:
+        await rig.answer(CREATE)
+        await rig.answer(CREATE.replace("-n gpu", "-n other"))
+        everywhere = await rig.bot.backend.failed_nodes()
+        assert sorted(p.node for p in everywhere) == ["gpu-node-0", "other-node-0"]
+        (own,) = await rig.bot.backend.failed_nodes(cluster="other")
+        assert (own.cluster, own.node) == ("other", "other-node-0")
+        shown = said(await rig.answer("cluster show -n gpu"))
+        assert "node gpu-node-0 is unusable" in shown and "other-node" not in shown

@@ -7,6 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from handlers import home
@@ -16,28 +19,39 @@ from services.core import context
 
 
 def register(app: AsyncApp, h: SlackHandlers) -> None:
-    """The global middleware: one function, as Bolt builds every middleware's arguments anew
-    for each request."""
+    """The global middleware: one object, which Bolt calls as is (a middleware function gets
+    its arguments built anew for each request: some 75 calls)."""
+    app.middleware(EveryRequest(h))
 
-    @app.middleware
-    async def every_request(
-        body: dict[str, Any], respond: Any, client: Any, next_: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        """A correlation id (Slack's trigger_id, else a fresh one) and who asked what, for
-        every log line written while the request is handled; then the workspaces the request
-        comes from (command, button, view, event; HTTP or Socket Mode): one not on
-        ALLOWED_TEAMS is answered with one line. Each request has its own task in HTTP and in
-        Socket Mode, so the fields hold for the rest of it."""
+
+class EveryRequest(AsyncMiddleware):
+    """A correlation id (Slack's trigger_id, else a fresh one) and who asked what, for every
+    log line written while the request is handled; then the workspaces the request comes from
+    (command, button, view, event; HTTP or Socket Mode): one not on ALLOWED_TEAMS is answered
+    with one line. Each request has its own task in HTTP and in Socket Mode, so the fields
+    hold for the rest of it."""
+
+    def __init__(self, h: SlackHandlers) -> None:
+        self._h = h
+
+    async def async_process(
+        self,
+        *,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],  # noqa: A002  # Bolt's keyword
+    ) -> BoltResponse | None:
+        body = req.body
         fields = request_context(body)
         for name, value in fields.items():
             context.set_field(name, value)
         caller = Caller(fields["user"] or "unknown", channel_of(body))
-        decision = await h.guard.admit_origin(
+        decision = await self._h.guard.admit_origin(
             caller, origin_of(body), action=fields["command"] or "request"
         )
         if decision.allowed:
-            return await next_()
-        return await _refuse_foreign(body, decision.reason, respond, client)
+            return await next()
+        return await _refuse_foreign(body, decision.reason, req.context)
 
 
 def request_context(body: dict[str, Any]) -> dict[str, str | None]:
@@ -93,14 +107,17 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def _refuse_foreign(body: dict[str, Any], reason: str, respond: Any, client: Any) -> Any:
+async def _refuse_foreign(
+    body: dict[str, Any], reason: str, bolt: AsyncBoltContext
+) -> BoltResponse:
     """One line where the surface can show one: in the slash command's ack, beside the clicked
     button, in the submitted form, on the Home tab; other events are acked and dropped."""
     line = f":no_entry: {reason}"
     if body.get("command"):
         return BoltResponse(status=200, body={"response_type": "ephemeral", "text": line})
     kind = body.get("type")
-    if kind == "block_actions" and body.get("response_url"):
+    respond = bolt.respond
+    if kind == "block_actions" and body.get("response_url") and respond is not None:
         await respond(text=line, response_type="ephemeral", replace_original=False)
     elif kind == "view_submission":
         inputs = [b for b in body["view"].get("blocks", []) if b.get("type") == "input"]
@@ -110,5 +127,5 @@ async def _refuse_foreign(body: dict[str, Any], reason: str, respond: Any, clien
         return BoltResponse(status=200, body={"response_action": "clear"})
     event = body.get("event") or {}
     if event.get("type") == "app_home_opened" and event.get("tab", "home") == "home":
-        await client.views_publish(user_id=event["user"], view=home.refused_view(reason))
+        await bolt.client.views_publish(user_id=event["user"], view=home.refused_view(reason))
     return BoltResponse(status=200, body="")

@@ -287,7 +287,7 @@ class ClusterService:
         cluster = await self._get(name, where) if found is None else found
         self._check_where(cluster, where)
         try:
-            failed = [p for p in await self._backend.failed_nodes() if p.cluster == cluster.name]
+            failed = await self._backend.failed_nodes(cluster=cluster.name)
         except BatchAIError as err:
             log.info("cluster %s: node health unavailable: %s", name, err)
         else:

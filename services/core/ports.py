@@ -120,9 +120,9 @@ class ComputeBackend(Protocol):
         unusable or leaving, or has not proved itself yet. From reads the poll cycle shares."""
         ...
 
-    async def failed_nodes(self) -> list[NodeProblem]:
-        """Every node of every cluster that failed its health check (for the one announcement
-        per node); one cheap read for all clusters."""
+    async def failed_nodes(self, *, cluster: str | None = None) -> list[NodeProblem]:
+        """Every node of every cluster (of `cluster` only, when named) that failed its health
+        check (for the one announcement per node); one cheap read for all clusters."""
         ...
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult: ...

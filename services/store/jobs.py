@@ -190,7 +190,11 @@ def _list_statement(
     if by_sweep:
         stmt = stmt.where(jobs.c.sweep_id == bindparam("sweep_id"))
     if states is not None:
-        stmt = stmt.where(jobs.c.state.in_(states))
+        # One parameter per state: an IN of a tuple is an "expanding" parameter, whose SQL
+        # SQLAlchemy renders anew at every execution.
+        stmt = stmt.where(
+            jobs.c.state.in_([bindparam(f"state_{i}", s) for i, s in enumerate(states)])
+        )
     return stmt
 
 

@@ -1,28 +1,32 @@
-"""SQLAlchemy's aiosqlite driver with one thread hop per statement instead of four or five.
+"""SQLAlchemy's aiosqlite driver, without the thread hops that cost more than the statements.
 
 aiosqlite runs each call on the connection's own thread and wakes the event loop when it is
 done; SQLAlchemy's adapter makes four such calls per statement (open a cursor, execute, fetch
 every row, close the cursor) and one more for the rollback that ends every read. Each wake-up is
 a queue put, a write to the loop's self-pipe and a future callback: under a burst of slash
-commands those hops were most of the bot's CPU per command. Here a statement is one call that
-does all four on the connection's thread, and a rollback or commit with no transaction open (a
-read: Python's sqlite3 opens one only before a write) is not sent at all.
+commands those hops cost more CPU than the SQL itself. Here:
 
-Statements stay off the event loop: SQLite's busy handler sleeps while another connection
-holds a lock, and its C work runs beside the loop on the other core (reads run on the loop
-were measured: less CPU per command, but fewer commands a second and longer loop stalls).
+- a SELECT on a connection with no transaction open runs on the event loop itself: in WAL mode
+  a read never waits for a writer, and reading a few rows from SQLite's page cache is tens of
+  microseconds. It fetches at most INLINE_ROWS rows there; the rest of a long result is fetched
+  on the connection's thread, so a big listing does not hold the loop;
+- every other statement (writes, and reads inside a write transaction, which may wait for the
+  write lock up to the busy timeout) is one call on the connection's thread that executes,
+  fetches and closes the cursor;
+- a rollback or commit with no transaction open (after reads: Python's sqlite3 opens one only
+  before a write) is not sent at all.
 
 Everything else is SQLAlchemy's own dialect: the SQL, the pool, the error wrapping, the types.
-The connection is opened with `check_same_thread=False` only so that the event loop may read
-`in_transaction` (a flag, no I/O) while the worker thread is idle; every statement still runs on
-the worker thread, one at a time.
+The connection is opened with `check_same_thread=False` so that the loop may run those reads
+and read `in_transaction`; statements on one connection still run one at a time (SQLAlchemy's
+execute mutex, and nothing else is queued on the connection while one of its statements runs).
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -34,6 +38,7 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None]  # description, rows, rowcount, lastrowid
+INLINE_ROWS = 200  # rows a read fetches on the event loop; the rest on the connection's thread
 
 
 def _run(conn: aiosqlite.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
@@ -51,6 +56,17 @@ def _run(conn: aiosqlite.Connection, operation: str, parameters: Any, many: bool
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+
+
+def _fetch_rest(cursor: sqlite3.Cursor) -> list[Any]:
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _is_read(operation: str) -> bool:
+    return operation[:7].lstrip().upper().startswith("SELECT")
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -94,11 +110,29 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         async with self._adapt_connection._execute_mutex:
-            outcome = await self._connection._execute(  # noqa: SLF001 - aiosqlite's queue
-                _run, self._connection, operation, parameters, many
-            )
+            adapted = cast(OneHopConnection, self._adapt_connection)
+            if not many and _is_read(operation) and adapted._idle():
+                outcome = await self._read_inline(operation, parameters)
+            else:
+                outcome = await self._connection._execute(  # noqa: SLF001 - aiosqlite's queue
+                    _run, self._connection, operation, parameters, many
+                )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
+
+    async def _read_inline(self, operation: str, parameters: Any) -> _Outcome:
+        cursor = self._connection._conn.cursor()  # noqa: SLF001 - see the module's docstring
+        on_thread = False
+        try:
+            cursor.execute(operation, () if parameters is None else parameters)
+            rows = cursor.fetchmany(INLINE_ROWS)
+            if len(rows) == INLINE_ROWS:  # a long result: the rest off the loop
+                on_thread = True
+                rows += await self._connection._execute(_fetch_rest, cursor)  # noqa: SLF001
+            return cursor.description, rows, cursor.rowcount, cursor.lastrowid
+        finally:
+            if not on_thread:
+                cursor.close()
 
     async def _async_soft_close(self) -> None:
         return None  # the rows are buffered and the cursor is already closed

@@ -64,9 +64,9 @@ class FaultyBackend(_Faults):
         self._enter("unusable_nodes")
         return await self.inner.unusable_nodes(cluster)
 
-    async def failed_nodes(self) -> list[NodeProblem]:
+    async def failed_nodes(self, *, cluster: str | None = None) -> list[NodeProblem]:
         self._enter("failed_nodes")
-        return await self.inner.failed_nodes()
+        return await self.inner.failed_nodes(cluster=cluster)
 
     async def start_job(self, request: LaunchRequest) -> LaunchResult:
         self._enter("start_job")

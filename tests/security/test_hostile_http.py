@@ -11,12 +11,13 @@ import time
 from urllib.parse import quote
 
 import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
 
-from bot.slack import MAX_EVENT_BYTES
+from bot.slack import MAX_EVENT_BYTES, build_app
 from services.core.errors import SpecError
 from services.jobs.tailer import LogParser, parse_progress
 from services.jobspec import load_job_spec, parse_json
-from tests.fakes.slack import signed_headers
+from tests.fakes.slack import form_body, signed_headers, slash_command_form
 from tests.slack.conftest import SECRET, SlackRig, fake, rig  # noqa: F401  (the Slack rig)
 
 # ruff: noqa: F811  (tests take the imported `rig` fixture as an argument)
@@ -165,3 +166,20 @@ def test_a_1_mib_log_line_of_digits_is_not_progress() -> None:
     assert parse_progress(" 45%|####      | 45/100 [00:01<00:02, 30.1it/s]") is not None
     parser = LogParser()
     assert parser.feed("9" * MiB + "% loss: 0.5") == [] or parser.progress is None
+
+
+async def test_bolt_checks_the_signature_again(rig: SlackRig) -> None:
+    """However a request reaches the Bolt app, not only through the events route, Bolt
+    checks its signature itself."""
+    app = build_app(rig.settings, rig.bot.slack)
+    fields = slash_command_form(
+        "no-such-group",
+        user_id="U0TEST",
+        channel_id="C0TEST",
+        response_url="http://x/",
+        trigger_id="1.test.trigger",
+    )
+    body = form_body(fields)
+    for secret, status in (("not-the-signing-secret", 401), (SECRET, 200)):
+        request = AsyncBoltRequest(body=body.decode(), headers=signed_headers(body, secret))
+        assert (await app.async_dispatch(request)).status == status

@@ -186,14 +186,14 @@ class AzureBackend:
         found.update({i: "not created yet" for i in range(len(snap.vms), cluster.target_nodes)})
         return found
 
-    async def failed_nodes(self) -> list[NodeProblem]:
+    async def failed_nodes(self, *, cluster: str | None = None) -> list[NodeProblem]:
         """Failed health results of VMs that exist: one left by a VM deleted since (evicted,
         scaled in) is not listed, and goes at the cluster's next resize."""
-        problems = await self._health.failed()
+        problems = [p for p in await self._health.failed() if cluster in (None, p.cluster)]
         hosts: dict[str, set[str]] = {}
-        for cluster in sorted({p.cluster for p in problems}):
-            snap = await self._scalesets.snapshot(cluster)
-            hosts[cluster] = {vm.computer_name.lower() for vm in snap.vms} if snap.exists else set()
+        for name in sorted({p.cluster for p in problems}):
+            snap = await self._scalesets.snapshot(name)
+            hosts[name] = {vm.computer_name.lower() for vm in snap.vms} if snap.exists else set()
         return [p for p in problems if p.node.lower() in hosts[p.cluster]]
 
     # ---------------------------------------------------------------- storage (fileservers.py)

@@ -171,8 +171,8 @@ class LocalBackend:
     async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
         return await self._clusters.unusable(cluster)
 
-    async def failed_nodes(self) -> list[NodeProblem]:
-        return [NodeProblem(c, n, r) for c, n, r in self._clusters.failed()]
+    async def failed_nodes(self, *, cluster: str | None = None) -> list[NodeProblem]:
+        return [NodeProblem(c, n, r) for c, n, r in self._clusters.failed(cluster)]
 
     # ---------------------------------------------------------------- jobs: start
 

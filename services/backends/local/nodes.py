@@ -226,17 +226,25 @@ class ClusterDirs:
                 found[slot] = result.reason if result else "its health check left no result"
         return found
 
-    def failed(self) -> list[tuple[str, str, str]]:
-        """(cluster, node, reason) of every slot here that failed its health check."""
+    def failed(self, cluster: str | None = None) -> list[tuple[str, str, str]]:
+        """(cluster, node, reason) of every slot here (of `cluster`'s only, when named) that
+        failed its health check (`cluster show` asks for its own cluster's). Paths are joined as
+        text: pathlib's joins were most of the work."""
         root = self._data.root / "clusters"
+        if cluster is not None:
+            names = [cluster]
+        else:
+            names = sorted(d.name for d in root.iterdir()) if root.is_dir() else []
         found: list[tuple[str, str, str]] = []
-        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
-            if not (cdir / "cluster.json").is_file():
+        for name in names:
+            cdir = os.fspath(self._data.cluster_dir(name))
+            meta = read(f"{cdir}/cluster.json")
+            if meta is None:
                 continue
-            for slot in range(self.target(cdir.name)):
-                result = self.slot_health(cdir.name, slot)
+            for slot in range(int(json.loads(meta)["target_nodes"])):
+                result = health.parse(read(f"{cdir}/nodes/{slot}/{health.HEALTH_FILE}"))
                 if result is not None and not result.ok:
-                    found.append((cdir.name, f"{cdir.name}-node-{slot}", result.reason))
+                    found.append((name, f"{name}-node-{slot}", result.reason))
         return found
 
     async def list_nodes(self, cluster: Cluster) -> list[Node]:

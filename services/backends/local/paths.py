@@ -48,9 +48,10 @@ def link(link: Path, target: Path) -> None:
     link.symlink_to(rel, target_is_directory=True)
 
 
-def read(path: Path) -> str | None:
+def read(path: Path | str) -> str | None:
     try:
-        return path.read_text(encoding="utf-8").strip()
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
 
