@@ -96,6 +96,9 @@ class RunStatus:
     # or a job the backend forgot is lost for good.
     retryable: bool = False
     gpu: GpuUse | None = None  # while it runs: its nodes' last GPU samples together
+    # Where the job's nodes are in its cluster's node list now, when that moved since it was
+    # placed (a scale set lists its VMs in order: an evicted VM deleted shifts the rest).
+    nodes: tuple[int, ...] | None = None
 
 
 class ComputeBackend(Protocol):
@@ -253,6 +256,10 @@ class JobRepository(Protocol):
         ...
 
     async def set_layout(self, job_id: str, layout: JobLayout) -> None: ...
+
+    async def set_nodes(self, job_id: str, nodes: tuple[int, ...]) -> None:
+        """Where a live job's nodes are in its cluster's node list now (they moved)."""
+        ...
 
     async def set_conversation(self, job_id: str, conversation: Conversation) -> None: ...
 

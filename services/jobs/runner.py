@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -172,6 +172,7 @@ class JobRunner:
         # The active jobs as this tick's poll listed (and moved) them: tail and warn reuse it.
         self._tick_jobs: dict[str, Job] | None = None
         self._ticking = False
+        self._polled = False  # a poll of this process went through: dispatch may go first
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
 
     async def tick(self) -> None:
@@ -184,13 +185,13 @@ class JobRunner:
             self._ticking, self._tick_jobs = False, None
 
     async def _tick(self) -> None:
-        for step in (
-            self.expire_approvals,
-            self.dispatch,
-            self.poll,
-            self.tail_logs,
-            self.warn_wall_clock,
-        ):
+        steps = [self.expire_approvals, self.dispatch, self.poll, self.tail_logs]
+        if not self._polled:
+            # The first round of a process (or of a new leader) polls before it places: the
+            # backend learns where the running jobs are (their nodes may have moved while no
+            # bot watched) before a queued job is given nodes.
+            steps = [self.expire_approvals, self.poll, self.dispatch, self.tail_logs]
+        for step in (*steps, self.warn_wall_clock):
             name = step.__name__
             now = self._now()
             busy, until = self._resting.get(name, (0, now))
@@ -208,6 +209,7 @@ class JobRunner:
                 log.exception("%s failed; retrying next tick", name)
             else:
                 self._resting.pop(name, None)
+                self._polled = self._polled or name == "poll"
 
     # -- dispatch: FIFO per cluster, gang-scheduled -----------------------------------------
 
@@ -370,6 +372,14 @@ class JobRunner:
         await self._apply(job, status)
 
     async def _apply(self, job: Job, status: RunStatus) -> None:
+        if status.nodes is not None and status.nodes != job.nodes and not job.state.finished:
+            # Its nodes moved in the cluster's list (a VM before them was deleted): the
+            # dispatcher places by position, so the stored one must be where they are now.
+            log.info("job %s: its nodes are now %s (were %s)", job.name, status.nodes, job.nodes)
+            await self._store.set_nodes(job.id, status.nodes)
+            job = replace(job, nodes=status.nodes)
+            if self._tick_jobs is not None:
+                self._tick_jobs[job.id] = job
         if status.phase == "preparing":
             return
         if status.phase == "running":

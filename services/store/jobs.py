@@ -82,6 +82,9 @@ class SqlJobRepository:
     async def set_layout(self, job_id: str, layout: JobLayout) -> None:
         await self._conn.execute(update(jobs).where(jobs.c.id == job_id).values(layout=layout))
 
+    async def set_nodes(self, job_id: str, nodes: tuple[int, ...]) -> None:
+        await self._conn.execute(update(jobs).where(jobs.c.id == job_id).values(nodes=list(nodes)))
+
     async def set_conversation(self, job_id: str, conversation: Conversation) -> None:
         stmt = update(jobs).where(jobs.c.id == job_id).values(conversation=conversation)
         await self._conn.execute(stmt)

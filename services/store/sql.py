@@ -181,6 +181,11 @@ class SqlStore:
             uow.emit(*new_events)
             await uow.commit()
 
+    async def set_nodes(self, job_id: str, nodes: tuple[int, ...]) -> None:
+        async with self.unit() as uow:
+            await uow.jobs.set_nodes(job_id, nodes)
+            await uow.commit()
+
     async def set_conversation(self, job_id: str, conversation: Conversation) -> None:
         async with self.unit() as uow:
             await uow.jobs.set_conversation(job_id, conversation)

@@ -19,8 +19,10 @@ from handlers.views import to_text
 from services.backends.azure.backend import AzureBackend
 from services.backends.azure.files import AzureShare
 from services.core.clock import FakeClock
+from services.core.errors import TransientError
 from services.core.events import JobFinished, JobRequeued
 from services.jobs.lifecycle import JobState
+from services.jobs.service import JobRequest
 from services.models import ConfigSource, Job
 from services.spend.pricing import format_usd
 from services.store import SqlStore
@@ -236,3 +238,69 @@ async def test_the_attempt_after_an_eviction_starts_under_the_job_s_own_uid(
     finished = await spot.job(job)
     assert finished.run_id == f"{job.id}-2"
     assert finished.state is JobState.SUCCEEDED, finished.error
+
+
+def vms_running(rig: AzureRig, job: Job) -> list[str]:
+    """The instances the job's launch run command was sent to."""
+    instances = rig.arm.scale_sets["c1"].instances
+    return [i for i, inst in instances.items() if f"job-{job.run_id}-0" in inst.run_commands]
+
+
+async def test_an_eviction_moves_the_other_jobs_node_and_the_retry_takes_a_free_vm(
+    spot: Rig, rig: AzureRig
+) -> None:
+    """A scale set lists its VMs in order: deleting an evicted one moves the VMs after it down
+    the list. The job on them must be found where it is now, and the retry must not be
+    started on its VM (two jobs on one GPU)."""
+    await spot.cluster(nodes=2)
+    first = await spot.submit(job_config())
+    await spot.running(first, "fresh start")
+    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
+    await spot.running(second, "fresh start")
+    first, second = await spot.job(first), await spot.job(second)
+    assert (first.nodes, second.nodes) == ((0,), (1,))
+    (first_vm,), (second_vm,) = vms_running(rig, first), vms_running(rig, second)
+    rig.arm.evict("c1", first_vm)  # second's VM is now the scale set's first
+
+    async def moved() -> bool:
+        again = await spot.job(first)
+        return again.attempts != () and (await spot.job(second)).nodes == (0,)
+
+    await spot.until(moved, "the requeue and the other job's node to move")
+    await spot.running(first, "resumed from 1")
+    retried = await spot.job(first)
+    assert retried.nodes == (1,)
+    (retry_vm,) = vms_running(rig, retried)
+    assert retry_vm not in (first_vm, second_vm)  # the VM the scale set grew back
+    assert vms_running(rig, await spot.job(second)) == [second_vm]
+
+
+async def test_a_job_placed_on_a_vm_another_job_holds_waits_for_it(
+    spot: Rig, rig: AzureRig
+) -> None:
+    """The dispatcher's positions may be a poll old: the backend still never starts a job on a
+    VM that another live job runs on; the job waits, and starts there once that job ended."""
+    await spot.cluster(nodes=2)
+    first = await spot.submit(job_config())
+    await spot.running(first, "fresh start")
+    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
+    await spot.running(second, "fresh start")
+    (first_vm,), (second_vm,) = vms_running(rig, first), vms_running(rig, second)
+    rig.arm.evict("c1", first_vm)
+
+    async def moved() -> bool:
+        again = await spot.job(first)
+        return again.attempts != () and (await spot.job(second)).nodes == (0,)
+
+    await spot.until(moved, "the requeue and the other job's node to move")
+    await spot.store.set_nodes(second.id, (1,))  # where it was: the view before that poll
+    with pytest.raises(TransientError, match="still running"):
+        await spot.runner.dispatch()  # places the retry at 0: the other job's VM
+    retry = await spot.job(first)
+    assert retry.state is JobState.PREPARING and retry.nodes == (0,)
+    assert vms_running(rig, retry) == []  # nothing was started on it
+
+    spot.open_gate(0)  # the other job ends
+    await spot.running(first, "resumed from 1")
+    assert vms_running(rig, await spot.job(first)) == [second_vm]
+    assert (await spot.job(second)).state is JobState.SUCCEEDED

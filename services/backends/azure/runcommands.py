@@ -115,6 +115,17 @@ class RunCommands:
         if any(i < 0 or i >= len(snap.vms) for i in request.nodes):
             raise Conflict(f"nodes {list(request.nodes)} are not all on {c.name}")
         vms = [snap.vms[i] for i in request.nodes]
+        # Never a VM another live job holds: positions move when a VM before them is deleted
+        # (evicted), and the dispatcher's may be a poll old.
+        held = {
+            instance: other.job_id
+            for other in self._control.jobs.values()
+            if other.cluster == c.name and other.final is None and other.job_id != request.job_id
+            for instance in other.instances
+        }
+        taken = [f"{vm.name} (job {held[vm.instance_id]})" for vm in vms if vm.instance_id in held]
+        if taken:
+            raise TransientError(f"{', '.join(taken)} still running; the job starts when free")
         # A job is never started on a node that failed its health check (nor on one whose
         # check has not reported yet: it waits, as for a node still booting).
         states = await self._node_states(c.name, snap)

@@ -124,19 +124,30 @@ class JobStatus:
             )  # stop the others
             return await self._finish(job, status)
         waited = self._now() - job.launched_at
+        nodes = await self._positions(job)
         if any(r.pending for r in runs):
             # A runner starts within a second of its run command; ask ARM only about a late one.
             if waited >= self._config.launch_check_seconds and await self._failed_launch(job, runs):
                 return await self.get_job_status(job_id)
-            return RunStatus(phase="preparing", started_at=from_epoch(started))
+            return RunStatus(phase="preparing", started_at=from_epoch(started), nodes=nodes)
         preparing = any(r.phase in (None, "prep") for r in runs if r.exit_code is None)
         if preparing:
-            return RunStatus(phase="preparing", started_at=from_epoch(started))
+            return RunStatus(phase="preparing", started_at=from_epoch(started), nodes=nodes)
         return RunStatus(
             phase="running",
             started_at=from_epoch(started),
             gpu=await self._gpu_use(job, runs, listings),
+            nodes=nodes,
         )
+
+    async def _positions(self, job: JobInfo) -> tuple[int, ...] | None:
+        """Where the job's VMs are in the scale set's list now (the cycle's shared snapshot):
+        a deleted VM before them (evicted) moves them down, and the dispatcher must know."""
+        snap = await self._scalesets.snapshot(job.cluster)
+        at = {vm.instance_id: i for i, vm in enumerate(snap.vms)}
+        if not all(instance in at for instance in job.instances):
+            return None  # one is gone: the job is lost, and says so
+        return tuple(at[instance] for instance in job.instances)
 
     async def _gpu_use(
         self, job: JobInfo, runs: Sequence[NodeRun], listings: Sequence[Mapping[str, FileEntry]]
