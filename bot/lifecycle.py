@@ -86,6 +86,7 @@ async def running(
         stack.push_async_callback(bot.store.aclose)
         stack.push_async_callback(bot.aclose_clients)
         stack.push_async_callback(bot.relay.aclose)
+        stack.push_async_callback(bot.runner.aclose)
         try:
             await bot.store.migrate()
         except SecretsKeyError as err:  # one line, never a traceback
@@ -233,6 +234,7 @@ def _leadership(
     async def lose() -> None:
         await bot.scheduler.pause()
         await bot.relay.aclose()  # deliveries under way stop; what is left stays pending
+        await bot.runner.aclose()
 
     leadership = Leadership(
         lease,

@@ -167,6 +167,7 @@ class JobRunner:
         self._regrown: set[str] = set()  # run ids whose cluster was grown back before they ran
         # Clusters whose grow-back failed: not before this time again (see RESTORE_BACKOFF).
         self._restore_after: dict[str, datetime] = {}
+        self._growing: dict[str, asyncio.Future[None]] = {}  # cluster -> its grow-back under way
         self._news: list[_LogNews] = []  # read this round, not stored yet
         self._commit_lock = asyncio.Lock()  # one batch at a time, in order
         # The active jobs as this tick's poll listed (and moved) them: tail and warn reuse it.
@@ -174,6 +175,13 @@ class JobRunner:
         self._ticking = False
         self._polled = False  # a poll of this process went through: dispatch may go first
         self.step_failures: Counter[str] = Counter()  # read by the bot's /metrics
+
+    async def aclose(self) -> None:
+        """Stop waiting for grow-backs under way (the resize itself goes on in the cloud)."""
+        growing = list(self._growing.values())
+        for task in growing:
+            task.cancel()
+        await asyncio.gather(*growing, return_exceptions=True)
 
     async def tick(self) -> None:
         """One round of everything; each part survives the failure of another. A step the
@@ -233,23 +241,16 @@ class JobRunner:
         in_use = {n for j in jobs if j.state in ACTIVE_STATES for n in j.nodes}
         retries = [j.run_id for j in queued if j.attempts and j.run_id not in self._regrown]
         after = self._restore_after.get(cluster.name)
-        if retries and (after is None or self._now() >= after):
+        growing = self._growing.get(cluster.name)
+        if retries and (after is None or self._now() >= after) and growing is None:
             # Lost nodes may have shrunk the cluster (an evicted Spot VM is deleted): it grows
-            # back to its size, within its limits, before the retry is placed on it. Once per
-            # retry: a failure is told once, rests, and never holds up the cluster's queue.
+            # back to its size, within its limits, once per retry. In the background: a scale
+            # set takes minutes to add a VM, and this round's polls and log reads must not wait
+            # for it; the retry is placed when a node is there.
             self._regrown.update(retries)
-            try:
-                await self._clusters.restore_nodes(cluster)
-                self._restore_after.pop(cluster.name, None)
-            except BatchAIError as err:
-                self._restore_after[cluster.name] = self._now() + RESTORE_BACKOFF
-                log.warning(
-                    "cluster %s could not grow back to %d nodes (%s); its queue goes on over the "
-                    "nodes it has",
-                    cluster.name,
-                    cluster.target_nodes,
-                    err,
-                )
+            growing = asyncio.ensure_future(self._grow_back(cluster))
+            self._growing[cluster.name] = growing
+            growing.add_done_callback(lambda _: self._growing.pop(cluster.name, None))
         if cluster.autoscale:
             # Batch AI never took a node from under a running job: keep every busy index.
             busy_span = max(in_use) + 1 if in_use else 0
@@ -262,7 +263,8 @@ class JobRunner:
         # whose check has not reported yet).
         unusable = await self._backend.unusable_nodes(cluster)
         free = [n for n in free if n not in unusable]
-        if cluster.name in self._restore_after:  # short of nodes: only those that exist
+        if growing is not None or cluster.name in self._restore_after:
+            # short of nodes: only those that exist
             present = {n.index for n in await self._backend.list_nodes(cluster)}
             free = [n for n in free if n in present]
         for job in queued:  # strict FIFO: the head waits for its nodes, nobody overtakes
@@ -276,6 +278,25 @@ class JobRunner:
             if await self._store.update_job(preparing, step.events, transition=step.transition):
                 with context.bound(**context.for_job(job.id)):
                     await self._launch(preparing, cluster)
+
+    async def _grow_back(self, cluster: Cluster) -> None:
+        """Grow a cluster back to its size; a failure is told once and rests RESTORE_BACKOFF,
+        and the cluster's queue goes on over the nodes it has meanwhile."""
+        try:
+            await self._clusters.restore_nodes(cluster)
+            self._restore_after.pop(cluster.name, None)
+        except BatchAIError as err:
+            self._restore_after[cluster.name] = self._now() + RESTORE_BACKOFF
+            log.warning(
+                "cluster %s could not grow back to %d nodes (%s); its queue goes on over the "
+                "nodes it has",
+                cluster.name,
+                cluster.target_nodes,
+                err,
+            )
+        except Exception:
+            self._restore_after[cluster.name] = self._now() + RESTORE_BACKOFF
+            log.exception("cluster %s: growing back failed", cluster.name)
 
     async def _launch(self, job: Job, cluster: Cluster) -> None:
         """Start (or finish starting) a job on its reserved nodes; start_job is idempotent."""

@@ -304,3 +304,34 @@ async def test_a_job_placed_on_a_vm_another_job_holds_waits_for_it(
     await spot.running(first, "resumed from 1")
     assert vms_running(rig, await spot.job(first)) == [second_vm]
     assert (await spot.job(second)).state is JobState.SUCCEEDED
+
+
+async def test_the_rounds_go_on_while_the_cluster_grows_back(
+    spot: Rig, rig: AzureRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scale set takes minutes to add a VM: the grow-back after an eviction runs beside the
+    rounds, which go on polling and placing over the nodes the cluster has. (Awaited in the
+    round, the held request stopped every round until the SDK gave up on it.)"""
+    await spot.cluster(nodes=2)
+    first = await spot.submit(job_config())
+    await spot.running(first, "fresh start")
+    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
+    await spot.running(second, "fresh start")
+    (first_vm,) = vms_running(rig, first)
+    rig.arm.delay_next(1, seconds=600, match="/virtualMachineScaleSets/c1", method="PATCH")
+    rig.arm.evict("c1", first_vm)
+
+    async def requeued() -> bool:
+        return (await spot.job(first)).attempts != ()
+
+    await spot.until(requeued, "the evicted attempt to requeue")
+    spot.open_gate(0)  # the other job ends while the grow-back is held
+
+    async def second_done() -> bool:
+        return (await spot.job(second)).state.finished
+
+    await spot.until(second_done, "the other job's end, seen while the cluster grows back")
+    await spot.running(first, "resumed from 1")  # on the VM the other job left
+    assert rig.arm.scale_sets["c1"].model["sku"]["capacity"] == 1  # still growing back
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    await spot.runner.aclose()
