@@ -216,6 +216,7 @@ class FakeAzureFiles:
         self._faults: list[_Fault] = []
         self._delays: list[float] = []
         self._path_delays: dict[tuple[str, str], float] = {}
+        self.held: list[str] = []  # paths asked for while `delay_path` held them
         self.in_flight = 0  # requests being handled now
         self.max_in_flight = 0  # the most at once since the last reset_counters
         self._replacements: dict[Path, bytes] = {}
@@ -342,6 +343,8 @@ class FakeAzureFiles:
     ) -> web.StreamResponse:
         is_head = request.method == "HEAD"
         delay = self._delays.pop(0) if self._delays else self._path_delays.get((share, rel), 0.0)
+        if delay and (share, rel) in self._path_delays:
+            self.held.append(rel)  # asked for while slow (it is recorded once answered)
         delay = delay or self.latency
         if delay:
             with contextlib.suppress(TimeoutError):
