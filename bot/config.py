@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     slack_command: str = "/batchai"
     slack_post_interval: float = Field(1.0, ge=0, le=60)  # seconds between posts per channel
     slack_updates_per_minute: float = Field(50.0, gt=0, le=1000)  # chat.update, per workspace
+    # How long a quick command may run for its answer to go in the ack (Slack waits 3 s for
+    # one); past it the ack says "working on it…" and the answer comes on response_url.
+    # The default is handlers.slack.slash.ANSWER_BUDGET (not imported here: it loads Bolt).
+    slack_ack_answer_seconds: float = Field(2.0, ge=0, le=2.5)
 
     # Authorization (comma-separated Slack IDs; empty = everyone / everywhere)
     allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()

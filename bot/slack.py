@@ -157,7 +157,12 @@ def build_app(
         # HTTP mode gives each request its respond in the events route (one middleware less
         # per request: Bolt builds every middleware's arguments anew)
         app.middleware(_respond_over(session))
-    register(app, handlers, command=settings.slack_command)
+    register(
+        app,
+        handlers,
+        command=settings.slack_command,
+        answer_budget=settings.slack_ack_answer_seconds,
+    )
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any]) -> None:

@@ -37,7 +37,8 @@ class Command:
 
     The class says how it is guarded: `destructive` ones need an admin when admins are listed,
     `audited` ones leave an audit record whatever their outcome, `slow` ones are acked with a
-    "working on it…" before they run."""
+    "working on it…" before they run (the others are answered in the ack when they finish in
+    time: handlers/slack/slash.py)."""
 
     destructive: ClassVar[bool] = False
     audited: ClassVar[bool] = False

@@ -572,8 +572,10 @@ async def test_received_text_unknown_methods_and_json_args() -> None:
         assert "hunter2" in text and f"Bearer {BOT_TOKEN}" in text
         assert '[{"type": "divider"}]' in text  # form-encoded on the wire, decoded copy kept
         assert "secret-that-was-never-sent" not in text
+        fake.record_ack(b'{"text": "an answer in an ack"}')  # what the test read from the bot
+        assert "an answer in an ack" in fake.received_text()
         fake.clear()
-        assert fake.received_text() == "" and fake.calls == []
+        assert fake.received_text() == "" and fake.calls == [] and fake.acks == []
 
 
 async def test_socket_disconnect_makes_the_sdk_reconnect() -> None:

@@ -45,6 +45,7 @@ from tests.fakes.slack import (
     slash_command_form,
     view_submission_payload,
 )
+from tests.slack.conftest import answer_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "restart-signing-secret"
@@ -160,7 +161,7 @@ class Rig:
             return r.status, await r.text()
 
     async def command(self, text: str, *, user: str = ALICE) -> str:
-        """A signed slash command; returns the text answered on its response_url."""
+        """A signed slash command; returns its answer (in the ack or on its response_url)."""
         response_url = self.fake.response_url()
         form = slash_command_form(
             text,
@@ -171,9 +172,10 @@ class Rig:
         )
         status, ack = await self.post(form_body(form))
         assert status == 200, (status, ack)
-        await self.fake.wait_for(lambda: bool(self.fake.responses_to(response_url)), TIMEOUT)
-        answer = self.fake.responses_to(response_url)[-1]
-        return (answer.text or "") + json.dumps(answer.blocks or [])
+        answer = await answer_of(
+            self.fake, json.loads(ack) if ack else None, response_url, timeout=TIMEOUT
+        )
+        return answer["text"] + json.dumps(answer["blocks"])
 
     async def click(self, action_id: str, value: str, message: Message) -> str:
         """Press a button on a message; returns what the bot answered on the response_url."""

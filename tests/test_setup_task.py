@@ -156,7 +156,7 @@ async def test_a_setup_task_gets_its_variables_and_secrets_and_nothing_of_the_bo
 
         again = await rig.answer("cluster show -n env -o json")
         assert SECRET_VALUE not in again["text"]
-    sent = [c.raw_body for c in fake.calls] + [r.raw_body for r in fake.responses]
+    sent = [c.raw_body for c in fake.calls] + [r.raw_body for r in fake.responses] + fake.acks
     assert sent and not any(SECRET_VALUE.encode() in body for body in sent)
     assert SECRET_VALUE not in caplog.text
     database = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("*.db*"))

@@ -504,6 +504,7 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.raw_log: list[bytes] = []
         self.responses: list[ResponsePost] = []
+        self.acks: list[bytes] = []  # HTTP-mode ack bodies, handed over by the test (record_ack)
         self.ratelimited: Counter[str] = Counter()
         self.faults_served: Counter[str] = Counter()
 
@@ -813,8 +814,17 @@ class FakeSlack:
         self.calls.clear()
         self.raw_log.clear()
         self.responses.clear()
+        self.acks.clear()
         self.ratelimited.clear()
         self.faults_served.clear()
+
+    def record_ack(self, body: bytes) -> None:
+        """An HTTP-mode ack's body, as Slack receives it: in HTTP mode the test posts Slack's
+        requests to the bot and hands the answers over here, so that what the bot sent Slack in
+        its acks (a quick command's answer) is in `received_text` too, as the Socket Mode acks
+        (WebSocket frames) are."""
+        self.acks.append(body)
+        self.raw_log.append(body)
 
     def received_text(self) -> str:
         """Every byte received (request lines, headers, bodies, WebSocket frames) as text, each

@@ -18,6 +18,7 @@ from bot.bootstrap import Bot
 from bot.check import REQUIRED_SCOPES
 from bot.config import Settings
 from bot.lifecycle import running
+from handlers.slack.slash import WORKING
 from tests.fakes.slack import (
     BOT_TOKEN,
     MESSAGE_MAX_BLOCKS,
@@ -79,7 +80,9 @@ class SlackRig:
         async with self.http.post(
             f"{self.bot.web_url}/slack/events", data=body, headers=headers
         ) as response:
-            text = await response.text()
+            raw = await response.read()
+            self.fake.record_ack(raw)  # what Slack receives, scanned with the rest
+            text = raw.decode("utf-8", "replace")
             try:
                 body = json.loads(text) if text else None
             except json.JSONDecodeError:
@@ -108,18 +111,10 @@ class SlackRig:
         return status, body, response_url
 
     async def answer(self, text: str, **kw: Any) -> dict[str, Any]:
-        """The reply that arrived on the response_url after the ack."""
+        """The command's answer, wherever Slack shows it (`answer_of`)."""
         status, ack, url = await self.command(text, **kw)
         assert status == 200, (status, ack)
-        await self.fake.wait_for(lambda: bool(self.fake.responses_to(url)), timeout=TIMEOUT)
-        post = self.fake.responses_to(url)[-1]
-        return {
-            "ack": ack,
-            "response_type": post.response_type,
-            "text": post.text or "",
-            "blocks": post.blocks or [],
-            "all": self.fake.responses_to(url),
-        }
+        return await answer_of(self.fake, ack, url)
 
     async def click(
         self,
@@ -161,6 +156,44 @@ class SlackRig:
 
     def open_gate(self, name: str) -> None:
         (self.bot.share.share_dir("data") / name).write_text("go")
+
+
+def answered_in_ack(ack: Any) -> bool:
+    """Whether a slash command's ack carries its answer: text or blocks, other than the bot's
+    "working on it…" (an empty ack, or that one, leaves the answer to the response_url)."""
+    if isinstance(ack, str):
+        return bool(ack.strip())  # Slack shows a plain-text ack as the answer too
+    return isinstance(ack, dict) and bool(
+        ack.get("blocks") or ack.get("text") not in (None, "", WORKING)
+    )
+
+
+async def answer_of(
+    fake: FakeSlack, ack: Any, response_url: str, *, timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """A slash command's answer where Slack would show it: the ack when it carries one (a
+    quick command answered within the bot's budget), else the last post to its response_url
+    (waited for). `in` says which; `all` holds every post to the response_url."""
+    if answered_in_ack(ack):
+        body = ack if isinstance(ack, dict) else {"text": ack}
+        return {
+            "in": "ack",
+            "ack": ack,
+            "response_type": body.get("response_type") or "ephemeral",  # Slack's default
+            "text": body.get("text") or "",
+            "blocks": body.get("blocks") or [],
+            "all": fake.responses_to(response_url),
+        }
+    await fake.wait_for(lambda: bool(fake.responses_to(response_url)), timeout=timeout)
+    post = fake.responses_to(response_url)[-1]
+    return {
+        "in": "response_url",
+        "ack": ack,
+        "response_type": post.response_type,
+        "text": post.text or "",
+        "blocks": post.blocks or [],
+        "all": fake.responses_to(response_url),
+    }
 
 
 def rig_settings(tmp_path: Path, fake: FakeSlack, **overrides: Any) -> Settings:

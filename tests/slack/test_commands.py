@@ -9,11 +9,13 @@ CREATE = "cluster create -n c1 -s STANDARD_NC6 -t 2 --afs-name data --afs-mount-
 
 
 async def test_help_is_answered_in_the_ack(rig: SlackRig) -> None:
-    status, ack, _ = await rig.command("help")
-    # help is fast: the ack is empty and the answer comes on the response_url
-    assert status == 200
+    status, ack, url = await rig.command("help")
+    # help is quick: its answer is the ack itself, only to the typist
+    assert status == 200 and ack["response_type"] == "ephemeral" and ack["blocks"]
     reply = await rig.answer("help job")
+    assert reply["in"] == "ack"
     assert "job create" in reply["text"] or "job create" in str(reply["blocks"])
+    assert rig.fake.responses_to(url) == []
 
 
 async def test_a_typo_is_answered_at_once_privately_with_usage(rig: SlackRig) -> None:
@@ -28,7 +30,7 @@ async def test_a_typo_is_answered_at_once_privately_with_usage(rig: SlackRig) ->
 
 async def test_slow_commands_ack_working_then_answer(rig: SlackRig) -> None:
     reply = await rig.answer(CREATE)
-    assert "working on it" in reply["ack"]["text"]
+    assert "working on it" in reply["ack"]["text"] and reply["in"] == "response_url"
     assert "cluster *c1* is ready" in reply["text"] or "c1" in str(reply["blocks"])
     assert reply["response_type"] == "in_channel"
 
