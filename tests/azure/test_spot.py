@@ -240,6 +240,16 @@ async def test_the_attempt_after_an_eviction_starts_under_the_job_s_own_uid(
     assert finished.state is JobState.SUCCEEDED, finished.error
 
 
+async def two_running_jobs(spot: Rig) -> tuple[Job, Job]:
+    """A two-node Spot cluster with a job running on each node (node 0, then node 1)."""
+    await spot.cluster(nodes=2)
+    first = await spot.submit(job_config())
+    await spot.running(first, "fresh start")
+    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
+    await spot.running(second, "fresh start")
+    return await spot.job(first), await spot.job(second)
+
+
 def vms_running(rig: AzureRig, job: Job) -> list[str]:
     """The instances the job's launch run command was sent to."""
     instances = rig.arm.scale_sets["c1"].instances
@@ -252,12 +262,7 @@ async def test_an_eviction_moves_the_other_jobs_node_and_the_retry_takes_a_free_
     """A scale set lists its VMs in order: deleting an evicted one moves the VMs after it down
     the list. The job on them must be found where it is now, and the retry must not be
     started on its VM (two jobs on one GPU)."""
-    await spot.cluster(nodes=2)
-    first = await spot.submit(job_config())
-    await spot.running(first, "fresh start")
-    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
-    await spot.running(second, "fresh start")
-    first, second = await spot.job(first), await spot.job(second)
+    first, second = await two_running_jobs(spot)
     assert (first.nodes, second.nodes) == ((0,), (1,))
     (first_vm,), (second_vm,) = vms_running(rig, first), vms_running(rig, second)
     rig.arm.evict("c1", first_vm)  # second's VM is now the scale set's first
@@ -280,11 +285,7 @@ async def test_a_job_placed_on_a_vm_another_job_holds_waits_for_it(
 ) -> None:
     """The dispatcher's positions may be a poll old: the backend still never starts a job on a
     VM that another live job runs on; the job waits, and starts there once that job ended."""
-    await spot.cluster(nodes=2)
-    first = await spot.submit(job_config())
-    await spot.running(first, "fresh start")
-    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
-    await spot.running(second, "fresh start")
+    first, second = await two_running_jobs(spot)
     (first_vm,), (second_vm,) = vms_running(rig, first), vms_running(rig, second)
     rig.arm.evict("c1", first_vm)
 
@@ -312,11 +313,7 @@ async def test_the_rounds_go_on_while_the_cluster_grows_back(
     """A scale set takes minutes to add a VM: the grow-back after an eviction runs beside the
     rounds, which go on polling and placing over the nodes the cluster has. (Awaited in the
     round, the held request stopped every round until the SDK gave up on it.)"""
-    await spot.cluster(nodes=2)
-    first = await spot.submit(job_config())
-    await spot.running(first, "fresh start")
-    second = await spot.jobs.create_job(JobRequest("other", "c1", job_config()), actor=spot.actor)
-    await spot.running(second, "fresh start")
+    first, second = await two_running_jobs(spot)
     (first_vm,) = vms_running(rig, first)
     rig.arm.delay_next(1, seconds=600, match="/virtualMachineScaleSets/c1", method="PATCH")
     rig.arm.evict("c1", first_vm)
