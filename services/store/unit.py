@@ -6,9 +6,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.clock import utcnow
+from services.core.errors import TransientError
 from services.core.events import Event
 from services.store.approvals import SqlApprovalRepository
 from services.store.audit import SqlAuditRepository
@@ -54,7 +56,12 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> Self:
         if self._conn is not None:
             raise RuntimeError("a unit of work is entered once")
-        conn = self._conn = await self._engine.connect()
+        try:
+            conn = self._conn = await self._engine.connect()
+        except exc.TimeoutError as err:
+            # Every pooled connection stayed busy for the pool's timeout (a starved process,
+            # hundreds of deliveries at once): worth trying again, not a refusal to give up on.
+            raise TransientError("the database is busy: no connection came free") from err
         self.jobs = SqlJobRepository(conn, self._box)
         self.logs = SqlLogRepository(conn)
         self.clusters = SqlClusterRepository(conn, self._box)
