@@ -8,18 +8,25 @@ Three kinds of process, so that no target shares an event loop with the load or 
   aiohttp app through `slack_bolt.adapter.aiohttp`;
 - this process: the load generator (aiohttp client), real signed HTTP POSTs to `/slack/events`.
 
-Latency = from sending the request to having read the whole HTTP response (the ack). Each target
-gets a warm-up, then `--requests` requests at `--concurrency` in flight; the bot gets a mix of
-fast commands (`cluster list -o table`, `help`) and a slower one (`cluster show -n c1`). The
-bot answers a quick command in the ack itself (handlers/slack/slash.py); an ack without the
-answer ("working on it…") is counted as owed, and the run waits for every owed answer to reach
-the fake's response_urls before it reads the bot's CPU.
+Latency = from sending the request (open loop: from when it was due) to having read the whole
+HTTP response (the ack). Each target gets a warm-up, then one continuous run whose first
+requests are not counted (in a closed loop the first wave leaves together and queues behind
+itself, as no later wave does: with 2,000 requests those 50 alone made the bare app's p99).
+Closed loop (the default): `--concurrency` senders, each sending again as soon as it has read
+its ack, so the target is saturated and its latency is bound by its requests a second. Open
+loop (`--rate`): Poisson arrivals at that rate whatever the acks do, as a workspace's users type.
+The bot gets a mix of fast commands (`cluster list -o table`, `help`) and a slower one
+(`cluster show -n c1`). The bot answers a quick command in the ack itself
+(handlers/slack/slash.py); an ack without the answer ("working on it…") is counted as owed, and
+the run waits for every owed answer to reach the fake's response_urls before it reads the bot's
+CPU.
 
 Printed: p50/p99 of both targets in the same run, CPU per command (the whole process, every
 thread; the work after the ack included), where the answers came (in the ack, on response_url)
 and the bot's periodic runs skipped under the load.
 
     .venv/bin/python bench/slack_ack_bench.py --requests 2000
+    .venv/bin/python bench/slack_ack_bench.py --requests 3000 --rate 300   # open loop
     .venv/bin/python bench/slack_ack_bench.py --requests 500 --profile ack.prof
     .venv/bin/python bench/slack_ack_bench.py --requests 500 --calls   # work per command
 """
@@ -33,6 +40,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import random
 import sys
 import tempfile
 import time
@@ -60,6 +68,7 @@ SECRET = "bench-signing-secret"
 CHANNEL = "C0BENCH"
 USER = "U0BENCH"
 WARMUP = 10
+OPEN_LOOP_IN_FLIGHT = 1000  # connections an open-loop run may hold to one target
 COMMANDS = ("cluster list -o table", "help", "cluster show -n c1")
 CLUSTER = "cluster create -n c1 -s STANDARD_NC6 -t 2 --afs-name data --afs-mount-path afs"
 
@@ -304,11 +313,14 @@ class Load:
         )
         return form_body(form)
 
-    async def one(self, url: str, text: str) -> tuple[str, float, int | str]:
+    async def one(
+        self, url: str, text: str, due: float | None = None
+    ) -> tuple[str, float, int | str]:
+        """One signed POST; the latency runs from `due` (open loop) or from sending."""
         body = self.body(text)
         headers = signed_headers(body, SECRET)
         raw = b""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if due is None else due
         try:
             async with self.http.post(url, data=body, headers=headers) as response:
                 raw = await response.read()
@@ -323,17 +335,40 @@ class Load:
         return text, latency, status
 
     async def run(
-        self, url: str, texts: list[str], concurrency: int
+        self, url: str, texts: list[str], *, concurrency: int, rate: float | None = None
     ) -> tuple[list[tuple[str, float, int | str]], float]:
-        gate = asyncio.Semaphore(concurrency)
+        """Send every text to `url`: the results in order, and the seconds they took.
 
-        async def limited(text: str) -> tuple[str, float, int | str]:
-            async with gate:
-                return await self.one(url, text)
-
+        Closed loop (no rate): `concurrency` senders, each sending its next request as soon as
+        it has read its ack, so that that many are always in flight (the target is saturated
+        and its latency is bound by its requests a second). Open loop (`rate`): requests leave
+        at Poisson arrivals, `rate` a second on average, whatever the acks do, as a workspace's
+        users type; each latency runs from when its request was due, so that a stalled target
+        is not measured only by the requests it let through."""
+        results: list[tuple[str, float, int | str]] = [("", 0.0, "unsent")] * len(texts)
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(limited(t) for t in texts))
+        if rate is None:
+            todo = iter(enumerate(texts))
+
+            async def sender() -> None:
+                for i, text in todo:
+                    results[i] = await self.one(url, text)
+
+            await asyncio.gather(*(sender() for _ in range(concurrency)))
+        else:
+            arrivals = random.Random(16)
+            due, sent = t0, []
+            for i, text in enumerate(texts):
+                due += arrivals.expovariate(rate)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                sent.append(asyncio.ensure_future(self._at(results, i, url, text, due)))
+            await asyncio.gather(*sent)
         return results, time.perf_counter() - t0
+
+    async def _at(
+        self, results: list[tuple[str, float, int | str]], i: int, url: str, text: str, due: float
+    ) -> None:
+        results[i] = await self.one(url, text, due)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -350,28 +385,33 @@ def ms(seconds: float) -> str:
 def summary(
     name: str,
     results: list[tuple[str, float, int | str]],
+    sent: int,
     wall: float,
     cpu: tuple[float, float],
     client: float,
 ) -> dict[str, float]:
+    """Latencies of the counted requests; requests a second and CPU over all that were sent."""
     lat = [r[1] for r in results]
     errors = [r for r in results if r[2] != 200]
     p50, p99 = pct(lat, 50), pct(lat, 99)
     print(
         f"{name:<10} n={len(results):<4} p50 {ms(p50)}  p99 {ms(p99)}  max {ms(max(lat))}"
-        f"  {len(results) / wall:7.1f} req/s  errors {len(errors)}"
-        f"  target CPU {cpu[0] * 1000 / len(results):.2f} ms/req"
-        f" (event loop thread {cpu[1] * 1000 / len(results):.2f})"
+        f"  {sent / wall:7.1f} req/s  errors {len(errors)}"
+        f"  target CPU {cpu[0] * 1000 / sent:.2f} ms/req"
+        f" (event loop thread {cpu[1] * 1000 / sent:.2f})"
         f"  (load generator CPU {100 * client / wall:.0f}%)"
     )
     if errors:
         print(f"           non-200: {dict(Counter(str(r[2]) for r in errors))}")
-    return {"p50": p50, "p99": p99, "errors": len(errors), "cpu": cpu[0] * 1000 / len(results)}
+    return {"p50": p50, "p99": p99, "errors": len(errors), "cpu": cpu[0] * 1000 / sent}
 
 
 async def bench(args: argparse.Namespace) -> None:
     ctx = mp.get_context("spawn")
-    needed = 2 * (args.requests + WARMUP) + 10
+    # The first requests of each measured run are sent but not counted (`lead`): in a closed
+    # loop the first wave leaves together and queues behind itself, as no later wave does.
+    lead = max(50, round(args.rate)) if args.rate else 2 * args.concurrency
+    needed = 2 * (args.requests + WARMUP + lead) + 10
     fake_conn, fake_child = ctx.Pipe()
     fake = ctx.Process(target=fake_main, args=(fake_child, needed), daemon=True)
     fake.start()
@@ -394,7 +434,9 @@ async def bench(args: argparse.Namespace) -> None:
             conn.send(what)
             return await loop.run_in_executor(None, conn.recv)
 
-        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        # A pool per target (kept alive across the other's run): limit= would be shared.
+        in_flight = OPEN_LOOP_IN_FLIGHT if args.rate else args.concurrency
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=in_flight)
         async with aiohttp.ClientSession(connector=connector) as http:
             load = Load(http, urls)
             bot_url, bare_url = targets["bot"][2], targets["bare"][2]
@@ -414,17 +456,24 @@ async def bench(args: argparse.Namespace) -> None:
             commands = tuple(args.commands) or COMMANDS
             mix = [commands[i % len(commands)] for i in range(args.requests)]
             warm = [commands[i % len(commands)] for i in range(WARMUP)]
-            await load.run(bot_url, warm, min(WARMUP, args.concurrency))
-            await load.run(bare_url, ["help"] * WARMUP, min(WARMUP, args.concurrency))
+            await load.run(bot_url, warm, concurrency=min(WARMUP, args.concurrency))
+            await load.run(bare_url, ["help"] * WARMUP, concurrency=min(WARMUP, args.concurrency))
             await settle()
             in_ack0, owed0 = load.in_ack[bot_url], load.owed[bot_url]
 
+            shape = (
+                f"Poisson arrivals at {args.rate:g} a second (open loop)"
+                if args.rate
+                else f"{args.concurrency} in flight (closed loop)"
+            )
             print(
                 f"slash-command ack latency: {args.requests} signed POSTs to /slack/events,"
-                f" {args.concurrency} in flight, after {WARMUP} warm-up requests per target"
+                f" {shape}, after {WARMUP} warm-up requests per target and {lead} more sent"
+                " first in the same run, not counted"
             )
             figures: dict[str, dict[str, float]] = {}
             for kind, texts in (("bot", mix), ("bare Bolt", ["help"] * args.requests)):
+                texts = [texts[i % len(texts)] for i in range(lead)] + texts
                 proc, conn, url = targets["bot" if kind == "bot" else "bare"]
                 if kind == "bot":
                     skipped0, _ = await ask(conn, "periodic")
@@ -432,7 +481,10 @@ async def bench(args: argparse.Namespace) -> None:
                     await ask(conn, "profile-on")
                 cpu0 = await ask(conn, "cpu")
                 client0 = time.process_time()
-                results, wall = await load.run(url, texts, args.concurrency)
+                sent, wall = await load.run(
+                    url, texts, concurrency=args.concurrency, rate=args.rate
+                )
+                results = sent[lead:]
                 client = time.process_time() - client0
                 if kind == "bot":
                     drain0 = time.perf_counter()
@@ -446,7 +498,7 @@ async def bench(args: argparse.Namespace) -> None:
                         calls = await ask(conn, "calls")
                     skipped, follow_ups = await ask(conn, "periodic")
                     stalls = await ask(conn, "stalls")
-                figures[kind] = summary(kind, results, wall, cpu, client)
+                figures[kind] = summary(kind, results, len(sent), wall, cpu, client)
                 if kind == "bot":
                     by_text: dict[str, list[float]] = defaultdict(list)
                     for text, lat, _ in results:
@@ -458,9 +510,9 @@ async def bench(args: argparse.Namespace) -> None:
                         )
             if args.calls:
                 print(
-                    f"Python calls on the bot's event loop: {calls / args.requests:.0f} per"
-                    " command (the work after the ack included; with --calls the latencies"
-                    " above mean nothing)"
+                    "Python calls on the bot's event loop:"
+                    f" {calls / (args.requests + lead):.0f} per command (the work after the ack"
+                    " included; with --calls the latencies above mean nothing)"
                 )
             bot, bare = figures["bot"], figures["bare Bolt"]
             print(
@@ -507,6 +559,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        metavar="PER_SECOND",
+        help="open loop: send at Poisson arrivals of this rate, whatever the acks do"
+        " (default: closed loop, --concurrency in flight)",
+    )
     parser.add_argument(
         "--command",
         dest="commands",

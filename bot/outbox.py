@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import heapq
 import itertools
@@ -29,6 +30,7 @@ from services.store import SqlStore
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+Landed = Callable[[], Awaitable[dict[str, Any] | None]]  # a lost post, if Slack has it
 
 METADATA_TYPE = "batchai_delivery"  # message metadata that names what a message delivered
 MAX_LOOKUP_PAGES = 25  # of 200 messages: how far back a crash recovery looks
@@ -148,7 +150,11 @@ class SlackOutbox:
       budget; then TransientError, and the relay tries again later;
     - records: every message is stored with its idempotency keys and the channel Slack put it
       in (a post to a user id lands in the DM, D…), and a key already recorded is never sent
-      again — a restart repeats nothing that went out."""
+      again — a restart repeats nothing that went out;
+    - lost answers: a keyed post whose answer never came (a timeout, a dropped connection, a
+      5xx: Slack may have taken it) is looked up in Slack by its metadata tag before it is
+      sent again, in the same call or a later one; one that Slack took but whose record could
+      not be stored is recorded on its next try instead of being sent again."""
 
     def __init__(
         self,
@@ -177,6 +183,10 @@ class SlackOutbox:
         self._editor: asyncio.Task[None] | None = None
         self._max_attempts = max_attempts
         self._dms: dict[str, str] = {}  # user id -> the bot's DM with them (D…)
+        # Tags of keyed posts whose answer was lost (Slack may have them), and posts Slack took
+        # whose record failed: both are settled before the key is sent again.
+        self._uncertain: set[str] = set()
+        self._unrecorded: dict[str, MessageRef] = {}
         self.stats = {"calls": 0, "ratelimited": 0, "retries": 0, "coalesced_edits": 0, "fenced": 0}
         # Asked before every Web API call when set (a replica on PostgreSQL: the leader lease):
         # a leader that lost its lease mid-round sends nothing more, its events stay pending.
@@ -196,30 +206,76 @@ class SlackOutbox:
     ) -> MessageRef:
         if keys and (sent := await self._store.get_delivery(keys)) is not None:
             return MessageRef(*sent)
+        tag = _tag(keys[0]) if keys else None
+        if tag is not None and (taken := self._unrecorded.get(tag)) is not None:
+            await self._record(keys, taken)
+            return taken
         if thread:  # a thread is in a conversation; only a top-level post may name a user
             channel = await self._conversation_of(channel)
-        tag = _tag(keys[0]) if keys else None
-        if keys and tag is not None:
+        landed = None
+        if tag is not None:
+            landed = functools.partial(self._landed, channel, thread, tag)
+            if tag in self._uncertain and (found := await landed()) is not None:
+                await self._record(keys, MessageRef(found["channel"], found["ts"]))
+                return MessageRef(found["channel"], found["ts"])
             await self._store.add_intent(keys, channel, f"{thread or ''}#{tag}", self._now())
+            self._uncertain.add(tag)  # until Slack answers, it may or may not have it
         lane = self._lane(channel)
-        response = await self._call(
-            lane,
-            1 if low_priority else 0,
-            self._client.chat_postMessage,
-            channel=channel,
-            text=message.text[:3000],
-            blocks=message.blocks,
-            thread_ts=thread,
-            reply_broadcast=broadcast if thread else None,
-            unfurl_links=False,
-            unfurl_media=False,
-            metadata={"event_type": METADATA_TYPE, "event_payload": {"key": tag}} if tag else None,
-        )
+        try:
+            response = await self._call(
+                lane,
+                1 if low_priority else 0,
+                self._client.chat_postMessage,
+                landed=landed,
+                channel=channel,
+                text=message.text[:3000],
+                blocks=message.blocks,
+                thread_ts=thread,
+                reply_broadcast=broadcast if thread else None,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata=(
+                    {"event_type": METADATA_TYPE, "event_payload": {"key": tag}} if tag else None
+                ),
+            )
+        except SlackApiError:
+            self._uncertain.discard(tag or "")  # refused for good: Slack does not have it
+            raise
+        self._uncertain.discard(tag or "")
         # Slack's channel, not ours: later edits, replies and uploads must name the DM (D…).
         sent_ref = MessageRef(str(response.get("channel") or channel), str(response["ts"]))
         if keys:
-            await self._store.record_delivery(keys, sent_ref.channel, sent_ref.ts, self._now())
+            await self._record(keys, sent_ref)
         return sent_ref
+
+    async def _record(self, keys: Sequence[str], ref: MessageRef) -> None:
+        """Store what Slack took; if that fails, keep it here so that the next try of these
+        keys records it instead of sending it again (after a restart, `recover` finds it)."""
+        tag = _tag(keys[0])
+        try:
+            await self._store.record_delivery(keys, ref.channel, ref.ts, self._now())
+        except BaseException:
+            self._unrecorded[tag] = ref
+            raise
+        self._unrecorded.pop(tag, None)
+
+    async def _landed(self, channel: str, thread: str | None, tag: str) -> dict[str, Any] | None:
+        """The post tagged `tag`, if Slack has it (an earlier try's answer was lost). When
+        Slack cannot say, TransientError: the post waits rather than risk a second copy;
+        without the history scopes it is sent again (and may show twice)."""
+        try:
+            where = await self._conversation_of(channel)
+            tags = await self._tagged_messages(where, thread, want=tag)
+        except SlackApiError as err:
+            status, error = err.response.status_code, str(err.response.get("error", ""))
+            if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:
+                raise TransientError("cannot tell yet whether Slack took a message") from err
+            log.warning("cannot look for a message Slack may have taken (%s): sending it", error)
+            return None
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise TransientError("cannot tell yet whether Slack took a message") from err
+        ts = tags.get(tag)
+        return None if ts is None else {"channel": where, "ts": ts}
 
     @contextlib.asynccontextmanager
     async def turn(self, channel: str, *, low_priority: bool = False) -> AsyncIterator[None]:
@@ -329,8 +385,11 @@ class SlackOutbox:
             self._dms[channel] = dm
         return dm
 
-    async def _tagged_messages(self, channel: str, thread: str | None) -> dict[str, str]:
-        """tag -> ts of the bot's recent messages in a thread (all of it) or a channel."""
+    async def _tagged_messages(
+        self, channel: str, thread: str | None, *, want: str | None = None
+    ) -> dict[str, str]:
+        """tag -> ts of the bot's recent messages in a thread (all of it) or a channel, newest
+        first; with `want`, up to the page that has that tag."""
         tags: dict[str, str] = {}
         cursor = None
         for _ in range(MAX_LOOKUP_PAGES):
@@ -347,7 +406,7 @@ class SlackOutbox:
                 if meta.get("event_type") == METADATA_TYPE and tag:
                     tags[str(tag)] = str(message["ts"])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
+            if not cursor or (want is not None and want in tags):
                 break
         return tags
 
@@ -363,6 +422,9 @@ class SlackOutbox:
     ) -> None:
         if keys and await self._store.get_delivery(keys) is not None:
             return
+        if keys and (taken := self._unrecorded.get(_tag(keys[0]))) is not None:
+            await self._record(keys, taken)
+            return
         channel = await self._conversation_of(channel)
         response = await self._call(
             self._lane(channel),
@@ -376,7 +438,7 @@ class SlackOutbox:
         )
         file_id = str((response.get("file") or {}).get("id", "file"))
         if keys:
-            await self._store.record_delivery(keys, channel, file_id, self._now())
+            await self._record(keys, MessageRef(channel, file_id))
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -392,18 +454,30 @@ class SlackOutbox:
         lane: _Pace,
         priority: int,
         method: Callable[..., Awaitable[AsyncSlackResponse]],
+        *,
+        landed: Landed | None = None,
         **kwargs: Any,
-    ) -> AsyncSlackResponse:
+    ) -> AsyncSlackResponse | dict[str, Any]:
         async with lane.slot(priority):
-            return await self._send(lane, method, **kwargs)
+            return await self._send(lane, method, landed=landed, **kwargs)
 
     async def _send(
-        self, lane: _Pace, method: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
-    ) -> AsyncSlackResponse:
-        """One Web API call with the retry budget; the caller holds the lane."""
+        self,
+        lane: _Pace,
+        method: Callable[..., Awaitable[AsyncSlackResponse]],
+        *,
+        landed: Landed | None = None,
+        **kwargs: Any,
+    ) -> AsyncSlackResponse | dict[str, Any]:
+        """One Web API call with the retry budget; the caller holds the lane. After a try
+        whose answer was lost (Slack may have done it), `landed` is asked before the next:
+        what it finds is the answer."""
         args = {k: v for k, v in kwargs.items() if v is not None}
         name = _api_name(method)
+        lost = False
         for attempt in range(1, self._max_attempts + 1):
+            if lost and landed is not None and (found := await landed()) is not None:
+                return found
             if self.fence is not None and not await self.fence():
                 self.stats["fenced"] += 1
                 raise TransientError("this replica no longer leads: the new leader sends it")
@@ -421,6 +495,7 @@ class SlackOutbox:
                 elif status >= 500 or error in TRANSIENT_ERRORS:
                     self._metrics.slack_call(name, "server_error")
                     delay = _backoff(attempt)
+                    lost = True
                 else:
                     self._metrics.slack_call(name, "error")
                     raise  # permanent (not_in_channel, invalid_blocks…): the relay logs it
@@ -428,6 +503,8 @@ class SlackOutbox:
                 self._metrics.slack_call(name, "network")
                 log.info("slack call failed (%s), attempt %d", type(err).__name__, attempt)
                 delay = _backoff(attempt)
+                # Refused at connect: Slack never saw it. Any later failure: it may have.
+                lost = lost or not isinstance(err, aiohttp.ClientConnectorError)
             else:
                 self._metrics.slack_call(name, "ok")
                 return response

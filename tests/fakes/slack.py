@@ -398,6 +398,7 @@ class _Fault:
     retry_after: int
     delay: float
     error: str | None
+    landed: bool = False  # the call takes effect first; only its answer fails
 
 
 class SlackError(Exception):
@@ -786,6 +787,7 @@ class FakeSlack:
         retry_after: int = 1,
         delay: float = 0.0,
         error: str | None = None,
+        landed: bool = False,
     ) -> None:
         """Make the next `count` calls of `method` fail.
 
@@ -794,9 +796,11 @@ class FakeSlack:
         `{"ok": false, "error": error or "fatal_error"}`; status 200 with `error` → a Slack API
         error; status 200 without `error` → only the `delay`, then the normal answer. `delay`
         (real seconds, cut short by close()) is waited before answering, to provoke timeouts.
+        With `landed` the call first does what it asks (the message is posted) and only its
+        answer is the fault's: Slack took the post, the caller never learnt it did.
         """
         for _ in range(count):
-            self._faults[method].append(_Fault(status, retry_after, delay, error))
+            self._faults[method].append(_Fault(status, retry_after, delay, error, landed))
 
     # ---- inspection ---------------------------------------------------------------------------
 
@@ -1013,11 +1017,21 @@ class FakeSlack:
                 return 200, {"ok": False, "error": "invalid_auth"}, headers
             headers["x-oauth-scopes"] = ",".join(self.scopes)
 
+        queue = self._faults.get(method)
+        if queue and queue[0].landed:
+            answer = await self._answer(method, args, headers)
+            failed = await self._fault(method)
+            return answer if failed is None else (failed[0], failed[1], {**headers, **failed[2]})
         failed = await self._fault(method)
         if failed is not None:
             status, body, extra = failed
             return status, body, {**headers, **extra}
+        return await self._answer(method, args, headers)
 
+    async def _answer(
+        self, method: str, args: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A call past the faults: the rate limits, the scopes, the method's own answer."""
         if self.rate_limits:
             wait = self._rate_limit_wait(method, args)
             if wait > 0:

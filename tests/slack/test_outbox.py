@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,96 @@ async def test_a_merged_edit_learns_that_the_sent_one_failed(store: SqlStore) ->
         results = await asyncio.gather(blocker, waiting, merged, return_exceptions=True)
         assert isinstance(results[1], Exception) and isinstance(results[2], Exception)
         assert fake.message(CHANNEL, ts).text == "v0"  # nothing pretended to succeed
+
+
+# -- answers that never came: Slack may have the post ------------------------------------------
+
+
+async def test_a_post_slack_took_before_answering_500_is_found_not_sent_again(
+    store: SqlStore,
+) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        fake.fail_next("chat.postMessage", status=500, landed=True)
+        ref = await outbox.post(CHANNEL, message("receipt"), keys=["event-1"])
+        posted = fake.messages_in(CHANNEL)
+        assert [m.text for m in posted] == ["receipt"]  # the retry found it: no second copy
+        assert ref.ts == posted[0].ts
+        assert await store.get_delivery(["event-1"]) == (CHANNEL, posted[0].ts)
+        assert len(fake.calls_to("chat.postMessage")) == 1
+
+
+async def test_a_timed_out_post_that_landed_in_a_thread_is_found_there(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(
+            fake.client(timeout=0.3, retry_handlers=[]), store, now=utcnow, post_interval=0.0
+        )
+        card = await outbox.post(CHANNEL, message("card"), keys=["card"])
+        # Slack posts the reply at once, then answers after 2 s: the client gave up at 0.3 s
+        fake.fail_next("chat.postMessage", status=200, delay=2.0, landed=True)
+        ref = await outbox.post(CHANNEL, message("epoch 1"), thread=card.ts, keys=["log-1"])
+        replies = fake.replies(CHANNEL, card.ts)
+        assert [m.text for m in replies] == ["epoch 1"]
+        assert ref.ts == replies[0].ts
+        assert fake.calls_to("conversations.replies")  # looked for in its thread
+
+
+async def test_when_slack_cannot_say_whether_it_took_a_post_the_post_waits(
+    store: SqlStore,
+) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0, max_attempts=2)
+        fake.fail_next("chat.postMessage", status=503, landed=True)
+        fake.fail_next("conversations.history", status=500)
+        with pytest.raises(TransientError):  # the relay defers it and tries again later
+            await outbox.post(CHANNEL, message("receipt"), keys=["event-2"])
+        assert len(fake.messages_in(CHANNEL)) == 1
+        ref = await outbox.post(CHANNEL, message("receipt"), keys=["event-2"])  # the next try
+        posted = fake.messages_in(CHANNEL)
+        assert [m.text for m in posted] == ["receipt"]
+        assert ref.ts == posted[0].ts
+        assert await store.recorded_keys(["event-2"]) == {"event-2"}
+
+
+async def test_a_lost_post_that_slack_does_not_have_is_sent(store: SqlStore) -> None:
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        fake.fail_next("chat.postMessage", status=502)  # refused before anything was posted
+        await outbox.post(CHANNEL, message("receipt"), keys=["event-3"])
+        assert [m.text for m in fake.messages_in(CHANNEL)] == ["receipt"]
+        assert len(fake.calls_to("conversations.history")) == 1
+        assert len(fake.calls_to("chat.postMessage")) == 2
+
+
+async def test_a_post_whose_record_was_cut_short_is_recorded_on_its_next_try(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'cut.db'}")  # its lock held below
+    await store.migrate()
+    async with FakeSlack(rate_limits=False) as fake:
+        outbox = SlackOutbox(fake.client(), store, now=utcnow, post_interval=0.0)
+        # Slack takes the post and answers half a second later; meanwhile another writer
+        # holds the database, so the record waits, and the delivery is cancelled there
+        # (a shutdown, a lost lease): Slack has the post, the store does not know it.
+        fake.fail_next("chat.postMessage", status=200, delay=0.5, landed=True)
+        sending = asyncio.create_task(outbox.post(CHANNEL, message("receipt"), keys=["event-4"]))
+        await fake.wait_for(lambda: len(fake.messages_in(CHANNEL)) == 1)
+        db = sqlite3.connect(tmp_path / "cut.db", isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            await fake.wait_for(lambda: fake.faults_served["chat.postMessage"] == 1)
+            await asyncio.sleep(0.8)  # the answer came: the record waits for the lock
+            assert not sending.done()
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert await store.recorded_keys(["event-4"]) == set()
+        ref = await outbox.post(CHANNEL, message("receipt"), keys=["event-4"])
+        posted = fake.messages_in(CHANNEL)
+        assert [m.text for m in posted] == ["receipt"]
+        assert ref.ts == posted[0].ts
+        assert await store.recorded_keys(["event-4"]) == {"event-4"}
+    await store.aclose()
