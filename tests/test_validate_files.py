@@ -118,6 +118,12 @@ def cluster_2017() -> dict[str, Any]:
             },
             "userAccountSettings": {"adminUserName": "DemoUser", "adminUserPassword": "Pa$$w0rd"},
             "nodeSetup": {
+                # the 2017 examples' setup task: runElevated true is what every one does now
+                "setupTask": {
+                    "commandLine": "echo ready",
+                    "runElevated": True,
+                    "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/azfiles",
+                },
                 "mountVolumes": {
                     "azureFileShares": [
                         {
@@ -282,6 +288,13 @@ BAD_CLUSTERS = [
         "nodeSetup.setupTask.secrets",
         [{"name": "K", "valueSecretReference": {"sourceVault": {"id": "/v"}, "secretUrl": "u"}}],
         "properties.nodeSetup.setupTask.secrets[0] (K): a Key Vault reference is not resolved",
+    ),
+    (
+        "nodeSetup.setupTask.runElevated",
+        False,
+        "properties.nodeSetup.setupTask.runElevated: false is not supported: a setup task runs"
+        " as root (Batch AI 2018-03-01 and later); drop the key, or run the user's part with"
+        " sudo -u <user>",
     ),
     (
         "subnet",

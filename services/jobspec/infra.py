@@ -73,6 +73,19 @@ class SetupTask(SpecModel):
     environment_variables: tuple[EnvironmentVariable, ...] = ()
     secrets: tuple[SecretVariable, ...] = ()
     std_out_err_path_suffix: Str | None = None  # read-only; tolerated in pasted `show` output
+    # 2017-09-01-preview: `true` (its examples' value) is what every setup task does since
+    # 2018-03-01, run as root; `false` asked for the admin user, which no later API offers.
+    run_elevated: bool | None = None
+
+    @field_validator("run_elevated")
+    @classmethod
+    def _as_root(cls, value: bool | None) -> bool | None:
+        if value is False:
+            raise ValueError(
+                "false is not supported: a setup task runs as root (Batch AI 2018-03-01 and"
+                " later); drop the key, or run the user's part with sudo -u <user>"
+            )
+        return value
 
 
 class AppInsightsReference(SpecModel):
