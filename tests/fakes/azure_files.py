@@ -1,32 +1,57 @@
-"""A fake Azure Files REST server on 127.0.0.1 (port 0), backed by a real directory.
+"""A fake Azure Files REST server on 127.0.0.1 (port 0), backed by a real directory; it also
+serves the account's Blob service on the same port.
 
 Share `<name>` of the account is the directory `<root>/<name>`; processes that write there (the
 fake ARM server's simulated nodes, through a symlink) are seen at once by the REST clients, as
-an SMB mount is on Azure. URLs are IP-style, the account in the path like Azurite's:
-`http://127.0.0.1:PORT/<account>/<share>/<path>`. azure-storage-file-share takes the account
-name from the path for hosts starting with `127.0.0.1` or `localhost` (`_shared/base_client.py`),
-and signs `/<account>` + the URL path, so the canonicalized resource is `/<account>/<account>/...`.
+an SMB mount is on Azure. Blob container `<name>` is the directory `<root>/.blobs/<name>`
+(`container_dir`; share names cannot start with "."), and blob `a/b/c.txt` is the file
+`<root>/.blobs/<name>/a/b/c.txt`: directories are only name prefixes, as in Blob storage, so an
+empty directory lists nothing. A name in `containers` wins over a share of the same name for
+requests without `restype`. URLs are IP-style, the account in the path like Azurite's:
+`http://127.0.0.1:PORT/<account>/<share or container>/<path>`. azure-storage-file-share and
+azure-storage-blob take the account name from the path for hosts starting with `127.0.0.1` or
+`localhost` (`_shared/base_client.py`), and sign `/<account>` + the URL path, so the
+canonicalized resource is `/<account>/<account>/...`.
 
-Authentication is checked as the service does it (FileREST "Authorize with Shared Key" and
+Authentication is checked as the service does it (FileREST and Blob "Authorize with Shared Key",
 "Create a service SAS"): the SharedKey StringToSign is rebuilt from the request (verb, the
 standard headers, the sorted `x-ms-*` headers, the canonicalized resource with its decoded,
 sorted query) and HMAC-SHA256'd with the account key; a service SAS is accepted for GET/HEAD of
-exactly the file it names (`sr=f`, `sp` with `r`, `st`/`se`, `spr`, the signature over the
-13-field string). Anything else is 403 AuthenticationFailed (AuthorizationProtocolMismatch for
-an https-only SAS over http), without a body for HEAD, as the service answers.
+exactly the file or blob it names (`sr=f` over `/file/<account>/<share>/<path>` in the 13-field
+string; `sr=b` over `/blob/<account>/<container>/<blob>` in the 16-field string of `sv`
+2020-12-06 on, the shorter ones of older `sv`; `sp` with `r`, `st`/`se`, `spr`). Anything else
+is 403 AuthenticationFailed (AuthorizationProtocolMismatch for an https-only SAS over http),
+without a body for HEAD, as the service answers.
 
-Operations: share create/properties; blob container create/properties (`restype=container`,
-names only: the container holds nothing here); directory create/properties/delete/list (XML
-EnumerationResults, `prefix`, `marker`/`maxresults` paging, `include=Timestamps`); file
-create (`x-ms-content-length`), put range (`x-ms-write: update|clear`), properties (HEAD), get
-(full, or `x-ms-range`/`Range` -> 206 + Content-Range; an offset at or past the end -> 416
-InvalidRange with `Content-Range: bytes */<size>`, as Blob storage answers), delete.
+Operations (names as counted in `ops`): Files: share create/properties (CreateShare,
+GetShareProperties); directory create/properties/delete/list (CreateDirectory,
+GetDirectoryProperties, DeleteDirectory, ListDirectoriesAndFiles: XML EnumerationResults,
+`prefix`, `marker`/`maxresults` paging, `include=Timestamps`); file create (CreateFile,
+`x-ms-content-length`), put range (PutRange, `x-ms-write: update|clear`), properties
+(GetFileProperties, HEAD), get (GetFile: full, or `x-ms-range`/`Range` -> 206 + Content-Range;
+an offset at or past the end -> 416 InvalidRange with `Content-Range: bytes */<size>`, as Blob
+storage answers), delete (DeleteFile).
+Blob: container create/properties (CreateContainer, GetContainerProperties, `restype=container`);
+List Blobs (ListBlobs, `restype=container&comp=list`: XML EnumerationResults as
+`list_blob_flat_segment` / `list_blob_hierarchy_segment` parse it, `prefix`, `delimiter` ->
+BlobPrefix entries, `marker`/`maxresults` paging with NextMarker, `include` checked and tolerated,
+`metadata` giving an empty Metadata); Get Blob Properties (GetBlobProperties, HEAD; missing ->
+404 BlobNotFound); Get Blob (GetBlob, whole or ranged as GetFile; an empty blob asked for a range
+-> 416 InvalidRange with `Content-Range: bytes */0`, as the service answers and download_blob
+expects); Put Blob (PutBlob: BlockBlob in one shot, up to MAX_PUT_BLOB bytes, written whole or
+not at all, `If-None-Match: *` / `If-Match` honoured); Delete Blob (DeleteBlob). Blobs are
+BlockBlobs of type application/octet-stream: content settings and metadata sent on upload are not
+kept; Put Block, snapshots, versions and leases are not served. A blob name with an empty, `.` or
+`..` segment, a backslash or a NUL is 400 InvalidResourceName, so no name leaves its container;
+a Put Blob where a name is both a blob and a prefix (`a` beside `a/b`), which a directory cannot
+hold, is 409 ResourceTypeMismatch.
 
-Testing aids: `ops` (requests per REST operation), `bytes_served` (file bytes sent),
+Testing aids: `ops` (requests per REST operation), `bytes_served` (file and blob bytes sent),
 `bytes_written`, `requests` (a log, never the signature), `fail_next` / `delay_next` faults,
-`delay_path` (one slow file), `latency` (every request's round trip), `in_flight` /
+`delay_path` (one slow file or blob), `latency` (every request's round trip), `in_flight` /
 `max_in_flight` (requests being handled at once),
-`share_dir` (the backing directory), a settable `clock` for SAS expiry, `replace_after_write`
+`share_dir` / `create_share` and `container_dir` / `create_container` (the backing directories),
+a settable `clock` for SAS expiry, `replace_after_write`
 (the next write of a file is followed at once by other content, as when someone else with
 write access to the share replaces it right after the bot wrote it).
 """
@@ -39,7 +64,9 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import stat as stat_mod
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -47,7 +74,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -56,6 +83,32 @@ ACCOUNT = "devacct"
 # A made-up account key (base64 of 64 bytes), the shape Azure hands out.
 KEY = base64.b64encode(hashlib.sha512(b"batchai-bot fake azure files").digest()).decode()
 MAX_PUT_RANGE = 4 * 1024 * 1024
+# azure-storage-blob's max_single_put_size: the SDK sends no bigger Put Blob (larger uploads go
+# as Put Block + Put Block List, which this fake does not serve).
+MAX_PUT_BLOB = 64 * 1024 * 1024
+MAX_BLOB_NAME = 1024  # characters, the service's limit
+BLOB_ROOT = ".blobs"  # under `root`: the containers' directories (share names cannot start ".")
+BLOB_OPS = frozenset({"GetBlob", "GetBlobProperties", "PutBlob", "DeleteBlob"})
+CONTAINER_OPS = frozenset({"CreateContainer", "GetContainerProperties", "ListBlobs"})
+_CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_LIST_INCLUDES = frozenset(
+    {
+        "copy",
+        "deleted",
+        "deletedwithversions",
+        "immutabilitypolicy",
+        "legalhold",
+        "metadata",
+        "permissions",
+        "snapshots",
+        "tags",
+        "uncommittedblobs",
+        "versions",
+    }
+)
+# Characters XML 1.0 cannot carry (or that parsers rewrite): the service percent-encodes such a
+# name and marks it `Encoded="true"`.
+_XML_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 SERVICE_VERSION = "2026-10-06"
 _STANDARD_HEADERS = (
     "Content-Encoding",
@@ -90,6 +143,11 @@ _MESSAGES = {
     "ShareAlreadyExists": "The specified share already exists.",
     "ContainerAlreadyExists": "The specified container already exists.",
     "ContainerNotFound": "The specified container does not exist.",
+    "BlobNotFound": "The specified blob does not exist.",
+    "BlobAlreadyExists": "The specified blob already exists.",
+    "ConditionNotMet": "The condition specified using HTTP conditional header(s) is not met.",
+    "MissingContentLengthHeader": "Content-Length HTTP header is missing.",
+    "MissingRequiredHeader": "An HTTP header that's mandatory for this request is not specified.",
     "ResourceAlreadyExists": "The specified resource already exists.",
     "ResourceTypeMismatch": "The specified resource type does not match the type of the "
     "existing resource.",
@@ -112,9 +170,9 @@ _FAULT_CODES = {500: "InternalError", 503: "ServerBusy", 429: "TooManyRequests"}
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str
-    op: str  # the REST operation, e.g. "GetFile", "GetFileProperties", "ListDirectoriesAndFiles"
-    share: str
-    path: str  # inside the share, decoded
+    op: str  # the REST operation, e.g. "GetFile", "ListDirectoriesAndFiles", "GetBlob"
+    share: str  # or the blob container
+    path: str  # inside the share, decoded (or the blob's name)
     status: int
     auth: str  # "SharedKey", "SAS" or "none"
     range: str | None = None
@@ -220,7 +278,9 @@ class FakeAzureFiles:
         self.in_flight = 0  # requests being handled now
         self.max_in_flight = 0  # the most at once since the last reset_counters
         self._replacements: dict[Path, bytes] = {}
-        self.containers: set[str] = set()  # blob containers of the account (no blobs in them)
+        # The account's blob containers; a name added here directly is an empty container whose
+        # directory (`container_dir`) is made on first need.
+        self.containers: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closing = asyncio.Event()
@@ -269,6 +329,20 @@ class FakeAzureFiles:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def container_dir(self, container: str) -> Path:
+        """The directory that backs blob container `container` (it may not exist yet): blob
+        `a/b.txt` is the file `<container_dir>/a/b.txt`."""
+        if not _CONTAINER_NAME.fullmatch(container):
+            raise ValueError(f"not a container name: {container!r}")
+        return self.root / BLOB_ROOT / container
+
+    def create_container(self, container: str) -> Path:
+        """Adds `container` to `containers` and returns its directory, created."""
+        path = self.container_dir(container)
+        path.mkdir(parents=True, exist_ok=True)
+        self.containers.add(container)
+        return path
+
     def fail_next(self, n: int = 1, *, status: int = 500, retry_after: float | None = None) -> None:
         """The next `n` requests get `status` (with Retry-After when given) and do nothing."""
         after = None if retry_after is None else f"{retry_after:g}"
@@ -306,9 +380,12 @@ class FakeAzureFiles:
         parts = [unquote(p) for p in raw_path.split("/")[1:]]
         account = parts[0] if parts else ""
         share = parts[1] if len(parts) > 1 else ""
-        rel = "/".join(p for p in parts[2:] if p)
         query = dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True))
-        op = self._operation(request.method, query, bool(share))
+        blob = share in self.containers and "restype" not in query
+        # A blob's name is the rest of the path as sent (an empty segment is part of it, and
+        # refused); a file's path skips empty segments.
+        rel = "/".join(parts[2:]) if blob else "/".join(p for p in parts[2:] if p)
+        op = self._operation(request.method, query, bool(share), blob=blob)
         auth = (
             "SAS"
             if "sig" in query
@@ -367,14 +444,31 @@ class FakeAzureFiles:
         return response
 
     @staticmethod
-    def _operation(method: str, query: Mapping[str, str], has_share: bool) -> str:
+    def _operation(
+        method: str, query: Mapping[str, str], has_share: bool, *, blob: bool = False
+    ) -> str:
         restype, comp = query.get("restype"), query.get("comp")
         if not has_share:
             return "Service"
         if restype == "share":
             return {"PUT": "CreateShare", "DELETE": "DeleteShare"}.get(method, "GetShareProperties")
-        if restype == "container":  # the Blob service on the same account (auto-storage)
-            return {"PUT": "CreateContainer"}.get(method, "GetContainerProperties")
+        if restype == "container":  # the Blob service on the same account
+            if comp == "list":
+                return "ListBlobs" if method == "GET" else "Unsupported"
+            if comp is not None:
+                return f"Unsupported:{comp}"
+            return {"PUT": "CreateContainer", "GET": "GetContainerProperties"}.get(
+                method, "GetContainerProperties" if method == "HEAD" else "Unsupported"
+            )
+        if blob:
+            if comp is not None:
+                return f"Unsupported:{comp}"
+            return {
+                "PUT": "PutBlob",
+                "DELETE": "DeleteBlob",
+                "HEAD": "GetBlobProperties",
+                "GET": "GetBlob",
+            }.get(method, "Unsupported")
         if restype == "directory":
             if comp == "list":
                 return "ListDirectoriesAndFiles"
@@ -401,6 +495,10 @@ class FakeAzureFiles:
         query: Mapping[str, str],
         overrides: Mapping[str, str],
     ) -> web.StreamResponse:
+        if op.startswith("Unsupported") and (
+            query.get("restype") == "container" or share in self.containers
+        ):
+            raise _Reject(400, "UnsupportedHttpVerb")
         if op == "CreateShare":
             return self._create_share(share)
         if op == "CreateContainer":
@@ -409,6 +507,10 @@ class FakeAzureFiles:
             if share not in self.containers:
                 raise _Reject(404, "ContainerNotFound")
             return web.Response(status=200, headers=self._common())
+        if op == "ListBlobs":
+            return self._list_blobs(request, share, query)
+        if op in BLOB_OPS:
+            return await self._blob_operation(request, op, share, rel, query, overrides)
         share_dir = self.share_dir(share)
         if not share or not share_dir.is_dir():
             raise _Reject(404, "ShareNotFound")
@@ -465,6 +567,8 @@ class FakeAzureFiles:
     ) -> Mapping[str, str]:
         """Checks the request's credential; returns the SAS response-header overrides."""
         if "sig" in query:
+            if op in BLOB_OPS or op in CONTAINER_OPS:
+                return self._check_blob_sas(request, account, share, rel, query, op)
             return self._check_sas(request, account, share, rel, query, op)
         header = request.headers.get("Authorization")
         if not header:
@@ -552,6 +656,52 @@ class FakeAzureFiles:
             raise _Reject(403, "AuthenticationFailed", "Signature did not match")
         return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
 
+    def _check_blob_sas(
+        self,
+        request: web.Request,
+        account: str,
+        container: str,
+        blob: str,
+        query: Mapping[str, str],
+        op: str,
+    ) -> Mapping[str, str]:
+        """A Blob service SAS (`sr=b`), its string-to-sign as azure-storage-blob's
+        `BlobSharedAccessSignature.generate_blob` builds it for the version it signs."""
+        if op not in ("GetBlob", "GetBlobProperties") or account != self.account:
+            raise _Reject(403, "AuthenticationFailed", "This SAS does not allow this operation")
+        version = query.get("sv", "")
+        if query.get("sr") != "b" or "r" not in query.get("sp", "") or version < "2015-04-05":
+            raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
+        now = self.clock()
+        try:
+            expiry = _parse_time(query["se"])
+            start = _parse_time(query["st"]) if query.get("st") else None
+        except (KeyError, ValueError) as err:
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time is missing") from err
+        if now >= expiry or (start is not None and now < start):
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time must be after now")
+        protocols = query.get("spr", "https,http").split(",")
+        if request.scheme not in protocols:
+            raise _Reject(403, "AuthorizationProtocolMismatch")
+        fields = [
+            query.get("sp", ""),
+            query.get("st", ""),
+            query.get("se", ""),
+            f"/blob/{account}/{container}/{blob}",
+            query.get("si", ""),
+            query.get("sip", ""),
+            query.get("spr", ""),
+            version,
+        ]
+        if version >= "2018-11-09":
+            fields += [query.get("sr", ""), query.get("snapshot", "")]
+        if version >= "2020-12-06":
+            fields.append(query.get("ses", ""))
+        fields += [query.get(k, "") for k in _SAS_OVERRIDES]
+        if not hmac.compare_digest(sign(self.key, "\n".join(fields)), query["sig"]):
+            raise _Reject(403, "AuthenticationFailed", "Signature did not match")
+        return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
+
     # ---- operations --------------------------------------------------------------------------
 
     def _common(self) -> dict[str, str]:
@@ -625,12 +775,15 @@ class FakeAzureFiles:
         )
 
     def _create_container(self, name: str) -> web.Response:
-        if not name or not name.replace("-", "").isalnum() or name.lower() != name:
+        if not _CONTAINER_NAME.fullmatch(name):
             raise _Reject(400, "InvalidResourceName")
         if name in self.containers:
             raise _Reject(409, "ContainerAlreadyExists")
-        self.containers.add(name)
-        return web.Response(status=201, headers=self._common())
+        st = self.create_container(name).stat()
+        return web.Response(
+            status=201,
+            headers={**self._common(), "ETag": _etag(st), "Last-Modified": _http_date(st.st_mtime)},
+        )
 
     def _create_directory(self, target: Path) -> web.Response:
         if not target.parent.is_dir():
@@ -714,15 +867,32 @@ class FakeAzureFiles:
     def _get_file(
         self, request: web.Request, target: Path, overrides: Mapping[str, str]
     ) -> web.Response:
+        return self._serve(
+            request,
+            target,
+            overrides,
+            lambda st: self._properties_headers(st, directory=False),
+            lambda: _not_found(target),
+        )
+
+    def _serve(
+        self,
+        request: web.Request,
+        target: Path,
+        overrides: Mapping[str, str],
+        properties: Callable[[os.stat_result], dict[str, str]],
+        missing: Callable[[], _Reject],
+    ) -> web.Response:
+        """Get File / Get Blob: the whole file, or the range asked for (206)."""
         try:
             fd = os.open(target, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
-            raise _not_found(target) from err
+            raise missing() from err
         try:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
-                raise _not_found(target)
-            headers = {**self._properties_headers(st, directory=False), "Accept-Ranges": "bytes"}
+                raise missing()
+            headers = {**properties(st), "Accept-Ranges": "bytes"}
             headers.update(overrides)
             size = st.st_size
             spec = request.headers.get("x-ms-range") or request.headers.get("Range")
@@ -811,3 +981,273 @@ class FakeAzureFiles:
         return web.Response(
             status=200, headers=self._common(), body=body.encode(), content_type="application/xml"
         )
+
+    # ---- blobs -------------------------------------------------------------------------------
+
+    def _container_base(self, container: str) -> Path:
+        try:
+            return self.container_dir(container)
+        except ValueError as err:  # a name put into `containers` by hand, not a valid one
+            raise _Reject(400, "InvalidResourceName") from err
+
+    def _blob_path(self, container: str, name: str) -> Path:
+        """The file behind blob `name`; a name that could leave the container is refused."""
+        parts = name.split("/")
+        if (
+            not name
+            or len(name) > MAX_BLOB_NAME
+            or any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts)
+        ):
+            raise _Reject(400, "InvalidResourceName")
+        base = self._container_base(container)
+        path = base.joinpath(*parts)
+        real, base_real = path.resolve(), base.resolve()
+        if base_real not in real.parents:
+            raise _Reject(404, "BlobNotFound")  # a link out of the container: not in it
+        return path
+
+    def _blob_headers(self, st: os.stat_result) -> dict[str, str]:
+        return {
+            **self._common(),
+            "ETag": _etag(st),
+            "Last-Modified": _http_date(st.st_mtime),
+            "Content-Type": "application/octet-stream",
+            "x-ms-blob-type": "BlockBlob",
+            "x-ms-creation-time": _http_date(min(st.st_ctime, st.st_mtime)),
+            "x-ms-lease-state": "available",
+            "x-ms-lease-status": "unlocked",
+            "x-ms-server-encrypted": "true",
+            "x-ms-access-tier": "Hot",
+            "x-ms-access-tier-inferred": "true",
+        }
+
+    async def _blob_operation(
+        self,
+        request: web.Request,
+        op: str,
+        container: str,
+        name: str,
+        query: Mapping[str, str],
+        overrides: Mapping[str, str],
+    ) -> web.Response:
+        target = self._blob_path(container, name)
+        if op == "PutBlob":
+            return await self._put_blob(request, target)
+        if "snapshot" in query or "versionid" in query:
+            raise _Reject(404, "BlobNotFound")  # this fake keeps no snapshots or versions
+        if op == "GetBlob":
+            return self._serve(
+                request, target, overrides, self._blob_headers, lambda: _Reject(404, "BlobNotFound")
+            )
+        if not target.is_file():
+            raise _Reject(404, "BlobNotFound")
+        if op == "GetBlobProperties":
+            st = target.stat()
+            headers = {**self._blob_headers(st), "Content-Length": str(st.st_size)}
+            headers.update(overrides)
+            return web.Response(status=200, headers=headers)
+        # DeleteBlob: the file goes, and the directories only it kept (they are prefixes only)
+        target.unlink()
+        base = self._container_base(container)
+        parent = target.parent
+        while parent != base:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return web.Response(status=202, headers=self._common())
+
+    async def _put_blob(self, request: web.Request, target: Path) -> web.Response:
+        blob_type = request.headers.get("x-ms-blob-type")
+        if blob_type is None:
+            raise _Reject(400, "MissingRequiredHeader")
+        if blob_type != "BlockBlob":
+            raise _Reject(400, "InvalidHeaderValue")  # page and append blobs are not served
+        try:
+            length = int(request.headers["Content-Length"])
+        except (KeyError, ValueError) as err:
+            raise _Reject(411, "MissingContentLengthHeader") from err
+        if length > MAX_PUT_BLOB:
+            raise _Reject(413, "RequestBodyTooLarge")
+        exists = target.is_file()
+        if request.headers.get("If-None-Match") == "*" and exists:
+            raise _Reject(409, "BlobAlreadyExists")
+        if_match = request.headers.get("If-Match")
+        if if_match is not None and if_match != "*":
+            if not exists or if_match != _etag(target.stat()):
+                raise _Reject(412, "ConditionNotMet")
+        elif if_match == "*" and not exists:
+            raise _Reject(412, "ConditionNotMet")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                target.rmdir()  # an empty directory is no blob and no prefix
+        except OSError as err:
+            # `a` beside `a/b` is one blob and one prefix in Blob storage; a directory tree
+            # cannot hold both.
+            raise _Reject(409, "ResourceTypeMismatch") from err
+        md5 = hashlib.md5(usedforsecurity=False)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    f.write(chunk)
+                    md5.update(chunk)
+                size = f.tell()
+            if size != length:
+                raise _Reject(400, "InvalidHeaderValue")
+            os.replace(tmp, target)  # the blob appears whole, as a committed blob does
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self.bytes_written += size
+        st = target.stat()
+        return web.Response(
+            status=201,
+            headers={
+                **self._common(),
+                "ETag": _etag(st),
+                "Last-Modified": _http_date(st.st_mtime),
+                "Content-MD5": base64.b64encode(md5.digest()).decode(),
+                "x-ms-request-server-encrypted": "true",
+            },
+        )
+
+    def _blob_names(self, container: str, prefix: str) -> list[str]:
+        """The names of the container's blobs that start with `prefix`, in no order."""
+        base = self._container_base(container)
+        head = prefix.rpartition("/")[0]
+        start = base
+        if head:
+            parts = head.split("/")
+            if any(p in ("", ".", "..") or "\\" in p for p in parts):
+                return []  # no blob has such a name
+            start = base.joinpath(*parts)
+        base_real = base.resolve()
+        if start != base and base_real not in start.resolve().parents:
+            return []  # a link out of the container: nothing in it is a blob
+        names: list[str] = []
+
+        def walk(directory: Path, rel: str) -> None:
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                return
+            for entry in entries:
+                name = f"{rel}{entry.name}"
+                if "\\" in entry.name or not name.startswith(prefix[: len(name)]):
+                    continue
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # not a name a URL can carry
+                if entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), name + "/")
+                elif entry.is_file() and name.startswith(prefix):
+                    if entry.is_symlink():
+                        real = Path(entry.path).resolve()
+                        if base_real not in real.parents:
+                            continue  # a link out of the container is not in it
+                    names.append(name)
+
+        walk(start, head + "/" if head else "")
+        return names
+
+    def _list_blobs(
+        self, request: web.Request, container: str, query: Mapping[str, str]
+    ) -> web.Response:
+        if container not in self.containers:
+            raise _Reject(404, "ContainerNotFound")
+        prefix = query.get("prefix", "")
+        delimiter = query.get("delimiter", "")
+        try:
+            marker = _blob_marker_name(query.get("marker", ""))
+            limit = min(int(query.get("maxresults", self.page_size)), self.page_size)
+        except ValueError as err:
+            raise _Reject(400, "InvalidQueryParameterValue") from err
+        if limit <= 0:
+            raise _Reject(400, "InvalidQueryParameterValue")
+        includes = {i.strip().lower() for i in query.get("include", "").split(",") if i.strip()}
+        if not includes <= _LIST_INCLUDES:
+            raise _Reject(400, "InvalidQueryParameterValue")
+        entries: dict[str, bool] = {}  # name -> is a BlobPrefix
+        for name in self._blob_names(container, prefix):
+            cut = name.find(delimiter, len(prefix)) if delimiter else -1
+            if cut >= 0:
+                entries.setdefault(name[: cut + len(delimiter)], True)
+            else:
+                entries[name] = False
+        after = query.get("startFrom", "")
+        # By code point, which is UTF-8 byte order: the service's order.
+        names = sorted(n for n in entries if n >= marker and n >= after)
+        page, rest = names[:limit], names[limit:]
+        base = self._container_base(container)
+        items = []
+        for name in page:
+            if entries[name]:
+                items.append(f"<BlobPrefix>{_xml_name(name)}</BlobPrefix>")
+                continue
+            try:
+                st = base.joinpath(*name.split("/")).stat()
+            except OSError:
+                continue  # removed while we listed
+            metadata = "<Metadata />" if "metadata" in includes else ""
+            items.append(
+                f"<Blob>{_xml_name(name)}<Properties>"
+                f"<Creation-Time>{_http_date(min(st.st_ctime, st.st_mtime))}</Creation-Time>"
+                f"<Last-Modified>{_http_date(st.st_mtime)}</Last-Modified>"
+                f"<Etag>{_etag(st)[1:-1]}</Etag>"  # unquoted in a listing
+                f"<Content-Length>{st.st_size}</Content-Length>"
+                "<Content-Type>application/octet-stream</Content-Type>"
+                "<BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier>"
+                "<AccessTierInferred>true</AccessTierInferred>"
+                "<LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState>"
+                "<ServerEncrypted>true</ServerEncrypted>"
+                f"</Properties>{metadata}</Blob>"
+            )
+        head = "".join(
+            f"<{tag}>{escape(query[key])}</{tag}>"
+            for key, tag in (
+                ("prefix", "Prefix"),
+                ("marker", "Marker"),
+                ("maxresults", "MaxResults"),
+                ("delimiter", "Delimiter"),
+            )
+            if key in query
+        )
+        next_marker = (
+            f"<NextMarker>{_blob_marker(rest[0])}</NextMarker>" if rest else "<NextMarker />"
+        )
+        endpoint = f"{request.scheme}://{request.host}/{self.account}/"
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<EnumerationResults ServiceEndpoint="{escape(endpoint)}"'
+            f' ContainerName="{escape(container)}">{head}'
+            f"<Blobs>{''.join(items)}</Blobs>{next_marker}</EnumerationResults>"
+        )
+        return web.Response(
+            status=200, headers=self._common(), body=body.encode(), content_type="application/xml"
+        )
+
+
+def _blob_marker(name: str) -> str:
+    """An opaque List Blobs continuation marker (the service's are opaque too) for `name`."""
+    return "1!" + base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _blob_marker_name(marker: str) -> str:
+    """The name a marker continues from; ValueError if the fake did not hand it out."""
+    if not marker:
+        return ""
+    if not marker.startswith("1!"):
+        raise ValueError(marker)
+    return base64.urlsafe_b64decode(marker[2:].encode()).decode()
+
+
+def _xml_name(name: str) -> str:
+    """A List Blobs `<Name>`: percent-encoded and marked when XML cannot carry it as is."""
+    if _XML_UNSAFE.search(name):
+        return f'<Name Encoded="true">{escape(quote(name, safe="/"))}</Name>'
+    return f"<Name>{escape(name)}</Name>"
