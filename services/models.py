@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.clusters.lifecycle import ClusterState
 from services.jobs.lifecycle import JobState
@@ -198,13 +199,29 @@ class Usage:
 
 @dataclass(frozen=True)
 class FileLocation:
-    """A file or directory on a share: `path` is relative to the share's root, POSIX style."""
+    """A file or directory on a share: `path` is relative to the share's root, POSIX style.
+    With `container`, `share` names a blob container of the bot's storage account and `path` a
+    blob name (or a prefix of names: Blob storage has no directories)."""
 
     share: str
     path: str
+    container: bool = False
 
     def child(self, name: str) -> FileLocation:
-        return FileLocation(self.share, f"{self.path.rstrip('/')}/{name}" if self.path else name)
+        path = f"{self.path.rstrip('/')}/{name}" if self.path else name
+        return FileLocation(self.share, path, self.container)
+
+
+def location_json(loc: FileLocation) -> dict[str, Any]:
+    """A location as stored (layouts, launch records); `container` only when set."""
+    row: dict[str, Any] = {"share": loc.share, "path": loc.path}
+    if loc.container:
+        row["container"] = True
+    return row
+
+
+def location_from_json(raw: Mapping[str, Any]) -> FileLocation:
+    return FileLocation(str(raw["share"]), str(raw["path"]), raw.get("container") is True)
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def cluster_2017() -> dict[str, Any]:
                             "relativeMountPath": "azfiles",
                         }
                     ]
-                }
+                },
             },
         },
     }

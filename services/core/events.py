@@ -61,6 +61,7 @@ class OutputFile:
     share: str
     path: str  # relative to the share
     size: int
+    container: bool = False  # share names a blob container (FileLocation.container)
 
 
 @dataclass(frozen=True)

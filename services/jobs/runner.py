@@ -629,7 +629,11 @@ class JobRunner:
             for e in entries:
                 if not e.is_directory and len(found) < MAX_OUTPUT_FILES:
                     child = loc.child(e.name)
-                    found.append(OutputFile(directory_id, e.name, child.share, child.path, e.size))
+                    found.append(
+                        OutputFile(
+                            directory_id, e.name, child.share, child.path, e.size, child.container
+                        )
+                    )
         return tuple(found)
 
     # -- money and time ----------------------------------------------------------------------

@@ -573,9 +573,9 @@ class JobService:
         known = ", ".join([STDOUTERR, *layout.outputs]) or STDOUTERR
         if directory_id.lower() in _declared_outputs(job):
             raise NotFound(
-                f"job {job.name}'s output directory {directory_id} is not on a file share the "
-                f"bot can list (on Azure: an Azure Files share, not a blob container) (has: "
-                f"{known})"
+                f"job {job.name}'s output directory {directory_id} is not on storage the bot "
+                "can list (on Azure: a share or blob container of the bot's storage account, "
+                f"not a file server or another account's) (has: {known})"
             )
         raise NotFound(f"job {job.name} has no output directory {directory_id!r} (has: {known})")
 

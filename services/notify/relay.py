@@ -448,7 +448,7 @@ class EventRelay:
         expires = self._clock.now() + self._link_ttl
         links = []
         for o in event.outputs:
-            loc = FileLocation(o.share, o.path)
+            loc = FileLocation(o.share, o.path, o.container)
             try:
                 if await self._share.stat(loc) is None:
                     continue

@@ -17,6 +17,8 @@ from services.models import (
     JobLayout,
     Progress,
     ShareMount,
+    location_from_json,
+    location_json,
 )
 
 
@@ -117,12 +119,12 @@ class LayoutJson(TypeDecorator[JobLayout]):
         )
 
 
-def _location_row(x: FileLocation | None) -> dict[str, str] | None:
-    return None if x is None else {"share": x.share, "path": x.path}
+def _location_row(x: FileLocation | None) -> dict[str, Any] | None:
+    return None if x is None else location_json(x)
 
 
 def _location(x: Any) -> FileLocation | None:
-    return None if x is None else FileLocation(x["share"], x["path"])
+    return None if x is None else location_from_json(x)
 
 
 class ProgressJson(TypeDecorator[Progress]):

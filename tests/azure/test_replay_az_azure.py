@@ -15,7 +15,9 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
 import tests.test_replay_az as flows
@@ -67,7 +69,10 @@ async def az(tmp_path: Path, rig: AzureRig) -> AsyncIterator[Replay]:
         rig.mount(SHARE, path)
     shares = Path(rig.config.share_mount_root)  # job-level mounts of the share, once per node
     (shares / SHARE).symlink_to(rig.files.create_share(SHARE), target_is_directory=True)
-    rig.files.containers.add(CONTAINER)
+    # the nodes' blobfuse2 mount of the container (job-level: once per node) is its directory
+    (shares / f"blob-{CONTAINER}").symlink_to(
+        rig.files.create_container(CONTAINER), target_is_directory=True
+    )
     async with FakeIdentity() as identity:
         async with replaying(
             tmp_path / "replay", _env(rig, identity), account=rig.files.account
@@ -97,14 +102,7 @@ FLOWS = [
         flows.test_2018_cluster_with_auto_storage_and_a_setup_task,
         id="2018 auto storage and a setup task",
     ),
-    pytest.param(
-        flows.test_2018_job_level_mounting_scenario,
-        id="2018 job-level mounts",
-        marks=pytest.mark.skip(
-            reason="its OUTPUT is on a blob container, which the bot cannot list on Azure (Files "
-            "API only); test_job_level_mounts_run_and_a_blob_output_says_why runs the rest"
-        ),
-    ),
+    pytest.param(flows.test_2018_job_level_mounting_scenario, id="2018 job-level mounts"),
     pytest.param(flows.test_usages, id="usages"),
 ]
 
@@ -114,10 +112,12 @@ async def test_the_old_clis_flow_passes_on_azure(az: Replay, flow: Flow) -> None
     await flow(az)
 
 
-async def test_job_level_mounts_run_and_a_blob_output_says_why(az: Replay) -> None:
-    """The job-level flow up to what Azure cannot do: both jobs run with the share and the
-    container mounted from the file and from flags, list their logs, and listing the OUTPUT
-    directory on the container answers why it cannot be listed, in one line."""
+async def test_a_blob_output_is_listed_from_the_container_and_linked_by_a_blob_sas(
+    az: Replay, rig: AzureRig
+) -> None:
+    """The job-level flow's OUTPUT is on the blob container: what the job wrote through its
+    blobfuse2 mount is a blob, listed by the Blob API, and its link is a read-only blob SAS
+    for that one blob that fetches the bytes."""
     ws, exp = flows.WS, flows.EXP
     await az.az("batchai workspace create -g rg -n workspace -o json")
     await az.az(
@@ -125,25 +125,19 @@ async def test_job_level_mounts_run_and_a_blob_output_says_why(az: Replay) -> No
         f"-u DemoUser -k {az.file('key.txt')} -o json"
     )
     await az.az(f"batchai experiment create {ws} -n experiment -o json")
-    for job, config, flags in (
-        ("job", "job_with_file_systems.json", ""),
-        ("job2", "job_referencing_file_systems.json", "--afs-name share --bfs-name container "),
-    ):
-        await az.check(
-            f"batchai job create -c cluster {exp} -n {job} -f {az.file(config)} {flags}-o json",
-            **{
-                "mountVolumes.azureFileShares[0].relativeMountPath": "afs",
-                "mountVolumes.azureBlobFileSystems[0].containerName": CONTAINER,
-            },
-        )
-        await az.run(f"batchai job wait {exp} -n {job}")
-        await az.check(
-            f"batchai job show {exp} -n {job} -o json",
-            executionState="succeeded",
-            **{"executionInfo.exitCode": 0, "executionInfo.errors": None},
-        )
-        logs = await az.az(f"batchai job file list {exp} -j {job} -d stdouterr -o json")
-        assert sorted(f["name"] for f in logs) == ["execution.log", "stderr.txt", "stdout.txt"]
-        said = await az.run(f"batchai job file list {exp} -j {job} -d OUTPUT -o json")
-        assert "output directory OUTPUT is not on a file share the bot can list" in said, said
-        assert "blob container" in said and said.count("[!]") == 1, said
+    await az.az(
+        f"batchai job create -c cluster {exp} -n job -f {az.file('job_with_file_systems.json')} "
+        "-o json"
+    )
+    await az.run(f"batchai job wait {exp} -n job")
+    listed = rig.files.ops["ListBlobs"]
+    outputs = await az.az(f"batchai job file list {exp} -j job -d OUTPUT -o json")
+    assert rig.files.ops["ListBlobs"] > listed  # from the container, not a share
+    assert [(f["name"], f["contentLength"]) for f in outputs] == [("result.txt", 3)]
+    written = list(rig.files.container_dir(CONTAINER).rglob("result.txt"))
+    assert len(written) == 1 and written[0].read_text() == "hi\n"
+    url = outputs[0]["downloadUrl"]
+    query = parse_qs(urlsplit(url).query)
+    assert query["sr"] == ["b"] and query["sp"] == ["r"], url
+    async with aiohttp.ClientSession() as http, http.get(url) as got:
+        assert got.status == 200 and await got.read() == b"hi\n"

@@ -33,14 +33,18 @@ Each Batch AI concept and its Azure form:
 - NFS file servers     -> a VM with RAID-0 data disks exporting /mnt/data (`fileservers`),
                           mounted by its host name; `--use-auto-storage` makes the share and
                           container when missing (Files and Blob SDKs, the bot's account key)
-- job mountVolumes     -> shares of the bot's storage account, mounted once per node under
-                          `share_mount_root` and linked at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
+- job mountVolumes     -> shares and containers of the bot's storage account and its file
+                          servers, mounted once per node under `share_mount_root` and linked
+                          at $AZ_BATCHAI_JOB_MOUNT_ROOT/<path>
+- outputs              -> listed and linked where they are: on a share (Files API) or in a
+                          container of the bot's account (`blobs`: Blob API, blob SAS links)
 
 The backend is composed of one part per concern, each its own module: `scalesets` (clusters
 and the per-poll VM snapshot, model in `scaleset_model`), `runcommands` (launch, stop, clean-up),
 `jobplan` (what each node runs), `status` (job status from the share), `control` (the bot's
 share and its sealed records), `preflight` (sizes, quotas, `batchai-bot check`); the node-side
-scripts are in `node` and `cloudinit`, the Files client in `files`.
+scripts are in `node` and `cloudinit`, the Files client in `files` (outputs in blob containers
+in `blobs`, path rules in `paths`).
 """
 
 from __future__ import annotations

@@ -27,9 +27,8 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core.exceptions import (
@@ -50,8 +49,10 @@ from azure.storage.fileshare.aio import (
     ShareServiceClient,
 )
 
+from services.backends.azure.blobs import ContainerFiles
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import azure_errors, error_code
+from services.backends.azure.paths import disposition, segments
 from services.core.errors import (
     BackendError,
     Conflict,
@@ -132,32 +133,16 @@ def _proxy_in_env() -> bool:
     return any(os.environ.get(n) for v in PROXY_VARIABLES for n in (v, v.upper()))
 
 
-def _segments(loc: FileLocation, *, allow_root: bool = False) -> list[str]:
-    """The path's segments; "", "." and "/" name the share's root. Refuses `..`, NUL, `\\`."""
-    if "\x00" in loc.path or "\\" in loc.path:
-        raise NotAllowed(f"bad path {loc.path!r}")
-    pure = PurePosixPath(loc.path)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise NotAllowed(f"path {loc.path!r} leaves its share")
-    parts = [p for p in pure.parts if p != "."]
-    if not parts and not allow_root:
-        raise NotFound(f"no file at the root of share {loc.share!r}")
-    return parts
+def _share_only(loc: FileLocation) -> None:
+    """The Files-only calls (log tails, the backend's writes) never touch a blob container."""
+    if loc.container:
+        raise NotAllowed(f"{loc.share}/{loc.path} is in a blob container, not on a file share")
 
 
 def _content_range_size(value: str | None) -> int | None:
     """The complete length in `bytes a-b/size` or `bytes */size`; None when it is not given."""
     _, slash, total = (value or "").rpartition("/")
     return int(total) if slash and total.strip().isdigit() else None
-
-
-def _disposition(name: str) -> str:
-    """`attachment; filename="<name>"`, with an RFC 6266 `filename*` for names that need it."""
-    plain = name.isascii() and name.isprintable() and not any(c in name for c in '"\\')
-    if plain:
-        return f'attachment; filename="{name}"'
-    fallback = "".join(c if c.isascii() and c.isalnum() or c in "._-" else "_" for c in name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 class AzureShare:
@@ -186,6 +171,8 @@ class AzureShare:
         # https-only links, unless the account itself is plain http (the tests' fake).
         https = urlsplit(self._account_url).scheme == "https"
         self.link_protocol = "https" if https else "https,http"
+        # Job outputs on a blob container of the account (FileLocation.container) go there.
+        self._containers = ContainerFiles(config, link_protocol=self.link_protocol, **client_kwargs)
 
     async def __aenter__(self) -> AzureShare:
         return self
@@ -196,6 +183,7 @@ class AzureShare:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self._containers.aclose()
         await self._service.close()
 
     # -- clients ---------------------------------------------------------------------------------
@@ -211,7 +199,7 @@ class AzureShare:
         if client is None:
             if len(self._files) >= MAX_FILE_CLIENTS:
                 self._files.clear()  # a bound, not a cache policy: rebuilding one is cheap
-            client = self._share(loc.share).get_file_client("/".join(_segments(loc)))
+            client = self._share(loc.share).get_file_client("/".join(segments(loc)))
             self._files[loc] = client
         return client
 
@@ -221,7 +209,9 @@ class AzureShare:
     # -- the port --------------------------------------------------------------------------------
 
     async def stat(self, loc: FileLocation) -> FileEntry | None:
-        parts = _segments(loc, allow_root=True)
+        if loc.container:
+            return await self._containers.stat(loc)
+        parts = segments(loc, allow_root=True)
         async with azure_errors(f"stat {loc.share}/{loc.path}"):
             if parts:
                 try:
@@ -238,6 +228,8 @@ class AzureShare:
         return FileEntry(parts[-1] if parts else "", True, 0, dprops.last_modified)
 
     async def read_range(self, loc: FileLocation, offset: int, length: int) -> bytes:
+        if loc.container:
+            return await self._containers.read_range(loc, offset, length)
         if offset < 0 or length < 0:
             raise UserError("offset and length must not be negative")
         client = self._file(loc)
@@ -266,6 +258,7 @@ class AzureShare:
         A 206 names the size in `Content-Range: bytes a-b/size`. An offset at or past the end
         answers 416 with `Content-Range: bytes */size`: nothing new (or, with a size below
         `offset`, the file shrank). A 416 that names no size is taken as "nothing new"."""
+        _share_only(loc)
         if offset < 0 or length <= 0:
             raise UserError("offset must not be negative and length must be positive")
         what = f"read {loc.share}/{loc.path}"
@@ -316,7 +309,7 @@ class AzureShare:
         if len(self._tail_urls) >= MAX_FILE_CLIENTS:
             self._tail_urls.clear()
         expiry = now + TAIL_SAS_TTL
-        parts = _segments(loc)
+        parts = segments(loc)
         token = generate_file_sas(
             account_name=self._config.storage_account,
             share_name=loc.share,
@@ -331,7 +324,9 @@ class AzureShare:
         return url
 
     async def list_files(self, loc: FileLocation, *, recursive: bool = False) -> list[FileEntry]:
-        top = _segments(loc, allow_root=True)
+        if loc.container:
+            return await self._containers.list_files(loc, recursive=recursive)
+        top = segments(loc, allow_root=True)
         out: list[FileEntry] = []
         pending: list[tuple[list[str], str]] = [(top, "")]
         async with azure_errors(f"list {loc.share}/{loc.path}"):
@@ -361,7 +356,9 @@ class AzureShare:
     async def get_download_url(self, loc: FileLocation, *, expires_at: datetime) -> str:
         """A read-only SAS for this one file (signed here, no request is made: a link to a
         missing file answers 404 when it is fetched)."""
-        parts = _segments(loc)
+        if loc.container:
+            return await self._containers.get_download_url(loc, expires_at=expires_at)
+        parts = segments(loc)
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         token = generate_file_sas(
@@ -372,7 +369,7 @@ class AzureShare:
             permission=FileSasPermissions(read=True),
             expiry=expires_at.astimezone(UTC),
             protocol=self.link_protocol,
-            content_disposition=_disposition(parts[-1]),
+            content_disposition=disposition(parts[-1]),
         )
         return f"{self._file(loc).url}?{token}"
 
@@ -387,7 +384,8 @@ class AzureShare:
 
     async def make_dirs(self, loc: FileLocation) -> None:
         """Create the directory and its missing parents (Azure creates one level at a time)."""
-        parts = _segments(loc, allow_root=True)
+        _share_only(loc)
+        parts = segments(loc, allow_root=True)
         async with azure_errors(f"create directory {loc.share}/{loc.path}"):
             await self._make_dirs(loc.share, parts)
 
@@ -417,7 +415,8 @@ class AzureShare:
 
         Not atomic: a reader may see the file zero-filled until the last range is written, so
         write a file before anything is told to read it."""
-        parts = _segments(loc)
+        _share_only(loc)
+        parts = segments(loc)
         client = self._file(loc)
         async with azure_errors(f"write {loc.share}/{loc.path}"):
             try:
@@ -436,7 +435,8 @@ class AzureShare:
 
         Best effort, for clean-up: what is already gone is fine, other failures are logged
         and skipped. Returns how many entries could not be deleted."""
-        parts = _segments(loc, allow_root=True)
+        _share_only(loc)
+        parts = segments(loc, allow_root=True)
         entry = await self.stat(loc)
         if entry is None:
             return 0
@@ -454,7 +454,7 @@ class AzureShare:
         return failed
 
     async def _delete(self, loc: FileLocation, *, directory: bool) -> bool:
-        parts = _segments(loc)
+        parts = segments(loc)
         try:
             async with azure_errors(f"delete {loc.share}/{loc.path}"):
                 if directory:

@@ -86,17 +86,44 @@ class JobPlanner:
         )
 
     def on_share(
-        self, cluster: Cluster, path: str, job_links: Sequence[tuple[str, str]] = ()
+        self,
+        cluster: Cluster,
+        path: str,
+        job_links: Sequence[tuple[str, str]] = (),
+        job_containers: Sequence[tuple[str, str]] = (),
     ) -> FileLocation | None:
-        """The share location of a node path under a cluster mount or a job's share link."""
+        """Where a node path is in the bot's storage account: on a share the cluster mounts or
+        a job links in, or in a blob container (the cluster's, or one of the job's). Mounts of
+        other accounts and file servers are nowhere the bot can list."""
         root = self._config.mount_root.rstrip("/")
-        bases = [(f"{root}/{m.mount_path.strip('/')}", m.share) for m in cluster.mounts]
-        for base, share in [*bases, *job_links]:
-            if share == self._config.share:
+        own = self._config.storage_account.lower()
+        bases: list[tuple[str, str, bool]] = [
+            (f"{root}/{m.mount_path.strip('/')}", m.share, m.kind == "bfs")
+            for m in cluster.mounts
+            if m.kind in ("afs", "bfs") and (m.account is None or m.account.lower() == own)
+        ]
+        bases += [(base, share, False) for base, share in job_links]
+        bases += [(base, container, True) for base, container in job_containers]
+        for base, share, container in bases:
+            if share == self._config.share and not container:
                 continue  # a cluster made before the control share was refused: never listed
             if path == base or path.startswith(base + "/"):
-                return FileLocation(share, path[len(base) :].strip("/"))
+                return FileLocation(share, path[len(base) :].strip("/"), container)
         return None
+
+    def job_containers(self, job_id: str, spec: JobSpec) -> list[tuple[str, str]]:
+        """(node path, container) of the job's own blob containers in the bot's account: where
+        `extra_prelude` links them in."""
+        volumes = spec.properties.mount_volumes
+        if volumes is None:
+            return []
+        root = self.job_mount_root(job_id)
+        own = self._config.storage_account.lower()
+        return [
+            (f"{root}/{b.relative_mount_path.strip('/')}", b.container_name)
+            for b in volumes.azure_blob_file_systems
+            if b.account_name.lower() == own
+        ]
 
     def job_mount_root(self, job_id: str) -> str:
         return f"{self._config.job_temp_root.rstrip('/')}/{job_id}/mounts"

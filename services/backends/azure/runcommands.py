@@ -146,7 +146,10 @@ class RunCommands:
         hosts = [(vm.name, ips[vm.instance_id]) for vm in vms]
         plan = self._planner.plan(request, hosts, gpus, rdma=rdma)
         notes = [*plan.warnings, *mount_notes]
-        layout = share_layout(plan, lambda path: self._planner.on_share(c, path, links), notes)
+        containers = self._planner.job_containers(request.job_id, spec)
+        layout = share_layout(
+            plan, lambda path: self._planner.on_share(c, path, links, containers), notes
+        )
         journals = tuple(
             self._control.loc("jobs", request.job_id, f"node-{i}", noderunner.JOURNAL)
             for i in range(len(vms))

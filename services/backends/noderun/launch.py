@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from services.core.errors import Conflict, UserError
 from services.core.ports import LaunchRequest, LaunchResult, RunStatus
 from services.jobspec import LaunchContext, LaunchPlan, NodeInfo
-from services.models import FileLocation, JobLayout
+from services.models import FileLocation, JobLayout, location_from_json, location_json
 
 SHARE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,61}[a-z0-9]$|^[a-z0-9]$")
 
@@ -150,8 +150,8 @@ def exited_status(runs: Sequence[NodeRun]) -> RunStatus:
 def layout_to_json(result: LaunchResult) -> dict[str, Any]:
     lay = result.layout
 
-    def loc(value: FileLocation | None) -> dict[str, str] | None:
-        return None if value is None else {"share": value.share, "path": value.path}
+    def loc(value: FileLocation | None) -> dict[str, Any] | None:
+        return None if value is None else location_json(value)
 
     return {
         "stdouterr": loc(lay.stdouterr),
@@ -164,8 +164,8 @@ def layout_to_json(result: LaunchResult) -> dict[str, Any]:
 
 
 def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
-    def loc(value: Mapping[str, str] | None) -> FileLocation | None:
-        return None if value is None else FileLocation(value["share"], value["path"])
+    def loc(value: Mapping[str, Any] | None) -> FileLocation | None:
+        return None if value is None else location_from_json(value)
 
     outputs = {k: loc(v) for k, v in raw["outputs"].items()}
     layout = JobLayout(
@@ -173,7 +173,7 @@ def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
         outputs={k: v for k, v in outputs.items() if v is not None},
         log_files=tuple(raw["log_files"]),
         primary_log=raw["primary_log"],
-        journals=tuple(FileLocation(j["share"], j["path"]) for j in raw.get("journals", ())),
+        journals=tuple(location_from_json(j) for j in raw.get("journals", ())),
     )
     return LaunchResult(layout=layout, notes=tuple(raw["notes"]))
 
@@ -181,9 +181,18 @@ def layout_from_json(raw: Mapping[str, Any]) -> LaunchResult:
 def share_layout(
     plan: LaunchPlan, on_share: Callable[[str], FileLocation | None], notes: list[str]
 ) -> JobLayout:
-    """Where a launched job's logs and outputs are on a share; what is not gets a note."""
+    """Where a launched job's logs and outputs are on a share (outputs: or in a blob
+    container); what is not gets a note."""
     stdouterr = on_share(plan.stdouterr_dir)
-    if stdouterr is None:
+    if stdouterr is not None and stdouterr.container:
+        # blobfuse2 uploads a file when it is closed: a log there shows nothing while it runs
+        notes.append(
+            f"stdout/stderr go to {plan.stdouterr_dir}, on blob container {stdouterr.share}, "
+            "where a log shows nothing until the job closes it, so the logs cannot be "
+            "streamed; set stdOutErrPathPrefix to an Azure File share"
+        )
+        stdouterr = None
+    elif stdouterr is None:
         notes.append(
             f"stdout/stderr go to {plan.stdouterr_dir}, which is not on a file share, so the "
             "logs cannot be streamed; set stdOutErrPathPrefix to a mounted share"
