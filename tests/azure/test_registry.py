@@ -270,3 +270,37 @@ async def test_a_job_secret_that_cannot_be_read_refuses_the_job_with_nothing_sta
     with pytest.raises(UserError, match="secret 'TOKEN': Key Vault secret .* was not found"):
         await kv_backend.start_job(request)
     assert not [r for r in rig.arm.since(mark) if "runCommands" in r.path and r.method == "PUT"]
+
+
+async def test_a_private_image_in_the_nodes_cache_runs_only_for_a_job_the_registry_lets_pull_it(
+    rig: AzureRig, backend: AzureBackend, tmp_path: Path
+) -> None:
+    """Job A pulls a private image with its login; on the same node, job B names that image
+    without a login and job C with a wrong password: the node asks the registry again for each,
+    so neither runs A's image from the cache. A public image needs no login."""
+    accepted = tmp_path / "registries.json"
+    accepted.write_text(json.dumps({SERVER: {"team-puller": PASSWORD}}))
+    rig.arm.node_env["FAKE_REGISTRIES"] = str(accepted)
+    c = gpu_cluster("priv", "Standard_NC4as_T4_v3", 1)
+    await backend.create_cluster(c)
+    image = f"{SERVER}/team/train:1.0"
+    a = launch_request(job_spec("ok", extra=registry({"password": PASSWORD})), c)
+    await backend.start_job(a)
+    assert (await wait_for(backend, a.job_id)).exit_code == 0
+
+    no_login = {"containerSettings": {"imageSourceRegistry": {"image": image}}}
+    wrong = registry({"password": "not-the-password"})
+    for extra, said in (
+        (no_login, f"batchai: {image} is a private image another job pulled on this node"),
+        (wrong, f"batchai: docker pull of {image} with the job registry login failed"),
+    ):
+        request = launch_request(job_spec("ok", extra=extra), c)
+        await backend.start_job(request)
+        status = await wait_for(backend, request.job_id)
+        assert status.exit_code != 0, status
+        assert said in (status.detail or ""), status
+
+    public = {"containerSettings": {"imageSourceRegistry": {"image": "ubuntu:22.04"}}}
+    d = launch_request(job_spec("ok", extra=public), c)
+    await backend.start_job(d)
+    assert (await wait_for(backend, d.job_id)).exit_code == 0

@@ -18,7 +18,6 @@ from services.backends.azure.control import ControlRecords, refuse_control_share
 from services.backends.azure.fabric import rdma_env
 from services.backends.azure.scaleset_model import job_share_options
 from services.backends.noderun.launch import launch_context, share_from_url
-from services.backends.noderun.registry import registry_login
 from services.backends.noderun.runner import ProcessSpec, RunnerSpec
 from services.backends.noderun.specs import Container, process_spec, runner_spec
 from services.core.ports import LaunchRequest
@@ -254,9 +253,8 @@ class JobPlanner:
                 shm_size=settings.shm_size if settings else None,
                 gpus=True,
                 user=self.job_owner(request.uuid),
-                config_dir=node.docker_config(request.job_id, proc.node_index)
-                if registry_login(request) is not None
-                else None,
+                # the job's own, empty without a login: never root's, whoever logged in there
+                config_dir=node.docker_config(request.job_id, proc.node_index),
             )
         env = {"PATH": cfg.node_path, **NODE_ENV, **home}
         return process_spec(proc, job_id=request.job_id, cwd=wd, env=env, container=docker)

@@ -34,6 +34,10 @@ SMB_BASE = "vers=3.1.1,serverino,nosharesock,actimeo=30"
 CONTROL_OPTIONS = f"{SMB_BASE},uid=0,gid=0,dir_mode=0700,file_mode=0600,nosuid,nodev,noexec"
 LAUNCH_DIR = "/var/lib/batchai/launch"  # root-only: a launch's verified runner and its spec
 HEALTH_RESULT = "/var/lib/batchai/health"  # the node's own copy of its health check's result
+# Ids of the images pulled on this node with a job's registry login (root-only): a job that
+# names one again pulls it with its own login first, so the node's cache never hands a private
+# image to a job without the registry's say.
+PRIVATE_IMAGES = "/var/lib/batchai/private-images"
 NODES_DIR = "nodes"  # on the control share: `<cluster>.<hostname>`, one health result per node
 SPEC_PARAMETER = "BATCHAI_NODE_SPEC"  # the protected parameter that carries a node's spec
 # The protected parameter that carries a container registry's password (job.json's
@@ -464,6 +468,40 @@ def registry_login_lines(here: str, config: str, server: str | None, username: s
     ]
 
 
+def image_check_lines(config: str, image: str, *, login: bool) -> list[str]:
+    """The registry decides who runs a private image, not the node's cache. With the job's
+    `login` the image is pulled with it (and its id noted as private on this node); without,
+    an image the node holds that some job pulled with a login is pulled again with this job's
+    (empty) DOCKER_CONFIG, which only a public image survives. Any other image is left to
+    `docker run`, which pulls what the node does not have."""
+    q = shlex.quote
+    listed = f"{ROOT}{PRIVATE_IMAGES}"
+    pull = f"DOCKER_CONFIG={config} docker pull --quiet {q(image)} > /dev/null"
+    inspect = f"docker image inspect --format '{{{{.Id}}}}' {q(image)}"
+    if login:
+        return [
+            f"if ! {pull}; then",
+            "  printf 'batchai: docker pull of %s with the job registry login failed; nothing "
+            f"was started\\n' {q(image)} >&2",
+            "  exit 4",
+            "fi",
+            f"image_id=$({inspect})",
+            f"touch -- {listed}",
+            f'grep -qxF -- "$image_id" {listed} || printf "%s\\n" "$image_id" >> {listed}',
+        ]
+    return [
+        f"image_id=$({inspect} 2>/dev/null || true)",
+        f'if [ -n "$image_id" ] && [ -f {listed} ] && grep -qxF -- "$image_id" {listed}; then',
+        f"  if ! {pull}; then",
+        "    printf 'batchai: %s is a private image another job pulled on this node; give "
+        "this job its own registry login (containerSettings.imageSourceRegistry.credentials);"
+        f" nothing was started\\n' {q(image)} >&2",
+        "    exit 4",
+        "  fi",
+        "fi",
+    ]
+
+
 def launch_script(
     *,
     job_id: str,
@@ -479,13 +517,16 @@ def launch_script(
     container: bool = False,
     prelude: Sequence[str] = (),
     registry: tuple[str | None, str] | None = None,
+    image: str | None = None,
 ) -> str:
     """The managed run command of one node: copy the node runner off the control share and run
     it only if its sha256 is the bot's; write the spec from the protected parameter into a
     root-only directory; prepare the job's local directories (owned by the jobs' uid) and its
     share mounts; start the runner detached under systemd. A repeated run (same job, same node)
     starts nothing. With `registry` (server or None for Docker Hub, user name) the node logs in
-    to the container registry first, the password coming from REGISTRY_PARAMETER."""
+    to the container registry first, the password coming from REGISTRY_PARAMETER; with the
+    job's container `image`, the registry is asked before a private image the node holds runs
+    (`image_check_lines`)."""
     q = shlex.quote
     status = q(status_dir)
     here = f"{ROOT}{q(launch_dir(job_id, node_index))}"
@@ -514,9 +555,11 @@ def launch_script(
         "fi",
         f'printf %s "${{{SPEC_PARAMETER}}}" | base64 -d > {here}/spec.json',
     ]
+    config = f"{ROOT}{q(docker_config(job_id, node_index))}"
     if registry is not None:
-        config = f"{ROOT}{q(docker_config(job_id, node_index))}"
         lines += registry_login_lines(here, config, *registry)
+    if image is not None:
+        lines += image_check_lines(config, image, login=registry is not None)
     lines += [
         "umask 022",
         "mkdir -p -- " + " ".join(q(d) for d in dirs),

@@ -277,6 +277,7 @@ class RunCommands:
             container=plan.container_image is not None,
             prelude=prelude,
             registry=(login.server, login.username) if login else None,
+            image=plan.container_image,
         )
         # The spec, secrets included, and the registry password: write-only in ARM, environment
         # variables of the script on the node, then root-only files removed once read.
