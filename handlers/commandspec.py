@@ -947,13 +947,6 @@ def _check_schedule(values: dict[str, Any], source: Source) -> None:
         raise UserError("a scheduled job needs its job.json: give -f/--config (no form)")
     if ("at" in values or "cron" in values) and "name" not in values:
         raise UserError("a scheduled job needs its name: give -n/--name (no form)")
-    mounts = [f.names[0] for f in _STORAGE_FLAGS if f.dest is not None and f.dest in values]
-    if mounts and ("at" in values or "cron" in values):
-        # A schedule keeps the job.json, not the job's mount flags: refused, never dropped.
-        raise UserError(
-            f"a scheduled job mounts what its job.json's mountVolumes say: {', '.join(mounts)} "
-            "does not go with --at or --cron"
-        )
 
 
 def _refuse_ssh_only(values: dict[str, Any], source: Source) -> None:

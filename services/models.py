@@ -581,6 +581,9 @@ class ScheduledJob:
     experiment: str | None = None
     may_read_paths: bool = False  # the console scheduled it with a job.json path
     max_retries: int | None = None  # --max-retries; None: the job.json's or the cluster's
+    # The mount flags (--afs-name, --bfs-name, --nfs, --use-auto-storage …), added to the
+    # job.json at each run as a submit adds them; another account's key is sealed at rest.
+    mounts: tuple[ShareMount, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -422,6 +422,7 @@ def _scheduled_job(request: JobRequest, actor: Actor) -> ScheduledJob:
         experiment=request.experiment,
         may_read_paths=actor.may_read_paths,
         max_retries=request.max_retries,
+        mounts=request.mounts,
     )
 
 
@@ -435,6 +436,7 @@ def _job_request(schedule: Schedule, name: str) -> JobRequest:
         workspace=job.workspace,
         experiment=job.experiment,
         max_retries=job.max_retries,
+        mounts=job.mounts,
     )
 
 

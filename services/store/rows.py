@@ -3,6 +3,7 @@ UTC datetimes, decimals or the small JSON values (conversation, layout, progress
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -147,27 +148,34 @@ class MountsJson(TypeDecorator[tuple[ShareMount, ...]]):
     cache_ok = True
 
     def process_bind_param(self, value: tuple[ShareMount, ...] | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        rows = []
-        for m in value:  # the afs defaults are left out: rows of older versions read the same
-            row: dict[str, Any] = {"share": m.share, "mount_path": m.mount_path}
-            if m.kind != "afs":
-                row["kind"] = m.kind
-            if m.account is not None:
-                row["account"] = m.account
-            if m.account_key is not None:  # sealed by the clusters repository before this
-                row["key"] = m.account_key
-            rows.append(row)
-        return rows
+        return None if value is None else mounts_json(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> tuple[ShareMount, ...]:
-        return tuple(
-            ShareMount(
-                m["share"], m["mount_path"], m.get("kind", "afs"), m.get("account"), m.get("key")
-            )
-            for m in value or ()
+        return mounts_from_json(value or ())
+
+
+def mounts_json(mounts: Iterable[ShareMount]) -> list[dict[str, Any]]:
+    """Mounts as stored; a key must be sealed by the repository before this."""
+    rows = []
+    for m in mounts:  # the afs defaults are left out: rows of older versions read the same
+        row: dict[str, Any] = {"share": m.share, "mount_path": m.mount_path}
+        if m.kind != "afs":
+            row["kind"] = m.kind
+        if m.account is not None:
+            row["account"] = m.account
+        if m.account_key is not None:
+            row["key"] = m.account_key
+        rows.append(row)
+    return rows
+
+
+def mounts_from_json(rows: Iterable[Mapping[str, Any]]) -> tuple[ShareMount, ...]:
+    return tuple(
+        ShareMount(
+            m["share"], m["mount_path"], m.get("kind", "afs"), m.get("account"), m.get("key")
         )
+        for m in rows
+    )
 
 
 class AttemptsJson(TypeDecorator[tuple[Attempt, ...]]):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.models import ConfigSource, Schedule, ScheduledJob, ScheduleRun
+from services.models import ConfigSource, Schedule, ScheduledJob, ScheduleRun, ShareMount
+from services.store.rows import mounts_from_json, mounts_json
 from services.store.schema import schedules
 from services.store.sealing import SecretBox
 
@@ -72,6 +74,13 @@ class SqlScheduleRepository:
         return bool(result.rowcount)
 
 
+def _keys(mounts: Iterable[ShareMount], change: Callable[[str], str]) -> tuple[ShareMount, ...]:
+    """The mounts with another account's key sealed (or opened) by `change`."""
+    return tuple(
+        replace(m, account_key=change(m.account_key)) if m.account_key else m for m in mounts
+    )
+
+
 def config_row(config: ConfigSource, change: Callable[[str], str]) -> dict[str, str]:
     """An inline job.json is the user's whole job, secrets and all: sealed as one value."""
     value = change(config.value) if config.kind == "inline" else config.value
@@ -94,6 +103,7 @@ def _schedule_row(s: Schedule, box: SecretBox) -> dict[str, Any]:
             "experiment": job.experiment,
             "may_read_paths": job.may_read_paths,
             "max_retries": job.max_retries,
+            **({"mounts": mounts_json(_keys(job.mounts, box.seal))} if job.mounts else {}),
         },
         "requester": s.requester,
         "channel": s.channel,
@@ -111,6 +121,7 @@ def _schedule_row(s: Schedule, box: SecretBox) -> dict[str, Any]:
 def _schedule_from(r: Any, box: SecretBox) -> Schedule:
     request = dict(r["request"])
     config = config_row(ConfigSource(**request.pop("config")), box.open)
+    request["mounts"] = _keys(mounts_from_json(request.pop("mounts", ())), box.open)
     return Schedule(
         id=r["id"],
         kind=r["kind"],
