@@ -49,6 +49,7 @@ from services.models import (
     Node,
     NodeOutput,
     Schedule,
+    ShareMount,
     Usage,
     WorkspaceView,
 )
@@ -1783,10 +1784,19 @@ def schedule_detail(
         md("next runs: {}", ", ".join(_at(t, schedule.timezone) for t in upcoming) or "none"),
         md("last run: {}", _last(schedule)),
     ]
+    if schedule.job.mounts:
+        lines.append(md("mounts: {}", ", ".join(_mount_of(m) for m in schedule.job.mounts)))
     if schedule.last_error and schedule.last_job_name is None:
         lines.append(md("last error: {}", schedule.last_error))
     body = Mrkdwn("\n").join(lines)
     return Message(lines[0], [section(body), context(_delete_hint(schedule))])
+
+
+def _mount_of(m: ShareMount) -> str:
+    """`afs` ← share data (of account x): what a mount flag adds, never its key."""
+    what = {"afs": "share", "bfs": "container", "nfs": "file server"}.get(m.kind, m.kind)
+    account = f" of account {m.account}" if m.account else ""
+    return f"{m.mount_path} ← {what} {m.share}{account}"
 
 
 def schedule_fired(schedule_id: str, job_name: str) -> Message:

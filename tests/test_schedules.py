@@ -358,7 +358,7 @@ async def test_a_schedules_mount_flags_reach_every_run_and_a_key_stays_sealed(
         rig.clock.advance(timedelta(hours=14, seconds=5))
         assert await rig.bot.schedules.run_due() == 1
         job = await rig.bot.store.find_job("nightly-20260102-0200")
-        assert job is not None, (await rig.bot.store.get_schedule(sid))
+        assert job is not None, await rig.bot.store.get_schedule(sid)
         volumes = json.loads(rig.bot.store.open_spec(job.spec_json))["properties"]["mountVolumes"]
         shares = {v["relativeMountPath"]: v for v in volumes["azureFileShares"]}
         blobs = {v["relativeMountPath"]: v for v in volumes["azureBlobFileSystems"]}
@@ -366,5 +366,8 @@ async def test_a_schedules_mount_flags_reach_every_run_and_a_key_stays_sealed(
         assert blobs["bfs"]["containerName"] == "models"
         assert blobs["bfs"]["accountName"] == "theirstore"
         assert blobs["bfs"]["credentials"]["accountKey"] == key  # opened for the launch only
-        shown = await rig.say(f"schedule show {sid}")
-        assert key not in shown.message.text and key not in json.dumps(shown.message.blocks)
+        shown = await rig.say(f"schedule show -n {sid}")
+        said = json.dumps(shown.message.blocks, ensure_ascii=False)
+        assert "afs2 ← share data of account theirstore" in said, said
+        assert "bfs ← container models of account theirstore" in said
+        assert key not in shown.message.text and key not in said
