@@ -630,17 +630,7 @@ class FakeAzureFiles:
             raise _Reject(403, "AuthenticationFailed", "This SAS does not allow this operation")
         if query.get("sr") != "f" or "r" not in query.get("sp", "") or not query.get("sv"):
             raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
-        now = self.clock()
-        try:
-            expiry = _parse_time(query["se"])
-            start = _parse_time(query["st"]) if query.get("st") else None
-        except (KeyError, ValueError) as err:
-            raise _Reject(403, "AuthenticationFailed", "Signed expiry time is missing") from err
-        if now >= expiry or (start is not None and now < start):
-            raise _Reject(403, "AuthenticationFailed", "Signed expiry time must be after now")
-        protocols = query.get("spr", "https,http").split(",")
-        if request.scheme not in protocols:
-            raise _Reject(403, "AuthorizationProtocolMismatch")
+        self._check_sas_window(request, query)
         fields = [
             query.get("sp", ""),
             query.get("st", ""),
@@ -655,6 +645,20 @@ class FakeAzureFiles:
         if not hmac.compare_digest(sign(self.key, "\n".join(fields)), query["sig"]):
             raise _Reject(403, "AuthenticationFailed", "Signature did not match")
         return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
+
+    def _check_sas_window(self, request: web.Request, query: Mapping[str, str]) -> None:
+        """A SAS's validity period (`st`/`se`, by the settable clock) and protocols (`spr`)."""
+        now = self.clock()
+        try:
+            expiry = _parse_time(query["se"])
+            start = _parse_time(query["st"]) if query.get("st") else None
+        except (KeyError, ValueError) as err:
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time is missing") from err
+        if now >= expiry or (start is not None and now < start):
+            raise _Reject(403, "AuthenticationFailed", "Signed expiry time must be after now")
+        protocols = query.get("spr", "https,http").split(",")
+        if request.scheme not in protocols:
+            raise _Reject(403, "AuthorizationProtocolMismatch")
 
     def _check_blob_sas(
         self,
@@ -672,17 +676,7 @@ class FakeAzureFiles:
         version = query.get("sv", "")
         if query.get("sr") != "b" or "r" not in query.get("sp", "") or version < "2015-04-05":
             raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
-        now = self.clock()
-        try:
-            expiry = _parse_time(query["se"])
-            start = _parse_time(query["st"]) if query.get("st") else None
-        except (KeyError, ValueError) as err:
-            raise _Reject(403, "AuthenticationFailed", "Signed expiry time is missing") from err
-        if now >= expiry or (start is not None and now < start):
-            raise _Reject(403, "AuthenticationFailed", "Signed expiry time must be after now")
-        protocols = query.get("spr", "https,http").split(",")
-        if request.scheme not in protocols:
-            raise _Reject(403, "AuthorizationProtocolMismatch")
+        self._check_sas_window(request, query)
         fields = [
             query.get("sp", ""),
             query.get("st", ""),
