@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from services.core import context
+from services.core.downloads import download_links
 from services.core.errors import BatchAIError, TransientError
 from services.core.events import (
     ApprovalDecided,
@@ -409,18 +410,15 @@ class EventRelay:
         links: list[DownloadLink] = []
         for directory_id, loc in sorted(job.layout.outputs.items()):
             try:
-                entries = await self._share.list_files(loc, recursive=True)
-                for entry in entries:
-                    if entry.is_directory or len(links) >= MAX_LINKS:
-                        continue
-                    url = await self._share.get_download_url(
-                        loc.child(entry.name), expires_at=expires
-                    )
-                    links.append(
-                        DownloadLink(f"{directory_id}/{entry.name}", entry.size, url, expires)
-                    )
+                listed = await self._share.list_files(loc, recursive=True)
+                files = [e for e in listed if not e.is_directory]
+                found = await download_links(
+                    self._share, loc, files[: MAX_LINKS - len(links)], expires_at=expires
+                )
             except BatchAIError as err:
                 log.info("no links for %s of %s: %s", directory_id, job.name, err)
+                continue
+            links += [replace(k, name=f"{directory_id}/{k.name}") for k in found.values()]
         return tuple(links)
 
     async def _enrich_event(self, ids: tuple[int, ...], event: Event, job: Job | None) -> Delivery:

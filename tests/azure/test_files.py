@@ -18,6 +18,7 @@ from azure.storage.fileshare.aio import ShareServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.files import AzureShare, FilesRetry
+from services.core.downloads import download_links
 from services.core.errors import NotAllowed, NotFound, TransientError
 from services.jobs.tailer import LogTailer
 from services.models import FileLocation
@@ -552,3 +553,19 @@ async def test_the_fake_lists_by_prefix_clears_ranges_and_keeps_full_directories
         full = await (await share.get_file_client("f.bin").download_file()).readall()
     assert full == b"a" * 512 + b"\0" * 512 + b"c" * 512
     assert (files.share_dir(SHARE) / "d/other.txt").exists()
+
+
+async def test_a_name_no_link_can_be_made_for_is_listed_without_one(
+    share: AzureShare, files: FakeAzureFiles
+) -> None:
+    """A job may name a file anything: `a\\b` is no path the bot will sign, and it must not
+    take the links of the other files of the folder with it."""
+    folder = files.create_share("outs")
+    (folder / "model.pt").write_bytes(b"weights!")
+    (folder / "we\\ird.txt").write_bytes(b"?")
+    where = FileLocation("outs", "")
+    entries = await share.list_files(where)
+    assert sorted(e.name for e in entries) == ["model.pt", "we\\ird.txt"]
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    links = await download_links(share, where, entries, expires_at=expires)
+    assert sorted(links) == ["model.pt"]
