@@ -13,14 +13,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobPrefix, BlobServiceClient
 
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import azure_errors, error_code
-from services.backends.azure.paths import disposition, segments
-from services.core.errors import NotFound, UserError
+from services.backends.azure.paths import disposition, read_ranged, segments
+from services.core.errors import NotFound
 from services.models import FileEntry, FileLocation
 
 
@@ -61,20 +61,10 @@ class ContainerFiles:
         return None if parts else FileEntry("", True, 0, None)  # an empty container
 
     async def read_range(self, loc: FileLocation, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise UserError("offset and length must not be negative")
         client = self._blob(loc)
-        if length == 0:
-            return b""
-        async with azure_errors(f"read {loc.share}/{loc.path}"):
-            try:
-                stream = await client.download_blob(offset=offset, length=length)
-                data: bytes = await stream.readall()
-            except HttpResponseError as err:
-                if err.status_code == 416:  # at or past the end, or an empty blob
-                    return b""
-                raise
-        return data[:length]
+        return await read_ranged(
+            f"read {loc.share}/{loc.path}", offset, length, client.download_blob
+        )
 
     async def list_files(self, loc: FileLocation, *, recursive: bool = False) -> list[FileEntry]:
         prefix = "".join(f"{p}/" for p in segments(loc, allow_root=True))

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core.exceptions import (
-    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
@@ -52,7 +51,7 @@ from azure.storage.fileshare.aio import (
 from services.backends.azure.blobs import ContainerFiles
 from services.backends.azure.config import AzureConfig
 from services.backends.azure.errors import azure_errors, error_code
-from services.backends.azure.paths import disposition, segments
+from services.backends.azure.paths import disposition, read_ranged, segments
 from services.core.errors import (
     BackendError,
     Conflict,
@@ -230,20 +229,10 @@ class AzureShare:
     async def read_range(self, loc: FileLocation, offset: int, length: int) -> bytes:
         if loc.container:
             return await self._containers.read_range(loc, offset, length)
-        if offset < 0 or length < 0:
-            raise UserError("offset and length must not be negative")
         client = self._file(loc)
-        if length == 0:
-            return b""
-        async with azure_errors(f"read {loc.share}/{loc.path}"):
-            try:
-                stream = await client.download_file(offset=offset, length=length)
-                data: bytes = await stream.readall()
-            except HttpResponseError as err:
-                if err.status_code == 416:  # at or past the end, or an empty file
-                    return b""
-                raise
-        return data[:length]
+        return await read_ranged(
+            f"read {loc.share}/{loc.path}", offset, length, client.download_file
+        )
 
     async def read_tail(
         self, loc: FileLocation, offset: int, length: int

@@ -1,13 +1,18 @@
-"""Paths and names in the bot's storage account, for the Files and the Blob clients alike:
-the segments of a location (never above its share or container) and a download's
-Content-Disposition."""
+"""Paths, names and ranged reads in the bot's storage account, for the Files and the Blob
+clients alike: the segments of a location (never above its share or container), a download's
+Content-Disposition, and a byte range read through the SDK's ranged download."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import quote
 
-from services.core.errors import NotAllowed, NotFound
+from azure.core.exceptions import HttpResponseError
+
+from services.backends.azure.errors import azure_errors
+from services.core.errors import NotAllowed, NotFound, UserError
 from services.models import FileLocation
 
 
@@ -31,3 +36,24 @@ def disposition(name: str) -> str:
         return f'attachment; filename="{name}"'
     fallback = "".join(c if c.isascii() and c.isalnum() or c in "._-" else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def read_ranged(
+    what: str, offset: int, length: int, download: Callable[..., Awaitable[Any]]
+) -> bytes:
+    """`length` bytes from `offset` by `download(offset=, length=)` (`download_file` or
+    `download_blob`). At or past the end the service answers 416 InvalidRange, also at offset
+    0 of an empty file: that is b""."""
+    if offset < 0 or length < 0:
+        raise UserError("offset and length must not be negative")
+    if length == 0:
+        return b""
+    async with azure_errors(what):
+        try:
+            stream = await download(offset=offset, length=length)
+            data: bytes = await stream.readall()
+        except HttpResponseError as err:
+            if err.status_code == 416:
+                return b""
+            raise
+    return data[:length]
