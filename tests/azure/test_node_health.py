@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.backends.azure.files import AzureShare
-from services.core.errors import Conflict
+from services.core.errors import Conflict, TransientError
 from tests.azure.rig import AzureRig
 from tests.azure.test_compute import gpu_cluster
 from tests.contract import job_spec, launch_request
@@ -109,5 +109,32 @@ async def test_a_failed_node_that_is_scaled_in_or_deleted_is_no_longer_listed(
         rig.arm.scale_sets["bad"].instances.pop(left.id).kill()
         now[0] += 3600.0  # past every cache
         assert await backend.failed_nodes() == []
+    finally:
+        await backend.aclose()
+
+
+async def test_a_node_that_never_reports_says_why_after_a_while_and_gets_no_job(
+    rig: AzureRig, share: AzureShare
+) -> None:
+    """A ready VM without a health result is preparing (no job is placed there); after half an
+    hour its detail says why that may be, a long setup task or a cluster older than the check."""
+    now = [0.0]
+    backend = rig.backend(share, monotonic=lambda: now[0])
+    results = rig.files.share_dir("batchai") / ".batchai" / "nodes"
+    try:
+        c = gpu_cluster("quiet", T4, 1)
+        await backend.create_cluster(c)
+        for result in results.iterdir():  # as a node of a cluster made before the check
+            result.unlink()
+        now[0] += 3600.0  # past the listing cache
+        (node,) = await backend.list_nodes(c)
+        assert (node.state, node.detail) == ("preparing", "checking its GPUs and share mounts")
+        now[0] += 31 * 60.0
+        (node,) = await backend.list_nodes(c)
+        assert node.state == "preparing"
+        assert node.detail.startswith("no health result for 31 min: its setup task may still run")
+        assert "recreate the cluster" in node.detail
+        with pytest.raises(TransientError, match="still preparing"):
+            await backend.start_job(launch_request(job_spec("ok"), c))
     finally:
         await backend.aclose()

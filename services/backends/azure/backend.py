@@ -179,7 +179,14 @@ class AzureBackend:
         """Each VM's (state, detail), its health result taken into account (health.py)."""
         ready = [vm.computer_name for vm in snap.vms if vm.state == "ready"]
         results = await self._health.of_cluster(cluster, ready)
-        return [node_state(vm, results.get(vm.computer_name.lower())) for vm in snap.vms]
+        return [
+            node_state(
+                vm,
+                results.get(vm.computer_name.lower()),
+                self._health.waited(cluster, vm.computer_name),
+            )
+            for vm in snap.vms
+        ]
 
     async def unusable_nodes(self, cluster: Cluster) -> dict[int, str]:
         snap = await self._scalesets.snapshot(cluster.name)  # shared with the cycle's polls

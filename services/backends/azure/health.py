@@ -3,7 +3,9 @@ on the control share; one listing of that directory (Files, no ARM) serves every
 result is read once (again only when its size or time changes).
 
 A VM that ARM calls ready is idle only once its result says ok; failed, it is unusable with the
-check's reason; no result yet, it is still preparing.
+check's reason; no result yet, it is still preparing, and after SLOW_REPORT seconds without one
+its detail says why that may be (a long setup task, or a cluster made before the check, whose
+nodes never report: it gets no job until it is made again).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from services.models import FileLocation, NodeProblem
 log = logging.getLogger(__name__)
 
 WAITING = "checking its GPUs and share mounts"
+SLOW_REPORT = 30 * 60.0  # seconds a ready VM may go without a health result before it is said
+SLOW = (
+    "no health result for {} min: its setup task may still run; the nodes of "
+    "a cluster made before the bot checked node health never report one (recreate the cluster)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,12 +40,13 @@ class _Seen:
     result: Health
 
 
-def node_state(vm: VmState, result: Health | None) -> tuple[str, str]:
-    """(state, detail) of a VM given its health result: ready only once it passed."""
+def node_state(vm: VmState, result: Health | None, waited: float = 0.0) -> tuple[str, str]:
+    """(state, detail) of a VM given its health result: ready only once it passed. `waited`:
+    seconds the ready VM has gone without a result, as far as this process saw."""
     if vm.state != "ready":
         return vm.state, vm.detail
     if result is None:
-        return "preparing", WAITING
+        return "preparing", SLOW.format(int(waited // 60)) if waited >= SLOW_REPORT else WAITING
     if not result.ok:
         return "unusable", result.reason
     return "ready", ""
@@ -56,6 +64,7 @@ class NodeHealthRecords:
         self._seen: dict[str, _Seen] = {}  # file name -> what it said
         self._listed = -math.inf
         self._looked: dict[str, float] = {}  # `<cluster>.<host>` -> when last looked for
+        self._missing_since: dict[str, float] = {}  # `<cluster>.<host>` ready, no result yet
 
     def _dir(self) -> FileLocation:
         return self._control.loc(NODES_DIR)
@@ -92,7 +101,19 @@ class NodeHealthRecords:
             await self._refresh()
             self._looked.update(dict.fromkeys(missing, now))
             results = self._of(cluster)
+        for w in want:
+            key = f"{cluster}.{w.lower()}"
+            if w.lower() in results:
+                self._missing_since.pop(key, None)
+            else:
+                self._missing_since.setdefault(key, now)
         return results
+
+    def waited(self, cluster: str, host: str) -> float:
+        """Seconds `cluster`'s ready VM `host` has been wanted without a result (0: it has one,
+        or was never asked for)."""
+        since = self._missing_since.get(f"{cluster}.{host.lower()}")
+        return 0.0 if since is None else self._monotonic() - since
 
     def _of(self, cluster: str) -> dict[str, Health]:
         prefix = f"{cluster}."
@@ -123,6 +144,9 @@ class NodeHealthRecords:
             if name[len(prefix) :].lower() not in keep:
                 await self._control.share.delete_tree(self._dir().child(name))
                 self._seen.pop(name, None)
+        for name in [n for n in self._missing_since if n.startswith(prefix)]:
+            if name[len(prefix) :] not in keep:
+                del self._missing_since[name]
 
     async def forget(self, cluster: str) -> None:
         """A deleted cluster's results go with it (a new one of that name reuses host names)."""
@@ -130,3 +154,5 @@ class NodeHealthRecords:
         for name in [n for n in self._seen if n.startswith(f"{cluster}.")]:
             await self._control.share.delete_tree(self._dir().child(name))
             self._seen.pop(name, None)
+        for name in [n for n in self._missing_since if n.startswith(f"{cluster}.")]:
+            del self._missing_since[name]
