@@ -631,20 +631,7 @@ class FakeAzureFiles:
         if query.get("sr") != "f" or "r" not in query.get("sp", "") or not query.get("sv"):
             raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
         self._check_sas_window(request, query)
-        fields = [
-            query.get("sp", ""),
-            query.get("st", ""),
-            query.get("se", ""),
-            f"/file/{account}/{share}/{rel}",
-            query.get("si", ""),
-            query.get("sip", ""),
-            query.get("spr", ""),
-            query.get("sv", ""),
-            *(query.get(k, "") for k in _SAS_OVERRIDES),
-        ]
-        if not hmac.compare_digest(sign(self.key, "\n".join(fields)), query["sig"]):
-            raise _Reject(403, "AuthenticationFailed", "Signature did not match")
-        return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
+        return self._signed(query, f"/file/{account}/{share}/{rel}", [query.get("sv", "")])
 
     def _check_sas_window(self, request: web.Request, query: Mapping[str, str]) -> None:
         """A SAS's validity period (`st`/`se`, by the settable clock) and protocols (`spr`)."""
@@ -677,21 +664,30 @@ class FakeAzureFiles:
         if query.get("sr") != "b" or "r" not in query.get("sp", "") or version < "2015-04-05":
             raise _Reject(403, "AuthenticationFailed", "Signed resource or permission not valid")
         self._check_sas_window(request, query)
+        tail = [version]
+        if version >= "2018-11-09":
+            tail += [query.get("sr", ""), query.get("snapshot", "")]
+        if version >= "2020-12-06":
+            tail.append(query.get("ses", ""))
+        return self._signed(query, f"/blob/{account}/{container}/{blob}", tail)
+
+    def _signed(
+        self, query: Mapping[str, str], resource: str, tail: list[str]
+    ) -> Mapping[str, str]:
+        """Check a service SAS's signature: sp, st, se, the canonicalized `resource`, si, sip,
+        spr, the service's own `tail` of fields, then the response overrides. Returns the
+        headers those overrides ask for."""
         fields = [
             query.get("sp", ""),
             query.get("st", ""),
             query.get("se", ""),
-            f"/blob/{account}/{container}/{blob}",
+            resource,
             query.get("si", ""),
             query.get("sip", ""),
             query.get("spr", ""),
-            version,
+            *tail,
+            *(query.get(k, "") for k in _SAS_OVERRIDES),
         ]
-        if version >= "2018-11-09":
-            fields += [query.get("sr", ""), query.get("snapshot", "")]
-        if version >= "2020-12-06":
-            fields.append(query.get("ses", ""))
-        fields += [query.get(k, "") for k in _SAS_OVERRIDES]
         if not hmac.compare_digest(sign(self.key, "\n".join(fields)), query["sig"]):
             raise _Reject(403, "AuthenticationFailed", "Signature did not match")
         return {header: query[k] for k, header in _SAS_OVERRIDES.items() if query.get(k)}
